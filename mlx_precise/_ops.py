@@ -1,0 +1,63 @@
+"""Python front-ends: argument checks with Python's error types, then the C++ op."""
+
+from typing import Optional
+
+import mlx.core as mx
+
+from . import _ext
+
+PRECISIONS = ("float32", "extended", "dd")
+
+
+def _require_array(name: str, value) -> None:
+    if not isinstance(value, mx.array):
+        raise TypeError(
+            f"rfft_conv: {name} must be an mlx.core.array of dtype float32, got "
+            f"{type(value).__name__}; pass mx.array(..., dtype=mx.float32)"
+        )
+    if value.dtype != mx.float32:
+        raise TypeError(
+            f"rfft_conv: {name} has dtype {value.dtype}; rfft_conv takes float32 and never "
+            f"casts silently: pass {name}.astype(mx.float32) if that rounding is intended"
+        )
+
+
+def rfft_conv(
+    u: mx.array,
+    k: mx.array,
+    *,
+    n: Optional[int] = None,
+    bias: Optional[mx.array] = None,
+    precision: str = "float32",
+    stream=None,
+) -> mx.array:
+    """FFT convolution along the last axis, rounded once in the extended modes.
+
+    Args:
+        u: signal, shape ``(..., L)``, float32.
+        k: kernel, shape ``(..., Lk)``, float32; leading dims broadcast with u's.
+        n: ``None`` for the causal linear convolution
+            ``y[t] = sum_{j <= min(t, Lk-1)} u[t-j] k[j]``; an int ``n >= max(L, Lk)``
+            for exactly ``irfft(rfft(u, n) * rfft(k, n), n)[..., :L]`` (M2-BERT's
+            bidirectional filter is ``n = 2L`` with a ``2L``-long kernel).
+        bias: optional ``D`` broadcastable to the output; adds ``u * D`` before the
+            rounding (pass a per-channel ``(H,)`` vector as ``D[:, None]``).
+        precision: ``"float32"`` (float32 arithmetic), ``"extended"`` (>= 48-bit
+            intermediates, one rounding) or ``"dd"`` (double-word float pairs, the same
+            bits on every backend, batch size, position and thread count).
+        stream: stream or device (CPU only in this build).
+
+    Returns:
+        ``(..., L)`` float32 array.
+    """
+    _require_array("u", u)
+    _require_array("k", k)
+    if bias is not None:
+        _require_array("bias", bias)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+        raise TypeError(f"rfft_conv: n must be an int or None, got {type(n).__name__}")
+    if not isinstance(precision, str):
+        raise TypeError(
+            f"rfft_conv: precision must be one of {PRECISIONS}, got {type(precision).__name__}"
+        )
+    return _ext.rfft_conv(u, k, n=n, bias=bias, precision=precision, stream=stream)

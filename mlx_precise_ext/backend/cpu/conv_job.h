@@ -1,0 +1,95 @@
+// The work of one rfft_conv evaluation on the CPU, described as rows of
+// float32 data (any stride) so that views and broadcasts need no copies.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "precision.h"
+
+namespace mlx_precise::cpu {
+
+// Element i of the row is data[i * stride]; stride 0 repeats one value.
+struct RealRow {
+  const float* data = nullptr;
+  int64_t stride = 1;
+};
+
+// Which entries of the size-N cyclic convolution x of the a and b rows form
+// the output: out[t] = x[i] (+ x[i + period] when fold), where
+// i = t, or (origin - t) mod period when out_reversed.
+struct ConvGeometry {
+  int64_t fft_size;   // N, a power of two
+  int64_t period;     // n of the circular form; 0 for the causal linear form
+  bool fold;          // N != n: x is the linear convolution, folded at n
+  int64_t a_len;
+  bool a_reversed;    // a is read back to front (correlations)
+  int64_t b_len;      // taps of b that can reach the output
+  int64_t out_len;
+  bool out_reversed;
+  int64_t out_origin;
+};
+
+// One output row per (a row, b row) pair; b rows (kernels) are shared, so
+// their spectra are computed once. The bias term is a[t] * bias[t].
+struct SharedKernelTask {
+  struct OutRow {
+    RealRow a;
+    int64_t b_index;
+    bool has_bias;
+    RealRow bias;
+    float* out;
+  };
+  std::vector<RealRow> b_rows;
+  std::vector<OutRow> rows;
+};
+
+// Each target row is a sum of convolutions (gradients over broadcast dims):
+// target = sum_terms conv(a, b) + sum_bias_terms a * bias, accumulated in the
+// working precision and rounded once.
+struct ReduceTask {
+  struct Term {
+    RealRow a;
+    RealRow b;
+  };
+  struct BiasTerm {
+    RealRow a;
+    RealRow bias;
+  };
+  struct Target {
+    float* out;
+    std::vector<Term> terms;
+    std::vector<BiasTerm> bias_terms;
+  };
+  std::vector<Target> targets;
+};
+
+// out[t] = sum over the target's rows of a[t] * b[t], one rounding (the
+// gradient of the bias summed over its broadcast dimensions). Rows of length
+// len; a bias broadcast along time sums over t too, see rfft_conv.cpp.
+struct ProductSumTask {
+  struct Target {
+    float* out;
+    bool sum_over_time;  // the bias is broadcast along time: one output value
+    std::vector<RealRow> a;
+    std::vector<RealRow> b;
+  };
+  std::vector<Target> targets;
+};
+
+// One implementation per instruction-set build (see CMakeLists.txt); both
+// perform identical IEEE operations in identical order.
+#define MP_DECLARE_CPU_KERNELS(isa)                                          \
+  namespace isa {                                                            \
+  void run_shared_kernel(Precision, const ConvGeometry&,                     \
+                         const SharedKernelTask&, int num_threads);          \
+  void run_reduce(Precision, const ConvGeometry&, const ReduceTask&,         \
+                  int num_threads);                                          \
+  void run_product_sum(Precision, const ProductSumTask&, int64_t len,         \
+                       int num_threads);                                     \
+  }
+
+MP_DECLARE_CPU_KERNELS(base)
+MP_DECLARE_CPU_KERNELS(avx2)
+
+} // namespace mlx_precise::cpu

@@ -1,0 +1,273 @@
+// eval_cpu for RFFTConv and BiasGradient: turns arrays (any strides, broadcast
+// leading dims) into row descriptions and hands them to the FFT engine on
+// MLX's CPU stream.
+#include <algorithm>
+#include <cstdlib>
+#include <thread>
+
+#include <mlx/allocator.h>
+#include <mlx/backend/cpu/encoder.h>
+
+#include "backend/cpu/conv_job.h"
+#include "primitives.h"
+
+namespace mlx_precise {
+
+namespace {
+
+using cpu::ConvGeometry;
+using cpu::RealRow;
+
+// Maps rows of a full batch shape onto the rows of an array whose batch dims
+// (all but the last axis) are right-aligned with it and may be 1 (broadcast).
+class RowMap {
+ public:
+  RowMap(const mx::Shape& full_batch, const mx::Shape& shape, const mx::Strides& strides)
+      : full_(full_batch) {
+    const int rank = static_cast<int>(full_.size());
+    const int own = static_cast<int>(shape.size()) - 1;
+    elem_stride_.assign(rank, 0);
+    row_stride_.assign(rank, 0);
+    int64_t row_step = 1;
+    for (int d = own - 1; d >= 0; --d) {
+      int fd = rank - own + d;
+      if (shape[d] != 1) {
+        elem_stride_[fd] = strides[d];
+        row_stride_[fd] = row_step;
+      }
+      row_step *= shape[d];
+    }
+    time_stride_ = shape.back() == 1 ? 0 : strides.back();
+  }
+  // Element offset of full row r in the array.
+  int64_t offset(int64_t r) const { return walk(r, elem_stride_); }
+  // Row number of full row r in the array's own row-major batch numbering.
+  int64_t row(int64_t r) const { return walk(r, row_stride_); }
+  int64_t time_stride() const { return time_stride_; }
+
+ private:
+  int64_t walk(int64_t r, const std::vector<int64_t>& stride) const {
+    int64_t off = 0;
+    for (int d = static_cast<int>(full_.size()) - 1; d >= 0; --d) {
+      off += (r % full_[d]) * stride[d];
+      r /= full_[d];
+    }
+    return off;
+  }
+  mx::Shape full_;
+  std::vector<int64_t> elem_stride_, row_stride_;
+  int64_t time_stride_;
+};
+
+RowMap row_map(const mx::Shape& full, const mx::array& x) {
+  return RowMap(full, x.shape(), x.strides());
+}
+
+RealRow real_row(const mx::array& x, const RowMap& m, int64_t r) {
+  return RealRow{x.data<float>() + m.offset(r), m.time_stride()};
+}
+
+int64_t product(const mx::Shape& s) {
+  int64_t p = 1;
+  for (auto d : s) p *= d;
+  return p;
+}
+
+mx::Shape batch_of(const mx::Shape& s) {
+  return mx::Shape(s.begin(), s.end() - 1);
+}
+
+int64_t next_pow2(int64_t v) {
+  int64_t p = 2;
+  while (p < v) p <<= 1;
+  return p;
+}
+
+// Threads for one evaluation: MLX_PRECISE_NUM_THREADS, else the hardware's.
+int num_threads() {
+  if (const char* env = std::getenv("MLX_PRECISE_NUM_THREADS")) {
+    int n = std::atoi(env);
+    if (n >= 1) return n;
+  }
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Both builds compute identical bits; MLX_PRECISE_CPU_ISA=base forces the
+// baseline build (the tests use it to show exactly that).
+bool use_avx2() {
+#if defined(__x86_64__)
+  const char* env = std::getenv("MLX_PRECISE_CPU_ISA");
+  if (env && std::string(env) == "base") return false;
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+// FFT size and output indexing. Output indices i of the period-n (or linear)
+// convolution lie in [i_min, i_max]; taps of b beyond i_max cannot reach them.
+ConvGeometry make_geometry(int64_t a_len, int64_t b_len, int64_t period, int64_t out_len,
+                           bool reversed, int64_t i_min, int64_t i_max) {
+  ConvGeometry g{};
+  g.period = period;
+  g.a_len = a_len;
+  g.a_reversed = reversed;
+  g.out_len = out_len;
+  g.out_reversed = reversed;
+  g.out_origin = a_len - 1;
+  if (period > 0) {
+    g.b_len = b_len;
+    bool pow2 = (period & (period - 1)) == 0;
+    if (pow2 && period >= 2) {
+      g.fft_size = period;
+      g.fold = false;
+    } else {
+      g.fft_size = next_pow2(a_len + b_len - 1);
+      g.fold = true;
+    }
+  } else {
+    g.b_len = std::min(b_len, i_max + 1);
+    g.fft_size = next_pow2(std::max(a_len + g.b_len - 1 - i_min, i_max + 1));
+    g.fold = false;
+  }
+  return g;
+}
+
+void run_shared(Precision p, const ConvGeometry& g, const cpu::SharedKernelTask& t) {
+  if (use_avx2()) cpu::avx2::run_shared_kernel(p, g, t, num_threads());
+  else cpu::base::run_shared_kernel(p, g, t, num_threads());
+}
+
+void run_reduce(Precision p, const ConvGeometry& g, const cpu::ReduceTask& t) {
+  if (use_avx2()) cpu::avx2::run_reduce(p, g, t, num_threads());
+  else cpu::base::run_reduce(p, g, t, num_threads());
+}
+
+void run_product_sum(Precision p, const cpu::ProductSumTask& t, int64_t len) {
+  if (use_avx2()) cpu::avx2::run_product_sum(p, t, len, num_threads());
+  else cpu::base::run_product_sum(p, t, len, num_threads());
+}
+
+// Output rows are the target's rows; full rows are those of g (or of the
+// broadcast output for the forward transform).
+void convolve(const std::vector<mx::array>& in, mx::array& out, ConvVariant variant,
+              int64_t period, Precision precision, bool has_bias) {
+  const mx::array& a = in[0];  // u (Convolve) or g
+  const mx::array& b = in[1];  // k, or u (CorrelateKernel)
+  const int64_t L = a.shape().back();
+  const mx::Shape full = variant == ConvVariant::Convolve
+                             ? batch_of(out.shape())
+                             : batch_of(a.shape());
+  const int64_t rows = product(full);
+  RowMap a_map = row_map(full, a), b_map = row_map(full, b);
+  RowMap out_map(full, out.shape(), out.strides());
+  float* out_data = out.data<float>();
+  const int64_t out_len = out.shape().back();
+
+  if (variant == ConvVariant::CorrelateKernel) {
+    // grad k[j] = sum_t g[t] u[t - j]: entry L-1-j of conv(reverse(g), u).
+    int64_t j_max = period > 0 ? out_len - 1 : std::min(out_len, L) - 1;
+    ConvGeometry g = make_geometry(L, L, period, out_len, true, L - 1 - j_max, L - 1);
+    cpu::ReduceTask task;
+    task.targets.resize(product(batch_of(out.shape())));
+    for (int64_t t = 0; t < static_cast<int64_t>(task.targets.size()); ++t)
+      task.targets[t].out = out_data + t * out_len;
+    for (int64_t r = 0; r < rows; ++r) {
+      task.targets[out_map.row(r)].terms.push_back(
+          {real_row(a, a_map, r), real_row(b, b_map, r)});
+    }
+    run_reduce(precision, g, task);
+    return;
+  }
+
+  // Convolve: y = conv(u, k) (+ u bias). CorrelateInput: grad u[s] =
+  // entry L-1-s of conv(reverse(g), k) (+ g bias).
+  const bool reversed = variant == ConvVariant::CorrelateInput;
+  const int64_t Lk = b.shape().back();
+  ConvGeometry g = make_geometry(L, Lk, period, L, reversed, 0, L - 1);
+  const mx::Shape k_batch = batch_of(b.shape());
+  RowMap k_rows(full, b.shape(), b.strides());
+  std::optional<RowMap> bias_map;
+  if (has_bias) bias_map.emplace(row_map(full, in[2]));
+
+  // One term per output row unless the target was broadcast (gradients).
+  bool one_to_one = product(batch_of(out.shape())) == rows;
+  if (one_to_one) {
+    cpu::SharedKernelTask task;
+    // Kernel rows in b's own numbering; each spectrum is computed once.
+    const int64_t k_count = product(k_batch);
+    task.b_rows.resize(k_count);
+    RowMap k_self(k_batch, b.shape(), b.strides());
+    for (int64_t j = 0; j < k_count; ++j) task.b_rows[j] = real_row(b, k_self, j);
+    task.rows.resize(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      auto& row = task.rows[r];
+      row.a = real_row(a, a_map, r);
+      row.b_index = k_rows.row(r);
+      row.has_bias = has_bias;
+      if (has_bias) row.bias = real_row(in[2], *bias_map, r);
+      row.out = out_data + out_map.row(r) * out_len;
+    }
+    run_shared(precision, g, task);
+    return;
+  }
+  cpu::ReduceTask task;
+  task.targets.resize(product(batch_of(out.shape())));
+  for (int64_t t = 0; t < static_cast<int64_t>(task.targets.size()); ++t)
+    task.targets[t].out = out_data + t * out_len;
+  for (int64_t r = 0; r < rows; ++r) {
+    auto& target = task.targets[out_map.row(r)];
+    target.terms.push_back({real_row(a, a_map, r), real_row(b, b_map, r)});
+    if (has_bias) target.bias_terms.push_back({real_row(a, a_map, r), real_row(in[2], *bias_map, r)});
+  }
+  run_reduce(precision, g, task);
+}
+
+template <class Body>
+void dispatch(mx::Stream stream, const std::vector<mx::array>& inputs, mx::array& out,
+              Body body) {
+  out.set_data(mx::allocator::malloc(out.nbytes()));
+  auto& encoder = mx::cpu::get_command_encoder(stream);
+  for (const auto& x : inputs) encoder.set_input_array(x);
+  encoder.set_output_array(out);
+  encoder.dispatch([inputs, out, body]() mutable { body(inputs, out); });
+}
+
+} // namespace
+
+void RFFTConv::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  dispatch(stream(), inputs, out,
+           [variant = variant_, period = period_, precision = precision_,
+            has_bias = has_bias_](const std::vector<mx::array>& in, mx::array& o) {
+             convolve(in, o, variant, period, precision, has_bias);
+           });
+}
+
+// inputs g, u; out has the bias's shape (right-aligned to g's).
+void BiasGradient::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  dispatch(stream(), inputs, out,
+           [precision = precision_](const std::vector<mx::array>& in, mx::array& o) {
+             const mx::array& g = in[0];
+             const mx::array& u = in[1];
+             const mx::Shape full = batch_of(g.shape());
+             RowMap g_map = row_map(full, g), u_map = row_map(full, u);
+             RowMap out_map(full, o.shape(), o.strides());
+             const int64_t len = g.shape().back();
+             const bool sum_time = o.shape().back() == 1;
+             cpu::ProductSumTask task;
+             task.targets.resize(product(batch_of(o.shape())));
+             for (int64_t t = 0; t < static_cast<int64_t>(task.targets.size()); ++t) {
+               task.targets[t].out = o.data<float>() + t * o.shape().back();
+               task.targets[t].sum_over_time = sum_time;
+             }
+             for (int64_t r = 0; r < product(full); ++r) {
+               auto& target = task.targets[out_map.row(r)];
+               target.a.push_back(real_row(g, g_map, r));
+               target.b.push_back(real_row(u, u_map, r));
+             }
+             run_product_sum(precision, task, len);
+           });
+}
+
+} // namespace mlx_precise

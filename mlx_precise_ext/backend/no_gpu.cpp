@@ -1,0 +1,26 @@
+// GPU entry points until the CUDA and Metal backends land: a clear error, never
+// a silent move to the CPU.
+#include <stdexcept>
+
+#include "primitives.h"
+
+namespace mlx_precise {
+
+namespace {
+[[noreturn]] void no_gpu(const char* op) {
+  throw std::runtime_error(
+      std::string(op) +
+      ": this build of mlx-precise has no GPU backend (CUDA/Metal) yet; run it on the CPU "
+      "with stream=mx.cpu (or mx.set_default_device(mx.cpu))");
+}
+} // namespace
+
+void RFFTConv::eval_gpu(const std::vector<mx::array>&, mx::array&) {
+  no_gpu("rfft_conv");
+}
+
+void BiasGradient::eval_gpu(const std::vector<mx::array>&, mx::array&) {
+  no_gpu("rfft_conv (bias gradient)");
+}
+
+} // namespace mlx_precise

@@ -1,0 +1,128 @@
+// Double-word ("double-double") arithmetic on pairs of float32: value = hi + lo,
+// |lo| <= ulp(hi)/2. About 48 significant bits. Algorithms and bounds from
+// Joldes, Muller, Popescu, "Tight and rigorous error bounds for basic building
+// blocks of double-word arithmetic", ACM TOMS 44(2), 2017, u = 2^-24:
+//   dd_add  AccurateDWPlusDW  (Alg. 6)  relative error <= 3u^2 + 13u^3
+//   dd_mul  DWTimesDW3        (Alg. 12) relative error <= 4u^2
+//   dd_mul_f DWTimesFP3       (Alg. 9)  relative error <= 2u^2
+// QD's "sloppy" add is not used: its relative error is unbounded under
+// cancellation. Compiled unchanged as C++, CUDA and Metal (see portability.h);
+// contraction must be off wherever this header is compiled.
+#pragma once
+
+#include "portability.h"
+
+namespace mlx_precise {
+
+struct ff {
+  float hi;
+  float lo;
+};
+
+// Error-free transforms.
+// TwoSum (Knuth): s + e == a + b exactly, any a, b.
+MP_INLINE ff two_sum(float a, float b) {
+  float s = MP_ADDF(a, b);
+  float bb = MP_SUBF(s, a);
+  float e = MP_ADDF(MP_SUBF(a, MP_SUBF(s, bb)), MP_SUBF(b, bb));
+  return ff{s, e};
+}
+
+// FastTwoSum (Dekker): exact when |a| >= |b| (or a == 0).
+MP_INLINE ff fast_two_sum(float a, float b) {
+  float s = MP_ADDF(a, b);
+  float e = MP_SUBF(b, MP_SUBF(s, a));
+  return ff{s, e};
+}
+
+// TwoProd with an explicit fma: p + e == a * b exactly (no underflow).
+MP_INLINE ff two_prod(float a, float b) {
+  float p = MP_MULF(a, b);
+  float e = MP_FMAF(a, b, -p);
+  return ff{p, e};
+}
+
+MP_INLINE ff dd_from_float(float a) {
+  return ff{a, 0.0f};
+}
+
+MP_INLINE ff dd_neg(ff x) {
+  return ff{-x.hi, -x.lo};
+}
+
+// AccurateDWPlusDW.
+MP_INLINE ff dd_add(ff x, ff y) {
+  ff s = two_sum(x.hi, y.hi);
+  ff t = two_sum(x.lo, y.lo);
+  float c = MP_ADDF(s.lo, t.hi);
+  ff v = fast_two_sum(s.hi, c);
+  float w = MP_ADDF(t.lo, v.lo);
+  return fast_two_sum(v.hi, w);
+}
+
+MP_INLINE ff dd_sub(ff x, ff y) {
+  return dd_add(x, dd_neg(y));
+}
+
+// DWTimesDW3.
+MP_INLINE ff dd_mul(ff x, ff y) {
+  ff c = two_prod(x.hi, y.hi);
+  float tl0 = MP_MULF(x.lo, y.lo);
+  float tl1 = MP_FMAF(x.hi, y.lo, tl0);
+  float cl2 = MP_FMAF(x.lo, y.hi, tl1);
+  float cl3 = MP_ADDF(c.lo, cl2);
+  return fast_two_sum(c.hi, cl3);
+}
+
+// DWTimesFP3.
+MP_INLINE ff dd_mul_f(ff x, float y) {
+  ff c = two_prod(x.hi, y);
+  float cl3 = MP_FMAF(x.lo, y, c.lo);
+  return fast_two_sum(c.hi, cl3);
+}
+
+// Multiplication by a power of two is exact (barring under/overflow).
+MP_INLINE ff dd_scale(ff x, float power_of_two) {
+  return ff{MP_MULF(x.hi, power_of_two), MP_MULF(x.lo, power_of_two)};
+}
+
+// The one rounding to float32: fl(hi + lo) is the float nearest to hi + lo.
+MP_INLINE float dd_round(ff x) {
+  return MP_ADDF(x.hi, x.lo);
+}
+
+#if MP_HAS_DOUBLE
+// Nearest pair to a double: hi = fl(d), lo = fl(d - hi) (d - hi is exact).
+MP_INLINE ff dd_from_double(double d) {
+  float hi = static_cast<float>(d);
+  float lo = static_cast<float>(d - static_cast<double>(hi));
+  return ff{hi, lo};
+}
+
+MP_INLINE double dd_to_double(ff x) {
+  return static_cast<double>(x.hi) + static_cast<double>(x.lo);
+}
+#endif
+
+// Complex double-word values and the operations the FFT needs.
+struct cff {
+  ff re;
+  ff im;
+};
+
+MP_INLINE cff cdd_add(cff a, cff b) {
+  return cff{dd_add(a.re, b.re), dd_add(a.im, b.im)};
+}
+
+MP_INLINE cff cdd_sub(cff a, cff b) {
+  return cff{dd_sub(a.re, b.re), dd_sub(a.im, b.im)};
+}
+
+// (a.re + i a.im)(b.re + i b.im), each part a difference/sum of two dd products.
+MP_INLINE cff cdd_mul(cff a, cff b) {
+  return cff{
+      dd_sub(dd_mul(a.re, b.re), dd_mul(a.im, b.im)),
+      dd_add(dd_mul(a.re, b.im), dd_mul(a.im, b.re))};
+}
+
+} // namespace mlx_precise

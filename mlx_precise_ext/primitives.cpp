@@ -1,0 +1,148 @@
+#include "primitives.h"
+
+#include <mlx/ops.h>
+
+#include "ops.h"
+
+namespace mlx_precise {
+
+namespace {
+
+mx::Shape batch_of(const mx::array& x) {
+  return mx::Shape(x.shape().begin(), x.shape().end() - 1);
+}
+
+mx::array correlate(ConvVariant variant, const mx::array& g, const mx::array& other,
+                    const std::optional<mx::array>& bias, int64_t period, Precision p,
+                    const mx::Shape& target_shape, mx::Stream s) {
+  std::vector<mx::array> inputs{g, other};
+  if (bias) inputs.push_back(*bias);
+  return mx::array(target_shape, mx::float32,
+                   std::make_shared<RFFTConv>(s, variant, period, p, bias.has_value(),
+                                              target_shape),
+                   std::move(inputs));
+}
+
+mx::array bias_gradient(const mx::array& g, const mx::array& u, Precision p,
+                        const mx::Shape& target_shape, mx::Stream s) {
+  return mx::array(target_shape, mx::float32,
+                   std::make_shared<BiasGradient>(s, p, target_shape),
+                   std::vector<mx::array>{g, u});
+}
+
+} // namespace
+
+const char* RFFTConv::name() const {
+  switch (variant_) {
+    case ConvVariant::Convolve:
+      return "RFFTConv";
+    case ConvVariant::CorrelateInput:
+      return "RFFTConvInputGrad";
+    default:
+      return "RFFTConvKernelGrad";
+  }
+}
+
+bool RFFTConv::is_equivalent(const mx::Primitive& other) const {
+  const auto* o = dynamic_cast<const RFFTConv*>(&other);
+  return o && o->variant_ == variant_ && o->period_ == period_ &&
+         o->precision_ == precision_ && o->has_bias_ == has_bias_ &&
+         o->out_shape_ == out_shape_;
+}
+
+bool BiasGradient::is_equivalent(const mx::Primitive& other) const {
+  const auto* o = dynamic_cast<const BiasGradient*>(&other);
+  return o && o->precision_ == precision_ && o->out_shape_ == out_shape_;
+}
+
+// y = conv(u, k) + u * bias is bilinear in (u, k) and (u, bias): every
+// gradient is a correlation computed by the same engine, same precision.
+std::vector<mx::array> RFFTConv::vjp(const std::vector<mx::array>& primals,
+                                     const std::vector<mx::array>& cotangents,
+                                     const std::vector<int>& argnums,
+                                     const std::vector<mx::array>&) {
+  if (variant_ != ConvVariant::Convolve) {
+    throw std::invalid_argument(
+        "rfft_conv: gradients of the gradient (second order) are not implemented");
+  }
+  const mx::array& u = primals[0];
+  const mx::array& k = primals[1];
+  std::optional<mx::array> bias;
+  if (has_bias_) bias = primals[2];
+  const mx::array& g = cotangents[0];
+  std::vector<mx::array> grads;
+  for (int arg : argnums) {
+    if (arg == 0) {
+      grads.push_back(correlate(ConvVariant::CorrelateInput, g, k, bias, period_, precision_,
+                                u.shape(), stream()));
+    } else if (arg == 1) {
+      grads.push_back(correlate(ConvVariant::CorrelateKernel, g, u, std::nullopt, period_,
+                                precision_, k.shape(), stream()));
+    } else {
+      grads.push_back(bias_gradient(g, u, precision_, primals[2].shape(), stream()));
+    }
+  }
+  return grads;
+}
+
+// dy = [conv(du, k) + du * bias] + [conv(u, dk) + u * dbias]: each bracket is
+// one fused, once-rounded evaluation; the two brackets add in float32.
+std::vector<mx::array> RFFTConv::jvp(const std::vector<mx::array>& primals,
+                                     const std::vector<mx::array>& tangents,
+                                     const std::vector<int>& argnums) {
+  if (variant_ != ConvVariant::Convolve) {
+    throw std::invalid_argument(
+        "rfft_conv: forward-mode derivatives of the gradient are not implemented");
+  }
+  const mx::array& u = primals[0];
+  const mx::array& k = primals[1];
+  std::optional<mx::array> bias;
+  if (has_bias_) bias = primals[2];
+  std::optional<mx::array> du, dk, dbias;
+  for (size_t i = 0; i < argnums.size(); ++i) {
+    if (argnums[i] == 0) du = tangents[i];
+    else if (argnums[i] == 1) dk = tangents[i];
+    else dbias = tangents[i];
+  }
+  std::optional<mx::array> result;
+  auto add = [&](const mx::array& term) {
+    result = result ? mx::add(*result, term, stream()) : term;
+  };
+  if (du) add(rfft_conv_from_parts(*du, k, period_, bias, precision_, stream()));
+  if (dk) {
+    add(rfft_conv_from_parts(u, *dk, period_, dbias, precision_, stream()));
+  } else if (dbias) {
+    // u * dbias alone: the exact product rounded once.
+    add(mx::broadcast_to(mx::multiply(u, *dbias, stream()), out_shape_, stream()));
+  }
+  return {mx::broadcast_to(*result, out_shape_, stream())};
+}
+
+// Batched inputs get the vmapped axis in front and, after it, enough unit
+// axes that all inputs share one batch rank; leading dims then broadcast.
+std::pair<std::vector<mx::array>, std::vector<int>> RFFTConv::vmap(
+    const std::vector<mx::array>& inputs, const std::vector<int>& axes) {
+  if (variant_ != ConvVariant::Convolve) {
+    throw std::invalid_argument("rfft_conv: vmap of the gradient transforms is not implemented");
+  }
+  int rank = 0;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    rank = std::max(rank, static_cast<int>(inputs[i].ndim()) - (axes[i] >= 0 ? 1 : 0));
+  }
+  std::vector<mx::array> moved;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    mx::array x = inputs[i];
+    if (axes[i] >= 0) {
+      x = mx::moveaxis(x, axes[i], 0, stream());
+      mx::Shape shape = x.shape();
+      shape.insert(shape.begin() + 1, rank - (static_cast<int>(x.ndim()) - 1), 1);
+      x = mx::reshape(x, shape, stream());
+    }
+    moved.push_back(x);
+  }
+  std::optional<mx::array> bias;
+  if (has_bias_) bias = moved[2];
+  return {{rfft_conv_from_parts(moved[0], moved[1], period_, bias, precision_, stream())}, {0}};
+}
+
+} // namespace mlx_precise

@@ -1,0 +1,84 @@
+// Primitive classes of mlx-precise, shaped like mlx/primitives.h.
+#pragma once
+
+#include <mlx/primitives.h>
+
+#include "precision.h"
+
+namespace mlx_precise {
+
+namespace mx = mlx::core;
+
+// The three transforms of rfft_conv, all computed by one FFT engine:
+//   Convolve        y = conv(u, k) [+ u * bias]             inputs u, k[, bias]
+//   CorrelateInput  grad u = sum corr(g, k) [+ g * bias]    inputs g, k[, bias]
+//   CorrelateKernel grad k = sum corr(g, u)                 inputs g, u
+// "sum" runs over the dimensions the target was broadcast along. period is n
+// of the circular form, or 0 for the causal linear convolution.
+enum class ConvVariant { Convolve, CorrelateInput, CorrelateKernel };
+
+class RFFTConv : public mx::UnaryPrimitive {
+ public:
+  RFFTConv(mx::Stream stream, ConvVariant variant, int64_t period, Precision precision,
+           bool has_bias, mx::Shape out_shape)
+      : mx::UnaryPrimitive(stream),
+        variant_(variant),
+        period_(period),
+        precision_(precision),
+        has_bias_(has_bias),
+        out_shape_(std::move(out_shape)) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
+
+  std::vector<mx::array> jvp(const std::vector<mx::array>& primals,
+                             const std::vector<mx::array>& tangents,
+                             const std::vector<int>& argnums) override;
+  std::vector<mx::array> vjp(const std::vector<mx::array>& primals,
+                             const std::vector<mx::array>& cotangents,
+                             const std::vector<int>& argnums,
+                             const std::vector<mx::array>& outputs) override;
+  std::pair<std::vector<mx::array>, std::vector<int>> vmap(
+      const std::vector<mx::array>& inputs, const std::vector<int>& axes) override;
+
+  const char* name() const override;
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {out_shape_};
+  }
+
+  ConvVariant variant() const { return variant_; }
+  int64_t period() const { return period_; }
+  Precision precision() const { return precision_; }
+  bool has_bias() const { return has_bias_; }
+
+ private:
+  ConvVariant variant_;
+  int64_t period_;
+  Precision precision_;
+  bool has_bias_;
+  mx::Shape out_shape_;
+};
+
+// Gradient of the fused bias: sum of g * u over the dimensions the bias was
+// broadcast along (time included), exact products, one rounding.
+class BiasGradient : public mx::UnaryPrimitive {
+ public:
+  BiasGradient(mx::Stream stream, Precision precision, mx::Shape out_shape)
+      : mx::UnaryPrimitive(stream), precision_(precision), out_shape_(std::move(out_shape)) {}
+
+  void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
+  void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
+
+  const char* name() const override { return "BiasGradient"; }
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+    return {out_shape_};
+  }
+
+ private:
+  Precision precision_;
+  mx::Shape out_shape_;
+};
+
+} // namespace mlx_precise

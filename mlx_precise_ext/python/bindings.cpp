@@ -1,0 +1,20 @@
+// nanobind module mlx_precise._ext. Built in MLX's nanobind domain so that
+// mlx.core.array, Stream and Device are the very types mlx.core registered.
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/variant.h>
+
+#include "ops.h"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+NB_MODULE(_ext, m) {
+  m.doc() = "mlx-precise C++ primitives";
+  m.attr("mlx_build_version") = MLX_PRECISE_MLX_VERSION;
+
+  m.def("rfft_conv", &mlx_precise::rfft_conv, "u"_a, "k"_a, nb::kw_only(), "n"_a = nb::none(),
+        "bias"_a = nb::none(), "precision"_a = "float32", "stream"_a = nb::none(),
+        "FFT convolution; see mlx_precise.rfft_conv for the documentation.");
+}
