@@ -10,97 +10,50 @@
 #include <vector>
 
 #include "backend/cpu/conv_job.h"
-#include "kernels/fft_butterflies.h"
-#include "kernels/twiddles.h"
+#include "kernels/fft_plan.h"
+#include "kernels/rfft_conv_core.h"
 
 namespace mlx_precise::cpu::MP_CPU_ISA {
 namespace {
 
 // ---------------------------------------------------------------- plans ----
 
+// The shared plan's tables converted once to the working precision T, in
+// split (re/im) arrays so the butterfly loops vectorise.
 template <class T>
 struct Plan {
-  struct Stage {
-    int64_t block;  // M
-    int64_t quarter;  // M / radix
-    int radix;
-    int64_t tw_offset;
-  };
-  int64_t n;
-  std::vector<Stage> stages;  // decimation-in-frequency order (M decreasing)
+  std::shared_ptr<const RealFFTPlan> shared;
+  int64_t n;  // complex length H
+  std::vector<FFTStage> stages;
   std::vector<T> tw_re[3], tw_im[3];
-  std::vector<int64_t> frequency;  // frequency held at each position
-  std::vector<int64_t> partner;    // position holding frequency -f
+  std::vector<T> split_re, split_im;
+  const int64_t* partner;
 };
 
 template <class T>
-T twiddle_component(double hi, double lo);
-
-template <>
-float twiddle_component<float>(double hi, double lo) {
-  return static_cast<float>(hi);
-}
-template <>
-double twiddle_component<double>(double hi, double lo) {
-  return hi;
-}
-template <>
-ff twiddle_component<ff>(double hi, double lo) {
-  float h = static_cast<float>(hi);
-  float l = static_cast<float>((hi - static_cast<double>(h)) + lo);
-  return ff{h, l};
-}
-
-template <class T>
-std::shared_ptr<Plan<T>> make_plan(int64_t n) {
+std::shared_ptr<const Plan<T>> get_plan(int64_t n_real) {
+  static std::mutex mutex;
+  static std::map<int64_t, std::shared_ptr<const Plan<T>>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(n_real);
+  if (it != cache.end()) return it->second;
   auto plan = std::make_shared<Plan<T>>();
-  plan->n = n;
-  int64_t m = n;
-  int64_t offset = 0;
-  while (m >= 4) {
-    plan->stages.push_back({m, m / 4, 4, offset});
-    offset += m / 4;
-    m /= 4;
-  }
-  if (m == 2) plan->stages.push_back({2, 1, 2, offset});
-
-  TwiddleSource twiddle(n > 1 ? n : 1);
+  plan->shared = real_fft_plan(n_real);
+  const RealFFTPlan& rp = *plan->shared;
+  plan->n = rp.n_half;
+  plan->stages = rp.stages;
   for (int k = 0; k < 3; ++k) {
-    plan->tw_re[k].resize(offset);
-    plan->tw_im[k].resize(offset);
+    const auto& src = rp.stage_twiddles[k];
+    plan->tw_re[k].resize(src.size());
+    plan->tw_im[k].resize(src.size());
+    for (size_t j = 0; j < src.size(); ++j) forward_twiddle(src[j], plan->tw_re[k][j], plan->tw_im[k][j]);
   }
-  for (const auto& st : plan->stages) {
-    if (st.radix != 4) continue;
-    int64_t step = n / st.block;
-    for (int64_t j = 0; j < st.quarter; ++j) {
-      for (int k = 0; k < 3; ++k) {
-        // Forward twiddle w^m = cos(2 pi m / N) - i sin(2 pi m / N).
-        TwiddleValue v = twiddle(step * j * (k + 1));
-        plan->tw_re[k][st.tw_offset + j] = twiddle_component<T>(v.cos_hi, v.cos_lo);
-        plan->tw_im[k][st.tw_offset + j] = twiddle_component<T>(-v.sin_hi, -v.sin_lo);
-      }
-    }
-  }
-
-  // Frequency held at each output position (mixed-radix digit reversal).
-  std::vector<int64_t> position_of(n);
-  plan->frequency.resize(n);
-  for (int64_t p = 0; p < n; ++p) {
-    int64_t f = 0, weight = 1, rest = p, size = n;
-    for (const auto& st : plan->stages) {
-      int64_t sub = size / st.radix;
-      f += (rest / sub) * weight;
-      rest %= sub;
-      weight *= st.radix;
-      size = sub;
-    }
-    position_of[f] = p;
-    plan->frequency[p] = f;
-  }
-  plan->partner.resize(n);
-  for (int64_t f = 0; f < n; ++f) {
-    plan->partner[position_of[f]] = position_of[(n - f) % n];
-  }
+  plan->split_re.resize(rp.n_half);
+  plan->split_im.resize(rp.n_half);
+  for (int64_t p = 0; p < rp.n_half; ++p)
+    forward_twiddle(rp.split_twiddles[p], plan->split_re[p], plan->split_im[p]);
+  plan->partner = rp.partner.data();
+  cache[n_real] = plan;
   return plan;
 }
 
@@ -194,40 +147,8 @@ void fft_inverse(const Plan<T>& plan, T* __restrict re, T* __restrict im) {
 
 // ------------------------------------------------------- real transforms ----
 
-// A real row of length N rides a complex FFT of length H = N/2 as
-// z[m] = x[2m] + i x[2m+1]; the split step turns Z into 2X[f], f in [0, H),
-// in the FFT's digit-reversed order, with the two real values 2X[0] and 2X[H]
-// packed into position 0. Every row is transformed on its own, so its bits
-// never depend on other rows. The inverse undoes each step and returns
-// N times the inverse real DFT.
-template <class T>
-struct RealPlan {
-  std::shared_ptr<Plan<T>> half;
-  std::vector<T> w_re, w_im;  // w^f(p), w = exp(-2 pi i / N)
-};
-
-template <class T>
-std::shared_ptr<RealPlan<T>> get_real_plan(int64_t n) {
-  static std::mutex mutex;
-  static std::map<int64_t, std::shared_ptr<RealPlan<T>>> cache;
-  std::lock_guard<std::mutex> lock(mutex);
-  auto it = cache.find(n);
-  if (it != cache.end()) return it->second;
-  auto rp = std::make_shared<RealPlan<T>>();
-  const int64_t h = n / 2;
-  rp->half = make_plan<T>(h);
-  rp->w_re.resize(h);
-  rp->w_im.resize(h);
-  TwiddleSource twiddle(n);
-  for (int64_t p = 0; p < h; ++p) {
-    int64_t f = rp->half->frequency[p];
-    TwiddleValue v = twiddle(f);
-    rp->w_re[p] = twiddle_component<T>(v.cos_hi, v.cos_lo);
-    rp->w_im[p] = twiddle_component<T>(-v.sin_hi, -v.sin_lo);
-  }
-  cache[n] = rp;
-  return rp;
-}
+// Real rows ride a complex FFT of half length (rfft_conv_core.h). Every row is
+// transformed on its own, so its bits never depend on other rows.
 
 // Loads a[0..len) (or back to front) as z[m] = a[2m] + i a[2m+1], zero-padded.
 template <class T>
@@ -245,67 +166,46 @@ void load_real(T* __restrict re, T* __restrict im, RealRow row, int64_t len, boo
 }
 
 template <class T>
-void real_forward(const RealPlan<T>& rp, T* re, T* im) {
-  const Plan<T>& plan = *rp.half;
+void real_forward(const Plan<T>& plan, T* re, T* im) {
   fft_forward(plan, re, im);
-  const int64_t h = plan.n;
-  {
-    T a = re[0], b = im[0];
-    re[0] = r_scale(r_add(a, b), 2.0f);
-    im[0] = r_scale(r_sub(a, b), 2.0f);
-  }
-  for (int64_t p = 1; p < h; ++p) {
-    int64_t q = plan.partner[p];
+  const cpx<T> dc = rfft_split_dc(cpx<T>{re[0], im[0]});
+  re[0] = dc.re, im[0] = dc.im;
+  for (int64_t p = 1; p < plan.n; ++p) {
+    const int64_t q = plan.partner[p];
     if (q < p) continue;
-    cpx<T> zp{re[p], im[p]}, zq{re[q], im[q]};
-    cpx<T> zq_conj{zq.re, r_neg(zq.im)}, zp_conj{zp.re, r_neg(zp.im)};
-    // 2X[f] = (Z[f] + conj Z[H-f]) + w^f * (-i)(Z[f] - conj Z[H-f])
-    cpx<T> xp = c_add(c_add(zp, zq_conj),
-                      c_mul(cpx<T>{rp.w_re[p], rp.w_im[p]}, c_mul_neg_i(c_sub(zp, zq_conj))));
-    cpx<T> xq = c_add(c_add(zq, zp_conj),
-                      c_mul(cpx<T>{rp.w_re[q], rp.w_im[q]}, c_mul_neg_i(c_sub(zq, zp_conj))));
+    const cpx<T> zp{re[p], im[p]}, zq{re[q], im[q]};
+    const cpx<T> xp = rfft_split(zp, zq, cpx<T>{plan.split_re[p], plan.split_im[p]});
+    const cpx<T> xq = rfft_split(zq, zp, cpx<T>{plan.split_re[q], plan.split_im[q]});
     re[p] = xp.re, im[p] = xp.im;
     re[q] = xq.re, im[q] = xq.im;
   }
 }
 
 template <class T>
-void real_inverse(const RealPlan<T>& rp, T* re, T* im) {
-  const Plan<T>& plan = *rp.half;
-  const int64_t h = plan.n;
-  {
-    T c = re[0], d = im[0];
-    re[0] = r_add(c, d);
-    im[0] = r_sub(c, d);
-  }
-  for (int64_t p = 1; p < h; ++p) {
-    int64_t q = plan.partner[p];
+void real_inverse(const Plan<T>& plan, T* re, T* im) {
+  const cpx<T> dc = rfft_unsplit_dc(cpx<T>{re[0], im[0]});
+  re[0] = dc.re, im[0] = dc.im;
+  for (int64_t p = 1; p < plan.n; ++p) {
+    const int64_t q = plan.partner[p];
     if (q < p) continue;
-    cpx<T> yp{re[p], im[p]}, yq{re[q], im[q]};
-    cpx<T> yq_conj{yq.re, r_neg(yq.im)}, yp_conj{yp.re, r_neg(yp.im)};
-    // Z[f] = (Y[f] + conj Y[H-f]) + i conj(w^f) (Y[f] - conj Y[H-f])
-    cpx<T> zp = c_add(c_add(yp, yq_conj),
-                      c_mul_pos_i(c_mul_conj(c_sub(yp, yq_conj), cpx<T>{rp.w_re[p], rp.w_im[p]})));
-    cpx<T> zq = c_add(c_add(yq, yp_conj),
-                      c_mul_pos_i(c_mul_conj(c_sub(yq, yp_conj), cpx<T>{rp.w_re[q], rp.w_im[q]})));
+    const cpx<T> yp{re[p], im[p]}, yq{re[q], im[q]};
+    const cpx<T> zp = rfft_unsplit(yp, yq, cpx<T>{plan.split_re[p], plan.split_im[p]});
+    const cpx<T> zq = rfft_unsplit(yq, yp, cpx<T>{plan.split_re[q], plan.split_im[q]});
     re[p] = zp.re, im[p] = zp.im;
     re[q] = zq.re, im[q] = zq.im;
   }
   fft_inverse(plan, re, im);
 }
 
-// Spectral product in the packed format (position 0: two real values).
+// Spectral product in the packed format.
 template <class T>
 void multiply_packed(T* __restrict re, T* __restrict im, const T* __restrict kre,
                      const T* __restrict kim, int64_t h) {
-  T dc = r_mul(re[0], kre[0]), nyquist = r_mul(im[0], kim[0]);
   for (int64_t p = 0; p < h; ++p) {
-    cpx<T> z = c_mul(cpx<T>{re[p], im[p]}, cpx<T>{kre[p], kim[p]});
+    const cpx<T> z = packed_mul(cpx<T>{re[p], im[p]}, cpx<T>{kre[p], kim[p]}, p == 0);
     re[p] = z.re;
     im[p] = z.im;
   }
-  re[0] = dc;
-  im[0] = nyquist;
 }
 
 // acc += a * b in the packed format.
@@ -313,15 +213,11 @@ template <class T>
 void accumulate_packed(T* __restrict acc_re, T* __restrict acc_im, const T* __restrict are,
                        const T* __restrict aim, const T* __restrict bre,
                        const T* __restrict bim, int64_t h) {
-  T dc = r_add(acc_re[0], r_mul(are[0], bre[0]));
-  T nyquist = r_add(acc_im[0], r_mul(aim[0], bim[0]));
   for (int64_t p = 0; p < h; ++p) {
-    cpx<T> z = c_mul(cpx<T>{are[p], aim[p]}, cpx<T>{bre[p], bim[p]});
+    const cpx<T> z = packed_mul(cpx<T>{are[p], aim[p]}, cpx<T>{bre[p], bim[p]}, p == 0);
     acc_re[p] = r_add(acc_re[p], z.re);
     acc_im[p] = r_add(acc_im[p], z.im);
   }
-  acc_re[0] = dc;
-  acc_im[0] = nyquist;
 }
 
 // Entry t of the output from the time-domain result z (x[2m] + i x[2m+1]).
@@ -373,8 +269,8 @@ struct Spectrum {
 template <class T>
 void shared_kernel(const ConvGeometry& g, const SharedKernelTask& task, int num_threads) {
   const int64_t n = g.fft_size, h = n / 2;
-  auto rp_ptr = get_real_plan<T>(n);
-  const RealPlan<T>& rp = *rp_ptr;
+  auto plan_ptr = get_plan<T>(n);
+  const Plan<T>& rp = *plan_ptr;
   const float scale = spectrum_scale(n);
 
   std::vector<Spectrum<T>> spectra(task.b_rows.size());
@@ -390,7 +286,6 @@ void shared_kernel(const ConvGeometry& g, const SharedKernelTask& task, int num_
     }
   });
 
-  const T tag{};
   parallel_for(static_cast<int64_t>(task.rows.size()), num_threads, [&](int64_t r) {
     thread_local std::vector<T> re, im;
     re.resize(h);
@@ -402,11 +297,11 @@ void shared_kernel(const ConvGeometry& g, const SharedKernelTask& task, int num_
     multiply_packed(re.data(), im.data(), k.re.data(), k.im.data(), h);
     real_inverse(rp, re.data(), im.data());
     for (int64_t t = 0; t < g.out_len; ++t) {
-      T v = gather(g, re.data(), im.data(), t);
-      if (row.has_bias) {
-        v = r_add(v, r_prod(tag, row.a.data[t * row.a.stride], row.bias.data[t * row.bias.stride]));
-      }
-      row.out[t] = r_round(v);
+      row.out[t] = row.has_bias
+                       ? finish_output(gather(g, re.data(), im.data(), t), true,
+                                       row.a.data[t * row.a.stride],
+                                       row.bias.data[t * row.bias.stride])
+                       : finish_output(gather(g, re.data(), im.data(), t), false, 0.0f, 0.0f);
     }
   });
 }
@@ -416,8 +311,8 @@ void shared_kernel(const ConvGeometry& g, const SharedKernelTask& task, int num_
 template <class T>
 void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
   const int64_t n = g.fft_size, h = n / 2;
-  auto rp_ptr = get_real_plan<T>(n);
-  const RealPlan<T>& rp = *rp_ptr;
+  auto plan_ptr = get_plan<T>(n);
+  const Plan<T>& rp = *plan_ptr;
   const float scale = spectrum_scale(n);
   const T tag{};
 
