@@ -23,7 +23,8 @@
 #define MP_CONSTANT
 #else
 #include <cmath>
-#define MP_INLINE inline
+// Forced: a dd helper left out of line blocks vectorisation of the FFT loops.
+#define MP_INLINE inline __attribute__((always_inline))
 #define MP_HAS_DOUBLE 1
 #define MP_FMAF(a, b, c) std::fma(a, b, c)
 #define MP_THREAD

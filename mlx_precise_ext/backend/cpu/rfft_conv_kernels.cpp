@@ -59,90 +59,79 @@ std::shared_ptr<const Plan<T>> get_plan(int64_t n_real) {
 
 // ------------------------------------------------------------ transforms ----
 
-template <class T>
-void fft_forward(const Plan<T>& plan, T* __restrict re, T* __restrict im) {
-  for (const auto& st : plan.stages) {
-    const int64_t m = st.block, q = st.quarter;
-    if (st.radix == 2) {
-      for (int64_t b = 0; b < plan.n; b += 2) {
-        cpx<T> x0{re[b], im[b]}, x1{re[b + 1], im[b + 1]};
-        butterfly2(x0, x1);
-        re[b] = x0.re, im[b] = x0.im, re[b + 1] = x1.re, im[b + 1] = x1.im;
-      }
-    } else if (q == 1) {
-      for (int64_t b = 0; b < plan.n; b += 4) {
-        cpx<T> x0{re[b], im[b]}, x1{re[b + 1], im[b + 1]};
-        cpx<T> x2{re[b + 2], im[b + 2]}, x3{re[b + 3], im[b + 3]};
-        dif4_unit(x0, x1, x2, x3);
-        re[b] = x0.re, im[b] = x0.im, re[b + 1] = x1.re, im[b + 1] = x1.im;
-        re[b + 2] = x2.re, im[b + 2] = x2.im, re[b + 3] = x3.re, im[b + 3] = x3.im;
-      }
-    } else {
-      const T* __restrict w1r = plan.tw_re[0].data() + st.tw_offset;
-      const T* __restrict w1i = plan.tw_im[0].data() + st.tw_offset;
-      const T* __restrict w2r = plan.tw_re[1].data() + st.tw_offset;
-      const T* __restrict w2i = plan.tw_im[1].data() + st.tw_offset;
-      const T* __restrict w3r = plan.tw_re[2].data() + st.tw_offset;
-      const T* __restrict w3i = plan.tw_im[2].data() + st.tw_offset;
-      for (int64_t b = 0; b < plan.n; b += m) {
-        T* __restrict r0 = re + b;
-        T* __restrict i0 = im + b;
-        for (int64_t j = 0; j < q; ++j) {
-          cpx<T> x0{r0[j], i0[j]}, x1{r0[j + q], i0[j + q]};
-          cpx<T> x2{r0[j + 2 * q], i0[j + 2 * q]}, x3{r0[j + 3 * q], i0[j + 3 * q]};
-          dif4(x0, x1, x2, x3, cpx<T>{w1r[j], w1i[j]}, cpx<T>{w2r[j], w2i[j]},
-               cpx<T>{w3r[j], w3i[j]});
-          r0[j] = x0.re, i0[j] = x0.im, r0[j + q] = x1.re, i0[j + q] = x1.im;
-          r0[j + 2 * q] = x2.re, i0[j + 2 * q] = x2.im;
-          r0[j + 3 * q] = x3.re, i0[j + 3 * q] = x3.im;
-        }
-      }
+// One radix-4 stage over blocks of 4q points; the four quarters of a block
+// never overlap, which restrict tells the compiler so the j loop vectorises.
+template <class T, bool Inverse>
+void radix4_stage(T* __restrict re, T* __restrict im, int64_t n, int64_t q,
+                  const T* __restrict w1r, const T* __restrict w1i, const T* __restrict w2r,
+                  const T* __restrict w2i, const T* __restrict w3r, const T* __restrict w3i) {
+  for (int64_t b = 0; b < n; b += 4 * q) {
+    T* __restrict r0 = re + b;
+    T* __restrict r1 = r0 + q;
+    T* __restrict r2 = r0 + 2 * q;
+    T* __restrict r3 = r0 + 3 * q;
+    T* __restrict i0 = im + b;
+    T* __restrict i1 = i0 + q;
+    T* __restrict i2 = i0 + 2 * q;
+    T* __restrict i3 = i0 + 3 * q;
+    for (int64_t j = 0; j < q; ++j) {
+      cpx<T> x0{r0[j], i0[j]}, x1{r1[j], i1[j]}, x2{r2[j], i2[j]}, x3{r3[j], i3[j]};
+      const cpx<T> w1{w1r[j], w1i[j]}, w2{w2r[j], w2i[j]}, w3{w3r[j], w3i[j]};
+      if (Inverse) dit4_inverse(x0, x1, x2, x3, w1, w2, w3);
+      else dif4(x0, x1, x2, x3, w1, w2, w3);
+      r0[j] = x0.re, i0[j] = x0.im, r1[j] = x1.re, i1[j] = x1.im;
+      r2[j] = x2.re, i2[j] = x2.im, r3[j] = x3.re, i3[j] = x3.im;
     }
   }
 }
 
-// Unnormalised inverse: returns N times the inverse DFT.
-template <class T>
-void fft_inverse(const Plan<T>& plan, T* __restrict re, T* __restrict im) {
-  for (auto it = plan.stages.rbegin(); it != plan.stages.rend(); ++it) {
-    const auto& st = *it;
-    const int64_t m = st.block, q = st.quarter;
-    if (st.radix == 2) {
-      for (int64_t b = 0; b < plan.n; b += 2) {
-        cpx<T> x0{re[b], im[b]}, x1{re[b + 1], im[b + 1]};
-        butterfly2(x0, x1);
-        re[b] = x0.re, im[b] = x0.im, re[b + 1] = x1.re, im[b + 1] = x1.im;
-      }
-    } else if (q == 1) {
-      for (int64_t b = 0; b < plan.n; b += 4) {
-        cpx<T> x0{re[b], im[b]}, x1{re[b + 1], im[b + 1]};
-        cpx<T> x2{re[b + 2], im[b + 2]}, x3{re[b + 3], im[b + 3]};
-        dit4_inverse_unit(x0, x1, x2, x3);
-        re[b] = x0.re, im[b] = x0.im, re[b + 1] = x1.re, im[b + 1] = x1.im;
-        re[b + 2] = x2.re, im[b + 2] = x2.im, re[b + 3] = x3.re, im[b + 3] = x3.im;
-      }
-    } else {
-      const T* __restrict w1r = plan.tw_re[0].data() + st.tw_offset;
-      const T* __restrict w1i = plan.tw_im[0].data() + st.tw_offset;
-      const T* __restrict w2r = plan.tw_re[1].data() + st.tw_offset;
-      const T* __restrict w2i = plan.tw_im[1].data() + st.tw_offset;
-      const T* __restrict w3r = plan.tw_re[2].data() + st.tw_offset;
-      const T* __restrict w3i = plan.tw_im[2].data() + st.tw_offset;
-      for (int64_t b = 0; b < plan.n; b += m) {
-        T* __restrict r0 = re + b;
-        T* __restrict i0 = im + b;
-        for (int64_t j = 0; j < q; ++j) {
-          cpx<T> x0{r0[j], i0[j]}, x1{r0[j + q], i0[j + q]};
-          cpx<T> x2{r0[j + 2 * q], i0[j + 2 * q]}, x3{r0[j + 3 * q], i0[j + 3 * q]};
-          dit4_inverse(x0, x1, x2, x3, cpx<T>{w1r[j], w1i[j]},
-                       cpx<T>{w2r[j], w2i[j]}, cpx<T>{w3r[j], w3i[j]});
-          r0[j] = x0.re, i0[j] = x0.im, r0[j + q] = x1.re, i0[j + q] = x1.im;
-          r0[j + 2 * q] = x2.re, i0[j + 2 * q] = x2.im;
-          r0[j + 3 * q] = x3.re, i0[j + 3 * q] = x3.im;
-        }
-      }
-    }
+// The last radix-4 stage (blocks of 4 adjacent points, unit twiddles).
+template <class T, bool Inverse>
+void radix4_unit_stage(T* __restrict re, T* __restrict im, int64_t n) {
+  for (int64_t b = 0; b < n; b += 4) {
+    cpx<T> x0{re[b], im[b]}, x1{re[b + 1], im[b + 1]};
+    cpx<T> x2{re[b + 2], im[b + 2]}, x3{re[b + 3], im[b + 3]};
+    if (Inverse) dit4_inverse_unit(x0, x1, x2, x3);
+    else dif4_unit(x0, x1, x2, x3);
+    re[b] = x0.re, im[b] = x0.im, re[b + 1] = x1.re, im[b + 1] = x1.im;
+    re[b + 2] = x2.re, im[b + 2] = x2.im, re[b + 3] = x3.re, im[b + 3] = x3.im;
   }
+}
+
+template <class T>
+void radix2_stage(T* __restrict re, T* __restrict im, int64_t n) {
+  for (int64_t b = 0; b < n; b += 2) {
+    cpx<T> x0{re[b], im[b]}, x1{re[b + 1], im[b + 1]};
+    butterfly2(x0, x1);
+    re[b] = x0.re, im[b] = x0.im, re[b + 1] = x1.re, im[b + 1] = x1.im;
+  }
+}
+
+template <class T, bool Inverse>
+void run_stage(const Plan<T>& plan, const FFTStage& st, T* re, T* im) {
+  if (st.radix == 2) {
+    radix2_stage(re, im, plan.n);
+  } else if (st.quarter == 1) {
+    radix4_unit_stage<T, Inverse>(re, im, plan.n);
+  } else {
+    const int64_t o = st.tw_offset;
+    radix4_stage<T, Inverse>(re, im, plan.n, st.quarter, plan.tw_re[0].data() + o,
+                             plan.tw_im[0].data() + o, plan.tw_re[1].data() + o,
+                             plan.tw_im[1].data() + o, plan.tw_re[2].data() + o,
+                             plan.tw_im[2].data() + o);
+  }
+}
+
+template <class T>
+void fft_forward(const Plan<T>& plan, T* re, T* im) {
+  for (const auto& st : plan.stages) run_stage<T, false>(plan, st, re, im);
+}
+
+// Unnormalised inverse: the stages of fft_forward undone in reverse order.
+template <class T>
+void fft_inverse(const Plan<T>& plan, T* re, T* im) {
+  for (auto it = plan.stages.rbegin(); it != plan.stages.rend(); ++it)
+    run_stage<T, true>(plan, *it, re, im);
 }
 
 // ------------------------------------------------------- real transforms ----
@@ -165,36 +154,52 @@ void load_real(T* __restrict re, T* __restrict im, RealRow row, int64_t len, boo
   }
 }
 
+// Split and unsplit combine Z at p with Z at its partner position. The
+// partner values are first copied into the output arrays (a plain gather),
+// so the arithmetic loop is contiguous and vectorises for every T, ff
+// included; each output is computed from the same operands either way.
 template <class T>
-void real_forward(const Plan<T>& plan, T* re, T* im) {
-  fft_forward(plan, re, im);
-  const cpx<T> dc = rfft_split_dc(cpx<T>{re[0], im[0]});
-  re[0] = dc.re, im[0] = dc.im;
-  for (int64_t p = 1; p < plan.n; ++p) {
-    const int64_t q = plan.partner[p];
-    if (q < p) continue;
-    const cpx<T> zp{re[p], im[p]}, zq{re[q], im[q]};
-    const cpx<T> xp = rfft_split(zp, zq, cpx<T>{plan.split_re[p], plan.split_im[p]});
-    const cpx<T> xq = rfft_split(zq, zp, cpx<T>{plan.split_re[q], plan.split_im[q]});
-    re[p] = xp.re, im[p] = xp.im;
-    re[q] = xq.re, im[q] = xq.im;
+void gather_partners(const Plan<T>& plan, const T* __restrict re, const T* __restrict im,
+                     T* __restrict out_re, T* __restrict out_im) {
+  const int64_t* __restrict partner = plan.partner;
+  for (int64_t p = 0; p < plan.n; ++p) {
+    out_re[p] = re[partner[p]];
+    out_im[p] = im[partner[p]];
   }
 }
 
 template <class T>
-void real_inverse(const Plan<T>& plan, T* re, T* im) {
-  const cpx<T> dc = rfft_unsplit_dc(cpx<T>{re[0], im[0]});
-  re[0] = dc.re, im[0] = dc.im;
+void real_forward(const Plan<T>& plan, T* re, T* im, T* __restrict out_re,
+                  T* __restrict out_im) {
+  fft_forward(plan, re, im);
+  gather_partners(plan, re, im, out_re, out_im);
+  const T* __restrict wr = plan.split_re.data();
+  const T* __restrict wi = plan.split_im.data();
   for (int64_t p = 1; p < plan.n; ++p) {
-    const int64_t q = plan.partner[p];
-    if (q < p) continue;
-    const cpx<T> yp{re[p], im[p]}, yq{re[q], im[q]};
-    const cpx<T> zp = rfft_unsplit(yp, yq, cpx<T>{plan.split_re[p], plan.split_im[p]});
-    const cpx<T> zq = rfft_unsplit(yq, yp, cpx<T>{plan.split_re[q], plan.split_im[q]});
-    re[p] = zp.re, im[p] = zp.im;
-    re[q] = zq.re, im[q] = zq.im;
+    const cpx<T> x =
+        rfft_split(cpx<T>{re[p], im[p]}, cpx<T>{out_re[p], out_im[p]}, cpx<T>{wr[p], wi[p]});
+    out_re[p] = x.re;
+    out_im[p] = x.im;
   }
-  fft_inverse(plan, re, im);
+  const cpx<T> dc = rfft_split_dc(cpx<T>{re[0], im[0]});
+  out_re[0] = dc.re, out_im[0] = dc.im;
+}
+
+template <class T>
+void real_inverse(const Plan<T>& plan, const T* __restrict re, const T* __restrict im,
+                  T* __restrict out_re, T* __restrict out_im) {
+  gather_partners(plan, re, im, out_re, out_im);
+  const T* __restrict wr = plan.split_re.data();
+  const T* __restrict wi = plan.split_im.data();
+  for (int64_t p = 1; p < plan.n; ++p) {
+    const cpx<T> z =
+        rfft_unsplit(cpx<T>{re[p], im[p]}, cpx<T>{out_re[p], out_im[p]}, cpx<T>{wr[p], wi[p]});
+    out_re[p] = z.re;
+    out_im[p] = z.im;
+  }
+  const cpx<T> dc = rfft_unsplit_dc(cpx<T>{re[0], im[0]});
+  out_re[0] = dc.re, out_im[0] = dc.im;
+  fft_inverse(plan, out_re, out_im);
 }
 
 // Spectral product in the packed format.
@@ -276,10 +281,11 @@ void shared_kernel(const ConvGeometry& g, const SharedKernelTask& task, int num_
   std::vector<Spectrum<T>> spectra(task.b_rows.size());
   parallel_for(static_cast<int64_t>(spectra.size()), num_threads, [&](int64_t i) {
     Spectrum<T>& s = spectra[i];
+    std::vector<T> z_re(h), z_im(h);
     s.re.resize(h);
     s.im.resize(h);
-    load_real(s.re.data(), s.im.data(), task.b_rows[i], g.b_len, false, h);
-    real_forward(rp, s.re.data(), s.im.data());
+    load_real(z_re.data(), z_im.data(), task.b_rows[i], g.b_len, false, h);
+    real_forward(rp, z_re.data(), z_im.data(), s.re.data(), s.im.data());
     for (int64_t p = 0; p < h; ++p) {
       s.re[p] = r_scale(s.re[p], scale);
       s.im[p] = r_scale(s.im[p], scale);
@@ -287,15 +293,14 @@ void shared_kernel(const ConvGeometry& g, const SharedKernelTask& task, int num_
   });
 
   parallel_for(static_cast<int64_t>(task.rows.size()), num_threads, [&](int64_t r) {
-    thread_local std::vector<T> re, im;
-    re.resize(h);
-    im.resize(h);
+    thread_local std::vector<T> re, im, x_re, x_im;
+    for (auto* v : {&re, &im, &x_re, &x_im}) v->resize(h);
     const auto& row = task.rows[r];
     load_real(re.data(), im.data(), row.a, g.a_len, g.a_reversed, h);
-    real_forward(rp, re.data(), im.data());
+    real_forward(rp, re.data(), im.data(), x_re.data(), x_im.data());
     const Spectrum<T>& k = spectra[row.b_index];
-    multiply_packed(re.data(), im.data(), k.re.data(), k.im.data(), h);
-    real_inverse(rp, re.data(), im.data());
+    multiply_packed(x_re.data(), x_im.data(), k.re.data(), k.im.data(), h);
+    real_inverse(rp, x_re.data(), x_im.data(), re.data(), im.data());
     for (int64_t t = 0; t < g.out_len; ++t) {
       row.out[t] = row.has_bias
                        ? finish_output(gather(g, re.data(), im.data(), t), true,
@@ -317,16 +322,16 @@ void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
   const T tag{};
 
   parallel_for(static_cast<int64_t>(task.targets.size()), num_threads, [&](int64_t ti) {
-    thread_local std::vector<T> are, aim, bre, bim, acc_re, acc_im;
-    for (auto* v : {&are, &aim, &bre, &bim, &acc_re, &acc_im}) v->resize(h);
+    thread_local std::vector<T> z_re, z_im, are, aim, bre, bim, acc_re, acc_im;
+    for (auto* v : {&z_re, &z_im, &are, &aim, &bre, &bim, &acc_re, &acc_im}) v->resize(h);
     std::fill(acc_re.begin(), acc_re.end(), T{});
     std::fill(acc_im.begin(), acc_im.end(), T{});
     const auto& target = task.targets[ti];
     for (const auto& term : target.terms) {
-      load_real(are.data(), aim.data(), term.a, g.a_len, g.a_reversed, h);
-      real_forward(rp, are.data(), aim.data());
-      load_real(bre.data(), bim.data(), term.b, g.b_len, false, h);
-      real_forward(rp, bre.data(), bim.data());
+      load_real(z_re.data(), z_im.data(), term.a, g.a_len, g.a_reversed, h);
+      real_forward(rp, z_re.data(), z_im.data(), are.data(), aim.data());
+      load_real(z_re.data(), z_im.data(), term.b, g.b_len, false, h);
+      real_forward(rp, z_re.data(), z_im.data(), bre.data(), bim.data());
       accumulate_packed(acc_re.data(), acc_im.data(), are.data(), aim.data(), bre.data(),
                         bim.data(), h);
     }
@@ -334,9 +339,9 @@ void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
       acc_re[p] = r_scale(acc_re[p], scale);
       acc_im[p] = r_scale(acc_im[p], scale);
     }
-    real_inverse(rp, acc_re.data(), acc_im.data());
+    real_inverse(rp, acc_re.data(), acc_im.data(), z_re.data(), z_im.data());
     for (int64_t t = 0; t < g.out_len; ++t) {
-      T v = gather(g, acc_re.data(), acc_im.data(), t);
+      T v = gather(g, z_re.data(), z_im.data(), t);
       for (const auto& bt : target.bias_terms)
         v = r_add(v, r_prod(tag, bt.a.data[t * bt.a.stride], bt.bias.data[t * bt.bias.stride]));
       target.out[t] = r_round(v);
