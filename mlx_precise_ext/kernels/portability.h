@@ -9,6 +9,9 @@
 #define MP_INLINE inline
 #define MP_HAS_DOUBLE 0
 #define MP_FMAF(a, b, c) metal::fma(a, b, c)
+#define MP_RINTF(x) metal::rint(x)
+#define MP_LDEXPF(x, e) metal::ldexp(x, e)
+#define MP_FLOAT_BITS(x) as_type<unsigned int>(x)
 #define MP_THREAD thread
 #define MP_DEVICE device
 #define MP_CONSTANT constant
@@ -18,6 +21,11 @@
 // NVRTC and nvcc contract a*b+c by default: the intrinsics below are never
 // contracted, and __fmaf_rn is the one fused operation we mean.
 #define MP_FMAF(a, b, c) __fmaf_rn(a, b, c)
+#define MP_RINTF(x) rintf(x)
+#define MP_RINT(x) rint(x)
+#define MP_LDEXPF(x, e) ldexpf(x, e)
+#define MP_LDEXP(x, e) ldexp(x, e)
+#define MP_FLOAT_BITS(x) __float_as_uint(x)
 #define MP_THREAD
 #define MP_DEVICE
 #define MP_CONSTANT
@@ -27,6 +35,17 @@
 #define MP_INLINE inline __attribute__((always_inline))
 #define MP_HAS_DOUBLE 1
 #define MP_FMAF(a, b, c) std::fma(a, b, c)
+#define MP_RINTF(x) std::nearbyint(x)
+#define MP_RINT(x) std::nearbyint(x)
+#define MP_LDEXPF(x, e) std::ldexp(static_cast<float>(x), e)
+#define MP_LDEXP(x, e) std::ldexp(static_cast<double>(x), e)
+#include <cstring>
+inline unsigned int mp_float_bits(float x) {
+  unsigned int b;
+  std::memcpy(&b, &x, sizeof(b));
+  return b;
+}
+#define MP_FLOAT_BITS(x) mp_float_bits(x)
 #define MP_THREAD
 #define MP_DEVICE
 #define MP_CONSTANT

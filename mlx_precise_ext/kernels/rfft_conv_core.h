@@ -45,12 +45,162 @@ MP_INLINE cpx<T> packed_mul(cpx<T> a, cpx<T> b, bool dc) {
   return dc ? cpx<T>{r_mul(a.re, b.re), r_mul(a.im, b.im)} : c_mul(a, b);
 }
 
+// ------------------------------------------------------ lattice snapping ----
+//
+// The exact convolution of float32 rows a and b is an integer multiple of
+// 2^(qa + qb), where q is the exponent of the lowest set bit over a row. When
+// the transform's error is provably below a quarter of that quantum, rounding
+// the result to the nearest multiple recovers the exact value: exact zeros
+// and small-integer convolutions come out exact. The decision uses only
+// integer exponents (max |x| and lowest set bits do not depend on summation
+// order), so every backend decides the same way.
+
+// Exponent of the lowest set bit of a nonzero finite float, from its bits.
+MP_INLINE int lowest_bit_exponent(unsigned int bits) {
+  unsigned int exponent = (bits >> 23) & 0xffu;
+  unsigned int mantissa = bits & 0x7fffffu;
+  int base = -149;
+  if (exponent != 0) {
+    mantissa |= 0x800000u;
+    base = static_cast<int>(exponent) - 150;
+  }
+  int tz = 0;
+  while ((mantissa & 1u) == 0u) {
+    mantissa >>= 1;
+    ++tz;
+  }
+  return base + tz;
+}
+
+// Exponent e with |x| < 2^e for a nonzero finite float (ilogb + 1).
+MP_INLINE int magnitude_exponent(unsigned int bits) {
+  unsigned int exponent = (bits >> 23) & 0xffu;
+  if (exponent != 0) return static_cast<int>(exponent) - 126;
+  unsigned int mantissa = bits & 0x7fffffu;
+  int e = -149;
+  while (mantissa != 0u) {
+    mantissa >>= 1;
+    ++e;
+  }
+  return e;
+}
+
+// Integer summary of a row: no NaN/Inf, all zero, max and lattice exponents.
+struct RowLattice {
+  bool finite;
+  bool zero;
+  int max_exp;      // |x| < 2^max_exp
+  int quantum_exp;  // every x is a multiple of 2^quantum_exp
+};
+
+MP_INLINE RowLattice lattice_identity() {
+  return RowLattice{true, true, -1000, 1000};
+}
+
+MP_INLINE RowLattice lattice_add(RowLattice r, unsigned int bits) {
+  unsigned int exponent = (bits >> 23) & 0xffu;
+  if (exponent == 0xffu) {
+    r.finite = false;
+    return r;
+  }
+  if ((bits & 0x7fffffffu) == 0u) return r;
+  r.zero = false;
+  int m = magnitude_exponent(bits);
+  int q = lowest_bit_exponent(bits);
+  r.max_exp = m > r.max_exp ? m : r.max_exp;
+  r.quantum_exp = q < r.quantum_exp ? q : r.quantum_exp;
+  return r;
+}
+
+MP_INLINE RowLattice lattice_merge(RowLattice a, RowLattice b) {
+  RowLattice r;
+  r.finite = a.finite && b.finite;
+  r.zero = a.zero && b.zero;
+  r.max_exp = a.max_exp > b.max_exp ? a.max_exp : b.max_exp;
+  r.quantum_exp = a.quantum_exp < b.quantum_exp ? a.quantum_exp : b.quantum_exp;
+  return r;
+}
+
+// ceil(log2(v)) for v >= 1.
+MP_INLINE int ceil_log2(long long v) {
+  int e = 0;
+  while ((1ll << e) < v) ++e;
+  return e;
+}
+
+// Snapping of one convolution term a (*) b, with a bias term a * d.
+// Error bound of the FFT path (Higham's analysis, with room to spare):
+//   |err| <= 64 (log2 N + 1) u sqrt(La) Lb max|a| max|b|   (u: unit roundoff of T).
+// Returns the quantum exponent, or kNoSnap when the bound cannot certify it.
+constexpr MP_CONSTANT int kNoSnap = 100000;
+
+MP_INLINE int snap_exponent(RowLattice a, RowLattice b, bool has_bias, RowLattice d,
+                            long long a_len, long long b_len, long long fft_size,
+                            int unit_roundoff_exp, int terms) {
+  if (!a.finite || !b.finite || (has_bias && !d.finite)) return kNoSnap;
+  if (unit_roundoff_exp >= 0 || a.zero) return kNoSnap;  // float32 mode, or exactly zero
+  int q = kNoSnap;
+  int bound_exp = -1000000;
+  if (!b.zero) {
+    q = a.quantum_exp + b.quantum_exp;
+    bound_exp = 6 + ceil_log2(ceil_log2(fft_size) + 1) + (ceil_log2(a_len) + 1) / 2 +
+                ceil_log2(b_len) + a.max_exp + b.max_exp + unit_roundoff_exp;
+  }
+  if (has_bias && !d.zero) {
+    // The bias product is exact; adding it rounds once, relative to its size.
+    int qd = a.quantum_exp + d.quantum_exp;
+    q = qd < q ? qd : q;
+    int bias_exp = a.max_exp + d.max_exp + 2 + unit_roundoff_exp;
+    bound_exp = bias_exp > bound_exp ? bias_exp : bound_exp;
+  }
+  if (q == kNoSnap) return kNoSnap;
+  bound_exp += 1 + ceil_log2(terms);
+  return bound_exp <= q - 2 ? q : kNoSnap;
+}
+
+// Nearest multiple of 2^e (the value is within 2^(e-2) of one when certified).
+#if MP_HAS_DOUBLE
+MP_INLINE double r_snap(double v, int e) {
+  return MP_LDEXP(MP_RINT(MP_LDEXP(v, -e)), e);
+}
+
+// Unit roundoff exponents with margin: double 2^-53, double-word about 2^-48.
+MP_INLINE int snap_roundoff_exp(double) {
+  return -52;
+}
+#endif
+MP_INLINE int snap_roundoff_exp(ff) {
+  return -45;
+}
+MP_INLINE int snap_roundoff_exp(float) {
+  return 0;
+}
+
+MP_INLINE ff r_snap(ff v, int e) {
+  float hi = MP_LDEXPF(v.hi, -e), lo = MP_LDEXPF(v.lo, -e);
+  float r = MP_RINTF(hi);
+  if (r == hi) return ff{v.hi, MP_LDEXPF(MP_RINTF(lo), e)};
+  // hi is not an integer, so |hi| < 2^23 and |lo| < 1/4: the nearest integer
+  // is r or its neighbour (hi - r is exact).
+  float d = MP_ADDF(MP_SUBF(hi, r), lo);
+  if (d > 0.5f) r = MP_ADDF(r, 1.0f);
+  if (d < -0.5f) r = MP_SUBF(r, 1.0f);
+  return ff{MP_LDEXPF(r, e), 0.0f};
+}
+
+// float32 mode promises float32 arithmetic only: no snapping.
+MP_INLINE float r_snap(float v, int) {
+  return v;
+}
+
 // Output element: the convolution value (already summed over the fold), plus
-// the exact product a * bias, rounded once to float32.
+// the exact product a * bias, snapped to the lattice when certified, rounded
+// once to float32.
 template <class T>
-MP_INLINE float finish_output(T conv, bool has_bias, float a, float bias) {
+MP_INLINE float finish_output(T conv, bool has_bias, float a, float bias, int snap_exp) {
   const T tag{};
   if (has_bias) conv = r_add(conv, r_prod(tag, a, bias));
+  if (snap_exp != kNoSnap) conv = r_snap(conv, snap_exp);
   return r_round(conv);
 }
 

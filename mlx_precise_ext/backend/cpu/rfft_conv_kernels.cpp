@@ -243,6 +243,12 @@ inline T gather(const ConvGeometry& g, const T* re, const T* im, int64_t t) {
   return v;
 }
 
+RowLattice row_lattice(RealRow row, int64_t len) {
+  RowLattice r = lattice_identity();
+  for (int64_t i = 0; i < len; ++i) r = lattice_add(r, MP_FLOAT_BITS(row.data[i * row.stride]));
+  return r;
+}
+
 template <class Fn>
 void parallel_for(int64_t count, int num_threads, Fn fn) {
   int workers = static_cast<int>(std::min<int64_t>(std::max(num_threads, 1), count));
@@ -279,7 +285,9 @@ void shared_kernel(const ConvGeometry& g, const SharedKernelTask& task, int num_
   const float scale = spectrum_scale(n);
 
   std::vector<Spectrum<T>> spectra(task.b_rows.size());
+  std::vector<RowLattice> b_lattice(task.b_rows.size());
   parallel_for(static_cast<int64_t>(spectra.size()), num_threads, [&](int64_t i) {
+    b_lattice[i] = row_lattice(task.b_rows[i], g.b_len);
     Spectrum<T>& s = spectra[i];
     std::vector<T> z_re(h), z_im(h);
     s.re.resize(h);
@@ -301,12 +309,15 @@ void shared_kernel(const ConvGeometry& g, const SharedKernelTask& task, int num_
     const Spectrum<T>& k = spectra[row.b_index];
     multiply_packed(x_re.data(), x_im.data(), k.re.data(), k.im.data(), h);
     real_inverse(rp, x_re.data(), x_im.data(), re.data(), im.data());
+    const RowLattice d = row.has_bias ? row_lattice(row.bias, g.out_len) : lattice_identity();
+    const int snap = snap_exponent(row_lattice(row.a, g.a_len), b_lattice[row.b_index],
+                                   row.has_bias, d, g.a_len, g.b_len, n,
+                                   snap_roundoff_exp(T{}), 1);
     for (int64_t t = 0; t < g.out_len; ++t) {
-      row.out[t] = row.has_bias
-                       ? finish_output(gather(g, re.data(), im.data(), t), true,
-                                       row.a.data[t * row.a.stride],
-                                       row.bias.data[t * row.bias.stride])
-                       : finish_output(gather(g, re.data(), im.data(), t), false, 0.0f, 0.0f);
+      const T v = gather(g, re.data(), im.data(), t);
+      row.out[t] = row.has_bias ? finish_output(v, true, row.a.data[t * row.a.stride],
+                                                row.bias.data[t * row.bias.stride], snap)
+                                : finish_output(v, false, 0.0f, 0.0f, snap);
     }
   });
 }
@@ -327,6 +338,18 @@ void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
     std::fill(acc_re.begin(), acc_re.end(), T{});
     std::fill(acc_im.begin(), acc_im.end(), T{});
     const auto& target = task.targets[ti];
+    RowLattice a_all = lattice_identity(), b_all = lattice_identity(), d_all = lattice_identity();
+    for (const auto& term : target.terms) {
+      a_all = lattice_merge(a_all, row_lattice(term.a, g.a_len));
+      b_all = lattice_merge(b_all, row_lattice(term.b, g.b_len));
+    }
+    for (const auto& bt : target.bias_terms) {
+      a_all = lattice_merge(a_all, row_lattice(bt.a, g.out_len));
+      d_all = lattice_merge(d_all, row_lattice(bt.bias, g.out_len));
+    }
+    const int terms = static_cast<int>(target.terms.size() + target.bias_terms.size());
+    const int snap = snap_exponent(a_all, b_all, !target.bias_terms.empty(), d_all, g.a_len,
+                                   g.b_len, n, snap_roundoff_exp(T{}), terms > 0 ? terms : 1);
     for (const auto& term : target.terms) {
       load_real(z_re.data(), z_im.data(), term.a, g.a_len, g.a_reversed, h);
       real_forward(rp, z_re.data(), z_im.data(), are.data(), aim.data());
@@ -344,6 +367,7 @@ void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
       T v = gather(g, z_re.data(), z_im.data(), t);
       for (const auto& bt : target.bias_terms)
         v = r_add(v, r_prod(tag, bt.a.data[t * bt.a.stride], bt.bias.data[t * bt.bias.stride]));
+      if (snap != kNoSnap) v = r_snap(v, snap);
       target.out[t] = r_round(v);
     }
   });

@@ -1,0 +1,98 @@
+"""References far below float32 rounding, and the accuracy measures of DESIGN.md.
+
+Inputs are float32, so every product is exact in longdouble (64-bit significand);
+numpy's pocketfft computes longdouble transforms with errors near 1e-19 relative
+to the norm, some 10^11 below a float32 ulp.
+"""
+
+import numpy as np
+
+LD = np.longdouble
+
+
+def next_pow2(v: int) -> int:
+    p = 1
+    while p < v:
+        p *= 2
+    return p
+
+
+def conv_reference(u, k, n=None, bias=None):
+    """Exact-to-1e-19 value of rfft_conv(u, k, n=n, bias=bias) (float32 inputs)."""
+    u = np.asarray(u, dtype=np.float32).astype(LD)
+    k = np.asarray(k, dtype=np.float32).astype(LD)
+    L, Lk = u.shape[-1], k.shape[-1]
+    size = n if n is not None else next_pow2(L + Lk - 1)
+    if n is None:
+        k = k[..., : min(Lk, L)]
+    y = np.fft.irfft(np.fft.rfft(u, size) * np.fft.rfft(k, size), size)[..., :L]
+    if bias is not None:
+        y = y + u * np.asarray(bias, dtype=np.float32).astype(LD)
+    return y
+
+
+def conv_grads_reference(u, k, g, n=None, bias=None):
+    """d<g, rfft_conv(u, k, n, bias)>/d(u, k, bias) in longdouble, summed over the
+    dims each input was broadcast along."""
+    uL = np.asarray(u, np.float32).astype(LD)
+    kL = np.asarray(k, np.float32).astype(LD)
+    gL = np.asarray(g, np.float32).astype(LD)
+    L, Lk = uL.shape[-1], kL.shape[-1]
+    size = n if n is not None else next_pow2(2 * (L + Lk))
+    G = np.fft.rfft(gL, size)
+    # y[t] = sum_j u[t-j] k[j] (mod size when n is given, t < L):
+    # grad u[s] = sum_t g[t] k[t-s], grad k[j] = sum_t g[t] u[t-j].
+    corr_k = np.fft.irfft(G * np.conj(np.fft.rfft(kL, size)), size)
+    corr_u = np.fft.irfft(G * np.conj(np.fft.rfft(uL, size)), size)
+    grad_u = corr_k[..., :L]
+    grad_k = corr_u[..., :Lk]
+    if bias is not None:
+        bL = np.asarray(bias, np.float32).astype(LD)
+        grad_u = grad_u + gL * bL
+        grad_b = sum_to_shape(gL * uL, np.shape(bias))
+    else:
+        grad_b = None
+    return sum_to_shape(grad_u, uL.shape), sum_to_shape(grad_k, kL.shape), grad_b
+
+
+def sum_to_shape(x, shape):
+    """Sum x over the dims along which an array of `shape` was broadcast."""
+    shape = tuple(shape)
+    lead = x.ndim - len(shape)
+    x = x.sum(axis=tuple(range(lead))) if lead else x
+    axes = tuple(i for i, d in enumerate(shape) if d == 1 and x.shape[i] != 1)
+    return x.sum(axis=axes, keepdims=True) if axes else x
+
+
+def ulp32(x):
+    """ulp of float32(x) (for 0: the smallest subnormal)."""
+    f = np.abs(np.asarray(x, dtype=np.float32))
+    return np.spacing(f).astype(np.float64)
+
+
+def accuracy(y, ref):
+    """(correctly rounded fraction, relative L2, max ulp error where |ref| >= 1e-3 max|ref|)."""
+    y = np.asarray(y, dtype=np.float32)
+    ref = np.asarray(ref, dtype=LD)
+    rounded = ref.astype(np.float32)
+    correct = float(np.mean(y == rounded)) if y.size else 1.0
+    diff = (y.astype(LD) - ref).astype(np.float64)
+    denom = float(np.linalg.norm(ref.astype(np.float64)))
+    rel_l2 = float(np.linalg.norm(diff)) / denom if denom > 0 else float(np.linalg.norm(diff))
+    big = np.abs(ref.astype(np.float64)) >= 1e-3 * float(np.max(np.abs(ref.astype(np.float64))))
+    ulps = np.abs(diff) / ulp32(rounded)
+    max_ulp = float(np.max(ulps[big])) if np.any(big) else 0.0
+    return correct, rel_l2, max_ulp
+
+
+def assert_correctly_rounded(y, ref, min_correct=0.999, max_rel_l2=4e-8, max_ulps=1.0):
+    y = np.asarray(y)
+    assert not np.any(np.isnan(y)), "NaN in output"
+    correct, rel_l2, max_ulp = accuracy(y, ref)
+    if y.size < 1000:
+        # The 4e-8 bar is a statistical one (rounding alone averages ~2.5e-8);
+        # a few correctly rounded values can reach the worst case 2^-24.
+        max_rel_l2 = max(max_rel_l2, 2.0**-24)
+    assert correct >= min_correct, f"correctly rounded {correct:.5f} < {min_correct}"
+    assert rel_l2 <= max_rel_l2, f"relative L2 {rel_l2:.3e} > {max_rel_l2}"
+    assert max_ulp <= max_ulps, f"max ulp error {max_ulp:.3f} > {max_ulps}"
