@@ -32,20 +32,23 @@ def conv_reference(u, k, n=None, bias=None):
 
 
 def conv_grads_reference(u, k, g, n=None, bias=None):
-    """d<g, rfft_conv(u, k, n, bias)>/d(u, k, bias) in longdouble, summed over the
-    dims each input was broadcast along."""
+    """d<g, rfft_conv(u, k, n, bias)>/d(u, k, bias) by direct summation in
+    longdouble (exact products, structural zeros exact), summed over the dims
+    each input was broadcast along. For test sizes (L, Lk up to a few hundred)."""
     uL = np.asarray(u, np.float32).astype(LD)
     kL = np.asarray(k, np.float32).astype(LD)
     gL = np.asarray(g, np.float32).astype(LD)
     L, Lk = uL.shape[-1], kL.shape[-1]
-    size = n if n is not None else next_pow2(2 * (L + Lk))
-    G = np.fft.rfft(gL, size)
-    # y[t] = sum_j u[t-j] k[j] (mod size when n is given, t < L):
-    # grad u[s] = sum_t g[t] k[t-s], grad k[j] = sum_t g[t] u[t-j].
-    corr_k = np.fft.irfft(G * np.conj(np.fft.rfft(kL, size)), size)
-    corr_u = np.fft.irfft(G * np.conj(np.fft.rfft(uL, size)), size)
-    grad_u = corr_k[..., :L]
-    grad_k = corr_u[..., :Lk]
+    # y[t] = sum_j u[(t-j) mod size] k[j]; the causal form never wraps.
+    size = n if n is not None else L + Lk
+    u_pad = np.concatenate([uL, np.zeros(uL.shape[:-1] + (size - L,), LD)], axis=-1)
+    k_pad = np.concatenate([kL, np.zeros(kL.shape[:-1] + (size - Lk,), LD)], axis=-1)
+    t = np.arange(L)
+    # grad u[s] = sum_t g[t] k[(t-s) mod size]; grad k[j] = sum_t g[t] u[(t-j) mod size].
+    k_taps = k_pad[..., (t[None, :] - t[:, None]) % size]  # (..., s, t)
+    u_taps = u_pad[..., (t[None, :] - np.arange(Lk)[:, None]) % size]  # (..., j, t)
+    grad_u = np.einsum("...t,...st->...s", gL, k_taps)
+    grad_k = np.einsum("...t,...jt->...j", gL, u_taps)
     if bias is not None:
         bL = np.asarray(bias, np.float32).astype(LD)
         grad_u = grad_u + gL * bL

@@ -38,13 +38,26 @@ def test_extended_modes_are_correctly_rounded(rng, precision, kernel, L):
 
 @pytest.mark.parametrize("precision", EXTENDED)
 def test_small_integer_inputs_give_exact_results(rng, precision):
-    # |y| <= 8 * 8 * 3000 < 2^24: the exact convolution is a float32 integer.
+    # |y| <= 8 * 8 * 3000 < 2^24: the exact convolution is a float32 integer, and
+    # sparse inputs make many outputs exactly zero (+0, as an exact sum gives).
     for L in (5, 300, 3000):
-        u = rng.integers(-8, 9, size=(2, L)).astype(np.float32)
-        k = rng.integers(-8, 9, size=(2, L)).astype(np.float32)
-        exact = np.stack([np.convolve(u[i].astype(np.int64), k[i].astype(np.int64))[:L] for i in range(2)])
-        y = run(u, k, precision=precision)
-        np.testing.assert_array_equal(y, exact.astype(np.float32))
+        for density in (1.0, 0.05):
+            u = (rng.integers(-8, 9, size=(2, L)) * (rng.random((2, L)) < density)).astype(np.float32)
+            k = rng.integers(-8, 9, size=(2, L)).astype(np.float32)
+            exact = np.stack([np.convolve(u[i].astype(np.int64), k[i].astype(np.int64))[:L] for i in range(2)])
+            y = run(u, k, precision=precision)
+            np.testing.assert_array_equal(y.view(np.uint32), exact.astype(np.float32).view(np.uint32))
+
+
+@pytest.mark.parametrize("precision", EXTENDED)
+def test_dyadic_grid_inputs_give_exact_results(rng, precision):
+    # Multiples of 2^-10 times multiples of 2^-6: the convolution lies on the 2^-16 grid.
+    L = 500
+    u = (rng.integers(-1000, 1000, size=(3, L)) * 2.0**-10).astype(np.float32)
+    k = (rng.integers(-50, 50, size=(3, L)) * 2.0**-6).astype(np.float32)
+    exact = np.stack([np.convolve(u[i].astype(np.float64), k[i].astype(np.float64))[:L] for i in range(3)])
+    y = run(u, k, precision=precision)
+    np.testing.assert_array_equal(y, exact.astype(np.float32))
 
 
 @pytest.mark.parametrize("L", [64, 1000, 4096])

@@ -45,6 +45,32 @@ MP_INLINE cpx<T> packed_mul(cpx<T> a, cpx<T> b, bool dc) {
   return dc ? cpx<T>{r_mul(a.re, b.re), r_mul(a.im, b.im)} : c_mul(a, b);
 }
 
+// Which entries of the length-N cyclic result x form output t: x[first]
+// (+ x[second] when the transform is folded at period n), -1 where absent.
+// Entries at or beyond the support of the linear convolution (a_len + b_len - 1)
+// are exactly zero in exact arithmetic, so they are not read at all: the
+// result there is an exact zero rather than transform noise.
+struct GatherIndex {
+  long long first;
+  long long second;
+};
+
+MP_INLINE GatherIndex gather_index(long long t, long long fft_size, long long period, bool fold,
+                                   bool out_reversed, long long out_origin, long long support) {
+  long long i = t;
+  if (out_reversed) {
+    i = out_origin - t;
+    if (i < 0) {
+      if (period == 0) return GatherIndex{-1, -1};  // causal form: no such tap
+      i += period;
+    }
+  }
+  long long limit = support < fft_size ? support : fft_size;
+  GatherIndex g{i < limit ? i : -1, -1};
+  if (fold && i + period < limit) g.second = i + period;
+  return g;
+}
+
 // ------------------------------------------------------ lattice snapping ----
 //
 // The exact convolution of float32 rows a and b is an integer multiple of
@@ -138,7 +164,9 @@ MP_INLINE int snap_exponent(RowLattice a, RowLattice b, bool has_bias, RowLattic
                             long long a_len, long long b_len, long long fft_size,
                             int unit_roundoff_exp, int terms) {
   if (!a.finite || !b.finite || (has_bias && !d.finite)) return kNoSnap;
-  if (unit_roundoff_exp >= 0 || a.zero) return kNoSnap;  // float32 mode, or exactly zero
+  if (unit_roundoff_exp >= 0) return kNoSnap;  // float32 mode promises no snapping
+  // An exactly zero output (the transform may still carry signed zeros) snaps to +0.
+  if (a.zero || (b.zero && (!has_bias || d.zero))) return 0;
   int q = kNoSnap;
   int bound_exp = -1000000;
   if (!b.zero) {
@@ -160,8 +188,9 @@ MP_INLINE int snap_exponent(RowLattice a, RowLattice b, bool has_bias, RowLattic
 
 // Nearest multiple of 2^e (the value is within 2^(e-2) of one when certified).
 #if MP_HAS_DOUBLE
+// (+ 0.0 turns a rounded -0 into the +0 an exact sum of products gives.)
 MP_INLINE double r_snap(double v, int e) {
-  return MP_LDEXP(MP_RINT(MP_LDEXP(v, -e)), e);
+  return MP_LDEXP(MP_RINT(MP_LDEXP(v, -e)) + 0.0, e);
 }
 
 // Unit roundoff exponents with margin: double 2^-53, double-word about 2^-48.

@@ -233,13 +233,10 @@ inline T sample(const T* re, const T* im, int64_t i) {
 
 template <class T>
 inline T gather(const ConvGeometry& g, const T* re, const T* im, int64_t t) {
-  int64_t i = t;
-  if (g.out_reversed) {
-    i = g.out_origin - t;
-    if (i < 0) i += g.period;
-  }
-  T v = i < g.fft_size ? sample(re, im, i) : T{};
-  if (g.fold && i + g.period < g.fft_size) v = r_add(v, sample(re, im, i + g.period));
+  const GatherIndex idx = gather_index(t, g.fft_size, g.period, g.fold, g.out_reversed,
+                                       g.out_origin, g.a_len + g.b_len - 1);
+  T v = idx.first >= 0 ? sample(re, im, idx.first) : T{};
+  if (idx.second >= 0) v = r_add(v, sample(re, im, idx.second));
   return v;
 }
 
