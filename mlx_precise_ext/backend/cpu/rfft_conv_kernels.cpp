@@ -16,19 +16,100 @@
 namespace mlx_precise::cpu::MP_CPU_ISA {
 namespace {
 
+// ---------------------------------------------------------------- arrays ----
+
+// Working arrays in structure-of-arrays form: float and double are plain
+// arrays; a double-word array keeps its hi and lo parts in two planes, because
+// an array of {hi, lo} pairs keeps gcc from vectorising any loop over it. The
+// hot loops carry `#pragma GCC ivdep`: their iterations never overlap.
+template <class T>
+struct Span {
+  T* v;
+  MP_INLINE T load(int64_t i) const { return v[i]; }
+  MP_INLINE void store(int64_t i, T x) const { v[i] = x; }
+  MP_INLINE Span at(int64_t offset) const { return Span{v + offset}; }
+};
+
+template <>
+struct Span<ff> {
+  float* hi;
+  float* lo;
+  MP_INLINE ff load(int64_t i) const { return ff{hi[i], lo[i]}; }
+  MP_INLINE void store(int64_t i, ff x) const {
+    hi[i] = x.hi;
+    lo[i] = x.lo;
+  }
+  MP_INLINE Span at(int64_t offset) const { return Span{hi + offset, lo + offset}; }
+};
+
+template <class T>
+struct Scalar {
+  using type = T;
+  static constexpr int planes = 1;
+};
+template <>
+struct Scalar<ff> {
+  using type = float;
+  static constexpr int planes = 2;
+};
+
+template <class T>
+class Buffer {
+ public:
+  void resize(int64_t n) {
+    n_ = n;
+    data_.resize(static_cast<size_t>(n) * Scalar<T>::planes);
+  }
+  void zero() { std::fill(data_.begin(), data_.end(), typename Scalar<T>::type{}); }
+  Span<T> span() const;
+
+ private:
+  mutable std::vector<typename Scalar<T>::type> data_;
+  int64_t n_ = 0;
+};
+
+template <class T>
+Span<T> Buffer<T>::span() const {
+  return Span<T>{data_.data()};
+}
+template <>
+Span<ff> Buffer<ff>::span() const {
+  return Span<ff>{data_.data(), data_.data() + n_};
+}
+
+template <class T>
+struct ComplexBuffer {
+  Buffer<T> re, im;
+  void resize(int64_t n) {
+    re.resize(n);
+    im.resize(n);
+  }
+};
+
 // ---------------------------------------------------------------- plans ----
 
-// The shared plan's tables converted once to the working precision T, in
-// split (re/im) arrays so the butterfly loops vectorise.
+// The shared plan's tables converted once to the working precision.
 template <class T>
 struct Plan {
   std::shared_ptr<const RealFFTPlan> shared;
   int64_t n;  // complex length H
   std::vector<FFTStage> stages;
-  std::vector<T> tw_re[3], tw_im[3];
-  std::vector<T> split_re, split_im;
+  ComplexBuffer<T> twiddle[3];
+  ComplexBuffer<T> split;
   const int64_t* partner;
 };
+
+template <class T>
+void fill_twiddles(const std::vector<TwiddleValue>& src, ComplexBuffer<T>& dst) {
+  dst.resize(static_cast<int64_t>(src.size()));
+  Span<T> re = dst.re.span(), im = dst.im.span();
+  for (size_t j = 0; j < src.size(); ++j) {
+    T r, i;
+    forward_twiddle(src[j], r, i);
+    re.store(j, r);
+    im.store(j, i);
+  }
+}
 
 template <class T>
 std::shared_ptr<const Plan<T>> get_plan(int64_t n_real) {
@@ -42,16 +123,8 @@ std::shared_ptr<const Plan<T>> get_plan(int64_t n_real) {
   const RealFFTPlan& rp = *plan->shared;
   plan->n = rp.n_half;
   plan->stages = rp.stages;
-  for (int k = 0; k < 3; ++k) {
-    const auto& src = rp.stage_twiddles[k];
-    plan->tw_re[k].resize(src.size());
-    plan->tw_im[k].resize(src.size());
-    for (size_t j = 0; j < src.size(); ++j) forward_twiddle(src[j], plan->tw_re[k][j], plan->tw_im[k][j]);
-  }
-  plan->split_re.resize(rp.n_half);
-  plan->split_im.resize(rp.n_half);
-  for (int64_t p = 0; p < rp.n_half; ++p)
-    forward_twiddle(rp.split_twiddles[p], plan->split_re[p], plan->split_im[p]);
+  for (int k = 0; k < 3; ++k) fill_twiddles(rp.stage_twiddles[k], plan->twiddle[k]);
+  fill_twiddles(rp.split_twiddles, plan->split);
   plan->partner = rp.partner.data();
   cache[n_real] = plan;
   return plan;
@@ -59,77 +132,73 @@ std::shared_ptr<const Plan<T>> get_plan(int64_t n_real) {
 
 // ------------------------------------------------------------ transforms ----
 
-// One radix-4 stage over blocks of 4q points; the four quarters of a block
-// never overlap, which restrict tells the compiler so the j loop vectorises.
+// One radix-4 stage over blocks of 4q points (the four quarters of a block
+// never overlap).
 template <class T, bool Inverse>
-void radix4_stage(T* __restrict re, T* __restrict im, int64_t n, int64_t q,
-                  const T* __restrict w1r, const T* __restrict w1i, const T* __restrict w2r,
-                  const T* __restrict w2i, const T* __restrict w3r, const T* __restrict w3i) {
+void radix4_stage(Span<T> re, Span<T> im, int64_t n, int64_t q, const Plan<T>& plan,
+                  int64_t tw_offset) {
+  const Span<T> w1r = plan.twiddle[0].re.span().at(tw_offset);
+  const Span<T> w1i = plan.twiddle[0].im.span().at(tw_offset);
+  const Span<T> w2r = plan.twiddle[1].re.span().at(tw_offset);
+  const Span<T> w2i = plan.twiddle[1].im.span().at(tw_offset);
+  const Span<T> w3r = plan.twiddle[2].re.span().at(tw_offset);
+  const Span<T> w3i = plan.twiddle[2].im.span().at(tw_offset);
   for (int64_t b = 0; b < n; b += 4 * q) {
-    T* __restrict r0 = re + b;
-    T* __restrict r1 = r0 + q;
-    T* __restrict r2 = r0 + 2 * q;
-    T* __restrict r3 = r0 + 3 * q;
-    T* __restrict i0 = im + b;
-    T* __restrict i1 = i0 + q;
-    T* __restrict i2 = i0 + 2 * q;
-    T* __restrict i3 = i0 + 3 * q;
+    const Span<T> r0 = re.at(b), r1 = re.at(b + q), r2 = re.at(b + 2 * q), r3 = re.at(b + 3 * q);
+    const Span<T> i0 = im.at(b), i1 = im.at(b + q), i2 = im.at(b + 2 * q), i3 = im.at(b + 3 * q);
+#pragma GCC ivdep
     for (int64_t j = 0; j < q; ++j) {
-      cpx<T> x0{r0[j], i0[j]}, x1{r1[j], i1[j]}, x2{r2[j], i2[j]}, x3{r3[j], i3[j]};
-      const cpx<T> w1{w1r[j], w1i[j]}, w2{w2r[j], w2i[j]}, w3{w3r[j], w3i[j]};
+      cpx<T> x0{r0.load(j), i0.load(j)}, x1{r1.load(j), i1.load(j)};
+      cpx<T> x2{r2.load(j), i2.load(j)}, x3{r3.load(j), i3.load(j)};
+      const cpx<T> w1{w1r.load(j), w1i.load(j)}, w2{w2r.load(j), w2i.load(j)};
+      const cpx<T> w3{w3r.load(j), w3i.load(j)};
       if (Inverse) dit4_inverse(x0, x1, x2, x3, w1, w2, w3);
       else dif4(x0, x1, x2, x3, w1, w2, w3);
-      r0[j] = x0.re, i0[j] = x0.im, r1[j] = x1.re, i1[j] = x1.im;
-      r2[j] = x2.re, i2[j] = x2.im, r3[j] = x3.re, i3[j] = x3.im;
+      r0.store(j, x0.re), i0.store(j, x0.im), r1.store(j, x1.re), i1.store(j, x1.im);
+      r2.store(j, x2.re), i2.store(j, x2.im), r3.store(j, x3.re), i3.store(j, x3.im);
     }
   }
 }
 
 // The last radix-4 stage (blocks of 4 adjacent points, unit twiddles).
 template <class T, bool Inverse>
-void radix4_unit_stage(T* __restrict re, T* __restrict im, int64_t n) {
+void radix4_unit_stage(Span<T> re, Span<T> im, int64_t n) {
+#pragma GCC ivdep
   for (int64_t b = 0; b < n; b += 4) {
-    cpx<T> x0{re[b], im[b]}, x1{re[b + 1], im[b + 1]};
-    cpx<T> x2{re[b + 2], im[b + 2]}, x3{re[b + 3], im[b + 3]};
+    cpx<T> x0{re.load(b), im.load(b)}, x1{re.load(b + 1), im.load(b + 1)};
+    cpx<T> x2{re.load(b + 2), im.load(b + 2)}, x3{re.load(b + 3), im.load(b + 3)};
     if (Inverse) dit4_inverse_unit(x0, x1, x2, x3);
     else dif4_unit(x0, x1, x2, x3);
-    re[b] = x0.re, im[b] = x0.im, re[b + 1] = x1.re, im[b + 1] = x1.im;
-    re[b + 2] = x2.re, im[b + 2] = x2.im, re[b + 3] = x3.re, im[b + 3] = x3.im;
+    re.store(b, x0.re), im.store(b, x0.im), re.store(b + 1, x1.re), im.store(b + 1, x1.im);
+    re.store(b + 2, x2.re), im.store(b + 2, x2.im), re.store(b + 3, x3.re), im.store(b + 3, x3.im);
   }
 }
 
 template <class T>
-void radix2_stage(T* __restrict re, T* __restrict im, int64_t n) {
+void radix2_stage(Span<T> re, Span<T> im, int64_t n) {
+#pragma GCC ivdep
   for (int64_t b = 0; b < n; b += 2) {
-    cpx<T> x0{re[b], im[b]}, x1{re[b + 1], im[b + 1]};
+    cpx<T> x0{re.load(b), im.load(b)}, x1{re.load(b + 1), im.load(b + 1)};
     butterfly2(x0, x1);
-    re[b] = x0.re, im[b] = x0.im, re[b + 1] = x1.re, im[b + 1] = x1.im;
+    re.store(b, x0.re), im.store(b, x0.im), re.store(b + 1, x1.re), im.store(b + 1, x1.im);
   }
 }
 
 template <class T, bool Inverse>
-void run_stage(const Plan<T>& plan, const FFTStage& st, T* re, T* im) {
-  if (st.radix == 2) {
-    radix2_stage(re, im, plan.n);
-  } else if (st.quarter == 1) {
-    radix4_unit_stage<T, Inverse>(re, im, plan.n);
-  } else {
-    const int64_t o = st.tw_offset;
-    radix4_stage<T, Inverse>(re, im, plan.n, st.quarter, plan.tw_re[0].data() + o,
-                             plan.tw_im[0].data() + o, plan.tw_re[1].data() + o,
-                             plan.tw_im[1].data() + o, plan.tw_re[2].data() + o,
-                             plan.tw_im[2].data() + o);
-  }
+void run_stage(const Plan<T>& plan, const FFTStage& st, Span<T> re, Span<T> im) {
+  if (st.radix == 2) radix2_stage(re, im, plan.n);
+  else if (st.quarter == 1) radix4_unit_stage<T, Inverse>(re, im, plan.n);
+  else radix4_stage<T, Inverse>(re, im, plan.n, st.quarter, plan, st.tw_offset);
 }
 
 template <class T>
-void fft_forward(const Plan<T>& plan, T* re, T* im) {
+void fft_forward(const Plan<T>& plan, Span<T> re, Span<T> im) {
   for (const auto& st : plan.stages) run_stage<T, false>(plan, st, re, im);
 }
 
 // Unnormalised inverse: the stages of fft_forward undone in reverse order.
 template <class T>
-void fft_inverse(const Plan<T>& plan, T* re, T* im) {
+void fft_inverse(const Plan<T>& plan, Span<T> re, Span<T> im) {
   for (auto it = plan.stages.rbegin(); it != plan.stages.rend(); ++it)
     run_stage<T, true>(plan, *it, re, im);
 }
@@ -141,102 +210,120 @@ void fft_inverse(const Plan<T>& plan, T* re, T* im) {
 
 // Loads a[0..len) (or back to front) as z[m] = a[2m] + i a[2m+1], zero-padded.
 template <class T>
-void load_real(T* __restrict re, T* __restrict im, RealRow row, int64_t len, bool reversed,
-               int64_t h) {
+void load_real(ComplexBuffer<T>& z, RealRow row, int64_t len, bool reversed) {
   const T tag{};
-  std::fill(re, re + h, T{});
-  std::fill(im, im + h, T{});
+  z.re.zero();
+  z.im.zero();
+  const Span<T> re = z.re.span(), im = z.im.span();
   for (int64_t i = 0; i < len; ++i) {
-    int64_t src = reversed ? len - 1 - i : i;
-    T v = r_from_float(tag, row.data[src * row.stride]);
-    if (i & 1) im[i >> 1] = v;
-    else re[i >> 1] = v;
+    const int64_t src = reversed ? len - 1 - i : i;
+    const T v = r_from_float(tag, row.data[src * row.stride]);
+    if (i & 1) im.store(i >> 1, v);
+    else re.store(i >> 1, v);
   }
 }
 
 // Split and unsplit combine Z at p with Z at its partner position. The
-// partner values are first copied into the output arrays (a plain gather),
-// so the arithmetic loop is contiguous and vectorises for every T, ff
-// included; each output is computed from the same operands either way.
+// partner values are first copied into the output arrays (a plain gather), so
+// the arithmetic loop is contiguous and vectorises.
 template <class T>
-void gather_partners(const Plan<T>& plan, const T* __restrict re, const T* __restrict im,
-                     T* __restrict out_re, T* __restrict out_im) {
+void gather_partners(const Plan<T>& plan, Span<T> re, Span<T> im, Span<T> out_re,
+                     Span<T> out_im) {
   const int64_t* __restrict partner = plan.partner;
   for (int64_t p = 0; p < plan.n; ++p) {
-    out_re[p] = re[partner[p]];
-    out_im[p] = im[partner[p]];
+    out_re.store(p, re.load(partner[p]));
+    out_im.store(p, im.load(partner[p]));
   }
 }
 
+// z (time domain, overwritten) -> x: the packed spectrum 2X.
 template <class T>
-void real_forward(const Plan<T>& plan, T* re, T* im, T* __restrict out_re,
-                  T* __restrict out_im) {
+void real_forward(const Plan<T>& plan, ComplexBuffer<T>& z, ComplexBuffer<T>& x) {
+  const Span<T> re = z.re.span(), im = z.im.span(), out_re = x.re.span(), out_im = x.im.span();
   fft_forward(plan, re, im);
   gather_partners(plan, re, im, out_re, out_im);
-  const T* __restrict wr = plan.split_re.data();
-  const T* __restrict wi = plan.split_im.data();
+  const Span<T> wr = plan.split.re.span(), wi = plan.split.im.span();
+#pragma GCC ivdep
   for (int64_t p = 1; p < plan.n; ++p) {
-    const cpx<T> x =
-        rfft_split(cpx<T>{re[p], im[p]}, cpx<T>{out_re[p], out_im[p]}, cpx<T>{wr[p], wi[p]});
-    out_re[p] = x.re;
-    out_im[p] = x.im;
+    const cpx<T> v = rfft_split(cpx<T>{re.load(p), im.load(p)},
+                                cpx<T>{out_re.load(p), out_im.load(p)},
+                                cpx<T>{wr.load(p), wi.load(p)});
+    out_re.store(p, v.re);
+    out_im.store(p, v.im);
   }
-  const cpx<T> dc = rfft_split_dc(cpx<T>{re[0], im[0]});
-  out_re[0] = dc.re, out_im[0] = dc.im;
+  const cpx<T> dc = rfft_split_dc(cpx<T>{re.load(0), im.load(0)});
+  out_re.store(0, dc.re);
+  out_im.store(0, dc.im);
 }
 
+// y (packed spectrum) -> z: N times the inverse real DFT, as z[m] = x[2m] + i x[2m+1].
 template <class T>
-void real_inverse(const Plan<T>& plan, const T* __restrict re, const T* __restrict im,
-                  T* __restrict out_re, T* __restrict out_im) {
+void real_inverse(const Plan<T>& plan, const ComplexBuffer<T>& y, ComplexBuffer<T>& z) {
+  const Span<T> re = y.re.span(), im = y.im.span(), out_re = z.re.span(), out_im = z.im.span();
   gather_partners(plan, re, im, out_re, out_im);
-  const T* __restrict wr = plan.split_re.data();
-  const T* __restrict wi = plan.split_im.data();
+  const Span<T> wr = plan.split.re.span(), wi = plan.split.im.span();
+#pragma GCC ivdep
   for (int64_t p = 1; p < plan.n; ++p) {
-    const cpx<T> z =
-        rfft_unsplit(cpx<T>{re[p], im[p]}, cpx<T>{out_re[p], out_im[p]}, cpx<T>{wr[p], wi[p]});
-    out_re[p] = z.re;
-    out_im[p] = z.im;
+    const cpx<T> v = rfft_unsplit(cpx<T>{re.load(p), im.load(p)},
+                                  cpx<T>{out_re.load(p), out_im.load(p)},
+                                  cpx<T>{wr.load(p), wi.load(p)});
+    out_re.store(p, v.re);
+    out_im.store(p, v.im);
   }
-  const cpx<T> dc = rfft_unsplit_dc(cpx<T>{re[0], im[0]});
-  out_re[0] = dc.re, out_im[0] = dc.im;
+  const cpx<T> dc = rfft_unsplit_dc(cpx<T>{re.load(0), im.load(0)});
+  out_re.store(0, dc.re);
+  out_im.store(0, dc.im);
   fft_inverse(plan, out_re, out_im);
 }
 
-// Spectral product in the packed format.
+// x *= k in the packed format (position 0 holds two real values).
 template <class T>
-void multiply_packed(T* __restrict re, T* __restrict im, const T* __restrict kre,
-                     const T* __restrict kim, int64_t h) {
+void multiply_packed(ComplexBuffer<T>& x, const ComplexBuffer<T>& k, int64_t h) {
+  const Span<T> re = x.re.span(), im = x.im.span(), kre = k.re.span(), kim = k.im.span();
+#pragma GCC ivdep
   for (int64_t p = 0; p < h; ++p) {
-    const cpx<T> z = packed_mul(cpx<T>{re[p], im[p]}, cpx<T>{kre[p], kim[p]}, p == 0);
-    re[p] = z.re;
-    im[p] = z.im;
+    const cpx<T> v = packed_mul(cpx<T>{re.load(p), im.load(p)}, cpx<T>{kre.load(p), kim.load(p)}, p == 0);
+    re.store(p, v.re);
+    im.store(p, v.im);
   }
 }
 
 // acc += a * b in the packed format.
 template <class T>
-void accumulate_packed(T* __restrict acc_re, T* __restrict acc_im, const T* __restrict are,
-                       const T* __restrict aim, const T* __restrict bre,
-                       const T* __restrict bim, int64_t h) {
+void accumulate_packed(ComplexBuffer<T>& acc, const ComplexBuffer<T>& a,
+                       const ComplexBuffer<T>& b, int64_t h) {
+  const Span<T> cre = acc.re.span(), cim = acc.im.span();
+  const Span<T> are = a.re.span(), aim = a.im.span(), bre = b.re.span(), bim = b.im.span();
+#pragma GCC ivdep
   for (int64_t p = 0; p < h; ++p) {
-    const cpx<T> z = packed_mul(cpx<T>{are[p], aim[p]}, cpx<T>{bre[p], bim[p]}, p == 0);
-    acc_re[p] = r_add(acc_re[p], z.re);
-    acc_im[p] = r_add(acc_im[p], z.im);
+    const cpx<T> v = packed_mul(cpx<T>{are.load(p), aim.load(p)}, cpx<T>{bre.load(p), bim.load(p)}, p == 0);
+    cre.store(p, r_add(cre.load(p), v.re));
+    cim.store(p, r_add(cim.load(p), v.im));
   }
 }
 
-// Entry t of the output from the time-domain result z (x[2m] + i x[2m+1]).
 template <class T>
-inline T sample(const T* re, const T* im, int64_t i) {
-  return (i & 1) ? im[i >> 1] : re[i >> 1];
+void scale_buffer(ComplexBuffer<T>& x, int64_t h, float power_of_two) {
+  const Span<T> re = x.re.span(), im = x.im.span();
+#pragma GCC ivdep
+  for (int64_t p = 0; p < h; ++p) {
+    re.store(p, r_scale(re.load(p), power_of_two));
+    im.store(p, r_scale(im.load(p), power_of_two));
+  }
+}
+
+// Entry i of the time-domain result z (x[2m] + i x[2m+1]).
+template <class T>
+inline T sample(const ComplexBuffer<T>& z, int64_t i) {
+  return (i & 1) ? z.im.span().load(i >> 1) : z.re.span().load(i >> 1);
 }
 
 template <class T>
-inline T gather(const ConvGeometry& g, const T* re, const T* im, int64_t t) {
+inline T gather(const ConvGeometry& g, const ComplexBuffer<T>& z, int64_t t) {
   const GatherIndex idx = gather_index(t, g.fft_size, g.period, g.fold, g.out_reversed,
                                        g.out_origin, g.a_len + g.b_len - 1);
-  T v = idx.first >= 0 ? sample(re, im, idx.first) : T{};
-  if (idx.second >= 0) v = r_add(v, sample(re, im, idx.second));
+  T v = idx.first >= 0 ? sample(z, idx.first) : T{};
+  if (idx.second >= 0) v = r_add(v, sample(z, idx.second));
   return v;
 }
 
@@ -270,48 +357,38 @@ inline float spectrum_scale(int64_t n) {
 }
 
 template <class T>
-struct Spectrum {
-  std::vector<T> re, im;
-};
-
-template <class T>
 void shared_kernel(const ConvGeometry& g, const SharedKernelTask& task, int num_threads) {
   const int64_t n = g.fft_size, h = n / 2;
   auto plan_ptr = get_plan<T>(n);
-  const Plan<T>& rp = *plan_ptr;
-  const float scale = spectrum_scale(n);
+  const Plan<T>& plan = *plan_ptr;
 
-  std::vector<Spectrum<T>> spectra(task.b_rows.size());
+  std::vector<ComplexBuffer<T>> spectra(task.b_rows.size());
   std::vector<RowLattice> b_lattice(task.b_rows.size());
   parallel_for(static_cast<int64_t>(spectra.size()), num_threads, [&](int64_t i) {
     b_lattice[i] = row_lattice(task.b_rows[i], g.b_len);
-    Spectrum<T>& s = spectra[i];
-    std::vector<T> z_re(h), z_im(h);
-    s.re.resize(h);
-    s.im.resize(h);
-    load_real(z_re.data(), z_im.data(), task.b_rows[i], g.b_len, false, h);
-    real_forward(rp, z_re.data(), z_im.data(), s.re.data(), s.im.data());
-    for (int64_t p = 0; p < h; ++p) {
-      s.re[p] = r_scale(s.re[p], scale);
-      s.im[p] = r_scale(s.im[p], scale);
-    }
+    ComplexBuffer<T> z;
+    z.resize(h);
+    spectra[i].resize(h);
+    load_real(z, task.b_rows[i], g.b_len, false);
+    real_forward(plan, z, spectra[i]);
+    scale_buffer(spectra[i], h, spectrum_scale(n));
   });
 
   parallel_for(static_cast<int64_t>(task.rows.size()), num_threads, [&](int64_t r) {
-    thread_local std::vector<T> re, im, x_re, x_im;
-    for (auto* v : {&re, &im, &x_re, &x_im}) v->resize(h);
+    thread_local ComplexBuffer<T> z, x;
+    z.resize(h);
+    x.resize(h);
     const auto& row = task.rows[r];
-    load_real(re.data(), im.data(), row.a, g.a_len, g.a_reversed, h);
-    real_forward(rp, re.data(), im.data(), x_re.data(), x_im.data());
-    const Spectrum<T>& k = spectra[row.b_index];
-    multiply_packed(x_re.data(), x_im.data(), k.re.data(), k.im.data(), h);
-    real_inverse(rp, x_re.data(), x_im.data(), re.data(), im.data());
+    load_real(z, row.a, g.a_len, g.a_reversed);
+    real_forward(plan, z, x);
+    multiply_packed(x, spectra[row.b_index], h);
+    real_inverse(plan, x, z);
     const RowLattice d = row.has_bias ? row_lattice(row.bias, g.out_len) : lattice_identity();
     const int snap = snap_exponent(row_lattice(row.a, g.a_len), b_lattice[row.b_index],
                                    row.has_bias, d, g.a_len, g.b_len, n,
                                    snap_roundoff_exp(T{}), 1);
     for (int64_t t = 0; t < g.out_len; ++t) {
-      const T v = gather(g, re.data(), im.data(), t);
+      const T v = gather(g, z, t);
       row.out[t] = row.has_bias ? finish_output(v, true, row.a.data[t * row.a.stride],
                                                 row.bias.data[t * row.bias.stride], snap)
                                 : finish_output(v, false, 0.0f, 0.0f, snap);
@@ -325,15 +402,14 @@ template <class T>
 void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
   const int64_t n = g.fft_size, h = n / 2;
   auto plan_ptr = get_plan<T>(n);
-  const Plan<T>& rp = *plan_ptr;
-  const float scale = spectrum_scale(n);
+  const Plan<T>& plan = *plan_ptr;
   const T tag{};
 
   parallel_for(static_cast<int64_t>(task.targets.size()), num_threads, [&](int64_t ti) {
-    thread_local std::vector<T> z_re, z_im, are, aim, bre, bim, acc_re, acc_im;
-    for (auto* v : {&z_re, &z_im, &are, &aim, &bre, &bim, &acc_re, &acc_im}) v->resize(h);
-    std::fill(acc_re.begin(), acc_re.end(), T{});
-    std::fill(acc_im.begin(), acc_im.end(), T{});
+    thread_local ComplexBuffer<T> z, a_spec, b_spec, acc;
+    for (auto* v : {&z, &a_spec, &b_spec, &acc}) v->resize(h);
+    acc.re.zero();
+    acc.im.zero();
     const auto& target = task.targets[ti];
     RowLattice a_all = lattice_identity(), b_all = lattice_identity(), d_all = lattice_identity();
     for (const auto& term : target.terms) {
@@ -348,20 +424,16 @@ void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
     const int snap = snap_exponent(a_all, b_all, !target.bias_terms.empty(), d_all, g.a_len,
                                    g.b_len, n, snap_roundoff_exp(T{}), terms > 0 ? terms : 1);
     for (const auto& term : target.terms) {
-      load_real(z_re.data(), z_im.data(), term.a, g.a_len, g.a_reversed, h);
-      real_forward(rp, z_re.data(), z_im.data(), are.data(), aim.data());
-      load_real(z_re.data(), z_im.data(), term.b, g.b_len, false, h);
-      real_forward(rp, z_re.data(), z_im.data(), bre.data(), bim.data());
-      accumulate_packed(acc_re.data(), acc_im.data(), are.data(), aim.data(), bre.data(),
-                        bim.data(), h);
+      load_real(z, term.a, g.a_len, g.a_reversed);
+      real_forward(plan, z, a_spec);
+      load_real(z, term.b, g.b_len, false);
+      real_forward(plan, z, b_spec);
+      accumulate_packed(acc, a_spec, b_spec, h);
     }
-    for (int64_t p = 0; p < h; ++p) {
-      acc_re[p] = r_scale(acc_re[p], scale);
-      acc_im[p] = r_scale(acc_im[p], scale);
-    }
-    real_inverse(rp, acc_re.data(), acc_im.data(), z_re.data(), z_im.data());
+    scale_buffer(acc, h, spectrum_scale(n));
+    real_inverse(plan, acc, z);
     for (int64_t t = 0; t < g.out_len; ++t) {
-      T v = gather(g, z_re.data(), z_im.data(), t);
+      T v = gather(g, z, t);
       for (const auto& bt : target.bias_terms)
         v = r_add(v, r_prod(tag, bt.a.data[t * bt.a.stride], bt.bias.data[t * bt.bias.stride]));
       if (snap != kNoSnap) v = r_snap(v, snap);
