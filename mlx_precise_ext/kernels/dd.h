@@ -1,13 +1,22 @@
-// Double-word ("double-double") arithmetic on pairs of float32: value = hi + lo,
-// |lo| <= ulp(hi)/2. About 48 significant bits. Algorithms and bounds from
-// Joldes, Muller, Popescu, "Tight and rigorous error bounds for basic building
-// blocks of double-word arithmetic", ACM TOMS 44(2), 2017, u = 2^-24:
+// Double-word ("double-double") arithmetic on pairs of float32: value = hi + lo
+// with hi = RN(hi + lo) (so |lo| <= ulp(hi)/2). About 48 significant bits.
+// Algorithms and bounds from Joldes, Muller, Popescu, "Tight and rigorous error
+// bounds for basic building blocks of double-word arithmetic", ACM TOMS 44(2),
+// 2017, and Muller, Rideau, ACM TOMS 48(1), 2022 (formal proofs; the 4u^2 bound
+// of DWTimesDW3), u = 2^-24:
 //   dd_add  AccurateDWPlusDW  (Alg. 6)  relative error <= 3u^2 + 13u^3
 //   dd_mul  DWTimesDW3        (Alg. 12) relative error <= 4u^2
 //   dd_mul_f DWTimesFP3       (Alg. 9)  relative error <= 2u^2
+// The papers prove the bounds for an unbounded exponent range: in float32 they
+// hold while no step underflows or overflows, so keep magnitudes far from
+// 2^-126 and 2^128 (tests/test_dd_arithmetic.py checks them for hi parts in
+// [2^-70, 2^70]). An overflowing result comes out as NaN, not inf (TwoSum
+// computes inf - inf), so it never passes silently.
 // QD's "sloppy" add is not used: its relative error is unbounded under
 // cancellation. Compiled unchanged as C++, CUDA and Metal (see portability.h);
-// contraction must be off wherever this header is compiled.
+// contraction must be off wherever this header is compiled: a compiler that
+// fuses, say, hi = a*b with a later hi + c into one fma breaks the error-free
+// transforms, since their correction terms assume every step rounds.
 #pragma once
 
 #include "portability.h"
@@ -20,7 +29,12 @@ struct ff {
 };
 
 // Error-free transforms.
-// TwoSum (Knuth): s + e == a + b exactly, any a, b.
+// TwoSum (Knuth): s + e == a + b exactly for any a, b such that a + b does not
+// overflow, with one exception: b = +-FLT_MAX and a of the other sign, where
+// s - a can round up to inf and e comes out NaN (Boldo, Graillat, Muller, "On
+// the robustness of the 2Sum and Fast2Sum algorithms", ACM TOMS 44(1), 2017).
+// A NaN, never a wrong number; ordering the operands would cost three more
+// operations per call for values no double-word computation here comes near.
 MP_INLINE ff two_sum(float a, float b) {
   float s = MP_ADDF(a, b);
   float bb = MP_SUBF(s, a);
@@ -28,14 +42,19 @@ MP_INLINE ff two_sum(float a, float b) {
   return ff{s, e};
 }
 
-// FastTwoSum (Dekker): exact when |a| >= |b| (or a == 0).
+// FastTwoSum (Dekker): exact when exponent(a) >= exponent(b), in particular
+// when |a| >= |b| or a == 0.
 MP_INLINE ff fast_two_sum(float a, float b) {
   float s = MP_ADDF(a, b);
   float e = MP_SUBF(b, MP_SUBF(s, a));
   return ff{s, e};
 }
 
-// TwoProd with an explicit fma: p + e == a * b exactly (no underflow).
+// TwoProd with an explicit fma: p + e == a * b exactly when a * b does not
+// overflow and the error term does not underflow: a = Ma 2^qa, b = Mb 2^qb with
+// integer significands, the error is a multiple of 2^(qa + qb), representable
+// when qa + qb >= -149, i.e. exponent(a) + exponent(b) >= -103 (a in
+// [2^ea, 2^(ea+1)), subnormals counting as -126).
 MP_INLINE ff two_prod(float a, float b) {
   float p = MP_MULF(a, b);
   float e = MP_FMAF(a, b, -p);
@@ -86,17 +105,21 @@ MP_INLINE ff dd_scale(ff x, float power_of_two) {
   return ff{MP_MULF(x.hi, power_of_two), MP_MULF(x.lo, power_of_two)};
 }
 
-// The one rounding to float32: fl(hi + lo) is the float nearest to hi + lo.
+// The one rounding to float32: fl(hi + lo) is the float nearest to hi + lo
+// (one IEEE addition, so a single rounding of the exact value).
 MP_INLINE float dd_round(ff x) {
   return MP_ADDF(x.hi, x.lo);
 }
 
 #if MP_HAS_DOUBLE
-// Nearest pair to a double: hi = fl(d), lo = fl(d - hi) (d - hi is exact).
+// A double as a pair, 48 bits of it: hi = fl(d), then lo = fl(d - hi) (d - hi
+// is exact in double). Rounding d - hi to float can land exactly on ulp(hi)/2,
+// making hi + lo a tie that ties-to-even rounds away from an odd hi; the final
+// FastTwoSum restores hi = RN(hi + lo), which the bounds above assume.
 MP_INLINE ff dd_from_double(double d) {
   float hi = static_cast<float>(d);
   float lo = static_cast<float>(d - static_cast<double>(hi));
-  return ff{hi, lo};
+  return fast_two_sum(hi, lo);
 }
 
 MP_INLINE double dd_to_double(ff x) {
@@ -118,7 +141,9 @@ MP_INLINE cff cdd_sub(cff a, cff b) {
   return cff{dd_sub(a.re, b.re), dd_sub(a.im, b.im)};
 }
 
-// (a.re + i a.im)(b.re + i b.im), each part a difference/sum of two dd products.
+// (a.re + i a.im)(b.re + i b.im), each part a difference/sum of two dd products:
+// |error of each part| <= (7u^2 + 14u^3) (|first product| + |second product|)
+// (4u^2 from each dd_mul, then 3u^2 + 13u^3 from dd_add on their sum).
 MP_INLINE cff cdd_mul(cff a, cff b) {
   return cff{
       dd_sub(dd_mul(a.re, b.re), dd_mul(a.im, b.im)),

@@ -51,9 +51,11 @@ inline double twiddle_component<double>(double hi, double) {
 }
 template <>
 inline ff twiddle_component<ff>(double hi, double lo) {
+  // Rounding twice can leave hi + lo on a tie that rounds away from hi: the
+  // final FastTwoSum restores a valid double-word (|lo| <= ulp(hi)/2).
   float h = static_cast<float>(hi);
   float l = static_cast<float>((hi - static_cast<double>(h)) + lo);
-  return ff{h, l};
+  return fast_two_sum(h, l);
 }
 
 // Forward twiddle w^m = cos - i sin as (re, im) in the working precision.

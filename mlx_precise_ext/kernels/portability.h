@@ -30,7 +30,15 @@
 #define MP_DEVICE
 #define MP_CONSTANT
 #else
+#include <cfloat>
 #include <cmath>
+// The error-free transforms need every float operation rounded once, to float.
+#if defined(__FAST_MATH__)
+#error "mlx-precise kernels must not be compiled with -ffast-math: it reassociates TwoSum away"
+#endif
+#if FLT_EVAL_METHOD != 0
+#error "mlx-precise kernels need FLT_EVAL_METHOD == 0 (float evaluated in float, e.g. SSE2, not x87)"
+#endif
 // Forced: a dd helper left out of line blocks vectorisation of the FFT loops.
 #define MP_INLINE inline __attribute__((always_inline))
 #define MP_HAS_DOUBLE 1
