@@ -118,31 +118,72 @@ std::vector<mx::array> RFFTConv::jvp(const std::vector<mx::array>& primals,
   return {mx::broadcast_to(*result, out_shape_, stream())};
 }
 
+namespace {
+
 // Batched inputs get the vmapped axis in front and, after it, enough unit
-// axes that all inputs share one batch rank; leading dims then broadcast.
+// axes that all inputs share one batch rank (rank + 1, rank >= min_rank);
+// leading dims then broadcast. Returns the vmap size.
+int align_vmapped(std::vector<mx::array>& inputs, const std::vector<int>& axes, int min_rank,
+                  int& rank, mx::Stream s) {
+  rank = min_rank;
+  int size = 1;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    rank = std::max(rank, static_cast<int>(inputs[i].ndim()) - (axes[i] >= 0 ? 1 : 0) - 1);
+    if (axes[i] >= 0) size = inputs[i].shape(axes[i]);
+  }
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    if (axes[i] < 0) continue;
+    mx::array x = mx::moveaxis(inputs[i], axes[i], 0, s);
+    mx::Shape shape = x.shape();
+    shape.insert(shape.begin() + 1, rank + 1 - (static_cast<int>(x.ndim()) - 1), 1);
+    inputs[i] = mx::reshape(x, shape, s);
+  }
+  return size;
+}
+
+// A gradient's target under vmap: the vmapped axis in front, then unit axes
+// for the batch dims the unbatched target was summed over, then its own shape.
+mx::Shape batched_target(const mx::Shape& target, int size, int rank) {
+  mx::Shape shape{size};
+  shape.insert(shape.end(), rank - (static_cast<int>(target.size()) - 1), 1);
+  shape.insert(shape.end(), target.begin(), target.end());
+  return shape;
+}
+
+mx::array unbatched_target(const mx::array& out, const mx::Shape& target, int size,
+                           mx::Stream s) {
+  mx::Shape shape{size};
+  shape.insert(shape.end(), target.begin(), target.end());
+  return mx::reshape(out, shape, s);
+}
+
+} // namespace
+
 std::pair<std::vector<mx::array>, std::vector<int>> RFFTConv::vmap(
     const std::vector<mx::array>& inputs, const std::vector<int>& axes) {
-  if (variant_ != ConvVariant::Convolve) {
-    throw std::invalid_argument("rfft_conv: vmap of the gradient transforms is not implemented");
-  }
+  std::vector<mx::array> moved = inputs;
   int rank = 0;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    rank = std::max(rank, static_cast<int>(inputs[i].ndim()) - (axes[i] >= 0 ? 1 : 0));
-  }
-  std::vector<mx::array> moved;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    mx::array x = inputs[i];
-    if (axes[i] >= 0) {
-      x = mx::moveaxis(x, axes[i], 0, stream());
-      mx::Shape shape = x.shape();
-      shape.insert(shape.begin() + 1, rank - (static_cast<int>(x.ndim()) - 1), 1);
-      x = mx::reshape(x, shape, stream());
-    }
-    moved.push_back(x);
-  }
+  const int size =
+      align_vmapped(moved, axes, static_cast<int>(out_shape_.size()) - 1, rank, stream());
   std::optional<mx::array> bias;
   if (has_bias_) bias = moved[2];
-  return {{rfft_conv_from_parts(moved[0], moved[1], period_, bias, precision_, stream())}, {0}};
+  if (variant_ == ConvVariant::Convolve) {
+    return {{rfft_conv_from_parts(moved[0], moved[1], period_, bias, precision_, stream())}, {0}};
+  }
+  mx::Shape target = batched_target(out_shape_, size, rank);
+  mx::array out = correlate(variant_, moved[0], moved[1], bias, period_, precision_, target, stream());
+  return {{unbatched_target(out, out_shape_, size, stream())}, {0}};
+}
+
+std::pair<std::vector<mx::array>, std::vector<int>> BiasGradient::vmap(
+    const std::vector<mx::array>& inputs, const std::vector<int>& axes) {
+  std::vector<mx::array> moved = inputs;
+  int rank = 0;
+  const int size =
+      align_vmapped(moved, axes, static_cast<int>(out_shape_.size()) - 1, rank, stream());
+  mx::Shape target = batched_target(out_shape_, size, rank);
+  mx::array out = bias_gradient(moved[0], moved[1], precision_, target, stream());
+  return {{unbatched_target(out, out_shape_, size, stream())}, {0}};
 }
 
 } // namespace mlx_precise

@@ -152,3 +152,26 @@ def test_dd_gradients_reproducible_across_threads(rng):
             np.testing.assert_array_equal(a.view(np.uint32), b.view(np.uint32))
     finally:
         set_env("MLX_PRECISE_NUM_THREADS", saved)
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize("in_axes", [(0, None, 0, None), (None, 0, 0, 0), (1, None, 1, None)])
+def test_vmap_of_grad_equals_a_python_loop(rng, precision, in_axes):
+    # Per-example gradients: vmap over the gradient primitives themselves.
+    V, H, L = 3, 2, 40
+    u = rng.standard_normal((V, H, L) if in_axes[0] == 0 else (H, V, L) if in_axes[0] == 1 else (H, L))
+    k = rng.standard_normal((V, H, 2 * L) if in_axes[1] == 0 else (H, 2 * L))
+    g = rng.standard_normal((V, H, L) if in_axes[2] == 0 else (H, V, L))
+    D = rng.standard_normal((V, H, 1) if in_axes[3] == 0 else (H, 1))
+    u, k, g, D = (mx.array(x.astype(np.float32)) for x in (u, k, g, D))
+
+    def loss(u, k, g, D):
+        return mx.sum(mp.rfft_conv(u, k, n=2 * L, bias=D, precision=precision) * g)
+
+    grad = mx.grad(loss, argnums=(0, 1, 3))
+    batched = mx.vmap(grad, in_axes=in_axes)(u, k, g, D)
+    take = lambda x, ax, i: x if ax is None else mx.take(x, i, axis=ax)
+    for i in range(V):
+        single = grad(*(take(x, ax, i) for x, ax in zip((u, k, g, D), in_axes)))
+        for got, want in zip(batched, single):
+            np.testing.assert_array_equal(np.array(got[i]), np.array(want))
