@@ -10,6 +10,8 @@
 namespace nb = nanobind;
 using namespace nb::literals;
 
+void init_strict(nb::module_& m);
+
 NB_MODULE(_ext, m) {
   m.doc() = "mlx-precise C++ primitives";
   m.attr("mlx_build_version") = MLX_PRECISE_MLX_VERSION;
@@ -17,4 +19,5 @@ NB_MODULE(_ext, m) {
   m.def("rfft_conv", &mlx_precise::rfft_conv, "u"_a, "k"_a, nb::kw_only(), "n"_a = nb::none(),
         "bias"_a = nb::none(), "precision"_a = "float32", "stream"_a = nb::none(),
         "FFT convolution; see mlx_precise.rfft_conv for the documentation.");
+  init_strict(m);
 }
