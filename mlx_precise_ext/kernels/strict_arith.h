@@ -214,13 +214,14 @@ MP_INLINE double gamma_bound(int64_t n) {
 // to *out and true returned. v - err and v + err are widened by 4u|v| to cover
 // their own rounding in double; conversion to float32 is a correct rounding
 // and rounding is monotone, so equal ends prove the whole interval.
+// *out is always written with float32(v), the answer when certified (it
+// equals both ends then, and keeps the sign of a zero).
 MP_INLINE bool certified_round(double v, double err, MP_THREAD float* out) {
   double margin = err + 4.0 * kUnitRoundoff64 * fabs(v);
   float lo = static_cast<float>(v - margin);
   float hi = static_cast<float>(v + margin);
-  if (lo != hi) return false;  // also rejects NaN, which never compares equal
-  *out = static_cast<float>(v);  // == lo == hi, and keeps the sign of a zero
-  return true;
+  *out = static_cast<float>(v);
+  return lo == hi;  // false for NaN, which never compares equal
 }
 
 #endif  // MP_HAS_DOUBLE

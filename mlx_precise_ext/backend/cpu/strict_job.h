@@ -18,15 +18,25 @@ struct FloatMatrix {
   float at(int64_t i, int64_t j) const { return data[i * row_stride + j * col_stride]; }
 };
 
+// A float32 matrix (rows x cols, element (i, j) at data[i * row_stride + j *
+// col_stride]) to be widened into row-major doubles with the 2-norm of each row.
+struct WidenJob {
+  const float* data;
+  int64_t rows, cols, row_stride, col_stride;
+  double* out;
+  double* row_norms;
+};
+
 // One (M, N) output block of extended addmm: out = alpha * (A @ B) + beta * c.
 // product holds fl64(A @ B) from a float64 GEMM of the float32 inputs (exact
-// products, any summation order), a_double / b_double the inputs as row-major
-// doubles, a_norm[i] >= ||A[i, :]||_2 and b_norm[j] >= ||B[:, j]||_2.
+// products, any summation order); a_double (M x K) and b_double_t (N x K, B
+// transposed) the inputs as row-major doubles, a_norm[i] ~ ||A[i, :]||_2 and
+// b_norm[j] ~ ||B[:, j]||_2.
 struct CertifiedAddmmBlock {
   int64_t m, n, k;
   const double* product;
   const double* a_double;
-  const double* b_double;
+  const double* b_double_t;
   const double* a_norm;
   const double* b_norm;
   FloatMatrix c;
@@ -56,6 +66,7 @@ struct LayerNormRows {
 
 #define MP_DECLARE_STRICT_KERNELS(isa)                                             \
   namespace isa {                                                                  \
+  void widen(const WidenJob&, int num_threads);                                    \
   int64_t certify_addmm(const CertifiedAddmmBlock&, int num_threads);              \
   void dd_addmm(const DoubleWordAddmmBlock&, int num_threads);                     \
   void layer_norm_forward(Precision, const LayerNormRows&, float* out,             \

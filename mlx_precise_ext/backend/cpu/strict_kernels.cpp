@@ -31,11 +31,23 @@ void parallel_chunks(int64_t count, int64_t grain, int num_threads, Fn fn) {
 }
 
 // Exact-enough recomputation of one output the fast path could not certify:
-// the float64 products are exact, their sum is kept as a double-word pair.
+// the float64 products are exact, their sum is kept as double-word pairs in
+// kFallbackLanes independent lanes (the TwoSum chain is latency-bound).
+constexpr int kFallbackLanes = 4;
+
 float exact_addmm_entry(const CertifiedAddmmBlock& t, int64_t i, int64_t j) {
-  dpair acc{0.0, 0.0};
+  dpair lane[kFallbackLanes] = {};
   const double* a = t.a_double + i * t.k;
-  for (int64_t p = 0; p < t.k; ++p) acc = dpair_add(acc, a[p] * t.b_double[p * t.n + j]);
+  const double* b = t.b_double_t + j * t.k;
+  int64_t p = 0;
+  for (; p + kFallbackLanes <= t.k; p += kFallbackLanes)
+    for (int l = 0; l < kFallbackLanes; ++l) lane[l] = dpair_add(lane[l], a[p + l] * b[p + l]);
+  for (; p < t.k; ++p) lane[0] = dpair_add(lane[0], a[p] * b[p]);
+  dpair acc = dpair_normalize(lane[0]);
+  for (int l = 1; l < kFallbackLanes; ++l) {
+    acc = dpair_add(acc, lane[l].hi);
+    acc = dpair_add(acc, lane[l].lo);
+  }
   dpair scaled = dpair_scale(dpair_normalize(acc), t.alpha);
   if (t.c.data != nullptr) {
     const double bc = static_cast<double>(t.beta) * static_cast<double>(t.c.at(i, j));
@@ -158,26 +170,55 @@ void layer_norm_backward_t(const LayerNormRows& job, const float* grad, float* g
 
 } // namespace
 
+// Rows are copied in blocks of kWidenBlock so that a transposed source (B read
+// along its columns) is still read a cache line at a time.
+constexpr int64_t kWidenBlock = 16;
+
+void widen(const WidenJob& job, int num_threads) {
+  parallel_chunks(job.rows, kWidenBlock, num_threads, [&](int64_t begin, int64_t end) {
+    for (int64_t c = 0; c < job.cols; ++c)
+      for (int64_t r = begin; r < end; ++r)
+        job.out[r * job.cols + c] = static_cast<double>(job.data[r * job.row_stride + c * job.col_stride]);
+    for (int64_t r = begin; r < end; ++r) {
+      const double* row = job.out + r * job.cols;
+      double lanes[kLayerNormLanes] = {};
+      int64_t c = 0;
+      for (; c + kLayerNormLanes <= job.cols; c += kLayerNormLanes)
+        for (int l = 0; l < kLayerNormLanes; ++l) lanes[l] += row[c + l] * row[c + l];
+      for (int l = 0; c + l < job.cols; ++l) lanes[l] += row[c + l] * row[c + l];
+      job.row_norms[r] = sqrt(combine_lanes(lanes));
+    }
+  });
+}
+
 int64_t certify_addmm(const CertifiedAddmmBlock& t, int num_threads) {
   // |fl64(A@B) - A@B| <= gamma_K sum_k |a_ik b_kj| <= gamma_K ||a_i|| ||b_j||
-  // (Cauchy-Schwarz); then alpha * . and + beta * c each round once in double.
+  // (Cauchy-Schwarz); alpha * . and + beta * c then round once each in
+  // double. kBoundSlack covers the rounding of the norms and of this bound.
+  constexpr double kBoundSlack = 1.0 + 1.0 / 1024.0;
   const double gamma = gamma_bound(t.k);
   const double alpha = static_cast<double>(t.alpha);
   const double beta = static_cast<double>(t.beta);
   std::atomic<int64_t> recomputed{0};
   parallel_chunks(t.m, 8, num_threads, [&](int64_t begin, int64_t end) {
+    std::vector<double> value(t.n);
+    std::vector<unsigned char> uncertain(t.n);
     int64_t local = 0;
     for (int64_t i = begin; i < end; ++i) {
       const double* d = t.product + i * t.n;
-      const double row_bound = gamma * fabs(alpha) * t.a_norm[i];
+      const double row_bound = kBoundSlack * gamma * fabs(alpha) * t.a_norm[i];
       float* out = t.out + i * t.n;
+      // Contiguous, branch-free passes over the row, then the rare recomputations.
+      for (int64_t j = 0; j < t.n; ++j) value[j] = alpha * d[j];
+      if (t.c.data != nullptr)
+        for (int64_t j = 0; j < t.n; ++j) value[j] += beta * static_cast<double>(t.c.at(i, j));
       for (int64_t j = 0; j < t.n; ++j) {
-        const double scaled = alpha * d[j];
-        const double v = t.c.data != nullptr
-                             ? scaled + beta * static_cast<double>(t.c.at(i, j))
-                             : scaled;
-        const double err = row_bound * t.b_norm[j] + kUnitRoundoff64 * (fabs(scaled) + fabs(v));
-        if (!certified_round(v, 2.0 * err, &out[j])) {
+        const double err = row_bound * t.b_norm[j] +
+                           kUnitRoundoff64 * (fabs(alpha * d[j]) + fabs(value[j]));
+        uncertain[j] = !certified_round(value[j], err, &out[j]);
+      }
+      for (int64_t j = 0; j < t.n; ++j) {
+        if (uncertain[j]) {
           out[j] = exact_addmm_entry(t, i, j);
           ++local;
         }

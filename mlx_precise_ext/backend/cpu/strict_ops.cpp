@@ -9,7 +9,8 @@
 // layer_norm modes run the kernels of strict_kernels.cpp.
 #include <cblas.h>
 
-#include <cmath>
+#include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "backend/cpu/cpu_runtime.h"
@@ -59,21 +60,24 @@ const float* row_major(const mx::array& x, std::vector<float>& storage) {
   return storage.data();
 }
 
-// A batch of `a` (rows x cols at `data`, strides rs / cs) as row-major
-// doubles, with its row norms (column norms when column_norms).
-void widen(const float* data, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
-           std::vector<double>& out, std::vector<double>& norms, bool column_norms) {
-  out.resize(rows * cols);
-  norms.assign(column_norms ? cols : rows, 0.0);
-  for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t j = 0; j < cols; ++j) {
-      const double v = static_cast<double>(data[i * rs + j * cs]);
-      out[i * cols + j] = v;
-      norms[column_norms ? j : i] += v * v;
+// A buffer of doubles that is not zero-filled (every element is written by
+// the GEMM or the widening before it is read) and is kept, per CPU stream
+// thread, from one evaluation to the next: tens of MB of fresh pages per call
+// would cost the kernel's page zeroing and faults on every call.
+class DoubleBuffer {
+ public:
+  double* get(int64_t size) {
+    if (size > size_) {
+      data_.reset(new double[size]);
+      size_ = size;
     }
+    return data_.get();
   }
-  for (double& n : norms) n = std::sqrt(n);
-}
+
+ private:
+  std::unique_ptr<double[]> data_;
+  int64_t size_ = 0;
+};
 
 void narrow_copy(const float* data, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
                  std::vector<float>& out) {
@@ -107,7 +111,7 @@ void strict_addmm(const std::vector<mx::array>& in, mx::array& out, Precision pr
   const int threads = cpu::num_threads();
   const bool avx2 = cpu::use_avx2();
 
-  std::vector<double> a_wide, b_wide, a_norm, b_norm, product;
+  thread_local DoubleBuffer a_wide, b_wide_t, a_norm, b_norm, product;
   std::vector<float> a_narrow, b_narrow;
   int64_t a_loaded = -1, b_loaded = -1;
   for (int64_t bi = 0; bi < batches; ++bi) {
@@ -120,32 +124,41 @@ void strict_addmm(const std::vector<mx::array>& in, mx::array& out, Precision pr
       c.col_stride = c_strides[rank - 1];
     }
     float* o = out.data<float>() + bi * M * N;
+    // Consecutive batches that share a (or b) reuse its converted copy.
+    const bool new_a = a_off != a_loaded, new_b = b_off != b_loaded;
+    a_loaded = a_off;
+    b_loaded = b_off;
     if (precision == Precision::DoubleDouble) {
-      // Consecutive batches that share a (or b) reuse its packed copy.
-      if (a_off != a_loaded) narrow_copy(a.data<float>() + a_off, M, K, a_rs, a_cs, a_narrow);
-      if (b_off != b_loaded) narrow_copy(b.data<float>() + b_off, K, N, b_rs, b_cs, b_narrow);
-      a_loaded = a_off;
-      b_loaded = b_off;
+      if (new_a) narrow_copy(a.data<float>() + a_off, M, K, a_rs, a_cs, a_narrow);
+      if (new_b) narrow_copy(b.data<float>() + b_off, K, N, b_rs, b_cs, b_narrow);
       cpu::DoubleWordAddmmBlock job{M, N, K, a_narrow.data(), b_narrow.data(), c, alpha, beta, o};
       if (avx2) cpu::avx2::dd_addmm(job, threads);
       else cpu::base::dd_addmm(job, threads);
       continue;
     }
-    if (a_off != a_loaded) widen(a.data<float>() + a_off, M, K, a_rs, a_cs, a_wide, a_norm, false);
-    if (b_off != b_loaded) widen(b.data<float>() + b_off, K, N, b_rs, b_cs, b_wide, b_norm, true);
-    a_loaded = a_off;
-    b_loaded = b_off;
-    product.assign(M * N, 0.0);
+    // a as (M, K) and b transposed as (N, K), row-major doubles with row norms.
+    if (new_a) {
+      cpu::WidenJob w{a.data<float>() + a_off, M, K, a_rs, a_cs, a_wide.get(M * K), a_norm.get(M)};
+      if (avx2) cpu::avx2::widen(w, threads);
+      else cpu::base::widen(w, threads);
+    }
+    if (new_b) {
+      cpu::WidenJob w{b.data<float>() + b_off, N, K, b_cs, b_rs, b_wide_t.get(N * K), b_norm.get(N)};
+      if (avx2) cpu::avx2::widen(w, threads);
+      else cpu::base::widen(w, threads);
+    }
+    double* d = product.get(M * N);
     if (K > 0) {
       scipy_openblas_set_num_threads(threads);
-      scipy_cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(M),
-                        static_cast<blasint>(N), static_cast<blasint>(K), 1.0, a_wide.data(),
-                        static_cast<blasint>(K), b_wide.data(), static_cast<blasint>(N), 0.0,
-                        product.data(), static_cast<blasint>(N));
+      scipy_cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(M),
+                        static_cast<blasint>(N), static_cast<blasint>(K), 1.0, a_wide.get(0),
+                        static_cast<blasint>(K), b_wide_t.get(0), static_cast<blasint>(K), 0.0, d,
+                        static_cast<blasint>(N));
+    } else {
+      std::fill_n(d, M * N, 0.0);
     }
-    cpu::CertifiedAddmmBlock job{M,           N,           K,     product.data(), a_wide.data(),
-                                 b_wide.data(), a_norm.data(), b_norm.data(), c, alpha,
-                                 beta,        o};
+    cpu::CertifiedAddmmBlock job{M, N, K, d, a_wide.get(0), b_wide_t.get(0), a_norm.get(0),
+                                 b_norm.get(0), c, alpha, beta, o};
     if (avx2) cpu::avx2::certify_addmm(job, threads);
     else cpu::base::certify_addmm(job, threads);
   }
