@@ -3,6 +3,7 @@
 #include <mlx/ops.h>
 
 #include "ops.h"
+#include "vmap_inputs.h"
 
 namespace mlx_precise {
 
@@ -129,17 +130,7 @@ std::pair<std::vector<mx::array>, std::vector<int>> RFFTConv::vmap(
   for (size_t i = 0; i < inputs.size(); ++i) {
     rank = std::max(rank, static_cast<int>(inputs[i].ndim()) - (axes[i] >= 0 ? 1 : 0));
   }
-  std::vector<mx::array> moved;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    mx::array x = inputs[i];
-    if (axes[i] >= 0) {
-      x = mx::moveaxis(x, axes[i], 0, stream());
-      mx::Shape shape = x.shape();
-      shape.insert(shape.begin() + 1, rank - (static_cast<int>(x.ndim()) - 1), 1);
-      x = mx::reshape(x, shape, stream());
-    }
-    moved.push_back(x);
-  }
+  std::vector<mx::array> moved = vmapped_axis_in_front(inputs, axes, rank, stream());
   std::optional<mx::array> bias;
   if (has_bias_) bias = moved[2];
   return {{rfft_conv_from_parts(moved[0], moved[1], period_, bias, precision_, stream())}, {0}};

@@ -4,6 +4,8 @@
 
 #include <mlx/ops.h>
 
+#include "vmap_inputs.h"
+
 #include "strict_ops.h"
 
 namespace mlx_precise {
@@ -156,17 +158,7 @@ std::vector<mx::array> StrictAddmm::jvp(const std::vector<mx::array>& primals,
 std::pair<std::vector<mx::array>, std::vector<int>> StrictAddmm::vmap(
     const std::vector<mx::array>& inputs, const std::vector<int>& axes) {
   const int out_rank = static_cast<int>(out_shape_.size());
-  std::vector<mx::array> moved;
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    mx::array x = inputs[i];
-    if (axes[i] >= 0) {
-      x = mx::moveaxis(x, axes[i], 0, stream());
-      mx::Shape shape = x.shape();
-      shape.insert(shape.begin() + 1, out_rank - (static_cast<int>(x.ndim()) - 1), 1);
-      x = mx::reshape(x, shape, stream());
-    }
-    moved.push_back(x);
-  }
+  std::vector<mx::array> moved = vmapped_axis_in_front(inputs, axes, out_rank, stream());
   std::optional<mx::array> c;
   if (has_c_) c = moved[2];
   return {{strict_addmm_from_parts(moved[0], moved[1], c, alpha_, beta_, precision_, stream())},

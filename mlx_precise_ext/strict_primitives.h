@@ -10,6 +10,9 @@
 namespace mlx_precise {
 
 namespace mx = mlx::core;
+// MLX's DEFINE_GRADS / DEFINE_VMAP / DEFINE_INPUT_OUTPUT_SHAPE name these unqualified.
+using mx::array;
+using mx::Shape;
 
 // out = alpha * (a @ b) [+ beta * c], rounded once to float32.
 // Inputs a (..., M, K), b (..., K, N) with broadcasting batch dims, and
@@ -29,17 +32,10 @@ class StrictAddmm : public mx::UnaryPrimitive {
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
 
-  std::vector<mx::array> jvp(const std::vector<mx::array>& primals,
-                             const std::vector<mx::array>& tangents,
-                             const std::vector<int>& argnums) override;
-  std::vector<mx::array> vjp(const std::vector<mx::array>& primals,
-                             const std::vector<mx::array>& cotangents,
-                             const std::vector<int>& argnums,
-                             const std::vector<mx::array>& outputs) override;
-  std::pair<std::vector<mx::array>, std::vector<int>> vmap(
-      const std::vector<mx::array>& inputs, const std::vector<int>& axes) override;
+  DEFINE_GRADS()
+  DEFINE_VMAP()
 
-  const char* name() const override { return "StrictAddmm"; }
+  DEFINE_NAME(StrictAddmm)
   bool is_equivalent(const mx::Primitive& other) const override;
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
     return {out_shape_};
@@ -68,21 +64,12 @@ class StrictLayerNorm : public mx::UnaryPrimitive {
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
 
-  std::vector<mx::array> jvp(const std::vector<mx::array>& primals,
-                             const std::vector<mx::array>& tangents,
-                             const std::vector<int>& argnums) override;
-  std::vector<mx::array> vjp(const std::vector<mx::array>& primals,
-                             const std::vector<mx::array>& cotangents,
-                             const std::vector<int>& argnums,
-                             const std::vector<mx::array>& outputs) override;
-  std::pair<std::vector<mx::array>, std::vector<int>> vmap(
-      const std::vector<mx::array>& inputs, const std::vector<int>& axes) override;
+  DEFINE_GRADS()
+  DEFINE_VMAP()
 
-  const char* name() const override { return "StrictLayerNorm"; }
+  DEFINE_NAME(StrictLayerNorm)
   bool is_equivalent(const mx::Primitive& other) const override;
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
-    return {inputs[0].shape()};
-  }
+  DEFINE_INPUT_OUTPUT_SHAPE()
 
  private:
   Precision precision_;
@@ -109,7 +96,7 @@ class StrictLayerNormVJP : public mx::Primitive {
   void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
   void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
 
-  const char* name() const override { return "StrictLayerNormVJP"; }
+  DEFINE_NAME(StrictLayerNormVJP)
   bool is_equivalent(const mx::Primitive& other) const override;
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
 
