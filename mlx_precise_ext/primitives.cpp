@@ -3,6 +3,7 @@
 #include <mlx/ops.h>
 
 #include "ops.h"
+#include "vmap_inputs.h"
 
 namespace mlx_precise {
 
@@ -120,9 +121,8 @@ std::vector<mx::array> RFFTConv::jvp(const std::vector<mx::array>& primals,
 
 namespace {
 
-// Batched inputs get the vmapped axis in front and, after it, enough unit
-// axes that all inputs share one batch rank (rank + 1, rank >= min_rank);
-// leading dims then broadcast. Returns the vmap size.
+// All inputs share one batch rank (rank + 1, rank >= min_rank) once the
+// vmapped axis is in front (vmap_inputs.h). Returns the vmap size.
 int align_vmapped(std::vector<mx::array>& inputs, const std::vector<int>& axes, int min_rank,
                   int& rank, mx::Stream s) {
   rank = min_rank;
@@ -131,13 +131,7 @@ int align_vmapped(std::vector<mx::array>& inputs, const std::vector<int>& axes, 
     rank = std::max(rank, static_cast<int>(inputs[i].ndim()) - (axes[i] >= 0 ? 1 : 0) - 1);
     if (axes[i] >= 0) size = inputs[i].shape(axes[i]);
   }
-  for (size_t i = 0; i < inputs.size(); ++i) {
-    if (axes[i] < 0) continue;
-    mx::array x = mx::moveaxis(inputs[i], axes[i], 0, s);
-    mx::Shape shape = x.shape();
-    shape.insert(shape.begin() + 1, rank + 1 - (static_cast<int>(x.ndim()) - 1), 1);
-    inputs[i] = mx::reshape(x, shape, s);
-  }
+  inputs = vmapped_axis_in_front(inputs, axes, rank + 1, s);
   return size;
 }
 

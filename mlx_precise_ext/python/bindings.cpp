@@ -11,6 +11,7 @@ namespace nb = nanobind;
 using namespace nb::literals;
 
 void init_testing(nb::module_& m);  // testing_bindings.cpp
+void init_strict(nb::module_& m);   // strict_bindings.cpp
 
 NB_MODULE(_ext, m) {
   m.doc() = "mlx-precise C++ primitives";
@@ -21,4 +22,5 @@ NB_MODULE(_ext, m) {
         "FFT convolution; see mlx_precise.rfft_conv for the documentation.");
 
   init_testing(m);
+  init_strict(m);
 }

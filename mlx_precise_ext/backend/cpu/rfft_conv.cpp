@@ -2,13 +2,9 @@
 // leading dims) into row descriptions and hands them to the FFT engine on
 // MLX's CPU stream.
 #include <algorithm>
-#include <cstdlib>
-#include <thread>
-
-#include <mlx/allocator.h>
-#include <mlx/backend/cpu/encoder.h>
 
 #include "backend/cpu/conv_job.h"
+#include "backend/cpu/cpu_runtime.h"
 #include "primitives.h"
 
 namespace mlx_precise {
@@ -16,6 +12,9 @@ namespace mlx_precise {
 namespace {
 
 using cpu::ConvGeometry;
+using cpu::dispatch;
+using cpu::num_threads;
+using cpu::use_avx2;
 using cpu::RealRow;
 
 // Maps rows of a full batch shape onto the rows of an array whose batch dims
@@ -81,28 +80,6 @@ int64_t next_pow2(int64_t v) {
   int64_t p = 2;
   while (p < v) p <<= 1;
   return p;
-}
-
-// Threads for one evaluation: MLX_PRECISE_NUM_THREADS, else the hardware's.
-int num_threads() {
-  if (const char* env = std::getenv("MLX_PRECISE_NUM_THREADS")) {
-    int n = std::atoi(env);
-    if (n >= 1) return n;
-  }
-  return std::max(1u, std::thread::hardware_concurrency());
-}
-
-// Both builds compute identical bits; MLX_PRECISE_CPU_ISA=base forces the
-// baseline build (the tests use it to show exactly that).
-bool use_avx2() {
-#if defined(__x86_64__)
-  const char* env = std::getenv("MLX_PRECISE_CPU_ISA");
-  if (env && std::string(env) == "base") return false;
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  return false;
-#endif
 }
 
 // FFT size and output indexing. Output indices i of the period-n (or linear)
@@ -222,16 +199,6 @@ void convolve(const std::vector<mx::array>& in, mx::array& out, ConvVariant vari
     if (has_bias) target.bias_terms.push_back({real_row(a, a_map, r), real_row(in[2], *bias_map, r)});
   }
   run_reduce(precision, g, task);
-}
-
-template <class Body>
-void dispatch(mx::Stream stream, const std::vector<mx::array>& inputs, mx::array& out,
-              Body body) {
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  auto& encoder = mx::cpu::get_command_encoder(stream);
-  for (const auto& x : inputs) encoder.set_input_array(x);
-  encoder.set_output_array(out);
-  encoder.dispatch([inputs, out, body]() mutable { body(inputs, out); });
 }
 
 } // namespace

@@ -1,0 +1,121 @@
+"""Python front-ends of the strict addmm / linear / layer_norm: argument checks
+with Python's error types, then the C++ op (mlx_precise_ext/strict_ops.h)."""
+
+from typing import Optional
+
+import mlx.core as mx
+
+from . import _ext
+from ._ops import PRECISIONS
+
+
+def _require_array(op: str, name: str, value) -> None:
+    if not isinstance(value, mx.array):
+        raise TypeError(
+            f"{op}: {name} must be an mlx.core.array of dtype float32, got "
+            f"{type(value).__name__}; pass mx.array(..., dtype=mx.float32)"
+        )
+    if value.dtype != mx.float32:
+        raise TypeError(
+            f"{op}: {name} has dtype {value.dtype}; {op} takes float32 and never casts "
+            f"silently: pass {name}.astype(mx.float32) if that rounding is intended"
+        )
+
+
+def _require_number(op: str, name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{op}: {name} must be a Python float, got {type(value).__name__}")
+
+
+def _require_precision(op: str, precision) -> None:
+    if not isinstance(precision, str):
+        raise TypeError(
+            f"{op}: precision must be one of {PRECISIONS}, got {type(precision).__name__}"
+        )
+
+
+def addmm(
+    c: mx.array,
+    a: mx.array,
+    b: mx.array,
+    *,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    precision: str = "float32",
+    stream=None,
+) -> mx.array:
+    """``beta * c + alpha * (a @ b)`` with ``mx.addmm``'s semantics.
+
+    Args:
+        c: float32, broadcastable to the output ``(..., M, N)``.
+        a: ``(..., M, K)`` float32; b: ``(..., K, N)`` float32; batch dims broadcast.
+        alpha, beta: scalars, rounded to float32 as ``mx.addmm`` does; the exact value
+            uses the rounded scalars.
+        precision: ``"float32"`` calls ``mx.addmm``; ``"extended"`` and ``"dd"`` return
+            the float32 nearest to the exact value (``"extended"``: float64 GEMM with a
+            certified rounding and an exact recomputation where it cannot certify;
+            ``"dd"``: float-pair dot products, k = 0..K-1 in order).
+        stream: stream or device (CPU only in this build).
+    """
+    for name, value in (("c", c), ("a", a), ("b", b)):
+        _require_array("addmm", name, value)
+    _require_number("addmm", "alpha", alpha)
+    _require_number("addmm", "beta", beta)
+    _require_precision("addmm", precision)
+    return _ext.addmm(c, a, b, alpha=alpha, beta=beta, precision=precision, stream=stream)
+
+
+def linear(
+    x: mx.array,
+    weight: mx.array,
+    bias: Optional[mx.array] = None,
+    *,
+    precision: str = "float32",
+    stream=None,
+) -> mx.array:
+    """``torch.nn.functional.linear``: ``x @ weight.T + bias``.
+
+    Args:
+        x: ``(..., in_features)`` float32.
+        weight: ``(out_features, in_features)`` float32.
+        bias: optional ``(out_features,)`` float32, added before the single rounding.
+        precision: ``"float32"`` (``mx.addmm(bias, x, weight.T)`` / ``x @ weight.T``),
+            ``"extended"`` or ``"dd"`` (correctly rounded, see :func:`addmm`).
+    """
+    _require_array("linear", "x", x)
+    _require_array("linear", "weight", weight)
+    if bias is not None:
+        _require_array("linear", "bias", bias)
+    _require_precision("linear", precision)
+    return _ext.linear(x, weight, bias, precision=precision, stream=stream)
+
+
+def layer_norm(
+    x: mx.array,
+    weight: Optional[mx.array] = None,
+    bias: Optional[mx.array] = None,
+    eps: float = 1e-5,
+    *,
+    precision: str = "float32",
+    stream=None,
+) -> mx.array:
+    """``torch.nn.functional.layer_norm(x, (D,), weight, bias, eps)`` over the last axis.
+
+    Biased variance, ``eps`` inside the square root, then ``* weight + bias``.
+
+    Args:
+        x: ``(..., D)`` float32.
+        weight, bias: optional ``(D,)`` float32.
+        eps: ``>= 0``; used as the double it is (``"float32"`` rounds it to float32,
+            as ``mx.fast.layer_norm`` does).
+        precision: ``"float32"`` (``mx.fast.layer_norm``), ``"extended"`` (float64) or
+            ``"dd"`` (float pairs); the extended modes round once, after the affine map.
+    """
+    _require_array("layer_norm", "x", x)
+    if weight is not None:
+        _require_array("layer_norm", "weight", weight)
+    if bias is not None:
+        _require_array("layer_norm", "bias", bias)
+    _require_number("layer_norm", "eps", eps)
+    _require_precision("layer_norm", precision)
+    return _ext.layer_norm(x, weight, bias, float(eps), precision=precision, stream=stream)
