@@ -5,22 +5,7 @@ from typing import Optional
 import mlx.core as mx
 
 from . import _ext
-
-PRECISIONS = ("float32", "extended", "dd")
-
-
-def _require_array(name: str, value) -> None:
-    if not isinstance(value, mx.array):
-        raise TypeError(
-            f"rfft_conv: {name} must be an mlx.core.array of dtype float32, got "
-            f"{type(value).__name__}; pass mx.array(..., dtype=mx.float32)"
-        )
-    if value.dtype != mx.float32:
-        raise TypeError(
-            f"rfft_conv: {name} has dtype {value.dtype}; rfft_conv takes float32 and never "
-            f"casts silently: pass {name}.astype(mx.float32) if that rounding is intended"
-        )
-
+from ._checks import PRECISIONS, require_float32_array
 
 def rfft_conv(
     u: mx.array,
@@ -50,10 +35,10 @@ def rfft_conv(
     Returns:
         ``(..., L)`` float32 array.
     """
-    _require_array("u", u)
-    _require_array("k", k)
+    require_float32_array("rfft_conv", "u", u)
+    require_float32_array("rfft_conv", "k", k)
     if bias is not None:
-        _require_array("bias", bias)
+        require_float32_array("rfft_conv", "bias", bias)
     if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
         raise TypeError(f"rfft_conv: n must be an int or None, got {type(n).__name__}")
     if not isinstance(precision, str):

@@ -6,20 +6,7 @@ from typing import Optional
 import mlx.core as mx
 
 from . import _ext
-from ._ops import PRECISIONS
-
-
-def _require_array(op: str, name: str, value) -> None:
-    if not isinstance(value, mx.array):
-        raise TypeError(
-            f"{op}: {name} must be an mlx.core.array of dtype float32, got "
-            f"{type(value).__name__}; pass mx.array(..., dtype=mx.float32)"
-        )
-    if value.dtype != mx.float32:
-        raise TypeError(
-            f"{op}: {name} has dtype {value.dtype}; {op} takes float32 and never casts "
-            f"silently: pass {name}.astype(mx.float32) if that rounding is intended"
-        )
+from ._checks import PRECISIONS, require_float32_array
 
 
 def _require_number(op: str, name: str, value) -> None:
@@ -58,7 +45,7 @@ def addmm(
         stream: stream or device (CPU only in this build).
     """
     for name, value in (("c", c), ("a", a), ("b", b)):
-        _require_array("addmm", name, value)
+        require_float32_array("addmm", name, value)
     _require_number("addmm", "alpha", alpha)
     _require_number("addmm", "beta", beta)
     _require_precision("addmm", precision)
@@ -82,10 +69,10 @@ def linear(
         precision: ``"float32"`` (``mx.addmm(bias, x, weight.T)`` / ``x @ weight.T``),
             ``"extended"`` or ``"dd"`` (correctly rounded, see :func:`addmm`).
     """
-    _require_array("linear", "x", x)
-    _require_array("linear", "weight", weight)
+    require_float32_array("linear", "x", x)
+    require_float32_array("linear", "weight", weight)
     if bias is not None:
-        _require_array("linear", "bias", bias)
+        require_float32_array("linear", "bias", bias)
     _require_precision("linear", precision)
     return _ext.linear(x, weight, bias, precision=precision, stream=stream)
 
@@ -111,11 +98,11 @@ def layer_norm(
         precision: ``"float32"`` (``mx.fast.layer_norm``), ``"extended"`` (float64) or
             ``"dd"`` (float pairs); the extended modes round once, after the affine map.
     """
-    _require_array("layer_norm", "x", x)
+    require_float32_array("layer_norm", "x", x)
     if weight is not None:
-        _require_array("layer_norm", "weight", weight)
+        require_float32_array("layer_norm", "weight", weight)
     if bias is not None:
-        _require_array("layer_norm", "bias", bias)
+        require_float32_array("layer_norm", "bias", bias)
     _require_number("layer_norm", "eps", eps)
     _require_precision("layer_norm", precision)
     return _ext.layer_norm(x, weight, bias, float(eps), precision=precision, stream=stream)

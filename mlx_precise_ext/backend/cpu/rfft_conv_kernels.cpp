@@ -236,44 +236,41 @@ void gather_partners(const Plan<T>& plan, Span<T> re, Span<T> im, Span<T> out_re
   }
 }
 
-// z (time domain, overwritten) -> x: the packed spectrum 2X.
-template <class T>
-void real_forward(const Plan<T>& plan, ComplexBuffer<T>& z, ComplexBuffer<T>& x) {
-  const Span<T> re = z.re.span(), im = z.im.span(), out_re = x.re.span(), out_im = x.im.span();
-  fft_forward(plan, re, im);
+// out[p] = combine(in[p], in[partner(p)], w[p]) for p >= 1, out[0] = at_dc(in[0]):
+// the real-FFT split (rfft_split) and its inverse (rfft_unsplit).
+template <class T, class Combine, class AtDc>
+void combine_with_partners(const Plan<T>& plan, Span<T> re, Span<T> im, Span<T> out_re,
+                           Span<T> out_im, Combine combine, AtDc at_dc) {
   gather_partners(plan, re, im, out_re, out_im);
   const Span<T> wr = plan.split.re.span(), wi = plan.split.im.span();
 #pragma GCC ivdep
   for (int64_t p = 1; p < plan.n; ++p) {
-    const cpx<T> v = rfft_split(cpx<T>{re.load(p), im.load(p)},
-                                cpx<T>{out_re.load(p), out_im.load(p)},
-                                cpx<T>{wr.load(p), wi.load(p)});
+    const cpx<T> v = combine(cpx<T>{re.load(p), im.load(p)}, cpx<T>{out_re.load(p), out_im.load(p)},
+                             cpx<T>{wr.load(p), wi.load(p)});
     out_re.store(p, v.re);
     out_im.store(p, v.im);
   }
-  const cpx<T> dc = rfft_split_dc(cpx<T>{re.load(0), im.load(0)});
+  const cpx<T> dc = at_dc(cpx<T>{re.load(0), im.load(0)});
   out_re.store(0, dc.re);
   out_im.store(0, dc.im);
+}
+
+// z (time domain, overwritten) -> x: the packed spectrum 2X.
+template <class T>
+void real_forward(const Plan<T>& plan, ComplexBuffer<T>& z, ComplexBuffer<T>& x) {
+  fft_forward(plan, z.re.span(), z.im.span());
+  combine_with_partners(plan, z.re.span(), z.im.span(), x.re.span(), x.im.span(),
+                        [](cpx<T> a, cpx<T> b, cpx<T> w) { return rfft_split(a, b, w); },
+                        [](cpx<T> a) { return rfft_split_dc(a); });
 }
 
 // y (packed spectrum) -> z: N times the inverse real DFT, as z[m] = x[2m] + i x[2m+1].
 template <class T>
 void real_inverse(const Plan<T>& plan, const ComplexBuffer<T>& y, ComplexBuffer<T>& z) {
-  const Span<T> re = y.re.span(), im = y.im.span(), out_re = z.re.span(), out_im = z.im.span();
-  gather_partners(plan, re, im, out_re, out_im);
-  const Span<T> wr = plan.split.re.span(), wi = plan.split.im.span();
-#pragma GCC ivdep
-  for (int64_t p = 1; p < plan.n; ++p) {
-    const cpx<T> v = rfft_unsplit(cpx<T>{re.load(p), im.load(p)},
-                                  cpx<T>{out_re.load(p), out_im.load(p)},
-                                  cpx<T>{wr.load(p), wi.load(p)});
-    out_re.store(p, v.re);
-    out_im.store(p, v.im);
-  }
-  const cpx<T> dc = rfft_unsplit_dc(cpx<T>{re.load(0), im.load(0)});
-  out_re.store(0, dc.re);
-  out_im.store(0, dc.im);
-  fft_inverse(plan, out_re, out_im);
+  combine_with_partners(plan, y.re.span(), y.im.span(), z.re.span(), z.im.span(),
+                        [](cpx<T> a, cpx<T> b, cpx<T> w) { return rfft_unsplit(a, b, w); },
+                        [](cpx<T> a) { return rfft_unsplit_dc(a); });
+  fft_inverse(plan, z.re.span(), z.im.span());
 }
 
 // x *= k in the packed format (position 0 holds two real values).
