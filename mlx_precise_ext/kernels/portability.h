@@ -12,6 +12,8 @@
 #define MP_RINTF(x) metal::rint(x)
 #define MP_LDEXPF(x, e) metal::ldexp(x, e)
 #define MP_FLOAT_BITS(x) as_type<unsigned int>(x)
+#define MP_CTZ(x) static_cast<int>(metal::ctz(x))
+#define MP_CLZ(x) static_cast<int>(metal::clz(x))
 #define MP_THREAD thread
 #define MP_DEVICE device
 #define MP_CONSTANT constant
@@ -26,6 +28,8 @@
 #define MP_LDEXPF(x, e) ldexpf(x, e)
 #define MP_LDEXP(x, e) ldexp(x, e)
 #define MP_FLOAT_BITS(x) __float_as_uint(x)
+#define MP_CTZ(x) (__ffs(static_cast<int>(x)) - 1)
+#define MP_CLZ(x) __clz(static_cast<int>(x))
 #define MP_THREAD
 #define MP_DEVICE
 #define MP_CONSTANT
@@ -54,6 +58,8 @@ inline unsigned int mp_float_bits(float x) {
   return b;
 }
 #define MP_FLOAT_BITS(x) mp_float_bits(x)
+#define MP_CTZ(x) __builtin_ctz(x)
+#define MP_CLZ(x) __builtin_clz(x)
 #define MP_THREAD
 #define MP_DEVICE
 #define MP_CONSTANT

@@ -90,60 +90,27 @@ MP_INLINE int lowest_bit_exponent(unsigned int bits) {
     mantissa |= 0x800000u;
     base = static_cast<int>(exponent) - 150;
   }
-  int tz = 0;
-  while ((mantissa & 1u) == 0u) {
-    mantissa >>= 1;
-    ++tz;
-  }
-  return base + tz;
+  return base + MP_CTZ(mantissa);
 }
 
 // Exponent e with |x| < 2^e for a nonzero finite float (ilogb + 1).
-MP_INLINE int magnitude_exponent(unsigned int bits) {
-  unsigned int exponent = (bits >> 23) & 0xffu;
+MP_INLINE int magnitude_exponent(unsigned int abs_bits) {
+  unsigned int exponent = abs_bits >> 23;
   if (exponent != 0) return static_cast<int>(exponent) - 126;
-  unsigned int mantissa = bits & 0x7fffffu;
-  int e = -149;
-  while (mantissa != 0u) {
-    mantissa >>= 1;
-    ++e;
-  }
-  return e;
+  return -149 + 32 - MP_CLZ(abs_bits);  // subnormal
 }
 
-// Integer summary of a row: no NaN/Inf, all zero, max and lattice exponents.
-struct RowLattice {
+// What the largest |x| of a row says: no NaN/Inf, all zero, |x| < 2^max_exp.
+// (max of |bits| is the bits of max |x|: a reduction in any order.)
+struct RowMagnitude {
   bool finite;
   bool zero;
-  int max_exp;      // |x| < 2^max_exp
-  int quantum_exp;  // every x is a multiple of 2^quantum_exp
+  int max_exp;
 };
 
-MP_INLINE RowLattice lattice_identity() {
-  return RowLattice{true, true, -1000, 1000};
-}
-
-MP_INLINE RowLattice lattice_add(RowLattice r, unsigned int bits) {
-  unsigned int exponent = (bits >> 23) & 0xffu;
-  if (exponent == 0xffu) {
-    r.finite = false;
-    return r;
-  }
-  if ((bits & 0x7fffffffu) == 0u) return r;
-  r.zero = false;
-  int m = magnitude_exponent(bits);
-  int q = lowest_bit_exponent(bits);
-  r.max_exp = m > r.max_exp ? m : r.max_exp;
-  r.quantum_exp = q < r.quantum_exp ? q : r.quantum_exp;
-  return r;
-}
-
-MP_INLINE RowLattice lattice_merge(RowLattice a, RowLattice b) {
-  RowLattice r;
-  r.finite = a.finite && b.finite;
-  r.zero = a.zero && b.zero;
-  r.max_exp = a.max_exp > b.max_exp ? a.max_exp : b.max_exp;
-  r.quantum_exp = a.quantum_exp < b.quantum_exp ? a.quantum_exp : b.quantum_exp;
+MP_INLINE RowMagnitude row_magnitude(unsigned int max_abs_bits) {
+  RowMagnitude r{max_abs_bits < 0x7f800000u, max_abs_bits == 0u, -1000};
+  if (r.finite && !r.zero) r.max_exp = magnitude_exponent(max_abs_bits);
   return r;
 }
 
@@ -154,36 +121,53 @@ MP_INLINE int ceil_log2(long long v) {
   return e;
 }
 
-// Snapping of one convolution term a (*) b, with a bias term a * d.
-// Error bound of the FFT path (Higham's analysis, with room to spare):
-//   |err| <= 64 (log2 N + 1) u sqrt(La) Lb max|a| max|b|   (u: unit roundoff of T).
-// Returns the quantum exponent, or kNoSnap when the bound cannot certify it.
 constexpr MP_CONSTANT int kNoSnap = 100000;
 
-MP_INLINE int snap_exponent(RowLattice a, RowLattice b, bool has_bias, RowLattice d,
+// Step 1 of the snap decision, from magnitudes alone. The FFT path's error
+// (Higham's analysis, with room to spare) is at most
+//   64 (log2 N + 1) u sqrt(La) Lb max|a| max|b|   per output (u: unit roundoff
+// of T), plus one rounding of the exact bias product a*d; `terms` such sums for
+// gradients. Snapping is certified when the lattice step 2^q, q = qa + min(qb,
+// qd) (the lowest set bits of the rows), is at least 4 times that bound:
+// q >= required. Returns required, 0 with *exact_zero set when the output is
+// exactly zero (snap to +0), or kNoSnap when nothing can be certified.
+MP_INLINE int snap_required(RowMagnitude a, RowMagnitude b, bool has_bias, RowMagnitude d,
                             long long a_len, long long b_len, long long fft_size,
-                            int unit_roundoff_exp, int terms) {
+                            int unit_roundoff_exp, int terms, MP_THREAD bool* exact_zero) {
+  *exact_zero = false;
   if (!a.finite || !b.finite || (has_bias && !d.finite)) return kNoSnap;
   if (unit_roundoff_exp >= 0) return kNoSnap;  // float32 mode promises no snapping
-  // An exactly zero output (the transform may still carry signed zeros) snaps to +0.
-  if (a.zero || (b.zero && (!has_bias || d.zero))) return 0;
-  int q = kNoSnap;
+  if (a.zero || (b.zero && (!has_bias || d.zero))) {
+    // The transform may still carry signed zeros: snap to +0.
+    *exact_zero = true;
+    return 0;
+  }
   int bound_exp = -1000000;
   if (!b.zero) {
-    q = a.quantum_exp + b.quantum_exp;
     bound_exp = 6 + ceil_log2(ceil_log2(fft_size) + 1) + (ceil_log2(a_len) + 1) / 2 +
                 ceil_log2(b_len) + a.max_exp + b.max_exp + unit_roundoff_exp;
   }
   if (has_bias && !d.zero) {
-    // The bias product is exact; adding it rounds once, relative to its size.
-    int qd = a.quantum_exp + d.quantum_exp;
-    q = qd < q ? qd : q;
     int bias_exp = a.max_exp + d.max_exp + 2 + unit_roundoff_exp;
     bound_exp = bias_exp > bound_exp ? bias_exp : bound_exp;
   }
+  return bound_exp + 1 + ceil_log2(terms) + 2;
+}
+
+// Lowest-bit floor a row must reach for q >= required to remain possible,
+// given the largest lowest-bit exponent its partner could have (max_exp - 1).
+MP_INLINE int quantum_floor(int required, RowMagnitude partner) {
+  return required - (partner.max_exp - 1);
+}
+
+// Step 2: q from the rows' quanta (kNoSnap for an all-zero row), certified or not.
+MP_INLINE int snap_decision(int required, int qa, int qb, bool has_bias, int qd) {
+  if (required == kNoSnap || qa == kNoSnap) return kNoSnap;
+  int q = qb;
+  if (has_bias && qd < q) q = qd;
   if (q == kNoSnap) return kNoSnap;
-  bound_exp += 1 + ceil_log2(terms);
-  return bound_exp <= q - 2 ? q : kNoSnap;
+  q += qa;
+  return q >= required ? q : kNoSnap;
 }
 
 // Nearest multiple of 2^e (the value is within 2^(e-2) of one when certified).

@@ -1,12 +1,14 @@
 // CPU FFT convolution, templated over the working precision T (float, double,
 // ff). Compiled once per instruction-set build (MP_CPU_ISA); see conv_job.h.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "backend/cpu/conv_job.h"
@@ -61,6 +63,7 @@ class Buffer {
     data_.resize(static_cast<size_t>(n) * Scalar<T>::planes);
   }
   void zero() { std::fill(data_.begin(), data_.end(), typename Scalar<T>::type{}); }
+  int64_t size() const { return n_; }
   Span<T> span() const;
 
  private:
@@ -84,6 +87,7 @@ struct ComplexBuffer {
     re.resize(n);
     im.resize(n);
   }
+  int64_t size() const { return re.size(); }
 };
 
 // ---------------------------------------------------------------- plans ----
@@ -212,14 +216,26 @@ void fft_inverse(const Plan<T>& plan, Span<T> re, Span<T> im) {
 template <class T>
 void load_real(ComplexBuffer<T>& z, RealRow row, int64_t len, bool reversed) {
   const T tag{};
-  z.re.zero();
-  z.im.zero();
   const Span<T> re = z.re.span(), im = z.im.span();
-  for (int64_t i = 0; i < len; ++i) {
-    const int64_t src = reversed ? len - 1 - i : i;
-    const T v = r_from_float(tag, row.data[src * row.stride]);
-    if (i & 1) im.store(i >> 1, v);
-    else re.store(i >> 1, v);
+  const float* __restrict src = row.data;
+  // Element i of the (possibly reversed) row.
+  const int64_t first = reversed ? (len - 1) * row.stride : 0;
+  const int64_t step = reversed ? -row.stride : row.stride;
+  const int64_t pairs = len / 2;
+#pragma GCC ivdep
+  for (int64_t m = 0; m < pairs; ++m) {
+    re.store(m, r_from_float(tag, src[first + 2 * m * step]));
+    im.store(m, r_from_float(tag, src[first + (2 * m + 1) * step]));
+  }
+  int64_t m = pairs;
+  if (len & 1) {
+    re.store(m, r_from_float(tag, src[first + (len - 1) * step]));
+    im.store(m, T{});
+    ++m;
+  }
+  for (; m < z.size(); ++m) {
+    re.store(m, T{});
+    im.store(m, T{});
   }
 }
 
@@ -324,10 +340,62 @@ inline T gather(const ConvGeometry& g, const ComplexBuffer<T>& z, int64_t t) {
   return v;
 }
 
-RowLattice row_lattice(RealRow row, int64_t len) {
-  RowLattice r = lattice_identity();
-  for (int64_t i = 0; i < len; ++i) r = lattice_add(r, MP_FLOAT_BITS(row.data[i * row.stride]));
-  return r;
+// float32 mode never snaps (snap_roundoff_exp(float) == 0): no need to scan.
+template <class T>
+constexpr bool snaps() {
+  return !std::is_same<T, float>::value;
+}
+
+// Largest |bits| over rows (the bits of the largest |x|; NaN/Inf compare above).
+template <class Rows>
+unsigned int max_abs_bits(const Rows& rows, int64_t len) {
+  unsigned int m = 0;
+  for (const RealRow& row : rows) {
+    const float* __restrict x = row.data;
+    for (int64_t i = 0; i < len; ++i) m = std::max(m, MP_FLOAT_BITS(x[i * row.stride]) & 0x7fffffffu);
+  }
+  return m;
+}
+
+// Smallest lowest-set-bit exponent over the nonzero elements of rows; the scan
+// stops as soon as it drops below floor (the row then cannot be certified).
+// kNoSnap when every element is zero.
+template <class Rows>
+int min_quantum(const Rows& rows, int64_t len, int floor) {
+  int q = kNoSnap;
+  for (const RealRow& row : rows) {
+    for (int64_t i = 0; i < len; ++i) {
+      const unsigned int bits = MP_FLOAT_BITS(row.data[i * row.stride]);
+      if ((bits & 0x7fffffffu) == 0u) continue;
+      q = std::min(q, lowest_bit_exponent(bits));
+      if (q < floor) return q;
+    }
+  }
+  return q;
+}
+
+// The lattice snap of an output row that sums `terms` convolutions of rows in
+// a_rows with rows in b_rows, plus products of a rows with d_rows
+// (rfft_conv_core.h: snap_required, snap_decision).
+template <class T, class RowsA, class RowsB, class RowsD>
+int decide_snap(const ConvGeometry& g, const RowsA& a_rows, int64_t a_len, const RowsB& b_rows,
+                bool has_bias, const RowsD& d_rows, int terms) {
+  if (!snaps<T>()) return kNoSnap;
+  const RowMagnitude a = row_magnitude(max_abs_bits(a_rows, a_len));
+  const RowMagnitude b = row_magnitude(max_abs_bits(b_rows, g.b_len));
+  const RowMagnitude d = has_bias ? row_magnitude(max_abs_bits(d_rows, g.out_len))
+                                  : row_magnitude(0u);
+  bool exact_zero = false;
+  const int required = snap_required(a, b, has_bias, d, g.a_len, g.b_len, g.fft_size,
+                                     snap_roundoff_exp(T{}), terms, &exact_zero);
+  if (exact_zero) return 0;
+  if (required == kNoSnap) return kNoSnap;
+  const int qb = min_quantum(b_rows, g.b_len, quantum_floor(required, a));
+  const int qd = has_bias ? min_quantum(d_rows, g.out_len, quantum_floor(required, a)) : kNoSnap;
+  const int partner = std::min(qb, qd);
+  if (partner == kNoSnap) return kNoSnap;
+  const int qa = min_quantum(a_rows, a_len, required - partner);
+  return snap_decision(required, qa, qb, has_bias, qd);
 }
 
 template <class Fn>
@@ -353,6 +421,33 @@ inline float spectrum_scale(int64_t n) {
   return std::ldexp(1.0f, -2 - static_cast<int>(std::ilogb(static_cast<float>(n))));
 }
 
+// Output row of the shared-kernel path. The forward convolution reads the
+// time-domain result in order (x[t] = z[t/2].re or .im) with no fold: that
+// case runs as a plain loop over pairs, the same operations as gather().
+template <class T>
+void write_row(const ConvGeometry& g, const ComplexBuffer<T>& z,
+               const SharedKernelTask::OutRow& row, int snap) {
+  const bool in_order = !g.out_reversed && !g.fold && g.out_len <= g.a_len + g.b_len - 1 &&
+                        g.out_len <= g.fft_size;
+  auto finish = [&](T v, int64_t t) {
+    return row.has_bias ? finish_output(v, true, row.a.data[t * row.a.stride],
+                                        row.bias.data[t * row.bias.stride], snap)
+                        : finish_output(v, false, 0.0f, 0.0f, snap);
+  };
+  if (!in_order) {
+    for (int64_t t = 0; t < g.out_len; ++t) row.out[t] = finish(gather(g, z, t), t);
+    return;
+  }
+  const Span<T> re = z.re.span(), im = z.im.span();
+  float* __restrict out = row.out;
+  const int64_t pairs = g.out_len / 2;
+  for (int64_t m = 0; m < pairs; ++m) {
+    out[2 * m] = finish(re.load(m), 2 * m);
+    out[2 * m + 1] = finish(im.load(m), 2 * m + 1);
+  }
+  if (g.out_len & 1) out[g.out_len - 1] = finish(re.load(pairs), g.out_len - 1);
+}
+
 template <class T>
 void shared_kernel(const ConvGeometry& g, const SharedKernelTask& task, int num_threads) {
   const int64_t n = g.fft_size, h = n / 2;
@@ -360,9 +455,7 @@ void shared_kernel(const ConvGeometry& g, const SharedKernelTask& task, int num_
   const Plan<T>& plan = *plan_ptr;
 
   std::vector<ComplexBuffer<T>> spectra(task.b_rows.size());
-  std::vector<RowLattice> b_lattice(task.b_rows.size());
   parallel_for(static_cast<int64_t>(spectra.size()), num_threads, [&](int64_t i) {
-    b_lattice[i] = row_lattice(task.b_rows[i], g.b_len);
     ComplexBuffer<T> z;
     z.resize(h);
     spectra[i].resize(h);
@@ -380,16 +473,10 @@ void shared_kernel(const ConvGeometry& g, const SharedKernelTask& task, int num_
     real_forward(plan, z, x);
     multiply_packed(x, spectra[row.b_index], h);
     real_inverse(plan, x, z);
-    const RowLattice d = row.has_bias ? row_lattice(row.bias, g.out_len) : lattice_identity();
-    const int snap = snap_exponent(row_lattice(row.a, g.a_len), b_lattice[row.b_index],
-                                   row.has_bias, d, g.a_len, g.b_len, n,
-                                   snap_roundoff_exp(T{}), 1);
-    for (int64_t t = 0; t < g.out_len; ++t) {
-      const T v = gather(g, z, t);
-      row.out[t] = row.has_bias ? finish_output(v, true, row.a.data[t * row.a.stride],
-                                                row.bias.data[t * row.bias.stride], snap)
-                                : finish_output(v, false, 0.0f, 0.0f, snap);
-    }
+    const int snap = decide_snap<T>(g, std::array<RealRow, 1>{row.a}, g.a_len,
+                                    std::array<RealRow, 1>{task.b_rows[row.b_index]},
+                                    row.has_bias, std::array<RealRow, 1>{row.bias}, 1);
+    write_row(g, z, row, snap);
   });
 }
 
@@ -408,18 +495,14 @@ void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
     acc.re.zero();
     acc.im.zero();
     const auto& target = task.targets[ti];
-    RowLattice a_all = lattice_identity(), b_all = lattice_identity(), d_all = lattice_identity();
-    for (const auto& term : target.terms) {
-      a_all = lattice_merge(a_all, row_lattice(term.a, g.a_len));
-      b_all = lattice_merge(b_all, row_lattice(term.b, g.b_len));
-    }
-    for (const auto& bt : target.bias_terms) {
-      a_all = lattice_merge(a_all, row_lattice(bt.a, g.out_len));
-      d_all = lattice_merge(d_all, row_lattice(bt.bias, g.out_len));
-    }
+    // A bias term's a row is the a row of the convolution term beside it
+    // (rfft_conv.cpp builds them in pairs), so the a rows are the terms' rows.
+    std::vector<RealRow> a_rows, b_rows, d_rows;
+    for (const auto& term : target.terms) a_rows.push_back(term.a), b_rows.push_back(term.b);
+    for (const auto& bt : target.bias_terms) d_rows.push_back(bt.bias);
     const int terms = static_cast<int>(target.terms.size() + target.bias_terms.size());
-    const int snap = snap_exponent(a_all, b_all, !target.bias_terms.empty(), d_all, g.a_len,
-                                   g.b_len, n, snap_roundoff_exp(T{}), terms > 0 ? terms : 1);
+    const int snap = decide_snap<T>(g, a_rows, g.a_len, b_rows, !d_rows.empty(), d_rows,
+                                    std::max(terms, 1));
     for (const auto& term : target.terms) {
       load_real(z, term.a, g.a_len, g.a_reversed);
       real_forward(plan, z, a_spec);
