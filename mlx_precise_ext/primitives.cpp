@@ -39,8 +39,10 @@ const char* RFFTConv::name() const {
       return "RFFTConv";
     case ConvVariant::CorrelateInput:
       return "RFFTConvInputGrad";
-    default:
+    case ConvVariant::CorrelateKernel:
       return "RFFTConvKernelGrad";
+    default:
+      return "RFFTConvSum";
   }
 }
 
@@ -48,7 +50,8 @@ bool RFFTConv::is_equivalent(const mx::Primitive& other) const {
   const auto* o = dynamic_cast<const RFFTConv*>(&other);
   return o && o->variant_ == variant_ && o->period_ == period_ &&
          o->precision_ == precision_ && o->has_bias_ == has_bias_ &&
-         o->out_shape_ == out_shape_;
+         o->out_shape_ == out_shape_ && o->conv_terms_ == conv_terms_ &&
+         o->bias_terms_ == bias_terms_;
 }
 
 bool BiasGradient::is_equivalent(const mx::Primitive& other) const {
@@ -64,7 +67,8 @@ std::vector<mx::array> RFFTConv::vjp(const std::vector<mx::array>& primals,
                                      const std::vector<mx::array>&) {
   if (variant_ != ConvVariant::Convolve) {
     throw std::invalid_argument(
-        "rfft_conv: gradients of the gradient (second order) are not implemented");
+        "rfft_conv: reverse-mode derivatives of its derivatives (second order) are not "
+        "implemented");
   }
   const mx::array& u = primals[0];
   const mx::array& k = primals[1];
@@ -86,8 +90,8 @@ std::vector<mx::array> RFFTConv::vjp(const std::vector<mx::array>& primals,
   return grads;
 }
 
-// dy = [conv(du, k) + du * bias] + [conv(u, dk) + u * dbias]: each bracket is
-// one fused, once-rounded evaluation; the two brackets add in float32.
+// dy = conv(du, k) + conv(u, dk) + du * bias + u * dbias, rounded once: one
+// Convolve node when a single convolution remains, else one ConvolveSum node.
 std::vector<mx::array> RFFTConv::jvp(const std::vector<mx::array>& primals,
                                      const std::vector<mx::array>& tangents,
                                      const std::vector<int>& argnums) {
@@ -105,18 +109,35 @@ std::vector<mx::array> RFFTConv::jvp(const std::vector<mx::array>& primals,
     else if (argnums[i] == 1) dk = tangents[i];
     else dbias = tangents[i];
   }
-  std::optional<mx::array> result;
-  auto add = [&](const mx::array& term) {
-    result = result ? mx::add(*result, term, stream()) : term;
-  };
-  if (du) add(rfft_conv_from_parts(*du, k, period_, bias, precision_, stream()));
-  if (dk) {
-    add(rfft_conv_from_parts(u, *dk, period_, dbias, precision_, stream()));
-  } else if (dbias) {
-    // u * dbias alone: the exact product rounded once.
-    add(mx::broadcast_to(mx::multiply(u, *dbias, stream()), out_shape_, stream()));
+  std::vector<mx::array> convs, products;
+  if (du) convs.insert(convs.end(), {*du, k});
+  if (dk) convs.insert(convs.end(), {u, *dk});
+  if (du && bias) products.insert(products.end(), {*du, *bias});
+  if (dbias) products.insert(products.end(), {u, *dbias});
+  if (convs.size() == 2 && products.size() <= 2) {
+    // A single convolution with at most its own bias product: plain Convolve.
+    const bool own_bias = products.empty() || products[0].id() == convs[0].id();
+    if (own_bias) {
+      std::optional<mx::array> b;
+      if (!products.empty()) b = products[1];
+      return {mx::broadcast_to(
+          rfft_conv_from_parts(convs[0], convs[1], period_, b, precision_, stream()),
+          out_shape_, stream())};
+    }
   }
-  return {mx::broadcast_to(*result, out_shape_, stream())};
+  if (convs.empty()) {
+    // u * dbias alone: the exact product rounded once.
+    return {mx::broadcast_to(mx::multiply(u, *dbias, stream()), out_shape_, stream())};
+  }
+  const int conv_terms = static_cast<int>(convs.size() / 2);
+  const int bias_terms = static_cast<int>(products.size() / 2);
+  std::vector<mx::array> inputs = convs;
+  inputs.insert(inputs.end(), products.begin(), products.end());
+  return {mx::array(out_shape_, mx::float32,
+                    std::make_shared<RFFTConv>(stream(), ConvVariant::ConvolveSum, period_,
+                                               precision_, false, out_shape_, conv_terms,
+                                               bias_terms),
+                    std::move(inputs))};
 }
 
 namespace {
@@ -163,6 +184,16 @@ std::pair<std::vector<mx::array>, std::vector<int>> RFFTConv::vmap(
   if (has_bias_) bias = moved[2];
   if (variant_ == ConvVariant::Convolve) {
     return {{rfft_conv_from_parts(moved[0], moved[1], period_, bias, precision_, stream())}, {0}};
+  }
+  if (variant_ == ConvVariant::ConvolveSum) {
+    mx::Shape shape{size};
+    shape.insert(shape.end(), out_shape_.begin(), out_shape_.end());
+    mx::Shape batched = batched_target(out_shape_, size, rank);
+    mx::array out(batched, mx::float32,
+                  std::make_shared<RFFTConv>(stream(), variant_, period_, precision_, false,
+                                             batched, conv_terms_, bias_terms_),
+                  std::move(moved));
+    return {{mx::reshape(out, shape, stream())}, {0}};
   }
   mx::Shape target = batched_target(out_shape_, size, rank);
   mx::array out = correlate(variant_, moved[0], moved[1], bias, period_, precision_, target, stream());

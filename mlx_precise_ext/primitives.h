@@ -9,24 +9,28 @@ namespace mlx_precise {
 
 namespace mx = mlx::core;
 
-// The three transforms of rfft_conv, all computed by one FFT engine:
+// The transforms of rfft_conv, all computed by one FFT engine:
 //   Convolve        y = conv(u, k) [+ u * bias]             inputs u, k[, bias]
 //   CorrelateInput  grad u = sum corr(g, k) [+ g * bias]    inputs g, k[, bias]
 //   CorrelateKernel grad k = sum corr(g, u)                 inputs g, u
+//   ConvolveSum     y = sum_i conv(a_i, b_i) + sum_j c_j * d_j, rounded once
+//                   (the jvp); inputs a_1, b_1, ..., c_1, d_1, ...
 // "sum" runs over the dimensions the target was broadcast along. period is n
 // of the circular form, or 0 for the causal linear convolution.
-enum class ConvVariant { Convolve, CorrelateInput, CorrelateKernel };
+enum class ConvVariant { Convolve, CorrelateInput, CorrelateKernel, ConvolveSum };
 
 class RFFTConv : public mx::UnaryPrimitive {
  public:
   RFFTConv(mx::Stream stream, ConvVariant variant, int64_t period, Precision precision,
-           bool has_bias, mx::Shape out_shape)
+           bool has_bias, mx::Shape out_shape, int conv_terms = 1, int bias_terms = 0)
       : mx::UnaryPrimitive(stream),
         variant_(variant),
         period_(period),
         precision_(precision),
         has_bias_(has_bias),
-        out_shape_(std::move(out_shape)) {}
+        out_shape_(std::move(out_shape)),
+        conv_terms_(conv_terms),
+        bias_terms_(bias_terms) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
@@ -51,6 +55,8 @@ class RFFTConv : public mx::UnaryPrimitive {
   int64_t period() const { return period_; }
   Precision precision() const { return precision_; }
   bool has_bias() const { return has_bias_; }
+  int conv_terms() const { return conv_terms_; }
+  int bias_terms() const { return bias_terms_; }
 
  private:
   ConvVariant variant_;
@@ -58,6 +64,8 @@ class RFFTConv : public mx::UnaryPrimitive {
   Precision precision_;
   bool has_bias_;
   mx::Shape out_shape_;
+  int conv_terms_;  // ConvolveSum only
+  int bias_terms_;  // ConvolveSum only
 };
 
 // Gradient of the fused bias: sum of g * u over the dimensions the bias was

@@ -175,3 +175,26 @@ def test_vmap_of_grad_equals_a_python_loop(rng, precision, in_axes):
         single = grad(*(take(x, ax, i) for x, ax in zip((u, k, g, D), in_axes)))
         for got, want in zip(batched, single):
             np.testing.assert_array_equal(np.array(got[i]), np.array(want))
+
+
+@pytest.mark.parametrize("precision", ("extended", "dd"))
+@pytest.mark.parametrize("argnums", [(0, 1), (0, 1, 2), (0, 2), (1, 2), (0,), (2,)])
+def test_jvp_is_rounded_once(rng, precision, argnums):
+    # dy = conv(du, k) + conv(u, dk) + du*D + u*dD, with a single rounding.
+    from reference import conv_reference
+
+    u, k, D = (rng.standard_normal(s).astype(np.float32) for s in [(2, 3, 64), (3, 128), (3, 1)])
+    tangents = {i: rng.standard_normal(x.shape).astype(np.float32) for i, x in enumerate((u, k, D)) if i in argnums}
+    primals = [mx.array(u), mx.array(k), mx.array(D)]
+
+    def f(*args):
+        full = list(primals)
+        for i, a in zip(argnums, args):
+            full[i] = a
+        return mp.rfft_conv(full[0], full[1], n=128, bias=full[2], precision=precision)
+
+    _, (dy,) = mx.jvp(f, [primals[i] for i in argnums], [mx.array(tangents[i]) for i in argnums])
+    zero = {i: np.zeros_like(x) for i, x in enumerate((u, k, D))}
+    du, dk, dD = (tangents.get(i, zero[i]) for i in range(3))
+    exact = (conv_reference(du, k, n=128, bias=D) + conv_reference(u, dk, n=128, bias=dD))
+    assert_correctly_rounded(np.array(dy), exact)

@@ -129,18 +129,39 @@ void run_product_sum(Precision p, const cpu::ProductSumTask& t, int64_t len) {
 // Output rows are the target's rows; full rows are those of g (or of the
 // broadcast output for the forward transform).
 void convolve(const std::vector<mx::array>& in, mx::array& out, ConvVariant variant,
-              int64_t period, Precision precision, bool has_bias) {
+              int64_t period, Precision precision, bool has_bias, int conv_terms) {
   const mx::array& a = in[0];  // u (Convolve) or g
   const mx::array& b = in[1];  // k, or u (CorrelateKernel)
   const int64_t L = a.shape().back();
-  const mx::Shape full = variant == ConvVariant::Convolve
-                             ? batch_of(out.shape())
-                             : batch_of(a.shape());
+  const bool forward = variant == ConvVariant::Convolve || variant == ConvVariant::ConvolveSum;
+  const mx::Shape full = forward ? batch_of(out.shape()) : batch_of(a.shape());
   const int64_t rows = product(full);
   RowMap a_map = row_map(full, a), b_map = row_map(full, b);
   RowMap out_map(full, out.shape(), out.strides());
   float* out_data = out.data<float>();
   const int64_t out_len = out.shape().back();
+
+  if (variant == ConvVariant::ConvolveSum) {
+    // in: a_1, b_1, ..., a_n, b_n, c_1, d_1, ..., c_m, d_m (see primitives.h).
+    const int64_t Lk = b.shape().back();
+    ConvGeometry g = make_geometry(L, Lk, period, L, false, 0, L - 1);
+    const size_t conv_inputs = 2 * static_cast<size_t>(conv_terms);
+    std::vector<RowMap> maps;
+    for (const auto& x : in) maps.push_back(row_map(full, x));
+    cpu::ReduceTask task;
+    task.targets.resize(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      auto& target = task.targets[out_map.row(r)];
+      target.out = out_data + out_map.row(r) * out_len;
+      for (size_t i = 0; i < conv_inputs; i += 2)
+        target.terms.push_back({real_row(in[i], maps[i], r), real_row(in[i + 1], maps[i + 1], r)});
+      for (size_t i = conv_inputs; i < in.size(); i += 2)
+        target.bias_terms.push_back(
+            {real_row(in[i], maps[i], r), real_row(in[i + 1], maps[i + 1], r)});
+    }
+    run_reduce(precision, g, task);
+    return;
+  }
 
   if (variant == ConvVariant::CorrelateKernel) {
     // grad k[j] = sum_t g[t] u[t - j]: entry L-1-j of conv(reverse(g), u).
@@ -205,9 +226,9 @@ void convolve(const std::vector<mx::array>& in, mx::array& out, ConvVariant vari
 
 void RFFTConv::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
   dispatch(stream(), inputs, out,
-           [variant = variant_, period = period_, precision = precision_,
-            has_bias = has_bias_](const std::vector<mx::array>& in, mx::array& o) {
-             convolve(in, o, variant, period, precision, has_bias);
+           [variant = variant_, period = period_, precision = precision_, has_bias = has_bias_,
+            conv_terms = conv_terms_](const std::vector<mx::array>& in, mx::array& o) {
+             convolve(in, o, variant, period, precision, has_bias, conv_terms);
            });
 }
 

@@ -500,11 +500,11 @@ void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
     acc.re.zero();
     acc.im.zero();
     const auto& target = task.targets[ti];
-    // A bias term's a row is the a row of the convolution term beside it
-    // (rfft_conv.cpp builds them in pairs), so the a rows are the terms' rows.
+    // The a rows of the bias products count with the convolution terms' a rows
+    // (all of length a_len = out_len where products occur).
     std::vector<RealRow> a_rows, b_rows, d_rows;
     for (const auto& term : target.terms) a_rows.push_back(term.a), b_rows.push_back(term.b);
-    for (const auto& bt : target.bias_terms) d_rows.push_back(bt.bias);
+    for (const auto& bt : target.bias_terms) a_rows.push_back(bt.a), d_rows.push_back(bt.bias);
     const int terms = static_cast<int>(target.terms.size() + target.bias_terms.size());
     const int snap = decide_snap<T>(g, a_rows, g.a_len, b_rows, !d_rows.empty(), d_rows,
                                     std::max(terms, 1));
