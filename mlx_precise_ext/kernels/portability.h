@@ -12,6 +12,11 @@
 #define MP_THREAD thread
 #define MP_DEVICE device
 #define MP_CONSTANT constant
+#define MP_THREADGROUP threadgroup
+#define MP_INT64 long
+// Rows may live in threadgroup or device memory (see rfft_conv_rows.h).
+#define MP_BARRIER() \
+  metal::threadgroup_barrier(metal::mem_flags::mem_threadgroup | metal::mem_flags::mem_device)
 #elif defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define MP_INLINE __device__ __forceinline__
 #define MP_HAS_DOUBLE 1
@@ -21,6 +26,9 @@
 #define MP_THREAD
 #define MP_DEVICE
 #define MP_CONSTANT
+#define MP_THREADGROUP
+#define MP_INT64 long long
+#define MP_BARRIER() __syncthreads()
 #else
 #include <cmath>
 #define MP_INLINE inline
@@ -29,6 +37,8 @@
 #define MP_THREAD
 #define MP_DEVICE
 #define MP_CONSTANT
+#define MP_THREADGROUP
+#define MP_INT64 long long
 #endif
 
 // Uncontracted float add/sub/mul. On C++ and Metal the compiler flag or pragma

@@ -255,12 +255,6 @@ void parallel_for(int64_t count, int num_threads, Fn fn) {
   for (auto& t : threads) t.join();
 }
 
-// 1/(4N): the forward split doubles each spectrum and the inverse split
-// doubles again; the unnormalised inverse multiplies by N/2 (exact scaling).
-inline float spectrum_scale(int64_t n) {
-  return std::ldexp(1.0f, -2 - static_cast<int>(std::ilogb(static_cast<float>(n))));
-}
-
 template <class T>
 struct Spectrum {
   std::vector<T> re, im;
