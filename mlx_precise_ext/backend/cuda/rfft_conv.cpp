@@ -198,21 +198,11 @@ void launch_reduce(mx::cu::CommandEncoder& encoder, int device, const ConvGeomet
 template <class T>
 void convolve(mx::cu::CommandEncoder& encoder, int device, ConvVariant variant, int64_t period,
               const std::vector<mx::array>& in, bool has_bias, mx::array& out) {
-  const mx::array& a = in[0];
-  const mx::array& b = in[1];
-  const mx::array* bias = has_bias ? &in[2] : nullptr;
-  const mx::Shape full =
-      variant == ConvVariant::Convolve ? batch_shape(out.shape()) : batch_shape(a.shape());
-  const ConvGeometry geo =
-      conv_geometry(variant, period, a.shape().back(), b.shape().back(), out.shape().back());
-  // As on the CPU: one output row per full row unless the target was
-  // broadcast (gradients), which sums spectrally over the broadcast rows.
-  const bool one_to_one = variant != ConvVariant::CorrelateKernel &&
-                          shape_product(batch_shape(out.shape())) == shape_product(full);
-  if (one_to_one) {
-    launch_shared_kernel<T>(encoder, device, geo, full, a, b, bias, out);
+  const gpu::ConvLaunch c = gpu::conv_launch(variant, period, in, has_bias, out);
+  if (c.one_to_one) {
+    launch_shared_kernel<T>(encoder, device, c.geo, c.full, c.a, c.b, c.bias, out);
   } else {
-    launch_reduce<T>(encoder, device, geo, full, a, b, bias, out);
+    launch_reduce<T>(encoder, device, c.geo, c.full, c.a, c.b, c.bias, out);
   }
 }
 

@@ -3,7 +3,9 @@
 #include <stdexcept>
 #include <string>
 
+#include "backend/common/shapes.h"
 #include "kernels/fft_plan.h"
+#include "primitives.h"
 
 namespace mlx_precise::gpu {
 
@@ -87,6 +89,20 @@ ConvShape conv_shape(const ConvGeometry& g, bool has_bias, int64_t rows_per_grou
   c.spectrum_scale = spectrum_scale(g.fft_size);
   c.rows_per_group_split = static_cast<int>(rows_per_group_split);
   return c;
+}
+
+ConvLaunch conv_launch(ConvVariant variant, int64_t period, const std::vector<mx::array>& in,
+                       bool has_bias, const mx::array& out) {
+  const mx::array& a = in[0];
+  const mx::array& b = in[1];
+  mx::Shape full =
+      variant == ConvVariant::Convolve ? batch_shape(out.shape()) : batch_shape(a.shape());
+  const bool one_to_one = variant != ConvVariant::CorrelateKernel &&
+                          shape_product(batch_shape(out.shape())) == shape_product(full);
+  return ConvLaunch{
+      a, b, has_bias ? &in[2] : nullptr, std::move(full),
+      conv_geometry(variant, period, a.shape().back(), b.shape().back(), out.shape().back()),
+      one_to_one};
 }
 
 RowIndex make_row_index(const mx::Shape& full, const mx::Shape& group_shape,

@@ -30,6 +30,21 @@ FFTTables<T> make_fft_tables(int64_t fft_size);
 
 ConvShape conv_shape(const ConvGeometry& g, bool has_bias, int64_t rows_per_group_split);
 
+// One GPU evaluation of RFFTConv: the operands, the batch whose rows are
+// transformed, the geometry, and whether each output row is one full row
+// (otherwise outputs sum spectrally over broadcast rows: gradients), as on
+// the CPU.
+struct ConvLaunch {
+  const mx::array& a;
+  const mx::array& b;
+  const mx::array* bias;  // nullptr without bias
+  mx::Shape full;
+  ConvGeometry geo;
+  bool one_to_one;
+};
+ConvLaunch conv_launch(ConvVariant variant, int64_t period, const std::vector<mx::array>& in,
+                       bool has_bias, const mx::array& out);
+
 // Rows of the batch `full` (all but the last axis of each operand, right-
 // aligned, size-1 dims broadcast): outer dims are those where `group_shape`
 // has size > 1 (its last axis is time and is ignored). Missing operands are
