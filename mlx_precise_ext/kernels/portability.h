@@ -17,6 +17,11 @@
 #define MP_THREAD thread
 #define MP_DEVICE device
 #define MP_CONSTANT constant
+#define MP_THREADGROUP threadgroup
+#define MP_INT64 long
+// Rows may live in threadgroup or device memory (see rfft_conv_rows.h).
+#define MP_BARRIER() \
+  metal::threadgroup_barrier(metal::mem_flags::mem_threadgroup | metal::mem_flags::mem_device)
 #elif defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define MP_INLINE __device__ __forceinline__
 #define MP_HAS_DOUBLE 1
@@ -33,6 +38,9 @@
 #define MP_THREAD
 #define MP_DEVICE
 #define MP_CONSTANT
+#define MP_THREADGROUP
+#define MP_INT64 long long
+#define MP_BARRIER() __syncthreads()
 #else
 #include <cfloat>
 #include <cmath>
@@ -63,6 +71,8 @@ inline unsigned int mp_float_bits(float x) {
 #define MP_THREAD
 #define MP_DEVICE
 #define MP_CONSTANT
+#define MP_THREADGROUP
+#define MP_INT64 long long
 #endif
 
 // Uncontracted float add/sub/mul. On C++ and Metal the compiler flag or pragma

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "backend/common/conv_geometry.h"
 #include "precision.h"
 
 namespace mlx_precise::cpu {
@@ -15,20 +16,7 @@ struct RealRow {
   int64_t stride = 1;
 };
 
-// Which entries of the size-N cyclic convolution x of the a and b rows form
-// the output: out[t] = x[i] (+ x[i + period] when fold), where
-// i = t, or (origin - t) mod period when out_reversed.
-struct ConvGeometry {
-  int64_t fft_size;   // N, a power of two
-  int64_t period;     // n of the circular form; 0 for the causal linear form
-  bool fold;          // N != n: x is the linear convolution, folded at n
-  int64_t a_len;
-  bool a_reversed;    // a is read back to front (correlations)
-  int64_t b_len;      // taps of b that can reach the output
-  int64_t out_len;
-  bool out_reversed;
-  int64_t out_origin;
-};
+using mlx_precise::ConvGeometry;
 
 // One output row per (a row, b row) pair; b rows (kernels) are shared, so
 // their spectra are computed once. The bias term is a[t] * bias[t].

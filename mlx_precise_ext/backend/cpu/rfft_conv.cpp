@@ -3,6 +3,7 @@
 // MLX's CPU stream.
 #include <algorithm>
 
+#include "backend/common/shapes.h"
 #include "backend/cpu/conv_job.h"
 #include "backend/cpu/cpu_runtime.h"
 #include "primitives.h"
@@ -66,51 +67,6 @@ RealRow real_row(const mx::array& x, const RowMap& m, int64_t r) {
   return RealRow{x.data<float>() + m.offset(r), m.time_stride()};
 }
 
-int64_t product(const mx::Shape& s) {
-  int64_t p = 1;
-  for (auto d : s) p *= d;
-  return p;
-}
-
-mx::Shape batch_of(const mx::Shape& s) {
-  return mx::Shape(s.begin(), s.end() - 1);
-}
-
-int64_t next_pow2(int64_t v) {
-  int64_t p = 2;
-  while (p < v) p <<= 1;
-  return p;
-}
-
-// FFT size and output indexing. Output indices i of the period-n (or linear)
-// convolution lie in [i_min, i_max]; taps of b beyond i_max cannot reach them.
-ConvGeometry make_geometry(int64_t a_len, int64_t b_len, int64_t period, int64_t out_len,
-                           bool reversed, int64_t i_min, int64_t i_max) {
-  ConvGeometry g{};
-  g.period = period;
-  g.a_len = a_len;
-  g.a_reversed = reversed;
-  g.out_len = out_len;
-  g.out_reversed = reversed;
-  g.out_origin = a_len - 1;
-  if (period > 0) {
-    g.b_len = b_len;
-    bool pow2 = (period & (period - 1)) == 0;
-    if (pow2 && period >= 2) {
-      g.fft_size = period;
-      g.fold = false;
-    } else {
-      g.fft_size = next_pow2(a_len + b_len - 1);
-      g.fold = true;
-    }
-  } else {
-    g.b_len = std::min(b_len, i_max + 1);
-    g.fft_size = next_pow2(std::max(a_len + g.b_len - 1 - i_min, i_max + 1));
-    g.fold = false;
-  }
-  return g;
-}
-
 void run_shared(Precision p, const ConvGeometry& g, const cpu::SharedKernelTask& t) {
   if (use_avx2()) cpu::avx2::run_shared_kernel(p, g, t, num_threads());
   else cpu::base::run_shared_kernel(p, g, t, num_threads());
@@ -134,8 +90,8 @@ void convolve(const std::vector<mx::array>& in, mx::array& out, ConvVariant vari
   const mx::array& b = in[1];  // k, or u (CorrelateKernel)
   const int64_t L = a.shape().back();
   const bool forward = variant == ConvVariant::Convolve || variant == ConvVariant::ConvolveSum;
-  const mx::Shape full = forward ? batch_of(out.shape()) : batch_of(a.shape());
-  const int64_t rows = product(full);
+  const mx::Shape full = forward ? batch_shape(out.shape()) : batch_shape(a.shape());
+  const int64_t rows = shape_product(full);
   RowMap a_map = row_map(full, a), b_map = row_map(full, b);
   RowMap out_map(full, out.shape(), out.strides());
   float* out_data = out.data<float>();
@@ -144,7 +100,7 @@ void convolve(const std::vector<mx::array>& in, mx::array& out, ConvVariant vari
   if (variant == ConvVariant::ConvolveSum) {
     // in: a_1, b_1, ..., a_n, b_n, c_1, d_1, ..., c_m, d_m (see primitives.h).
     const int64_t Lk = b.shape().back();
-    ConvGeometry g = make_geometry(L, Lk, period, L, false, 0, L - 1);
+    const ConvGeometry g = conv_geometry(variant, period, L, Lk, L);
     const size_t conv_inputs = 2 * static_cast<size_t>(conv_terms);
     std::vector<RowMap> maps;
     for (const auto& x : in) maps.push_back(row_map(full, x));
@@ -164,11 +120,9 @@ void convolve(const std::vector<mx::array>& in, mx::array& out, ConvVariant vari
   }
 
   if (variant == ConvVariant::CorrelateKernel) {
-    // grad k[j] = sum_t g[t] u[t - j]: entry L-1-j of conv(reverse(g), u).
-    int64_t j_max = period > 0 ? out_len - 1 : std::min(out_len, L) - 1;
-    ConvGeometry g = make_geometry(L, L, period, out_len, true, L - 1 - j_max, L - 1);
+    ConvGeometry g = conv_geometry(variant, period, L, L, out_len);
     cpu::ReduceTask task;
-    task.targets.resize(product(batch_of(out.shape())));
+    task.targets.resize(shape_product(batch_shape(out.shape())));
     for (int64_t t = 0; t < static_cast<int64_t>(task.targets.size()); ++t)
       task.targets[t].out = out_data + t * out_len;
     for (int64_t r = 0; r < rows; ++r) {
@@ -179,22 +133,19 @@ void convolve(const std::vector<mx::array>& in, mx::array& out, ConvVariant vari
     return;
   }
 
-  // Convolve: y = conv(u, k) (+ u bias). CorrelateInput: grad u[s] =
-  // entry L-1-s of conv(reverse(g), k) (+ g bias).
-  const bool reversed = variant == ConvVariant::CorrelateInput;
-  const int64_t Lk = b.shape().back();
-  ConvGeometry g = make_geometry(L, Lk, period, L, reversed, 0, L - 1);
-  const mx::Shape k_batch = batch_of(b.shape());
+  // Convolve: y = conv(u, k) (+ u bias). CorrelateInput: grad u (+ g bias).
+  ConvGeometry g = conv_geometry(variant, period, L, b.shape().back(), L);
+  const mx::Shape k_batch = batch_shape(b.shape());
   RowMap k_rows(full, b.shape(), b.strides());
   std::optional<RowMap> bias_map;
   if (has_bias) bias_map.emplace(row_map(full, in[2]));
 
   // One term per output row unless the target was broadcast (gradients).
-  bool one_to_one = product(batch_of(out.shape())) == rows;
+  bool one_to_one = shape_product(batch_shape(out.shape())) == rows;
   if (one_to_one) {
     cpu::SharedKernelTask task;
     // Kernel rows in b's own numbering; each spectrum is computed once.
-    const int64_t k_count = product(k_batch);
+    const int64_t k_count = shape_product(k_batch);
     task.b_rows.resize(k_count);
     RowMap k_self(k_batch, b.shape(), b.strides());
     for (int64_t j = 0; j < k_count; ++j) task.b_rows[j] = real_row(b, k_self, j);
@@ -211,7 +162,7 @@ void convolve(const std::vector<mx::array>& in, mx::array& out, ConvVariant vari
     return;
   }
   cpu::ReduceTask task;
-  task.targets.resize(product(batch_of(out.shape())));
+  task.targets.resize(shape_product(batch_shape(out.shape())));
   for (int64_t t = 0; t < static_cast<int64_t>(task.targets.size()); ++t)
     task.targets[t].out = out_data + t * out_len;
   for (int64_t r = 0; r < rows; ++r) {
@@ -238,18 +189,18 @@ void BiasGradient::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out
            [precision = precision_](const std::vector<mx::array>& in, mx::array& o) {
              const mx::array& g = in[0];
              const mx::array& u = in[1];
-             const mx::Shape full = batch_of(g.shape());
+             const mx::Shape full = batch_shape(g.shape());
              RowMap g_map = row_map(full, g), u_map = row_map(full, u);
              RowMap out_map(full, o.shape(), o.strides());
              const int64_t len = g.shape().back();
              const bool sum_time = o.shape().back() == 1;
              cpu::ProductSumTask task;
-             task.targets.resize(product(batch_of(o.shape())));
+             task.targets.resize(shape_product(batch_shape(o.shape())));
              for (int64_t t = 0; t < static_cast<int64_t>(task.targets.size()); ++t) {
                task.targets[t].out = o.data<float>() + t * o.shape().back();
                task.targets[t].sum_over_time = sum_time;
              }
-             for (int64_t r = 0; r < product(full); ++r) {
+             for (int64_t r = 0; r < shape_product(full); ++r) {
                auto& target = task.targets[out_map.row(r)];
                target.a.push_back(real_row(g, g_map, r));
                target.b.push_back(real_row(u, u_map, r));

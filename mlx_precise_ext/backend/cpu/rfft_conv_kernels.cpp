@@ -420,12 +420,6 @@ void parallel_for(int64_t count, int num_threads, Fn fn) {
   for (auto& t : threads) t.join();
 }
 
-// 1/(4N): the forward split doubles each spectrum and the inverse split
-// doubles again; the unnormalised inverse multiplies by N/2 (exact scaling).
-inline float spectrum_scale(int64_t n) {
-  return std::ldexp(1.0f, -2 - static_cast<int>(std::ilogb(static_cast<float>(n))));
-}
-
 // Output row of the shared-kernel path. The forward convolution reads the
 // time-domain result in order (x[t] = z[t/2].re or .im) with no fold: that
 // case runs as a plain loop over pairs, the same operations as gather().

@@ -1,0 +1,55 @@
+// Host side of the GPU rfft_conv backends (CUDA, Metal): the FFT tables in
+// the layout the kernels read, built from the one host plan (fft_plan.h), and
+// the row numbering of a launch (conv_params.h).
+#pragma once
+
+#include <array>
+#include <vector>
+
+#include <mlx/array.h>
+
+#include "backend/common/conv_geometry.h"
+#include "kernels/conv_params.h"
+#include "kernels/fft_butterflies.h"
+
+namespace mlx_precise::gpu {
+
+namespace mx = mlx::core;
+
+// Tables of the real FFT of length fft_size in the working precision T.
+template <class T>
+struct FFTTables {
+  FFTShape shape;
+  std::vector<cpx<T>> twiddles;  // w1, w2, w3 tables, shape.twiddle_count each
+  std::vector<cpx<T>> split;     // split twiddle of each position
+  std::vector<IndexPair> pairs;  // shape.num_pairs
+};
+
+template <class T>
+FFTTables<T> make_fft_tables(int64_t fft_size);
+
+ConvShape conv_shape(const ConvGeometry& g, bool has_bias, int64_t rows_per_group_split);
+
+// One GPU evaluation of RFFTConv: the operands, the batch whose rows are
+// transformed, the geometry, and whether each output row is one full row
+// (otherwise outputs sum spectrally over broadcast rows: gradients), as on
+// the CPU.
+struct ConvLaunch {
+  const mx::array& a;
+  const mx::array& b;
+  const mx::array* bias;  // nullptr without bias
+  mx::Shape full;
+  ConvGeometry geo;
+  bool one_to_one;
+};
+ConvLaunch conv_launch(ConvVariant variant, int64_t period, const std::vector<mx::array>& in,
+                       bool has_bias, const mx::array& out);
+
+// Rows of the batch `full` (all but the last axis of each operand, right-
+// aligned, size-1 dims broadcast): outer dims are those where `group_shape`
+// has size > 1 (its last axis is time and is ignored). Missing operands are
+// nullptr. Throws if more than kMaxBatchDims dims of size > 1 remain.
+RowIndex make_row_index(const mx::Shape& full, const mx::Shape& group_shape,
+                        const std::array<const mx::array*, kNumOperands>& operands);
+
+} // namespace mlx_precise::gpu

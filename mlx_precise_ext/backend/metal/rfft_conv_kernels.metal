@@ -1,0 +1,219 @@
+// Metal entry points of rfft_conv, compiled at run time by MLX's Metal device
+// (rfft_conv.cpp builds the library from this file and the shared kernel
+// headers, embedded at build time). The same block-level steps as the CUDA
+// kernels (rfft_conv_rows.h); Metal has no float64, so "extended" runs the
+// dd kernels, as DESIGN.md specifies. kGroup: rows in threadgroup memory;
+// otherwise in the threadgroup's slot of a device workspace.
+#include "rfft_conv_rows.h"
+
+namespace mlx_precise {
+
+template <class T, class Ptr>
+void fft_forward(Ptr re, Ptr im, constant const FFTShape& fs, const device cpx<T>* tw,
+                 uint tid, uint nt) {
+  for (int s = 0; s < fs.num_stages; ++s) {
+    fft_stage<false, T>(re, im, fs, s, tw, tid, nt);
+    MP_BARRIER();
+  }
+}
+
+template <class T, class Ptr>
+void fft_inverse(Ptr re, Ptr im, constant const FFTShape& fs, const device cpx<T>* tw,
+                 uint tid, uint nt) {
+  for (int s = fs.num_stages - 1; s >= 0; --s) {
+    fft_stage<true, T>(re, im, fs, s, tw, tid, nt);
+    MP_BARRIER();
+  }
+}
+
+template <class T, class Ptr>
+void spectra_body(Ptr re, Ptr im, const device float* b, constant const RowIndex& ix,
+                  constant const ConvShape& g, constant const FFTShape& fs,
+                  const device cpx<T>* tw, const device cpx<T>* split_tw,
+                  const device IndexPair* pairs, device cpx<T>* spectra, uint tid, uint nt,
+                  uint group, uint groups) {
+  const int h = fs.n_half;
+  for (long kk = group; kk < ix.outer_count; kk += groups) {
+    load_real_row<T>(re, im, b + row_offset(ix, kOperandB, kk, 0), ix.time_stride[kOperandB],
+                     g.b_len, false, h, tid, nt);
+    MP_BARRIER();
+    fft_forward<T>(re, im, fs, tw, tid, nt);
+    store_spectrum<T>(re, im, pairs, split_tw, g.spectrum_scale,
+                      spectra + kk * 2 * fs.num_pairs, fs.num_pairs, tid, nt);
+    MP_BARRIER();
+  }
+}
+
+template <class T, class Ptr>
+void conv_body(Ptr re, Ptr im, const device float* a, const device float* bias,
+               device float* out, constant const RowIndex& ix, constant const ConvShape& g,
+               constant const FFTShape& fs, const device cpx<T>* tw,
+               const device cpx<T>* split_tw, const device IndexPair* pairs,
+               const device cpx<T>* spectra, uint tid, uint nt, uint group, uint groups) {
+  const int h = fs.n_half;
+  const long splits = g.rows_per_group_split;
+  for (long item = group; item < ix.outer_count * splits; item += groups) {
+    const long kk = item / splits;
+    const device cpx<T>* spectrum = spectra + kk * 2 * fs.num_pairs;
+    for (long j = item % splits; j < ix.inner_count; j += splits) {
+      const device float* a_row = a + row_offset(ix, kOperandA, kk, j);
+      const long a_step = ix.time_stride[kOperandA];
+      load_real_row<T>(re, im, a_row, a_step, g.a_len, g.a_reversed, h, tid, nt);
+      MP_BARRIER();
+      fft_forward<T>(re, im, fs, tw, tid, nt);
+      multiply_by_spectrum<T>(re, im, pairs, split_tw, spectrum, fs.num_pairs, tid, nt);
+      MP_BARRIER();
+      fft_inverse<T>(re, im, fs, tw, tid, nt);
+      device float* out_row = out + row_offset(ix, kOperandOut, kk, j);
+      const device float* bias_row = bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
+      const long bias_step = ix.time_stride[kOperandBias];
+      for (long t = tid; t < g.out_len; t += nt) {
+        const T v = gather_output<T>(re, im, g, t);
+        out_row[t] = g.has_bias ? finish_output(v, true, a_row[t * a_step], bias_row[t * bias_step])
+                                : finish_output(v, false, 0.0f, 0.0f);
+      }
+      MP_BARRIER();
+    }
+  }
+}
+
+template <class T, class Ptr>
+void reduce_body(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im, const device float* a,
+                 const device float* b, const device float* bias, device float* out,
+                 constant const RowIndex& ix, constant const ConvShape& g,
+                 constant const FFTShape& fs, const device cpx<T>* tw,
+                 const device cpx<T>* split_tw, const device IndexPair* pairs,
+                 device cpx<T>* acc, uint tid, uint nt, uint group, uint groups) {
+  const int h = fs.n_half;
+  const T tag{};
+  for (long target = group; target < ix.outer_count; target += groups) {
+    for (long j = 0; j < ix.inner_count; ++j) {
+      load_real_row<T>(a_re, a_im, a + row_offset(ix, kOperandA, target, j),
+                       ix.time_stride[kOperandA], g.a_len, g.a_reversed, h, tid, nt);
+      load_real_row<T>(b_re, b_im, b + row_offset(ix, kOperandB, target, j),
+                       ix.time_stride[kOperandB], g.b_len, false, h, tid, nt);
+      MP_BARRIER();
+      fft_forward<T>(a_re, a_im, fs, tw, tid, nt);
+      fft_forward<T>(b_re, b_im, fs, tw, tid, nt);
+      accumulate_product<T>(a_re, a_im, b_re, b_im, pairs, split_tw, acc, j == 0, fs.num_pairs,
+                            tid, nt);
+      MP_BARRIER();
+    }
+    unsplit_accumulated<T>(a_re, a_im, pairs, split_tw, acc, g.spectrum_scale, fs.num_pairs,
+                           tid, nt);
+    MP_BARRIER();
+    fft_inverse<T>(a_re, a_im, fs, tw, tid, nt);
+    device float* out_row = out + row_offset(ix, kOperandOut, target, 0);
+    for (long t = tid; t < g.out_len; t += nt) {
+      T v = gather_output<T>(a_re, a_im, g, t);
+      if (g.has_bias) {
+        for (long j = 0; j < ix.inner_count; ++j) {
+          const float x = a[row_offset(ix, kOperandA, target, j) + t * ix.time_stride[kOperandA]];
+          const float d =
+              bias[row_offset(ix, kOperandBias, target, j) + t * ix.time_stride[kOperandBias]];
+          v = r_add(v, r_prod(tag, x, d));
+        }
+      }
+      out_row[t] = r_round(v);
+    }
+    MP_BARRIER();
+  }
+}
+
+// Buffer indices shared with rfft_conv.cpp.
+#define MP_ROW_KERNEL_ARGS                                                              \
+  const device float* a [[buffer(0)]], const device float* b [[buffer(1)]],            \
+      const device float* bias [[buffer(2)]], device float* out [[buffer(3)]],         \
+      constant const RowIndex& ix [[buffer(4)]], constant const ConvShape& g [[buffer(5)]], \
+      constant const FFTShape& fs [[buffer(6)]], const device cpx<T>* tw [[buffer(7)]],  \
+      const device cpx<T>* split_tw [[buffer(8)]],                                       \
+      const device IndexPair* pairs [[buffer(9)]], device cpx<T>* spectra [[buffer(10)]], \
+      device T* workspace [[buffer(11)]], threadgroup T* group_rows [[threadgroup(0)]],  \
+      uint tid [[thread_position_in_threadgroup]], uint nt [[threads_per_threadgroup]],  \
+      uint group [[threadgroup_position_in_grid]], uint groups [[threadgroups_per_grid]]
+
+// Rows in threadgroup memory (kGroup) or in this threadgroup's workspace slot.
+template <class T, bool kGroup>
+[[kernel]] void kernel_spectra(MP_ROW_KERNEL_ARGS) {
+  const int h = fs.n_half;
+  if (kGroup) {
+    spectra_body<T>(group_rows, group_rows + h, b, ix, g, fs, tw, split_tw, pairs, spectra, tid,
+                    nt, group, groups);
+  } else {
+    device T* rows = workspace + long(group) * 2 * h;
+    spectra_body<T>(rows, rows + h, b, ix, g, fs, tw, split_tw, pairs, spectra, tid, nt, group,
+                    groups);
+  }
+}
+
+template <class T, bool kGroup>
+[[kernel]] void conv_rows(MP_ROW_KERNEL_ARGS) {
+  const int h = fs.n_half;
+  if (kGroup) {
+    conv_body<T>(group_rows, group_rows + h, a, bias, out, ix, g, fs, tw, split_tw, pairs,
+                 spectra, tid, nt, group, groups);
+  } else {
+    device T* rows = workspace + long(group) * 2 * h;
+    conv_body<T>(rows, rows + h, a, bias, out, ix, g, fs, tw, split_tw, pairs, spectra, tid, nt,
+                 group, groups);
+  }
+}
+
+// `spectra` holds one accumulator slot per threadgroup.
+template <class T, bool kGroup>
+[[kernel]] void reduce_rows(MP_ROW_KERNEL_ARGS) {
+  const int h = fs.n_half;
+  device cpx<T>* acc = spectra + long(group) * 2 * fs.num_pairs;
+  if (kGroup) {
+    reduce_body<T>(group_rows, group_rows + h, group_rows + 2 * h, group_rows + 3 * h, a, b, bias,
+                   out, ix, g, fs, tw, split_tw, pairs, acc, tid, nt, group, groups);
+  } else {
+    device T* rows = workspace + long(group) * 4 * h;
+    reduce_body<T>(rows, rows + h, rows + 2 * h, rows + 3 * h, a, b, bias, out, ix, g, fs, tw,
+                   split_tw, pairs, acc, tid, nt, group, groups);
+  }
+}
+
+// Bias gradient (see the CUDA twin): one thread per output, the CPU's order.
+template <class T>
+[[kernel]] void product_sum(const device float* a [[buffer(0)]],
+                            const device float* b [[buffer(1)]], device float* out [[buffer(3)]],
+                            constant const RowIndex& ix [[buffer(4)]],
+                            constant const long& len [[buffer(12)]],
+                            constant const int& sum_over_time [[buffer(13)]],
+                            uint id [[thread_position_in_grid]]) {
+  const long per_target = sum_over_time ? 1 : len;
+  if (long(id) >= ix.outer_count * per_target) return;
+  const long target = long(id) / per_target, t0 = long(id) % per_target;
+  const long a_step = ix.time_stride[kOperandA], b_step = ix.time_stride[kOperandB];
+  const T tag{};
+  T acc{};
+  for (long j = 0; j < ix.inner_count; ++j) {
+    const device float* a_row = a + row_offset(ix, kOperandA, target, j);
+    const device float* b_row = b + row_offset(ix, kOperandB, target, j);
+    if (sum_over_time) {
+      for (long t = 0; t < len; ++t) acc = r_add(acc, r_prod(tag, a_row[t * a_step], b_row[t * b_step]));
+    } else {
+      acc = r_add(acc, r_prod(tag, a_row[t0 * a_step], b_row[t0 * b_step]));
+    }
+  }
+  out[row_offset(ix, kOperandOut, target, 0) + t0] = r_round(acc);
+}
+
+#define MP_INSTANTIATE_ROWS(fn, T, tname)                                                 \
+  template [[host_name(#fn "_" tname "_group")]] [[kernel]] decltype(fn<T, true>) \
+      fn<T, true>;                                                                    \
+  template [[host_name(#fn "_" tname "_device")]] [[kernel]] decltype(fn<T, false>) \
+      fn<T, false>;
+
+#define MP_INSTANTIATE(T, tname)                                                          \
+  MP_INSTANTIATE_ROWS(kernel_spectra, T, tname)                                           \
+  MP_INSTANTIATE_ROWS(conv_rows, T, tname)                                                \
+  MP_INSTANTIATE_ROWS(reduce_rows, T, tname)                                              \
+  template [[host_name("product_sum_" tname)]] [[kernel]] decltype(product_sum<T>)        \
+      product_sum<T>;
+
+MP_INSTANTIATE(float, "float32")
+MP_INSTANTIATE(ff, "dd")
+
+} // namespace mlx_precise

@@ -1,0 +1,71 @@
+// Parameters of the GPU rfft_conv kernels. The host (C++) fills these structs
+// and the kernels (CUDA, Metal) read them, so the layout is written once here
+// with fixed-size fields only.
+#pragma once
+
+#include "portability.h"
+
+namespace mlx_precise {
+
+// Enumerators rather than constexpr variables: Metal allows program-scope
+// variables only in the constant address space.
+enum : int { kMaxBatchDims = 8, kMaxFFTStages = 16 };
+
+// Row operands of one launch. A = the transformed signal (u or g), B = the
+// second factor (k, or u for the kernel gradient), BIAS, OUT.
+enum : int { kOperandA = 0, kOperandB = 1, kOperandBias = 2, kOperandOut = 3, kNumOperands = 4 };
+
+// Rows of the broadcast batch are numbered by two indices: `outer` runs over
+// the dims that select a group (the kernel row, or the gradient's target row),
+// `inner` over the remaining dims, in row-major order within each. The element
+// offset of an operand's row is the sum of coordinate * stride over both; a
+// broadcast dim has stride 0.
+struct RowIndex {
+  int outer_ndim;
+  int inner_ndim;
+  MP_INT64 outer_count;
+  MP_INT64 inner_count;
+  MP_INT64 outer_shape[kMaxBatchDims];
+  MP_INT64 inner_shape[kMaxBatchDims];
+  MP_INT64 outer_stride[kNumOperands][kMaxBatchDims];
+  MP_INT64 inner_stride[kNumOperands][kMaxBatchDims];
+  MP_INT64 time_stride[kNumOperands];
+};
+
+// The stage list of the host plan (fft_plan.h) for the complex length H.
+struct FFTShape {
+  int n_half;
+  int num_pairs;  // split pairs, see IndexPair
+  int num_stages;
+  int twiddle_count;  // entries per table w1, w2, w3
+  int stage_radix[kMaxFFTStages];
+  int stage_log2_quarter[kMaxFFTStages];
+  int stage_tw_offset[kMaxFFTStages];
+};
+
+// Positions p and q = partner(p) of the packed spectrum, handled together by
+// one thread in the split, the spectral product and the unsplit. Pair 0 holds
+// the two self-partnered positions: p = 0 (the DC/Nyquist pair) and q = the
+// position of frequency H/2 (q < 0 when H = 1).
+struct IndexPair {
+  int p;
+  int q;
+};
+
+// Which entries of the cyclic convolution form the output (see conv_geometry.h).
+struct ConvShape {
+  MP_INT64 fft_size;
+  MP_INT64 period;
+  MP_INT64 a_len;
+  MP_INT64 b_len;
+  MP_INT64 out_len;
+  MP_INT64 out_origin;
+  int fold;
+  int a_reversed;
+  int out_reversed;
+  int has_bias;
+  float spectrum_scale;  // 1 / (4N), exact
+  int rows_per_group_split;  // work items per outer index (shared-kernel launch)
+};
+
+} // namespace mlx_precise

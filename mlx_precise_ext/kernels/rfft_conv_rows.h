@@ -1,0 +1,213 @@
+// The steps of rfft_conv for one row held by one GPU thread group (CUDA block,
+// Metal threadgroup): load, FFT stages, split + spectral product + unsplit,
+// gather. Written once for CUDA and Metal against portability.h: every step
+// takes the thread's index and the group's size, and the caller separates
+// steps with MP_BARRIER(). The row lives in fast group memory, or in a slot of
+// a device workspace when it does not fit; `Ptr` is that pointer type.
+//
+// Each step performs the same operations in the same order as the CPU engine
+// (backend/cpu/rfft_conv_kernels.cpp); which thread performs an operation
+// never changes its result, so dd outputs are bitwise equal to the CPU's.
+#pragma once
+
+#include "conv_params.h"
+#include "rfft_conv_core.h"
+
+namespace mlx_precise {
+
+// Element offset of row (outer, inner) of operand `op`.
+MP_INLINE MP_INT64 row_offset(MP_CONSTANT const RowIndex& ix, int op, MP_INT64 outer,
+                              MP_INT64 inner) {
+  MP_INT64 offset = 0;
+  for (int d = ix.outer_ndim - 1; d >= 0; --d) {
+    offset += (outer % ix.outer_shape[d]) * ix.outer_stride[op][d];
+    outer /= ix.outer_shape[d];
+  }
+  for (int d = ix.inner_ndim - 1; d >= 0; --d) {
+    offset += (inner % ix.inner_shape[d]) * ix.inner_stride[op][d];
+    inner /= ix.inner_shape[d];
+  }
+  return offset;
+}
+
+template <class T, class Ptr>
+MP_INLINE cpx<T> get_point(Ptr re, Ptr im, int i) {
+  return cpx<T>{re[i], im[i]};
+}
+
+template <class T, class Ptr>
+MP_INLINE void put_point(Ptr re, Ptr im, int i, cpx<T> v) {
+  re[i] = v.re;
+  im[i] = v.im;
+}
+
+// z[m] = x[2m] + i x[2m+1] for the real row x = row[0..len) (back to front
+// when reversed), zero-padded to the complex length h.
+template <class T, class Ptr>
+MP_INLINE void load_real_row(Ptr re, Ptr im, const MP_DEVICE float* row, MP_INT64 stride,
+                             MP_INT64 len, bool reversed, int h, int tid, int nthreads) {
+  const T tag{};
+  for (int m = tid; m < h; m += nthreads) {
+    const MP_INT64 i0 = 2 * static_cast<MP_INT64>(m), i1 = i0 + 1;
+    T v0{}, v1{};
+    if (i0 < len) v0 = r_from_float(tag, row[(reversed ? len - 1 - i0 : i0) * stride]);
+    if (i1 < len) v1 = r_from_float(tag, row[(reversed ? len - 1 - i1 : i1) * stride]);
+    re[m] = v0;
+    im[m] = v1;
+  }
+}
+
+// Stage s of the decimation-in-frequency transform (fft_plan.h), or with
+// kInverse its exact inverse (conjugate twiddles) times its radix; the
+// inverse transform runs the stages in reverse order.
+template <bool kInverse, class T, class Ptr>
+MP_INLINE void fft_stage(Ptr re, Ptr im, MP_CONSTANT const FFTShape& fs, int s,
+                         const MP_DEVICE cpx<T>* tw, int tid, int nthreads) {
+  const int h = fs.n_half;
+  if (fs.stage_radix[s] == 2) {
+    for (int b = tid; b < h / 2; b += nthreads) {
+      cpx<T> x0 = get_point<T>(re, im, 2 * b), x1 = get_point<T>(re, im, 2 * b + 1);
+      butterfly2(x0, x1);
+      put_point(re, im, 2 * b, x0);
+      put_point(re, im, 2 * b + 1, x1);
+    }
+    return;
+  }
+  const int lq = fs.stage_log2_quarter[s], q = 1 << lq, count = fs.twiddle_count;
+  const MP_DEVICE cpx<T>* w = tw + fs.stage_tw_offset[s];
+  for (int idx = tid; idx < h / 4; idx += nthreads) {
+    const int j = idx & (q - 1);
+    const int base = ((idx >> lq) << (lq + 2)) + j;
+    cpx<T> x0 = get_point<T>(re, im, base), x1 = get_point<T>(re, im, base + q);
+    cpx<T> x2 = get_point<T>(re, im, base + 2 * q), x3 = get_point<T>(re, im, base + 3 * q);
+    if (lq == 0) {
+      if (kInverse) dit4_inverse_unit(x0, x1, x2, x3);
+      else dif4_unit(x0, x1, x2, x3);
+    } else {
+      const cpx<T> w1 = w[j], w2 = w[count + j], w3 = w[2 * count + j];
+      if (kInverse) dit4_inverse(x0, x1, x2, x3, w1, w2, w3);
+      else dif4(x0, x1, x2, x3, w1, w2, w3);
+    }
+    put_point(re, im, base, x0);
+    put_point(re, im, base + q, x1);
+    put_point(re, im, base + 2 * q, x2);
+    put_point(re, im, base + 3 * q, x3);
+  }
+}
+
+// Forward split of the pair i: the packed spectrum values at p and q.
+template <class T, class Ptr>
+MP_INLINE void split_pair(Ptr re, Ptr im, IndexPair pr, int i,
+                          const MP_DEVICE cpx<T>* split_tw, MP_THREAD cpx<T>& xp,
+                          MP_THREAD cpx<T>& xq) {
+  if (i == 0) {
+    xp = rfft_split_dc(get_point<T>(re, im, 0));
+    if (pr.q >= 0) {
+      const cpx<T> z = get_point<T>(re, im, pr.q);
+      xq = rfft_split(z, z, split_tw[pr.q]);
+    }
+    return;
+  }
+  const cpx<T> zp = get_point<T>(re, im, pr.p), zq = get_point<T>(re, im, pr.q);
+  xp = rfft_split(zp, zq, split_tw[pr.p]);
+  xq = rfft_split(zq, zp, split_tw[pr.q]);
+}
+
+// Inverse split of the pair i from the products yp, yq, written back in place.
+template <class T, class Ptr>
+MP_INLINE void unsplit_pair(Ptr re, Ptr im, IndexPair pr, int i,
+                            const MP_DEVICE cpx<T>* split_tw, cpx<T> yp, cpx<T> yq) {
+  if (i == 0) {
+    put_point(re, im, 0, rfft_unsplit_dc(yp));
+    if (pr.q >= 0) put_point(re, im, pr.q, rfft_unsplit(yq, yq, split_tw[pr.q]));
+    return;
+  }
+  put_point(re, im, pr.p, rfft_unsplit(yp, yq, split_tw[pr.p]));
+  put_point(re, im, pr.q, rfft_unsplit(yq, yp, split_tw[pr.q]));
+}
+
+// The scaled spectrum of a kernel row, in pair order: entries 2i, 2i+1 are
+// the values at positions p, q of pair i.
+template <class T, class Ptr>
+MP_INLINE void store_spectrum(Ptr re, Ptr im, const MP_DEVICE IndexPair* pairs,
+                              const MP_DEVICE cpx<T>* split_tw, float scale,
+                              MP_DEVICE cpx<T>* spectrum, int num_pairs, int tid,
+                              int nthreads) {
+  for (int i = tid; i < num_pairs; i += nthreads) {
+    const IndexPair pr = pairs[i];
+    cpx<T> xp, xq;
+    split_pair<T>(re, im, pr, i, split_tw, xp, xq);
+    spectrum[2 * i] = c_scale(xp, scale);
+    if (pr.q >= 0) spectrum[2 * i + 1] = c_scale(xq, scale);
+  }
+}
+
+// Forward split, product with a stored kernel spectrum, inverse split.
+template <class T, class Ptr>
+MP_INLINE void multiply_by_spectrum(Ptr re, Ptr im, const MP_DEVICE IndexPair* pairs,
+                                    const MP_DEVICE cpx<T>* split_tw,
+                                    const MP_DEVICE cpx<T>* spectrum, int num_pairs, int tid,
+                                    int nthreads) {
+  for (int i = tid; i < num_pairs; i += nthreads) {
+    const IndexPair pr = pairs[i];
+    cpx<T> xp, xq{};
+    split_pair<T>(re, im, pr, i, split_tw, xp, xq);
+    const cpx<T> yp = packed_mul(xp, spectrum[2 * i], i == 0);
+    const cpx<T> yq = pr.q >= 0 ? packed_mul(xq, spectrum[2 * i + 1], false) : xq;
+    unsplit_pair<T>(re, im, pr, i, split_tw, yp, yq);
+  }
+}
+
+// acc += (spectrum of a) * (spectrum of b), in pair order; `first` starts
+// from zero, as the CPU's accumulator does.
+template <class T, class Ptr>
+MP_INLINE void accumulate_product(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im,
+                                  const MP_DEVICE IndexPair* pairs,
+                                  const MP_DEVICE cpx<T>* split_tw, MP_DEVICE cpx<T>* acc,
+                                  bool first, int num_pairs, int tid, int nthreads) {
+  const cpx<T> zero{T{}, T{}};
+  for (int i = tid; i < num_pairs; i += nthreads) {
+    const IndexPair pr = pairs[i];
+    cpx<T> ap, aq{}, bp, bq{};
+    split_pair<T>(a_re, a_im, pr, i, split_tw, ap, aq);
+    split_pair<T>(b_re, b_im, pr, i, split_tw, bp, bq);
+    acc[2 * i] = c_add(first ? zero : acc[2 * i], packed_mul(ap, bp, i == 0));
+    if (pr.q >= 0) acc[2 * i + 1] = c_add(first ? zero : acc[2 * i + 1], packed_mul(aq, bq, false));
+  }
+}
+
+// Scales the accumulated spectrum and inverse-splits it into (re, im).
+template <class T, class Ptr>
+MP_INLINE void unsplit_accumulated(Ptr re, Ptr im, const MP_DEVICE IndexPair* pairs,
+                                   const MP_DEVICE cpx<T>* split_tw,
+                                   const MP_DEVICE cpx<T>* acc, float scale, int num_pairs,
+                                   int tid, int nthreads) {
+  for (int i = tid; i < num_pairs; i += nthreads) {
+    const IndexPair pr = pairs[i];
+    const cpx<T> yp = c_scale(acc[2 * i], scale);
+    const cpx<T> yq = pr.q >= 0 ? c_scale(acc[2 * i + 1], scale) : yp;
+    unsplit_pair<T>(re, im, pr, i, split_tw, yp, yq);
+  }
+}
+
+template <class T, class Ptr>
+MP_INLINE T time_sample(Ptr re, Ptr im, MP_INT64 i) {
+  return (i & 1) ? im[i >> 1] : re[i >> 1];
+}
+
+// Output entry t of the cyclic convolution held in (re, im): the fold and the
+// reversal of conv_geometry.h.
+template <class T, class Ptr>
+MP_INLINE T gather_output(Ptr re, Ptr im, MP_CONSTANT const ConvShape& g, MP_INT64 t) {
+  MP_INT64 i = t;
+  if (g.out_reversed) {
+    i = g.out_origin - t;
+    if (i < 0) i += g.period;
+  }
+  T v{};
+  if (i < g.fft_size) v = time_sample<T>(re, im, i);
+  if (g.fold && i + g.period < g.fft_size) v = r_add(v, time_sample<T>(re, im, i + g.period));
+  return v;
+}
+
+} // namespace mlx_precise

@@ -1,0 +1,189 @@
+"""rfft_conv on the GPU (MLX's CUDA or Metal backend).
+
+Skipped, visibly, where MLX has no GPU (CI). On a GPU machine: every variant and
+precision against float64 references with DESIGN.md's accuracy bars, and "dd"
+outputs and gradients bitwise equal to the CPU's.
+"""
+
+import math
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlx_precise as mp
+
+GPU_AVAILABLE = mx.metal.is_available() or mx.cuda.is_available()
+pytestmark = pytest.mark.skipif(not GPU_AVAILABLE, reason="MLX has no GPU backend here")
+
+torch = pytest.importorskip("torch") if GPU_AVAILABLE else None
+
+# (batch, channels, L, kernel length, n): M2-BERT's bidirectional form (n = 2L,
+# kernel 2L), a non-power-of-two period (folded), the causal form, and sizes
+# whose rows exceed shared memory in double / dd (global-workspace kernels).
+SHAPES = [
+    (2, 3, 64, 128, 128),
+    (2, 3, 1000, 2000, 2000),
+    (1, 2, 300, 77, None),
+    (2, 2, 4096, 8192, 8192),
+    (1, 2, 16384, 32768, 32768),
+]
+
+
+def random_inputs(B, H, L, Lk, seed, bias=False):
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal((B, H, L)).astype(np.float32)
+    k = (rng.standard_normal((H, Lk)) / np.sqrt(Lk)).astype(np.float32)
+    d = rng.standard_normal((H, 1)).astype(np.float32) if bias else None
+    return u, k, d
+
+
+def torch_conv(u, k, d, n):
+    """float64 reference (torch on the CPU, so it also gives gradients)."""
+    L, Lk = u.shape[-1], k.shape[-1]
+    size = n if n is not None else 1 << int(np.ceil(np.log2(L + Lk - 1)))
+    y = torch.fft.irfft(torch.fft.rfft(u, size) * torch.fft.rfft(k, size), size)[..., :L]
+    return y + u * d if d is not None else y
+
+
+def reference(u, k, n, d):
+    t = [torch.tensor(x, dtype=torch.float64) if x is not None else None for x in (u, k, d)]
+    return torch_conv(*t, n).numpy()
+
+
+def exact_gradients(u, k, d, cot, n):
+    """grad u and grad k of sum(cot * rfft_conv(u, k, n, bias=d)), each entry an
+    exactly rounded float64 sum (math.fsum) of exact products: for small shapes,
+    where an FFT reference would blur the structural zeros."""
+    B, H, L = u.shape
+    Lk = k.shape[-1]
+    u_pad = np.zeros((B, H, n)); u_pad[..., :L] = u
+    k_pad = np.zeros((H, n)); k_pad[:, :Lk] = k
+    c = cot.astype(np.float64)
+    gu = np.array([[[math.fsum(list(c[b, h] * k_pad[h, (np.arange(L) - s) % n])
+                               + [c[b, h, s] * float(d[h, 0])])
+                     for s in range(L)] for h in range(H)] for b in range(B)])
+    gk = np.array([[math.fsum((c[:, h] * u_pad[:, h, (np.arange(L) - j) % n]).ravel())
+                    for j in range(Lk)] for h in range(H)])
+    return gu, gk
+
+
+def check_accuracy(y, ref, precision):
+    y = np.asarray(y, dtype=np.float64)
+    rel_l2 = np.linalg.norm(y - ref) / np.linalg.norm(ref)
+    if precision == "float32":
+        assert rel_l2 < 2e-6, rel_l2
+        return
+    # Outputs that are exactly zero (structural zeros, e.g. kernel taps no
+    # output reaches) come out of any FFT as rounding noise far below every
+    # other output; they are checked by size, the others for correct rounding.
+    zero = ref == 0
+    assert np.all(np.abs(y[zero]) <= 1e-12 * np.abs(ref).max())
+    y, ref = y[~zero], ref[~zero]
+    rounded = ref.astype(np.float32).astype(np.float64)
+    correct = np.mean(y == rounded)
+    ulp = np.spacing(np.abs(rounded).astype(np.float32)).astype(np.float64)
+    big = np.abs(ref) >= 1e-3 * np.abs(ref).max()
+    worst_big = np.max(np.abs(y - ref)[big] / ulp[big])
+    assert rel_l2 <= 4e-8, rel_l2
+    assert correct >= 0.999, correct
+    assert worst_big <= 1.0, worst_big
+
+
+def gpu_and_cpu(fn, *arrays):
+    outs = []
+    for device in (mx.gpu, mx.cpu):
+        res = fn(device, *arrays)
+        mx.eval(res)
+        outs.append(res)
+    return outs
+
+
+@pytest.mark.parametrize("precision", mp.PRECISIONS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[:4])) + f"_n{s[4]}")
+def test_forward_accuracy_and_dd_bits(shape, precision):
+    B, H, L, Lk, n = shape
+    u, k, d = random_inputs(B, H, L, Lk, seed=L + Lk, bias=True)
+    args = [mx.array(x) for x in (u, k, d)]
+
+    def run(device, u, k, d):
+        return mp.rfft_conv(u, k, n=n, bias=d, precision=precision, stream=device)
+
+    y_gpu, y_cpu = gpu_and_cpu(run, *args)
+    check_accuracy(y_gpu, reference(u, k, n, d), precision)
+    if precision == "dd":
+        assert np.array_equal(np.array(y_gpu).view(np.uint32), np.array(y_cpu).view(np.uint32))
+
+
+@pytest.mark.parametrize("precision", ["extended", "dd"])
+def test_exact_small_integers(precision):
+    rng = np.random.default_rng(1)
+    u = rng.integers(-8, 9, (4, 256)).astype(np.float32)
+    k = rng.integers(-8, 9, (4, 512)).astype(np.float32)
+    y = mp.rfft_conv(mx.array(u), mx.array(k), n=512, precision=precision, stream=mx.gpu)
+    assert np.array_equal(np.array(y), reference(u, k, 512, None).round())
+
+
+def test_broadcast_and_strided_views_dd_bits():
+    rng = np.random.default_rng(2)
+    u = mx.array(rng.standard_normal((3, 5, 200)).astype(np.float32)).transpose(1, 0, 2)
+    k = mx.array(rng.standard_normal((200,)).astype(np.float32))
+    d = mx.array(rng.standard_normal((1, 3, 1)).astype(np.float32))
+    y_gpu, y_cpu = gpu_and_cpu(
+        lambda dev, u, k, d: mp.rfft_conv(u, k, n=400, bias=d, precision="dd", stream=dev), u, k, d
+    )
+    assert np.array_equal(np.array(y_gpu).view(np.uint32), np.array(y_cpu).view(np.uint32))
+
+
+GRAD_SHAPES = [(3, 2, 100, 200, 200), (2, 2, 8192, 16384, 16384), (2, 3, 300, 50, None)]
+
+
+@pytest.mark.parametrize("precision", mp.PRECISIONS)
+@pytest.mark.parametrize(
+    "shape", GRAD_SHAPES, ids=lambda s: "x".join(map(str, s[:4])) + f"_n{s[4]}"
+)
+def test_gradients(shape, precision):
+    B, H, L, Lk, n = shape
+    u, k, d = random_inputs(B, H, L, Lk, seed=7 * L, bias=True)
+    cot = np.random.default_rng(3).standard_normal((B, H, L)).astype(np.float32)
+    cot_mx = mx.array(cot)
+
+    def grads(device, u, k, d):
+        def loss(u, k, d):
+            y = mp.rfft_conv(u, k, n=n, bias=d, precision=precision, stream=device)
+            return mx.sum(mx.multiply(y, cot_mx, stream=device), stream=device)
+
+        return mx.grad(loss, argnums=(0, 1, 2))(u, k, d)
+
+    g_gpu, g_cpu = gpu_and_cpu(grads, *[mx.array(x) for x in (u, k, d)])
+
+    t = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in (u, k, d)]
+    (torch_conv(*t, n) * torch.tensor(cot, dtype=torch.float64)).sum().backward()
+    refs = [x.grad.numpy() for x in t]
+    if n is not None and B * H * L <= 1000:
+        refs[:2] = exact_gradients(u, k, d, cot, n)
+    for name, got, cpu, ref in zip("ukd", g_gpu, g_cpu, refs):
+        rel = np.linalg.norm(np.array(got) - ref) / np.linalg.norm(ref)
+        if precision == "float32":
+            # The bias gradient sums B*L products of one channel in float32,
+            # rounding at every addition, with cancellation.
+            assert rel < (1e-3 if name == "d" else 2e-6), (name, rel)
+        elif name == "d":
+            assert rel <= 4e-8, (name, rel)
+        else:
+            check_accuracy(got, ref, precision)
+        if precision == "dd":
+            assert np.array_equal(np.array(got).view(np.uint32), np.array(cpu).view(np.uint32)), name
+
+
+def test_kernel_gradient_reduces_over_broadcast_kernel():
+    # k shared by every row: its gradient sums all rows (one target row).
+    rng = np.random.default_rng(4)
+    u = mx.array(rng.standard_normal((4, 3, 128)).astype(np.float32))
+    k = mx.array(rng.standard_normal((64,)).astype(np.float32))
+
+    def gk(device, u, k):
+        return mx.grad(lambda k: mx.sum(mp.rfft_conv(u, k, precision="dd", stream=device)))(k)
+
+    g_gpu, g_cpu = gpu_and_cpu(gk, u, k)
+    assert np.array_equal(np.array(g_gpu).view(np.uint32), np.array(g_cpu).view(np.uint32))
