@@ -195,19 +195,74 @@ MP_INLINE T time_sample(Ptr re, Ptr im, MP_INT64 i) {
   return (i & 1) ? im[i >> 1] : re[i >> 1];
 }
 
-// Output entry t of the cyclic convolution held in (re, im): the fold and the
-// reversal of conv_geometry.h.
+// Output entry t of the cyclic convolution held in (re, im): the fold, the
+// reversal and the support rule of gather_index (rfft_conv_core.h).
 template <class T, class Ptr>
 MP_INLINE T gather_output(Ptr re, Ptr im, MP_CONSTANT const ConvShape& g, MP_INT64 t) {
-  MP_INT64 i = t;
-  if (g.out_reversed) {
-    i = g.out_origin - t;
-    if (i < 0) i += g.period;
-  }
+  const GatherIndex idx = gather_index(t, g.fft_size, g.period, g.fold != 0, g.out_reversed != 0,
+                                       g.out_origin, g.a_len + g.b_len - 1);
   T v{};
-  if (i < g.fft_size) v = time_sample<T>(re, im, i);
-  if (g.fold && i + g.period < g.fft_size) v = r_add(v, time_sample<T>(re, im, i + g.period));
+  if (idx.first >= 0) v = time_sample<T>(re, im, idx.first);
+  if (idx.second >= 0) v = r_add(v, time_sample<T>(re, im, idx.second));
   return v;
+}
+
+// ------------------------------------------------------------ lattice snap ----
+// The snap decision of rfft_conv_core.h from row summaries: each thread folds
+// its strided part of a row into (max |bits|, min lowest-bit exponent), the
+// group combines them with atomics on group memory, and every thread then
+// evaluates the same integer decision. The CPU stops its quantum scan early
+// once a row cannot be certified; a full minimum reaches the same decision.
+struct RowSummary {
+  unsigned int max_bits;
+  int quantum;
+};
+
+MP_INLINE RowSummary summarize_part(const MP_DEVICE float* row, MP_INT64 stride, MP_INT64 len,
+                                    int tid, int nthreads) {
+  RowSummary s{0u, kNoSnap};
+  for (MP_INT64 i = tid; i < len; i += nthreads) {
+    const unsigned int bits = MP_FLOAT_BITS(row[i * stride]);
+    const unsigned int abs_bits = bits & 0x7fffffffu;
+    s.max_bits = abs_bits > s.max_bits ? abs_bits : s.max_bits;
+    if (abs_bits != 0u && abs_bits < 0x7f800000u) {
+      const int q = lowest_bit_exponent(bits);
+      s.quantum = q < s.quantum ? q : s.quantum;
+    }
+  }
+  return s;
+}
+
+template <class UPtr, class IPtr>
+MP_INLINE void summary_reset(UPtr max_bits, IPtr quantum, int slot) {
+  MP_GROUP_STORE(max_bits + slot, 0u);
+  MP_GROUP_STORE(quantum + slot, kNoSnap);
+}
+
+template <class UPtr, class IPtr>
+MP_INLINE void summary_publish(UPtr max_bits, IPtr quantum, int slot, RowSummary s) {
+  MP_GROUP_MAX(max_bits + slot, s.max_bits);
+  MP_GROUP_MIN(quantum + slot, s.quantum);
+}
+
+template <class UPtr, class IPtr>
+MP_INLINE RowSummary summary_read(UPtr max_bits, IPtr quantum, int slot) {
+  return RowSummary{MP_GROUP_LOAD(max_bits + slot), MP_GROUP_LOAD(quantum + slot)};
+}
+
+// Slots of the three summarised operands.
+enum : int { kSummaryA = 0, kSummaryB = 1, kSummaryBias = 2, kSummarySlots = 3 };
+
+template <class T>
+MP_INLINE int snap_from_summaries(RowSummary a, RowSummary b, bool has_bias, RowSummary d,
+                                  MP_CONSTANT const ConvShape& g, int terms) {
+  bool exact_zero = false;
+  const int required = snap_required(row_magnitude(a.max_bits), row_magnitude(b.max_bits),
+                                     has_bias, row_magnitude(d.max_bits), g.a_len, g.b_len,
+                                     g.fft_size, snap_roundoff_exp(T{}), terms, &exact_zero);
+  if (exact_zero) return 0;
+  if (required == kNoSnap) return kNoSnap;
+  return snap_decision(required, a.quantum, b.quantum, has_bias, d.quantum);
 }
 
 } // namespace mlx_precise

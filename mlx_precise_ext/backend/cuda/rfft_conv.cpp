@@ -165,11 +165,12 @@ void launch_shared_kernel(mx::cu::CommandEncoder& encoder, int device, const Con
   if (!rows.shared) rows_buffer = scratch(encoder, grid * rows.row_bytes);
   T* rows_ws = rows_buffer ? data_of<T>(*rows_buffer) : nullptr;
   const cpx<T>* spectra_in = spectra;
-  register_buffers(encoder, {&a, bias, &spectra_buffer}, {&out, rows_buffer ? &*rows_buffer : nullptr});
+  register_buffers(encoder, {&a, &b, bias, &spectra_buffer},
+                   {&out, rows_buffer ? &*rows_buffer : nullptr});
   encoder.add_kernel_node_ex(rows.kernel, dim3(static_cast<unsigned>(grid)), dim3(rows.threads),
                              {}, static_cast<uint32_t>(rows.shared ? rows.row_bytes : 0), op.a,
-                             op.bias, op.out, ix, shape, op.fft, op.twiddles, op.split, op.pairs,
-                             spectra_in, rows_ws);
+                             op.b, op.bias, op.out, ix, shape, op.fft, op.twiddles, op.split,
+                             op.pairs, spectra_in, rows_ws);
 }
 
 template <class T>
@@ -248,6 +249,11 @@ mx::cu::CommandEncoder& prepare(mx::Stream s, mx::array& out, int& device) {
 } // namespace
 
 void RFFTConv::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
+  if (variant_ == ConvVariant::ConvolveSum) {
+    throw std::runtime_error(
+        "rfft_conv: forward-mode derivatives (jvp) are not implemented on the GPU yet; "
+        "evaluate mx.jvp of rfft_conv on the CPU (stream=mx.cpu)");
+  }
   int device = 0;
   auto& encoder = prepare(stream(), out, device);
   with_working_type(precision_, [&](auto tag) {

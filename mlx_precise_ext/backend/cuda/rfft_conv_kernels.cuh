@@ -59,7 +59,8 @@ __global__ void kernel_spectra(const float* b, const RowIndex ix, const ConvShap
 // split + S, ... of its kernel row, so blocks that share a spectrum run close
 // together and read it from L2.
 template <class T, bool kShared>
-__global__ void conv_rows(const float* a, const float* bias, float* out, const RowIndex ix,
+__global__ void conv_rows(const float* a, const float* b, const float* bias, float* out,
+                          const RowIndex ix,
                           const ConvShape g, const FFTShape fs, const cpx<T>* tw,
                           const cpx<T>* split_tw, const IndexPair* pairs,
                           const cpx<T>* spectra, T* workspace) {
@@ -68,12 +69,37 @@ __global__ void conv_rows(const float* a, const float* bias, float* out, const R
   T* im = re + h;
   const MP_INT64 splits = g.rows_per_group_split;
   const MP_INT64 items = ix.outer_count * splits;
+  __shared__ unsigned int summary_max[kSummarySlots];
+  __shared__ int summary_quantum[kSummarySlots];
+  const bool snaps = snap_roundoff_exp(T{}) < 0;
   for (MP_INT64 item = blockIdx.x; item < items; item += gridDim.x) {
     const MP_INT64 kk = item / splits;
     const cpx<T>* spectrum = spectra + kk * 2 * fs.num_pairs;
+    const float* b_row = b + row_offset(ix, kOperandB, kk, 0);
     for (MP_INT64 j = item % splits; j < ix.inner_count; j += splits) {
       const float* a_row = a + row_offset(ix, kOperandA, kk, j);
       const MP_INT64 a_step = ix.time_stride[kOperandA];
+      const float* bias_row = bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
+      const MP_INT64 bias_step = ix.time_stride[kOperandBias];
+      int snap = kNoSnap;
+      if (snaps) {
+        if (threadIdx.x < kSummarySlots) summary_reset(summary_max, summary_quantum, threadIdx.x);
+        __syncthreads();
+        summary_publish(summary_max, summary_quantum, kSummaryA,
+                        summarize_part(a_row, a_step, g.a_len, threadIdx.x, blockDim.x));
+        summary_publish(summary_max, summary_quantum, kSummaryB,
+                        summarize_part(b_row, ix.time_stride[kOperandB], g.b_len, threadIdx.x,
+                                       blockDim.x));
+        if (g.has_bias) {
+          summary_publish(summary_max, summary_quantum, kSummaryBias,
+                          summarize_part(bias_row, bias_step, g.out_len, threadIdx.x, blockDim.x));
+        }
+        __syncthreads();
+        snap = snap_from_summaries<T>(summary_read(summary_max, summary_quantum, kSummaryA),
+                                      summary_read(summary_max, summary_quantum, kSummaryB),
+                                      g.has_bias, summary_read(summary_max, summary_quantum, kSummaryBias),
+                                      g, 1);
+      }
       load_real_row<T>(re, im, a_row, a_step, g.a_len, g.a_reversed, h, threadIdx.x,
                        blockDim.x);
       __syncthreads();
@@ -83,12 +109,11 @@ __global__ void conv_rows(const float* a, const float* bias, float* out, const R
       __syncthreads();
       fft_inverse<T>(re, im, fs, tw);
       float* out_row = out + row_offset(ix, kOperandOut, kk, j);
-      const float* bias_row = bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
-      const MP_INT64 bias_step = ix.time_stride[kOperandBias];
       for (MP_INT64 t = threadIdx.x; t < g.out_len; t += blockDim.x) {
         const T v = gather_output<T>(re, im, g, t);
-        out_row[t] = g.has_bias ? finish_output(v, true, a_row[t * a_step], bias_row[t * bias_step])
-                                : finish_output(v, false, 0.0f, 0.0f);
+        out_row[t] = g.has_bias
+                         ? finish_output(v, true, a_row[t * a_step], bias_row[t * bias_step], snap)
+                         : finish_output(v, false, 0.0f, 0.0f, snap);
       }
       __syncthreads();
     }
@@ -110,7 +135,28 @@ __global__ void reduce_rows(const float* a, const float* b, const float* bias, f
   T* b_im = b_re + h;
   cpx<T>* acc = acc_slots + static_cast<MP_INT64>(blockIdx.x) * 2 * fs.num_pairs;
   const T tag{};
+  __shared__ unsigned int summary_max[kSummarySlots];
+  __shared__ int summary_quantum[kSummarySlots];
+  const bool snaps = snap_roundoff_exp(T{}) < 0;
   for (MP_INT64 target = blockIdx.x; target < ix.outer_count; target += gridDim.x) {
+    if (snaps) {
+      if (threadIdx.x < kSummarySlots) summary_reset(summary_max, summary_quantum, threadIdx.x);
+      __syncthreads();
+      for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
+        summary_publish(summary_max, summary_quantum, kSummaryA,
+                        summarize_part(a + row_offset(ix, kOperandA, target, j),
+                                       ix.time_stride[kOperandA], g.a_len, threadIdx.x, blockDim.x));
+        summary_publish(summary_max, summary_quantum, kSummaryB,
+                        summarize_part(b + row_offset(ix, kOperandB, target, j),
+                                       ix.time_stride[kOperandB], g.b_len, threadIdx.x, blockDim.x));
+        if (g.has_bias) {
+          summary_publish(summary_max, summary_quantum, kSummaryBias,
+                          summarize_part(bias + row_offset(ix, kOperandBias, target, j),
+                                         ix.time_stride[kOperandBias], g.out_len, threadIdx.x,
+                                         blockDim.x));
+        }
+      }
+    }
     for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
       load_real_row<T>(a_re, a_im, a + row_offset(ix, kOperandA, target, j),
                        ix.time_stride[kOperandA], g.a_len, g.a_reversed, h, threadIdx.x,
@@ -129,6 +175,14 @@ __global__ void reduce_rows(const float* a, const float* b, const float* bias, f
     __syncthreads();
     fft_inverse<T>(a_re, a_im, fs, tw);
     float* out_row = out + row_offset(ix, kOperandOut, target, 0);
+    int snap = kNoSnap;
+    if (snaps) {
+      const int terms = static_cast<int>(ix.inner_count * (g.has_bias ? 2 : 1));
+      snap = snap_from_summaries<T>(summary_read(summary_max, summary_quantum, kSummaryA),
+                                    summary_read(summary_max, summary_quantum, kSummaryB),
+                                    g.has_bias, summary_read(summary_max, summary_quantum, kSummaryBias),
+                                    g, terms);
+    }
     for (MP_INT64 t = threadIdx.x; t < g.out_len; t += blockDim.x) {
       T v = gather_output<T>(a_re, a_im, g, t);
       if (g.has_bias) {
@@ -139,6 +193,7 @@ __global__ void reduce_rows(const float* a, const float* b, const float* bias, f
           v = r_add(v, r_prod(tag, x, d));
         }
       }
+      if (snap != kNoSnap) v = r_snap(v, snap);
       out_row[t] = r_round(v);
     }
     __syncthreads();

@@ -45,19 +45,44 @@ void spectra_body(Ptr re, Ptr im, const device float* b, constant const RowIndex
 }
 
 template <class T, class Ptr>
-void conv_body(Ptr re, Ptr im, const device float* a, const device float* bias,
-               device float* out, constant const RowIndex& ix, constant const ConvShape& g,
-               constant const FFTShape& fs, const device cpx<T>* tw,
-               const device cpx<T>* split_tw, const device IndexPair* pairs,
-               const device cpx<T>* spectra, uint tid, uint nt, uint group, uint groups) {
+void conv_body(Ptr re, Ptr im, const device float* a, const device float* b,
+               const device float* bias, device float* out, constant const RowIndex& ix,
+               constant const ConvShape& g, constant const FFTShape& fs,
+               const device cpx<T>* tw, const device cpx<T>* split_tw,
+               const device IndexPair* pairs, const device cpx<T>* spectra,
+               threadgroup MP_GROUP_UINT* summary_max, threadgroup MP_GROUP_INT* summary_quantum,
+               uint tid, uint nt, uint group, uint groups) {
   const int h = fs.n_half;
   const long splits = g.rows_per_group_split;
+  const bool snaps = snap_roundoff_exp(T{}) < 0;
   for (long item = group; item < ix.outer_count * splits; item += groups) {
     const long kk = item / splits;
     const device cpx<T>* spectrum = spectra + kk * 2 * fs.num_pairs;
+    const device float* b_row = b + row_offset(ix, kOperandB, kk, 0);
     for (long j = item % splits; j < ix.inner_count; j += splits) {
       const device float* a_row = a + row_offset(ix, kOperandA, kk, j);
       const long a_step = ix.time_stride[kOperandA];
+      const device float* bias_row = bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
+      const long bias_step = ix.time_stride[kOperandBias];
+      int snap = kNoSnap;
+      if (snaps) {
+        if (tid < uint(kSummarySlots)) summary_reset(summary_max, summary_quantum, int(tid));
+        MP_BARRIER();
+        summary_publish(summary_max, summary_quantum, kSummaryA,
+                        summarize_part(a_row, a_step, g.a_len, int(tid), int(nt)));
+        summary_publish(summary_max, summary_quantum, kSummaryB,
+                        summarize_part(b_row, ix.time_stride[kOperandB], g.b_len, int(tid),
+                                       int(nt)));
+        if (g.has_bias) {
+          summary_publish(summary_max, summary_quantum, kSummaryBias,
+                          summarize_part(bias_row, bias_step, g.out_len, int(tid), int(nt)));
+        }
+        MP_BARRIER();
+        snap = snap_from_summaries<T>(summary_read(summary_max, summary_quantum, kSummaryA),
+                                      summary_read(summary_max, summary_quantum, kSummaryB),
+                                      g.has_bias, summary_read(summary_max, summary_quantum, kSummaryBias),
+                                      g, 1);
+      }
       load_real_row<T>(re, im, a_row, a_step, g.a_len, g.a_reversed, h, tid, nt);
       MP_BARRIER();
       fft_forward<T>(re, im, fs, tw, tid, nt);
@@ -65,12 +90,11 @@ void conv_body(Ptr re, Ptr im, const device float* a, const device float* bias,
       MP_BARRIER();
       fft_inverse<T>(re, im, fs, tw, tid, nt);
       device float* out_row = out + row_offset(ix, kOperandOut, kk, j);
-      const device float* bias_row = bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
-      const long bias_step = ix.time_stride[kOperandBias];
       for (long t = tid; t < g.out_len; t += nt) {
         const T v = gather_output<T>(re, im, g, t);
-        out_row[t] = g.has_bias ? finish_output(v, true, a_row[t * a_step], bias_row[t * bias_step])
-                                : finish_output(v, false, 0.0f, 0.0f);
+        out_row[t] = g.has_bias
+                         ? finish_output(v, true, a_row[t * a_step], bias_row[t * bias_step], snap)
+                         : finish_output(v, false, 0.0f, 0.0f, snap);
       }
       MP_BARRIER();
     }
@@ -83,10 +107,31 @@ void reduce_body(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im, const device float* a,
                  constant const RowIndex& ix, constant const ConvShape& g,
                  constant const FFTShape& fs, const device cpx<T>* tw,
                  const device cpx<T>* split_tw, const device IndexPair* pairs,
-                 device cpx<T>* acc, uint tid, uint nt, uint group, uint groups) {
+                 device cpx<T>* acc, threadgroup MP_GROUP_UINT* summary_max,
+                 threadgroup MP_GROUP_INT* summary_quantum, uint tid, uint nt, uint group,
+                 uint groups) {
   const int h = fs.n_half;
   const T tag{};
+  const bool snaps = snap_roundoff_exp(T{}) < 0;
   for (long target = group; target < ix.outer_count; target += groups) {
+    if (snaps) {
+      if (tid < uint(kSummarySlots)) summary_reset(summary_max, summary_quantum, int(tid));
+      MP_BARRIER();
+      for (long j = 0; j < ix.inner_count; ++j) {
+        summary_publish(summary_max, summary_quantum, kSummaryA,
+                        summarize_part(a + row_offset(ix, kOperandA, target, j),
+                                       ix.time_stride[kOperandA], g.a_len, int(tid), int(nt)));
+        summary_publish(summary_max, summary_quantum, kSummaryB,
+                        summarize_part(b + row_offset(ix, kOperandB, target, j),
+                                       ix.time_stride[kOperandB], g.b_len, int(tid), int(nt)));
+        if (g.has_bias) {
+          summary_publish(summary_max, summary_quantum, kSummaryBias,
+                          summarize_part(bias + row_offset(ix, kOperandBias, target, j),
+                                         ix.time_stride[kOperandBias], g.out_len, int(tid),
+                                         int(nt)));
+        }
+      }
+    }
     for (long j = 0; j < ix.inner_count; ++j) {
       load_real_row<T>(a_re, a_im, a + row_offset(ix, kOperandA, target, j),
                        ix.time_stride[kOperandA], g.a_len, g.a_reversed, h, tid, nt);
@@ -104,6 +149,14 @@ void reduce_body(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im, const device float* a,
     MP_BARRIER();
     fft_inverse<T>(a_re, a_im, fs, tw, tid, nt);
     device float* out_row = out + row_offset(ix, kOperandOut, target, 0);
+    int snap = kNoSnap;
+    if (snaps) {
+      const int terms = int(ix.inner_count * (g.has_bias ? 2 : 1));
+      snap = snap_from_summaries<T>(summary_read(summary_max, summary_quantum, kSummaryA),
+                                    summary_read(summary_max, summary_quantum, kSummaryB),
+                                    g.has_bias, summary_read(summary_max, summary_quantum, kSummaryBias),
+                                    g, terms);
+    }
     for (long t = tid; t < g.out_len; t += nt) {
       T v = gather_output<T>(a_re, a_im, g, t);
       if (g.has_bias) {
@@ -114,6 +167,7 @@ void reduce_body(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im, const device float* a,
           v = r_add(v, r_prod(tag, x, d));
         }
       }
+      if (snap != kNoSnap) v = r_snap(v, snap);
       out_row[t] = r_round(v);
     }
     MP_BARRIER();
@@ -149,13 +203,15 @@ template <class T, bool kGroup>
 template <class T, bool kGroup>
 [[kernel]] void conv_rows(MP_ROW_KERNEL_ARGS) {
   const int h = fs.n_half;
+  threadgroup MP_GROUP_UINT summary_max[kSummarySlots];
+  threadgroup MP_GROUP_INT summary_quantum[kSummarySlots];
   if (kGroup) {
-    conv_body<T>(group_rows, group_rows + h, a, bias, out, ix, g, fs, tw, split_tw, pairs,
-                 spectra, tid, nt, group, groups);
+    conv_body<T>(group_rows, group_rows + h, a, b, bias, out, ix, g, fs, tw, split_tw, pairs,
+                 spectra, summary_max, summary_quantum, tid, nt, group, groups);
   } else {
     device T* rows = workspace + long(group) * 2 * h;
-    conv_body<T>(rows, rows + h, a, bias, out, ix, g, fs, tw, split_tw, pairs, spectra, tid, nt,
-                 group, groups);
+    conv_body<T>(rows, rows + h, a, b, bias, out, ix, g, fs, tw, split_tw, pairs, spectra,
+                 summary_max, summary_quantum, tid, nt, group, groups);
   }
 }
 
@@ -164,13 +220,16 @@ template <class T, bool kGroup>
 [[kernel]] void reduce_rows(MP_ROW_KERNEL_ARGS) {
   const int h = fs.n_half;
   device cpx<T>* acc = spectra + long(group) * 2 * fs.num_pairs;
+  threadgroup MP_GROUP_UINT summary_max[kSummarySlots];
+  threadgroup MP_GROUP_INT summary_quantum[kSummarySlots];
   if (kGroup) {
     reduce_body<T>(group_rows, group_rows + h, group_rows + 2 * h, group_rows + 3 * h, a, b, bias,
-                   out, ix, g, fs, tw, split_tw, pairs, acc, tid, nt, group, groups);
+                   out, ix, g, fs, tw, split_tw, pairs, acc, summary_max, summary_quantum, tid,
+                   nt, group, groups);
   } else {
     device T* rows = workspace + long(group) * 4 * h;
     reduce_body<T>(rows, rows + h, rows + 2 * h, rows + 3 * h, a, b, bias, out, ix, g, fs, tw,
-                   split_tw, pairs, acc, tid, nt, group, groups);
+                   split_tw, pairs, acc, summary_max, summary_quantum, tid, nt, group, groups);
   }
 }
 
