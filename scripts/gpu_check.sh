@@ -18,6 +18,11 @@ if [ ! -d /tmp/mlx/mlx ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/mlx \
       "$stage"/mlx-*.whl "/root/mlxcuda/$wheel" || exit 1
 fi
+# Python packages the device image lacks travel as wheels (docs/gpu.md).
+wheels=${MP_WHEELS:-.whl}
+if [ -d "$wheels" ] && [ ! -d /tmp/mlx/scipy_openblas32 ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/mlx "$wheels"/*.whl || exit 1
+fi
 export PYTHONPATH=/tmp/mlx:$PWD
 nvidia-smi -L | tee "$out/device.txt"
 
