@@ -1,9 +1,8 @@
-// GPU entry points until the CUDA and Metal backends land: a clear error, never
-// a silent move to the CPU.
+// GPU entry points of rfft_conv in a build with neither CUDA nor Metal: a
+// clear error, never a silent move to the CPU.
 #include <stdexcept>
 
 #include "primitives.h"
-#include "strict_primitives.h"
 
 namespace mlx_precise {
 
@@ -11,8 +10,8 @@ namespace {
 [[noreturn]] void no_gpu(const char* op) {
   throw std::runtime_error(
       std::string(op) +
-      ": this build of mlx-precise has no GPU backend (CUDA/Metal) yet; run it on the CPU "
-      "with stream=mx.cpu (or mx.set_default_device(mx.cpu))");
+      ": this build of mlx-precise has no GPU backend (it was built against MLX's CPU "
+      "wheel); run it on the CPU with stream=mx.cpu (or mx.set_default_device(mx.cpu))");
 }
 } // namespace
 
@@ -22,18 +21,6 @@ void RFFTConv::eval_gpu(const std::vector<mx::array>&, mx::array&) {
 
 void BiasGradient::eval_gpu(const std::vector<mx::array>&, mx::array&) {
   no_gpu("rfft_conv (bias gradient)");
-}
-
-void StrictAddmm::eval_gpu(const std::vector<mx::array>&, mx::array&) {
-  no_gpu("addmm / linear (extended, dd)");
-}
-
-void StrictLayerNorm::eval_gpu(const std::vector<mx::array>&, mx::array&) {
-  no_gpu("layer_norm (extended, dd)");
-}
-
-void StrictLayerNormVJP::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
-  no_gpu("layer_norm gradient (extended, dd)");
 }
 
 } // namespace mlx_precise
