@@ -109,7 +109,13 @@ Module compile_module(int device, Precision p) {
     check(nvrtcGetLoweredName(prog, n.c_str(), &lowered), "nvrtcGetLoweredName");
     CUfunction f;
     check(cuModuleGetFunction(&f, m.module, lowered), "cuModuleGetFunction");
-    check(cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, max_shared),
+    // Dynamic shared memory may use what the kernel's static shared variables
+    // (the snap decision's row summaries) leave of the per-block maximum.
+    int static_shared = 0;
+    check(cuFuncGetAttribute(&static_shared, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, f),
+          "cuFuncGetAttribute");
+    check(cuFuncSetAttribute(f, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                             max_shared - static_shared),
           "cuFuncSetAttribute");
     m.kernels[n] = f;
   }
@@ -150,6 +156,13 @@ CUdeviceptr upload_constant(const void* data, size_t bytes) {
   check(cuMemAlloc(&ptr, bytes > 0 ? bytes : 1), "cuMemAlloc");
   if (bytes > 0) check(cuMemcpyHtoD(ptr, data, bytes), "cuMemcpyHtoD");
   return ptr;
+}
+
+int max_dynamic_shared(CUfunction kernel) {
+  int n = 0;
+  check(cuFuncGetAttribute(&n, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, kernel),
+        "cuFuncGetAttribute");
+  return n;
 }
 
 int max_block_threads(CUfunction kernel) {

@@ -28,6 +28,8 @@ const DeviceInfo& device_info(int device);
 CUdeviceptr upload_constant(const void* data, size_t bytes);
 
 // Largest block size the compiled kernel can launch with.
+// Bytes of dynamic shared memory a launch of `kernel` may request.
+int max_dynamic_shared(CUfunction kernel);
 int max_block_threads(CUfunction kernel);
 
 // Blocks of `threads` threads and `shared_bytes` dynamic shared memory that

@@ -93,8 +93,9 @@ template <class T>
 RowLaunch row_launch(int device, const char* name, int64_t n_half, int buffers) {
   RowLaunch l{};
   l.row_bytes = static_cast<size_t>(buffers) * 2 * n_half * sizeof(T);
-  l.shared = l.row_bytes <= static_cast<size_t>(cuda::device_info(device).max_shared_per_block);
-  l.kernel = cuda::get_kernel(device, precision_of<T>(), name, l.shared);
+  CUfunction in_shared = cuda::get_kernel(device, precision_of<T>(), name, true);
+  l.shared = l.row_bytes <= static_cast<size_t>(cuda::max_dynamic_shared(in_shared));
+  l.kernel = l.shared ? in_shared : cuda::get_kernel(device, precision_of<T>(), name, false);
   // About 4 butterflies of each stage per thread, whole warps.
   const int cap = std::min(1024, cuda::max_block_threads(l.kernel)) / 32 * 32;
   l.threads = static_cast<int>(std::clamp<int64_t>(n_half / 8, 32, cap));
