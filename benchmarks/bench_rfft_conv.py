@@ -12,7 +12,15 @@ exact result (longdouble FFT) for L = 256 ... 16384.
 """
 
 import argparse
+import os
 import time
+
+# torch's OpenMP workers spin after every call by default; on 2 cores that steals
+# the CPU from whichever method runs next in the round robin. Passive waiting
+# keeps the methods independent (it costs torch a little wake-up latency).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# numpy's OpenBLAS threads do the same; nothing here calls BLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import mlx.core as mx
 import numpy as np
