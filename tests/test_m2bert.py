@@ -296,3 +296,12 @@ def test_embed_command_pads_to_max_length_like_the_reference(tmp_path, tiny):
     with torch.no_grad():
         torch_pooled = reference(torch.from_numpy(expected_ids).long())[1].numpy()
     assert relative_l2(embeddings, torch_pooled) <= 1e-5
+
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    BertWordPieceTokenizer(str(tmp_path / "vocab.txt"), lowercase=True).save(
+        str(tmp_path / "tokenizer.json")
+    )
+    cli_main(["embed", "--model", str(checkpoint), "--tokenizer", str(tmp_path / "tokenizer.json"),
+              str(tmp_path / "input.txt"), "-o", str(tmp_path / "out_json.npy"), "--quiet"])
+    np.testing.assert_array_equal(np.load(tmp_path / "out_json.npy"), embeddings)

@@ -165,6 +165,16 @@ class HyenaFilter(nn.Module):
         return ops.bidirectional_long_conv(u, forward, reverse, self.bias, precision)
 
 
+class DepthwiseConv1d(nn.Module):
+    """Parameters of torch ``Conv1d(C, C, kernel_size, groups=C)``: weight ``(C, 1, K)``,
+    bias ``(C,)``; the computation is ``ops.short_causal_conv``."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.weight = mx.zeros((channels, 1, kernel_size), dtype=mx.float32)
+        self.bias = mx.zeros((channels,), dtype=mx.float32)
+
+
 class MonarchMixerSequenceMixing(nn.Module):
     """in_linear -> short causal conv -> v*x1 -> long conv (+v*D) -> *x2 (+ residual long
     conv of the block input) -> out_linear. No residual connection or norm around it."""
@@ -175,7 +185,7 @@ class MonarchMixerSequenceMixing(nn.Module):
         self.in_linear = Linear(dims, 3 * dims)
         self.out_linear = Linear(dims, dims)
         # torch Conv1d(3d, 3d, kernel_size=3, groups=3d, padding=2) layout
-        self.short_filter = _DepthwiseConvParams(3 * dims, kernel_size=3)
+        self.short_filter = DepthwiseConv1d(3 * dims, kernel_size=3)
         self.filter_fn = HyenaFilter(config)
         if config.residual_long_conv:
             self.filter_fn2 = HyenaFilter(config)
@@ -191,13 +201,6 @@ class MonarchMixerSequenceMixing(nn.Module):
         if "filter_fn2" in self:
             y = y + self.filter_fn2(hidden.transpose(0, 2, 1), precision)
         return self.out_linear(y.transpose(0, 2, 1), precision)
-
-
-class _DepthwiseConvParams(nn.Module):
-    def __init__(self, channels: int, kernel_size: int):
-        super().__init__()
-        self.weight = mx.zeros((channels, 1, kernel_size), dtype=mx.float32)
-        self.bias = mx.zeros((channels,), dtype=mx.float32)
 
 
 class GatedLinearUnitMLP(nn.Module):
