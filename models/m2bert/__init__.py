@@ -1,0 +1,22 @@
+"""M2-BERT (Monarch Mixer BERT) on MLX, running on mlx_precise's ops.
+
+    from m2bert import load_model
+    model = load_model("m2-bert-80M-2k-retrieval/", precision="extended")
+    embeddings = model.encode(token_ids)        # (batch, 768), pooled first token
+
+Command line: ``python -m m2bert embed`` and ``python -m m2bert convert`` (see --help).
+"""
+
+from .checkpoint import CheckpointError, load_model, load_state_dict, read_tensors, save_model
+from .config import M2BertConfig
+from .model import M2BertModel
+
+__all__ = [
+    "CheckpointError",
+    "M2BertConfig",
+    "M2BertModel",
+    "load_model",
+    "load_state_dict",
+    "read_tensors",
+    "save_model",
+]

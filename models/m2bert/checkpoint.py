@@ -1,0 +1,198 @@
+"""Checkpoint I/O with the published M2-BERT parameter names.
+
+Reads ``pytorch_model.bin`` (``torch.load(weights_only=True)``: tensors only, no code is
+unpickled), ``.safetensors`` (published names, or this package's converted copy) and
+directories holding ``config.json`` plus one of those. Floating tensors of any width
+(bf16, fp16) are converted to float32 once, at read time.
+
+Name mapping (published -> this model):
+- prefixes ``model.bert.``, ``bert.`` and ``model.`` are dropped;
+- ``embeddings.position_ids`` (and ``embeddings.token_type_ids`` if present) are buffers
+  the model recomputes: they are checked to hold arange / zeros and dropped;
+- ``...filter_fn{,2}.implicit_filter{,_rev}.{1,3,5}.freq`` are one shared parameter in
+  the published model (one ``Sin`` object), saved under every alias: they must agree
+  and become ``...filter_fn{,2}.sin_freq``.
+Everything else keeps its published name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from .config import M2BertConfig
+from .model import M2BertModel
+
+PathLike = Union[str, os.PathLike]
+
+_PREFIXES = ("model.bert.", "bert.", "model.")
+_SIN_FREQ_ALIAS = re.compile(r"^(.*\.filter_fn2?)\.implicit_filter(?:_rev)?\.\d+\.freq$")
+_RECOMPUTED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit the model: what differs, by parameter name."""
+
+
+def _torch_tensor_to_mx(tensor) -> mx.array:
+    if tensor.is_floating_point():
+        return mx.array(tensor.detach().float().numpy())
+    return mx.array(tensor.detach().numpy())
+
+
+def read_tensors(path: PathLike) -> Dict[str, mx.array]:
+    """Name -> array from a ``.bin``/``.pt`` or ``.safetensors`` file; floats as float32."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        arrays = mx.load(str(path))
+        return {
+            name: array.astype(mx.float32) if mx.issubdtype(array.dtype, mx.floating) else array
+            for name, array in arrays.items()
+        }
+    if path.suffix in (".bin", ".pt", ".pth"):
+        import torch  # only PyTorch checkpoints need torch
+
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+        if not isinstance(loaded, dict) or not all(
+            isinstance(value, torch.Tensor) for value in loaded.values()
+        ):
+            raise CheckpointError(
+                f"{path} does not hold a flat state dict of tensors; save "
+                f"model.state_dict() (or the HF pytorch_model.bin)"
+            )
+        return {name: _torch_tensor_to_mx(tensor) for name, tensor in loaded.items()}
+    raise CheckpointError(
+        f"unknown checkpoint format {path.name!r}: pass a .safetensors or .bin file, or a "
+        f"directory with {CONFIG_FILE} and one of {WEIGHT_FILES}"
+    )
+
+
+def _strip_prefix(name: str) -> str:
+    for prefix in _PREFIXES:
+        if name.startswith(prefix):
+            return name[len(prefix) :]
+    return name
+
+
+def _check_recomputed_buffer(name: str, value: mx.array) -> None:
+    flat = value.reshape(-1)
+    expected = (
+        mx.arange(flat.size, dtype=flat.dtype) if name.endswith("position_ids")
+        else mx.zeros(flat.shape, dtype=flat.dtype)
+    )
+    if not mx.array_equal(flat, expected).item():
+        raise CheckpointError(
+            f"{name} does not hold the values the model recomputes "
+            f"({'arange' if name.endswith('position_ids') else 'zeros'}); this port does "
+            f"not support custom position or token-type ids"
+        )
+
+
+def to_model_names(tensors: Dict[str, mx.array]) -> Dict[str, mx.array]:
+    """Apply the published -> model name mapping of the module docstring."""
+    renamed: Dict[str, mx.array] = {}
+    freq_sources: Dict[str, str] = {}
+    for original, value in tensors.items():
+        name = _strip_prefix(original)
+        if name in _RECOMPUTED_BUFFERS:
+            _check_recomputed_buffer(original, value)
+            continue
+        alias = _SIN_FREQ_ALIAS.match(name)
+        if alias:
+            name = f"{alias.group(1)}.sin_freq"
+            if name in renamed:
+                if not mx.array_equal(renamed[name], value).item():
+                    raise CheckpointError(
+                        f"{original} differs from {freq_sources[name]}: the published model "
+                        f"shares one Sin frequency per filter, so they must be equal"
+                    )
+                continue
+            freq_sources[name] = original
+        elif name in renamed:
+            raise CheckpointError(f"{original} appears twice (with and without a prefix)")
+        renamed[name] = value
+    return renamed
+
+
+def load_state_dict(model: M2BertModel, tensors: Dict[str, mx.array]) -> None:
+    """Assign published-name (or model-name) tensors to ``model``; every parameter must
+    be present with its shape and nothing may be left over."""
+    state = to_model_names(tensors)
+    expected = dict(tree_flatten(model.parameters()))
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shapes = [
+        f"{name}: checkpoint {tuple(state[name].shape)}, model {tuple(expected[name].shape)}"
+        for name in sorted(set(state) & set(expected))
+        if state[name].shape != expected[name].shape
+    ]
+    not_float = [
+        f"{name}: {state[name].dtype}"
+        for name in sorted(set(state) & set(expected))
+        if state[name].dtype != mx.float32
+    ]
+    problems: List[str] = []
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): " + ", ".join(missing))
+    if unexpected:
+        problems.append(f"unexpected keys ({len(unexpected)}): " + ", ".join(unexpected))
+    if wrong_shapes:
+        problems.append("shape mismatches: " + "; ".join(wrong_shapes))
+    if not_float:
+        problems.append("non-floating parameters: " + "; ".join(not_float))
+    if problems:
+        raise CheckpointError(
+            "checkpoint does not match the M2-BERT config:\n  " + "\n  ".join(problems)
+        )
+    model.load_weights(list(state.items()), strict=True)
+    mx.eval(model.parameters())
+
+
+def _weights_file(path: Path) -> Path:
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    for candidate in WEIGHT_FILES:
+        if (path / candidate).is_file():
+            return path / candidate
+    raise CheckpointError(f"{path} holds none of {WEIGHT_FILES}")
+
+
+def load_model(
+    path: PathLike, precision: str = "float32", config: Optional[M2BertConfig] = None
+) -> M2BertModel:
+    """Build an M2BertModel from a checkpoint directory (config.json plus
+    model.safetensors or pytorch_model.bin) or a weights file; the config comes from
+    ``config`` or else the config.json beside the weights."""
+    weights = _weights_file(Path(path))
+    if config is None:
+        config_file = weights.parent / CONFIG_FILE
+        if not config_file.is_file():
+            raise CheckpointError(
+                f"no {CONFIG_FILE} beside {weights}: put the model's config.json there or "
+                f"pass config=M2BertConfig(...)"
+            )
+        config = M2BertConfig.from_json(config_file)
+    model = M2BertModel(config, precision=precision)
+    load_state_dict(model, read_tensors(weights))
+    return model
+
+
+def save_model(model: M2BertModel, directory: PathLike) -> Path:
+    """Write ``model.safetensors`` (float32, model names) and ``config.json``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / WEIGHT_FILES[0]
+    mx.save_safetensors(str(weights), dict(tree_flatten(model.parameters())))
+    with open(directory / CONFIG_FILE, "w", encoding="utf-8") as handle:
+        json.dump(model.config.to_dict(), handle, indent=2, sort_keys=True)
+    return weights

@@ -1,0 +1,130 @@
+"""Precision routing: every reduction of the model goes through this module.
+
+``precision`` is ``"float32"``, ``"extended"`` or ``"dd"`` (see mlx_precise). Here:
+- linears, the Monarch block-diagonal products and the Hyena filter MLP: ``mlx_precise.linear``;
+- layer norms: ``mlx_precise.layer_norm``;
+- the long convolutions, and in the extended modes the 3-tap short convolution:
+  ``mlx_precise.rfft_conv``.
+Elementwise operations (gating products, residual and embedding sums, sin, exp, erf-GELU,
+tanh, the short convolution's bias) are float32 in every mode: each rounds once per
+element already, and no mlx_precise op covers them.
+
+Until ``mlx_precise.linear`` / ``mlx_precise.layer_norm`` exist in the installed package,
+the float32 mode computes them with MLX's own ops (what those functions do for
+``precision="float32"``) and the extended modes raise NotImplementedError.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import mlx.core as mx
+import mlx_precise
+
+PRECISIONS = mlx_precise.PRECISIONS
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def _missing_precise_op(name: str, precision: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"precision={precision!r} needs mlx_precise.{name}, which this mlx_precise build "
+        f"lacks; use precision='float32' or install an mlx_precise that provides {name}"
+    )
+
+
+def linear(
+    x: mx.array, weight: mx.array, bias: Optional[mx.array], precision: str
+) -> mx.array:
+    """``x @ weight.T + bias`` (torch ``F.linear``), weight ``(out, in)``."""
+    if hasattr(mlx_precise, "linear"):
+        return mlx_precise.linear(x, weight, bias, precision=precision)
+    if precision != "float32":
+        raise _missing_precise_op("linear", precision)
+    if bias is None:
+        return x @ weight.T
+    return mx.addmm(bias, x, weight.T)
+
+
+def blockdiag_linear(
+    x: mx.array, weight: mx.array, bias: Optional[mx.array], precision: str
+) -> mx.array:
+    """Monarch block-diagonal linear: weight ``(nblocks, out/nblocks, in/nblocks)``.
+
+    Block k maps input features ``[k*p, (k+1)*p)`` to outputs ``[k*q, (k+1)*q)``; each
+    block is one linear, so its bias slice joins the product before the single rounding.
+    """
+    nblocks, out_block, in_block = weight.shape
+    if x.shape[-1] != nblocks * in_block:
+        raise ValueError(
+            f"block-diagonal linear expects {nblocks * in_block} input features, got "
+            f"{x.shape[-1]}"
+        )
+    outputs = []
+    for block in range(nblocks):
+        block_input = x[..., block * in_block : (block + 1) * in_block]
+        block_bias = None if bias is None else bias[block * out_block : (block + 1) * out_block]
+        outputs.append(linear(block_input, weight[block], block_bias, precision))
+    return mx.concatenate(outputs, axis=-1)
+
+
+def layer_norm(
+    x: mx.array, weight: mx.array, bias: mx.array, eps: float, precision: str
+) -> mx.array:
+    """torch ``F.layer_norm`` over the last axis."""
+    if hasattr(mlx_precise, "layer_norm"):
+        return mlx_precise.layer_norm(x, weight, bias, eps, precision=precision)
+    if precision != "float32":
+        raise _missing_precise_op("layer_norm", precision)
+    return mx.fast.layer_norm(x, weight, bias, eps)
+
+
+def bidirectional_long_conv(
+    u: mx.array, forward_filter: mx.array, reverse_filter: Optional[mx.array],
+    skip_weight: mx.array, precision: str,
+) -> mx.array:
+    """M2's long convolution of ``u (B, H, L)`` plus ``u * skip_weight``.
+
+    Filters are ``(H, L)``. Bidirectional: one circular convolution of size 2L with the
+    kernel ``[forward filter, 0 ... 0] + [0 ... 0, reversed reverse filter]`` (length 2L),
+    so output t sees u[t - j] through forward[j] and u[t + 1 + j] through reverse[j].
+    Causal when ``reverse_filter`` is None.
+    """
+    seq_len = u.shape[-1]
+    padding = mx.zeros(forward_filter.shape, dtype=mx.float32)
+    if reverse_filter is None:
+        kernel = mx.concatenate([forward_filter, padding], axis=-1)
+    else:
+        kernel = mx.concatenate([forward_filter, padding], axis=-1) + mx.concatenate(
+            [padding, reverse_filter[:, ::-1]], axis=-1
+        )
+    return mlx_precise.rfft_conv(
+        u, kernel, n=2 * seq_len, bias=skip_weight[:, None], precision=precision
+    )
+
+
+def short_causal_conv(
+    u: mx.array, weight: mx.array, bias: mx.array, precision: str
+) -> mx.array:
+    """Depthwise ``Conv1d(kernel_size=K, padding=K-1)`` sliced to the first L outputs.
+
+    ``u (B, C, L)``, ``weight (C, 1, K)``, ``bias (C,)``:
+    ``y[t] = bias + sum_j weight[K-1-j] * u[t-j]`` (torch's conv1d is a correlation).
+    float32: the K shifted products summed directly (as cheap as an elementwise op);
+    extended modes: the K-tap sum through rfft_conv, rounded once, then the bias.
+    """
+    taps = weight[:, 0, ::-1]  # (C, K): taps[j] multiplies u[t - j]
+    if precision == "float32":
+        num_taps = taps.shape[-1]
+        seq_len = u.shape[-1]
+        padded = mx.pad(u, [(0, 0), (0, 0), (num_taps - 1, 0)])
+        total = None
+        for lag in range(num_taps):
+            term = padded[..., num_taps - 1 - lag : num_taps - 1 - lag + seq_len] * taps[:, lag : lag + 1]
+            total = term if total is None else total + term
+        return total + bias[:, None]
+    return mlx_precise.rfft_conv(u, taps, precision=precision) + bias[:, None]
