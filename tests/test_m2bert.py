@@ -21,7 +21,6 @@ from m2bert.__main__ import main as cli_main  # noqa: E402
 from m2bert_reference import ReferenceM2Bert, initialize_  # noqa: E402
 
 VOCAB = 96
-HAS_PRECISE_LINEAR = hasattr(mlx_precise, "linear") and hasattr(mlx_precise, "layer_norm")
 
 
 def small_config(hidden: int, seq_len: int) -> M2BertConfig:
@@ -94,8 +93,6 @@ def test_float32_matches_torch_float32(case):
 
 @pytest.mark.parametrize("precision", ["extended", "dd"])
 def test_precise_modes_closer_to_float64_than_torch_float32(case, precision):
-    if not HAS_PRECISE_LINEAR:
-        pytest.skip("needs mlx_precise.linear and mlx_precise.layer_norm (strict-ops merge)")
     hidden, pooled = case.mlx(precision)
     for name, mine, ref32, ref64 in (
         ("hidden", hidden, case.torch32[0], case.torch64[0]),
@@ -106,13 +103,6 @@ def test_precise_modes_closer_to_float64_than_torch_float32(case, precision):
         print(f"{name}: {precision} MLX vs float64 torch {precise_error:.2e}, "
               f"float32 torch vs float64 torch {torch_error:.2e}")
         assert precise_error * 2 <= torch_error
-
-
-def test_precise_modes_without_precise_linear_say_what_is_missing(case):
-    if HAS_PRECISE_LINEAR:
-        pytest.skip("mlx_precise.linear is present")
-    with pytest.raises(NotImplementedError, match=r"needs mlx_precise\.(linear|layer_norm)"):
-        case.mlx("extended")
 
 
 def test_encode_returns_pooled_output(case):

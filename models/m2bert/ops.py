@@ -7,11 +7,8 @@
   ``mlx_precise.rfft_conv``.
 Elementwise operations (gating products, residual and embedding sums, sin, exp, erf-GELU,
 tanh, the short convolution's bias) are float32 in every mode: each rounds once per
-element already, and no mlx_precise op covers them.
-
-Until ``mlx_precise.linear`` / ``mlx_precise.layer_norm`` exist in the installed package,
-the float32 mode computes them with MLX's own ops (what those functions do for
-``precision="float32"``) and the extended modes raise NotImplementedError.
+element already, and no mlx_precise op covers them. ``precision="float32"`` is MLX's own
+path for the linears and layer norms (``mx.addmm``, ``mx.fast.layer_norm``).
 """
 
 from __future__ import annotations
@@ -30,24 +27,11 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def _missing_precise_op(name: str, precision: str) -> NotImplementedError:
-    return NotImplementedError(
-        f"precision={precision!r} needs mlx_precise.{name}, which this mlx_precise build "
-        f"lacks; use precision='float32' or install an mlx_precise that provides {name}"
-    )
-
-
 def linear(
     x: mx.array, weight: mx.array, bias: Optional[mx.array], precision: str
 ) -> mx.array:
     """``x @ weight.T + bias`` (torch ``F.linear``), weight ``(out, in)``."""
-    if hasattr(mlx_precise, "linear"):
-        return mlx_precise.linear(x, weight, bias, precision=precision)
-    if precision != "float32":
-        raise _missing_precise_op("linear", precision)
-    if bias is None:
-        return x @ weight.T
-    return mx.addmm(bias, x, weight.T)
+    return mlx_precise.linear(x, weight, bias, precision=precision)
 
 
 def blockdiag_linear(
@@ -76,11 +60,7 @@ def layer_norm(
     x: mx.array, weight: mx.array, bias: mx.array, eps: float, precision: str
 ) -> mx.array:
     """torch ``F.layer_norm`` over the last axis."""
-    if hasattr(mlx_precise, "layer_norm"):
-        return mlx_precise.layer_norm(x, weight, bias, eps, precision=precision)
-    if precision != "float32":
-        raise _missing_precise_op("layer_norm", precision)
-    return mx.fast.layer_norm(x, weight, bias, eps)
+    return mlx_precise.layer_norm(x, weight, bias, eps, precision=precision)
 
 
 def bidirectional_long_conv(
