@@ -250,11 +250,6 @@ mx::cu::CommandEncoder& prepare(mx::Stream s, mx::array& out, int& device) {
 } // namespace
 
 void RFFTConv::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
-  if (variant_ == ConvVariant::ConvolveSum) {
-    throw std::runtime_error(
-        "rfft_conv: forward-mode derivatives (jvp) are not implemented on the GPU yet; "
-        "evaluate mx.jvp of rfft_conv on the CPU (stream=mx.cpu)");
-  }
   int device = 0;
   auto& encoder = prepare(stream(), out, device);
   with_working_type(precision_, [&](auto tag) {

@@ -190,11 +190,6 @@ void with_working_type(Precision p, Fn fn) {
 } // namespace
 
 void RFFTConv::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
-  if (variant_ == ConvVariant::ConvolveSum) {
-    throw std::runtime_error(
-        "rfft_conv: forward-mode derivatives (jvp) are not implemented on the GPU yet; "
-        "evaluate mx.jvp of rfft_conv on the CPU (stream=mx.cpu)");
-  }
   auto& d = metal::device(stream().device);
   auto& enc = metal::get_command_encoder(stream());
   out.set_data(mx::allocator::malloc(out.nbytes()));
