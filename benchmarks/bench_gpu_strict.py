@@ -24,6 +24,7 @@ from bench_gpu import mlx_time as median_ms
 M, K, N = 8192, 768, 2304
 ROWS, DIM = 8192, 768
 
+
 def addmm_inputs():
     rng = np.random.default_rng(0)
     return [tuple(mx.array(rng.standard_normal(s).astype(np.float32)) for s in ((N,), (M, K), (K, N)))
