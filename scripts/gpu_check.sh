@@ -3,7 +3,8 @@
 # ../shared/tools/stage-mlx-cuda.sh, see docs/gpu.md), build mlx-precise
 # against it, run the GPU tests and the GPU benchmark. Logs go to $OUT (the
 # device tool's output folder) or ./gpu_out.
-# Usage: scripts/gpu_check.sh [all|tests|bench] [benchmark lengths...]
+# Usage: scripts/gpu_check.sh [all|tests|bench|bench-strict] [benchmark lengths...]
+# MP_GPU_TESTS overrides the test files (default: every GPU test file).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -34,11 +35,15 @@ echo "build ok"
 
 status=0
 if [ "$what" = all ] || [ "$what" = tests ]; then
-  timeout 420 python3 -m pytest tests/test_gpu.py -v -rs 2>&1 | tee "$out/tests.log" | tail -45
+  timeout 420 python3 -m pytest ${MP_GPU_TESTS:-tests/test_gpu.py tests/test_gpu_strict.py} -v -rs 2>&1 | tee "$out/tests.log" | tail -45
   status=${PIPESTATUS[0]}
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
   timeout 420 python3 benchmarks/bench_gpu.py --out "$out/results_gpu_h100.md" ${1:+--lengths "$@"} \
     2>&1 | tee "$out/bench.log" | tail -30
+fi
+if [ "$what" = all ] || [ "$what" = bench-strict ]; then
+  timeout 300 python3 benchmarks/bench_gpu_strict.py --out "$out/results_gpu_strict_h100.md" \
+    2>&1 | tee "$out/bench_strict.log" | tail -30
 fi
 exit $status

@@ -1,8 +1,9 @@
-// GPU entry points of rfft_conv in a build with neither CUDA nor Metal: a
+// GPU entry points of rfft_conv and the strict ops in a build with neither CUDA nor Metal: a
 // clear error, never a silent move to the CPU.
 #include <stdexcept>
 
 #include "primitives.h"
+#include "strict_primitives.h"
 
 namespace mlx_precise {
 
@@ -21,6 +22,18 @@ void RFFTConv::eval_gpu(const std::vector<mx::array>&, mx::array&) {
 
 void BiasGradient::eval_gpu(const std::vector<mx::array>&, mx::array&) {
   no_gpu("rfft_conv (bias gradient)");
+}
+
+void StrictAddmm::eval_gpu(const std::vector<mx::array>&, mx::array&) {
+  no_gpu("addmm / linear (extended, dd)");
+}
+
+void StrictLayerNorm::eval_gpu(const std::vector<mx::array>&, mx::array&) {
+  no_gpu("layer_norm (extended, dd)");
+}
+
+void StrictLayerNormVJP::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  no_gpu("layer_norm gradient (extended, dd)");
 }
 
 } // namespace mlx_precise

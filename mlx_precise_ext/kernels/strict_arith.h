@@ -91,6 +91,29 @@ struct LayerNormStats {
   T inv_std;
 };
 
+// One step of lane l's sums in the second pass: deviation from the shift and
+// its square.
+template <class T>
+MP_INLINE void layer_norm_deviation_step(MP_THREAD T& dev, MP_THREAD T& sq, float x, T shift) {
+  T d = r_sub(r_from_float(shift, x), shift);
+  dev = r_add(dev, d);
+  sq = r_add(sq, r_mul(d, d));
+}
+
+// The statistics from the lanes of the second pass (CPU and GPU fill the
+// lanes in the same order, so they share every bit from here on).
+template <class T>
+MP_INLINE LayerNormStats<T> layer_norm_finish(T shift, MP_THREAD const T* dev,
+                                              MP_THREAD const T* sq, T count, T eps) {
+  const T zero = r_from_float(eps, 0.0f);
+  const T dev_sum = combine_lanes(dev);
+  const T correction = r_div(dev_sum, count);
+  T var = r_div(r_sub(combine_lanes(sq), r_mul(dev_sum, correction)), count);
+  if (r_is_negative(var)) var = zero;
+  const T inv_std = r_div(r_from_float(eps, 1.0f), r_sqrt(r_add(var, eps)));
+  return LayerNormStats<T>{shift, correction, inv_std};
+}
+
 template <class T>
 MP_INLINE LayerNormStats<T> layer_norm_stats(const MP_DEVICE float* x, int64_t dim, T eps) {
   const T zero = r_from_float(eps, 0.0f);
@@ -105,30 +128,35 @@ MP_INLINE LayerNormStats<T> layer_norm_stats(const MP_DEVICE float* x, int64_t d
 
   T dev[kLayerNormLanes], sq[kLayerNormLanes];
   for (int l = 0; l < kLayerNormLanes; ++l) dev[l] = sq[l] = zero;
-  for (i = 0; i + kLayerNormLanes <= dim; i += kLayerNormLanes) {
-    for (int l = 0; l < kLayerNormLanes; ++l) {
-      T d = r_sub(r_from_float(eps, x[i + l]), shift);
-      dev[l] = r_add(dev[l], d);
-      sq[l] = r_add(sq[l], r_mul(d, d));
-    }
-  }
-  for (int l = 0; i + l < dim; ++l) {
-    T d = r_sub(r_from_float(eps, x[i + l]), shift);
-    dev[l] = r_add(dev[l], d);
-    sq[l] = r_add(sq[l], r_mul(d, d));
-  }
-  const T dev_sum = combine_lanes(dev);
-  const T correction = r_div(dev_sum, count);
-  T var = r_div(r_sub(combine_lanes(sq), r_mul(dev_sum, correction)), count);
-  if (r_is_negative(var)) var = zero;
-  const T inv_std = r_div(r_from_float(eps, 1.0f), r_sqrt(r_add(var, eps)));
-  return LayerNormStats<T>{shift, correction, inv_std};
+  for (i = 0; i + kLayerNormLanes <= dim; i += kLayerNormLanes)
+    for (int l = 0; l < kLayerNormLanes; ++l) layer_norm_deviation_step(dev[l], sq[l], x[i + l], shift);
+  for (int l = 0; i + l < dim; ++l) layer_norm_deviation_step(dev[l], sq[l], x[i + l], shift);
+  return layer_norm_finish(shift, dev, sq, count, eps);
 }
 
 // (x - mean) / sqrt(var + eps) in the working precision.
 template <class T>
 MP_INLINE T layer_norm_normalized(const MP_THREAD LayerNormStats<T>& s, float x) {
   return r_mul(r_sub(r_sub(r_from_float(s.shift, x), s.shift), s.correction), s.inv_std);
+}
+
+// The layer_norm output for one element: normalised, [* w], [+ b], rounded once.
+template <class T>
+MP_INLINE float layer_norm_output(const MP_THREAD LayerNormStats<T>& s, float x, bool has_weight,
+                                  float w, bool has_bias, float b) {
+  T v = layer_norm_normalized(s, x);
+  if (has_weight) v = r_mul(v, r_from_float(s.shift, w));
+  if (has_bias) v = r_add(v, r_from_float(s.shift, b));
+  return r_round(v);
+}
+
+// Gradient of layer_norm with respect to x for one element, from the
+// weighted cotangent gw = g * w (exact), the normalised input n and the row
+// means of gw and gw * n.
+template <class T>
+MP_INLINE float layer_norm_grad_x(const MP_THREAD LayerNormStats<T>& s, T gw, T n, T mean_gw,
+                                  T mean_gwn) {
+  return r_round(r_mul(s.inv_std, r_sub(r_sub(gw, mean_gw), r_mul(n, mean_gwn))));
 }
 
 #if MP_HAS_DOUBLE
@@ -170,6 +198,10 @@ MP_INLINE dpair dpair_scale(dpair x, float f) {
   return two_sum_d(p, e + fd * x.lo);
 }
 
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+MP_INLINE int64_t mp_double_bits(double x) { return __double_as_longlong(x); }
+MP_INLINE double mp_bits_double(int64_t bits) { return __longlong_as_double(bits); }
+#else
 MP_INLINE int64_t mp_double_bits(double x) {
   int64_t bits;
   __builtin_memcpy(&bits, &x, sizeof bits);
@@ -181,6 +213,7 @@ MP_INLINE double mp_bits_double(int64_t bits) {
   __builtin_memcpy(&x, &bits, sizeof x);
   return x;
 }
+#endif
 
 // The float32 nearest to hi + lo (hi = fl(hi + lo)). Rounding hi to float32
 // directly could round twice wrongly when hi sits on a float32 midpoint, so hi
@@ -194,6 +227,36 @@ MP_INLINE float dpair_round(dpair x) {
     bits += away_from_zero ? 1 : -1;
   }
   return static_cast<float>(mp_bits_double(bits));
+}
+
+// Exact-enough recomputation of one addmm output the float64 fast path could
+// not certify: alpha * sum_k a(k) b(k) [+ beta * c]. The float64 products are
+// exact; their sum is kept as double-word pairs in kExactDotLanes independent
+// lanes (the TwoSum chain is latency-bound), lane l taking k = l, l + 4, ...
+// a(k) and b(k) return the float32 inputs widened to double.
+constexpr int kExactDotLanes = 4;
+
+template <class RowA, class ColumnB>
+MP_INLINE float exact_addmm_entry(RowA a, ColumnB b, int64_t k, float alpha, bool has_c,
+                                  float beta, float c) {
+  dpair lane[kExactDotLanes];
+  for (int l = 0; l < kExactDotLanes; ++l) lane[l] = dpair{0.0, 0.0};
+  int64_t p = 0;
+  for (; p + kExactDotLanes <= k; p += kExactDotLanes)
+    for (int l = 0; l < kExactDotLanes; ++l) lane[l] = dpair_add(lane[l], a(p + l) * b(p + l));
+  for (; p < k; ++p) lane[0] = dpair_add(lane[0], a(p) * b(p));
+  dpair acc = dpair_normalize(lane[0]);
+  for (int l = 1; l < kExactDotLanes; ++l) {
+    acc = dpair_add(acc, lane[l].hi);
+    acc = dpair_add(acc, lane[l].lo);
+  }
+  dpair scaled = dpair_scale(dpair_normalize(acc), alpha);
+  if (has_c) {
+    const double bc = static_cast<double>(beta) * static_cast<double>(c);
+    dpair s = two_sum_d(scaled.hi, bc);
+    scaled = two_sum_d(s.hi, s.lo + scaled.lo);
+  }
+  return dpair_round(scaled);
 }
 
 // ----------------------------------------- certified rounding of float64 ----

@@ -30,31 +30,17 @@ void parallel_chunks(int64_t count, int64_t grain, int num_threads, Fn fn) {
   for (auto& t : threads) t.join();
 }
 
-// Exact-enough recomputation of one output the fast path could not certify:
-// the float64 products are exact, their sum is kept as double-word pairs in
-// kFallbackLanes independent lanes (the TwoSum chain is latency-bound).
-constexpr int kFallbackLanes = 4;
+// Element p of a row (or a column, through the transposed copy) of the
+// widened inputs.
+struct WideRow {
+  const double* data;
+  double operator()(int64_t p) const { return data[p]; }
+};
 
 float exact_addmm_entry(const CertifiedAddmmBlock& t, int64_t i, int64_t j) {
-  dpair lane[kFallbackLanes] = {};
-  const double* a = t.a_double + i * t.k;
-  const double* b = t.b_double_t + j * t.k;
-  int64_t p = 0;
-  for (; p + kFallbackLanes <= t.k; p += kFallbackLanes)
-    for (int l = 0; l < kFallbackLanes; ++l) lane[l] = dpair_add(lane[l], a[p + l] * b[p + l]);
-  for (; p < t.k; ++p) lane[0] = dpair_add(lane[0], a[p] * b[p]);
-  dpair acc = dpair_normalize(lane[0]);
-  for (int l = 1; l < kFallbackLanes; ++l) {
-    acc = dpair_add(acc, lane[l].hi);
-    acc = dpair_add(acc, lane[l].lo);
-  }
-  dpair scaled = dpair_scale(dpair_normalize(acc), t.alpha);
-  if (t.c.data != nullptr) {
-    const double bc = static_cast<double>(t.beta) * static_cast<double>(t.c.at(i, j));
-    dpair s = two_sum_d(scaled.hi, bc);
-    scaled = two_sum_d(s.hi, s.lo + scaled.lo);
-  }
-  return dpair_round(scaled);
+  const bool has_c = t.c.data != nullptr;
+  return mlx_precise::exact_addmm_entry(WideRow{t.a_double + i * t.k}, WideRow{t.b_double_t + j * t.k},
+                                        t.k, t.alpha, has_c, t.beta, has_c ? t.c.at(i, j) : 0.0f);
 }
 
 // dd addmm tiles: kTileRows x kTileCols outputs accumulate together (their
@@ -105,12 +91,9 @@ void layer_norm_forward_t(const LayerNormRows& job, float* out, int num_threads)
       const float* x = job.x + r * job.dim;
       float* y = out + r * job.dim;
       const LayerNormStats<T> s = layer_norm_stats(x, job.dim, eps);
-      for (int64_t i = 0; i < job.dim; ++i) {
-        T v = layer_norm_normalized(s, x[i]);
-        if (job.weight) v = r_mul(v, r_from_float(eps, job.weight[i]));
-        if (job.bias) v = r_add(v, r_from_float(eps, job.bias[i]));
-        y[i] = r_round(v);
-      }
+      for (int64_t i = 0; i < job.dim; ++i)
+        y[i] = layer_norm_output(s, x[i], job.weight != nullptr, job.weight ? job.weight[i] : 0.0f,
+                                 job.bias != nullptr, job.bias ? job.bias[i] : 0.0f);
     }
   });
 }
@@ -147,7 +130,7 @@ void layer_norm_backward_t(const LayerNormRows& job, const float* grad, float* g
       const T mean_gwn = r_div(combine_lanes(sum_gwn), count);
       float* dx = grad_x + r * job.dim;
       for (int64_t i = 0; i < job.dim; ++i)
-        dx[i] = r_round(r_mul(s.inv_std, r_sub(r_sub(gw[i], mean_gw), r_mul(n[i], mean_gwn))));
+        dx[i] = layer_norm_grad_x(s, gw[i], n[i], mean_gw, mean_gwn);
     }
   });
   if (grad_weight == nullptr && grad_bias == nullptr) return;

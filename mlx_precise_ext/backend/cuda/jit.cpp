@@ -49,15 +49,28 @@ std::string name_expression(Precision p, const std::string& name, bool shared) {
 
 const char* const kKernelNames[] = {"kernel_spectra", "conv_rows", "reduce_rows", "product_sum"};
 
+// Every kernel of strict_kernels.cuh, compiled together at first use.
+const char* const kStrictKernelNames[] = {
+    "mlx_precise::gpu::addmm_norms",
+    "mlx_precise::gpu::addmm_tiles<mlx_precise::gpu::DoubleWordDot>",
+    "mlx_precise::gpu::addmm_tiles<mlx_precise::gpu::Float64Dot>",
+    "mlx_precise::gpu::layer_norm_rows<double>",
+    "mlx_precise::gpu::layer_norm_rows<mlx_precise::ff>",
+    "mlx_precise::gpu::layer_norm_grad_rows<double>",
+    "mlx_precise::gpu::layer_norm_grad_rows<mlx_precise::ff>",
+    "mlx_precise::gpu::layer_norm_param_grads<double>",
+    "mlx_precise::gpu::layer_norm_param_grads<mlx_precise::ff>"};
+
 struct Module {
   CUmodule module = nullptr;
   std::map<std::string, CUfunction> kernels;  // by name expression
 };
 
-// All kernels of one precision, compiled for the device's architecture.
-// --fmad=false: no contraction of a*b+c anywhere (the double arithmetic of
-// "extended" included); the float operations use __fadd_rn & co. as well.
-Module compile_module(int device, Precision p) {
+// The kernels `names` (name expressions) of one source, compiled for the
+// device's architecture. --fmad=false: no contraction of a*b+c anywhere (the
+// double arithmetic of "extended" included); the float operations use
+// __fadd_rn & co. as well.
+Module compile_module(int device, const JitSource& main, const std::vector<std::string>& names) {
   CUdevice dev;
   check(cuDeviceGet(&dev, device), "cuDeviceGet");
   int major = 0, minor = 0;
@@ -70,7 +83,7 @@ Module compile_module(int device, Precision p) {
     header_names.push_back(kJitHeaders[i].name);
   }
   nvrtcProgram prog;
-  check(nvrtcCreateProgram(&prog, kJitMainSource.text, kJitMainSource.name, kJitHeaderCount,
+  check(nvrtcCreateProgram(&prog, main.text, main.name, kJitHeaderCount,
                            header_texts.data(), header_names.data()),
         "nvrtcCreateProgram");
   struct Destroy {
@@ -78,11 +91,6 @@ Module compile_module(int device, Precision p) {
     ~Destroy() { nvrtcDestroyProgram(p); }
   } destroy{&prog};
 
-  std::vector<std::string> names;
-  for (const char* k : kKernelNames) {
-    names.push_back(name_expression(p, k, true));
-    if (std::string(k) != "product_sum") names.push_back(name_expression(p, k, false));
-  }
   for (const auto& n : names) check(nvrtcAddNameExpression(prog, n.c_str()), "nvrtcAddNameExpression");
 
   const std::string arch = "--gpu-architecture=sm_" + std::to_string(major) + std::to_string(minor);
@@ -94,7 +102,8 @@ Module compile_module(int device, Precision p) {
     nvrtcGetProgramLogSize(prog, &size);
     std::string log(size, '\0');
     nvrtcGetProgramLog(prog, log.data());
-    throw std::runtime_error("mlx-precise: compiling the rfft_conv CUDA kernels failed:\n" + log);
+    throw std::runtime_error(std::string("mlx-precise: compiling the CUDA kernels of ") + main.name +
+                             " failed:\n" + log);
   }
   size_t cubin_size = 0;
   check(nvrtcGetCUBINSize(prog, &cubin_size), "nvrtcGetCUBINSize");
@@ -130,8 +139,28 @@ CUfunction get_kernel(int device, Precision p, const std::string& name, bool sha
   std::lock_guard<std::mutex> lock(mutex);
   auto key = std::make_pair(device, p);
   auto it = modules.find(key);
-  if (it == modules.end()) it = modules.emplace(key, compile_module(device, p)).first;
+  if (it == modules.end()) {
+    std::vector<std::string> names;
+    for (const char* k : kKernelNames) {
+      names.push_back(name_expression(p, k, true));
+      if (std::string(k) != "product_sum") names.push_back(name_expression(p, k, false));
+    }
+    it = modules.emplace(key, compile_module(device, kJitMainSource, names)).first;
+  }
   return it->second.kernels.at(name_expression(p, name, shared));
+}
+
+CUfunction get_strict_kernel(int device, const std::string& name_expression) {
+  static std::mutex mutex;
+  static std::map<int, Module> modules;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = modules.find(device);
+  if (it == modules.end()) {
+    std::vector<std::string> names;
+    for (const char* n : kStrictKernelNames) names.push_back(n);
+    it = modules.emplace(device, compile_module(device, kJitStrictSource, names)).first;
+  }
+  return it->second.kernels.at(name_expression);
 }
 
 const DeviceInfo& device_info(int device) {

@@ -1,4 +1,4 @@
-// Run-time compilation of the rfft_conv CUDA kernels (NVRTC) from the sources
+// Run-time compilation of the CUDA kernels (NVRTC) from the sources
 // embedded at build time, and the device-side copies of the FFT tables.
 #pragma once
 
@@ -16,6 +16,11 @@ namespace mlx_precise::cuda {
 // compiled for `device` at first use (all kernels of p at once) and cached for
 // the life of the process.
 CUfunction get_kernel(int device, Precision p, const std::string& name, bool shared);
+
+// The strict-ops kernel `name_expression` (one of jit.cpp's
+// kStrictKernelNames, e.g. "mlx_precise::gpu::layer_norm_rows<double>"),
+// compiled for `device` at first use (all strict kernels at once) and cached.
+CUfunction get_strict_kernel(int device, const std::string& name_expression);
 
 struct DeviceInfo {
   int multiprocessors;

@@ -1,5 +1,5 @@
 // Kernel sources embedded at build time (CMakeLists.txt generates the
-// definitions from backend/cuda/rfft_conv_kernels.cuh and kernels/*.h).
+// definitions from backend/cuda/*_kernels.cuh and kernels/*.h).
 #pragma once
 
 namespace mlx_precise::cuda {
@@ -9,7 +9,8 @@ struct JitSource {
   const char* text;
 };
 
-extern const JitSource kJitMainSource;
+extern const JitSource kJitMainSource;    // rfft_conv_kernels.cuh
+extern const JitSource kJitStrictSource;  // strict_kernels.cuh
 extern const JitSource kJitHeaders[];
 extern const int kJitHeaderCount;
 

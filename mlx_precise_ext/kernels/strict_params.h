@@ -1,0 +1,53 @@
+// Layouts of the strict addmm / layer_norm operands as the GPU kernels see
+// them, shared by the host code that fills them and the kernels (compiled as
+// C++, CUDA and Metal). Strides are in elements; 0 repeats (broadcast).
+#pragma once
+
+#include "portability.h"
+
+namespace mlx_precise {
+
+// Batch dims beyond this are refused on the host with a clear error.
+constexpr int kStrictMaxDims = 8;
+
+// Offset of flat index `index` (row-major over shape[0..dims)) under strides.
+MP_INLINE MP_INT64 strided_offset(MP_INT64 index, int dims, const MP_THREAD int* shape,
+                                  const MP_THREAD MP_INT64* strides) {
+  MP_INT64 offset = 0;
+  for (int d = dims - 1; d >= 0; --d) {
+    offset += (index % shape[d]) * strides[d];
+    index /= shape[d];
+  }
+  return offset;
+}
+
+// out (batch..., m, n), row-major, = alpha * a @ b [+ beta * c]; a (m, k) and
+// b (k, n) per batch, c broadcast to (m, n) per batch.
+struct AddmmLayout {
+  int m, n, k;
+  int has_c;
+  float alpha, beta;
+  MP_INT64 batches;
+  int batch_dims;
+  int batch_shape[kStrictMaxDims];
+  MP_INT64 a_batch[kStrictMaxDims];
+  MP_INT64 b_batch[kStrictMaxDims];
+  MP_INT64 c_batch[kStrictMaxDims];
+  MP_INT64 a_row, a_col, b_row, b_col, c_row, c_col;
+};
+
+// The rows of a layer_norm operand: row r (row-major over the leading dims)
+// starts at strided_offset(r, dims, shape, strides), its element i lies
+// i * element_stride further.
+struct RowsLayout {
+  int dims;
+  int shape[kStrictMaxDims];
+  MP_INT64 strides[kStrictMaxDims];
+  MP_INT64 element_stride;
+};
+
+MP_INLINE MP_INT64 row_start(const MP_THREAD RowsLayout& l, MP_INT64 row) {
+  return strided_offset(row, l.dims, l.shape, l.strides);
+}
+
+} // namespace mlx_precise

@@ -1,0 +1,177 @@
+"""Strict addmm / linear / layer_norm (extended, dd) on the GPU.
+
+Skipped, visibly, where MLX has no GPU (CI). On a GPU machine: correct rounding
+against exactly rounded references (math.fsum of exact products), GPU outputs and
+gradients bitwise equal to the CPU's (dd: same algorithm and order; extended:
+both certified correctly rounded), broadcast c, strided operands, layer_norm with
+weight and bias. On Metal "extended" runs the dd kernels: its bitwise comparison
+with the CPU's float64 path is then replaced by the accuracy bar.
+"""
+
+import math
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+import mlx_precise as mp
+
+GPU_AVAILABLE = mx.metal.is_available() or mx.cuda.is_available()
+pytestmark = pytest.mark.skipif(not GPU_AVAILABLE, reason="MLX has no GPU backend here")
+
+STRICT = ("extended", "dd")
+# Extended is computed in float64 on CUDA and CPU, in dd on Metal.
+BITWISE_WITH_CPU = STRICT if not mx.metal.is_available() else ("dd",)
+
+
+def on(device, fn, *args, **kwargs):
+    with mx.stream(device):
+        out = fn(*args, **kwargs)
+        mx.eval(out)
+    return out
+
+
+def exact_addmm(c, a, b, alpha=1.0, beta=1.0):
+    """float32(alpha * a @ b + beta * c) exactly rounded (fsum of exact products)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    cb = np.broadcast_to(c.astype(np.float64), (a.shape[0], b.shape[1]))
+    out = np.empty(cb.shape, np.float32)
+    for i in range(a.shape[0]):
+        products = alpha * a64[i][:, None] * b64  # exact for alpha a power of two
+        for j in range(b.shape[1]):
+            out[i, j] = round_exact([*products[:, j], beta * cb[i, j]])
+    return out
+
+
+def round_exact(terms):
+    s = math.fsum(terms)
+    residual = math.fsum(list(terms) + [-s])
+    if residual != 0.0 and s != 0.0:
+        bits = np.float64(s).view(np.int64)
+        if bits & 1 == 0:  # round to odd, then to nearest: one correct rounding
+            bits += 1 if (residual > 0) == (s > 0) else -1
+            s = np.int64(bits).view(np.float64)
+    return np.float32(s)
+
+
+def assert_bitwise(x, y):
+    x, y = np.asarray(x), np.asarray(y)
+    assert x.shape == y.shape
+    same = x.view(np.uint32) == y.view(np.uint32)
+    assert same.all(), f"{(~same).sum()} of {same.size} outputs differ"
+
+
+@pytest.mark.parametrize("precision", STRICT)
+def test_addmm_correctly_rounded_and_equal_to_cpu(precision):
+    rng = np.random.default_rng(1)
+    M, K, N = 67, 300, 45
+    # Heavy cancellation: a large common part in every product sum.
+    a = (rng.standard_normal((M, K)) * np.exp(rng.uniform(-6, 6, (M, K)))).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    c = rng.standard_normal((M, N)).astype(np.float32)
+    ref = exact_addmm(c, a, b, alpha=0.5, beta=-2.0)
+    args = (mx.array(c), mx.array(a), mx.array(b))
+    y_gpu = np.array(on(mx.gpu, mp.addmm, *args, alpha=0.5, beta=-2.0, precision=precision))
+    assert (y_gpu == ref).mean() >= 0.9999
+    if precision in BITWISE_WITH_CPU:
+        y_cpu = on(mx.cpu, mp.addmm, *args, alpha=0.5, beta=-2.0, precision=precision)
+        assert_bitwise(y_gpu, y_cpu)
+
+
+@pytest.mark.parametrize("precision", STRICT)
+def test_addmm_large_equal_to_cpu(precision):
+    rng = np.random.default_rng(2)
+    a = mx.array(rng.standard_normal((300, 1024)).astype(np.float32))
+    b = mx.array(rng.standard_normal((1024, 257)).astype(np.float32))
+    c = mx.array(rng.standard_normal((257,)).astype(np.float32))
+    y_gpu = on(mx.gpu, mp.addmm, c, a, b, precision=precision)
+    y_cpu = on(mx.cpu, mp.addmm, c, a, b, precision=precision)
+    if precision in BITWISE_WITH_CPU:
+        assert_bitwise(y_gpu, y_cpu)
+    else:
+        assert (np.array(y_gpu) == np.array(on(mx.cpu, mp.addmm, c, a, b, precision="extended"))).mean() >= 0.9999
+
+
+@pytest.mark.parametrize("precision", STRICT)
+def test_batched_broadcast_and_strided(precision):
+    rng = np.random.default_rng(3)
+    a = mx.array(rng.standard_normal((3, 1, 20, 33)).astype(np.float32))
+    b = mx.array(rng.standard_normal((4, 50, 33)).astype(np.float32)).swapaxes(-1, -2)  # strided
+    c = mx.array(rng.standard_normal((4, 1, 50)).astype(np.float32))  # broadcast over rows
+    y_gpu = np.array(on(mx.gpu, mp.addmm, c, a, b, precision=precision))
+    a_n, b_n, c_n = np.array(a), np.array(b), np.array(c)
+    ref = np.stack([np.stack([exact_addmm(c_n[j], a_n[i, 0], b_n[j]) for j in range(4)])
+                    for i in range(3)])
+    assert y_gpu.shape == (3, 4, 20, 50)
+    assert (y_gpu == ref).mean() >= 0.9999
+    if precision in BITWISE_WITH_CPU:
+        assert_bitwise(y_gpu, on(mx.cpu, mp.addmm, c, a, b, precision=precision))
+
+
+@pytest.mark.parametrize("precision", STRICT)
+def test_linear_equal_to_cpu(precision):
+    rng = np.random.default_rng(4)
+    x = mx.array(rng.standard_normal((2, 7, 96)).astype(np.float32))
+    w = mx.array(rng.standard_normal((40, 96)).astype(np.float32))
+    bias = mx.array(rng.standard_normal((40,)).astype(np.float32))
+    y_gpu = on(mx.gpu, mp.linear, x, w, bias, precision=precision)
+    ref = exact_addmm(np.array(bias), np.array(x).reshape(-1, 96), np.array(w).T).reshape(2, 7, 40)
+    assert (np.array(y_gpu) == ref).mean() >= 0.9999
+    if precision in BITWISE_WITH_CPU:
+        assert_bitwise(y_gpu, on(mx.cpu, mp.linear, x, w, bias, precision=precision))
+
+
+def exact_layer_norm(x, w, b, eps):
+    """Rows of float32 x normalised with mean and variance from exact sums
+    (math.fsum), in float64 (far below float32 rounding for these rows)."""
+    out = np.empty(x.shape, np.float32)
+    for r, row in enumerate(x.reshape(-1, x.shape[-1]).astype(np.float64)):
+        mean = math.fsum(row) / row.size
+        d = row - mean
+        var = math.fsum(d * d) / row.size
+        y = d / math.sqrt(var + eps) * w.astype(np.float64) + b.astype(np.float64)
+        out.reshape(-1, x.shape[-1])[r] = y.astype(np.float32)
+    return out
+
+
+@pytest.mark.parametrize("precision", STRICT)
+def test_layer_norm_accuracy_and_equal_to_cpu(precision):
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((64, 768)) * 3 + 1000).astype(np.float32)  # |mean| >> spread
+    w = rng.standard_normal(768).astype(np.float32)
+    b = rng.standard_normal(768).astype(np.float32)
+    args = (mx.array(x), mx.array(w), mx.array(b))
+    y_gpu = np.array(on(mx.gpu, mp.layer_norm, *args, eps=1e-5, precision=precision))
+    ref = exact_layer_norm(x, w, b, 1e-5)
+    assert (y_gpu == ref).mean() >= 0.9999
+    if precision in BITWISE_WITH_CPU:
+        assert_bitwise(y_gpu, on(mx.cpu, mp.layer_norm, *args, eps=1e-5, precision=precision))
+    # Without affine parameters, and a strided input.
+    xt = mx.array(rng.standard_normal((50, 13)).astype(np.float32)).T
+    assert_bitwise(on(mx.gpu, mp.layer_norm, xt, precision="dd"),
+                   on(mx.cpu, mp.layer_norm, xt, precision="dd"))
+
+
+@pytest.mark.parametrize("precision", STRICT)
+def test_gradients_on_gpu_equal_to_cpu(precision):
+    rng = np.random.default_rng(6)
+    x = mx.array(rng.standard_normal((3, 5, 48)).astype(np.float32))
+    w = mx.array(rng.standard_normal((24, 48)).astype(np.float32))
+    bias = mx.array(rng.standard_normal((24,)).astype(np.float32))
+    g = mx.array(rng.standard_normal(24).astype(np.float32))
+    lw = mx.array(rng.standard_normal(24).astype(np.float32))
+    lb = mx.array(rng.standard_normal(24).astype(np.float32))
+
+    def loss(x, w, bias, lw, lb):
+        y = mp.linear(x, w, bias, precision=precision)
+        z = mp.layer_norm(y, lw, lb, precision=precision)
+        return (z * g).sum()
+
+    grad = mx.grad(loss, argnums=(0, 1, 2, 3, 4))
+    gpu = on(mx.gpu, grad, x, w, bias, lw, lb)
+    cpu = on(mx.cpu, grad, x, w, bias, lw, lb)
+    for gg, cc in zip(gpu, cpu):
+        if precision in BITWISE_WITH_CPU:
+            assert_bitwise(gg, cc)
+        else:
+            np.testing.assert_allclose(np.array(gg), np.array(cc), rtol=1e-6, atol=1e-6)
