@@ -41,20 +41,49 @@ MP_INLINE void put_point(Ptr re, Ptr im, int i, cpx<T> v) {
   im[i] = v.im;
 }
 
+// A thread's part of a row summary for the lattice snap (see the section
+// "lattice snap" below): max |bits| and min lowest-bit exponent.
+struct RowSummary {
+  unsigned int max_bits;
+  int quantum;
+};
+
+MP_INLINE void summary_fold(MP_THREAD RowSummary& s, float x) {
+  const unsigned int bits = MP_FLOAT_BITS(x);
+  const unsigned int abs_bits = bits & 0x7fffffffu;
+  s.max_bits = abs_bits > s.max_bits ? abs_bits : s.max_bits;
+  if (abs_bits != 0u && abs_bits < 0x7f800000u) {
+    const int q = lowest_bit_exponent(bits);
+    s.quantum = q < s.quantum ? q : s.quantum;
+  }
+}
+
 // z[m] = x[2m] + i x[2m+1] for the real row x = row[0..len) (back to front
-// when reversed), zero-padded to the complex length h.
-template <class T, class Ptr>
-MP_INLINE void load_real_row(Ptr re, Ptr im, const MP_DEVICE float* row, MP_INT64 stride,
-                             MP_INT64 len, bool reversed, int h, int tid, int nthreads) {
+// when reversed), zero-padded to the complex length h. With kSummarize, also
+// the thread's summary of the values it read (the threads together read
+// every entry once, so their summaries combine to the row's).
+template <class T, bool kSummarize = false, class Ptr>
+MP_INLINE RowSummary load_real_row(Ptr re, Ptr im, const MP_DEVICE float* row, MP_INT64 stride,
+                                   MP_INT64 len, bool reversed, int h, int tid, int nthreads) {
   const T tag{};
+  RowSummary summary{0u, kNoSnap};
   for (int m = tid; m < h; m += nthreads) {
     const MP_INT64 i0 = 2 * static_cast<MP_INT64>(m), i1 = i0 + 1;
     T v0{}, v1{};
-    if (i0 < len) v0 = r_from_float(tag, row[(reversed ? len - 1 - i0 : i0) * stride]);
-    if (i1 < len) v1 = r_from_float(tag, row[(reversed ? len - 1 - i1 : i1) * stride]);
+    if (i0 < len) {
+      const float x = row[(reversed ? len - 1 - i0 : i0) * stride];
+      if (kSummarize) summary_fold(summary, x);
+      v0 = r_from_float(tag, x);
+    }
+    if (i1 < len) {
+      const float x = row[(reversed ? len - 1 - i1 : i1) * stride];
+      if (kSummarize) summary_fold(summary, x);
+      v1 = r_from_float(tag, x);
+    }
     re[m] = v0;
     im[m] = v1;
   }
+  return summary;
 }
 
 // Stage s of the decimation-in-frequency transform (fft_plan.h), or with
@@ -213,23 +242,10 @@ MP_INLINE T gather_output(Ptr re, Ptr im, MP_CONSTANT const ConvShape& g, MP_INT
 // group combines them with atomics on group memory, and every thread then
 // evaluates the same integer decision. The CPU stops its quantum scan early
 // once a row cannot be certified; a full minimum reaches the same decision.
-struct RowSummary {
-  unsigned int max_bits;
-  int quantum;
-};
-
 MP_INLINE RowSummary summarize_part(const MP_DEVICE float* row, MP_INT64 stride, MP_INT64 len,
                                     int tid, int nthreads) {
   RowSummary s{0u, kNoSnap};
-  for (MP_INT64 i = tid; i < len; i += nthreads) {
-    const unsigned int bits = MP_FLOAT_BITS(row[i * stride]);
-    const unsigned int abs_bits = bits & 0x7fffffffu;
-    s.max_bits = abs_bits > s.max_bits ? abs_bits : s.max_bits;
-    if (abs_bits != 0u && abs_bits < 0x7f800000u) {
-      const int q = lowest_bit_exponent(bits);
-      s.quantum = q < s.quantum ? q : s.quantum;
-    }
-  }
+  for (MP_INT64 i = tid; i < len; i += nthreads) summary_fold(s, row[i * stride]);
   return s;
 }
 

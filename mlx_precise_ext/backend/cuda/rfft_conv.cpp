@@ -15,6 +15,7 @@
 #include "backend/common/shapes.h"
 #include "backend/cuda/jit.h"
 #include "backend/gpu/conv_layout.h"
+#include "kernels/rfft_conv_rows.h"
 #include "primitives.h"
 
 namespace mlx_precise {
@@ -140,6 +141,8 @@ void launch_shared_kernel(mx::cu::CommandEncoder& encoder, int device, const Con
   mx::array spectra_buffer =
       scratch(encoder, ix.outer_count * spectrum_entries * sizeof(cpx<T>));
   cpx<T>* spectra = data_of<cpx<T>>(spectra_buffer);
+  mx::array summaries_buffer = scratch(encoder, ix.outer_count * sizeof(RowSummary));
+  RowSummary* summaries = data_of<RowSummary>(summaries_buffer);
   RowLaunch rows = row_launch<T>(device, "conv_rows", fft.shape.n_half, 1);
   // Splits of each kernel row's batch: enough work items for ~4 waves.
   const int64_t splits =
@@ -154,11 +157,13 @@ void launch_shared_kernel(mx::cu::CommandEncoder& encoder, int device, const Con
   std::optional<mx::array> spec_buffer;
   if (!spec.shared) spec_buffer = scratch(encoder, spec_grid * spec.row_bytes);
   T* spec_ws = spec_buffer ? data_of<T>(*spec_buffer) : nullptr;
-  register_buffers(encoder, {&b}, {&spectra_buffer, spec_buffer ? &*spec_buffer : nullptr});
+  register_buffers(encoder, {&b},
+                   {&spectra_buffer, &summaries_buffer, spec_buffer ? &*spec_buffer : nullptr});
   encoder.add_kernel_node_ex(spec.kernel, dim3(static_cast<unsigned>(spec_grid)),
                              dim3(spec.threads), {},
                              static_cast<uint32_t>(spec.shared ? spec.row_bytes : 0), op.b, ix,
-                             shape, op.fft, op.twiddles, op.split, op.pairs, spectra, spec_ws);
+                             shape, op.fft, op.twiddles, op.split, op.pairs, spectra, summaries,
+                             spec_ws);
 
   const int64_t items = ix.outer_count * splits;
   const int64_t grid = rows.shared ? items : std::min<int64_t>(items, rows.resident);
@@ -166,12 +171,13 @@ void launch_shared_kernel(mx::cu::CommandEncoder& encoder, int device, const Con
   if (!rows.shared) rows_buffer = scratch(encoder, grid * rows.row_bytes);
   T* rows_ws = rows_buffer ? data_of<T>(*rows_buffer) : nullptr;
   const cpx<T>* spectra_in = spectra;
-  register_buffers(encoder, {&a, &b, bias, &spectra_buffer},
+  const RowSummary* summaries_in = summaries;
+  register_buffers(encoder, {&a, &b, bias, &spectra_buffer, &summaries_buffer},
                    {&out, rows_buffer ? &*rows_buffer : nullptr});
   encoder.add_kernel_node_ex(rows.kernel, dim3(static_cast<unsigned>(grid)), dim3(rows.threads),
                              {}, static_cast<uint32_t>(rows.shared ? rows.row_bytes : 0), op.a,
                              op.b, op.bias, op.out, ix, shape, op.fft, op.twiddles, op.split,
-                             op.pairs, spectra_in, rows_ws);
+                             op.pairs, spectra_in, summaries_in, rows_ws);
 }
 
 template <class T>

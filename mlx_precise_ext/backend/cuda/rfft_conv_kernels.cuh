@@ -35,18 +35,33 @@ __device__ __forceinline__ void fft_inverse(T* re, T* im, const FFTShape& fs,
 }
 
 // Spectra of the kernel rows (operand B, outer index = kernel row), scaled by
-// 1/(4N), in pair order.
+// 1/(4N), in pair order; for the precisions that snap, also each kernel row's
+// snap summary, so that conv_rows need not re-read the row for every output.
 template <class T, bool kShared>
 __global__ void kernel_spectra(const float* b, const RowIndex ix, const ConvShape g,
                                const FFTShape fs, const cpx<T>* tw, const cpx<T>* split_tw,
-                               const IndexPair* pairs, cpx<T>* spectra, T* workspace) {
+                               const IndexPair* pairs, cpx<T>* spectra, RowSummary* summaries,
+                               T* workspace) {
   const int h = fs.n_half;
   T* re = row_storage<T, kShared>(workspace, 1, h);
   T* im = re + h;
+  __shared__ unsigned int summary_max;
+  __shared__ int summary_quantum;
+  const bool snaps = snap_roundoff_exp(T{}) < 0;
+  if (snaps && threadIdx.x == 0) summary_reset(&summary_max, &summary_quantum, 0);
+  __syncthreads();
   for (MP_INT64 kk = blockIdx.x; kk < ix.outer_count; kk += gridDim.x) {
-    load_real_row<T>(re, im, b + row_offset(ix, kOperandB, kk, 0), ix.time_stride[kOperandB],
-                     g.b_len, false, h, threadIdx.x, blockDim.x);
+    const RowSummary part =
+        load_real_row<T, true>(re, im, b + row_offset(ix, kOperandB, kk, 0),
+                               ix.time_stride[kOperandB], g.b_len, false, h, threadIdx.x,
+                               blockDim.x);
+    if (snaps) summary_publish(&summary_max, &summary_quantum, 0, part);
     __syncthreads();
+    // Other threads publish again only after the barrier that ends this row.
+    if (snaps && threadIdx.x == 0) {
+      summaries[kk] = summary_read(&summary_max, &summary_quantum, 0);
+      summary_reset(&summary_max, &summary_quantum, 0);
+    }
     fft_forward<T>(re, im, fs, tw);
     store_spectrum<T>(re, im, pairs, split_tw, g.spectrum_scale,
                       spectra + kk * 2 * fs.num_pairs, fs.num_pairs, threadIdx.x, blockDim.x);
@@ -63,7 +78,8 @@ __global__ void conv_rows(const float* a, const float* b, const float* bias, flo
                           const RowIndex ix,
                           const ConvShape g, const FFTShape fs, const cpx<T>* tw,
                           const cpx<T>* split_tw, const IndexPair* pairs,
-                          const cpx<T>* spectra, T* workspace) {
+                          const cpx<T>* spectra, const RowSummary* b_summaries,
+                          T* workspace) {
   const int h = fs.n_half;
   T* re = row_storage<T, kShared>(workspace, 1, h);
   T* im = re + h;
@@ -72,37 +88,35 @@ __global__ void conv_rows(const float* a, const float* b, const float* bias, flo
   __shared__ unsigned int summary_max[kSummarySlots];
   __shared__ int summary_quantum[kSummarySlots];
   const bool snaps = snap_roundoff_exp(T{}) < 0;
+  // Slots are reset before the first row and at the end of each row, before
+  // the barrier that precedes the next row's publishes.
+  if (snaps && threadIdx.x < kSummarySlots) summary_reset(summary_max, summary_quantum, threadIdx.x);
+  __syncthreads();
   for (MP_INT64 item = blockIdx.x; item < items; item += gridDim.x) {
     const MP_INT64 kk = item / splits;
     const cpx<T>* spectrum = spectra + kk * 2 * fs.num_pairs;
-    const float* b_row = b + row_offset(ix, kOperandB, kk, 0);
     for (MP_INT64 j = item % splits; j < ix.inner_count; j += splits) {
       const float* a_row = a + row_offset(ix, kOperandA, kk, j);
       const MP_INT64 a_step = ix.time_stride[kOperandA];
       const float* bias_row = bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
       const MP_INT64 bias_step = ix.time_stride[kOperandBias];
-      int snap = kNoSnap;
+      const RowSummary a_part = load_real_row<T, true>(re, im, a_row, a_step, g.a_len,
+                                                       g.a_reversed, h, threadIdx.x, blockDim.x);
       if (snaps) {
-        if (threadIdx.x < kSummarySlots) summary_reset(summary_max, summary_quantum, threadIdx.x);
-        __syncthreads();
-        summary_publish(summary_max, summary_quantum, kSummaryA,
-                        summarize_part(a_row, a_step, g.a_len, threadIdx.x, blockDim.x));
-        summary_publish(summary_max, summary_quantum, kSummaryB,
-                        summarize_part(b_row, ix.time_stride[kOperandB], g.b_len, threadIdx.x,
-                                       blockDim.x));
+        summary_publish(summary_max, summary_quantum, kSummaryA, a_part);
         if (g.has_bias) {
           summary_publish(summary_max, summary_quantum, kSummaryBias,
                           summarize_part(bias_row, bias_step, g.out_len, threadIdx.x, blockDim.x));
         }
-        __syncthreads();
+      }
+      __syncthreads();
+      int snap = kNoSnap;
+      if (snaps) {
         snap = snap_from_summaries<T>(summary_read(summary_max, summary_quantum, kSummaryA),
-                                      summary_read(summary_max, summary_quantum, kSummaryB),
-                                      g.has_bias, summary_read(summary_max, summary_quantum, kSummaryBias),
+                                      b_summaries[kk], g.has_bias,
+                                      summary_read(summary_max, summary_quantum, kSummaryBias),
                                       g, 1);
       }
-      load_real_row<T>(re, im, a_row, a_step, g.a_len, g.a_reversed, h, threadIdx.x,
-                       blockDim.x);
-      __syncthreads();
       fft_forward<T>(re, im, fs, tw);
       multiply_by_spectrum<T>(re, im, pairs, split_tw, spectrum, fs.num_pairs, threadIdx.x,
                               blockDim.x);
@@ -115,6 +129,7 @@ __global__ void conv_rows(const float* a, const float* b, const float* bias, flo
                          ? finish_output(v, true, a_row[t * a_step], bias_row[t * bias_step], snap)
                          : finish_output(v, false, 0.0f, 0.0f, snap);
       }
+      if (snaps && threadIdx.x < kSummarySlots) summary_reset(summary_max, summary_quantum, threadIdx.x);
       __syncthreads();
     }
   }
