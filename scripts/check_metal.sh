@@ -23,4 +23,25 @@ for src in $(find mlx_precise_ext -name '*.metal' | sort); do
     status=1
   fi
 done
+# Each library as MLX's Metal device receives it (the concatenation of
+# backend/metal/CMakeLists.txt, project #include lines dropped), checked the
+# same way; scripts/metal_libraries.py also requires it to be ASCII.
+if command -v cmake >/dev/null; then
+  if names=$(python3 scripts/metal_libraries.py "$tmp"); then
+    for name in $names; do
+      if "$clang" -x c++ -std=c++17 -fsyntax-only -D__METAL_VERSION__=310 -Iscripts/metal_shim \
+          -Wno-unknown-pragmas "$tmp/$name.cpp"; then
+        echo "ok    library $name"
+      else
+        echo "FAIL  library $name"
+        status=1
+      fi
+    done
+  else
+    echo "FAIL  generating the Metal libraries"
+    status=1
+  fi
+else
+  echo "skip  generated libraries (no cmake)"
+fi
 exit $status

@@ -99,3 +99,15 @@ inline unsigned int mp_float_bits(float x) {
 #define MP_SUBF(a, b) ((a) - (b))
 #define MP_MULF(a, b) ((a) * (b))
 #endif
+
+// Correctly rounded float division and square root. C++ and CUDA (NVRTC's
+// defaults -prec-div=true, -prec-sqrt=true) round `/` and sqrt correctly;
+// Metal spells them metal::precise::divide / metal::precise::sqrt (MLX builds
+// run-time libraries with fast math off as well).
+#if defined(__METAL_VERSION__)
+#define MP_DIVF(a, b) metal::precise::divide(a, b)
+#define MP_SQRTF(x) metal::precise::sqrt(x)
+#else
+#define MP_DIVF(a, b) ((a) / (b))
+#define MP_SQRTF(x) sqrt(x)
+#endif

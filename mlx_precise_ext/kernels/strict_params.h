@@ -46,6 +46,22 @@ struct RowsLayout {
   MP_INT64 element_stride;
 };
 
+// The scalar arguments of the Metal layer_norm kernels (which optional
+// operands are bound, their strides, the row count and length); the CUDA
+// kernels take the same values as separate arguments.
+struct LayerNormLaunch {
+  int has_weight;
+  int has_bias;
+  int want_grad_x;
+  int want_stats;
+  int want_grad_weight;
+  int want_grad_bias;
+  MP_INT64 weight_stride;
+  MP_INT64 bias_stride;
+  MP_INT64 rows;
+  int dim;
+};
+
 MP_INLINE MP_INT64 row_start(const MP_THREAD RowsLayout& l, MP_INT64 row) {
   return strided_offset(row, l.dims, l.shape, l.strides);
 }

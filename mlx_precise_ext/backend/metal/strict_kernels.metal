@@ -1,0 +1,274 @@
+// Metal entry points of the strict addmm / linear / layer_norm, compiled at
+// run time by MLX's Metal device (strict_ops.cpp builds the library from this
+// file and the shared kernel headers, embedded at build time). The twin of
+// backend/cuda/strict_kernels.cuh: every output does the CPU's operations in
+// the CPU's order (kernels/strict_arith.h), so dd bits equal the CPU's dd
+// bits. Metal has no float64, so "extended" runs these dd kernels too
+// (DESIGN.md). Contraction is off (portability.h); MLX compiles run-time
+// libraries with fast math off.
+//
+// Address spaces: the shared helpers take `thread` pointers and references,
+// so layouts (constant), statistics (device) and lane sums (threadgroup) are
+// copied into thread-local values before they are passed on.
+#include "strict_params.h"
+#include "strict_arith.h"
+
+namespace mlx_precise {
+
+// ------------------------------------------------------------------ addmm ----
+// Threadgroup tile kStrictTile x kStrictTile outputs, 16 x 16 threads, each
+// thread kStrictPerThread x kStrictPerThread outputs (rows ty + 16 r, columns
+// tx + 16 q); the K axis advances kStrictTileK at a time through threadgroup
+// memory. Each output accumulates dd_dot_step for k = 0, 1, ..., K-1 in order,
+// whatever the tiling, and finishes like the CPU (dd_addmm_result).
+constant constexpr int kStrictTile = 64;
+constant constexpr int kStrictTileK = 16;
+constant constexpr int kStrictPerThread = 4;
+constant constexpr int kStrictTileThreads = 256;  // strict_ops.cpp launches exactly this
+
+// Buffer indices shared with strict_ops.cpp.
+[[kernel]] void addmm_tiles_dd(const device float* a [[buffer(0)]],
+                               const device float* b [[buffer(1)]],
+                               const device float* c [[buffer(2)]],
+                               device float* out [[buffer(3)]],
+                               constant const AddmmLayout& layout [[buffer(4)]],
+                               uint tid [[thread_index_in_threadgroup]],
+                               uint3 group [[threadgroup_position_in_grid]],
+                               uint3 groups [[threadgroups_per_grid]]) {
+  threadgroup float a_tile[kStrictTileK][kStrictTile + 1];
+  threadgroup float b_tile[kStrictTileK][kStrictTile];
+  const AddmmLayout L = layout;
+  const int tx = int(tid) % 16, ty = int(tid) / 16;
+  const int i0 = int(group.y) * kStrictTile, j0 = int(group.x) * kStrictTile;
+  for (long batch = long(group.z); batch < L.batches; batch += long(groups.z)) {
+    const device float* ab = a + strided_offset(batch, L.batch_dims, L.batch_shape, L.a_batch);
+    const device float* bb = b + strided_offset(batch, L.batch_dims, L.batch_shape, L.b_batch);
+    ff acc[kStrictPerThread][kStrictPerThread];
+    for (int r = 0; r < kStrictPerThread; ++r)
+      for (int q = 0; q < kStrictPerThread; ++q) acc[r][q] = ff{0.0f, 0.0f};
+    for (int k0 = 0; k0 < L.k; k0 += kStrictTileK) {
+      for (int e = int(tid); e < kStrictTile * kStrictTileK; e += kStrictTileThreads) {
+        const int r = e / kStrictTileK, kk = e % kStrictTileK;
+        a_tile[kk][r] = (i0 + r < L.m && k0 + kk < L.k)
+                            ? ab[long(i0 + r) * L.a_row + long(k0 + kk) * L.a_col]
+                            : 0.0f;
+        const int kb = e / kStrictTile, q = e % kStrictTile;
+        b_tile[kb][q] = (j0 + q < L.n && k0 + kb < L.k)
+                            ? bb[long(k0 + kb) * L.b_row + long(j0 + q) * L.b_col]
+                            : 0.0f;
+      }
+      metal::threadgroup_barrier(metal::mem_flags::mem_threadgroup);
+      // Only the real k enter the sums (a padded zero product could flip a
+      // zero's sign).
+      const int steps = L.k - k0 < kStrictTileK ? L.k - k0 : kStrictTileK;
+      for (int kk = 0; kk < steps; ++kk) {
+        float av[kStrictPerThread], bv[kStrictPerThread];
+        for (int r = 0; r < kStrictPerThread; ++r) av[r] = a_tile[kk][ty + 16 * r];
+        for (int q = 0; q < kStrictPerThread; ++q) bv[q] = b_tile[kk][tx + 16 * q];
+        for (int r = 0; r < kStrictPerThread; ++r)
+          for (int q = 0; q < kStrictPerThread; ++q) acc[r][q] = dd_dot_step(acc[r][q], av[r], bv[q]);
+      }
+      metal::threadgroup_barrier(metal::mem_flags::mem_threadgroup);
+    }
+    const device float* cb =
+        c + (L.has_c ? strided_offset(batch, L.batch_dims, L.batch_shape, L.c_batch) : 0);
+    for (int r = 0; r < kStrictPerThread; ++r) {
+      const int i = i0 + ty + 16 * r;
+      if (i >= L.m) continue;
+      for (int q = 0; q < kStrictPerThread; ++q) {
+        const int j = j0 + tx + 16 * q;
+        if (j >= L.n) continue;
+        out[(batch * L.m + i) * L.n + j] =
+            L.has_c ? dd_addmm_result(acc[r][q], L.alpha, L.beta, cb[long(i) * L.c_row + long(j) * L.c_col])
+                    : dd_scaled_result(acc[r][q], L.alpha);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------- layer_norm ----
+// One SIMD-group per row. Lanes 0..7 run the CPU's kLayerNormLanes sums (lane
+// l: elements l, l + 8, ... in order) and publish them in the SIMD-group's
+// threadgroup slot; every thread then combines them with the CPU's tree, so
+// all threads of the SIMD-group hold the CPU's statistics bit for bit and
+// share the element-wise work. Rows advance per SIMD-group (uniform inside
+// it), so only SIMD-group barriers are used.
+constant constexpr int kStrictRowsPerGroup = 8;  // most SIMD-groups per threadgroup
+
+#define MP_SIMD_SYNC() metal::simdgroup_barrier(metal::mem_flags::mem_threadgroup)
+
+template <class T>
+LayerNormStats<T> simd_row_stats(const device float* x, long stride, int dim, T eps,
+                                 threadgroup T* lanes, uint lane) {
+  const T zero = r_from_float(eps, 0.0f);
+  const T count = r_from_float(eps, float(dim));
+  if (lane < uint(kLayerNormLanes)) {
+    T sum = zero;
+    for (int i = int(lane); i < dim; i += kLayerNormLanes) sum = r_add(sum, r_from_float(eps, x[i * stride]));
+    lanes[lane] = sum;
+  }
+  MP_SIMD_SYNC();
+  T part[kLayerNormLanes];
+  for (int l = 0; l < kLayerNormLanes; ++l) part[l] = lanes[l];
+  const T shift = r_div(combine_lanes(part), count);
+  MP_SIMD_SYNC();
+  if (lane < uint(kLayerNormLanes)) {
+    T dev = zero, sq = zero;
+    for (int i = int(lane); i < dim; i += kLayerNormLanes)
+      layer_norm_deviation_step(dev, sq, x[i * stride], shift);
+    lanes[lane] = dev;
+    lanes[kLayerNormLanes + lane] = sq;
+  }
+  MP_SIMD_SYNC();
+  T dev[kLayerNormLanes], sq[kLayerNormLanes];
+  for (int l = 0; l < kLayerNormLanes; ++l) {
+    dev[l] = lanes[l];
+    sq[l] = lanes[kLayerNormLanes + l];
+  }
+  const LayerNormStats<T> s = layer_norm_finish(shift, dev, sq, count, eps);
+  MP_SIMD_SYNC();
+  return s;
+}
+
+// y (rows, dim) row-major.
+template <class T>
+[[kernel]] void layer_norm_rows(const device float* x [[buffer(0)]],
+                                const device float* weight [[buffer(1)]],
+                                const device float* bias [[buffer(2)]],
+                                device float* y [[buffer(3)]],
+                                constant const RowsLayout& x_layout [[buffer(4)]],
+                                constant const LayerNormLaunch& flags [[buffer(6)]],
+                                constant const T& eps_in [[buffer(7)]],
+                                uint lane [[thread_index_in_simdgroup]],
+                                uint simd_width [[threads_per_simdgroup]],
+                                uint simd [[simdgroup_index_in_threadgroup]],
+                                uint simds [[simdgroups_per_threadgroup]],
+                                uint group [[threadgroup_position_in_grid]],
+                                uint groups [[threadgroups_per_grid]]) {
+  threadgroup T lanes[kStrictRowsPerGroup][2 * kLayerNormLanes];
+  const RowsLayout xl = x_layout;
+  const LayerNormLaunch f = flags;
+  const T eps = eps_in;
+  for (long r = long(group) * simds + simd; r < f.rows; r += long(groups) * simds) {
+    const device float* xr = x + row_start(xl, r);
+    const LayerNormStats<T> s = simd_row_stats(xr, xl.element_stride, f.dim, eps, lanes[simd], lane);
+    for (int i = int(lane); i < f.dim; i += int(simd_width)) {
+      y[r * f.dim + i] = layer_norm_output(s, xr[i * xl.element_stride], f.has_weight != 0,
+                                           f.has_weight ? weight[i * f.weight_stride] : 0.0f,
+                                           f.has_bias != 0,
+                                           f.has_bias ? bias[i * f.bias_stride] : 0.0f);
+    }
+  }
+}
+
+// g * w (exact) in the working precision, or g alone without a weight.
+template <class T>
+T weighted_cotangent(T eps, float g, bool has_weight, float w) {
+  return has_weight ? r_prod(eps, g, w) : r_from_float(eps, g);
+}
+
+// Per row: the statistics (kept for the weight / bias gradients when
+// want_stats) and, when want_grad_x, grad x (row-major) as on the CPU:
+// inv_std ((gw - mean gw) - n mean(gw n)), gw = g w exact.
+template <class T>
+[[kernel]] void layer_norm_grad_rows(const device float* x [[buffer(0)]],
+                                     const device float* weight [[buffer(1)]],
+                                     const device float* g [[buffer(2)]],
+                                     device float* grad_x [[buffer(3)]],
+                                     constant const RowsLayout& x_layout [[buffer(4)]],
+                                     constant const RowsLayout& g_layout [[buffer(5)]],
+                                     constant const LayerNormLaunch& flags [[buffer(6)]],
+                                     constant const T& eps_in [[buffer(7)]],
+                                     device LayerNormStats<T>* stats [[buffer(8)]],
+                                     uint lane [[thread_index_in_simdgroup]],
+                                     uint simd_width [[threads_per_simdgroup]],
+                                     uint simd [[simdgroup_index_in_threadgroup]],
+                                     uint simds [[simdgroups_per_threadgroup]],
+                                     uint group [[threadgroup_position_in_grid]],
+                                     uint groups [[threadgroups_per_grid]]) {
+  threadgroup T lanes[kStrictRowsPerGroup][2 * kLayerNormLanes];
+  const RowsLayout xl = x_layout;
+  const RowsLayout gl = g_layout;
+  const LayerNormLaunch f = flags;
+  const T eps = eps_in;
+  const T zero = r_from_float(eps, 0.0f);
+  const T count = r_from_float(eps, float(f.dim));
+  const bool has_weight = f.has_weight != 0;
+  for (long r = long(group) * simds + simd; r < f.rows; r += long(groups) * simds) {
+    const device float* xr = x + row_start(xl, r);
+    const device float* gr = g + row_start(gl, r);
+    threadgroup T* own = lanes[simd];
+    const LayerNormStats<T> s = simd_row_stats(xr, xl.element_stride, f.dim, eps, own, lane);
+    if (f.want_stats && lane == 0) stats[r] = s;
+    if (!f.want_grad_x) continue;
+    if (lane < uint(kLayerNormLanes)) {
+      T sum_gw = zero, sum_gwn = zero;
+      for (int i = int(lane); i < f.dim; i += kLayerNormLanes) {
+        const T gw = weighted_cotangent(eps, gr[i * gl.element_stride], has_weight,
+                                        has_weight ? weight[i * f.weight_stride] : 0.0f);
+        sum_gw = r_add(sum_gw, gw);
+        sum_gwn = r_add(sum_gwn, r_mul(gw, layer_norm_normalized(s, xr[i * xl.element_stride])));
+      }
+      own[lane] = sum_gw;
+      own[kLayerNormLanes + lane] = sum_gwn;
+    }
+    MP_SIMD_SYNC();
+    T part_gw[kLayerNormLanes], part_gwn[kLayerNormLanes];
+    for (int l = 0; l < kLayerNormLanes; ++l) {
+      part_gw[l] = own[l];
+      part_gwn[l] = own[kLayerNormLanes + l];
+    }
+    const T mean_gw = r_div(combine_lanes(part_gw), count);
+    const T mean_gwn = r_div(combine_lanes(part_gwn), count);
+    MP_SIMD_SYNC();
+    for (int i = int(lane); i < f.dim; i += int(simd_width)) {
+      const T n = layer_norm_normalized(s, xr[i * xl.element_stride]);
+      const T gw = weighted_cotangent(eps, gr[i * gl.element_stride], has_weight,
+                                      has_weight ? weight[i * f.weight_stride] : 0.0f);
+      grad_x[r * f.dim + i] = layer_norm_grad_x(s, gw, n, mean_gw, mean_gwn);
+    }
+  }
+}
+
+// grad weight = sum over rows of g n, grad bias = sum of g: one thread per
+// column, rows in order 0, 1, ... as on the CPU.
+template <class T>
+[[kernel]] void layer_norm_param_grads(const device float* x [[buffer(0)]],
+                                       const device float* g [[buffer(2)]],
+                                       device float* grad_weight [[buffer(3)]],
+                                       constant const RowsLayout& x_layout [[buffer(4)]],
+                                       constant const RowsLayout& g_layout [[buffer(5)]],
+                                       constant const LayerNormLaunch& flags [[buffer(6)]],
+                                       constant const T& eps_in [[buffer(7)]],
+                                       const device LayerNormStats<T>* stats [[buffer(8)]],
+                                       device float* grad_bias [[buffer(9)]],
+                                       uint id [[thread_position_in_grid]]) {
+  const LayerNormLaunch f = flags;
+  const int i = int(id);
+  if (i >= f.dim) return;
+  const RowsLayout xl = x_layout;
+  const RowsLayout gl = g_layout;
+  const T eps = eps_in;
+  const T zero = r_from_float(eps, 0.0f);
+  T dw = zero, db = zero;
+  for (long r = 0; r < f.rows; ++r) {
+    const float gi = g[row_start(gl, r) + i * gl.element_stride];
+    if (f.want_grad_weight) {
+      const float xi = x[row_start(xl, r) + i * xl.element_stride];
+      const LayerNormStats<T> s = stats[r];
+      dw = r_add(dw, r_mul(r_from_float(eps, gi), layer_norm_normalized(s, xi)));
+    }
+    if (f.want_grad_bias) db = r_add(db, r_from_float(eps, gi));
+  }
+  if (f.want_grad_weight) grad_weight[i] = r_round(dw);
+  if (f.want_grad_bias) grad_bias[i] = r_round(db);
+}
+
+#define MP_INSTANTIATE_STRICT(fn, T, tname) \
+  template [[host_name(#fn "_" tname)]] [[kernel]] decltype(fn<T>) fn<T>;
+
+MP_INSTANTIATE_STRICT(layer_norm_rows, ff, "dd")
+MP_INSTANTIATE_STRICT(layer_norm_grad_rows, ff, "dd")
+MP_INSTANTIATE_STRICT(layer_norm_param_grads, ff, "dd")
+
+} // namespace mlx_precise
