@@ -193,23 +193,66 @@ void radix2_stage(Span<T> re, Span<T> im, int64_t n) {
   }
 }
 
+// Stage st over the blocks of the first `len` points of (re, im).
 template <class T, bool Inverse>
-void run_stage(const Plan<T>& plan, const FFTStage& st, Span<T> re, Span<T> im) {
-  if (st.radix == 2) radix2_stage(re, im, plan.n);
-  else if (st.quarter == 1) radix4_unit_stage<T, Inverse>(re, im, plan.n);
-  else radix4_stage<T, Inverse>(re, im, plan.n, st.quarter, plan, st.tw_offset);
+void run_stage(const Plan<T>& plan, const FFTStage& st, Span<T> re, Span<T> im, int64_t len) {
+  if (st.radix == 2) radix2_stage(re, im, len);
+  else if (st.quarter == 1) radix4_unit_stage<T, Inverse>(re, im, len);
+  else radix4_stage<T, Inverse>(re, im, len, st.quarter, plan, st.tw_offset);
+}
+
+// Stages run depth first: after a stage on a block, all later stages finish
+// on each of its sub-blocks while that sub-block is in cache; blocks at most
+// this many bytes (re and im) run their remaining stages breadth first. Every
+// butterfly still sees the same operands (butterflies of one stage are
+// independent), so the order changes no bit.
+constexpr int64_t kCacheResidentBytes = 128 * 1024;
+
+template <class T>
+bool cache_resident(int64_t len) {
+  return len * 2 * static_cast<int64_t>(sizeof(T)) <= kCacheResidentBytes;
+}
+
+// Stages first..end of the forward transform on a block of `len` points.
+template <class T>
+void forward_block(const Plan<T>& plan, size_t first, Span<T> re, Span<T> im, int64_t len) {
+  if (first == plan.stages.size()) return;
+  if (cache_resident<T>(len)) {
+    for (size_t s = first; s < plan.stages.size(); ++s)
+      run_stage<T, false>(plan, plan.stages[s], re, im, len);
+    return;
+  }
+  const FFTStage& st = plan.stages[first];
+  run_stage<T, false>(plan, st, re, im, len);
+  const int64_t sub = len / st.radix;
+  for (int k = 0; k < st.radix; ++k) forward_block(plan, first + 1, re.at(k * sub), im.at(k * sub), sub);
+}
+
+// The inverse undoes the stages in reverse: later stages on each sub-block
+// first, then stage `first` on the whole block.
+template <class T>
+void inverse_block(const Plan<T>& plan, size_t first, Span<T> re, Span<T> im, int64_t len) {
+  if (first == plan.stages.size()) return;
+  if (cache_resident<T>(len)) {
+    for (size_t s = plan.stages.size(); s-- > first;)
+      run_stage<T, true>(plan, plan.stages[s], re, im, len);
+    return;
+  }
+  const FFTStage& st = plan.stages[first];
+  const int64_t sub = len / st.radix;
+  for (int k = 0; k < st.radix; ++k) inverse_block(plan, first + 1, re.at(k * sub), im.at(k * sub), sub);
+  run_stage<T, true>(plan, st, re, im, len);
 }
 
 template <class T>
 void fft_forward(const Plan<T>& plan, Span<T> re, Span<T> im) {
-  for (const auto& st : plan.stages) run_stage<T, false>(plan, st, re, im);
+  forward_block(plan, 0, re, im, plan.n);
 }
 
 // Unnormalised inverse: the stages of fft_forward undone in reverse order.
 template <class T>
 void fft_inverse(const Plan<T>& plan, Span<T> re, Span<T> im) {
-  for (auto it = plan.stages.rbegin(); it != plan.stages.rend(); ++it)
-    run_stage<T, true>(plan, *it, re, im);
+  inverse_block(plan, 0, re, im, plan.n);
 }
 
 // ------------------------------------------------------- real transforms ----
