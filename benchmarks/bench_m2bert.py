@@ -100,7 +100,8 @@ def run_mlx_breakdown(seq_len: int, precision: str) -> dict:
     categories = {
         "linear": "linears (in/out/pooler/filter MLPs)",
         "blockdiag_linear": "Monarch block-diagonal MLP",
-        "bidirectional_long_conv": "long convolutions (rfft_conv)",
+        "long_conv": "long convolutions (rfft_conv)",
+        "bidirectional_kernel": "long-convolution kernels (concatenate)",
         "short_causal_conv": "short 3-tap convolution",
         "layer_norm": "layer norms",
     }

@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from . import ops
 from .config import M2BertConfig
@@ -159,10 +160,32 @@ class HyenaFilter(nn.Module):
         reverse = one_filter(self.implicit_filter_rev) if "implicit_filter_rev" in self else None
         return one_filter(self.implicit_filter), reverse
 
+    def kernel(self, seq_len: int, precision: str) -> mx.array:
+        """The long-convolution kernel ``(H, 2 seq_len)``.
+
+        It depends only on the parameters, the length and the precision, not on the input,
+        so it is computed once and reused (the reference recomputes it every forward: a
+        filter MLP over every position for each of the 24 filter banks). The cache holds
+        one entry, keyed on (seq_len, precision) and on the identity of every parameter
+        array: assigning parameters (``update``, ``load_weights``, an optimizer step, or
+        the tracer arrays of ``mx.grad``) replaces those arrays and so recomputes it."""
+        parameters = tuple(array for _, array in tree_flatten(self.parameters()))
+        cached = self.__dict__.get("_kernel_cache")
+        if (
+            cached is not None
+            and cached[0] == (seq_len, precision)
+            and len(cached[1]) == len(parameters)
+            and all(old is new for old, new in zip(cached[1], parameters))
+        ):
+            return cached[2]
+        kernel = ops.bidirectional_kernel(*self.filters(seq_len, precision))
+        # Kept in the instance __dict__, outside the module tree, so it is no parameter.
+        self.__dict__["_kernel_cache"] = ((seq_len, precision), parameters, kernel)
+        return kernel
+
     def __call__(self, u: mx.array, precision: str) -> mx.array:
         """``u (B, H, L)`` -> long convolution of u plus ``u * bias``."""
-        forward, reverse = self.filters(u.shape[-1], precision)
-        return ops.bidirectional_long_conv(u, forward, reverse, self.bias, precision)
+        return ops.long_conv(u, self.kernel(u.shape[-1], precision), self.bias, precision)
 
 
 class DepthwiseConv1d(nn.Module):

@@ -48,12 +48,21 @@ def blockdiag_linear(
             f"block-diagonal linear expects {nblocks * in_block} input features, got "
             f"{x.shape[-1]}"
         )
-    outputs = []
-    for block in range(nblocks):
-        block_input = x[..., block * in_block : (block + 1) * in_block]
-        block_bias = None if bias is None else bias[block * out_block : (block + 1) * out_block]
-        outputs.append(linear(block_input, weight[block], block_bias, precision))
-    return mx.concatenate(outputs, axis=-1)
+    # One batched product over the blocks instead of nblocks launches plus a concatenate:
+    # rows (nblocks, R, in_block) @ (nblocks, in_block, out_block). Each output is still
+    # the same dot product of one block, so the extended and dd results (correctly
+    # rounded) are the same bits. The rows are copied to a contiguous (nblocks, R, in_block)
+    # layout: the GPU matmuls do not take a batch stride smaller than the row stride.
+    rows = mx.contiguous(x.reshape(-1, nblocks, in_block).transpose(1, 0, 2))
+    weight_t = weight.transpose(0, 2, 1)
+    if bias is not None:
+        block_bias = bias.reshape(nblocks, 1, out_block)
+        y = mlx_precise.addmm(block_bias, rows, weight_t, precision=precision)
+    elif precision == "float32":
+        y = mx.matmul(rows, weight_t)
+    else:
+        y = mlx_precise.addmm(mx.zeros((1,), dtype=mx.float32), rows, weight_t, precision=precision)
+    return y.transpose(1, 0, 2).reshape(*x.shape[:-1], nblocks * out_block)
 
 
 def layer_norm(
@@ -63,27 +72,28 @@ def layer_norm(
     return mlx_precise.layer_norm(x, weight, bias, eps, precision=precision)
 
 
-def bidirectional_long_conv(
-    u: mx.array, forward_filter: mx.array, reverse_filter: Optional[mx.array],
-    skip_weight: mx.array, precision: str,
+def bidirectional_kernel(
+    forward_filter: mx.array, reverse_filter: Optional[mx.array]
 ) -> mx.array:
-    """M2's long convolution of ``u (B, H, L)`` plus ``u * skip_weight``.
+    """M2's long-convolution kernel of length 2L from filters ``(H, L)``.
 
-    Filters are ``(H, L)``. Bidirectional: one circular convolution of size 2L with the
-    kernel ``[forward filter, 0 ... 0] + [0 ... 0, reversed reverse filter]`` (length 2L),
-    so output t sees u[t - j] through forward[j] and u[t + 1 + j] through reverse[j].
-    Causal when ``reverse_filter`` is None.
+    Bidirectional: ``[forward filter, 0 ... 0] + [0 ... 0, reversed reverse filter]``, so
+    in a circular convolution of size 2L output t sees u[t - j] through forward[j] and
+    u[t + 1 + j] through reverse[j]. Causal (forward filter, zero padded) when
+    ``reverse_filter`` is None.
     """
-    seq_len = u.shape[-1]
     padding = mx.zeros(forward_filter.shape, dtype=mx.float32)
+    kernel = mx.concatenate([forward_filter, padding], axis=-1)
     if reverse_filter is None:
-        kernel = mx.concatenate([forward_filter, padding], axis=-1)
-    else:
-        kernel = mx.concatenate([forward_filter, padding], axis=-1) + mx.concatenate(
-            [padding, reverse_filter[:, ::-1]], axis=-1
-        )
+        return kernel
+    return kernel + mx.concatenate([padding, reverse_filter[:, ::-1]], axis=-1)
+
+
+def long_conv(u: mx.array, kernel: mx.array, skip_weight: mx.array, precision: str) -> mx.array:
+    """Circular convolution of ``u (B, H, L)`` with ``kernel (H, 2L)`` (see
+    ``bidirectional_kernel``), size 2L, first L outputs, plus ``u * skip_weight``."""
     return mlx_precise.rfft_conv(
-        u, kernel, n=2 * seq_len, bias=skip_weight[:, None], precision=precision
+        u, kernel, n=2 * u.shape[-1], bias=skip_weight[:, None], precision=precision
     )
 
 
