@@ -8,13 +8,25 @@ import glob
 import os
 
 import mlx.core as mx  # registers MLX's nanobind types before the extension loads
-import scipy_openblas32
 
 # The extension links OpenBLAS from the scipy-openblas32 wheel (extended addmm);
 # loading it first lets the extension find it from any install layout.
-# (.so on Linux, .dylib on macOS)
-for _library in glob.glob(os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas.*")):
-    ctypes.CDLL(_library, mode=ctypes.RTLD_GLOBAL)
+# (.so on Linux, .dylib on macOS; importing scipy_openblas32 loads it too.)
+# OpenBLAS's idle threads spin for 2^OPENBLAS_THREAD_TIMEOUT cycles (default
+# 2^28, ~0.1 s) after each dgemm, taking a core from the certification pass that
+# follows it (2 cores: extended addmm 2048x768x2304 ~100 ms -> ~85 ms with 4, the
+# minimum). OpenBLAS reads the variable once, when the library loads; a value the
+# user set wins, and the process environment is left as it was.
+_had_timeout = "OPENBLAS_THREAD_TIMEOUT" in os.environ
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+try:
+    import scipy_openblas32
+
+    for _library in glob.glob(os.path.join(scipy_openblas32.get_lib_dir(), "libscipy_openblas.*")):
+        ctypes.CDLL(_library, mode=ctypes.RTLD_GLOBAL)
+finally:
+    if not _had_timeout:
+        del os.environ["OPENBLAS_THREAD_TIMEOUT"]
 
 from . import _ext  # noqa: E402
 

@@ -4,6 +4,7 @@
 // over a reduction, so the bits do not depend on the thread count.
 #include <algorithm>
 #include <atomic>
+#include <type_traits>
 #include <cmath>
 #include <thread>
 #include <vector>
@@ -91,9 +92,17 @@ void layer_norm_forward_t(const LayerNormRows& job, float* out, int num_threads)
       const float* x = job.x + r * job.dim;
       float* y = out + r * job.dim;
       const LayerNormStats<T> s = layer_norm_stats(x, job.dim, eps);
-      for (int64_t i = 0; i < job.dim; ++i)
-        y[i] = layer_norm_output(s, x[i], job.weight != nullptr, job.weight ? job.weight[i] : 0.0f,
-                                 job.bias != nullptr, job.bias ? job.bias[i] : 0.0f);
+      // The weight / bias cases as separate loops, so that each vectorises.
+      const float* w = job.weight;
+      const float* b = job.bias;
+      if (w && b)
+        for (int64_t i = 0; i < job.dim; ++i) y[i] = layer_norm_output(s, x[i], true, w[i], true, b[i]);
+      else if (w)
+        for (int64_t i = 0; i < job.dim; ++i) y[i] = layer_norm_output(s, x[i], true, w[i], false, 0.0f);
+      else if (b)
+        for (int64_t i = 0; i < job.dim; ++i) y[i] = layer_norm_output(s, x[i], false, 0.0f, true, b[i]);
+      else
+        for (int64_t i = 0; i < job.dim; ++i) y[i] = layer_norm_output(s, x[i], false, 0.0f, false, 0.0f);
     }
   });
 }
@@ -184,22 +193,27 @@ int64_t certify_addmm(const CertifiedAddmmBlock& t, int num_threads) {
   const double beta = static_cast<double>(t.beta);
   std::atomic<int64_t> recomputed{0};
   parallel_chunks(t.m, 8, num_threads, [&](int64_t begin, int64_t end) {
-    std::vector<double> value(t.n);
     std::vector<unsigned char> uncertain(t.n);
     int64_t local = 0;
     for (int64_t i = begin; i < end; ++i) {
       const double* d = t.product + i * t.n;
       const double row_bound = kBoundSlack * gamma * fabs(alpha) * t.a_norm[i];
       float* out = t.out + i * t.n;
-      // Contiguous, branch-free passes over the row, then the rare recomputations.
-      for (int64_t j = 0; j < t.n; ++j) value[j] = alpha * d[j];
-      if (t.c.data != nullptr)
-        for (int64_t j = 0; j < t.n; ++j) value[j] += beta * static_cast<double>(t.c.at(i, j));
-      for (int64_t j = 0; j < t.n; ++j) {
-        const double err = row_bound * t.b_norm[j] +
-                           kUnitRoundoff64 * (fabs(alpha * d[j]) + fabs(value[j]));
-        uncertain[j] = !certified_round(value[j], err, &out[j]);
-      }
+      // One branch-free pass over the row (vectorised; c's presence hoisted),
+      // then the rare recomputations.
+      const double* bn = t.b_norm;
+      unsigned char* unc = uncertain.data();
+      auto pass = [&](auto with_c) {
+        for (int64_t j = 0; j < t.n; ++j) {
+          const double scaled = alpha * d[j];
+          double value = scaled;
+          if constexpr (decltype(with_c)::value) value += beta * static_cast<double>(t.c.at(i, j));
+          const double err = row_bound * bn[j] + kUnitRoundoff64 * (fabs(scaled) + fabs(value));
+          unc[j] = !certified_round(value, err, &out[j]);
+        }
+      };
+      if (t.c.data != nullptr) pass(std::true_type{});
+      else pass(std::false_type{});
       for (int64_t j = 0; j < t.n; ++j) {
         if (uncertain[j]) {
           out[j] = exact_addmm_entry(t, i, j);
