@@ -112,7 +112,7 @@ void StrictAddmm::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out)
   double* norms = static_cast<double*>(mx::gpu_ptr<void>(norms_buffer));
   encoder.set_output_array(norms_buffer);
   launch(encoder, cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_norms"),
-                             dim3(static_cast<unsigned>(std::min<int64_t>((norm_count + 255) / 256, 1 << 20))),
+                             dim3(static_cast<unsigned>(std::min<int64_t>((norm_count + 7) / 8, 1 << 20))),
                              dim3(256), a, b, l, norms);
   for (const auto& x : inputs) encoder.set_input_array(x);
   encoder.set_input_array(norms_buffer);
