@@ -176,3 +176,31 @@ def test_gradients_on_gpu_equal_to_cpu(precision):
     cpu = on(mx.cpu, mx.grad(loss_cpu, argnums=(0, 1, 2, 3, 4)), x, w, bias, lw, lb)
     for gg, cc in zip(gpu, cpu):
         assert_bitwise(gg, cc)
+
+
+@pytest.mark.parametrize("precision", STRICT)
+def test_addmm_zeros_and_exact_cancellation_equal_to_cpu(precision):
+    # Zero rows of a against negative b (signed-zero products), rows whose sums
+    # cancel exactly, and K not a multiple of any tile (padding in the FP64
+    # tensor-core path): bits, signs of zeros included, equal the CPU's.
+    rng = np.random.default_rng(7)
+    M, K, N = 70, 37, 66
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    a[:5] = 0.0
+    a[5:10] = -0.0
+    a[10:20, 1::2] = -a[10:20, 0:-1:2]  # pairs a_2t+1 = -a_2t ...
+    b = -np.abs(rng.standard_normal((K, N))).astype(np.float32)
+    b[1::2] = b[0:-1:2]  # ... with equal b: sums cancel exactly
+    for alpha, beta, has_c in ((1.0, 1.0, False), (-1.0, 0.0, True), (0.5, -1.0, True)):
+        c = mx.array(np.zeros((M, N), np.float32) if beta == 0.0 else
+                     rng.standard_normal((M, N)).astype(np.float32))
+        args = (c, mx.array(a), mx.array(b))
+        if has_c:
+            y_gpu = on(mx.gpu, mp.addmm, *args, alpha=alpha, beta=beta, precision=precision)
+            y_cpu = on(mx.cpu, mp.addmm, *args, alpha=alpha, beta=beta,
+                       precision=CPU_TWIN[precision])
+        else:
+            w = mx.array(np.ascontiguousarray(b.T))  # linear without bias: x @ w.T
+            y_gpu = on(mx.gpu, mp.linear, args[1], w, precision=precision)
+            y_cpu = on(mx.cpu, mp.linear, args[1], w, precision=CPU_TWIN[precision])
+        assert_bitwise(y_gpu, y_cpu)

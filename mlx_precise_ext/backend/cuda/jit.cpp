@@ -54,6 +54,7 @@ const char* const kStrictKernelNames[] = {
     "mlx_precise::gpu::addmm_norms",
     "mlx_precise::gpu::addmm_tiles<mlx_precise::gpu::DoubleWordDot>",
     "mlx_precise::gpu::addmm_tiles<mlx_precise::gpu::Float64Dot>",
+    "mlx_precise::gpu::addmm_dmma",
     "mlx_precise::gpu::layer_norm_rows<double>",
     "mlx_precise::gpu::layer_norm_rows<mlx_precise::ff>",
     "mlx_precise::gpu::layer_norm_grad_rows<double>",

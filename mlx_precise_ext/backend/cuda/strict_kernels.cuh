@@ -51,13 +51,18 @@ struct StridedWide {
   }
 };
 
-// 2-norms of the rows of a and the columns of b of every batch, in double,
-// 8 lanes combined like the CPU's (any order is covered by the bound's slack).
+// 2-norms of the rows of a and the columns of b of every batch, in double:
+// one warp per vector, lane l summing elements l, l + 32, ... then a shuffle
+// tree. The order differs from the CPU's 8 lanes; the norms' own rounding
+// (relative error below (K/32 + 6) u) is covered many times over by the
+// bound's 1 + 1/1024 slack, so the certification stays valid in any order.
 // norms: batches * m row norms of a, then batches * n column norms of b.
 __global__ void addmm_norms(const float* a, const float* b, const AddmmLayout L, double* norms) {
   const MP_INT64 per_batch = L.m + L.n;
-  for (MP_INT64 t = blockIdx.x * static_cast<MP_INT64>(blockDim.x) + threadIdx.x;
-       t < L.batches * per_batch; t += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+  const int lane = threadIdx.x % 32;
+  const MP_INT64 warps_total = static_cast<MP_INT64>(gridDim.x) * (blockDim.x / 32);
+  for (MP_INT64 t = blockIdx.x * static_cast<MP_INT64>(blockDim.x / 32) + threadIdx.x / 32;
+       t < L.batches * per_batch; t += warps_total) {
     const MP_INT64 batch = t / per_batch;
     const MP_INT64 r = t % per_batch;
     const float* v;
@@ -69,15 +74,17 @@ __global__ void addmm_norms(const float* a, const float* b, const AddmmLayout L,
       v = b + strided_offset(batch, L.batch_dims, L.batch_shape, L.b_batch) + (r - L.m) * L.b_col;
       stride = L.b_row;
     }
-    double lanes[kLayerNormLanes];
-    for (int l = 0; l < kLayerNormLanes; ++l) lanes[l] = 0.0;
-    for (int p = 0; p < L.k; ++p) {
+    double sum = 0.0;
+    for (int p = lane; p < L.k; p += 32) {
       const double x = static_cast<double>(v[p * stride]);
-      lanes[p % kLayerNormLanes] += x * x;
+      sum += x * x;
     }
-    const double norm = sqrt(combine_lanes(lanes));
-    if (r < L.m) norms[batch * L.m + r] = norm;
-    else norms[L.batches * L.m + batch * L.n + (r - L.m)] = norm;
+    for (int offset = 16; offset > 0; offset /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (lane == 0) {
+      const double norm = sqrt(sum);
+      if (r < L.m) norms[batch * L.m + r] = norm;
+      else norms[L.batches * L.m + batch * L.n + (r - L.m)] = norm;
+    }
   }
 }
 
@@ -164,6 +171,112 @@ __global__ void __launch_bounds__(kTileThreads)
         const double b_norm = norms ? norms[L.batches * L.m + batch * L.n + j] : 0.0;
         out[(batch * L.m + i) * L.n + j] = addmm_result<Dot>(
             L, acc[r][q], cv, ab + i * L.a_row, bb + j * L.b_col, a_norm, b_norm);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------- extended addmm, FP64 MMA ----
+// "extended" on sm_80+: the float64 product on the FP64 tensor cores
+// (mma.sync m8n8k4 f64). Inputs are float32, so every product a_ik b_kj is
+// exact in double; the accumulation is some order of K double additions. For
+// ANY order of summing K exact products, |fl(sum) - sum| <= gamma_K sum|a_ik b_kj|
+// <= gamma_K ||a_i|| ||b_j|| (Higham, Thm 4.1 / Cauchy-Schwarz), which is the
+// bound the CPU certifies with; it holds as long as every addition rounds
+// to nearest. The tensor cores' internal rounding of the four-term step is not
+// documented in that detail, so the bound is doubled here: 2 gamma_K(u) times
+// the 1 + 1/1024 slack exceeds gamma_K(2u), which covers any faithful (e.g.
+// truncating) rounding of each addition, fused four-term steps included. A looser bound only
+// sends more outputs to the exact recompute; every certified output is the
+// correctly rounded float32, so the bits equal the CPU's either way.
+// Block tile 64 x 64, 4 warps of 32 x 32 (4 x 4 mma tiles of 8 x 8), K by 16
+// through shared memory held as double (converted once per block).
+constexpr int kMmaTile = 64;
+constexpr int kMmaTileK = 16;
+constexpr int kMmaThreads = 128;
+constexpr int kMmaLd = kMmaTile + 4;  // 68 doubles: fragment loads bank-conflict free
+
+__device__ __forceinline__ void dmma_8x8x4(double (&d)[2], double a, double b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 {%0, %1}, {%2}, {%3}, {%0, %1};"
+               : "+d"(d[0]), "+d"(d[1])
+               : "d"(a), "d"(b));
+#else
+  __trap();  // never launched below sm_80 (strict_ops.cpp checks the device)
+#endif
+}
+
+__global__ void __launch_bounds__(kMmaThreads)
+    addmm_dmma(const float* a, const float* b, const float* c, float* out, const AddmmLayout L,
+               const double* norms) {
+  __shared__ double a_s[kMmaTileK][kMmaLd];
+  __shared__ double b_s[kMmaTileK][kMmaLd];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
+  const int group = lane >> 2, quad = lane & 3;
+  const int i0 = blockIdx.y * kMmaTile, j0 = blockIdx.x * kMmaTile;
+  const bool a_k_contiguous = L.a_col == 1;  // consecutive threads read consecutive addresses
+  const bool b_n_contiguous = L.b_col == 1;
+  for (MP_INT64 batch = blockIdx.z; batch < L.batches; batch += gridDim.z) {
+    const float* ab = a + strided_offset(batch, L.batch_dims, L.batch_shape, L.a_batch);
+    const float* bb = b + strided_offset(batch, L.batch_dims, L.batch_shape, L.b_batch);
+    double acc[4][4][2];
+    for (int mi = 0; mi < 4; ++mi)
+      for (int ni = 0; ni < 4; ++ni) acc[mi][ni][0] = acc[mi][ni][1] = 0.0;
+    for (int k0 = 0; k0 < L.k; k0 += kMmaTileK) {
+#pragma unroll
+      for (int e = threadIdx.x; e < kMmaTile * kMmaTileK; e += kMmaThreads) {
+        int r, kk;
+        if (a_k_contiguous) { r = e / kMmaTileK; kk = e % kMmaTileK; }
+        else { kk = e / kMmaTile; r = e % kMmaTile; }
+        a_s[kk][r] = (i0 + r < L.m && k0 + kk < L.k)
+                         ? static_cast<double>(ab[(i0 + r) * L.a_row + (k0 + kk) * L.a_col])
+                         : 0.0;
+        int q, kb;
+        if (b_n_contiguous) { kb = e / kMmaTile; q = e % kMmaTile; }
+        else { q = e / kMmaTileK; kb = e % kMmaTileK; }
+        b_s[kb][q] = (j0 + q < L.n && k0 + kb < L.k)
+                         ? static_cast<double>(bb[(k0 + kb) * L.b_row + (j0 + q) * L.b_col])
+                         : 0.0;
+      }
+      __syncthreads();
+      // Padded k add exact zero products: they change no nonzero sum, and a
+      // zero result is normalised to +0 below (as the in-order sum from +0).
+#pragma unroll
+      for (int ks = 0; ks < kMmaTileK; ks += 4) {
+        double af[4], bf[4];
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi) af[mi] = a_s[ks + quad][wm + mi * 8 + group];
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni) bf[ni] = b_s[ks + quad][wn + ni * 8 + group];
+#pragma unroll
+        for (int mi = 0; mi < 4; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni) dmma_8x8x4(acc[mi][ni], af[mi], bf[ni]);
+      }
+      __syncthreads();
+    }
+    const float* cb =
+        L.has_c ? c + strided_offset(batch, L.batch_dims, L.batch_shape, L.c_batch) : nullptr;
+#pragma unroll
+    for (int mi = 0; mi < 4; ++mi) {
+      const int i = i0 + wm + mi * 8 + group;
+      if (i >= L.m) continue;
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni) {
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+          const int j = j0 + wn + ni * 8 + quad * 2 + t;
+          if (j >= L.n) continue;
+          double s = acc[mi][ni][t];
+          if (s == 0.0) s = 0.0;  // +0, as the in-order sum started at +0 gives
+          const float cv = L.has_c ? cb[i * L.c_row + j * L.c_col] : 0.0f;
+          const double a_norm = norms[batch * L.m + i];
+          const double b_norm = norms[L.batches * L.m + batch * L.n + j];
+          // Doubled bound (see above): twice the norms' product.
+          out[(batch * L.m + i) * L.n + j] = addmm_result<Float64Dot>(
+              L, s, cv, ab + i * L.a_row, bb + j * L.b_col, 2.0 * a_norm, b_norm);
+        }
       }
     }
   }

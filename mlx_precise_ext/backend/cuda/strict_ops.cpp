@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <cuda.h>
+
 #include <mlx/allocator.h>
 #include <mlx/backend/cuda/device.h>
 #include <mlx/backend/cuda/utils.h>
@@ -68,6 +70,21 @@ unsigned row_blocks(int64_t rows) {
   return static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1 << 20));
 }
 
+// Whether the device has the FP64 tensor-core mma (compute capability 8.0+).
+bool fp64_mma(int device) {
+  static int cached[64];  // 0 unknown, 1 no, 2 yes
+  int& c = cached[device & 63];
+  if (c == 0) {
+    int major = 0;
+    CUdevice dev;
+    if (cuDeviceGet(&dev, device) != CUDA_SUCCESS ||
+        cuDeviceGetAttribute(&major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev) != CUDA_SUCCESS)
+      major = 0;
+    c = major >= 8 ? 2 : 1;
+  }
+  return c == 2;
+}
+
 } // namespace
 
 void StrictAddmm::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
@@ -95,11 +112,18 @@ void StrictAddmm::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out)
   double* norms = static_cast<double*>(mx::gpu_ptr<void>(norms_buffer));
   encoder.set_output_array(norms_buffer);
   launch(encoder, cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_norms"),
-                             dim3(static_cast<unsigned>(std::min<int64_t>((norm_count + 255) / 256, 1 << 20))),
+                             dim3(static_cast<unsigned>(std::min<int64_t>((norm_count + 7) / 8, 1 << 20))),
                              dim3(256), a, b, l, norms);
   for (const auto& x : inputs) encoder.set_input_array(x);
   encoder.set_input_array(norms_buffer);
   encoder.set_output_array(out);
+  // sm_80+: the FP64 tensor cores (addmm_dmma, 64 x 64 tiles of 128 threads);
+  // older devices: the scalar double tiles. Both certify every output.
+  if (fp64_mma(device)) {
+    launch(encoder, cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_dmma"),
+        grid, dim3(128), a, b, c, o, l, static_cast<const double*>(norms));
+    return;
+  }
   launch(encoder, cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_tiles<mlx_precise::gpu::Float64Dot>"),
       grid, dim3(256), a, b, c, o, l, static_cast<const double*>(norms));
 }
