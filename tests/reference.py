@@ -5,6 +5,8 @@ numpy's pocketfft computes longdouble transforms with errors near 1e-19 relative
 to the norm, some 10^11 below a float32 ulp.
 """
 
+import math
+
 import numpy as np
 
 LD = np.longdouble
@@ -99,3 +101,16 @@ def assert_correctly_rounded(y, ref, min_correct=0.999, max_rel_l2=4e-8, max_ulp
     assert correct >= min_correct, f"correctly rounded {correct:.5f} < {min_correct}"
     assert rel_l2 <= max_rel_l2, f"relative L2 {rel_l2:.3e} > {max_rel_l2}"
     assert max_ulp <= max_ulps, f"max ulp error {max_ulp:.3f} > {max_ulps}"
+
+
+def round_exact_sum(terms) -> np.float32:
+    """The float32 nearest to the exact sum of doubles `terms` (fsum is exact-rounded
+    to double; its residual decides a double that sits on a float32 midpoint)."""
+    s = math.fsum(terms)
+    residual = math.fsum(list(terms) + [-s])
+    if residual != 0.0 and s != 0.0:
+        bits = np.float64(s).view(np.int64)
+        if bits & 1 == 0:  # round to odd, then to nearest: one correct rounding
+            bits += 1 if (residual > 0) == (s > 0) else -1
+            s = np.int64(bits).view(np.float64)
+    return np.float32(s)

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import mlx_precise as mp
+from reference import round_exact_sum
 
 GPU_AVAILABLE = mx.metal.is_available() or mx.cuda.is_available()
 pytestmark = pytest.mark.skipif(not GPU_AVAILABLE, reason="MLX has no GPU backend here")
@@ -44,19 +45,8 @@ def exact_addmm(c, a, b, alpha=1.0, beta=1.0):
     for i in range(a.shape[0]):
         products = alpha * a64[i][:, None] * b64  # exact for alpha a power of two
         for j in range(b.shape[1]):
-            out[i, j] = round_exact([*products[:, j], beta * cb[i, j]])
+            out[i, j] = round_exact_sum([*products[:, j], beta * cb[i, j]])
     return out
-
-
-def round_exact(terms):
-    s = math.fsum(terms)
-    residual = math.fsum(list(terms) + [-s])
-    if residual != 0.0 and s != 0.0:
-        bits = np.float64(s).view(np.int64)
-        if bits & 1 == 0:  # round to odd, then to nearest: one correct rounding
-            bits += 1 if (residual > 0) == (s > 0) else -1
-            s = np.int64(bits).view(np.float64)
-    return np.float32(s)
 
 
 def assert_bitwise(x, y):

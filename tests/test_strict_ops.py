@@ -4,7 +4,6 @@ Every run draws fresh random inputs (seeded from the OS; the seed is printed so 
 failure can be replayed with MLX_PRECISE_TEST_SEED).
 """
 
-import math
 import os
 import zlib
 from fractions import Fraction
@@ -17,6 +16,7 @@ import pytest
 import torch
 
 import mlx_precise as mp
+from reference import round_exact_sum
 
 STRICT = ("extended", "dd")
 SEED = int(os.environ.get("MLX_PRECISE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
@@ -30,19 +30,6 @@ def rng(request):
 
 def f32(x) -> mx.array:
     return mx.array(np.asarray(x, dtype=np.float32))
-
-
-def round_exact_sum(terms) -> np.float32:
-    """The float32 nearest to the exact sum of doubles `terms` (fsum is exact-rounded
-    to double; its residual decides a double that sits on a float32 midpoint)."""
-    s = math.fsum(terms)
-    residual = math.fsum(list(terms) + [-s])
-    if residual != 0.0 and s != 0.0:
-        bits = np.float64(s).view(np.int64)
-        if bits & 1 == 0:  # round to odd, then to nearest: one correct rounding
-            bits += 1 if (residual > 0) == (s > 0) else -1
-            s = np.int64(bits).view(np.float64)
-    return np.float32(s)
 
 
 def exact_matmul_f32(c, a, b, beta=1.0):
