@@ -18,7 +18,8 @@ constexpr int64_t kMaxLength = int64_t(1) << 24;
 std::string shape_str(const mx::Shape& s) {
   std::ostringstream os;
   os << "(";
-  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  for (size_t i = 0; i < s.size(); ++i)
+    os << (i ? ", " : "") << s[i];
   os << (s.size() == 1 ? ",)" : ")");
   return os.str();
 }
@@ -39,41 +40,59 @@ mx::Shape batch_of(const mx::array& x) {
 
 } // namespace
 
-mx::array rfft_conv_from_parts(const mx::array& u, const mx::array& k, int64_t period,
-                               const std::optional<mx::array>& bias, Precision precision,
-                               mx::Stream stream) {
+mx::array rfft_conv_from_parts(
+    const mx::array& u,
+    const mx::array& k,
+    int64_t period,
+    const std::optional<mx::array>& bias,
+    Precision precision,
+    mx::Stream stream) {
   mx::Shape out_shape = mx::broadcast_shapes(batch_of(u), batch_of(k));
   out_shape.push_back(u.shape().back());
   std::vector<mx::array> inputs{u, k};
-  if (bias) inputs.push_back(*bias);
+  if (bias)
+    inputs.push_back(*bias);
   return mx::array(
-      out_shape, mx::float32,
-      std::make_shared<RFFTConv>(stream, ConvVariant::Convolve, period, precision,
-                                 bias.has_value(), out_shape),
+      out_shape,
+      mx::float32,
+      std::make_shared<RFFTConv>(
+          stream,
+          ConvVariant::Convolve,
+          period,
+          precision,
+          bias.has_value(),
+          out_shape),
       std::move(inputs));
 }
 
-mx::array rfft_conv(const mx::array& u, const mx::array& k, std::optional<int64_t> n,
-                    const std::optional<mx::array>& bias, const std::string& precision,
-                    mx::StreamOrDevice s) {
+mx::array rfft_conv(
+    const mx::array& u,
+    const mx::array& k,
+    std::optional<int64_t> n,
+    const std::optional<mx::array>& bias,
+    const std::string& precision,
+    mx::StreamOrDevice s) {
   Precision p = parse_precision(precision, "rfft_conv");
   check_float32(u, "u");
   check_float32(k, "k");
-  if (bias) check_float32(*bias, "bias");
+  if (bias)
+    check_float32(*bias, "bias");
   if (u.ndim() < 1 || k.ndim() < 1) {
     throw std::invalid_argument(
-        "rfft_conv: u and k need a last (time) axis; got shapes " + shape_str(u.shape()) +
-        " and " + shape_str(k.shape()) + ": pass 1-D or higher arrays");
+        "rfft_conv: u and k need a last (time) axis; got shapes " +
+        shape_str(u.shape()) + " and " + shape_str(k.shape()) +
+        ": pass 1-D or higher arrays");
   }
   if (u.size() == 0 || k.size() == 0) {
-    throw std::invalid_argument("rfft_conv: empty input (u " + shape_str(u.shape()) + ", k " +
-                                shape_str(k.shape()) +
-                                "): every axis needs length >= 1");
+    throw std::invalid_argument(
+        "rfft_conv: empty input (u " + shape_str(u.shape()) + ", k " +
+        shape_str(k.shape()) + "): every axis needs length >= 1");
   }
   const int64_t L = u.shape().back(), Lk = k.shape().back();
   if (L > kMaxLength || Lk > kMaxLength) {
-    throw std::invalid_argument("rfft_conv: lengths above 2^24 are not supported (L = " +
-                                std::to_string(L) + ", Lk = " + std::to_string(Lk) + ")");
+    throw std::invalid_argument(
+        "rfft_conv: lengths above 2^24 are not supported (L = " +
+        std::to_string(L) + ", Lk = " + std::to_string(Lk) + ")");
   }
   mx::Shape out_batch;
   try {

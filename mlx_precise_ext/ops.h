@@ -17,14 +17,22 @@ namespace mx = mlx::core;
 // n unset: causal linear convolution y[t] = sum_{j <= t} u[t - j] k[j].
 // n set: irfft(rfft(u, n) * rfft(k, n), n)[..., :L] (needs n >= L, n >= Lk).
 // bias: adds u * bias before the single rounding. Output (..., L) float32.
-mx::array rfft_conv(const mx::array& u, const mx::array& k, std::optional<int64_t> n = {},
-                    const std::optional<mx::array>& bias = {},
-                    const std::string& precision = "float32", mx::StreamOrDevice s = {});
+mx::array rfft_conv(
+    const mx::array& u,
+    const mx::array& k,
+    std::optional<int64_t> n = {},
+    const std::optional<mx::array>& bias = {},
+    const std::string& precision = "float32",
+    mx::StreamOrDevice s = {});
 
 // Builds the Convolve node from inputs rfft_conv already validated (the
 // transforms use it; period 0 means the causal linear form).
-mx::array rfft_conv_from_parts(const mx::array& u, const mx::array& k, int64_t period,
-                               const std::optional<mx::array>& bias, Precision precision,
-                               mx::Stream stream);
+mx::array rfft_conv_from_parts(
+    const mx::array& u,
+    const mx::array& k,
+    int64_t period,
+    const std::optional<mx::array>& bias,
+    Precision precision,
+    mx::Stream stream);
 
 } // namespace mlx_precise

@@ -17,12 +17,24 @@ namespace mx = mlx::core;
 //                   (the jvp); inputs a_1, b_1, ..., c_1, d_1, ...
 // "sum" runs over the dimensions the target was broadcast along. period is n
 // of the circular form, or 0 for the causal linear convolution.
-enum class ConvVariant { Convolve, CorrelateInput, CorrelateKernel, ConvolveSum };
+enum class ConvVariant {
+  Convolve,
+  CorrelateInput,
+  CorrelateKernel,
+  ConvolveSum
+};
 
 class RFFTConv : public mx::UnaryPrimitive {
  public:
-  RFFTConv(mx::Stream stream, ConvVariant variant, int64_t period, Precision precision,
-           bool has_bias, mx::Shape out_shape, int conv_terms = 1, int bias_terms = 0)
+  RFFTConv(
+      mx::Stream stream,
+      ConvVariant variant,
+      int64_t period,
+      Precision precision,
+      bool has_bias,
+      mx::Shape out_shape,
+      int conv_terms = 1,
+      int bias_terms = 0)
       : mx::UnaryPrimitive(stream),
         variant_(variant),
         period_(period),
@@ -35,28 +47,44 @@ class RFFTConv : public mx::UnaryPrimitive {
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
 
-  std::vector<mx::array> jvp(const std::vector<mx::array>& primals,
-                             const std::vector<mx::array>& tangents,
-                             const std::vector<int>& argnums) override;
-  std::vector<mx::array> vjp(const std::vector<mx::array>& primals,
-                             const std::vector<mx::array>& cotangents,
-                             const std::vector<int>& argnums,
-                             const std::vector<mx::array>& outputs) override;
+  std::vector<mx::array> jvp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& tangents,
+      const std::vector<int>& argnums) override;
+  std::vector<mx::array> vjp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& cotangents,
+      const std::vector<int>& argnums,
+      const std::vector<mx::array>& outputs) override;
   std::pair<std::vector<mx::array>, std::vector<int>> vmap(
-      const std::vector<mx::array>& inputs, const std::vector<int>& axes) override;
+      const std::vector<mx::array>& inputs,
+      const std::vector<int>& axes) override;
 
   const char* name() const override;
   bool is_equivalent(const mx::Primitive& other) const override;
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+  std::vector<mx::Shape> output_shapes(
+      const std::vector<mx::array>& inputs) override {
     return {out_shape_};
   }
 
-  ConvVariant variant() const { return variant_; }
-  int64_t period() const { return period_; }
-  Precision precision() const { return precision_; }
-  bool has_bias() const { return has_bias_; }
-  int conv_terms() const { return conv_terms_; }
-  int bias_terms() const { return bias_terms_; }
+  ConvVariant variant() const {
+    return variant_;
+  }
+  int64_t period() const {
+    return period_;
+  }
+  Precision precision() const {
+    return precision_;
+  }
+  bool has_bias() const {
+    return has_bias_;
+  }
+  int conv_terms() const {
+    return conv_terms_;
+  }
+  int bias_terms() const {
+    return bias_terms_;
+  }
 
  private:
   ConvVariant variant_;
@@ -64,8 +92,8 @@ class RFFTConv : public mx::UnaryPrimitive {
   Precision precision_;
   bool has_bias_;
   mx::Shape out_shape_;
-  int conv_terms_;  // ConvolveSum only
-  int bias_terms_;  // ConvolveSum only
+  int conv_terms_; // ConvolveSum only
+  int bias_terms_; // ConvolveSum only
 };
 
 // Gradient of the fused bias: sum of g * u over the dimensions the bias was
@@ -73,17 +101,23 @@ class RFFTConv : public mx::UnaryPrimitive {
 class BiasGradient : public mx::UnaryPrimitive {
  public:
   BiasGradient(mx::Stream stream, Precision precision, mx::Shape out_shape)
-      : mx::UnaryPrimitive(stream), precision_(precision), out_shape_(std::move(out_shape)) {}
+      : mx::UnaryPrimitive(stream),
+        precision_(precision),
+        out_shape_(std::move(out_shape)) {}
 
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
 
   std::pair<std::vector<mx::array>, std::vector<int>> vmap(
-      const std::vector<mx::array>& inputs, const std::vector<int>& axes) override;
+      const std::vector<mx::array>& inputs,
+      const std::vector<int>& axes) override;
 
-  const char* name() const override { return "BiasGradient"; }
+  const char* name() const override {
+    return "BiasGradient";
+  }
   bool is_equivalent(const mx::Primitive& other) const override;
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override {
+  std::vector<mx::Shape> output_shapes(
+      const std::vector<mx::array>& inputs) override {
     return {out_shape_};
   }
 

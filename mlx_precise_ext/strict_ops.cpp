@@ -38,60 +38,82 @@ mx::Shape batch_of(const mx::array& x) {
 
 } // namespace
 
-mx::array strict_addmm_from_parts(const mx::array& a, const mx::array& b,
-                                  const std::optional<mx::array>& c, float alpha, float beta,
-                                  Precision precision, mx::Stream stream) {
+mx::array strict_addmm_from_parts(
+    const mx::array& a,
+    const mx::array& b,
+    const std::optional<mx::array>& c,
+    float alpha,
+    float beta,
+    Precision precision,
+    mx::Stream stream) {
   mx::Shape out_shape = mx::broadcast_shapes(batch_of(a), batch_of(b));
   out_shape.push_back(a.shape(-2));
   out_shape.push_back(b.shape(-1));
   std::vector<mx::array> inputs{a, b};
-  if (c) inputs.push_back(*c);
-  return mx::array(out_shape, mx::float32,
-                   std::make_shared<StrictAddmm>(stream, precision, alpha, beta, c.has_value(),
-                                                 out_shape),
-                   std::move(inputs));
+  if (c)
+    inputs.push_back(*c);
+  return mx::array(
+      out_shape,
+      mx::float32,
+      std::make_shared<StrictAddmm>(
+          stream, precision, alpha, beta, c.has_value(), out_shape),
+      std::move(inputs));
 }
 
-mx::array strict_layer_norm_from_parts(const mx::array& x, const std::optional<mx::array>& weight,
-                                       const std::optional<mx::array>& bias, double eps,
-                                       Precision precision, mx::Stream stream) {
+mx::array strict_layer_norm_from_parts(
+    const mx::array& x,
+    const std::optional<mx::array>& weight,
+    const std::optional<mx::array>& bias,
+    double eps,
+    Precision precision,
+    mx::Stream stream) {
   std::vector<mx::array> inputs{x};
-  if (weight) inputs.push_back(*weight);
-  if (bias) inputs.push_back(*bias);
-  return mx::array(x.shape(), mx::float32,
-                   std::make_shared<StrictLayerNorm>(stream, precision, eps, weight.has_value(),
-                                                     bias.has_value()),
-                   std::move(inputs));
+  if (weight)
+    inputs.push_back(*weight);
+  if (bias)
+    inputs.push_back(*bias);
+  return mx::array(
+      x.shape(),
+      mx::float32,
+      std::make_shared<StrictLayerNorm>(
+          stream, precision, eps, weight.has_value(), bias.has_value()),
+      std::move(inputs));
 }
 
 namespace {
 
 // Validates a @ b [+ c] and returns the output shape.
-mx::Shape matmul_shape(const char* op, const mx::array& a, const mx::array& b,
-                       const std::optional<mx::array>& c, const char* a_name,
-                       const char* b_name) {
+mx::Shape matmul_shape(
+    const char* op,
+    const mx::array& a,
+    const mx::array& b,
+    const std::optional<mx::array>& c,
+    const char* a_name,
+    const char* b_name) {
   if (a.ndim() < 2 || b.ndim() < 2) {
-    throw std::invalid_argument(std::string(op) + ": " + a_name + " " + shape_of(a) + " and " +
-                                b_name + " " + shape_of(b) +
-                                " must have at least 2 dims, (..., M, K) and (..., K, N)");
+    throw std::invalid_argument(
+        std::string(op) + ": " + a_name + " " + shape_of(a) + " and " + b_name +
+        " " + shape_of(b) +
+        " must have at least 2 dims, (..., M, K) and (..., K, N)");
   }
   if (a.shape(-1) != b.shape(-2)) {
-    throw std::invalid_argument(std::string(op) + ": inner dimensions differ: " + a_name + " " +
-                                shape_of(a) + " has K = " + std::to_string(a.shape(-1)) +
-                                " but " + b_name + " " + shape_of(b) + " has K = " +
-                                std::to_string(b.shape(-2)));
+    throw std::invalid_argument(
+        std::string(op) + ": inner dimensions differ: " + a_name + " " +
+        shape_of(a) + " has K = " + std::to_string(a.shape(-1)) + " but " +
+        b_name + " " + shape_of(b) + " has K = " + std::to_string(b.shape(-2)));
   }
   if (a.shape(-2) > kMaxMatrixDim || a.shape(-1) > kMaxMatrixDim ||
       b.shape(-1) > kMaxMatrixDim) {
-    throw std::invalid_argument(std::string(op) + ": matrix dimensions above 2^31 - 1");
+    throw std::invalid_argument(
+        std::string(op) + ": matrix dimensions above 2^31 - 1");
   }
   mx::Shape out;
   try {
     out = mx::broadcast_shapes(batch_of(a), batch_of(b));
   } catch (const std::invalid_argument&) {
-    throw std::invalid_argument(std::string(op) + ": the batch dims of " + a_name + " " +
-                                shape_of(a) + " and " + b_name + " " + shape_of(b) +
-                                " do not broadcast");
+    throw std::invalid_argument(
+        std::string(op) + ": the batch dims of " + a_name + " " + shape_of(a) +
+        " and " + b_name + " " + shape_of(b) + " do not broadcast");
   }
   out.push_back(a.shape(-2));
   out.push_back(b.shape(-1));
@@ -106,8 +128,10 @@ mx::Shape matmul_shape(const char* op, const mx::array& a, const mx::array& b,
     }
     if (!ok) {
       std::ostringstream os;
-      os << op << ": " << (c->ndim() == 1 && std::string(op) == "linear" ? "bias" : "c") << " "
-         << c->shape() << " does not broadcast to the output shape " << out;
+      os << op << ": "
+         << (c->ndim() == 1 && std::string(op) == "linear" ? "bias" : "c")
+         << " " << c->shape() << " does not broadcast to the output shape "
+         << out;
       throw std::invalid_argument(os.str());
     }
   }
@@ -116,37 +140,52 @@ mx::Shape matmul_shape(const char* op, const mx::array& a, const mx::array& b,
 
 } // namespace
 
-mx::array addmm(const mx::array& c, const mx::array& a, const mx::array& b, float alpha,
-                float beta, const std::string& precision, mx::StreamOrDevice s) {
+mx::array addmm(
+    const mx::array& c,
+    const mx::array& a,
+    const mx::array& b,
+    float alpha,
+    float beta,
+    const std::string& precision,
+    mx::StreamOrDevice s) {
   Precision p = parse_precision(precision, "addmm");
   check_float32("addmm", c, "c");
   check_float32("addmm", a, "a");
   check_float32("addmm", b, "b");
   matmul_shape("addmm", a, b, c, "a", "b");
-  if (p == Precision::Float32) return mx::addmm(c, a, b, alpha, beta, s);
+  if (p == Precision::Float32)
+    return mx::addmm(c, a, b, alpha, beta, s);
   return strict_addmm_from_parts(a, b, c, alpha, beta, p, mx::to_stream(s));
 }
 
-mx::array linear(const mx::array& x, const mx::array& weight, const std::optional<mx::array>& bias,
-                 const std::string& precision, mx::StreamOrDevice s) {
+mx::array linear(
+    const mx::array& x,
+    const mx::array& weight,
+    const std::optional<mx::array>& bias,
+    const std::string& precision,
+    mx::StreamOrDevice s) {
   Precision p = parse_precision(precision, "linear");
   check_float32("linear", x, "x");
   check_float32("linear", weight, "weight");
-  if (bias) check_float32("linear", *bias, "bias");
+  if (bias)
+    check_float32("linear", *bias, "bias");
   if (x.ndim() < 1 || weight.ndim() != 2) {
-    throw std::invalid_argument("linear: x " + shape_of(x) + " must be (..., in_features) and "
-                                "weight " + shape_of(weight) +
-                                " must be (out_features, in_features)");
+    throw std::invalid_argument(
+        "linear: x " + shape_of(x) +
+        " must be (..., in_features) and "
+        "weight " +
+        shape_of(weight) + " must be (out_features, in_features)");
   }
   if (x.shape(-1) != weight.shape(1)) {
-    throw std::invalid_argument("linear: x " + shape_of(x) + " has " +
-                                std::to_string(x.shape(-1)) + " features but weight " +
-                                shape_of(weight) + " expects in_features = " +
-                                std::to_string(weight.shape(1)));
+    throw std::invalid_argument(
+        "linear: x " + shape_of(x) + " has " + std::to_string(x.shape(-1)) +
+        " features but weight " + shape_of(weight) +
+        " expects in_features = " + std::to_string(weight.shape(1)));
   }
   if (bias && !(bias->ndim() == 1 && bias->shape(0) == weight.shape(0))) {
-    throw std::invalid_argument("linear: bias " + shape_of(*bias) + " must have shape (" +
-                                std::to_string(weight.shape(0)) + ",) (out_features)");
+    throw std::invalid_argument(
+        "linear: bias " + shape_of(*bias) + " must have shape (" +
+        std::to_string(weight.shape(0)) + ",) (out_features)");
   }
   // All leading dims of x are rows: one (rows, K) @ (K, N) product.
   const mx::Shape x_shape = x.shape();
@@ -156,46 +195,58 @@ mx::array linear(const mx::array& x, const mx::array& weight, const std::optiona
   matmul_shape("linear", rows, weight_t, bias, "x", "weight.T");
   mx::array y = [&]() {
     if (p == Precision::Float32) {
-      return bias ? mx::addmm(*bias, rows, weight_t, 1.0f, 1.0f, s) : mx::matmul(rows, weight_t, s);
+      return bias ? mx::addmm(*bias, rows, weight_t, 1.0f, 1.0f, s)
+                  : mx::matmul(rows, weight_t, s);
     }
-    return strict_addmm_from_parts(rows, weight_t, bias, 1.0f, 1.0f, p, mx::to_stream(s));
+    return strict_addmm_from_parts(
+        rows, weight_t, bias, 1.0f, 1.0f, p, mx::to_stream(s));
   }();
   mx::Shape out_shape = x_shape;
   out_shape.back() = weight.shape(0);
   return mx::reshape(y, out_shape, s);
 }
 
-mx::array layer_norm(const mx::array& x, const std::optional<mx::array>& weight,
-                     const std::optional<mx::array>& bias, double eps,
-                     const std::string& precision, mx::StreamOrDevice s) {
+mx::array layer_norm(
+    const mx::array& x,
+    const std::optional<mx::array>& weight,
+    const std::optional<mx::array>& bias,
+    double eps,
+    const std::string& precision,
+    mx::StreamOrDevice s) {
   Precision p = parse_precision(precision, "layer_norm");
   check_float32("layer_norm", x, "x");
-  if (weight) check_float32("layer_norm", *weight, "weight");
-  if (bias) check_float32("layer_norm", *bias, "bias");
+  if (weight)
+    check_float32("layer_norm", *weight, "weight");
+  if (bias)
+    check_float32("layer_norm", *bias, "bias");
   if (x.ndim() < 1 || x.shape(-1) < 1) {
-    throw std::invalid_argument("layer_norm: x " + shape_of(x) +
-                                " needs a non-empty last (feature) axis");
+    throw std::invalid_argument(
+        "layer_norm: x " + shape_of(x) +
+        " needs a non-empty last (feature) axis");
   }
   const int dim = x.shape(-1);
   for (const auto* param : {&weight, &bias}) {
     if (*param && !((*param)->ndim() == 1 && (*param)->shape(0) == dim)) {
-      throw std::invalid_argument(std::string("layer_norm: ") +
-                                  (param == &weight ? "weight " : "bias ") +
-                                  shape_of(**param) + " must have shape (" +
-                                  std::to_string(dim) + ",), the last axis of x " + shape_of(x));
+      throw std::invalid_argument(
+          std::string("layer_norm: ") +
+          (param == &weight ? "weight " : "bias ") + shape_of(**param) +
+          " must have shape (" + std::to_string(dim) +
+          ",), the last axis of x " + shape_of(x));
     }
   }
   if (!(eps >= 0.0) || std::isinf(eps)) {
-    throw std::invalid_argument("layer_norm: eps must be finite and >= 0, got " +
-                                std::to_string(eps));
+    throw std::invalid_argument(
+        "layer_norm: eps must be finite and >= 0, got " + std::to_string(eps));
   }
   if (dim >= (1 << 24)) {
-    throw std::invalid_argument("layer_norm: feature axes of 2^24 or more are not supported");
+    throw std::invalid_argument(
+        "layer_norm: feature axes of 2^24 or more are not supported");
   }
   if (p == Precision::Float32) {
     return mx::fast::layer_norm(x, weight, bias, static_cast<float>(eps), s);
   }
-  return strict_layer_norm_from_parts(x, weight, bias, eps, p, mx::to_stream(s));
+  return strict_layer_norm_from_parts(
+      x, weight, bias, eps, p, mx::to_stream(s));
 }
 
 } // namespace mlx_precise

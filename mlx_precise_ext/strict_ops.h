@@ -20,30 +20,51 @@ namespace mx = mlx::core;
 // beta * c + alpha * (a @ b), mx::addmm's semantics: a (..., M, K),
 // b (..., K, N), batch dims broadcast, c broadcasts to (..., M, N).
 // alpha and beta are float32 (as in mx::addmm); the exact value uses them.
-mx::array addmm(const mx::array& c, const mx::array& a, const mx::array& b, float alpha = 1.0f,
-                float beta = 1.0f, const std::string& precision = "float32",
-                mx::StreamOrDevice s = {});
+mx::array addmm(
+    const mx::array& c,
+    const mx::array& a,
+    const mx::array& b,
+    float alpha = 1.0f,
+    float beta = 1.0f,
+    const std::string& precision = "float32",
+    mx::StreamOrDevice s = {});
 
 // torch.nn.functional.linear: x (..., K) @ weight (N, K).T [+ bias (N,)].
-mx::array linear(const mx::array& x, const mx::array& weight,
-                 const std::optional<mx::array>& bias = {},
-                 const std::string& precision = "float32", mx::StreamOrDevice s = {});
+mx::array linear(
+    const mx::array& x,
+    const mx::array& weight,
+    const std::optional<mx::array>& bias = {},
+    const std::string& precision = "float32",
+    mx::StreamOrDevice s = {});
 
 // torch.nn.functional.layer_norm over the last axis: biased variance, eps
 // inside the square root, then weight (D,) and bias (D,). eps is a double
 // (Python's float) and enters the exact value unrounded.
-mx::array layer_norm(const mx::array& x, const std::optional<mx::array>& weight = {},
-                     const std::optional<mx::array>& bias = {}, double eps = 1e-5,
-                     const std::string& precision = "float32", mx::StreamOrDevice s = {});
+mx::array layer_norm(
+    const mx::array& x,
+    const std::optional<mx::array>& weight = {},
+    const std::optional<mx::array>& bias = {},
+    double eps = 1e-5,
+    const std::string& precision = "float32",
+    mx::StreamOrDevice s = {});
 
 // Builds the StrictAddmm node from validated inputs (the transforms use it):
 // alpha * (a @ b) [+ beta * c], c broadcasting to the output.
-mx::array strict_addmm_from_parts(const mx::array& a, const mx::array& b,
-                                  const std::optional<mx::array>& c, float alpha, float beta,
-                                  Precision precision, mx::Stream stream);
+mx::array strict_addmm_from_parts(
+    const mx::array& a,
+    const mx::array& b,
+    const std::optional<mx::array>& c,
+    float alpha,
+    float beta,
+    Precision precision,
+    mx::Stream stream);
 
-mx::array strict_layer_norm_from_parts(const mx::array& x, const std::optional<mx::array>& weight,
-                                       const std::optional<mx::array>& bias, double eps,
-                                       Precision precision, mx::Stream stream);
+mx::array strict_layer_norm_from_parts(
+    const mx::array& x,
+    const std::optional<mx::array>& weight,
+    const std::optional<mx::array>& bias,
+    double eps,
+    Precision precision,
+    mx::Stream stream);
 
 } // namespace mlx_precise

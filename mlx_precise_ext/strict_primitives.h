@@ -10,7 +10,8 @@
 namespace mlx_precise {
 
 namespace mx = mlx::core;
-// MLX's DEFINE_GRADS / DEFINE_VMAP / DEFINE_INPUT_OUTPUT_SHAPE name these unqualified.
+// MLX's DEFINE_GRADS / DEFINE_VMAP / DEFINE_INPUT_OUTPUT_SHAPE name these
+// unqualified.
 using mx::array;
 using mx::Shape;
 
@@ -20,8 +21,13 @@ using mx::Shape;
 // including the sums over broadcast dims, are StrictAddmm nodes themselves.
 class StrictAddmm : public mx::UnaryPrimitive {
  public:
-  StrictAddmm(mx::Stream stream, Precision precision, float alpha, float beta, bool has_c,
-              mx::Shape out_shape)
+  StrictAddmm(
+      mx::Stream stream,
+      Precision precision,
+      float alpha,
+      float beta,
+      bool has_c,
+      mx::Shape out_shape)
       : mx::UnaryPrimitive(stream),
         precision_(precision),
         alpha_(alpha),
@@ -53,8 +59,12 @@ class StrictAddmm : public mx::UnaryPrimitive {
 // Inputs x (..., D) and optionally weight (D,), bias (D,).
 class StrictLayerNorm : public mx::UnaryPrimitive {
  public:
-  StrictLayerNorm(mx::Stream stream, Precision precision, double eps, bool has_weight,
-                  bool has_bias)
+  StrictLayerNorm(
+      mx::Stream stream,
+      Precision precision,
+      double eps,
+      bool has_weight,
+      bool has_bias)
       : mx::UnaryPrimitive(stream),
         precision_(precision),
         eps_(eps),
@@ -83,8 +93,14 @@ class StrictLayerNorm : public mx::UnaryPrimitive {
 // grad weight (D,), grad bias (D,). Each output is rounded once.
 class StrictLayerNormVJP : public mx::Primitive {
  public:
-  StrictLayerNormVJP(mx::Stream stream, Precision precision, double eps, bool has_weight,
-                     bool want_x, bool want_weight, bool want_bias)
+  StrictLayerNormVJP(
+      mx::Stream stream,
+      Precision precision,
+      double eps,
+      bool has_weight,
+      bool want_x,
+      bool want_weight,
+      bool want_bias)
       : mx::Primitive(stream),
         precision_(precision),
         eps_(eps),
@@ -93,12 +109,17 @@ class StrictLayerNormVJP : public mx::Primitive {
         want_weight_(want_weight),
         want_bias_(want_bias) {}
 
-  void eval_cpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
-  void eval_gpu(const std::vector<mx::array>& inputs, std::vector<mx::array>& outputs) override;
+  void eval_cpu(
+      const std::vector<mx::array>& inputs,
+      std::vector<mx::array>& outputs) override;
+  void eval_gpu(
+      const std::vector<mx::array>& inputs,
+      std::vector<mx::array>& outputs) override;
 
   DEFINE_NAME(StrictLayerNormVJP)
   bool is_equivalent(const mx::Primitive& other) const override;
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>& inputs) override;
+  std::vector<mx::Shape> output_shapes(
+      const std::vector<mx::array>& inputs) override;
 
  private:
   Precision precision_;

@@ -11,7 +11,9 @@ namespace mlx_precise {
 // to rank + 1 dims; unmapped inputs stay as they are. Leading dims then
 // broadcast against each other as the primitive's batch dims always do.
 inline std::vector<mlx::core::array> vmapped_axis_in_front(
-    const std::vector<mlx::core::array>& inputs, const std::vector<int>& axes, int rank,
+    const std::vector<mlx::core::array>& inputs,
+    const std::vector<int>& axes,
+    int rank,
     mlx::core::Stream s) {
   std::vector<mlx::core::array> moved;
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -19,7 +21,8 @@ inline std::vector<mlx::core::array> vmapped_axis_in_front(
     if (axes[i] >= 0) {
       x = mlx::core::moveaxis(x, axes[i], 0, s);
       mlx::core::Shape shape = x.shape();
-      shape.insert(shape.begin() + 1, rank - (static_cast<int>(x.ndim()) - 1), 1);
+      shape.insert(
+          shape.begin() + 1, rank - (static_cast<int>(x.ndim()) - 1), 1);
       x = mlx::core::reshape(x, shape, s);
     }
     moved.push_back(x);

@@ -1,5 +1,5 @@
-// GPU entry points of rfft_conv and the strict ops in a build with neither CUDA nor Metal: a
-// clear error, never a silent move to the CPU.
+// GPU entry points of rfft_conv and the strict ops in a build with neither CUDA
+// nor Metal: a clear error, never a silent move to the CPU.
 #include <stdexcept>
 
 #include "primitives.h"
@@ -32,7 +32,9 @@ void StrictLayerNorm::eval_gpu(const std::vector<mx::array>&, mx::array&) {
   no_gpu("layer_norm (extended, dd)");
 }
 
-void StrictLayerNormVJP::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+void StrictLayerNormVJP::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
   no_gpu("layer_norm gradient (extended, dd)");
 }
 

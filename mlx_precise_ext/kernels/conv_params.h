@@ -13,7 +13,13 @@ enum : int { kMaxBatchDims = 8, kMaxFFTStages = 16 };
 
 // Row operands of one launch. A = the transformed signal (u or g), B = the
 // second factor (k, or u for the kernel gradient), BIAS, OUT.
-enum : int { kOperandA = 0, kOperandB = 1, kOperandBias = 2, kOperandOut = 3, kNumOperands = 4 };
+enum : int {
+  kOperandA = 0,
+  kOperandB = 1,
+  kOperandBias = 2,
+  kOperandOut = 3,
+  kNumOperands = 4
+};
 
 // Rows of the broadcast batch are numbered by two indices: `outer` runs over
 // the dims that select a group (the kernel row, or the gradient's target row),
@@ -35,9 +41,9 @@ struct RowIndex {
 // The stage list of the host plan (fft_plan.h) for the complex length H.
 struct FFTShape {
   int n_half;
-  int num_pairs;  // split pairs, see IndexPair
+  int num_pairs; // split pairs, see IndexPair
   int num_stages;
-  int twiddle_count;  // entries per table w1, w2, w3
+  int twiddle_count; // entries per table w1, w2, w3
   int stage_radix[kMaxFFTStages];
   int stage_log2_quarter[kMaxFFTStages];
   int stage_tw_offset[kMaxFFTStages];
@@ -52,7 +58,8 @@ struct IndexPair {
   int q;
 };
 
-// Which entries of the cyclic convolution form the output (see conv_geometry.h).
+// Which entries of the cyclic convolution form the output (see
+// conv_geometry.h).
 struct ConvShape {
   MP_INT64 fft_size;
   MP_INT64 period;
@@ -64,8 +71,8 @@ struct ConvShape {
   int a_reversed;
   int out_reversed;
   int has_bias;
-  float spectrum_scale;  // 1 / (4N), exact
-  int rows_per_group_split;  // work items per outer index (shared-kernel launch)
+  float spectrum_scale; // 1 / (4N), exact
+  int rows_per_group_split; // work items per outer index (shared-kernel launch)
 };
 
 } // namespace mlx_precise

@@ -141,9 +141,10 @@ MP_INLINE cff cdd_sub(cff a, cff b) {
   return cff{dd_sub(a.re, b.re), dd_sub(a.im, b.im)};
 }
 
-// (a.re + i a.im)(b.re + i b.im), each part a difference/sum of two dd products:
-// |error of each part| <= (7u^2 + 14u^3) (|first product| + |second product|)
-// (4u^2 from each dd_mul, then 3u^2 + 13u^3 from dd_add on their sum).
+// (a.re + i a.im)(b.re + i b.im), each part a difference/sum of two dd
+// products: |error of each part| <= (7u^2 + 14u^3) (|first product| + |second
+// product|) (4u^2 from each dd_mul, then 3u^2 + 13u^3 from dd_add on their
+// sum).
 MP_INLINE cff cdd_mul(cff a, cff b) {
   return cff{
       dd_sub(dd_mul(a.re, b.re), dd_mul(a.im, b.im)),

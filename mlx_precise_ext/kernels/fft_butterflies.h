@@ -14,40 +14,86 @@
 namespace mlx_precise {
 
 // Real arithmetic, overloaded per precision.
-MP_INLINE float r_add(float a, float b) { return MP_ADDF(a, b); }
-MP_INLINE float r_sub(float a, float b) { return MP_SUBF(a, b); }
-MP_INLINE float r_mul(float a, float b) { return MP_MULF(a, b); }
-MP_INLINE float r_neg(float a) { return -a; }
-MP_INLINE float r_scale(float a, float power_of_two) { return MP_MULF(a, power_of_two); }
-MP_INLINE float r_round(float a) { return a; }
+MP_INLINE float r_add(float a, float b) {
+  return MP_ADDF(a, b);
+}
+MP_INLINE float r_sub(float a, float b) {
+  return MP_SUBF(a, b);
+}
+MP_INLINE float r_mul(float a, float b) {
+  return MP_MULF(a, b);
+}
+MP_INLINE float r_neg(float a) {
+  return -a;
+}
+MP_INLINE float r_scale(float a, float power_of_two) {
+  return MP_MULF(a, power_of_two);
+}
+MP_INLINE float r_round(float a) {
+  return a;
+}
 // u * d for the fused bias term: in float32 mode one rounded product.
-MP_INLINE float r_prod(float tag, float a, float b) { return MP_MULF(a, b); }
+MP_INLINE float r_prod(float tag, float a, float b) {
+  return MP_MULF(a, b);
+}
 
 #if MP_HAS_DOUBLE
-MP_INLINE double r_add(double a, double b) { return a + b; }
-MP_INLINE double r_sub(double a, double b) { return a - b; }
-MP_INLINE double r_mul(double a, double b) { return a * b; }
-MP_INLINE double r_neg(double a) { return -a; }
-MP_INLINE double r_scale(double a, float power_of_two) { return a * static_cast<double>(power_of_two); }
-MP_INLINE double r_from_float(double tag, float a) { return static_cast<double>(a); }
-MP_INLINE float r_round(double a) { return static_cast<float>(a); }
+MP_INLINE double r_add(double a, double b) {
+  return a + b;
+}
+MP_INLINE double r_sub(double a, double b) {
+  return a - b;
+}
+MP_INLINE double r_mul(double a, double b) {
+  return a * b;
+}
+MP_INLINE double r_neg(double a) {
+  return -a;
+}
+MP_INLINE double r_scale(double a, float power_of_two) {
+  return a * static_cast<double>(power_of_two);
+}
+MP_INLINE double r_from_float(double tag, float a) {
+  return static_cast<double>(a);
+}
+MP_INLINE float r_round(double a) {
+  return static_cast<float>(a);
+}
 // The product of two floats is exact in double.
 MP_INLINE double r_prod(double tag, float a, float b) {
   return static_cast<double>(a) * static_cast<double>(b);
 }
 #endif
 
-MP_INLINE ff r_add(ff a, ff b) { return dd_add(a, b); }
-MP_INLINE ff r_sub(ff a, ff b) { return dd_sub(a, b); }
-MP_INLINE ff r_mul(ff a, ff b) { return dd_mul(a, b); }
-MP_INLINE ff r_neg(ff a) { return dd_neg(a); }
-MP_INLINE ff r_scale(ff a, float power_of_two) { return dd_scale(a, power_of_two); }
-MP_INLINE ff r_from_float(ff tag, float a) { return dd_from_float(a); }
-MP_INLINE float r_round(ff a) { return dd_round(a); }
+MP_INLINE ff r_add(ff a, ff b) {
+  return dd_add(a, b);
+}
+MP_INLINE ff r_sub(ff a, ff b) {
+  return dd_sub(a, b);
+}
+MP_INLINE ff r_mul(ff a, ff b) {
+  return dd_mul(a, b);
+}
+MP_INLINE ff r_neg(ff a) {
+  return dd_neg(a);
+}
+MP_INLINE ff r_scale(ff a, float power_of_two) {
+  return dd_scale(a, power_of_two);
+}
+MP_INLINE ff r_from_float(ff tag, float a) {
+  return dd_from_float(a);
+}
+MP_INLINE float r_round(ff a) {
+  return dd_round(a);
+}
 // The product of two floats is exact as a pair (TwoProd).
-MP_INLINE ff r_prod(ff tag, float a, float b) { return two_prod(a, b); }
+MP_INLINE ff r_prod(ff tag, float a, float b) {
+  return two_prod(a, b);
+}
 
-MP_INLINE float r_from_float(float tag, float a) { return a; }
+MP_INLINE float r_from_float(float tag, float a) {
+  return a;
+}
 
 template <class T>
 struct cpx {

@@ -23,16 +23,20 @@ std::shared_ptr<RealFFTPlan> make_real_plan(int64_t n_real) {
     offset += m / 4;
     m /= 4;
   }
-  if (m == 2) plan->stages.push_back({2, 1, 2, offset});
+  if (m == 2)
+    plan->stages.push_back({2, 1, 2, offset});
 
   TwiddleSource half_twiddle(h);
-  for (auto& table : plan->stage_twiddles) table.resize(offset);
+  for (auto& table : plan->stage_twiddles)
+    table.resize(offset);
   for (const auto& st : plan->stages) {
-    if (st.radix != 4) continue;
+    if (st.radix != 4)
+      continue;
     const int64_t step = h / st.block;
     for (int64_t j = 0; j < st.quarter; ++j)
       for (int k = 0; k < 3; ++k)
-        plan->stage_twiddles[k][st.tw_offset + j] = half_twiddle(step * j * (k + 1));
+        plan->stage_twiddles[k][st.tw_offset + j] =
+            half_twiddle(step * j * (k + 1));
   }
 
   // Position p holds frequency f: the first stage's butterfly index is the
@@ -68,7 +72,8 @@ std::shared_ptr<const RealFFTPlan> real_fft_plan(int64_t n_real) {
   static std::map<int64_t, std::shared_ptr<const RealFFTPlan>> cache;
   std::lock_guard<std::mutex> lock(mutex);
   auto it = cache.find(n_real);
-  if (it != cache.end()) return it->second;
+  if (it != cache.end())
+    return it->second;
   auto plan = make_real_plan(n_real);
   cache[n_real] = plan;
   return plan;

@@ -14,9 +14,9 @@
 namespace mlx_precise {
 
 struct FFTStage {
-  int64_t block;    // M: the stage works on independent blocks of M points
-  int64_t quarter;  // M / radix: distance between a butterfly's points
-  int radix;        // 4, or 2 for the last stage when log2(H) is odd
+  int64_t block; // M: the stage works on independent blocks of M points
+  int64_t quarter; // M / radix: distance between a butterfly's points
+  int radix; // 4, or 2 for the last stage when log2(H) is odd
   int64_t tw_offset;
 };
 
@@ -25,12 +25,15 @@ struct FFTStage {
 struct RealFFTPlan {
   int64_t n_real;
   int64_t n_half;
-  std::vector<FFTStage> stages;  // decimation in frequency: block size decreasing
-  // Radix-4 twiddles w^(j s), w^(2 j s), w^(3 j s), w = exp(-2 pi i / H), s = H / M.
+  std::vector<FFTStage>
+      stages; // decimation in frequency: block size decreasing
+  // Radix-4 twiddles w^(j s), w^(2 j s), w^(3 j s), w = exp(-2 pi i / H), s = H
+  // / M.
   std::vector<TwiddleValue> stage_twiddles[3];
-  std::vector<int64_t> frequency;  // frequency held at each output position
-  std::vector<int64_t> partner;    // position holding frequency (H - f) mod H
-  std::vector<TwiddleValue> split_twiddles;  // exp(-2 pi i f(p) / N) per position p
+  std::vector<int64_t> frequency; // frequency held at each output position
+  std::vector<int64_t> partner; // position holding frequency (H - f) mod H
+  std::vector<TwiddleValue>
+      split_twiddles; // exp(-2 pi i f(p) / N) per position p
 };
 
 // Cached, thread-safe.

@@ -22,13 +22,18 @@
 // Atomics on thread-group memory (the snap decision's row summaries).
 #define MP_GROUP_UINT metal::atomic_uint
 #define MP_GROUP_INT metal::atomic_int
-#define MP_GROUP_STORE(p, v) metal::atomic_store_explicit(p, v, metal::memory_order_relaxed)
-#define MP_GROUP_LOAD(p) metal::atomic_load_explicit(p, metal::memory_order_relaxed)
-#define MP_GROUP_MAX(p, v) metal::atomic_fetch_max_explicit(p, v, metal::memory_order_relaxed)
-#define MP_GROUP_MIN(p, v) metal::atomic_fetch_min_explicit(p, v, metal::memory_order_relaxed)
+#define MP_GROUP_STORE(p, v) \
+  metal::atomic_store_explicit(p, v, metal::memory_order_relaxed)
+#define MP_GROUP_LOAD(p) \
+  metal::atomic_load_explicit(p, metal::memory_order_relaxed)
+#define MP_GROUP_MAX(p, v) \
+  metal::atomic_fetch_max_explicit(p, v, metal::memory_order_relaxed)
+#define MP_GROUP_MIN(p, v) \
+  metal::atomic_fetch_min_explicit(p, v, metal::memory_order_relaxed)
 // Rows may live in threadgroup or device memory (see rfft_conv_rows.h).
-#define MP_BARRIER() \
-  metal::threadgroup_barrier(metal::mem_flags::mem_threadgroup | metal::mem_flags::mem_device)
+#define MP_BARRIER()          \
+  metal::threadgroup_barrier( \
+      metal::mem_flags::mem_threadgroup | metal::mem_flags::mem_device)
 #elif defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define MP_INLINE __device__ __forceinline__
 #define MP_HAS_DOUBLE 1
@@ -59,10 +64,12 @@
 #include <cmath>
 // The error-free transforms need every float operation rounded once, to float.
 #if defined(__FAST_MATH__)
-#error "mlx-precise kernels must not be compiled with -ffast-math: it reassociates TwoSum away"
+#error \
+    "mlx-precise kernels must not be compiled with -ffast-math: it reassociates TwoSum away"
 #endif
 #if FLT_EVAL_METHOD != 0
-#error "mlx-precise kernels need FLT_EVAL_METHOD == 0 (float evaluated in float, e.g. SSE2, not x87)"
+#error \
+    "mlx-precise kernels need FLT_EVAL_METHOD == 0 (float evaluated in float, e.g. SSE2, not x87)"
 #endif
 // Forced: a dd helper left out of line blocks vectorisation of the FFT loops.
 #define MP_INLINE inline __attribute__((always_inline))

@@ -16,10 +16,12 @@ namespace mlx_precise {
 // 2X[0], 2X[H] from Z[0] = a + i b: X[0] = a + b, X[H] = a - b.
 template <class T>
 MP_INLINE cpx<T> rfft_split_dc(cpx<T> z) {
-  return cpx<T>{r_scale(r_add(z.re, z.im), 2.0f), r_scale(r_sub(z.re, z.im), 2.0f)};
+  return cpx<T>{
+      r_scale(r_add(z.re, z.im), 2.0f), r_scale(r_sub(z.re, z.im), 2.0f)};
 }
 
-// 2X[f] = (Z[f] + conj Z[H-f]) + w^f (-i)(Z[f] - conj Z[H-f]), w = exp(-2 pi i / N).
+// 2X[f] = (Z[f] + conj Z[H-f]) + w^f (-i)(Z[f] - conj Z[H-f]), w = exp(-2 pi i
+// / N).
 template <class T>
 MP_INLINE cpx<T> rfft_split(cpx<T> z, cpx<T> z_partner, cpx<T> w) {
   cpx<T> zc{z_partner.re, r_neg(z_partner.im)};
@@ -47,27 +49,35 @@ MP_INLINE cpx<T> packed_mul(cpx<T> a, cpx<T> b, bool dc) {
 
 // Which entries of the length-N cyclic result x form output t: x[first]
 // (+ x[second] when the transform is folded at period n), -1 where absent.
-// Entries at or beyond the support of the linear convolution (a_len + b_len - 1)
-// are exactly zero in exact arithmetic, so they are not read at all: the
+// Entries at or beyond the support of the linear convolution (a_len + b_len -
+// 1) are exactly zero in exact arithmetic, so they are not read at all: the
 // result there is an exact zero rather than transform noise.
 struct GatherIndex {
   long long first;
   long long second;
 };
 
-MP_INLINE GatherIndex gather_index(long long t, long long fft_size, long long period, bool fold,
-                                   bool out_reversed, long long out_origin, long long support) {
+MP_INLINE GatherIndex gather_index(
+    long long t,
+    long long fft_size,
+    long long period,
+    bool fold,
+    bool out_reversed,
+    long long out_origin,
+    long long support) {
   long long i = t;
   if (out_reversed) {
     i = out_origin - t;
     if (i < 0) {
-      if (period == 0) return GatherIndex{-1, -1};  // causal form: no such tap
+      if (period == 0)
+        return GatherIndex{-1, -1}; // causal form: no such tap
       i += period;
     }
   }
   long long limit = support < fft_size ? support : fft_size;
   GatherIndex g{i < limit ? i : -1, -1};
-  if (fold && i + period < limit) g.second = i + period;
+  if (fold && i + period < limit)
+    g.second = i + period;
   return g;
 }
 
@@ -96,8 +106,9 @@ MP_INLINE int lowest_bit_exponent(unsigned int bits) {
 // Exponent e with |x| < 2^e for a nonzero finite float (ilogb + 1).
 MP_INLINE int magnitude_exponent(unsigned int abs_bits) {
   unsigned int exponent = abs_bits >> 23;
-  if (exponent != 0) return static_cast<int>(exponent) - 126;
-  return -149 + 32 - MP_CLZ(abs_bits);  // subnormal
+  if (exponent != 0)
+    return static_cast<int>(exponent) - 126;
+  return -149 + 32 - MP_CLZ(abs_bits); // subnormal
 }
 
 // What the largest |x| of a row says: no NaN/Inf, all zero, |x| < 2^max_exp.
@@ -110,14 +121,16 @@ struct RowMagnitude {
 
 MP_INLINE RowMagnitude row_magnitude(unsigned int max_abs_bits) {
   RowMagnitude r{max_abs_bits < 0x7f800000u, max_abs_bits == 0u, -1000};
-  if (r.finite && !r.zero) r.max_exp = magnitude_exponent(max_abs_bits);
+  if (r.finite && !r.zero)
+    r.max_exp = magnitude_exponent(max_abs_bits);
   return r;
 }
 
 // ceil(log2(v)) for v >= 1.
 MP_INLINE int ceil_log2(long long v) {
   int e = 0;
-  while ((1ll << e) < v) ++e;
+  while ((1ll << e) < v)
+    ++e;
   return e;
 }
 
@@ -131,12 +144,22 @@ constexpr MP_CONSTANT int kNoSnap = 100000;
 // qd) (the lowest set bits of the rows), is at least 4 times that bound:
 // q >= required. Returns required, 0 with *exact_zero set when the output is
 // exactly zero (snap to +0), or kNoSnap when nothing can be certified.
-MP_INLINE int snap_required(RowMagnitude a, RowMagnitude b, bool has_bias, RowMagnitude d,
-                            long long a_len, long long b_len, long long fft_size,
-                            int unit_roundoff_exp, int terms, MP_THREAD bool* exact_zero) {
+MP_INLINE int snap_required(
+    RowMagnitude a,
+    RowMagnitude b,
+    bool has_bias,
+    RowMagnitude d,
+    long long a_len,
+    long long b_len,
+    long long fft_size,
+    int unit_roundoff_exp,
+    int terms,
+    MP_THREAD bool* exact_zero) {
   *exact_zero = false;
-  if (!a.finite || !b.finite || (has_bias && !d.finite)) return kNoSnap;
-  if (unit_roundoff_exp >= 0) return kNoSnap;  // float32 mode promises no snapping
+  if (!a.finite || !b.finite || (has_bias && !d.finite))
+    return kNoSnap;
+  if (unit_roundoff_exp >= 0)
+    return kNoSnap; // float32 mode promises no snapping
   if (a.zero || (b.zero && (!has_bias || d.zero))) {
     // The transform may still carry signed zeros: snap to +0.
     *exact_zero = true;
@@ -144,8 +167,9 @@ MP_INLINE int snap_required(RowMagnitude a, RowMagnitude b, bool has_bias, RowMa
   }
   int bound_exp = -1000000;
   if (!b.zero) {
-    bound_exp = 6 + ceil_log2(ceil_log2(fft_size) + 1) + (ceil_log2(a_len) + 1) / 2 +
-                ceil_log2(b_len) + a.max_exp + b.max_exp + unit_roundoff_exp;
+    bound_exp = 6 + ceil_log2(ceil_log2(fft_size) + 1) +
+        (ceil_log2(a_len) + 1) / 2 + ceil_log2(b_len) + a.max_exp + b.max_exp +
+        unit_roundoff_exp;
   }
   if (has_bias && !d.zero) {
     int bias_exp = a.max_exp + d.max_exp + 2 + unit_roundoff_exp;
@@ -160,12 +184,17 @@ MP_INLINE int quantum_floor(int required, RowMagnitude partner) {
   return required - (partner.max_exp - 1);
 }
 
-// Step 2: q from the rows' quanta (kNoSnap for an all-zero row), certified or not.
-MP_INLINE int snap_decision(int required, int qa, int qb, bool has_bias, int qd) {
-  if (required == kNoSnap || qa == kNoSnap) return kNoSnap;
+// Step 2: q from the rows' quanta (kNoSnap for an all-zero row), certified or
+// not.
+MP_INLINE int
+snap_decision(int required, int qa, int qb, bool has_bias, int qd) {
+  if (required == kNoSnap || qa == kNoSnap)
+    return kNoSnap;
   int q = qb;
-  if (has_bias && qd < q) q = qd;
-  if (q == kNoSnap) return kNoSnap;
+  if (has_bias && qd < q)
+    q = qd;
+  if (q == kNoSnap)
+    return kNoSnap;
   q += qa;
   return q >= required ? q : kNoSnap;
 }
@@ -192,12 +221,15 @@ MP_INLINE int snap_roundoff_exp(float) {
 MP_INLINE ff r_snap(ff v, int e) {
   float hi = MP_LDEXPF(v.hi, -e), lo = MP_LDEXPF(v.lo, -e);
   float r = MP_RINTF(hi);
-  if (r == hi) return ff{v.hi, MP_LDEXPF(MP_RINTF(lo), e)};
+  if (r == hi)
+    return ff{v.hi, MP_LDEXPF(MP_RINTF(lo), e)};
   // hi is not an integer, so |hi| < 2^23 and |lo| < 1/4: the nearest integer
   // is r or its neighbour (hi - r is exact).
   float d = MP_ADDF(MP_SUBF(hi, r), lo);
-  if (d > 0.5f) r = MP_ADDF(r, 1.0f);
-  if (d < -0.5f) r = MP_SUBF(r, 1.0f);
+  if (d > 0.5f)
+    r = MP_ADDF(r, 1.0f);
+  if (d < -0.5f)
+    r = MP_SUBF(r, 1.0f);
   return ff{MP_LDEXPF(r, e), 0.0f};
 }
 
@@ -210,10 +242,13 @@ MP_INLINE float r_snap(float v, int) {
 // the exact product a * bias, snapped to the lattice when certified, rounded
 // once to float32.
 template <class T>
-MP_INLINE float finish_output(T conv, bool has_bias, float a, float bias, int snap_exp) {
+MP_INLINE float
+finish_output(T conv, bool has_bias, float a, float bias, int snap_exp) {
   const T tag{};
-  if (has_bias) conv = r_add(conv, r_prod(tag, a, bias));
-  if (snap_exp != kNoSnap) conv = r_snap(conv, snap_exp);
+  if (has_bias)
+    conv = r_add(conv, r_prod(tag, a, bias));
+  if (snap_exp != kNoSnap)
+    conv = r_snap(conv, snap_exp);
   return r_round(conv);
 }
 

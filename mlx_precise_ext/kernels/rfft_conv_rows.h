@@ -16,8 +16,11 @@
 namespace mlx_precise {
 
 // Element offset of row (outer, inner) of operand `op`.
-MP_INLINE MP_INT64 row_offset(MP_CONSTANT const RowIndex& ix, int op, MP_INT64 outer,
-                              MP_INT64 inner) {
+MP_INLINE MP_INT64 row_offset(
+    MP_CONSTANT const RowIndex& ix,
+    int op,
+    MP_INT64 outer,
+    MP_INT64 inner) {
   MP_INT64 offset = 0;
   for (int d = ix.outer_ndim - 1; d >= 0; --d) {
     offset += (outer % ix.outer_shape[d]) * ix.outer_stride[op][d];
@@ -63,8 +66,16 @@ MP_INLINE void summary_fold(MP_THREAD RowSummary& s, float x) {
 // the thread's summary of the values it read (the threads together read
 // every entry once, so their summaries combine to the row's).
 template <class T, bool kSummarize = false, class Ptr>
-MP_INLINE RowSummary load_real_row(Ptr re, Ptr im, const MP_DEVICE float* row, MP_INT64 stride,
-                                   MP_INT64 len, bool reversed, int h, int tid, int nthreads) {
+MP_INLINE RowSummary load_real_row(
+    Ptr re,
+    Ptr im,
+    const MP_DEVICE float* row,
+    MP_INT64 stride,
+    MP_INT64 len,
+    bool reversed,
+    int h,
+    int tid,
+    int nthreads) {
   const T tag{};
   RowSummary summary{0u, kNoSnap};
   for (int m = tid; m < h; m += nthreads) {
@@ -72,12 +83,14 @@ MP_INLINE RowSummary load_real_row(Ptr re, Ptr im, const MP_DEVICE float* row, M
     T v0{}, v1{};
     if (i0 < len) {
       const float x = row[(reversed ? len - 1 - i0 : i0) * stride];
-      if (kSummarize) summary_fold(summary, x);
+      if (kSummarize)
+        summary_fold(summary, x);
       v0 = r_from_float(tag, x);
     }
     if (i1 < len) {
       const float x = row[(reversed ? len - 1 - i1 : i1) * stride];
-      if (kSummarize) summary_fold(summary, x);
+      if (kSummarize)
+        summary_fold(summary, x);
       v1 = r_from_float(tag, x);
     }
     re[m] = v0;
@@ -90,32 +103,45 @@ MP_INLINE RowSummary load_real_row(Ptr re, Ptr im, const MP_DEVICE float* row, M
 // kInverse its exact inverse (conjugate twiddles) times its radix; the
 // inverse transform runs the stages in reverse order.
 template <bool kInverse, class T, class Ptr>
-MP_INLINE void fft_stage(Ptr re, Ptr im, MP_CONSTANT const FFTShape& fs, int s,
-                         const MP_DEVICE cpx<T>* tw, int tid, int nthreads) {
+MP_INLINE void fft_stage(
+    Ptr re,
+    Ptr im,
+    MP_CONSTANT const FFTShape& fs,
+    int s,
+    const MP_DEVICE cpx<T>* tw,
+    int tid,
+    int nthreads) {
   const int h = fs.n_half;
   if (fs.stage_radix[s] == 2) {
     for (int b = tid; b < h / 2; b += nthreads) {
-      cpx<T> x0 = get_point<T>(re, im, 2 * b), x1 = get_point<T>(re, im, 2 * b + 1);
+      cpx<T> x0 = get_point<T>(re, im, 2 * b),
+             x1 = get_point<T>(re, im, 2 * b + 1);
       butterfly2(x0, x1);
       put_point(re, im, 2 * b, x0);
       put_point(re, im, 2 * b + 1, x1);
     }
     return;
   }
-  const int lq = fs.stage_log2_quarter[s], q = 1 << lq, count = fs.twiddle_count;
+  const int lq = fs.stage_log2_quarter[s], q = 1 << lq,
+            count = fs.twiddle_count;
   const MP_DEVICE cpx<T>* w = tw + fs.stage_tw_offset[s];
   for (int idx = tid; idx < h / 4; idx += nthreads) {
     const int j = idx & (q - 1);
     const int base = ((idx >> lq) << (lq + 2)) + j;
     cpx<T> x0 = get_point<T>(re, im, base), x1 = get_point<T>(re, im, base + q);
-    cpx<T> x2 = get_point<T>(re, im, base + 2 * q), x3 = get_point<T>(re, im, base + 3 * q);
+    cpx<T> x2 = get_point<T>(re, im, base + 2 * q),
+           x3 = get_point<T>(re, im, base + 3 * q);
     if (lq == 0) {
-      if (kInverse) dit4_inverse_unit(x0, x1, x2, x3);
-      else dif4_unit(x0, x1, x2, x3);
+      if (kInverse)
+        dit4_inverse_unit(x0, x1, x2, x3);
+      else
+        dif4_unit(x0, x1, x2, x3);
     } else {
       const cpx<T> w1 = w[j], w2 = w[count + j], w3 = w[2 * count + j];
-      if (kInverse) dit4_inverse(x0, x1, x2, x3, w1, w2, w3);
-      else dif4(x0, x1, x2, x3, w1, w2, w3);
+      if (kInverse)
+        dit4_inverse(x0, x1, x2, x3, w1, w2, w3);
+      else
+        dif4(x0, x1, x2, x3, w1, w2, w3);
     }
     put_point(re, im, base, x0);
     put_point(re, im, base + q, x1);
@@ -126,9 +152,14 @@ MP_INLINE void fft_stage(Ptr re, Ptr im, MP_CONSTANT const FFTShape& fs, int s,
 
 // Forward split of the pair i: the packed spectrum values at p and q.
 template <class T, class Ptr>
-MP_INLINE void split_pair(Ptr re, Ptr im, IndexPair pr, int i,
-                          const MP_DEVICE cpx<T>* split_tw, MP_THREAD cpx<T>& xp,
-                          MP_THREAD cpx<T>& xq) {
+MP_INLINE void split_pair(
+    Ptr re,
+    Ptr im,
+    IndexPair pr,
+    int i,
+    const MP_DEVICE cpx<T>* split_tw,
+    MP_THREAD cpx<T>& xp,
+    MP_THREAD cpx<T>& xq) {
   if (i == 0) {
     xp = rfft_split_dc(get_point<T>(re, im, 0));
     if (pr.q >= 0) {
@@ -144,11 +175,18 @@ MP_INLINE void split_pair(Ptr re, Ptr im, IndexPair pr, int i,
 
 // Inverse split of the pair i from the products yp, yq, written back in place.
 template <class T, class Ptr>
-MP_INLINE void unsplit_pair(Ptr re, Ptr im, IndexPair pr, int i,
-                            const MP_DEVICE cpx<T>* split_tw, cpx<T> yp, cpx<T> yq) {
+MP_INLINE void unsplit_pair(
+    Ptr re,
+    Ptr im,
+    IndexPair pr,
+    int i,
+    const MP_DEVICE cpx<T>* split_tw,
+    cpx<T> yp,
+    cpx<T> yq) {
   if (i == 0) {
     put_point(re, im, 0, rfft_unsplit_dc(yp));
-    if (pr.q >= 0) put_point(re, im, pr.q, rfft_unsplit(yq, yq, split_tw[pr.q]));
+    if (pr.q >= 0)
+      put_point(re, im, pr.q, rfft_unsplit(yq, yq, split_tw[pr.q]));
     return;
   }
   put_point(re, im, pr.p, rfft_unsplit(yp, yq, split_tw[pr.p]));
@@ -158,31 +196,44 @@ MP_INLINE void unsplit_pair(Ptr re, Ptr im, IndexPair pr, int i,
 // The scaled spectrum of a kernel row, in pair order: entries 2i, 2i+1 are
 // the values at positions p, q of pair i.
 template <class T, class Ptr>
-MP_INLINE void store_spectrum(Ptr re, Ptr im, const MP_DEVICE IndexPair* pairs,
-                              const MP_DEVICE cpx<T>* split_tw, float scale,
-                              MP_DEVICE cpx<T>* spectrum, int num_pairs, int tid,
-                              int nthreads) {
+MP_INLINE void store_spectrum(
+    Ptr re,
+    Ptr im,
+    const MP_DEVICE IndexPair* pairs,
+    const MP_DEVICE cpx<T>* split_tw,
+    float scale,
+    MP_DEVICE cpx<T>* spectrum,
+    int num_pairs,
+    int tid,
+    int nthreads) {
   for (int i = tid; i < num_pairs; i += nthreads) {
     const IndexPair pr = pairs[i];
     cpx<T> xp, xq;
     split_pair<T>(re, im, pr, i, split_tw, xp, xq);
     spectrum[2 * i] = c_scale(xp, scale);
-    if (pr.q >= 0) spectrum[2 * i + 1] = c_scale(xq, scale);
+    if (pr.q >= 0)
+      spectrum[2 * i + 1] = c_scale(xq, scale);
   }
 }
 
 // Forward split, product with a stored kernel spectrum, inverse split.
 template <class T, class Ptr>
-MP_INLINE void multiply_by_spectrum(Ptr re, Ptr im, const MP_DEVICE IndexPair* pairs,
-                                    const MP_DEVICE cpx<T>* split_tw,
-                                    const MP_DEVICE cpx<T>* spectrum, int num_pairs, int tid,
-                                    int nthreads) {
+MP_INLINE void multiply_by_spectrum(
+    Ptr re,
+    Ptr im,
+    const MP_DEVICE IndexPair* pairs,
+    const MP_DEVICE cpx<T>* split_tw,
+    const MP_DEVICE cpx<T>* spectrum,
+    int num_pairs,
+    int tid,
+    int nthreads) {
   for (int i = tid; i < num_pairs; i += nthreads) {
     const IndexPair pr = pairs[i];
     cpx<T> xp, xq{};
     split_pair<T>(re, im, pr, i, split_tw, xp, xq);
     const cpx<T> yp = packed_mul(xp, spectrum[2 * i], i == 0);
-    const cpx<T> yq = pr.q >= 0 ? packed_mul(xq, spectrum[2 * i + 1], false) : xq;
+    const cpx<T> yq =
+        pr.q >= 0 ? packed_mul(xq, spectrum[2 * i + 1], false) : xq;
     unsplit_pair<T>(re, im, pr, i, split_tw, yp, yq);
   }
 }
@@ -190,10 +241,18 @@ MP_INLINE void multiply_by_spectrum(Ptr re, Ptr im, const MP_DEVICE IndexPair* p
 // acc += (spectrum of a) * (spectrum of b), in pair order; `first` starts
 // from zero, as the CPU's accumulator does.
 template <class T, class Ptr>
-MP_INLINE void accumulate_product(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im,
-                                  const MP_DEVICE IndexPair* pairs,
-                                  const MP_DEVICE cpx<T>* split_tw, MP_DEVICE cpx<T>* acc,
-                                  bool first, int num_pairs, int tid, int nthreads) {
+MP_INLINE void accumulate_product(
+    Ptr a_re,
+    Ptr a_im,
+    Ptr b_re,
+    Ptr b_im,
+    const MP_DEVICE IndexPair* pairs,
+    const MP_DEVICE cpx<T>* split_tw,
+    MP_DEVICE cpx<T>* acc,
+    bool first,
+    int num_pairs,
+    int tid,
+    int nthreads) {
   const cpx<T> zero{T{}, T{}};
   for (int i = tid; i < num_pairs; i += nthreads) {
     const IndexPair pr = pairs[i];
@@ -201,16 +260,24 @@ MP_INLINE void accumulate_product(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im,
     split_pair<T>(a_re, a_im, pr, i, split_tw, ap, aq);
     split_pair<T>(b_re, b_im, pr, i, split_tw, bp, bq);
     acc[2 * i] = c_add(first ? zero : acc[2 * i], packed_mul(ap, bp, i == 0));
-    if (pr.q >= 0) acc[2 * i + 1] = c_add(first ? zero : acc[2 * i + 1], packed_mul(aq, bq, false));
+    if (pr.q >= 0)
+      acc[2 * i + 1] =
+          c_add(first ? zero : acc[2 * i + 1], packed_mul(aq, bq, false));
   }
 }
 
 // Scales the accumulated spectrum and inverse-splits it into (re, im).
 template <class T, class Ptr>
-MP_INLINE void unsplit_accumulated(Ptr re, Ptr im, const MP_DEVICE IndexPair* pairs,
-                                   const MP_DEVICE cpx<T>* split_tw,
-                                   const MP_DEVICE cpx<T>* acc, float scale, int num_pairs,
-                                   int tid, int nthreads) {
+MP_INLINE void unsplit_accumulated(
+    Ptr re,
+    Ptr im,
+    const MP_DEVICE IndexPair* pairs,
+    const MP_DEVICE cpx<T>* split_tw,
+    const MP_DEVICE cpx<T>* acc,
+    float scale,
+    int num_pairs,
+    int tid,
+    int nthreads) {
   for (int i = tid; i < num_pairs; i += nthreads) {
     const IndexPair pr = pairs[i];
     const cpx<T> yp = c_scale(acc[2 * i], scale);
@@ -227,25 +294,39 @@ MP_INLINE T time_sample(Ptr re, Ptr im, MP_INT64 i) {
 // Output entry t of the cyclic convolution held in (re, im): the fold, the
 // reversal and the support rule of gather_index (rfft_conv_core.h).
 template <class T, class Ptr>
-MP_INLINE T gather_output(Ptr re, Ptr im, MP_CONSTANT const ConvShape& g, MP_INT64 t) {
-  const GatherIndex idx = gather_index(t, g.fft_size, g.period, g.fold != 0, g.out_reversed != 0,
-                                       g.out_origin, g.a_len + g.b_len - 1);
+MP_INLINE T
+gather_output(Ptr re, Ptr im, MP_CONSTANT const ConvShape& g, MP_INT64 t) {
+  const GatherIndex idx = gather_index(
+      t,
+      g.fft_size,
+      g.period,
+      g.fold != 0,
+      g.out_reversed != 0,
+      g.out_origin,
+      g.a_len + g.b_len - 1);
   T v{};
-  if (idx.first >= 0) v = time_sample<T>(re, im, idx.first);
-  if (idx.second >= 0) v = r_add(v, time_sample<T>(re, im, idx.second));
+  if (idx.first >= 0)
+    v = time_sample<T>(re, im, idx.first);
+  if (idx.second >= 0)
+    v = r_add(v, time_sample<T>(re, im, idx.second));
   return v;
 }
 
-// ------------------------------------------------------------ lattice snap ----
-// The snap decision of rfft_conv_core.h from row summaries: each thread folds
-// its strided part of a row into (max |bits|, min lowest-bit exponent), the
-// group combines them with atomics on group memory, and every thread then
+// ------------------------------------------------------------ lattice snap
+// ---- The snap decision of rfft_conv_core.h from row summaries: each thread
+// folds its strided part of a row into (max |bits|, min lowest-bit exponent),
+// the group combines them with atomics on group memory, and every thread then
 // evaluates the same integer decision. The CPU stops its quantum scan early
 // once a row cannot be certified; a full minimum reaches the same decision.
-MP_INLINE RowSummary summarize_part(const MP_DEVICE float* row, MP_INT64 stride, MP_INT64 len,
-                                    int tid, int nthreads) {
+MP_INLINE RowSummary summarize_part(
+    const MP_DEVICE float* row,
+    MP_INT64 stride,
+    MP_INT64 len,
+    int tid,
+    int nthreads) {
   RowSummary s{0u, kNoSnap};
-  for (MP_INT64 i = tid; i < len; i += nthreads) summary_fold(s, row[i * stride]);
+  for (MP_INT64 i = tid; i < len; i += nthreads)
+    summary_fold(s, row[i * stride]);
   return s;
 }
 
@@ -256,28 +337,50 @@ MP_INLINE void summary_reset(UPtr max_bits, IPtr quantum, int slot) {
 }
 
 template <class UPtr, class IPtr>
-MP_INLINE void summary_publish(UPtr max_bits, IPtr quantum, int slot, RowSummary s) {
+MP_INLINE void
+summary_publish(UPtr max_bits, IPtr quantum, int slot, RowSummary s) {
   MP_GROUP_MAX(max_bits + slot, s.max_bits);
   MP_GROUP_MIN(quantum + slot, s.quantum);
 }
 
 template <class UPtr, class IPtr>
 MP_INLINE RowSummary summary_read(UPtr max_bits, IPtr quantum, int slot) {
-  return RowSummary{MP_GROUP_LOAD(max_bits + slot), MP_GROUP_LOAD(quantum + slot)};
+  return RowSummary{
+      MP_GROUP_LOAD(max_bits + slot), MP_GROUP_LOAD(quantum + slot)};
 }
 
 // Slots of the three summarised operands.
-enum : int { kSummaryA = 0, kSummaryB = 1, kSummaryBias = 2, kSummarySlots = 3 };
+enum : int {
+  kSummaryA = 0,
+  kSummaryB = 1,
+  kSummaryBias = 2,
+  kSummarySlots = 3
+};
 
 template <class T>
-MP_INLINE int snap_from_summaries(RowSummary a, RowSummary b, bool has_bias, RowSummary d,
-                                  MP_CONSTANT const ConvShape& g, int terms) {
+MP_INLINE int snap_from_summaries(
+    RowSummary a,
+    RowSummary b,
+    bool has_bias,
+    RowSummary d,
+    MP_CONSTANT const ConvShape& g,
+    int terms) {
   bool exact_zero = false;
-  const int required = snap_required(row_magnitude(a.max_bits), row_magnitude(b.max_bits),
-                                     has_bias, row_magnitude(d.max_bits), g.a_len, g.b_len,
-                                     g.fft_size, snap_roundoff_exp(T{}), terms, &exact_zero);
-  if (exact_zero) return 0;
-  if (required == kNoSnap) return kNoSnap;
+  const int required = snap_required(
+      row_magnitude(a.max_bits),
+      row_magnitude(b.max_bits),
+      has_bias,
+      row_magnitude(d.max_bits),
+      g.a_len,
+      g.b_len,
+      g.fft_size,
+      snap_roundoff_exp(T{}),
+      terms,
+      &exact_zero);
+  if (exact_zero)
+    return 0;
+  if (required == kNoSnap)
+    return kNoSnap;
   return snap_decision(required, a.quantum, b.quantum, has_bias, d.quantum);
 }
 

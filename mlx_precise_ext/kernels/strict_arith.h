@@ -22,7 +22,8 @@ namespace mlx_precise {
 // sqrt of a pair: s = sqrt(hi) corrected by one Newton step computed with
 // the exact residual x - s*s (TwoProd). Relative error a few u^2 (u = 2^-24).
 MP_INLINE ff dd_sqrt(ff x) {
-  if (x.hi <= 0.0f) return ff{MP_ADDF(x.hi, 0.0f), 0.0f};
+  if (x.hi <= 0.0f)
+    return ff{MP_ADDF(x.hi, 0.0f), 0.0f};
   float s = MP_SQRTF(x.hi);
   ff s2 = two_prod(s, s);
   float residual = MP_ADDF(MP_SUBF(MP_SUBF(x.hi, s2.hi), s2.lo), x.lo);
@@ -55,13 +56,25 @@ MP_INLINE float dd_scaled_result(ff acc, float alpha) {
   return dd_round(dd_mul_f(acc, alpha));
 }
 
-MP_INLINE ff r_div(ff a, ff b) { return dd_div(a, b); }
-MP_INLINE ff r_sqrt(ff a) { return dd_sqrt(a); }
-MP_INLINE bool r_is_negative(ff a) { return a.hi < 0.0f; }
+MP_INLINE ff r_div(ff a, ff b) {
+  return dd_div(a, b);
+}
+MP_INLINE ff r_sqrt(ff a) {
+  return dd_sqrt(a);
+}
+MP_INLINE bool r_is_negative(ff a) {
+  return a.hi < 0.0f;
+}
 #if MP_HAS_DOUBLE
-MP_INLINE double r_div(double a, double b) { return a / b; }
-MP_INLINE double r_sqrt(double a) { return sqrt(a); }
-MP_INLINE bool r_is_negative(double a) { return a < 0.0; }
+MP_INLINE double r_div(double a, double b) {
+  return a / b;
+}
+MP_INLINE double r_sqrt(double a) {
+  return sqrt(a);
+}
+MP_INLINE bool r_is_negative(double a) {
+  return a < 0.0;
+}
 #endif
 
 // ------------------------------------------------------------ layer_norm ----
@@ -71,7 +84,8 @@ MP_INLINE bool r_is_negative(double a) { return a < 0.0; }
 //   correction = (sum (x - shift)) / D           (corrected two-pass mean:
 //   var        = (sum (x - shift)^2 - (sum (x - shift)) * correction) / D
 //   inv_std    = 1 / sqrt(max(var, 0) + eps)
-//   y          = ((x - shift) - correction) * inv_std [* w] [+ b], rounded once.
+//   y          = ((x - shift) - correction) * inv_std [* w] [+ b], rounded
+//   once.
 // The correction makes the mean exact to far below float32 rounding even when
 // |mean| is many orders above the spread (heavy cancellation). Every sum runs
 // over kLayerNormLanes lanes, lane l taking i = l, l + 8, ... in order, and
@@ -80,8 +94,9 @@ constexpr int kLayerNormLanes = 8;
 
 template <class T>
 MP_INLINE T combine_lanes(MP_THREAD const T* lane) {
-  return r_add(r_add(r_add(lane[0], lane[1]), r_add(lane[2], lane[3])),
-               r_add(r_add(lane[4], lane[5]), r_add(lane[6], lane[7])));
+  return r_add(
+      r_add(r_add(lane[0], lane[1]), r_add(lane[2], lane[3])),
+      r_add(r_add(lane[4], lane[5]), r_add(lane[6], lane[7])));
 }
 
 template <class T>
@@ -94,7 +109,8 @@ struct LayerNormStats {
 // One step of lane l's sums in the second pass: deviation from the shift and
 // its square.
 template <class T>
-MP_INLINE void layer_norm_deviation_step(MP_THREAD T& dev, MP_THREAD T& sq, float x, T shift) {
+MP_INLINE void
+layer_norm_deviation_step(MP_THREAD T& dev, MP_THREAD T& sq, float x, T shift) {
   T d = r_sub(r_from_float(shift, x), shift);
   dev = r_add(dev, d);
   sq = r_add(sq, r_mul(d, d));
@@ -103,50 +119,73 @@ MP_INLINE void layer_norm_deviation_step(MP_THREAD T& dev, MP_THREAD T& sq, floa
 // The statistics from the lanes of the second pass (CPU and GPU fill the
 // lanes in the same order, so they share every bit from here on).
 template <class T>
-MP_INLINE LayerNormStats<T> layer_norm_finish(T shift, MP_THREAD const T* dev,
-                                              MP_THREAD const T* sq, T count, T eps) {
+MP_INLINE LayerNormStats<T> layer_norm_finish(
+    T shift,
+    MP_THREAD const T* dev,
+    MP_THREAD const T* sq,
+    T count,
+    T eps) {
   const T zero = r_from_float(eps, 0.0f);
   const T dev_sum = combine_lanes(dev);
   const T correction = r_div(dev_sum, count);
   T var = r_div(r_sub(combine_lanes(sq), r_mul(dev_sum, correction)), count);
-  if (r_is_negative(var)) var = zero;
+  if (r_is_negative(var))
+    var = zero;
   const T inv_std = r_div(r_from_float(eps, 1.0f), r_sqrt(r_add(var, eps)));
   return LayerNormStats<T>{shift, correction, inv_std};
 }
 
 template <class T>
-MP_INLINE LayerNormStats<T> layer_norm_stats(const MP_DEVICE float* x, int64_t dim, T eps) {
+MP_INLINE LayerNormStats<T>
+layer_norm_stats(const MP_DEVICE float* x, int64_t dim, T eps) {
   const T zero = r_from_float(eps, 0.0f);
-  const T count = r_from_float(eps, static_cast<float>(dim));  // exact: dim < 2^24
+  const T count =
+      r_from_float(eps, static_cast<float>(dim)); // exact: dim < 2^24
   T sum[kLayerNormLanes];
-  for (int l = 0; l < kLayerNormLanes; ++l) sum[l] = zero;
+  for (int l = 0; l < kLayerNormLanes; ++l)
+    sum[l] = zero;
   int64_t i = 0;
   for (; i + kLayerNormLanes <= dim; i += kLayerNormLanes)
-    for (int l = 0; l < kLayerNormLanes; ++l) sum[l] = r_add(sum[l], r_from_float(eps, x[i + l]));
-  for (int l = 0; i + l < dim; ++l) sum[l] = r_add(sum[l], r_from_float(eps, x[i + l]));
+    for (int l = 0; l < kLayerNormLanes; ++l)
+      sum[l] = r_add(sum[l], r_from_float(eps, x[i + l]));
+  for (int l = 0; i + l < dim; ++l)
+    sum[l] = r_add(sum[l], r_from_float(eps, x[i + l]));
   const T shift = r_div(combine_lanes(sum), count);
 
   T dev[kLayerNormLanes], sq[kLayerNormLanes];
-  for (int l = 0; l < kLayerNormLanes; ++l) dev[l] = sq[l] = zero;
+  for (int l = 0; l < kLayerNormLanes; ++l)
+    dev[l] = sq[l] = zero;
   for (i = 0; i + kLayerNormLanes <= dim; i += kLayerNormLanes)
-    for (int l = 0; l < kLayerNormLanes; ++l) layer_norm_deviation_step(dev[l], sq[l], x[i + l], shift);
-  for (int l = 0; i + l < dim; ++l) layer_norm_deviation_step(dev[l], sq[l], x[i + l], shift);
+    for (int l = 0; l < kLayerNormLanes; ++l)
+      layer_norm_deviation_step(dev[l], sq[l], x[i + l], shift);
+  for (int l = 0; i + l < dim; ++l)
+    layer_norm_deviation_step(dev[l], sq[l], x[i + l], shift);
   return layer_norm_finish(shift, dev, sq, count, eps);
 }
 
 // (x - mean) / sqrt(var + eps) in the working precision.
 template <class T>
-MP_INLINE T layer_norm_normalized(const MP_THREAD LayerNormStats<T>& s, float x) {
-  return r_mul(r_sub(r_sub(r_from_float(s.shift, x), s.shift), s.correction), s.inv_std);
+MP_INLINE T
+layer_norm_normalized(const MP_THREAD LayerNormStats<T>& s, float x) {
+  return r_mul(
+      r_sub(r_sub(r_from_float(s.shift, x), s.shift), s.correction), s.inv_std);
 }
 
-// The layer_norm output for one element: normalised, [* w], [+ b], rounded once.
+// The layer_norm output for one element: normalised, [* w], [+ b], rounded
+// once.
 template <class T>
-MP_INLINE float layer_norm_output(const MP_THREAD LayerNormStats<T>& s, float x, bool has_weight,
-                                  float w, bool has_bias, float b) {
+MP_INLINE float layer_norm_output(
+    const MP_THREAD LayerNormStats<T>& s,
+    float x,
+    bool has_weight,
+    float w,
+    bool has_bias,
+    float b) {
   T v = layer_norm_normalized(s, x);
-  if (has_weight) v = r_mul(v, r_from_float(s.shift, w));
-  if (has_bias) v = r_add(v, r_from_float(s.shift, b));
+  if (has_weight)
+    v = r_mul(v, r_from_float(s.shift, w));
+  if (has_bias)
+    v = r_add(v, r_from_float(s.shift, b));
   return r_round(v);
 }
 
@@ -154,9 +193,14 @@ MP_INLINE float layer_norm_output(const MP_THREAD LayerNormStats<T>& s, float x,
 // weighted cotangent gw = g * w (exact), the normalised input n and the row
 // means of gw and gw * n.
 template <class T>
-MP_INLINE float layer_norm_grad_x(const MP_THREAD LayerNormStats<T>& s, T gw, T n, T mean_gw,
-                                  T mean_gwn) {
-  return r_round(r_mul(s.inv_std, r_sub(r_sub(gw, mean_gw), r_mul(n, mean_gwn))));
+MP_INLINE float layer_norm_grad_x(
+    const MP_THREAD LayerNormStats<T>& s,
+    T gw,
+    T n,
+    T mean_gw,
+    T mean_gwn) {
+  return r_round(
+      r_mul(s.inv_std, r_sub(r_sub(gw, mean_gw), r_mul(n, mean_gwn))));
 }
 
 #if MP_HAS_DOUBLE
@@ -199,8 +243,12 @@ MP_INLINE dpair dpair_scale(dpair x, float f) {
 }
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-MP_INLINE int64_t mp_double_bits(double x) { return __double_as_longlong(x); }
-MP_INLINE double mp_bits_double(int64_t bits) { return __longlong_as_double(bits); }
+MP_INLINE int64_t mp_double_bits(double x) {
+  return __double_as_longlong(x);
+}
+MP_INLINE double mp_bits_double(int64_t bits) {
+  return __longlong_as_double(bits);
+}
 #else
 MP_INLINE int64_t mp_double_bits(double x) {
   int64_t bits;
@@ -237,14 +285,23 @@ MP_INLINE float dpair_round(dpair x) {
 constexpr int kExactDotLanes = 4;
 
 template <class RowA, class ColumnB>
-MP_INLINE float exact_addmm_entry(RowA a, ColumnB b, int64_t k, float alpha, bool has_c,
-                                  float beta, float c) {
+MP_INLINE float exact_addmm_entry(
+    RowA a,
+    ColumnB b,
+    int64_t k,
+    float alpha,
+    bool has_c,
+    float beta,
+    float c) {
   dpair lane[kExactDotLanes];
-  for (int l = 0; l < kExactDotLanes; ++l) lane[l] = dpair{0.0, 0.0};
+  for (int l = 0; l < kExactDotLanes; ++l)
+    lane[l] = dpair{0.0, 0.0};
   int64_t p = 0;
   for (; p + kExactDotLanes <= k; p += kExactDotLanes)
-    for (int l = 0; l < kExactDotLanes; ++l) lane[l] = dpair_add(lane[l], a(p + l) * b(p + l));
-  for (; p < k; ++p) lane[0] = dpair_add(lane[0], a(p) * b(p));
+    for (int l = 0; l < kExactDotLanes; ++l)
+      lane[l] = dpair_add(lane[l], a(p + l) * b(p + l));
+  for (; p < k; ++p)
+    lane[0] = dpair_add(lane[0], a(p) * b(p));
   dpair acc = dpair_normalize(lane[0]);
   for (int l = 1; l < kExactDotLanes; ++l) {
     acc = dpair_add(acc, lane[l].hi);
@@ -261,12 +318,12 @@ MP_INLINE float exact_addmm_entry(RowA a, ColumnB b, int64_t k, float alpha, boo
 
 // ----------------------------------------- certified rounding of float64 ----
 
-constexpr double kUnitRoundoff64 = 1.1102230246251565e-16;  // 2^-53
+constexpr double kUnitRoundoff64 = 1.1102230246251565e-16; // 2^-53
 
 // gamma_n = n u / (1 - n u): the classic bound on the relative error of a sum
 // of n terms of one sign (Higham, Accuracy and Stability, Lemma 3.1); for
-// inner products with exact products, |computed - exact| <= gamma_n sum|a_k b_k|
-// holds for any summation order, blocking or fma use.
+// inner products with exact products, |computed - exact| <= gamma_n sum|a_k
+// b_k| holds for any summation order, blocking or fma use.
 MP_INLINE double gamma_bound(int64_t n) {
   double nu = static_cast<double>(n) * kUnitRoundoff64;
   return nu / (1.0 - nu);
@@ -284,9 +341,9 @@ MP_INLINE bool certified_round(double v, double err, MP_THREAD float* out) {
   float lo = static_cast<float>(v - margin);
   float hi = static_cast<float>(v + margin);
   *out = static_cast<float>(v);
-  return lo == hi;  // false for NaN, which never compares equal
+  return lo == hi; // false for NaN, which never compares equal
 }
 
-#endif  // MP_HAS_DOUBLE
+#endif // MP_HAS_DOUBLE
 
 } // namespace mlx_precise

@@ -11,8 +11,11 @@ namespace mlx_precise {
 constexpr int kStrictMaxDims = 8;
 
 // Offset of flat index `index` (row-major over shape[0..dims)) under strides.
-MP_INLINE MP_INT64 strided_offset(MP_INT64 index, int dims, const MP_THREAD int* shape,
-                                  const MP_THREAD MP_INT64* strides) {
+MP_INLINE MP_INT64 strided_offset(
+    MP_INT64 index,
+    int dims,
+    const MP_THREAD int* shape,
+    const MP_THREAD MP_INT64* strides) {
   MP_INT64 offset = 0;
   for (int d = dims - 1; d >= 0; --d) {
     offset += (index % shape[d]) * strides[d];

@@ -65,16 +65,18 @@ constexpr d2 kHalfPi = {1.5707963267948966e+00, 6.123233995736766e-17};
 // cos and sin of x in [0, pi/4] by their Taylor series (terms below 1e-34).
 void taylor_cos_sin(d2 x, d2& c, d2& s) {
   d2 x2 = mul(x, x);
-  d2 term = x;  // x^(2k+1)/(2k+1)!
+  d2 term = x; // x^(2k+1)/(2k+1)!
   s = x;
   for (int k = 1; k <= 15; ++k) {
-    term = div_d(mul(term, neg(x2)), static_cast<double>((2 * k) * (2 * k + 1)));
+    term =
+        div_d(mul(term, neg(x2)), static_cast<double>((2 * k) * (2 * k + 1)));
     s = add(s, term);
   }
-  term = {1.0, 0.0};  // x^(2k)/(2k)!
+  term = {1.0, 0.0}; // x^(2k)/(2k)!
   c = term;
   for (int k = 1; k <= 15; ++k) {
-    term = div_d(mul(term, neg(x2)), static_cast<double>((2 * k - 1) * (2 * k)));
+    term =
+        div_d(mul(term, neg(x2)), static_cast<double>((2 * k - 1) * (2 * k)));
     c = add(c, term);
   }
 }
@@ -82,9 +84,11 @@ void taylor_cos_sin(d2 x, d2& c, d2& s) {
 // cos and sin of (pi/2) * num / den, for 0 <= num <= den (den a power of two).
 void quarter_turn_cos_sin(int64_t num, int64_t den, d2& c, d2& s) {
   bool swap = 2 * num > den;
-  int64_t r = swap ? den - num : num;  // angle now in [0, pi/4]
+  int64_t r = swap ? den - num : num; // angle now in [0, pi/4]
   d2 x = mul_d(kHalfPi, static_cast<double>(r));
-  x = {x.hi / static_cast<double>(den), x.lo / static_cast<double>(den)};  // exact: den = 2^k
+  x = {
+      x.hi / static_cast<double>(den),
+      x.lo / static_cast<double>(den)}; // exact: den = 2^k
   taylor_cos_sin(x, c, s);
   if (swap) {
     d2 t = c;
@@ -99,10 +103,12 @@ TwiddleSource::TwiddleSource(int64_t n) : n_(n) {
   if (n < 1 || (n & (n - 1)) != 0) {
     throw std::invalid_argument("TwiddleSource: N must be a power of two");
   }
-  // First-quadrant index range: m in [0, N/4]; we tabulate quarter = max(N/4, 1).
+  // First-quadrant index range: m in [0, N/4]; we tabulate quarter = max(N/4,
+  // 1).
   int64_t quarter = n >= 4 ? n / 4 : 1;
   int64_t bits = 0;
-  while ((int64_t(1) << bits) < quarter) ++bits;
+  while ((int64_t(1) << bits) < quarter)
+    ++bits;
   low_bits_ = bits / 2;
   fine_size_ = int64_t(1) << low_bits_;
   coarse_size_ = (quarter >> low_bits_) + 1;
@@ -130,7 +136,8 @@ TwiddleSource::~TwiddleSource() {
 TwiddleSource::Entry TwiddleSource::first_quadrant(int64_t m) const {
   const Entry& a = coarse_[m >> low_bits_];
   const Entry& b = fine_[m & (fine_size_ - 1)];
-  d2 ca{a.c_hi, a.c_lo}, sa{a.s_hi, a.s_lo}, cb{b.c_hi, b.c_lo}, sb{b.s_hi, b.s_lo};
+  d2 ca{a.c_hi, a.c_lo}, sa{a.s_hi, a.s_lo}, cb{b.c_hi, b.c_lo},
+      sb{b.s_hi, b.s_lo};
   d2 c = add(mul(ca, cb), neg(mul(sa, sb)));
   d2 s = add(mul(sa, cb), mul(ca, sb));
   return {c.hi, c.lo, s.hi, s.lo};
@@ -138,7 +145,8 @@ TwiddleSource::Entry TwiddleSource::first_quadrant(int64_t m) const {
 
 TwiddleValue TwiddleSource::operator()(int64_t m) const {
   m %= n_;
-  if (m < 0) m += n_;
+  if (m < 0)
+    m += n_;
   if (n_ < 4) {
     // N = 1 or 2: angles 0 and pi.
     bool half = (n_ == 2 && m == 1);
@@ -150,7 +158,7 @@ TwiddleValue TwiddleSource::operator()(int64_t m) const {
   switch (quadrant) {
     case 0:
       return {e.c_hi, e.c_lo, e.s_hi, e.s_lo};
-    case 1:  // cos(t + pi/2) = -sin t, sin(t + pi/2) = cos t
+    case 1: // cos(t + pi/2) = -sin t, sin(t + pi/2) = cos t
       return {-e.s_hi, -e.s_lo, e.c_hi, e.c_lo};
     case 2:
       return {-e.c_hi, -e.c_lo, -e.s_hi, -e.s_lo};

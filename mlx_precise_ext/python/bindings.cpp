@@ -10,16 +10,24 @@
 namespace nb = nanobind;
 using namespace nb::literals;
 
-void init_testing(nb::module_& m);  // testing_bindings.cpp
-void init_strict(nb::module_& m);   // strict_bindings.cpp
+void init_testing(nb::module_& m); // testing_bindings.cpp
+void init_strict(nb::module_& m); // strict_bindings.cpp
 
 NB_MODULE(_ext, m) {
   m.doc() = "mlx-precise C++ primitives";
   m.attr("mlx_build_version") = MLX_PRECISE_MLX_VERSION;
 
-  m.def("rfft_conv", &mlx_precise::rfft_conv, "u"_a, "k"_a, nb::kw_only(), "n"_a = nb::none(),
-        "bias"_a = nb::none(), "precision"_a = "float32", "stream"_a = nb::none(),
-        "FFT convolution; see mlx_precise.rfft_conv for the documentation.");
+  m.def(
+      "rfft_conv",
+      &mlx_precise::rfft_conv,
+      "u"_a,
+      "k"_a,
+      nb::kw_only(),
+      "n"_a = nb::none(),
+      "bias"_a = nb::none(),
+      "precision"_a = "float32",
+      "stream"_a = nb::none(),
+      "FFT convolution; see mlx_precise.rfft_conv for the documentation.");
 
   init_testing(m);
   init_strict(m);

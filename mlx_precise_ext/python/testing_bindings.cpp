@@ -18,12 +18,14 @@ namespace mlx_precise {
 namespace {
 
 template <class T>
-using InArray = nb::ndarray<const T, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
+using InArray =
+    nb::ndarray<const T, nb::ndim<1>, nb::c_contig, nb::device::cpu>;
 using OutArray = nb::ndarray<nb::numpy, float, nb::ndim<1>>;
 
 OutArray new_float_array(size_t size, float** data) {
   float* buffer = new float[size];
-  nb::capsule owner(buffer, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+  nb::capsule owner(
+      buffer, [](void* p) noexcept { delete[] static_cast<float*>(p); });
   *data = buffer;
   return OutArray(buffer, {size}, owner);
 }
@@ -31,7 +33,9 @@ OutArray new_float_array(size_t size, float** data) {
 // Calls kernel(in, out) for every index i: in[j] is element i of input j, and
 // the kernel writes element i of output j to out[j].
 template <class T, size_t NumIn, size_t NumOut, class Kernel>
-std::array<OutArray, NumOut> map_elementwise(const std::array<InArray<T>, NumIn>& inputs, Kernel kernel) {
+std::array<OutArray, NumOut> map_elementwise(
+    const std::array<InArray<T>, NumIn>& inputs,
+    Kernel kernel) {
   const size_t size = inputs[0].shape(0);
   for (const auto& input : inputs) {
     if (input.shape(0) != size) {
@@ -46,9 +50,11 @@ std::array<OutArray, NumOut> map_elementwise(const std::array<InArray<T>, NumIn>
   std::array<T, NumIn> in;
   std::array<float, NumOut> out;
   for (size_t i = 0; i < size; ++i) {
-    for (size_t j = 0; j < NumIn; ++j) in[j] = inputs[j].data()[i];
+    for (size_t j = 0; j < NumIn; ++j)
+      in[j] = inputs[j].data()[i];
     kernel(in, out);
-    for (size_t j = 0; j < NumOut; ++j) out_data[j][i] = out[j];
+    for (size_t j = 0; j < NumOut; ++j)
+      out_data[j][i] = out[j];
   }
   return outputs;
 }
@@ -56,7 +62,8 @@ std::array<OutArray, NumOut> map_elementwise(const std::array<InArray<T>, NumIn>
 template <size_t NumOut>
 nb::tuple as_tuple(const std::array<OutArray, NumOut>& arrays) {
   nb::list items;
-  for (const auto& array : arrays) items.append(nb::cast(array));
+  for (const auto& array : arrays)
+    items.append(nb::cast(array));
   return nb::tuple(items);
 }
 
@@ -73,79 +80,167 @@ void write_pair(ff x, float* out) {
 void init_testing(nb::module_& parent) {
   using namespace mlx_precise;
   nb::module_ m = parent.def_submodule(
-      "testing", "Elementwise hooks into kernels/dd.h over 1-D float32 numpy arrays (tests only).");
+      "testing",
+      "Elementwise hooks into kernels/dd.h over 1-D float32 numpy arrays (tests only).");
 
-  // float32 only: an implicit cast of float64 test data would hide what is tested.
-  m.def("two_sum", [](F a, F b) {
-    return as_tuple(map_elementwise<float, 2, 2>({a, b}, [](const auto& in, auto& out) {
-      write_pair(two_sum(in[0], in[1]), out.data());
-    }));
-  }, "a"_a.noconvert(), "b"_a.noconvert(), "TwoSum: (hi, lo) with hi + lo == a + b exactly.");
+  // float32 only: an implicit cast of float64 test data would hide what is
+  // tested.
+  m.def(
+      "two_sum",
+      [](F a, F b) {
+        return as_tuple(
+            map_elementwise<float, 2, 2>({a, b}, [](const auto& in, auto& out) {
+              write_pair(two_sum(in[0], in[1]), out.data());
+            }));
+      },
+      "a"_a.noconvert(),
+      "b"_a.noconvert(),
+      "TwoSum: (hi, lo) with hi + lo == a + b exactly.");
 
-  m.def("fast_two_sum", [](F a, F b) {
-    return as_tuple(map_elementwise<float, 2, 2>({a, b}, [](const auto& in, auto& out) {
-      write_pair(fast_two_sum(in[0], in[1]), out.data());
-    }));
-  }, "a"_a.noconvert(), "b"_a.noconvert(), "FastTwoSum (needs |a| >= |b|).");
+  m.def(
+      "fast_two_sum",
+      [](F a, F b) {
+        return as_tuple(
+            map_elementwise<float, 2, 2>({a, b}, [](const auto& in, auto& out) {
+              write_pair(fast_two_sum(in[0], in[1]), out.data());
+            }));
+      },
+      "a"_a.noconvert(),
+      "b"_a.noconvert(),
+      "FastTwoSum (needs |a| >= |b|).");
 
-  m.def("two_prod", [](F a, F b) {
-    return as_tuple(map_elementwise<float, 2, 2>({a, b}, [](const auto& in, auto& out) {
-      write_pair(two_prod(in[0], in[1]), out.data());
-    }));
-  }, "a"_a.noconvert(), "b"_a.noconvert(), "TwoProd: (hi, lo) with hi + lo == a * b exactly.");
+  m.def(
+      "two_prod",
+      [](F a, F b) {
+        return as_tuple(
+            map_elementwise<float, 2, 2>({a, b}, [](const auto& in, auto& out) {
+              write_pair(two_prod(in[0], in[1]), out.data());
+            }));
+      },
+      "a"_a.noconvert(),
+      "b"_a.noconvert(),
+      "TwoProd: (hi, lo) with hi + lo == a * b exactly.");
 
-  m.def("dd_add", [](F xh, F xl, F yh, F yl) {
-    return as_tuple(map_elementwise<float, 4, 2>({xh, xl, yh, yl}, [](const auto& in, auto& out) {
-      write_pair(dd_add(ff{in[0], in[1]}, ff{in[2], in[3]}), out.data());
-    }));
-  }, "xh"_a.noconvert(), "xl"_a.noconvert(), "yh"_a.noconvert(), "yl"_a.noconvert(),
-     "AccurateDWPlusDW: x + y.");
+  m.def(
+      "dd_add",
+      [](F xh, F xl, F yh, F yl) {
+        return as_tuple(
+            map_elementwise<float, 4, 2>(
+                {xh, xl, yh, yl}, [](const auto& in, auto& out) {
+                  write_pair(
+                      dd_add(ff{in[0], in[1]}, ff{in[2], in[3]}), out.data());
+                }));
+      },
+      "xh"_a.noconvert(),
+      "xl"_a.noconvert(),
+      "yh"_a.noconvert(),
+      "yl"_a.noconvert(),
+      "AccurateDWPlusDW: x + y.");
 
-  m.def("dd_sub", [](F xh, F xl, F yh, F yl) {
-    return as_tuple(map_elementwise<float, 4, 2>({xh, xl, yh, yl}, [](const auto& in, auto& out) {
-      write_pair(dd_sub(ff{in[0], in[1]}, ff{in[2], in[3]}), out.data());
-    }));
-  }, "xh"_a.noconvert(), "xl"_a.noconvert(), "yh"_a.noconvert(), "yl"_a.noconvert(),
-     "x - y (AccurateDWPlusDW of x and -y).");
+  m.def(
+      "dd_sub",
+      [](F xh, F xl, F yh, F yl) {
+        return as_tuple(
+            map_elementwise<float, 4, 2>(
+                {xh, xl, yh, yl}, [](const auto& in, auto& out) {
+                  write_pair(
+                      dd_sub(ff{in[0], in[1]}, ff{in[2], in[3]}), out.data());
+                }));
+      },
+      "xh"_a.noconvert(),
+      "xl"_a.noconvert(),
+      "yh"_a.noconvert(),
+      "yl"_a.noconvert(),
+      "x - y (AccurateDWPlusDW of x and -y).");
 
-  m.def("dd_mul", [](F xh, F xl, F yh, F yl) {
-    return as_tuple(map_elementwise<float, 4, 2>({xh, xl, yh, yl}, [](const auto& in, auto& out) {
-      write_pair(dd_mul(ff{in[0], in[1]}, ff{in[2], in[3]}), out.data());
-    }));
-  }, "xh"_a.noconvert(), "xl"_a.noconvert(), "yh"_a.noconvert(), "yl"_a.noconvert(),
-     "DWTimesDW3: x * y.");
+  m.def(
+      "dd_mul",
+      [](F xh, F xl, F yh, F yl) {
+        return as_tuple(
+            map_elementwise<float, 4, 2>(
+                {xh, xl, yh, yl}, [](const auto& in, auto& out) {
+                  write_pair(
+                      dd_mul(ff{in[0], in[1]}, ff{in[2], in[3]}), out.data());
+                }));
+      },
+      "xh"_a.noconvert(),
+      "xl"_a.noconvert(),
+      "yh"_a.noconvert(),
+      "yl"_a.noconvert(),
+      "DWTimesDW3: x * y.");
 
-  m.def("dd_mul_f", [](F xh, F xl, F y) {
-    return as_tuple(map_elementwise<float, 3, 2>({xh, xl, y}, [](const auto& in, auto& out) {
-      write_pair(dd_mul_f(ff{in[0], in[1]}, in[2]), out.data());
-    }));
-  }, "xh"_a.noconvert(), "xl"_a.noconvert(), "y"_a.noconvert(), "DWTimesFP3: x * y, y a float.");
+  m.def(
+      "dd_mul_f",
+      [](F xh, F xl, F y) {
+        return as_tuple(
+            map_elementwise<float, 3, 2>(
+                {xh, xl, y}, [](const auto& in, auto& out) {
+                  write_pair(dd_mul_f(ff{in[0], in[1]}, in[2]), out.data());
+                }));
+      },
+      "xh"_a.noconvert(),
+      "xl"_a.noconvert(),
+      "y"_a.noconvert(),
+      "DWTimesFP3: x * y, y a float.");
 
-  m.def("dd_round", [](F hi, F lo) {
-    return map_elementwise<float, 2, 1>({hi, lo}, [](const auto& in, auto& out) {
-      out[0] = dd_round(ff{in[0], in[1]});
-    })[0];
-  }, "hi"_a.noconvert(), "lo"_a.noconvert(), "The float32 nearest to hi + lo.");
+  m.def(
+      "dd_round",
+      [](F hi, F lo) {
+        return map_elementwise<float, 2, 1>(
+            {hi, lo}, [](const auto& in, auto& out) {
+              out[0] = dd_round(ff{in[0], in[1]});
+            })[0];
+      },
+      "hi"_a.noconvert(),
+      "lo"_a.noconvert(),
+      "The float32 nearest to hi + lo.");
 
-  m.def("dd_from_double", [](InArray<double> d) {
-    return as_tuple(map_elementwise<double, 1, 2>({d}, [](const auto& in, auto& out) {
-      write_pair(dd_from_double(in[0]), out.data());
-    }));
-  }, "d"_a.noconvert(), "A float64 array as normalised float32 pairs (hi, lo).");
+  m.def(
+      "dd_from_double",
+      [](InArray<double> d) {
+        return as_tuple(
+            map_elementwise<double, 1, 2>({d}, [](const auto& in, auto& out) {
+              write_pair(dd_from_double(in[0]), out.data());
+            }));
+      },
+      "d"_a.noconvert(),
+      "A float64 array as normalised float32 pairs (hi, lo).");
 
-  m.def("cdd_mul", [](F a_re_h, F a_re_l, F a_im_h, F a_im_l,
-                      F b_re_h, F b_re_l, F b_im_h, F b_im_l) {
-    return as_tuple(map_elementwise<float, 8, 4>(
-        {a_re_h, a_re_l, a_im_h, a_im_l, b_re_h, b_re_l, b_im_h, b_im_l},
-        [](const auto& in, auto& out) {
-          cff a{ff{in[0], in[1]}, ff{in[2], in[3]}};
-          cff b{ff{in[4], in[5]}, ff{in[6], in[7]}};
-          cff c = cdd_mul(a, b);
-          write_pair(c.re, out.data());
-          write_pair(c.im, out.data() + 2);
-        }));
-  }, "a_re_h"_a.noconvert(), "a_re_l"_a.noconvert(), "a_im_h"_a.noconvert(),
-     "a_im_l"_a.noconvert(), "b_re_h"_a.noconvert(), "b_re_l"_a.noconvert(),
-     "b_im_h"_a.noconvert(), "b_im_l"_a.noconvert(),
-     "Complex double-word product: (re_h, re_l, im_h, im_l).");
+  m.def(
+      "cdd_mul",
+      [](F a_re_h,
+         F a_re_l,
+         F a_im_h,
+         F a_im_l,
+         F b_re_h,
+         F b_re_l,
+         F b_im_h,
+         F b_im_l) {
+        return as_tuple(
+            map_elementwise<float, 8, 4>(
+                {a_re_h,
+                 a_re_l,
+                 a_im_h,
+                 a_im_l,
+                 b_re_h,
+                 b_re_l,
+                 b_im_h,
+                 b_im_l},
+                [](const auto& in, auto& out) {
+                  cff a{ff{in[0], in[1]}, ff{in[2], in[3]}};
+                  cff b{ff{in[4], in[5]}, ff{in[6], in[7]}};
+                  cff c = cdd_mul(a, b);
+                  write_pair(c.re, out.data());
+                  write_pair(c.im, out.data() + 2);
+                }));
+      },
+      "a_re_h"_a.noconvert(),
+      "a_re_l"_a.noconvert(),
+      "a_im_h"_a.noconvert(),
+      "a_im_l"_a.noconvert(),
+      "b_re_h"_a.noconvert(),
+      "b_re_l"_a.noconvert(),
+      "b_im_h"_a.noconvert(),
+      "b_im_l"_a.noconvert(),
+      "Complex double-word product: (re_h, re_l, im_h, im_l).");
 }

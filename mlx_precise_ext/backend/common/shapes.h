@@ -10,7 +10,8 @@ namespace mlx_precise {
 // Number of rows of a batch shape.
 inline int64_t shape_product(const mlx::core::Shape& s) {
   int64_t p = 1;
-  for (auto d : s) p *= d;
+  for (auto d : s)
+    p *= d;
   return p;
 }
 

@@ -58,7 +58,7 @@ struct ReduceTask {
 struct ProductSumTask {
   struct Target {
     float* out;
-    bool sum_over_time;  // the bias is broadcast along time: one output value
+    bool sum_over_time; // the bias is broadcast along time: one output value
     std::vector<RealRow> a;
     std::vector<RealRow> b;
   };
@@ -67,14 +67,23 @@ struct ProductSumTask {
 
 // One implementation per instruction-set build (see CMakeLists.txt); both
 // perform identical IEEE operations in identical order.
-#define MP_DECLARE_CPU_KERNELS(isa)                                          \
-  namespace isa {                                                            \
-  void run_shared_kernel(Precision, const ConvGeometry&,                     \
-                         const SharedKernelTask&, int num_threads);          \
-  void run_reduce(Precision, const ConvGeometry&, const ReduceTask&,         \
-                  int num_threads);                                          \
-  void run_product_sum(Precision, const ProductSumTask&, int64_t len,         \
-                       int num_threads);                                     \
+#define MP_DECLARE_CPU_KERNELS(isa) \
+  namespace isa {                   \
+  void run_shared_kernel(           \
+      Precision,                    \
+      const ConvGeometry&,          \
+      const SharedKernelTask&,      \
+      int num_threads);             \
+  void run_reduce(                  \
+      Precision,                    \
+      const ConvGeometry&,          \
+      const ReduceTask&,            \
+      int num_threads);             \
+  void run_product_sum(             \
+      Precision,                    \
+      const ProductSumTask&,        \
+      int64_t len,                  \
+      int num_threads);             \
   }
 
 MP_DECLARE_CPU_KERNELS(base)

@@ -19,7 +19,8 @@ namespace mlx_precise::cpu {
 inline int num_threads() {
   if (const char* env = std::getenv("MLX_PRECISE_NUM_THREADS")) {
     int n = std::atoi(env);
-    if (n >= 1) return n;
+    if (n >= 1)
+      return n;
   }
   return std::max(1u, std::thread::hardware_concurrency());
 }
@@ -29,7 +30,8 @@ inline int num_threads() {
 inline bool use_avx2() {
 #if defined(__x86_64__)
   const char* env = std::getenv("MLX_PRECISE_CPU_ISA");
-  if (env && std::string(env) == "base") return false;
+  if (env && std::string(env) == "base")
+    return false;
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
@@ -40,24 +42,36 @@ inline bool use_avx2() {
 // Allocates the outputs and runs body(inputs, outputs) on the stream's CPU
 // encoder, which keeps the inputs alive until it has run.
 template <class Body>
-void dispatch_outputs(mlx::core::Stream stream, const std::vector<mlx::core::array>& inputs,
-                      std::vector<mlx::core::array>& outputs, Body body) {
+void dispatch_outputs(
+    mlx::core::Stream stream,
+    const std::vector<mlx::core::array>& inputs,
+    std::vector<mlx::core::array>& outputs,
+    Body body) {
   auto& encoder = mlx::core::cpu::get_command_encoder(stream);
-  for (const auto& x : inputs) encoder.set_input_array(x);
+  for (const auto& x : inputs)
+    encoder.set_input_array(x);
   for (auto& o : outputs) {
     o.set_data(mlx::core::allocator::malloc(o.nbytes()));
     encoder.set_output_array(o);
   }
-  encoder.dispatch([inputs, outputs, body]() mutable { body(inputs, outputs); });
+  encoder.dispatch(
+      [inputs, outputs, body]() mutable { body(inputs, outputs); });
 }
 
 template <class Body>
-void dispatch(mlx::core::Stream stream, const std::vector<mlx::core::array>& inputs,
-              mlx::core::array& out, Body body) {
+void dispatch(
+    mlx::core::Stream stream,
+    const std::vector<mlx::core::array>& inputs,
+    mlx::core::array& out,
+    Body body) {
   std::vector<mlx::core::array> outputs{out};
-  dispatch_outputs(stream, inputs, outputs,
-                   [body](const std::vector<mlx::core::array>& in,
-                          std::vector<mlx::core::array>& outs) mutable { body(in, outs[0]); });
+  dispatch_outputs(
+      stream,
+      inputs,
+      outputs,
+      [body](
+          const std::vector<mlx::core::array>& in,
+          std::vector<mlx::core::array>& outs) mutable { body(in, outs[0]); });
 }
 
 } // namespace mlx_precise::cpu

@@ -15,14 +15,17 @@ namespace {
 using cpu::ConvGeometry;
 using cpu::dispatch;
 using cpu::num_threads;
-using cpu::use_avx2;
 using cpu::RealRow;
+using cpu::use_avx2;
 
 // Maps rows of a full batch shape onto the rows of an array whose batch dims
 // (all but the last axis) are right-aligned with it and may be 1 (broadcast).
 class RowMap {
  public:
-  RowMap(const mx::Shape& full_batch, const mx::Shape& shape, const mx::Strides& strides)
+  RowMap(
+      const mx::Shape& full_batch,
+      const mx::Shape& shape,
+      const mx::Strides& strides)
       : full_(full_batch) {
     const int rank = static_cast<int>(full_.size());
     const int own = static_cast<int>(shape.size()) - 1;
@@ -40,10 +43,16 @@ class RowMap {
     time_stride_ = shape.back() == 1 ? 0 : strides.back();
   }
   // Element offset of full row r in the array.
-  int64_t offset(int64_t r) const { return walk(r, elem_stride_); }
+  int64_t offset(int64_t r) const {
+    return walk(r, elem_stride_);
+  }
   // Row number of full row r in the array's own row-major batch numbering.
-  int64_t row(int64_t r) const { return walk(r, row_stride_); }
-  int64_t time_stride() const { return time_stride_; }
+  int64_t row(int64_t r) const {
+    return walk(r, row_stride_);
+  }
+  int64_t time_stride() const {
+    return time_stride_;
+  }
 
  private:
   int64_t walk(int64_t r, const std::vector<int64_t>& stride) const {
@@ -67,30 +76,47 @@ RealRow real_row(const mx::array& x, const RowMap& m, int64_t r) {
   return RealRow{x.data<float>() + m.offset(r), m.time_stride()};
 }
 
-void run_shared(Precision p, const ConvGeometry& g, const cpu::SharedKernelTask& t) {
-  if (use_avx2()) cpu::avx2::run_shared_kernel(p, g, t, num_threads());
-  else cpu::base::run_shared_kernel(p, g, t, num_threads());
+void run_shared(
+    Precision p,
+    const ConvGeometry& g,
+    const cpu::SharedKernelTask& t) {
+  if (use_avx2())
+    cpu::avx2::run_shared_kernel(p, g, t, num_threads());
+  else
+    cpu::base::run_shared_kernel(p, g, t, num_threads());
 }
 
 void run_reduce(Precision p, const ConvGeometry& g, const cpu::ReduceTask& t) {
-  if (use_avx2()) cpu::avx2::run_reduce(p, g, t, num_threads());
-  else cpu::base::run_reduce(p, g, t, num_threads());
+  if (use_avx2())
+    cpu::avx2::run_reduce(p, g, t, num_threads());
+  else
+    cpu::base::run_reduce(p, g, t, num_threads());
 }
 
 void run_product_sum(Precision p, const cpu::ProductSumTask& t, int64_t len) {
-  if (use_avx2()) cpu::avx2::run_product_sum(p, t, len, num_threads());
-  else cpu::base::run_product_sum(p, t, len, num_threads());
+  if (use_avx2())
+    cpu::avx2::run_product_sum(p, t, len, num_threads());
+  else
+    cpu::base::run_product_sum(p, t, len, num_threads());
 }
 
 // Output rows are the target's rows; full rows are those of g (or of the
 // broadcast output for the forward transform).
-void convolve(const std::vector<mx::array>& in, mx::array& out, ConvVariant variant,
-              int64_t period, Precision precision, bool has_bias, int conv_terms) {
-  const mx::array& a = in[0];  // u (Convolve) or g
-  const mx::array& b = in[1];  // k, or u (CorrelateKernel)
+void convolve(
+    const std::vector<mx::array>& in,
+    mx::array& out,
+    ConvVariant variant,
+    int64_t period,
+    Precision precision,
+    bool has_bias,
+    int conv_terms) {
+  const mx::array& a = in[0]; // u (Convolve) or g
+  const mx::array& b = in[1]; // k, or u (CorrelateKernel)
   const int64_t L = a.shape().back();
-  const bool forward = variant == ConvVariant::Convolve || variant == ConvVariant::ConvolveSum;
-  const mx::Shape full = forward ? batch_shape(out.shape()) : batch_shape(a.shape());
+  const bool forward =
+      variant == ConvVariant::Convolve || variant == ConvVariant::ConvolveSum;
+  const mx::Shape full =
+      forward ? batch_shape(out.shape()) : batch_shape(a.shape());
   const int64_t rows = shape_product(full);
   RowMap a_map = row_map(full, a), b_map = row_map(full, b);
   RowMap out_map(full, out.shape(), out.strides());
@@ -103,14 +129,16 @@ void convolve(const std::vector<mx::array>& in, mx::array& out, ConvVariant vari
     const ConvGeometry g = conv_geometry(variant, period, L, Lk, L);
     const size_t conv_inputs = 2 * static_cast<size_t>(conv_terms);
     std::vector<RowMap> maps;
-    for (const auto& x : in) maps.push_back(row_map(full, x));
+    for (const auto& x : in)
+      maps.push_back(row_map(full, x));
     cpu::ReduceTask task;
     task.targets.resize(rows);
     for (int64_t r = 0; r < rows; ++r) {
       auto& target = task.targets[out_map.row(r)];
       target.out = out_data + out_map.row(r) * out_len;
       for (size_t i = 0; i < conv_inputs; i += 2)
-        target.terms.push_back({real_row(in[i], maps[i], r), real_row(in[i + 1], maps[i + 1], r)});
+        target.terms.push_back(
+            {real_row(in[i], maps[i], r), real_row(in[i + 1], maps[i + 1], r)});
       for (size_t i = conv_inputs; i < in.size(); i += 2)
         target.bias_terms.push_back(
             {real_row(in[i], maps[i], r), real_row(in[i + 1], maps[i + 1], r)});
@@ -138,7 +166,8 @@ void convolve(const std::vector<mx::array>& in, mx::array& out, ConvVariant vari
   const mx::Shape k_batch = batch_shape(b.shape());
   RowMap k_rows(full, b.shape(), b.strides());
   std::optional<RowMap> bias_map;
-  if (has_bias) bias_map.emplace(row_map(full, in[2]));
+  if (has_bias)
+    bias_map.emplace(row_map(full, in[2]));
 
   // One term per output row unless the target was broadcast (gradients).
   bool one_to_one = shape_product(batch_shape(out.shape())) == rows;
@@ -148,14 +177,16 @@ void convolve(const std::vector<mx::array>& in, mx::array& out, ConvVariant vari
     const int64_t k_count = shape_product(k_batch);
     task.b_rows.resize(k_count);
     RowMap k_self(k_batch, b.shape(), b.strides());
-    for (int64_t j = 0; j < k_count; ++j) task.b_rows[j] = real_row(b, k_self, j);
+    for (int64_t j = 0; j < k_count; ++j)
+      task.b_rows[j] = real_row(b, k_self, j);
     task.rows.resize(rows);
     for (int64_t r = 0; r < rows; ++r) {
       auto& row = task.rows[r];
       row.a = real_row(a, a_map, r);
       row.b_index = k_rows.row(r);
       row.has_bias = has_bias;
-      if (has_bias) row.bias = real_row(in[2], *bias_map, r);
+      if (has_bias)
+        row.bias = real_row(in[2], *bias_map, r);
       row.out = out_data + out_map.row(r) * out_len;
     }
     run_shared(precision, g, task);
@@ -168,7 +199,9 @@ void convolve(const std::vector<mx::array>& in, mx::array& out, ConvVariant vari
   for (int64_t r = 0; r < rows; ++r) {
     auto& target = task.targets[out_map.row(r)];
     target.terms.push_back({real_row(a, a_map, r), real_row(b, b_map, r)});
-    if (has_bias) target.bias_terms.push_back({real_row(a, a_map, r), real_row(in[2], *bias_map, r)});
+    if (has_bias)
+      target.bias_terms.push_back(
+          {real_row(a, a_map, r), real_row(in[2], *bias_map, r)});
   }
   run_reduce(precision, g, task);
 }
@@ -176,37 +209,50 @@ void convolve(const std::vector<mx::array>& in, mx::array& out, ConvVariant vari
 } // namespace
 
 void RFFTConv::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
-  dispatch(stream(), inputs, out,
-           [variant = variant_, period = period_, precision = precision_, has_bias = has_bias_,
-            conv_terms = conv_terms_](const std::vector<mx::array>& in, mx::array& o) {
-             convolve(in, o, variant, period, precision, has_bias, conv_terms);
-           });
+  dispatch(
+      stream(),
+      inputs,
+      out,
+      [variant = variant_,
+       period = period_,
+       precision = precision_,
+       has_bias = has_bias_,
+       conv_terms = conv_terms_](
+          const std::vector<mx::array>& in, mx::array& o) {
+        convolve(in, o, variant, period, precision, has_bias, conv_terms);
+      });
 }
 
 // inputs g, u; out has the bias's shape (right-aligned to g's).
-void BiasGradient::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
-  dispatch(stream(), inputs, out,
-           [precision = precision_](const std::vector<mx::array>& in, mx::array& o) {
-             const mx::array& g = in[0];
-             const mx::array& u = in[1];
-             const mx::Shape full = batch_shape(g.shape());
-             RowMap g_map = row_map(full, g), u_map = row_map(full, u);
-             RowMap out_map(full, o.shape(), o.strides());
-             const int64_t len = g.shape().back();
-             const bool sum_time = o.shape().back() == 1;
-             cpu::ProductSumTask task;
-             task.targets.resize(shape_product(batch_shape(o.shape())));
-             for (int64_t t = 0; t < static_cast<int64_t>(task.targets.size()); ++t) {
-               task.targets[t].out = o.data<float>() + t * o.shape().back();
-               task.targets[t].sum_over_time = sum_time;
-             }
-             for (int64_t r = 0; r < shape_product(full); ++r) {
-               auto& target = task.targets[out_map.row(r)];
-               target.a.push_back(real_row(g, g_map, r));
-               target.b.push_back(real_row(u, u_map, r));
-             }
-             run_product_sum(precision, task, len);
-           });
+void BiasGradient::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    mx::array& out) {
+  dispatch(
+      stream(),
+      inputs,
+      out,
+      [precision = precision_](const std::vector<mx::array>& in, mx::array& o) {
+        const mx::array& g = in[0];
+        const mx::array& u = in[1];
+        const mx::Shape full = batch_shape(g.shape());
+        RowMap g_map = row_map(full, g), u_map = row_map(full, u);
+        RowMap out_map(full, o.shape(), o.strides());
+        const int64_t len = g.shape().back();
+        const bool sum_time = o.shape().back() == 1;
+        cpu::ProductSumTask task;
+        task.targets.resize(shape_product(batch_shape(o.shape())));
+        for (int64_t t = 0; t < static_cast<int64_t>(task.targets.size());
+             ++t) {
+          task.targets[t].out = o.data<float>() + t * o.shape().back();
+          task.targets[t].sum_over_time = sum_time;
+        }
+        for (int64_t r = 0; r < shape_product(full); ++r) {
+          auto& target = task.targets[out_map.row(r)];
+          target.a.push_back(real_row(g, g_map, r));
+          target.b.push_back(real_row(u, u_map, r));
+        }
+        run_product_sum(precision, task, len);
+      });
 }
 
 } // namespace mlx_precise

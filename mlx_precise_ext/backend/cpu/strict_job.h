@@ -15,11 +15,14 @@ struct FloatMatrix {
   const float* data = nullptr;
   int64_t row_stride = 0;
   int64_t col_stride = 0;
-  float at(int64_t i, int64_t j) const { return data[i * row_stride + j * col_stride]; }
+  float at(int64_t i, int64_t j) const {
+    return data[i * row_stride + j * col_stride];
+  }
 };
 
 // A float32 matrix (rows x cols, element (i, j) at data[i * row_stride + j *
-// col_stride]) to be widened into row-major doubles with the 2-norm of each row.
+// col_stride]) to be widened into row-major doubles with the 2-norm of each
+// row.
 struct WidenJob {
   const float* data;
   int64_t rows, cols, row_stride, col_stride;
@@ -41,7 +44,7 @@ struct CertifiedAddmmBlock {
   const double* b_norm;
   FloatMatrix c;
   float alpha, beta;
-  float* out;  // row-major (m, n)
+  float* out; // row-major (m, n)
 };
 
 // One (M, N) output block of dd addmm; a, b row-major float32.
@@ -64,16 +67,24 @@ struct LayerNormRows {
   double eps;
 };
 
-#define MP_DECLARE_STRICT_KERNELS(isa)                                             \
-  namespace isa {                                                                  \
-  void widen(const WidenJob&, int num_threads);                                    \
-  int64_t certify_addmm(const CertifiedAddmmBlock&, int num_threads);              \
-  void dd_addmm(const DoubleWordAddmmBlock&, int num_threads);                     \
-  void layer_norm_forward(Precision, const LayerNormRows&, float* out,             \
-                          int num_threads);                                        \
-  void layer_norm_backward(Precision, const LayerNormRows&, const float* grad,     \
-                           float* grad_x, float* grad_weight, float* grad_bias,    \
-                           int num_threads);                                       \
+#define MP_DECLARE_STRICT_KERNELS(isa)                                \
+  namespace isa {                                                     \
+  void widen(const WidenJob&, int num_threads);                       \
+  int64_t certify_addmm(const CertifiedAddmmBlock&, int num_threads); \
+  void dd_addmm(const DoubleWordAddmmBlock&, int num_threads);        \
+  void layer_norm_forward(                                            \
+      Precision,                                                      \
+      const LayerNormRows&,                                           \
+      float* out,                                                     \
+      int num_threads);                                               \
+  void layer_norm_backward(                                           \
+      Precision,                                                      \
+      const LayerNormRows&,                                           \
+      const float* grad,                                              \
+      float* grad_x,                                                  \
+      float* grad_weight,                                             \
+      float* grad_bias,                                               \
+      int num_threads);                                               \
   }
 
 MP_DECLARE_STRICT_KERNELS(base)

@@ -4,9 +4,9 @@
 // over a reduction, so the bits do not depend on the thread count.
 #include <algorithm>
 #include <atomic>
-#include <type_traits>
 #include <cmath>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "backend/cpu/strict_job.h"
@@ -20,28 +20,40 @@ namespace {
 template <class Fn>
 void parallel_chunks(int64_t count, int64_t grain, int num_threads, Fn fn) {
   const int64_t chunks = (count + grain - 1) / grain;
-  const int workers = static_cast<int>(std::min<int64_t>(std::max(num_threads, 1), chunks));
+  const int workers =
+      static_cast<int>(std::min<int64_t>(std::max(num_threads, 1), chunks));
   std::atomic<int64_t> next{0};
   auto work = [&]() {
-    for (int64_t c = next++; c < chunks; c = next++) fn(c * grain, std::min(count, (c + 1) * grain));
+    for (int64_t c = next++; c < chunks; c = next++)
+      fn(c * grain, std::min(count, (c + 1) * grain));
   };
   std::vector<std::thread> threads;
-  for (int w = 1; w < workers; ++w) threads.emplace_back(work);
+  for (int w = 1; w < workers; ++w)
+    threads.emplace_back(work);
   work();
-  for (auto& t : threads) t.join();
+  for (auto& t : threads)
+    t.join();
 }
 
 // Element p of a row (or a column, through the transposed copy) of the
 // widened inputs.
 struct WideRow {
   const double* data;
-  double operator()(int64_t p) const { return data[p]; }
+  double operator()(int64_t p) const {
+    return data[p];
+  }
 };
 
 float exact_addmm_entry(const CertifiedAddmmBlock& t, int64_t i, int64_t j) {
   const bool has_c = t.c.data != nullptr;
-  return mlx_precise::exact_addmm_entry(WideRow{t.a_double + i * t.k}, WideRow{t.b_double_t + j * t.k},
-                                        t.k, t.alpha, has_c, t.beta, has_c ? t.c.at(i, j) : 0.0f);
+  return mlx_precise::exact_addmm_entry(
+      WideRow{t.a_double + i * t.k},
+      WideRow{t.b_double_t + j * t.k},
+      t.k,
+      t.alpha,
+      has_c,
+      t.beta,
+      has_c ? t.c.at(i, j) : 0.0f);
 }
 
 // dd addmm tiles: kTileRows x kTileCols outputs accumulate together (their
@@ -51,24 +63,30 @@ constexpr int64_t kTileRows = 2;
 constexpr int64_t kTileCols = 16;
 
 template <int64_t Rows>
-void dd_tile(const DoubleWordAddmmBlock& t, const float* strip, int64_t i0, int64_t j0,
-             int64_t cols) {
+void dd_tile(
+    const DoubleWordAddmmBlock& t,
+    const float* strip,
+    int64_t i0,
+    int64_t j0,
+    int64_t cols) {
   ff acc[Rows][kTileCols];
   for (int64_t r = 0; r < Rows; ++r)
-    for (int64_t c = 0; c < kTileCols; ++c) acc[r][c] = ff{0.0f, 0.0f};
+    for (int64_t c = 0; c < kTileCols; ++c)
+      acc[r][c] = ff{0.0f, 0.0f};
   for (int64_t p = 0; p < t.k; ++p) {
     const float* b = strip + p * kTileCols;
     for (int64_t r = 0; r < Rows; ++r) {
       const float a = t.a[(i0 + r) * t.k + p];
-      for (int64_t c = 0; c < kTileCols; ++c) acc[r][c] = dd_dot_step(acc[r][c], a, b[c]);
+      for (int64_t c = 0; c < kTileCols; ++c)
+        acc[r][c] = dd_dot_step(acc[r][c], a, b[c]);
     }
   }
   for (int64_t r = 0; r < Rows; ++r) {
     float* out = t.out + (i0 + r) * t.n + j0;
     for (int64_t c = 0; c < cols; ++c) {
       out[c] = t.c.data != nullptr
-                   ? dd_addmm_result(acc[r][c], t.alpha, t.beta, t.c.at(i0 + r, j0 + c))
-                   : dd_scaled_result(acc[r][c], t.alpha);
+          ? dd_addmm_result(acc[r][c], t.alpha, t.beta, t.c.at(i0 + r, j0 + c))
+          : dd_scaled_result(acc[r][c], t.alpha);
     }
   }
 }
@@ -85,7 +103,10 @@ ff working_eps<ff>(double eps) {
 }
 
 template <class T>
-void layer_norm_forward_t(const LayerNormRows& job, float* out, int num_threads) {
+void layer_norm_forward_t(
+    const LayerNormRows& job,
+    float* out,
+    int num_threads) {
   const T eps = working_eps<T>(job.eps);
   parallel_chunks(job.rows, 16, num_threads, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
@@ -96,13 +117,17 @@ void layer_norm_forward_t(const LayerNormRows& job, float* out, int num_threads)
       const float* w = job.weight;
       const float* b = job.bias;
       if (w && b)
-        for (int64_t i = 0; i < job.dim; ++i) y[i] = layer_norm_output(s, x[i], true, w[i], true, b[i]);
+        for (int64_t i = 0; i < job.dim; ++i)
+          y[i] = layer_norm_output(s, x[i], true, w[i], true, b[i]);
       else if (w)
-        for (int64_t i = 0; i < job.dim; ++i) y[i] = layer_norm_output(s, x[i], true, w[i], false, 0.0f);
+        for (int64_t i = 0; i < job.dim; ++i)
+          y[i] = layer_norm_output(s, x[i], true, w[i], false, 0.0f);
       else if (b)
-        for (int64_t i = 0; i < job.dim; ++i) y[i] = layer_norm_output(s, x[i], false, 0.0f, true, b[i]);
+        for (int64_t i = 0; i < job.dim; ++i)
+          y[i] = layer_norm_output(s, x[i], false, 0.0f, true, b[i]);
       else
-        for (int64_t i = 0; i < job.dim; ++i) y[i] = layer_norm_output(s, x[i], false, 0.0f, false, 0.0f);
+        for (int64_t i = 0; i < job.dim; ++i)
+          y[i] = layer_norm_output(s, x[i], false, 0.0f, false, 0.0f);
     }
   });
 }
@@ -112,8 +137,13 @@ void layer_norm_forward_t(const LayerNormRows& job, float* out, int num_threads)
 // grad_weight = sum over rows of grad * n, grad_bias = sum of grad: each
 // column sums its rows in order 0, 1, ... (threads split the columns).
 template <class T>
-void layer_norm_backward_t(const LayerNormRows& job, const float* grad, float* grad_x,
-                           float* grad_weight, float* grad_bias, int num_threads) {
+void layer_norm_backward_t(
+    const LayerNormRows& job,
+    const float* grad,
+    float* grad_x,
+    float* grad_weight,
+    float* grad_bias,
+    int num_threads) {
   const T eps = working_eps<T>(job.eps);
   const T zero = r_from_float(eps, 0.0f);
   const T count = r_from_float(eps, static_cast<float>(job.dim));
@@ -125,11 +155,14 @@ void layer_norm_backward_t(const LayerNormRows& job, const float* grad, float* g
       const float* g = grad + r * job.dim;
       const LayerNormStats<T> s = layer_norm_stats(x, job.dim, eps);
       stats[r] = s;
-      if (grad_x == nullptr) continue;
+      if (grad_x == nullptr)
+        continue;
       T sum_gw[kLayerNormLanes], sum_gwn[kLayerNormLanes];
-      for (int l = 0; l < kLayerNormLanes; ++l) sum_gw[l] = sum_gwn[l] = zero;
+      for (int l = 0; l < kLayerNormLanes; ++l)
+        sum_gw[l] = sum_gwn[l] = zero;
       for (int64_t i = 0; i < job.dim; ++i) {
-        gw[i] = job.weight ? r_prod(eps, g[i], job.weight[i]) : r_from_float(eps, g[i]);
+        gw[i] = job.weight ? r_prod(eps, g[i], job.weight[i])
+                           : r_from_float(eps, g[i]);
         n[i] = layer_norm_normalized(s, x[i]);
         const int l = static_cast<int>(i % kLayerNormLanes);
         sum_gw[l] = r_add(sum_gw[l], gw[i]);
@@ -142,20 +175,29 @@ void layer_norm_backward_t(const LayerNormRows& job, const float* grad, float* g
         dx[i] = layer_norm_grad_x(s, gw[i], n[i], mean_gw, mean_gwn);
     }
   });
-  if (grad_weight == nullptr && grad_bias == nullptr) return;
+  if (grad_weight == nullptr && grad_bias == nullptr)
+    return;
   parallel_chunks(job.dim, 64, num_threads, [&](int64_t begin, int64_t end) {
     std::vector<T> dw(end - begin, zero), db(end - begin, zero);
     for (int64_t r = 0; r < job.rows; ++r) {
       const float* x = job.x + r * job.dim;
       const float* g = grad + r * job.dim;
       for (int64_t i = begin; i < end; ++i) {
-        if (grad_weight) dw[i - begin] = r_add(dw[i - begin], r_mul(r_from_float(eps, g[i]), layer_norm_normalized(stats[r], x[i])));
-        if (grad_bias) db[i - begin] = r_add(db[i - begin], r_from_float(eps, g[i]));
+        if (grad_weight)
+          dw[i - begin] = r_add(
+              dw[i - begin],
+              r_mul(
+                  r_from_float(eps, g[i]),
+                  layer_norm_normalized(stats[r], x[i])));
+        if (grad_bias)
+          db[i - begin] = r_add(db[i - begin], r_from_float(eps, g[i]));
       }
     }
     for (int64_t i = begin; i < end; ++i) {
-      if (grad_weight) grad_weight[i] = r_round(dw[i - begin]);
-      if (grad_bias) grad_bias[i] = r_round(db[i - begin]);
+      if (grad_weight)
+        grad_weight[i] = r_round(dw[i - begin]);
+      if (grad_bias)
+        grad_bias[i] = r_round(db[i - begin]);
     }
   });
 }
@@ -167,20 +209,24 @@ void layer_norm_backward_t(const LayerNormRows& job, const float* grad, float* g
 constexpr int64_t kWidenBlock = 16;
 
 void widen(const WidenJob& job, int num_threads) {
-  parallel_chunks(job.rows, kWidenBlock, num_threads, [&](int64_t begin, int64_t end) {
-    for (int64_t c = 0; c < job.cols; ++c)
-      for (int64_t r = begin; r < end; ++r)
-        job.out[r * job.cols + c] = static_cast<double>(job.data[r * job.row_stride + c * job.col_stride]);
-    for (int64_t r = begin; r < end; ++r) {
-      const double* row = job.out + r * job.cols;
-      double lanes[kLayerNormLanes] = {};
-      int64_t c = 0;
-      for (; c + kLayerNormLanes <= job.cols; c += kLayerNormLanes)
-        for (int l = 0; l < kLayerNormLanes; ++l) lanes[l] += row[c + l] * row[c + l];
-      for (int l = 0; c + l < job.cols; ++l) lanes[l] += row[c + l] * row[c + l];
-      job.row_norms[r] = sqrt(combine_lanes(lanes));
-    }
-  });
+  parallel_chunks(
+      job.rows, kWidenBlock, num_threads, [&](int64_t begin, int64_t end) {
+        for (int64_t c = 0; c < job.cols; ++c)
+          for (int64_t r = begin; r < end; ++r)
+            job.out[r * job.cols + c] = static_cast<double>(
+                job.data[r * job.row_stride + c * job.col_stride]);
+        for (int64_t r = begin; r < end; ++r) {
+          const double* row = job.out + r * job.cols;
+          double lanes[kLayerNormLanes] = {};
+          int64_t c = 0;
+          for (; c + kLayerNormLanes <= job.cols; c += kLayerNormLanes)
+            for (int l = 0; l < kLayerNormLanes; ++l)
+              lanes[l] += row[c + l] * row[c + l];
+          for (int l = 0; c + l < job.cols; ++l)
+            lanes[l] += row[c + l] * row[c + l];
+          job.row_norms[r] = sqrt(combine_lanes(lanes));
+        }
+      });
 }
 
 int64_t certify_addmm(const CertifiedAddmmBlock& t, int num_threads) {
@@ -207,13 +253,17 @@ int64_t certify_addmm(const CertifiedAddmmBlock& t, int num_threads) {
         for (int64_t j = 0; j < t.n; ++j) {
           const double scaled = alpha * d[j];
           double value = scaled;
-          if constexpr (decltype(with_c)::value) value += beta * static_cast<double>(t.c.at(i, j));
-          const double err = row_bound * bn[j] + kUnitRoundoff64 * (fabs(scaled) + fabs(value));
+          if constexpr (decltype(with_c)::value)
+            value += beta * static_cast<double>(t.c.at(i, j));
+          const double err = row_bound * bn[j] +
+              kUnitRoundoff64 * (fabs(scaled) + fabs(value));
           unc[j] = !certified_round(value, err, &out[j]);
         }
       };
-      if (t.c.data != nullptr) pass(std::true_type{});
-      else pass(std::false_type{});
+      if (t.c.data != nullptr)
+        pass(std::true_type{});
+      else
+        pass(std::false_type{});
       for (int64_t j = 0; j < t.n; ++j) {
         if (uncertain[j]) {
           out[j] = exact_addmm_entry(t, i, j);
@@ -233,28 +283,45 @@ void dd_addmm(const DoubleWordAddmmBlock& t, int num_threads) {
     for (int64_t s = begin; s < end; ++s) {
       const int64_t j0 = s * kTileCols;
       const int64_t cols = std::min(kTileCols, t.n - j0);
-      // B's columns j0 .. j0+15, zero padded: padding lanes are computed and dropped.
+      // B's columns j0 .. j0+15, zero padded: padding lanes are computed and
+      // dropped.
       for (int64_t p = 0; p < t.k; ++p)
         for (int64_t c = 0; c < kTileCols; ++c)
           strip[p * kTileCols + c] = c < cols ? t.b[p * t.n + j0 + c] : 0.0f;
       int64_t i = 0;
-      for (; i + kTileRows <= t.m; i += kTileRows) dd_tile<kTileRows>(t, strip.data(), i, j0, cols);
-      for (; i < t.m; ++i) dd_tile<1>(t, strip.data(), i, j0, cols);
+      for (; i + kTileRows <= t.m; i += kTileRows)
+        dd_tile<kTileRows>(t, strip.data(), i, j0, cols);
+      for (; i < t.m; ++i)
+        dd_tile<1>(t, strip.data(), i, j0, cols);
     }
   });
 }
 
-void layer_norm_forward(Precision p, const LayerNormRows& job, float* out, int num_threads) {
-  if (p == Precision::DoubleDouble) layer_norm_forward_t<ff>(job, out, num_threads);
-  else layer_norm_forward_t<double>(job, out, num_threads);
+void layer_norm_forward(
+    Precision p,
+    const LayerNormRows& job,
+    float* out,
+    int num_threads) {
+  if (p == Precision::DoubleDouble)
+    layer_norm_forward_t<ff>(job, out, num_threads);
+  else
+    layer_norm_forward_t<double>(job, out, num_threads);
 }
 
-void layer_norm_backward(Precision p, const LayerNormRows& job, const float* grad,
-                         float* grad_x, float* grad_weight, float* grad_bias, int num_threads) {
+void layer_norm_backward(
+    Precision p,
+    const LayerNormRows& job,
+    const float* grad,
+    float* grad_x,
+    float* grad_weight,
+    float* grad_bias,
+    int num_threads) {
   if (p == Precision::DoubleDouble)
-    layer_norm_backward_t<ff>(job, grad, grad_x, grad_weight, grad_bias, num_threads);
+    layer_norm_backward_t<ff>(
+        job, grad, grad_x, grad_weight, grad_bias, num_threads);
   else
-    layer_norm_backward_t<double>(job, grad, grad_x, grad_weight, grad_bias, num_threads);
+    layer_norm_backward_t<double>(
+        job, grad, grad_x, grad_weight, grad_bias, num_threads);
 }
 
 } // namespace mlx_precise::cpu::MP_CPU_ISA

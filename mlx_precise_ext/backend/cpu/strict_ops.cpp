@@ -24,17 +24,23 @@ namespace {
 using cpu::FloatMatrix;
 
 // Strides of x's dims aligned right to `full`'s, 0 where x is broadcast.
-std::vector<int64_t> aligned_strides(const mx::array& x, const mx::Shape& full) {
+std::vector<int64_t> aligned_strides(
+    const mx::array& x,
+    const mx::Shape& full) {
   const int rank = static_cast<int>(full.size());
   const int offset = rank - static_cast<int>(x.ndim());
   std::vector<int64_t> strides(rank, 0);
   for (int d = 0; d < static_cast<int>(x.ndim()); ++d)
-    if (x.shape(d) != 1) strides[offset + d] = x.strides()[d];
+    if (x.shape(d) != 1)
+      strides[offset + d] = x.strides()[d];
   return strides;
 }
 
 // Element offset of batch b (row-major over `batch`) under `strides`.
-int64_t batch_offset(int64_t b, const mx::Shape& batch, const std::vector<int64_t>& strides) {
+int64_t batch_offset(
+    int64_t b,
+    const mx::Shape& batch,
+    const std::vector<int64_t>& strides) {
   int64_t off = 0;
   for (int d = static_cast<int>(batch.size()) - 1; d >= 0; --d) {
     off += (b % batch[d]) * strides[d];
@@ -46,16 +52,19 @@ int64_t batch_offset(int64_t b, const mx::Shape& batch, const std::vector<int64_
 // x's data as a row-major float32 buffer: the array itself when it is
 // already row-contiguous, else a copy into storage.
 const float* row_major(const mx::array& x, std::vector<float>& storage) {
-  if (x.flags().row_contiguous) return x.data<float>();
+  if (x.flags().row_contiguous)
+    return x.data<float>();
   storage.resize(x.size());
   const int rank = static_cast<int>(x.ndim());
   std::vector<int32_t> index(rank, 0);
   const float* src = x.data<float>();
   for (size_t n = 0; n < x.size(); ++n) {
     int64_t off = 0;
-    for (int d = 0; d < rank; ++d) off += index[d] * x.strides()[d];
+    for (int d = 0; d < rank; ++d)
+      off += index[d] * x.strides()[d];
     storage[n] = src[off];
-    for (int d = rank - 1; d >= 0 && ++index[d] == x.shape(d); --d) index[d] = 0;
+    for (int d = rank - 1; d >= 0 && ++index[d] == x.shape(d); --d)
+      index[d] = 0;
   }
   return storage.data();
 }
@@ -79,15 +88,26 @@ class DoubleBuffer {
   int64_t size_ = 0;
 };
 
-void narrow_copy(const float* data, int64_t rows, int64_t cols, int64_t rs, int64_t cs,
-                 std::vector<float>& out) {
+void narrow_copy(
+    const float* data,
+    int64_t rows,
+    int64_t cols,
+    int64_t rs,
+    int64_t cs,
+    std::vector<float>& out) {
   out.resize(rows * cols);
   for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j) out[i * cols + j] = data[i * rs + j * cs];
+    for (int64_t j = 0; j < cols; ++j)
+      out[i * cols + j] = data[i * rs + j * cs];
 }
 
-void strict_addmm(const std::vector<mx::array>& in, mx::array& out, Precision precision,
-                  float alpha, float beta, bool has_c) {
+void strict_addmm(
+    const std::vector<mx::array>& in,
+    mx::array& out,
+    Precision precision,
+    float alpha,
+    float beta,
+    bool has_c) {
   const mx::array& a = in[0];
   const mx::array& b = in[1];
   const mx::Shape& full = out.shape();
@@ -95,19 +115,26 @@ void strict_addmm(const std::vector<mx::array>& in, mx::array& out, Precision pr
   const mx::Shape batch(full.begin(), full.end() - 2);
   const int64_t M = full[rank - 2], N = full[rank - 1], K = a.shape(-1);
   int64_t batches = 1;
-  for (auto d : batch) batches *= d;
-  if (out.size() == 0) return;
+  for (auto d : batch)
+    batches *= d;
+  if (out.size() == 0)
+    return;
 
   // The matrix dims of a and b are never broadcast; their batch dims may be.
   std::vector<int64_t> a_batch(rank - 2, 0), b_batch(rank - 2, 0);
   for (int d = 0; d < static_cast<int>(a.ndim()) - 2; ++d)
-    if (a.shape(d) != 1) a_batch[rank - a.ndim() + d] = a.strides()[d];
+    if (a.shape(d) != 1)
+      a_batch[rank - a.ndim() + d] = a.strides()[d];
   for (int d = 0; d < static_cast<int>(b.ndim()) - 2; ++d)
-    if (b.shape(d) != 1) b_batch[rank - b.ndim() + d] = b.strides()[d];
-  const int64_t a_rs = a.strides()[a.ndim() - 2], a_cs = a.strides()[a.ndim() - 1];
-  const int64_t b_rs = b.strides()[b.ndim() - 2], b_cs = b.strides()[b.ndim() - 1];
+    if (b.shape(d) != 1)
+      b_batch[rank - b.ndim() + d] = b.strides()[d];
+  const int64_t a_rs = a.strides()[a.ndim() - 2],
+                a_cs = a.strides()[a.ndim() - 1];
+  const int64_t b_rs = b.strides()[b.ndim() - 2],
+                b_cs = b.strides()[b.ndim() - 1];
   std::vector<int64_t> c_strides;
-  if (has_c) c_strides = aligned_strides(in[2], full);
+  if (has_c)
+    c_strides = aligned_strides(in[2], full);
   const int threads = cpu::num_threads();
   const bool avx2 = cpu::use_avx2();
 
@@ -129,84 +156,159 @@ void strict_addmm(const std::vector<mx::array>& in, mx::array& out, Precision pr
     a_loaded = a_off;
     b_loaded = b_off;
     if (precision == Precision::DoubleDouble) {
-      if (new_a) narrow_copy(a.data<float>() + a_off, M, K, a_rs, a_cs, a_narrow);
-      if (new_b) narrow_copy(b.data<float>() + b_off, K, N, b_rs, b_cs, b_narrow);
-      cpu::DoubleWordAddmmBlock job{M, N, K, a_narrow.data(), b_narrow.data(), c, alpha, beta, o};
-      if (avx2) cpu::avx2::dd_addmm(job, threads);
-      else cpu::base::dd_addmm(job, threads);
+      if (new_a)
+        narrow_copy(a.data<float>() + a_off, M, K, a_rs, a_cs, a_narrow);
+      if (new_b)
+        narrow_copy(b.data<float>() + b_off, K, N, b_rs, b_cs, b_narrow);
+      cpu::DoubleWordAddmmBlock job{
+          M, N, K, a_narrow.data(), b_narrow.data(), c, alpha, beta, o};
+      if (avx2)
+        cpu::avx2::dd_addmm(job, threads);
+      else
+        cpu::base::dd_addmm(job, threads);
       continue;
     }
     // a as (M, K) and b transposed as (N, K), row-major doubles with row norms.
     if (new_a) {
-      cpu::WidenJob w{a.data<float>() + a_off, M, K, a_rs, a_cs, a_wide.get(M * K), a_norm.get(M)};
-      if (avx2) cpu::avx2::widen(w, threads);
-      else cpu::base::widen(w, threads);
+      cpu::WidenJob w{
+          a.data<float>() + a_off,
+          M,
+          K,
+          a_rs,
+          a_cs,
+          a_wide.get(M * K),
+          a_norm.get(M)};
+      if (avx2)
+        cpu::avx2::widen(w, threads);
+      else
+        cpu::base::widen(w, threads);
     }
     if (new_b) {
-      cpu::WidenJob w{b.data<float>() + b_off, N, K, b_cs, b_rs, b_wide_t.get(N * K), b_norm.get(N)};
-      if (avx2) cpu::avx2::widen(w, threads);
-      else cpu::base::widen(w, threads);
+      cpu::WidenJob w{
+          b.data<float>() + b_off,
+          N,
+          K,
+          b_cs,
+          b_rs,
+          b_wide_t.get(N * K),
+          b_norm.get(N)};
+      if (avx2)
+        cpu::avx2::widen(w, threads);
+      else
+        cpu::base::widen(w, threads);
     }
     double* d = product.get(M * N);
     if (K > 0) {
       scipy_openblas_set_num_threads(threads);
-      scipy_cblas_dgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(M),
-                        static_cast<blasint>(N), static_cast<blasint>(K), 1.0, a_wide.get(0),
-                        static_cast<blasint>(K), b_wide_t.get(0), static_cast<blasint>(K), 0.0, d,
-                        static_cast<blasint>(N));
+      scipy_cblas_dgemm(
+          CblasRowMajor,
+          CblasNoTrans,
+          CblasTrans,
+          static_cast<blasint>(M),
+          static_cast<blasint>(N),
+          static_cast<blasint>(K),
+          1.0,
+          a_wide.get(0),
+          static_cast<blasint>(K),
+          b_wide_t.get(0),
+          static_cast<blasint>(K),
+          0.0,
+          d,
+          static_cast<blasint>(N));
     } else {
       std::fill_n(d, M * N, 0.0);
     }
-    cpu::CertifiedAddmmBlock job{M, N, K, d, a_wide.get(0), b_wide_t.get(0), a_norm.get(0),
-                                 b_norm.get(0), c, alpha, beta, o};
-    if (avx2) cpu::avx2::certify_addmm(job, threads);
-    else cpu::base::certify_addmm(job, threads);
+    cpu::CertifiedAddmmBlock job{
+        M,
+        N,
+        K,
+        d,
+        a_wide.get(0),
+        b_wide_t.get(0),
+        a_norm.get(0),
+        b_norm.get(0),
+        c,
+        alpha,
+        beta,
+        o};
+    if (avx2)
+      cpu::avx2::certify_addmm(job, threads);
+    else
+      cpu::base::certify_addmm(job, threads);
   }
 }
 
-cpu::LayerNormRows layer_norm_rows(const mx::array& x, const float* x_data, const float* weight,
-                                   const float* bias, double eps) {
+cpu::LayerNormRows layer_norm_rows(
+    const mx::array& x,
+    const float* x_data,
+    const float* weight,
+    const float* bias,
+    double eps) {
   const int64_t dim = x.shape(-1);
-  return cpu::LayerNormRows{static_cast<int64_t>(x.size()) / dim, dim, x_data, weight, bias, eps};
+  return cpu::LayerNormRows{
+      static_cast<int64_t>(x.size()) / dim, dim, x_data, weight, bias, eps};
 }
 
 } // namespace
 
-void StrictAddmm::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
-  cpu::dispatch(stream(), inputs, out,
-                [precision = precision_, alpha = alpha_, beta = beta_, has_c = has_c_](
-                    const std::vector<mx::array>& in, mx::array& o) {
-                  strict_addmm(in, o, precision, alpha, beta, has_c);
-                });
-}
-
-void StrictLayerNorm::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
+void StrictAddmm::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    mx::array& out) {
   cpu::dispatch(
-      stream(), inputs, out,
-      [precision = precision_, eps = eps_, has_weight = has_weight_, has_bias = has_bias_](
+      stream(),
+      inputs,
+      out,
+      [precision = precision_, alpha = alpha_, beta = beta_, has_c = has_c_](
           const std::vector<mx::array>& in, mx::array& o) {
-        if (o.size() == 0) return;
-        std::vector<float> x_copy, w_copy, b_copy;
-        const float* x = row_major(in[0], x_copy);
-        const float* w = has_weight ? row_major(in[1], w_copy) : nullptr;
-        const float* b = has_bias ? row_major(in[has_weight ? 2 : 1], b_copy) : nullptr;
-        cpu::LayerNormRows job = layer_norm_rows(in[0], x, w, b, eps);
-        if (cpu::use_avx2())
-          cpu::avx2::layer_norm_forward(precision, job, o.data<float>(), cpu::num_threads());
-        else
-          cpu::base::layer_norm_forward(precision, job, o.data<float>(), cpu::num_threads());
+        strict_addmm(in, o, precision, alpha, beta, has_c);
       });
 }
 
-void StrictLayerNormVJP::eval_cpu(const std::vector<mx::array>& inputs,
-                                  std::vector<mx::array>& outputs) {
+void StrictLayerNorm::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    mx::array& out) {
+  cpu::dispatch(
+      stream(),
+      inputs,
+      out,
+      [precision = precision_,
+       eps = eps_,
+       has_weight = has_weight_,
+       has_bias = has_bias_](const std::vector<mx::array>& in, mx::array& o) {
+        if (o.size() == 0)
+          return;
+        std::vector<float> x_copy, w_copy, b_copy;
+        const float* x = row_major(in[0], x_copy);
+        const float* w = has_weight ? row_major(in[1], w_copy) : nullptr;
+        const float* b =
+            has_bias ? row_major(in[has_weight ? 2 : 1], b_copy) : nullptr;
+        cpu::LayerNormRows job = layer_norm_rows(in[0], x, w, b, eps);
+        if (cpu::use_avx2())
+          cpu::avx2::layer_norm_forward(
+              precision, job, o.data<float>(), cpu::num_threads());
+        else
+          cpu::base::layer_norm_forward(
+              precision, job, o.data<float>(), cpu::num_threads());
+      });
+}
+
+void StrictLayerNormVJP::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
   cpu::dispatch_outputs(
-      stream(), inputs, outputs,
-      [precision = precision_, eps = eps_, has_weight = has_weight_, want_x = want_x_,
+      stream(),
+      inputs,
+      outputs,
+      [precision = precision_,
+       eps = eps_,
+       has_weight = has_weight_,
+       want_x = want_x_,
        want_weight = want_weight_,
-       want_bias = want_bias_](const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
+       want_bias = want_bias_](
+          const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
         if (in[0].size() == 0) {
-          for (auto& o : outs) std::fill_n(o.data<float>(), o.size(), 0.0f);
+          for (auto& o : outs)
+            std::fill_n(o.data<float>(), o.size(), 0.0f);
           return;
         }
         std::vector<float> x_copy, w_copy, g_copy;
@@ -219,11 +321,11 @@ void StrictLayerNormVJP::eval_cpu(const std::vector<mx::array>& inputs,
         float* grad_b = want_bias ? outs[slot++].data<float>() : nullptr;
         cpu::LayerNormRows job = layer_norm_rows(in[0], x, w, nullptr, eps);
         if (cpu::use_avx2())
-          cpu::avx2::layer_norm_backward(precision, job, g, grad_x, grad_w, grad_b,
-                                         cpu::num_threads());
+          cpu::avx2::layer_norm_backward(
+              precision, job, g, grad_x, grad_w, grad_b, cpu::num_threads());
         else
-          cpu::base::layer_norm_backward(precision, job, g, grad_x, grad_w, grad_b,
-                                         cpu::num_threads());
+          cpu::base::layer_norm_backward(
+              precision, job, g, grad_x, grad_w, grad_b, cpu::num_threads());
       });
 }
 

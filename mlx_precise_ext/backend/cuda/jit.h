@@ -15,7 +15,8 @@ namespace mlx_precise::cuda {
 // `shared` telling which row storage; "product_sum" without) for precision p,
 // compiled for `device` at first use (all kernels of p at once) and cached for
 // the life of the process.
-CUfunction get_kernel(int device, Precision p, const std::string& name, bool shared);
+CUfunction
+get_kernel(int device, Precision p, const std::string& name, bool shared);
 
 // The strict-ops kernel `name_expression` (one of jit.cpp's
 // kStrictKernelNames, e.g. "mlx_precise::gpu::layer_norm_rows<double>"),
@@ -24,7 +25,7 @@ CUfunction get_strict_kernel(int device, const std::string& name_expression);
 
 struct DeviceInfo {
   int multiprocessors;
-  int max_shared_per_block;  // opt-in limit for dynamic shared memory
+  int max_shared_per_block; // opt-in limit for dynamic shared memory
 };
 const DeviceInfo& device_info(int device);
 
@@ -39,6 +40,10 @@ int max_block_threads(CUfunction kernel);
 
 // Blocks of `threads` threads and `shared_bytes` dynamic shared memory that
 // fit on the whole device at once.
-int resident_blocks(int device, CUfunction kernel, int threads, size_t shared_bytes);
+int resident_blocks(
+    int device,
+    CUfunction kernel,
+    int threads,
+    size_t shared_bytes);
 
 } // namespace mlx_precise::cuda

@@ -5,12 +5,12 @@
 namespace mlx_precise::cuda {
 
 struct JitSource {
-  const char* name;  // the name the sources #include it by
+  const char* name; // the name the sources #include it by
   const char* text;
 };
 
-extern const JitSource kJitMainSource;    // rfft_conv_kernels.cuh
-extern const JitSource kJitStrictSource;  // strict_kernels.cuh
+extern const JitSource kJitMainSource; // rfft_conv_kernels.cuh
+extern const JitSource kJitStrictSource; // strict_kernels.cuh
 extern const JitSource kJitHeaders[];
 extern const int kJitHeaderCount;
 

@@ -38,28 +38,38 @@ const DeviceFFT<T>& device_fft(int device, int64_t fft_size) {
   std::lock_guard<std::mutex> lock(mutex);
   auto key = std::make_pair(device, fft_size);
   auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
+  if (it != cache.end())
+    return it->second;
   const FFTTables<T> t = gpu::make_fft_tables<T>(fft_size);
-  DeviceFFT<T> d{t.shape,
-                 cuda::upload_constant(t.twiddles.data(), t.twiddles.size() * sizeof(cpx<T>)),
-                 cuda::upload_constant(t.split.data(), t.split.size() * sizeof(cpx<T>)),
-                 cuda::upload_constant(t.pairs.data(), t.pairs.size() * sizeof(IndexPair))};
+  DeviceFFT<T> d{
+      t.shape,
+      cuda::upload_constant(
+          t.twiddles.data(), t.twiddles.size() * sizeof(cpx<T>)),
+      cuda::upload_constant(t.split.data(), t.split.size() * sizeof(cpx<T>)),
+      cuda::upload_constant(
+          t.pairs.data(), t.pairs.size() * sizeof(IndexPair))};
   return cache.emplace(key, d).first->second;
 }
-
 
 template <class T>
 constexpr Precision precision_of();
 template <>
-constexpr Precision precision_of<float>() { return Precision::Float32; }
+constexpr Precision precision_of<float>() {
+  return Precision::Float32;
+}
 template <>
-constexpr Precision precision_of<double>() { return Precision::Extended; }
+constexpr Precision precision_of<double>() {
+  return Precision::Extended;
+}
 template <>
-constexpr Precision precision_of<ff>() { return Precision::DoubleDouble; }
+constexpr Precision precision_of<ff>() {
+  return Precision::DoubleDouble;
+}
 
 // A device buffer that lives until the graph that uses it has run.
 mx::array scratch(mx::cu::CommandEncoder& encoder, size_t bytes) {
-  mx::array buffer({static_cast<int>((bytes + 7) / 8)}, mx::uint64, nullptr, {});
+  mx::array buffer(
+      {static_cast<int>((bytes + 7) / 8)}, mx::uint64, nullptr, {});
   buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
   encoder.add_temporary(buffer);
   return buffer;
@@ -72,12 +82,16 @@ P* data_of(mx::array& buffer) {
 
 // The encoder orders graph nodes by the buffers registered just before each
 // node: every kernel registers what it reads and what it writes.
-void register_buffers(mx::cu::CommandEncoder& encoder, std::initializer_list<const mx::array*> reads,
-                      std::initializer_list<mx::array*> writes) {
+void register_buffers(
+    mx::cu::CommandEncoder& encoder,
+    std::initializer_list<const mx::array*> reads,
+    std::initializer_list<mx::array*> writes) {
   for (const mx::array* x : reads)
-    if (x) encoder.set_input_array(*x);
+    if (x)
+      encoder.set_input_array(*x);
   for (mx::array* x : writes)
-    if (x) encoder.set_output_array(*x);
+    if (x)
+      encoder.set_output_array(*x);
 }
 
 // One launch shape: the row storage (shared or workspace), block size and
@@ -86,21 +100,27 @@ struct RowLaunch {
   CUfunction kernel;
   bool shared;
   int threads;
-  size_t row_bytes;  // per block
+  size_t row_bytes; // per block
   int resident;
 };
 
 template <class T>
-RowLaunch row_launch(int device, const char* name, int64_t n_half, int buffers) {
+RowLaunch
+row_launch(int device, const char* name, int64_t n_half, int buffers) {
   RowLaunch l{};
   l.row_bytes = static_cast<size_t>(buffers) * 2 * n_half * sizeof(T);
-  CUfunction in_shared = cuda::get_kernel(device, precision_of<T>(), name, true);
-  l.shared = l.row_bytes <= static_cast<size_t>(cuda::max_dynamic_shared(in_shared));
-  l.kernel = l.shared ? in_shared : cuda::get_kernel(device, precision_of<T>(), name, false);
+  CUfunction in_shared =
+      cuda::get_kernel(device, precision_of<T>(), name, true);
+  l.shared =
+      l.row_bytes <= static_cast<size_t>(cuda::max_dynamic_shared(in_shared));
+  l.kernel = l.shared
+      ? in_shared
+      : cuda::get_kernel(device, precision_of<T>(), name, false);
   // About 4 butterflies of each stage per thread, whole warps.
   const int cap = std::min(1024, cuda::max_block_threads(l.kernel)) / 32 * 32;
   l.threads = static_cast<int>(std::clamp<int64_t>(n_half / 8, 32, cap));
-  l.resident = cuda::resident_blocks(device, l.kernel, l.threads, l.shared ? l.row_bytes : 0);
+  l.resident = cuda::resident_blocks(
+      device, l.kernel, l.threads, l.shared ? l.row_bytes : 0);
   return l;
 }
 
@@ -116,8 +136,12 @@ struct RowOperands {
   const IndexPair* pairs;
   FFTShape fft;
 
-  RowOperands(const DeviceFFT<T>& f, const mx::array& a_, const mx::array& b_,
-              const mx::array* bias_, mx::array& out_)
+  RowOperands(
+      const DeviceFFT<T>& f,
+      const mx::array& a_,
+      const mx::array& b_,
+      const mx::array* bias_,
+      mx::array& out_)
       : a(mx::gpu_ptr<float>(a_)),
         b(mx::gpu_ptr<float>(b_)),
         bias(bias_ ? mx::gpu_ptr<float>(*bias_) : nullptr),
@@ -129,61 +153,112 @@ struct RowOperands {
 };
 
 template <class T>
-void launch_shared_kernel(mx::cu::CommandEncoder& encoder, int device, const ConvGeometry& geo,
-                          const mx::Shape& full, const mx::array& a, const mx::array& b,
-                          const mx::array* bias, mx::array& out) {
+void launch_shared_kernel(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    const ConvGeometry& geo,
+    const mx::Shape& full,
+    const mx::array& a,
+    const mx::array& b,
+    const mx::array* bias,
+    mx::array& out) {
   const DeviceFFT<T>& fft = device_fft<T>(device, geo.fft_size);
   RowIndex ix = gpu::make_row_index(full, b.shape(), {&a, &b, bias, &out});
 
   // Kernel spectra, once per kernel row.
   RowLaunch spec = row_launch<T>(device, "kernel_spectra", fft.shape.n_half, 1);
-  const int64_t spectrum_entries = 2 * static_cast<int64_t>(fft.shape.num_pairs);
+  const int64_t spectrum_entries =
+      2 * static_cast<int64_t>(fft.shape.num_pairs);
   mx::array spectra_buffer =
       scratch(encoder, ix.outer_count * spectrum_entries * sizeof(cpx<T>));
   cpx<T>* spectra = data_of<cpx<T>>(spectra_buffer);
-  mx::array summaries_buffer = scratch(encoder, ix.outer_count * sizeof(RowSummary));
+  mx::array summaries_buffer =
+      scratch(encoder, ix.outer_count * sizeof(RowSummary));
   RowSummary* summaries = data_of<RowSummary>(summaries_buffer);
   RowLaunch rows = row_launch<T>(device, "conv_rows", fft.shape.n_half, 1);
   // Splits of each kernel row's batch: enough work items for ~4 waves.
-  const int64_t splits =
-      std::clamp<int64_t>((4 * rows.resident + ix.outer_count - 1) / ix.outer_count, 1,
-                          ix.inner_count);
+  const int64_t splits = std::clamp<int64_t>(
+      (4 * rows.resident + ix.outer_count - 1) / ix.outer_count,
+      1,
+      ix.inner_count);
   ConvShape shape = gpu::conv_shape(geo, bias != nullptr, splits);
 
   RowOperands<T> op(fft, a, b, bias, out);
 
-  const int64_t spec_grid = spec.shared ? ix.outer_count
-                                        : std::min<int64_t>(ix.outer_count, spec.resident);
+  const int64_t spec_grid = spec.shared
+      ? ix.outer_count
+      : std::min<int64_t>(ix.outer_count, spec.resident);
   std::optional<mx::array> spec_buffer;
-  if (!spec.shared) spec_buffer = scratch(encoder, spec_grid * spec.row_bytes);
+  if (!spec.shared)
+    spec_buffer = scratch(encoder, spec_grid * spec.row_bytes);
   T* spec_ws = spec_buffer ? data_of<T>(*spec_buffer) : nullptr;
-  register_buffers(encoder, {&b},
-                   {&spectra_buffer, &summaries_buffer, spec_buffer ? &*spec_buffer : nullptr});
-  encoder.add_kernel_node_ex(spec.kernel, dim3(static_cast<unsigned>(spec_grid)),
-                             dim3(spec.threads), {},
-                             static_cast<uint32_t>(spec.shared ? spec.row_bytes : 0), op.b, ix,
-                             shape, op.fft, op.twiddles, op.split, op.pairs, spectra, summaries,
-                             spec_ws);
+  register_buffers(
+      encoder,
+      {&b},
+      {&spectra_buffer,
+       &summaries_buffer,
+       spec_buffer ? &*spec_buffer : nullptr});
+  encoder.add_kernel_node_ex(
+      spec.kernel,
+      dim3(static_cast<unsigned>(spec_grid)),
+      dim3(spec.threads),
+      {},
+      static_cast<uint32_t>(spec.shared ? spec.row_bytes : 0),
+      op.b,
+      ix,
+      shape,
+      op.fft,
+      op.twiddles,
+      op.split,
+      op.pairs,
+      spectra,
+      summaries,
+      spec_ws);
 
   const int64_t items = ix.outer_count * splits;
-  const int64_t grid = rows.shared ? items : std::min<int64_t>(items, rows.resident);
+  const int64_t grid =
+      rows.shared ? items : std::min<int64_t>(items, rows.resident);
   std::optional<mx::array> rows_buffer;
-  if (!rows.shared) rows_buffer = scratch(encoder, grid * rows.row_bytes);
+  if (!rows.shared)
+    rows_buffer = scratch(encoder, grid * rows.row_bytes);
   T* rows_ws = rows_buffer ? data_of<T>(*rows_buffer) : nullptr;
   const cpx<T>* spectra_in = spectra;
   const RowSummary* summaries_in = summaries;
-  register_buffers(encoder, {&a, &b, bias, &spectra_buffer, &summaries_buffer},
-                   {&out, rows_buffer ? &*rows_buffer : nullptr});
-  encoder.add_kernel_node_ex(rows.kernel, dim3(static_cast<unsigned>(grid)), dim3(rows.threads),
-                             {}, static_cast<uint32_t>(rows.shared ? rows.row_bytes : 0), op.a,
-                             op.b, op.bias, op.out, ix, shape, op.fft, op.twiddles, op.split,
-                             op.pairs, spectra_in, summaries_in, rows_ws);
+  register_buffers(
+      encoder,
+      {&a, &b, bias, &spectra_buffer, &summaries_buffer},
+      {&out, rows_buffer ? &*rows_buffer : nullptr});
+  encoder.add_kernel_node_ex(
+      rows.kernel,
+      dim3(static_cast<unsigned>(grid)),
+      dim3(rows.threads),
+      {},
+      static_cast<uint32_t>(rows.shared ? rows.row_bytes : 0),
+      op.a,
+      op.b,
+      op.bias,
+      op.out,
+      ix,
+      shape,
+      op.fft,
+      op.twiddles,
+      op.split,
+      op.pairs,
+      spectra_in,
+      summaries_in,
+      rows_ws);
 }
 
 template <class T>
-void launch_reduce(mx::cu::CommandEncoder& encoder, int device, const ConvGeometry& geo,
-                   const mx::Shape& full, const mx::array& a, const mx::array& b,
-                   const mx::array* bias, mx::array& out) {
+void launch_reduce(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    const ConvGeometry& geo,
+    const mx::Shape& full,
+    const mx::array& a,
+    const mx::array& b,
+    const mx::array* bias,
+    mx::array& out) {
   const DeviceFFT<T>& fft = device_fft<T>(device, geo.fft_size);
   RowIndex ix = gpu::make_row_index(full, out.shape(), {&a, &b, bias, &out});
   RowLaunch l = row_launch<T>(device, "reduce_rows", fft.shape.n_half, 2);
@@ -193,43 +268,84 @@ void launch_reduce(mx::cu::CommandEncoder& encoder, int device, const ConvGeomet
   mx::array acc_buffer = scratch(encoder, grid * acc_entries * sizeof(cpx<T>));
   cpx<T>* acc = data_of<cpx<T>>(acc_buffer);
   std::optional<mx::array> ws_buffer;
-  if (!l.shared) ws_buffer = scratch(encoder, grid * l.row_bytes);
+  if (!l.shared)
+    ws_buffer = scratch(encoder, grid * l.row_bytes);
   T* ws = ws_buffer ? data_of<T>(*ws_buffer) : nullptr;
-  register_buffers(encoder, {&a, &b, bias}, {&out, &acc_buffer, ws_buffer ? &*ws_buffer : nullptr});
+  register_buffers(
+      encoder,
+      {&a, &b, bias},
+      {&out, &acc_buffer, ws_buffer ? &*ws_buffer : nullptr});
   RowOperands<T> op(fft, a, b, bias, out);
-  encoder.add_kernel_node_ex(l.kernel, dim3(static_cast<unsigned>(grid)), dim3(l.threads), {},
-                             static_cast<uint32_t>(l.shared ? l.row_bytes : 0), op.a, op.b,
-                             op.bias, op.out, ix, shape, op.fft, op.twiddles, op.split, op.pairs,
-                             acc, ws);
+  encoder.add_kernel_node_ex(
+      l.kernel,
+      dim3(static_cast<unsigned>(grid)),
+      dim3(l.threads),
+      {},
+      static_cast<uint32_t>(l.shared ? l.row_bytes : 0),
+      op.a,
+      op.b,
+      op.bias,
+      op.out,
+      ix,
+      shape,
+      op.fft,
+      op.twiddles,
+      op.split,
+      op.pairs,
+      acc,
+      ws);
 }
 
 template <class T>
-void convolve(mx::cu::CommandEncoder& encoder, int device, ConvVariant variant, int64_t period,
-              const std::vector<mx::array>& in, bool has_bias, mx::array& out) {
-  const gpu::ConvLaunch c = gpu::conv_launch(variant, period, in, has_bias, out);
+void convolve(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    ConvVariant variant,
+    int64_t period,
+    const std::vector<mx::array>& in,
+    bool has_bias,
+    mx::array& out) {
+  const gpu::ConvLaunch c =
+      gpu::conv_launch(variant, period, in, has_bias, out);
   if (c.one_to_one) {
-    launch_shared_kernel<T>(encoder, device, c.geo, c.full, c.a, c.b, c.bias, out);
+    launch_shared_kernel<T>(
+        encoder, device, c.geo, c.full, c.a, c.b, c.bias, out);
   } else {
     launch_reduce<T>(encoder, device, c.geo, c.full, c.a, c.b, c.bias, out);
   }
 }
 
 template <class T>
-void bias_gradient(mx::cu::CommandEncoder& encoder, int device, const mx::array& g,
-                   const mx::array& u, mx::array& out) {
+void bias_gradient(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    const mx::array& g,
+    const mx::array& u,
+    mx::array& out) {
   const mx::Shape full = batch_shape(g.shape());
   RowIndex ix = gpu::make_row_index(full, out.shape(), {&g, &u, nullptr, &out});
   int64_t len = g.shape().back();
   int sum_over_time = out.shape().back() == 1;
   const int64_t threads = 256;
   const int64_t total = ix.outer_count * (sum_over_time ? 1 : len);
-  CUfunction kernel = cuda::get_kernel(device, precision_of<T>(), "product_sum", false);
+  CUfunction kernel =
+      cuda::get_kernel(device, precision_of<T>(), "product_sum", false);
   const float* g_ptr = mx::gpu_ptr<float>(g);
   const float* u_ptr = mx::gpu_ptr<float>(u);
   float* out_ptr = mx::gpu_ptr<float>(out);
   register_buffers(encoder, {&g, &u}, {&out});
-  encoder.add_kernel_node_ex(kernel, dim3(static_cast<unsigned>((total + threads - 1) / threads)),
-                             dim3(threads), {}, 0u, g_ptr, u_ptr, out_ptr, ix, len, sum_over_time);
+  encoder.add_kernel_node_ex(
+      kernel,
+      dim3(static_cast<unsigned>((total + threads - 1) / threads)),
+      dim3(threads),
+      {},
+      0u,
+      g_ptr,
+      u_ptr,
+      out_ptr,
+      ix,
+      len,
+      sum_over_time);
 }
 
 template <class Fn>
@@ -259,11 +375,14 @@ void RFFTConv::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
   int device = 0;
   auto& encoder = prepare(stream(), out, device);
   with_working_type(precision_, [&](auto tag) {
-    convolve<decltype(tag)>(encoder, device, variant_, period_, inputs, has_bias_, out);
+    convolve<decltype(tag)>(
+        encoder, device, variant_, period_, inputs, has_bias_, out);
   });
 }
 
-void BiasGradient::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
+void BiasGradient::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    mx::array& out) {
   int device = 0;
   auto& encoder = prepare(stream(), out, device);
   with_working_type(precision_, [&](auto tag) {

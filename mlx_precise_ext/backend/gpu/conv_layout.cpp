@@ -13,7 +13,8 @@ namespace {
 
 int log2_exact(int64_t v) {
   int l = 0;
-  while ((int64_t(1) << l) < v) ++l;
+  while ((int64_t(1) << l) < v)
+    ++l;
   return l;
 }
 
@@ -27,7 +28,8 @@ cpx<T> twiddle(const TwiddleValue& v) {
 // Stride of full-batch dim fd in operand x (0 where x is broadcast).
 int64_t batch_stride(const mx::array& x, int rank, int fd) {
   const int d = fd - (rank - (static_cast<int>(x.ndim()) - 1));
-  if (d < 0 || x.shape(d) == 1) return 0;
+  if (d < 0 || x.shape(d) == 1)
+    return 0;
   return x.strides()[d];
 }
 
@@ -42,7 +44,8 @@ FFTTables<T> make_fft_tables(int64_t fft_size) {
   fs = FFTShape{};
   fs.n_half = static_cast<int>(h);
   fs.num_stages = static_cast<int>(plan->stages.size());
-  if (fs.num_stages > kMaxFFTStages) throw std::invalid_argument("rfft_conv: transform too long");
+  if (fs.num_stages > kMaxFFTStages)
+    throw std::invalid_argument("rfft_conv: transform too long");
   for (int s = 0; s < fs.num_stages; ++s) {
     const FFTStage& st = plan->stages[s];
     fs.stage_radix[s] = st.radix;
@@ -53,18 +56,22 @@ FFTTables<T> make_fft_tables(int64_t fft_size) {
   fs.twiddle_count = static_cast<int>(count);
   t.twiddles.resize(3 * count);
   for (int k = 0; k < 3; ++k)
-    for (int64_t j = 0; j < count; ++j) t.twiddles[k * count + j] = twiddle<T>(plan->stage_twiddles[k][j]);
+    for (int64_t j = 0; j < count; ++j)
+      t.twiddles[k * count + j] = twiddle<T>(plan->stage_twiddles[k][j]);
   t.split.resize(h);
-  for (int64_t p = 0; p < h; ++p) t.split[p] = twiddle<T>(plan->split_twiddles[p]);
+  for (int64_t p = 0; p < h; ++p)
+    t.split[p] = twiddle<T>(plan->split_twiddles[p]);
 
   // Pair 0: the self-partnered positions 0 and f = H/2; then (p, partner p).
   int nyquist = -1;
   for (int64_t p = 0; p < h; ++p)
-    if (h >= 2 && plan->frequency[p] == h / 2) nyquist = static_cast<int>(p);
+    if (h >= 2 && plan->frequency[p] == h / 2)
+      nyquist = static_cast<int>(p);
   t.pairs.push_back({0, nyquist});
   for (int64_t p = 1; p < h; ++p) {
     const int64_t q = plan->partner[p];
-    if (q > p) t.pairs.push_back({static_cast<int>(p), static_cast<int>(q)});
+    if (q > p)
+      t.pairs.push_back({static_cast<int>(p), static_cast<int>(q)});
   }
   fs.num_pairs = static_cast<int>(t.pairs.size());
   return t;
@@ -74,7 +81,8 @@ template FFTTables<float> make_fft_tables<float>(int64_t);
 template FFTTables<double> make_fft_tables<double>(int64_t);
 template FFTTables<ff> make_fft_tables<ff>(int64_t);
 
-ConvShape conv_shape(const ConvGeometry& g, bool has_bias, int64_t rows_per_group_split) {
+ConvShape
+conv_shape(const ConvGeometry& g, bool has_bias, int64_t rows_per_group_split) {
   ConvShape c{};
   c.fft_size = g.fft_size;
   c.period = g.period;
@@ -91,48 +99,66 @@ ConvShape conv_shape(const ConvGeometry& g, bool has_bias, int64_t rows_per_grou
   return c;
 }
 
-ConvLaunch conv_launch(ConvVariant variant, int64_t period, const std::vector<mx::array>& in,
-                       bool has_bias, const mx::array& out) {
+ConvLaunch conv_launch(
+    ConvVariant variant,
+    int64_t period,
+    const std::vector<mx::array>& in,
+    bool has_bias,
+    const mx::array& out) {
   const mx::array& a = in[0];
   const mx::array& b = in[1];
-  mx::Shape full =
-      variant == ConvVariant::Convolve ? batch_shape(out.shape()) : batch_shape(a.shape());
+  mx::Shape full = variant == ConvVariant::Convolve ? batch_shape(out.shape())
+                                                    : batch_shape(a.shape());
   const bool one_to_one = variant != ConvVariant::CorrelateKernel &&
-                          shape_product(batch_shape(out.shape())) == shape_product(full);
+      shape_product(batch_shape(out.shape())) == shape_product(full);
   return ConvLaunch{
-      a, b, has_bias ? &in[2] : nullptr, std::move(full),
-      conv_geometry(variant, period, a.shape().back(), b.shape().back(), out.shape().back()),
+      a,
+      b,
+      has_bias ? &in[2] : nullptr,
+      std::move(full),
+      conv_geometry(
+          variant,
+          period,
+          a.shape().back(),
+          b.shape().back(),
+          out.shape().back()),
       one_to_one};
 }
 
-RowIndex make_row_index(const mx::Shape& full, const mx::Shape& group_shape,
-                        const std::array<const mx::array*, kNumOperands>& operands) {
+RowIndex make_row_index(
+    const mx::Shape& full,
+    const mx::Shape& group_shape,
+    const std::array<const mx::array*, kNumOperands>& operands) {
   RowIndex ix{};
   ix.outer_count = 1;
   ix.inner_count = 1;
   const int rank = static_cast<int>(full.size());
   const int group_batch = static_cast<int>(group_shape.size()) - 1;
   for (int fd = 0; fd < rank; ++fd) {
-    if (full[fd] == 1) continue;
+    if (full[fd] == 1)
+      continue;
     const int gd = fd - (rank - group_batch);
     const bool outer = gd >= 0 && group_shape[gd] > 1;
     int& ndim = outer ? ix.outer_ndim : ix.inner_ndim;
     if (ndim == kMaxBatchDims) {
-      throw std::invalid_argument("rfft_conv on the GPU: at most " +
-                                  std::to_string(int(kMaxBatchDims)) +
-                                  " batch dims of size > 1 per group; reshape the batch");
+      throw std::invalid_argument(
+          "rfft_conv on the GPU: at most " +
+          std::to_string(int(kMaxBatchDims)) +
+          " batch dims of size > 1 per group; reshape the batch");
     }
     (outer ? ix.outer_shape : ix.inner_shape)[ndim] = full[fd];
     (outer ? ix.outer_count : ix.inner_count) *= full[fd];
     for (int op = 0; op < kNumOperands; ++op) {
-      const int64_t s = operands[op] ? batch_stride(*operands[op], rank, fd) : 0;
+      const int64_t s =
+          operands[op] ? batch_stride(*operands[op], rank, fd) : 0;
       (outer ? ix.outer_stride : ix.inner_stride)[op][ndim] = s;
     }
     ++ndim;
   }
   for (int op = 0; op < kNumOperands; ++op) {
     const mx::array* x = operands[op];
-    ix.time_stride[op] = (!x || x->shape().back() == 1) ? 0 : x->strides().back();
+    ix.time_stride[op] =
+        (!x || x->shape().back() == 1) ? 0 : x->strides().back();
   }
   return ix;
 }

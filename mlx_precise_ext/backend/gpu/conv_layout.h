@@ -20,15 +20,16 @@ namespace mx = mlx::core;
 template <class T>
 struct FFTTables {
   FFTShape shape;
-  std::vector<cpx<T>> twiddles;  // w1, w2, w3 tables, shape.twiddle_count each
-  std::vector<cpx<T>> split;     // split twiddle of each position
-  std::vector<IndexPair> pairs;  // shape.num_pairs
+  std::vector<cpx<T>> twiddles; // w1, w2, w3 tables, shape.twiddle_count each
+  std::vector<cpx<T>> split; // split twiddle of each position
+  std::vector<IndexPair> pairs; // shape.num_pairs
 };
 
 template <class T>
 FFTTables<T> make_fft_tables(int64_t fft_size);
 
-ConvShape conv_shape(const ConvGeometry& g, bool has_bias, int64_t rows_per_group_split);
+ConvShape
+conv_shape(const ConvGeometry& g, bool has_bias, int64_t rows_per_group_split);
 
 // One GPU evaluation of RFFTConv: the operands, the batch whose rows are
 // transformed, the geometry, and whether each output row is one full row
@@ -37,19 +38,25 @@ ConvShape conv_shape(const ConvGeometry& g, bool has_bias, int64_t rows_per_grou
 struct ConvLaunch {
   const mx::array& a;
   const mx::array& b;
-  const mx::array* bias;  // nullptr without bias
+  const mx::array* bias; // nullptr without bias
   mx::Shape full;
   ConvGeometry geo;
   bool one_to_one;
 };
-ConvLaunch conv_launch(ConvVariant variant, int64_t period, const std::vector<mx::array>& in,
-                       bool has_bias, const mx::array& out);
+ConvLaunch conv_launch(
+    ConvVariant variant,
+    int64_t period,
+    const std::vector<mx::array>& in,
+    bool has_bias,
+    const mx::array& out);
 
 // Rows of the batch `full` (all but the last axis of each operand, right-
 // aligned, size-1 dims broadcast): outer dims are those where `group_shape`
 // has size > 1 (its last axis is time and is ignored). Missing operands are
 // nullptr. Throws if more than kMaxBatchDims dims of size > 1 remain.
-RowIndex make_row_index(const mx::Shape& full, const mx::Shape& group_shape,
-                        const std::array<const mx::array*, kNumOperands>& operands);
+RowIndex make_row_index(
+    const mx::Shape& full,
+    const mx::Shape& group_shape,
+    const std::array<const mx::array*, kNumOperands>& operands);
 
 } // namespace mlx_precise::gpu

@@ -14,9 +14,10 @@ namespace mlx_precise::gpu {
 
 inline void check_dims(const char* op, size_t dims) {
   if (dims > static_cast<size_t>(kStrictMaxDims)) {
-    throw std::invalid_argument(std::string(op) + ": the GPU kernels take at most " +
-                                std::to_string(kStrictMaxDims) +
-                                " batch dims; reshape the leading dims into fewer");
+    throw std::invalid_argument(
+        std::string(op) + ": the GPU kernels take at most " +
+        std::to_string(kStrictMaxDims) +
+        " batch dims; reshape the leading dims into fewer");
   }
 }
 
@@ -24,13 +25,19 @@ inline void check_dims(const char* op, size_t dims) {
 // is broadcast.
 inline void batch_strides(const mx::array& x, int rank, MP_INT64* strides) {
   const int x_batch = static_cast<int>(x.ndim()) - 2;
-  for (int d = 0; d < rank; ++d) strides[d] = 0;
+  for (int d = 0; d < rank; ++d)
+    strides[d] = 0;
   for (int d = 0; d < x_batch; ++d)
-    if (x.shape(d) != 1) strides[rank - x_batch + d] = x.strides()[d];
+    if (x.shape(d) != 1)
+      strides[rank - x_batch + d] = x.strides()[d];
 }
 
-inline AddmmLayout addmm_layout(const std::vector<mx::array>& in, const mx::array& out, float alpha,
-                         float beta, bool has_c) {
+inline AddmmLayout addmm_layout(
+    const std::vector<mx::array>& in,
+    const mx::array& out,
+    float alpha,
+    float beta,
+    bool has_c) {
   const mx::array& a = in[0];
   const mx::array& b = in[1];
   const int rank = static_cast<int>(out.ndim()) - 2;
@@ -61,8 +68,10 @@ inline AddmmLayout addmm_layout(const std::vector<mx::array>& in, const mx::arra
     MP_INT64 strides[kStrictMaxDims + 2] = {};
     const int offset = full - static_cast<int>(c.ndim());
     for (int d = 0; d < static_cast<int>(c.ndim()); ++d)
-      if (c.shape(d) != 1) strides[offset + d] = c.strides()[d];
-    for (int d = 0; d < rank; ++d) l.c_batch[d] = strides[d];
+      if (c.shape(d) != 1)
+        strides[offset + d] = c.strides()[d];
+    for (int d = 0; d < rank; ++d)
+      l.c_batch[d] = strides[d];
     l.c_row = strides[full - 2];
     l.c_col = strides[full - 1];
   }
