@@ -68,9 +68,9 @@ class Case:
             self.torch64 = reference64(self.token_ids, self.token_type_ids)
 
     def mlx(self, precision: str):
+        self.model.set_precision(precision)
         hidden, pooled = self.model(
-            mx.array(self.token_ids.numpy()), mx.array(self.token_type_ids.numpy()),
-            precision=precision,
+            mx.array(self.token_ids.numpy()), mx.array(self.token_type_ids.numpy())
         )
         mx.eval(hidden, pooled)
         return hidden, pooled
@@ -258,7 +258,9 @@ def test_bad_inputs_say_what_to_pass(tiny):
     with pytest.raises(TypeError, match="integers"):
         model(mx.zeros((1, 8), dtype=mx.float32))
     with pytest.raises(ValueError, match="precision must be one of"):
-        model(mx.zeros((1, 8), dtype=mx.int32), precision="float64")
+        model.set_precision("float64")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        M2BertModel(config, precision="float64")
 
 
 # --- command line ------------------------------------------------------------------------

@@ -1,8 +1,9 @@
-"""Precision routing: every reduction of the model goes through this module.
+"""The model's reductions that no ``mlx_precise.nn`` layer covers.
 
-``precision`` is ``"float32"``, ``"extended"`` or ``"dd"`` (see mlx_precise). Here:
-- linears, the Monarch block-diagonal products and the Hyena filter MLP: ``mlx_precise.linear``;
-- layer norms: ``mlx_precise.layer_norm``;
+``precision`` is ``"float32"``, ``"extended"`` or ``"dd"`` (see mlx_precise). The linears,
+the Hyena filter MLPs and the layer norms are ``mlx_precise.nn.Linear`` / ``LayerNorm``
+layers; here:
+- the Monarch block-diagonal products: ``mlx_precise.addmm``;
 - the long convolutions, and in the extended modes the 3-tap short convolution:
   ``mlx_precise.rfft_conv``.
 Elementwise operations (gating products, residual and embedding sums, sin, exp, erf-GELU,
@@ -25,13 +26,6 @@ def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return precision
-
-
-def linear(
-    x: mx.array, weight: mx.array, bias: Optional[mx.array], precision: str
-) -> mx.array:
-    """``x @ weight.T + bias`` (torch ``F.linear``), weight ``(out, in)``."""
-    return mlx_precise.linear(x, weight, bias, precision=precision)
 
 
 def blockdiag_linear(
@@ -63,13 +57,6 @@ def blockdiag_linear(
     else:
         y = mlx_precise.addmm(mx.zeros((1,), dtype=mx.float32), rows, weight_t, precision=precision)
     return y.transpose(1, 0, 2).reshape(*x.shape[:-1], nblocks * out_block)
-
-
-def layer_norm(
-    x: mx.array, weight: mx.array, bias: mx.array, eps: float, precision: str
-) -> mx.array:
-    """torch ``F.layer_norm`` over the last axis."""
-    return mlx_precise.layer_norm(x, weight, bias, eps, precision=precision)
 
 
 def bidirectional_kernel(
