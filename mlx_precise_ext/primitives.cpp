@@ -63,15 +63,12 @@ const char* RFFTConv::name() const {
 
 bool RFFTConv::is_equivalent(const mx::Primitive& other) const {
   const auto* o = dynamic_cast<const RFFTConv*>(&other);
-  return o && o->variant_ == variant_ && o->period_ == period_ &&
-      o->precision_ == precision_ && o->has_bias_ == has_bias_ &&
-      o->out_shape_ == out_shape_ && o->conv_terms_ == conv_terms_ &&
-      o->bias_terms_ == bias_terms_;
+  return o && o->state() == state();
 }
 
 bool BiasGradient::is_equivalent(const mx::Primitive& other) const {
   const auto* o = dynamic_cast<const BiasGradient*>(&other);
-  return o && o->precision_ == precision_ && o->out_shape_ == out_shape_;
+  return o && o->state() == state();
 }
 
 // y = conv(u, k) + u * bias is bilinear in (u, k) and (u, bias): every

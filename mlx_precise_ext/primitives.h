@@ -8,6 +8,9 @@
 namespace mlx_precise {
 
 namespace mx = mlx::core;
+// MLX's DEFINE_GRADS / DEFINE_VMAP name these unqualified.
+using mx::array;
+using mx::Shape;
 
 // The transforms of rfft_conv, all computed by one FFT engine:
 //   Convolve        y = conv(u, k) [+ u * bias]             inputs u, k[, bias]
@@ -47,18 +50,8 @@ class RFFTConv : public mx::UnaryPrimitive {
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
 
-  std::vector<mx::array> jvp(
-      const std::vector<mx::array>& primals,
-      const std::vector<mx::array>& tangents,
-      const std::vector<int>& argnums) override;
-  std::vector<mx::array> vjp(
-      const std::vector<mx::array>& primals,
-      const std::vector<mx::array>& cotangents,
-      const std::vector<int>& argnums,
-      const std::vector<mx::array>& outputs) override;
-  std::pair<std::vector<mx::array>, std::vector<int>> vmap(
-      const std::vector<mx::array>& inputs,
-      const std::vector<int>& axes) override;
+  DEFINE_GRADS()
+  DEFINE_VMAP()
 
   const char* name() const override;
   bool is_equivalent(const mx::Primitive& other) const override;
@@ -85,6 +78,16 @@ class RFFTConv : public mx::UnaryPrimitive {
   int bias_terms() const {
     return bias_terms_;
   }
+  auto state() const {
+    return std::make_tuple(
+        variant_,
+        period_,
+        precision_,
+        has_bias_,
+        out_shape_,
+        conv_terms_,
+        bias_terms_);
+  }
 
  private:
   ConvVariant variant_;
@@ -108,17 +111,16 @@ class BiasGradient : public mx::UnaryPrimitive {
   void eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) override;
   void eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) override;
 
-  std::pair<std::vector<mx::array>, std::vector<int>> vmap(
-      const std::vector<mx::array>& inputs,
-      const std::vector<int>& axes) override;
+  DEFINE_VMAP()
 
-  const char* name() const override {
-    return "BiasGradient";
-  }
+  DEFINE_NAME(BiasGradient)
   bool is_equivalent(const mx::Primitive& other) const override;
   std::vector<mx::Shape> output_shapes(
       const std::vector<mx::array>& inputs) override {
     return {out_shape_};
+  }
+  auto state() const {
+    return std::make_pair(precision_, out_shape_);
   }
 
  private:

@@ -102,8 +102,7 @@ mx::array reduce_to(
 
 bool StrictAddmm::is_equivalent(const mx::Primitive& other) const {
   const auto* o = dynamic_cast<const StrictAddmm*>(&other);
-  return o && o->precision_ == precision_ && o->alpha_ == alpha_ &&
-      o->beta_ == beta_ && o->has_c_ == has_c_ && o->out_shape_ == out_shape_;
+  return o && o->state() == state();
 }
 
 // d a = alpha g b^T, d b = alpha a^T g, d c = beta g, each summed over the
@@ -207,8 +206,7 @@ std::pair<std::vector<mx::array>, std::vector<int>> StrictAddmm::vmap(
 
 bool StrictLayerNorm::is_equivalent(const mx::Primitive& other) const {
   const auto* o = dynamic_cast<const StrictLayerNorm*>(&other);
-  return o && o->precision_ == precision_ && o->eps_ == eps_ &&
-      o->has_weight_ == has_weight_ && o->has_bias_ == has_bias_;
+  return o && o->state() == state();
 }
 
 std::vector<mx::array> StrictLayerNorm::vjp(
@@ -310,9 +308,7 @@ std::pair<std::vector<mx::array>, std::vector<int>> StrictLayerNorm::vmap(
 
 bool StrictLayerNormVJP::is_equivalent(const mx::Primitive& other) const {
   const auto* o = dynamic_cast<const StrictLayerNormVJP*>(&other);
-  return o && o->precision_ == precision_ && o->eps_ == eps_ &&
-      o->has_weight_ == has_weight_ && o->want_x_ == want_x_ &&
-      o->want_weight_ == want_weight_ && o->want_bias_ == want_bias_;
+  return o && o->state() == state();
 }
 
 std::vector<mx::Shape> StrictLayerNormVJP::output_shapes(

@@ -46,6 +46,9 @@ class StrictAddmm : public mx::UnaryPrimitive {
   std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
     return {out_shape_};
   }
+  auto state() const {
+    return std::make_tuple(precision_, alpha_, beta_, has_c_, out_shape_);
+  }
 
  private:
   Precision precision_;
@@ -80,6 +83,9 @@ class StrictLayerNorm : public mx::UnaryPrimitive {
   DEFINE_NAME(StrictLayerNorm)
   bool is_equivalent(const mx::Primitive& other) const override;
   DEFINE_INPUT_OUTPUT_SHAPE()
+  auto state() const {
+    return std::make_tuple(precision_, eps_, has_weight_, has_bias_);
+  }
 
  private:
   Precision precision_;
@@ -120,6 +126,10 @@ class StrictLayerNormVJP : public mx::Primitive {
   bool is_equivalent(const mx::Primitive& other) const override;
   std::vector<mx::Shape> output_shapes(
       const std::vector<mx::array>& inputs) override;
+  auto state() const {
+    return std::make_tuple(
+        precision_, eps_, has_weight_, want_x_, want_weight_, want_bias_);
+  }
 
  private:
   Precision precision_;
