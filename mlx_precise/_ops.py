@@ -1,11 +1,15 @@
-"""Python front-ends: argument checks with Python's error types, then the C++ op."""
+"""Python front-end of rfft_conv: the documented signature over the C++ op, which
+validates every argument (mlx_precise_ext/ops.cpp) before any node is built."""
 
 from typing import Optional
 
 import mlx.core as mx
 
 from . import _ext
-from ._checks import PRECISIONS, require_float32_array
+
+# The precision vocabulary of every op (mlx_precise_ext/precision.h).
+PRECISIONS = ("float32", "extended", "dd")
+
 
 def rfft_conv(
     u: mx.array,
@@ -35,14 +39,4 @@ def rfft_conv(
     Returns:
         ``(..., L)`` float32 array.
     """
-    require_float32_array("rfft_conv", "u", u)
-    require_float32_array("rfft_conv", "k", k)
-    if bias is not None:
-        require_float32_array("rfft_conv", "bias", bias)
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
-        raise TypeError(f"rfft_conv: n must be an int or None, got {type(n).__name__}")
-    if not isinstance(precision, str):
-        raise TypeError(
-            f"rfft_conv: precision must be one of {PRECISIONS}, got {type(precision).__name__}"
-        )
     return _ext.rfft_conv(u, k, n=n, bias=bias, precision=precision, stream=stream)

@@ -1,24 +1,12 @@
-"""Python front-ends of the strict addmm / linear / layer_norm: argument checks
-with Python's error types, then the C++ op (mlx_precise_ext/strict_ops.h)."""
+"""Python front-ends of the strict addmm / linear / layer_norm: the documented
+signatures over the C++ ops, which validate every argument
+(mlx_precise_ext/strict_ops.cpp) before any node is built."""
 
 from typing import Optional
 
 import mlx.core as mx
 
 from . import _ext
-from ._checks import PRECISIONS, require_float32_array
-
-
-def _require_number(op: str, name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{op}: {name} must be a Python float, got {type(value).__name__}")
-
-
-def _require_precision(op: str, precision) -> None:
-    if not isinstance(precision, str):
-        raise TypeError(
-            f"{op}: precision must be one of {PRECISIONS}, got {type(precision).__name__}"
-        )
 
 
 def addmm(
@@ -44,11 +32,6 @@ def addmm(
             ``"dd"``: float-pair dot products, k = 0..K-1 in order).
         stream: stream or device (CPU only in this build).
     """
-    for name, value in (("c", c), ("a", a), ("b", b)):
-        require_float32_array("addmm", name, value)
-    _require_number("addmm", "alpha", alpha)
-    _require_number("addmm", "beta", beta)
-    _require_precision("addmm", precision)
     return _ext.addmm(c, a, b, alpha=alpha, beta=beta, precision=precision, stream=stream)
 
 
@@ -69,11 +52,6 @@ def linear(
         precision: ``"float32"`` (``mx.addmm(bias, x, weight.T)`` / ``x @ weight.T``),
             ``"extended"`` or ``"dd"`` (correctly rounded, see :func:`addmm`).
     """
-    require_float32_array("linear", "x", x)
-    require_float32_array("linear", "weight", weight)
-    if bias is not None:
-        require_float32_array("linear", "bias", bias)
-    _require_precision("linear", precision)
     return _ext.linear(x, weight, bias, precision=precision, stream=stream)
 
 
@@ -98,11 +76,4 @@ def layer_norm(
         precision: ``"float32"`` (``mx.fast.layer_norm``), ``"extended"`` (float64) or
             ``"dd"`` (float pairs); the extended modes round once, after the affine map.
     """
-    require_float32_array("layer_norm", "x", x)
-    if weight is not None:
-        require_float32_array("layer_norm", "weight", weight)
-    if bias is not None:
-        require_float32_array("layer_norm", "bias", bias)
-    _require_number("layer_norm", "eps", eps)
-    _require_precision("layer_norm", precision)
-    return _ext.layer_norm(x, weight, bias, float(eps), precision=precision, stream=stream)
+    return _ext.layer_norm(x, weight, bias, eps, precision=precision, stream=stream)

@@ -195,11 +195,11 @@ class TestBadInput:
     @pytest.mark.parametrize("dtype", [mx.float16, mx.bfloat16, mx.float64, mx.int32, mx.complex64])
     def test_dtypes_other_than_float32_are_refused(self, dtype):
         bad = self.u.astype(dtype)
-        with pytest.raises(TypeError, match="float32"):
+        with pytest.raises(ValueError, match="astype"):
             mp.rfft_conv(bad, self.k)
-        with pytest.raises(TypeError, match="float32"):
+        with pytest.raises(ValueError, match="astype"):
             mp.rfft_conv(self.u, bad)
-        with pytest.raises(TypeError, match="float32"):
+        with pytest.raises(ValueError, match="astype"):
             mp.rfft_conv(self.u, self.k, bias=bad)
 
     @pytest.mark.parametrize("value", [[1.0, 2.0], np.ones(4, np.float32), 3.0, None])

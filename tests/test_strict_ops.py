@@ -411,11 +411,11 @@ def test_vmap_matches_loop_and_compile_is_bitwise(rng, precision):
 
 def test_bad_inputs_raise_clear_errors():
     a, b, c = mx.ones((4, 5)), mx.ones((5, 3)), mx.ones((3,))
-    with pytest.raises(TypeError, match="float32"):
+    with pytest.raises(ValueError, match="float32"):
         mp.addmm(c, a.astype(mx.float16), b, precision="extended")
-    with pytest.raises(TypeError, match="float32"):
+    with pytest.raises(TypeError, match="mlx.core.array"):
         mp.linear(np.ones((4, 5), np.float32), mx.ones((3, 5)))
-    with pytest.raises(TypeError, match="astype"):
+    with pytest.raises(ValueError, match="astype"):
         mp.layer_norm(mx.ones((2, 4), dtype=mx.float64))
     with pytest.raises(ValueError, match="inner dimensions"):
         mp.addmm(c, a, mx.ones((4, 3)), precision="extended")
