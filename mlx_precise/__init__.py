@@ -39,10 +39,10 @@ if _ext.mlx_build_version != mx.__version__:
         f"against: install mlx=={_ext.mlx_build_version} or rebuild mlx-precise"
     )
 
-from . import nn  # noqa: E402
+from . import nn, pair  # noqa: E402
 from ._ops import PRECISIONS, rfft_conv  # noqa: E402
 from ._strict import addmm, layer_norm, linear  # noqa: E402
 
 mx.fft.rfft_conv = rfft_conv
 
-__all__ = ["PRECISIONS", "addmm", "layer_norm", "linear", "nn", "rfft_conv"]
+__all__ = ["PRECISIONS", "addmm", "layer_norm", "linear", "nn", "pair", "rfft_conv"]

@@ -65,14 +65,12 @@ mx::array rfft_conv_from_parts(
       std::move(inputs));
 }
 
-mx::array rfft_conv(
+ConvArguments check_rfft_conv_arguments(
     const mx::array& u,
     const mx::array& k,
     std::optional<int64_t> n,
     const std::optional<mx::array>& bias,
-    const std::string& precision,
     mx::StreamOrDevice s) {
-  Precision p = parse_precision(precision, "rfft_conv");
   check_float32(u, "u");
   check_float32(k, "k");
   if (bias)
@@ -137,7 +135,20 @@ mx::array rfft_conv(
     }
     b = bb;
   }
-  return rfft_conv_from_parts(u, k, period, b, p, mx::to_stream(s));
+  return ConvArguments{period, b};
+}
+
+mx::array rfft_conv(
+    const mx::array& u,
+    const mx::array& k,
+    std::optional<int64_t> n,
+    const std::optional<mx::array>& bias,
+    const std::string& precision,
+    mx::StreamOrDevice s) {
+  Precision p = parse_precision(precision, "rfft_conv");
+  const ConvArguments args = check_rfft_conv_arguments(u, k, n, bias, s);
+  return rfft_conv_from_parts(
+      u, k, args.period, args.bias, p, mx::to_stream(s));
 }
 
 } // namespace mlx_precise

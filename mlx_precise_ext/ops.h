@@ -27,6 +27,20 @@ mx::array rfft_conv(
 
 // Builds the Convolve node from inputs rfft_conv already validated (the
 // transforms use it; period 0 means the causal linear form).
+// rfft_conv's checks (dtypes, shapes, n), shared with pair_rfft_conv:
+// period is n, or 0 for the causal form; bias comes back shaped to broadcast
+// against the output (a 0-d bias as (1,)).
+struct ConvArguments {
+  int64_t period;
+  std::optional<mx::array> bias;
+};
+ConvArguments check_rfft_conv_arguments(
+    const mx::array& u,
+    const mx::array& k,
+    std::optional<int64_t> n,
+    const std::optional<mx::array>& bias,
+    mx::StreamOrDevice s);
+
 mx::array rfft_conv_from_parts(
     const mx::array& u,
     const mx::array& k,

@@ -140,6 +140,83 @@ mx::Shape matmul_shape(
 
 } // namespace
 
+void check_addmm_arguments(
+    const char* op,
+    const mx::array& c,
+    const mx::array& a,
+    const mx::array& b) {
+  check_float32(op, c, "c");
+  check_float32(op, a, "a");
+  check_float32(op, b, "b");
+  matmul_shape(op, a, b, c, "a", "b");
+}
+
+void check_linear_arguments(
+    const char* op,
+    const mx::array& x,
+    const mx::array& weight,
+    const std::optional<mx::array>& bias) {
+  check_float32(op, x, "x");
+  check_float32(op, weight, "weight");
+  if (bias)
+    check_float32(op, *bias, "bias");
+  if (x.ndim() < 1 || weight.ndim() != 2) {
+    throw std::invalid_argument(
+        std::string(op) + ": x " + shape_of(x) +
+        " must be (..., in_features) and "
+        "weight " +
+        shape_of(weight) + " must be (out_features, in_features)");
+  }
+  if (x.shape(-1) != weight.shape(1)) {
+    throw std::invalid_argument(
+        std::string(op) + ": x " + shape_of(x) + " has " +
+        std::to_string(x.shape(-1)) + " features but weight " +
+        shape_of(weight) +
+        " expects in_features = " + std::to_string(weight.shape(1)));
+  }
+  if (bias && !(bias->ndim() == 1 && bias->shape(0) == weight.shape(0))) {
+    throw std::invalid_argument(
+        std::string(op) + ": bias " + shape_of(*bias) + " must have shape (" +
+        std::to_string(weight.shape(0)) + ",) (out_features)");
+  }
+}
+
+void check_layer_norm_arguments(
+    const char* op,
+    const mx::array& x,
+    const std::optional<mx::array>& weight,
+    const std::optional<mx::array>& bias,
+    double eps) {
+  check_float32(op, x, "x");
+  if (weight)
+    check_float32(op, *weight, "weight");
+  if (bias)
+    check_float32(op, *bias, "bias");
+  if (x.ndim() < 1 || x.shape(-1) < 1) {
+    throw std::invalid_argument(
+        std::string(op) + ": x " + shape_of(x) +
+        " needs a non-empty last (feature) axis");
+  }
+  const int dim = x.shape(-1);
+  for (const auto* param : {&weight, &bias}) {
+    if (*param && !((*param)->ndim() == 1 && (*param)->shape(0) == dim)) {
+      throw std::invalid_argument(
+          std::string(op) + ": " + (param == &weight ? "weight " : "bias ") +
+          shape_of(**param) + " must have shape (" + std::to_string(dim) +
+          ",), the last axis of x " + shape_of(x));
+    }
+  }
+  if (!(eps >= 0.0) || std::isinf(eps)) {
+    throw std::invalid_argument(
+        std::string(op) + ": eps must be finite and >= 0, got " +
+        std::to_string(eps));
+  }
+  if (dim >= (1 << 24)) {
+    throw std::invalid_argument(
+        std::string(op) + ": feature axes of 2^24 or more are not supported");
+  }
+}
+
 mx::array addmm(
     const mx::array& c,
     const mx::array& a,
@@ -149,10 +226,7 @@ mx::array addmm(
     const std::string& precision,
     mx::StreamOrDevice s) {
   Precision p = parse_precision(precision, "addmm");
-  check_float32("addmm", c, "c");
-  check_float32("addmm", a, "a");
-  check_float32("addmm", b, "b");
-  matmul_shape("addmm", a, b, c, "a", "b");
+  check_addmm_arguments("addmm", c, a, b);
   if (p == Precision::Float32)
     return mx::addmm(c, a, b, alpha, beta, s);
   return strict_addmm_from_parts(a, b, c, alpha, beta, p, mx::to_stream(s));
@@ -165,28 +239,7 @@ mx::array linear(
     const std::string& precision,
     mx::StreamOrDevice s) {
   Precision p = parse_precision(precision, "linear");
-  check_float32("linear", x, "x");
-  check_float32("linear", weight, "weight");
-  if (bias)
-    check_float32("linear", *bias, "bias");
-  if (x.ndim() < 1 || weight.ndim() != 2) {
-    throw std::invalid_argument(
-        "linear: x " + shape_of(x) +
-        " must be (..., in_features) and "
-        "weight " +
-        shape_of(weight) + " must be (out_features, in_features)");
-  }
-  if (x.shape(-1) != weight.shape(1)) {
-    throw std::invalid_argument(
-        "linear: x " + shape_of(x) + " has " + std::to_string(x.shape(-1)) +
-        " features but weight " + shape_of(weight) +
-        " expects in_features = " + std::to_string(weight.shape(1)));
-  }
-  if (bias && !(bias->ndim() == 1 && bias->shape(0) == weight.shape(0))) {
-    throw std::invalid_argument(
-        "linear: bias " + shape_of(*bias) + " must have shape (" +
-        std::to_string(weight.shape(0)) + ",) (out_features)");
-  }
+  check_linear_arguments("linear", x, weight, bias);
   // All leading dims of x are rows: one (rows, K) @ (K, N) product.
   const mx::Shape x_shape = x.shape();
   const int64_t in_features = x_shape.back();
@@ -214,34 +267,7 @@ mx::array layer_norm(
     const std::string& precision,
     mx::StreamOrDevice s) {
   Precision p = parse_precision(precision, "layer_norm");
-  check_float32("layer_norm", x, "x");
-  if (weight)
-    check_float32("layer_norm", *weight, "weight");
-  if (bias)
-    check_float32("layer_norm", *bias, "bias");
-  if (x.ndim() < 1 || x.shape(-1) < 1) {
-    throw std::invalid_argument(
-        "layer_norm: x " + shape_of(x) +
-        " needs a non-empty last (feature) axis");
-  }
-  const int dim = x.shape(-1);
-  for (const auto* param : {&weight, &bias}) {
-    if (*param && !((*param)->ndim() == 1 && (*param)->shape(0) == dim)) {
-      throw std::invalid_argument(
-          std::string("layer_norm: ") +
-          (param == &weight ? "weight " : "bias ") + shape_of(**param) +
-          " must have shape (" + std::to_string(dim) +
-          ",), the last axis of x " + shape_of(x));
-    }
-  }
-  if (!(eps >= 0.0) || std::isinf(eps)) {
-    throw std::invalid_argument(
-        "layer_norm: eps must be finite and >= 0, got " + std::to_string(eps));
-  }
-  if (dim >= (1 << 24)) {
-    throw std::invalid_argument(
-        "layer_norm: feature axes of 2^24 or more are not supported");
-  }
+  check_layer_norm_arguments("layer_norm", x, weight, bias, eps);
   if (p == Precision::Float32) {
     return mx::fast::layer_norm(x, weight, bias, static_cast<float>(eps), s);
   }

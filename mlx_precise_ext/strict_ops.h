@@ -50,6 +50,25 @@ mx::array layer_norm(
 
 // Builds the StrictAddmm node from validated inputs (the transforms use it):
 // alpha * (a @ b) [+ beta * c], c broadcasting to the output.
+// The argument checks of addmm, linear and layer_norm (dtypes, shapes, eps),
+// shared with their pair forms (pair_ops.h); op names the caller in errors.
+void check_addmm_arguments(
+    const char* op,
+    const mx::array& c,
+    const mx::array& a,
+    const mx::array& b);
+void check_linear_arguments(
+    const char* op,
+    const mx::array& x,
+    const mx::array& weight,
+    const std::optional<mx::array>& bias);
+void check_layer_norm_arguments(
+    const char* op,
+    const mx::array& x,
+    const std::optional<mx::array>& weight,
+    const std::optional<mx::array>& bias,
+    double eps);
+
 mx::array strict_addmm_from_parts(
     const mx::array& a,
     const mx::array& b,

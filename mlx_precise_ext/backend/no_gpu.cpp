@@ -2,6 +2,7 @@
 // nor Metal: a clear error, never a silent move to the CPU.
 #include <stdexcept>
 
+#include "pair_primitives.h"
 #include "primitives.h"
 #include "strict_primitives.h"
 
@@ -36,6 +37,30 @@ void StrictLayerNormVJP::eval_gpu(
     const std::vector<mx::array>&,
     std::vector<mx::array>&) {
   no_gpu("layer_norm gradient (extended, dd)");
+}
+
+void PairElementwise::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
+  no_gpu("pair elementwise ops");
+}
+
+void PairAddmm::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
+  no_gpu("pair addmm / linear");
+}
+
+void PairLayerNorm::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
+  no_gpu("pair layer_norm");
+}
+
+void PairRFFTConv::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
+  no_gpu("pair rfft_conv");
 }
 
 } // namespace mlx_precise

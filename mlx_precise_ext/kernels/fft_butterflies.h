@@ -95,6 +95,24 @@ MP_INLINE float r_from_float(float tag, float a) {
   return a;
 }
 
+// Values carried between ops as float32 pairs (hi, lo), hi = RN(hi + lo)
+// (pair_ops.h): read into the working precision, and written back without
+// rounding to float32. Only the extended precisions carry pairs.
+#if MP_HAS_DOUBLE
+MP_INLINE double r_from_pair(double tag, float hi, float lo) {
+  return dd_to_double(ff{hi, lo});
+}
+MP_INLINE ff r_to_pair(double v) {
+  return dd_from_double(v);
+}
+#endif
+MP_INLINE ff r_from_pair(ff tag, float hi, float lo) {
+  return two_sum(hi, lo);
+}
+MP_INLINE ff r_to_pair(ff v) {
+  return v;
+}
+
 template <class T>
 struct cpx {
   T re;

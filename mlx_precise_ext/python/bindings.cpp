@@ -12,6 +12,7 @@ using namespace nb::literals;
 
 void init_testing(nb::module_& m); // testing_bindings.cpp
 void init_strict(nb::module_& m); // strict_bindings.cpp
+void init_pair(nb::module_& m); // pair_bindings.cpp
 
 NB_MODULE(_ext, m) {
   m.doc() = "mlx-precise C++ primitives";
@@ -31,4 +32,5 @@ NB_MODULE(_ext, m) {
 
   init_testing(m);
   init_strict(m);
+  init_pair(m);
 }

@@ -10,10 +10,14 @@
 
 namespace mlx_precise::cpu {
 
-// Element i of the row is data[i * stride]; stride 0 repeats one value.
+// Element i of the row is data[i * stride]; stride 0 repeats one value. A
+// row of pairs (the inputs of pair_rfft_conv) also has lo parts: element i is
+// data[i * stride] + lo[i * lo_stride].
 struct RealRow {
   const float* data = nullptr;
   int64_t stride = 1;
+  const float* lo = nullptr;
+  int64_t lo_stride = 1;
 };
 
 using mlx_precise::ConvGeometry;
@@ -27,6 +31,7 @@ struct SharedKernelTask {
     bool has_bias;
     RealRow bias;
     float* out;
+    float* out_lo = nullptr; // pair output: out gets hi, out_lo gets lo
   };
   std::vector<RealRow> b_rows;
   std::vector<OutRow> rows;

@@ -6,6 +6,7 @@
 #include "backend/common/shapes.h"
 #include "backend/cpu/conv_job.h"
 #include "backend/cpu/cpu_runtime.h"
+#include "pair_primitives.h"
 #include "primitives.h"
 
 namespace mlx_precise {
@@ -74,6 +75,20 @@ RowMap row_map(const mx::Shape& full, const mx::array& x) {
 
 RealRow real_row(const mx::array& x, const RowMap& m, int64_t r) {
   return RealRow{x.data<float>() + m.offset(r), m.time_stride()};
+}
+
+// Row r of a pair given as its hi and lo arrays.
+RealRow pair_row(
+    const mx::array& hi,
+    const RowMap& hi_map,
+    const mx::array& lo,
+    const RowMap& lo_map,
+    int64_t r) {
+  return RealRow{
+      hi.data<float>() + hi_map.offset(r),
+      hi_map.time_stride(),
+      lo.data<float>() + lo_map.offset(r),
+      lo_map.time_stride()};
 }
 
 void run_shared(
@@ -220,6 +235,52 @@ void RFFTConv::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
        conv_terms = conv_terms_](
           const std::vector<mx::array>& in, mx::array& o) {
         convolve(in, o, variant, period, precision, has_bias, conv_terms);
+      });
+}
+
+// Inputs u_hi, u_lo, k_hi, k_lo [, bias]: the Convolve form of convolve()
+// with rows of pairs, in double, written as pairs.
+void PairRFFTConv::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  cpu::dispatch_outputs(
+      stream(),
+      inputs,
+      outputs,
+      [period = period_, has_bias = has_bias_](
+          const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
+        const mx::array &u_hi = in[0], &u_lo = in[1], &k_hi = in[2],
+                        &k_lo = in[3];
+        const int64_t L = u_hi.shape().back();
+        const mx::Shape full = batch_shape(outs[0].shape());
+        const int64_t rows = shape_product(full);
+        const ConvGeometry g = conv_geometry(
+            ConvVariant::Convolve, period, L, k_hi.shape().back(), L);
+        cpu::SharedKernelTask task;
+        // Kernel rows in k's own numbering; each spectrum is computed once.
+        const mx::Shape k_batch = batch_shape(k_hi.shape());
+        RowMap k_hi_self = row_map(k_batch, k_hi),
+               k_lo_self = row_map(k_batch, k_lo);
+        task.b_rows.resize(shape_product(k_batch));
+        for (int64_t j = 0; j < static_cast<int64_t>(task.b_rows.size()); ++j)
+          task.b_rows[j] = pair_row(k_hi, k_hi_self, k_lo, k_lo_self, j);
+        RowMap k_rows = row_map(full, k_hi);
+        RowMap u_hi_map = row_map(full, u_hi), u_lo_map = row_map(full, u_lo);
+        std::optional<RowMap> bias_map;
+        if (has_bias)
+          bias_map.emplace(row_map(full, in[4]));
+        task.rows.resize(rows);
+        for (int64_t r = 0; r < rows; ++r) {
+          auto& row = task.rows[r];
+          row.a = pair_row(u_hi, u_hi_map, u_lo, u_lo_map, r);
+          row.b_index = k_rows.row(r);
+          row.has_bias = has_bias;
+          if (has_bias)
+            row.bias = real_row(in[4], *bias_map, r);
+          row.out = outs[0].data<float>() + r * L;
+          row.out_lo = outs[1].data<float>() + r * L;
+        }
+        run_shared(Precision::Extended, g, task);
       });
 }
 

@@ -319,10 +319,42 @@ void fft_inverse(const Plan<T>& plan, Span<T> re, Span<T> im) {
 // Real rows ride a complex FFT of half length (rfft_conv_core.h). Every row is
 // transformed on its own, so its bits never depend on other rows.
 
+// Only the extended precisions carry pair-valued rows (pair_rfft_conv).
+template <class T>
+constexpr bool carries_pairs() {
+  return !std::is_same<T, float>::value;
+}
+
+// load_real for a row of pairs: element i is hi[i] + lo[i] in T.
+template <class T>
+void load_pair_row(
+    ComplexBuffer<T>& z,
+    RealRow row,
+    int64_t len,
+    bool reversed) {
+  const T tag{};
+  const Span<T> re = z.re.span(), im = z.im.span();
+  auto element = [&](int64_t i) {
+    const int64_t j = reversed ? len - 1 - i : i;
+    return r_from_pair(
+        tag, row.data[j * row.stride], row.lo[j * row.lo_stride]);
+  };
+  for (int64_t m = 0; m < z.size(); ++m) {
+    re.store(m, 2 * m < len ? element(2 * m) : T{});
+    im.store(m, 2 * m + 1 < len ? element(2 * m + 1) : T{});
+  }
+}
+
 // Loads a[0..len) (or back to front) as z[m] = a[2m] + i a[2m+1], zero-padded.
 template <class T>
 void load_real(ComplexBuffer<T>& z, RealRow row, int64_t len, bool reversed) {
   const T tag{};
+  if constexpr (carries_pairs<T>()) {
+    if (row.lo) {
+      load_pair_row(z, row, len, reversed);
+      return;
+    }
+  }
   const Span<T> re = z.re.span(), im = z.im.span();
   const float* __restrict src = row.data;
   // Element i of the (possibly reversed) row.
@@ -603,6 +635,28 @@ void parallel_for(int64_t count, int num_threads, Fn fn) {
     t.join();
 }
 
+// Output row of pair_rfft_conv: conv + a * bias (a a row of pairs or of
+// floats, each part's product with the bias exact in T), written as a pair.
+template <class T>
+void write_pair_row(
+    const ConvGeometry& g,
+    const ComplexBuffer<T>& z,
+    const SharedKernelTask::OutRow& row) {
+  const T tag{};
+  for (int64_t t = 0; t < g.out_len; ++t) {
+    T v = gather(g, z, t);
+    if (row.has_bias) {
+      const float d = row.bias.data[t * row.bias.stride];
+      v = r_add(v, r_prod(tag, row.a.data[t * row.a.stride], d));
+      if (row.a.lo)
+        v = r_add(v, r_prod(tag, row.a.lo[t * row.a.lo_stride], d));
+    }
+    const ff pair = r_to_pair(v);
+    row.out[t] = pair.hi;
+    row.out_lo[t] = pair.lo;
+  }
+}
+
 // Output row of the shared-kernel path. The forward convolution reads the
 // time-domain result in order (x[t] = z[t/2].re or .im) with no fold: that
 // case runs as a plain loop over pairs, the same operations as gather().
@@ -612,6 +666,12 @@ void write_row(
     const ComplexBuffer<T>& z,
     const SharedKernelTask::OutRow& row,
     int snap) {
+  if constexpr (carries_pairs<T>()) {
+    if (row.out_lo) {
+      write_pair_row(g, z, row);
+      return;
+    }
+  }
   const bool in_order = !g.out_reversed && !g.fold &&
       g.out_len <= g.a_len + g.b_len - 1 && g.out_len <= g.fft_size;
   auto finish = [&](T v, int64_t t) {
@@ -669,14 +729,20 @@ void shared_kernel(
         real_forward(plan, z, x);
         multiply_packed(x, spectra[row.b_index], h);
         real_inverse(plan, x, z);
-        const int snap = decide_snap<T>(
-            g,
-            std::array<RealRow, 1>{row.a},
-            g.a_len,
-            std::array<RealRow, 1>{task.b_rows[row.b_index]},
-            row.has_bias,
-            std::array<RealRow, 1>{row.bias},
-            1);
+        // Pairs are not snapped: their lo parts do not enter the row
+        // summaries the certificate is built from.
+        const bool pairs =
+            row.out_lo || row.a.lo || task.b_rows[row.b_index].lo;
+        const int snap = pairs
+            ? kNoSnap
+            : decide_snap<T>(
+                  g,
+                  std::array<RealRow, 1>{row.a},
+                  g.a_len,
+                  std::array<RealRow, 1>{task.b_rows[row.b_index]},
+                  row.has_bias,
+                  std::array<RealRow, 1>{row.bias},
+                  1);
         write_row(g, z, row, snap);
       });
 }

@@ -1,0 +1,229 @@
+"""Values carried between ops unrounded: a chain of these ops rounds to float32 once.
+
+A :class:`Pair` holds a value as two float32 arrays, ``hi = float32(x)`` and
+``lo = float32(x - hi)``: about 48 significant bits, twice float32's, in arrays that every
+MLX backend can hold (the GPU backends have no float64). Each op below reads its pair
+operands, computes in double (CPU, CUDA) or double-word arithmetic (Metal) and returns a
+pair, never rounding to float32 in between; a float32 array enters a chain as the exact
+pair ``(x, 0)``. The chain's result is :meth:`Pair.to_float32`, its ``hi``: the float32
+nearest to the carried value, so the chain rounds once, at the end.
+
+Layout operations (indexing, ``transpose``, ``reshape``, ``concatenate``, negation) are
+exact on pairs and apply to both parts. The ops::
+
+    add, multiply          two pairs (or float32 arrays), broadcast (also ``+``, ``*``)
+    gelu, sin, exp, tanh   one pair; gelu is torch's exact-erf GELU
+    addmm, linear          pair input, float32 weights and bias
+    layer_norm             pair input, float32 weight and bias
+    rfft_conv              pair signal and kernel, float32 bias (mlx_precise.rfft_conv)
+
+M2-BERT's ``precision="exact"`` is built from these (models/m2bert).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import mlx.core as mx
+
+from . import _ext
+from ._checks import require_float32_array
+
+_ZERO = mx.array(0.0, dtype=mx.float32)
+
+
+class Pair:
+    """A float32 array carried unrounded as ``hi + lo`` (``hi = float32(hi + lo)``)."""
+
+    __slots__ = ("hi", "lo")
+
+    def __init__(self, hi: mx.array, lo: Optional[mx.array] = None):
+        """``Pair(x)`` is the exact pair ``(x, 0)`` of a float32 array; ``Pair(hi, lo)``
+        takes the two parts as they are (they must satisfy ``hi = float32(hi + lo)``, as
+        every op here returns them)."""
+        require_float32_array("Pair", "hi", hi)
+        if lo is None:
+            lo = mx.broadcast_to(_ZERO, hi.shape)
+        require_float32_array("Pair", "lo", lo)
+        if lo.shape != hi.shape:
+            raise ValueError(f"Pair: hi {hi.shape} and lo {lo.shape} differ in shape")
+        self.hi = hi
+        self.lo = lo
+
+    @property
+    def shape(self):
+        return self.hi.shape
+
+    @property
+    def ndim(self) -> int:
+        return self.hi.ndim
+
+    def to_float32(self) -> mx.array:
+        """The float32 nearest to the carried value: ``hi``."""
+        return self.hi
+
+    def astuple(self):
+        return self.hi, self.lo
+
+    def __repr__(self) -> str:
+        return f"Pair(shape={self.shape})"
+
+    # Exact layout operations, applied to both parts.
+    def __getitem__(self, index) -> "Pair":
+        return Pair(self.hi[index], self.lo[index])
+
+    def transpose(self, *axes) -> "Pair":
+        return Pair(self.hi.transpose(*axes), self.lo.transpose(*axes))
+
+    @property
+    def T(self) -> "Pair":
+        return self.transpose()
+
+    def reshape(self, *shape) -> "Pair":
+        return Pair(self.hi.reshape(*shape), self.lo.reshape(*shape))
+
+    def __neg__(self) -> "Pair":
+        return Pair(-self.hi, -self.lo)
+
+    def __add__(self, other) -> "Pair":
+        return add(self, other)
+
+    __radd__ = __add__
+
+    def __mul__(self, other) -> "Pair":
+        return multiply(self, other)
+
+    __rmul__ = __mul__
+
+
+PairLike = Union[Pair, mx.array]
+
+
+def as_pair(x: PairLike, op: str = "pair", name: str = "x") -> Pair:
+    """``x`` itself if a :class:`Pair`, else the exact pair ``(x, 0)`` of a float32 array."""
+    if isinstance(x, Pair):
+        return x
+    require_float32_array(op, name, x)
+    return Pair(x)
+
+
+def _pair(parts) -> Pair:
+    hi, lo = parts
+    return Pair(hi, lo)
+
+
+def contiguous(x: Pair) -> Pair:
+    return Pair(mx.contiguous(x.hi), mx.contiguous(x.lo))
+
+
+def concatenate(parts: Sequence[PairLike], axis: int = 0) -> Pair:
+    pairs = [as_pair(p, "concatenate", "parts") for p in parts]
+    return Pair(
+        mx.concatenate([p.hi for p in pairs], axis=axis),
+        mx.concatenate([p.lo for p in pairs], axis=axis),
+    )
+
+
+def add(x: PairLike, y: PairLike, *, stream=None) -> Pair:
+    return _pair(
+        _ext.pair_binary(
+            "add", as_pair(x, "add").astuple(), as_pair(y, "add", "y").astuple(), stream=stream
+        )
+    )
+
+
+def multiply(x: PairLike, y: PairLike, *, stream=None) -> Pair:
+    return _pair(
+        _ext.pair_binary(
+            "multiply",
+            as_pair(x, "multiply").astuple(),
+            as_pair(y, "multiply", "y").astuple(),
+            stream=stream,
+        )
+    )
+
+
+def _unary(op: str, x: PairLike, stream) -> Pair:
+    return _pair(_ext.pair_unary(op, as_pair(x, op).astuple(), stream=stream))
+
+
+def gelu(x: PairLike, *, stream=None) -> Pair:
+    """torch ``F.gelu(x, approximate="none")``: x/2 (1 + erf(x / sqrt 2))."""
+    return _unary("gelu", x, stream)
+
+
+def sin(x: PairLike, *, stream=None) -> Pair:
+    return _unary("sin", x, stream)
+
+
+def exp(x: PairLike, *, stream=None) -> Pair:
+    return _unary("exp", x, stream)
+
+
+def tanh(x: PairLike, *, stream=None) -> Pair:
+    return _unary("tanh", x, stream)
+
+
+def addmm(c: Optional[mx.array], a: PairLike, b: mx.array, *, stream=None) -> Pair:
+    """``a @ b + c``: a pair ``a (..., M, K)``, float32 ``b (..., K, N)`` and optional ``c``
+    broadcastable to the output (batch dims broadcast as in ``mx.addmm``)."""
+    if c is not None:
+        require_float32_array("addmm", "c", c)
+    require_float32_array("addmm", "b", b)
+    return _pair(_ext.pair_addmm(c, as_pair(a, "addmm", "a").astuple(), b, stream=stream))
+
+
+def linear(
+    x: PairLike, weight: mx.array, bias: Optional[mx.array] = None, *, stream=None
+) -> Pair:
+    """``x @ weight.T + bias`` (torch ``F.linear``) of a pair ``x``."""
+    require_float32_array("linear", "weight", weight)
+    if bias is not None:
+        require_float32_array("linear", "bias", bias)
+    return _pair(_ext.pair_linear(as_pair(x, "linear").astuple(), weight, bias, stream=stream))
+
+
+def layer_norm(
+    x: PairLike,
+    weight: Optional[mx.array] = None,
+    bias: Optional[mx.array] = None,
+    eps: float = 1e-5,
+    *,
+    stream=None,
+) -> Pair:
+    """torch ``F.layer_norm`` over the last axis of a pair ``x``."""
+    for name, value in (("weight", weight), ("bias", bias)):
+        if value is not None:
+            require_float32_array("layer_norm", name, value)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"layer_norm: eps must be a Python float, got {type(eps).__name__}")
+    return _pair(
+        _ext.pair_layer_norm(
+            as_pair(x, "layer_norm").astuple(), weight, bias, float(eps), stream=stream
+        )
+    )
+
+
+def rfft_conv(
+    u: PairLike,
+    k: PairLike,
+    *,
+    n: Optional[int] = None,
+    bias: Optional[mx.array] = None,
+    stream=None,
+) -> Pair:
+    """:func:`mlx_precise.rfft_conv` of a pair signal ``u`` and pair kernel ``k``, plus
+    ``u * bias`` for a float32 ``bias``."""
+    if bias is not None:
+        require_float32_array("rfft_conv", "bias", bias)
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
+        raise TypeError(f"rfft_conv: n must be an int or None, got {type(n).__name__}")
+    return _pair(
+        _ext.pair_rfft_conv(
+            as_pair(u, "rfft_conv", "u").astuple(),
+            as_pair(k, "rfft_conv", "k").astuple(),
+            n=n,
+            bias=bias,
+            stream=stream,
+        )
+    )

@@ -1,0 +1,279 @@
+// eval_cpu for PairElementwise, PairAddmm and PairLayerNorm: each pair is
+// read as the double hi + lo, the op runs in double, and the result is
+// written back as a pair (dd_from_double), never rounded to float32.
+// (PairRFFTConv runs the FFT engine: backend/cpu/rfft_conv.cpp.)
+#include <cblas.h>
+
+#include <atomic>
+#include <cmath>
+#include <thread>
+#include <vector>
+
+#include "backend/cpu/array_walk.h"
+#include "backend/cpu/cpu_runtime.h"
+#include "kernels/pair_math.h"
+#include "pair_primitives.h"
+
+namespace mlx_precise {
+
+namespace {
+
+// fn(i) for i in [0, count), spread over the evaluation's threads.
+template <class Fn>
+void parallel_for(int64_t count, Fn fn) {
+  const int workers = static_cast<int>(
+      std::min<int64_t>(std::max(cpu::num_threads(), 1), count));
+  if (workers <= 1) {
+    for (int64_t i = 0; i < count; ++i)
+      fn(i);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  auto work = [&]() {
+    for (int64_t i = next++; i < count; i = next++)
+      fn(i);
+  };
+  std::vector<std::thread> threads;
+  for (int w = 1; w < workers; ++w)
+    threads.emplace_back(work);
+  work();
+  for (auto& t : threads)
+    t.join();
+}
+
+double widen(float hi, float lo) {
+  return dd_to_double(ff{hi, lo});
+}
+
+void store(double v, float* hi, float* lo, int64_t i) {
+  const ff pair = dd_from_double(v);
+  hi[i] = pair.hi;
+  lo[i] = pair.lo;
+}
+
+// Inputs already have the output's shape (broadcast views): the output is
+// walked row by row (last axis), each input at its own strides.
+void elementwise(
+    PairOp op,
+    const std::vector<mx::array>& in,
+    std::vector<mx::array>& out) {
+  const mx::Shape& shape = out[0].shape();
+  const int64_t size = out[0].size();
+  if (size == 0)
+    return;
+  const int rank = static_cast<int>(shape.size());
+  const int64_t inner = rank ? shape.back() : 1;
+  const mx::Shape outer_shape(shape.begin(), shape.end() - (rank ? 1 : 0));
+  std::vector<std::vector<int64_t>> strides;
+  std::vector<int64_t> inner_stride;
+  for (const auto& x : in) {
+    strides.push_back(cpu::aligned_strides(x, shape));
+    inner_stride.push_back(rank ? strides.back().back() : 0);
+  }
+  float* hi = out[0].data<float>();
+  float* lo = out[1].data<float>();
+  const bool binary = in.size() == 4;
+  constexpr int64_t kRowsPerTask = 64;
+  const int64_t rows = size / inner;
+  parallel_for((rows + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
+    const int64_t last = std::min(rows, (task + 1) * kRowsPerTask);
+    for (int64_t r = task * kRowsPerTask; r < last; ++r) {
+      const float* p[4];
+      for (size_t j = 0; j < in.size(); ++j)
+        p[j] =
+            in[j].data<float>() + cpu::batch_offset(r, outer_shape, strides[j]);
+      for (int64_t t = 0; t < inner; ++t) {
+        const double x =
+            widen(p[0][t * inner_stride[0]], p[1][t * inner_stride[1]]);
+        const double v = binary
+            ? pair_binary_double(
+                  op,
+                  x,
+                  widen(p[2][t * inner_stride[2]], p[3][t * inner_stride[3]]))
+            : pair_unary_double(op, x);
+        store(v, hi, lo, r * inner + t);
+      }
+    }
+  });
+}
+
+// A buffer of doubles kept per thread from one evaluation to the next (see
+// the DoubleBuffer of strict_ops.cpp: fresh pages cost more than the copy).
+double* scratch(std::vector<double>& buffer, int64_t size) {
+  if (static_cast<int64_t>(buffer.size()) < size)
+    buffer.resize(size);
+  return buffer.data();
+}
+
+// a @ b + c per batch: a as hi + lo and b widened to row-major doubles, one
+// float64 GEMM (exact products), c added in double, the result as pairs.
+void addmm(
+    const std::vector<mx::array>& in,
+    std::vector<mx::array>& out,
+    bool has_c) {
+  const mx::array &a_hi = in[0], &a_lo = in[1], &b = in[2];
+  const mx::Shape& full = out[0].shape();
+  const int rank = static_cast<int>(full.size());
+  const mx::Shape batch(full.begin(), full.end() - 2);
+  const int64_t M = full[rank - 2], N = full[rank - 1], K = b.shape(-2);
+  if (out[0].size() == 0)
+    return;
+  // Batch strides right-aligned to the output's (matrix dims included, so
+  // batch_offset over `batch` reads only the leading ones).
+  const auto hi_strides = cpu::aligned_strides(a_hi, full);
+  const auto lo_strides = cpu::aligned_strides(a_lo, full);
+  const auto b_strides = cpu::aligned_strides(b, full);
+  std::vector<int64_t> c_strides;
+  if (has_c)
+    c_strides = cpu::aligned_strides(in[3], full);
+  const int64_t hi_rs = a_hi.strides()[a_hi.ndim() - 2],
+                hi_cs = a_hi.strides()[a_hi.ndim() - 1];
+  const int64_t lo_rs = a_lo.strides()[a_lo.ndim() - 2],
+                lo_cs = a_lo.strides()[a_lo.ndim() - 1];
+  const int64_t b_rs = b.strides()[b.ndim() - 2],
+                b_cs = b.strides()[b.ndim() - 1];
+  thread_local std::vector<double> a_buffer, b_buffer, d_buffer;
+  double* a_wide = scratch(a_buffer, M * K);
+  double* b_wide = scratch(b_buffer, K * N);
+  double* d = scratch(d_buffer, M * N);
+  const int64_t batches = out[0].size() / (M * N);
+  for (int64_t bi = 0; bi < batches; ++bi) {
+    const float* hi =
+        a_hi.data<float>() + cpu::batch_offset(bi, batch, hi_strides);
+    const float* lo =
+        a_lo.data<float>() + cpu::batch_offset(bi, batch, lo_strides);
+    const float* bb = b.data<float>() + cpu::batch_offset(bi, batch, b_strides);
+    parallel_for(M, [&](int64_t i) {
+      for (int64_t k = 0; k < K; ++k)
+        a_wide[i * K + k] =
+            widen(hi[i * hi_rs + k * hi_cs], lo[i * lo_rs + k * lo_cs]);
+    });
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < N; ++j)
+        b_wide[k * N + j] = bb[k * b_rs + j * b_cs];
+    if (K > 0) {
+      scipy_openblas_set_num_threads(cpu::num_threads());
+      scipy_cblas_dgemm(
+          CblasRowMajor,
+          CblasNoTrans,
+          CblasNoTrans,
+          static_cast<blasint>(M),
+          static_cast<blasint>(N),
+          static_cast<blasint>(K),
+          1.0,
+          a_wide,
+          static_cast<blasint>(K),
+          b_wide,
+          static_cast<blasint>(N),
+          0.0,
+          d,
+          static_cast<blasint>(N));
+    } else {
+      std::fill_n(d, M * N, 0.0);
+    }
+    float* o_hi = out[0].data<float>() + bi * M * N;
+    float* o_lo = out[1].data<float>() + bi * M * N;
+    const float* c = has_c
+        ? in[3].data<float>() + cpu::batch_offset(bi, batch, c_strides)
+        : nullptr;
+    parallel_for(M, [&](int64_t i) {
+      for (int64_t j = 0; j < N; ++j) {
+        double v = d[i * N + j];
+        if (c)
+          v += c[i * c_strides[rank - 2] + j * c_strides[rank - 1]];
+        store(v, o_hi, o_lo, i * N + j);
+      }
+    });
+  }
+}
+
+// torch's layer_norm in double: mean, biased variance about the mean, eps
+// inside the square root, then * weight + bias.
+void layer_norm(
+    const std::vector<mx::array>& in,
+    std::vector<mx::array>& out,
+    double eps,
+    bool has_weight,
+    bool has_bias) {
+  if (out[0].size() == 0)
+    return;
+  std::vector<float> hi_copy, lo_copy, w_copy, b_copy;
+  const float* hi = cpu::row_major(in[0], hi_copy);
+  const float* lo = cpu::row_major(in[1], lo_copy);
+  const float* w = has_weight ? cpu::row_major(in[2], w_copy) : nullptr;
+  const float* b =
+      has_bias ? cpu::row_major(in[has_weight ? 3 : 2], b_copy) : nullptr;
+  const int64_t dim = in[0].shape(-1);
+  const int64_t rows = in[0].size() / dim;
+  float* o_hi = out[0].data<float>();
+  float* o_lo = out[1].data<float>();
+  parallel_for(rows, [&](int64_t r) {
+    thread_local std::vector<double> x;
+    x.resize(dim);
+    const int64_t base = r * dim;
+    double sum = 0.0;
+    for (int64_t i = 0; i < dim; ++i) {
+      x[i] = widen(hi[base + i], lo[base + i]);
+      sum += x[i];
+    }
+    const double mean = sum / static_cast<double>(dim);
+    double squares = 0.0;
+    for (int64_t i = 0; i < dim; ++i) {
+      x[i] -= mean;
+      squares += x[i] * x[i];
+    }
+    const double inv_std =
+        1.0 / std::sqrt(squares / static_cast<double>(dim) + eps);
+    for (int64_t i = 0; i < dim; ++i) {
+      double v = x[i] * inv_std;
+      if (w)
+        v *= w[i];
+      if (b)
+        v += b[i];
+      store(v, o_hi, o_lo, base + i);
+    }
+  });
+}
+
+} // namespace
+
+void PairElementwise::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  cpu::dispatch_outputs(
+      stream(),
+      inputs,
+      outputs,
+      [op = op_](
+          const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
+        elementwise(op, in, outs);
+      });
+}
+
+void PairAddmm::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  cpu::dispatch_outputs(
+      stream(),
+      inputs,
+      outputs,
+      [has_c = has_c_](
+          const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
+        addmm(in, outs, has_c);
+      });
+}
+
+void PairLayerNorm::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  cpu::dispatch_outputs(
+      stream(),
+      inputs,
+      outputs,
+      [eps = eps_, has_weight = has_weight_, has_bias = has_bias_](
+          const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
+        layer_norm(in, outs, eps, has_weight, has_bias);
+      });
+}
+
+} // namespace mlx_precise
