@@ -3,17 +3,26 @@
 They subclass MLX's layers: the same parameter names, shapes and initialisation,
 so ``load_weights`` / ``update`` take state dicts saved from the MLX layers
 unchanged. ``precision`` is a plain attribute, not a parameter.
+
+``precision="exact"`` takes a :class:`mlx_precise.pair.Pair` (or a float32 array, which
+enters exactly) and returns a ``Pair``, unrounded: a stack of such layers rounds to
+float32 once, where the caller takes ``.to_float32()`` of the last result.
 """
 
 import mlx.nn
 
+from . import pair
 from ._ops import PRECISIONS
 from ._strict import layer_norm, linear
 
+LAYER_PRECISIONS = PRECISIONS + ("exact",)
+
 
 def _checked_precision(layer: str, precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"{layer}: precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in LAYER_PRECISIONS:
+        raise ValueError(
+            f"{layer}: precision must be one of {LAYER_PRECISIONS}, got {precision!r}"
+        )
     return precision
 
 
@@ -31,6 +40,8 @@ class Linear(mlx.nn.Linear):
 
     def __call__(self, x):
         bias = self["bias"] if "bias" in self else None
+        if self.precision == "exact":
+            return pair.linear(x, self["weight"], bias)
         return linear(x, self["weight"], bias, precision=self.precision)
 
 
@@ -54,4 +65,6 @@ class LayerNorm(mlx.nn.LayerNorm):
     def __call__(self, x):
         weight = self.weight if "weight" in self else None
         bias = self.bias if "bias" in self else None
+        if self.precision == "exact":
+            return pair.layer_norm(x, weight, bias, self.eps)
         return layer_norm(x, weight, bias, self.eps, precision=self.precision)

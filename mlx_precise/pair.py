@@ -11,7 +11,8 @@ nearest to the carried value, so the chain rounds once, at the end.
 Layout operations (indexing, ``transpose``, ``reshape``, ``concatenate``, negation) are
 exact on pairs and apply to both parts. The ops::
 
-    add, multiply          two pairs (or float32 arrays), broadcast (also ``+``, ``*``)
+    add, multiply          two pairs (or float32 arrays), broadcast (also ``pair + x``,
+                           ``pair * x``; an mx.array on the left raises instead)
     gelu, sin, exp, tanh   one pair; gelu is torch's exact-erf GELU
     addmm, linear          pair input, float32 weights and bias
     layer_norm             pair input, float32 weight and bias
@@ -88,12 +89,8 @@ class Pair:
     def __add__(self, other) -> "Pair":
         return add(self, other)
 
-    __radd__ = __add__
-
     def __mul__(self, other) -> "Pair":
         return multiply(self, other)
-
-    __rmul__ = __mul__
 
 
 PairLike = Union[Pair, mx.array]

@@ -105,6 +105,28 @@ def test_precise_modes_closer_to_float64_than_torch_float32(case, precision):
         assert precise_error * 2 <= torch_error
 
 
+def check_rounds_once(case):
+    """precision="exact" returns float32(torch float64 output) bit for bit."""
+    hidden, pooled = case.mlx("exact")
+    for name, mine, ref64 in (("hidden", hidden, case.torch64[0]), ("pooled", pooled, case.torch64[1])):
+        reference = ref64.numpy()
+        mine = np.asarray(mine)
+        assert np.all(np.isfinite(mine))
+        equal = np.mean(mine == reference.astype(np.float32))
+        error = relative_l2(mine, reference)
+        print(f"{name}: exact MLX equals float32(float64 torch) for {equal:.4%}, "
+              f"relative L2 {error:.2e}")
+        assert equal >= 0.9999 and error <= 3e-8
+
+
+def test_exact_rounds_once_like_torch_float64(case):
+    check_rounds_once(case)
+
+
+def test_exact_rounds_once_hidden_768():
+    check_rounds_once(Case(768, 64))
+
+
 def test_encode_returns_pooled_output(case):
     ids = mx.array(case.token_ids.numpy())
     np.testing.assert_array_equal(np.asarray(case.model.encode(ids)), np.asarray(case.model(ids)[1]))

@@ -6,17 +6,18 @@ checkpoint loads by name; the one difference is the Sin frequency, which the pub
 code shares between every Sin layer of a filter and its reverse filter and saves under
 each of them: here it is one array per filter, ``filter_fn.sin_freq`` (see checkpoint.py).
 
-Precision: ``precision="float32" | "extended" | "dd"`` is picked once, when the model is
-built (``M2BertModel(config, precision=...)``) or switched for the whole model with
+Precision: ``precision="float32" | "extended" | "dd" | "exact"`` is picked once, when the
+model is built (``M2BertModel(config, precision=...)``) or switched for the whole model with
 ``set_precision``; every layer that reduces (``mlx_precise.nn.Linear`` / ``LayerNorm``, the
 Monarch block-diagonal products, the long and short convolutions) holds it as an attribute.
-Elementwise operations (gating products, residual and embedding sums, sin, exp, erf-GELU,
-tanh) are float32 in every mode. See ops.py.
+In the first three, elementwise operations (gating products, residual and embedding sums,
+sin, exp, erf-GELU, tanh) are float32. ``"exact"`` carries every activation unrounded, as
+an ``mlx_precise.pair.Pair``, from the embedding sum to the outputs, which are rounded to
+float32 once, at the very end. See ops.py.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence, Tuple, Union
 
 import mlx.core as mx
@@ -26,16 +27,6 @@ from mlx_precise.nn import LayerNorm, Linear
 
 from . import ops
 from .config import M2BertConfig
-
-_SQRT_HALF = mx.array(math.sqrt(0.5), dtype=mx.float32)
-_HALF = mx.array(0.5, dtype=mx.float32)
-_ONE = mx.array(1.0, dtype=mx.float32)
-
-
-def _gelu_exact(x: mx.array) -> mx.array:
-    """torch ``nn.GELU(approximate='none')``: x/2 (1 + erf(x/sqrt 2)), float32."""
-    return _HALF * x * (_ONE + mx.erf(x * _SQRT_HALF))
-
 
 class BlockdiagLinear(nn.Module):
     """Monarch block-diagonal linear: weight ``(nblocks, out/nblocks, in/nblocks)``."""
@@ -81,8 +72,9 @@ class ExponentialModulation(nn.Module):
         super().__init__()
         self.deltas = mx.zeros((1, 1, dims), dtype=mx.float32)
 
-    def __call__(self, t: mx.array, filters: mx.array) -> mx.array:
-        return filters * mx.exp(-t * mx.abs(self.deltas))
+    def __call__(self, t: mx.array, filters: ops.Activation) -> ops.Activation:
+        precision = "exact" if isinstance(filters, ops.Pair) else "float32"
+        return filters * ops.exp(-ops.multiply(t, mx.abs(self.deltas), precision))
 
 
 def _implicit_mlp(emb_dim: int, order: int, dims: int, precision: str) -> list:
@@ -113,14 +105,16 @@ class HyenaFilter(nn.Module):
             self.implicit_filter_rev = _implicit_mlp(config.hyena_emb_dim, order, dims, precision)
         self.modulation = ExponentialModulation(dims)
 
-    def _run_mlp(self, layers: list, z: mx.array) -> mx.array:
-        scaled_freq = mx.array(self.w_mod, dtype=mx.float32) * self.sin_freq
+    def _run_mlp(self, layers: list, z: mx.array) -> ops.Activation:
+        scaled_freq = ops.multiply(
+            mx.array(self.w_mod, dtype=mx.float32), self.sin_freq, self.precision
+        )
         h = z
         for layer in layers:
-            h = mx.sin(scaled_freq * h) if isinstance(layer, SinActivation) else layer(h)
+            h = ops.sin(scaled_freq * h) if isinstance(layer, SinActivation) else layer(h)
         return h
 
-    def filters(self, seq_len: int) -> Tuple[mx.array, Optional[mx.array]]:
+    def filters(self, seq_len: int) -> Tuple[ops.Activation, Optional[ops.Activation]]:
         """Forward and reverse filters, each ``(H, seq_len)``."""
         z, t = self.pos_emb(seq_len)
 
@@ -131,7 +125,7 @@ class HyenaFilter(nn.Module):
         reverse = one_filter(self.implicit_filter_rev) if "implicit_filter_rev" in self else None
         return one_filter(self.implicit_filter), reverse
 
-    def kernel(self, seq_len: int) -> mx.array:
+    def kernel(self, seq_len: int) -> ops.Activation:
         """The long-convolution kernel ``(H, 2 seq_len)``.
 
         It depends only on the parameters, the length and the precision, not on the input,
@@ -155,7 +149,7 @@ class HyenaFilter(nn.Module):
         self.__dict__["_kernel_cache"] = (key, parameters, kernel)
         return kernel
 
-    def __call__(self, u: mx.array) -> mx.array:
+    def __call__(self, u: ops.Activation) -> ops.Activation:
         """``u (B, H, L)`` -> long convolution of u plus ``u * bias``."""
         return ops.long_conv(u, self.kernel(u.shape[-1]), self.bias, self.precision)
 
@@ -170,7 +164,7 @@ class DepthwiseConv1d(nn.Module):
         self.weight = mx.zeros((channels, 1, kernel_size), dtype=mx.float32)
         self.bias = mx.zeros((channels,), dtype=mx.float32)
 
-    def __call__(self, u: mx.array) -> mx.array:
+    def __call__(self, u: ops.Activation) -> ops.Activation:
         """``u (B, C, L)`` -> ``(B, C, L)``."""
         return ops.short_causal_conv(u, self.weight, self.bias, self.precision)
 
@@ -189,7 +183,7 @@ class MonarchMixerSequenceMixing(nn.Module):
         if config.residual_long_conv:
             self.filter_fn2 = HyenaFilter(config, precision)
 
-    def __call__(self, hidden: mx.array) -> mx.array:
+    def __call__(self, hidden: ops.Activation) -> ops.Activation:
         dims = hidden.shape[-1]
         mixed = self.short_filter(self.in_linear(hidden).transpose(0, 2, 1))  # (B, 3H, L)
         x1, x2, v = mixed[:, :dims], mixed[:, dims : 2 * dims], mixed[:, 2 * dims :]
@@ -215,11 +209,11 @@ class GatedLinearUnitMLP(nn.Module):
             self.wo = Linear(inner, dims, precision=precision)
         self.layernorm = LayerNorm(dims, eps=config.layer_norm_eps, precision=precision)
 
-    def __call__(self, hidden: mx.array) -> mx.array:
+    def __call__(self, hidden: ops.Activation) -> ops.Activation:
         gate_and_value = self.gated_layers(hidden)
         gated = gate_and_value[..., : self.intermediate_size]
         value = gate_and_value[..., self.intermediate_size :]
-        out = self.wo(_gelu_exact(gated) * value)
+        out = self.wo(ops.gelu(gated) * value)
         return self.layernorm(out + hidden)
 
 
@@ -229,7 +223,7 @@ class BertLayer(nn.Module):
         self.attention = MonarchMixerSequenceMixing(config, precision)
         self.mlp = GatedLinearUnitMLP(config, precision)
 
-    def __call__(self, hidden: mx.array) -> mx.array:
+    def __call__(self, hidden: ops.Activation) -> ops.Activation:
         return self.mlp(self.attention(hidden))
 
 
@@ -242,12 +236,17 @@ class BertEmbeddings(nn.Module):
                 config.max_position_embeddings, config.hidden_size
             )
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.precision = ops.check_precision(precision)
         self.LayerNorm = LayerNorm(
             config.hidden_size, eps=config.layer_norm_eps, precision=precision
         )
 
-    def __call__(self, token_ids: mx.array, token_type_ids: mx.array) -> mx.array:
-        summed = self.word_embeddings(token_ids) + self.token_type_embeddings(token_type_ids)
+    def __call__(self, token_ids: mx.array, token_type_ids: mx.array) -> ops.Activation:
+        summed = ops.add(
+            self.word_embeddings(token_ids),
+            self.token_type_embeddings(token_type_ids),
+            self.precision,
+        )
         if "position_embeddings" in self:
             positions = mx.arange(token_ids.shape[1], dtype=mx.int32)
             summed = summed + self.position_embeddings(positions)[None]
@@ -259,7 +258,7 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = [BertLayer(config, precision) for _ in range(config.num_hidden_layers)]
 
-    def __call__(self, hidden: mx.array) -> mx.array:
+    def __call__(self, hidden: ops.Activation) -> ops.Activation:
         for layer in self.layer:
             hidden = layer(hidden)
         return hidden
@@ -270,8 +269,8 @@ class BertPooler(nn.Module):
         super().__init__()
         self.dense = Linear(config.hidden_size, config.hidden_size, precision=precision)
 
-    def __call__(self, hidden: mx.array) -> mx.array:
-        return mx.tanh(self.dense(hidden[:, 0]))
+    def __call__(self, hidden: ops.Activation) -> ops.Activation:
+        return ops.tanh(self.dense(hidden[:, 0]))
 
 
 TokenIds = Union[mx.array, Sequence[Sequence[int]]]
@@ -328,7 +327,7 @@ class M2BertModel(nn.Module):
                     f"token_type_ids shape {types.shape} differs from token_ids {ids.shape}"
                 )
         hidden = self.encoder(self.embeddings(ids, types))
-        return hidden, self.pooler(hidden)
+        return ops.to_float32(hidden), ops.to_float32(self.pooler(hidden))
 
     def encode(self, token_ids: TokenIds) -> mx.array:
         """Sentence embeddings ``(B, H)``: the pooled first-token output."""

@@ -1,25 +1,75 @@
-"""The model's reductions that no ``mlx_precise.nn`` layer covers.
+"""The model's reductions that no ``mlx_precise.nn`` layer covers, and the elementwise
+operations in the mode that carries pairs.
 
-``precision`` is ``"float32"``, ``"extended"`` or ``"dd"`` (see mlx_precise). The linears,
-the Hyena filter MLPs and the layer norms are ``mlx_precise.nn.Linear`` / ``LayerNorm``
-layers; here:
+``precision`` is ``"float32"``, ``"extended"``, ``"dd"`` (see mlx_precise) or ``"exact"``.
+The linears, the Hyena filter MLPs and the layer norms are ``mlx_precise.nn.Linear`` /
+``LayerNorm`` layers; here:
 - the Monarch block-diagonal products: ``mlx_precise.addmm``;
 - the long convolutions, and in the extended modes the 3-tap short convolution:
   ``mlx_precise.rfft_conv``.
-Elementwise operations (gating products, residual and embedding sums, sin, exp, erf-GELU,
-tanh, the short convolution's bias) are float32 in every mode: each rounds once per
-element already, and no mlx_precise op covers them. ``precision="float32"`` is MLX's own
-path for the linears and layer norms (``mx.addmm``, ``mx.fast.layer_norm``).
+In ``"float32"``, ``"extended"`` and ``"dd"``, elementwise operations (gating products,
+residual and embedding sums, sin, exp, erf-GELU, tanh, the short convolution's bias) are
+float32: each op's output is rounded to float32 before the next op reads it.
+``precision="float32"`` is MLX's own path for the linears and layer norms (``mx.addmm``,
+``mx.fast.layer_norm``).
+
+``"exact"`` carries every activation as an ``mlx_precise.pair.Pair`` (about 48 bits, hi
+and lo float32 arrays) from the embedding sum to the encoder output and the pooler,
+elementwise operations included, and rounds once at the very end: its outputs are the
+float32 roundings of the whole computation carried in double. The functions below take
+and return pairs in that mode (``isinstance(x, Pair)``) and float32 arrays otherwise.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Optional, Union
 
 import mlx.core as mx
 import mlx_precise
+from mlx_precise import pair
+from mlx_precise.pair import Pair
 
-PRECISIONS = mlx_precise.PRECISIONS
+PRECISIONS = mlx_precise.PRECISIONS + ("exact",)
+
+Activation = Union[mx.array, Pair]
+
+_SQRT_HALF = mx.array(math.sqrt(0.5), dtype=mx.float32)
+_HALF = mx.array(0.5, dtype=mx.float32)
+_ONE = mx.array(1.0, dtype=mx.float32)
+
+
+def gelu(x: Activation) -> Activation:
+    """torch ``nn.GELU(approximate='none')``: x/2 (1 + erf(x/sqrt 2)); float32 unless a pair."""
+    if isinstance(x, Pair):
+        return pair.gelu(x)
+    return _HALF * x * (_ONE + mx.erf(x * _SQRT_HALF))
+
+
+def sin(x: Activation) -> Activation:
+    return pair.sin(x) if isinstance(x, Pair) else mx.sin(x)
+
+
+def exp(x: Activation) -> Activation:
+    return pair.exp(x) if isinstance(x, Pair) else mx.exp(x)
+
+
+def tanh(x: Activation) -> Activation:
+    return pair.tanh(x) if isinstance(x, Pair) else mx.tanh(x)
+
+
+def add(x: Activation, y: Activation, precision: str) -> Activation:
+    """``x + y``, carried as a pair in ``"exact"`` (float32 inputs enter exactly)."""
+    return pair.add(x, y) if precision == "exact" else x + y
+
+
+def multiply(x: Activation, y: Activation, precision: str) -> Activation:
+    return pair.multiply(x, y) if precision == "exact" else x * y
+
+
+def to_float32(x: Activation) -> mx.array:
+    """The one rounding of ``"exact"``; float32 arrays pass through."""
+    return x.to_float32() if isinstance(x, Pair) else x
 
 
 def check_precision(precision: str) -> str:
@@ -47,10 +97,14 @@ def blockdiag_linear(
     # the same dot product of one block, so the extended and dd results (correctly
     # rounded) are the same bits. The rows are copied to a contiguous (nblocks, R, in_block)
     # layout: the GPU matmuls do not take a batch stride smaller than the row stride.
-    rows = mx.contiguous(x.reshape(-1, nblocks, in_block).transpose(1, 0, 2))
     weight_t = weight.transpose(0, 2, 1)
+    block_bias = None if bias is None else bias.reshape(nblocks, 1, out_block)
+    if precision == "exact":
+        rows = x.reshape(-1, nblocks, in_block).transpose(1, 0, 2)
+        y = pair.addmm(block_bias, rows, weight_t)
+        return y.transpose(1, 0, 2).reshape(*x.shape[:-1], nblocks * out_block)
+    rows = mx.contiguous(x.reshape(-1, nblocks, in_block).transpose(1, 0, 2))
     if bias is not None:
-        block_bias = bias.reshape(nblocks, 1, out_block)
         y = mlx_precise.addmm(block_bias, rows, weight_t, precision=precision)
     elif precision == "float32":
         y = mx.matmul(rows, weight_t)
@@ -60,41 +114,49 @@ def blockdiag_linear(
 
 
 def bidirectional_kernel(
-    forward_filter: mx.array, reverse_filter: Optional[mx.array]
-) -> mx.array:
+    forward_filter: Activation, reverse_filter: Optional[Activation]
+) -> Activation:
     """M2's long-convolution kernel of length 2L from filters ``(H, L)``.
 
     Bidirectional: ``[forward filter, 0 ... 0] + [0 ... 0, reversed reverse filter]``, so
     in a circular convolution of size 2L output t sees u[t - j] through forward[j] and
     u[t + 1 + j] through reverse[j]. Causal (forward filter, zero padded) when
-    ``reverse_filter`` is None.
+    ``reverse_filter`` is None. The two parts do not overlap: the sum is exact.
     """
+    concatenate = pair.concatenate if isinstance(forward_filter, Pair) else mx.concatenate
     padding = mx.zeros(forward_filter.shape, dtype=mx.float32)
-    kernel = mx.concatenate([forward_filter, padding], axis=-1)
+    kernel = concatenate([forward_filter, padding], axis=-1)
     if reverse_filter is None:
         return kernel
-    return kernel + mx.concatenate([padding, reverse_filter[:, ::-1]], axis=-1)
+    return kernel + concatenate([padding, reverse_filter[:, ::-1]], axis=-1)
 
 
-def long_conv(u: mx.array, kernel: mx.array, skip_weight: mx.array, precision: str) -> mx.array:
+def long_conv(
+    u: Activation, kernel: Activation, skip_weight: mx.array, precision: str
+) -> Activation:
     """Circular convolution of ``u (B, H, L)`` with ``kernel (H, 2L)`` (see
     ``bidirectional_kernel``), size 2L, first L outputs, plus ``u * skip_weight``."""
+    if precision == "exact":
+        return pair.rfft_conv(u, kernel, n=2 * u.shape[-1], bias=skip_weight[:, None])
     return mlx_precise.rfft_conv(
         u, kernel, n=2 * u.shape[-1], bias=skip_weight[:, None], precision=precision
     )
 
 
 def short_causal_conv(
-    u: mx.array, weight: mx.array, bias: mx.array, precision: str
-) -> mx.array:
+    u: Activation, weight: mx.array, bias: mx.array, precision: str
+) -> Activation:
     """Depthwise ``Conv1d(kernel_size=K, padding=K-1)`` sliced to the first L outputs.
 
     ``u (B, C, L)``, ``weight (C, 1, K)``, ``bias (C,)``:
     ``y[t] = bias + sum_j weight[K-1-j] * u[t-j]`` (torch's conv1d is a correlation).
     float32: the K shifted products summed directly (as cheap as an elementwise op);
-    extended modes: the K-tap sum through rfft_conv, rounded once, then the bias.
+    extended modes: the K-tap sum through rfft_conv, rounded once, then the bias;
+    exact: the same, carried as pairs.
     """
     taps = weight[:, 0, ::-1]  # (C, K): taps[j] multiplies u[t - j]
+    if precision == "exact":
+        return pair.rfft_conv(u, taps) + bias[:, None]
     if precision == "float32":
         num_taps = taps.shape[-1]
         seq_len = u.shape[-1]
