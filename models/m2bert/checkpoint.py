@@ -1,9 +1,11 @@
 """Checkpoint I/O with the published M2-BERT parameter names.
 
-Reads ``pytorch_model.bin`` (``torch.load(weights_only=True)``: tensors only, no code is
-unpickled), ``.safetensors`` (published names, or this package's converted copy) and
-directories holding ``config.json`` plus one of those. Floating tensors of any width
-(bf16, fp16) are converted to float32 once, at read time.
+Reads ``pytorch_model.bin`` and Composer ``.pt`` files (``state.model``) without torch and
+without running pickled code, ``.safetensors`` (published names, or this package's
+converted copy), directories holding ``config.json`` plus one of those, and Hugging Face
+Hub repositories (``download_from_hub``). Every file is validated before any tensor is
+materialised (tensor_files.py). float16 and bfloat16 tensors are widened to float32 once,
+at read time; float64 ones only when float32 holds them exactly.
 
 Name mapping (published -> this model):
 - prefixes ``model.bert.``, ``bert.`` and ``model.`` are dropped;
@@ -28,6 +30,7 @@ from mlx.utils import tree_flatten
 
 from .config import M2BertConfig
 from .model import M2BertModel
+from .tensor_files import CheckpointError, read_tensors_file
 
 PathLike = Union[str, os.PathLike]
 
@@ -36,39 +39,15 @@ _SIN_FREQ_ALIAS = re.compile(r"^(.*\.filter_fn2?)\.implicit_filter(?:_rev)?\.\d+
 _RECOMPUTED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 CONFIG_FILE = "config.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model: what differs, by parameter name."""
-
-
-def _torch_tensor_to_mx(tensor) -> mx.array:
-    if tensor.is_floating_point():
-        return mx.array(tensor.detach().float().numpy())
-    return mx.array(tensor.detach().numpy())
+_TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 
 
 def read_tensors(path: PathLike) -> Dict[str, mx.array]:
-    """Name -> array from a ``.bin``/``.pt`` or ``.safetensors`` file; floats as float32."""
+    """Name -> array from a ``.safetensors`` file, a torch ``.bin``/``.pt``/``.pth`` state
+    dict or a Composer checkpoint (its ``state.model``); floats as float32."""
     path = Path(path)
-    if path.suffix == ".safetensors":
-        arrays = mx.load(str(path))
-        return {
-            name: array.astype(mx.float32) if mx.issubdtype(array.dtype, mx.floating) else array
-            for name, array in arrays.items()
-        }
-    if path.suffix in (".bin", ".pt", ".pth"):
-        import torch  # only PyTorch checkpoints need torch
-
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-        if not isinstance(loaded, dict) or not all(
-            isinstance(value, torch.Tensor) for value in loaded.values()
-        ):
-            raise CheckpointError(
-                f"{path} does not hold a flat state dict of tensors; save "
-                f"model.state_dict() (or the HF pytorch_model.bin)"
-            )
-        return {name: _torch_tensor_to_mx(tensor) for name, tensor in loaded.items()}
+    if path.suffix == ".safetensors" or path.suffix in _TORCH_SUFFIXES:
+        return read_tensors_file(path)
     raise CheckpointError(
         f"unknown checkpoint format {path.name!r}: pass a .safetensors or .bin file, or a "
         f"directory with {CONFIG_FILE} and one of {WEIGHT_FILES}"

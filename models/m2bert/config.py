@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 # Options of the published code that select a different architecture than the retrieval
 # checkpoints use. The value each must have here, and why the others are refused.
@@ -25,6 +26,100 @@ _REQUIRED_SETTINGS = {
     # mean pooling; the retrieval checkpoints pool the first token
     "pool_all": False,
 }
+
+
+# Inclusive bounds of the integer fields: far beyond every published model (80M-341M
+# parameters, 128-32768 tokens) and small enough that a typo or a hostile config.json
+# fails here instead of building a model of billions of layers. Integer fields not listed
+# get _DEFAULT_INT_BOUNDS.
+_INT_BOUNDS: Dict[str, Tuple[int, int]] = {
+    "vocab_size": (1, 1 << 21),
+    "hidden_size": (1, 1 << 14),
+    "num_hidden_layers": (1, 256),
+    "intermediate_size": (1, 1 << 16),
+    "max_position_embeddings": (1, 1 << 20),
+    "long_conv_l_max": (1, 1 << 20),
+    "type_vocab_size": (1, 1024),
+    "pad_token_id": (0, (1 << 21) - 1),
+    "hyena_filter_order": (1, 1 << 13),
+    "hyena_emb_dim": (3, 1025),
+    "monarch_mlp_nblocks": (1, 1 << 12),
+}
+_DEFAULT_INT_BOUNDS = (0, (1 << 31) - 1)
+# Float fields: (lowest, highest, whether the lowest is excluded); every value must be finite.
+_FLOAT_BOUNDS: Dict[str, Tuple[float, float, bool]] = {
+    # the layer norm divides by sqrt(variance + eps): eps must be positive
+    "layer_norm_eps": (0.0, 1.0, True),
+    "hyena_w": (-1e6, 1e6, False),
+    "hyena_w_mod": (-1e6, 1e6, False),
+}
+_DEFAULT_FLOAT_BOUNDS = (-math.inf, math.inf, False)
+
+
+class ConfigError(ValueError):
+    """A config value of the wrong type or out of range; the message names the field."""
+
+
+def _type_name(value: Any) -> str:
+    return "null" if value is None else type(value).__name__
+
+
+def _checked_value(name: str, annotation: str, value: Any) -> Any:
+    """``value`` as the field's type (an integer for a float field becomes a float), or a
+    ConfigError naming the field, the expected type and the bounds."""
+    if annotation == "bool":
+        # bool("false") is True: only JSON true/false are accepted
+        if not isinstance(value, bool):
+            raise ConfigError(
+                f"config field {name} must be a boolean (JSON true or false), got "
+                f"{value!r} ({_type_name(value)})"
+            )
+        return value
+    if annotation == "int":
+        # JSON 64.0 is a float and True is an int in Python: both are refused
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(
+                f"config field {name} must be an integer, got {value!r} ({_type_name(value)})"
+            )
+        low, high = _INT_BOUNDS.get(name, _DEFAULT_INT_BOUNDS)
+        if not low <= value <= high:
+            raise ConfigError(f"config field {name} must be in [{low}, {high}], got {value}")
+        return value
+    if annotation == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(
+                f"config field {name} must be a number, got {value!r} ({_type_name(value)})"
+            )
+        value = float(value)
+        low, high, low_excluded = _FLOAT_BOUNDS.get(name, _DEFAULT_FLOAT_BOUNDS)
+        if not math.isfinite(value) or value > high or value < low or (
+            low_excluded and value == low
+        ):
+            interval = f"{'(' if low_excluded else '['}{low:g}, {high:g}]"
+            raise ConfigError(
+                f"config field {name} must be a finite number in {interval}, got {value!r}"
+            )
+        return value
+    if annotation == "str":
+        if not isinstance(value, str):
+            raise ConfigError(
+                f"config field {name} must be a string, got {value!r} ({_type_name(value)})"
+            )
+        return value
+    raise TypeError(f"M2BertConfig field {name}: no validation for type {annotation!r}")
+
+
+_MAX_CONFIG_BYTES = 1 << 20
+
+
+def unique_keys(pairs):
+    """json object_pairs_hook: a key given twice is a ValueError (json keeps the last)."""
+    values = {}
+    for key, value in pairs:
+        if key in values:
+            raise ValueError(f"key {key!r} appears twice in one JSON object")
+        values[key] = value
+    return values
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,23 +152,32 @@ class M2BertConfig:
     use_positional_encodings: bool = True
 
     def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = _checked_value(field.name, str(field.type), getattr(self, field.name))
+            # frozen dataclass: store the checked value (a float field given as 10 becomes 10.0)
+            object.__setattr__(self, field.name, value)
+        if self.pad_token_id >= self.vocab_size:
+            raise ConfigError(
+                f"config field pad_token_id ({self.pad_token_id}) must be below vocab_size "
+                f"({self.vocab_size})"
+            )
         if self.hidden_size % self.monarch_mlp_nblocks or (
             self.intermediate_size % self.monarch_mlp_nblocks
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"hidden_size ({self.hidden_size}) and intermediate_size "
                 f"({self.intermediate_size}) must be multiples of monarch_mlp_nblocks "
                 f"({self.monarch_mlp_nblocks})"
             )
-        if self.hyena_emb_dim < 3 or self.hyena_emb_dim % 2 == 0:
-            raise ValueError(
-                f"hyena_emb_dim must be odd and >= 3 (time, cosine and sine bands), got "
-                f"{self.hyena_emb_dim}"
+        if self.hyena_emb_dim % 2 == 0:
+            raise ConfigError(
+                f"config field hyena_emb_dim must be odd (time, cosine and sine bands), "
+                f"got {self.hyena_emb_dim}"
             )
         if self.use_positional_encodings and (
             self.max_position_embeddings < self.long_conv_l_max
         ):
-            raise ValueError(
+            raise ConfigError(
                 f"max_position_embeddings ({self.max_position_embeddings}) must be at least "
                 f"long_conv_l_max ({self.long_conv_l_max})"
             )
@@ -90,9 +194,13 @@ class M2BertConfig:
         """Build from a published config.json dict: known keys are used, architecture
         switches this port does not implement are refused, the rest (dropout rates,
         learning rates, HF bookkeeping) do not affect inference and are ignored."""
+        if not isinstance(values, dict):
+            raise ConfigError(
+                f"a config is a JSON object of field: value pairs, got {_type_name(values)}"
+            )
         for key, required in _REQUIRED_SETTINGS.items():
-            if key in values and bool(values[key]) != required:
-                raise ValueError(
+            if key in values and _checked_value(key, "bool", values[key]) != required:
+                raise ConfigError(
                     f"config sets {key}={values[key]!r}; this M2-BERT port implements only "
                     f"{key}={required!r} (the published retrieval architecture)"
                 )
@@ -101,8 +209,22 @@ class M2BertConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "M2BertConfig":
-        with open(path, encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle))
+        size = os.path.getsize(path)
+        if size > _MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"{path} has {size} bytes; a config.json has a few kB (at most "
+                f"{_MAX_CONFIG_BYTES}): pass the model's config.json"
+            )
+        with open(path, "rb") as handle:
+            text = handle.read()
+        try:
+            values = json.loads(text.decode("utf-8"), object_pairs_hook=unique_keys)
+        except ValueError as error:  # not UTF-8, not JSON, or a key given twice
+            raise ConfigError(f"{path} is not a valid UTF-8 JSON object: {error}") from None
+        try:
+            return cls.from_dict(values)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
 
     def to_dict(self) -> Dict[str, Any]:
         values = dataclasses.asdict(self)

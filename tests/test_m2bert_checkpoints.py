@@ -1,0 +1,449 @@
+"""Checkpoint readers against crafted files: pickle payloads, strided bombs, bad headers,
+truncated files and absurd configs each give a clear error, within a time and memory
+bound, in a process without torch (tests/checkpoint_probe.py), and no pickled code runs.
+Also: Composer .pt files, float64 handled the same in .bin and .safetensors."""
+
+from __future__ import annotations
+
+import builtins
+import collections
+import io
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from m2bert import CheckpointError, M2BertConfig, M2BertModel, load_model, read_tensors  # noqa: E402
+from m2bert.config import ConfigError  # noqa: E402
+from m2bert_reference import ReferenceM2Bert, initialize_  # noqa: E402
+
+PROBE = Path(__file__).with_name("checkpoint_probe.py")
+SECONDS_PER_FILE = 5.0
+TRACED_BYTES_PER_FILE = 64 << 20
+RSS_GROWTH_BYTES = 512 << 20
+
+
+# --- crafting torch zip files ------------------------------------------------------------
+
+class StorageRef:
+    """Pickled as torch's persistent id of a storage."""
+
+    def __init__(self, storage_type, key: str, numel: int):
+        self.storage_type, self.key, self.numel = storage_type, key, numel
+
+
+class CraftedTensor:
+    """Pickled as torch pickles a tensor, with any geometry."""
+
+    def __init__(self, storage, offset, size, stride, hooks=None):
+        self.args = (storage, offset, size, stride, False,
+                     collections.OrderedDict() if hooks is None else hooks)
+
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2, self.args)
+
+
+class CraftingPickler(pickle.Pickler):
+    def persistent_id(self, obj):
+        if isinstance(obj, StorageRef):
+            return ("storage", obj.storage_type, obj.key, "cpu", obj.numel)
+        return None
+
+
+def crafted_pickle(obj, protocol: int = 2) -> bytes:
+    buffer = io.BytesIO()
+    CraftingPickler(buffer, protocol).dump(obj)
+    return buffer.getvalue()
+
+
+def write_torch_zip(path: Path, data_pkl: bytes, storages=None,
+                    compression: int = zipfile.ZIP_STORED) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", data_pkl, compress_type=compression)
+        archive.writestr("archive/byteorder", "little")
+        for key, data in (storages or {}).items():
+            archive.writestr(f"archive/data/{key}", data, compress_type=compression)
+        archive.writestr("archive/version", "3\n")
+    return path
+
+
+def float_storage(values) -> tuple:
+    values = np.asarray(values, dtype=np.float32)
+    return StorageRef(torch.FloatStorage, "0", values.size), {"0": values.tobytes()}
+
+
+# --- pickle payloads: each would touch `marker` if it ran ------------------------------------
+
+class Shell:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class Eval(Shell):
+    def __reduce__(self):
+        return (builtins.eval, (f"open({str(self.marker)!r}, 'w')",))
+
+
+class Exec(Shell):
+    def __reduce__(self):
+        return (builtins.exec, (f"open({str(self.marker)!r}, 'w')",))
+
+
+class Popen(Shell):
+    def __reduce__(self):
+        return (subprocess.Popen, (["touch", str(self.marker)],))
+
+
+def newobj_popen_pickle(marker) -> bytes:
+    """{"w": NEWOBJ subprocess.Popen(["touch", marker]), then BUILD with a state}, written
+    opcode by opcode (the pickler refuses to write a NEWOBJ of another class)."""
+
+    def text(value: str) -> bytes:
+        return b"X" + struct.pack("<I", len(value.encode())) + value.encode()
+
+    command = b"](" + text("touch") + text(str(marker)) + b"e"
+    return (b"\x80\x02}" + text("w") + b"csubprocess\nPopen\n(" + command + b"t\x81}"
+            + text("args") + command + b"sbs.")
+
+
+# --- safetensors crafting ------------------------------------------------------------------
+
+def write_safetensors(path: Path, header, data: bytes = b"", header_size=None) -> Path:
+    encoded = header if isinstance(header, bytes) else json.dumps(header).encode()
+    size = len(encoded) if header_size is None else header_size
+    path.write_bytes(struct.pack("<Q", size) + encoded + data)
+    return path
+
+
+def entry(dtype, shape, begin, end):
+    return {"dtype": dtype, "shape": shape, "data_offsets": [begin, end]}
+
+
+# --- the model every config case pairs with --------------------------------------------------
+
+def tiny_config() -> M2BertConfig:
+    return M2BertConfig(vocab_size=96, hidden_size=64, num_hidden_layers=1,
+                        intermediate_size=128, max_position_embeddings=64, long_conv_l_max=64)
+
+
+@pytest.fixture(scope="module")
+def tiny_state_dict():
+    torch.manual_seed(5)
+    return initialize_(ReferenceM2Bert(tiny_config()), 5).eval().state_dict()
+
+
+def checkpoint_dir(directory: Path, state_dict, config_values) -> Path:
+    directory.mkdir()
+    torch.save(state_dict, directory / "pytorch_model.bin")
+    config = config_values if isinstance(config_values, (bytes, str)) else json.dumps(config_values)
+    (directory / "config.json").write_bytes(config if isinstance(config, bytes) else config.encode())
+    return directory
+
+
+def build_corpus(root: Path, marker: Path, state_dict) -> dict:
+    """name -> (path, expected error class or None, fragment of the message)."""
+    cases = {}
+
+    def add(name, path, error, fragment=""):
+        cases[name] = (path, error, fragment)
+
+    def bin_file(name):
+        return root / f"{name}.bin"
+
+    storage, storages = float_storage(np.arange(16))
+    good = CraftedTensor(storage, 0, (4, 4), (4, 1))
+
+    # pickle payloads of several kinds
+    add("shell_value", write_torch_zip(bin_file("shell_value"),
+        crafted_pickle({"w": Shell(marker)})), "UnsafePickleError", "posix.system")
+    add("shell_top_level_protocol4", write_torch_zip(bin_file("shell_top"),
+        crafted_pickle(Shell(marker), protocol=4)), "UnsafePickleError", "system")
+    add("eval_protocol5", write_torch_zip(bin_file("eval"),
+        crafted_pickle({"w": Eval(marker)}, protocol=5)), "UnsafePickleError", "builtins.eval")
+    add("exec_as_key", write_torch_zip(bin_file("exec_key"),
+        crafted_pickle({Exec(marker): good}, protocol=3), storages), "CheckpointError", "key")
+    add("newobj_popen", write_torch_zip(bin_file("newobj"),
+        newobj_popen_pickle(marker)), "UnsafePickleError", "subprocess.Popen")
+    add("popen_in_hooks", write_torch_zip(bin_file("hooks"), crafted_pickle(
+        {"w": CraftedTensor(storage, 0, (16,), (1,), hooks=Popen(marker))}), storages),
+        None)  # the hooks are ignored; the tensor itself is fine
+    add("shell_as_storage_type", write_torch_zip(bin_file("storage_type"), crafted_pickle(
+        {"w": CraftedTensor(StorageRef(Shell(marker), "0", 16), 0, (16,), (1,))}), storages),
+        "CheckpointError", "does not take")
+    add("shell_in_composer_rng", write_torch_zip(root / "composer_rng.pt", crafted_pickle(
+        {"state": {"model": {"model.w": good}}, "rng": [Shell(marker)]}), storages), None)
+    module = torch.nn.Linear(2, 2)
+    torch.save(module, root / "whole_module.pt")
+    add("whole_module", root / "whole_module.pt", "UnsafePickleError", "Linear")
+    (root / "bare.bin").write_bytes(pickle.dumps({"w": Shell(marker)}))
+    add("bare_pickle", root / "bare.bin", "UnsafePickleError", "bare pickles")
+
+    # geometry: strided bombs, extents, sizes
+    torch.save({"w": torch.zeros(10, dtype=torch.float16).as_strided((100000, 100000), (0, 0))},
+               bin_file("strided_bomb"))
+    add("strided_bomb", bin_file("strided_bomb"), "CheckpointError", "reuses storage elements")
+    add("overlapping_rows", write_torch_zip(bin_file("overlap_rows"), crafted_pickle(
+        {"w": CraftedTensor(storage, 0, (10, 4), (1, 1))}), storages),
+        "CheckpointError", "reuses storage elements")
+    add("beyond_storage", write_torch_zip(bin_file("beyond"), crafted_pickle(
+        {"w": CraftedTensor(storage, 3, (4, 4), (4, 1))}), storages),
+        "CheckpointError", "reach element 18")
+    add("negative_stride", write_torch_zip(bin_file("negative"), crafted_pickle(
+        {"w": CraftedTensor(storage, 0, (4,), (-1,))}), storages),
+        "CheckpointError", "non-negative")
+    add("float_size", write_torch_zip(bin_file("float_size"), crafted_pickle(
+        {"w": CraftedTensor(storage, 0, (4.0,), (1,))}), storages),
+        "CheckpointError", "non-negative integers")
+    huge = StorageRef(torch.FloatStorage, "0", 10**12)
+    add("declared_storage_too_big", write_torch_zip(bin_file("declared_big"), crafted_pickle(
+        {"w": CraftedTensor(huge, 0, (10**12,), (1,))}), storages),
+        "CheckpointError", "its tensors declare")
+    add("astronomic_size", write_torch_zip(bin_file("astronomic"), crafted_pickle(
+        {"w": CraftedTensor(storage, 0, (2**70, 2**70), (2**80, 1))}), storages),
+        "CheckpointError", "reach element")
+    big, big_storages = float_storage(np.zeros(1 << 16))
+    add("many_views_of_one_storage", write_torch_zip(bin_file("many_views"), crafted_pickle(
+        {f"w{i}": CraftedTensor(big, i, ((1 << 16) - i,), (1,)) for i in range(300)}),
+        big_storages), "CheckpointError", "only views sharing one storage")
+
+    # tensors that are not dense float/int data
+    torch.save({"w": torch.eye(3).to_sparse()}, bin_file("sparse"))
+    add("sparse", bin_file("sparse"), "CheckpointError", "sparse tensor")
+    torch.save({"w": torch.zeros(3, device="meta")}, bin_file("meta"))
+    add("meta", bin_file("meta"), "CheckpointError", "'meta' device")
+    torch.save({0: torch.zeros(3)}, bin_file("int_key"))
+    add("int_key", bin_file("int_key"), "CheckpointError", "key 0 (int)")
+    torch.save({"w": torch.zeros(3).to(torch.float8_e4m3fn)}, bin_file("float8"))
+    add("float8", bin_file("float8"), "CheckpointError", "float8_e4m3fn")
+    torch.save({"w": torch.zeros(3, dtype=torch.complex64)}, bin_file("complex"))
+    add("complex", bin_file("complex"), "CheckpointError", "ComplexFloatStorage")
+    torch.save([torch.zeros(3)], bin_file("list"))
+    add("not_a_dict", bin_file("list"), "CheckpointError", "not a state dict")
+
+    # damaged archives
+    torch.save(state_dict, bin_file("valid"))
+    whole = bin_file("valid").read_bytes()
+    for fraction in (0.1, 0.5, 0.99):
+        name = f"truncated_{int(fraction * 100)}"
+        bin_file(name).write_bytes(whole[: int(len(whole) * fraction)])
+        add(name, bin_file(name), "CheckpointError", "damaged or truncated zip")
+    add("deflated", write_torch_zip(bin_file("deflated"), crafted_pickle({"w": good}),
+        storages, zipfile.ZIP_DEFLATED), "CheckpointError", "compressed")
+    with zipfile.ZipFile(bin_file("no_pickle"), "w") as archive:
+        archive.writestr("archive/data/0", b"\0" * 8)
+    add("zip_without_data_pkl", bin_file("no_pickle"), "CheckpointError", "data.pkl")
+    add("garbage_pickle", write_torch_zip(bin_file("garbage"), b"\x80\x02garbage"),
+        "UnsafePickleError", "not a valid pickle")
+    add("huge_pickle", write_torch_zip(bin_file("huge_pickle"), b"\x80\x02" + b"N0" * (5 << 20)),
+        "CheckpointError", "at most")
+    add("missing_storage", write_torch_zip(bin_file("missing_storage"),
+        crafted_pickle({"w": good})), "CheckpointError", "missing from the archive")
+
+    # safetensors
+    st = root
+    (st / "short.safetensors").write_bytes(b"\x01\x00")
+    add("st_too_short", st / "short.safetensors", "CheckpointError", "too short")
+    add("st_header_beyond_file", write_safetensors(st / "beyond.safetensors", {}, header_size=1 << 40),
+        "CheckpointError", "header claims")
+    add("st_not_json", write_safetensors(st / "notjson.safetensors", b"{not json"),
+        "CheckpointError", "not valid JSON")
+    add("st_overlap", write_safetensors(st / "overlap.safetensors", {
+        "a": entry("F32", [4], 0, 16), "b": entry("F32", [4], 8, 24)}, b"\0" * 24),
+        "CheckpointError", "overlap")
+    add("st_gap", write_safetensors(st / "gap.safetensors", {
+        "a": entry("F32", [2], 0, 8), "b": entry("F32", [2], 16, 24)}, b"\0" * 24),
+        "CheckpointError", "gap")
+    add("st_bad_dtype", write_safetensors(st / "dtype.safetensors", {
+        "a": entry("F8_E4M3", [8], 0, 8)}, b"\0" * 8), "CheckpointError", "F8_E4M3")
+    add("st_size_mismatch", write_safetensors(st / "mismatch.safetensors", {
+        "a": entry("F32", [2**40, 2**40], 0, 8)}, b"\0" * 8), "CheckpointError", "needs")
+    add("st_duplicate_name", write_safetensors(st / "duplicate.safetensors",
+        b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+        b'"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', b"\0" * 4),
+        "CheckpointError", "twice")
+    add("st_truncated_data", write_safetensors(st / "truncated.safetensors", {
+        "a": entry("F32", [4], 0, 16)}, b"\0" * 10), "CheckpointError", "data_offsets")
+    add("st_bad_metadata", write_safetensors(st / "metadata.safetensors", {
+        "__metadata__": {"x": 1}}), "CheckpointError", "__metadata__")
+
+    # absurd configs beside valid weights
+    base = tiny_config().to_dict()
+    for name, change, fragment in (
+        ("layers_1e9", {"num_hidden_layers": 10**9}, "num_hidden_layers must be in"),
+        ("glu_string", {"use_glu_mlp": "false"}, "use_glu_mlp must be a boolean"),
+        ("hidden_float", {"hidden_size": 64.0}, "hidden_size must be an integer"),
+        ("nblocks_zero", {"monarch_mlp_nblocks": 0}, "monarch_mlp_nblocks must be in"),
+        ("eps_negative", {"layer_norm_eps": -1}, "layer_norm_eps must be a finite number"),
+        ("vocab_null", {"vocab_size": None}, "vocab_size must be an integer, got None (null)"),
+    ):
+        add(f"config_{name}", checkpoint_dir(root / f"config_{name}", state_dict,
+            {**base, **change}), "ConfigError", fragment)
+    add("config_not_json", checkpoint_dir(root / "config_not_json", state_dict, b"\xff{"),
+        "ConfigError", "not a valid UTF-8 JSON object")
+    add("config_list", checkpoint_dir(root / "config_list", state_dict, "[1, 2]"),
+        "ConfigError", "JSON object")
+    add("config_duplicate", checkpoint_dir(root / "config_duplicate", state_dict,
+        '{"hidden_size": 64, "hidden_size": 64}'), "ConfigError", "twice")
+    add("config_huge", checkpoint_dir(root / "config_huge", state_dict,
+        " " * (2 << 20) + "{}"), "ConfigError", "bytes")
+    return cases
+
+
+def test_crafted_checkpoints_fail_clearly_fast_and_small_without_running_code(
+    tmp_path, tiny_state_dict
+):
+    marker = tmp_path / "code_ran"
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    cases = build_corpus(corpus, marker, tiny_state_dict)
+    result = subprocess.run(
+        [sys.executable, str(PROBE), *(str(path) for path, _, _ in cases.values())],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    *outcomes, summary = lines
+    assert len(outcomes) == len(cases)
+    for (name, (path, error, fragment)), outcome in zip(cases.items(), outcomes):
+        assert outcome["path"] == path.name
+        print(f"{name}: {outcome['seconds'] * 1e3:.1f} ms, "
+              f"{outcome['peak_bytes'] / 1e6:.2f} MB traced, {outcome['error']}")
+        if error is None:
+            assert outcome["error"] is None, name
+        else:
+            assert outcome["error"] is not None, f"{name} was accepted"
+            assert outcome["error"][0] == error, (name, outcome["error"])
+            assert fragment in outcome["error"][1], (name, outcome["error"])
+        assert outcome["seconds"] < SECONDS_PER_FILE, name
+        assert outcome["peak_bytes"] < TRACED_BYTES_PER_FILE, name
+    print(f"max RSS growth over the corpus: {summary['max_rss_growth_bytes'] / 1e6:.1f} MB")
+    assert summary["max_rss_growth_bytes"] < RSS_GROWTH_BYTES
+    assert not marker.exists()
+
+
+# --- formats that load -----------------------------------------------------------------------
+
+def test_composer_checkpoint_loads_state_model_with_prefixes_stripped(tmp_path, tiny_state_dict):
+    import random
+
+    composer = {
+        "state": {
+            "model": {f"model.bert.{name}": tensor for name, tensor in tiny_state_dict.items()},
+            "optimizers": {"DecoupledAdamW": {"state": {0: {"exp_avg": torch.ones(3)}}}},
+            "timestamp": {"epoch": 3},
+        },
+        "rng": [{"python": random.getstate(), "numpy": np.random.get_state(),
+                 "torch": torch.get_rng_state()}],
+    }
+    torch.save(composer, tmp_path / "ep3-ba1000-rank0.pt")
+    (tmp_path / "config.json").write_text(json.dumps(tiny_config().to_dict()))
+    from_composer = load_model(tmp_path / "ep3-ba1000-rank0.pt")
+    torch.save(tiny_state_dict, tmp_path / "pytorch_model.bin")
+    from_bin = load_model(tmp_path / "pytorch_model.bin")
+    ids = mx.array(np.arange(128).reshape(2, 64) % 96)
+    for mine, expected in zip(from_composer(ids), from_bin(ids)):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(expected))
+
+
+def test_bin_reader_matches_torch_load_for_every_dtype_and_layout(tmp_path):
+    generator = torch.Generator().manual_seed(7)
+    base = torch.randn(6, 10, generator=generator)
+    tensors = {
+        "f32": base, "f16": base.half(), "bf16": base.bfloat16(),
+        "f64_exact": base.double(), "i64": torch.arange(12), "i8": torch.arange(-4, 4).to(torch.int8),
+        "u16": torch.arange(5).to(torch.uint16), "bool": base > 0,
+        "transposed": base.t(), "strided_view": base[1::2, 3:9:3], "scalar": torch.tensor(2.5),
+        "empty": torch.zeros(0, 3),
+    }
+    tensors["tied"] = tensors["f32"]
+    torch.save(tensors, tmp_path / "all.bin")
+    arrays = read_tensors(tmp_path / "all.bin")
+    for name, tensor in tensors.items():
+        expected = tensor.float() if tensor.is_floating_point() else tensor
+        assert arrays[name].shape == tuple(tensor.shape), name
+        np.testing.assert_array_equal(np.asarray(arrays[name]), expected.numpy(), err_msg=name)
+        if tensor.is_floating_point():
+            assert arrays[name].dtype == mx.float32, name
+
+
+def test_float64_is_handled_the_same_in_bin_and_safetensors(tmp_path):
+    from safetensors.torch import save_file
+
+    exact = {"w": torch.tensor([0.5, -3.0, 2.0**-140, float("inf")], dtype=torch.float64)}
+    inexact = {"w": torch.tensor([0.5, 0.1], dtype=torch.float64)}
+    messages = []
+    for name, tensors in (("exact", exact), ("inexact", inexact)):
+        torch.save(tensors, tmp_path / f"{name}.bin")
+        save_file(tensors, str(tmp_path / f"{name}.safetensors"))
+    for suffix in (".bin", ".safetensors"):
+        loaded = read_tensors(tmp_path / f"exact{suffix}")["w"]
+        assert loaded.dtype == mx.float32
+        np.testing.assert_array_equal(np.asarray(loaded), exact["w"].float().numpy())
+        with pytest.raises(CheckpointError) as error:
+            read_tensors(tmp_path / f"inexact{suffix}")
+        messages.append(str(error.value).split(": ", 1)[1])
+    assert messages[0] == messages[1]
+    assert "0.1 at index (1,)" in messages[0] and "tensor.float()" in messages[0]
+
+
+def test_converted_model_round_trips_through_the_safetensors_reader(tmp_path, tiny_state_dict):
+    from m2bert import load_state_dict, save_model
+
+    model = M2BertModel(tiny_config())
+    load_state_dict(model, {name: mx.array((t.float() if t.is_floating_point() else t).numpy())
+                            for name, t in tiny_state_dict.items()})
+    save_model(model, tmp_path)
+    reloaded = load_model(tmp_path)
+    ids = mx.array(np.arange(64).reshape(1, 64) % 96)
+    for mine, expected in zip(reloaded(ids), model(ids)):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(expected))
+
+
+# --- config validation ---------------------------------------------------------------------
+
+def test_every_config_field_is_validated_by_its_type():
+    import dataclasses
+
+    from m2bert.config import _checked_value
+
+    for field in dataclasses.fields(M2BertConfig):
+        with pytest.raises(ConfigError, match=field.name):
+            _checked_value(field.name, str(field.type), object())
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"num_hidden_layers": 10**9}, "num_hidden_layers must be in [1, 256], got 1000000000"),
+    ({"use_glu_mlp": "false"}, "use_glu_mlp must be a boolean (JSON true or false), got 'false'"),
+    ({"bidirectional": 1}, "bidirectional must be a boolean"),
+    ({"hidden_size": 64.0}, "hidden_size must be an integer, got 64.0 (float)"),
+    ({"hidden_size": True}, "hidden_size must be an integer, got True (bool)"),
+    ({"monarch_mlp_nblocks": 0}, "monarch_mlp_nblocks must be in [1, 4096], got 0"),
+    ({"layer_norm_eps": -1}, "layer_norm_eps must be a finite number in (0, 1], got -1.0"),
+    ({"layer_norm_eps": 0}, "layer_norm_eps must be a finite number in (0, 1]"),
+    ({"hyena_w": float("nan")}, "hyena_w must be a finite number"),
+    ({"pad_token_id": 30528}, "pad_token_id (30528) must be below vocab_size (30528)"),
+    ({"hyena_emb_dim": 4}, "hyena_emb_dim must be odd"),
+    ({"monarch_mlp_nblocks": 5}, "multiples of monarch_mlp_nblocks (5)"),
+])
+def test_config_errors_name_the_field_and_the_expected_type(values, fragment):
+    with pytest.raises(ConfigError) as error:
+        M2BertConfig.from_dict(values)
+    assert fragment in str(error.value)
+
+
+def test_config_accepts_integers_for_float_fields():
+    config = M2BertConfig.from_dict({"hyena_w": 10, "layer_norm_eps": 1e-5})
+    assert config.hyena_w == 10.0 and isinstance(config.hyena_w, float)
