@@ -6,6 +6,7 @@
 #include <vector>
 
 #include <mlx/array.h>
+#include <mlx/backend/common/utils.h>
 
 namespace mlx_precise::cpu {
 
@@ -43,17 +44,9 @@ inline const float* row_major(const mx::array& x, std::vector<float>& storage) {
   if (x.flags().row_contiguous)
     return x.data<float>();
   storage.resize(x.size());
-  const int rank = static_cast<int>(x.ndim());
-  std::vector<int32_t> index(rank, 0);
   const float* src = x.data<float>();
-  for (size_t n = 0; n < x.size(); ++n) {
-    int64_t off = 0;
-    for (int d = 0; d < rank; ++d)
-      off += index[d] * x.strides()[d];
-    storage[n] = src[off];
-    for (int d = rank - 1; d >= 0 && ++index[d] == x.shape(d); --d)
-      index[d] = 0;
-  }
+  for (size_t n = 0; n < x.size(); ++n)
+    storage[n] = src[mx::elem_to_loc(n, x.shape(), x.strides())];
   return storage.data();
 }
 

@@ -3,6 +3,8 @@
 // MLX's CPU stream.
 #include <algorithm>
 
+#include <mlx/backend/common/utils.h>
+
 #include "backend/common/shapes.h"
 #include "backend/cpu/conv_job.h"
 #include "backend/cpu/cpu_runtime.h"
@@ -30,8 +32,8 @@ class RowMap {
       : full_(full_batch) {
     const int rank = static_cast<int>(full_.size());
     const int own = static_cast<int>(shape.size()) - 1;
-    elem_stride_.assign(rank, 0);
-    row_stride_.assign(rank, 0);
+    elem_stride_ = mx::Strides(rank, 0);
+    row_stride_ = mx::Strides(rank, 0);
     int64_t row_step = 1;
     for (int d = own - 1; d >= 0; --d) {
       int fd = rank - own + d;
@@ -45,27 +47,19 @@ class RowMap {
   }
   // Element offset of full row r in the array.
   int64_t offset(int64_t r) const {
-    return walk(r, elem_stride_);
+    return mx::elem_to_loc(r, full_, elem_stride_);
   }
   // Row number of full row r in the array's own row-major batch numbering.
   int64_t row(int64_t r) const {
-    return walk(r, row_stride_);
+    return mx::elem_to_loc(r, full_, row_stride_);
   }
   int64_t time_stride() const {
     return time_stride_;
   }
 
  private:
-  int64_t walk(int64_t r, const std::vector<int64_t>& stride) const {
-    int64_t off = 0;
-    for (int d = static_cast<int>(full_.size()) - 1; d >= 0; --d) {
-      off += (r % full_[d]) * stride[d];
-      r /= full_[d];
-    }
-    return off;
-  }
   mx::Shape full_;
-  std::vector<int64_t> elem_stride_, row_stride_;
+  mx::Strides elem_stride_, row_stride_;
   int64_t time_stride_;
 };
 
