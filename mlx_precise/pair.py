@@ -28,7 +28,6 @@ from typing import Optional, Sequence, Union
 import mlx.core as mx
 
 from . import _ext
-from ._checks import require_float32_array
 
 _ZERO = mx.array(0.0, dtype=mx.float32)
 
@@ -42,10 +41,20 @@ class Pair:
         """``Pair(x)`` is the exact pair ``(x, 0)`` of a float32 array; ``Pair(hi, lo)``
         takes the two parts as they are (they must satisfy ``hi = float32(hi + lo)``, as
         every op here returns them)."""
-        require_float32_array("Pair", "hi", hi)
         if lo is None:
-            lo = mx.broadcast_to(_ZERO, hi.shape)
-        require_float32_array("Pair", "lo", lo)
+            lo = mx.broadcast_to(_ZERO, hi.shape) if isinstance(hi, mx.array) else None
+        for name, part in (("hi", hi), ("lo", lo)):
+            if not isinstance(part, mx.array):
+                raise TypeError(
+                    f"Pair: {name} must be an mlx.core.array of dtype float32, got "
+                    f"{type(part).__name__}"
+                )
+            if part.dtype != mx.float32:
+                raise ValueError(
+                    f"Pair: {name} has dtype {part.dtype}; pairs hold float32 parts and "
+                    f"nothing is cast silently: pass {name}.astype(mx.float32) if that "
+                    f"rounding is what you want"
+                )
         if lo.shape != hi.shape:
             raise ValueError(f"Pair: hi {hi.shape} and lo {lo.shape} differ in shape")
         self.hi = hi
@@ -96,12 +105,9 @@ class Pair:
 PairLike = Union[Pair, mx.array]
 
 
-def as_pair(x: PairLike, op: str = "pair", name: str = "x") -> Pair:
+def as_pair(x: PairLike) -> Pair:
     """``x`` itself if a :class:`Pair`, else the exact pair ``(x, 0)`` of a float32 array."""
-    if isinstance(x, Pair):
-        return x
-    require_float32_array(op, name, x)
-    return Pair(x)
+    return x if isinstance(x, Pair) else Pair(x)
 
 
 def _pair(parts) -> Pair:
@@ -114,7 +120,7 @@ def contiguous(x: Pair) -> Pair:
 
 
 def concatenate(parts: Sequence[PairLike], axis: int = 0) -> Pair:
-    pairs = [as_pair(p, "concatenate", "parts") for p in parts]
+    pairs = [as_pair(p) for p in parts]
     return Pair(
         mx.concatenate([p.hi for p in pairs], axis=axis),
         mx.concatenate([p.lo for p in pairs], axis=axis),
@@ -124,7 +130,7 @@ def concatenate(parts: Sequence[PairLike], axis: int = 0) -> Pair:
 def add(x: PairLike, y: PairLike, *, stream=None) -> Pair:
     return _pair(
         _ext.pair_binary(
-            "add", as_pair(x, "add").astuple(), as_pair(y, "add", "y").astuple(), stream=stream
+            "add", as_pair(x).astuple(), as_pair(y).astuple(), stream=stream
         )
     )
 
@@ -133,15 +139,15 @@ def multiply(x: PairLike, y: PairLike, *, stream=None) -> Pair:
     return _pair(
         _ext.pair_binary(
             "multiply",
-            as_pair(x, "multiply").astuple(),
-            as_pair(y, "multiply", "y").astuple(),
+            as_pair(x).astuple(),
+            as_pair(y).astuple(),
             stream=stream,
         )
     )
 
 
 def _unary(op: str, x: PairLike, stream) -> Pair:
-    return _pair(_ext.pair_unary(op, as_pair(x, op).astuple(), stream=stream))
+    return _pair(_ext.pair_unary(op, as_pair(x).astuple(), stream=stream))
 
 
 def gelu(x: PairLike, *, stream=None) -> Pair:
@@ -164,20 +170,14 @@ def tanh(x: PairLike, *, stream=None) -> Pair:
 def addmm(c: Optional[mx.array], a: PairLike, b: mx.array, *, stream=None) -> Pair:
     """``a @ b + c``: a pair ``a (..., M, K)``, float32 ``b (..., K, N)`` and optional ``c``
     broadcastable to the output (batch dims broadcast as in ``mx.addmm``)."""
-    if c is not None:
-        require_float32_array("addmm", "c", c)
-    require_float32_array("addmm", "b", b)
-    return _pair(_ext.pair_addmm(c, as_pair(a, "addmm", "a").astuple(), b, stream=stream))
+    return _pair(_ext.pair_addmm(c, as_pair(a).astuple(), b, stream=stream))
 
 
 def linear(
     x: PairLike, weight: mx.array, bias: Optional[mx.array] = None, *, stream=None
 ) -> Pair:
     """``x @ weight.T + bias`` (torch ``F.linear``) of a pair ``x``."""
-    require_float32_array("linear", "weight", weight)
-    if bias is not None:
-        require_float32_array("linear", "bias", bias)
-    return _pair(_ext.pair_linear(as_pair(x, "linear").astuple(), weight, bias, stream=stream))
+    return _pair(_ext.pair_linear(as_pair(x).astuple(), weight, bias, stream=stream))
 
 
 def layer_norm(
@@ -189,16 +189,7 @@ def layer_norm(
     stream=None,
 ) -> Pair:
     """torch ``F.layer_norm`` over the last axis of a pair ``x``."""
-    for name, value in (("weight", weight), ("bias", bias)):
-        if value is not None:
-            require_float32_array("layer_norm", name, value)
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-        raise TypeError(f"layer_norm: eps must be a Python float, got {type(eps).__name__}")
-    return _pair(
-        _ext.pair_layer_norm(
-            as_pair(x, "layer_norm").astuple(), weight, bias, float(eps), stream=stream
-        )
-    )
+    return _pair(_ext.pair_layer_norm(as_pair(x).astuple(), weight, bias, eps, stream=stream))
 
 
 def rfft_conv(
@@ -211,14 +202,12 @@ def rfft_conv(
 ) -> Pair:
     """:func:`mlx_precise.rfft_conv` of a pair signal ``u`` and pair kernel ``k``, plus
     ``u * bias`` for a float32 ``bias``."""
-    if bias is not None:
-        require_float32_array("rfft_conv", "bias", bias)
     if n is not None and (isinstance(n, bool) or not isinstance(n, int)):
         raise TypeError(f"rfft_conv: n must be an int or None, got {type(n).__name__}")
     return _pair(
         _ext.pair_rfft_conv(
-            as_pair(u, "rfft_conv", "u").astuple(),
-            as_pair(k, "rfft_conv", "k").astuple(),
+            as_pair(u).astuple(),
+            as_pair(k).astuple(),
             n=n,
             bias=bias,
             stream=stream,

@@ -187,6 +187,26 @@ void addmm(
   }
 }
 
+// Sums in double with Neumaier's compensation: the error stays near one
+// rounding of the sum whatever the length, so a mean far from zero does not
+// leave D roundings of itself in the centred values.
+class CompensatedSum {
+ public:
+  void add(double x) {
+    const double t = sum_ + x;
+    correction_ +=
+        std::abs(sum_) >= std::abs(x) ? (sum_ - t) + x : (x - t) + sum_;
+    sum_ = t;
+  }
+  double value() const {
+    return sum_ + correction_;
+  }
+
+ private:
+  double sum_ = 0.0;
+  double correction_ = 0.0;
+};
+
 // torch's layer_norm in double: mean, biased variance about the mean, eps
 // inside the square root, then * weight + bias.
 void layer_norm(
@@ -211,19 +231,18 @@ void layer_norm(
     thread_local std::vector<double> x;
     x.resize(dim);
     const int64_t base = r * dim;
-    double sum = 0.0;
+    CompensatedSum sum, squares;
     for (int64_t i = 0; i < dim; ++i) {
       x[i] = widen(hi[base + i], lo[base + i]);
-      sum += x[i];
+      sum.add(x[i]);
     }
-    const double mean = sum / static_cast<double>(dim);
-    double squares = 0.0;
+    const double mean = sum.value() / static_cast<double>(dim);
     for (int64_t i = 0; i < dim; ++i) {
       x[i] -= mean;
-      squares += x[i] * x[i];
+      squares.add(x[i] * x[i]);
     }
     const double inv_std =
-        1.0 / std::sqrt(squares / static_cast<double>(dim) + eps);
+        1.0 / std::sqrt(squares.value() / static_cast<double>(dim) + eps);
     for (int64_t i = 0; i < dim; ++i) {
       double v = x[i] * inv_std;
       if (w)
