@@ -28,7 +28,19 @@ finally:
     if not _had_timeout:
         del os.environ["OPENBLAS_THREAD_TIMEOUT"]
 
-from . import _ext  # noqa: E402
+try:
+    from . import _ext  # noqa: E402
+except ImportError:
+    _here = os.path.dirname(os.path.abspath(__file__))
+    if glob.glob(os.path.join(_here, "_ext*")):
+        raise
+    # Python puts the working directory first on sys.path, so from the repository root
+    # the source folder shadows an installed wheel.
+    raise ImportError(
+        f"mlx_precise was imported from {_here}, a source folder without the built "
+        f"extension (_ext*.so). Build it there with `bash scripts/dev_build.sh`, or run "
+        f"outside the repository root (or with `python -P`) to use the installed wheel"
+    ) from None
 
 __version__ = "0.1.0"
 

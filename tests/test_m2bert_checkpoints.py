@@ -23,7 +23,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from m2bert import CheckpointError, M2BertConfig, M2BertModel, load_model, read_tensors  # noqa: E402
+from m2bert import (  # noqa: E402
+    CheckpointError, M2BertConfig, M2BertModel, load_model, read_tensors,
+)
 from m2bert.config import ConfigError  # noqa: E402
 from m2bert_reference import ReferenceM2Bert, initialize_  # noqa: E402
 
@@ -149,7 +151,9 @@ def checkpoint_dir(directory: Path, state_dict, config_values) -> Path:
     directory.mkdir()
     torch.save(state_dict, directory / "pytorch_model.bin")
     config = config_values if isinstance(config_values, (bytes, str)) else json.dumps(config_values)
-    (directory / "config.json").write_bytes(config if isinstance(config, bytes) else config.encode())
+    (directory / "config.json").write_bytes(
+        config if isinstance(config, bytes) else config.encode()
+    )
     return directory
 
 
@@ -256,7 +260,8 @@ def build_corpus(root: Path, marker: Path, state_dict) -> dict:
     st = root
     (st / "short.safetensors").write_bytes(b"\x01\x00")
     add("st_too_short", st / "short.safetensors", "CheckpointError", "too short")
-    add("st_header_beyond_file", write_safetensors(st / "beyond.safetensors", {}, header_size=1 << 40),
+    add("st_header_beyond_file",
+        write_safetensors(st / "beyond.safetensors", {}, header_size=1 << 40),
         "CheckpointError", "header claims")
     add("st_not_json", write_safetensors(st / "notjson.safetensors", b"{not json"),
         "CheckpointError", "not valid JSON")
@@ -363,7 +368,8 @@ def test_bin_reader_matches_torch_load_for_every_dtype_and_layout(tmp_path):
     base = torch.randn(6, 10, generator=generator)
     tensors = {
         "f32": base, "f16": base.half(), "bf16": base.bfloat16(),
-        "f64_exact": base.double(), "i64": torch.arange(12), "i8": torch.arange(-4, 4).to(torch.int8),
+        "f64_exact": base.double(), "i64": torch.arange(12),
+        "i8": torch.arange(-4, 4).to(torch.int8),
         "u16": torch.arange(5).to(torch.uint16), "bool": base > 0,
         "transposed": base.t(), "strided_view": base[1::2, 3:9:3], "scalar": torch.tensor(2.5),
         "empty": torch.zeros(0, 3),
@@ -447,3 +453,175 @@ def test_config_errors_name_the_field_and_the_expected_type(values, fragment):
 def test_config_accepts_integers_for_float_fields():
     config = M2BertConfig.from_dict({"hyena_w": 10, "layer_norm_eps": 1e-5})
     assert config.hyena_w == 10.0 and isinstance(config.hyena_w, float)
+
+
+# --- command line ---------------------------------------------------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def cli_files(tmp_path, tiny_state_dict):
+    model = tmp_path / "model"
+    model.mkdir()
+    torch.save(tiny_state_dict, model / "pytorch_model.bin")
+    (model / "config.json").write_text(json.dumps(tiny_config().to_dict()))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (tmp_path / "input.txt").write_text("the cat sat\non the mat\n")
+    return tmp_path
+
+
+def cli_error(argv) -> str:
+    from m2bert.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in argv])
+    return str(exit_info.value)
+
+
+def embed_args(files: Path, **changes):
+    args = {"input": files / "input.txt", "--model": files / "model",
+            "--tokenizer": files / "vocab.txt", "-o": files / "out.npy"}
+    args.update(changes)
+    return ["embed", args.pop("input"), *[str(v) for item in args.items() for v in item], "--quiet"]
+
+
+def test_embed_checks_every_path_before_loading_the_model(cli_files):
+    absent = cli_files / "absent"  # the model is never reached: each check comes first
+    assert "no such file" in cli_error(embed_args(cli_files, input=absent / "in.txt",
+                                                  **{"--model": absent}))
+    assert "--tokenizer" in cli_error(embed_args(cli_files, **{"--tokenizer": absent / "v.txt",
+                                                               "--model": absent}))
+    message = cli_error(embed_args(cli_files, **{"-o": absent / "out.npy", "--model": absent}))
+    assert f"the directory {absent} does not exist" in message
+    message = cli_error(embed_args(cli_files, **{"-o": cli_files / "out"}))
+    assert "pass a name ending in .npy" in message
+    (cli_files / "latin1.txt").write_bytes("the cat\nsat on the mat\xe9\n".encode("latin-1"))
+    message = cli_error(
+        embed_args(cli_files, input=cli_files / "latin1.txt", **{"--model": absent})
+    )
+    assert "line 2 is not UTF-8" in message and "b'\\xe9'" in message
+    (cli_files / "broken.json").write_text("{")
+    assert "cannot be read as a tokenizer" in cli_error(
+        embed_args(cli_files, **{"--tokenizer": cli_files / "broken.json"}))
+    assert "error: no checkpoint at" in cli_error(embed_args(cli_files, **{"--model": absent}))
+
+
+def test_convert_refuses_to_overwrite_without_force(cli_files):
+    from m2bert.__main__ import main
+
+    source, output = cli_files / "model", cli_files / "converted"
+    main(["convert", str(source), "-o", str(output)])
+    first = (output / "model.safetensors").read_bytes()
+    (output / "model.safetensors").write_bytes(b"stale")
+    assert "pass --force to overwrite" in cli_error(["convert", source, "-o", output])
+    assert (output / "model.safetensors").read_bytes() == b"stale"
+    main(["convert", str(source), "-o", str(output), "--force"])
+    assert (output / "model.safetensors").read_bytes() == first
+
+
+def test_long_documents_are_truncated_before_tokenizing(cli_files):
+    from tokenizers.implementations import BertWordPieceTokenizer
+
+    from m2bert.text import encode_truncated
+
+    tokenizer = BertWordPieceTokenizer(str(cli_files / "vocab.txt"), lowercase=True)
+    tokenizer.enable_truncation(max_length=64)
+    words = ["the", "cat", "Sat,", "on", "mat", "zebra", "é"]
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(words, size=n)) for n in (0, 1, 30, 62, 63, 64, 65, 5000)]
+    texts += ["x" * 3000, " " * 5000 + "the cat", "the\n\tcat  " * 2000]
+    expected = tokenizer.encode_batch(texts)
+    for text, mine, full in zip(texts, encode_truncated(tokenizer, texts, 64), expected):
+        assert mine.ids == full.ids, text[:40]
+
+    class CountingTokenizer:
+        """Records how many characters reach the tokenizer."""
+
+        characters = 0
+
+        def encode_batch(self, batch):
+            self.characters += sum(map(len, batch))
+            return tokenizer.encode_batch(batch)
+
+        def encode(self, text):
+            self.characters += len(text)
+            return tokenizer.encode(text)
+
+    counting = CountingTokenizer()
+    huge = "the cat sat on the mat " * 2_000_000  # 46 MB on one line
+    assert encode_truncated(counting, [huge], 64)[0].ids == tokenizer.encode(huge[:2000]).ids
+    assert counting.characters <= 16 * 64
+
+
+def make_hub_cache(cache: Path, repo: str, files: dict, revision: str = "0" * 40) -> None:
+    """The layout huggingface_hub writes: blobs by hash, snapshot links, refs/main."""
+    import hashlib
+
+    root = cache / f"models--{repo.replace('/', '--')}"
+    (root / "blobs").mkdir(parents=True)
+    (root / "snapshots" / revision).mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(revision)
+    for name, data in files.items():
+        blob = hashlib.sha256(data).hexdigest()
+        (root / "blobs" / blob).write_bytes(data)
+        (root / "snapshots" / revision / name).symlink_to(Path("..", "..", "blobs", blob))
+
+
+def run_cli(args, cwd, **env):
+    environment = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-m", "m2bert", *map(str, args)], cwd=cwd,
+                          env=environment, capture_output=True, text=True, timeout=120)
+
+
+def test_from_hub_reads_the_hub_cache_offline(cli_files, tiny_state_dict):
+    pytest.importorskip("huggingface_hub")
+    cache = cli_files / "hub"
+    make_hub_cache(cache, "hazy/m2-tiny", {
+        "config.json": (cli_files / "model" / "config.json").read_bytes(),
+        "pytorch_model.bin": (cli_files / "model" / "pytorch_model.bin").read_bytes(),
+        "bert_layers.py": b"raise SystemExit('remote code is never fetched or run')",
+    })
+    import m2bert
+    import mlx_precise
+
+    # the packages this process imported (source tree or installed wheel), nothing else
+    packages = {str(Path(module.__file__).parents[1]) for module in (m2bert, mlx_precise)}
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache),
+               "PYTHONPATH": os.pathsep.join(sorted(packages))}
+    result = run_cli(["convert", "--from-hub", "hazy/m2-tiny", "-o", cli_files / "from_hub"],
+                     cli_files, **offline)
+    assert result.returncode == 0, result.stderr
+    ids = mx.array(np.arange(64).reshape(1, 64) % 96)
+    for mine, expected in zip(load_model(cli_files / "from_hub")(ids),
+                              load_model(cli_files / "model")(ids)):
+        np.testing.assert_array_equal(np.asarray(mine), np.asarray(expected))
+
+    result = run_cli(["embed", cli_files / "input.txt", "--from-hub", "hazy/absent", "--tokenizer",
+                      cli_files / "vocab.txt", "-o", cli_files / "e.npy"], cli_files, **offline)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "hazy/absent is not in the Hugging Face cache" in result.stderr
+
+
+def test_source_folder_without_extension_says_what_to_run(tmp_path):
+    import shutil
+
+    source = tmp_path / "mlx_precise"
+    shutil.copytree(REPO_ROOT / "mlx_precise", source,
+                    ignore=shutil.ignore_patterns("_ext*", "__pycache__"))
+    result = subprocess.run([sys.executable, "-c", "import mlx_precise"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "without the built extension" in result.stderr
+    assert "bash scripts/dev_build.sh" in result.stderr and "python -P" in result.stderr
+
+
+def test_python_m_m2bert_from_the_repository_root_runs_or_says_what_to_run():
+    result = run_cli(["--help"], REPO_ROOT)
+    built_here = any((REPO_ROOT / "mlx_precise").glob("_ext*"))
+    if built_here:  # a development build: the source folder is the package
+        assert result.returncode == 0 and "embed" in result.stdout, result.stderr
+    else:  # the source folder shadows the installed wheel
+        assert result.returncode != 0 and "bash scripts/dev_build.sh" in result.stderr

@@ -4,7 +4,12 @@ embed: one document per non-empty line of the input file, tokenized with a local
 tokenizer (``tokenizer.json`` or a WordPiece ``vocab.txt``; nothing is downloaded),
 truncated and padded to the model's max length as the reference does (it has no
 attention mask, so the padding takes part in the long convolutions), embedded in batches;
-writes a ``(documents, hidden)`` float32 .npy.
+writes a ``(documents, hidden)`` float32 .npy. Only the start of a long document is
+tokenized (text.py).
+
+The model comes from a local checkpoint or, with ``--from-hub ORG/NAME``, from the Hugging
+Face Hub cache (downloaded if missing, unless HF_HUB_OFFLINE=1). Paths are checked before
+the model is loaded, and errors end the command with a message, not a traceback.
 """
 
 from __future__ import annotations
@@ -17,10 +22,14 @@ from typing import List, Sequence
 import mlx.core as mx
 import numpy as np
 
-from .checkpoint import load_model, save_model
-from .config import M2BertConfig
+from .checkpoint import CONFIG_FILE, WEIGHT_FILES, download_from_hub, load_model, save_model
+from .config import ConfigError, M2BertConfig
 from .model import M2BertModel
 from .ops import PRECISIONS
+from .tensor_files import CheckpointError
+from .text import encode_truncated
+
+TOKENIZER_SUFFIXES = (".json", ".txt")
 
 
 def load_tokenizer(path: Path, max_length: int, pad_id: int):
@@ -28,15 +37,14 @@ def load_tokenizer(path: Path, max_length: int, pad_id: int):
     from tokenizers import Tokenizer
     from tokenizers.implementations import BertWordPieceTokenizer
 
-    if path.suffix == ".json":
-        tokenizer = Tokenizer.from_file(str(path))
-    elif path.suffix == ".txt":
-        # bert-base-uncased, the tokenizer the M2-BERT checkpoints were trained with
-        tokenizer = BertWordPieceTokenizer(str(path), lowercase=True)
-    else:
-        raise SystemExit(
-            f"--tokenizer {path}: pass a tokenizer.json or a WordPiece vocab.txt"
-        )
+    try:
+        if path.suffix == ".json":
+            tokenizer = Tokenizer.from_file(str(path))
+        else:
+            # bert-base-uncased, the tokenizer the M2-BERT checkpoints were trained with
+            tokenizer = BertWordPieceTokenizer(str(path), lowercase=True)
+    except Exception as error:  # tokenizers raises bare Exception for unreadable files
+        raise SystemExit(f"--tokenizer {path} cannot be read as a tokenizer: {error}") from None
     pad_token = tokenizer.id_to_token(pad_id)
     if pad_token is None:
         raise SystemExit(f"--tokenizer {path} has no token with the model's pad id {pad_id}")
@@ -46,8 +54,20 @@ def load_tokenizer(path: Path, max_length: int, pad_id: int):
 
 
 def read_documents(path: Path) -> List[str]:
-    with open(path, encoding="utf-8") as handle:
-        documents = [line.rstrip("\n") for line in handle if line.strip()]
+    """The non-empty lines of a UTF-8 file; a line that is not UTF-8 is an error naming it."""
+    documents = []
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise SystemExit(
+                    f"{path}: line {number} is not UTF-8 (byte {error.start} of the line is "
+                    f"{raw[error.start : error.start + 1]!r}); convert the file, e.g. "
+                    f"iconv -f latin1 -t utf-8"
+                ) from None
+            if line.strip():
+                documents.append(line.rstrip("\n"))
     if not documents:
         raise SystemExit(f"{path} holds no text: put one document per line")
     return documents
@@ -62,7 +82,7 @@ def embed_documents(
     with tqdm(total=len(documents), unit="doc", disable=not progress) as bar:
         for start in range(0, len(documents), batch_size):
             batch = documents[start : start + batch_size]
-            encodings = tokenizer.encode_batch(list(batch))
+            encodings = encode_truncated(tokenizer, batch, model.config.max_length)
             token_ids = mx.array([encoding.ids for encoding in encodings], dtype=mx.int32)
             embeddings = model.encode(token_ids)
             mx.eval(embeddings)
@@ -71,10 +91,49 @@ def embed_documents(
     return np.concatenate(rows, axis=0)
 
 
+def check_file(option: str, path: Path, suffixes: Sequence[str] = ()) -> None:
+    if not path.is_file():
+        raise SystemExit(f"{option} {path}: no such file")
+    if suffixes and path.suffix not in suffixes:
+        raise SystemExit(f"{option} {path}: pass a file ending in {' or '.join(suffixes)}")
+
+
+def check_output_file(path: Path, suffix: str) -> None:
+    """Before any work: the output's directory exists and the name has ``suffix``."""
+    if path.suffix != suffix:
+        raise SystemExit(
+            f"-o {path}: the output is a {suffix} file; pass a name ending in {suffix}"
+        )
+    if not path.parent.is_dir():
+        raise SystemExit(f"-o {path}: the directory {path.parent} does not exist; create it")
+    if path.is_dir():
+        raise SystemExit(f"-o {path} is a directory; pass a file name")
+
+
+def check_output_directory(path: Path, force: bool) -> None:
+    """Before any work: ``path`` can receive a converted checkpoint without overwriting
+    one, unless ``force``."""
+    if path.exists() and not path.is_dir():
+        raise SystemExit(f"-o {path} exists and is not a directory")
+    existing = [name for name in (WEIGHT_FILES[0], CONFIG_FILE) if (path / name).exists()]
+    if existing and not force:
+        raise SystemExit(
+            f"-o {path} already holds {' and '.join(existing)}; pass --force to overwrite"
+        )
+
+
+def model_source(args: argparse.Namespace) -> Path:
+    """The local checkpoint to load: the given path, or the Hub snapshot's directory."""
+    return download_from_hub(args.from_hub) if args.from_hub else args.model
+
+
 def command_embed(args: argparse.Namespace) -> None:
-    model = load_model(args.model, precision=args.precision)
-    tokenizer = load_tokenizer(args.tokenizer, model.config.max_length, model.config.pad_token_id)
+    check_file("input", args.input)
+    check_file("--tokenizer", args.tokenizer, TOKENIZER_SUFFIXES)
+    check_output_file(args.output, ".npy")
     documents = read_documents(args.input)
+    model = load_model(model_source(args), precision=args.precision)
+    tokenizer = load_tokenizer(args.tokenizer, model.config.max_length, model.config.pad_token_id)
     embeddings = embed_documents(model, tokenizer, documents, args.batch_size, not args.quiet)
     np.save(args.output, embeddings)
     if not args.quiet:
@@ -82,8 +141,11 @@ def command_embed(args: argparse.Namespace) -> None:
 
 
 def command_convert(args: argparse.Namespace) -> None:
+    check_output_directory(args.output, args.force)
+    if args.config is not None:
+        check_file("--config", args.config)
     config = None if args.config is None else M2BertConfig.from_json(args.config)
-    model = load_model(args.checkpoint, config=config)
+    model = load_model(model_source(args), config=config)
     weights = save_model(model, args.output)
     print(f"wrote {weights} and {weights.parent / 'config.json'}")
 
@@ -95,15 +157,26 @@ def positive_int(text: str) -> int:
     return value
 
 
+def add_model_source(group, model_argument: str) -> None:
+    """``model_argument`` (a local checkpoint) or ``--from-hub NAME``, exactly one."""
+    help_text = ("checkpoint directory (config.json + model.safetensors or pytorch_model.bin), "
+                 "or a weights file (.safetensors, .bin, Composer .pt) beside a config.json")
+    if model_argument.startswith("-"):
+        group.add_argument(model_argument, dest="model", type=Path, help=help_text)
+    else:
+        group.add_argument(model_argument, nargs="?", type=Path, help=help_text)
+    group.add_argument("--from-hub", metavar="ORG/NAME",
+                       help="Hugging Face Hub repository (config.json and weights are "
+                            "fetched into the Hub cache; HF_HUB_OFFLINE=1 reads the cache only)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m m2bert", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     embed = commands.add_parser("embed", help="embed one document per line of a text file")
     embed.add_argument("input", type=Path, help="UTF-8 text file, one document per line")
-    embed.add_argument("--model", required=True, type=Path,
-                       help="checkpoint directory (config.json + model.safetensors or "
-                            "pytorch_model.bin) or weights file beside a config.json")
+    add_model_source(embed.add_mutually_exclusive_group(required=True), "--model")
     embed.add_argument("--tokenizer", required=True, type=Path,
                        help="local tokenizer.json or WordPiece vocab.txt")
     embed.add_argument("-o", "--output", required=True, type=Path, help="output .npy path")
@@ -115,9 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert = commands.add_parser(
         "convert", help="write an MLX model.safetensors + config.json from a checkpoint"
     )
-    convert.add_argument("checkpoint", type=Path,
-                         help="pytorch_model.bin, .safetensors, or a checkpoint directory")
+    add_model_source(convert.add_mutually_exclusive_group(required=True), "model")
     convert.add_argument("-o", "--output", required=True, type=Path, help="output directory")
+    convert.add_argument("--force", action="store_true",
+                         help="overwrite the model.safetensors / config.json in --output")
     convert.add_argument("--config", type=Path,
                          help="config.json to use when none lies beside the checkpoint")
     convert.set_defaults(run=command_convert)
@@ -126,7 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    args.run(args)
+    try:
+        args.run(args)
+    except (CheckpointError, ConfigError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -146,6 +146,46 @@ def _weights_file(path: Path) -> Path:
     raise CheckpointError(f"{path} holds none of {WEIGHT_FILES}")
 
 
+def download_from_hub(name: str, revision: Optional[str] = None) -> Path:
+    """The local directory of Hugging Face Hub repository ``name`` (``org/model``) holding
+    its config.json and weights, through ``huggingface_hub.snapshot_download`` with only
+    those files allowed: downloaded into the Hub cache unless there already, read from the
+    cache alone with HF_HUB_OFFLINE=1."""
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (
+            HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+    except ImportError:
+        raise CheckpointError(
+            "--from-hub needs huggingface_hub: pip install huggingface_hub"
+        ) from None
+    try:
+        directory = Path(snapshot_download(
+            repo_id=name, revision=revision, allow_patterns=[CONFIG_FILE, *WEIGHT_FILES]
+        ))
+    except HFValidationError as error:
+        raise CheckpointError(
+            f"{name!r} is not a Hub repository name (org/model): {error}"
+        ) from None
+    except LocalEntryNotFoundError:
+        raise CheckpointError(
+            f"{name} is not in the Hugging Face cache and could not be downloaded (offline, "
+            f"or HF_HUB_OFFLINE=1): connect, or download it once with network access"
+        ) from None
+    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+        raise CheckpointError(f"Hub repository {name}: {error}") from None
+    if not (directory / CONFIG_FILE).is_file() or not any(
+        (directory / weights).is_file() for weights in WEIGHT_FILES
+    ):
+        raise CheckpointError(
+            f"Hub repository {name} ({directory}) lacks {CONFIG_FILE} or all of "
+            f"{WEIGHT_FILES}: it is not an M2-BERT checkpoint in a format this port reads"
+        )
+    return directory
+
+
 def load_model(
     path: PathLike, precision: str = "float32", config: Optional[M2BertConfig] = None
 ) -> M2BertModel:

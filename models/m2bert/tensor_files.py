@@ -561,7 +561,9 @@ def _safetensors_header(path: Path, handle, file_size: int) -> Tuple[Dict[str, A
         header = json.loads(handle.read(header_size).decode("utf-8"),
                             object_pairs_hook=unique_keys)
     except ValueError as error:  # not UTF-8, not JSON, or a name given twice
-        raise CheckpointError(f"{path}: the safetensors header is not valid JSON: {error}") from None
+        raise CheckpointError(
+            f"{path}: the safetensors header is not valid JSON: {error}"
+        ) from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: the safetensors header is not a JSON object")
     return header, 8 + header_size
@@ -614,7 +616,8 @@ def read_safetensors(path: Path) -> Dict[str, mx.array]:
             if begin != position:
                 raise CheckpointError(
                     f"{path}: {name} starts at data byte {begin}, the previous tensor ends at "
-                    f"{position}: the byte ranges {'overlap' if begin < position else 'leave a gap'}"
+                    f"{position}: the byte ranges "
+                    f"{'overlap' if begin < position else 'leave a gap'}"
                 )
             position = end
         if position != data_size:

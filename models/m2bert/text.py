@@ -1,0 +1,46 @@
+"""Tokenizing only as much of each text as the truncated encoding needs.
+
+A tokenizer truncating to ``max_length`` tokens still normalizes, pre-tokenizes and maps
+the whole text first (a 48 MB line took 83 s and 10 GB). ``encode_truncated`` gives the
+tokenizer a prefix of each text instead, cut at whitespace (so no word is split), and
+takes a longer prefix only while the prefix did not fill ``max_length`` tokens: the
+result equals encoding the whole text whenever the words before the cut fill the
+budget. The one difference: a text whose first ``_PREFIX_CHARS_PER_TOKEN * max_length``
+characters hold no whitespace is cut inside that word, which WordPiece maps to [UNK]
+either way (it has more than its 100-character limit).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import List, Sequence
+
+# first prefix: this many characters per token of the budget (English WordPiece averages
+# ~4; whitespace, markup and long words take more); each retry quadruples it
+_PREFIX_CHARS_PER_TOKEN = 16
+_GROWTH = 4
+_THROUGH_LAST_WHITESPACE = re.compile(r".*\s", re.DOTALL)
+
+
+def _prefix_at_whitespace(text: str, length: int) -> str:
+    """The longest prefix of at most ``length`` characters that ends before whitespace
+    (the whole text if it is short enough; ``length`` characters if no whitespace)."""
+    if len(text) <= length:
+        return text
+    through_last_space = _THROUGH_LAST_WHITESPACE.match(text, 0, length + 1)
+    return text[: through_last_space.end() - 1] if through_last_space else text[:length]
+
+
+def encode_truncated(tokenizer, texts: Sequence[str], max_length: int) -> List:
+    """``tokenizer.encode_batch(texts)`` for a ``tokenizers.Tokenizer`` with truncation to
+    ``max_length`` enabled, tokenizing a bounded prefix of each text."""
+    budgets = [_PREFIX_CHARS_PER_TOKEN * max_length] * len(texts)
+    prefixes = [_prefix_at_whitespace(text, budget) for text, budget in zip(texts, budgets)]
+    encodings = tokenizer.encode_batch(prefixes)
+    for index, text in enumerate(texts):
+        # a prefix that overflowed holds every token the truncated encoding keeps
+        while len(prefixes[index]) < len(text) and not encodings[index].overflowing:
+            budgets[index] *= _GROWTH
+            prefixes[index] = _prefix_at_whitespace(text, budgets[index])
+            encodings[index] = tokenizer.encode(prefixes[index])
+    return encodings
