@@ -4,12 +4,15 @@
     model = load_model("m2-bert-80M-2k-retrieval/", precision="extended")
     embeddings = model.encode(token_ids)        # (batch, 768), pooled first token
 
-Command line: ``python -m m2bert embed`` and ``python -m m2bert convert`` (see --help).
+    report = m2bert.trace(torch_model, model, token_ids)   # vs the published PyTorch model
+
+Command line: ``python -m m2bert embed``, ``convert`` and ``trace`` (see --help).
 """
 
 from .checkpoint import CheckpointError, load_model, load_state_dict, read_tensors, save_model
 from .config import M2BertConfig
 from .model import M2BertModel
+from .tracing import trace
 
 __all__ = [
     "CheckpointError",
@@ -19,4 +22,5 @@ __all__ = [
     "load_state_dict",
     "read_tensors",
     "save_model",
+    "trace",
 ]

@@ -1,4 +1,8 @@
-"""``python -m m2bert embed|convert``: sentence embeddings of a text file, checkpoint conversion.
+"""``python -m m2bert embed|convert|trace``: embed text, convert checkpoints, trace vs torch.
+
+trace: runs the MLX model and the published PyTorch model (your copy of its source) on
+the same random token ids, compares them site by site (``m2bert.tracing``), writes a
+markdown report and a plot, and prints the first site that adds more than the budget.
 
 embed: one document per non-empty line of the input file, tokenized with a local
 tokenizer (``tokenizer.json`` or a WordPiece ``vocab.txt``; nothing is downloaded),
@@ -150,6 +154,28 @@ def command_convert(args: argparse.Namespace) -> None:
     print(f"wrote {weights} and {weights.parent / 'config.json'}")
 
 
+def command_trace(args: argparse.Namespace) -> None:
+    from .tracing import load_published_torch_model, trace
+
+    model = load_model(args.model, precision=args.precision)
+    torch_model = load_published_torch_model(args.torch_src, args.model)
+    length = args.length or model.config.max_length
+    seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**32)
+    token_ids = np.random.default_rng(seed).integers(
+        1, model.config.vocab_size, size=(1, length), dtype=np.int64)
+    report = trace(torch_model, model, token_ids)
+    first = report.first_divergence(args.budget)
+    plot = args.output.with_suffix(".png")
+    header = (f"# M2-BERT: MLX ({args.precision}) vs published PyTorch\n\n"
+              f"model `{args.model}`, random token ids (seed {seed}), length {length}; "
+              f"relative L2 against the torch value; added: the MLX site run on the torch "
+              f"side's inputs. Plot: `{plot.name}`.\n\n")
+    args.output.write_text(header + report.to_markdown(args.budget), encoding="utf-8")
+    report.plot(plot, args.budget)
+    print(f"wrote {args.output} and {plot} ({len(report.sites)} sites, seed {seed})")
+    print(f"first divergence: {first.name if first else 'none'}")
+
+
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -195,6 +221,24 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--config", type=Path,
                          help="config.json to use when none lies beside the checkpoint")
     convert.set_defaults(run=command_convert)
+
+    trace = commands.add_parser(
+        "trace", help="compare with the published PyTorch model site by site"
+    )
+    trace.add_argument("--model", required=True, type=Path,
+                       help="checkpoint directory: config.json + pytorch_model.bin or "
+                            "model.safetensors")
+    trace.add_argument("--torch-src", required=True, type=Path,
+                       help="your copy of the published HazyResearch/m2 bert/src directory")
+    trace.add_argument("-o", "--output", required=True, type=Path,
+                       help="markdown report (the plot goes beside it, as .png)")
+    trace.add_argument("--precision", choices=PRECISIONS, default="float32")
+    trace.add_argument("--length", type=positive_int,
+                       help="tokens per input (default: the model's max length)")
+    trace.add_argument("--budget", type=float, default=1e-4,
+                       help="relative L2 a site may add before it counts as the divergence")
+    trace.add_argument("--seed", type=int, help="token-id seed (default: fresh, printed)")
+    trace.set_defaults(run=command_trace)
     return parser
 
 

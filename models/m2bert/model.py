@@ -122,8 +122,10 @@ class HyenaFilter(nn.Module):
             h = self.modulation(t, self._run_mlp(layers, z))  # (1, L, H)
             return h[0].T
 
+        # Forward first, as the published code computes them (the tracer matches calls in order).
+        forward = one_filter(self.implicit_filter)
         reverse = one_filter(self.implicit_filter_rev) if "implicit_filter_rev" in self else None
-        return one_filter(self.implicit_filter), reverse
+        return forward, reverse
 
     def kernel(self, seq_len: int) -> ops.Activation:
         """The long-convolution kernel ``(H, 2 seq_len)``.
