@@ -7,7 +7,7 @@
 
 #include "primitives.h"
 
-namespace mlx_precise {
+namespace mlx_precise::fft {
 
 namespace {
 
@@ -151,4 +151,4 @@ mx::array rfft_conv(
       u, k, args.period, args.bias, p, mx::to_stream(s));
 }
 
-} // namespace mlx_precise
+} // namespace mlx_precise::fft

@@ -1,4 +1,4 @@
-// Front-end operations of mlx-precise, shaped like mlx/ops.h and mlx/fft.h.
+// Front-end of rfft_conv, shaped like mlx/fft.h (namespace fft, as there).
 #pragma once
 
 #include <optional>
@@ -10,8 +10,10 @@
 #include "precision.h"
 
 namespace mlx_precise {
-
 namespace mx = mlx::core;
+}
+
+namespace mlx_precise::fft {
 
 // FFT convolution of u (..., L) with k (..., Lk), leading dims broadcast.
 // n unset: causal linear convolution y[t] = sum_{j <= t} u[t - j] k[j].
@@ -49,4 +51,4 @@ mx::array rfft_conv_from_parts(
     Precision precision,
     mx::Stream stream);
 
-} // namespace mlx_precise
+} // namespace mlx_precise::fft

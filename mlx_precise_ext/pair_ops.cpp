@@ -168,8 +168,8 @@ Pair pair_rfft_conv(
     mx::StreamOrDevice s) {
   check_pair("pair rfft_conv", u, "u");
   check_pair("pair rfft_conv", k, "k");
-  const ConvArguments args =
-      check_rfft_conv_arguments(u.first, k.first, n, bias, s);
+  const fft::ConvArguments args =
+      fft::check_rfft_conv_arguments(u.first, k.first, n, bias, s);
   mx::Shape shape = mx::broadcast_shapes(
       mx::Shape(u.first.shape().begin(), u.first.shape().end() - 1),
       mx::Shape(k.first.shape().begin(), k.first.shape().end() - 1));

@@ -160,7 +160,7 @@ std::vector<mx::array> RFFTConv::jvp(
       if (!products.empty())
         b = products[1];
       return {mx::broadcast_to(
-          rfft_conv_from_parts(
+          fft::rfft_conv_from_parts(
               convs[0], convs[1], period_, b, precision_, stream()),
           out_shape_,
           stream())};
@@ -252,7 +252,7 @@ std::pair<std::vector<mx::array>, std::vector<int>> RFFTConv::vmap(
     bias = moved[2];
   if (variant_ == ConvVariant::Convolve) {
     return {
-        {rfft_conv_from_parts(
+        {fft::rfft_conv_from_parts(
             moved[0], moved[1], period_, bias, precision_, stream())},
         {0}};
   }

@@ -20,7 +20,7 @@ NB_MODULE(_ext, m) {
 
   m.def(
       "rfft_conv",
-      &mlx_precise::rfft_conv,
+      &mlx_precise::fft::rfft_conv,
       "u"_a,
       "k"_a,
       nb::kw_only(),
