@@ -4,6 +4,6 @@
 # torch would pull a multi-GB CUDA build).
 set -euo pipefail
 python3 -m pip install -q --disable-pip-version-check \
-  "mlx[cpu]==0.32.4" "nanobind>=2.9,<4" "scikit-build-core>=0.10" "scipy-openblas32>=0.3.27" \
+  "mlx[cpu]==0.32.4" "nanobind>=2.9,<4" "scikit-build-core>=0.11" "scipy-openblas32>=0.3.27" \
   numpy mpmath pytest hypothesis "torch==2.13.0" safetensors tokenizers tqdm matplotlib \
   huggingface_hub
