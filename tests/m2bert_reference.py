@@ -1,6 +1,9 @@
 """PyTorch reference M2-BERT, written from the published semantics of HazyResearch/m2
 ``bert/src`` (bert_layers.py, mm/monarch_mixer_sequence_mixer.py, mm/hyena_utils.py,
-mm/blockdiag_linear.py), inference only, any floating dtype (``.double()`` for float64).
+mm/blockdiag_linear.py), any floating dtype (``.double()`` for float64): the encoder
+(``ReferenceM2Bert``, the published ``BertModel``) with its dropouts, the
+``hyena_training_additions`` LayerNorm and ``pool_all``, and the published heads
+``ReferenceForMaskedLM`` and ``ReferenceForSequenceClassification`` with their losses.
 
 Its ``state_dict()`` carries the published parameter names, including the shared Sin
 frequency under every Sin index of both implicit filters and the ``position_ids`` buffer,
@@ -94,6 +97,9 @@ class MonarchMixerSequenceMixing(nn.Module):
         super().__init__()
         dims = config.hidden_size
         self.dims = dims
+        self.hyena_training_additions = config.hyena_training_additions
+        if self.hyena_training_additions:
+            self.layernorm = nn.LayerNorm(dims)  # torch's default eps, as published
         self.filter_fn = HyenaFilter(config)
         self.residual_long_conv = config.residual_long_conv
         if self.residual_long_conv:
@@ -103,6 +109,8 @@ class MonarchMixerSequenceMixing(nn.Module):
         self.short_filter = nn.Conv1d(3 * dims, 3 * dims, kernel_size=3, groups=3 * dims, padding=2)
 
     def forward(self, u):
+        if self.hyena_training_additions:
+            u = self.layernorm(u)
         seq_len = u.shape[-2]
         projected = self.in_linear(u).transpose(1, 2)
         mixed = self.short_filter(projected)[..., :seq_len]
@@ -143,12 +151,13 @@ class GatedLinearUnitMLP(nn.Module):
         else:
             self.gated_layers = nn.Linear(dims, 2 * inner, bias=False)
             self.wo = nn.Linear(inner, dims)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layernorm = nn.LayerNorm(dims, eps=config.layer_norm_eps)
 
     def forward(self, hidden):
         h = self.gated_layers(hidden)
         h = F.gelu(h[..., : self.inner], approximate="none") * h[..., self.inner :]
-        return self.layernorm(self.wo(h) + hidden)
+        return self.layernorm(self.wo(self.dropout(h)) + hidden)
 
 
 class BertLayer(nn.Module):
@@ -168,6 +177,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.register_buffer(
             "position_ids", torch.arange(config.max_position_embeddings).expand((1, -1))
         )
@@ -176,7 +186,7 @@ class BertEmbeddings(nn.Module):
         seq_len = token_ids.shape[1]
         summed = self.word_embeddings(token_ids) + self.token_type_embeddings(token_type_ids)
         summed = summed + self.position_embeddings(self.position_ids[:, :seq_len])
-        return self.LayerNorm(summed)
+        return self.dropout(self.LayerNorm(summed))
 
 
 class BertEncoder(nn.Module):
@@ -188,28 +198,110 @@ class BertEncoder(nn.Module):
 class BertPooler(nn.Module):
     def __init__(self, config):
         super().__init__()
+        self.pool_all = config.pool_all
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, hidden):
-        return torch.tanh(self.dense(hidden[:, 0]))
+    def forward(self, hidden, mask):
+        if self.pool_all:  # mean of the unmasked positions
+            pooled = torch.sum(hidden * mask.unsqueeze(-1), dim=1) / torch.sum(mask, 1, True)
+        else:
+            pooled = hidden[:, 0]
+        return torch.tanh(self.dense(pooled))
 
 
 class ReferenceM2Bert(nn.Module):
     """Published BertModel with Monarch mixing, GLU Monarch MLP, learned positions."""
 
-    def __init__(self, config):
+    def __init__(self, config, add_pooling_layer=True):
         super().__init__()
         self.embeddings = BertEmbeddings(config)
         self.encoder = BertEncoder(config)
-        self.pooler = BertPooler(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
 
-    def forward(self, token_ids, token_type_ids=None):
+    def forward(self, token_ids, token_type_ids=None, attention_mask=None):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(token_ids)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(token_ids)
         hidden = self.embeddings(token_ids, token_type_ids)
         for layer in self.encoder.layer:
             hidden = layer(hidden)
-        return hidden, self.pooler(hidden)
+        if self.pooler is None:
+            return hidden, None
+        return hidden, self.pooler(hidden, attention_mask.to(hidden.dtype))
+
+
+class PredictionHeadTransform(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=1e-12)
+
+    def forward(self, hidden):
+        return self.LayerNorm(F.gelu(self.dense(hidden)))
+
+
+class LMPredictionHead(nn.Module):
+    def __init__(self, config, embedding_weight):
+        super().__init__()
+        self.transform = PredictionHeadTransform(config)
+        self.decoder = nn.Linear(embedding_weight.size(1), embedding_weight.size(0))
+        self.decoder.weight = embedding_weight  # tied
+
+    def forward(self, hidden):
+        return self.decoder(self.transform(hidden))
+
+
+class OnlyMLMHead(nn.Module):
+    def __init__(self, config, embedding_weight):
+        super().__init__()
+        self.predictions = LMPredictionHead(config, embedding_weight)
+
+
+class ReferenceForMaskedLM(nn.Module):
+    """Published BertForMaskedLM: no pooler; the loss is the cross-entropy of the
+    positions with labels > 0, computed on those rows only, as published."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.bert = ReferenceM2Bert(config, add_pooling_layer=False)
+        self.cls = OnlyMLMHead(config, self.bert.embeddings.word_embeddings.weight)
+
+    def forward(self, token_ids, token_type_ids=None):
+        return self.cls.predictions(self.bert(token_ids, token_type_ids)[0])
+
+    def loss(self, token_ids, labels, token_type_ids=None):
+        hidden = self.bert(token_ids, token_type_ids)[0]
+        masked = torch.nonzero(labels.flatten() > 0, as_tuple=False).flatten()
+        scores = self.cls.predictions(hidden.reshape(-1, hidden.shape[-1])[masked])
+        return F.cross_entropy(scores, labels.flatten()[masked])
+
+
+class ReferenceForSequenceClassification(nn.Module):
+    """Published BertForSequenceClassification (pooled -> dropout -> classifier)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.bert = ReferenceM2Bert(config)
+        self.dropout = nn.Dropout(config.classifier_dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, token_ids, token_type_ids=None, attention_mask=None):
+        pooled = self.bert(token_ids, token_type_ids, attention_mask)[1]
+        if self.config.gather_sentence_embeddings:
+            if self.config.use_normalized_embeddings:
+                return F.normalize(pooled, p=2, dim=1)
+            return pooled
+        return self.classifier(self.dropout(pooled))
+
+    def loss(self, token_ids, labels, token_type_ids=None, attention_mask=None):
+        logits = self(token_ids, token_type_ids, attention_mask)
+        if self.config.num_labels == 1:
+            return F.mse_loss(logits.squeeze(), labels.squeeze())
+        if labels.dtype in (torch.long, torch.int):
+            return F.cross_entropy(logits.view(-1, self.config.num_labels), labels.view(-1))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
 def initialize_(model: ReferenceM2Bert, seed: int, std: float = 0.02) -> ReferenceM2Bert:
@@ -234,3 +326,22 @@ def initialize_(model: ReferenceM2Bert, seed: int, std: float = 0.02) -> Referen
                 normal_(module.weight, mean=1.0)
                 normal_(module.bias)
     return model
+
+
+def as_mx(state_dict) -> dict:
+    """What read_tensors makes of a torch state dict: floats as float32, integers kept."""
+    import mlx.core as mx
+
+    return {
+        name: mx.array((tensor.float() if tensor.is_floating_point() else tensor).numpy())
+        for name, tensor in state_dict.items()
+    }
+
+
+def relative_l2(value, reference) -> float:
+    """||value - reference|| / ||reference||, both taken as float64."""
+    import numpy as np
+
+    value = np.asarray(value, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    return float(np.linalg.norm(value - reference) / np.linalg.norm(reference))

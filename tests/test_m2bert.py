@@ -18,7 +18,7 @@ from m2bert import (  # noqa: E402
     CheckpointError, M2BertConfig, M2BertModel, load_model, load_state_dict, read_tensors,
 )
 from m2bert.__main__ import main as cli_main  # noqa: E402
-from m2bert_reference import ReferenceM2Bert, initialize_  # noqa: E402
+from m2bert_reference import ReferenceM2Bert, as_mx, initialize_, relative_l2  # noqa: E402
 
 VOCAB = 96
 
@@ -33,20 +33,6 @@ def small_config(hidden: int, seq_len: int) -> M2BertConfig:
 def reference_model(config: M2BertConfig, seed: int = 0) -> ReferenceM2Bert:
     torch.manual_seed(seed)
     return initialize_(ReferenceM2Bert(config), seed).eval()
-
-
-def as_mx(state_dict) -> dict:
-    """What read_tensors makes of a torch state dict: floats as float32, integers kept."""
-    return {
-        name: mx.array((tensor.float() if tensor.is_floating_point() else tensor).numpy())
-        for name, tensor in state_dict.items()
-    }
-
-
-def relative_l2(value, reference) -> float:
-    value = np.asarray(value, dtype=np.float64)
-    reference = np.asarray(reference, dtype=np.float64)
-    return float(np.linalg.norm(value - reference) / np.linalg.norm(reference))
 
 
 class Case:
@@ -266,8 +252,8 @@ def test_missing_config_and_unknown_format_say_what_to_pass(tmp_path, tiny):
 
 
 def test_config_refuses_other_architectures_and_ignores_training_keys():
-    with pytest.raises(ValueError, match="pool_all"):
-        M2BertConfig.from_dict({"pool_all": True})
+    with pytest.raises(ValueError, match="monarch_mixer_sequence_mixing"):
+        M2BertConfig.from_dict({"monarch_mixer_sequence_mixing": False})
     config = M2BertConfig.from_dict({"hidden_size": 128, "hyena_wd": 0.1, "architectures": ["x"]})
     assert config.hidden_size == 128
 

@@ -11,12 +11,16 @@ Command line: ``python -m m2bert embed``, ``convert`` and ``trace`` (see --help)
 
 from .checkpoint import CheckpointError, load_model, load_state_dict, read_tensors, save_model
 from .config import M2BertConfig
+from .heads import ARCHITECTURES, M2BertForMaskedLM, M2BertForSequenceClassification
 from .model import M2BertModel
 from .tracing import trace
 
 __all__ = [
+    "ARCHITECTURES",
     "CheckpointError",
     "M2BertConfig",
+    "M2BertForMaskedLM",
+    "M2BertForSequenceClassification",
     "M2BertModel",
     "load_model",
     "load_state_dict",

@@ -29,7 +29,8 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from .config import M2BertConfig
-from .model import M2BertModel
+from .heads import architecture_class, architecture_name
+from .model import M2BertModel, M2BertPreTrainedModel
 from .tensor_files import CheckpointError, read_tensors_file
 
 PathLike = Union[str, os.PathLike]
@@ -101,10 +102,41 @@ def to_model_names(tensors: Dict[str, mx.array]) -> Dict[str, mx.array]:
     return renamed
 
 
-def load_state_dict(model: M2BertModel, tensors: Dict[str, mx.array]) -> None:
+_HEAD_PREFIXES = ("cls.", "classifier.")
+_TIED_DECODER = "cls.predictions.decoder.weight"
+_WORD_EMBEDDINGS = "bert.embeddings.word_embeddings.weight"
+
+
+def to_head_model_names(tensors: Dict[str, mx.array]) -> Dict[str, mx.array]:
+    """Names of a model with a task head (``bert.`` + encoder, ``cls.`` / ``classifier.``):
+    the encoder's tensors, with or without the ``model.`` / ``bert.`` prefixes, are mapped
+    as ``to_model_names`` does; the tied decoder weight, saved by torch beside the word
+    embeddings it shares, must equal them and is dropped."""
+    encoder: Dict[str, mx.array] = {}
+    state: Dict[str, mx.array] = {}
+    for name, value in tensors.items():
+        bare = name[len("model.") :] if name.startswith("model.") else name
+        (state if bare.startswith(_HEAD_PREFIXES) else encoder)[bare] = value
+    state.update({f"bert.{name}": value for name, value in to_model_names(encoder).items()})
+    tied = state.pop(_TIED_DECODER, None)
+    if tied is not None and _WORD_EMBEDDINGS in state and not (
+        tied.shape == state[_WORD_EMBEDDINGS].shape
+        and mx.array_equal(tied, state[_WORD_EMBEDDINGS]).item()
+    ):
+        raise CheckpointError(
+            f"{_TIED_DECODER} differs from {_WORD_EMBEDDINGS}: the published masked-LM head "
+            f"ties them, so they must be equal"
+        )
+    return state
+
+
+def load_state_dict(model: M2BertPreTrainedModel, tensors: Dict[str, mx.array]) -> None:
     """Assign published-name (or model-name) tensors to ``model``; every parameter must
     be present with its shape and nothing may be left over."""
-    state = to_model_names(tensors)
+    if isinstance(model, M2BertModel):
+        state = to_model_names(tensors)
+    else:
+        state = to_head_model_names(tensors)
     expected = dict(tree_flatten(model.parameters()))
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -186,22 +218,42 @@ def download_from_hub(name: str, revision: Optional[str] = None) -> Path:
     return directory
 
 
+def _architecture_in(config_file: Path) -> str:
+    """The first of config.json's ``architectures`` (HF's choice), else ``BertModel``."""
+    try:
+        with open(config_file, encoding="utf-8") as handle:
+            values = json.load(handle)
+    except ValueError as error:
+        raise CheckpointError(f"{config_file} is not a valid UTF-8 JSON object: {error}") from None
+    names = (values.get("architectures") if isinstance(values, dict) else None) or ["BertModel"]
+    if not isinstance(names, list) or not isinstance(names[0], str):
+        raise CheckpointError(f"{config_file}: architectures must be a list of class names")
+    return names[0]
+
+
 def load_model(
-    path: PathLike, precision: str = "float32", config: Optional[M2BertConfig] = None
-) -> M2BertModel:
-    """Build an M2BertModel from a checkpoint directory (config.json plus
-    model.safetensors or pytorch_model.bin) or a weights file; the config comes from
-    ``config`` or else the config.json beside the weights."""
+    path: PathLike,
+    precision: str = "float32",
+    config: Optional[M2BertConfig] = None,
+    architecture: Optional[str] = None,
+) -> M2BertPreTrainedModel:
+    """Build a model from a checkpoint directory (config.json plus model.safetensors or
+    pytorch_model.bin) or a weights file; the config comes from ``config`` or else the
+    config.json beside the weights. The class is ``architecture`` if given (``BertModel``,
+    ``BertForMaskedLM``, ``BertForSequenceClassification``), else the first of
+    config.json's ``architectures``, else ``BertModel``."""
     weights = _weights_file(Path(path))
+    config_file = weights.parent / CONFIG_FILE
     if config is None:
-        config_file = weights.parent / CONFIG_FILE
         if not config_file.is_file():
             raise CheckpointError(
                 f"no {CONFIG_FILE} beside {weights}: put the model's config.json there or "
                 f"pass config=M2BertConfig(...)"
             )
         config = M2BertConfig.from_json(config_file)
-    model = M2BertModel(config, precision=precision)
+    if architecture is None:
+        architecture = _architecture_in(config_file) if config_file.is_file() else "BertModel"
+    model = architecture_class(architecture)(config, precision=precision)
     load_state_dict(model, read_tensors(weights))
     return model
 
@@ -213,5 +265,7 @@ def save_model(model: M2BertModel, directory: PathLike) -> Path:
     weights = directory / WEIGHT_FILES[0]
     mx.save_safetensors(str(weights), dict(tree_flatten(model.parameters())))
     with open(directory / CONFIG_FILE, "w", encoding="utf-8") as handle:
-        json.dump(model.config.to_dict(), handle, indent=2, sort_keys=True)
+        values = model.config.to_dict()
+        values["architectures"] = [architecture_name(model)]
+        json.dump(values, handle, indent=2, sort_keys=True)
     return weights

@@ -21,11 +21,16 @@ _REQUIRED_SETTINGS = {
     "monarch_mixer_sequence_mixing": True,
     # the non-GLU MLP has other parameter shapes and no released M2 retrieval checkpoint
     "use_glu_mlp": True,
-    # adds a LayerNorm and dropout inside the mixer; the retrieval checkpoints set it False
-    "hyena_training_additions": False,
-    # mean pooling; the retrieval checkpoints pool the first token
-    "pool_all": False,
+    # the classifier / sentence embedding from the raw first hidden state, bypassing the pooler
+    "use_cls_token": False,
+    # sums the hidden states of [CLS] tokens planted every 128 positions
+    "sequence_token_planting": False,
+    # the published AttentionPooler: another pooler with other parameters
+    "attention_pooling": False,
 }
+# config.json keys whose JSON null stands for a value derived from other keys (HF BertConfig)
+_NULL_MEANS_DERIVED = ("classifier_dropout", "problem_type")
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 
 # Inclusive bounds of the integer fields: far beyond every published model (80M-341M
@@ -150,6 +155,27 @@ class M2BertConfig:
     use_monarch_mlp: bool = True
     monarch_mlp_nblocks: int = 4
     use_positional_encodings: bool = True
+    # A LayerNorm (eps 1e-5) on the mixer's input; its dropout has rate 0 as published
+    # (BertLayer passes none to MonarchMixerSequenceMixing).
+    hyena_training_additions: bool = False
+    # Pooler input: mean of the hidden states where attention_mask is 1 (else the first token).
+    pool_all: bool = False
+    # Training (model.train()): HF BertConfig defaults.
+    hidden_dropout_prob: float = 0.1
+    # The published HyenaFilter builds a Dropout with this rate and never applies it
+    # (fftconv_ref gets dropout_mask=None), so it changes nothing, here as there.
+    hyena_filter_dropout: float = 0.2
+    # Heads. classifier_dropout null in config.json means hidden_dropout_prob.
+    classifier_dropout: float = 0.1
+    num_labels: int = 2
+    # "" (config.json null): inferred as HF does, from num_labels and the labels' dtype
+    problem_type: str = ""
+    # BertPredictionHeadTransform's activation; "gelu" is the exact erf GELU
+    hidden_act: str = "gelu"
+    # BertForSequenceClassification returns the (optionally L2-normalised) pooled output as
+    # the sentence embedding instead of classifier logits (the retrieval checkpoints).
+    gather_sentence_embeddings: bool = False
+    use_normalized_embeddings: bool = False
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -174,6 +200,18 @@ class M2BertConfig:
                 f"config field hyena_emb_dim must be odd (time, cosine and sine bands), "
                 f"got {self.hyena_emb_dim}"
             )
+        if self.problem_type not in ("",) + PROBLEM_TYPES:
+            raise ValueError(
+                f"problem_type must be one of {PROBLEM_TYPES} (or null), got {self.problem_type!r}"
+            )
+        if self.hidden_act != "gelu":
+            raise ValueError(
+                f"hidden_act {self.hidden_act!r} is not implemented: the published M2-BERT "
+                f"uses 'gelu' (exact erf GELU)"
+            )
+        for name in ("hidden_dropout_prob", "hyena_filter_dropout", "classifier_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.use_positional_encodings and (
             self.max_position_embeddings < self.long_conv_l_max
         ):
@@ -204,6 +242,7 @@ class M2BertConfig:
                     f"config sets {key}={values[key]!r}; this M2-BERT port implements only "
                     f"{key}={required!r} (the published retrieval architecture)"
                 )
+        values = _derived_values(values)
         names = {field.name for field in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in values.items() if key in names})
 
@@ -230,3 +269,17 @@ class M2BertConfig:
         values = dataclasses.asdict(self)
         values.update(_REQUIRED_SETTINGS)
         return values
+
+
+def _derived_values(values: Dict[str, Any]) -> Dict[str, Any]:
+    """HF BertConfig conventions: null classifier_dropout is hidden_dropout_prob, null
+    problem_type is inferred later, and num_labels is len(id2label) when only that is saved."""
+    values = {
+        key: value for key, value in values.items()
+        if not (key in _NULL_MEANS_DERIVED and value is None)
+    }
+    if "classifier_dropout" not in values and "hidden_dropout_prob" in values:
+        values["classifier_dropout"] = values["hidden_dropout_prob"]
+    if "num_labels" not in values and isinstance(values.get("id2label"), dict):
+        values["num_labels"] = len(values["id2label"])
+    return values

@@ -178,6 +178,10 @@ class MonarchMixerSequenceMixing(nn.Module):
     def __init__(self, config: M2BertConfig, precision: str):
         super().__init__()
         dims = config.hidden_size
+        if config.hyena_training_additions:
+            # published nn.LayerNorm(d_model): torch's default eps. Its dropout (on v*x1 and
+            # before out_linear) is built with rate 0 there, so it is left out here.
+            self.layernorm = LayerNorm(dims, eps=1e-5, precision=precision)
         self.in_linear = Linear(dims, 3 * dims, precision=precision)
         self.out_linear = Linear(dims, dims, precision=precision)
         self.short_filter = DepthwiseConv1d(3 * dims, kernel_size=3, precision=precision)
@@ -187,6 +191,8 @@ class MonarchMixerSequenceMixing(nn.Module):
 
     def __call__(self, hidden: ops.Activation) -> ops.Activation:
         dims = hidden.shape[-1]
+        if "layernorm" in self:
+            hidden = self.layernorm(hidden)
         mixed = self.short_filter(self.in_linear(hidden).transpose(0, 2, 1))  # (B, 3H, L)
         x1, x2, v = mixed[:, :dims], mixed[:, dims : 2 * dims], mixed[:, 2 * dims :]
         y = self.filter_fn(v * x1) * x2
@@ -209,13 +215,14 @@ class GatedLinearUnitMLP(nn.Module):
         else:
             self.gated_layers = Linear(dims, 2 * inner, bias=False, precision=precision)
             self.wo = Linear(inner, dims, precision=precision)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layernorm = LayerNorm(dims, eps=config.layer_norm_eps, precision=precision)
 
     def __call__(self, hidden: ops.Activation) -> ops.Activation:
         gate_and_value = self.gated_layers(hidden)
         gated = gate_and_value[..., : self.intermediate_size]
         value = gate_and_value[..., self.intermediate_size :]
-        out = self.wo(ops.gelu(gated) * value)
+        out = self.wo(self.dropout(ops.gelu(gated) * value))
         return self.layernorm(out + hidden)
 
 
@@ -242,6 +249,7 @@ class BertEmbeddings(nn.Module):
         self.LayerNorm = LayerNorm(
             config.hidden_size, eps=config.layer_norm_eps, precision=precision
         )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def __call__(self, token_ids: mx.array, token_type_ids: mx.array) -> ops.Activation:
         summed = ops.add(
@@ -252,7 +260,7 @@ class BertEmbeddings(nn.Module):
         if "position_embeddings" in self:
             positions = mx.arange(token_ids.shape[1], dtype=mx.int32)
             summed = summed + self.position_embeddings(positions)[None]
-        return self.LayerNorm(summed)
+        return self.dropout(self.LayerNorm(summed))
 
 
 class BertEncoder(nn.Module):
@@ -267,43 +275,84 @@ class BertEncoder(nn.Module):
 
 
 class BertPooler(nn.Module):
+    """tanh(dense(first hidden state)), or with ``pool_all`` tanh(dense(mean of the hidden
+    states where attention_mask is 1))."""
+
     def __init__(self, config: M2BertConfig, precision: str):
         super().__init__()
+        self.pool_all = config.pool_all
         self.dense = Linear(config.hidden_size, config.hidden_size, precision=precision)
 
-    def __call__(self, hidden: ops.Activation) -> ops.Activation:
-        return ops.tanh(self.dense(hidden[:, 0]))
+    def __call__(self, hidden: ops.Activation, attention_mask: mx.array) -> ops.Activation:
+        if not self.pool_all:
+            return ops.tanh(self.dense(hidden[:, 0]))
+        if isinstance(hidden, ops.Pair):
+            raise ValueError(
+                "pool_all is not implemented for precision='exact': use 'extended' or 'dd'"
+            )
+        mask = attention_mask.astype(mx.float32)
+        mean = mx.sum(hidden * mask[..., None], axis=1) / mx.sum(mask, axis=1, keepdims=True)
+        return mx.tanh(self.dense(mean))
 
 
 TokenIds = Union[mx.array, Sequence[Sequence[int]]]
 
+# Buffers of the published model (registered with lr=0.0): loaded, never trained.
+FROZEN_BUFFERS = ("t", "deltas")
 
-class M2BertModel(nn.Module):
-    """M2-BERT encoder with pooler. Load a checkpoint (``checkpoint.load_model``) or
-    assign a state dict (``checkpoint.load_state_dict``): the initial weights are
-    placeholders, not the published initialisation."""
 
-    def __init__(self, config: M2BertConfig, precision: str = "float32"):
-        super().__init__()
-        self.config = config
-        self.precision = ops.check_precision(precision)
-        self.embeddings = BertEmbeddings(config, precision)
-        self.encoder = BertEncoder(config, precision)
-        self.pooler = BertPooler(config, precision)
+class M2BertPreTrainedModel(nn.Module):
+    """What every M2-BERT model class shares: one precision for all layers, eval mode after
+    construction (as HF's from_pretrained; ``model.train()`` turns dropout on), and the
+    published buffers frozen."""
 
-    def set_precision(self, precision: str) -> "M2BertModel":
+    def _finish_construction(self) -> None:
+        self.eval()
+        for _, module in self.named_modules():
+            for name in FROZEN_BUFFERS:
+                if name in module and isinstance(module[name], mx.array):
+                    module.freeze(keys=[name], recurse=False)
+
+    def train(self, mode: bool = True) -> "M2BertPreTrainedModel":
+        if mode and self.precision == "exact":
+            raise ValueError(
+                "precision 'exact' is for inference: train in 'float32', 'extended' or 'dd'"
+            )
+        return super().train(mode)
+
+    def set_precision(self, precision: str) -> "M2BertPreTrainedModel":
         """Switch every layer of the model to ``precision``; returns the model."""
         ops.check_precision(precision)
+        if precision == "exact" and self.training:
+            raise ValueError("precision 'exact' is for inference: call model.eval() first")
         for _, module in self.named_modules():
             if "precision" in module.__dict__:
                 module.precision = precision
         return self
 
+
+class M2BertModel(M2BertPreTrainedModel):
+    """M2-BERT encoder with pooler (the published ``BertModel``). Load a checkpoint
+    (``checkpoint.load_model``) or assign a state dict (``checkpoint.load_state_dict``):
+    the initial weights are placeholders, not the published initialisation."""
+
+    def __init__(
+        self, config: M2BertConfig, precision: str = "float32", add_pooling_layer: bool = True
+    ):
+        super().__init__()
+        self.config = config
+        self.precision = ops.check_precision(precision)
+        self.embeddings = BertEmbeddings(config, precision)
+        self.encoder = BertEncoder(config, precision)
+        if add_pooling_layer:
+            self.pooler = BertPooler(config, precision)
+        self._finish_construction()
+
     def _token_array(self, token_ids: TokenIds, name: str) -> mx.array:
         ids = token_ids if isinstance(token_ids, mx.array) else mx.array(token_ids)
         if ids.ndim != 2:
             raise ValueError(f"{name} must be 2-D (batch, length), got shape {ids.shape}")
-        if not mx.issubdtype(ids.dtype, mx.integer):
+        if not mx.issubdtype(ids.dtype, mx.integer) and ids.dtype != mx.bool_:
             raise TypeError(f"{name} must hold integers, got dtype {ids.dtype}")
         if ids.shape[1] > self.config.max_length:
             raise ValueError(
@@ -312,25 +361,46 @@ class M2BertModel(nn.Module):
             )
         return ids.astype(mx.int32)
 
+    def _optional_array(self, values: Optional[TokenIds], name: str, like: mx.array, fill: int):
+        if values is None:
+            return mx.full(like.shape, fill, dtype=mx.int32)
+        array = self._token_array(values, name)
+        if array.shape != like.shape:
+            raise ValueError(f"{name} shape {array.shape} differs from token_ids {like.shape}")
+        return array
+
     def __call__(
-        self, token_ids: TokenIds, token_type_ids: Optional[TokenIds] = None
-    ) -> Tuple[mx.array, mx.array]:
-        """Returns (last hidden state ``(B, L, H)``, pooled ``(B, H)``).
+        self,
+        token_ids: TokenIds,
+        token_type_ids: Optional[TokenIds] = None,
+        attention_mask: Optional[TokenIds] = None,
+    ) -> Tuple[mx.array, Optional[mx.array]]:
+        """Returns (last hidden state ``(B, L, H)``, pooled ``(B, H)`` or None without a
+        pooler).
 
-        Like the reference, there is no attention mask: pad tokens take part in the
-        long convolutions, so pad inputs to ``config.max_length`` to match it."""
+        Like the reference, the encoder takes no attention mask: pad tokens take part in the
+        long convolutions, so pad inputs to ``config.max_length`` to match it. The mask
+        (default all ones) only selects the positions that ``pool_all`` averages."""
+        hidden, pooled = self.unrounded(token_ids, token_type_ids, attention_mask)
+        return ops.to_float32(hidden), None if pooled is None else ops.to_float32(pooled)
+
+    def unrounded(
+        self,
+        token_ids: TokenIds,
+        token_type_ids: Optional[TokenIds] = None,
+        attention_mask: Optional[TokenIds] = None,
+    ) -> Tuple[ops.Activation, Optional[ops.Activation]]:
+        """``__call__`` without the final rounding: pairs in ``"exact"`` (for a head to
+        round once, after itself), float32 arrays otherwise."""
         ids = self._token_array(token_ids, "token_ids")
-        if token_type_ids is None:
-            types = mx.zeros(ids.shape, dtype=mx.int32)
-        else:
-            types = self._token_array(token_type_ids, "token_type_ids")
-            if types.shape != ids.shape:
-                raise ValueError(
-                    f"token_type_ids shape {types.shape} differs from token_ids {ids.shape}"
-                )
+        types = self._optional_array(token_type_ids, "token_type_ids", ids, 0)
+        mask = self._optional_array(attention_mask, "attention_mask", ids, 1)
         hidden = self.encoder(self.embeddings(ids, types))
-        return ops.to_float32(hidden), ops.to_float32(self.pooler(hidden))
+        pooled = self.pooler(hidden, mask) if "pooler" in self else None
+        return hidden, pooled
 
-    def encode(self, token_ids: TokenIds) -> mx.array:
-        """Sentence embeddings ``(B, H)``: the pooled first-token output."""
-        return self(token_ids)[1]
+    def encode(self, token_ids: TokenIds, attention_mask: Optional[TokenIds] = None) -> mx.array:
+        """Sentence embeddings ``(B, H)``: the pooler output."""
+        if "pooler" not in self:
+            raise ValueError("this model has no pooler (built with add_pooling_layer=False)")
+        return self(token_ids, attention_mask=attention_mask)[1]
