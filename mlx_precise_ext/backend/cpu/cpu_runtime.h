@@ -1,6 +1,6 @@
-// Run-time choices shared by every CPU primitive of mlx-precise: how many
-// threads a kernel may use, which instruction-set build runs it, and handing
-// the work to MLX's CPU stream.
+// Run-time choices shared by every CPU primitive of mlx-precise: which
+// instruction-set build runs a kernel, and handing the work to MLX's CPU
+// stream (threads: parallel.h).
 #pragma once
 
 #include <algorithm>
@@ -13,17 +13,9 @@
 #include <mlx/array.h>
 #include <mlx/backend/cpu/encoder.h>
 
-namespace mlx_precise::cpu {
+#include "backend/cpu/parallel.h"
 
-// Threads for one evaluation: MLX_PRECISE_NUM_THREADS, else the hardware's.
-inline int num_threads() {
-  if (const char* env = std::getenv("MLX_PRECISE_NUM_THREADS")) {
-    int n = std::atoi(env);
-    if (n >= 1)
-      return n;
-  }
-  return std::max(1u, std::thread::hardware_concurrency());
-}
+namespace mlx_precise::cpu {
 
 // Both builds compute identical bits; MLX_PRECISE_CPU_ISA=base forces the
 // baseline build (the tests use it to show exactly that).

@@ -18,29 +18,6 @@ namespace mlx_precise {
 
 namespace {
 
-// fn(i) for i in [0, count), spread over the evaluation's threads.
-template <class Fn>
-void parallel_for(int64_t count, Fn fn) {
-  const int workers = static_cast<int>(
-      std::min<int64_t>(std::max(cpu::num_threads(), 1), count));
-  if (workers <= 1) {
-    for (int64_t i = 0; i < count; ++i)
-      fn(i);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  auto work = [&]() {
-    for (int64_t i = next++; i < count; i = next++)
-      fn(i);
-  };
-  std::vector<std::thread> threads;
-  for (int w = 1; w < workers; ++w)
-    threads.emplace_back(work);
-  work();
-  for (auto& t : threads)
-    t.join();
-}
-
 double widen(float hi, float lo) {
   return dd_to_double(ff{hi, lo});
 }
@@ -75,26 +52,30 @@ void elementwise(
   const bool binary = in.size() == 4;
   constexpr int64_t kRowsPerTask = 64;
   const int64_t rows = size / inner;
-  parallel_for((rows + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task) {
-    const int64_t last = std::min(rows, (task + 1) * kRowsPerTask);
-    for (int64_t r = task * kRowsPerTask; r < last; ++r) {
-      const float* p[4];
-      for (size_t j = 0; j < in.size(); ++j)
-        p[j] =
-            in[j].data<float>() + cpu::batch_offset(r, outer_shape, strides[j]);
-      for (int64_t t = 0; t < inner; ++t) {
-        const double x =
-            widen(p[0][t * inner_stride[0]], p[1][t * inner_stride[1]]);
-        const double v = binary
-            ? pair_binary_double(
-                  op,
-                  x,
-                  widen(p[2][t * inner_stride[2]], p[3][t * inner_stride[3]]))
-            : pair_unary_double(op, x);
-        store(v, hi, lo, r * inner + t);
-      }
-    }
-  });
+  cpu::parallel_for(
+      (rows + kRowsPerTask - 1) / kRowsPerTask,
+      cpu::num_threads(),
+      [&](int64_t task) {
+        const int64_t last = std::min(rows, (task + 1) * kRowsPerTask);
+        for (int64_t r = task * kRowsPerTask; r < last; ++r) {
+          const float* p[4];
+          for (size_t j = 0; j < in.size(); ++j)
+            p[j] = in[j].data<float>() +
+                cpu::batch_offset(r, outer_shape, strides[j]);
+          for (int64_t t = 0; t < inner; ++t) {
+            const double x =
+                widen(p[0][t * inner_stride[0]], p[1][t * inner_stride[1]]);
+            const double v = binary
+                ? pair_binary_double(
+                      op,
+                      x,
+                      widen(
+                          p[2][t * inner_stride[2]], p[3][t * inner_stride[3]]))
+                : pair_unary_double(op, x);
+            store(v, hi, lo, r * inner + t);
+          }
+        }
+      });
 }
 
 // A buffer of doubles kept per thread from one evaluation to the next (see
@@ -143,7 +124,7 @@ void addmm(
     const float* lo =
         a_lo.data<float>() + cpu::batch_offset(bi, batch, lo_strides);
     const float* bb = b.data<float>() + cpu::batch_offset(bi, batch, b_strides);
-    parallel_for(M, [&](int64_t i) {
+    cpu::parallel_for(M, cpu::num_threads(), [&](int64_t i) {
       for (int64_t k = 0; k < K; ++k)
         a_wide[i * K + k] =
             widen(hi[i * hi_rs + k * hi_cs], lo[i * lo_rs + k * lo_cs]);
@@ -176,7 +157,7 @@ void addmm(
     const float* c = has_c
         ? in[3].data<float>() + cpu::batch_offset(bi, batch, c_strides)
         : nullptr;
-    parallel_for(M, [&](int64_t i) {
+    cpu::parallel_for(M, cpu::num_threads(), [&](int64_t i) {
       for (int64_t j = 0; j < N; ++j) {
         double v = d[i * N + j];
         if (c)
@@ -227,7 +208,7 @@ void layer_norm(
   const int64_t rows = in[0].size() / dim;
   float* o_hi = out[0].data<float>();
   float* o_lo = out[1].data<float>();
-  parallel_for(rows, [&](int64_t r) {
+  cpu::parallel_for(rows, cpu::num_threads(), [&](int64_t r) {
     thread_local std::vector<double> x;
     x.resize(dim);
     const int64_t base = r * dim;

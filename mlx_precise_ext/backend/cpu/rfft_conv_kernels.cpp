@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backend/cpu/conv_job.h"
+#include "backend/cpu/parallel.h"
 #include "kernels/fft_plan.h"
 #include "kernels/rfft_conv_core.h"
 
@@ -611,28 +612,6 @@ int decide_snap(
     return kNoSnap;
   const int qa = min_quantum(a_rows, a_len, required - partner);
   return snap_decision(required, qa, qb, has_bias, qd);
-}
-
-template <class Fn>
-void parallel_for(int64_t count, int num_threads, Fn fn) {
-  int workers =
-      static_cast<int>(std::min<int64_t>(std::max(num_threads, 1), count));
-  if (workers <= 1) {
-    for (int64_t i = 0; i < count; ++i)
-      fn(i);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  auto work = [&]() {
-    for (int64_t i = next++; i < count; i = next++)
-      fn(i);
-  };
-  std::vector<std::thread> threads;
-  for (int w = 1; w < workers; ++w)
-    threads.emplace_back(work);
-  work();
-  for (auto& t : threads)
-    t.join();
 }
 
 // Output row of pair_rfft_conv: conv + a * bias (a a row of pairs or of

@@ -9,31 +9,12 @@
 #include <type_traits>
 #include <vector>
 
+#include "backend/cpu/parallel.h"
 #include "backend/cpu/strict_job.h"
 #include "kernels/strict_arith.h"
 
 namespace mlx_precise::cpu::MP_CPU_ISA {
 namespace {
-
-// Runs fn(begin, end) over [0, count) in chunks of `grain` on up to
-// num_threads threads (the calling thread included).
-template <class Fn>
-void parallel_chunks(int64_t count, int64_t grain, int num_threads, Fn fn) {
-  const int64_t chunks = (count + grain - 1) / grain;
-  const int workers =
-      static_cast<int>(std::min<int64_t>(std::max(num_threads, 1), chunks));
-  std::atomic<int64_t> next{0};
-  auto work = [&]() {
-    for (int64_t c = next++; c < chunks; c = next++)
-      fn(c * grain, std::min(count, (c + 1) * grain));
-  };
-  std::vector<std::thread> threads;
-  for (int w = 1; w < workers; ++w)
-    threads.emplace_back(work);
-  work();
-  for (auto& t : threads)
-    t.join();
-}
 
 // Element p of a row (or a column, through the transposed copy) of the
 // widened inputs.
