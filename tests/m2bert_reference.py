@@ -99,7 +99,7 @@ class MonarchMixerSequenceMixing(nn.Module):
         self.dims = dims
         self.hyena_training_additions = config.hyena_training_additions
         if self.hyena_training_additions:
-            self.layernorm = nn.LayerNorm(dims)  # torch's default eps, as published
+            self.layernorm = nn.LayerNorm(dims, eps=1e-5)  # published: nn.LayerNorm(d_model), the default eps
         self.filter_fn = HyenaFilter(config)
         self.residual_long_conv = config.residual_long_conv
         if self.residual_long_conv:
