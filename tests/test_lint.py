@@ -75,8 +75,8 @@ RULE_CASES = [
             return x / float(mx.sqrt(mx.sum(x * x)))
      """, ERROR, """
         def norm(x: mx.array) -> mx.array:
-            if mx.any(mx.isnan(x)).item():
-                raise ValueError("NaN input")
+            if mx.any(mx.isnan(x)).item() or x.max().item() == 0:
+                raise ValueError("NaN or zero input")
             return x / mx.sqrt(mx.sum(x * x))
      """),
     ("MP002", """

@@ -631,11 +631,13 @@ class FunctionEnv:
         nodes = test.values if isinstance(test, ast.BoolOp) else [
             test.operand if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not) else test]
         for node in nodes:
-            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                    and node.func.attr == "item" and not node.args):
-                self._visit(node.func.value)
-            else:
-                self._visit(node)
+            operands = [node.left, *node.comparators] if isinstance(node, ast.Compare) else [node]
+            for operand in operands:
+                if (isinstance(operand, ast.Call) and isinstance(operand.func, ast.Attribute)
+                        and operand.func.attr == "item" and not operand.args):
+                    self._visit(operand.func.value)
+                else:
+                    self._visit(operand)
 
     # ---- MP001
     def _check_binop(self, node: ast.BinOp) -> None:
@@ -661,9 +663,10 @@ class FunctionEnv:
                                   f"to whatever dtype the array has (torch rounds it to its "
                                   f"compute type instead)")
             else:
+                inexact = "bfloat16" if _exact_in(literal, "<e") else "float16 and bfloat16"
                 self.analysis.add(scalar, "MP001", WARNING,
                                   f"Python literal {literal!r} in array arithmetic is not "
-                                  f"exact in float16/bfloat16 arrays")
+                                  f"exact in {inexact} arrays")
             return
         if self._is_scalar_extraction(scalar):
             return  # MP002 reports it
