@@ -1,5 +1,5 @@
-"""M2-BERT 80M forward (random init, batch 1): MLX float32 / extended / dd vs the PyTorch
-reference float32. Wall time, peak memory, and where MLX's time goes.
+"""M2-BERT 80M forward (random init, batch 1): MLX float32 / extended / dd / exact vs the
+PyTorch reference float32. Wall time, peak memory, and where MLX's time goes.
 
     PYTHONPATH=.:models:tests python benchmarks/bench_m2bert.py --lengths 2048 8192
 
@@ -22,7 +22,7 @@ import sys
 import time
 from collections import defaultdict
 
-PRECISIONS = ("float32", "extended", "dd")
+PRECISIONS = ("float32", "extended", "dd", "exact")
 
 
 def rss_peak_mib() -> float:
