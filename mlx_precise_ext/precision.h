@@ -4,7 +4,7 @@
 
 namespace mlx_precise {
 
-// What each mode promises (DESIGN.md, "Precision vocabulary"):
+// What each mode promises (docs/design.md, "The contract"):
 //   Float32  float32 arithmetic, documented order.
 //   Extended every intermediate has >= 48 significant bits (float64 registers
 //            on CPU and CUDA); the output is rounded to float32 once.

@@ -2,7 +2,7 @@
 // mlx/ops.h. precision="float32" is MLX's own path: mx::addmm (linear:
 // mx::addmm(bias, x, weight.T), or mx::matmul without bias) and
 // mx::fast::layer_norm. "extended" and "dd" return the float32 nearest to the
-// exact result (see docs/strict_ops.md for the contract).
+// exact result (the contract: docs/design.md and the README).
 #pragma once
 
 #include <optional>

@@ -1,4 +1,4 @@
-"""References far below float32 rounding, and the accuracy measures of DESIGN.md.
+"""References far below float32 rounding, and the accuracy measures of docs/design.md.
 
 Inputs are float32, so every product is exact in longdouble (64-bit significand);
 numpy's pocketfft computes longdouble transforms with errors near 1e-19 relative

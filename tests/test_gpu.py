@@ -1,7 +1,7 @@
 """rfft_conv on the GPU (MLX's CUDA or Metal backend).
 
 Skipped, visibly, where MLX has no GPU (CI). On a GPU machine: every variant and
-precision against float64 references with DESIGN.md's accuracy bars, and "dd"
+precision against float64 references with docs/design.md's accuracy bars, and "dd"
 outputs and gradients bitwise equal to the CPU's.
 """
 

@@ -96,7 +96,7 @@ def test_addmm_correctly_rounded_random(rng, precision, m, k, n):
 @pytest.mark.parametrize("k", [64, 4096])
 def test_addmm_dynamic_range_and_cancellation(rng, precision, k):
     """extended is exact whatever the cancellation. dd carries about 48 bits
-    (DESIGN.md): where sum|a b| / |result| exceeds ~2^20 it cannot decide the
+    (docs/design.md): where sum|a b| / |result| exceeds ~2^20 it cannot decide the
     rounding; it must stay within its error bound K * 4u^2 * sum|a b| (u = 2^-24)."""
     m, n = 16, 12
     a, b = hard_matrices(rng, m, k, n)

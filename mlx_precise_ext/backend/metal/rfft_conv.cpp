@@ -2,7 +2,7 @@
 // backend/cuda/rfft_conv.cpp: the kernels of rfft_conv_kernels.metal (one
 // source with the shared kernel headers, embedded at build time and compiled
 // by MLX's Metal device on first use) encoded on the stream's command encoder.
-// Metal has no float64: "extended" runs the dd kernels (DESIGN.md).
+// Metal has no float64: "extended" runs the dd kernels (docs/design.md).
 #include <algorithm>
 #include <map>
 #include <mutex>

@@ -2,7 +2,7 @@
 // (rfft_conv.cpp builds the library from this file and the shared kernel
 // headers, embedded at build time). The same block-level steps as the CUDA
 // kernels (rfft_conv_rows.h); Metal has no float64, so "extended" runs the
-// dd kernels, as DESIGN.md specifies. kGroup: rows in threadgroup memory;
+// dd kernels, as docs/design.md specifies. kGroup: rows in threadgroup memory;
 // otherwise in the threadgroup's slot of a device workspace.
 #include "rfft_conv_rows.h"
 

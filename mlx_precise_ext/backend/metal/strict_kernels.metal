@@ -4,7 +4,7 @@
 // backend/cuda/strict_kernels.cuh: every output does the CPU's operations in
 // the CPU's order (kernels/strict_arith.h), so dd bits equal the CPU's dd
 // bits. Metal has no float64, so "extended" runs these dd kernels too
-// (DESIGN.md). Contraction is off (portability.h); MLX compiles run-time
+// (docs/design.md). Contraction is off (portability.h); MLX compiles run-time
 // libraries with fast math off.
 //
 // Address spaces: the shared helpers take `thread` pointers and references,

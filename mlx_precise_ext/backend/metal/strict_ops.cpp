@@ -4,7 +4,7 @@
 // build time and compiled by MLX's Metal device on first use) encoded on the
 // stream's command encoder. Operands are read through their strides
 // (broadcast included), as on the CPU. Metal has no float64: "extended" runs
-// the dd kernels (DESIGN.md), so both precisions give the CPU's dd bits.
+// the dd kernels (docs/design.md), so both precisions give the CPU's dd bits.
 #include <algorithm>
 #include <optional>
 #include <stdexcept>
