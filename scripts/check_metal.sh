@@ -36,6 +36,15 @@ if command -v cmake >/dev/null; then
         echo "FAIL  library $name"
         status=1
       fi
+      # Metal has no double: after preprocessing as Metal (MP_HAS_DOUBLE 0), the
+      # library's own lines must not name it (C++ parses it, Apple's compiler not).
+      if "$clang" -x c++ -std=c++17 -E -D__METAL_VERSION__=310 -Iscripts/metal_shim \
+          -Wno-unknown-pragmas "$tmp/$name.cpp" 2> /dev/null |
+          awk -v f="$tmp/$name.cpp" '/^# [0-9]+ "/ { mine = ($3 == "\"" f "\"") } !/^#/ && mine' |
+          grep -wE 'double'; then
+        echo "FAIL  library $name uses double (Metal has no float64)"
+        status=1
+      fi
     done
   else
     echo "FAIL  generating the Metal libraries"
