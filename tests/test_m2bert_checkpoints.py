@@ -533,13 +533,14 @@ def test_long_documents_are_truncated_before_tokenizing(cli_files):
     texts = [" ".join(rng.choice(words, size=n)) for n in (0, 1, 30, 62, 63, 64, 65, 5000)]
     texts += ["x" * 3000, " " * 5000 + "the cat", "the\n\tcat  " * 2000]
     expected = tokenizer.encode_batch(texts)
-    for text, mine, full in zip(texts, encode_truncated(tokenizer, texts, 64), expected):
+    for text, mine, full in zip(texts, encode_truncated(tokenizer, texts), expected):
         assert mine.ids == full.ids, text[:40]
 
     class CountingTokenizer:
         """Records how many characters reach the tokenizer."""
 
         characters = 0
+        truncation = tokenizer.truncation
 
         def encode_batch(self, batch):
             self.characters += sum(map(len, batch))
@@ -551,8 +552,14 @@ def test_long_documents_are_truncated_before_tokenizing(cli_files):
 
     counting = CountingTokenizer()
     huge = "the cat sat on the mat " * 2_000_000  # 46 MB on one line
-    assert encode_truncated(counting, [huge], 64)[0].ids == tokenizer.encode(huge[:2000]).ids
+    assert encode_truncated(counting, [huge])[0].ids == tokenizer.encode(huge[:2000]).ids
     assert counting.characters <= 16 * 64
+    from tokenizers import Tokenizer
+
+    keeps_the_end = Tokenizer.from_str(tokenizer.to_str())
+    keeps_the_end.enable_truncation(max_length=64, direction="left")
+    with pytest.raises(ValueError, match="enable_truncation"):
+        encode_truncated(keeps_the_end, texts)
 
 
 def make_hub_cache(cache: Path, repo: str, files: dict, revision: str = "0" * 40) -> None:

@@ -86,7 +86,7 @@ def embed_documents(
     with tqdm(total=len(documents), unit="doc", disable=not progress) as bar:
         for start in range(0, len(documents), batch_size):
             batch = documents[start : start + batch_size]
-            encodings = encode_truncated(tokenizer, batch, model.config.max_length)
+            encodings = encode_truncated(tokenizer, batch)
             token_ids = mx.array([encoding.ids for encoding in encodings], dtype=mx.int32)
             embeddings = model.encode(token_ids)
             mx.eval(embeddings)

@@ -31,9 +31,16 @@ def _prefix_at_whitespace(text: str, length: int) -> str:
     return text[: through_last_space.end() - 1] if through_last_space else text[:length]
 
 
-def encode_truncated(tokenizer, texts: Sequence[str], max_length: int) -> List:
-    """``tokenizer.encode_batch(texts)`` for a ``tokenizers.Tokenizer`` with truncation to
-    ``max_length`` enabled, tokenizing a bounded prefix of each text."""
+def encode_truncated(tokenizer, texts: Sequence[str]) -> List:
+    """``tokenizer.encode_batch(texts)`` for a ``tokenizers`` tokenizer that truncates on
+    the right (``enable_truncation(max_length)``), tokenizing a bounded prefix of each text."""
+    truncation = tokenizer.truncation
+    if truncation is None or truncation["direction"] != "right":
+        raise ValueError(
+            "encode_truncated needs a tokenizer that keeps the start of each text: call "
+            "tokenizer.enable_truncation(max_length) (direction 'right')"
+        )
+    max_length = truncation["max_length"]
     budgets = [_PREFIX_CHARS_PER_TOKEN * max_length] * len(texts)
     prefixes = [_prefix_at_whitespace(text, budget) for text, budget in zip(texts, budgets)]
     encodings = tokenizer.encode_batch(prefixes)
