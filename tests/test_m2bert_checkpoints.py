@@ -363,6 +363,34 @@ def test_composer_checkpoint_loads_state_model_with_prefixes_stripped(tmp_path, 
         np.testing.assert_array_equal(np.asarray(mine), np.asarray(expected))
 
 
+def test_composer_masked_lm_checkpoint_with_optimizer_state_loads_as_published(tmp_path):
+    """The layout of the published M2 pretraining checkpoints: Composer's HuggingFaceModel
+    prefix, the MLM head with its decoder tied to the word embeddings, AdamW state."""
+    from m2bert import M2BertForMaskedLM
+    from m2bert_reference import ReferenceForMaskedLM, relative_l2
+
+    config = tiny_config()
+    torch.manual_seed(2)
+    reference = initialize_(ReferenceForMaskedLM(config), 2).eval()
+    ids = torch.arange(128).reshape(2, 64) % 96
+    optimizer = torch.optim.AdamW(reference.parameters())
+    reference(ids).square().mean().backward()
+    optimizer.step()
+    reference.zero_grad()
+    torch.save({"state": {"model": {f"model.{name}": tensor
+                                    for name, tensor in reference.state_dict().items()},
+                          "optimizers": {"AdamW": optimizer.state_dict()}},
+                "rng": [{"torch": torch.get_rng_state(), "numpy": np.random.get_state()}]},
+               tmp_path / "latest-rank0.pt")
+    (tmp_path / "config.json").write_text(
+        json.dumps({**config.to_dict(), "architectures": ["BertForMaskedLM"]}))
+    model = load_model(tmp_path / "latest-rank0.pt")
+    assert type(model) is M2BertForMaskedLM
+    with torch.no_grad():
+        expected = reference(ids).numpy()
+    assert relative_l2(model(mx.array(ids.numpy())), expected) <= 1e-5
+
+
 def test_bin_reader_matches_torch_load_for_every_dtype_and_layout(tmp_path):
     generator = torch.Generator().manual_seed(7)
     base = torch.randn(6, 10, generator=generator)

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Union
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from .config import M2BertConfig
+from .config import M2BertConfig, read_config_json
 from .heads import architecture_class, architecture_name
 from .model import M2BertModel, M2BertPreTrainedModel
 from .tensor_files import CheckpointError, read_tensors_file
@@ -220,12 +220,7 @@ def download_from_hub(name: str, revision: Optional[str] = None) -> Path:
 
 def _architecture_in(config_file: Path) -> str:
     """The first of config.json's ``architectures`` (HF's choice), else ``BertModel``."""
-    try:
-        with open(config_file, encoding="utf-8") as handle:
-            values = json.load(handle)
-    except ValueError as error:
-        raise CheckpointError(f"{config_file} is not a valid UTF-8 JSON object: {error}") from None
-    names = (values.get("architectures") if isinstance(values, dict) else None) or ["BertModel"]
+    names = read_config_json(config_file).get("architectures") or ["BertModel"]
     if not isinstance(names, list) or not isinstance(names[0], str):
         raise CheckpointError(f"{config_file}: architectures must be a list of class names")
     return names[0]

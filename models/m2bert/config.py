@@ -127,6 +127,27 @@ def unique_keys(pairs):
     return values
 
 
+def read_config_json(path: str | os.PathLike) -> Dict[str, Any]:
+    """The JSON object in a config.json: at most _MAX_CONFIG_BYTES, UTF-8, no key twice."""
+    size = os.path.getsize(path)
+    if size > _MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"{path} has {size} bytes; a config.json has a few kB (at most "
+            f"{_MAX_CONFIG_BYTES}): pass the model's config.json"
+        )
+    with open(path, "rb") as handle:
+        text = handle.read()
+    try:
+        values = json.loads(text.decode("utf-8"), object_pairs_hook=unique_keys)
+    except ValueError as error:  # not UTF-8, not JSON, or a key given twice
+        raise ConfigError(f"{path} is not a valid UTF-8 JSON object: {error}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"{path}: a config is a JSON object of field: value pairs, got {_type_name(values)}"
+        )
+    return values
+
+
 @dataclasses.dataclass(frozen=True)
 class M2BertConfig:
     """Architecture hyper-parameters (defaults: m2-bert-80M-2k-retrieval)."""
@@ -248,18 +269,7 @@ class M2BertConfig:
 
     @classmethod
     def from_json(cls, path: str | os.PathLike) -> "M2BertConfig":
-        size = os.path.getsize(path)
-        if size > _MAX_CONFIG_BYTES:
-            raise ConfigError(
-                f"{path} has {size} bytes; a config.json has a few kB (at most "
-                f"{_MAX_CONFIG_BYTES}): pass the model's config.json"
-            )
-        with open(path, "rb") as handle:
-            text = handle.read()
-        try:
-            values = json.loads(text.decode("utf-8"), object_pairs_hook=unique_keys)
-        except ValueError as error:  # not UTF-8, not JSON, or a key given twice
-            raise ConfigError(f"{path} is not a valid UTF-8 JSON object: {error}") from None
+        values = read_config_json(path)
         try:
             return cls.from_dict(values)
         except ConfigError as error:
