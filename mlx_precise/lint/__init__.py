@@ -10,7 +10,8 @@ convolutions composed from ``mx.fft`` (MP005), ``mx.fast.layer_norm`` / ``mx.add
 (MP006), float64 on a GPU stream (MP007), TF32 matmuls (MP008); across a torch file and
 its port (``--pair``): eps (MP101), FFT norm (MP102), padding (MP103), GELU (MP104).
 Compute code is ``__call__`` / ``forward`` and every function that takes or returns an
-array (annotated ``mx.array`` / ``torch.Tensor``). A line ending in
+array (annotated ``mx.array`` / ``torch.Tensor``), unless its return annotation says it
+hands something else to the host (``-> float``, ``-> None``, ``-> np.ndarray``, ...). A line ending in
 ``# mlx-precise: ignore[MP006]`` (rules comma-separated) suppresses those rules there;
 say why after it.
 """

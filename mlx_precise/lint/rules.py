@@ -448,8 +448,11 @@ class FunctionEnv:
                 kind = ARRAY
             self.names[arg.arg] = kind
         returns = _annotation_kind(function.returns, analysis.aliases)
-        self.compute = is_entry or returns is ARRAY or any(
-            _is_array(kind) for kind in self.names.values())
+        # A function declared to return something else than arrays (None, a Python number,
+        # a numpy array, a list...) hands results to the host: it is not a compute path.
+        host_side = function.returns is not None and returns is not ARRAY
+        self.compute = is_entry or returns is ARRAY or (not host_side and any(
+            _is_array(kind) for kind in self.names.values()))
 
     # ---- kinds
     def kind(self, node: ast.AST):
