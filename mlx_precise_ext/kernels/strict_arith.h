@@ -3,14 +3,12 @@
 //   - float-pair ("dd") square root and division, which layer_norm needs;
 //   - the dd dot-product step and the dd forms of addmm's and layer_norm's
 //     final expressions;
-//   - for backends with float64 ("extended"): a double-word accumulator in
-//     double (exact enough to decide any float32 rounding), a correct
-//     rounding of such a pair to float32, and the test that certifies that a
-//     float64 value with a known error bound rounds to the same float32 as
-//     the exact value.
+//   - the exact recomputation of an addmm output that the float64 fast path
+//     could not certify (certify.h has the certification itself).
 // Contraction must be off wherever this header is compiled (see dd.h).
 #pragma once
 
+#include "certify.h"
 #include "fft_butterflies.h"
 
 namespace mlx_precise {
@@ -203,147 +201,28 @@ MP_INLINE float layer_norm_grad_x(
       r_mul(s.inv_std, r_sub(r_sub(gw, mean_gw), r_mul(n, mean_gwn))));
 }
 
-#if MP_HAS_DOUBLE
-
-// ------------------------------------------------- double-word in double ----
-
-// A value hi + lo carried in two doubles (about 106 bits). Products of two
-// float32 values are exact in double, so accumulating them with TwoSum leaves
-// an error of order K * 2^-106 * sum|products|: far below any float32 rounding
-// decision the fast path could not make.
-struct dpair {
-  double hi;
-  double lo;
-};
-
-MP_INLINE dpair two_sum_d(double a, double b) {
-  double s = a + b;
-  double bb = s - a;
-  double e = (a - (s - bb)) + (b - bb);
-  return dpair{s, e};
-}
-
-// acc + p, with the rounding error of the leading sum kept (Neumaier-style
-// compensated summation; the compensation is renormalised at the end).
-MP_INLINE dpair dpair_add(dpair acc, double p) {
-  dpair s = two_sum_d(acc.hi, p);
-  return dpair{s.hi, acc.lo + s.lo};
-}
-
-MP_INLINE dpair dpair_normalize(dpair x) {
-  return two_sum_d(x.hi, x.lo);
-}
-
-// f * x for a float32 f: f*hi exact as a pair through fma, f*lo rounded.
-MP_INLINE dpair dpair_scale(dpair x, float f) {
-  double fd = static_cast<double>(f);
-  double p = fd * x.hi;
-  double e = fma(fd, x.hi, -p);
-  return two_sum_d(p, e + fd * x.lo);
-}
-
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-MP_INLINE int64_t mp_double_bits(double x) {
-  return __double_as_longlong(x);
-}
-MP_INLINE double mp_bits_double(int64_t bits) {
-  return __longlong_as_double(bits);
-}
-#else
-MP_INLINE int64_t mp_double_bits(double x) {
-  int64_t bits;
-  __builtin_memcpy(&bits, &x, sizeof bits);
-  return bits;
-}
-
-MP_INLINE double mp_bits_double(int64_t bits) {
-  double x;
-  __builtin_memcpy(&x, &bits, sizeof x);
-  return x;
-}
-#endif
-
-// The float32 nearest to hi + lo (hi = fl(hi + lo)). Rounding hi to float32
-// directly could round twice wrongly when hi sits on a float32 midpoint, so hi
-// is first rounded to odd using lo (when lo != 0 and hi's last bit is even,
-// step one double toward lo): 53 >= 24 + 2 bits make round-to-odd followed by
-// round-to-nearest equal to a single rounding of hi + lo.
-MP_INLINE float dpair_round(dpair x) {
-  int64_t bits = mp_double_bits(x.hi);
-  if (x.lo != 0.0 && (bits & 1) == 0 && x.hi != 0.0) {
-    const bool away_from_zero = (x.lo > 0.0) == (x.hi > 0.0);
-    bits += away_from_zero ? 1 : -1;
-  }
-  return static_cast<float>(mp_bits_double(bits));
-}
-
-// Exact-enough recomputation of one addmm output the float64 fast path could
-// not certify: alpha * sum_k a(k) b(k) [+ beta * c]. The float64 products are
-// exact; their sum is kept as double-word pairs in kExactDotLanes independent
-// lanes (the TwoSum chain is latency-bound), lane l taking k = l, l + 4, ...
-// a(k) and b(k) return the float32 inputs widened to double.
-constexpr int kExactDotLanes = 4;
-
+// The correctly rounded addmm output alpha * sum_k a(k) b(k) [+ beta * c],
+// for outputs the fast path could not certify: every product and the scaling
+// exact (certify.h), one rounding. a(k) and b(k) return the float32 inputs
+// (widened to double or not).
 template <class RowA, class ColumnB>
 MP_INLINE float exact_addmm_entry(
     RowA a,
     ColumnB b,
-    int64_t k,
+    MP_INT64 k,
     float alpha,
     bool has_c,
     float beta,
     float c) {
-  dpair lane[kExactDotLanes];
-  for (int l = 0; l < kExactDotLanes; ++l)
-    lane[l] = dpair{0.0, 0.0};
-  int64_t p = 0;
-  for (; p + kExactDotLanes <= k; p += kExactDotLanes)
-    for (int l = 0; l < kExactDotLanes; ++l)
-      lane[l] = dpair_add(lane[l], a(p + l) * b(p + l));
-  for (; p < k; ++p)
-    lane[0] = dpair_add(lane[0], a(p) * b(p));
-  dpair acc = dpair_normalize(lane[0]);
-  for (int l = 1; l < kExactDotLanes; ++l) {
-    acc = dpair_add(acc, lane[l].hi);
-    acc = dpair_add(acc, lane[l].lo);
-  }
-  dpair scaled = dpair_scale(dpair_normalize(acc), alpha);
-  if (has_c) {
-    const double bc = static_cast<double>(beta) * static_cast<double>(c);
-    dpair s = two_sum_d(scaled.hi, bc);
-    scaled = two_sum_d(s.hi, s.lo + scaled.lo);
-  }
-  return dpair_round(scaled);
+  ExactSum s;
+  exact_sum_init(s);
+  for (MP_INT64 p = 0; p < k; ++p)
+    exact_sum_add_product(
+        s, static_cast<float>(a(p)), static_cast<float>(b(p)));
+  exact_sum_scale(s, alpha);
+  if (has_c)
+    exact_sum_add_product(s, beta, c);
+  return exact_sum_round(s);
 }
-
-// ----------------------------------------- certified rounding of float64 ----
-
-constexpr double kUnitRoundoff64 = 1.1102230246251565e-16; // 2^-53
-
-// gamma_n = n u / (1 - n u): the classic bound on the relative error of a sum
-// of n terms of one sign (Higham, Accuracy and Stability, Lemma 3.1); for
-// inner products with exact products, |computed - exact| <= gamma_n sum|a_k
-// b_k| holds for any summation order, blocking or fma use.
-MP_INLINE double gamma_bound(int64_t n) {
-  double nu = static_cast<double>(n) * kUnitRoundoff64;
-  return nu / (1.0 - nu);
-}
-
-// v approximates an exact real x with |v - x| <= err. When every real within
-// err of v rounds to the same float32, that float is round(x): it is written
-// to *out and true returned. v - err and v + err are widened by 4u|v| to cover
-// their own rounding in double; conversion to float32 is a correct rounding
-// and rounding is monotone, so equal ends prove the whole interval.
-// *out is always written with float32(v), the answer when certified (it
-// equals both ends then, and keeps the sign of a zero).
-MP_INLINE bool certified_round(double v, double err, MP_THREAD float* out) {
-  double margin = err + 4.0 * kUnitRoundoff64 * fabs(v);
-  float lo = static_cast<float>(v - margin);
-  float hi = static_cast<float>(v + margin);
-  *out = static_cast<float>(v);
-  return lo == hi; // false for NaN, which never compares equal
-}
-
-#endif // MP_HAS_DOUBLE
 
 } // namespace mlx_precise

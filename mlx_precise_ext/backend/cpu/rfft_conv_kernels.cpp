@@ -4,6 +4,7 @@
 #include <array>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -13,6 +14,7 @@
 
 #include "backend/cpu/conv_job.h"
 #include "backend/cpu/parallel.h"
+#include "kernels/certify.h"
 #include "kernels/fft_plan.h"
 #include "kernels/rfft_conv_core.h"
 
@@ -21,10 +23,8 @@ namespace {
 
 // ---------------------------------------------------------------- arrays ----
 
-// Working arrays in structure-of-arrays form: float and double are plain
-// arrays; a double-word array keeps its hi and lo parts in two planes, because
-// an array of {hi, lo} pairs keeps gcc from vectorising any loop over it. The
-// hot loops carry `#pragma GCC ivdep`: their iterations never overlap.
+// Working arrays (float or double). The hot loops carry `#pragma GCC ivdep`:
+// their iterations never overlap.
 template <class T>
 struct Span {
   T* v;
@@ -39,61 +39,25 @@ struct Span {
   }
 };
 
-template <>
-struct Span<ff> {
-  float* hi;
-  float* lo;
-  MP_INLINE ff load(int64_t i) const {
-    return ff{hi[i], lo[i]};
-  }
-  MP_INLINE void store(int64_t i, ff x) const {
-    hi[i] = x.hi;
-    lo[i] = x.lo;
-  }
-  MP_INLINE Span at(int64_t offset) const {
-    return Span{hi + offset, lo + offset};
-  }
-};
-
-template <class T>
-struct Scalar {
-  using type = T;
-  static constexpr int planes = 1;
-};
-template <>
-struct Scalar<ff> {
-  using type = float;
-  static constexpr int planes = 2;
-};
-
 template <class T>
 class Buffer {
  public:
   void resize(int64_t n) {
-    n_ = n;
-    data_.resize(static_cast<size_t>(n) * Scalar<T>::planes);
+    data_.resize(static_cast<size_t>(n));
   }
   void zero() {
-    std::fill(data_.begin(), data_.end(), typename Scalar<T>::type{});
+    std::fill(data_.begin(), data_.end(), T{});
   }
   int64_t size() const {
-    return n_;
+    return static_cast<int64_t>(data_.size());
   }
-  Span<T> span() const;
+  Span<T> span() const {
+    return Span<T>{data_.data()};
+  }
 
  private:
-  mutable std::vector<typename Scalar<T>::type> data_;
-  int64_t n_ = 0;
+  mutable std::vector<T> data_;
 };
-
-template <class T>
-Span<T> Buffer<T>::span() const {
-  return Span<T>{data_.data()};
-}
-template <>
-Span<ff> Buffer<ff>::span() const {
-  return Span<ff>{data_.data(), data_.data() + n_};
-}
 
 template <class T>
 struct ComplexBuffer {
@@ -346,6 +310,14 @@ void load_pair_row(
   }
 }
 
+// float32 mode rounds the transform's values as they are; the float64 engine
+// (extended, and dd: both certified, so both give the correctly rounded bits)
+// certifies them.
+template <class T>
+constexpr bool certified() {
+  return !std::is_same<T, float>::value;
+}
+
 // Loads a[0..len) (or back to front) as z[m] = a[2m] + i a[2m+1], zero-padded.
 template <class T>
 void load_real(ComplexBuffer<T>& z, RealRow row, int64_t len, bool reversed) {
@@ -358,18 +330,19 @@ void load_real(ComplexBuffer<T>& z, RealRow row, int64_t len, bool reversed) {
   }
   const Span<T> re = z.re.span(), im = z.im.span();
   const float* __restrict src = row.data;
+  auto value = [&](int64_t i) { return src[i]; };
   // Element i of the (possibly reversed) row.
   const int64_t first = reversed ? (len - 1) * row.stride : 0;
   const int64_t step = reversed ? -row.stride : row.stride;
   const int64_t pairs = len / 2;
 #pragma GCC ivdep
   for (int64_t m = 0; m < pairs; ++m) {
-    re.store(m, r_from_float(tag, src[first + 2 * m * step]));
-    im.store(m, r_from_float(tag, src[first + (2 * m + 1) * step]));
+    re.store(m, r_from_float(tag, value(first + 2 * m * step)));
+    im.store(m, r_from_float(tag, value(first + (2 * m + 1) * step)));
   }
   int64_t m = pairs;
   if (len & 1) {
-    re.store(m, r_from_float(tag, src[first + (len - 1) * step]));
+    re.store(m, r_from_float(tag, value(first + (len - 1) * step)));
     im.store(m, T{});
     ++m;
   }
@@ -530,92 +503,137 @@ inline T gather(const ConvGeometry& g, const ComplexBuffer<T>& z, int64_t t) {
   return v;
 }
 
-// float32 mode never snaps (snap_roundoff_exp(float) == 0): no need to scan.
-template <class T>
-constexpr bool snaps() {
-  return !std::is_same<T, float>::value;
-}
+// --------------------------------------------------------- certification ----
+// Every extended / dd output is certified against the transform's error bound
+// or recomputed exactly (kernels/certify.h).
 
-// Largest |bits| over rows (the bits of the largest |x|; NaN/Inf compare
-// above).
-template <class Rows>
-unsigned int max_abs_bits(const Rows& rows, int64_t len) {
-  unsigned int m = 0;
-  for (const RealRow& row : rows) {
-    const float* __restrict x = row.data;
-    for (int64_t i = 0; i < len; ++i)
-      m = std::max(m, MP_FLOAT_BITS(x[i * row.stride]) & 0x7fffffffu);
-  }
-  return m;
-}
-
-// Smallest lowest-set-bit exponent over the nonzero elements of rows; the scan
-// stops as soon as it drops below floor (the row then cannot be certified).
-// kNoSnap when every element is zero.
-template <class Rows>
-int min_quantum(const Rows& rows, int64_t len, int floor) {
-  int q = kNoSnap;
-  for (const RealRow& row : rows) {
-    for (int64_t i = 0; i < len; ++i) {
-      const unsigned int bits = MP_FLOAT_BITS(row.data[i * row.stride]);
-      if ((bits & 0x7fffffffu) == 0u)
-        continue;
-      q = std::min(q, lowest_bit_exponent(bits));
-      if (q < floor)
-        return q;
+// ||x||_2 in double (every square exact; the sum's rounding is covered by the
+// bound's slack), in lanes so that it vectorises.
+double row_norm(RealRow row, int64_t len) {
+  constexpr int kLanes = 8;
+  double lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= len; i += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const double d = static_cast<double>(row.data[(i + l) * row.stride]);
+      lane[l] += d * d;
     }
+  for (; i < len; ++i) {
+    const double d = static_cast<double>(row.data[i * row.stride]);
+    lane[0] += d * d;
   }
-  return q;
+  double sum = 0.0;
+  for (int l = 0; l < kLanes; ++l)
+    sum += lane[l];
+  return std::sqrt(sum);
 }
 
-// The lattice snap of an output row that sums `terms` convolutions of rows in
-// a_rows with rows in b_rows, plus products of a rows with d_rows
-// (rfft_conv_core.h: snap_required, snap_decision).
-template <class T, class RowsA, class RowsB, class RowsD>
-int decide_snap(
+// What certifying the outputs of one row needs: the bound on the transform's
+// error, the relative error of the steps after it (the fold's addition, the
+// bias additions), and whether every input is finite (a row with NaN/Inf
+// keeps the transform's value: nothing to certify, and recomputing each of its
+// outputs exactly would cost O(L Lk)).
+struct RowCertificate {
+  double conv_err;
+  double rel;
+  bool finite;
+};
+
+// norm_products: the sum over the row's terms of ||a|| ||b||.
+RowCertificate row_certificate(
     const ConvGeometry& g,
-    const RowsA& a_rows,
-    int64_t a_len,
-    const RowsB& b_rows,
-    bool has_bias,
-    const RowsD& d_rows,
-    int terms) {
-  if (!snaps<T>())
-    return kNoSnap;
-  const RowMagnitude a = row_magnitude(max_abs_bits(a_rows, a_len));
-  const RowMagnitude b = row_magnitude(max_abs_bits(b_rows, g.b_len));
-  const RowMagnitude d = has_bias
-      ? row_magnitude(max_abs_bits(d_rows, g.out_len))
-      : row_magnitude(0u);
-  bool exact_zero = false;
-  const int required = snap_required(
-      a,
-      b,
-      has_bias,
-      d,
-      g.a_len,
-      g.b_len,
+    double norm_products,
+    int64_t terms,
+    int64_t bias_terms) {
+  const double copies = g.fold ? 2.0 : 1.0;
+  RowCertificate c;
+  c.conv_err = copies *
+      (conv_error_bound(g.fft_size, terms, kUnitRoundoff64) * norm_products +
+       static_cast<double>(terms) * kUnderflowError64);
+  c.rel = (1.0 + 1.0 / 64.0) * kUnitRoundoff64 *
+      static_cast<double>((g.fold ? 1 : 0) + bias_terms);
+  c.finite = std::isfinite(norm_products);
+  return c;
+}
+
+// Element m of a row as the transform loaded it (a reversed row back to
+// front), and element j of a kernel row.
+struct LoadedRow {
+  RealRow row;
+  int64_t len;
+  bool reversed;
+  float operator()(int64_t m) const {
+    return row.data[(reversed ? len - 1 - m : m) * row.stride];
+  }
+};
+struct PlainRow {
+  RealRow row;
+  float operator()(int64_t j) const {
+    return row.data[j * row.stride];
+  }
+};
+
+// Calls range(a, b, m0, j0, count) for the products a(m0 - k) b(j0 + k) of
+// output t of the rows a, b: the entries of the cyclic convolution that
+// gather() reads.
+template <class Range>
+void for_each_output_range(
+    const ConvGeometry& g,
+    RealRow a,
+    RealRow b,
+    int64_t t,
+    Range range) {
+  const GatherIndex idx = gather_index(
+      t,
       g.fft_size,
-      snap_roundoff_exp(T{}),
-      terms,
-      &exact_zero);
-  if (exact_zero)
-    return 0;
-  if (required == kNoSnap)
-    return kNoSnap;
-  const int qb = min_quantum(b_rows, g.b_len, quantum_floor(required, a));
-  const int qd = has_bias
-      ? min_quantum(d_rows, g.out_len, quantum_floor(required, a))
-      : kNoSnap;
-  const int partner = std::min(qb, qd);
-  if (partner == kNoSnap)
-    return kNoSnap;
-  const int qa = min_quantum(a_rows, a_len, required - partner);
-  return snap_decision(required, qa, qb, has_bias, qd);
+      g.period,
+      g.fold,
+      g.out_reversed,
+      g.out_origin,
+      g.a_len + g.b_len - 1);
+  const LoadedRow ar{a, g.a_len, g.a_reversed};
+  const PlainRow br{b};
+  for (const long long i : {idx.first, idx.second})
+    if (i >= 0)
+      for_each_cyclic_range(
+          g.a_len,
+          g.b_len,
+          g.fft_size,
+          i,
+          [&](int64_t m0, int64_t j0, int64_t count) {
+            range(ar, br, m0, j0, count);
+          });
+}
+
+// A single product a[t] * d[t] as a range.
+void bias_range(RealRow a, RealRow d, int64_t t, auto range) {
+  range(PlainRow{a}, PlainRow{d}, t, t, 1);
+}
+
+// The correctly rounded sum of the product ranges that for_each_range(range)
+// enumerates: first summed in double (certified with its running error
+// bound, which decides all but heavy cancellations), else exactly.
+template <class ForEachRange>
+float correctly_rounded_sum(ForEachRange for_each_range) {
+  RunningSum r;
+  running_init(r);
+  for_each_range([&](auto a, auto b, int64_t m0, int64_t j0, int64_t count) {
+    running_add_range(r, a, b, m0, j0, count);
+  });
+  float out;
+  if (running_round(r, &out))
+    return out;
+  ExactSum s;
+  exact_sum_init(s);
+  for_each_range([&](auto a, auto b, int64_t m0, int64_t j0, int64_t count) {
+    exact_sum_add_range(s, a, b, m0, j0, count);
+  });
+  return exact_sum_round(s);
 }
 
 // Output row of pair_rfft_conv: conv + a * bias (a a row of pairs or of
-// floats, each part's product with the bias exact in T), written as a pair.
+// floats, each part's product with the bias exact in T), written as a pair:
+// not rounded to float32, so nothing to certify.
 template <class T>
 void write_pair_row(
     const ConvGeometry& g,
@@ -636,46 +654,90 @@ void write_pair_row(
   }
 }
 
-// Output row of the shared-kernel path. The forward convolution reads the
-// time-domain result in order (x[t] = z[t/2].re or .im) with no fold: that
-// case runs as a plain loop over pairs, the same operations as gather().
+// The transform's value of output t, from the time-domain result z.
 template <class T>
-void write_row(
+T output_value(const ConvGeometry& g, const ComplexBuffer<T>& z, int64_t t) {
+  return gather(g, z, t);
+}
+
+// Whether output t is entry t of the cyclic result, as in the forward
+// convolution without fold: x[t] = z[t/2].re or .im.
+bool reads_in_order(const ConvGeometry& g) {
+  return !g.out_reversed && !g.fold && g.out_len <= g.a_len + g.b_len - 1 &&
+      g.out_len <= g.fft_size;
+}
+
+// Writes the outputs of a row from the time-domain result z. In float32 mode
+// the values are rounded as they are, bias(v, t) adding the bias products in
+// float. Otherwise, in passes that vectorise: the values in double, the bias
+// products added exactly (add_bias(value, magnitude) over the row), the
+// certification, and then the outputs that did not certify, recomputed from
+// their products (correctly_rounded_sum over products(t, range)).
+template <class T, class Bias, class AddBias, class Products>
+void write_outputs(
     const ConvGeometry& g,
+    const RowCertificate& cert,
     const ComplexBuffer<T>& z,
-    const SharedKernelTask::OutRow& row,
-    int snap) {
-  if constexpr (carries_pairs<T>()) {
-    if (row.out_lo) {
-      write_pair_row(g, z, row);
+    float* out,
+    Bias bias,
+    AddBias add_bias,
+    Products products) {
+  const int64_t len = g.out_len;
+  if constexpr (!certified<T>()) {
+    for (int64_t t = 0; t < len; ++t)
+      out[t] = bias(output_value(g, z, t), t);
+  } else {
+    thread_local std::vector<double> value_buffer, magnitude_buffer;
+    thread_local std::vector<unsigned char> open_buffer;
+    value_buffer.resize(len);
+    magnitude_buffer.resize(len);
+    open_buffer.resize(len);
+    // Plain pointers: a thread_local in a loop is a TLS lookup per access.
+    double* __restrict value = value_buffer.data();
+    double* __restrict magnitude = magnitude_buffer.data();
+    unsigned char* __restrict open = open_buffer.data();
+    if (reads_in_order(g)) {
+      const Span<T> re = z.re.span(), im = z.im.span();
+      for (int64_t m = 0; m < len / 2; ++m) {
+        value[2 * m] = re.load(m);
+        value[2 * m + 1] = im.load(m);
+      }
+      if (len & 1)
+        value[len - 1] = re.load(len / 2);
+    } else {
+      for (int64_t t = 0; t < len; ++t)
+        value[t] = output_value(g, z, t);
+    }
+    for (int64_t t = 0; t < len; ++t)
+      magnitude[t] = std::fabs(value[t]);
+    add_bias(value, magnitude);
+    if (!cert.finite) {
+      for (int64_t t = 0; t < len; ++t)
+        out[t] = static_cast<float>(value[t]);
       return;
     }
+    for (int64_t t = 0; t < len; ++t)
+      open[t] = !certified_round(
+          value[t], cert.conv_err + cert.rel * magnitude[t], &out[t]);
+    for (int64_t t = 0; t < len; ++t)
+      if (open[t])
+        out[t] = correctly_rounded_sum([&](auto range) { products(t, range); });
   }
-  const bool in_order = !g.out_reversed && !g.fold &&
-      g.out_len <= g.a_len + g.b_len - 1 && g.out_len <= g.fft_size;
-  auto finish = [&](T v, int64_t t) {
-    return row.has_bias ? finish_output(
-                              v,
-                              true,
-                              row.a.data[t * row.a.stride],
-                              row.bias.data[t * row.bias.stride],
-                              snap)
-                        : finish_output(v, false, 0.0f, 0.0f, snap);
-  };
-  if (!in_order) {
-    for (int64_t t = 0; t < g.out_len; ++t)
-      row.out[t] = finish(gather(g, z, t), t);
-    return;
+}
+
+// value[t] += a[t] * d[t] exactly in double, magnitude[t] += |a[t] * d[t]|.
+void add_bias_products(
+    RealRow a,
+    RealRow d,
+    int64_t len,
+    double* value,
+    double* magnitude) {
+  for (int64_t t = 0; t < len; ++t) {
+    const double p =
+        static_cast<double>(a.data[t * a.stride]) * d.data[t * d.stride];
+    value[t] += p;
+    magnitude[t] += std::fabs(p);
   }
-  const Span<T> re = z.re.span(), im = z.im.span();
-  float* __restrict out = row.out;
-  const int64_t pairs = g.out_len / 2;
-  for (int64_t m = 0; m < pairs; ++m) {
-    out[2 * m] = finish(re.load(m), 2 * m);
-    out[2 * m + 1] = finish(im.load(m), 2 * m + 1);
-  }
-  if (g.out_len & 1)
-    out[g.out_len - 1] = finish(re.load(pairs), g.out_len - 1);
 }
 
 template <class T>
@@ -688,11 +750,14 @@ void shared_kernel(
   const Plan<T>& plan = *plan_ptr;
 
   std::vector<ComplexBuffer<T>> spectra(task.b_rows.size());
+  std::vector<double> b_norms(task.b_rows.size());
   parallel_for(
       static_cast<int64_t>(spectra.size()), num_threads, [&](int64_t i) {
         ComplexBuffer<T> z;
         z.resize(h);
         spectra[i].resize(h);
+        if (certified<T>())
+          b_norms[i] = row_norm(task.b_rows[i], g.b_len);
         load_real(z, task.b_rows[i], g.b_len, false);
         real_forward(plan, z, spectra[i]);
         scale_buffer(spectra[i], h, spectrum_scale(n));
@@ -708,21 +773,43 @@ void shared_kernel(
         real_forward(plan, z, x);
         multiply_packed(x, spectra[row.b_index], h);
         real_inverse(plan, x, z);
-        // Pairs are not snapped: their lo parts do not enter the row
-        // summaries the certificate is built from.
-        const bool pairs =
-            row.out_lo || row.a.lo || task.b_rows[row.b_index].lo;
-        const int snap = pairs
-            ? kNoSnap
-            : decide_snap<T>(
+        if constexpr (carries_pairs<T>()) {
+          if (row.out_lo) {
+            write_pair_row(g, z, row);
+            return;
+          }
+        }
+        const RowCertificate cert = certified<T>()
+            ? row_certificate(
                   g,
-                  std::array<RealRow, 1>{row.a},
-                  g.a_len,
-                  std::array<RealRow, 1>{task.b_rows[row.b_index]},
-                  row.has_bias,
-                  std::array<RealRow, 1>{row.bias},
-                  1);
-        write_row(g, z, row, snap);
+                  row_norm(row.a, g.a_len) * b_norms[row.b_index],
+                  1,
+                  row.has_bias ? 1 : 0)
+            : RowCertificate{};
+        const RealRow b_row = task.b_rows[row.b_index];
+        auto a_at = [&](int64_t t) { return row.a.data[t * row.a.stride]; };
+        auto d_at = [&](int64_t t) {
+          return row.bias.data[t * row.bias.stride];
+        };
+        write_outputs<T>(
+            g,
+            cert,
+            z,
+            row.out,
+            [&](T v, int64_t t) {
+              return row.has_bias
+                  ? r_round(r_add(v, r_prod(v, a_at(t), d_at(t))))
+                  : r_round(v);
+            },
+            [&](double* value, double* magnitude) {
+              if (row.has_bias)
+                add_bias_products(row.a, row.bias, g.out_len, value, magnitude);
+            },
+            [&](int64_t t, auto range) {
+              for_each_output_range(g, row.a, b_row, t, range);
+              if (row.has_bias)
+                bias_range(row.a, row.bias, t, range);
+            });
       });
 }
 
@@ -733,7 +820,6 @@ void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
   const int64_t n = g.fft_size, h = n / 2;
   auto plan_ptr = get_plan<T>(n);
   const Plan<T>& plan = *plan_ptr;
-  const T tag{};
 
   parallel_for(
       static_cast<int64_t>(task.targets.size()), num_threads, [&](int64_t ti) {
@@ -743,24 +829,11 @@ void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
         acc.re.zero();
         acc.im.zero();
         const auto& target = task.targets[ti];
-        // The a rows of the bias products count with the convolution terms' a
-        // rows (all of length a_len = out_len where products occur).
-        std::vector<RealRow> a_rows, b_rows, d_rows;
-        for (const auto& term : target.terms)
-          a_rows.push_back(term.a), b_rows.push_back(term.b);
-        for (const auto& bt : target.bias_terms)
-          a_rows.push_back(bt.a), d_rows.push_back(bt.bias);
-        const int terms =
-            static_cast<int>(target.terms.size() + target.bias_terms.size());
-        const int snap = decide_snap<T>(
-            g,
-            a_rows,
-            g.a_len,
-            b_rows,
-            !d_rows.empty(),
-            d_rows,
-            std::max(terms, 1));
+        double norm_products = 0.0;
         for (const auto& term : target.terms) {
+          if (certified<T>())
+            norm_products +=
+                row_norm(term.a, g.a_len) * row_norm(term.b, g.b_len);
           load_real(z, term.a, g.a_len, g.a_reversed);
           real_forward(plan, z, a_spec);
           load_real(z, term.b, g.b_len, false);
@@ -769,50 +842,81 @@ void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
         }
         scale_buffer(acc, h, spectrum_scale(n));
         real_inverse(plan, acc, z);
-        for (int64_t t = 0; t < g.out_len; ++t) {
-          T v = gather(g, z, t);
-          for (const auto& bt : target.bias_terms)
-            v = r_add(
-                v,
-                r_prod(
-                    tag,
-                    bt.a.data[t * bt.a.stride],
-                    bt.bias.data[t * bt.bias.stride]));
-          if (snap != kNoSnap)
-            v = r_snap(v, snap);
-          target.out[t] = r_round(v);
-        }
+        const RowCertificate cert = certified<T>()
+            ? row_certificate(
+                  g,
+                  norm_products,
+                  std::max<int64_t>(
+                      static_cast<int64_t>(target.terms.size()), 1),
+                  static_cast<int64_t>(target.bias_terms.size()))
+            : RowCertificate{};
+        write_outputs<T>(
+            g,
+            cert,
+            z,
+            target.out,
+            [&](T v, int64_t t) {
+              for (const auto& bt : target.bias_terms)
+                v = r_add(
+                    v,
+                    r_prod(
+                        v,
+                        bt.a.data[t * bt.a.stride],
+                        bt.bias.data[t * bt.bias.stride]));
+              return r_round(v);
+            },
+            [&](double* value, double* magnitude) {
+              for (const auto& bt : target.bias_terms)
+                add_bias_products(bt.a, bt.bias, g.out_len, value, magnitude);
+            },
+            [&](int64_t t, auto range) {
+              for (const auto& term : target.terms)
+                for_each_output_range(g, term.a, term.b, t, range);
+              for (const auto& bt : target.bias_terms)
+                bias_range(bt.a, bt.bias, t, range);
+            });
       });
 }
 
-// Each target element: sum of exact products a[i] * b[i] in the working
-// precision, in the order given, one rounding.
+// Each target element: the sum of the products a[i] * b[i], rounded once: in
+// float32 mode accumulated in float in the order given, otherwise correctly
+// rounded.
 template <class T>
 void product_sum(const ProductSumTask& task, int64_t len, int num_threads) {
-  const T tag{};
   parallel_for(
       static_cast<int64_t>(task.targets.size()), num_threads, [&](int64_t ti) {
         const auto& target = task.targets[ti];
-        auto term = [&](size_t j, int64_t t) {
-          return r_prod(
-              tag,
-              target.a[j].data[t * target.a[j].stride],
-              target.b[j].data[t * target.b[j].stride]);
+        auto sum = [&](int64_t t_begin, int64_t t_end) {
+          if constexpr (certified<T>()) {
+            // Products a[t] b[t] as ranges a(m0 - k) b(j0 + k): a seen
+            // back to front, so that m0 - k is t_begin + k.
+            return correctly_rounded_sum([&](auto range) {
+              for (size_t j = 0; j < target.a.size(); ++j)
+                range(
+                    LoadedRow{target.a[j], len, true},
+                    PlainRow{target.b[j]},
+                    len - 1 - t_begin,
+                    t_begin,
+                    t_end - t_begin);
+            });
+          } else {
+            float acc = 0.0f;
+            for (size_t j = 0; j < target.a.size(); ++j)
+              for (int64_t t = t_begin; t < t_end; ++t)
+                acc = r_add(
+                    acc,
+                    r_mul(
+                        target.a[j].data[t * target.a[j].stride],
+                        target.b[j].data[t * target.b[j].stride]));
+            return acc;
+          }
         };
         if (target.sum_over_time) {
-          T acc{};
-          for (size_t j = 0; j < target.a.size(); ++j)
-            for (int64_t t = 0; t < len; ++t)
-              acc = r_add(acc, term(j, t));
-          target.out[0] = r_round(acc);
+          target.out[0] = sum(0, len);
           return;
         }
-        for (int64_t t = 0; t < len; ++t) {
-          T acc{};
-          for (size_t j = 0; j < target.a.size(); ++j)
-            acc = r_add(acc, term(j, t));
-          target.out[t] = r_round(acc);
-        }
+        for (int64_t t = 0; t < len; ++t)
+          target.out[t] = sum(t, t + 1);
       });
 }
 
@@ -827,9 +931,8 @@ void run_product_sum(
     case Precision::Float32:
       return product_sum<float>(task, len, num_threads);
     case Precision::Extended:
-      return product_sum<double>(task, len, num_threads);
     case Precision::DoubleDouble:
-      return product_sum<ff>(task, len, num_threads);
+      return product_sum<double>(task, len, num_threads);
   }
 }
 
@@ -842,9 +945,8 @@ void run_shared_kernel(
     case Precision::Float32:
       return shared_kernel<float>(g, task, num_threads);
     case Precision::Extended:
-      return shared_kernel<double>(g, task, num_threads);
     case Precision::DoubleDouble:
-      return shared_kernel<ff>(g, task, num_threads);
+      return shared_kernel<double>(g, task, num_threads);
   }
 }
 
@@ -857,9 +959,8 @@ void run_reduce(
     case Precision::Float32:
       return reduce<float>(g, task, num_threads);
     case Precision::Extended:
-      return reduce<double>(g, task, num_threads);
     case Precision::DoubleDouble:
-      return reduce<ff>(g, task, num_threads);
+      return reduce<double>(g, task, num_threads);
   }
 }
 

@@ -1,0 +1,406 @@
+// Correct rounding for every finite input: the certification arithmetic of the
+// extended and dd modes, written once for C++, CUDA and Metal (portability.h).
+//
+// A fast path (an FFT, a float64 GEMM) returns an approximation v of each
+// output together with a rigorous bound err on |v - exact|. When every real in
+// [v - err, v + err] rounds to one float32, that float is the correctly
+// rounded output (certified_round). Outputs that do not certify are recomputed
+// as a dot product of float32 pairs, accumulated exactly (ExactSum) and
+// rounded once. Exact zeros, ties, subnormal results and overflow all come out
+// of that one rounding (round half to even; +0 for an exact zero).
+//
+// Interface for a backend (the CPU engine in backend/cpu/ is the reference):
+//   1. Next to the transform, per output row: the row norms ||a||_2, ||b||_2
+//      (in double), and err = conv_error_bound(fft_size, terms, u) times the
+//      sum over the row's terms of ||a|| ||b||, plus kUnderflowError64 per
+//      term; twice that where two cyclic entries are folded into one output.
+//   2. Per output: v in double (the transform's value plus the bias products,
+//      each exact in double), then certified_round(v, err + u |v| per later
+//      addition, &out). An output that returns false goes on a list of
+//      (row, t); rows with a NaN/Inf input keep the transform's value
+//      (nothing to certify).
+//   3. A separate pass over that list: the output's products (entries i of
+//      the size-n cyclic convolution, for_each_cyclic_range, then the bias
+//      products) summed in double by RunningSum and certified with its running
+//      error bound (running_round);
+//      in the rare case that fails too, summed by ExactSum and rounded
+//      (exact_sum_round). ExactSum needs no double: Metal can run it as is.
+// Metal has no double: steps 1-2 there need a float-pair form of the bound and
+// of certified_round, not written yet (docs/certification.md).
+#pragma once
+
+#include "portability.h"
+
+namespace mlx_precise {
+
+// ----------------------------------------------------------- ExactSum ----
+// A sum of products of float32 values held exactly, as a fixed-point number
+// of kExactLimbs 32-bit digits (limb i weighs 2^(32 i + kExactBase + scale)).
+// A float32 is M 2^q with an integer M < 2^24 and q in [-149, 104], so a
+// product is an integer below 2^48 times 2^q, q in [-298, 208]; sums of up to
+// 2^31 of them stay below 2^287. Limbs are int64 so that additions need no
+// carry propagation: each adds less than 2^33 in magnitude, and the carries
+// are propagated every kExactCarryEvery additions. exact_sum_scale multiplies
+// by a float (addmm's alpha); beta*c is then added at its place relative to
+// the scale: the bits in use then span [-402, 822] - kExactBase (see there).
+enum : int { kExactLimbs = 28, kExactBase = -416, kExactCarryEvery = 1 << 29 };
+
+using ExactWord = unsigned MP_INT64;
+
+struct ExactSum {
+  MP_INT64 limb[kExactLimbs];
+  int scale;
+  int pending;
+  // The IEEE sum of the terms with an Inf or NaN factor (0 when none): such a
+  // term decides the result, as it would in any float summation.
+  float special;
+};
+
+MP_INLINE void exact_sum_init(MP_THREAD ExactSum& s) {
+  for (int i = 0; i < kExactLimbs; ++i)
+    s.limb[i] = 0;
+  s.scale = 0;
+  s.pending = 0;
+  s.special = 0.0f;
+}
+
+// Leaves every limb but the last in [0, 2^32); the last carries the sign.
+MP_INLINE void exact_sum_carry(MP_THREAD ExactSum& s) {
+  for (int i = 0; i + 1 < kExactLimbs; ++i) {
+    const MP_INT64 carry = s.limb[i] >> 32; // floor(limb / 2^32)
+    s.limb[i] &= static_cast<MP_INT64>(0xffffffffu);
+    s.limb[i + 1] += carry;
+  }
+  s.pending = 0;
+}
+
+// x = (negative ? -1 : 1) * mantissa * 2^exponent, mantissa < 2^24.
+struct FloatParts {
+  unsigned int mantissa;
+  int exponent;
+  bool negative;
+};
+
+MP_INLINE bool is_finite_bits(unsigned int bits) {
+  return (bits & 0x7f800000u) != 0x7f800000u;
+}
+
+MP_INLINE FloatParts float_parts(float x) {
+  const unsigned int bits = MP_FLOAT_BITS(x);
+  const unsigned int biased = (bits >> 23) & 0xffu;
+  unsigned int mantissa = bits & 0x7fffffu;
+  if (biased != 0u)
+    mantissa |= 0x800000u;
+  return FloatParts{
+      mantissa,
+      static_cast<int>(biased != 0u ? biased : 1u) - 150,
+      (bits >> 31) != 0u};
+}
+
+// s += (negative ? -m : m) * 2^exponent for m < 2^48.
+MP_INLINE void exact_sum_add_integer(
+    MP_THREAD ExactSum& s,
+    ExactWord m,
+    int exponent,
+    bool negative) {
+  const int pos = exponent - kExactBase - s.scale;
+  const int i = pos >> 5, shift = pos & 31;
+  const ExactWord mask = 0xffffffffu;
+  const ExactWord low = (m & mask) << shift; // < 2^63
+  const ExactWord high = (m >> 32) << shift; // < 2^47
+  MP_INT64 d0 = static_cast<MP_INT64>(low & mask);
+  MP_INT64 d1 = static_cast<MP_INT64>((low >> 32) + (high & mask));
+  MP_INT64 d2 = static_cast<MP_INT64>(high >> 32);
+  if (negative) {
+    d0 = -d0;
+    d1 = -d1;
+    d2 = -d2;
+  }
+  s.limb[i] += d0;
+  s.limb[i + 1] += d1;
+  s.limb[i + 2] += d2;
+  if (++s.pending == kExactCarryEvery)
+    exact_sum_carry(s);
+}
+
+// s += a * b, exactly.
+MP_INLINE void exact_sum_add_product(MP_THREAD ExactSum& s, float a, float b) {
+  if (!is_finite_bits(MP_FLOAT_BITS(a)) || !is_finite_bits(MP_FLOAT_BITS(b))) {
+    s.special = MP_ADDF(s.special, MP_MULF(a, b));
+    return;
+  }
+  const FloatParts pa = float_parts(a), pb = float_parts(b);
+  if (pa.mantissa == 0u || pb.mantissa == 0u)
+    return;
+  exact_sum_add_integer(
+      s,
+      static_cast<ExactWord>(pa.mantissa) * pb.mantissa,
+      pa.exponent + pb.exponent,
+      pa.negative != pb.negative);
+}
+
+// Sign of the exact (finite) part: -1, 0 or 1.
+MP_INLINE int exact_sum_sign(MP_THREAD ExactSum& s) {
+  exact_sum_carry(s);
+  if (s.limb[kExactLimbs - 1] != 0)
+    return s.limb[kExactLimbs - 1] < 0 ? -1 : 1;
+  for (int i = 0; i < kExactLimbs; ++i)
+    if (s.limb[i] != 0)
+      return 1;
+  return 0;
+}
+
+// s *= f, exactly: every digit times f's 24-bit integer, the power of two
+// kept in s.scale. An infinite or NaN f scales as IEEE multiplication would.
+MP_INLINE void exact_sum_scale(MP_THREAD ExactSum& s, float f) {
+  s.special = MP_MULF(s.special, f);
+  if (!is_finite_bits(MP_FLOAT_BITS(f))) {
+    const float sign = static_cast<float>(exact_sum_sign(s));
+    s.special = MP_ADDF(s.special, MP_MULF(f, sign)); // inf * 0 is NaN
+    return;
+  }
+  const FloatParts p = float_parts(f);
+  exact_sum_carry(s);
+  for (int i = 0; i < kExactLimbs; ++i) {
+    const MP_INT64 v = s.limb[i] * static_cast<MP_INT64>(p.mantissa);
+    s.limb[i] = p.negative ? -v : v;
+  }
+  if (p.mantissa != 0u)
+    s.scale += p.exponent;
+  exact_sum_carry(s);
+}
+
+// The float32 nearest to s (ties to even; +0 for an exact zero; +-inf beyond
+// the float range, as IEEE rounding gives).
+MP_INLINE float exact_sum_round(MP_THREAD ExactSum& s) {
+  if (s.special != 0.0f || s.special != s.special)
+    return s.special;
+  exact_sum_carry(s);
+  const bool negative = s.limb[kExactLimbs - 1] < 0;
+  if (negative) {
+    for (int i = 0; i < kExactLimbs; ++i)
+      s.limb[i] = -s.limb[i];
+    exact_sum_carry(s);
+  }
+  int h = kExactLimbs - 1;
+  while (h >= 0 && s.limb[h] == 0)
+    --h;
+  if (h < 0)
+    return 0.0f;
+  // A 64-bit window of the two leading digits (at least 33 significant bits),
+  // the digits below it only as a sticky bit.
+  const ExactWord window = (static_cast<ExactWord>(s.limb[h]) << 32) |
+      static_cast<ExactWord>(h > 0 ? s.limb[h - 1] : 0);
+  bool sticky = false;
+  for (int i = 0; i + 1 < h; ++i)
+    sticky = sticky || s.limb[i] != 0;
+  const int window_lsb = 32 * (h - 1) + kExactBase + s.scale;
+  const int top = 63 - MP_CLZ(static_cast<unsigned int>(s.limb[h]));
+  const int e = top + window_lsb; // 2^e <= |s| < 2^(e+1)
+  const float inf = MP_LDEXPF(1.0f, 128);
+  if (e >= 128)
+    return negative ? -inf : inf;
+  const int lsb = e - 23 > -149 ? e - 23 : -149; // the float's last place
+  const int drop = lsb - window_lsb;
+  ExactWord mantissa = 0;
+  if (drop <= 0) {
+    mantissa = window << (-drop); // exact: at most 24 bits
+  } else if (drop <= 64) {
+    const ExactWord one = 1;
+    mantissa = drop == 64 ? 0 : window >> drop;
+    const ExactWord rest = drop == 64 ? window : window & ((one << drop) - 1);
+    const ExactWord half = one << (drop - 1);
+    if (rest > half || (rest == half && (sticky || (mantissa & 1) != 0)))
+      ++mantissa;
+  } // else |s| < 2^(lsb - 1): rounds to zero
+  // mantissa <= 2^24 is a float; the power of two is exact (2^128 is inf).
+  const float r = MP_LDEXPF(static_cast<float>(mantissa), lsb);
+  return negative ? -r : r;
+}
+
+// Entry i of the size-n cyclic convolution of A (A[m] nonzero only for
+// m < a_len) and b (b_len <= n taps), x[i] = sum_j A[(i - j) mod n] b[j], as
+// at most two ranges of products A[m0 - k] b[j0 + k], k < count: calls
+// range(m0, j0, count) for each nonempty one.
+template <class Range>
+MP_INLINE void for_each_cyclic_range(
+    MP_INT64 a_len,
+    MP_INT64 b_len,
+    MP_INT64 n,
+    MP_INT64 i,
+    Range range) {
+  // j <= i: m = i - j, needs m < a_len.
+  const MP_INT64 j0 = i - a_len + 1 > 0 ? i - a_len + 1 : 0;
+  const MP_INT64 j_end = i < b_len - 1 ? i : b_len - 1;
+  if (j_end >= j0)
+    range(i - j0, j0, j_end - j0 + 1);
+  // j > i wraps: m = i - j + n, needs m < a_len.
+  const MP_INT64 j_wrap = i + n - a_len + 1;
+  const MP_INT64 j1 = j_wrap > i + 1 ? j_wrap : i + 1;
+  if (j1 < b_len)
+    range(i - j1 + n, j1, b_len - j1);
+}
+
+// s += sum_{k < count} a(m0 - k) b(j0 + k).
+template <class RowA, class RowB>
+MP_INLINE void exact_sum_add_range(
+    MP_THREAD ExactSum& s,
+    RowA a,
+    RowB b,
+    MP_INT64 m0,
+    MP_INT64 j0,
+    MP_INT64 count) {
+  for (MP_INT64 k = 0; k < count; ++k)
+    exact_sum_add_product(s, a(m0 - k), b(j0 + k));
+}
+
+#if MP_HAS_DOUBLE
+
+constexpr double kUnitRoundoff64 = 1.1102230246251565e-16; // 2^-53
+
+// gamma_n = n u / (1 - n u) (Higham, Accuracy and Stability of Numerical
+// Algorithms, 2nd ed., Lemma 3.1).
+MP_INLINE double gamma_n(double n, double u) {
+  return n * u / (1.0 - n * u);
+}
+
+// gamma_n for double: a sum of n terms of one sign, and an inner product with
+// exact products in any order, is off by at most gamma_n sum |terms|.
+MP_INLINE double gamma_bound(MP_INT64 n) {
+  return gamma_n(static_cast<double>(n), kUnitRoundoff64);
+}
+
+// kappa with |x_computed[i] - x[i]| <= kappa ||a||_2 ||b||_2 for every entry
+// of the size-N cyclic convolution x computed by rfft_conv's engine (real
+// transforms of half length H = N/2, packed spectral product, inverse), in a
+// precision with unit roundoff u (Higham, Accuracy and Stability of Numerical
+// Algorithms, 2nd ed.; full derivation in docs/certification.md):
+//   - per butterfly stage, each output errs by at most eta' |S| |x| with
+//     eta' = 2 sqrt(2) gamma_2 + mu <= 7u (two levels of additions and one
+//     complex product, Lemma 3.5; twiddle error mu <= u);
+//   - forward, norm-wise (the induction of Thm 24.2; a radix-4 stage has
+//     || |S| || = 2 ||S||): ||Z^ - Z|| <= eps ||Z||, eps = gamma_s(7u) over
+//     s = log2 H + 1 levels; the split (norm <= 2 sqrt 2, || |S| || <= 4)
+//     leaves the packed spectra off by delta sqrt(H) ||a||, delta = 2 sqrt(2)
+//     eps + 4 eta' (1 + eps), their norms <= (2 sqrt 2 + delta) sqrt(H) ||a||;
+//   - product: ||P^ - P||_1 <= rho H ||a|| ||b||, rho = delta (2 sqrt 2 +
+//     delta) + 2 sqrt 2 delta + sqrt 2 gamma_2 (2 sqrt 2 + delta)^2;
+//   - the exact inverse maps a packed product entry to an output with weight
+//     <= 1/(2N) (it stands for two conjugate entries of the full spectrum,
+//     each of weight 1/N, times the packing's factor 4): rho / 4;
+//   - inverse rounding, componentwise: every path from a packed entry to an
+//     output has weight <= 4 (unsplit) x 1 (butterflies) x 1/(4N), so it adds
+//     gamma_s(7u) ||P^||_1 / N <= eps * weight, weight = (2 sqrt 2 + delta)^2
+//     (1 + sqrt 2 gamma_2) / 2.
+// An output summing `terms` spectral products before one inverse transform
+// (gradients over broadcast rows) adds gamma_terms weight per term; the bound
+// is then kappa times the sum over the terms of ||a|| ||b||. Times 1 + 2^-10
+// for the rounding of the norms and of this formula.
+MP_INLINE double conv_error_bound(MP_INT64 fft_size, MP_INT64 terms, double u) {
+  int log2_half = 0;
+  while ((static_cast<MP_INT64>(2) << log2_half) < fft_size)
+    ++log2_half;
+  const double eta = 7.0 * u, sqrt2 = 1.4142135623730951;
+  const double stages = static_cast<double>(log2_half + 1);
+  const double eps = gamma_n(stages, eta);
+  const double delta = 2.0 * sqrt2 * eps + 4.0 * eta * (1.0 + eps);
+  const double g2 = gamma_n(2.0, u);
+  const double spectrum = 2.0 * sqrt2 + delta;
+  const double rho =
+      delta * spectrum + 2.0 * sqrt2 * delta + sqrt2 * g2 * spectrum * spectrum;
+  const double weight = 0.5 * spectrum * spectrum * (1.0 + sqrt2 * g2);
+  const double kappa = 0.25 * rho + eps * weight +
+      gamma_n(static_cast<double>(terms), u) * weight;
+  return kappa * (1.0 + 1.0 / 1024.0);
+}
+
+// Absolute error bound for float64 underflow inside a transform: inputs and
+// products of float32 values stay above 2^-600, so nothing there reaches
+// double's subnormal range except exact cancellation residues; 1e-300 per
+// output covers any such rounding many times over.
+constexpr double kUnderflowError64 = 1e-300;
+
+// v approximates an exact real x with |v - x| <= err. When every real within
+// err of v rounds to the same float32, that float is round(x): it is written
+// to *out and true returned. v - err and v + err are widened by 4u|v| to
+// cover their own rounding in double; conversion to float32 is a correct
+// rounding and rounding is monotone, so equal ends prove the whole interval.
+// The ends are compared as bits: an interval around zero whose ends round to
+// -0 and +0 is not certified (the exact sum decides the sign). NaN and inf
+// never certify (an infinite v says nothing about x).
+// *out is always written with float32(v), the answer when certified.
+MP_INLINE bool certified_round(double v, double err, MP_THREAD float* out) {
+  const double margin = err + 4.0 * kUnitRoundoff64 * fabs(v);
+  const float lo = static_cast<float>(v - margin);
+  const float hi = static_cast<float>(v + margin);
+  *out = static_cast<float>(v);
+  // (& rather than &&: no branch, so that loops over outputs vectorise)
+  return (MP_FLOAT_BITS(lo) == MP_FLOAT_BITS(hi)) & (fabs(v) < 1e300);
+}
+
+// A sum of products of floats in double (each product exact) with a running
+// error bound (Higham, Accuracy and Stability, section 3.3): every addition
+// s_i = fl(s_(i-1) + p_i) errs by at most u |s_i|, so |s - exact| <= u sum
+// |s_i|. For sums of mixed signs that is about sqrt(n) times tighter than
+// gamma_n sum |p_i|, enough to decide almost every output the transform could
+// not. kDotLanes independent lanes, so that the loop vectorises.
+enum : int { kDotLanes = 8 };
+
+struct RunningSum {
+  double sum[kDotLanes];
+  double mass[kDotLanes]; // sum of |partial sums|
+};
+
+MP_INLINE void running_init(MP_THREAD RunningSum& r) {
+  for (int l = 0; l < kDotLanes; ++l)
+    r.sum[l] = r.mass[l] = 0.0;
+}
+
+// r += sum_{k < count} a(m0 - k) b(j0 + k).
+template <class RowA, class RowB>
+MP_INLINE void running_add_range(
+    MP_THREAD RunningSum& r,
+    RowA a,
+    RowB b,
+    MP_INT64 m0,
+    MP_INT64 j0,
+    MP_INT64 count) {
+  double sum[kDotLanes], mass[kDotLanes];
+  for (int l = 0; l < kDotLanes; ++l) {
+    sum[l] = r.sum[l];
+    mass[l] = r.mass[l];
+  }
+  MP_INT64 k = 0;
+  for (; k + kDotLanes <= count; k += kDotLanes) {
+    for (int l = 0; l < kDotLanes; ++l) {
+      sum[l] += static_cast<double>(a(m0 - k - l)) *
+          static_cast<double>(b(j0 + k + l));
+      mass[l] += fabs(sum[l]);
+    }
+  }
+  for (int l = 0; k < count; ++k, ++l) {
+    sum[l] += static_cast<double>(a(m0 - k)) * static_cast<double>(b(j0 + k));
+    mass[l] += fabs(sum[l]);
+  }
+  for (int l = 0; l < kDotLanes; ++l) {
+    r.sum[l] = sum[l];
+    r.mass[l] = mass[l];
+  }
+}
+
+// certified_round of the running sum (false when it cannot decide). The mass
+// is itself a rounded sum of up to 2^40 terms: 1 + 2^-10 covers that.
+MP_INLINE bool running_round(
+    MP_THREAD const RunningSum& r,
+    MP_THREAD float* out) {
+  double v = r.sum[0], mass = r.mass[0];
+  for (int l = 1; l < kDotLanes; ++l) {
+    v += r.sum[l];
+    mass += r.mass[l] + fabs(v);
+  }
+  return certified_round(v, kUnitRoundoff64 * (1.0 + 1.0 / 1024.0) * mass, out);
+}
+
+#endif // MP_HAS_DOUBLE
+
+} // namespace mlx_precise
