@@ -69,10 +69,10 @@ def crafted_pickle(obj, protocol: int = 2) -> bytes:
 
 
 def write_torch_zip(path: Path, data_pkl: bytes, storages=None,
-                    compression: int = zipfile.ZIP_STORED) -> Path:
+                    compression: int = zipfile.ZIP_STORED, byteorder: str = "little") -> Path:
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("archive/data.pkl", data_pkl, compress_type=compression)
-        archive.writestr("archive/byteorder", "little")
+        archive.writestr("archive/byteorder", byteorder)
         for key, data in (storages or {}).items():
             archive.writestr(f"archive/data/{key}", data, compress_type=compression)
         archive.writestr("archive/version", "3\n")
@@ -194,6 +194,8 @@ def build_corpus(root: Path, marker: Path, state_dict) -> dict:
     add("whole_module", root / "whole_module.pt", "UnsafePickleError", "Linear")
     (root / "bare.bin").write_bytes(pickle.dumps({"w": Shell(marker)}))
     add("bare_pickle", root / "bare.bin", "UnsafePickleError", "bare pickles")
+    torch.save({"w": torch.zeros(2)}, bin_file("legacy"), _use_new_zipfile_serialization=False)
+    add("legacy_format", bin_file("legacy"), "UnsafePickleError", "legacy format")
 
     # geometry: strided bombs, extents, sizes
     torch.save({"w": torch.zeros(10, dtype=torch.float16).as_strided((100000, 100000), (0, 0))},
@@ -411,6 +413,15 @@ def test_bin_reader_matches_torch_load_for_every_dtype_and_layout(tmp_path):
         np.testing.assert_array_equal(np.asarray(arrays[name]), expected.numpy(), err_msg=name)
         if tensor.is_floating_point():
             assert arrays[name].dtype == mx.float32, name
+
+
+def test_big_endian_storages_are_read_in_their_byte_order(tmp_path):
+    values = np.array([1.5, -2.0, 3.25e-3, np.inf], dtype=np.float32)
+    storage = StorageRef(torch.FloatStorage, "0", 4)
+    path = write_torch_zip(tmp_path / "big.bin", crafted_pickle(
+        {"w": CraftedTensor(storage, 0, (2, 2), (1, 2))}),
+        {"0": values.astype(">f4").tobytes()}, byteorder="big")
+    np.testing.assert_array_equal(np.asarray(read_tensors(path)["w"]), values.reshape(2, 2).T)
 
 
 def test_float64_is_handled_the_same_in_bin_and_safetensors(tmp_path):
