@@ -1,5 +1,15 @@
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Property tests (tests/test_properties.py): a bounded run in CI, a long one with
+# HYPOTHESIS_PROFILE=dev. No example database: every run draws fresh examples,
+# and a failure prints the reproducing example and seed.
+settings.register_profile("ci", max_examples=20, deadline=None, database=None, print_blob=True)
+settings.register_profile("dev", max_examples=1000, deadline=None, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture
