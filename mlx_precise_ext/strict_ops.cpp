@@ -4,6 +4,7 @@
 #include <sstream>
 #include <stdexcept>
 
+#include <mlx/backend/cuda/cuda.h>
 #include <mlx/fast.h>
 #include <mlx/ops.h>
 
@@ -34,6 +35,13 @@ void check_float32(const char* op, const mx::array& x, const char* what) {
 
 mx::Shape batch_of(const mx::array& x) {
   return mx::Shape(x.shape().begin(), x.shape().end() - 2);
+}
+
+// "float32" products run MLX's own matmul, except on CUDA, whose float32
+// matmuls default to TF32 (MLX_ENABLE_TF32, a process-wide setting we leave
+// alone): there StrictAddmm runs a plain float32 GEMM.
+bool strict_float32_gemm(const mx::Stream& s) {
+  return s.device == mx::Device::gpu && mx::cu::is_available();
 }
 
 } // namespace
@@ -227,9 +235,10 @@ mx::array addmm(
     mx::StreamOrDevice s) {
   Precision p = parse_precision(precision, "addmm");
   check_addmm_arguments("addmm", c, a, b);
-  if (p == Precision::Float32)
-    return mx::addmm(c, a, b, alpha, beta, s);
-  return strict_addmm_from_parts(a, b, c, alpha, beta, p, mx::to_stream(s));
+  const mx::Stream stream = mx::to_stream(s);
+  if (p == Precision::Float32 && !strict_float32_gemm(stream))
+    return mx::addmm(c, a, b, alpha, beta, stream);
+  return strict_addmm_from_parts(a, b, c, alpha, beta, p, stream);
 }
 
 mx::array linear(
@@ -247,12 +256,12 @@ mx::array linear(
   mx::array weight_t = mx::transpose(weight, s);
   matmul_shape("linear", rows, weight_t, bias, "x", "weight.T");
   mx::array y = [&]() {
-    if (p == Precision::Float32) {
-      return bias ? mx::addmm(*bias, rows, weight_t, 1.0f, 1.0f, s)
-                  : mx::matmul(rows, weight_t, s);
+    const mx::Stream stream = mx::to_stream(s);
+    if (p == Precision::Float32 && !strict_float32_gemm(stream)) {
+      return bias ? mx::addmm(*bias, rows, weight_t, 1.0f, 1.0f, stream)
+                  : mx::matmul(rows, weight_t, stream);
     }
-    return strict_addmm_from_parts(
-        rows, weight_t, bias, 1.0f, 1.0f, p, mx::to_stream(s));
+    return strict_addmm_from_parts(rows, weight_t, bias, 1.0f, 1.0f, p, stream);
   }();
   mx::Shape out_shape = x_shape;
   out_shape.back() = weight.shape(0);

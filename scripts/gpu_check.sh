@@ -29,7 +29,7 @@ if [ ${#wheel_dirs[@]} -gt 0 ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$site" "${wheels[@]}" || exit 1
   export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
 fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$PWD:$PWD/models:$PWD/tests${PYTHONPATH:+:$PYTHONPATH}
 python3 -c 'import mlx.core as mx; print("MLX", mx.__version__, "CUDA:", mx.cuda.is_available(), "Metal:", mx.metal.is_available())' |
   tee "$out/device.txt"
 command -v nvidia-smi > /dev/null && nvidia-smi -L | tee -a "$out/device.txt"

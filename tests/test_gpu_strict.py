@@ -194,3 +194,65 @@ def test_addmm_zeros_and_exact_cancellation_equal_to_cpu(precision):
             y_gpu = on(mx.gpu, mp.linear, args[1], w, precision=precision)
             y_cpu = on(mx.cpu, mp.linear, args[1], w, precision=CPU_TWIN[precision])
         assert_bitwise(y_gpu, y_cpu)
+
+
+ON_CUDA = mx.cuda.is_available()
+
+
+def relative_l2(y, ref):
+    y, ref = np.asarray(y, np.float64), np.asarray(ref, np.float64)
+    assert np.isfinite(y).all()
+    return np.linalg.norm(y - ref) / np.linalg.norm(ref)
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="TF32 is a CUDA matter")
+def test_float32_products_on_cuda_are_not_tf32():
+    # MLX's CUDA matmuls default to TF32 (10-bit mantissa products, relative
+    # error ~5e-4); precision="float32" must stay float32 (~1e-6 here) without
+    # touching MLX_ENABLE_TF32. Contiguous, transposed, batched + broadcast
+    # (packed) operands, with and without c, gradients included.
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((3, 1, 40, 300)).astype(np.float32)
+    b = rng.standard_normal((4, 70, 300)).astype(np.float32)
+    c = rng.standard_normal((4, 1, 70)).astype(np.float32)
+    bt = mx.array(b).swapaxes(-1, -2)
+    y = on(mx.gpu, mp.addmm, mx.array(c), mx.array(a), bt, alpha=0.5, beta=-2.0, precision="float32")
+    ref = 0.5 * np.matmul(a.astype(np.float64), b.astype(np.float64).swapaxes(-1, -2)) - 2.0 * c
+    assert y.shape == (3, 4, 40, 70)
+    assert relative_l2(y, ref) < 1e-5
+    x = rng.standard_normal((2, 500, 768)).astype(np.float32)
+    w = (rng.standard_normal((384, 768)) * 0.03).astype(np.float32)
+    bias = rng.standard_normal(384).astype(np.float32)
+    for bb in (None, mx.array(bias)):
+        y = on(mx.gpu, mp.linear, mx.array(x), mx.array(w), bb, precision="float32")
+        ref = x.astype(np.float64) @ w.astype(np.float64).T + (0 if bb is None else bias)
+        assert relative_l2(y, ref) < 1e-5
+    g = rng.standard_normal((2, 500, 384)).astype(np.float32)
+    grad_w = on(mx.gpu, mx.grad(lambda w: (mp.linear(mx.array(x), w, precision="float32")
+                                           * mx.array(g)).sum()), mx.array(w))
+    ref = np.einsum("bro,bri->oi", g.astype(np.float64), x.astype(np.float64))
+    assert relative_l2(grad_w, ref) < 1e-5
+
+
+@pytest.mark.parametrize("precision", ("float32",) + STRICT)
+def test_addmm_empty_inner_dimension(precision):
+    rng = np.random.default_rng(8)
+    c = mx.array(rng.standard_normal((5, 6)).astype(np.float32))
+    a = mx.zeros((5, 0), dtype=mx.float32)
+    b = mx.zeros((0, 6), dtype=mx.float32)
+    y = on(mx.gpu, mp.addmm, c, a, b, alpha=2.0, beta=-0.5, precision=precision)
+    assert_bitwise(y, np.array(c) * np.float32(-0.5))
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="the chunked float64 product is CUDA's")
+def test_extended_addmm_in_chunks_equal_to_cpu():
+    # Rows x (N + K) above the product's budget (2^25 doubles): the rows run in
+    # chunks that reuse one set of buffers; every output must still equal the CPU's.
+    rng = np.random.default_rng(9)
+    a = mx.array(rng.standard_normal((20000, 1024)).astype(np.float32))
+    w = mx.array((rng.standard_normal((1040, 1024)) * 0.03).astype(np.float32))
+    bias = mx.array(rng.standard_normal(1040).astype(np.float32))
+    y_gpu = on(mx.gpu, mp.linear, a, w, bias, precision="extended")
+    assert_bitwise(y_gpu, on(mx.cpu, mp.linear, a, w, bias, precision="extended"))

@@ -11,7 +11,8 @@ In ``"float32"``, ``"extended"`` and ``"dd"``, elementwise operations (gating pr
 residual and embedding sums, sin, exp, erf-GELU, tanh, the short convolution's bias) are
 float32: each op's output is rounded to float32 before the next op reads it.
 ``precision="float32"`` is MLX's own path for the linears and layer norms (``mx.addmm``,
-``mx.fast.layer_norm``).
+``mx.fast.layer_norm``), except that on CUDA the products run mlx_precise's plain float32
+GEMM (MLX's CUDA matmuls default to TF32).
 
 ``"exact"`` carries every activation as an ``mlx_precise.pair.Pair`` (about 48 bits, hi
 and lo float32 arrays) from the embedding sum to the encoder output and the pooler,
@@ -104,10 +105,9 @@ def blockdiag_linear(
         y = pair.addmm(block_bias, rows, weight_t)
         return y.transpose(1, 0, 2).reshape(*x.shape[:-1], nblocks * out_block)
     rows = mx.contiguous(x.reshape(-1, nblocks, in_block).transpose(1, 0, 2))
+    # mlx_precise.addmm in every precision: its float32 stays float32 on CUDA (never TF32).
     if bias is not None:
         y = mlx_precise.addmm(block_bias, rows, weight_t, precision=precision)
-    elif precision == "float32":
-        y = mx.matmul(rows, weight_t)
     else:
         y = mlx_precise.addmm(mx.zeros((1,), dtype=mx.float32), rows, weight_t, precision=precision)
     return y.transpose(1, 0, 2).reshape(*x.shape[:-1], nblocks * out_block)

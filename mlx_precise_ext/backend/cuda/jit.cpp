@@ -60,8 +60,11 @@ const char* const kKernelNames[] = {
 const char* const kStrictKernelNames[] = {
     "mlx_precise::gpu::addmm_norms",
     "mlx_precise::gpu::addmm_tiles<mlx_precise::gpu::DoubleWordDot>",
-    "mlx_precise::gpu::addmm_tiles<mlx_precise::gpu::Float64Dot>",
-    "mlx_precise::gpu::addmm_dmma",
+    "mlx_precise::gpu::pack_operand<float>",
+    "mlx_precise::gpu::pack_operand<double>",
+    "mlx_precise::gpu::fill_from_c",
+    "mlx_precise::gpu::addmm_certify",
+    "mlx_precise::gpu::addmm_recompute",
     "mlx_precise::gpu::layer_norm_rows<double>",
     "mlx_precise::gpu::layer_norm_rows<mlx_precise::ff>",
     "mlx_precise::gpu::layer_norm_grad_rows<double>",

@@ -13,16 +13,16 @@ using int64_t = long long;
 namespace mlx_precise::gpu {
 
 // ------------------------------------------------------------------ addmm ----
-// Block tile kTile x kTile outputs, 16 x 16 threads, each thread kPerThread x
-// kPerThread outputs (rows ty + 16 r, columns tx + 16 c); the K axis advances
-// kTileK at a time through shared memory. Each output accumulates k = 0, 1,
-// ..., K-1 in order, whatever the tiling.
+// "dd": block tile kTile x kTile outputs, 16 x 16 threads, each thread
+// kPerThread x kPerThread outputs (rows ty + 16 r, columns tx + 16 c); the K
+// axis advances kTileK at a time through shared memory. Each output
+// accumulates k = 0, 1, ..., K-1 in order, whatever the tiling.
 constexpr int kTile = 64;
 constexpr int kTileK = 16;
 constexpr int kPerThread = 4;
 constexpr int kTileThreads = 256;
 
-// "dd": the double-word dot product of strict_arith.h, finished like the CPU.
+// The double-word dot product of strict_arith.h, finished like the CPU.
 struct DoubleWordDot {
   using Acc = ff;
   static __device__ __forceinline__ Acc zero() {
@@ -31,135 +31,12 @@ struct DoubleWordDot {
   static __device__ __forceinline__ Acc step(Acc acc, float a, float b) {
     return dd_dot_step(acc, a, b);
   }
-};
-
-// "extended": float64 accumulation (exact products, so the fused
-// multiply-add rounds exactly as a product followed by an add would).
-struct Float64Dot {
-  using Acc = double;
-  static __device__ __forceinline__ Acc zero() {
-    return 0.0;
-  }
-  static __device__ __forceinline__ Acc step(Acc acc, float a, float b) {
-    return fma(static_cast<double>(a), static_cast<double>(b), acc);
+  static __device__ __forceinline__ float
+  result(const AddmmLayout& L, Acc acc, float c) {
+    return L.has_c ? dd_addmm_result(acc, L.alpha, L.beta, c)
+                   : dd_scaled_result(acc, L.alpha);
   }
 };
-
-// Element p of row i of a, or of column j of b, widened to double (for the
-// exact recomputation of uncertified outputs).
-struct StridedWide {
-  const float* data;
-  MP_INT64 stride;
-  __device__ __forceinline__ double operator()(MP_INT64 p) const {
-    return static_cast<double>(data[p * stride]);
-  }
-};
-
-// 2-norms of the rows of a and the columns of b of every batch, in double:
-// one warp per vector, lane l summing elements l, l + 32, ... then a shuffle
-// tree. The order differs from the CPU's 8 lanes; the norms' own rounding
-// (relative error below (K/32 + 6) u) is covered many times over by the
-// bound's 1 + 1/1024 slack, so the certification stays valid in any order.
-// norms: batches * m row norms of a, then batches * n column norms of b.
-__global__ void addmm_norms(
-    const float* a,
-    const float* b,
-    const AddmmLayout L,
-    double* norms) {
-  const MP_INT64 per_batch = L.m + L.n;
-  const int lane = threadIdx.x % 32;
-  const MP_INT64 warps_total =
-      static_cast<MP_INT64>(gridDim.x) * (blockDim.x / 32);
-  for (MP_INT64 t = blockIdx.x * static_cast<MP_INT64>(blockDim.x / 32) +
-           threadIdx.x / 32;
-       t < L.batches * per_batch;
-       t += warps_total) {
-    const MP_INT64 batch = t / per_batch;
-    const MP_INT64 r = t % per_batch;
-    const float* v;
-    MP_INT64 stride;
-    if (r < L.m) {
-      v = a + strided_offset(batch, L.batch_dims, L.batch_shape, L.a_batch) +
-          r * L.a_row;
-      stride = L.a_col;
-    } else {
-      v = b + strided_offset(batch, L.batch_dims, L.batch_shape, L.b_batch) +
-          (r - L.m) * L.b_col;
-      stride = L.b_row;
-    }
-    double sum = 0.0;
-    for (int p = lane; p < L.k; p += 32) {
-      const double x = static_cast<double>(v[p * stride]);
-      sum += x * x;
-    }
-    for (int offset = 16; offset > 0; offset /= 2)
-      sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    if (lane == 0) {
-      const double norm = sqrt(sum);
-      if (r < L.m)
-        norms[batch * L.m + r] = norm;
-      else
-        norms[L.batches * L.m + batch * L.n + (r - L.m)] = norm;
-    }
-  }
-}
-
-template <class Dot>
-__device__ __forceinline__ float addmm_result(
-    const AddmmLayout& L,
-    typename Dot::Acc acc,
-    float c,
-    const float* a_row,
-    const float* b_col,
-    double a_norm,
-    double b_norm);
-
-template <>
-__device__ __forceinline__ float addmm_result<DoubleWordDot>(
-    const AddmmLayout& L,
-    ff acc,
-    float c,
-    const float*,
-    const float*,
-    double,
-    double) {
-  return L.has_c ? dd_addmm_result(acc, L.alpha, L.beta, c)
-                 : dd_scaled_result(acc, L.alpha);
-}
-
-// |fl64(A@B) - A@B| <= gamma_K ||a_i|| ||b_j|| (see
-// backend/cpu/strict_kernels.cpp certify_addmm); alpha * . and + beta * c round
-// once each in double.
-template <>
-__device__ __forceinline__ float addmm_result<Float64Dot>(
-    const AddmmLayout& L,
-    double acc,
-    float c,
-    const float* a_row,
-    const float* b_col,
-    double a_norm,
-    double b_norm) {
-  constexpr double kBoundSlack = 1.0 + 1.0 / 1024.0;
-  const double alpha = static_cast<double>(L.alpha);
-  const double scaled = alpha * acc;
-  double value = scaled;
-  if (L.has_c)
-    value = value + static_cast<double>(L.beta) * static_cast<double>(c);
-  const double err =
-      kBoundSlack * gamma_bound(L.k) * fabs(alpha) * a_norm * b_norm +
-      kUnitRoundoff64 * (fabs(scaled) + fabs(value));
-  float out;
-  if (certified_round(value, err, &out))
-    return out;
-  return exact_addmm_entry(
-      StridedWide{a_row, L.a_col},
-      StridedWide{b_col, L.b_row},
-      L.k,
-      L.alpha,
-      L.has_c != 0,
-      L.beta,
-      c);
-}
 
 template <class Dot>
 __global__ void __launch_bounds__(kTileThreads) addmm_tiles(
@@ -167,8 +44,7 @@ __global__ void __launch_bounds__(kTileThreads) addmm_tiles(
     const float* b,
     const float* c,
     float* out,
-    const AddmmLayout L,
-    const double* norms) {
+    const AddmmLayout L) {
   __shared__ float a_tile[kTileK][kTile + 1];
   __shared__ float b_tile[kTileK][kTile];
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -221,161 +97,303 @@ __global__ void __launch_bounds__(kTileThreads) addmm_tiles(
         if (j >= L.n)
           continue;
         const float cv = L.has_c ? cb[i * L.c_row + j * L.c_col] : 0.0f;
-        const double a_norm = norms ? norms[batch * L.m + i] : 0.0;
-        const double b_norm =
-            norms ? norms[L.batches * L.m + batch * L.n + j] : 0.0;
-        out[(batch * L.m + i) * L.n + j] = addmm_result<Dot>(
-            L,
-            acc[r][q],
-            cv,
-            ab + i * L.a_row,
-            bb + j * L.b_col,
-            a_norm,
-            b_norm);
+        out[(batch * L.m + i) * L.n + j] = Dot::result(L, acc[r][q], cv);
       }
     }
   }
 }
 
-// ------------------------------------------------- extended addmm, FP64 MMA
-// ---- "extended" on sm_80+: the float64 product on the FP64 tensor cores
-// (mma.sync m8n8k4 f64). Inputs are float32, so every product a_ik b_kj is
-// exact in double; the accumulation is some order of K double additions. For
-// ANY order of summing K exact products, |fl(sum) - sum| <= gamma_K sum|a_ik
-// b_kj|
-// <= gamma_K ||a_i|| ||b_j|| (Higham, Thm 4.1 / Cauchy-Schwarz), which is the
-// bound the CPU certifies with; it holds as long as every addition rounds
-// to nearest. The tensor cores' internal rounding of the four-term step is not
-// documented in that detail, so the bound is doubled here: 2 gamma_K(u) times
-// the 1 + 1/1024 slack exceeds gamma_K(2u), which covers any faithful (e.g.
-// truncating) rounding of each addition, fused four-term steps included. A
-// looser bound only sends more outputs to the exact recompute; every certified
-// output is the correctly rounded float32, so the bits equal the CPU's either
-// way. Block tile 64 x 64, 4 warps of 32 x 32 (4 x 4 mma tiles of 8 x 8), K by
-// 16 through shared memory held as double (converted once per block).
-constexpr int kMmaTile = 64;
-constexpr int kMmaTileK = 16;
-constexpr int kMmaThreads = 128;
-constexpr int kMmaLd =
-    kMmaTile + 4; // 68 doubles: fragment loads bank-conflict free
+// ------------------------------------------------------- extended addmm ----
+// The float64 product comes from cuBLAS (DGEMM on the FP64 tensor cores,
+// strict_ops.cpp) over operands widened by pack_operand; addmm_certify then
+// certifies each output and recomputes the uncertified ones exactly.
+//
+// Inputs are float32, so every product a_ik b_kj is exact in double; the
+// library's sum is some order of K double additions (blocked, split over K,
+// fused four-term tensor-core steps). For ANY order of summing K exact
+// products, |fl(sum) - sum| <= gamma_K sum|a_ik b_kj| <= gamma_K ||a_i||
+// ||b_j|| (Higham, Thm 4.1 / Cauchy-Schwarz), the bound the CPU certifies
+// with, as long as every addition rounds to nearest. The tensor cores'
+// internal rounding is not documented in that detail, so the bound is doubled
+// here: 2 gamma_K(u) times the 1 + 1/1024 slack exceeds gamma_K(2u), which
+// covers any faithful (e.g. truncating) rounding of each addition. A looser
+// bound only sends more outputs to the exact recompute; every certified
+// output is the correctly rounded float32, so the bits equal the CPU's.
 
-__device__ __forceinline__ void dmma_8x8x4(double (&d)[2], double a, double b) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 {%0, %1}, {%2}, {%3}, {%0, %1};"
-      : "+d"(d[0]), "+d"(d[1])
-      : "d"(a), "d"(b));
-#else
-  __trap(); // never launched below sm_80 (strict_ops.cpp checks the device)
-#endif
+// Element p of row i of a, or of column j of b, widened to double (for the
+// exact recomputation of uncertified outputs).
+struct StridedWide {
+  const float* data;
+  MP_INT64 stride;
+  __device__ __forceinline__ double operator()(MP_INT64 p) const {
+    return static_cast<double>(data[p * stride]);
+  }
+};
+
+// 2-norms of the rows of a and the columns of b of every batch, in double:
+// one warp per vector, lane l summing elements l, l + 32, ... then a shuffle
+// tree. The order differs from the CPU's 8 lanes; the norms' own rounding
+// (relative error below (K/32 + 6) u) is covered many times over by the
+// bound's 1 + 1/1024 slack, so the certification stays valid in any order.
+// norms: batches * m row norms of a, then batches * n column norms of b.
+// Block 0 also zeroes the `count` pending counts of addmm_certify.
+__global__ void addmm_norms(
+    const float* a,
+    const float* b,
+    const AddmmLayout L,
+    double* norms,
+    unsigned* pending_counts,
+    int count) {
+  if (blockIdx.x == 0)
+    for (int t = threadIdx.x; t < count; t += blockDim.x)
+      pending_counts[t] = 0u;
+  const MP_INT64 per_batch = L.m + L.n;
+  const int lane = threadIdx.x % 32;
+  const MP_INT64 warps_total =
+      static_cast<MP_INT64>(gridDim.x) * (blockDim.x / 32);
+  for (MP_INT64 t = blockIdx.x * static_cast<MP_INT64>(blockDim.x / 32) +
+           threadIdx.x / 32;
+       t < L.batches * per_batch;
+       t += warps_total) {
+    const MP_INT64 batch = t / per_batch;
+    const MP_INT64 r = t % per_batch;
+    const float* v;
+    MP_INT64 stride;
+    if (r < L.m) {
+      v = a + strided_offset(batch, L.batch_dims, L.batch_shape, L.a_batch) +
+          r * L.a_row;
+      stride = L.a_col;
+    } else {
+      v = b + strided_offset(batch, L.batch_dims, L.batch_shape, L.b_batch) +
+          (r - L.m) * L.b_col;
+      stride = L.b_row;
+    }
+    double sum = 0.0;
+    for (int p = lane; p < L.k; p += 32) {
+      const double x = static_cast<double>(v[p * stride]);
+      sum += x * x;
+    }
+    for (int offset = 16; offset > 0; offset /= 2)
+      sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    if (lane == 0) {
+      const double norm = sqrt(sum);
+      if (r < L.m)
+        norms[batch * L.m + r] = norm;
+      else
+        norms[L.batches * L.m + batch * L.n + (r - L.m)] = norm;
+    }
+  }
 }
 
-__global__ void __launch_bounds__(kMmaThreads) addmm_dmma(
+// Grid-stride loop over [0, total).
+#define MP_GRID_STRIDE(e, total)                                         \
+  for (MP_INT64 e =                                                      \
+           blockIdx.x * static_cast<MP_INT64>(blockDim.x) + threadIdx.x; \
+       e < (total);                                                      \
+       e += static_cast<MP_INT64>(gridDim.x) * blockDim.x)
+
+// Operand a (its rows [row0, row0 + rows)) or b (all K rows) of the batches
+// [batch0, batch0 + batch_count), converted to T and stored contiguously: per
+// batch row-major (rows, cols), or with `transposed` row-major (cols, rows).
+// The host picks the orientation whose reads follow the source's unit
+// stride, so that reads and writes are both coalesced.
+template <class T>
+__global__ void pack_operand(
+    const float* src,
+    const AddmmLayout L,
+    int operand_b,
+    MP_INT64 batch0,
+    int batch_count,
+    int row0,
+    int rows,
+    int transposed,
+    T* dst) {
+  const int cols = operand_b ? L.n : L.k;
+  const MP_INT64* batch_strides = operand_b ? L.b_batch : L.a_batch;
+  const MP_INT64 row_stride = operand_b ? L.b_row : L.a_row;
+  const MP_INT64 col_stride = operand_b ? L.b_col : L.a_col;
+  const MP_INT64 per_batch = static_cast<MP_INT64>(rows) * cols;
+  MP_GRID_STRIDE(e, per_batch * batch_count) {
+    const MP_INT64 bb = e / per_batch;
+    const MP_INT64 w = e - bb * per_batch;
+    MP_INT64 r, c;
+    if (transposed) {
+      c = w / rows;
+      r = w - c * rows;
+    } else {
+      r = w / cols;
+      c = w - r * cols;
+    }
+    const float* base = src +
+        strided_offset(batch0 + bb, L.batch_dims, L.batch_shape, batch_strides);
+    dst[e] = static_cast<T>(base[(row0 + r) * row_stride + c * col_stride]);
+  }
+}
+
+// out = scale * c broadcast over the output (+0 without c): the addend of
+// the float32 product (scale 1; the library then scales it by beta), or the
+// whole result when K = 0.
+__global__ void
+fill_from_c(const float* c, const AddmmLayout L, float scale, float* out) {
+  const MP_INT64 per_batch = static_cast<MP_INT64>(L.m) * L.n;
+  MP_GRID_STRIDE(e, per_batch * L.batches) {
+    if (!L.has_c) {
+      out[e] = 0.0f;
+      continue;
+    }
+    const MP_INT64 batch = e / per_batch;
+    const MP_INT64 w = e - batch * per_batch;
+    const MP_INT64 i = w / L.n, j = w - i * L.n;
+    out[e] = __fmul_rn(
+        scale,
+        c[strided_offset(batch, L.batch_dims, L.batch_shape, L.c_batch) +
+          i * L.c_row + j * L.c_col]);
+  }
+}
+
+// alpha * acc [+ beta * c] rounded to float32 in *out; true when certified
+// correctly rounded against gamma_K a_norm b_norm (alpha * . and + beta * c
+// round once each in double; see backend/cpu/strict_kernels.cpp
+// certify_addmm).
+__device__ __forceinline__ bool certify_entry(
+    const AddmmLayout& L,
+    double acc,
+    float c,
+    double a_norm,
+    double b_norm,
+    float* out) {
+  constexpr double kBoundSlack = 1.0 + 1.0 / 1024.0;
+  const double alpha = static_cast<double>(L.alpha);
+  const double scaled = alpha * acc;
+  double value = scaled;
+  if (L.has_c)
+    value = value + static_cast<double>(L.beta) * static_cast<double>(c);
+  const double err =
+      kBoundSlack * gamma_bound(L.k) * fabs(alpha) * a_norm * b_norm +
+      kUnitRoundoff64 * (fabs(scaled) + fabs(value));
+  return certified_round(value, err, out);
+}
+
+// Output e of a chunk of rows [row0, row0 + rows) of the batches from batch0
+// (fewer than 2^31 outputs, checked on the host): its batch, row and column,
+// and its c.
+struct ChunkEntry {
+  MP_INT64 batch, i, j;
+  float c;
+};
+__device__ __forceinline__ ChunkEntry chunk_entry(
+    const AddmmLayout& L,
+    const float* c,
+    MP_INT64 batch0,
+    int row0,
+    int rows,
+    unsigned e) {
+  const unsigned per_batch = static_cast<unsigned>(rows) * L.n;
+  const unsigned w = e % per_batch;
+  ChunkEntry t;
+  t.batch = batch0 + e / per_batch;
+  t.i = row0 + w / L.n;
+  t.j = w % L.n;
+  t.c = L.has_c
+      ? c[strided_offset(t.batch, L.batch_dims, L.batch_shape, L.c_batch) +
+          t.i * L.c_row + t.j * L.c_col]
+      : 0.0f;
+  return t;
+}
+
+// The CPU's exact recomputation (exact_addmm_entry) of one output, so the
+// bits equal the CPU's.
+__device__ __forceinline__ float exact_entry(
+    const float* a,
+    const float* b,
+    const AddmmLayout& L,
+    const ChunkEntry& t) {
+  const float* a_row = a +
+      strided_offset(t.batch, L.batch_dims, L.batch_shape, L.a_batch) +
+      t.i * L.a_row;
+  const float* b_col = b +
+      strided_offset(t.batch, L.batch_dims, L.batch_shape, L.b_batch) +
+      t.j * L.b_col;
+  return exact_addmm_entry(
+      StridedWide{a_row, L.a_col},
+      StridedWide{b_col, L.b_row},
+      L.k,
+      L.alpha,
+      L.has_c != 0,
+      L.beta,
+      t.c);
+}
+
+// The outputs of rows [row0, row0 + rows) of the batches [batch0, batch0 +
+// batch_count) from the library's float64 product (contiguous (batch_count,
+// rows, n); nullptr when K = 0, an empty sum). Outputs it cannot certify are
+// listed in `pending` (up to `capacity`; *pending_count counts them all) for
+// addmm_recompute, so that the long exact sums run in full warps instead of
+// stalling a warp each; past the capacity they are recomputed here.
+__global__ void addmm_certify(
+    const double* product,
     const float* a,
     const float* b,
     const float* c,
     float* out,
     const AddmmLayout L,
-    const double* norms) {
-  __shared__ double a_s[kMmaTileK][kMmaLd];
-  __shared__ double b_s[kMmaTileK][kMmaLd];
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int wm = (warp / 2) * 32, wn = (warp % 2) * 32;
-  const int group = lane >> 2, quad = lane & 3;
-  const int i0 = blockIdx.y * kMmaTile, j0 = blockIdx.x * kMmaTile;
-  const bool a_k_contiguous =
-      L.a_col == 1; // consecutive threads read consecutive addresses
-  const bool b_n_contiguous = L.b_col == 1;
-  for (MP_INT64 batch = blockIdx.z; batch < L.batches; batch += gridDim.z) {
-    const float* ab =
-        a + strided_offset(batch, L.batch_dims, L.batch_shape, L.a_batch);
-    const float* bb =
-        b + strided_offset(batch, L.batch_dims, L.batch_shape, L.b_batch);
-    double acc[4][4][2];
-    for (int mi = 0; mi < 4; ++mi)
-      for (int ni = 0; ni < 4; ++ni)
-        acc[mi][ni][0] = acc[mi][ni][1] = 0.0;
-    for (int k0 = 0; k0 < L.k; k0 += kMmaTileK) {
-#pragma unroll
-      for (int e = threadIdx.x; e < kMmaTile * kMmaTileK; e += kMmaThreads) {
-        int r, kk;
-        if (a_k_contiguous) {
-          r = e / kMmaTileK;
-          kk = e % kMmaTileK;
-        } else {
-          kk = e / kMmaTile;
-          r = e % kMmaTile;
-        }
-        a_s[kk][r] = (i0 + r < L.m && k0 + kk < L.k)
-            ? static_cast<double>(ab[(i0 + r) * L.a_row + (k0 + kk) * L.a_col])
-            : 0.0;
-        int q, kb;
-        if (b_n_contiguous) {
-          kb = e / kMmaTile;
-          q = e % kMmaTile;
-        } else {
-          q = e / kMmaTileK;
-          kb = e % kMmaTileK;
-        }
-        b_s[kb][q] = (j0 + q < L.n && k0 + kb < L.k)
-            ? static_cast<double>(bb[(k0 + kb) * L.b_row + (j0 + q) * L.b_col])
-            : 0.0;
-      }
-      __syncthreads();
-      // Padded k add exact zero products: they change no nonzero sum, and a
-      // zero result is normalised to +0 below (as the in-order sum from +0).
-#pragma unroll
-      for (int ks = 0; ks < kMmaTileK; ks += 4) {
-        double af[4], bf[4];
-#pragma unroll
-        for (int mi = 0; mi < 4; ++mi)
-          af[mi] = a_s[ks + quad][wm + mi * 8 + group];
-#pragma unroll
-        for (int ni = 0; ni < 4; ++ni)
-          bf[ni] = b_s[ks + quad][wn + ni * 8 + group];
-#pragma unroll
-        for (int mi = 0; mi < 4; ++mi)
-#pragma unroll
-          for (int ni = 0; ni < 4; ++ni)
-            dmma_8x8x4(acc[mi][ni], af[mi], bf[ni]);
-      }
-      __syncthreads();
-    }
-    const float* cb = L.has_c
-        ? c + strided_offset(batch, L.batch_dims, L.batch_shape, L.c_batch)
-        : nullptr;
-#pragma unroll
-    for (int mi = 0; mi < 4; ++mi) {
-      const int i = i0 + wm + mi * 8 + group;
-      if (i >= L.m)
+    const double* norms,
+    MP_INT64 batch0,
+    int batch_count,
+    int row0,
+    int rows,
+    unsigned* pending,
+    unsigned capacity,
+    unsigned* pending_count) {
+  const unsigned total = static_cast<unsigned>(rows) * L.n * batch_count;
+  for (unsigned e = blockIdx.x * blockDim.x + threadIdx.x; e < total;
+       e += gridDim.x * blockDim.x) {
+    const ChunkEntry t = chunk_entry(L, c, batch0, row0, rows, e);
+    double s = product ? product[e] : 0.0;
+    if (s == 0.0)
+      s = 0.0; // +0, as the in-order sum started at +0 gives
+    // Doubled bound (see above): twice the norms' product.
+    float value;
+    const bool certified = certify_entry(
+        L,
+        s,
+        t.c,
+        2.0 * norms[t.batch * L.m + t.i],
+        norms[L.batches * L.m + t.batch * L.n + t.j],
+        &value);
+    if (!certified) {
+      const unsigned slot = atomicAdd(pending_count, 1u);
+      if (slot < capacity) {
+        pending[slot] = e;
         continue;
-#pragma unroll
-      for (int ni = 0; ni < 4; ++ni) {
-#pragma unroll
-        for (int t = 0; t < 2; ++t) {
-          const int j = j0 + wn + ni * 8 + quad * 2 + t;
-          if (j >= L.n)
-            continue;
-          double s = acc[mi][ni][t];
-          if (s == 0.0)
-            s = 0.0; // +0, as the in-order sum started at +0 gives
-          const float cv = L.has_c ? cb[i * L.c_row + j * L.c_col] : 0.0f;
-          const double a_norm = norms[batch * L.m + i];
-          const double b_norm = norms[L.batches * L.m + batch * L.n + j];
-          // Doubled bound (see above): twice the norms' product.
-          out[(batch * L.m + i) * L.n + j] = addmm_result<Float64Dot>(
-              L,
-              s,
-              cv,
-              ab + i * L.a_row,
-              bb + j * L.b_col,
-              2.0 * a_norm,
-              b_norm);
-        }
       }
+      value = exact_entry(a, b, L, t);
     }
+    out[(t.batch * L.m + t.i) * L.n + t.j] = value;
   }
 }
+
+// The outputs addmm_certify listed, one thread each.
+__global__ void addmm_recompute(
+    const float* a,
+    const float* b,
+    const float* c,
+    float* out,
+    const AddmmLayout L,
+    MP_INT64 batch0,
+    int row0,
+    int rows,
+    const unsigned* pending,
+    unsigned capacity,
+    const unsigned* pending_count) {
+  const unsigned count = min(*pending_count, capacity);
+  for (unsigned p = blockIdx.x * blockDim.x + threadIdx.x; p < count;
+       p += gridDim.x * blockDim.x) {
+    const ChunkEntry t = chunk_entry(L, c, batch0, row0, rows, pending[p]);
+    out[(t.batch * L.m + t.i) * L.n + t.j] = exact_entry(a, b, L, t);
+  }
+}
+#undef MP_GRID_STRIDE
 
 // ------------------------------------------------------------- layer_norm ----
 // One warp per row. Lanes 0..7 of the warp run the CPU's kLayerNormLanes sums

@@ -3,6 +3,8 @@
 // as nodes of the stream's graph through MLX's cu::CommandEncoder. Operands
 // are read through their strides (broadcast included), as on the CPU.
 #include <algorithm>
+#include <limits>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -12,6 +14,7 @@
 #include <mlx/backend/cuda/device.h>
 #include <mlx/backend/cuda/utils.h>
 
+#include "backend/cuda/blas.h"
 #include "backend/cuda/jit.h"
 #include "backend/gpu/strict_layout.h"
 #include "kernels/strict_arith.h"
@@ -59,6 +62,9 @@ ff working_eps(double eps, ff) {
   return dd_from_double(eps);
 }
 
+const char* type_name(float) {
+  return "float";
+}
 const char* type_name(double) {
   return "double";
 }
@@ -87,21 +93,367 @@ unsigned row_blocks(int64_t rows) {
   return static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1 << 20));
 }
 
-// Whether the device has the FP64 tensor-core mma (compute capability 8.0+).
-bool fp64_mma(int device) {
-  static int cached[64]; // 0 unknown, 1 no, 2 yes
-  int& c = cached[device & 63];
-  if (c == 0) {
-    int major = 0;
-    CUdevice dev;
-    if (cuDeviceGet(&dev, device) != CUDA_SUCCESS ||
-        cuDeviceGetAttribute(
-            &major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev) !=
-            CUDA_SUCCESS)
-      major = 0;
-    c = major >= 8 ? 2 : 1;
+// Grid of 256-thread blocks for a grid-stride loop over `count` elements.
+dim3 stride_grid(int64_t count) {
+  return dim3(
+      static_cast<unsigned>(std::min<int64_t>((count + 255) / 256, 1 << 20)));
+}
+
+// Whether operand a (m, k) or b (k, n) is read in its transposed orientation:
+// when its row stride, not its column stride, is the unit one.
+bool reads_transposed(const AddmmLayout& l, bool operand_b) {
+  const MP_INT64 row = operand_b ? l.b_row : l.a_row;
+  const MP_INT64 col = operand_b ? l.b_col : l.a_col;
+  return col != 1 && row == 1;
+}
+
+// The operand as the library can read it in place (float32 only): one unit
+// stride, a leading dimension covering the other axis, and batches equally
+// spaced. Otherwise nullopt, and it is packed.
+std::optional<cuda::GemmOperand>
+in_place(const float* data, const AddmmLayout& l, bool operand_b) {
+  const int64_t rows = operand_b ? l.k : l.m;
+  const int64_t cols = operand_b ? l.n : l.k;
+  const MP_INT64 row = operand_b ? l.b_row : l.a_row;
+  const MP_INT64 col = operand_b ? l.b_col : l.a_col;
+  const bool transposed = reads_transposed(l, operand_b);
+  const int64_t ld = transposed ? col : row;
+  if ((transposed ? row : col) != 1 || ld < (transposed ? rows : cols))
+    return std::nullopt;
+  // The flat batch index must advance one constant stride.
+  const MP_INT64* strides = operand_b ? l.b_batch : l.a_batch;
+  int64_t batch_stride = 0, span = 0;
+  for (int d = l.batch_dims - 1; d >= 0; --d) {
+    if (l.batch_shape[d] == 1)
+      continue;
+    if (span == 0) {
+      batch_stride = strides[d];
+      span = l.batch_shape[d];
+    } else if (strides[d] != batch_stride * span) {
+      return std::nullopt;
+    } else {
+      span *= l.batch_shape[d];
+    }
   }
-  return c == 2;
+  if (l.batches > 1 && batch_stride <= 0)
+    return std::nullopt;
+  return cuda::GemmOperand{data, transposed, ld, batch_stride};
+}
+
+// Packs operand a (its rows [row0, row0 + rows)) or b of the batches
+// [batch0, batch0 + batch_count) into `buffer` as T (pack_operand), and
+// describes the copy. `order` lists the buffers every node of the product
+// registers as outputs, so the nodes run in order and may reuse them.
+template <class T>
+cuda::GemmOperand pack(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    const mx::array& source,
+    const AddmmLayout& l,
+    bool operand_b,
+    int64_t batch0,
+    int batch_count,
+    int row0,
+    int rows,
+    mx::array& buffer,
+    const std::vector<mx::array>& order) {
+  const int cols = operand_b ? l.n : l.k;
+  const bool transposed = reads_transposed(l, operand_b);
+  T* dst = static_cast<T*>(mx::gpu_ptr<void>(buffer));
+  encoder.set_input_array(source);
+  for (const auto& x : order)
+    encoder.set_output_array(x);
+  launch(
+      encoder,
+      cuda::get_strict_kernel(
+          device, kernel_name("pack_operand", type_name(T{}))),
+      stride_grid(static_cast<int64_t>(batch_count) * rows * cols),
+      dim3(256),
+      mx::gpu_ptr<float>(source),
+      l,
+      static_cast<int>(operand_b),
+      static_cast<MP_INT64>(batch0),
+      batch_count,
+      row0,
+      rows,
+      static_cast<int>(transposed),
+      dst);
+  return cuda::GemmOperand{
+      dst,
+      transposed,
+      transposed ? rows : cols,
+      static_cast<int64_t>(rows) * cols};
+}
+
+int checked_batches(const AddmmLayout& l) {
+  if (l.batches > std::numeric_limits<int>::max())
+    throw std::invalid_argument(
+        "addmm / linear: more than 2^31 - 1 batches on the GPU; split the "
+        "batch");
+  return static_cast<int>(l.batches);
+}
+
+// "float32" on CUDA: the library's float32 GEMM (CUBLAS_COMPUTE_32F, never
+// TF32, whatever MLX_ENABLE_TF32 says for MLX's own matmuls), out = alpha
+// a @ b + beta c with c broadcast into out first.
+void float32_addmm(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    int stream_index,
+    const std::vector<mx::array>& inputs,
+    mx::array& out,
+    const AddmmLayout& l) {
+  float* o = mx::gpu_ptr<float>(out);
+  const float* c = maybe_ptr(inputs, l.has_c, 2);
+  if (l.has_c || l.k == 0) {
+    if (l.has_c)
+      encoder.set_input_array(inputs[2]);
+    encoder.set_output_array(out);
+    launch(
+        encoder,
+        cuda::get_strict_kernel(device, "mlx_precise::gpu::fill_from_c"),
+        stride_grid(static_cast<int64_t>(out.size())),
+        dim3(256),
+        c,
+        l,
+        l.k == 0 ? l.beta : 1.0f,
+        o);
+    if (l.k == 0)
+      return;
+  }
+  const int batches = checked_batches(l);
+  std::vector<mx::array> order{out};
+  auto operand = [&](bool operand_b) {
+    const mx::array& x = inputs[operand_b ? 1 : 0];
+    if (auto direct = in_place(mx::gpu_ptr<float>(x), l, operand_b))
+      return *direct;
+    const int rows = operand_b ? l.k : l.m;
+    const int cols = operand_b ? l.n : l.k;
+    order.push_back(scratch(encoder, l.batches * rows * cols * sizeof(float)));
+    return pack<float>(
+        encoder,
+        device,
+        x,
+        l,
+        operand_b,
+        0,
+        batches,
+        0,
+        rows,
+        order.back(),
+        order);
+  };
+  const cuda::GemmOperand a = operand(false);
+  const cuda::GemmOperand b = operand(true);
+  for (const auto& x : inputs)
+    encoder.set_input_array(x);
+  for (const auto& x : order)
+    encoder.set_output_array(x);
+  cuda::gemm(
+      encoder,
+      device,
+      stream_index,
+      cuda::GemmType::Float32,
+      l.m,
+      l.n,
+      l.k,
+      batches,
+      a,
+      b,
+      o,
+      l.alpha,
+      l.has_c ? l.beta : 0.0);
+}
+
+// Doubles of the float64 product (and widened rows of a) held at once: larger
+// products run in chunks of rows that reuse one set of buffers.
+constexpr int64_t kProductBudget = int64_t{1} << 25;
+
+// "extended" on CUDA: row / column norms for the error bound, operands
+// widened to double, the library's float64 GEMM, then addmm_certify and
+// addmm_recompute for the outputs it could not certify.
+void extended_addmm(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    int stream_index,
+    const std::vector<mx::array>& inputs,
+    mx::array& out,
+    const AddmmLayout& l) {
+  const float* a = mx::gpu_ptr<float>(inputs[0]);
+  const float* b = mx::gpu_ptr<float>(inputs[1]);
+  const float* c = maybe_ptr(inputs, l.has_c, 2);
+  float* o = mx::gpu_ptr<float>(out);
+  // Chunks: whole batches when a batch's rows fit the budget, else rows of
+  // one batch at a time.
+  const int batches = checked_batches(l);
+  const int64_t per_row = static_cast<int64_t>(l.n) + l.k;
+  const int64_t per_batch = per_row * l.m;
+  int chunk_rows = l.m, chunk_batches = 1;
+  if (per_batch <= kProductBudget) {
+    chunk_batches = static_cast<int>(std::min<int64_t>(
+        batches, kProductBudget / std::max<int64_t>(per_batch, 1)));
+  } else {
+    chunk_rows = static_cast<int>(std::min<int64_t>(
+        l.m, std::max<int64_t>(64, kProductBudget / per_row)));
+  }
+  const int chunk_count = ((batches + chunk_batches - 1) / chunk_batches) *
+      ((l.m + chunk_rows - 1) / chunk_rows);
+  const int64_t chunk_outputs =
+      static_cast<int64_t>(chunk_batches) * chunk_rows * l.n;
+  // The certify kernels index a chunk's outputs in 32 bits.
+  if (chunk_outputs >= (int64_t{1} << 31)) {
+    throw std::invalid_argument(
+        "addmm / linear: extended products on CUDA take fewer than 2^25 "
+        "output columns; split the columns");
+  }
+  // Outputs the certification cannot round are listed for addmm_recompute
+  // (usually well under 1e-3 of them); past this many, addmm_certify
+  // recomputes inline.
+  const int64_t pending_capacity = std::min<int64_t>(
+      chunk_outputs, std::max<int64_t>(chunk_outputs / 16, 1 << 16));
+
+  // Row / column norms for the error bound; the kernel also zeroes the
+  // pending counts, one per chunk.
+  const int64_t norm_count = l.batches * (static_cast<int64_t>(l.m) + l.n);
+  mx::array norms_buffer = scratch(encoder, norm_count * sizeof(double));
+  double* norms = static_cast<double*>(mx::gpu_ptr<void>(norms_buffer));
+  mx::array counts = scratch(encoder, chunk_count * sizeof(unsigned));
+  unsigned* pending_counts = static_cast<unsigned*>(mx::gpu_ptr<void>(counts));
+  encoder.set_input_array(inputs[0]);
+  encoder.set_input_array(inputs[1]);
+  encoder.set_output_array(norms_buffer);
+  encoder.set_output_array(counts);
+  launch(
+      encoder,
+      cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_norms"),
+      stride_grid(norm_count * 32),
+      dim3(256),
+      a,
+      b,
+      l,
+      norms,
+      pending_counts,
+      chunk_count);
+
+  // Buffers reused by every chunk: widened a rows, widened b, the product,
+  // the pending outputs.
+  std::vector<mx::array> order;
+  const bool has_k = l.k > 0;
+  if (has_k) {
+    order.push_back(scratch(
+        encoder,
+        static_cast<size_t>(chunk_batches) * chunk_rows * l.k *
+            sizeof(double)));
+    order.push_back(scratch(
+        encoder,
+        static_cast<size_t>(chunk_batches) * l.k * l.n * sizeof(double)));
+    order.push_back(scratch(encoder, chunk_outputs * sizeof(double)));
+  }
+  mx::array pending = scratch(encoder, pending_capacity * sizeof(unsigned));
+  order.push_back(pending);
+  order.push_back(counts);
+  order.push_back(out);
+  unsigned* pending_list = static_cast<unsigned*>(mx::gpu_ptr<void>(pending));
+  auto register_all = [&]() {
+    for (const auto& x : inputs)
+      encoder.set_input_array(x);
+    encoder.set_input_array(norms_buffer);
+    for (const auto& x : order)
+      encoder.set_output_array(x);
+  };
+  int chunk = 0;
+  for (int batch0 = 0; batch0 < batches; batch0 += chunk_batches) {
+    const int count = std::min(chunk_batches, batches - batch0);
+    std::optional<cuda::GemmOperand> b_wide;
+    if (has_k)
+      b_wide = pack<double>(
+          encoder,
+          device,
+          inputs[1],
+          l,
+          true,
+          batch0,
+          count,
+          0,
+          l.k,
+          order[1],
+          order);
+    for (int row0 = 0; row0 < l.m; row0 += chunk_rows, ++chunk) {
+      const int rows = std::min(chunk_rows, l.m - row0);
+      double* product = nullptr;
+      if (has_k) {
+        const cuda::GemmOperand a_wide = pack<double>(
+            encoder,
+            device,
+            inputs[0],
+            l,
+            false,
+            batch0,
+            count,
+            row0,
+            rows,
+            order[0],
+            order);
+        product = static_cast<double*>(mx::gpu_ptr<void>(order[2]));
+        register_all();
+        cuda::gemm(
+            encoder,
+            device,
+            stream_index,
+            cuda::GemmType::Float64,
+            rows,
+            l.n,
+            l.k,
+            count,
+            a_wide,
+            *b_wide,
+            product,
+            1.0,
+            0.0);
+      }
+      register_all();
+      launch(
+          encoder,
+          cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_certify"),
+          stride_grid(static_cast<int64_t>(count) * rows * l.n),
+          dim3(256),
+          static_cast<const double*>(product),
+          a,
+          b,
+          c,
+          o,
+          l,
+          static_cast<const double*>(norms),
+          static_cast<MP_INT64>(batch0),
+          count,
+          row0,
+          rows,
+          pending_list,
+          static_cast<unsigned>(pending_capacity),
+          pending_counts + chunk);
+      // A grid that covers the usual few pending outputs in one pass; more
+      // loop over it.
+      register_all();
+      launch(
+          encoder,
+          cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_recompute"),
+          dim3(
+              static_cast<unsigned>(
+                  4 * cuda::device_info(device).multiprocessors)),
+          dim3(256),
+          a,
+          b,
+          c,
+          o,
+          l,
+          static_cast<MP_INT64>(batch0),
+          row0,
+          rows,
+          static_cast<const unsigned*>(pending_list),
+          static_cast<unsigned>(pending_capacity),
+          static_cast<const unsigned*>(pending_counts + chunk));
+    }
+  }
 }
 
 } // namespace
@@ -114,83 +466,33 @@ void StrictAddmm::eval_gpu(
   if (out.size() == 0)
     return;
   const AddmmLayout l = addmm_layout(inputs, out, alpha_, beta_, has_c_);
-  const float* a = mx::gpu_ptr<float>(inputs[0]);
-  const float* b = mx::gpu_ptr<float>(inputs[1]);
-  const float* c = maybe_ptr(inputs, has_c_, 2);
-  float* o = mx::gpu_ptr<float>(out);
-  const dim3 grid(
-      (l.n + 63) / 64,
-      (l.m + 63) / 64,
-      static_cast<unsigned>(std::min<int64_t>(l.batches, 65535)));
-  for (const auto& x : inputs)
-    encoder.set_input_array(x);
-  if (precision_ == Precision::DoubleDouble) {
-    encoder.set_output_array(out);
-    launch(
-        encoder,
-        cuda::get_strict_kernel(
-            device,
-            "mlx_precise::gpu::addmm_tiles<mlx_precise::gpu::DoubleWordDot>"),
-        grid,
-        dim3(256),
-        a,
-        b,
-        c,
-        o,
-        l,
-        static_cast<const double*>(nullptr));
+  if (precision_ == Precision::Float32) {
+    float32_addmm(encoder, device, stream().index, inputs, out, l);
     return;
   }
-  // Extended: row / column norms for the error bound, then the float64
-  // product, certified (or recomputed) per output.
-  const int64_t norm_count = l.batches * (static_cast<int64_t>(l.m) + l.n);
-  mx::array norms_buffer = scratch(encoder, norm_count * sizeof(double));
-  double* norms = static_cast<double*>(mx::gpu_ptr<void>(norms_buffer));
-  encoder.set_output_array(norms_buffer);
-  launch(
-      encoder,
-      cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_norms"),
-      dim3(
-          static_cast<unsigned>(
-              std::min<int64_t>((norm_count + 7) / 8, 1 << 20))),
-      dim3(256),
-      a,
-      b,
-      l,
-      norms);
+  if (precision_ == Precision::Extended) {
+    extended_addmm(encoder, device, stream().index, inputs, out, l);
+    return;
+  }
+  // dd: 64 x 64 output tiles, each output the CPU's in-order double-word dot.
   for (const auto& x : inputs)
     encoder.set_input_array(x);
-  encoder.set_input_array(norms_buffer);
   encoder.set_output_array(out);
-  // sm_80+: the FP64 tensor cores (addmm_dmma, 64 x 64 tiles of 128 threads);
-  // older devices: the scalar double tiles. Both certify every output.
-  if (fp64_mma(device)) {
-    launch(
-        encoder,
-        cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_dmma"),
-        grid,
-        dim3(128),
-        a,
-        b,
-        c,
-        o,
-        l,
-        static_cast<const double*>(norms));
-    return;
-  }
   launch(
       encoder,
       cuda::get_strict_kernel(
           device,
-          "mlx_precise::gpu::addmm_tiles<mlx_precise::gpu::Float64Dot>"),
-      grid,
+          "mlx_precise::gpu::addmm_tiles<mlx_precise::gpu::DoubleWordDot>"),
+      dim3(
+          (l.n + 63) / 64,
+          (l.m + 63) / 64,
+          static_cast<unsigned>(std::min<int64_t>(l.batches, 65535))),
       dim3(256),
-      a,
-      b,
-      c,
-      o,
-      l,
-      static_cast<const double*>(norms));
+      mx::gpu_ptr<float>(inputs[0]),
+      mx::gpu_ptr<float>(inputs[1]),
+      maybe_ptr(inputs, has_c_, 2),
+      mx::gpu_ptr<float>(out),
+      l);
 }
 
 // "extended" computes in double, "dd" in float pairs.

@@ -1,0 +1,293 @@
+#include "backend/cuda/blas.h"
+
+#include <cublasLt.h>
+
+#include <array>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+
+#include <mlx/allocator.h>
+#include <mlx/backend/cuda/utils.h>
+
+namespace mlx_precise::cuda {
+
+namespace {
+
+void check(cublasStatus_t status, const char* what) {
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    throw std::runtime_error(
+        std::string("mlx-precise cuBLASLt: ") + what +
+        " failed: " + cublasLtGetStatusString(status));
+  }
+}
+
+cublasLtHandle_t handle(int device) {
+  static std::mutex mutex;
+  static std::map<int, cublasLtHandle_t> handles;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = handles.find(device);
+  if (it == handles.end()) {
+    cublasLtHandle_t h;
+    check(cublasLtCreate(&h), "cublasLtCreate");
+    it = handles.emplace(device, h).first;
+  }
+  return it->second;
+}
+
+// Descriptors released at scope exit.
+struct MatmulDesc {
+  cublasLtMatmulDesc_t desc = nullptr;
+  ~MatmulDesc() {
+    if (desc)
+      cublasLtMatmulDescDestroy(desc);
+  }
+};
+struct Layout {
+  cublasLtMatrixLayout_t desc = nullptr;
+  ~Layout() {
+    if (desc)
+      cublasLtMatrixLayoutDestroy(desc);
+  }
+};
+struct Preference {
+  cublasLtMatmulPreference_t desc = nullptr;
+  ~Preference() {
+    if (desc)
+      cublasLtMatmulPreferenceDestroy(desc);
+  }
+};
+
+// A column-major (rows, cols) view with leading dimension ld, `batches` of
+// them batch_stride apart.
+void make_layout(
+    Layout& l,
+    cudaDataType_t type,
+    int64_t rows,
+    int64_t cols,
+    int64_t ld,
+    int batches,
+    int64_t batch_stride) {
+  check(
+      cublasLtMatrixLayoutCreate(&l.desc, type, rows, cols, ld),
+      "cublasLtMatrixLayoutCreate");
+  check(
+      cublasLtMatrixLayoutSetAttribute(
+          l.desc,
+          CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+          &batches,
+          sizeof(batches)),
+      "cublasLtMatrixLayoutSetAttribute");
+  check(
+      cublasLtMatrixLayoutSetAttribute(
+          l.desc,
+          CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+          &batch_stride,
+          sizeof(batch_stride)),
+      "cublasLtMatrixLayoutSetAttribute");
+}
+
+// Largest power of two (up to 256) dividing the address: cuBLASLt picks
+// vectorised kernels only for operands aligned to their vector width.
+uint32_t alignment(const void* p) {
+  uint32_t a = 256;
+  while (a > 4 && reinterpret_cast<uintptr_t>(p) % a != 0)
+    a /= 2;
+  return a;
+}
+
+struct Algorithm {
+  cublasLtMatmulAlgo_t algo;
+  size_t workspace;
+};
+
+constexpr uint64_t kMaxWorkspace = 32u << 20; // cuBLAS's advice for Hopper
+
+// One workspace per device and stream, shared by every product on it: a
+// workspace per call would be held until its graph completes, tens of MiB
+// for each product of a model's forward. Each product registers it as an
+// output, so the products that share it run one after another. Never freed
+// (it lives as long as the process; MLX's allocator outlives no static).
+mx::array& stream_workspace(int device, int stream_index) {
+  static std::mutex mutex;
+  static auto* workspaces = new std::map<std::pair<int, int>, mx::array>();
+  std::lock_guard<std::mutex> lock(mutex);
+  auto key = std::make_pair(device, stream_index);
+  auto it = workspaces->find(key);
+  if (it == workspaces->end()) {
+    mx::array buffer({static_cast<int>(kMaxWorkspace)}, mx::uint8, nullptr, {});
+    buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
+    it = workspaces->emplace(key, std::move(buffer)).first;
+  }
+  return it->second;
+}
+
+} // namespace
+
+// Row-major out = a @ b is column-major out^T = b^T a^T: cuBLASLt's first
+// operand is b, its second a, each read in the orientation it is stored in.
+void gemm(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    int stream_index,
+    GemmType type,
+    int m,
+    int n,
+    int k,
+    int batches,
+    const GemmOperand& a,
+    const GemmOperand& b,
+    void* out,
+    double alpha,
+    double beta) {
+  const bool f64 = type == GemmType::Float64;
+  const cudaDataType_t data = f64 ? CUDA_R_64F : CUDA_R_32F;
+  // CUBLAS_COMPUTE_32F is plain float32 arithmetic: TF32 is a separate
+  // compute type (CUBLAS_COMPUTE_32F_FAST_TF32), never chosen here.
+  const cublasComputeType_t compute =
+      f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F;
+  const cublasLtHandle_t lt = handle(device);
+
+  MatmulDesc desc;
+  check(
+      cublasLtMatmulDescCreate(&desc.desc, compute, data),
+      "cublasLtMatmulDescCreate");
+  const cublasOperation_t op_first = b.transposed ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_second = a.transposed ? CUBLAS_OP_T : CUBLAS_OP_N;
+  check(
+      cublasLtMatmulDescSetAttribute(
+          desc.desc, CUBLASLT_MATMUL_DESC_TRANSA, &op_first, sizeof(op_first)),
+      "cublasLtMatmulDescSetAttribute");
+  check(
+      cublasLtMatmulDescSetAttribute(
+          desc.desc,
+          CUBLASLT_MATMUL_DESC_TRANSB,
+          &op_second,
+          sizeof(op_second)),
+      "cublasLtMatmulDescSetAttribute");
+
+  Layout first, second, result;
+  // b stored (k, n) is column-major (n, k) = b^T; stored transposed it is
+  // column-major (k, n) = b, taken with op T. Likewise for a.
+  if (b.transposed)
+    make_layout(first, data, k, n, b.ld, batches, b.batch_stride);
+  else
+    make_layout(first, data, n, k, b.ld, batches, b.batch_stride);
+  if (a.transposed)
+    make_layout(second, data, m, k, a.ld, batches, a.batch_stride);
+  else
+    make_layout(second, data, k, m, a.ld, batches, a.batch_stride);
+  make_layout(result, data, n, m, n, batches, static_cast<int64_t>(m) * n);
+
+  const std::array<uint32_t, 3> aligned{
+      alignment(a.data), alignment(b.data), alignment(out)};
+  const std::array<int64_t, 15> key{
+      f64,
+      m,
+      n,
+      k,
+      batches,
+      a.transposed,
+      a.ld,
+      a.batch_stride,
+      b.transposed,
+      b.ld,
+      b.batch_stride,
+      aligned[0],
+      aligned[1],
+      aligned[2],
+      device};
+  static std::mutex mutex;
+  static std::map<std::array<int64_t, 15>, Algorithm> algorithms;
+  Algorithm algorithm;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    auto it = algorithms.find(key);
+    if (it == algorithms.end()) {
+      Preference pref;
+      check(
+          cublasLtMatmulPreferenceCreate(&pref.desc),
+          "cublasLtMatmulPreferenceCreate");
+      auto set = [&](cublasLtMatmulPreferenceAttributes_t attr,
+                     const void* value,
+                     size_t size) {
+        check(
+            cublasLtMatmulPreferenceSetAttribute(pref.desc, attr, value, size),
+            "cublasLtMatmulPreferenceSetAttribute");
+      };
+      set(CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+          &kMaxWorkspace,
+          sizeof(kMaxWorkspace));
+      set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+          &aligned[1],
+          sizeof(uint32_t));
+      set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+          &aligned[0],
+          sizeof(uint32_t));
+      set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+          &aligned[2],
+          sizeof(uint32_t));
+      set(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+          &aligned[2],
+          sizeof(uint32_t));
+      cublasLtMatmulHeuristicResult_t found{};
+      int count = 0;
+      check(
+          cublasLtMatmulAlgoGetHeuristic(
+              lt,
+              desc.desc,
+              first.desc,
+              second.desc,
+              result.desc,
+              result.desc,
+              pref.desc,
+              1,
+              &found,
+              &count),
+          "cublasLtMatmulAlgoGetHeuristic");
+      if (count == 0) {
+        throw std::runtime_error(
+            "mlx-precise cuBLASLt: no algorithm for this product");
+      }
+      it = algorithms.emplace(key, Algorithm{found.algo, found.workspaceSize})
+               .first;
+    }
+    algorithm = it->second;
+  }
+
+  void* workspace = nullptr;
+  if (algorithm.workspace > 0) {
+    mx::array& buffer = stream_workspace(device, stream_index);
+    encoder.set_output_array(buffer);
+    workspace = mx::gpu_ptr<void>(buffer);
+  }
+  const float alpha32 = static_cast<float>(alpha);
+  const float beta32 = static_cast<float>(beta);
+  const void* alpha_ptr = f64 ? static_cast<const void*>(&alpha)
+                              : static_cast<const void*>(&alpha32);
+  const void* beta_ptr =
+      f64 ? static_cast<const void*>(&beta) : static_cast<const void*>(&beta32);
+  auto capture = encoder.capture_context();
+  check(
+      cublasLtMatmul(
+          lt,
+          desc.desc,
+          alpha_ptr,
+          b.data,
+          first.desc,
+          a.data,
+          second.desc,
+          beta_ptr,
+          out,
+          result.desc,
+          out,
+          result.desc,
+          &algorithm.algo,
+          workspace,
+          algorithm.workspace,
+          encoder.stream()),
+      "cublasLtMatmul");
+}
+
+} // namespace mlx_precise::cuda
