@@ -1,11 +1,14 @@
 """Strict addmm and layer_norm on the GPU against MLX's float32 ops.
 
-addmm at (M, K, N) = (8192, 768, 2304): mlx_precise extended and dd vs MLX's
-mx.addmm float32 with TF32 off and on (MLX's CUDA backend reads MLX_ENABLE_TF32
-once per process, so each setting is timed in a child process); layer_norm
-8192 x 768 extended and dd vs mx.fast.layer_norm. Device-synchronised medians
-(mx.synchronize inside the timed region) over several input sets after warm-up.
-Usage: python benchmarks/bench_gpu_strict.py [--out results.md]
+addmm at (M, K, N) = (8192, 768, 2304) (M2-BERT's in_linear at 8192 tokens) and
+(8192, 4096, 4096): mlx_precise extended (with its effective TFLOP/s, 2MNK / time),
+dd and float32 (never TF32) vs MLX's mx.addmm float32 with TF32 off and on (MLX's
+CUDA backend reads MLX_ENABLE_TF32 once per process, so each setting is timed in a
+child process), and the share of extended outputs that the certification sends to
+the exact recompute (M2-scaled inputs: unit activations, weights ~ N(0, 0.02));
+layer_norm 8192 x 768 extended and dd vs mx.fast.layer_norm. Device-synchronised
+medians (mx.synchronize inside the timed region) over several input sets after
+warm-up. Usage: python benchmarks/bench_gpu_strict.py [--out results.md]
 """
 
 import argparse
@@ -21,46 +24,74 @@ import numpy as np
 from bench_gpu import INPUT_SETS, REPEATS
 from bench_gpu import mlx_time as median_ms
 
-M, K, N = 8192, 768, 2304
+SHAPES = ((8192, 768, 2304), (8192, 4096, 4096))
 ROWS, DIM = 8192, 768
 
 
-def addmm_inputs():
+def addmm_inputs(shape):
+    m, k, n = shape
     rng = np.random.default_rng(0)
-    return [tuple(mx.array(rng.standard_normal(s).astype(np.float32)) for s in ((N,), (M, K), (K, N)))
+    return [(mx.array(rng.standard_normal(n).astype(np.float32)),
+             mx.array(rng.standard_normal((m, k)).astype(np.float32)),
+             mx.array((rng.standard_normal((k, n)) * 0.02).astype(np.float32)))
             for _ in range(INPUT_SETS)]
 
 
-def mlx_float32_addmm():
+def uncertified_fraction(c, a, b, alpha=1.0, beta=1.0):
+    """Share of the outputs of alpha a @ b + beta c that addmm_certify cannot round
+    from the float64 product (its test, torch's float64 product standing in for
+    cuBLAS's; both sum exact products in double)."""
+    import torch
+
+    A, B, C = (torch.from_numpy(np.array(x)).cuda().double() for x in (a, b, c))
+    u = 2.0**-53
+    k = A.shape[-1]
+    gamma = k * u / (1 - k * u)
+    scaled = alpha * (A @ B)
+    value = scaled + beta * C
+    norms = 2.0 * A.norm(dim=-1)[..., :, None] * B.norm(dim=-2)[..., None, :]
+    err = (1 + 1 / 1024) * gamma * abs(alpha) * norms + u * (scaled.abs() + value.abs())
+    margin = err + 4 * u * value.abs()
+    return ((value - margin).float() != (value + margin).float()).double().mean().item()
+
+
+def mlx_float32_addmm(shape):
     """Run in a child process whose MLX_ENABLE_TF32 is set by the parent."""
     with mx.stream(mx.gpu):
-        print(median_ms(lambda c, a, b: mx.addmm(c, a, b), addmm_inputs()))
+        print(median_ms(lambda c, a, b: mx.addmm(c, a, b), addmm_inputs(shape)))
 
 
-def child_time(tf32):
+def child_time(tf32, shape):
     env = dict(os.environ, MLX_ENABLE_TF32="1" if tf32 else "0")
-    r = subprocess.run([sys.executable, __file__, "--mlx-float32-child"], env=env,
-                       capture_output=True, text=True, check=True)
+    r = subprocess.run([sys.executable, __file__, "--mlx-float32-child", *map(str, shape)],
+                       env=env, capture_output=True, text=True, check=True)
     return float(r.stdout.strip().splitlines()[-1])
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
-    parser.add_argument("--mlx-float32-child", action="store_true")
+    parser.add_argument("--mlx-float32-child", type=int, nargs=3, default=None)
     args = parser.parse_args()
     if args.mlx_float32_child:
-        return mlx_float32_addmm()
+        return mlx_float32_addmm(args.mlx_float32_child)
 
     import mlx_precise as mp
 
     rows = []
-    inputs = addmm_inputs()
-    with mx.stream(mx.gpu):
-        ext = median_ms(lambda c, a, b: mp.addmm(c, a, b, precision="extended"), inputs)
-        dd = median_ms(lambda c, a, b: mp.addmm(c, a, b, precision="dd"), inputs)
-    off, on = child_time(False), child_time(True)
-    rows.append(("addmm (8192, 768, 2304)", ext, dd, off, on))
+    for shape in SHAPES:
+        m, k, n = shape
+        inputs = addmm_inputs(shape)
+        with mx.stream(mx.gpu):
+            ext = median_ms(lambda c, a, b: mp.addmm(c, a, b, precision="extended"), inputs)
+            f32 = median_ms(lambda c, a, b: mp.addmm(c, a, b, precision="float32"), inputs)
+            dd = (median_ms(lambda c, a, b: mp.addmm(c, a, b, precision="dd"), inputs)
+                  if shape == SHAPES[0] else None)
+        fraction = uncertified_fraction(*inputs[0])
+        tflops = 2 * m * n * k / (ext * 1e-3) / 1e12
+        rows.append((f"addmm {shape}", f"{ext:.3f} ({tflops:.1f} TFLOP/s, {fraction:.1e} recomputed)",
+                     dd, f32, child_time(False, shape), child_time(True, shape)))
+        print(rows[-1], flush=True)
 
     rng = np.random.default_rng(1)
     ln_inputs = [tuple(mx.array(rng.standard_normal(s).astype(np.float32))
@@ -69,19 +100,23 @@ def main():
         ln_ext = median_ms(lambda x, w, b: mp.layer_norm(x, w, b, precision="extended"), ln_inputs)
         ln_dd = median_ms(lambda x, w, b: mp.layer_norm(x, w, b, precision="dd"), ln_inputs)
         ln_f32 = median_ms(lambda x, w, b: mx.fast.layer_norm(x, w, b, 1e-5), ln_inputs)
-    rows.append(("layer_norm 8192 x 768 (weight, bias)", ln_ext, ln_dd, ln_f32, None))
+    rows.append(("layer_norm 8192 x 768 (weight, bias)", f"{ln_ext:.3f}", ln_dd, None, ln_f32, None))
 
     device = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout.strip()
     lines = [
         f"Device: {device or 'GPU'}; MLX {mx.__version__}. Medians of {REPEATS} runs over "
         f"{INPUT_SETS} input sets, ms.",
         "",
-        "| op | mlx_precise extended | mlx_precise dd | MLX float32 (TF32 off) | MLX float32 (TF32 on) |",
-        "|---|---|---|---|---|",
+        "| op | mlx_precise extended | mlx_precise dd | mlx_precise float32 | MLX float32 (TF32 off) "
+        "| MLX float32 (TF32 on) |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, e, d, f_off, f_on in rows:
-        on_text = f"{f_on:.3f}" if f_on is not None else "n/a (no matmul)"
-        lines.append(f"| {name} | {e:.3f} | {d:.3f} | {f_off:.3f} | {on_text} |")
+
+    def ms(x):
+        return "-" if x is None else f"{x:.3f}"
+
+    for name, e, d, f32, f_off, f_on in rows:
+        lines.append(f"| {name} | {e} | {ms(d)} | {ms(f32)} | {ms(f_off)} | {ms(f_on)} |")
     text = "\n".join(lines)
     print(text)
     if args.out:
