@@ -31,7 +31,7 @@ from .config import ConfigError, M2BertConfig
 from .model import M2BertModel
 from .ops import PRECISIONS
 from .tensor_files import CheckpointError
-from .text import encode_truncated
+from .text import PADDINGS, TRUNCATIONS
 
 TOKENIZER_SUFFIXES = (".json", ".txt")
 
@@ -78,7 +78,13 @@ def read_documents(path: Path) -> List[str]:
 
 
 def embed_documents(
-    model: M2BertModel, tokenizer, documents: Sequence[str], batch_size: int, progress: bool
+    model: M2BertModel,
+    tokenizer,
+    documents: Sequence[str],
+    batch_size: int,
+    progress: bool,
+    padding: str = "max_length",
+    truncation: str = "keep_sep",
 ) -> np.ndarray:
     from tqdm import tqdm
 
@@ -86,13 +92,16 @@ def embed_documents(
     with tqdm(total=len(documents), unit="doc", disable=not progress) as bar:
         for start in range(0, len(documents), batch_size):
             batch = documents[start : start + batch_size]
-            encodings = encode_truncated(tokenizer, batch)
-            token_ids = mx.array([encoding.ids for encoding in encodings], dtype=mx.int32)
-            embeddings = model.encode(token_ids)
+            embeddings = model.embed(batch, tokenizer, padding, truncation, batch_size)
             mx.eval(embeddings)
             rows.append(np.asarray(embeddings))
             bar.update(len(batch))
     return np.concatenate(rows, axis=0)
+
+
+def encoder_of(model) -> M2BertModel:
+    """The encoder (with its pooler) of a model loaded with any published architecture."""
+    return model if isinstance(model, M2BertModel) else model.bert
 
 
 def check_file(option: str, path: Path, suffixes: Sequence[str] = ()) -> None:
@@ -136,9 +145,12 @@ def command_embed(args: argparse.Namespace) -> None:
     check_file("--tokenizer", args.tokenizer, TOKENIZER_SUFFIXES)
     check_output_file(args.output, ".npy")
     documents = read_documents(args.input)
-    model = load_model(model_source(args), precision=args.precision)
+    model = encoder_of(load_model(model_source(args), precision=args.precision))
     tokenizer = load_tokenizer(args.tokenizer, model.config.max_length, model.config.pad_token_id)
-    embeddings = embed_documents(model, tokenizer, documents, args.batch_size, not args.quiet)
+    embeddings = embed_documents(
+        model, tokenizer, documents, args.batch_size, not args.quiet, args.padding,
+        args.truncation,
+    )
     np.save(args.output, embeddings)
     if not args.quiet:
         print(f"wrote {embeddings.shape[0]} x {embeddings.shape[1]} embeddings to {args.output}")
@@ -196,6 +208,18 @@ def add_model_source(group, model_argument: str) -> None:
                             "fetched into the Hub cache; HF_HUB_OFFLINE=1 reads the cache only)")
 
 
+def add_text_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--padding", choices=PADDINGS, default="max_length",
+        help="max_length (default): pad every text to the model's max length, as the "
+             "published model does (embeddings depend on it); longest: to the batch's "
+             "longest text, faster, other embeddings")
+    parser.add_argument(
+        "--truncation", choices=TRUNCATIONS, default="keep_sep",
+        help="keep_sep (default): Hugging Face's, [CLS] text [SEP]; published: the first "
+             "max-length tokens, as embeddings_inference.py (a long text loses its [SEP])")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m m2bert", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("-o", "--output", required=True, type=Path, help="output .npy path")
     embed.add_argument("--precision", choices=PRECISIONS, default="float32")
     embed.add_argument("--batch-size", type=positive_int, default=4)
+    add_text_options(embed)
     embed.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     embed.set_defaults(run=command_embed)
 

@@ -27,6 +27,7 @@ from mlx_precise.nn import LayerNorm, Linear
 
 from . import ops
 from .config import M2BertConfig
+from .text import token_batch
 
 class BlockdiagLinear(nn.Module):
     """Monarch block-diagonal linear: weight ``(nblocks, out/nblocks, in/nblocks)``."""
@@ -398,6 +399,36 @@ class M2BertModel(M2BertPreTrainedModel):
         hidden = self.encoder(self.embeddings(ids, types))
         pooled = self.pooler(hidden, mask) if "pooler" in self else None
         return hidden, pooled
+
+    def embed(
+        self,
+        texts: Union[str, Sequence[str]],
+        tokenizer,
+        padding: str = "max_length",
+        truncation: str = "keep_sep",
+        batch_size: int = 8,
+    ) -> mx.array:
+        """Sentence embeddings of strings: ``(len(texts), H)``, or ``(H,)`` for one string.
+
+        ``tokenizer``: a ``tokenizers.Tokenizer`` (bert-base-uncased for the published
+        checkpoints). ``padding="max_length"`` pads every text to ``config.max_length``
+        as the published inference does, which the embeddings depend on (the long
+        convolutions see the padding); ``"longest"`` pads to the batch's longest text,
+        which is faster and gives other embeddings (docs/m2bert.md). ``truncation``:
+        ``"keep_sep"`` (Hugging Face's, [SEP] kept) or ``"published"``
+        (embeddings_inference.py: the first max_length tokens, no final [SEP])."""
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        if not batch or not all(isinstance(text, str) for text in batch):
+            raise TypeError("texts must be a string or a non-empty sequence of strings")
+        rows = []
+        for start in range(0, len(batch), batch_size):
+            ids, mask = token_batch(
+                tokenizer, batch[start : start + batch_size], self.config.max_length,
+                self.config.pad_token_id, padding, truncation,
+            )
+            rows.append(self.encode(mx.array(ids, dtype=mx.int32), mx.array(mask, dtype=mx.int32)))
+        embeddings = mx.concatenate(rows, axis=0)
+        return embeddings[0] if isinstance(texts, str) else embeddings
 
     def encode(self, token_ids: TokenIds, attention_mask: Optional[TokenIds] = None) -> mx.array:
         """Sentence embeddings ``(B, H)``: the pooler output."""

@@ -13,7 +13,7 @@ either way (it has more than its 100-character limit).
 from __future__ import annotations
 
 import re
-from typing import List, Sequence
+from typing import List, Sequence, Tuple
 
 # first prefix: this many characters per token of the budget (English WordPiece averages
 # ~4; whitespace, markup and long words take more); each retry quadruples it
@@ -51,3 +51,38 @@ def encode_truncated(tokenizer, texts: Sequence[str]) -> List:
             prefixes[index] = _prefix_at_whitespace(text, budgets[index])
             encodings[index] = tokenizer.encode(prefixes[index])
     return encodings
+
+
+PADDINGS = ("max_length", "longest")
+# "keep_sep": Hugging Face's truncation, [CLS] text [SEP] within max_length tokens.
+# "published": HazyResearch/m2 embeddings_inference.py, the first max_length tokens of
+# the whole encoding, so a text that overflows loses its final [SEP].
+TRUNCATIONS = ("keep_sep", "published")
+
+
+def token_batch(
+    tokenizer,
+    texts: Sequence[str],
+    max_length: int,
+    pad_id: int,
+    padding: str = "max_length",
+    truncation: str = "keep_sep",
+) -> Tuple[List[List[int]], List[List[int]]]:
+    """(token ids, attention mask) of ``texts``, padded with ``pad_id`` to ``max_length``
+    (``padding="max_length"``, as the published inference does) or to the longest text of
+    the batch (``"longest"``). Sets the ``tokenizers.Tokenizer``'s own truncation and
+    padding (off) for the call."""
+    if padding not in PADDINGS:
+        raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
+    if truncation not in TRUNCATIONS:
+        raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+    # one token more than the model takes, then cut: [CLS] + the first max_length - 1
+    # tokens of the text whenever it overflows, exactly the published slice
+    limit = max_length if truncation == "keep_sep" else max_length + 1
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=limit)
+    rows = [encoding.ids[:max_length] for encoding in encode_truncated(tokenizer, texts)]
+    length = max_length if padding == "max_length" else max(len(row) for row in rows)
+    ids = [row + [pad_id] * (length - len(row)) for row in rows]
+    mask = [[1] * len(row) + [0] * (length - len(row)) for row in rows]
+    return ids, mask
