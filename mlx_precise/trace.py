@@ -264,7 +264,7 @@ def _record_mlx_calls(module: mlx.nn.Module, run: Callable[[], Any]) -> List[Tup
     swapped = []
     for name, submodule in module.named_modules():
         cls = type(submodule)
-        if cls.__call__ is mlx.nn.Module.__call__:
+        if not any("__call__" in klass.__dict__ for klass in cls.__mro__ if klass is not object):
             continue  # a parameter holder or marker: never called
         submodule.__dict__["_trace_log"] = (log, name)
         object.__setattr__(submodule, "__class__", _traced_class(cls))
@@ -394,8 +394,13 @@ def compare(
                 torch_output = torch_call.output if transform is None else \
                     transform(torch_call.output)
                 inputs = _substituted_inputs(mlx_call, torch_call)
-                added = None if inputs is None else \
-                    _submodule(mlx_module, name)(*inputs, **mlx_call.kwargs)
+                if inputs is None:
+                    added = None
+                elif all(new is old or mx.array_equal(new, old).item()
+                         for new, old in zip(inputs, mlx_call.args)):
+                    added = mlx_call.output  # the same inputs (token ids, say): no re-run
+                else:
+                    added = _submodule(mlx_module, name)(*inputs, **mlx_call.kwargs)
                 label = name if len(mlx_calls[name]) == 1 else f"{name}#{index}"
                 site = _site(label, torch_name, mlx_call.output, torch_output, added,
                              "module", skipped)
