@@ -21,6 +21,7 @@ import json
 import os
 import re
 import sys
+import types
 from pathlib import Path
 from typing import Any, List, Optional, Union
 
@@ -191,7 +192,17 @@ def load_published_torch_model(torch_src: Union[str, os.PathLike], model_dir: Un
                    None)
     if weights is None or not (model_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"{model_dir} needs {CONFIG_FILE} and one of {WEIGHT_FILES}")
-    sys.path.insert(0, str(src.parent))  # the published code imports itself as ``src.*``
+    # The published code imports itself as ``src.*``. Its src/__init__.py imports the
+    # training stack (composer, datasets ...); a bare package object for ``src`` lets the
+    # model modules load without it.
+    package = sys.modules.get("src")
+    if package is None:
+        package = types.ModuleType("src")
+        package.__path__ = [str(src)]
+        sys.modules["src"] = package
+    elif [str(Path(p).resolve()) for p in getattr(package, "__path__", [])] != [str(src)]:
+        raise ImportError(f"another package named src is already imported "
+                          f"({getattr(package, '__path__', package)}); trace in a fresh process")
     bert_layers = importlib.import_module("src.bert_layers")
     configuration = importlib.import_module("src.configuration_bert")
     # bert_layers switches TF32 on when imported; the trace compares IEEE float32.
