@@ -317,7 +317,7 @@ def test_cli_exit_status_and_json(tmp_path, capsys):
 def test_module_entry_point(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text(HEADER + "def f(x: mx.array) -> mx.array:\n    return x * 0.1\n")
-    result = subprocess.run([sys.executable, "-m", "mlx_precise.lint", str(bad)],
+    result = subprocess.run([sys.executable, "-P", "-m", "mlx_precise.lint", str(bad)],
                             capture_output=True, text=True)
     assert result.returncode == 1
     assert re.search(r"bad\.py:\d+:16: MP001 error: ", result.stdout), result.stdout
