@@ -482,6 +482,7 @@ def test_every_config_field_is_validated_by_its_type():
     ({"pad_token_id": 30528}, "pad_token_id (30528) must be below vocab_size (30528)"),
     ({"hyena_emb_dim": 4}, "hyena_emb_dim must be odd"),
     ({"monarch_mlp_nblocks": 5}, "multiples of monarch_mlp_nblocks (5)"),
+    ({"num_labels": 10**9}, "num_labels must be in [1, 65536], got 1000000000"),
 ])
 def test_config_errors_name_the_field_and_the_expected_type(values, fragment):
     with pytest.raises(ConfigError) as error:

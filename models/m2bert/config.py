@@ -49,6 +49,8 @@ _INT_BOUNDS: Dict[str, Tuple[int, int]] = {
     "hyena_filter_order": (1, 1 << 13),
     "hyena_emb_dim": (3, 1025),
     "monarch_mlp_nblocks": (1, 1 << 12),
+    # classifier rows: a sequence classification head has a few to a few thousand classes
+    "num_labels": (1, 1 << 16),
 }
 _DEFAULT_INT_BOUNDS = (0, (1 << 31) - 1)
 # Float fields: (lowest, highest, whether the lowest is excluded); every value must be finite.
