@@ -100,6 +100,27 @@ MP_INLINE ff dd_mul_f(ff x, float y) {
   return fast_two_sum(c.hi, cl3);
 }
 
+// sqrt of a pair: s = sqrt(hi) corrected by one Newton step computed with
+// the exact residual x - s*s (TwoProd). Relative error a few u^2 (u = 2^-24).
+MP_INLINE ff dd_sqrt(ff x) {
+  if (x.hi <= 0.0f)
+    return ff{MP_ADDF(x.hi, 0.0f), 0.0f};
+  float s = MP_SQRTF(x.hi);
+  ff s2 = two_prod(s, s);
+  float residual = MP_ADDF(MP_SUBF(MP_SUBF(x.hi, s2.hi), s2.lo), x.lo);
+  float correction = MP_DIVF(residual, MP_MULF(2.0f, s));
+  return fast_two_sum(s, correction);
+}
+
+// x / y: quotient of the leading parts, then one correction from the exact
+// remainder x - y*q (DWTimesFP3). Relative error a few u^2.
+MP_INLINE ff dd_div(ff x, ff y) {
+  float q = MP_DIVF(x.hi, y.hi);
+  ff remainder = dd_sub(x, dd_mul_f(y, q));
+  float correction = MP_DIVF(remainder.hi, y.hi);
+  return fast_two_sum(q, correction);
+}
+
 // Multiplication by a power of two is exact (barring under/overflow).
 MP_INLINE ff dd_scale(ff x, float power_of_two) {
   return ff{MP_MULF(x.hi, power_of_two), MP_MULF(x.lo, power_of_two)};

@@ -1,5 +1,6 @@
 // The elementwise operations of the pair ops (pair_ops.h) on one value in the
-// working precision: double on the CPU and CUDA. Written once against
+// working precision: double on the CPU and CUDA, double-word (float pair)
+// arithmetic where there is no double (Metal). Written once against
 // portability.h for every backend.
 #pragma once
 
@@ -32,5 +33,305 @@ MP_INLINE double pair_binary_double(PairOp op, double x, double y) {
   return op == PairOp::Add ? x + y : x * y;
 }
 #endif
+
+// ------------------------------------------------- double-word functions ----
+// exp, sin, tanh and GELU (through erfc) of a float pair, for the backends
+// whose pair ops compute in double-word arithmetic (Metal has no double).
+// Written with the dd.h operations only, so the same code runs as C++ (where
+// tests/test_dd_functions.py checks it against mpmath), CUDA and Metal.
+// Relative error about 2^-46 (exp, sin, tanh; tested <= 2^-44) over the
+// domains documented at each function, plus the function's own condition
+// number times the input's 2^-48 (for erfc(z): about 2 z^2).
+
+// One Horner step: p x + (c_hi + c_lo).
+MP_INLINE ff dd_poly_step(ff p, ff x, float c_hi, float c_lo) {
+  return dd_add(dd_mul(p, x), ff{c_hi, c_lo});
+}
+
+// exp(x): x = k ln2 + r, |r| <= ln2/2 (ln2 in three parts: k ln2_1 exact for
+// |k| < 2^8), Taylor to degree 13 (truncation < 2^-53), then 2^k exactly.
+// Overflow gives +inf, results below 2^-149 give 0; below 2^-102 lo is
+// subnormal and the relative error grows.
+MP_INLINE ff dd_exp(ff x) {
+  if (x.hi > 88.73f) {
+    const float huge = 3.0e38f;
+    return ff{MP_MULF(huge, huge), 0.0f};
+  }
+  if (x.hi < -104.0f)
+    return ff{0.0f, 0.0f};
+  const float k = MP_RINTF(MP_MULF(x.hi, 1.442695f));
+  // x.hi - k ln2_1 is exact: k ln2_1 has at most 24 bits and lies within a
+  // factor 2 of x.hi when k != 0 (Sterbenz).
+  ff r = two_sum(MP_SUBF(x.hi, MP_MULF(k, 0.69314575f)), x.lo);
+  r = dd_sub(r, two_prod(k, 1.4286068e-06f));
+  r = dd_sub(r, dd_from_float(MP_MULF(k, 5.497923e-14f)));
+  ff p = ff{1.6059044e-10f, -5.3525265e-18f};
+  p = dd_poly_step(p, r, 2.0876756e-09f, 1.1082839e-16f);
+  p = dd_poly_step(p, r, 2.5052108e-08f, 4.417623e-16f);
+  p = dd_poly_step(p, r, 2.755732e-07f, -7.575112e-15f);
+  p = dd_poly_step(p, r, 2.7557319e-06f, 3.7935712e-14f);
+  p = dd_poly_step(p, r, 2.4801588e-05f, -3.406996e-13f);
+  p = dd_poly_step(p, r, 0.0001984127f, -2.7255969e-12f);
+  p = dd_poly_step(p, r, 0.0013888889f, -3.3631094e-11f);
+  p = dd_poly_step(p, r, 0.008333334f, -4.346172e-10f);
+  p = dd_poly_step(p, r, 0.041666668f, -1.2417635e-09f);
+  p = dd_poly_step(p, r, 0.16666667f, -4.967054e-09f);
+  p = dd_poly_step(p, r, 0.5f, 0.0f);
+  p = dd_poly_step(p, r, 1.0f, 0.0f);
+  p = dd_poly_step(p, r, 1.0f, 0.0f);
+  const int e = static_cast<int>(k);
+  return ff{MP_LDEXPF(p.hi, e), MP_LDEXPF(p.lo, e)};
+}
+
+// sin(x): x = k pi/2 + r, |r| <= pi/4 (k pi/2 as four exact products, pi/2
+// to 96 bits), then sin or cos of r by Taylor (degrees 15 and 16). Tested for
+// |x| < 2^16; beyond |x| = 2^22 k is no longer exact and the reduction fails.
+MP_INLINE ff dd_sin(ff x) {
+  const float k = MP_RINTF(MP_MULF(x.hi, 0.63661975f));
+  const ff p1 = two_prod(k, 1.5707964f);
+  // Exact (Sterbenz): p1.hi lies within a factor 2 of x.hi when k != 0.
+  ff r = two_sum(MP_SUBF(x.hi, p1.hi), x.lo);
+  r = dd_sub(r, dd_from_float(p1.lo));
+  r = dd_sub(r, two_prod(k, -4.371139e-08f));
+  r = dd_sub(r, two_prod(k, -1.7151245e-15f));
+  r = dd_sub(r, dd_from_float(MP_MULF(k, 1.0562999e-23f)));
+  const ff r2 = dd_mul(r, r);
+  const int quadrant = static_cast<int>(k) & 3;
+  if (quadrant & 1) {
+    ff p = ff{4.7794773e-14f, 7.625444e-22f};
+    p = dd_poly_step(p, r2, -1.1470745e-11f, -2.3722077e-19f);
+    p = dd_poly_step(p, r2, 2.0876756e-09f, 1.1082839e-16f);
+    p = dd_poly_step(p, r2, -2.755732e-07f, 7.575112e-15f);
+    p = dd_poly_step(p, r2, 2.4801588e-05f, -3.406996e-13f);
+    p = dd_poly_step(p, r2, -0.0013888889f, 3.3631094e-11f);
+    p = dd_poly_step(p, r2, 0.041666668f, -1.2417635e-09f);
+    p = dd_poly_step(p, r2, -0.5f, 0.0f);
+    p = dd_poly_step(p, r2, 1.0f, 0.0f);
+    return quadrant == 1 ? p : dd_neg(p);
+  }
+  ff p = ff{-7.6471636e-13f, -1.22007105e-20f};
+  p = dd_poly_step(p, r2, 1.6059044e-10f, -5.3525265e-18f);
+  p = dd_poly_step(p, r2, -2.5052108e-08f, -4.417623e-16f);
+  p = dd_poly_step(p, r2, 2.7557319e-06f, 3.7935712e-14f);
+  p = dd_poly_step(p, r2, -0.0001984127f, 2.7255969e-12f);
+  p = dd_poly_step(p, r2, 0.008333334f, -4.346172e-10f);
+  p = dd_poly_step(p, r2, -0.16666667f, 4.967054e-09f);
+  p = dd_poly_step(p, r2, 1.0f, 0.0f);
+  p = dd_mul(p, r);
+  return quadrant == 0 ? p : dd_neg(p);
+}
+
+// exp(y) - 1 for 0 <= y < 0.7: y (1 + y/2 + y^2/6 + ...), Taylor to degree
+// 17 (no cancellation).
+MP_INLINE ff dd_expm1_small(ff y) {
+  ff p = ff{2.8114574e-15f, -1.0462085e-22f};
+  p = dd_poly_step(p, y, 4.7794773e-14f, 7.625444e-22f);
+  p = dd_poly_step(p, y, 7.6471636e-13f, 1.22007105e-20f);
+  p = dd_poly_step(p, y, 1.1470745e-11f, 2.3722077e-19f);
+  p = dd_poly_step(p, y, 1.6059044e-10f, -5.3525265e-18f);
+  p = dd_poly_step(p, y, 2.0876756e-09f, 1.1082839e-16f);
+  p = dd_poly_step(p, y, 2.5052108e-08f, 4.417623e-16f);
+  p = dd_poly_step(p, y, 2.755732e-07f, -7.575112e-15f);
+  p = dd_poly_step(p, y, 2.7557319e-06f, 3.7935712e-14f);
+  p = dd_poly_step(p, y, 2.4801588e-05f, -3.406996e-13f);
+  p = dd_poly_step(p, y, 0.0001984127f, -2.7255969e-12f);
+  p = dd_poly_step(p, y, 0.0013888889f, -3.3631094e-11f);
+  p = dd_poly_step(p, y, 0.008333334f, -4.346172e-10f);
+  p = dd_poly_step(p, y, 0.041666668f, -1.2417635e-09f);
+  p = dd_poly_step(p, y, 0.16666667f, -4.967054e-09f);
+  p = dd_poly_step(p, y, 0.5f, 0.0f);
+  p = dd_poly_step(p, y, 1.0f, 0.0f);
+  return dd_mul(p, y);
+}
+
+// tanh(x) = e / (e + 2) with e = expm1(2|x|) (no cancellation for small x);
+// 1 - 2 exp(-2|x|) above |x| = 10.
+MP_INLINE ff dd_tanh(ff x) {
+  const bool negative = x.hi < 0.0f;
+  const ff a = negative ? dd_neg(x) : x;
+  ff t;
+  if (a.hi > 10.0f) {
+    t = dd_sub(dd_from_float(1.0f), dd_scale(dd_exp(dd_scale(a, -2.0f)), 2.0f));
+  } else {
+    const ff y = dd_scale(a, 2.0f);
+    const ff e = y.hi < 0.7f ? dd_expm1_small(y)
+                             : dd_sub(dd_exp(y), dd_from_float(1.0f));
+    t = dd_div(e, dd_add(e, dd_from_float(2.0f)));
+  }
+  return negative ? dd_neg(t) : t;
+}
+
+// erf(z) for |z| < 0.5: z times the Taylor series in z^2 (degree 23 in z).
+MP_INLINE ff dd_erf_small(ff z) {
+  const ff z2 = dd_mul(z, z);
+  ff p = ff{-1.2290555e-09f, -6.1504874e-18f};
+  p = dd_poly_step(p, z2, 1.4807193e-08f, 1.0657415e-17f);
+  p = dd_poly_step(p, z2, -1.6365844e-07f, -5.446863e-15f);
+  p = dd_poly_step(p, z2, 1.6462114e-06f, -7.905913e-15f);
+  p = dd_poly_step(p, z2, -1.492565e-05f, -1.1021866e-13f);
+  p = dd_poly_step(p, z2, 0.000120553326f, 3.5487505e-12f);
+  p = dd_poly_step(p, z2, -0.0008548327f, -2.8741498e-14f);
+  p = dd_poly_step(p, z2, 0.005223978f, -2.1971996e-10f);
+  p = dd_poly_step(p, z2, -0.026866172f, 8.6389623e-10f);
+  p = dd_poly_step(p, z2, 0.11283792f, -1.39319e-09f);
+  p = dd_poly_step(p, z2, -0.37612638f, -1.0257194e-08f);
+  p = dd_poly_step(p, z2, 1.1283792f, -5.8635383e-08f);
+  return dd_mul(p, z);
+}
+
+// erfcx(a) = exp(a^2) erfc(a) for 0.5 <= a < 3: Taylor of degree 17 about
+// the nearest of 0.75, 1.25, ..., 2.75 (|a - centre| <= 0.25, truncation
+// < 2^-53).
+MP_INLINE ff dd_erfcx_mid(ff a) {
+  if (a.hi < 1.0f) {
+    const ff d = dd_sub(a, dd_from_float(0.75f));
+    ff p = ff{-1.2920526e-07f, -5.2306067e-15f};
+    p = dd_poly_step(p, d, 4.3445834e-07f, 6.135629e-15f);
+    p = dd_poly_step(p, d, -1.4240885e-06f, -2.064017e-14f);
+    p = dd_poly_step(p, d, 4.543733e-06f, -2.0699969e-14f);
+    p = dd_poly_step(p, d, -1.4088464e-05f, 1.449408e-13f);
+    p = dd_poly_step(p, d, 4.237248e-05f, -1.1631001e-12f);
+    p = dd_poly_step(p, d, -0.00012335437f, -1.8235385e-12f);
+    p = dd_poly_step(p, d, 0.00034675066f, 1.665011e-12f);
+    p = dd_poly_step(p, d, -0.00093851204f, -2.5830135e-11f);
+    p = dd_poly_step(p, d, 0.0024376374f, -5.9613835e-11f);
+    p = dd_poly_step(p, d, -0.0060515325f, 1.6130541e-10f);
+    p = dd_poly_step(p, d, 0.014289198f, 2.2264221e-10f);
+    p = dd_poly_step(p, d, -0.03189726f, -3.0090466e-10f);
+    p = dd_poly_step(p, d, 0.06679054f, -9.6904e-10f);
+    p = dd_poly_step(p, d, -0.12983607f, 5.5624536e-09f);
+    p = dd_poly_step(p, d, 0.23095813f, -2.38463e-09f);
+    p = dd_poly_step(p, d, -0.3679727f, 1.0132153e-08f);
+    p = dd_poly_step(p, d, 0.5069376f, 2.7269158e-08f);
+    return p;
+  } else if (a.hi < 1.5f) {
+    const ff d = dd_sub(a, dd_from_float(1.25f));
+    ff p = ff{-1.0518129e-08f, 6.699101e-17f};
+    p = dd_poly_step(p, d, 3.8468844e-08f, -3.4556046e-16f);
+    p = dd_poly_step(p, d, -1.3749015e-07f, 1.131957e-16f);
+    p = dd_poly_step(p, d, 4.7961345e-07f, -1.356412e-14f);
+    p = dd_poly_step(p, d, -1.6306929e-06f, -4.614473e-14f);
+    p = dd_poly_step(p, d, 5.39566e-06f, 7.641891e-14f);
+    p = dd_poly_step(p, d, -1.7344079e-05f, -5.091512e-13f);
+    p = dd_poly_step(p, d, 5.405406e-05f, -7.240369e-13f);
+    p = dd_poly_step(p, d, -0.00016296002f, 6.2901667e-12f);
+    p = dd_poly_step(p, d, 0.0004739703f, -4.206935e-12f);
+    p = dd_poly_step(p, d, -0.001325783f, 4.0840376e-11f);
+    p = dd_poly_step(p, d, 0.00355311f, -3.8774383e-11f);
+    p = dd_poly_step(p, d, -0.009081627f, -3.906673e-10f);
+    p = dd_poly_step(p, d, 0.022011364f, 3.72011e-10f);
+    p = dd_poly_step(p, d, -0.050218273f, -1.441682e-09f);
+    p = dd_poly_step(p, d, 0.10679557f, -2.478432e-10f);
+    p = dd_poly_step(p, d, -0.20882188f, 1.8725712e-09f);
+    p = dd_poly_step(p, d, 0.36782292f, 1.136733e-09f);
+    return p;
+  } else if (a.hi < 2.0f) {
+    const ff d = dd_sub(a, dd_from_float(1.75f));
+    ff p = ff{-1.0409739e-09f, -4.765963e-17f};
+    p = dd_poly_step(p, d, 4.1343786e-09f, -1.8538657e-16f);
+    p = dd_poly_step(p, d, -1.608344e-08f, -1.361915e-16f);
+    p = dd_poly_step(p, d, 6.122105e-08f, -3.0211143e-15f);
+    p = dd_poly_step(p, d, -2.2776264e-07f, 2.4891569e-15f);
+    p = dd_poly_step(p, d, 8.2713194e-07f, 1.3576026e-14f);
+    p = dd_poly_step(p, d, -2.927938e-06f, 4.2159466e-14f);
+    p = dd_poly_step(p, d, 1.0086684e-05f, -3.333834e-13f);
+    p = dd_poly_step(p, d, -3.3755354e-05f, -1.4584387e-12f);
+    p = dd_poly_step(p, d, 0.00010950529f, 1.7948453e-12f);
+    p = dd_poly_step(p, d, -0.00034353335f, -4.246985e-12f);
+    p = dd_poly_step(p, d, 0.0010392045f, -1.4492225e-11f);
+    p = dd_poly_step(p, d, -0.0030209746f, -7.681455e-11f);
+    p = dd_poly_step(p, d, 0.008404319f, 3.2741122e-11f);
+    p = dd_poly_step(p, d, -0.022259995f, 9.9912634e-11f);
+    p = dd_poly_step(p, d, 0.05576363f, 1.7532803e-09f);
+    p = dd_poly_step(p, d, -0.13097635f, 3.6008865e-09f);
+    p = dd_poly_step(p, d, 0.28497222f, 1.407818e-08f);
+    return p;
+  } else if (a.hi < 2.5f) {
+    const ff d = dd_sub(a, dd_from_float(2.25f));
+    ff p = ff{-1.2291534e-10f, -5.631972e-18f};
+    p = dd_poly_step(p, d, 5.2904114e-10f, 4.4214115e-18f);
+    p = dd_poly_step(p, d, -2.235123e-09f, -8.5575514e-17f);
+    p = dd_poly_step(p, d, 9.261356e-09f, -4.963956e-17f);
+    p = dd_poly_step(p, d, -3.7601474e-08f, -1.9706044e-16f);
+    p = dd_poly_step(p, d, 1.4943281e-07f, 1.872266e-15f);
+    p = dd_poly_step(p, d, -5.806334e-07f, 8.717363e-15f);
+    p = dd_poly_step(p, d, 2.203022e-06f, 6.2673804e-14f);
+    p = dd_poly_step(p, d, -8.150283e-06f, -1.7833569e-13f);
+    p = dd_poly_step(p, d, 2.9353247e-05f, 7.1462427e-13f);
+    p = dd_poly_step(p, d, -0.00010272108f, 7.728162e-13f);
+    p = dd_poly_step(p, d, 0.00034853542f, -2.5183182e-12f);
+    p = dd_poly_step(p, d, -0.0011437285f, 1.564703e-11f);
+    p = dd_poly_step(p, d, 0.0036189954f, -7.1864605e-11f);
+    p = dd_poly_step(p, d, -0.011002061f, 2.0081294e-10f);
+    p = dd_poly_step(p, d, 0.03199263f, -1.7597115e-09f);
+    p = dd_poly_step(p, d, -0.0884865f, -2.724349e-09f);
+    p = dd_poly_step(p, d, 0.23108725f, 6.232719e-09f);
+    return p;
+  }
+  const ff d = dd_sub(a, dd_from_float(2.75f));
+  ff p = ff{-1.7014872e-11f, -8.401908e-19f};
+  p = dd_poly_step(p, d, 7.9176776e-11f, -1.0420608e-19f);
+  p = dd_poly_step(p, d, -3.6236256e-10f, 1.8185622e-18f);
+  p = dd_poly_step(p, d, 1.6299112e-09f, 2.8859776e-17f);
+  p = dd_poly_step(p, d, -7.199975e-09f, -2.1838083e-16f);
+  p = dd_poly_step(p, d, 3.120931e-08f, -6.407242e-16f);
+  p = dd_poly_step(p, d, -1.3262544e-07f, 4.3393193e-15f);
+  p = dd_poly_step(p, d, 5.519758e-07f, 1.9749664e-14f);
+  p = dd_poly_step(p, d, -2.2473735e-06f, 2.6398099e-14f);
+  p = dd_poly_step(p, d, 8.9401565e-06f, -4.285938e-13f);
+  p = dd_poly_step(p, d, -3.469861e-05f, -6.3525183e-13f);
+  p = dd_poly_step(p, d, 0.0001311818f, -4.5149062e-12f);
+  p = dd_poly_step(p, d, -0.0004821951f, 1.0976634e-12f);
+  p = dd_poly_step(p, d, 0.0017195819f, -9.287335e-12f);
+  p = dd_poly_step(p, d, -0.005934338f, 1.883554e-10f);
+  p = dd_poly_step(p, d, 0.019758593f, -3.0372138e-10f);
+  p = dd_poly_step(p, d, -0.06323764f, -2.7921698e-10f);
+  p = dd_poly_step(p, d, 0.19366209f, 4.1894155e-09f);
+  return p;
+}
+
+// erfcx(a) for a >= 3: the continued fraction
+// 1/sqrt(pi) / (a + (1/2)/(a + 1/(a + (3/2)/(a + ...)))), 40 terms,
+// evaluated from the tail (converged below 2^-60 at a = 3).
+MP_INLINE ff dd_erfcx_large(ff a) {
+  ff t = dd_from_float(0.0f);
+  for (int n = 40; n >= 1; --n)
+    t = dd_div(
+        dd_from_float(MP_MULF(0.5f, static_cast<float>(n))), dd_add(a, t));
+  return dd_div(ff{0.5641896f, -2.9317691e-08f}, dd_add(a, t));
+}
+
+// erfc(z): 1 - erf for |z| < 0.5, exp(-z^2) erfcx(z) above (relative error
+// about 2 z^2 2^-48 from the rounding of z^2), 2 - erfc(-z) below -0.5.
+MP_INLINE ff dd_erfc(ff z) {
+  const ff a = z.hi < 0.0f ? dd_neg(z) : z;
+  ff c;
+  if (a.hi < 0.5f) {
+    c = dd_sub(dd_from_float(1.0f), dd_erf_small(a));
+  } else {
+    const ff scale = dd_exp(dd_neg(dd_mul(a, a)));
+    c = dd_mul(scale, a.hi < 3.0f ? dd_erfcx_mid(a) : dd_erfcx_large(a));
+  }
+  return z.hi < 0.0f ? dd_sub(dd_from_float(2.0f), c) : c;
+}
+
+// torch's exact GELU, x/2 erfc(-x / sqrt 2).
+MP_INLINE ff dd_gelu(ff x) {
+  const ff z = dd_mul(x, ff{-0.70710677f, -1.21016175e-08f});
+  return dd_scale(dd_mul(x, dd_erfc(z)), 0.5f);
+}
+
+MP_INLINE ff pair_unary_dd(PairOp op, ff x) {
+  switch (op) {
+    case PairOp::Gelu:
+      return dd_gelu(x);
+    case PairOp::Sin:
+      return dd_sin(x);
+    case PairOp::Exp:
+      return dd_exp(x);
+    default:
+      return dd_tanh(x);
+  }
+}
 
 } // namespace mlx_precise

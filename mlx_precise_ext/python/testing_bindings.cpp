@@ -5,11 +5,14 @@
 #include <array>
 #include <cstddef>
 #include <stdexcept>
+#include <string>
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
 
 #include "kernels/dd.h"
+#include "kernels/pair_math.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -152,6 +155,27 @@ void init_testing(nb::module_& parent) {
       "yh"_a.noconvert(),
       "yl"_a.noconvert(),
       "x - y (AccurateDWPlusDW of x and -y).");
+
+  m.def(
+      "dd_function",
+      [](const std::string& name, F xh, F xl) {
+        const PairOp op = name == "exp" ? PairOp::Exp
+            : name == "sin"             ? PairOp::Sin
+            : name == "tanh"            ? PairOp::Tanh
+            : name == "gelu"
+            ? PairOp::Gelu
+            : throw std::invalid_argument(
+                  "dd_function: pass \"exp\", \"sin\", \"tanh\" or \"gelu\"");
+        return as_tuple(
+            map_elementwise<float, 2, 2>(
+                {xh, xl}, [op](const auto& in, auto& out) {
+                  write_pair(pair_unary_dd(op, ff{in[0], in[1]}), out.data());
+                }));
+      },
+      "name"_a,
+      "xh"_a.noconvert(),
+      "xl"_a.noconvert(),
+      "exp / sin / tanh / gelu of the pair x in double-word arithmetic (kernels/pair_math.h).");
 
   m.def(
       "dd_mul",
