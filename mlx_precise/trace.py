@@ -249,24 +249,31 @@ def _traced_class(cls: type) -> type:
     if cls not in _TRACED_CLASSES:
         def __call__(self, *args, **kwargs):
             output = cls.__call__(self, *args, **kwargs)
-            log, name = self.__dict__["_trace_log"]
-            log.append((name, Call(args, kwargs, output)))
+            log, names = self.__dict__["_trace_log"]
+            log.append((names, Call(args, kwargs, output)))
             return output
 
         _TRACED_CLASSES[cls] = type(cls.__name__, (cls,), {"__call__": __call__})
     return _TRACED_CLASSES[cls]
 
 
-def _record_mlx_calls(module: mlx.nn.Module, run: Callable[[], Any]) -> List[Tuple[str, Call]]:
-    """Every call of every submodule that defines ``__call__``, in the order the calls
-    finish (the class of each instance is swapped for a recording subclass meanwhile)."""
-    log: List[Tuple[str, Call]] = []
+def _record_mlx_calls(module: mlx.nn.Module,
+                      run: Callable[[], Any]) -> List[Tuple[List[str], Call]]:
+    """Every call of every submodule that defines ``__call__``, with every name of the
+    module (a shared module has several), in the order the calls finish (the class of each
+    instance is swapped for a recording subclass meanwhile)."""
+    log: List[Tuple[List[str], Call]] = []
+    names: Dict[int, List[str]] = {}
     swapped = []
-    for name, submodule in module.named_modules():
+    for name, submodule in reversed(module.named_modules()):  # reversed: definition order
         cls = type(submodule)
         if not any("__call__" in klass.__dict__ for klass in cls.__mro__ if klass is not object):
             continue  # a parameter holder or marker: never called
-        submodule.__dict__["_trace_log"] = (log, name)
+        if id(submodule) in names:
+            names[id(submodule)].append(name)
+            continue
+        names[id(submodule)] = [name]
+        submodule.__dict__["_trace_log"] = (log, names[id(submodule)])
         object.__setattr__(submodule, "__class__", _traced_class(cls))
         swapped.append((submodule, cls))
     try:
@@ -372,7 +379,10 @@ def compare(
     mlx_log = _record_mlx_calls(mlx_module, lambda: mlx_module(*mlx_args))
     mlx_calls: Dict[str, List[Call]] = {}
     ordered: List[Tuple[str, int]] = []
-    for name, call in mlx_log:
+    for names, call in mlx_log:
+        # a shared module: the first of its names the torch side knows
+        name = next((n for n in names if (_resolve_name(name_map, n) or ("",))[0]
+                     in torch_calls), names[0])
         ordered.append((name, len(mlx_calls.setdefault(name, []))))
         mlx_calls[name].append(call)
     mx.eval([a for _, call in mlx_log for a in _mlx_arrays(call.output)])

@@ -80,6 +80,35 @@ def test_two_layer_pair(pair, tmp_path):
     assert (tmp_path / "pair.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_shared_module_is_recorded_once_per_call_and_restored(pair):
+    torch_model, mlx_model, x = pair
+
+    class Twice(mlx.nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.a, self.b = layer, layer  # one module under two names
+
+        def __call__(self, h):
+            return self.b(mx.tanh(self.a(h)))
+
+    class TorchTwice(torch.nn.Module):
+        def __init__(self, layer):
+            super().__init__()
+            self.a = self.b = layer
+
+        def forward(self, h):
+            return self.b(torch.tanh(self.a(h)))
+
+    square_t = torch.nn.Linear(16, 16)
+    square_m = mlx.nn.Linear(16, 16)
+    square_m.load_weights([(n, mx.array(v.detach().numpy())) for n, v in
+                           square_t.state_dict().items()])
+    twice = Twice(square_m)
+    report = compare(TorchTwice(square_t), twice, (torch.from_numpy(x),), (mx.array(x),))
+    assert [site.name for site in report.sites] == ["a#0", "a#1", ""]
+    assert type(square_m) is mlx.nn.Linear and "_trace_log" not in square_m.__dict__
+
+
 def test_two_layer_pair_against_float64_and_a_wrong_parameter(pair):
     torch_model, mlx_model, x = pair
     reference = torch_model.double()
