@@ -1,4 +1,5 @@
-"""``python -m m2bert embed|convert|trace``: embed text, convert checkpoints, trace vs torch.
+"""``python -m m2bert embed|convert|finetune|trace``: embed text, convert checkpoints,
+fine-tune on text pairs (finetune.py), trace vs torch.
 
 trace: runs the MLX model and the published PyTorch model (your copy of its source) on
 the same random token ids, compares them site by site (``m2bert.tracing``), writes a
@@ -31,6 +32,7 @@ from .config import ConfigError, M2BertConfig
 from .model import M2BertModel
 from .ops import PRECISIONS
 from .tensor_files import CheckpointError
+from .finetune import LOSSES, encoder_of, finetune, read_pairs
 from .text import PADDINGS, TRUNCATIONS
 
 TOKENIZER_SUFFIXES = (".json", ".txt")
@@ -99,10 +101,6 @@ def embed_documents(
     return np.concatenate(rows, axis=0)
 
 
-def encoder_of(model) -> M2BertModel:
-    """The encoder (with its pooler) of a model loaded with any published architecture."""
-    return model if isinstance(model, M2BertModel) else model.bert
-
 
 def check_file(option: str, path: Path, suffixes: Sequence[str] = ()) -> None:
     if not path.is_file():
@@ -164,6 +162,59 @@ def command_convert(args: argparse.Namespace) -> None:
     model = load_model(model_source(args), config=config)
     weights = save_model(model, args.output)
     print(f"wrote {weights} and {weights.parent / 'config.json'}")
+
+
+def command_finetune(args: argparse.Namespace) -> None:
+    check_file("pairs", args.pairs)
+    check_file("--tokenizer", args.tokenizer, TOKENIZER_SUFFIXES)
+    check_output_directory(args.output, args.force)
+    try:
+        pairs = read_pairs(args.pairs, args.loss)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise SystemExit(f"error: {error}") from None
+    mx.random.seed(args.seed)  # dropout masks
+    model = load_model(model_source(args), precision=args.precision)
+    config = encoder_of(model).config
+    tokenizer = load_tokenizer(args.tokenizer, config.max_length, config.pad_token_id)
+    losses = finetune(
+        model, tokenizer, pairs, args.loss, args.epochs, args.batch_size, args.learning_rate,
+        args.weight_decay, args.padding, args.truncation, args.seed, not args.quiet,
+    )
+    weights = save_model(model, args.output)
+    if not args.quiet:
+        print(f"{len(losses)} steps, loss {losses[0]:.4f} -> {losses[-1]:.4f}; wrote {weights}")
+
+
+def add_finetune_command(commands) -> None:
+    finetune_parser = commands.add_parser(
+        "finetune", help="fine-tune the encoder on text pairs with a retrieval loss"
+    )
+    finetune_parser.add_argument(
+        "pairs", type=Path,
+        help="UTF-8 file, one tab-separated pair per line: anchor<TAB>positive (mnrl) or "
+             "text<TAB>text<TAB>0|1 (contrastive)")
+    add_model_source(finetune_parser.add_mutually_exclusive_group(required=True), "--model")
+    finetune_parser.add_argument("--tokenizer", required=True, type=Path,
+                                 help="local tokenizer.json or WordPiece vocab.txt")
+    finetune_parser.add_argument("-o", "--output", required=True, type=Path,
+                                 help="directory for the fine-tuned model.safetensors + config.json")
+    finetune_parser.add_argument("--force", action="store_true",
+                                 help="overwrite the model.safetensors / config.json in --output")
+    finetune_parser.add_argument(
+        "--loss", choices=LOSSES, default="mnrl",
+        help="mnrl: multiple-negatives ranking (in-batch softmax); contrastive: labelled pairs")
+    finetune_parser.add_argument("--epochs", type=positive_int, default=1)
+    finetune_parser.add_argument("--batch-size", type=positive_int, default=8)
+    finetune_parser.add_argument("--learning-rate", type=float, default=2e-5)
+    finetune_parser.add_argument("--weight-decay", type=float, default=0.01)
+    finetune_parser.add_argument("--precision", choices=("float32", "extended", "dd"),
+                                 default="float32")
+    finetune_parser.add_argument("--seed", type=int, default=0,
+                                 help="shuffling and dropout seed")
+    add_text_options(finetune_parser)
+    finetune_parser.add_argument("--quiet", action="store_true",
+                                 help="no progress bar or summary")
+    finetune_parser.set_defaults(run=command_finetune)
 
 
 def command_trace(args: argparse.Namespace) -> None:
@@ -246,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--config", type=Path,
                          help="config.json to use when none lies beside the checkpoint")
     convert.set_defaults(run=command_convert)
+
+    add_finetune_command(commands)
 
     trace = commands.add_parser(
         "trace", help="compare with the published PyTorch model site by site"

@@ -23,6 +23,7 @@ from typing import Optional, Sequence, Tuple, Union
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
+import mlx_precise
 from mlx_precise.nn import LayerNorm, Linear
 
 from . import ops
@@ -255,13 +256,25 @@ class BertEmbeddings(nn.Module):
     def __call__(self, token_ids: mx.array, token_type_ids: mx.array) -> ops.Activation:
         summed = ops.add(
             self.word_embeddings(token_ids),
-            self.token_type_embeddings(token_type_ids),
+            self._token_types(token_type_ids),
             self.precision,
         )
         if "position_embeddings" in self:
             positions = mx.arange(token_ids.shape[1], dtype=mx.int32)
             summed = summed + self.position_embeddings(positions)[None]
         return self.dropout(self.LayerNorm(summed))
+
+    def _token_types(self, token_type_ids: mx.array) -> mx.array:
+        """The token-type rows. In "extended" and "dd" as one-hot rows times the table,
+        which selects the same values exactly, so that the table's gradient (a sum over
+        every position of the batch into type_vocab_size rows) is the correctly rounded
+        product's, not a float32 scatter-add."""
+        table = self.token_type_embeddings.weight
+        if self.precision not in ("extended", "dd"):
+            return self.token_type_embeddings(token_type_ids)
+        types = mx.arange(table.shape[0], dtype=mx.int32)
+        one_hot = (token_type_ids[..., None] == types).astype(mx.float32)
+        return mlx_precise.linear(one_hot, table.T, precision=self.precision)
 
 
 class BertEncoder(nn.Module):
