@@ -238,7 +238,15 @@ mx::array addmm(
   const mx::Stream stream = mx::to_stream(s);
   if (p == Precision::Float32 && !strict_float32_gemm(stream))
     return mx::addmm(c, a, b, alpha, beta, stream);
-  return strict_addmm_from_parts(a, b, c, alpha, beta, p, stream);
+  // beta = 0 ignores c, NaN and Inf included, as mx.addmm and torch do.
+  return strict_addmm_from_parts(
+      a,
+      b,
+      beta == 0.0f ? std::nullopt : std::optional<mx::array>(c),
+      alpha,
+      beta,
+      p,
+      stream);
 }
 
 mx::array linear(

@@ -7,6 +7,7 @@ to the norm, some 10^11 below a float32 ulp.
 
 import math
 
+import mpmath
 import numpy as np
 
 LD = np.longdouble
@@ -114,3 +115,23 @@ def round_exact_sum(terms) -> np.float32:
             bits += 1 if (residual > 0) == (s > 0) else -1
             s = np.int64(bits).view(np.float64)
     return np.float32(s)
+
+
+def layer_norm_reference_mp(x, w, b, eps):
+    """float32-rounded layer_norm at 60 digits (mpmath), plus the float64 of it."""
+    out = np.empty(x.shape, np.float32)
+    with mpmath.workdps(60):
+        for r in range(x.shape[0]):
+            row = [mpmath.mpf(float(v)) for v in x[r]]
+            mean = mpmath.fsum(row) / len(row)
+            var = mpmath.fsum((v - mean) ** 2 for v in row) / len(row)
+            inv = 1 / mpmath.sqrt(var + mpmath.mpf(eps))
+            for i, v in enumerate(row):
+                y = (v - mean) * inv
+                if w is not None:
+                    y = y * mpmath.mpf(float(w[i]))
+                if b is not None:
+                    y = y + mpmath.mpf(float(b[i]))
+                hi = float(y)
+                out[r, i] = round_exact_sum([hi, float(y - hi)])
+    return out

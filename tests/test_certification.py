@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import mlx_precise as mp
-from reference import round_exact_sum
+from reference import layer_norm_reference_mp, round_exact_sum
 
 CERTIFIED = ("extended", "dd")
 
@@ -141,3 +141,68 @@ def test_zero_signs_follow_exact_sums(precision):
     np.testing.assert_array_equal(bits(y), bits(np.float32([1e-60, 0.0])))
     y = mp.rfft_conv(A(-1e-30, 0.0), A(1e-30,), precision=precision)
     np.testing.assert_array_equal(bits(y), bits(np.float32([-0.0, 0.0])))
+
+
+# ---------------------------------------------------------------- strict ops ----
+
+
+@pytest.mark.parametrize("precision", CERTIFIED)
+def test_addmm_dd_overflow_reproducers(precision):
+    # 1: overflowing float pairs used to give NaN.
+    y = mp.addmm(mx.zeros((1, 1)), mx.array([[3e38, 3e38]]), mx.array([[1.0], [1.0]]), precision=precision)
+    assert np.array(y)[0, 0] == np.inf
+    y = mp.addmm(mx.zeros((1, 1)), mx.array([[3e38]]), mx.array([[1e10]]), alpha=1e-20, precision=precision)
+    np.testing.assert_array_equal(bits(y), bits([[round_exact_sum([3e38 * 1e10 * float(np.float32(1e-20))])]]))
+
+
+@pytest.mark.parametrize("precision", ("float32", "extended", "dd"))
+def test_addmm_beta_zero_ignores_c(precision):
+    # 7: as mx.addmm and torch, beta = 0 ignores c, NaN and Inf included.
+    for bad in (np.nan, np.inf):
+        c = mx.array(np.float32([[bad]]))
+        y = mp.addmm(c, mx.array([[1.0]]), mx.array([[2.0]]), beta=0.0, precision=precision)
+        np.testing.assert_array_equal(np.array(y), np.array(mx.addmm(c, mx.array([[1.0]]), mx.array([[2.0]]), beta=0.0)))
+        assert np.array(y)[0, 0] == 2.0
+
+
+@pytest.mark.parametrize("precision", CERTIFIED)
+@pytest.mark.parametrize(
+    "x, w, eps",
+    [
+        # 1: overflow in the weight product and in the squares.
+        ([[1.0, 2.0, 3.0]], [3e38] * 3, 1e-5),
+        ([[3e38, -3e38, 1e38]], None, 1e-5),
+        # 4: subnormal rows, eps = 0.
+        ([[1e-39, 2e-39, 4e-39]], None, 0.0),
+        # tiny rows with eps dominating the variance
+        ([[1e-30, -2e-30, 5e-31]], None, 1e-5),
+    ],
+)
+def test_layer_norm_range_reproducers(precision, x, w, eps):
+    x = np.float32(x)
+    w = None if w is None else np.float32(w)
+    y = mp.layer_norm(mx.array(x), None if w is None else mx.array(w), None, eps=eps, precision=precision)
+    np.testing.assert_array_equal(bits(y), bits(layer_norm_reference_mp(x, w, None, eps)))
+
+
+@pytest.mark.parametrize("precision", CERTIFIED)
+def test_layer_norm_exact_ties_round_half_to_even(precision):
+    # (x - mean)/std = -1, +1 exactly; + 2^-24 puts 1 + 2^-24 exactly between 1 and
+    # its successor: half to even gives 1.
+    x = mx.array(np.float32([[0, 2], [4, 6]]))
+    y = mp.layer_norm(x, None, mx.array(np.float32([2**-24, 2**-24])), eps=0.0, precision=precision)
+    np.testing.assert_array_equal(np.array(y), np.float32([[-(1 - 2**-24), 1.0]] * 2))
+
+
+def test_extended_layer_norm_correctly_rounded_near_ties(rng):
+    # 14: rows whose outputs sit within a few float64 ulps of a float32 midpoint.
+    # Built by solving for a bias that puts each output there.
+    D = 16
+    x = rng.standard_normal((24, D)).astype(np.float32)
+    w = rng.standard_normal(D).astype(np.float32)
+    base = layer_norm_reference_mp(x, w, None, 1e-5).astype(np.float64)
+    # A bias that moves every output of row 0 next to a midpoint of its float32 grid.
+    mid = base[0] + np.spacing(np.abs(base[0]).astype(np.float32)).astype(np.float64) / 2
+    b = (mid - base[0]).astype(np.float32)
+    y = mp.layer_norm(mx.array(x), mx.array(w), mx.array(b), eps=1e-5, precision="extended")
+    np.testing.assert_array_equal(bits(y), bits(layer_norm_reference_mp(x, w, b, 1e-5)))

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import mlx_precise as mp
-from reference import round_exact_sum
+from reference import layer_norm_reference_mp, round_exact_sum
 
 STRICT = ("extended", "dd")
 SEED = int(os.environ.get("MLX_PRECISE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
@@ -205,26 +205,6 @@ def test_linear_float32_is_mlx_path(rng):
 
 
 # ------------------------------------------------------------- layer_norm ----
-
-
-def layer_norm_reference_mp(x, w, b, eps):
-    """float32-rounded layer_norm at 60 digits (mpmath), plus the float64 of it."""
-    out = np.empty(x.shape, np.float32)
-    with mpmath.workdps(60):
-        for r in range(x.shape[0]):
-            row = [mpmath.mpf(float(v)) for v in x[r]]
-            mean = mpmath.fsum(row) / len(row)
-            var = mpmath.fsum((v - mean) ** 2 for v in row) / len(row)
-            inv = 1 / mpmath.sqrt(var + mpmath.mpf(eps))
-            for i, v in enumerate(row):
-                y = (v - mean) * inv
-                if w is not None:
-                    y = y * mpmath.mpf(float(w[i]))
-                if b is not None:
-                    y = y + mpmath.mpf(float(b[i]))
-                hi = float(y)
-                out[r, i] = round_exact_sum([hi, float(y - hi)])
-    return out
 
 
 def hard_rows(rng, rows, dim):

@@ -42,6 +42,13 @@ MP_INLINE ff r_sqrt(ff a) {
 MP_INLINE bool r_is_negative(ff a) {
   return a.hi < 0.0f;
 }
+MP_INLINE bool r_is_finite(ff a) {
+  return is_finite_bits(MP_FLOAT_BITS(a.hi)) &&
+      is_finite_bits(MP_FLOAT_BITS(a.lo));
+}
+MP_INLINE ff r_overflowed_product(ff a, float w) {
+  return ff{MP_MULF(a.hi, w), 0.0f};
+}
 #if MP_HAS_DOUBLE
 MP_INLINE double r_div(double a, double b) {
   return a / b;
@@ -52,7 +59,58 @@ MP_INLINE double r_sqrt(double a) {
 MP_INLINE bool r_is_negative(double a) {
   return a < 0.0;
 }
+MP_INLINE bool r_is_finite(double a) {
+  return fabs(a) <= 1.7976931348623157e308;
+}
+MP_INLINE double r_overflowed_product(double a, float w) {
+  return a * static_cast<double>(w);
+}
 #endif
+
+// The correctly rounded addmm output alpha * sum_k a(k) b(k) [+ beta * c],
+// for outputs the fast path could not certify: every product and the scaling
+// exact (certify.h), one rounding. a(k) and b(k) return the float32 inputs
+// (widened to double or not).
+template <class RowA, class ColumnB>
+MP_INLINE float exact_addmm_entry(
+    RowA a,
+    ColumnB b,
+    MP_INT64 k,
+    float alpha,
+    bool has_c,
+    float beta,
+    float c) {
+  ExactSum s;
+  exact_sum_init(s);
+  for (MP_INT64 p = 0; p < k; ++p)
+    exact_sum_add_product(
+        s, static_cast<float>(a(p)), static_cast<float>(b(p)));
+  exact_sum_scale(s, alpha);
+  if (has_c)
+    exact_sum_add_product(s, beta, c);
+  return exact_sum_round(s);
+}
+
+// addmm's dd output. Float pairs that leave float's range give NaN (dd.h),
+// never a number: such an output is recomputed exactly, which decides between
+// +-inf and a finite value (alpha can bring an overflowing sum back into
+// range), and keeps NaN/Inf inputs' IEEE results. a(k), b(k): the inputs.
+template <class RowA, class ColumnB>
+MP_INLINE float dd_addmm_output(
+    ff acc,
+    RowA a,
+    ColumnB b,
+    MP_INT64 k,
+    float alpha,
+    bool has_c,
+    float beta,
+    float c) {
+  const float r = has_c ? dd_addmm_result(acc, alpha, beta, c)
+                        : dd_scaled_result(acc, alpha);
+  if (is_finite_bits(MP_FLOAT_BITS(r)))
+    return r;
+  return exact_addmm_entry(a, b, k, alpha, has_c, beta, c);
+}
 
 // ------------------------------------------------------------ layer_norm ----
 // One algorithm for the working precisions T = double ("extended") and ff
@@ -159,8 +217,12 @@ MP_INLINE float layer_norm_output(
     bool has_bias,
     float b) {
   T v = layer_norm_normalized(s, x);
-  if (has_weight)
-    v = r_mul(v, r_from_float(s.shift, w));
+  if (has_weight) {
+    // A product beyond float's range is NaN in float pairs (dd.h): its
+    // leading part alone then gives the right infinity.
+    const T scaled = r_mul(v, r_from_float(s.shift, w));
+    v = r_is_finite(scaled) ? scaled : r_overflowed_product(v, w);
+  }
   if (has_bias)
     v = r_add(v, r_from_float(s.shift, b));
   return r_round(v);
@@ -178,30 +240,6 @@ MP_INLINE float layer_norm_grad_x(
     T mean_gwn) {
   return r_round(
       r_mul(s.inv_std, r_sub(r_sub(gw, mean_gw), r_mul(n, mean_gwn))));
-}
-
-// The correctly rounded addmm output alpha * sum_k a(k) b(k) [+ beta * c],
-// for outputs the fast path could not certify: every product and the scaling
-// exact (certify.h), one rounding. a(k) and b(k) return the float32 inputs
-// (widened to double or not).
-template <class RowA, class ColumnB>
-MP_INLINE float exact_addmm_entry(
-    RowA a,
-    ColumnB b,
-    MP_INT64 k,
-    float alpha,
-    bool has_c,
-    float beta,
-    float c) {
-  ExactSum s;
-  exact_sum_init(s);
-  for (MP_INT64 p = 0; p < k; ++p)
-    exact_sum_add_product(
-        s, static_cast<float>(a(p)), static_cast<float>(b(p)));
-  exact_sum_scale(s, alpha);
-  if (has_c)
-    exact_sum_add_product(s, beta, c);
-  return exact_sum_round(s);
 }
 
 } // namespace mlx_precise

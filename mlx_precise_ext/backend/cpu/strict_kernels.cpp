@@ -37,6 +37,15 @@ float exact_addmm_entry(const CertifiedAddmmBlock& t, int64_t i, int64_t j) {
       has_c ? t.c.at(i, j) : 0.0f);
 }
 
+// Element p of a strided float row or column.
+struct PlainFloats {
+  const float* data;
+  int64_t stride;
+  float operator()(int64_t p) const {
+    return data[p * stride];
+  }
+};
+
 // dd addmm tiles: kTileRows x kTileCols outputs accumulate together (their
 // pairs stay in registers and the column loop vectorises), each output with
 // its own k = 0..K-1 order, so tiling never changes a bit.
@@ -65,9 +74,16 @@ void dd_tile(
   for (int64_t r = 0; r < Rows; ++r) {
     float* out = t.out + (i0 + r) * t.n + j0;
     for (int64_t c = 0; c < cols; ++c) {
-      out[c] = t.c.data != nullptr
-          ? dd_addmm_result(acc[r][c], t.alpha, t.beta, t.c.at(i0 + r, j0 + c))
-          : dd_scaled_result(acc[r][c], t.alpha);
+      const bool has_c = t.c.data != nullptr;
+      out[c] = dd_addmm_output(
+          acc[r][c],
+          PlainFloats{t.a + (i0 + r) * t.k, 1},
+          PlainFloats{t.b + j0 + c, t.n},
+          t.k,
+          t.alpha,
+          has_c,
+          t.beta,
+          has_c ? t.c.at(i0 + r, j0 + c) : 0.0f);
     }
   }
 }
@@ -83,6 +99,172 @@ ff working_eps<ff>(double eps) {
   return dd_from_double(eps);
 }
 
+// ------------------------------------------------ certified layer_norm ----
+// Extended layer_norm (float64) certifies each output against a rigorous
+// bound of the shared algorithm's error (strict_arith.h: shifted two-pass
+// mean with correction, var = (sum d^2 - S1 c) / D, inv_std = 1/sqrt(var +
+// eps)), as addmm does, and recomputes the rows with open outputs in long
+// double (x87: 64-bit significand), certified against the same bound; what is
+// still open after that (in practice exact ties, which long double then holds
+// exactly) takes long double's rounding. With d_i = fl(x_i - shift),
+// A1 = sum |d_i| / D, M2 = sum d_i^2 / D and u the unit roundoff:
+//   mean error    e1 = (D + 2) u A1 (+ u |c|)
+//   var error     ev = (D + 6) u M2 + 3 e1 (|c| + e1)
+//   inv_std       rel = (ev + u v) / (2 (v - ev - u v)) + 2u, v = var + eps
+//   numerator     |num^ - (x_i - mean)| <= u |d_i| + e1 + u |num^|
+//   output        |y^ - y| <= |w| (|n^| rel + inv_std e_num + u |n^|)
+//                 + u |n^ w| + u |y^|   (n = num * inv_std, y = n w + b)
+// (gamma_n <= 1.01 n u for n u < 2^-10; times 1 + 2^-6 for second-order
+// terms).
+// Error bounds of a row's statistics: e1 on the mean, inv_rel the relative
+// error of inv_std (1e300 when var + eps is not safely positive: nothing
+// certifies).
+template <class R>
+struct LayerNormErrors {
+  R mean_err;
+  R inv_rel;
+  R u;
+};
+
+template <class R>
+LayerNormErrors<R> layer_norm_errors(
+    const float* x,
+    int64_t dim,
+    R shift,
+    R correction,
+    R inv_std,
+    R u) {
+  const auto abs = [](R v) { return v < 0 ? -v : v; };
+  R a1 = 0, m2 = 0;
+  for (int64_t i = 0; i < dim; ++i) {
+    const R d = static_cast<R>(x[i]) - shift;
+    a1 += abs(d);
+    m2 += d * d;
+  }
+  const R D = static_cast<R>(dim), slack = 1.0 + 1.0 / 64.0;
+  a1 = a1 / D * slack;
+  m2 = m2 / D * slack;
+  const R c = abs(correction);
+  const R e1 = ((D + 2) * u * a1 + u * c) * slack;
+  const R ev = ((D + 6) * u * m2 + 3 * e1 * (c + e1)) * slack;
+  // var + eps as inv_std carries it (to within a few u, counted below).
+  const R v = 1 / (inv_std * inv_std);
+  const R low = v * (1 - 8 * u) - ev;
+  const R inv_rel =
+      low > 0 ? ((ev + 9 * u * v) / (2 * low) + 2 * u) * slack : R(1e300);
+  return LayerNormErrors<R>{e1, inv_rel, u};
+}
+
+// Writes element x's output and returns whether it is certified.
+template <class R>
+bool certified_layer_norm_output(
+    const LayerNormErrors<R>& e,
+    R shift,
+    R correction,
+    R inv_std,
+    float x,
+    const float* w,
+    const float* b,
+    float* out) {
+  const auto abs = [](R v) { return v < 0 ? -v : v; };
+  const R d = static_cast<R>(x) - shift;
+  const R num = d - correction;
+  const R n = num * inv_std;
+  const R wd = w ? static_cast<R>(*w) : R(1);
+  R y = n * wd;
+  if (b)
+    y = y + static_cast<R>(*b);
+  const R u = e.u;
+  const R e_num = u * abs(d) + e.mean_err + u * abs(num);
+  const R err = (abs(wd) *
+                     (abs(n) * e.inv_rel + inv_std * (1 + e.inv_rel) * e_num +
+                      u * abs(n)) +
+                 u * abs(n * wd) + u * abs(y)) *
+      (1.0 + 1.0 / 64.0);
+  *out = static_cast<float>(y);
+  const R margin = err + 4 * u * abs(y);
+  const float lo = static_cast<float>(y - margin);
+  const float hi = static_cast<float>(y + margin);
+  return (MP_FLOAT_BITS(lo) == MP_FLOAT_BITS(hi)) & (abs(y) < R(1e300)) &
+      (margin < R(1e300));
+}
+
+// Certifies the outputs y of row r (computed by the shared float64
+// algorithm); a row with open outputs is recomputed in long double (the same
+// algorithm, sequential sums) and certified again; what stays open takes long
+// double's rounding.
+void certify_layer_norm_row(
+    const LayerNormRows& job,
+    int64_t r,
+    const LayerNormStats<double>& s,
+    float* y) {
+  const float* x = job.x + r * job.dim;
+  const int64_t D = job.dim;
+  const float* w = job.weight;
+  const float* b = job.bias;
+  const LayerNormErrors<double> e = layer_norm_errors<double>(
+      x, D, s.shift, s.correction, s.inv_std, kUnitRoundoff64);
+  std::vector<int64_t> open;
+  for (int64_t i = 0; i < D; ++i) {
+    float v;
+    if (!certified_layer_norm_output<double>(
+            e,
+            s.shift,
+            s.correction,
+            s.inv_std,
+            x[i],
+            w ? w + i : nullptr,
+            b ? b + i : nullptr,
+            &v) &&
+        std::isfinite(y[i]))
+      open.push_back(i);
+  }
+  if (open.empty())
+    return;
+  long double sum = 0;
+  for (int64_t i = 0; i < D; ++i)
+    sum += x[i];
+  const long double shift = sum / D;
+  long double s1 = 0, s2 = 0;
+  for (int64_t i = 0; i < D; ++i) {
+    const long double d = static_cast<long double>(x[i]) - shift;
+    s1 += d;
+    s2 += d * d;
+  }
+  const long double c = s1 / D;
+  long double var = (s2 - s1 * c) / D;
+  if (var < 0)
+    var = 0;
+  const long double inv_std =
+      1.0L / std::sqrt(var + static_cast<long double>(job.eps));
+  const LayerNormErrors<long double> el = layer_norm_errors<long double>(
+      x, D, shift, c, inv_std, std::ldexp(1.0L, -64));
+  for (const int64_t i : open)
+    certified_layer_norm_output<long double>(
+        el,
+        shift,
+        c,
+        inv_std,
+        x[i],
+        w ? w + i : nullptr,
+        b ? b + i : nullptr,
+        &y[i]);
+}
+
+// dd rows: the power-of-two scaling (exponent s) that brings the larger of
+// max |x| and sqrt(eps) into [2^-20, 2^20] when it is outside; 0 otherwise
+// (rows of ordinary magnitude keep the shared algorithm's bits unchanged).
+int layer_norm_scale_exponent(const float* x, int64_t dim, double eps) {
+  float m = 0.0f;
+  for (int64_t i = 0; i < dim; ++i)
+    m = std::max(m, std::fabs(x[i]));
+  const double scale = std::max(static_cast<double>(m), std::sqrt(eps));
+  if (!std::isfinite(scale) || scale == 0.0 ||
+      (scale >= 0x1p-20 && scale <= 0x1p20))
+    return 0;
+  return std::ilogb(scale);
+}
+
 template <class T>
 void layer_norm_forward_t(
     const LayerNormRows& job,
@@ -90,10 +272,26 @@ void layer_norm_forward_t(
     int num_threads) {
   const T eps = working_eps<T>(job.eps);
   parallel_chunks(job.rows, 16, num_threads, [&](int64_t begin, int64_t end) {
+    std::vector<float> scaled;
     for (int64_t r = begin; r < end; ++r) {
       const float* x = job.x + r * job.dim;
       float* y = out + r * job.dim;
-      const LayerNormStats<T> s = layer_norm_stats(x, job.dim, eps);
+      T row_eps = eps;
+      if constexpr (std::is_same<T, ff>::value) {
+        // Float pairs hold squares only near 1: a row far from it is
+        // scaled by a power of two first (layer_norm is invariant under
+        // x -> x 2^-s, eps -> eps 2^-2s), by the larger of max |x| and
+        // sqrt(eps) so that neither leaves float's range.
+        const int s = layer_norm_scale_exponent(x, job.dim, job.eps);
+        if (s != 0) {
+          scaled.resize(job.dim);
+          for (int64_t i = 0; i < job.dim; ++i)
+            scaled[i] = static_cast<float>(std::ldexp(x[i], -s));
+          x = scaled.data();
+          row_eps = dd_from_double(std::ldexp(job.eps, -2 * s));
+        }
+      }
+      const LayerNormStats<T> s = layer_norm_stats(x, job.dim, row_eps);
       // The weight / bias cases as separate loops, so that each vectorises.
       const float* w = job.weight;
       const float* b = job.bias;
@@ -109,6 +307,8 @@ void layer_norm_forward_t(
       else
         for (int64_t i = 0; i < job.dim; ++i)
           y[i] = layer_norm_output(s, x[i], false, 0.0f, false, 0.0f);
+      if constexpr (std::is_same<T, double>::value)
+        certify_layer_norm_row(job, r, s, y);
     }
   });
 }
