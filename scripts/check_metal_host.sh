@@ -17,7 +17,8 @@ cache=${MLX_PRECISE_MACOS_WHEEL_CACHE:-build/macos-wheel}
 wheel_dir="$cache/mlx-metal-$version"
 if [ ! -f "$wheel_dir/mlx/include/mlx/backend/metal/device.h" ]; then
   mkdir -p "$cache"
-  if ! python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+  if ! python3 -m pip download -q --disable-pip-version-check --retries 2 --timeout 60 \
+      --no-deps --only-binary=:all: \
       --platform macosx_14_0_arm64 --python-version 3.12 -d "$cache" "mlx-metal==$version"; then
     echo "FAIL  downloading mlx-metal==$version for macosx_14_0_arm64 (needs PyPI; cache: $cache)" >&2
     exit 1
