@@ -4,6 +4,7 @@
 #include <optional>
 #include <string>
 
+#include <mlx/api.h>
 #include <mlx/array.h>
 #include <mlx/utils.h>
 
@@ -19,7 +20,7 @@ namespace mlx_precise::fft {
 // n unset: causal linear convolution y[t] = sum_{j <= t} u[t - j] k[j].
 // n set: irfft(rfft(u, n) * rfft(k, n), n)[..., :L] (needs n >= L, n >= Lk).
 // bias: adds u * bias before the single rounding. Output (..., L) float32.
-mx::array rfft_conv(
+MLX_API mx::array rfft_conv(
     const mx::array& u,
     const mx::array& k,
     std::optional<int64_t> n = {},
@@ -27,8 +28,6 @@ mx::array rfft_conv(
     const std::string& precision = "float32",
     mx::StreamOrDevice s = {});
 
-// Builds the Convolve node from inputs rfft_conv already validated (the
-// transforms use it; period 0 means the causal linear form).
 // rfft_conv's checks (dtypes, shapes, n), shared with pair_rfft_conv:
 // period is n, or 0 for the causal form; bias comes back shaped to broadcast
 // against the output (a 0-d bias as (1,)).
@@ -43,6 +42,8 @@ ConvArguments check_rfft_conv_arguments(
     const std::optional<mx::array>& bias,
     mx::StreamOrDevice s);
 
+// Builds the Convolve node from inputs rfft_conv already validated (the
+// transforms use it; period 0 means the causal linear form).
 mx::array rfft_conv_from_parts(
     const mx::array& u,
     const mx::array& k,

@@ -1,4 +1,6 @@
 import os
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -10,6 +12,23 @@ from hypothesis import settings
 settings.register_profile("ci", max_examples=20, deadline=None, database=None, print_blob=True)
 settings.register_profile("dev", max_examples=1000, deadline=None, database=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# MLX_PRECISE_IMPL=mlx runs the accuracy tests against the ops inside an MLX
+# built with patches/ applied (mx.fft.rfft_conv, precision= on mx.addmm and
+# mx.fast.layer_norm) instead of this extension, which is then not imported.
+if os.environ.get("MLX_PRECISE_IMPL") == "mlx":
+    import mlx.core as mx
+
+    _in_tree = types.ModuleType("mlx_precise")
+    _in_tree.PRECISIONS = ("float32", "extended", "dd")
+    _in_tree.rfft_conv = mx.fft.rfft_conv
+    sys.modules["mlx_precise"] = _in_tree
+    collect_ignore = [
+        name
+        for name in os.listdir(os.path.dirname(__file__))
+        if name.startswith("test_")
+        and name not in ("test_rfft_conv.py", "test_rfft_conv_transforms.py")
+    ]
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 // leading dims) into row descriptions and hands them to the FFT engine on
 // MLX's CPU stream.
 #include <algorithm>
+#include <optional>
 
 #include <mlx/backend/common/utils.h>
 

@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""Writes patches/: the series that puts rfft_conv and the precision= ops into
+MLX itself, generated from this project's sources plus patches/glue/.
+
+    python scripts/make_patches.py [OUTPUT_DIR]     # default: patches/
+
+One source of truth: every C++ file the series adds is a file of
+mlx_precise_ext/ mapped into MLX's tree by to_mlx() (namespace mlx_precise ->
+mlx::core, `mx::` dropped, includes rewritten to MLX's paths); files MLX
+already has get zero-context insertions (git diff -U0 form, applied with
+`git apply --unidiff-zero`), anchored at line numbers of the base commit in
+patches/BASE, holding only this project's lines. What exists only in the
+series (build glue, the serial CPU adapter, the Python binding, tests, docs,
+the commit messages) is in patches/glue/. No MLX checkout is read: the test
+suite regenerates the series and fails if patches/ is stale.
+"""
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EXT = ROOT / "mlx_precise_ext"
+GLUE = ROOT / "patches" / "glue"
+
+# Where each directory or file of the extension lives in MLX's tree.
+PATH_MAP = {
+    "precision.h": "mlx/precise/precision.h",
+    "precision.cpp": "mlx/precise/precision.cpp",
+    "primitives.h": "mlx/precise/primitives.h",
+    "primitives.cpp": "mlx/precise/primitives.cpp",
+    "strict_primitives.h": "mlx/precise/strict_primitives.h",
+    "strict_primitives.cpp": "mlx/precise/strict_primitives.cpp",
+    "vmap_inputs.h": "mlx/precise/vmap_inputs.h",
+    "ops.h": "mlx/fft.h",
+    "strict_ops.h": "mlx/precise/strict_ops.h",
+    "kernels/": "mlx/backend/common/precise/",
+    "backend/common/": "mlx/backend/common/precise/",
+    "backend/cpu/": "mlx/backend/cpu/",
+}
+
+
+def mlx_path(ext_path: str) -> str:
+    if ext_path in PATH_MAP:
+        return PATH_MAP[ext_path]
+    for prefix, target in PATH_MAP.items():
+        if prefix.endswith("/") and ext_path.startswith(prefix):
+            return target + ext_path[len(prefix) :]
+    raise KeyError(f"no place in MLX's tree for {ext_path}")
+
+
+def _include(match: re.Match) -> str:
+    path = match.group(1)
+    try:
+        return f'#include "{mlx_path(path)}"'
+    except KeyError:
+        return match.group(0)  # a sibling include ("dd.h") or a system header
+
+
+def to_mlx(text: str) -> str:
+    """The extension's C++ as it reads inside MLX (namespace mlx::core)."""
+    lines = []
+    for line in text.splitlines():
+        if line in ("namespace mx = mlx::core;", "using mx::array;", "using mx::Shape;"):
+            continue
+        if re.match(r"// MLX's DEFINE_\w+ .*name these", line) or line == "// unqualified.":
+            continue
+        lines.append(line)
+    text = "\n".join(lines) + "\n"
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    text = text.replace("namespace mlx_precise", "namespace mlx::core")
+    text = text.replace("mlx_precise::", "mlx::core::")
+    text = re.sub(r"\bmx::", "", text)
+    text = re.sub(r"#include <(mlx/[^>]+)>", r'#include "\1"', text)
+    text = re.sub(r'#include "([^"]+)"', _include, text)
+    return text
+
+
+def drop_definitions(text: str, starts: list) -> str:
+    """Removes the lines in `starts` (exact) and each top-level definition whose
+    first line begins with one of them, through its closing brace at column 0,
+    together with the comment just above it: the extension's own extras (the
+    Pair ops) that the series does not carry."""
+    lines = text.splitlines()
+    out = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line in starts and not line.endswith("("):
+            i += 1
+            continue
+        if any(line.startswith(s) for s in starts if s.endswith("(")):
+            while out and out[-1].startswith("//"):
+                out.pop()
+            while lines[i] != "}":
+                i += 1
+            i += 1
+            if i < len(lines) and lines[i] == "" and out and out[-1] == "":
+                i += 1
+            continue
+        out.append(line)
+        i += 1
+    return "\n".join(out) + "\n"
+
+
+def ext_file(path: str, drop: tuple = ()) -> str:
+    return to_mlx(drop_definitions((EXT / path).read_text(), list(drop)))
+
+
+def ext_body(path: str, namespace: str) -> str:
+    """The lines of an extension file inside `namespace <namespace> {`, mapped:
+    what is inserted into a namespace MLX's file already opens."""
+    text = (EXT / path).read_text()
+    start = text.index(f"namespace {namespace} {{\n") + len(f"namespace {namespace} {{\n")
+    end = text.index(f"}} // namespace {namespace}\n")
+    return to_mlx(text[start:end]).strip("\n") + "\n"
+
+
+def glue(path: str) -> str:
+    return (GLUE / path).read_text()
+
+
+@dataclass
+class Patch:
+    name: str  # file name stem, e.g. "0001-fft-rfft_conv"
+    message: str  # glue path of the commit message (first line: the subject)
+    new_files: dict = field(default_factory=dict)  # MLX path -> text
+    # (MLX path, insert after this line of the file at the base commit, text)
+    inserts: list = field(default_factory=list)
+
+
+def series() -> list:
+    conv = Patch(
+        "0001-fft-rfft_conv-cpu",
+        "0001.msg",
+        new_files={
+            "mlx/precise/CMakeLists.txt": glue("0001/mlx/precise/CMakeLists.txt"),
+            **{
+                mlx_path(p): ext_file(p)
+                for p in [
+                    "precision.h",
+                    "precision.cpp",
+                    "primitives.h",
+                    "primitives.cpp",
+                    "vmap_inputs.h",
+                    "kernels/portability.h",
+                    "kernels/dd.h",
+                    "kernels/fft_butterflies.h",
+                    "kernels/rfft_conv_core.h",
+                    "kernels/fft_plan.h",
+                    "kernels/fft_plan.cpp",
+                    "kernels/twiddles.h",
+                    "kernels/twiddles.cpp",
+                    "backend/common/conv_geometry.h",
+                    "backend/common/conv_geometry.cpp",
+                    "backend/common/shapes.h",
+                    "backend/cpu/conv_job.h",
+                    "backend/cpu/cpu_runtime.h",
+                    "backend/cpu/rfft_conv_kernels.cpp",
+                ]
+            },
+            "mlx/backend/cpu/rfft_conv.cpp": ext_file(
+                "backend/cpu/rfft_conv.cpp",
+                drop=(
+                    '#include "pair_primitives.h"',
+                    "RealRow pair_row(",
+                    "void PairRFFTConv::eval_cpu(",
+                ),
+            ),
+            # The one CPU difference: MLX's CPU backend starts no threads.
+            "mlx/backend/cpu/parallel.h": glue("0001/mlx/backend/cpu/parallel.h"),
+        },
+        inserts=[
+            ("mlx/CMakeLists.txt", 90, "add_subdirectory(${CMAKE_CURRENT_SOURCE_DIR}/precise)\n"),
+            ("mlx/backend/cpu/CMakeLists.txt", 90, glue("0001/mlx/backend/cpu/CMakeLists.txt")),
+            ("mlx/fft.h", 6, "#include <optional>\n#include <string>\n"),
+            ("mlx/fft.h", 10, '#include "mlx/precise/precision.h"\n'),
+            ("mlx/fft.h", 235, "\n" + ext_body("ops.h", "mlx_precise::fft")),
+            ("mlx/fft.cpp", 5, "#include <sstream>\n#include <stdexcept>\n"),
+            ("mlx/fft.cpp", 8, '#include "mlx/precise/primitives.h"\n'),
+            ("mlx/fft.cpp", 336, "\n" + ext_body("ops.cpp", "mlx_precise::fft")),
+            ("mlx/backend/no_gpu/primitives.cpp", 5, '#include "mlx/precise/primitives.h"\n'),
+            ("mlx/backend/no_gpu/primitives.cpp", 170, "NO_GPU(RFFTConv)\nNO_GPU(BiasGradient)\n"),
+            ("mlx/backend/cuda/primitives.cpp", 5, '#include "mlx/precise/primitives.h"\n'),
+            ("mlx/backend/cuda/primitives.cpp", 33, "NO_GPU(RFFTConv)\nNO_GPU(BiasGradient)\n"),
+            ("mlx/backend/metal/primitives.cpp", 15, '#include "mlx/precise/primitives.h"\n'),
+            ("mlx/backend/metal/primitives.cpp", 215, glue("0001/mlx/backend/metal/primitives.cpp")),
+            ("python/src/fft.cpp", 636, glue("0001/python/src/fft.cpp")),
+            ("python/tests/test_fft.py", 482, glue("0001/python/tests/test_fft.py")),
+            ("docs/src/python/fft.rst", 26, "  rfft_conv\n"),
+        ],
+    )
+    return [conv]
+
+
+def _header(patch: Patch, number: int, total: int) -> str:
+    subject, _, body = glue(patch.message).partition("\n")
+    return (
+        f"From: mlx-precise\nSubject: [PATCH {number}/{total}] {subject}\n{body.rstrip()}\n\n---\n"
+    )
+
+
+def _new_file_diff(path: str, text: str) -> str:
+    lines = text.splitlines()
+    out = [
+        f"diff --git a/{path} b/{path}",
+        "new file mode 100644",
+        "--- /dev/null",
+        f"+++ b/{path}",
+        f"@@ -0,0 +1,{len(lines)} @@",
+    ]
+    out += ["+" + line for line in lines]
+    return "\n".join(out) + "\n"
+
+
+def _insert_diff(path: str, hunks: list) -> str:
+    """hunks: (line of the file before this patch, text), sorted."""
+    out = [f"diff --git a/{path} b/{path}", f"--- a/{path}", f"+++ b/{path}"]
+    added = 0
+    for after, text in hunks:
+        lines = text.splitlines()
+        out.append(f"@@ -{after},0 +{after + added + 1},{len(lines)} @@")
+        out += ["+" + line for line in lines]
+        added += len(lines)
+    return "\n".join(out) + "\n"
+
+
+def render(patches: list) -> dict:
+    """File name -> text of every file under patches/ the generator owns."""
+    files = {}
+    earlier = {}  # MLX path -> [(base line, lines added)] by earlier patches
+    for number, patch in enumerate(patches, 1):
+        diffs = {}
+        for path, text in patch.new_files.items():
+            diffs[path] = _new_file_diff(path, text)
+        by_file = {}
+        for path, base_line, text in patch.inserts:
+            by_file.setdefault(path, []).append((base_line, text))
+        for path, hunks in by_file.items():
+            hunks.sort(key=lambda h: h[0])
+            shifted = []
+            for base_line, text in hunks:
+                shift = sum(n for b, n in earlier.get(path, []) if b <= base_line)
+                shifted.append((base_line + shift, text))
+            diffs[path] = _insert_diff(path, shifted)
+            for base_line, text in hunks:
+                earlier.setdefault(path, []).append((base_line, len(text.splitlines())))
+        body = "".join(diffs[p] for p in sorted(diffs))
+        files[f"{patch.name}.patch"] = _header(patch, number, len(patches)) + body
+    return files
+
+
+def main() -> None:
+    out = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "patches"
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("[0-9]*.patch"):
+        old.unlink()
+    for name, text in render(series()).items():
+        (out / name).write_text(text)
+
+
+if __name__ == "__main__":
+    main()
