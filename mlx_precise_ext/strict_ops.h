@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include <mlx/api.h>
 #include <mlx/array.h>
 #include <mlx/utils.h>
 
@@ -20,7 +21,7 @@ namespace mx = mlx::core;
 // beta * c + alpha * (a @ b), mx::addmm's semantics: a (..., M, K),
 // b (..., K, N), batch dims broadcast, c broadcasts to (..., M, N).
 // alpha and beta are float32 (as in mx::addmm); the exact value uses them.
-mx::array addmm(
+MLX_API mx::array addmm(
     const mx::array& c,
     const mx::array& a,
     const mx::array& b,
@@ -30,7 +31,7 @@ mx::array addmm(
     mx::StreamOrDevice s = {});
 
 // torch.nn.functional.linear: x (..., K) @ weight (N, K).T [+ bias (N,)].
-mx::array linear(
+MLX_API mx::array linear(
     const mx::array& x,
     const mx::array& weight,
     const std::optional<mx::array>& bias = {},
@@ -40,7 +41,7 @@ mx::array linear(
 // torch.nn.functional.layer_norm over the last axis: biased variance, eps
 // inside the square root, then weight (D,) and bias (D,). eps is a double
 // (Python's float) and enters the exact value unrounded.
-mx::array layer_norm(
+MLX_API mx::array layer_norm(
     const mx::array& x,
     const std::optional<mx::array>& weight = {},
     const std::optional<mx::array>& bias = {},

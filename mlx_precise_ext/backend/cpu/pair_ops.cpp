@@ -2,14 +2,13 @@
 // read as the double hi + lo, the op runs in double, and the result is
 // written back as a pair (dd_from_double), never rounded to float32.
 // (PairRFFTConv runs the FFT engine: backend/cpu/rfft_conv.cpp.)
-#include <cblas.h>
-
 #include <atomic>
 #include <cmath>
 #include <thread>
 #include <vector>
 
 #include "backend/cpu/array_walk.h"
+#include "backend/cpu/blas.h"
 #include "backend/cpu/cpu_runtime.h"
 #include "kernels/pair_math.h"
 #include "pair_primitives.h"
@@ -133,22 +132,7 @@ void addmm(
       for (int64_t j = 0; j < N; ++j)
         b_wide[k * N + j] = bb[k * b_rs + j * b_cs];
     if (K > 0) {
-      scipy_openblas_set_num_threads(cpu::num_threads());
-      scipy_cblas_dgemm(
-          CblasRowMajor,
-          CblasNoTrans,
-          CblasNoTrans,
-          static_cast<blasint>(M),
-          static_cast<blasint>(N),
-          static_cast<blasint>(K),
-          1.0,
-          a_wide,
-          static_cast<blasint>(K),
-          b_wide,
-          static_cast<blasint>(N),
-          0.0,
-          d,
-          static_cast<blasint>(N));
+      cpu::gemm_f64(false, M, N, K, a_wide, b_wide, d, cpu::num_threads());
     } else {
       std::fill_n(d, M * N, 0.0);
     }

@@ -1,19 +1,18 @@
 // eval_cpu for StrictAddmm, StrictLayerNorm and StrictLayerNormVJP.
 //
 // Extended addmm: the float32 inputs are widened to float64, multiplied by
-// OpenBLAS's dgemm (the scipy-openblas32 wheel; every product is exact in
-// float64, so the only error is the summation's, bounded by gamma_K times
+// the BLAS's dgemm (blas.h; every product is exact in float64, so the only
+// error is the summation's, bounded by gamma_K times
 // ||a_i|| ||b_j||), and each output whose error interval cannot straddle a
 // float32 rounding boundary is that rounding, certified; the rest are
 // recomputed with a double-word sum (certify_addmm). dd addmm and both
 // layer_norm modes run the kernels of strict_kernels.cpp.
-#include <cblas.h>
-
 #include <algorithm>
 #include <memory>
 #include <vector>
 
 #include "backend/cpu/array_walk.h"
+#include "backend/cpu/blas.h"
 #include "backend/cpu/cpu_runtime.h"
 #include "backend/cpu/strict_job.h"
 #include "strict_primitives.h"
@@ -157,22 +156,7 @@ void strict_addmm(
     }
     double* d = product.get(M * N);
     if (K > 0) {
-      scipy_openblas_set_num_threads(threads);
-      scipy_cblas_dgemm(
-          CblasRowMajor,
-          CblasNoTrans,
-          CblasTrans,
-          static_cast<blasint>(M),
-          static_cast<blasint>(N),
-          static_cast<blasint>(K),
-          1.0,
-          a_wide.get(0),
-          static_cast<blasint>(K),
-          b_wide_t.get(0),
-          static_cast<blasint>(K),
-          0.0,
-          d,
-          static_cast<blasint>(N));
+      cpu::gemm_f64(true, M, N, K, a_wide.get(0), b_wide_t.get(0), d, threads);
     } else {
       std::fill_n(d, M * N, 0.0);
     }
