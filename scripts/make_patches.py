@@ -117,6 +117,31 @@ def ext_body(path: str, namespace: str) -> str:
     return to_mlx(text[start:end]).strip("\n") + "\n"
 
 
+def ext_includes(path: str) -> list:
+    """The extension files `path` includes with quotes (siblings resolved)."""
+    found = []
+    for inc in re.findall(r'#include "([^"]+)"', (EXT / path).read_text()):
+        sibling = str(Path(path).parent / inc) if "/" in path else inc
+        for candidate in (inc, sibling):
+            if (EXT / candidate).is_file():
+                found.append(candidate)
+                break
+    return found
+
+
+def with_includes(paths: list, carried: set) -> list:
+    """paths plus every extension file they include, directly or not, that no
+    earlier patch carries: a file a kernel starts to include joins the series."""
+    out, todo = [], list(paths)
+    while todo:
+        path = todo.pop(0)
+        if path in out or path in carried:
+            continue
+        out.append(path)
+        todo += [p for p in ext_includes(path) if p not in out]
+    return out
+
+
 def glue(path: str) -> str:
     return (GLUE / path).read_text()
 
@@ -138,7 +163,8 @@ def series() -> list:
             "mlx/precise/CMakeLists.txt": glue("0001/mlx/precise/CMakeLists.txt"),
             **{
                 mlx_path(p): ext_file(p)
-                for p in [
+                for p in with_includes(
+                    [
                     "precision.h",
                     "precision.cpp",
                     "primitives.h",
@@ -158,7 +184,10 @@ def series() -> list:
                     "backend/cpu/conv_job.h",
                     "backend/cpu/cpu_runtime.h",
                     "backend/cpu/rfft_conv_kernels.cpp",
-                ]
+                    ],
+                    # rfft_conv.cpp is mapped below; the adapter is glue.
+                    carried={"backend/cpu/rfft_conv.cpp", "backend/cpu/parallel.h"},
+                )
             },
             "mlx/backend/cpu/rfft_conv.cpp": ext_file(
                 "backend/cpu/rfft_conv.cpp",
