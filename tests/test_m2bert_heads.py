@@ -235,3 +235,29 @@ def test_config_fields_of_heads_follow_hf_conventions():
         tiny_config(hidden_act="relu")
     with pytest.raises(ValueError, match="use_cls_token"):
         M2BertConfig.from_dict({"use_cls_token": True})
+
+
+def test_embed_command_on_a_retrieval_head_checkpoint(tmp_path):
+    """A config naming BertForSequenceClassification with gather_sentence_embeddings and
+    use_normalized_embeddings (the retrieval setup) embeds as the published class does."""
+    from m2bert.__main__ import main as cli_main
+
+    config = tiny_config(gather_sentence_embeddings=True, use_normalized_embeddings=True)
+    reference, _ = pair(
+        ReferenceForSequenceClassification, M2BertForSequenceClassification, config, seed=13
+    )
+    source = write_torch_checkpoint(
+        tmp_path / "retrieval", config, reference, ["BertForSequenceClassification"]
+    )
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cat", "dog"]
+    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    (tmp_path / "input.txt").write_text("cat dog\ndog\n")
+    cli_main(["embed", "--model", str(source), "--tokenizer", str(tmp_path / "vocab.txt"),
+              str(tmp_path / "input.txt"), "-o", str(tmp_path / "out.npy"), "--quiet"])
+    ids = np.zeros((2, SEQ_LEN), dtype=np.int64)
+    ids[0, :4], ids[1, :3] = [2, 5, 6, 3], [2, 6, 3]
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(ids)).numpy()
+    embeddings = np.load(tmp_path / "out.npy")
+    assert relative_l2(embeddings, expected) <= 1e-5
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-6)

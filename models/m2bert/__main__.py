@@ -33,6 +33,7 @@ from .model import M2BertModel
 from .ops import PRECISIONS
 from .tensor_files import CheckpointError
 from .finetune import LOSSES, encoder_of, finetune, read_pairs
+from .heads import l2_normalize
 from .text import PADDINGS, TRUNCATIONS
 
 TOKENIZER_SUFFIXES = (".json", ".txt")
@@ -87,6 +88,7 @@ def embed_documents(
     progress: bool,
     padding: str = "max_length",
     truncation: str = "keep_sep",
+    normalize: bool = False,
 ) -> np.ndarray:
     from tqdm import tqdm
 
@@ -95,6 +97,8 @@ def embed_documents(
         for start in range(0, len(documents), batch_size):
             batch = documents[start : start + batch_size]
             embeddings = model.embed(batch, tokenizer, padding, truncation, batch_size)
+            if normalize:
+                embeddings = l2_normalize(embeddings)
             mx.eval(embeddings)
             rows.append(np.asarray(embeddings))
             bar.update(len(batch))
@@ -144,10 +148,14 @@ def command_embed(args: argparse.Namespace) -> None:
     check_output_file(args.output, ".npy")
     documents = read_documents(args.input)
     model = encoder_of(load_model(model_source(args), precision=args.precision))
-    tokenizer = load_tokenizer(args.tokenizer, model.config.max_length, model.config.pad_token_id)
+    config = model.config
+    tokenizer = load_tokenizer(args.tokenizer, config.max_length, config.pad_token_id)
+    # the published sentence embedding of the retrieval configs (BertForSequenceClassification
+    # with gather_sentence_embeddings) is L2-normalised when use_normalized_embeddings is set
+    normalize = config.gather_sentence_embeddings and config.use_normalized_embeddings
     embeddings = embed_documents(
         model, tokenizer, documents, args.batch_size, not args.quiet, args.padding,
-        args.truncation,
+        args.truncation, normalize,
     )
     np.save(args.output, embeddings)
     if not args.quiet:

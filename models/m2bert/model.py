@@ -1,4 +1,5 @@
-"""M2-BERT (Monarch Mixer BERT, HazyResearch/m2 ``bert/``) in MLX, inference only.
+"""M2-BERT (Monarch Mixer BERT, HazyResearch/m2 ``bert/``) in MLX: the encoder and pooler
+(the published ``BertModel``); the task heads are in heads.py.
 
 The module tree mirrors the published parameter names (``embeddings.word_embeddings.weight``,
 ``encoder.layer.{i}.attention.filter_fn.implicit_filter.{0,2,4,6}.weight``, ...), so a
