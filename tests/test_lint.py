@@ -97,6 +97,17 @@ RULE_CASES = [
         def reference(x):
             return np.log1p(np.exp(np.asarray(x, dtype=np.float64)))
      """),
+    ("MP003", """
+        class Head(nn.Module):
+            def forward(self, x):
+                return torch.from_numpy(x.numpy() * 2)
+     """, ERROR, """
+        class Head(nn.Module):
+            def forward(self, x):
+                return x * 2
+        def to_host(x: torch.Tensor) -> np.ndarray:
+            return x.numpy()
+     """),
     ("MP004", """
         def spectrum(x: mx.array) -> mx.array:
             return mx.fft.rfft(x.astype(mx.float64))

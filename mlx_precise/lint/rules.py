@@ -697,6 +697,10 @@ class FunctionEnv:
         if _in_module(name, "numpy") and not self.numpy_depth:
             analysis.add(call, "MP003", ERROR, f"numpy call {ast.unparse(call.func)}() in a "
                          f"compute path: it leaves MLX's graph (no device, no autodiff)")
+        elif isinstance(func, ast.Attribute) and func.attr == "numpy" and not call.args \
+                and _is_array(self.kind(func.value)):
+            analysis.add(call, "MP003", ERROR, f"{ast.unparse(call)} in a compute path: the "
+                         f"array leaves the graph for numpy")
         if self._is_mx_fft(call) and call.args and self.kind(call.args[0]) is ARRAY64:
             analysis.add(call, "MP004", ERROR,
                          f"{ast.unparse(call.func)} of a float64 array: MLX computes it in "
