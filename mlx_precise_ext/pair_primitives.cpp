@@ -1,6 +1,19 @@
 #include "pair_primitives.h"
 
+#include <stdexcept>
+#include <string>
+
 namespace mlx_precise {
+
+namespace {
+[[noreturn]] void no_derivatives(const char* op) {
+  throw std::invalid_argument(
+      std::string("pair ") + op +
+      ": derivatives through pairs (mlx_precise.pair, M2-BERT "
+      "precision=\"exact\") are not implemented; differentiate the "
+      "precision=\"extended\" model instead");
+}
+} // namespace
 
 const char* pair_op_name(PairOp op) {
   switch (op) {
@@ -43,6 +56,66 @@ bool PairRFFTConv::is_equivalent(const mx::Primitive& other) const {
   const auto* o = dynamic_cast<const PairRFFTConv*>(&other);
   return o && o->period_ == period_ && o->has_bias_ == has_bias_ &&
       o->out_shape_ == out_shape_;
+}
+
+std::vector<mx::array> PairElementwise::vjp(
+    const std::vector<mx::array>&,
+    const std::vector<mx::array>&,
+    const std::vector<int>&,
+    const std::vector<mx::array>&) {
+  no_derivatives(pair_op_name(op_));
+}
+
+std::vector<mx::array> PairElementwise::jvp(
+    const std::vector<mx::array>&,
+    const std::vector<mx::array>&,
+    const std::vector<int>&) {
+  no_derivatives(pair_op_name(op_));
+}
+
+std::vector<mx::array> PairAddmm::vjp(
+    const std::vector<mx::array>&,
+    const std::vector<mx::array>&,
+    const std::vector<int>&,
+    const std::vector<mx::array>&) {
+  no_derivatives("addmm");
+}
+
+std::vector<mx::array> PairAddmm::jvp(
+    const std::vector<mx::array>&,
+    const std::vector<mx::array>&,
+    const std::vector<int>&) {
+  no_derivatives("addmm");
+}
+
+std::vector<mx::array> PairLayerNorm::vjp(
+    const std::vector<mx::array>&,
+    const std::vector<mx::array>&,
+    const std::vector<int>&,
+    const std::vector<mx::array>&) {
+  no_derivatives("layer_norm");
+}
+
+std::vector<mx::array> PairLayerNorm::jvp(
+    const std::vector<mx::array>&,
+    const std::vector<mx::array>&,
+    const std::vector<int>&) {
+  no_derivatives("layer_norm");
+}
+
+std::vector<mx::array> PairRFFTConv::vjp(
+    const std::vector<mx::array>&,
+    const std::vector<mx::array>&,
+    const std::vector<int>&,
+    const std::vector<mx::array>&) {
+  no_derivatives("rfft_conv");
+}
+
+std::vector<mx::array> PairRFFTConv::jvp(
+    const std::vector<mx::array>&,
+    const std::vector<mx::array>&,
+    const std::vector<int>&) {
+  no_derivatives("rfft_conv");
 }
 
 } // namespace mlx_precise

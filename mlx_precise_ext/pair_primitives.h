@@ -3,6 +3,8 @@
 // so that a chain of them rounds to float32 once, at the end. Every primitive
 // takes the hi and lo arrays of each pair operand as two inputs, computes in
 // double (CPU, CUDA) or double-word (Metal) and has two outputs, hi and lo.
+// Derivatives are not implemented yet: vjp and jvp raise a clear error
+// (docs/m2bert.md says what a pair-form backward needs).
 #pragma once
 
 #include <mlx/primitives.h>
@@ -29,6 +31,16 @@ class PairElementwise : public mx::Primitive {
   void eval_gpu(
       const std::vector<mx::array>& inputs,
       std::vector<mx::array>& outputs) override;
+
+  std::vector<mx::array> vjp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& cotangents,
+      const std::vector<int>& argnums,
+      const std::vector<mx::array>& outputs) override;
+  std::vector<mx::array> jvp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& tangents,
+      const std::vector<int>& argnums) override;
 
   const char* name() const override {
     return pair_op_name(op_);
@@ -62,6 +74,16 @@ class PairAddmm : public mx::Primitive {
   void eval_gpu(
       const std::vector<mx::array>& inputs,
       std::vector<mx::array>& outputs) override;
+
+  std::vector<mx::array> vjp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& cotangents,
+      const std::vector<int>& argnums,
+      const std::vector<mx::array>& outputs) override;
+  std::vector<mx::array> jvp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& tangents,
+      const std::vector<int>& argnums) override;
 
   const char* name() const override {
     return "PairAddmm";
@@ -97,6 +119,16 @@ class PairLayerNorm : public mx::Primitive {
   void eval_gpu(
       const std::vector<mx::array>& inputs,
       std::vector<mx::array>& outputs) override;
+
+  std::vector<mx::array> vjp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& cotangents,
+      const std::vector<int>& argnums,
+      const std::vector<mx::array>& outputs) override;
+  std::vector<mx::array> jvp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& tangents,
+      const std::vector<int>& argnums) override;
 
   const char* name() const override {
     return "PairLayerNorm";
@@ -145,6 +177,16 @@ class PairRFFTConv : public mx::Primitive {
   void eval_gpu(
       const std::vector<mx::array>& inputs,
       std::vector<mx::array>& outputs) override;
+
+  std::vector<mx::array> vjp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& cotangents,
+      const std::vector<int>& argnums,
+      const std::vector<mx::array>& outputs) override;
+  std::vector<mx::array> jvp(
+      const std::vector<mx::array>& primals,
+      const std::vector<mx::array>& tangents,
+      const std::vector<int>& argnums) override;
 
   const char* name() const override {
     return "PairRFFTConv";
