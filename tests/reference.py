@@ -135,3 +135,22 @@ def layer_norm_reference_mp(x, w, b, eps):
                 hi = float(y)
                 out[r, i] = round_exact_sum([hi, float(y - hi)])
     return out
+
+
+def exact_conv(u, k, n=None, bias=None):
+    """Correctly rounded rfft_conv(u, k, n, bias) of 1-D rows, by direct exact sums."""
+    u = np.asarray(u, np.float32).astype(np.float64)
+    k = np.asarray(k, np.float32).astype(np.float64)
+    L, Lk = len(u), len(k)
+    d = None if bias is None else np.broadcast_to(np.asarray(bias, np.float32).astype(np.float64), u.shape)
+    out = np.empty(L, np.float32)
+    for t in range(L):
+        if n is None:
+            terms = [u[t - j] * k[j] for j in range(min(t + 1, Lk))]
+        else:
+            # Circular form: entries of the size-n cyclic convolution of the padded rows.
+            terms = [u[(t - j) % n] * k[j] for j in range(Lk) if (t - j) % n < L]
+        if d is not None:
+            terms.append(u[t] * d[t])
+        out[t] = round_exact_sum(terms)
+    return out

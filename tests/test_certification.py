@@ -12,32 +12,13 @@ import numpy as np
 import pytest
 
 import mlx_precise as mp
-from reference import layer_norm_reference_mp, round_exact_sum
+from reference import exact_conv, layer_norm_reference_mp, round_exact_sum
 
 CERTIFIED = ("extended", "dd")
 
 
 def A(*v):
     return mx.array(np.float32(v))
-
-
-def exact_conv(u, k, n=None, bias=None):
-    """Correctly rounded rfft_conv(u, k, n, bias) of 1-D rows, by direct exact sums."""
-    u = np.asarray(u, np.float32).astype(np.float64)
-    k = np.asarray(k, np.float32).astype(np.float64)
-    L, Lk = len(u), len(k)
-    d = None if bias is None else np.broadcast_to(np.asarray(bias, np.float32).astype(np.float64), u.shape)
-    out = np.empty(L, np.float32)
-    for t in range(L):
-        if n is None:
-            terms = [u[t - j] * k[j] for j in range(min(t + 1, Lk))]
-        else:
-            # Circular form: entries of the size-n cyclic convolution of the padded rows.
-            terms = [u[(t - j) % n] * k[j] for j in range(Lk) if (t - j) % n < L]
-        if d is not None:
-            terms.append(u[t] * d[t])
-        out[t] = round_exact_sum(terms)
-    return out
 
 
 def bits(x):

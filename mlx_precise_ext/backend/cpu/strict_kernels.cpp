@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -103,14 +104,16 @@ ff working_eps<ff>(double eps) {
 // Extended layer_norm (float64) certifies each output against a rigorous
 // bound of the shared algorithm's error (strict_arith.h: shifted two-pass
 // mean with correction, var = (sum d^2 - S1 c) / D, inv_std = 1/sqrt(var +
-// eps)), as addmm does, and recomputes the rows with open outputs in long
-// double (x87: 64-bit significand), certified against the same bound; what is
-// still open after that (in practice exact ties, which long double then holds
-// exactly) takes long double's rounding. With d_i = fl(x_i - shift),
-// A1 = sum |d_i| / D, M2 = sum d_i^2 / D and u the unit roundoff:
+// eps)), as addmm does, and recomputes the rows with open outputs in a wide
+// type (binary128 with gcc on x86-64, else long double), certified against
+// the same bound; what is still open after that takes the wide type's
+// rounding (an exact tie held exactly there rounds correctly). With
+// d_i = fl(x_i - shift), A1 = sum |d_i| / D, M2 = sum d_i^2 / D and u the
+// unit roundoff:
 //   mean error    e1 = (D + 2) u A1 (+ u |c|)
 //   var error     ev = (D + 6) u M2 + 3 e1 (|c| + e1)
-//   inv_std       rel = (ev + u v) / (2 (v - ev - u v)) + 2u, v = var + eps
+//   inv_std       rel = (ev + 9u v) / (2 (v - 8u v - ev)) + 6u, v = var + eps
+//                 (v read back from inv_std; 6u: sqrt and division)
 //   numerator     |num^ - (x_i - mean)| <= u |d_i| + e1 + u |num^|
 //   output        |y^ - y| <= |w| (|n^| rel + inv_std e_num + u |n^|)
 //                 + u |n^ w| + u |y^|   (n = num * inv_std, y = n w + b)
@@ -151,7 +154,7 @@ LayerNormErrors<R> layer_norm_errors(
   const R v = 1 / (inv_std * inv_std);
   const R low = v * (1 - 8 * u) - ev;
   const R inv_rel =
-      low > 0 ? ((ev + 9 * u * v) / (2 * low) + 2 * u) * slack : R(1e300);
+      low > 0 ? ((ev + 9 * u * v) / (2 * low) + 6 * u) * slack : R(1e300);
   return LayerNormErrors<R>{e1, inv_rel, u};
 }
 
@@ -189,10 +192,40 @@ bool certified_layer_norm_output(
       (margin < R(1e300));
 }
 
+// The wide type of the layer_norm recomputation: binary128 where the
+// compiler has it (gcc on x86-64: 113-bit significand, in software; rows
+// reach it rarely), else long double. sqrt by Newton's method from double's
+// (each step doubles the correct bits; error a few u, counted by the bound).
+#if defined(__SIZEOF_FLOAT128__) && !defined(__clang__)
+using WideReal = __float128;
+#else
+using WideReal = long double;
+#endif
+
+WideReal wide_unit_roundoff() {
+  WideReal u = 1;
+  const int digits =
+      sizeof(WideReal) == 16 && !std::is_same<WideReal, long double>::value
+      ? 113
+      : std::numeric_limits<long double>::digits;
+  for (int i = 0; i < digits; ++i)
+    u /= 2;
+  return u;
+}
+
+WideReal wide_sqrt(WideReal v) {
+  if (!(v > 0))
+    return 0;
+  WideReal s = std::sqrt(static_cast<double>(v));
+  for (int i = 0; i < 3; ++i)
+    s = (s + v / s) / 2;
+  return s;
+}
+
 // Certifies the outputs y of row r (computed by the shared float64
-// algorithm); a row with open outputs is recomputed in long double (the same
-// algorithm, sequential sums) and certified again; what stays open takes long
-// double's rounding.
+// algorithm); a row with open outputs is recomputed in WideReal (the same
+// algorithm, sequential sums) and certified again; what stays open takes its
+// rounding.
 void certify_layer_norm_row(
     const LayerNormRows& job,
     int64_t r,
@@ -221,26 +254,26 @@ void certify_layer_norm_row(
   }
   if (open.empty())
     return;
-  long double sum = 0;
+  using R = WideReal;
+  R sum = 0;
   for (int64_t i = 0; i < D; ++i)
-    sum += x[i];
-  const long double shift = sum / D;
-  long double s1 = 0, s2 = 0;
+    sum += static_cast<R>(x[i]);
+  const R shift = sum / static_cast<R>(D);
+  R s1 = 0, s2 = 0;
   for (int64_t i = 0; i < D; ++i) {
-    const long double d = static_cast<long double>(x[i]) - shift;
+    const R d = static_cast<R>(x[i]) - shift;
     s1 += d;
     s2 += d * d;
   }
-  const long double c = s1 / D;
-  long double var = (s2 - s1 * c) / D;
+  const R c = s1 / static_cast<R>(D);
+  R var = (s2 - s1 * c) / static_cast<R>(D);
   if (var < 0)
     var = 0;
-  const long double inv_std =
-      1.0L / std::sqrt(var + static_cast<long double>(job.eps));
-  const LayerNormErrors<long double> el = layer_norm_errors<long double>(
-      x, D, shift, c, inv_std, std::ldexp(1.0L, -64));
+  const R inv_std = 1 / wide_sqrt(var + static_cast<R>(job.eps));
+  const LayerNormErrors<R> el =
+      layer_norm_errors<R>(x, D, shift, c, inv_std, wide_unit_roundoff());
   for (const int64_t i : open)
-    certified_layer_norm_output<long double>(
+    certified_layer_norm_output<R>(
         el,
         shift,
         c,
@@ -288,7 +321,13 @@ void layer_norm_forward_t(
           for (int64_t i = 0; i < job.dim; ++i)
             scaled[i] = static_cast<float>(std::ldexp(x[i], -s));
           x = scaled.data();
-          row_eps = dd_from_double(std::ldexp(job.eps, -2 * s));
+          // eps is kept at float's normal range: where that raises it, it
+          // was below 2^-126 max|x|^2, negligible against any nonzero
+          // variance of float32 data (>= 2^-48 max|x|^2 / D), and a zero
+          // variance gives zero numerators either way.
+          const double eps_scaled = std::ldexp(job.eps, -2 * s);
+          row_eps = dd_from_double(
+              job.eps > 0.0 ? std::max(eps_scaled, 0x1p-126) : 0.0);
         }
       }
       const LayerNormStats<T> s = layer_norm_stats(x, job.dim, row_eps);
