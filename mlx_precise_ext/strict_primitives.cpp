@@ -91,9 +91,10 @@ mx::array reduce_to(
   }
   mx::array rows =
       mx::reshape(mx::transpose(g, order, s), {kept_size, summed_size}, s);
-  mx::array ones = mx::ones({summed_size, 1}, mx::float32, s);
+  mx::array ones_column = mx::ones({summed_size, 1}, mx::float32, s);
   return mx::reshape(
-      strict_addmm_from_parts(rows, ones, std::nullopt, beta, 0.0f, p, s),
+      strict_addmm_from_parts(
+          rows, ones_column, std::nullopt, beta, 0.0f, p, s),
       target,
       s);
 }
@@ -258,7 +259,7 @@ std::vector<mx::array> StrictLayerNorm::jvp(
   const mx::array& x = primals[0];
   const int bias_index = has_weight_ ? 2 : 1;
   std::optional<mx::array> result;
-  auto add = [&](const mx::array& term) {
+  auto accumulate = [&](const mx::array& term) {
     result = result ? mx::add(*result, term, stream()) : term;
   };
   for (size_t i = 0; i < argnums.size(); ++i) {
@@ -268,13 +269,13 @@ std::vector<mx::array> StrictLayerNorm::jvp(
           stream(), precision_, eps_, false, true, false, false);
       mx::array jdx =
           mx::array::make_arrays({x.shape()}, {mx::float32}, node, {x, t})[0];
-      add(has_weight_ ? mx::multiply(jdx, primals[1], stream()) : jdx);
+      accumulate(has_weight_ ? mx::multiply(jdx, primals[1], stream()) : jdx);
     } else if (has_weight_ && argnums[i] == 1) {
       mx::array n = strict_layer_norm_from_parts(
           x, std::nullopt, std::nullopt, eps_, precision_, stream());
-      add(mx::multiply(n, t, stream()));
+      accumulate(mx::multiply(n, t, stream()));
     } else if (argnums[i] == bias_index) {
-      add(mx::broadcast_to(t, x.shape(), stream()));
+      accumulate(mx::broadcast_to(t, x.shape(), stream()));
     }
   }
   return {*result};

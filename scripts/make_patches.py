@@ -35,6 +35,7 @@ PATH_MAP = {
     "vmap_inputs.h": "mlx/precise/vmap_inputs.h",
     "ops.h": "mlx/fft.h",
     "strict_ops.h": "mlx/precise/strict_ops.h",
+    "strict_ops.cpp": "mlx/precise/strict_ops.cpp",
     "kernels/": "mlx/backend/common/precise/",
     "backend/common/": "mlx/backend/common/precise/",
     "backend/cpu/": "mlx/backend/cpu/",
@@ -155,6 +156,34 @@ class Patch:
     inserts: list = field(default_factory=list)
 
 
+# The extension files patch 0001 maps whole (with what they include).
+CONV_FILES = [
+    "precision.h",
+    "precision.cpp",
+    "primitives.h",
+    "primitives.cpp",
+    "vmap_inputs.h",
+    "kernels/portability.h",
+    "kernels/dd.h",
+    "kernels/fft_butterflies.h",
+    "kernels/rfft_conv_core.h",
+    "kernels/fft_plan.h",
+    "kernels/fft_plan.cpp",
+    "kernels/twiddles.h",
+    "kernels/twiddles.cpp",
+    "backend/common/conv_geometry.h",
+    "backend/common/conv_geometry.cpp",
+    "backend/common/shapes.h",
+    "backend/cpu/conv_job.h",
+    "backend/cpu/cpu_runtime.h",
+    "backend/cpu/rfft_conv_kernels.cpp",
+]
+
+
+# Mapped with drops (rfft_conv.cpp) or replaced by glue (parallel.h).
+CONV_SPECIAL = {"backend/cpu/rfft_conv.cpp", "backend/cpu/parallel.h"}
+
+
 def series() -> list:
     conv = Patch(
         "0001-fft-rfft_conv-cpu",
@@ -164,29 +193,9 @@ def series() -> list:
             **{
                 mlx_path(p): ext_file(p)
                 for p in with_includes(
-                    [
-                    "precision.h",
-                    "precision.cpp",
-                    "primitives.h",
-                    "primitives.cpp",
-                    "vmap_inputs.h",
-                    "kernels/portability.h",
-                    "kernels/dd.h",
-                    "kernels/fft_butterflies.h",
-                    "kernels/rfft_conv_core.h",
-                    "kernels/fft_plan.h",
-                    "kernels/fft_plan.cpp",
-                    "kernels/twiddles.h",
-                    "kernels/twiddles.cpp",
-                    "backend/common/conv_geometry.h",
-                    "backend/common/conv_geometry.cpp",
-                    "backend/common/shapes.h",
-                    "backend/cpu/conv_job.h",
-                    "backend/cpu/cpu_runtime.h",
-                    "backend/cpu/rfft_conv_kernels.cpp",
-                    ],
+                    CONV_FILES,
                     # rfft_conv.cpp is mapped below; the adapter is glue.
-                    carried={"backend/cpu/rfft_conv.cpp", "backend/cpu/parallel.h"},
+                    carried=CONV_SPECIAL,
                 )
             },
             "mlx/backend/cpu/rfft_conv.cpp": ext_file(
@@ -220,7 +229,51 @@ def series() -> list:
             ("docs/src/python/fft.rst", 26, "  rfft_conv\n"),
         ],
     )
-    return [conv]
+    carried = set(with_includes(CONV_FILES, CONV_SPECIAL)) | CONV_SPECIAL
+    strict = Patch(
+        "0002-precision-addmm-layer_norm-cpu",
+        "0002.msg",
+        new_files={
+            **{
+                mlx_path(p): ext_file(p)
+                for p in with_includes(
+                    [
+                        "strict_ops.h",
+                        "strict_ops.cpp",
+                        "strict_primitives.h",
+                        "strict_primitives.cpp",
+                        "backend/cpu/strict_ops.cpp",
+                        "backend/cpu/strict_kernels.cpp",
+                    ],
+                    carried=carried | {"backend/cpu/blas.h"},
+                )
+            },
+            # The one BLAS difference: MLX's cblas_dgemm.
+            "mlx/backend/cpu/blas.h": glue("0002/mlx/backend/cpu/blas.h"),
+            "python/src/precise.cpp": glue("0002/python/src/precise.cpp"),
+        },
+        inserts=[
+            ("mlx/precise/CMakeLists.txt", 17, glue("0002/mlx/precise/CMakeLists.txt")),
+            ("mlx/backend/cpu/CMakeLists.txt", 90, glue("0002/mlx/backend/cpu/CMakeLists.txt")),
+            ("mlx/backend/no_gpu/primitives.cpp", 5, STRICT_INCLUDE),
+            ("mlx/backend/no_gpu/primitives.cpp", 170, STRICT_NO_GPU),
+            ("mlx/backend/cuda/primitives.cpp", 5, STRICT_INCLUDE),
+            ("mlx/backend/cuda/primitives.cpp", 33, STRICT_NO_GPU),
+            ("mlx/backend/metal/primitives.cpp", 15, STRICT_INCLUDE),
+            ("mlx/backend/metal/primitives.cpp", 215, glue("0002/mlx/backend/metal/primitives.cpp")),
+            ("python/src/CMakeLists.txt", 31, "  ${CMAKE_CURRENT_SOURCE_DIR}/precise.cpp\n"),
+            ("python/src/mlx.cpp", 26, "void init_precise(nb::module_&);\n"),
+            ("python/src/mlx.cpp", 47, "  init_precise(m);\n"),
+            ("python/tests/test_blas.py", 1681, glue("0002/python/tests/test_blas.py")),
+            ("python/tests/test_fast.py", 8, "import numpy as np\n"),
+            ("python/tests/test_fast.py", 1179, glue("0002/python/tests/test_fast.py")),
+        ],
+    )
+    return [conv, strict]
+
+
+STRICT_INCLUDE = '#include "mlx/precise/strict_primitives.h"\n'
+STRICT_NO_GPU = "NO_GPU(StrictAddmm)\nNO_GPU(StrictLayerNorm)\nNO_GPU_MULTI(StrictLayerNormVJP)\n"
 
 
 def _header(patch: Patch, number: int, total: int) -> str:
