@@ -146,6 +146,22 @@ def test_rfft_conv(rng, n):
     check_pair(y, reference, scale, bound=2.0**-46, what=f"rfft_conv n={n}")
 
 
+def test_nn_layers_carry_pairs(rng):
+    import mlx_precise.nn as pnn
+
+    x, xv = exact_products(rng, (3, 16))
+    linear = pnn.Linear(16, 8, precision="exact")
+    norm = pnn.LayerNorm(8, precision="exact")
+    y = norm(linear(x))
+    assert isinstance(y, Pair)
+    h = pair.linear(x, linear.weight, linear.bias)
+    expected = pair.layer_norm(h, norm.weight, norm.bias, norm.eps)
+    np.testing.assert_array_equal(np.asarray(y.hi), np.asarray(expected.hi))
+    np.testing.assert_array_equal(np.asarray(y.lo), np.asarray(expected.lo))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        pnn.Linear(4, 4, precision="float64")
+
+
 def test_float32_input_is_exact_pair():
     x = mx.array(np.float32([1.5, -2.25]))
     p = pair.as_pair(x)
