@@ -67,10 +67,62 @@ MP_INLINE double r_overflowed_product(double a, float w) {
 }
 #endif
 
+#if MP_HAS_DOUBLE
+// alpha * sum_k a(k) b(k) [+ beta * c] from the products summed in double
+// with a running error bound (certify.h's RunningSum argument: each addition
+// errs by at most u |partial sum|, so |s - exact| <= u (1 + 2^-10) mass),
+// then alpha * s and + beta * c (exact) rounding once each, as the GEMM's
+// certification does. Writes the correctly rounded output and returns true
+// when that decides it (all but heavy cancellations), at a few double
+// operations per product instead of the exact accumulator's. Lanes indexed
+// by constants only, so that a GPU keeps them in registers.
+constexpr int kRunningLanes = 4;
+
+template <class RowA, class ColumnB>
+MP_INLINE bool running_addmm_entry(
+    RowA a,
+    ColumnB b,
+    MP_INT64 k,
+    float alpha,
+    bool has_c,
+    float beta,
+    float c,
+    MP_THREAD float* out) {
+  double sum[kRunningLanes], mass[kRunningLanes];
+  for (int l = 0; l < kRunningLanes; ++l)
+    sum[l] = mass[l] = 0.0;
+  MP_INT64 p = 0;
+  for (; p + kRunningLanes <= k; p += kRunningLanes)
+    for (int l = 0; l < kRunningLanes; ++l) {
+      sum[l] += static_cast<double>(a(p + l)) * static_cast<double>(b(p + l));
+      mass[l] += fabs(sum[l]);
+    }
+  for (; p < k; ++p) {
+    sum[0] += static_cast<double>(a(p)) * static_cast<double>(b(p));
+    mass[0] += fabs(sum[0]);
+  }
+  double total = sum[0], total_mass = mass[0];
+  for (int l = 1; l < kRunningLanes; ++l) {
+    total += sum[l];
+    total_mass += mass[l] + fabs(total);
+  }
+  const double scale = static_cast<double>(alpha);
+  const double scaled = scale * total;
+  double value = scaled;
+  if (has_c)
+    value = value + static_cast<double>(beta) * static_cast<double>(c);
+  const double err =
+      kUnitRoundoff64 * (1.0 + 1.0 / 1024.0) * total_mass * fabs(scale) +
+      kUnitRoundoff64 * (fabs(scaled) + fabs(value));
+  return certified_round(value, err, out);
+}
+#endif // MP_HAS_DOUBLE
+
 // The correctly rounded addmm output alpha * sum_k a(k) b(k) [+ beta * c],
-// for outputs the fast path could not certify: every product and the scaling
-// exact (certify.h), one rounding. a(k) and b(k) return the float32 inputs
-// (widened to double or not).
+// for outputs the fast path could not certify: first running_addmm_entry
+// (where there is double), else every product and the scaling exact
+// (certify.h), one rounding. Either way the same float. a(k) and b(k) return
+// the float32 inputs (widened to double or not).
 template <class RowA, class ColumnB>
 MP_INLINE float exact_addmm_entry(
     RowA a,
@@ -80,6 +132,11 @@ MP_INLINE float exact_addmm_entry(
     bool has_c,
     float beta,
     float c) {
+#if MP_HAS_DOUBLE
+  float decided;
+  if (running_addmm_entry(a, b, k, alpha, has_c, beta, c, &decided))
+    return decided;
+#endif
   ExactSum s;
   exact_sum_init(s);
   for (MP_INT64 p = 0; p < k; ++p)
