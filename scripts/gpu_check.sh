@@ -42,7 +42,7 @@ echo "build ok"
 
 status=0
 if [ "$what" = all ] || [ "$what" = tests ]; then
-  timeout 420 python3 -m pytest ${MP_GPU_TESTS:-tests/test_gpu.py tests/test_gpu_strict.py} -v -rs 2>&1 | tee "$out/tests.log" | tail -45
+  timeout 420 python3 -m pytest ${MP_GPU_TESTS:-tests/test_gpu.py tests/test_gpu_strict.py tests/test_gpu_pair.py} -v -rs 2>&1 | tee "$out/tests.log" | tail -45
   status=${PIPESTATUS[0]}
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then

@@ -72,6 +72,11 @@ const char* const kStrictKernelNames[] = {
     "mlx_precise::gpu::layer_norm_param_grads<double>",
     "mlx_precise::gpu::layer_norm_param_grads<mlx_precise::ff>"};
 
+// Every kernel of pair_kernels.cuh, compiled together at first use.
+const char* const kPairKernelNames[] = {
+    "mlx_precise::gpu::pair_elementwise",
+    "mlx_precise::gpu::pair_layer_norm_rows"};
+
 struct Module {
   CUmodule module = nullptr;
   std::map<std::string, CUfunction> kernels; // by name expression
@@ -195,20 +200,38 @@ get_kernel(int device, Precision p, const std::string& name, bool shared) {
   return it->second.kernels.at(name_expression(p, name, shared));
 }
 
-CUfunction get_strict_kernel(int device, const std::string& name_expression) {
+namespace {
+
+// The modules of one source, per device: every kernel of `names` compiled
+// together at the first request on that device, cached for the process.
+template <size_t N>
+CUfunction cached_kernel(
+    const JitSource& source,
+    const char* const (&names)[N],
+    int device,
+    const std::string& name_expression) {
   static std::mutex mutex;
-  static std::map<int, Module> modules;
+  static std::map<std::pair<const JitSource*, int>, Module> modules;
   std::lock_guard<std::mutex> lock(mutex);
-  auto it = modules.find(device);
+  const auto key = std::make_pair(&source, device);
+  auto it = modules.find(key);
   if (it == modules.end()) {
-    std::vector<std::string> names;
-    for (const char* n : kStrictKernelNames)
-      names.push_back(n);
-    it =
-        modules.emplace(device, compile_module(device, kJitStrictSource, names))
-            .first;
+    const std::vector<std::string> all(names, names + N);
+    it = modules.emplace(key, compile_module(device, source, all)).first;
   }
   return it->second.kernels.at(name_expression);
+}
+
+} // namespace
+
+CUfunction get_strict_kernel(int device, const std::string& name_expression) {
+  return cached_kernel(
+      kJitStrictSource, kStrictKernelNames, device, name_expression);
+}
+
+CUfunction get_pair_kernel(int device, const std::string& name_expression) {
+  return cached_kernel(
+      kJitPairSource, kPairKernelNames, device, name_expression);
 }
 
 const DeviceInfo& device_info(int device) {

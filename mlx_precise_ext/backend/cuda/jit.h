@@ -23,6 +23,10 @@ get_kernel(int device, Precision p, const std::string& name, bool shared);
 // compiled for `device` at first use (all strict kernels at once) and cached.
 CUfunction get_strict_kernel(int device, const std::string& name_expression);
 
+// The pair-ops kernel `name_expression` (one of jit.cpp's kPairKernelNames),
+// compiled for `device` at first use (all pair kernels at once) and cached.
+CUfunction get_pair_kernel(int device, const std::string& name_expression);
+
 struct DeviceInfo {
   int multiprocessors;
   int max_shared_per_block; // opt-in limit for dynamic shared memory

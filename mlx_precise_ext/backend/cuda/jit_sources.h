@@ -11,6 +11,7 @@ struct JitSource {
 
 extern const JitSource kJitMainSource; // rfft_conv_kernels.cuh
 extern const JitSource kJitStrictSource; // strict_kernels.cuh
+extern const JitSource kJitPairSource; // pair_kernels.cuh
 extern const JitSource kJitHeaders[];
 extern const int kJitHeaderCount;
 

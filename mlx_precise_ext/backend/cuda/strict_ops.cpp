@@ -15,6 +15,7 @@
 #include <mlx/backend/cuda/utils.h>
 
 #include "backend/cuda/blas.h"
+#include "backend/cuda/encoder.h"
 #include "backend/cuda/jit.h"
 #include "backend/gpu/strict_layout.h"
 #include "kernels/strict_arith.h"
@@ -25,19 +26,10 @@ namespace mlx_precise {
 
 namespace {
 
+using cuda::launch;
+using cuda::prepare;
 using gpu::addmm_layout;
 using gpu::rows_layout;
-
-// The stream's encoder, with each output allocated as MLX's own eval_gpu does.
-mx::cu::CommandEncoder&
-prepare(mx::Stream s, std::vector<mx::array*> outs, int& device) {
-  auto& dev = mx::cu::device(s.device);
-  dev.make_current();
-  device = dev.cuda_device();
-  for (mx::array* o : outs)
-    o->set_data(mx::allocator::malloc(o->nbytes()));
-  return mx::cu::get_command_encoder(s);
-}
 
 // A device buffer that lives until the graph that uses it has run.
 mx::array scratch(mx::cu::CommandEncoder& encoder, size_t bytes) {
@@ -74,18 +66,6 @@ const char* type_name(ff) {
 
 std::string kernel_name(const char* kernel, const char* type) {
   return std::string("mlx_precise::gpu::") + kernel + "<" + type + ">";
-}
-
-// add_kernel_node_ex takes its kernel arguments' addresses as void*: the
-// arguments are passed here by value so that each is a mutable lvalue.
-template <class... Args>
-void launch(
-    mx::cu::CommandEncoder& encoder,
-    CUfunction kernel,
-    dim3 grid,
-    dim3 block,
-    Args... args) {
-  encoder.add_kernel_node_ex(kernel, grid, block, {}, 0u, args...);
 }
 
 // Grid of blocks of kRowsPerBlock warps (8 rows per block) for `rows` rows.

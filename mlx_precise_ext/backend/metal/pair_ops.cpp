@@ -1,4 +1,4 @@
-// eval_gpu of the pair ops (pair_primitives.h) in the CUDA and Metal builds.
+// eval_gpu of the pair ops (pair_primitives.h) in the Metal build.
 // Their GPU kernels are not written yet (issue #11): a clear error that says
 // what to do instead, never a silent move to the CPU.
 #include <stdexcept>

@@ -1,0 +1,150 @@
+// CUDA kernels of the pair ops (pair_primitives.h), compiled at run time by
+// NVRTC (jit.cpp): each pair read as the double hi + lo, the op in double
+// (kernels/pair_math.h, as on the CPU), the result written back as a pair
+// (dd_from_double), never rounded to float32.
+namespace mlx_precise {
+// NVRTC has no <cstdint>; the shared headers name int64_t.
+using int64_t = long long;
+} // namespace mlx_precise
+#include "pair_math.h"
+#include "strict_params.h"
+
+namespace mlx_precise::gpu {
+
+__device__ __forceinline__ double pair_at(
+    const float* hi,
+    const float* lo,
+    MP_INT64 hi_offset,
+    MP_INT64 lo_offset) {
+  return dd_to_double(ff{hi[hi_offset], lo[lo_offset]});
+}
+
+// Element i of an operand laid out as rows (RowsLayout) of `inner` elements.
+__device__ __forceinline__ MP_INT64
+element_offset(const RowsLayout& l, MP_INT64 i, MP_INT64 inner) {
+  return row_start(l, i / inner) + (i % inner) * l.element_stride;
+}
+
+// out (size elements, row-major, rows of `inner`) = op(x [, y]); operands x_hi,
+// x_lo, y_hi, y_lo have the output's shape, each at its own strides.
+__global__ void pair_elementwise(
+    const float* x_hi,
+    const RowsLayout x_hi_l,
+    const float* x_lo,
+    const RowsLayout x_lo_l,
+    const float* y_hi,
+    const RowsLayout y_hi_l,
+    const float* y_lo,
+    const RowsLayout y_lo_l,
+    float* out_hi,
+    float* out_lo,
+    MP_INT64 size,
+    MP_INT64 inner,
+    int op,
+    int binary) {
+  const PairOp pair_op = static_cast<PairOp>(op);
+  for (MP_INT64 i =
+           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
+       i < size;
+       i += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+    const double x = pair_at(
+        x_hi,
+        x_lo,
+        element_offset(x_hi_l, i, inner),
+        element_offset(x_lo_l, i, inner));
+    const double v = binary ? pair_binary_double(
+                                  pair_op,
+                                  x,
+                                  pair_at(
+                                      y_hi,
+                                      y_lo,
+                                      element_offset(y_hi_l, i, inner),
+                                      element_offset(y_lo_l, i, inner)))
+                            : pair_unary_double(pair_op, x);
+    const ff r = dd_from_double(v);
+    out_hi[i] = r.hi;
+    out_lo[i] = r.lo;
+  }
+}
+
+constexpr int kPairWarp = 32;
+constexpr int kPairRowsPerBlock = 8;
+
+// A double sum with Neumaier's compensation (as the CPU's CompensatedSum).
+struct Compensated {
+  double sum;
+  double correction;
+};
+
+__device__ __forceinline__ Compensated
+compensated_add(Compensated a, double x) {
+  const double t = a.sum + x;
+  a.correction += fabs(a.sum) >= fabs(x) ? (a.sum - t) + x : (x - t) + a.sum;
+  a.sum = t;
+  return a;
+}
+
+// The warp's total of its lanes' compensated sums, in every lane.
+__device__ __forceinline__ double warp_total(Compensated c) {
+  for (int offset = kPairWarp / 2; offset > 0; offset /= 2) {
+    const double other_sum = __shfl_xor_sync(0xffffffffu, c.sum, offset);
+    const double other_correction =
+        __shfl_xor_sync(0xffffffffu, c.correction, offset);
+    c = compensated_add(c, other_sum);
+    c.correction += other_correction;
+  }
+  return c.sum + c.correction;
+}
+
+// One warp per row: torch's layer_norm in double (mean, biased variance about
+// the mean, eps inside the square root, * weight + bias), written as pairs to
+// out (rows, dim) row-major.
+__global__ void pair_layer_norm_rows(
+    const float* x_hi,
+    const RowsLayout hi_l,
+    const float* x_lo,
+    const RowsLayout lo_l,
+    const float* weight,
+    MP_INT64 weight_stride,
+    const float* bias,
+    MP_INT64 bias_stride,
+    float* out_hi,
+    float* out_lo,
+    MP_INT64 rows,
+    int dim,
+    double eps) {
+  const int warp = threadIdx.x / kPairWarp, lane = threadIdx.x % kPairWarp;
+  for (MP_INT64 r =
+           static_cast<MP_INT64>(blockIdx.x) * kPairRowsPerBlock + warp;
+       r < rows;
+       r += static_cast<MP_INT64>(gridDim.x) * kPairRowsPerBlock) {
+    const float* hi = x_hi + row_start(hi_l, r);
+    const float* lo = x_lo + row_start(lo_l, r);
+    auto value = [&](int i) {
+      return pair_at(hi, lo, i * hi_l.element_stride, i * lo_l.element_stride);
+    };
+    Compensated sum{0.0, 0.0};
+    for (int i = lane; i < dim; i += kPairWarp)
+      sum = compensated_add(sum, value(i));
+    const double mean = warp_total(sum) / static_cast<double>(dim);
+    Compensated squares{0.0, 0.0};
+    for (int i = lane; i < dim; i += kPairWarp) {
+      const double centred = value(i) - mean;
+      squares = compensated_add(squares, centred * centred);
+    }
+    const double inv_std =
+        1.0 / sqrt(warp_total(squares) / static_cast<double>(dim) + eps);
+    for (int i = lane; i < dim; i += kPairWarp) {
+      double v = (value(i) - mean) * inv_std;
+      if (weight)
+        v *= weight[i * weight_stride];
+      if (bias)
+        v += bias[i * bias_stride];
+      const ff p = dd_from_double(v);
+      out_hi[r * dim + i] = p.hi;
+      out_lo[r * dim + i] = p.lo;
+    }
+  }
+}
+
+} // namespace mlx_precise::gpu
