@@ -1,12 +1,16 @@
 """CPU benchmark of rfft_conv: time and accuracy, side by side in one run.
 
     python benchmarks/bench_rfft_conv.py [--repeats 7] [--plot benchmarks/rfft_conv_accuracy.png]
+        [--baseline DIR]
 
 Times: B=4, H=64, L in {1024, 4096, 16384}, causal convolution with an L-long
 kernel (transform size 2L). Methods run round-robin, so load on a shared
 machine hits all of them alike; the median of the repeats is reported, with
 ratios to MLX's composed float32 path. Forward+backward is value_and_grad of
 sum(y * g) with respect to u and k.
+--baseline DIR times the extended mode of another build of mlx_precise too (DIR holds
+its mlx_precise/ package with the built extension, e.g. a worktree of the commit
+before certification), so the cost of certification is measured side by side.
 Accuracy plot: relative L2 error and correctly rounded fraction against the
 exact result (longdouble FFT) for L = 256 ... 16384.
 """
@@ -46,6 +50,24 @@ def numpy_conv(u, k, L):
     return np.fft.irfft(np.fft.rfft(u, n) * np.fft.rfft(k, n), n)[..., :L]
 
 
+def load_baseline(path):
+    """mlx_precise from another build, imported under its own name."""
+    import importlib.util
+    import sys
+
+    init = os.path.join(path, "mlx_precise", "__init__.py")
+    spec = importlib.util.spec_from_file_location(
+        "mlx_precise_baseline", init, submodule_search_locations=[os.path.dirname(init)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["mlx_precise_baseline"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+BASELINE = None
+
+
 def forward_methods(u_np, k_np, L):
     u, k = mx.array(u_np), mx.array(k_np)
     tu32, tk32 = torch.from_numpy(u_np), torch.from_numpy(k_np)
@@ -59,6 +81,8 @@ def forward_methods(u_np, k_np, L):
     }
     for p in mp.PRECISIONS:
         methods[f"rfft_conv {p}"] = lambda p=p: mx.eval(mp.rfft_conv(u, k, precision=p))
+    if BASELINE is not None:
+        methods["baseline extended"] = lambda: mx.eval(BASELINE.rfft_conv(u, k, precision="extended"))
     return methods
 
 
@@ -165,7 +189,11 @@ def main():
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
     parser.add_argument("--plot", default="benchmarks/rfft_conv_accuracy.png")
     parser.add_argument("--no-backward", action="store_true")
+    parser.add_argument("--baseline", help="another build of mlx_precise to time extended against")
     args = parser.parse_args()
+    global BASELINE
+    if args.baseline:
+        BASELINE = load_baseline(args.baseline)
     torch.set_num_threads(2)
     rng = np.random.default_rng()
     print(f"CPU, B={B} H={H}, median of {args.repeats} round-robin repeats; MLX {mx.__version__}, "
@@ -185,6 +213,9 @@ def main():
         f32 = fwd[L]["rfft_conv float32"]
         print(f"L={L}: dd/float32 forward {fwd[L]['rfft_conv dd'] / f32:.1f}x, "
               f"extended/float32 {fwd[L]['rfft_conv extended'] / f32:.2f}x")
+        if BASELINE is not None:
+            print(f"L={L}: certification cost: extended / baseline extended "
+                  f"{fwd[L]['rfft_conv extended'] / fwd[L]['baseline extended']:.3f}x")
     if args.plot:
         curves = accuracy_sweep(rng, [256, 1024, 4096, 16384])
         print("\n### Accuracy vs exact (relative L2 / correctly rounded)\n")
