@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import ast
 from collections import defaultdict
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 from .rules import ERROR, WARNING, Finding, _constant, _literal_value, import_aliases, \
     make_finding, qualified_name

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ast
 import struct
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional
 
 ERROR = "error"
 WARNING = "warning"
