@@ -1,5 +1,5 @@
-"""Pair ops (mlx_precise.pair) on the GPU: the elementwise functions and layer_norm,
-which have CUDA kernels (the pair addmm and rfft_conv do not yet: they raise).
+"""Pair ops (mlx_precise.pair) on the GPU: the elementwise functions, addmm / linear and
+layer_norm, which have CUDA kernels (the pair rfft_conv does not yet: it raises).
 
 Skipped, visibly, where MLX has no CUDA GPU (CI, Metal: the Metal pair kernels are not
 written). Each GPU result's carried value hi + lo must agree with the CPU's (both
@@ -91,9 +91,27 @@ def test_layer_norm_matches_cpu():
                what="layer_norm, strided, no affine")
 
 
-def test_addmm_and_rfft_conv_raise_on_cuda():
+def test_linear_and_addmm_match_cpu():
+    rng = np.random.default_rng([SEED, 4])
+    x = random_pair(rng, (3, 50, 96))
+    w = mx.array(rng.standard_normal((40, 96)).astype(np.float32))
+    b = mx.array(rng.standard_normal(40).astype(np.float32))
+    # Both sum in float64 in their own orders: within K 2^-53 of |x| |w| + |b|.
+    scale = np.abs(value(x)) @ np.abs(np.asarray(w).T).astype(np.longdouble) + np.abs(np.asarray(b))
+    check_same(on(mx.gpu, pair.linear, x, w, b), on(mx.cpu, pair.linear, x, w, b), scale,
+               what="linear")
+    # Batched with a broadcast bias row (M2's block-diagonal Monarch products), strided a.
+    a = random_pair(rng, (4, 96, 24)).transpose(0, 2, 1)
+    bm = mx.array(rng.standard_normal((4, 96, 16)).astype(np.float32))
+    c = mx.array(rng.standard_normal((4, 1, 16)).astype(np.float32))
+    scale = np.abs(value(a)) @ np.abs(np.asarray(bm)).astype(np.longdouble) + np.abs(np.asarray(c))
+    check_same(on(mx.gpu, pair.addmm, c, a, bm), on(mx.cpu, pair.addmm, c, a, bm), scale,
+               what="addmm")
+    check_same(on(mx.gpu, pair.addmm, None, a, bm), on(mx.cpu, pair.addmm, None, a, bm),
+               scale, what="addmm without c")
+
+
+def test_rfft_conv_raises_on_cuda():
     x = pair.Pair(mx.ones((2, 4), dtype=mx.float32))
-    with pytest.raises(RuntimeError, match="no CUDA kernel yet"):
-        on(mx.gpu, pair.linear, x, mx.ones((3, 4), dtype=mx.float32))
     with pytest.raises(RuntimeError, match="no CUDA kernel yet"):
         on(mx.gpu, pair.rfft_conv, x, x)

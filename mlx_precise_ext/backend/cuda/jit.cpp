@@ -75,7 +75,9 @@ const char* const kStrictKernelNames[] = {
 // Every kernel of pair_kernels.cuh, compiled together at first use.
 const char* const kPairKernelNames[] = {
     "mlx_precise::gpu::pair_elementwise",
-    "mlx_precise::gpu::pair_layer_norm_rows"};
+    "mlx_precise::gpu::pair_layer_norm_rows",
+    "mlx_precise::gpu::pair_pack_operand",
+    "mlx_precise::gpu::pair_addmm_finish"};
 
 struct Module {
   CUmodule module = nullptr;

@@ -1,7 +1,9 @@
 // CUDA kernels of the pair ops (pair_primitives.h), compiled at run time by
 // NVRTC (jit.cpp): each pair read as the double hi + lo, the op in double
 // (kernels/pair_math.h, as on the CPU), the result written back as a pair
-// (dd_from_double), never rounded to float32.
+// (dd_from_double), never rounded to float32. The pair addmm packs its
+// operands as doubles for cuBLASLt's float64 GEMM (backend/cuda/blas.h) and
+// finishes the product here.
 namespace mlx_precise {
 // NVRTC has no <cstdint>; the shared headers name int64_t.
 using int64_t = long long;
@@ -64,6 +66,77 @@ __global__ void pair_elementwise(
     const ff r = dd_from_double(v);
     out_hi[i] = r.hi;
     out_lo[i] = r.lo;
+  }
+}
+
+// Element (r, col) of batch `batch` of operand a ((m, k) per batch) or b ((k,
+// n)) under the layout's strides.
+__device__ __forceinline__ MP_INT64 operand_offset(
+    const AddmmLayout& l,
+    int operand_b,
+    MP_INT64 batch,
+    MP_INT64 r,
+    MP_INT64 col) {
+  return strided_offset(
+             batch,
+             l.batch_dims,
+             l.batch_shape,
+             operand_b ? l.b_batch : l.a_batch) +
+      r * (operand_b ? l.b_row : l.a_row) +
+      col * (operand_b ? l.b_col : l.a_col);
+}
+
+// Operand a or b of every batch as contiguous row-major doubles: hi + lo (a
+// pair; lo_l is the layout with lo in a's place), or hi alone when lo is null.
+__global__ void pair_pack_operand(
+    const float* hi,
+    const AddmmLayout hi_l,
+    const float* lo,
+    const AddmmLayout lo_l,
+    int operand_b,
+    double* dst) {
+  const MP_INT64 rows = operand_b ? hi_l.k : hi_l.m;
+  const MP_INT64 cols = operand_b ? hi_l.n : hi_l.k;
+  const MP_INT64 per_batch = rows * cols;
+  for (MP_INT64 e =
+           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
+       e < per_batch * hi_l.batches;
+       e += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+    const MP_INT64 batch = e / per_batch;
+    const MP_INT64 w = e - batch * per_batch;
+    const MP_INT64 r = w / cols, col = w - r * cols;
+    const MP_INT64 at = operand_offset(hi_l, operand_b, batch, r, col);
+    dst[e] = lo
+        ? pair_at(hi, lo, at, operand_offset(lo_l, operand_b, batch, r, col))
+        : static_cast<double>(hi[at]);
+  }
+}
+
+// out (batches, m, n) as pairs = product (the float64 GEMM's, null when k = 0)
+// + c, the sum in double.
+__global__ void pair_addmm_finish(
+    const double* product,
+    const float* c,
+    const AddmmLayout l,
+    float* out_hi,
+    float* out_lo) {
+  const MP_INT64 per_batch = static_cast<MP_INT64>(l.m) * l.n;
+  for (MP_INT64 e =
+           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
+       e < per_batch * l.batches;
+       e += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+    double v = product ? product[e] : 0.0;
+    if (l.has_c) {
+      const MP_INT64 batch = e / per_batch;
+      const MP_INT64 w = e - batch * per_batch;
+      const MP_INT64 i = w / l.n, j = w - i * l.n;
+      v += static_cast<double>(
+          c[strided_offset(batch, l.batch_dims, l.batch_shape, l.c_batch) +
+            i * l.c_row + j * l.c_col]);
+    }
+    const ff p = dd_from_double(v);
+    out_hi[e] = p.hi;
+    out_lo[e] = p.lo;
   }
 }
 

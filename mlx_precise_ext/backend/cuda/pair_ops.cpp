@@ -1,16 +1,20 @@
-// eval_gpu of the pair ops on MLX's CUDA backend: PairElementwise and
-// PairLayerNorm run the kernels of pair_kernels.cuh (compiled by jit.cpp) as
-// nodes of the stream's graph through MLX's cu::CommandEncoder, operands read
-// through their strides. PairAddmm and PairRFFTConv have no CUDA kernels yet:
-// a clear error, never a silent move to the CPU.
+// eval_gpu of the pair ops on MLX's CUDA backend: PairElementwise,
+// PairLayerNorm and PairAddmm run the kernels of pair_kernels.cuh (compiled by
+// jit.cpp) as nodes of the stream's graph through MLX's cu::CommandEncoder,
+// operands read through their strides; PairAddmm's product is cuBLASLt's
+// float64 GEMM (blas.h). PairRFFTConv has no CUDA kernel yet: a clear error,
+// never a silent move to the CPU.
 #include <algorithm>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
 #include <cuda.h>
 
+#include <mlx/allocator.h>
 #include <mlx/backend/cuda/utils.h>
 
+#include "backend/cuda/blas.h"
 #include "backend/cuda/encoder.h"
 #include "backend/cuda/jit.h"
 #include "backend/gpu/strict_layout.h"
@@ -47,10 +51,33 @@ RowsLayout operand_layout(const char* op, const mx::array& x) {
   return gpu::rows_layout(op, x);
 }
 
+// Blocks of 256 threads for a grid-stride loop over `total` elements.
+dim3 stride_grid(int64_t total) {
+  return dim3(
+      static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 1 << 20)));
+}
+
+// A device buffer of `doubles` 8-byte words (held as uint64: MLX arrays on
+// the GPU are never float64) that lives until the graph has run.
+mx::array scratch(mx::cu::CommandEncoder& encoder, int64_t doubles) {
+  if (doubles > std::numeric_limits<int>::max())
+    throw std::invalid_argument(
+        "pair addmm / linear: an operand above 2^31 - 1 elements on the GPU; "
+        "split the batch");
+  mx::array buffer(
+      {static_cast<int>(std::max<int64_t>(doubles, 1))},
+      mx::uint64,
+      nullptr,
+      {});
+  buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
+  encoder.add_temporary(buffer);
+  return buffer;
+}
+
 [[noreturn]] void not_on_cuda(const char* op) {
   throw std::runtime_error(
       std::string(op) +
-      ": no CUDA kernel yet (the pair ops' elementwise functions and "
+      ": no CUDA kernel yet (the pair ops' elementwise functions, addmm and "
       "layer_norm have one); pass stream=mx.cpu");
 }
 
@@ -74,9 +101,7 @@ void PairElementwise::eval_gpu(
   launch(
       encoder,
       cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_elementwise"),
-      dim3(
-          static_cast<unsigned>(
-              std::min<int64_t>((size + 255) / 256, 1 << 20))),
+      stride_grid(size),
       dim3(256),
       mx::gpu_ptr<float>(inputs[0]),
       operand_layout(name, inputs[0]),
@@ -129,10 +154,103 @@ void PairLayerNorm::eval_gpu(
       eps_);
 }
 
+// a (a pair) and b widened to doubles, their float64 product, then + c and
+// the split into pairs. Each node registers the inputs and every buffer
+// written so far, so the nodes run in order.
 void PairAddmm::eval_gpu(
-    const std::vector<mx::array>&,
-    std::vector<mx::array>&) {
-  not_on_cuda("pair addmm / linear");
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  int device = 0;
+  auto& encoder = prepare_bound(stream(), inputs, outputs, device);
+  if (outputs[0].size() == 0)
+    return;
+  // Layouts over (a, b[, c]): with a's hi part, and with its lo part.
+  std::vector<mx::array> hi_operands{inputs[0], inputs[2]};
+  if (has_c_)
+    hi_operands.push_back(inputs[3]);
+  std::vector<mx::array> lo_operands = hi_operands;
+  lo_operands[0] = inputs[1];
+  const AddmmLayout l =
+      gpu::addmm_layout(hi_operands, outputs[0], 1.0f, 1.0f, has_c_);
+  const AddmmLayout l_lo =
+      gpu::addmm_layout(lo_operands, outputs[0], 1.0f, 1.0f, has_c_);
+  if (l.batches > std::numeric_limits<int>::max())
+    throw std::invalid_argument(
+        "pair addmm / linear: more than 2^31 - 1 batches on the GPU; split "
+        "the batch");
+  const int batches = static_cast<int>(l.batches);
+  std::vector<mx::array> written(outputs);
+  auto register_all = [&]() {
+    for (const auto& x : inputs)
+      encoder.set_input_array(x);
+    for (const auto& x : written)
+      encoder.set_output_array(x);
+  };
+  const double* product = nullptr;
+  if (l.k > 0) {
+    const int64_t m = l.m, n = l.n, k = l.k;
+    mx::array a_wide = scratch(encoder, l.batches * m * k);
+    mx::array b_wide = scratch(encoder, l.batches * k * n);
+    mx::array out_wide = scratch(encoder, l.batches * m * n);
+    written.insert(written.end(), {a_wide, b_wide, out_wide});
+    double* a_data = static_cast<double*>(mx::gpu_ptr<void>(a_wide));
+    double* b_data = static_cast<double*>(mx::gpu_ptr<void>(b_wide));
+    double* out_data = static_cast<double*>(mx::gpu_ptr<void>(out_wide));
+    const CUfunction pack =
+        cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_pack_operand");
+    register_all();
+    launch(
+        encoder,
+        pack,
+        stride_grid(l.batches * m * k),
+        dim3(256),
+        mx::gpu_ptr<float>(inputs[0]),
+        l,
+        mx::gpu_ptr<float>(inputs[1]),
+        l_lo,
+        0,
+        a_data);
+    register_all();
+    launch(
+        encoder,
+        pack,
+        stride_grid(l.batches * k * n),
+        dim3(256),
+        mx::gpu_ptr<float>(inputs[2]),
+        l,
+        static_cast<const float*>(nullptr),
+        l,
+        1,
+        b_data);
+    register_all();
+    cuda::gemm(
+        encoder,
+        device,
+        stream().index,
+        cuda::GemmType::Float64,
+        l.m,
+        l.n,
+        l.k,
+        batches,
+        cuda::GemmOperand{a_data, false, k, m * k},
+        cuda::GemmOperand{b_data, false, n, k * n},
+        out_data,
+        1.0,
+        0.0);
+    product = out_data;
+  }
+  register_all();
+  launch(
+      encoder,
+      cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_addmm_finish"),
+      stride_grid(static_cast<int64_t>(outputs[0].size())),
+      dim3(256),
+      product,
+      has_c_ ? static_cast<const float*>(mx::gpu_ptr<float>(inputs[3]))
+             : static_cast<const float*>(nullptr),
+      l,
+      mx::gpu_ptr<float>(outputs[0]),
+      mx::gpu_ptr<float>(outputs[1]));
 }
 
 void PairRFFTConv::eval_gpu(
