@@ -187,3 +187,26 @@ def test_extended_layer_norm_correctly_rounded_near_ties(rng):
     b = (mid - base[0]).astype(np.float32)
     y = mp.layer_norm(mx.array(x), mx.array(w), mx.array(b), eps=1e-5, precision="extended")
     np.testing.assert_array_equal(bits(y), bits(layer_norm_reference_mp(x, w, b, 1e-5)))
+
+
+@pytest.mark.parametrize("precision", CERTIFIED)
+def test_fused_jvp_is_correctly_rounded(rng, precision):
+    # The jvp conv(du, k) + conv(u, dk) + du*D + u*dD is one fused evaluation
+    # (ConvolveSum), rounded once: compare with the exact sum of all its products.
+    L = 40
+    u, k, d, du, dk, dd = ((rng.standard_normal(L) * 10.0 ** rng.uniform(-6, 6, L)).astype(np.float32) for _ in range(6))
+    _, (tangent,) = mx.jvp(
+        lambda u, k, d: mp.rfft_conv(u, k, bias=d, precision=precision),
+        [mx.array(u), mx.array(k), mx.array(d)],
+        [mx.array(du), mx.array(dk), mx.array(dd)],
+    )
+    u64, k64, d64, du64, dk64, dd64 = (x.astype(np.float64) for x in (u, k, d, du, dk, dd))
+    expected = [
+        round_exact_sum(
+            [du64[t - j] * k64[j] for j in range(t + 1)]
+            + [u64[t - j] * dk64[j] for j in range(t + 1)]
+            + [du64[t] * d64[t], u64[t] * dd64[t]]
+        )
+        for t in range(L)
+    ]
+    np.testing.assert_array_equal(bits(tangent), bits(expected))
