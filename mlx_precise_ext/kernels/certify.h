@@ -288,10 +288,12 @@ MP_INLINE double gamma_bound(MP_INT64 n) {
 //   - the exact inverse maps a packed product entry to an output with weight
 //     <= 1/(2N) (it stands for two conjugate entries of the full spectrum,
 //     each of weight 1/N, times the packing's factor 4): rho / 4;
-//   - inverse rounding, componentwise: every path from a packed entry to an
-//     output has weight <= 4 (unsplit) x 1 (butterflies) x 1/(4N), so it adds
-//     gamma_s(7u) ||P^||_1 / N <= eps * weight, weight = (2 sqrt 2 + delta)^2
-//     (1 + sqrt 2 gamma_2) / 2.
+//   - inverse rounding, componentwise: each butterfly stage (radix 4: two
+//     levels, twiddle included) and the unsplit err by at most 7u |S| |x|,
+//     and every path from a packed entry to an output has weight <= 4
+//     (unsplit) x 1 (butterflies) x 1/(4N), so it adds gamma_t(7u) ||P^||_1
+//     / N <= gamma_t(7u) weight over t = ceil(log2 H / 2) + 1 stages,
+//     weight = (2 sqrt 2 + delta)^2 (1 + sqrt 2 gamma_2) / 2.
 // An output summing `terms` spectral products before one inverse transform
 // (gradients over broadcast rows) adds gamma_terms weight per term; the bound
 // is then kappa times the sum over the terms of ||a|| ||b||. Times 1 + 2^-10
@@ -301,15 +303,19 @@ MP_INLINE double conv_error_bound(MP_INT64 fft_size, MP_INT64 terms, double u) {
   while ((static_cast<MP_INT64>(2) << log2_half) < fft_size)
     ++log2_half;
   const double eta = 7.0 * u, sqrt2 = 1.4142135623730951;
-  const double stages = static_cast<double>(log2_half + 1);
-  const double eps = gamma_n(stages, eta);
+  const double levels = static_cast<double>(log2_half + 1);
+  const double eps = gamma_n(levels, eta);
+  // The inverse's componentwise bound counts stages (each radix-4 stage
+  // spans two levels), plus the unsplit.
+  const double eps_inverse =
+      gamma_n(static_cast<double>((log2_half + 1) / 2 + 1), eta);
   const double delta = 2.0 * sqrt2 * eps + 4.0 * eta * (1.0 + eps);
   const double g2 = gamma_n(2.0, u);
   const double spectrum = 2.0 * sqrt2 + delta;
   const double rho =
       delta * spectrum + 2.0 * sqrt2 * delta + sqrt2 * g2 * spectrum * spectrum;
   const double weight = 0.5 * spectrum * spectrum * (1.0 + sqrt2 * g2);
-  const double kappa = 0.25 * rho + eps * weight +
+  const double kappa = 0.25 * rho + eps_inverse * weight +
       gamma_n(static_cast<double>(terms), u) * weight;
   return kappa * (1.0 + 1.0 / 1024.0);
 }
