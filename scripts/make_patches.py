@@ -39,6 +39,8 @@ PATH_MAP = {
     "kernels/": "mlx/backend/common/precise/",
     "backend/common/": "mlx/backend/common/precise/",
     "backend/cpu/": "mlx/backend/cpu/",
+    "backend/cuda/": "mlx/backend/cuda/precise/",
+    "backend/gpu/": "mlx/backend/gpu/precise/",
 }
 
 
@@ -154,6 +156,8 @@ class Patch:
     new_files: dict = field(default_factory=dict)  # MLX path -> text
     # (MLX path, insert after this line of the file at the base commit, text)
     inserts: list = field(default_factory=list)
+    # (MLX path, text an earlier patch inserted): taken out again
+    removals: list = field(default_factory=list)
 
 
 # The extension files patch 0001 maps whole (with what they include).
@@ -179,6 +183,16 @@ CONV_FILES = [
     "backend/cpu/rfft_conv_kernels.cpp",
 ]
 
+
+# The extension files patch 0002 maps whole (with what they include).
+STRICT_FILES = [
+    "strict_ops.h",
+    "strict_ops.cpp",
+    "strict_primitives.h",
+    "strict_primitives.cpp",
+    "backend/cpu/strict_ops.cpp",
+    "backend/cpu/strict_kernels.cpp",
+]
 
 # Mapped with drops (rfft_conv.cpp) or replaced by glue (parallel.h).
 CONV_SPECIAL = {"backend/cpu/rfft_conv.cpp", "backend/cpu/parallel.h"}
@@ -236,17 +250,7 @@ def series() -> list:
         new_files={
             **{
                 mlx_path(p): ext_file(p)
-                for p in with_includes(
-                    [
-                        "strict_ops.h",
-                        "strict_ops.cpp",
-                        "strict_primitives.h",
-                        "strict_primitives.cpp",
-                        "backend/cpu/strict_ops.cpp",
-                        "backend/cpu/strict_kernels.cpp",
-                    ],
-                    carried=carried | {"backend/cpu/blas.h"},
-                )
+                for p in with_includes(STRICT_FILES, carried=carried | {"backend/cpu/blas.h"})
             },
             # The one BLAS difference: MLX's cblas_dgemm.
             "mlx/backend/cpu/blas.h": glue("0002/mlx/backend/cpu/blas.h"),
@@ -269,8 +273,76 @@ def series() -> list:
             ("python/tests/test_fast.py", 1179, glue("0002/python/tests/test_fast.py")),
         ],
     )
-    return [conv, strict]
+    carried |= set(with_includes(STRICT_FILES, carried)) | {"backend/cpu/blas.h"}
+    cuda_conv = Patch(
+        "0003-fft-rfft_conv-cuda",
+        "0003.msg",
+        new_files={
+            **{
+                mlx_path(p): ext_file(p)
+                for p in with_includes(
+                    [
+                        "backend/cuda/rfft_conv.cpp",
+                        "backend/cuda/kernel_support.cpp",
+                        "backend/cuda/rfft_conv_kernels.cuh",
+                        "backend/gpu/conv_layout.cpp",
+                    ],
+                    carried=carried,
+                )
+            },
+            # The one CUDA difference: kernels compiled by MLX's cu::JitModule.
+            "mlx/backend/cuda/precise/jit.cpp": glue("0003/mlx/backend/cuda/precise/jit.cpp"),
+        },
+        inserts=[
+            ("mlx/backend/cuda/CMakeLists.txt", 73, glue("0003/mlx/backend/cuda/CMakeLists.txt")),
+            ("mlx/backend/cuda/CMakeLists.txt", 106, cuda_jit_sources()),
+            ("mlx/backend/cuda/jit_module.cpp", 280, jit_header_names()),
+            ("mlx/backend/cuda/jit_module.cpp", 302, jit_header_sources()),
+            ("mlx/backend/cuda/jit_module.cpp", 342, JIT_NO_CONTRACTION),
+            ("mlx/backend/gpu/CMakeLists.txt", 4, "          ${CMAKE_CURRENT_SOURCE_DIR}/precise/conv_layout.cpp\n"),
+        ],
+        removals=[
+            ("mlx/backend/cuda/primitives.cpp", '#include "mlx/precise/primitives.h"\n'),
+            ("mlx/backend/cuda/primitives.cpp", "NO_GPU(RFFTConv)\nNO_GPU(BiasGradient)\n"),
+        ],
+    )
+    return [conv, strict, cuda_conv]
 
+
+# The kernel headers the CUDA rfft_conv kernels include, by file name: MLX's
+# CMake embeds them (bin2h: jit_source_<stem>) and jit_module.cpp hands them to
+# NVRTC under these names.
+CUDA_CONV_HEADERS = [Path(p).name for p in with_includes(["kernels/rfft_conv_rows.h"], set())]
+
+
+def cuda_jit_sources() -> str:
+    listed = "".join(f"  ../common/precise/{h}\n" for h in CUDA_CONV_HEADERS)
+    return (
+        "# The rfft_conv kernels and the headers they share with the CPU backend.\n"
+        "list(\n  APPEND\n  MLX_JIT_SOURCES\n  precise/rfft_conv_kernels.cuh\n"
+        + listed.rstrip("\n")
+        + ")\n"
+    )
+
+
+def jit_header_names() -> str:
+    return "    // mx.fft.rfft_conv's kernel headers, included by file name.\n" + "".join(
+        f'    "{h}",\n' for h in CUDA_CONV_HEADERS
+    )
+
+
+def jit_header_sources() -> str:
+    return "".join(f"    jit_source_{Path(h).stem},\n" for h in CUDA_CONV_HEADERS)
+
+
+# NVRTC contracts a*b+c by default; the correctly rounded ops' modules
+# ("precise_*") need every double operation rounded on its own.
+JIT_NO_CONTRACTION = """  // The correctly rounded ops (mlx/precise) round each double operation once:
+  // their modules compile without contraction.
+  if (module_name.starts_with("precise_")) {
+    args.push_back("--fmad=false");
+  }
+"""
 
 STRICT_INCLUDE = '#include "mlx/precise/strict_primitives.h"\n'
 STRICT_NO_GPU = "NO_GPU(StrictAddmm)\nNO_GPU(StrictLayerNorm)\nNO_GPU_MULTI(StrictLayerNormVJP)\n"
@@ -296,38 +368,56 @@ def _new_file_diff(path: str, text: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def _insert_diff(path: str, hunks: list) -> str:
-    """hunks: (line of the file before this patch, text), sorted."""
+def _hunks(ops: list) -> list:
+    """ops: (line of the file before this patch, lines to insert after it or
+    None, lines removed from there on), in file order -> diff -U0 hunk lines."""
+    out, added = [], 0
+    for line, inserted, removed in ops:
+        if removed:
+            out.append(f"@@ -{line},{len(removed)} +{line - 1 + added},0 @@")
+            out += ["-" + r for r in removed]
+            added -= len(removed)
+        else:
+            out.append(f"@@ -{line},0 +{line + added + 1},{len(inserted)} @@")
+            out += ["+" + r for r in inserted]
+            added += len(inserted)
+    return out
+
+
+def _edit_diff(path: str, ops: list) -> str:
     out = [f"diff --git a/{path} b/{path}", f"--- a/{path}", f"+++ b/{path}"]
-    added = 0
-    for after, text in hunks:
-        lines = text.splitlines()
-        out.append(f"@@ -{after},0 +{after + added + 1},{len(lines)} @@")
-        out += ["+" + line for line in lines]
-        added += len(lines)
-    return "\n".join(out) + "\n"
+    return "\n".join(out + _hunks(ops)) + "\n"
 
 
 def render(patches: list) -> dict:
     """File name -> text of every file under patches/ the generator owns."""
     files = {}
-    earlier = {}  # MLX path -> [(base line, lines added)] by earlier patches
+    # MLX path -> the blocks earlier patches inserted, in file order:
+    # [base line they follow, their lines]
+    blocks = {}
     for number, patch in enumerate(patches, 1):
         diffs = {}
         for path, text in patch.new_files.items():
             diffs[path] = _new_file_diff(path, text)
-        by_file = {}
+        ops = {}  # MLX path -> [(sort key, line, inserted, removed)]
+        for path, text in patch.removals:
+            lines = text.splitlines()
+            placed = blocks.get(path, [])
+            i = next(i for i, (_, b) in enumerate(placed) if b == lines)
+            start = placed[i][0] + sum(len(b) for _, b in placed[:i]) + 1
+            ops.setdefault(path, []).append((start, start, None, lines))
         for path, base_line, text in patch.inserts:
-            by_file.setdefault(path, []).append((base_line, text))
-        for path, hunks in by_file.items():
-            hunks.sort(key=lambda h: h[0])
-            shifted = []
-            for base_line, text in hunks:
-                shift = sum(n for b, n in earlier.get(path, []) if b <= base_line)
-                shifted.append((base_line + shift, text))
-            diffs[path] = _insert_diff(path, shifted)
-            for base_line, text in hunks:
-                earlier.setdefault(path, []).append((base_line, len(text.splitlines())))
+            after = base_line + sum(len(b) for n, b in blocks.get(path, []) if n <= base_line)
+            ops.setdefault(path, []).append((after + 0.5, after, text.splitlines(), None))
+        for path, path_ops in ops.items():
+            path_ops.sort(key=lambda op: op[0])
+            diffs[path] = _edit_diff(path, [op[1:] for op in path_ops])
+        for path, text in patch.removals:
+            blocks[path].remove(next(b for b in blocks[path] if b[1] == text.splitlines()))
+        for path, base_line, text in sorted(patch.inserts, key=lambda i: i[1]):
+            placed = blocks.setdefault(path, [])
+            at = sum(1 for n, _ in placed if n <= base_line)
+            placed.insert(at, [base_line, text.splitlines()])
         body = "".join(diffs[p] for p in sorted(diffs))
         files[f"{patch.name}.patch"] = _header(patch, number, len(patches)) + body
     return files

@@ -20,8 +20,19 @@ def test_patches_are_generated_from_the_current_sources(tmp_path):
 
 def test_patches_add_only_this_projects_lines():
     # Zero-context insertions and whole new files: no line of MLX's own source is
-    # carried (no context, no removals).
-    for patch in (ROOT / "patches").glob("*.patch"):
-        diff = patch.read_text().split("\ndiff --git ", 1)[1]
-        for line in diff.splitlines():
-            assert not line.startswith((" ", "-")) or line.startswith("--- "), (patch.name, line)
+    # carried (no context lines; a removal only takes out a line an earlier
+    # patch of the series added to that file).
+    added = {}  # MLX path -> lines earlier patches added
+    for patch in sorted((ROOT / "patches").glob("*.patch")):
+        for diff in patch.read_text().split("\ndiff --git ")[1:]:
+            path = diff.split(" ", 1)[0][len("a/") :]
+            ours = added.setdefault(path, [])
+            for line in diff.splitlines()[1:]:
+                if line.startswith(("--- ", "+++ ")):
+                    continue
+                assert not line.startswith(" "), (patch.name, line)
+                if line.startswith("-"):
+                    assert line[1:] in ours, (patch.name, path, line)
+                    ours.remove(line[1:])
+                elif line.startswith("+"):
+                    ours.append(line[1:])

@@ -1,11 +1,14 @@
-// Run-time compilation of the CUDA kernels (NVRTC) from the sources
-// embedded at build time, and the device-side copies of the FFT tables.
+// The CUDA kernels, compiled at run time, and what launching them needs.
+// get_kernel and get_strict_kernel are the compiler adapter (jit.cpp: NVRTC in
+// the extension, MLX's cu::JitModule inside MLX); the rest is
+// kernel_support.cpp, the same in both.
 #pragma once
 
 #include <cuda.h>
 
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "precision.h"
 
@@ -18,14 +21,32 @@ namespace mlx_precise::cuda {
 CUfunction
 get_kernel(int device, Precision p, const std::string& name, bool shared);
 
-// The strict-ops kernel `name_expression` (one of jit.cpp's
-// kStrictKernelNames, e.g. "mlx_precise::gpu::layer_norm_rows<double>"),
-// compiled for `device` at first use (all strict kernels at once) and cached.
+// The strict-ops kernel `name_expression` (one of strict_kernel_names(), e.g.
+// "mlx_precise::gpu::layer_norm_rows<double>"), compiled for `device` at first
+// use (all strict kernels at once) and cached.
 CUfunction get_strict_kernel(int device, const std::string& name_expression);
 
-// The pair-ops kernel `name_expression` (one of jit.cpp's kPairKernelNames),
+// The pair-ops kernel `name_expression` (one of pair_kernel_names()),
 // compiled for `device` at first use (all pair kernels at once) and cached.
 CUfunction get_pair_kernel(int device, const std::string& name_expression);
+
+// The name expressions of the rfft_conv kernels of precision p (all of them;
+// one module per precision) and of the one named `name`.
+std::vector<std::string> conv_kernel_names(Precision p);
+std::string conv_kernel_name(Precision p, const std::string& name, bool shared);
+
+// The name expressions of every strict-ops kernel (one module; defined with
+// the strict ops, strict_ops.cpp).
+std::vector<std::string> strict_kernel_names();
+// The same for the pair ops (defined in pair_ops.cpp).
+std::vector<std::string> pair_kernel_names();
+
+// Lets launches of `kernel` request all the dynamic shared memory its static
+// shared variables leave of the device's opt-in per-block limit.
+void allow_dynamic_shared(CUfunction kernel, int device);
+
+// Throws, naming `what`, if a CUDA driver call failed.
+void check_driver(CUresult r, const char* what);
 
 struct DeviceInfo {
   int multiprocessors;
@@ -37,9 +58,9 @@ const DeviceInfo& device_info(int device);
 // (constant tables, cached by the caller).
 CUdeviceptr upload_constant(const void* data, size_t bytes);
 
-// Largest block size the compiled kernel can launch with.
 // Bytes of dynamic shared memory a launch of `kernel` may request.
 int max_dynamic_shared(CUfunction kernel);
+// Largest block size the compiled kernel can launch with.
 int max_block_threads(CUfunction kernel);
 
 // Blocks of `threads` threads and `shared_bytes` dynamic shared memory that

@@ -8,6 +8,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <cuda.h>
 
@@ -22,6 +23,15 @@
 #include "pair_primitives.h"
 
 namespace mlx_precise {
+
+// Every kernel of pair_kernels.cuh (one module, compiled at first use).
+std::vector<std::string> cuda::pair_kernel_names() {
+  return {
+      "mlx_precise::gpu::pair_elementwise",
+      "mlx_precise::gpu::pair_layer_norm_rows",
+      "mlx_precise::gpu::pair_pack_operand",
+      "mlx_precise::gpu::pair_addmm_finish"};
+}
 
 namespace {
 

@@ -7,6 +7,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <cuda.h>
 
@@ -23,6 +24,24 @@
 #include "strict_primitives.h"
 
 namespace mlx_precise {
+
+// Every kernel of strict_kernels.cuh (one module, compiled at first use).
+std::vector<std::string> cuda::strict_kernel_names() {
+  return {
+      "mlx_precise::gpu::addmm_norms",
+      "mlx_precise::gpu::addmm_tiles<mlx_precise::gpu::DoubleWordDot>",
+      "mlx_precise::gpu::pack_operand<float>",
+      "mlx_precise::gpu::pack_operand<double>",
+      "mlx_precise::gpu::fill_from_c",
+      "mlx_precise::gpu::addmm_certify",
+      "mlx_precise::gpu::addmm_recompute",
+      "mlx_precise::gpu::layer_norm_rows<double>",
+      "mlx_precise::gpu::layer_norm_rows<mlx_precise::ff>",
+      "mlx_precise::gpu::layer_norm_grad_rows<double>",
+      "mlx_precise::gpu::layer_norm_grad_rows<mlx_precise::ff>",
+      "mlx_precise::gpu::layer_norm_param_grads<double>",
+      "mlx_precise::gpu::layer_norm_param_grads<mlx_precise::ff>"};
+}
 
 namespace {
 

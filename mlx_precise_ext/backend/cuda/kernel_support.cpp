@@ -1,0 +1,148 @@
+// The parts of the CUDA kernel management that do not depend on how the
+// kernels are compiled: their names, launch limits and constant tables.
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/jit.h"
+
+namespace mlx_precise::cuda {
+
+void check_driver(CUresult r, const char* what) {
+  if (r != CUDA_SUCCESS) {
+    const char* msg = nullptr;
+    cuGetErrorString(r, &msg);
+    throw std::runtime_error(
+        std::string("mlx-precise CUDA: ") + what +
+        " failed: " + (msg ? msg : "unknown error"));
+  }
+}
+
+namespace {
+
+const char* working_type(Precision p) {
+  switch (p) {
+    case Precision::Float32:
+      return "float";
+    case Precision::Extended:
+      return "double";
+    case Precision::DoubleDouble:
+      return "mlx_precise::ff";
+  }
+  return "";
+}
+
+} // namespace
+
+std::string
+conv_kernel_name(Precision p, const std::string& name, bool shared) {
+  std::string e = "mlx_precise::gpu::" + name + "<" + working_type(p);
+  if (name != "product_sum")
+    e += shared ? ", true" : ", false";
+  return e + ">";
+}
+
+namespace {
+
+const char* const kKernelNames[] = {
+    "kernel_spectra",
+    "conv_rows",
+    "reduce_rows",
+    "product_sum"};
+
+} // namespace
+
+std::vector<std::string> conv_kernel_names(Precision p) {
+  std::vector<std::string> names;
+  for (const char* k : kKernelNames) {
+    names.push_back(conv_kernel_name(p, k, true));
+    if (std::string(k) != "product_sum")
+      names.push_back(conv_kernel_name(p, k, false));
+  }
+  return names;
+}
+
+void allow_dynamic_shared(CUfunction kernel, int device) {
+  // Dynamic shared memory may use what the kernel's static shared variables
+  // (the snap decision's row summaries) leave of the per-block maximum.
+  int static_shared = 0;
+  check_driver(
+      cuFuncGetAttribute(
+          &static_shared, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, kernel),
+      "cuFuncGetAttribute");
+  check_driver(
+      cuFuncSetAttribute(
+          kernel,
+          CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+          device_info(device).max_shared_per_block - static_shared),
+      "cuFuncSetAttribute");
+}
+
+const DeviceInfo& device_info(int device) {
+  static std::mutex mutex;
+  static std::map<int, DeviceInfo> infos;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = infos.find(device);
+  if (it != infos.end())
+    return it->second;
+  CUdevice dev;
+  check_driver(cuDeviceGet(&dev, device), "cuDeviceGet");
+  DeviceInfo info{};
+  check_driver(
+      cuDeviceGetAttribute(
+          &info.multiprocessors, CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, dev),
+      "cuDeviceGetAttribute");
+  check_driver(
+      cuDeviceGetAttribute(
+          &info.max_shared_per_block,
+          CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+          dev),
+      "cuDeviceGetAttribute");
+  return infos.emplace(device, info).first->second;
+}
+
+CUdeviceptr upload_constant(const void* data, size_t bytes) {
+  CUdeviceptr ptr;
+  check_driver(cuMemAlloc(&ptr, bytes > 0 ? bytes : 1), "cuMemAlloc");
+  if (bytes > 0)
+    check_driver(cuMemcpyHtoD(ptr, data, bytes), "cuMemcpyHtoD");
+  return ptr;
+}
+
+int max_dynamic_shared(CUfunction kernel) {
+  int n = 0;
+  check_driver(
+      cuFuncGetAttribute(
+          &n, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, kernel),
+      "cuFuncGetAttribute");
+  return n;
+}
+
+int max_block_threads(CUfunction kernel) {
+  int n = 0;
+  check_driver(
+      cuFuncGetAttribute(&n, CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK, kernel),
+      "cuFuncGetAttribute");
+  return n;
+}
+
+int resident_blocks(
+    int device,
+    CUfunction kernel,
+    int threads,
+    size_t shared_bytes) {
+  int per_sm = 0;
+  check_driver(
+      cuOccupancyMaxActiveBlocksPerMultiprocessor(
+          &per_sm, kernel, threads, shared_bytes),
+      "cuOccupancyMaxActiveBlocksPerMultiprocessor");
+  if (per_sm < 1) {
+    throw std::runtime_error(
+        "mlx-precise CUDA: an rfft_conv block does not fit on the device");
+  }
+  return per_sm * device_info(device).multiprocessors;
+}
+
+} // namespace mlx_precise::cuda
