@@ -91,6 +91,11 @@ def drop_definitions(text: str, starts: list) -> str:
     while i < len(lines):
         line = lines[i]
         if line in starts and not line.endswith("("):
+            if line.endswith(";"):  # a declaration: with its comment
+                while out and out[-1].startswith("//"):
+                    out.pop()
+                if i + 1 < len(lines) and lines[i + 1] == "" and out and out[-1] == "":
+                    i += 1
             i += 1
             continue
         if any(line.startswith(s) for s in starts if s.endswith("(")):
@@ -274,6 +279,7 @@ def series() -> list:
         ],
     )
     carried |= set(with_includes(STRICT_FILES, carried)) | {"backend/cpu/blas.h"}
+    carried |= {"backend/cuda/jit.h"}
     cuda_conv = Patch(
         "0003-fft-rfft_conv-cuda",
         "0003.msg",
@@ -290,6 +296,7 @@ def series() -> list:
                     carried=carried,
                 )
             },
+            "mlx/backend/cuda/precise/jit.h": ext_file("backend/cuda/jit.h", drop=CUDA_LATER),
             # The one CUDA difference: kernels compiled by MLX's cu::JitModule.
             "mlx/backend/cuda/precise/jit.cpp": glue("0003/mlx/backend/cuda/precise/jit.cpp"),
         },
@@ -308,6 +315,15 @@ def series() -> list:
     )
     return [conv, strict, cuda_conv]
 
+
+# What jit.h declares for ops the CUDA patch does not carry (the strict ops
+# come with their GPU patch; the pair ops stay in the extension).
+CUDA_LATER = (
+    "CUfunction get_strict_kernel(int device, const std::string& name_expression);",
+    "CUfunction get_pair_kernel(int device, const std::string& name_expression);",
+    "std::vector<std::string> strict_kernel_names();",
+    "std::vector<std::string> pair_kernel_names();",
+)
 
 # The kernel headers the CUDA rfft_conv kernels include, by file name: MLX's
 # CMake embeds them (bin2h: jit_source_<stem>) and jit_module.cpp hands them to

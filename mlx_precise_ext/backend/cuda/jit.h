@@ -1,7 +1,7 @@
 // The CUDA kernels, compiled at run time, and what launching them needs.
-// get_kernel and get_strict_kernel are the compiler adapter (jit.cpp: NVRTC in
-// the extension, MLX's cu::JitModule inside MLX); the rest is
-// kernel_support.cpp, the same in both.
+// The get_*kernel functions are the compiler adapter (jit.cpp: NVRTC in the
+// extension, MLX's cu::JitModule inside MLX); the rest is kernel_support.cpp,
+// the same in both.
 #pragma once
 
 #include <cuda.h>
@@ -38,7 +38,9 @@ std::string conv_kernel_name(Precision p, const std::string& name, bool shared);
 // The name expressions of every strict-ops kernel (one module; defined with
 // the strict ops, strict_ops.cpp).
 std::vector<std::string> strict_kernel_names();
-// The same for the pair ops (defined in pair_ops.cpp).
+
+// The name expressions of every pair-ops kernel (one module; defined with the
+// pair ops, pair_ops.cpp).
 std::vector<std::string> pair_kernel_names();
 
 // Lets launches of `kernel` request all the dynamic shared memory its static
