@@ -407,6 +407,81 @@ MP_INLINE bool running_round(
   return certified_round(v, kUnitRoundoff64 * (1.0 + 1.0 / 1024.0) * mass, out);
 }
 
+// The second stage, for the outputs the running sum cannot decide (results
+// far below the sum of |partial sums|): compensated summation (Neumaier) in
+// kDotLanes lanes. Lane l's exact sum is hi[l] + sum e_i over its TwoSum
+// errors e_i, and lo[l] = fl(sum e_i) is off by at most gamma_n sum |e_i|.
+struct CompensatedSum {
+  double hi[kDotLanes];
+  double lo[kDotLanes];
+  double mass[kDotLanes]; // sum of |e_i|
+  MP_INT64 count;
+};
+
+MP_INLINE void compensated_init(MP_THREAD CompensatedSum& c) {
+  for (int l = 0; l < kDotLanes; ++l)
+    c.hi[l] = c.lo[l] = c.mass[l] = 0.0;
+  c.count = 0;
+}
+
+MP_INLINE void compensated_add(
+    MP_THREAD double& hi,
+    MP_THREAD double& lo,
+    MP_THREAD double& mass,
+    double p) {
+  const double s = hi + p;
+  const double pp = s - hi;
+  const double e = (hi - (s - pp)) + (p - pp);
+  hi = s;
+  lo += e;
+  mass += fabs(e);
+}
+
+// c += sum_{k < count} a(m0 - k) b(j0 + k).
+template <class RowA, class RowB>
+MP_INLINE void compensated_add_range(
+    MP_THREAD CompensatedSum& c,
+    RowA a,
+    RowB b,
+    MP_INT64 m0,
+    MP_INT64 j0,
+    MP_INT64 count) {
+  MP_INT64 k = 0;
+  for (; k + kDotLanes <= count; k += kDotLanes)
+    for (int l = 0; l < kDotLanes; ++l)
+      compensated_add(
+          c.hi[l],
+          c.lo[l],
+          c.mass[l],
+          static_cast<double>(a(m0 - k - l)) *
+              static_cast<double>(b(j0 + k + l)));
+  for (int l = 0; k < count; ++k, ++l)
+    compensated_add(
+        c.hi[l],
+        c.lo[l],
+        c.mass[l],
+        static_cast<double>(a(m0 - k)) * static_cast<double>(b(j0 + k)));
+  c.count += count;
+}
+
+// certified_round of the compensated sum: the lanes' leading parts summed
+// with compensation once more, the low parts added; every error is bounded by
+// gamma_(n + 2 lanes) times the total mass plus |lo|.
+MP_INLINE bool compensated_round(
+    MP_THREAD CompensatedSum& c,
+    MP_THREAD float* out) {
+  for (int l = 1; l < kDotLanes; ++l) {
+    compensated_add(c.hi[0], c.lo[0], c.mass[0], c.hi[l]);
+    c.lo[0] += c.lo[l];
+    c.mass[0] += c.mass[l] + fabs(c.lo[l]);
+  }
+  const double v = c.hi[0] + c.lo[0];
+  const double err =
+      gamma_bound(c.count + 2 * kDotLanes) * (c.mass[0] + fabs(c.lo[0])) +
+      2.0 * kUnitRoundoff64 * fabs(v);
+  return certified_round(v, err, out);
+}
+
 #endif // MP_HAS_DOUBLE
 
 } // namespace mlx_precise

@@ -633,7 +633,8 @@ void bias_range(RealRow a, RealRow d, int64_t t, auto range) {
 
 // The correctly rounded sum of the product ranges that for_each_range(range)
 // enumerates: first summed in double (certified with its running error
-// bound, which decides all but heavy cancellations), else exactly.
+// bound), then with compensation (certified likewise: decides all but
+// results far below 2^-50 of the sum's mass), else exactly.
 template <class ForEachRange>
 float correctly_rounded_sum(ForEachRange for_each_range) {
   RunningSum r;
@@ -643,6 +644,13 @@ float correctly_rounded_sum(ForEachRange for_each_range) {
   });
   float out;
   if (running_round(r, &out))
+    return out;
+  CompensatedSum c;
+  compensated_init(c);
+  for_each_range([&](auto a, auto b, int64_t m0, int64_t j0, int64_t count) {
+    compensated_add_range(c, a, b, m0, j0, count);
+  });
+  if (compensated_round(c, &out))
     return out;
   ExactSum s;
   exact_sum_init(s);
