@@ -482,6 +482,67 @@ MP_INLINE bool compensated_round(
   return certified_round(v, err, out);
 }
 
+// What certifying the outputs of one row needs: the bound on the transform's
+// error, the relative error of the steps after it (the fold's addition, the
+// bias additions), and whether every input is finite (a row with NaN/Inf
+// keeps the transform's value: nothing to certify, and recomputing each of its
+// outputs exactly would cost O(L Lk)).
+struct RowCertificate {
+  double conv_err;
+  double rel;
+  bool finite;
+};
+
+// Step 1 for a row of a size-fft_size convolution: norm_products is the sum
+// over the row's `terms` of ||a|| ||b||; `fold` when two cyclic entries are
+// added into one output; bias_terms exact products added after the transform.
+MP_INLINE RowCertificate row_certificate(
+    MP_INT64 fft_size,
+    bool fold,
+    double norm_products,
+    MP_INT64 terms,
+    MP_INT64 bias_terms) {
+  const double copies = fold ? 2.0 : 1.0;
+  RowCertificate c;
+  c.conv_err = copies *
+      (conv_error_bound(fft_size, terms, kUnitRoundoff64) * norm_products +
+       static_cast<double>(terms) * kUnderflowError64);
+  c.rel = (1.0 + 1.0 / 64.0) * kUnitRoundoff64 *
+      static_cast<double>((fold ? 1 : 0) + bias_terms);
+  c.finite = fabs(norm_products) <= 1.7976931348623157e308; // not inf, not NaN
+  return c;
+}
+
+// Step 3: the correctly rounded sum of the product ranges that
+// for_each_range(range) enumerates, range(a, b, m0, j0, count) standing for
+// a(m0 - k) b(j0 + k), k < count: first summed in double (certified with its
+// running error bound), then with compensation (certified likewise: decides
+// all but results far below 2^-50 of the sum's mass), else exactly.
+template <class ForEachRange>
+MP_INLINE float correctly_rounded_sum(ForEachRange for_each_range) {
+  RunningSum r;
+  running_init(r);
+  for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 count) {
+    running_add_range(r, a, b, m0, j0, count);
+  });
+  float out;
+  if (running_round(r, &out))
+    return out;
+  CompensatedSum c;
+  compensated_init(c);
+  for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 count) {
+    compensated_add_range(c, a, b, m0, j0, count);
+  });
+  if (compensated_round(c, &out))
+    return out;
+  ExactSum s;
+  exact_sum_init(s);
+  for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 count) {
+    exact_sum_add_range(s, a, b, m0, j0, count);
+  });
+  return exact_sum_round(s);
+}
+
 #endif // MP_HAS_DOUBLE
 
 } // namespace mlx_precise

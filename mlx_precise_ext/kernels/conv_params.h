@@ -75,4 +75,16 @@ struct ConvShape {
   int rows_per_group_split; // work items per outer index (shared-kernel launch)
 };
 
+#if MP_HAS_DOUBLE
+// Outputs that did not certify (kernels/certify.h step 2), as row * out_len +
+// t (row: the launch's output row number), for the recompute pass; past
+// `capacity` entries an output is recomputed where it was found. The
+// certified precisions need double, which Metal lacks.
+struct OpenList {
+  MP_INT64* entries;
+  unsigned long long* count;
+  MP_INT64 capacity;
+};
+#endif
+
 } // namespace mlx_precise

@@ -7,9 +7,12 @@
 //
 // Each step performs the same operations in the same order as the CPU engine
 // (backend/cpu/rfft_conv_kernels.cpp); which thread performs an operation
-// never changes its result, so dd outputs are bitwise equal to the CPU's.
+// never changes its result. Where double exists (CUDA) the outputs are then
+// certified (the section "certification" below), so that they equal the
+// CPU's correctly rounded bits.
 #pragma once
 
+#include "certify.h"
 #include "conv_params.h"
 #include "rfft_conv_core.h"
 
@@ -291,12 +294,11 @@ MP_INLINE T time_sample(Ptr re, Ptr im, MP_INT64 i) {
   return (i & 1) ? im[i >> 1] : re[i >> 1];
 }
 
-// Output entry t of the cyclic convolution held in (re, im): the fold, the
+// The entries of the cyclic convolution that form output t: the fold, the
 // reversal and the support rule of gather_index (rfft_conv_core.h).
-template <class T, class Ptr>
-MP_INLINE T
-gather_output(Ptr re, Ptr im, MP_CONSTANT const ConvShape& g, MP_INT64 t) {
-  const GatherIndex idx = gather_index(
+MP_INLINE GatherIndex
+output_entries(MP_CONSTANT const ConvShape& g, MP_INT64 t) {
+  return gather_index(
       t,
       g.fft_size,
       g.period,
@@ -304,6 +306,13 @@ gather_output(Ptr re, Ptr im, MP_CONSTANT const ConvShape& g, MP_INT64 t) {
       g.out_reversed != 0,
       g.out_origin,
       g.a_len + g.b_len - 1);
+}
+
+// Output entry t of the cyclic convolution held in (re, im).
+template <class T, class Ptr>
+MP_INLINE T
+gather_output(Ptr re, Ptr im, MP_CONSTANT const ConvShape& g, MP_INT64 t) {
+  const GatherIndex idx = output_entries(g, t);
   T v{};
   if (idx.first >= 0)
     v = time_sample<T>(re, im, idx.first);
@@ -383,5 +392,147 @@ MP_INLINE int snap_from_summaries(
     return kNoSnap;
   return snap_decision(required, a.quantum, b.quantum, has_bias, d.quantum);
 }
+
+#if MP_HAS_DOUBLE
+// ----------------------------------------------------------- certification
+// ---- The steps of kernels/certify.h for the double engine (extended, and
+// dd, which runs it too, as on the CPU). Every output comes out correctly
+// rounded, so which thread computes it, and in which order, never matters.
+
+// The working precisions whose outputs are certified.
+template <class T>
+struct Certified {
+  static constexpr bool value = false;
+};
+template <>
+struct Certified<double> {
+  static constexpr bool value = true;
+};
+
+// The thread's part of the sum of squares of row[0..len) (each square exact
+// in double); the group's parts add up to ||row||_2^2.
+MP_INLINE double square_sum_part(
+    const MP_DEVICE float* row,
+    MP_INT64 stride,
+    MP_INT64 len,
+    int tid,
+    int nthreads) {
+  double sum = 0.0;
+  for (MP_INT64 i = tid; i < len; i += nthreads) {
+    const double x = static_cast<double>(row[i * stride]);
+    sum += x * x;
+  }
+  return sum;
+}
+
+// Element m of a row as the transform loaded it (back to front when
+// reversed).
+struct DeviceRow {
+  const MP_DEVICE float* data;
+  MP_INT64 stride;
+  MP_INT64 len;
+  bool reversed;
+  MP_INLINE float operator()(MP_INT64 m) const {
+    return data[(reversed ? len - 1 - m : m) * stride];
+  }
+};
+
+// Step 2 for one output: value is the transform's value plus the bias
+// products (each exact in double), magnitude |transform| + sum |products|.
+// Writes the float to *out; false when the output must be recomputed. A row
+// with a NaN/Inf input keeps float(value).
+MP_INLINE bool certify_output(
+    MP_THREAD const RowCertificate& c,
+    double value,
+    double magnitude,
+    MP_DEVICE float* out) {
+  float rounded = static_cast<float>(value);
+  const bool done = !c.finite ||
+      certified_round(value, c.conv_err + c.rel * magnitude, &rounded);
+  *out = rounded;
+  return done;
+}
+
+// Step 3: output t of the rows (outer, j), j in [j_begin, j_end), summed over
+// them, correctly rounded from its products: the cyclic convolution entries
+// that gather_output reads, then the bias products a[t] bias[t].
+MP_INLINE float recompute_output(
+    const MP_DEVICE float* a,
+    const MP_DEVICE float* b,
+    const MP_DEVICE float* bias,
+    MP_CONSTANT const RowIndex& ix,
+    MP_CONSTANT const ConvShape& g,
+    MP_INT64 outer,
+    MP_INT64 j_begin,
+    MP_INT64 j_end,
+    MP_INT64 t) {
+  const GatherIndex idx = output_entries(g, t);
+  const MP_INT64 a_step = ix.time_stride[kOperandA],
+                 b_step = ix.time_stride[kOperandB],
+                 d_step = ix.time_stride[kOperandBias];
+  return correctly_rounded_sum([&](auto range) {
+    for (MP_INT64 j = j_begin; j < j_end; ++j) {
+      const MP_DEVICE float* a_row = a + row_offset(ix, kOperandA, outer, j);
+      const DeviceRow a_loaded{a_row, a_step, g.a_len, g.a_reversed != 0};
+      const DeviceRow b_row{
+          b + row_offset(ix, kOperandB, outer, j), b_step, g.b_len, false};
+      auto cyclic_entry = [&](MP_INT64 i) {
+        if (i >= 0)
+          for_each_cyclic_range(
+              g.a_len,
+              g.b_len,
+              g.fft_size,
+              i,
+              [&](MP_INT64 m0, MP_INT64 j0, MP_INT64 count) {
+                range(a_loaded, b_row, m0, j0, count);
+              });
+      };
+      cyclic_entry(idx.first);
+      cyclic_entry(idx.second);
+      if (g.has_bias)
+        range(
+            DeviceRow{a_row, a_step, g.a_len, false},
+            DeviceRow{
+                bias + row_offset(ix, kOperandBias, outer, j),
+                d_step,
+                g.out_len,
+                false},
+            t,
+            t,
+            1);
+    }
+  });
+}
+
+// Bias gradient: sum over j < rows of a_j[t] b_j[t], t in [t_begin, t_end),
+// correctly rounded. a is read back to front so that the products are ranges
+// a(m0 - k) b(j0 + k) with m0 - k = t_begin + k.
+MP_INLINE float recompute_product_sum(
+    const MP_DEVICE float* a,
+    const MP_DEVICE float* b,
+    MP_CONSTANT const RowIndex& ix,
+    MP_INT64 outer,
+    MP_INT64 len,
+    MP_INT64 t_begin,
+    MP_INT64 t_end) {
+  return correctly_rounded_sum([&](auto range) {
+    for (MP_INT64 j = 0; j < ix.inner_count; ++j)
+      range(
+          DeviceRow{
+              a + row_offset(ix, kOperandA, outer, j),
+              ix.time_stride[kOperandA],
+              len,
+              true},
+          DeviceRow{
+              b + row_offset(ix, kOperandB, outer, j),
+              ix.time_stride[kOperandB],
+              len,
+              false},
+          len - 1 - t_begin,
+          t_begin,
+          t_end - t_begin);
+  });
+}
+#endif // MP_HAS_DOUBLE
 
 } // namespace mlx_precise

@@ -528,34 +528,6 @@ double row_norm(RealRow row, int64_t len) {
   return std::sqrt(sum);
 }
 
-// What certifying the outputs of one row needs: the bound on the transform's
-// error, the relative error of the steps after it (the fold's addition, the
-// bias additions), and whether every input is finite (a row with NaN/Inf
-// keeps the transform's value: nothing to certify, and recomputing each of its
-// outputs exactly would cost O(L Lk)).
-struct RowCertificate {
-  double conv_err;
-  double rel;
-  bool finite;
-};
-
-// norm_products: the sum over the row's terms of ||a|| ||b||.
-RowCertificate row_certificate(
-    const ConvGeometry& g,
-    double norm_products,
-    int64_t terms,
-    int64_t bias_terms) {
-  const double copies = g.fold ? 2.0 : 1.0;
-  RowCertificate c;
-  c.conv_err = copies *
-      (conv_error_bound(g.fft_size, terms, kUnitRoundoff64) * norm_products +
-       static_cast<double>(terms) * kUnderflowError64);
-  c.rel = (1.0 + 1.0 / 64.0) * kUnitRoundoff64 *
-      static_cast<double>((g.fold ? 1 : 0) + bias_terms);
-  c.finite = std::isfinite(norm_products);
-  return c;
-}
-
 // Element m of a row as the transform loaded it (a reversed row back to
 // front), and element j of a kernel row.
 struct LoadedRow {
@@ -629,35 +601,6 @@ void for_each_output_range(
 // A single product a[t] * d[t] as a range.
 void bias_range(RealRow a, RealRow d, int64_t t, auto range) {
   range(PlainRow{a}, PlainRow{d}, t, t, 1);
-}
-
-// The correctly rounded sum of the product ranges that for_each_range(range)
-// enumerates: first summed in double (certified with its running error
-// bound), then with compensation (certified likewise: decides all but
-// results far below 2^-50 of the sum's mass), else exactly.
-template <class ForEachRange>
-float correctly_rounded_sum(ForEachRange for_each_range) {
-  RunningSum r;
-  running_init(r);
-  for_each_range([&](auto a, auto b, int64_t m0, int64_t j0, int64_t count) {
-    running_add_range(r, a, b, m0, j0, count);
-  });
-  float out;
-  if (running_round(r, &out))
-    return out;
-  CompensatedSum c;
-  compensated_init(c);
-  for_each_range([&](auto a, auto b, int64_t m0, int64_t j0, int64_t count) {
-    compensated_add_range(c, a, b, m0, j0, count);
-  });
-  if (compensated_round(c, &out))
-    return out;
-  ExactSum s;
-  exact_sum_init(s);
-  for_each_range([&](auto a, auto b, int64_t m0, int64_t j0, int64_t count) {
-    exact_sum_add_range(s, a, b, m0, j0, count);
-  });
-  return exact_sum_round(s);
 }
 
 // Output row of pair_rfft_conv: conv + a * bias (a a row of pairs or of
@@ -819,7 +762,8 @@ void shared_kernel(
         }
         const RowCertificate cert = certified<T>()
             ? row_certificate(
-                  g,
+                  g.fft_size,
+                  g.fold,
                   row_norm(row.a, g.a_len) * b_norms[row.b_index],
                   1,
                   row.has_bias ? 1 : 0)
@@ -882,7 +826,8 @@ void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
         real_inverse(plan, acc, z);
         const RowCertificate cert = certified<T>()
             ? row_certificate(
-                  g,
+                  g.fft_size,
+                  g.fold,
                   norm_products,
                   std::max<int64_t>(
                       static_cast<int64_t>(target.terms.size()), 1),

@@ -22,51 +22,60 @@ void check_driver(CUresult r, const char* what) {
 
 namespace {
 
+// dd runs the double engine with certification, as on the CPU: both
+// certified precisions give the same, correctly rounded bits.
 const char* working_type(Precision p) {
-  switch (p) {
-    case Precision::Float32:
-      return "float";
-    case Precision::Extended:
-      return "double";
-    case Precision::DoubleDouble:
-      return "mlx_precise::ff";
-  }
-  return "";
+  return p == Precision::Float32 ? "float" : "double";
+}
+
+// The kernels of rfft_conv_kernels.cuh: templates over the working type, and
+// those over the row storage too (shared or workspace), or neither.
+struct ConvKernel {
+  const char* name;
+  bool typed;
+  bool row_storage;
+};
+const ConvKernel kKernels[] = {
+    {"kernel_spectra", true, true},
+    {"conv_rows", true, true},
+    {"reduce_rows", true, true},
+    {"product_sum", true, false},
+    {"reset_open_count", false, false},
+    {"recompute_open", false, false}};
+
+std::string name_expression(Precision p, const ConvKernel& k, bool shared) {
+  std::string e = std::string("mlx_precise::gpu::") + k.name;
+  if (!k.typed)
+    return e;
+  e += std::string("<") + working_type(p);
+  if (k.row_storage)
+    e += shared ? ", true" : ", false";
+  return e + ">";
 }
 
 } // namespace
 
 std::string
 conv_kernel_name(Precision p, const std::string& name, bool shared) {
-  std::string e = "mlx_precise::gpu::" + name + "<" + working_type(p);
-  if (name != "product_sum")
-    e += shared ? ", true" : ", false";
-  return e + ">";
+  for (const ConvKernel& k : kKernels)
+    if (name == k.name)
+      return name_expression(p, k, shared);
+  throw std::invalid_argument("mlx-precise CUDA: no rfft_conv kernel " + name);
 }
-
-namespace {
-
-const char* const kKernelNames[] = {
-    "kernel_spectra",
-    "conv_rows",
-    "reduce_rows",
-    "product_sum"};
-
-} // namespace
 
 std::vector<std::string> conv_kernel_names(Precision p) {
   std::vector<std::string> names;
-  for (const char* k : kKernelNames) {
-    names.push_back(conv_kernel_name(p, k, true));
-    if (std::string(k) != "product_sum")
-      names.push_back(conv_kernel_name(p, k, false));
+  for (const ConvKernel& k : kKernels) {
+    names.push_back(name_expression(p, k, true));
+    if (k.row_storage)
+      names.push_back(name_expression(p, k, false));
   }
   return names;
 }
 
 void allow_dynamic_shared(CUfunction kernel, int device) {
   // Dynamic shared memory may use what the kernel's static shared variables
-  // (the snap decision's row summaries) leave of the per-block maximum.
+  // (block_sum's warp sums) leave of the per-block maximum.
   int static_shared = 0;
   check_driver(
       cuFuncGetAttribute(

@@ -61,10 +61,6 @@ template <>
 constexpr Precision precision_of<double>() {
   return Precision::Extended;
 }
-template <>
-constexpr Precision precision_of<ff>() {
-  return Precision::DoubleDouble;
-}
 
 // A device buffer that lives until the graph that uses it has run.
 mx::array scratch(mx::cu::CommandEncoder& encoder, size_t bytes) {
@@ -92,6 +88,70 @@ void register_buffers(
   for (mx::array* x : writes)
     if (x)
       encoder.set_output_array(*x);
+}
+
+// The list of outputs that did not certify (kernels' OpenList) for a launch
+// of `outputs` outputs, its count zeroed by a node of its own. Usually well
+// under 1e-3 of the outputs are listed; past the capacity the row kernels
+// recompute where they are.
+struct OpenOutputs {
+  mx::array entries;
+  mx::array count;
+  OpenList list;
+};
+
+OpenOutputs
+open_outputs(mx::cu::CommandEncoder& encoder, int device, int64_t outputs) {
+  const int64_t capacity =
+      std::min<int64_t>(outputs, std::max<int64_t>(outputs / 16, 1 << 16));
+  OpenOutputs o{
+      scratch(encoder, std::max<int64_t>(capacity, 1) * sizeof(MP_INT64)),
+      scratch(encoder, sizeof(unsigned long long)),
+      {}};
+  o.list = OpenList{
+      data_of<MP_INT64>(o.entries),
+      data_of<unsigned long long>(o.count),
+      capacity};
+  register_buffers(encoder, {}, {&o.count});
+  encoder.add_kernel_node_ex(
+      cuda::get_kernel(device, Precision::Extended, "reset_open_count", false),
+      dim3(1),
+      dim3(1),
+      {},
+      0u,
+      o.list.count);
+  return o;
+}
+
+// Step 3 of kernels/certify.h: the listed outputs, recomputed. A grid that
+// covers the usual few in one pass; more loop over it.
+void recompute_open(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    ConvShape shape, // copies: the encoder takes the arguments' addresses
+    RowIndex ix,
+    const mx::array& a,
+    const mx::array& b,
+    const mx::array* bias,
+    mx::array& out,
+    OpenOutputs& open,
+    bool one_term_per_row) {
+  register_buffers(encoder, {&a, &b, bias, &open.entries, &open.count}, {&out});
+  encoder.add_kernel_node_ex(
+      cuda::get_kernel(device, Precision::Extended, "recompute_open", false),
+      dim3(
+          static_cast<unsigned>(4 * cuda::device_info(device).multiprocessors)),
+      dim3(256),
+      {},
+      0u,
+      mx::gpu_ptr<float>(a),
+      mx::gpu_ptr<float>(b),
+      bias ? mx::gpu_ptr<float>(*bias) : nullptr,
+      mx::gpu_ptr<float>(out),
+      ix,
+      shape,
+      open.list,
+      static_cast<int>(one_term_per_row));
 }
 
 // One launch shape: the row storage (shared or workspace), block size and
@@ -152,6 +212,15 @@ struct RowOperands {
         fft(f.shape) {}
 };
 
+// Certified precisions: the list of outputs to recompute, else none.
+template <class T>
+std::optional<OpenOutputs>
+maybe_open_outputs(mx::cu::CommandEncoder& encoder, int device, int64_t n) {
+  if (!Certified<T>::value)
+    return std::nullopt;
+  return open_outputs(encoder, device, n);
+}
+
 template <class T>
 void launch_shared_kernel(
     mx::cu::CommandEncoder& encoder,
@@ -165,16 +234,15 @@ void launch_shared_kernel(
   const DeviceFFT<T>& fft = device_fft<T>(device, geo.fft_size);
   RowIndex ix = gpu::make_row_index(full, b.shape(), {&a, &b, bias, &out});
 
-  // Kernel spectra, once per kernel row.
+  // Kernel spectra (and norms, when certifying), once per kernel row.
   RowLaunch spec = row_launch<T>(device, "kernel_spectra", fft.shape.n_half, 1);
   const int64_t spectrum_entries =
       2 * static_cast<int64_t>(fft.shape.num_pairs);
   mx::array spectra_buffer =
       scratch(encoder, ix.outer_count * spectrum_entries * sizeof(cpx<T>));
   cpx<T>* spectra = data_of<cpx<T>>(spectra_buffer);
-  mx::array summaries_buffer =
-      scratch(encoder, ix.outer_count * sizeof(RowSummary));
-  RowSummary* summaries = data_of<RowSummary>(summaries_buffer);
+  mx::array norms_buffer = scratch(encoder, ix.outer_count * sizeof(double));
+  double* b_norms = data_of<double>(norms_buffer);
   RowLaunch rows = row_launch<T>(device, "conv_rows", fft.shape.n_half, 1);
   // Splits of each kernel row's batch: enough work items for ~4 waves.
   const int64_t splits = std::clamp<int64_t>(
@@ -195,9 +263,7 @@ void launch_shared_kernel(
   register_buffers(
       encoder,
       {&b},
-      {&spectra_buffer,
-       &summaries_buffer,
-       spec_buffer ? &*spec_buffer : nullptr});
+      {&spectra_buffer, &norms_buffer, spec_buffer ? &*spec_buffer : nullptr});
   encoder.add_kernel_node_ex(
       spec.kernel,
       dim3(static_cast<unsigned>(spec_grid)),
@@ -212,9 +278,11 @@ void launch_shared_kernel(
       op.split,
       op.pairs,
       spectra,
-      summaries,
+      b_norms,
       spec_ws);
 
+  std::optional<OpenOutputs> open =
+      maybe_open_outputs<T>(encoder, device, out.size());
   const int64_t items = ix.outer_count * splits;
   const int64_t grid =
       rows.shared ? items : std::min<int64_t>(items, rows.resident);
@@ -223,11 +291,14 @@ void launch_shared_kernel(
     rows_buffer = scratch(encoder, grid * rows.row_bytes);
   T* rows_ws = rows_buffer ? data_of<T>(*rows_buffer) : nullptr;
   const cpx<T>* spectra_in = spectra;
-  const RowSummary* summaries_in = summaries;
+  const double* b_norms_in = b_norms;
   register_buffers(
       encoder,
-      {&a, &b, bias, &spectra_buffer, &summaries_buffer},
-      {&out, rows_buffer ? &*rows_buffer : nullptr});
+      {&a, &b, bias, &spectra_buffer, &norms_buffer},
+      {&out,
+       rows_buffer ? &*rows_buffer : nullptr,
+       open ? &open->entries : nullptr,
+       open ? &open->count : nullptr});
   encoder.add_kernel_node_ex(
       rows.kernel,
       dim3(static_cast<unsigned>(grid)),
@@ -245,8 +316,11 @@ void launch_shared_kernel(
       op.split,
       op.pairs,
       spectra_in,
-      summaries_in,
+      b_norms_in,
+      open ? open->list : OpenList{},
       rows_ws);
+  if (open)
+    recompute_open(encoder, device, shape, ix, a, b, bias, out, *open, true);
 }
 
 template <class T>
@@ -271,10 +345,16 @@ void launch_reduce(
   if (!l.shared)
     ws_buffer = scratch(encoder, grid * l.row_bytes);
   T* ws = ws_buffer ? data_of<T>(*ws_buffer) : nullptr;
+  std::optional<OpenOutputs> open =
+      maybe_open_outputs<T>(encoder, device, out.size());
   register_buffers(
       encoder,
       {&a, &b, bias},
-      {&out, &acc_buffer, ws_buffer ? &*ws_buffer : nullptr});
+      {&out,
+       &acc_buffer,
+       ws_buffer ? &*ws_buffer : nullptr,
+       open ? &open->entries : nullptr,
+       open ? &open->count : nullptr});
   RowOperands<T> op(fft, a, b, bias, out);
   encoder.add_kernel_node_ex(
       l.kernel,
@@ -293,7 +373,10 @@ void launch_reduce(
       op.split,
       op.pairs,
       acc,
+      open ? open->list : OpenList{},
       ws);
+  if (open)
+    recompute_open(encoder, device, shape, ix, a, b, bias, out, *open, false);
 }
 
 template <class T>
@@ -348,16 +431,13 @@ void bias_gradient(
       sum_over_time);
 }
 
+// dd runs the double engine with certification, as on the CPU: extended and
+// dd give the same, correctly rounded bits.
 template <class Fn>
 void with_working_type(Precision p, Fn fn) {
-  switch (p) {
-    case Precision::Float32:
-      return fn(float{});
-    case Precision::Extended:
-      return fn(double{});
-    case Precision::DoubleDouble:
-      return fn(ff{});
-  }
+  if (p == Precision::Float32)
+    return fn(float{});
+  return fn(double{});
 }
 
 // The stream's encoder, with the output allocated as MLX's own eval_gpu does.

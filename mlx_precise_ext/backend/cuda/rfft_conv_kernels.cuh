@@ -35,9 +35,51 @@ fft_inverse(T* re, T* im, const FFTShape& fs, const cpx<T>* tw) {
   }
 }
 
+// The sum over the block of each thread's part, the same in every thread (a
+// fixed order: warp sums, then the warps in turn). Every thread must call it.
+__device__ __forceinline__ double block_sum(double part) {
+  __shared__ double warp_sums[32];
+  for (int offset = 16; offset > 0; offset >>= 1)
+    part += __shfl_down_sync(0xffffffffu, part, offset);
+  if ((threadIdx.x & 31) == 0)
+    warp_sums[threadIdx.x >> 5] = part;
+  __syncthreads();
+  double total = 0.0;
+  for (int w = 0; w < static_cast<int>(blockDim.x + 31) / 32; ++w)
+    total += warp_sums[w];
+  __syncthreads(); // warp_sums is free again
+  return total;
+}
+
+// ||row||_2 over the block, in double.
+__device__ __forceinline__ double
+block_row_norm(const float* row, MP_INT64 stride, MP_INT64 len) {
+  return sqrt(
+      block_sum(square_sum_part(row, stride, len, threadIdx.x, blockDim.x)));
+}
+
+// Step 2 of certify.h for output t of an output row: certified, or listed,
+// or (list full) recomputed by recompute().
+template <class Recompute>
+__device__ __forceinline__ void certify_or_list(
+    const RowCertificate& cert,
+    double value,
+    double magnitude,
+    float* out,
+    OpenList open,
+    MP_INT64 entry,
+    Recompute recompute) {
+  if (certify_output(cert, value, magnitude, out))
+    return;
+  const MP_INT64 slot = static_cast<MP_INT64>(atomicAdd(open.count, 1ull));
+  if (slot < open.capacity)
+    open.entries[slot] = entry;
+  else
+    *out = recompute();
+}
+
 // Spectra of the kernel rows (operand B, outer index = kernel row), scaled by
-// 1/(4N), in pair order; for the precisions that snap, also each kernel row's
-// snap summary, so that conv_rows need not re-read the row for every output.
+// 1/(4N), in pair order; when certifying, also each kernel row's norm.
 template <class T, bool kShared>
 __global__ void kernel_spectra(
     const float* b,
@@ -48,36 +90,30 @@ __global__ void kernel_spectra(
     const cpx<T>* split_tw,
     const IndexPair* pairs,
     cpx<T>* spectra,
-    RowSummary* summaries,
+    double* b_norms,
     T* workspace) {
   const int h = fs.n_half;
   T* re = row_storage<T, kShared>(workspace, 1, h);
   T* im = re + h;
-  __shared__ unsigned int summary_max;
-  __shared__ int summary_quantum;
-  const bool snaps = snap_roundoff_exp(T{}) < 0;
-  if (snaps && threadIdx.x == 0)
-    summary_reset(&summary_max, &summary_quantum, 0);
-  __syncthreads();
   for (MP_INT64 kk = blockIdx.x; kk < ix.outer_count; kk += gridDim.x) {
-    const RowSummary part = load_real_row<T, true>(
+    const float* b_row = b + row_offset(ix, kOperandB, kk, 0);
+    if constexpr (Certified<T>::value) {
+      const double norm =
+          block_row_norm(b_row, ix.time_stride[kOperandB], g.b_len);
+      if (threadIdx.x == 0)
+        b_norms[kk] = norm;
+    }
+    load_real_row<T>(
         re,
         im,
-        b + row_offset(ix, kOperandB, kk, 0),
+        b_row,
         ix.time_stride[kOperandB],
         g.b_len,
         false,
         h,
         threadIdx.x,
         blockDim.x);
-    if (snaps)
-      summary_publish(&summary_max, &summary_quantum, 0, part);
     __syncthreads();
-    // Other threads publish again only after the barrier that ends this row.
-    if (snaps && threadIdx.x == 0) {
-      summaries[kk] = summary_read(&summary_max, &summary_quantum, 0);
-      summary_reset(&summary_max, &summary_quantum, 0);
-    }
     fft_forward<T>(re, im, fs, tw);
     store_spectrum<T>(
         re,
@@ -96,7 +132,8 @@ __global__ void kernel_spectra(
 // One output row per (outer = kernel row, inner) pair: y = conv(a, k) (+ a *
 // bias). Work item = (kernel row, split); a block runs the rows j = split,
 // split + S, ... of its kernel row, so blocks that share a spectrum run close
-// together and read it from L2.
+// together and read it from L2. Certified precisions list the outputs that
+// do not certify in `open` (row number kk * inner_count + j).
 template <class T, bool kShared>
 __global__ void conv_rows(
     const float* a,
@@ -110,21 +147,14 @@ __global__ void conv_rows(
     const cpx<T>* split_tw,
     const IndexPair* pairs,
     const cpx<T>* spectra,
-    const RowSummary* b_summaries,
+    const double* b_norms,
+    const OpenList open,
     T* workspace) {
   const int h = fs.n_half;
   T* re = row_storage<T, kShared>(workspace, 1, h);
   T* im = re + h;
   const MP_INT64 splits = g.rows_per_group_split;
   const MP_INT64 items = ix.outer_count * splits;
-  __shared__ unsigned int summary_max[kSummarySlots];
-  __shared__ int summary_quantum[kSummarySlots];
-  const bool snaps = snap_roundoff_exp(T{}) < 0;
-  // Slots are reset before the first row and at the end of each row, before
-  // the barrier that precedes the next row's publishes.
-  if (snaps && threadIdx.x < kSummarySlots)
-    summary_reset(summary_max, summary_quantum, threadIdx.x);
-  __syncthreads();
   for (MP_INT64 item = blockIdx.x; item < items; item += gridDim.x) {
     const MP_INT64 kk = item / splits;
     const cpx<T>* spectrum = spectra + kk * 2 * fs.num_pairs;
@@ -134,7 +164,16 @@ __global__ void conv_rows(
       const float* bias_row =
           bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
       const MP_INT64 bias_step = ix.time_stride[kOperandBias];
-      const RowSummary a_part = load_real_row<T, true>(
+      RowCertificate cert{};
+      if constexpr (Certified<T>::value) {
+        cert = row_certificate(
+            g.fft_size,
+            g.fold != 0,
+            block_row_norm(a_row, a_step, g.a_len) * b_norms[kk],
+            1,
+            g.has_bias ? 1 : 0);
+      }
+      load_real_row<T>(
           re,
           im,
           a_row,
@@ -144,28 +183,7 @@ __global__ void conv_rows(
           h,
           threadIdx.x,
           blockDim.x);
-      if (snaps) {
-        summary_publish(summary_max, summary_quantum, kSummaryA, a_part);
-        if (g.has_bias) {
-          summary_publish(
-              summary_max,
-              summary_quantum,
-              kSummaryBias,
-              summarize_part(
-                  bias_row, bias_step, g.out_len, threadIdx.x, blockDim.x));
-        }
-      }
       __syncthreads();
-      int snap = kNoSnap;
-      if (snaps) {
-        snap = snap_from_summaries<T>(
-            summary_read(summary_max, summary_quantum, kSummaryA),
-            b_summaries[kk],
-            g.has_bias,
-            summary_read(summary_max, summary_quantum, kSummaryBias),
-            g,
-            1);
-      }
       fft_forward<T>(re, im, fs, tw);
       multiply_by_spectrum<T>(
           re,
@@ -181,13 +199,35 @@ __global__ void conv_rows(
       float* out_row = out + row_offset(ix, kOperandOut, kk, j);
       for (MP_INT64 t = threadIdx.x; t < g.out_len; t += blockDim.x) {
         const T v = gather_output<T>(re, im, g, t);
-        out_row[t] = g.has_bias
-            ? finish_output(
-                  v, true, a_row[t * a_step], bias_row[t * bias_step], snap)
-            : finish_output(v, false, 0.0f, 0.0f, snap);
+        if constexpr (Certified<T>::value) {
+          double value = v, magnitude = fabs(v);
+          if (g.has_bias) {
+            const double p = static_cast<double>(a_row[t * a_step]) *
+                static_cast<double>(bias_row[t * bias_step]);
+            value += p;
+            magnitude += fabs(p);
+          }
+          certify_or_list(
+              cert,
+              value,
+              magnitude,
+              out_row + t,
+              open,
+              (kk * ix.inner_count + j) * g.out_len + t,
+              [&] {
+                return recompute_output(a, b, bias, ix, g, kk, j, j + 1, t);
+              });
+        } else {
+          out_row[t] = g.has_bias
+              ? finish_output(
+                    v,
+                    true,
+                    a_row[t * a_step],
+                    bias_row[t * bias_step],
+                    kNoSnap)
+              : finish_output(v, false, 0.0f, 0.0f, kNoSnap);
+        }
       }
-      if (snaps && threadIdx.x < kSummarySlots)
-        summary_reset(summary_max, summary_quantum, threadIdx.x);
       __syncthreads();
     }
   }
@@ -196,6 +236,8 @@ __global__ void conv_rows(
 // Gradient rows: target (outer) = sum over inner of corr/conv(a, b) + sum of
 // a * bias, accumulated spectrally in the block's slot of `acc` and inverted
 // once. The grid never exceeds the resident blocks (acc has one slot each).
+// Certified precisions list the outputs that do not certify in `open` (row
+// number = target).
 template <class T, bool kShared>
 __global__ void reduce_rows(
     const float* a,
@@ -209,6 +251,7 @@ __global__ void reduce_rows(
     const cpx<T>* split_tw,
     const IndexPair* pairs,
     cpx<T>* acc_slots,
+    const OpenList open,
     T* workspace) {
   const int h = fs.n_half;
   T* a_re = row_storage<T, kShared>(workspace, 2, h);
@@ -218,55 +261,21 @@ __global__ void reduce_rows(
   cpx<T>* acc =
       acc_slots + static_cast<MP_INT64>(blockIdx.x) * 2 * fs.num_pairs;
   const T tag{};
-  __shared__ unsigned int summary_max[kSummarySlots];
-  __shared__ int summary_quantum[kSummarySlots];
-  const bool snaps = snap_roundoff_exp(T{}) < 0;
   for (MP_INT64 target = blockIdx.x; target < ix.outer_count;
        target += gridDim.x) {
-    if (snaps) {
-      if (threadIdx.x < kSummarySlots)
-        summary_reset(summary_max, summary_quantum, threadIdx.x);
-      __syncthreads();
-      for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
-        summary_publish(
-            summary_max,
-            summary_quantum,
-            kSummaryA,
-            summarize_part(
-                a + row_offset(ix, kOperandA, target, j),
-                ix.time_stride[kOperandA],
-                g.a_len,
-                threadIdx.x,
-                blockDim.x));
-        summary_publish(
-            summary_max,
-            summary_quantum,
-            kSummaryB,
-            summarize_part(
-                b + row_offset(ix, kOperandB, target, j),
-                ix.time_stride[kOperandB],
-                g.b_len,
-                threadIdx.x,
-                blockDim.x));
-        if (g.has_bias) {
-          summary_publish(
-              summary_max,
-              summary_quantum,
-              kSummaryBias,
-              summarize_part(
-                  bias + row_offset(ix, kOperandBias, target, j),
-                  ix.time_stride[kOperandBias],
-                  g.out_len,
-                  threadIdx.x,
-                  blockDim.x));
-        }
-      }
-    }
+    double norm_products = 0.0;
     for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
+      const float* a_row = a + row_offset(ix, kOperandA, target, j);
+      const float* b_row = b + row_offset(ix, kOperandB, target, j);
+      if constexpr (Certified<T>::value) {
+        norm_products +=
+            block_row_norm(a_row, ix.time_stride[kOperandA], g.a_len) *
+            block_row_norm(b_row, ix.time_stride[kOperandB], g.b_len);
+      }
       load_real_row<T>(
           a_re,
           a_im,
-          a + row_offset(ix, kOperandA, target, j),
+          a_row,
           ix.time_stride[kOperandA],
           g.a_len,
           g.a_reversed,
@@ -276,7 +285,7 @@ __global__ void reduce_rows(
       load_real_row<T>(
           b_re,
           b_im,
-          b + row_offset(ix, kOperandB, target, j),
+          b_row,
           ix.time_stride[kOperandB],
           g.b_len,
           false,
@@ -313,19 +322,20 @@ __global__ void reduce_rows(
     __syncthreads();
     fft_inverse<T>(a_re, a_im, fs, tw);
     float* out_row = out + row_offset(ix, kOperandOut, target, 0);
-    int snap = kNoSnap;
-    if (snaps) {
-      const int terms = static_cast<int>(ix.inner_count * (g.has_bias ? 2 : 1));
-      snap = snap_from_summaries<T>(
-          summary_read(summary_max, summary_quantum, kSummaryA),
-          summary_read(summary_max, summary_quantum, kSummaryB),
-          g.has_bias,
-          summary_read(summary_max, summary_quantum, kSummaryBias),
-          g,
-          terms);
+    RowCertificate cert{};
+    if constexpr (Certified<T>::value) {
+      cert = row_certificate(
+          g.fft_size,
+          g.fold != 0,
+          norm_products,
+          ix.inner_count > 1 ? ix.inner_count : 1,
+          g.has_bias ? ix.inner_count : 0);
     }
     for (MP_INT64 t = threadIdx.x; t < g.out_len; t += blockDim.x) {
       T v = gather_output<T>(a_re, a_im, g, t);
+      double magnitude = 0.0;
+      if constexpr (Certified<T>::value)
+        magnitude = fabs(v);
       if (g.has_bias) {
         for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
           const float x =
@@ -334,20 +344,63 @@ __global__ void reduce_rows(
           const float d = bias
               [row_offset(ix, kOperandBias, target, j) +
                t * ix.time_stride[kOperandBias]];
-          v = r_add(v, r_prod(tag, x, d));
+          const T p = r_prod(tag, x, d);
+          v = r_add(v, p);
+          if constexpr (Certified<T>::value)
+            magnitude += fabs(p);
         }
       }
-      if (snap != kNoSnap)
-        v = r_snap(v, snap);
-      out_row[t] = r_round(v);
+      if constexpr (Certified<T>::value) {
+        certify_or_list(
+            cert, v, magnitude, out_row + t, open, target * g.out_len + t, [&] {
+              return recompute_output(
+                  a, b, bias, ix, g, target, 0, ix.inner_count, t);
+            });
+      } else {
+        out_row[t] = r_round(v);
+      }
     }
     __syncthreads();
   }
 }
 
-// Bias gradient: out = sum over inner rows of a * b (exact products), one
-// rounding; per time step, or over time too when the bias is broadcast along
-// it. Sequential per output in the CPU's order (rows, then time).
+// Zeroes the count of an OpenList before the kernels that fill it.
+__global__ void reset_open_count(unsigned long long* count) {
+  *count = 0ull;
+}
+
+// Step 3 of certify.h for the outputs that conv_rows (one_term_per_row: the
+// row's own term) or reduce_rows (all inner rows of the target) listed, in a
+// grid-stride loop.
+__global__ void recompute_open(
+    const float* a,
+    const float* b,
+    const float* bias,
+    float* out,
+    const RowIndex ix,
+    const ConvShape g,
+    const OpenList open,
+    int one_term_per_row) {
+  const MP_INT64 listed = static_cast<MP_INT64>(*open.count);
+  const MP_INT64 count = listed < open.capacity ? listed : open.capacity;
+  for (MP_INT64 e =
+           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
+       e < count;
+       e += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+    const MP_INT64 entry = open.entries[e];
+    const MP_INT64 row = entry / g.out_len, t = entry % g.out_len;
+    const MP_INT64 outer = one_term_per_row ? row / ix.inner_count : row;
+    const MP_INT64 j_begin = one_term_per_row ? row % ix.inner_count : 0;
+    const MP_INT64 j_end = one_term_per_row ? j_begin + 1 : ix.inner_count;
+    out[row_offset(ix, kOperandOut, outer, j_begin) + t] =
+        recompute_output(a, b, bias, ix, g, outer, j_begin, j_end, t);
+  }
+}
+
+// Bias gradient: out = sum over inner rows of a * b, one rounding; per time
+// step, or over time too when the bias is broadcast along it. float32 mode
+// sums in float in the CPU's order (rows, then time); the certified
+// precisions round the exact sum correctly, as the CPU does.
 template <class T>
 __global__ void product_sum(
     const float* a,
@@ -362,21 +415,22 @@ __global__ void product_sum(
   if (id >= ix.outer_count * per_target)
     return;
   const MP_INT64 target = id / per_target, t0 = id % per_target;
-  const MP_INT64 a_step = ix.time_stride[kOperandA],
-                 b_step = ix.time_stride[kOperandB];
-  const T tag{};
-  T acc{};
-  for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
-    const float* a_row = a + row_offset(ix, kOperandA, target, j);
-    const float* b_row = b + row_offset(ix, kOperandB, target, j);
-    if (sum_over_time) {
-      for (MP_INT64 t = 0; t < len; ++t)
-        acc = r_add(acc, r_prod(tag, a_row[t * a_step], b_row[t * b_step]));
-    } else {
-      acc = r_add(acc, r_prod(tag, a_row[t0 * a_step], b_row[t0 * b_step]));
+  const MP_INT64 t_end = sum_over_time ? len : t0 + 1;
+  float* result = out + row_offset(ix, kOperandOut, target, 0) + t0;
+  if constexpr (Certified<T>::value) {
+    *result = recompute_product_sum(a, b, ix, target, len, t0, t_end);
+  } else {
+    const MP_INT64 a_step = ix.time_stride[kOperandA],
+                   b_step = ix.time_stride[kOperandB];
+    T acc{};
+    for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
+      const float* a_row = a + row_offset(ix, kOperandA, target, j);
+      const float* b_row = b + row_offset(ix, kOperandB, target, j);
+      for (MP_INT64 t = t0; t < t_end; ++t)
+        acc = r_add(acc, r_mul(a_row[t * a_step], b_row[t * b_step]));
     }
+    *result = acc;
   }
-  out[row_offset(ix, kOperandOut, target, 0) + t0] = r_round(acc);
 }
 
 } // namespace mlx_precise::gpu
