@@ -15,7 +15,7 @@ trap 'rm -rf "$tmp"' EXIT
 for src in $(find mlx_precise_ext -name '*.metal' | sort); do
   sed -E 's/\[\[[^]]*\]\]//g' "$src" > "$tmp/$(basename "$src").cpp"
   if "$clang" -x c++ -std=c++17 -fsyntax-only -D__METAL_VERSION__=310 \
-      -Iscripts/metal_shim -Imlx_precise_ext/kernels -I"$(dirname "$src")" \
+      -Iscripts/metal_shim -Imlx_precise_ext -Imlx_precise_ext/kernels -I"$(dirname "$src")" \
       -Wno-unknown-pragmas "$tmp/$(basename "$src").cpp"; then
     echo "ok    $src"
   else

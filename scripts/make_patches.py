@@ -40,6 +40,9 @@ PATH_MAP = {
     "backend/common/": "mlx/backend/common/precise/",
     "backend/cpu/": "mlx/backend/cpu/",
     "backend/cuda/": "mlx/backend/cuda/precise/",
+    # MLX's make_jit_source takes a kernels/<name>.h and expands its includes.
+    "backend/metal/rfft_conv_kernels.metal": "mlx/backend/metal/kernels/precise/rfft_conv_kernels.h",
+    "backend/metal/": "mlx/backend/metal/precise/",
     "backend/gpu/": "mlx/backend/gpu/precise/",
 }
 
@@ -286,15 +289,7 @@ def series() -> list:
         new_files={
             **{
                 mlx_path(p): ext_file(p)
-                for p in with_includes(
-                    [
-                        "backend/cuda/rfft_conv.cpp",
-                        "backend/cuda/kernel_support.cpp",
-                        "backend/cuda/rfft_conv_kernels.cuh",
-                        "backend/gpu/conv_layout.cpp",
-                    ],
-                    carried=carried,
-                )
+                for p in with_includes(CUDA_CONV_FILES, carried=carried)
             },
             "mlx/backend/cuda/precise/jit.h": ext_file("backend/cuda/jit.h", drop=CUDA_LATER),
             # The one CUDA difference: kernels compiled by MLX's cu::JitModule.
@@ -313,8 +308,41 @@ def series() -> list:
             ("mlx/backend/cuda/primitives.cpp", "NO_GPU(RFFTConv)\nNO_GPU(BiasGradient)\n"),
         ],
     )
-    return [conv, strict, cuda_conv]
+    metal_conv = Patch(
+        "0004-fft-rfft_conv-metal",
+        "0004.msg",
+        new_files={
+            **{
+                mlx_path(p): ext_file(p)
+                for p in with_includes(
+                    ["backend/metal/rfft_conv.cpp", "backend/metal/rfft_conv_kernels.metal"],
+                    carried=carried | set(with_includes(CUDA_CONV_FILES, carried)),
+                )
+                if p != "backend/metal/kernel_sources.h"
+            },
+            "mlx/backend/metal/precise/kernel_sources.h": ext_file(
+                "backend/metal/kernel_sources.h", drop=("const char* strict_kernels();",)
+            ),
+        },
+        inserts=[
+            ("mlx/backend/metal/CMakeLists.txt", 36, metal_jit_source()),
+            ("mlx/backend/metal/CMakeLists.txt", 140, "          ${CMAKE_CURRENT_SOURCE_DIR}/precise/rfft_conv.cpp\n"),
+        ],
+        removals=[
+            ("mlx/backend/metal/primitives.cpp", '#include "mlx/precise/primitives.h"\n'),
+            ("mlx/backend/metal/primitives.cpp", glue("0001/mlx/backend/metal/primitives.cpp")),
+        ],
+    )
+    return [conv, strict, cuda_conv, metal_conv]
 
+
+# The extension files patch 0003 maps whole (with what they include).
+CUDA_CONV_FILES = [
+    "backend/cuda/rfft_conv.cpp",
+    "backend/cuda/kernel_support.cpp",
+    "backend/cuda/rfft_conv_kernels.cuh",
+    "backend/gpu/conv_layout.cpp",
+]
 
 # What jit.h declares for ops the CUDA patch does not carry (the strict ops
 # come with their GPU patch; the pair ops stay in the extension).
@@ -325,9 +353,9 @@ CUDA_LATER = (
     "std::vector<std::string> pair_kernel_names();",
 )
 
-# The kernel headers the CUDA rfft_conv kernels include, by file name: MLX's
-# CMake embeds them (bin2h: jit_source_<stem>) and jit_module.cpp hands them to
-# NVRTC under these names.
+# The kernel headers the GPU rfft_conv kernels include, by file name: MLX's
+# CUDA CMake embeds them (bin2h: jit_source_<stem>) and jit_module.cpp hands
+# them to NVRTC under these names; Metal's make_jit_source expands them.
 CUDA_CONV_HEADERS = [Path(p).name for p in with_includes(["kernels/rfft_conv_rows.h"], set())]
 
 
@@ -349,6 +377,16 @@ def jit_header_names() -> str:
 
 def jit_header_sources() -> str:
     return "".join(f"    jit_source_{Path(h).stem},\n" for h in CUDA_CONV_HEADERS)
+
+
+def metal_jit_source() -> str:
+    """MLX's make_jit_source for the Metal rfft_conv library, with the shared
+    headers it includes as dependencies."""
+    deps = "".join(f"  ../common/precise/{h}\n" for h in CUDA_CONV_HEADERS)
+    return (
+        "# mx.fft.rfft_conv: metal::rfft_conv_kernels(), built into a library at first use.\n"
+        "make_jit_source(\n  precise/rfft_conv_kernels\n" + deps.rstrip("\n") + ")\n"
+    )
 
 
 # NVRTC contracts a*b+c by default; the correctly rounded ops' modules

@@ -2,7 +2,7 @@
 
 Runs backend/metal/CMakeLists.txt's generation step (cmake -P, with the
 kernel-header list of mlx_precise_ext/CMakeLists.txt), extracts every
-kMetal*Source string from the generated C++ file, fails if one is not ASCII
+library source (mlx_precise::metal::<name>()) from the generated C++ file, fails if one is not ASCII
 (MLX reads the source with NSASCIIStringEncoding), and writes it with Metal's
 [[...]] attributes removed to OUT_DIR/<name>.cpp for scripts/check_metal.sh.
 Usage: python3 scripts/metal_libraries.py OUT_DIR
@@ -29,11 +29,11 @@ script.write_text(
 )
 subprocess.run(["cmake", "-P", str(script)], check=True)
 generated = (out / "mp_metal_library_source.cpp").read_text()
-names = re.findall(r'const char\* const (kMetal\w*Source) = R"mp_metal_source\(', generated)
+names = re.findall(r'const char\* (\w+)\(\) \{\n  return R"mp_metal_source\(', generated)
 if not names:
     sys.exit("no library source found in the generated file")
 for name in names:
-    src = re.search(name + r' = R"mp_metal_source\((.*?)\)mp_metal_source"', generated, re.S).group(1)
+    src = re.search(name + r'\(\) \{\n  return R"mp_metal_source\((.*?)\)mp_metal_source"', generated, re.S).group(1)
     bad = sorted({c for c in src if ord(c) > 127})
     if bad:
         sys.exit(f"{name}: non-ASCII characters {bad}")

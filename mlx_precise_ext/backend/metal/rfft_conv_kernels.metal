@@ -4,7 +4,7 @@
 // kernels (rfft_conv_rows.h); Metal has no float64, so "extended" runs the
 // dd kernels, as docs/design.md specifies. kGroup: rows in threadgroup memory;
 // otherwise in the threadgroup's slot of a device workspace.
-#include "rfft_conv_rows.h"
+#include "kernels/rfft_conv_rows.h"
 
 namespace mlx_precise {
 
