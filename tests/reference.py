@@ -117,8 +117,10 @@ def round_exact_sum(terms) -> np.float32:
     return np.float32(s)
 
 
-def layer_norm_reference_mp(x, w, b, eps):
-    """float32-rounded layer_norm at 60 digits (mpmath), plus the float64 of it."""
+def layer_norm_reference_mp(x, w, b, eps, tie_distance=None):
+    """float32-rounded layer_norm at 60 digits (mpmath). With a list tie_distance,
+    also appends each output's distance to the nearest float32 rounding midpoint,
+    relative to the output."""
     out = np.empty(x.shape, np.float32)
     with mpmath.workdps(60):
         for r in range(x.shape[0]):
@@ -134,6 +136,11 @@ def layer_norm_reference_mp(x, w, b, eps):
                     y = y + mpmath.mpf(float(b[i]))
                 hi = float(y)
                 out[r, i] = round_exact_sum([hi, float(y - hi)])
+                if tie_distance is not None and y != 0:
+                    f = out[r, i]
+                    half = mpmath.mpf(float(np.spacing(np.abs(f)))) / 2
+                    mid = min(abs(y - (mpmath.mpf(float(f)) + s * half)) for s in (-1, 1))
+                    tie_distance.append(float(mid / abs(y)))
     return out
 
 

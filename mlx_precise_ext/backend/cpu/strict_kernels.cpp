@@ -129,6 +129,18 @@ struct LayerNormErrors {
   R u;
 };
 
+// Relative error of inv_std = 1/sqrt(var + eps) from the bound ev on var's
+// error: var + eps read back from inv_std (to within a few u, counted), 6u
+// for the square root and the division. 1e300 when var + eps is not safely
+// positive.
+template <class R>
+R inv_std_error(R inv_std, R ev, R u) {
+  const R v = 1 / (inv_std * inv_std);
+  const R low = v * (1 - 8 * u) - ev;
+  return low > 0 ? ((ev + 9 * u * v) / (2 * low) + 6 * u) * (1.0 + 1.0 / 64.0)
+                 : R(1e300);
+}
+
 template <class R>
 LayerNormErrors<R> layer_norm_errors(
     const float* x,
@@ -150,12 +162,7 @@ LayerNormErrors<R> layer_norm_errors(
   const R c = abs(correction);
   const R e1 = ((D + 2) * u * a1 + u * c) * slack;
   const R ev = ((D + 6) * u * m2 + 3 * e1 * (c + e1)) * slack;
-  // var + eps as inv_std carries it (to within a few u, counted below).
-  const R v = 1 / (inv_std * inv_std);
-  const R low = v * (1 - 8 * u) - ev;
-  const R inv_rel =
-      low > 0 ? ((ev + 9 * u * v) / (2 * low) + 6 * u) * slack : R(1e300);
-  return LayerNormErrors<R>{e1, inv_rel, u};
+  return LayerNormErrors<R>{e1, inv_std_error(inv_std, ev, u), u};
 }
 
 // Writes element x's output and returns whether it is certified.
@@ -254,24 +261,46 @@ void certify_layer_norm_row(
   }
   if (open.empty())
     return;
+  // The recomputation takes the mean from the exact sum of the row (ExactSum,
+  // read out as float parts to beyond WideReal's precision), so no
+  // cancellation in the mean is left to correct: shift = mean, correction 0.
   using R = WideReal;
-  R sum = 0;
+  ExactSum exact;
+  exact_sum_init(exact);
   for (int64_t i = 0; i < D; ++i)
-    sum += static_cast<R>(x[i]);
-  const R shift = sum / static_cast<R>(D);
-  R s1 = 0, s2 = 0;
+    exact_sum_add_product(exact, x[i], 1.0f);
+  // (A sum beyond float's range is read out scaled by 2^-64, exactly.)
+  R unit = 1;
+  ExactSum probe = exact;
+  if (!std::isfinite(exact_sum_round(probe))) {
+    exact_sum_scale(exact, 0x1p-64f);
+    unit = static_cast<R>(0x1p64);
+  }
+  R sum = 0;
+  for (int part = 0; part < 6; ++part) {
+    ExactSum rest = exact;
+    const float p = exact_sum_round(rest);
+    sum += static_cast<R>(p) * unit;
+    exact_sum_add_product(exact, -p, 1.0f);
+  }
+  const R u = wide_unit_roundoff(), Dr = static_cast<R>(D);
+  const R mean = sum / Dr;
+  R s2 = 0;
   for (int64_t i = 0; i < D; ++i) {
-    const R d = static_cast<R>(x[i]) - shift;
-    s1 += d;
+    const R d = static_cast<R>(x[i]) - mean;
     s2 += d * d;
   }
-  const R c = s1 / static_cast<R>(D);
-  R var = (s2 - s1 * c) / static_cast<R>(D);
-  if (var < 0)
-    var = 0;
+  const R var = s2 / Dr;
   const R inv_std = 1 / wide_sqrt(var + static_cast<R>(job.eps));
-  const LayerNormErrors<R> el =
-      layer_norm_errors<R>(x, D, shift, c, inv_std, wide_unit_roundoff());
+  const R slack = 1.0 + 1.0 / 64.0;
+  // mean: the sum's parts leave < 2^-140 of it, the division one rounding.
+  const R abs_mean = mean < 0 ? -mean : mean;
+  const R e1 = 2 * u * abs_mean;
+  // var about the computed mean exceeds the true one by (mean error)^2;
+  // (D + 3) u for the squares and the sum.
+  const R ev = ((Dr + 3) * u * var + e1 * e1) * slack;
+  const LayerNormErrors<R> el{e1, inv_std_error(inv_std, ev, u), u};
+  const R shift = mean, c = 0;
   for (const int64_t i : open)
     certified_layer_norm_output<R>(
         el,
