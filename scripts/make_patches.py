@@ -395,6 +395,7 @@ JIT_NO_CONTRACTION = """  // The correctly rounded ops (mlx/precise) round each 
   // their modules compile without contraction.
   if (module_name.starts_with("precise_")) {
     args.push_back("--fmad=false");
+    args.push_back("--device-as-default-execution-space");
   }
 """
 

@@ -5,6 +5,7 @@
 
 #include <nvrtc.h>
 
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <stdexcept>
@@ -76,14 +77,18 @@ Module compile_module(
 
   const std::string arch =
       "--gpu-architecture=sm_" + std::to_string(major) + std::to_string(minor);
+  // --device-as-default-execution-space: the shared kernels/ headers carry no
+  // __device__ on their helpers and lambdas (the same text is C++ and Metal);
+  // NVRTC 13.0 otherwise rejects the lambdas as host functions.
   const char* options[] = {
       arch.c_str(),
       "--std=c++17",
       "--fmad=false",
       "--prec-div=true",
       "--prec-sqrt=true",
-      "--ftz=false"};
-  nvrtcResult r = nvrtcCompileProgram(prog, 6, options);
+      "--ftz=false",
+      "--device-as-default-execution-space"};
+  nvrtcResult r = nvrtcCompileProgram(prog, std::size(options), options);
   if (r != NVRTC_SUCCESS) {
     size_t size = 0;
     nvrtcGetProgramLogSize(prog, &size);
