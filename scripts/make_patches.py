@@ -42,6 +42,7 @@ PATH_MAP = {
     "backend/cuda/": "mlx/backend/cuda/precise/",
     # MLX's make_jit_source takes a kernels/<name>.h and expands its includes.
     "backend/metal/rfft_conv_kernels.metal": "mlx/backend/metal/kernels/precise/rfft_conv_kernels.h",
+    "backend/metal/strict_kernels.metal": "mlx/backend/metal/kernels/precise/strict_kernels.h",
     "backend/metal/": "mlx/backend/metal/precise/",
     "backend/gpu/": "mlx/backend/gpu/precise/",
 }
@@ -315,8 +316,7 @@ def series() -> list:
             **{
                 mlx_path(p): ext_file(p)
                 for p in with_includes(
-                    ["backend/metal/rfft_conv.cpp", "backend/metal/rfft_conv_kernels.metal"],
-                    carried=carried | set(with_includes(CUDA_CONV_FILES, carried)),
+                    METAL_CONV_FILES, carried=carried | set(with_includes(CUDA_CONV_FILES, carried))
                 )
                 if p != "backend/metal/kernel_sources.h"
             },
@@ -325,7 +325,7 @@ def series() -> list:
             ),
         },
         inserts=[
-            ("mlx/backend/metal/CMakeLists.txt", 36, metal_jit_source()),
+            ("mlx/backend/metal/CMakeLists.txt", 36, metal_jit_source("rfft_conv_kernels", CUDA_CONV_HEADERS)),
             ("mlx/backend/metal/CMakeLists.txt", 140, "          ${CMAKE_CURRENT_SOURCE_DIR}/precise/rfft_conv.cpp\n"),
         ],
         removals=[
@@ -333,7 +333,34 @@ def series() -> list:
             ("mlx/backend/metal/primitives.cpp", glue("0001/mlx/backend/metal/primitives.cpp")),
         ],
     )
-    return [conv, strict, cuda_conv, metal_conv]
+    carried |= set(with_includes(CUDA_CONV_FILES, carried))
+    carried |= set(with_includes(METAL_CONV_FILES, carried))
+    sources_h = metal_conv.new_files["mlx/backend/metal/precise/kernel_sources.h"]
+    metal_strict = Patch(
+        "0005-precision-addmm-layer_norm-metal",
+        "0005.msg",
+        new_files={
+            mlx_path(p): ext_file(p)
+            for p in with_includes(
+                ["backend/metal/strict_ops.cpp", "backend/metal/strict_kernels.metal"],
+                carried=carried,
+            )
+        },
+        inserts=[
+            (
+                "mlx/backend/metal/precise/kernel_sources.h",
+                sources_h.splitlines().index("const char* rfft_conv_kernels();") + 1,
+                "const char* strict_kernels();\n",
+            ),
+            ("mlx/backend/metal/CMakeLists.txt", 36, metal_jit_source("strict_kernels", STRICT_HEADERS)),
+            ("mlx/backend/metal/CMakeLists.txt", 140, "          ${CMAKE_CURRENT_SOURCE_DIR}/precise/strict_ops.cpp\n"),
+        ],
+        removals=[
+            ("mlx/backend/metal/primitives.cpp", STRICT_INCLUDE),
+            ("mlx/backend/metal/primitives.cpp", glue("0002/mlx/backend/metal/primitives.cpp")),
+        ],
+    )
+    return [conv, strict, cuda_conv, metal_conv, metal_strict]
 
 
 # The extension files patch 0003 maps whole (with what they include).
@@ -343,6 +370,9 @@ CUDA_CONV_FILES = [
     "backend/cuda/rfft_conv_kernels.cuh",
     "backend/gpu/conv_layout.cpp",
 ]
+
+# The extension files patch 0004 maps whole (with what they include).
+METAL_CONV_FILES = ["backend/metal/rfft_conv.cpp", "backend/metal/rfft_conv_kernels.metal"]
 
 # What jit.h declares for ops the CUDA patch does not carry (the strict ops
 # come with their GPU patch; the pair ops stay in the extension).
@@ -379,13 +409,20 @@ def jit_header_sources() -> str:
     return "".join(f"    jit_source_{Path(h).stem},\n" for h in CUDA_CONV_HEADERS)
 
 
-def metal_jit_source() -> str:
-    """MLX's make_jit_source for the Metal rfft_conv library, with the shared
-    headers it includes as dependencies."""
-    deps = "".join(f"  ../common/precise/{h}\n" for h in CUDA_CONV_HEADERS)
+# The kernel headers the Metal strict-ops kernels include.
+STRICT_HEADERS = [
+    Path(p).name for p in with_includes(["kernels/strict_params.h", "kernels/strict_arith.h"], set())
+]
+
+
+def metal_jit_source(name: str, headers: list) -> str:
+    """MLX's make_jit_source for one Metal library (metal::<name>(), built
+    into a library at first use), with the shared headers it includes as
+    dependencies."""
+    deps = "".join(f"  ../common/precise/{h}\n" for h in headers)
     return (
-        "# mx.fft.rfft_conv: metal::rfft_conv_kernels(), built into a library at first use.\n"
-        "make_jit_source(\n  precise/rfft_conv_kernels\n" + deps.rstrip("\n") + ")\n"
+        f"# mlx/precise: metal::{name}(), built into a library at first use.\n"
+        f"make_jit_source(\n  precise/{name}\n" + deps.rstrip("\n") + ")\n"
     )
 
 

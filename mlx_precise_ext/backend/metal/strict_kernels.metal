@@ -10,8 +10,8 @@
 // Address spaces: the shared helpers take `thread` pointers and references,
 // so layouts (constant), statistics (device) and lane sums (threadgroup) are
 // copied into thread-local values before they are passed on.
-#include "strict_params.h"
-#include "strict_arith.h"
+#include "kernels/strict_params.h"
+#include "kernels/strict_arith.h"
 
 namespace mlx_precise {
 
