@@ -427,12 +427,13 @@ def metal_jit_source(name: str, headers: list) -> str:
 
 
 # NVRTC contracts a*b+c by default; the correctly rounded ops' modules
-# ("precise_*") need every double operation rounded on its own.
+# ("precise_*") need every double operation rounded on its own. (MLX's
+# compile() already passes --device-as-default-execution-space, which the
+# certification lambdas of kernels/ need, to every module.)
 JIT_NO_CONTRACTION = """  // The correctly rounded ops (mlx/precise) round each double operation once:
   // their modules compile without contraction.
   if (module_name.starts_with("precise_")) {
     args.push_back("--fmad=false");
-    args.push_back("--device-as-default-execution-space");
   }
 """
 
