@@ -6,9 +6,12 @@ to the norm, some 10^11 below a float32 ulp.
 """
 
 import math
+from fractions import Fraction
 
 import mpmath
 import numpy as np
+from mpmath import iv
+from mpmath.libmp import to_rational
 
 LD = np.longdouble
 
@@ -117,31 +120,52 @@ def round_exact_sum(terms) -> np.float32:
     return np.float32(s)
 
 
-def layer_norm_reference_mp(x, w, b, eps, tie_distance=None):
-    """float32-rounded layer_norm at 60 digits (mpmath). With a list tie_distance,
-    also appends each output's distance to the nearest float32 rounding midpoint,
-    relative to the output."""
+def _float32_of_fraction(q: Fraction) -> np.float32:
+    hi = float(q)  # correctly rounded to double; the residual's sign decides a midpoint
+    return round_exact_sum([hi, float(q - Fraction(hi))])
+
+
+def layer_norm_reference_mp(x, w, b, eps):
+    """Correctly rounded float32 layer_norm, rigorously: mpmath interval arithmetic at
+    200, 1000, then 5000 bits until an output's interval rounds to one float32. An
+    interval left straddling one midpoint is decided exactly: y = w n + b equals the
+    midpoint m iff w (x - mean) and m - b have one sign and their squares satisfy
+    (w (x - mean))^2 = (m - b)^2 (var + eps) (Fractions); then it rounds to even.
+    (Outputs can sit eps/var or min|x|/max|x| from a midpoint, far below 60 digits.)"""
     out = np.empty(x.shape, np.float32)
-    with mpmath.workdps(60):
+    saved = iv.prec
+    try:
         for r in range(x.shape[0]):
-            row = [mpmath.mpf(float(v)) for v in x[r]]
-            mean = mpmath.fsum(row) / len(row)
-            var = mpmath.fsum((v - mean) ** 2 for v in row) / len(row)
-            inv = 1 / mpmath.sqrt(var + mpmath.mpf(eps))
+            row = [Fraction(float(v)) for v in x[r]]
+            mean = sum(row) / len(row)
+            var = sum((v - mean) ** 2 for v in row) / len(row) + Fraction(eps)
             for i, v in enumerate(row):
-                y = (v - mean) * inv
-                if w is not None:
-                    y = y * mpmath.mpf(float(w[i]))
-                if b is not None:
-                    y = y + mpmath.mpf(float(b[i]))
-                hi = float(y)
-                out[r, i] = round_exact_sum([hi, float(y - hi)])
-                if tie_distance is not None and y != 0:
-                    f = out[r, i]
-                    half = mpmath.mpf(float(np.spacing(np.abs(f)))) / 2
-                    mid = min(abs(y - (mpmath.mpf(float(f)) + s * half)) for s in (-1, 1))
-                    tie_distance.append(float(mid / abs(y)))
+                wi = Fraction(1) if w is None else Fraction(float(w[i]))
+                bi = Fraction(0) if b is None else Fraction(float(b[i]))
+                out[r, i] = _layer_norm_output(wi * (v - mean), var, bi)
+    finally:
+        iv.prec = saved
     return out
+
+
+def _interval(q: Fraction):
+    return iv.mpf(q.numerator) / q.denominator
+
+
+def _layer_norm_output(numerator, var, bias):
+    for prec in (200, 1000, 5000):
+        iv.prec = prec
+        y = _interval(numerator) / iv.sqrt(_interval(var)) + _interval(bias)
+        ends = [_float32_of_fraction(Fraction(*to_rational(e))) for e in y._mpi_]
+        if ends[0] == ends[1]:
+            return ends[0]
+        if np.nextafter(ends[0], np.float32(np.inf)) == ends[1]:
+            m = (Fraction(float(ends[0])) + Fraction(float(ends[1]))) / 2
+            c = m - bias
+            if (numerator > 0) == (c > 0) and numerator**2 == c * c * var:
+                even = ends[0].view(np.uint32) & 1 == 0
+                return ends[0] if even else ends[1]
+    raise AssertionError(f"layer_norm reference undecided: {numerator} / sqrt({var}) + {bias}")
 
 
 def exact_conv(u, k, n=None, bias=None):

@@ -229,6 +229,65 @@ def test_layer_norm_correctly_rounded(rng, precision, affine):
     check_correctly_rounded(np.array(y), expected, what=f"layer_norm {precision} affine={affine}")
 
 
+def test_layer_norm_exact_beyond_binary128():
+    # Regression (found by test_value_fuzz): -0.5 (1 + eps/var)^(-1/2) + 0.5 with
+    # eps/var ~ 1e-27 cancels past binary128's 113 bits; it took binary128's rounding
+    # (bits 297179340, 2 ulp off) before the exact last resort.
+    x = np.float32([[0, 0, 0, 232888532992.0, 0]])
+    b = np.float32([0, 0, 0, 0, 0.5])
+    y = np.array(mp.layer_norm(f32(x), None, f32(b), eps=1e-5, precision="extended"))
+    assert y[0, 4].view(np.uint32) == 297179342
+    np.testing.assert_array_equal(y, layer_norm_reference_mp(x, None, b, 1e-5))
+
+
+def deep_cancellation_row(rng, dim):
+    """(x, w, n0, eps) whose outputs with b = -w n0 all cancel to |y| ~ |w| eps/var (2^-30 ... 2^-140).
+
+    Rows whose eps-free normalised values n0 are dyadic: half of the row at c + 2^k, half
+    at c - 2^k (n0 = +-1), or dim - 1 values c and one outlier with n0 = -1/2, 2 (dim 5)
+    or -1/4, 4 (dim 17); b = -w n0 is exact and y = w n0 ((1 + eps/var)^(-1/2) - 1)."""
+    k = int(rng.integers(-60, 61))
+    c = float(rng.integers(-1000, 1001)) * 2.0**k
+    if dim in (5, 17):
+        x = np.full(dim, c)
+        x[rng.integers(dim)] = c + dim * 2.0**k
+        sd = 2.0**k * (2 if dim == 5 else 4)
+    else:
+        x = c + 2.0**k * rng.permutation(np.repeat([1.0, -1.0], dim // 2))
+        sd = 2.0**k
+    n0 = (x - x.mean()) / sd
+    t = int(rng.integers(30, 141))
+    eps = float(np.ldexp(1.0 + rng.random(), 2 * int(np.log2(sd)) - t))
+    w = (rng.uniform(0.5, 4, dim) * rng.choice([-1, 1], dim)).astype(np.float32)
+    return x.astype(np.float32)[None], w, n0, eps
+
+
+@pytest.mark.parametrize("dim", [2, 4, 5, 8, 12, 17])
+def test_layer_norm_deep_cancellation_correctly_rounded(rng, dim):
+    for _ in range(4):
+        x, w, n0, eps = deep_cancellation_row(rng, dim)
+        for weight in (w, None):
+            bias = np.float32(-n0 * (1 if weight is None else weight.astype(np.float64)))
+            y = np.array(mp.layer_norm(f32(x), None if weight is None else f32(weight),
+                                       f32(bias), eps=eps, precision="extended"))
+            expected = layer_norm_reference_mp(x, weight, bias, eps)
+            assert np.all(expected != 0)
+            np.testing.assert_array_equal(y.view(np.uint32), expected.view(np.uint32),
+                                          err_msg=f"x={x.tolist()} w={weight} b={bias} eps={eps!r}")
+
+
+def test_layer_norm_exact_ties_round_to_even():
+    # x = [-1, 1]: n = +-1 (eps = 0) or +-1/2 (var 1 + eps 3 = 4); w n + b lands on a
+    # float32 midpoint (3 + 2^-23, 1.5 + 2^-24) and rounds to the even neighbour.
+    w = np.float32([1, 1 + 2.0**-23])
+    for eps, bias, even in ((0.0, 2.0, 3.0), (3.0, 1.0, 1.5)):
+        y = np.array(mp.layer_norm(f32([[-1, 1]]), f32(w), f32([0, bias]), eps=eps,
+                                   precision="extended"))
+        assert y[0, 1] == np.float32(even)
+        np.testing.assert_array_equal(y, layer_norm_reference_mp(np.float32([[-1, 1]]), w,
+                                                                 np.float32([0, bias]), eps))
+
+
 def test_layer_norm_torch_parity():
     rng = np.random.default_rng([SEED, 2])
     x = (rng.standard_normal((512, 768)) * 2 + 0.5).astype(np.float32)

@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "backend/cpu/exact_layer_norm.h"
 #include "backend/cpu/parallel.h"
 #include "backend/cpu/strict_job.h"
 #include "kernels/strict_arith.h"
@@ -106,8 +107,8 @@ ff working_eps<ff>(double eps) {
 // mean with correction, var = (sum d^2 - S1 c) / D, inv_std = 1/sqrt(var +
 // eps)), as addmm does, and recomputes the rows with open outputs in a wide
 // type (binary128 with gcc on x86-64, else long double), certified against
-// the same bound; what is still open after that takes the wide type's
-// rounding (an exact tie held exactly there rounds correctly). With
+// the same bound; what is still open after that is rounded exactly
+// (exact_layer_norm.h: big-integer comparisons with the midpoints). With
 // d_i = fl(x_i - shift), A1 = sum |d_i| / D, M2 = sum d_i^2 / D and u the
 // unit roundoff:
 //   mean error    e1 = (D + 2) u A1 (+ u |c|)
@@ -230,9 +231,10 @@ WideReal wide_sqrt(WideReal v) {
 }
 
 // Certifies the outputs y of row r (computed by the shared float64
-// algorithm); a row with open outputs is recomputed in WideReal (the same
-// algorithm, sequential sums) and certified again; what stays open takes its
-// rounding.
+// algorithm); a row with open outputs is recomputed in WideReal (mean from
+// the exact row sum) and certified again; what stays open is
+// rounded exactly. Rows with a non-finite x, and outputs with a non-finite
+// weight or bias, keep the float64 value (IEEE's Inf / NaN).
 void certify_layer_norm_row(
     const LayerNormRows& job,
     int64_t r,
@@ -244,6 +246,12 @@ void certify_layer_norm_row(
   const float* b = job.bias;
   const LayerNormErrors<double> e = layer_norm_errors<double>(
       x, D, s.shift, s.correction, s.inv_std, kUnitRoundoff64);
+  const auto finite = [](const float* v) { return !v || std::isfinite(*v); };
+  bool row_finite = true;
+  for (int64_t i = 0; i < D; ++i)
+    row_finite = row_finite && std::isfinite(x[i]);
+  if (!row_finite)
+    return;
   std::vector<int64_t> open;
   for (int64_t i = 0; i < D; ++i) {
     float v;
@@ -256,7 +264,8 @@ void certify_layer_norm_row(
             w ? w + i : nullptr,
             b ? b + i : nullptr,
             &v) &&
-        std::isfinite(y[i]))
+        !std::isnan(y[i]) && finite(w ? w + i : nullptr) &&
+        finite(b ? b + i : nullptr))
       open.push_back(i);
   }
   if (open.empty())
@@ -301,16 +310,26 @@ void certify_layer_norm_row(
   const R ev = ((Dr + 3) * u * var + e1 * e1) * slack;
   const LayerNormErrors<R> el{e1, inv_std_error(inv_std, ev, u), u};
   const R shift = mean, c = 0;
+  std::vector<int64_t> still_open;
   for (const int64_t i : open)
-    certified_layer_norm_output<R>(
-        el,
-        shift,
-        c,
-        inv_std,
-        x[i],
-        w ? w + i : nullptr,
-        b ? b + i : nullptr,
-        &y[i]);
+    if (!certified_layer_norm_output<R>(
+            el,
+            shift,
+            c,
+            inv_std,
+            x[i],
+            w ? w + i : nullptr,
+            b ? b + i : nullptr,
+            &y[i]))
+      still_open.push_back(i);
+  if (still_open.empty())
+    return;
+  const ExactLayerNormRow exact_row = exact_layer_norm_row(x, D, job.eps);
+  if (exact_row.radicand.size == 0) // eps = 0 and a constant row: 0 / 0
+    return;
+  for (const int64_t i : still_open)
+    y[i] = exact_layer_norm_output(
+        exact_row, x[i], w ? w[i] : 1.0f, b ? b[i] : 0.0f, y[i]);
 }
 
 // dd rows: the power-of-two scaling (exponent s) that brings the larger of
