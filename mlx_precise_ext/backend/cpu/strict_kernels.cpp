@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <thread>
 #include <type_traits>
@@ -151,11 +152,18 @@ LayerNormErrors<R> layer_norm_errors(
     R inv_std,
     R u) {
   const auto abs = [](R v) { return v < 0 ? -v : v; };
+  // Sums in kLayerNormLanes lanes (vectorised); only bounds, any order.
+  R a1_lane[kLayerNormLanes] = {}, m2_lane[kLayerNormLanes] = {};
+  for (int64_t i0 = 0; i0 < dim; i0 += kLayerNormLanes)
+    for (int l = 0; l < kLayerNormLanes && i0 + l < dim; ++l) {
+      const R d = static_cast<R>(x[i0 + l]) - shift;
+      a1_lane[l] += abs(d);
+      m2_lane[l] += d * d;
+    }
   R a1 = 0, m2 = 0;
-  for (int64_t i = 0; i < dim; ++i) {
-    const R d = static_cast<R>(x[i]) - shift;
-    a1 += abs(d);
-    m2 += d * d;
+  for (int l = 0; l < kLayerNormLanes; ++l) {
+    a1 += a1_lane[l];
+    m2 += m2_lane[l];
   }
   const R D = static_cast<R>(dim), slack = 1.0 + 1.0 / 64.0;
   a1 = a1 / D * slack;
@@ -221,59 +229,29 @@ WideReal wide_unit_roundoff() {
   return u;
 }
 
-WideReal wide_sqrt(WideReal v) {
+template <class R>
+R wide_sqrt(R v) {
   if (!(v > 0))
     return 0;
-  WideReal s = std::sqrt(static_cast<double>(v));
+  R s = std::sqrt(static_cast<double>(v));
   for (int i = 0; i < 3; ++i)
     s = (s + v / s) / 2;
   return s;
 }
 
-// Certifies the outputs y of row r (computed by the shared float64
-// algorithm); a row with open outputs is recomputed in WideReal (mean from
-// the exact row sum) and certified again; what stays open is
-// rounded exactly. Rows with a non-finite x, and outputs with a non-finite
-// weight or bias, keep the float64 value (IEEE's Inf / NaN).
-void certify_layer_norm_row(
+// Recomputes the outputs `open` of a row in precision R (unit roundoff u),
+// with the mean from the exact row sum (ExactSum, read out as float parts to
+// beyond R's precision), so no cancellation in the mean is left to correct
+// (shift = mean, correction 0). Writes R's rounding of each output and keeps
+// in `open` those that still do not certify.
+template <class R>
+void recompute_open_outputs(
     const LayerNormRows& job,
-    int64_t r,
-    const LayerNormStats<double>& s,
+    const float* x,
+    R u,
+    std::vector<int64_t>& open,
     float* y) {
-  const float* x = job.x + r * job.dim;
   const int64_t D = job.dim;
-  const float* w = job.weight;
-  const float* b = job.bias;
-  const LayerNormErrors<double> e = layer_norm_errors<double>(
-      x, D, s.shift, s.correction, s.inv_std, kUnitRoundoff64);
-  const auto finite = [](const float* v) { return !v || std::isfinite(*v); };
-  bool row_finite = true;
-  for (int64_t i = 0; i < D; ++i)
-    row_finite = row_finite && std::isfinite(x[i]);
-  if (!row_finite)
-    return;
-  std::vector<int64_t> open;
-  for (int64_t i = 0; i < D; ++i) {
-    float v;
-    if (!certified_layer_norm_output<double>(
-            e,
-            s.shift,
-            s.correction,
-            s.inv_std,
-            x[i],
-            w ? w + i : nullptr,
-            b ? b + i : nullptr,
-            &v) &&
-        !std::isnan(y[i]) && finite(w ? w + i : nullptr) &&
-        finite(b ? b + i : nullptr))
-      open.push_back(i);
-  }
-  if (open.empty())
-    return;
-  // The recomputation takes the mean from the exact sum of the row (ExactSum,
-  // read out as float parts to beyond WideReal's precision), so no
-  // cancellation in the mean is left to correct: shift = mean, correction 0.
-  using R = WideReal;
   ExactSum exact;
   exact_sum_init(exact);
   for (int64_t i = 0; i < D; ++i)
@@ -292,7 +270,7 @@ void certify_layer_norm_row(
     sum += static_cast<R>(p) * unit;
     exact_sum_add_product(exact, -p, 1.0f);
   }
-  const R u = wide_unit_roundoff(), Dr = static_cast<R>(D);
+  const R Dr = static_cast<R>(D);
   const R mean = sum / Dr;
   R s2 = 0;
   for (int64_t i = 0; i < D; ++i) {
@@ -301,29 +279,117 @@ void certify_layer_norm_row(
   }
   const R var = s2 / Dr;
   const R inv_std = 1 / wide_sqrt(var + static_cast<R>(job.eps));
-  const R slack = 1.0 + 1.0 / 64.0;
-  // mean: the sum's parts leave < 2^-140 of it, the division one rounding.
-  const R abs_mean = mean < 0 ? -mean : mean;
-  const R e1 = 2 * u * abs_mean;
-  // var about the computed mean exceeds the true one by (mean error)^2;
-  // (D + 3) u for the squares and the sum.
-  const R ev = ((Dr + 3) * u * var + e1 * e1) * slack;
+  // mean: the sum's parts leave < 2^-140 of it, the division one rounding;
+  // var about the computed mean exceeds the true one by (mean error)^2, and
+  // (D + 3) u covers the squares and the sum.
+  const R e1 = 2 * u * (mean < 0 ? -mean : mean);
+  const R ev = ((Dr + 3) * u * var + e1 * e1) * (1.0 + 1.0 / 64.0);
   const LayerNormErrors<R> el{e1, inv_std_error(inv_std, ev, u), u};
-  const R shift = mean, c = 0;
   std::vector<int64_t> still_open;
-  for (const int64_t i : open)
+  for (const int64_t i : open) {
+    const float* w = job.weight ? job.weight + i : nullptr;
+    const float* b = job.bias ? job.bias + i : nullptr;
     if (!certified_layer_norm_output<R>(
-            el,
-            shift,
-            c,
-            inv_std,
-            x[i],
-            w ? w + i : nullptr,
-            b ? b + i : nullptr,
-            &y[i]))
+            el, mean, R(0), inv_std, x[i], w, b, &y[i]))
       still_open.push_back(i);
-  if (still_open.empty())
+  }
+  open.swap(still_open);
+}
+
+// Certifies the outputs y of row r (computed by the shared float64
+// algorithm) in one vectorised pass; open outputs are recomputed in long
+// double (x87, 64-bit significand), what is still open in WideReal (mean from
+// the exact row sum), and what stays open is rounded exactly. Rows with a
+// non-finite x, and outputs with a non-finite weight or bias, keep the
+// float64 value (IEEE's Inf / NaN).
+void certify_layer_norm_row(
+    const LayerNormRows& job,
+    int64_t r,
+    const LayerNormStats<double>& s,
+    float* y) {
+  const float* x = job.x + r * job.dim;
+  const int64_t D = job.dim;
+  const float* w = job.weight;
+  const float* b = job.bias;
+  bool row_finite = true;
+  for (int64_t i = 0; i < D; ++i)
+    row_finite = row_finite && std::isfinite(x[i]);
+  if (!row_finite)
     return;
+  const LayerNormErrors<double> e = layer_norm_errors<double>(
+      x, D, s.shift, s.correction, s.inv_std, kUnitRoundoff64);
+  thread_local std::vector<unsigned char> flags_buffer;
+  flags_buffer.resize(D);
+  unsigned char* __restrict flags = flags_buffer.data();
+  // The bound of certified_layer_norm_output, written out so that it
+  // vectorises (one loop per weight / bias case).
+  const double u = kUnitRoundoff64, slack = 1.0 + 1.0 / 64.0;
+  const double shift = s.shift, c = s.correction, inv = s.inv_std;
+  const double rel = e.inv_rel, inv_err = inv * (1.0 + e.inv_rel);
+  auto pass = [&](auto has_w, auto has_b) {
+    for (int64_t i = 0; i < D; ++i) {
+      const double d = static_cast<double>(x[i]) - shift;
+      const double num = d - c;
+      const double n = num * inv;
+      double wd = 1.0, bd = 0.0, v = n;
+      if constexpr (decltype(has_w)::value) {
+        wd = w[i];
+        v = n * wd;
+      }
+      if constexpr (decltype(has_b)::value) {
+        bd = b[i];
+        v = v + bd;
+      }
+      const double e_num = u * std::fabs(d) + e.mean_err + u * std::fabs(num);
+      const double err =
+          (std::fabs(wd) *
+               (std::fabs(n) * rel + inv_err * e_num + u * std::fabs(n)) +
+           u * std::fabs(n * wd) + u * std::fabs(v)) *
+          slack;
+      const double margin = err + 4.0 * u * std::fabs(v);
+      const float lo = static_cast<float>(v - margin);
+      const float hi = static_cast<float>(v + margin);
+      // Open: not certified, the output not NaN, weight and bias finite.
+      flags[i] =
+          ((MP_FLOAT_BITS(lo) != MP_FLOAT_BITS(hi)) | !(std::fabs(v) < 1e300)) &
+          (y[i] == y[i]) & (std::fabs(wd) <= 3.5e38) &
+          (std::fabs(bd) <= 3.5e38);
+    }
+  };
+  using Yes = std::true_type;
+  using No = std::false_type;
+  if (w && b)
+    pass(Yes{}, Yes{});
+  else if (w)
+    pass(Yes{}, No{});
+  else if (b)
+    pass(No{}, Yes{});
+  else
+    pass(No{}, No{});
+  std::vector<int64_t> open;
+  for (int64_t i0 = 0; i0 < D; i0 += 8) {
+    const int64_t i1 = std::min<int64_t>(i0 + 8, D);
+    uint64_t word = 1;
+    if (i1 - i0 == 8)
+      std::memcpy(&word, flags + i0, 8);
+    if (word != 0)
+      for (int64_t i = i0; i < i1; ++i)
+        if (flags[i])
+          open.push_back(i);
+  }
+  if (open.empty())
+    return;
+  recompute_open_outputs<long double>(
+      job,
+      x,
+      std::ldexp(1.0L, -std::numeric_limits<long double>::digits),
+      open,
+      y);
+  if (!open.empty() && !std::is_same<WideReal, long double>::value)
+    recompute_open_outputs<WideReal>(job, x, wide_unit_roundoff(), open, y);
+  if (open.empty())
+    return;
+  const std::vector<int64_t>& still_open = open;
   const ExactLayerNormRow exact_row = exact_layer_norm_row(x, D, job.eps);
   if (exact_row.radicand.size == 0) // eps = 0 and a constant row: 0 / 0
     return;
