@@ -76,14 +76,12 @@ struct ConvShape {
 };
 
 #if MP_HAS_DOUBLE
-// Outputs that did not certify (kernels/certify.h step 2), as row * out_len +
-// t (row: the launch's output row number), for the recompute pass; past
-// `capacity` entries an output is recomputed where it was found. The
-// certified precisions need double, which Metal lacks.
+// Outputs that did not certify (kernels/certify.h step 2), one bit each at
+// e = row * out_len + t (row: the launch's output row number), for the
+// recompute pass. The certified precisions need double, which Metal lacks.
 struct OpenList {
-  MP_INT64* entries;
-  unsigned long long* count;
-  MP_INT64 capacity;
+  unsigned* bits; // bit e % 32 of word e / 32: output e did not certify
+  MP_INT64 words;
 };
 #endif
 

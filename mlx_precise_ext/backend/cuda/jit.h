@@ -15,7 +15,7 @@
 namespace mlx_precise::cuda {
 
 // The kernel `name` ("conv_rows", "kernel_spectra", "reduce_rows" with
-// `shared` telling which row storage; "product_sum", "reset_open_count",
+// `shared` telling which row storage; "product_sum", "clear_open_bits",
 // "recompute_open" without) for precision p (dd: the double kernels),
 // compiled for `device` at first use (all kernels of p at once) and cached for
 // the life of the process.

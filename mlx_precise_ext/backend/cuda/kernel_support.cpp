@@ -40,7 +40,7 @@ const ConvKernel kKernels[] = {
     {"conv_rows", true, true},
     {"reduce_rows", true, true},
     {"product_sum", true, false},
-    {"reset_open_count", false, false},
+    {"clear_open_bits", false, false},
     {"recompute_open", false, false}};
 
 std::string name_expression(Precision p, const ConvKernel& k, bool shared) {

@@ -90,41 +90,43 @@ void register_buffers(
       encoder.set_output_array(*x);
 }
 
-// The list of outputs that did not certify (kernels' OpenList) for a launch
-// of `outputs` outputs, its count zeroed by a node of its own. Usually well
-// under 1e-3 of the outputs are listed; past the capacity the row kernels
-// recompute where they are.
+// The outputs that did not certify (kernels' OpenList) for a launch of
+// `outputs` outputs: one bit each (an eighth of a byte per output, and no
+// list that can fill up), cleared by a node of its own.
 struct OpenOutputs {
-  mx::array entries;
-  mx::array count;
+  mx::array bits;
   OpenList list;
 };
 
+// A grid-stride launch over `items` items: enough blocks of 256 threads to
+// fill the device a few times over, no more.
+dim3 grid_stride_blocks(int device, int64_t items) {
+  const int64_t wanted = (items + 255) / 256;
+  const int64_t most = 4 * int64_t{cuda::device_info(device).multiprocessors};
+  return dim3(
+      static_cast<unsigned>(
+          std::max<int64_t>(1, std::min<int64_t>(wanted, most))));
+}
+
 OpenOutputs
 open_outputs(mx::cu::CommandEncoder& encoder, int device, int64_t outputs) {
-  const int64_t capacity =
-      std::min<int64_t>(outputs, std::max<int64_t>(outputs / 16, 1 << 16));
-  OpenOutputs o{
-      scratch(encoder, std::max<int64_t>(capacity, 1) * sizeof(MP_INT64)),
-      scratch(encoder, sizeof(unsigned long long)),
-      {}};
-  o.list = OpenList{
-      data_of<MP_INT64>(o.entries),
-      data_of<unsigned long long>(o.count),
-      capacity};
-  register_buffers(encoder, {}, {&o.count});
+  const int64_t words = std::max<int64_t>((outputs + 31) / 32, 1);
+  OpenOutputs o{scratch(encoder, words * sizeof(unsigned)), {}};
+  o.list = OpenList{data_of<unsigned>(o.bits), words};
+  register_buffers(encoder, {}, {&o.bits});
   encoder.add_kernel_node_ex(
-      cuda::get_kernel(device, Precision::Extended, "reset_open_count", false),
-      dim3(1),
-      dim3(1),
+      cuda::get_kernel(device, Precision::Extended, "clear_open_bits", false),
+      grid_stride_blocks(device, words),
+      dim3(256),
       {},
       0u,
-      o.list.count);
+      o.list.bits,
+      o.list.words);
   return o;
 }
 
-// Step 3 of kernels/certify.h: the listed outputs, recomputed. A grid that
-// covers the usual few in one pass; more loop over it.
+// Step 3 of kernels/certify.h: the marked outputs, recomputed (a word of 32
+// outputs per thread).
 void recompute_open(
     mx::cu::CommandEncoder& encoder,
     int device,
@@ -136,11 +138,10 @@ void recompute_open(
     mx::array& out,
     OpenOutputs& open,
     bool one_term_per_row) {
-  register_buffers(encoder, {&a, &b, bias, &open.entries, &open.count}, {&out});
+  register_buffers(encoder, {&a, &b, bias, &open.bits}, {&out});
   encoder.add_kernel_node_ex(
       cuda::get_kernel(device, Precision::Extended, "recompute_open", false),
-      dim3(
-          static_cast<unsigned>(4 * cuda::device_info(device).multiprocessors)),
+      grid_stride_blocks(device, open.list.words),
       dim3(256),
       {},
       0u,
@@ -297,8 +298,7 @@ void launch_shared_kernel(
       {&a, &b, bias, &spectra_buffer, &norms_buffer},
       {&out,
        rows_buffer ? &*rows_buffer : nullptr,
-       open ? &open->entries : nullptr,
-       open ? &open->count : nullptr});
+       open ? &open->bits : nullptr});
   encoder.add_kernel_node_ex(
       rows.kernel,
       dim3(static_cast<unsigned>(grid)),
@@ -353,8 +353,7 @@ void launch_reduce(
       {&out,
        &acc_buffer,
        ws_buffer ? &*ws_buffer : nullptr,
-       open ? &open->entries : nullptr,
-       open ? &open->count : nullptr});
+       open ? &open->bits : nullptr});
   RowOperands<T> op(fft, a, b, bias, out);
   encoder.add_kernel_node_ex(
       l.kernel,

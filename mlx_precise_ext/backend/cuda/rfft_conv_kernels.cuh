@@ -58,24 +58,20 @@ block_row_norm(const float* row, MP_INT64 stride, MP_INT64 len) {
       block_sum(square_sum_part(row, stride, len, threadIdx.x, blockDim.x)));
 }
 
-// Step 2 of certify.h for output t of an output row: certified, or listed,
-// or (list full) recomputed by recompute().
-template <class Recompute>
+// Step 2 of certify.h for output t of an output row: certified, or marked
+// in `open` for recompute_open. The exact recomputation stays out of the
+// transform kernels: inlined there, its accumulator raised their register use
+// from 63 to 166 per thread (ptxas, sm_90) for outputs almost none take.
 __device__ __forceinline__ void certify_or_list(
     const RowCertificate& cert,
     double value,
     double magnitude,
     float* out,
     OpenList open,
-    MP_INT64 entry,
-    Recompute recompute) {
+    MP_INT64 entry) {
   if (certify_output(cert, value, magnitude, out))
     return;
-  const MP_INT64 slot = static_cast<MP_INT64>(atomicAdd(open.count, 1ull));
-  if (slot < open.capacity)
-    open.entries[slot] = entry;
-  else
-    *out = recompute();
+  atomicOr(open.bits + (entry >> 5), 1u << (entry & 31));
 }
 
 // Spectra of the kernel rows (operand B, outer index = kernel row), scaled by
@@ -213,10 +209,7 @@ __global__ void conv_rows(
               magnitude,
               out_row + t,
               open,
-              (kk * ix.inner_count + j) * g.out_len + t,
-              [&] {
-                return recompute_output(a, b, bias, ix, g, kk, j, j + 1, t);
-              });
+              (kk * ix.inner_count + j) * g.out_len + t);
         } else {
           out_row[t] = g.has_bias
               ? finish_output(
@@ -352,10 +345,7 @@ __global__ void reduce_rows(
       }
       if constexpr (Certified<T>::value) {
         certify_or_list(
-            cert, v, magnitude, out_row + t, open, target * g.out_len + t, [&] {
-              return recompute_output(
-                  a, b, bias, ix, g, target, 0, ix.inner_count, t);
-            });
+            cert, v, magnitude, out_row + t, open, target * g.out_len + t);
       } else {
         out_row[t] = r_round(v);
       }
@@ -364,14 +354,18 @@ __global__ void reduce_rows(
   }
 }
 
-// Zeroes the count of an OpenList before the kernels that fill it.
-__global__ void reset_open_count(unsigned long long* count) {
-  *count = 0ull;
+// Clears the bits of an OpenList before the kernels that set them.
+__global__ void clear_open_bits(unsigned* bits, MP_INT64 words) {
+  for (MP_INT64 w =
+           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
+       w < words;
+       w += static_cast<MP_INT64>(gridDim.x) * blockDim.x)
+    bits[w] = 0u;
 }
 
 // Step 3 of certify.h for the outputs that conv_rows (one_term_per_row: the
-// row's own term) or reduce_rows (all inner rows of the target) listed, in a
-// grid-stride loop.
+// row's own term) or reduce_rows (all inner rows of the target) marked, a
+// word of 32 outputs per thread in a grid-stride loop.
 __global__ void recompute_open(
     const float* a,
     const float* b,
@@ -381,19 +375,19 @@ __global__ void recompute_open(
     const ConvShape g,
     const OpenList open,
     int one_term_per_row) {
-  const MP_INT64 listed = static_cast<MP_INT64>(*open.count);
-  const MP_INT64 count = listed < open.capacity ? listed : open.capacity;
-  for (MP_INT64 e =
+  for (MP_INT64 w =
            static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
-       e < count;
-       e += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
-    const MP_INT64 entry = open.entries[e];
-    const MP_INT64 row = entry / g.out_len, t = entry % g.out_len;
-    const MP_INT64 outer = one_term_per_row ? row / ix.inner_count : row;
-    const MP_INT64 j_begin = one_term_per_row ? row % ix.inner_count : 0;
-    const MP_INT64 j_end = one_term_per_row ? j_begin + 1 : ix.inner_count;
-    out[row_offset(ix, kOperandOut, outer, j_begin) + t] =
-        recompute_output(a, b, bias, ix, g, outer, j_begin, j_end, t);
+       w < open.words;
+       w += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+    for (unsigned word = open.bits[w]; word != 0u; word &= word - 1u) {
+      const MP_INT64 entry = w * 32 + (__ffs(word) - 1);
+      const MP_INT64 row = entry / g.out_len, t = entry % g.out_len;
+      const MP_INT64 outer = one_term_per_row ? row / ix.inner_count : row;
+      const MP_INT64 j_begin = one_term_per_row ? row % ix.inner_count : 0;
+      const MP_INT64 j_end = one_term_per_row ? j_begin + 1 : ix.inner_count;
+      out[row_offset(ix, kOperandOut, outer, j_begin) + t] =
+          recompute_output(a, b, bias, ix, g, outer, j_begin, j_end, t);
+    }
   }
 }
 
