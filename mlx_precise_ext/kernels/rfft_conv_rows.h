@@ -453,10 +453,12 @@ MP_INLINE bool certify_output(
   return done;
 }
 
-// Step 3: output t of the rows (outer, j), j in [j_begin, j_end), summed over
-// them, correctly rounded from its products: the cyclic convolution entries
-// that gather_output reads, then the bias products a[t] bias[t].
-MP_INLINE float recompute_output(
+// Step 3: the products of output t of the rows (outer, j), j in [j_begin,
+// j_end), summed over them, as ranges for correctly_rounded_sum (or a GPU's
+// parallel form of it): the cyclic convolution entries that gather_output
+// reads, then the bias products a[t] bias[t].
+template <class Range>
+MP_INLINE void for_each_output_range(
     const MP_DEVICE float* a,
     const MP_DEVICE float* b,
     const MP_DEVICE float* bias,
@@ -465,12 +467,13 @@ MP_INLINE float recompute_output(
     MP_INT64 outer,
     MP_INT64 j_begin,
     MP_INT64 j_end,
-    MP_INT64 t) {
+    MP_INT64 t,
+    Range range) {
   const GatherIndex idx = output_entries(g, t);
   const MP_INT64 a_step = ix.time_stride[kOperandA],
                  b_step = ix.time_stride[kOperandB],
                  d_step = ix.time_stride[kOperandBias];
-  return correctly_rounded_sum([&](auto range) {
+  {
     for (MP_INT64 j = j_begin; j < j_end; ++j) {
       const MP_DEVICE float* a_row = a + row_offset(ix, kOperandA, outer, j);
       const DeviceRow a_loaded{a_row, a_step, g.a_len, g.a_reversed != 0};
@@ -501,6 +504,22 @@ MP_INLINE float recompute_output(
             t,
             1);
     }
+  }
+}
+
+// Output t of the rows (outer, j), correctly rounded from its products.
+MP_INLINE float recompute_output(
+    const MP_DEVICE float* a,
+    const MP_DEVICE float* b,
+    const MP_DEVICE float* bias,
+    MP_CONSTANT const RowIndex& ix,
+    MP_CONSTANT const ConvShape& g,
+    MP_INT64 outer,
+    MP_INT64 j_begin,
+    MP_INT64 j_end,
+    MP_INT64 t) {
+  return correctly_rounded_sum([&](auto range) {
+    for_each_output_range(a, b, bias, ix, g, outer, j_begin, j_end, t, range);
   });
 }
 

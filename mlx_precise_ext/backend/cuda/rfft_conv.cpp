@@ -125,8 +125,8 @@ open_outputs(mx::cu::CommandEncoder& encoder, int device, int64_t outputs) {
   return o;
 }
 
-// Step 3 of kernels/certify.h: the marked outputs, recomputed (a word of 32
-// outputs per thread).
+// Step 3 of kernels/certify.h: the marked outputs, recomputed (a warp per
+// output, the bitmap read 32 words per warp at a time).
 void recompute_open(
     mx::cu::CommandEncoder& encoder,
     int device,
@@ -141,7 +141,7 @@ void recompute_open(
   register_buffers(encoder, {&a, &b, bias, &open.bits}, {&out});
   encoder.add_kernel_node_ex(
       cuda::get_kernel(device, Precision::Extended, "recompute_open", false),
-      grid_stride_blocks(device, open.list.words),
+      grid_stride_blocks(device, (open.list.words + 31) / 32 * 32),
       dim3(256),
       {},
       0u,

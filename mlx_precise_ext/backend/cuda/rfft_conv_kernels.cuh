@@ -363,9 +363,41 @@ __global__ void clear_open_bits(unsigned* bits, MP_INT64 words) {
     bits[w] = 0u;
 }
 
+// correctly_rounded_sum with its first stage spread over a warp: lane l sums
+// the products k = l, l + 32, ... of every range in double with its running
+// error bound (the sum of |partial sums|), and shuffles combine the lanes,
+// each addition adding |result| to the bound. That is running_round's
+// argument for a tree of additions, so a certified result is the correctly
+// rounded sum; every lane ends with the same sum and bound, so the branch is
+// uniform. What it cannot decide, lane 0 sums with the sequential stages.
+template <class ForEachRange>
+__device__ float warp_correctly_rounded_sum(
+    ForEachRange for_each_range,
+    int lane) {
+  double sum = 0.0, mass = 0.0;
+  for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 count) {
+    for (MP_INT64 k = lane; k < count; k += 32) {
+      sum += static_cast<double>(a(m0 - k)) * static_cast<double>(b(j0 + k));
+      mass += fabs(sum);
+    }
+  });
+  for (int offset = 16; offset > 0; offset /= 2) {
+    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    mass += __shfl_xor_sync(0xffffffffu, mass, offset);
+    mass += fabs(sum);
+  }
+  float out;
+  if (certified_round(sum, kUnitRoundoff64 * (1.0 + 1.0 / 1024.0) * mass, &out))
+    return out;
+  if (lane == 0)
+    out = correctly_rounded_sum(for_each_range);
+  return __shfl_sync(0xffffffffu, out, 0);
+}
+
 // Step 3 of certify.h for the outputs that conv_rows (one_term_per_row: the
-// row's own term) or reduce_rows (all inner rows of the target) marked, a
-// word of 32 outputs per thread in a grid-stride loop.
+// row's own term) or reduce_rows (all inner rows of the target) marked: a
+// warp per output. The lanes read 32 words of the bitmap at a time and visit
+// the marked outputs of the nonzero ones together.
 __global__ void recompute_open(
     const float* a,
     const float* b,
@@ -375,18 +407,34 @@ __global__ void recompute_open(
     const ConvShape g,
     const OpenList open,
     int one_term_per_row) {
-  for (MP_INT64 w =
-           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
-       w < open.words;
-       w += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
-    for (unsigned word = open.bits[w]; word != 0u; word &= word - 1u) {
-      const MP_INT64 entry = w * 32 + (__ffs(word) - 1);
-      const MP_INT64 row = entry / g.out_len, t = entry % g.out_len;
-      const MP_INT64 outer = one_term_per_row ? row / ix.inner_count : row;
-      const MP_INT64 j_begin = one_term_per_row ? row % ix.inner_count : 0;
-      const MP_INT64 j_end = one_term_per_row ? j_begin + 1 : ix.inner_count;
-      out[row_offset(ix, kOperandOut, outer, j_begin) + t] =
-          recompute_output(a, b, bias, ix, g, outer, j_begin, j_end, t);
+  const int lane = threadIdx.x % 32;
+  const MP_INT64 warp =
+      (static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const MP_INT64 warps = static_cast<MP_INT64>(gridDim.x) * blockDim.x / 32;
+  for (MP_INT64 base = warp * 32; base < open.words; base += warps * 32) {
+    const unsigned mine =
+        base + lane < open.words ? open.bits[base + lane] : 0u;
+    for (unsigned nonzero = __ballot_sync(0xffffffffu, mine != 0u);
+         nonzero != 0u;
+         nonzero &= nonzero - 1u) {
+      const int source = __ffs(nonzero) - 1;
+      const MP_INT64 w = base + source;
+      for (unsigned word = __shfl_sync(0xffffffffu, mine, source); word != 0u;
+           word &= word - 1u) {
+        const MP_INT64 entry = w * 32 + (__ffs(word) - 1);
+        const MP_INT64 row = entry / g.out_len, t = entry % g.out_len;
+        const MP_INT64 outer = one_term_per_row ? row / ix.inner_count : row;
+        const MP_INT64 j_begin = one_term_per_row ? row % ix.inner_count : 0;
+        const MP_INT64 j_end = one_term_per_row ? j_begin + 1 : ix.inner_count;
+        const float v = warp_correctly_rounded_sum(
+            [&](auto range) {
+              for_each_output_range(
+                  a, b, bias, ix, g, outer, j_begin, j_end, t, range);
+            },
+            lane);
+        if (lane == 0)
+          out[row_offset(ix, kOperandOut, outer, j_begin) + t] = v;
+      }
     }
   }
 }
