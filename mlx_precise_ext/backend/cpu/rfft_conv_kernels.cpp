@@ -903,6 +903,16 @@ void product_sum(const ProductSumTask& task, int64_t len, int num_threads) {
       });
 }
 
+// Runs f with a value of the engine's working type for precision p: float for
+// float32, double for extended and dd (dd is certified from the double engine).
+template <class F>
+void with_working_type(Precision p, F f) {
+  if (p == Precision::Float32)
+    f(float{});
+  else
+    f(double{});
+}
+
 } // namespace
 
 void run_product_sum(
@@ -910,13 +920,8 @@ void run_product_sum(
     const ProductSumTask& task,
     int64_t len,
     int num_threads) {
-  switch (p) {
-    case Precision::Float32:
-      return product_sum<float>(task, len, num_threads);
-    case Precision::Extended:
-    case Precision::DoubleDouble:
-      return product_sum<double>(task, len, num_threads);
-  }
+  with_working_type(
+      p, [&](auto t) { product_sum<decltype(t)>(task, len, num_threads); });
 }
 
 void run_shared_kernel(
@@ -924,13 +929,8 @@ void run_shared_kernel(
     const ConvGeometry& g,
     const SharedKernelTask& task,
     int num_threads) {
-  switch (p) {
-    case Precision::Float32:
-      return shared_kernel<float>(g, task, num_threads);
-    case Precision::Extended:
-    case Precision::DoubleDouble:
-      return shared_kernel<double>(g, task, num_threads);
-  }
+  with_working_type(
+      p, [&](auto t) { shared_kernel<decltype(t)>(g, task, num_threads); });
 }
 
 void run_reduce(
@@ -938,13 +938,8 @@ void run_reduce(
     const ConvGeometry& g,
     const ReduceTask& task,
     int num_threads) {
-  switch (p) {
-    case Precision::Float32:
-      return reduce<float>(g, task, num_threads);
-    case Precision::Extended:
-    case Precision::DoubleDouble:
-      return reduce<double>(g, task, num_threads);
-  }
+  with_working_type(
+      p, [&](auto t) { reduce<decltype(t)>(g, task, num_threads); });
 }
 
 } // namespace mlx_precise::cpu::MP_CPU_ISA
