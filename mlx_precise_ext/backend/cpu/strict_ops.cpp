@@ -126,34 +126,30 @@ void strict_addmm(
       continue;
     }
     // a as (M, K) and b transposed as (N, K), row-major doubles with row norms.
-    if (new_a) {
-      cpu::WidenJob w{
-          a.data<float>() + a_off,
-          M,
-          K,
-          a_rs,
-          a_cs,
-          a_wide.get(M * K),
-          a_norm.get(M)};
+    const auto widen = [&](const cpu::WidenJob& w) {
       if (avx2)
         cpu::avx2::widen(w, threads);
       else
         cpu::base::widen(w, threads);
-    }
-    if (new_b) {
-      cpu::WidenJob w{
-          b.data<float>() + b_off,
-          N,
-          K,
-          b_cs,
-          b_rs,
-          b_wide_t.get(N * K),
-          b_norm.get(N)};
-      if (avx2)
-        cpu::avx2::widen(w, threads);
-      else
-        cpu::base::widen(w, threads);
-    }
+    };
+    if (new_a)
+      widen(
+          {a.data<float>() + a_off,
+           M,
+           K,
+           a_rs,
+           a_cs,
+           a_wide.get(M * K),
+           a_norm.get(M)});
+    if (new_b)
+      widen(
+          {b.data<float>() + b_off,
+           N,
+           K,
+           b_cs,
+           b_rs,
+           b_wide_t.get(N * K),
+           b_norm.get(N)});
     double* d = product.get(M * N);
     if (K > 0) {
       cpu::gemm_f64(true, M, N, K, a_wide.get(0), b_wide_t.get(0), d, threads);
