@@ -27,9 +27,10 @@ def addmm(
         alpha, beta: scalars, rounded to float32 as ``mx.addmm`` does; the exact value
             uses the rounded scalars.
         precision: ``"float32"`` calls ``mx.addmm``; ``"extended"`` and ``"dd"`` return
-            the float32 nearest to the exact value (``"extended"``: float64 GEMM with a
-            certified rounding and an exact recomputation where it cannot certify;
-            ``"dd"``: float-pair dot products, k = 0..K-1 in order).
+            the float32 nearest to the exact value: a float64 GEMM with a certified
+            rounding and an exact recomputation where it cannot certify (``"dd"`` is
+            the same computation; on Metal, which has no float64, both run float-pair
+            dot products, k = 0..K-1 in order).
         stream: stream or device (CPU only in this build).
     """
     return _ext.addmm(c, a, b, alpha=alpha, beta=beta, precision=precision, stream=stream)
@@ -73,7 +74,8 @@ def layer_norm(
         weight, bias: optional ``(D,)`` float32.
         eps: ``>= 0``; used as the double it is (``"float32"`` rounds it to float32,
             as ``mx.fast.layer_norm`` does).
-        precision: ``"float32"`` (``mx.fast.layer_norm``), ``"extended"`` (float64) or
-            ``"dd"`` (float pairs); the extended modes round once, after the affine map.
+        precision: ``"float32"`` (``mx.fast.layer_norm``), ``"extended"`` or ``"dd"``
+            (both float64, certified; float pairs on Metal); they round once, after
+            the affine map.
     """
     return _ext.layer_norm(x, weight, bias, eps, precision=precision, stream=stream)

@@ -1,9 +1,11 @@
 """Correct rounding for every finite input (issue 15): the reproducers of the fuzz
 run, each against an exact reference (sums of float32 products rounded once).
 
-rfft_conv's extended and dd modes certify every output against a rigorous bound
-on the transform's error and recompute the rest exactly, so both give the
-correctly rounded float32 of the exact convolution: the same bits."""
+rfft_conv's and the strict ops' extended and dd modes certify every output
+against a rigorous bound on the float64 computation's error and recompute the
+rest exactly, so both give the correctly rounded float32 of the exact result:
+the same bits (dd is computed as extended where float64 exists: README, "The dd
+contract")."""
 
 import math
 
@@ -128,8 +130,8 @@ def test_zero_signs_follow_exact_sums(precision):
 
 
 @pytest.mark.parametrize("precision", CERTIFIED)
-def test_addmm_dd_overflow_reproducers(precision):
-    # 1: overflowing float pairs used to give NaN.
+def test_addmm_overflow_reproducers(precision):
+    # 1: overflowing float pairs used to give NaN in dd.
     y = mp.addmm(mx.zeros((1, 1)), mx.array([[3e38, 3e38]]), mx.array([[1.0], [1.0]]), precision=precision)
     assert np.array(y)[0, 0] == np.inf
     y = mp.addmm(mx.zeros((1, 1)), mx.array([[3e38]]), mx.array([[1e10]]), alpha=1e-20, precision=precision)
@@ -175,7 +177,8 @@ def test_layer_norm_exact_ties_round_half_to_even(precision):
     np.testing.assert_array_equal(np.array(y), np.float32([[-(1 - 2**-24), 1.0]] * 2))
 
 
-def test_extended_layer_norm_correctly_rounded_near_ties(rng):
+@pytest.mark.parametrize("precision", CERTIFIED)
+def test_layer_norm_correctly_rounded_near_ties(rng, precision):
     # 14: rows whose outputs sit within a few float64 ulps of a float32 midpoint.
     # Built by solving for a bias that puts each output there.
     D = 16
@@ -185,7 +188,7 @@ def test_extended_layer_norm_correctly_rounded_near_ties(rng):
     # A bias that moves every output of row 0 next to a midpoint of its float32 grid.
     mid = base[0] + np.spacing(np.abs(base[0]).astype(np.float32)).astype(np.float64) / 2
     b = (mid - base[0]).astype(np.float32)
-    y = mp.layer_norm(mx.array(x), mx.array(w), mx.array(b), eps=1e-5, precision="extended")
+    y = mp.layer_norm(mx.array(x), mx.array(w), mx.array(b), eps=1e-5, precision=precision)
     np.testing.assert_array_equal(bits(y), bits(layer_norm_reference_mp(x, w, b, 1e-5)))
 
 

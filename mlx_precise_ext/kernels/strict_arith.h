@@ -148,27 +148,6 @@ MP_INLINE float exact_addmm_entry(
   return exact_sum_round(s);
 }
 
-// addmm's dd output. Float pairs that leave float's range give NaN (dd.h),
-// never a number: such an output is recomputed exactly, which decides between
-// +-inf and a finite value (alpha can bring an overflowing sum back into
-// range), and keeps NaN/Inf inputs' IEEE results. a(k), b(k): the inputs.
-template <class RowA, class ColumnB>
-MP_INLINE float dd_addmm_output(
-    ff acc,
-    RowA a,
-    ColumnB b,
-    MP_INT64 k,
-    float alpha,
-    bool has_c,
-    float beta,
-    float c) {
-  const float r = has_c ? dd_addmm_result(acc, alpha, beta, c)
-                        : dd_scaled_result(acc, alpha);
-  if (is_finite_bits(MP_FLOAT_BITS(r)))
-    return r;
-  return exact_addmm_entry(a, b, k, alpha, has_c, beta, c);
-}
-
 // ------------------------------------------------------------ layer_norm ----
 // One algorithm for the working precisions T = double ("extended") and ff
 // ("dd"), so that the dd bits are fixed by this code alone:

@@ -5,8 +5,6 @@
 
 #include <cstdint>
 
-#include "precision.h"
-
 namespace mlx_precise::cpu {
 
 // Element (i, j) is data[i * row_stride + j * col_stride]; stride 0 repeats
@@ -47,16 +45,6 @@ struct CertifiedAddmmBlock {
   float* out; // row-major (m, n)
 };
 
-// One (M, N) output block of dd addmm; a, b row-major float32.
-struct DoubleWordAddmmBlock {
-  int64_t m, n, k;
-  const float* a;
-  const float* b;
-  FloatMatrix c;
-  float alpha, beta;
-  float* out;
-};
-
 // rows x dim layer_norm input, rows contiguous in memory one after another
 // (row r starts at x + r * dim); weight / bias may be null.
 struct LayerNormRows {
@@ -67,24 +55,18 @@ struct LayerNormRows {
   double eps;
 };
 
-#define MP_DECLARE_STRICT_KERNELS(isa)                                \
-  namespace isa {                                                     \
-  void widen(const WidenJob&, int num_threads);                       \
-  int64_t certify_addmm(const CertifiedAddmmBlock&, int num_threads); \
-  void dd_addmm(const DoubleWordAddmmBlock&, int num_threads);        \
-  void layer_norm_forward(                                            \
-      Precision,                                                      \
-      const LayerNormRows&,                                           \
-      float* out,                                                     \
-      int num_threads);                                               \
-  void layer_norm_backward(                                           \
-      Precision,                                                      \
-      const LayerNormRows&,                                           \
-      const float* grad,                                              \
-      float* grad_x,                                                  \
-      float* grad_weight,                                             \
-      float* grad_bias,                                               \
-      int num_threads);                                               \
+#define MP_DECLARE_STRICT_KERNELS(isa)                                        \
+  namespace isa {                                                             \
+  void widen(const WidenJob&, int num_threads);                               \
+  int64_t certify_addmm(const CertifiedAddmmBlock&, int num_threads);         \
+  void layer_norm_forward(const LayerNormRows&, float* out, int num_threads); \
+  void layer_norm_backward(                                                   \
+      const LayerNormRows&,                                                   \
+      const float* grad,                                                      \
+      float* grad_x,                                                          \
+      float* grad_weight,                                                     \
+      float* grad_bias,                                                       \
+      int num_threads);                                                       \
   }
 
 MP_DECLARE_STRICT_KERNELS(base)

@@ -40,68 +40,6 @@ float exact_addmm_entry(const CertifiedAddmmBlock& t, int64_t i, int64_t j) {
       has_c ? t.c.at(i, j) : 0.0f);
 }
 
-// Element p of a strided float row or column.
-struct PlainFloats {
-  const float* data;
-  int64_t stride;
-  float operator()(int64_t p) const {
-    return data[p * stride];
-  }
-};
-
-// dd addmm tiles: kTileRows x kTileCols outputs accumulate together (their
-// pairs stay in registers and the column loop vectorises), each output with
-// its own k = 0..K-1 order, so tiling never changes a bit.
-constexpr int64_t kTileRows = 2;
-constexpr int64_t kTileCols = 16;
-
-template <int64_t Rows>
-void dd_tile(
-    const DoubleWordAddmmBlock& t,
-    const float* strip,
-    int64_t i0,
-    int64_t j0,
-    int64_t cols) {
-  ff acc[Rows][kTileCols];
-  for (int64_t r = 0; r < Rows; ++r)
-    for (int64_t c = 0; c < kTileCols; ++c)
-      acc[r][c] = ff{0.0f, 0.0f};
-  for (int64_t p = 0; p < t.k; ++p) {
-    const float* b = strip + p * kTileCols;
-    for (int64_t r = 0; r < Rows; ++r) {
-      const float a = t.a[(i0 + r) * t.k + p];
-      for (int64_t c = 0; c < kTileCols; ++c)
-        acc[r][c] = dd_dot_step(acc[r][c], a, b[c]);
-    }
-  }
-  for (int64_t r = 0; r < Rows; ++r) {
-    float* out = t.out + (i0 + r) * t.n + j0;
-    for (int64_t c = 0; c < cols; ++c) {
-      const bool has_c = t.c.data != nullptr;
-      out[c] = dd_addmm_output(
-          acc[r][c],
-          PlainFloats{t.a + (i0 + r) * t.k, 1},
-          PlainFloats{t.b + j0 + c, t.n},
-          t.k,
-          t.alpha,
-          has_c,
-          t.beta,
-          has_c ? t.c.at(i0 + r, j0 + c) : 0.0f);
-    }
-  }
-}
-
-template <class T>
-T working_eps(double eps);
-template <>
-double working_eps<double>(double eps) {
-  return eps;
-}
-template <>
-ff working_eps<ff>(double eps) {
-  return dd_from_double(eps);
-}
-
 // ------------------------------------------------ certified layer_norm ----
 // Extended layer_norm (float64) certifies each output against a rigorous
 // bound of the shared algorithm's error (strict_arith.h: shifted two-pass
@@ -398,53 +336,14 @@ void certify_layer_norm_row(
         exact_row, x[i], w ? w[i] : 1.0f, b ? b[i] : 0.0f, y[i]);
 }
 
-// dd rows: the power-of-two scaling (exponent s) that brings the larger of
-// max |x| and sqrt(eps) into [2^-20, 2^20] when it is outside; 0 otherwise
-// (rows of ordinary magnitude keep the shared algorithm's bits unchanged).
-int layer_norm_scale_exponent(const float* x, int64_t dim, double eps) {
-  float m = 0.0f;
-  for (int64_t i = 0; i < dim; ++i)
-    m = std::max(m, std::fabs(x[i]));
-  const double scale = std::max(static_cast<double>(m), std::sqrt(eps));
-  if (!std::isfinite(scale) || scale == 0.0 ||
-      (scale >= 0x1p-20 && scale <= 0x1p20))
-    return 0;
-  return std::ilogb(scale);
-}
+} // namespace
 
-template <class T>
-void layer_norm_forward_t(
-    const LayerNormRows& job,
-    float* out,
-    int num_threads) {
-  const T eps = working_eps<T>(job.eps);
+void layer_norm_forward(const LayerNormRows& job, float* out, int num_threads) {
   parallel_chunks(job.rows, 16, num_threads, [&](int64_t begin, int64_t end) {
-    std::vector<float> scaled;
     for (int64_t r = begin; r < end; ++r) {
       const float* x = job.x + r * job.dim;
       float* y = out + r * job.dim;
-      T row_eps = eps;
-      if constexpr (std::is_same<T, ff>::value) {
-        // Float pairs hold squares only near 1: a row far from it is
-        // scaled by a power of two first (layer_norm is invariant under
-        // x -> x 2^-s, eps -> eps 2^-2s), by the larger of max |x| and
-        // sqrt(eps) so that neither leaves float's range.
-        const int s = layer_norm_scale_exponent(x, job.dim, job.eps);
-        if (s != 0) {
-          scaled.resize(job.dim);
-          for (int64_t i = 0; i < job.dim; ++i)
-            scaled[i] = static_cast<float>(std::ldexp(x[i], -s));
-          x = scaled.data();
-          // eps is kept at float's normal range: where that raises it, it
-          // was below 2^-126 max|x|^2, negligible against any nonzero
-          // variance of float32 data (>= 2^-48 max|x|^2 / D), and a zero
-          // variance gives zero numerators either way.
-          const double eps_scaled = std::ldexp(job.eps, -2 * s);
-          row_eps = dd_from_double(
-              job.eps > 0.0 ? std::max(eps_scaled, 0x1p-126) : 0.0);
-        }
-      }
-      const LayerNormStats<T> s = layer_norm_stats(x, job.dim, row_eps);
+      const LayerNormStats<double> s = layer_norm_stats(x, job.dim, job.eps);
       // The weight / bias cases as separate loops, so that each vectorises.
       const float* w = job.weight;
       const float* b = job.bias;
@@ -460,8 +359,7 @@ void layer_norm_forward_t(
       else
         for (int64_t i = 0; i < job.dim; ++i)
           y[i] = layer_norm_output(s, x[i], false, 0.0f, false, 0.0f);
-      if constexpr (std::is_same<T, double>::value)
-        certify_layer_norm_row(job, r, s, y);
+      certify_layer_norm_row(job, r, s, y);
     }
   });
 }
@@ -470,28 +368,27 @@ void layer_norm_forward_t(
 // (exact product), n the normalised input; sums in lanes as in the forward.
 // grad_weight = sum over rows of grad * n, grad_bias = sum of grad: each
 // column sums its rows in order 0, 1, ... (threads split the columns).
-template <class T>
-void layer_norm_backward_t(
+void layer_norm_backward(
     const LayerNormRows& job,
     const float* grad,
     float* grad_x,
     float* grad_weight,
     float* grad_bias,
     int num_threads) {
-  const T eps = working_eps<T>(job.eps);
-  const T zero = r_from_float(eps, 0.0f);
-  const T count = r_from_float(eps, static_cast<float>(job.dim));
-  std::vector<LayerNormStats<T>> stats(job.rows);
+  const double eps = job.eps;
+  const double zero = r_from_float(eps, 0.0f);
+  const double count = r_from_float(eps, static_cast<float>(job.dim));
+  std::vector<LayerNormStats<double>> stats(job.rows);
   parallel_chunks(job.rows, 16, num_threads, [&](int64_t begin, int64_t end) {
-    std::vector<T> gw(job.dim), n(job.dim);
+    std::vector<double> gw(job.dim), n(job.dim);
     for (int64_t r = begin; r < end; ++r) {
       const float* x = job.x + r * job.dim;
       const float* g = grad + r * job.dim;
-      const LayerNormStats<T> s = layer_norm_stats(x, job.dim, eps);
+      const LayerNormStats<double> s = layer_norm_stats(x, job.dim, eps);
       stats[r] = s;
       if (grad_x == nullptr)
         continue;
-      T sum_gw[kLayerNormLanes], sum_gwn[kLayerNormLanes];
+      double sum_gw[kLayerNormLanes], sum_gwn[kLayerNormLanes];
       for (int l = 0; l < kLayerNormLanes; ++l)
         sum_gw[l] = sum_gwn[l] = zero;
       for (int64_t i = 0; i < job.dim; ++i) {
@@ -502,8 +399,8 @@ void layer_norm_backward_t(
         sum_gw[l] = r_add(sum_gw[l], gw[i]);
         sum_gwn[l] = r_add(sum_gwn[l], r_mul(gw[i], n[i]));
       }
-      const T mean_gw = r_div(combine_lanes(sum_gw), count);
-      const T mean_gwn = r_div(combine_lanes(sum_gwn), count);
+      const double mean_gw = r_div(combine_lanes(sum_gw), count);
+      const double mean_gwn = r_div(combine_lanes(sum_gwn), count);
       float* dx = grad_x + r * job.dim;
       for (int64_t i = 0; i < job.dim; ++i)
         dx[i] = layer_norm_grad_x(s, gw[i], n[i], mean_gw, mean_gwn);
@@ -512,7 +409,7 @@ void layer_norm_backward_t(
   if (grad_weight == nullptr && grad_bias == nullptr)
     return;
   parallel_chunks(job.dim, 64, num_threads, [&](int64_t begin, int64_t end) {
-    std::vector<T> dw(end - begin, zero), db(end - begin, zero);
+    std::vector<double> dw(end - begin, zero), db(end - begin, zero);
     for (int64_t r = 0; r < job.rows; ++r) {
       const float* x = job.x + r * job.dim;
       const float* g = grad + r * job.dim;
@@ -535,8 +432,6 @@ void layer_norm_backward_t(
     }
   });
 }
-
-} // namespace
 
 // Rows are copied in blocks of kWidenBlock so that a transposed source (B read
 // along its columns) is still read a cache line at a time.
@@ -608,54 +503,6 @@ int64_t certify_addmm(const CertifiedAddmmBlock& t, int num_threads) {
     recomputed += local;
   });
   return recomputed.load();
-}
-
-void dd_addmm(const DoubleWordAddmmBlock& t, int num_threads) {
-  const int64_t strips = (t.n + kTileCols - 1) / kTileCols;
-  parallel_chunks(strips, 1, num_threads, [&](int64_t begin, int64_t end) {
-    std::vector<float> strip(t.k * kTileCols);
-    for (int64_t s = begin; s < end; ++s) {
-      const int64_t j0 = s * kTileCols;
-      const int64_t cols = std::min(kTileCols, t.n - j0);
-      // B's columns j0 .. j0+15, zero padded: padding lanes are computed and
-      // dropped.
-      for (int64_t p = 0; p < t.k; ++p)
-        for (int64_t c = 0; c < kTileCols; ++c)
-          strip[p * kTileCols + c] = c < cols ? t.b[p * t.n + j0 + c] : 0.0f;
-      int64_t i = 0;
-      for (; i + kTileRows <= t.m; i += kTileRows)
-        dd_tile<kTileRows>(t, strip.data(), i, j0, cols);
-      for (; i < t.m; ++i)
-        dd_tile<1>(t, strip.data(), i, j0, cols);
-    }
-  });
-}
-
-void layer_norm_forward(
-    Precision p,
-    const LayerNormRows& job,
-    float* out,
-    int num_threads) {
-  if (p == Precision::DoubleDouble)
-    layer_norm_forward_t<ff>(job, out, num_threads);
-  else
-    layer_norm_forward_t<double>(job, out, num_threads);
-}
-
-void layer_norm_backward(
-    Precision p,
-    const LayerNormRows& job,
-    const float* grad,
-    float* grad_x,
-    float* grad_weight,
-    float* grad_bias,
-    int num_threads) {
-  if (p == Precision::DoubleDouble)
-    layer_norm_backward_t<ff>(
-        job, grad, grad_x, grad_weight, grad_bias, num_threads);
-  else
-    layer_norm_backward_t<double>(
-        job, grad, grad_x, grad_weight, grad_bias, num_threads);
 }
 
 } // namespace mlx_precise::cpu::MP_CPU_ISA

@@ -5,8 +5,10 @@
 // error is the summation's, bounded by gamma_K times
 // ||a_i|| ||b_j||), and each output whose error interval cannot straddle a
 // float32 rounding boundary is that rounding, certified; the rest are
-// recomputed with a double-word sum (certify_addmm). dd addmm and both
-// layer_norm modes run the kernels of strict_kernels.cpp.
+// recomputed exactly (certify_addmm). layer_norm runs the kernels of
+// strict_kernels.cpp. "dd" is the same computation as "extended": where
+// float64 exists, the correctly rounded result is cheaper than float pairs
+// (README, "The dd contract"), and the bits are then those of extended.
 #include <algorithm>
 #include <memory>
 #include <vector>
@@ -45,23 +47,9 @@ class DoubleBuffer {
   int64_t size_ = 0;
 };
 
-void narrow_copy(
-    const float* data,
-    int64_t rows,
-    int64_t cols,
-    int64_t rs,
-    int64_t cs,
-    std::vector<float>& out) {
-  out.resize(rows * cols);
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t j = 0; j < cols; ++j)
-      out[i * cols + j] = data[i * rs + j * cs];
-}
-
 void strict_addmm(
     const std::vector<mx::array>& in,
     mx::array& out,
-    Precision precision,
     float alpha,
     float beta,
     bool has_c) {
@@ -96,7 +84,6 @@ void strict_addmm(
   const bool avx2 = cpu::use_avx2();
 
   thread_local DoubleBuffer a_wide, b_wide_t, a_norm, b_norm, product;
-  std::vector<float> a_narrow, b_narrow;
   int64_t a_loaded = -1, b_loaded = -1;
   for (int64_t bi = 0; bi < batches; ++bi) {
     const int64_t a_off = batch_offset(bi, batch, a_batch);
@@ -112,19 +99,6 @@ void strict_addmm(
     const bool new_a = a_off != a_loaded, new_b = b_off != b_loaded;
     a_loaded = a_off;
     b_loaded = b_off;
-    if (precision == Precision::DoubleDouble) {
-      if (new_a)
-        narrow_copy(a.data<float>() + a_off, M, K, a_rs, a_cs, a_narrow);
-      if (new_b)
-        narrow_copy(b.data<float>() + b_off, K, N, b_rs, b_cs, b_narrow);
-      cpu::DoubleWordAddmmBlock job{
-          M, N, K, a_narrow.data(), b_narrow.data(), c, alpha, beta, o};
-      if (avx2)
-        cpu::avx2::dd_addmm(job, threads);
-      else
-        cpu::base::dd_addmm(job, threads);
-      continue;
-    }
     // a as (M, K) and b transposed as (N, K), row-major doubles with row norms.
     const auto widen = [&](const cpu::WidenJob& w) {
       if (avx2)
@@ -196,9 +170,9 @@ void StrictAddmm::eval_cpu(
       stream(),
       inputs,
       out,
-      [precision = precision_, alpha = alpha_, beta = beta_, has_c = has_c_](
+      [alpha = alpha_, beta = beta_, has_c = has_c_](
           const std::vector<mx::array>& in, mx::array& o) {
-        strict_addmm(in, o, precision, alpha, beta, has_c);
+        strict_addmm(in, o, alpha, beta, has_c);
       });
 }
 
@@ -209,10 +183,8 @@ void StrictLayerNorm::eval_cpu(
       stream(),
       inputs,
       out,
-      [precision = precision_,
-       eps = eps_,
-       has_weight = has_weight_,
-       has_bias = has_bias_](const std::vector<mx::array>& in, mx::array& o) {
+      [eps = eps_, has_weight = has_weight_, has_bias = has_bias_](
+          const std::vector<mx::array>& in, mx::array& o) {
         if (o.size() == 0)
           return;
         std::vector<float> x_copy, w_copy, b_copy;
@@ -223,10 +195,10 @@ void StrictLayerNorm::eval_cpu(
         cpu::LayerNormRows job = layer_norm_rows(in[0], x, w, b, eps);
         if (cpu::use_avx2())
           cpu::avx2::layer_norm_forward(
-              precision, job, o.data<float>(), cpu::num_threads());
+              job, o.data<float>(), cpu::num_threads());
         else
           cpu::base::layer_norm_forward(
-              precision, job, o.data<float>(), cpu::num_threads());
+              job, o.data<float>(), cpu::num_threads());
       });
 }
 
@@ -237,8 +209,7 @@ void StrictLayerNormVJP::eval_cpu(
       stream(),
       inputs,
       outputs,
-      [precision = precision_,
-       eps = eps_,
+      [eps = eps_,
        has_weight = has_weight_,
        want_x = want_x_,
        want_weight = want_weight_,
@@ -260,10 +231,10 @@ void StrictLayerNormVJP::eval_cpu(
         cpu::LayerNormRows job = layer_norm_rows(in[0], x, w, nullptr, eps);
         if (cpu::use_avx2())
           cpu::avx2::layer_norm_backward(
-              precision, job, g, grad_x, grad_w, grad_b, cpu::num_threads());
+              job, g, grad_x, grad_w, grad_b, cpu::num_threads());
         else
           cpu::base::layer_norm_backward(
-              precision, job, g, grad_x, grad_w, grad_b, cpu::num_threads());
+              job, g, grad_x, grad_w, grad_b, cpu::num_threads());
       });
 }
 

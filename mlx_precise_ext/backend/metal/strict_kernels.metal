@@ -1,10 +1,10 @@
 // Metal entry points of the strict addmm / linear / layer_norm, compiled at
 // run time by MLX's Metal device (strict_ops.cpp builds the library from this
 // file and the shared kernel headers, embedded at build time). The twin of
-// backend/cuda/strict_kernels.cuh: every output does the CPU's operations in
-// the CPU's order (kernels/strict_arith.h), so dd bits equal the CPU's dd
-// bits. Metal has no float64, so "extended" runs these dd kernels too
-// (docs/design.md). Contraction is off (portability.h); MLX compiles run-time
+// backend/cuda/strict_kernels.cuh, in float pairs: Metal has no float64, so
+// "extended" and "dd" both run these kernels (docs/design.md). They follow
+// the shared algorithms and orders of kernels/strict_arith.h (layer_norm's
+// lane sums are the CPU's float64 ones, in float pairs). Contraction is off (portability.h); MLX compiles run-time
 // libraries with fast math off.
 //
 // Address spaces: the shared helpers take `thread` pointers and references,
@@ -20,7 +20,7 @@ namespace mlx_precise {
 // thread kStrictPerThread x kStrictPerThread outputs (rows ty + 16 r, columns
 // tx + 16 q); the K axis advances kStrictTileK at a time through threadgroup
 // memory. Each output accumulates dd_dot_step for k = 0, 1, ..., K-1 in order,
-// whatever the tiling, and finishes like the CPU (dd_addmm_result).
+// whatever the tiling, and finishes with dd_addmm_result.
 constant constexpr int kStrictTile = 64;
 constant constexpr int kStrictTileK = 16;
 constant constexpr int kStrictPerThread = 4;
@@ -90,8 +90,8 @@ constant constexpr int kStrictTileThreads = 256;  // strict_ops.cpp launches exa
 // One SIMD-group per row. Lanes 0..7 run the CPU's kLayerNormLanes sums (lane
 // l: elements l, l + 8, ... in order) and publish them in the SIMD-group's
 // threadgroup slot; every thread then combines them with the CPU's tree, so
-// all threads of the SIMD-group hold the CPU's statistics bit for bit and
-// share the element-wise work. Rows advance per SIMD-group (uniform inside
+// all threads of the SIMD-group hold the same statistics and share the
+// element-wise work. Rows advance per SIMD-group (uniform inside
 // it), so only SIMD-group barriers are used.
 constant constexpr int kStrictRowsPerGroup = 8;  // most SIMD-groups per threadgroup
 

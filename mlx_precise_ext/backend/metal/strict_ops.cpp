@@ -3,8 +3,10 @@
 // strict_kernels.metal (one source with the shared kernel headers, embedded at
 // build time and compiled by MLX's Metal device on first use) encoded on the
 // stream's command encoder. Operands are read through their strides
-// (broadcast included), as on the CPU. Metal has no float64: "extended" runs
-// the dd kernels (docs/design.md), so both precisions give the CPU's dd bits.
+// (broadcast included), as on the CPU. Metal has no float64: "extended" and
+// "dd" both run float-pair kernels (docs/design.md), correctly rounded unless
+// a sum cancels by more than about 2^20; the CPU and CUDA compute both in
+// certified float64, so the bits can differ there.
 #include <algorithm>
 #include <optional>
 #include <stdexcept>
@@ -69,7 +71,7 @@ mx::array scratch(mx::metal::CommandEncoder& enc, size_t bytes) {
   return buffer;
 }
 
-// eps as the CPU's dd path holds it (backend/cpu/strict_kernels.cpp).
+// eps as a float pair (its double rounded to 48 bits).
 ff working_eps(double eps) {
   return dd_from_double(eps);
 }

@@ -44,9 +44,9 @@ void init_precise(nb::module_& m) {
         ``precision="float32"`` is :func:`addmm` itself. ``"extended"`` and
         ``"dd"`` return the float32 nearest to the exact value of
         ``beta * c + alpha * (a @ b)`` (``alpha`` and ``beta`` as float32):
-        ``"extended"`` multiplies in float64 and certifies each rounding,
-        recomputing the rare uncertain entries exactly; ``"dd"`` sums
-        double-word products in the order ``k = 0, 1, ...``.
+        both multiply in float64 and certify each rounding, recomputing the
+        rare uncertain entries exactly (on Metal, without float64, both sum
+        double-word products in the order ``k = 0, 1, ...``).
       )pbdoc");
 
   auto fast = nb::borrow<nb::module_>(m.attr("fast"));
@@ -73,7 +73,7 @@ void init_precise(nb::module_& m) {
         Layer normalization over the last axis in a given precision.
 
         ``precision="float32"`` is :func:`layer_norm` itself. ``"extended"``
-        (float64) and ``"dd"`` (double-word float pairs) compute the biased
+        and ``"dd"`` (float64; double-word float pairs on Metal) compute the biased
         variance, ``eps`` inside the square root and the affine map, and
         round once, to the float32 nearest the exact result.
       )pbdoc");
