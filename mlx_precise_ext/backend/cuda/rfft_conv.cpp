@@ -6,6 +6,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <tuple>
 
 #include <mlx/allocator.h>
 #include <mlx/backend/cuda/device.h>
@@ -28,7 +29,9 @@ using gpu::FFTTables;
 template <class T>
 struct DeviceFFT {
   FFTShape shape;
-  CUdeviceptr twiddles, split, pairs;
+  const cpx<T>* twiddles;
+  const cpx<T>* split;
+  const IndexPair* pairs;
 };
 
 template <class T>
@@ -41,13 +44,11 @@ const DeviceFFT<T>& device_fft(int device, int64_t fft_size) {
   if (it != cache.end())
     return it->second;
   const FFTTables<T> t = gpu::make_fft_tables<T>(fft_size);
-  DeviceFFT<T> d{
-      t.shape,
-      cuda::upload_constant(
-          t.twiddles.data(), t.twiddles.size() * sizeof(cpx<T>)),
-      cuda::upload_constant(t.split.data(), t.split.size() * sizeof(cpx<T>)),
-      cuda::upload_constant(
-          t.pairs.data(), t.pairs.size() * sizeof(IndexPair))};
+  auto upload = [](const auto& table) {
+    return reinterpret_cast<decltype(table.data())>(
+        cuda::upload_constant(table.data(), table.size() * sizeof(table[0])));
+  };
+  DeviceFFT<T> d{t.shape, upload(t.twiddles), upload(t.split), upload(t.pairs)};
   return cache.emplace(key, d).first->second;
 }
 
@@ -185,32 +186,80 @@ row_launch(int device, const char* name, int64_t n_half, int buffers) {
   return l;
 }
 
-// Pointers every row kernel takes, and its FFT tables.
+// The blocks of one row-kernel launch: all that are wanted when rows live in
+// shared memory, else at most the resident ones, each with a slot of a
+// global workspace.
+struct RowGrid {
+  int64_t blocks;
+  std::optional<mx::array> workspace;
+
+  template <class T>
+  T* slots() {
+    return workspace ? data_of<T>(*workspace) : nullptr;
+  }
+};
+
+RowGrid
+row_grid(mx::cu::CommandEncoder& encoder, const RowLaunch& l, int64_t wanted) {
+  RowGrid grid{l.shared ? wanted : std::min<int64_t>(wanted, l.resident), {}};
+  if (!l.shared)
+    grid.workspace = scratch(encoder, grid.blocks * l.row_bytes);
+  return grid;
+}
+
+// Adds row kernel l on its grid. Its arguments: the row pointers `rows`,
+// the row index and shape, the FFT tables, `trailing`, then the workspace.
+// The caller has registered what the kernel reads and writes but the
+// workspace.
+template <class T, class... Rows, class... Trailing>
+void add_row_kernel(
+    mx::cu::CommandEncoder& encoder,
+    const RowLaunch& l,
+    RowGrid& grid,
+    std::tuple<Rows...> rows,
+    RowIndex ix, // copies: the encoder takes the arguments' addresses
+    ConvShape shape,
+    const DeviceFFT<T>& fft,
+    Trailing... trailing) {
+  FFTShape fs = fft.shape;
+  const cpx<T>* twiddles = fft.twiddles;
+  const cpx<T>* split = fft.split;
+  const IndexPair* pairs = fft.pairs;
+  T* workspace = grid.slots<T>();
+  register_buffers(encoder, {}, {grid.workspace ? &*grid.workspace : nullptr});
+  std::apply(
+      [&](auto&... row) {
+        encoder.add_kernel_node_ex(
+            l.kernel,
+            dim3(static_cast<unsigned>(grid.blocks)),
+            dim3(l.threads),
+            {},
+            static_cast<uint32_t>(l.shared ? l.row_bytes : 0),
+            row...,
+            ix,
+            shape,
+            fs,
+            twiddles,
+            split,
+            pairs,
+            trailing...,
+            workspace);
+      },
+      rows);
+}
+
+// The arrays of a row launch and the FFT tables: what every row kernel reads.
 template <class T>
 struct RowOperands {
-  const float* a;
-  const float* b;
-  const float* bias;
-  float* out;
-  const cpx<T>* twiddles;
-  const cpx<T>* split;
-  const IndexPair* pairs;
-  FFTShape fft;
+  const mx::array& a;
+  const mx::array& b;
+  const mx::array* bias;
+  mx::array& out;
+  const DeviceFFT<T>& fft;
 
-  RowOperands(
-      const DeviceFFT<T>& f,
-      const mx::array& a_,
-      const mx::array& b_,
-      const mx::array* bias_,
-      mx::array& out_)
-      : a(mx::gpu_ptr<float>(a_)),
-        b(mx::gpu_ptr<float>(b_)),
-        bias(bias_ ? mx::gpu_ptr<float>(*bias_) : nullptr),
-        out(mx::gpu_ptr<float>(out_)),
-        twiddles(reinterpret_cast<const cpx<T>*>(f.twiddles)),
-        split(reinterpret_cast<const cpx<T>*>(f.split)),
-        pairs(reinterpret_cast<const IndexPair*>(f.pairs)),
-        fft(f.shape) {}
+  const float* bias_data() const {
+    return bias ? mx::gpu_ptr<float>(*bias) : nullptr;
+  }
 };
 
 // Certified precisions: the list of outputs to recompute, else none.
@@ -222,105 +271,110 @@ maybe_open_outputs(mx::cu::CommandEncoder& encoder, int device, int64_t n) {
   return open_outputs(encoder, device, n);
 }
 
+// An output-row kernel (conv_rows, reduce_rows) on its grid, with the
+// arguments they share: the operands, the row index and shape, the FFT
+// tables, then `extra` (in the buffers extra_reads and extra_writes), the
+// list of the outputs that did not certify and the workspace. Those outputs
+// are then recomputed (one_term_per_row as recompute_open takes it).
+template <class T, class... Extra>
+void launch_output_rows(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    const RowLaunch& l,
+    RowGrid& grid,
+    const RowOperands<T>& op,
+    const RowIndex& ix,
+    const ConvShape& shape,
+    std::initializer_list<const mx::array*> extra_reads,
+    std::initializer_list<mx::array*> extra_writes,
+    bool one_term_per_row,
+    Extra... extra) {
+  std::optional<OpenOutputs> open =
+      maybe_open_outputs<T>(encoder, device, op.out.size());
+  register_buffers(
+      encoder,
+      {&op.a, &op.b, op.bias},
+      {&op.out, open ? &open->bits : nullptr});
+  register_buffers(encoder, extra_reads, extra_writes);
+  add_row_kernel<T>(
+      encoder,
+      l,
+      grid,
+      std::make_tuple(
+          mx::gpu_ptr<float>(op.a),
+          mx::gpu_ptr<float>(op.b),
+          op.bias_data(),
+          mx::gpu_ptr<float>(op.out)),
+      ix,
+      shape,
+      op.fft,
+      extra...,
+      open ? open->list : OpenList{});
+  if (open) {
+    recompute_open(
+        encoder,
+        device,
+        shape,
+        ix,
+        op.a,
+        op.b,
+        op.bias,
+        op.out,
+        *open,
+        one_term_per_row);
+  }
+}
+
 template <class T>
 void launch_shared_kernel(
     mx::cu::CommandEncoder& encoder,
     int device,
     const ConvGeometry& geo,
     const mx::Shape& full,
-    const mx::array& a,
-    const mx::array& b,
-    const mx::array* bias,
-    mx::array& out) {
-  const DeviceFFT<T>& fft = device_fft<T>(device, geo.fft_size);
-  RowIndex ix = gpu::make_row_index(full, b.shape(), {&a, &b, bias, &out});
+    const RowOperands<T>& op) {
+  RowIndex ix =
+      gpu::make_row_index(full, op.b.shape(), {&op.a, &op.b, op.bias, &op.out});
+  const FFTShape& fs = op.fft.shape;
 
   // Kernel spectra (and norms, when certifying), once per kernel row.
-  RowLaunch spec = row_launch<T>(device, "kernel_spectra", fft.shape.n_half, 1);
-  const int64_t spectrum_entries =
-      2 * static_cast<int64_t>(fft.shape.num_pairs);
-  mx::array spectra_buffer =
-      scratch(encoder, ix.outer_count * spectrum_entries * sizeof(cpx<T>));
-  cpx<T>* spectra = data_of<cpx<T>>(spectra_buffer);
+  RowLaunch spec = row_launch<T>(device, "kernel_spectra", fs.n_half, 1);
+  mx::array spectra_buffer = scratch(
+      encoder, ix.outer_count * 2 * int64_t{fs.num_pairs} * sizeof(cpx<T>));
   mx::array norms_buffer = scratch(encoder, ix.outer_count * sizeof(double));
-  double* b_norms = data_of<double>(norms_buffer);
-  RowLaunch rows = row_launch<T>(device, "conv_rows", fft.shape.n_half, 1);
+  RowLaunch rows = row_launch<T>(device, "conv_rows", fs.n_half, 1);
   // Splits of each kernel row's batch: enough work items for ~4 waves.
   const int64_t splits = std::clamp<int64_t>(
       (4 * rows.resident + ix.outer_count - 1) / ix.outer_count,
       1,
       ix.inner_count);
-  ConvShape shape = gpu::conv_shape(geo, bias != nullptr, splits);
-
-  RowOperands<T> op(fft, a, b, bias, out);
-
-  const int64_t spec_grid = spec.shared
-      ? ix.outer_count
-      : std::min<int64_t>(ix.outer_count, spec.resident);
-  std::optional<mx::array> spec_buffer;
-  if (!spec.shared)
-    spec_buffer = scratch(encoder, spec_grid * spec.row_bytes);
-  T* spec_ws = spec_buffer ? data_of<T>(*spec_buffer) : nullptr;
-  register_buffers(
+  ConvShape shape = gpu::conv_shape(geo, op.bias != nullptr, splits);
+  RowGrid spec_grid = row_grid(encoder, spec, ix.outer_count);
+  register_buffers(encoder, {&op.b}, {&spectra_buffer, &norms_buffer});
+  add_row_kernel<T>(
       encoder,
-      {&b},
-      {&spectra_buffer, &norms_buffer, spec_buffer ? &*spec_buffer : nullptr});
-  encoder.add_kernel_node_ex(
-      spec.kernel,
-      dim3(static_cast<unsigned>(spec_grid)),
-      dim3(spec.threads),
-      {},
-      static_cast<uint32_t>(spec.shared ? spec.row_bytes : 0),
-      op.b,
+      spec,
+      spec_grid,
+      std::make_tuple(mx::gpu_ptr<float>(op.b)),
       ix,
       shape,
       op.fft,
-      op.twiddles,
-      op.split,
-      op.pairs,
-      spectra,
-      b_norms,
-      spec_ws);
+      data_of<cpx<T>>(spectra_buffer),
+      data_of<double>(norms_buffer));
 
-  std::optional<OpenOutputs> open =
-      maybe_open_outputs<T>(encoder, device, out.size());
-  const int64_t items = ix.outer_count * splits;
-  const int64_t grid =
-      rows.shared ? items : std::min<int64_t>(items, rows.resident);
-  std::optional<mx::array> rows_buffer;
-  if (!rows.shared)
-    rows_buffer = scratch(encoder, grid * rows.row_bytes);
-  T* rows_ws = rows_buffer ? data_of<T>(*rows_buffer) : nullptr;
-  const cpx<T>* spectra_in = spectra;
-  const double* b_norms_in = b_norms;
-  register_buffers(
+  RowGrid grid = row_grid(encoder, rows, ix.outer_count * splits);
+  launch_output_rows<T>(
       encoder,
-      {&a, &b, bias, &spectra_buffer, &norms_buffer},
-      {&out,
-       rows_buffer ? &*rows_buffer : nullptr,
-       open ? &open->bits : nullptr});
-  encoder.add_kernel_node_ex(
-      rows.kernel,
-      dim3(static_cast<unsigned>(grid)),
-      dim3(rows.threads),
-      {},
-      static_cast<uint32_t>(rows.shared ? rows.row_bytes : 0),
-      op.a,
-      op.b,
-      op.bias,
-      op.out,
+      device,
+      rows,
+      grid,
+      op,
       ix,
       shape,
-      op.fft,
-      op.twiddles,
-      op.split,
-      op.pairs,
-      spectra_in,
-      b_norms_in,
-      open ? open->list : OpenList{},
-      rows_ws);
-  if (open)
-    recompute_open(encoder, device, shape, ix, a, b, bias, out, *open, true);
+      {&spectra_buffer, &norms_buffer},
+      {},
+      true,
+      data_of<cpx<T>>(spectra_buffer),
+      data_of<double>(norms_buffer));
 }
 
 template <class T>
@@ -329,53 +383,28 @@ void launch_reduce(
     int device,
     const ConvGeometry& geo,
     const mx::Shape& full,
-    const mx::array& a,
-    const mx::array& b,
-    const mx::array* bias,
-    mx::array& out) {
-  const DeviceFFT<T>& fft = device_fft<T>(device, geo.fft_size);
-  RowIndex ix = gpu::make_row_index(full, out.shape(), {&a, &b, bias, &out});
-  RowLaunch l = row_launch<T>(device, "reduce_rows", fft.shape.n_half, 2);
-  ConvShape shape = gpu::conv_shape(geo, bias != nullptr, 1);
-  const int64_t grid = std::min<int64_t>(ix.outer_count, l.resident);
-  const int64_t acc_entries = 2 * static_cast<int64_t>(fft.shape.num_pairs);
-  mx::array acc_buffer = scratch(encoder, grid * acc_entries * sizeof(cpx<T>));
-  cpx<T>* acc = data_of<cpx<T>>(acc_buffer);
-  std::optional<mx::array> ws_buffer;
-  if (!l.shared)
-    ws_buffer = scratch(encoder, grid * l.row_bytes);
-  T* ws = ws_buffer ? data_of<T>(*ws_buffer) : nullptr;
-  std::optional<OpenOutputs> open =
-      maybe_open_outputs<T>(encoder, device, out.size());
-  register_buffers(
+    const RowOperands<T>& op) {
+  RowIndex ix = gpu::make_row_index(
+      full, op.out.shape(), {&op.a, &op.b, op.bias, &op.out});
+  const FFTShape& fs = op.fft.shape;
+  RowLaunch l = row_launch<T>(device, "reduce_rows", fs.n_half, 2);
+  // acc has a slot per block: the grid never exceeds the resident blocks.
+  RowGrid grid =
+      row_grid(encoder, l, std::min<int64_t>(ix.outer_count, l.resident));
+  mx::array acc_buffer = scratch(
+      encoder, grid.blocks * 2 * int64_t{fs.num_pairs} * sizeof(cpx<T>));
+  launch_output_rows<T>(
       encoder,
-      {&a, &b, bias},
-      {&out,
-       &acc_buffer,
-       ws_buffer ? &*ws_buffer : nullptr,
-       open ? &open->bits : nullptr});
-  RowOperands<T> op(fft, a, b, bias, out);
-  encoder.add_kernel_node_ex(
-      l.kernel,
-      dim3(static_cast<unsigned>(grid)),
-      dim3(l.threads),
-      {},
-      static_cast<uint32_t>(l.shared ? l.row_bytes : 0),
-      op.a,
-      op.b,
-      op.bias,
-      op.out,
+      device,
+      l,
+      grid,
+      op,
       ix,
-      shape,
-      op.fft,
-      op.twiddles,
-      op.split,
-      op.pairs,
-      acc,
-      open ? open->list : OpenList{},
-      ws);
-  if (open)
-    recompute_open(encoder, device, shape, ix, a, b, bias, out, *open, false);
+      gpu::conv_shape(geo, op.bias != nullptr, 1),
+      {},
+      {&acc_buffer},
+      false,
+      data_of<cpx<T>>(acc_buffer));
 }
 
 template <class T>
@@ -389,12 +418,12 @@ void convolve(
     mx::array& out) {
   const gpu::ConvLaunch c =
       gpu::conv_launch(variant, period, in, has_bias, out);
-  if (c.one_to_one) {
-    launch_shared_kernel<T>(
-        encoder, device, c.geo, c.full, c.a, c.b, c.bias, out);
-  } else {
-    launch_reduce<T>(encoder, device, c.geo, c.full, c.a, c.b, c.bias, out);
-  }
+  const RowOperands<T> op{
+      c.a, c.b, c.bias, out, device_fft<T>(device, c.geo.fft_size)};
+  if (c.one_to_one)
+    launch_shared_kernel<T>(encoder, device, c.geo, c.full, op);
+  else
+    launch_reduce<T>(encoder, device, c.geo, c.full, op);
 }
 
 template <class T>

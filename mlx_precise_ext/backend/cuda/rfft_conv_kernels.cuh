@@ -74,6 +74,34 @@ __device__ __forceinline__ void certify_or_list(
   atomicOr(open.bits + (entry >> 5), 1u << (entry & 31));
 }
 
+// Output `entry` of a launch: the transform's value v plus the products x * d
+// that for_each_bias_product(add) passes to add(x, d), rounded once. The
+// certified precisions certify the sum, or mark the output in `open`.
+template <class T, class BiasProducts>
+__device__ __forceinline__ void write_output(
+    T v,
+    BiasProducts for_each_bias_product,
+    const RowCertificate& cert,
+    float* out,
+    OpenList open,
+    MP_INT64 entry) {
+  const T tag{};
+  double magnitude = 0.0;
+  if constexpr (Certified<T>::value)
+    magnitude = fabs(v);
+  for_each_bias_product([&](float x, float d) {
+    const T p = r_prod(tag, x, d);
+    v = r_add(v, p);
+    if constexpr (Certified<T>::value)
+      magnitude += fabs(p);
+  });
+  if constexpr (Certified<T>::value) {
+    certify_or_list(cert, v, magnitude, out, open, entry);
+  } else {
+    *out = r_round(v);
+  }
+}
+
 // Spectra of the kernel rows (operand B, outer index = kernel row), scaled by
 // 1/(4N), in pair order; when certifying, also each kernel row's norm.
 template <class T, bool kShared>
@@ -194,32 +222,16 @@ __global__ void conv_rows(
       fft_inverse<T>(re, im, fs, tw);
       float* out_row = out + row_offset(ix, kOperandOut, kk, j);
       for (MP_INT64 t = threadIdx.x; t < g.out_len; t += blockDim.x) {
-        const T v = gather_output<T>(re, im, g, t);
-        if constexpr (Certified<T>::value) {
-          double value = v, magnitude = fabs(v);
-          if (g.has_bias) {
-            const double p = static_cast<double>(a_row[t * a_step]) *
-                static_cast<double>(bias_row[t * bias_step]);
-            value += p;
-            magnitude += fabs(p);
-          }
-          certify_or_list(
-              cert,
-              value,
-              magnitude,
-              out_row + t,
-              open,
-              (kk * ix.inner_count + j) * g.out_len + t);
-        } else {
-          out_row[t] = g.has_bias
-              ? finish_output(
-                    v,
-                    true,
-                    a_row[t * a_step],
-                    bias_row[t * bias_step],
-                    kNoSnap)
-              : finish_output(v, false, 0.0f, 0.0f, kNoSnap);
-        }
+        write_output<T>(
+            gather_output<T>(re, im, g, t),
+            [&](auto add) {
+              if (g.has_bias)
+                add(a_row[t * a_step], bias_row[t * bias_step]);
+            },
+            cert,
+            out_row + t,
+            open,
+            (kk * ix.inner_count + j) * g.out_len + t);
       }
       __syncthreads();
     }
@@ -253,7 +265,6 @@ __global__ void reduce_rows(
   T* b_im = b_re + h;
   cpx<T>* acc =
       acc_slots + static_cast<MP_INT64>(blockIdx.x) * 2 * fs.num_pairs;
-  const T tag{};
   for (MP_INT64 target = blockIdx.x; target < ix.outer_count;
        target += gridDim.x) {
     double norm_products = 0.0;
@@ -325,30 +336,21 @@ __global__ void reduce_rows(
           g.has_bias ? ix.inner_count : 0);
     }
     for (MP_INT64 t = threadIdx.x; t < g.out_len; t += blockDim.x) {
-      T v = gather_output<T>(a_re, a_im, g, t);
-      double magnitude = 0.0;
-      if constexpr (Certified<T>::value)
-        magnitude = fabs(v);
-      if (g.has_bias) {
-        for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
-          const float x =
-              a[row_offset(ix, kOperandA, target, j) +
-                t * ix.time_stride[kOperandA]];
-          const float d = bias
-              [row_offset(ix, kOperandBias, target, j) +
-               t * ix.time_stride[kOperandBias]];
-          const T p = r_prod(tag, x, d);
-          v = r_add(v, p);
-          if constexpr (Certified<T>::value)
-            magnitude += fabs(p);
-        }
-      }
-      if constexpr (Certified<T>::value) {
-        certify_or_list(
-            cert, v, magnitude, out_row + t, open, target * g.out_len + t);
-      } else {
-        out_row[t] = r_round(v);
-      }
+      write_output<T>(
+          gather_output<T>(a_re, a_im, g, t),
+          [&](auto add) {
+            if (g.has_bias)
+              for (MP_INT64 j = 0; j < ix.inner_count; ++j)
+                add(a[row_offset(ix, kOperandA, target, j) +
+                      t * ix.time_stride[kOperandA]],
+                    bias
+                        [row_offset(ix, kOperandBias, target, j) +
+                         t * ix.time_stride[kOperandBias]]);
+          },
+          cert,
+          out_row + t,
+          open,
+          target * g.out_len + t);
     }
     __syncthreads();
   }
