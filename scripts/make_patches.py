@@ -15,6 +15,7 @@ the commit messages) is in patches/glue/. No MLX checkout is read: the test
 suite regenerates the series and fails if patches/ is stale.
 """
 
+import difflib
 import re
 import sys
 from dataclasses import dataclass, field
@@ -158,6 +159,22 @@ def glue(path: str) -> str:
     return (GLUE / path).read_text()
 
 
+def insertions(path: str, before: str, after: str) -> list:
+    """The inserts (path, line of `before`, text) that turn `before` into
+    `after`, which only adds lines: what a later patch adds to a file an
+    earlier one created without them."""
+    old, new = before.splitlines(), after.splitlines()
+    out = []
+    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
+    for tag, i1, _, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        if tag != "insert":
+            raise ValueError(f"{path}: the later version must only add lines")
+        out.append((path, i1, "\n".join(new[j1:j2]) + "\n"))
+    return out
+
+
 @dataclass
 class Patch:
     name: str  # file name stem, e.g. "0001-fft-rfft_conv"
@@ -298,9 +315,13 @@ def series() -> list:
         },
         inserts=[
             ("mlx/backend/cuda/CMakeLists.txt", 73, glue("0003/mlx/backend/cuda/CMakeLists.txt")),
-            ("mlx/backend/cuda/CMakeLists.txt", 106, cuda_jit_sources()),
-            ("mlx/backend/cuda/jit_module.cpp", 280, jit_header_names()),
-            ("mlx/backend/cuda/jit_module.cpp", 302, jit_header_sources()),
+            (
+                "mlx/backend/cuda/CMakeLists.txt",
+                106,
+                cuda_jit_sources("rfft_conv", "rfft_conv_kernels.cuh", CUDA_CONV_HEADERS),
+            ),
+            ("mlx/backend/cuda/jit_module.cpp", 280, jit_header_names("mx.fft.rfft_conv", CUDA_CONV_HEADERS)),
+            ("mlx/backend/cuda/jit_module.cpp", 302, jit_header_sources(CUDA_CONV_HEADERS)),
             ("mlx/backend/cuda/jit_module.cpp", 342, JIT_NO_CONTRACTION),
             ("mlx/backend/gpu/CMakeLists.txt", 4, "          ${CMAKE_CURRENT_SOURCE_DIR}/precise/conv_layout.cpp\n"),
         ],
@@ -341,10 +362,7 @@ def series() -> list:
         "0005.msg",
         new_files={
             mlx_path(p): ext_file(p)
-            for p in with_includes(
-                ["backend/metal/strict_ops.cpp", "backend/metal/strict_kernels.metal"],
-                carried=carried,
-            )
+            for p in with_includes(METAL_STRICT_FILES, carried=carried)
         },
         inserts=[
             (
@@ -360,7 +378,44 @@ def series() -> list:
             ("mlx/backend/metal/primitives.cpp", glue("0002/mlx/backend/metal/primitives.cpp")),
         ],
     )
-    return [conv, strict, cuda_conv, metal_conv, metal_strict]
+    carried |= set(with_includes(METAL_STRICT_FILES, carried))
+    jit_h = "mlx/backend/cuda/precise/jit.h"
+    cuda_strict = Patch(
+        "0006-precision-addmm-layer_norm-cuda",
+        "0006.msg",
+        new_files={
+            **{mlx_path(p): ext_file(p) for p in with_includes(CUDA_STRICT_FILES, carried)},
+            # The one cuBLASLt difference: MLX's CublasMatmulBase.
+            "mlx/backend/cuda/precise/blas.cpp": glue("0006/mlx/backend/cuda/precise/blas.cpp"),
+        },
+        inserts=[
+            *insertions(
+                jit_h,
+                cuda_conv.new_files[jit_h],
+                ext_file("backend/cuda/jit.h", drop=CUDA_PAIR_ONLY),
+            ),
+            (
+                "mlx/backend/cuda/precise/jit.cpp",
+                cuda_conv.new_files["mlx/backend/cuda/precise/jit.cpp"]
+                .splitlines()
+                .index("} // namespace mlx::core::cuda"),
+                glue("0006/mlx/backend/cuda/precise/jit.cpp"),
+            ),
+            ("mlx/backend/cuda/CMakeLists.txt", 73, glue("0006/mlx/backend/cuda/CMakeLists.txt")),
+            (
+                "mlx/backend/cuda/CMakeLists.txt",
+                106,
+                cuda_jit_sources("strict-ops", "strict_kernels.cuh", CUDA_STRICT_HEADERS),
+            ),
+            ("mlx/backend/cuda/jit_module.cpp", 280, jit_header_names("the precision= ops", CUDA_STRICT_HEADERS)),
+            ("mlx/backend/cuda/jit_module.cpp", 302, jit_header_sources(CUDA_STRICT_HEADERS)),
+        ],
+        removals=[
+            ("mlx/backend/cuda/primitives.cpp", STRICT_INCLUDE),
+            ("mlx/backend/cuda/primitives.cpp", STRICT_NO_GPU),
+        ],
+    )
+    return [conv, strict, cuda_conv, metal_conv, metal_strict, cuda_strict]
 
 
 # The extension files patch 0003 maps whole (with what they include).
@@ -374,13 +429,22 @@ CUDA_CONV_FILES = [
 # The extension files patch 0004 maps whole (with what they include).
 METAL_CONV_FILES = ["backend/metal/rfft_conv.cpp", "backend/metal/rfft_conv_kernels.metal"]
 
-# What jit.h declares for ops the CUDA patch does not carry (the strict ops
-# come with their GPU patch; the pair ops stay in the extension).
-CUDA_LATER = (
-    "CUfunction get_strict_kernel(int device, const std::string& name_expression);",
+# The extension files patch 0005 maps whole (with what they include).
+METAL_STRICT_FILES = ["backend/metal/strict_ops.cpp", "backend/metal/strict_kernels.metal"]
+
+# The extension files patch 0006 maps whole (with what they include; its
+# blas.cpp is glue).
+CUDA_STRICT_FILES = ["backend/cuda/strict_ops.cpp", "backend/cuda/strict_kernels.cuh"]
+
+# What jit.h declares for ops patch 0003 does not carry: the strict ops come
+# with their CUDA patch (0006); the pair ops stay in the extension.
+CUDA_PAIR_ONLY = (
     "CUfunction get_pair_kernel(int device, const std::string& name_expression);",
-    "std::vector<std::string> strict_kernel_names();",
     "std::vector<std::string> pair_kernel_names();",
+)
+CUDA_LATER = CUDA_PAIR_ONLY + (
+    "CUfunction get_strict_kernel(int device, const std::string& name_expression);",
+    "std::vector<std::string> strict_kernel_names();",
 )
 
 # The kernel headers the GPU rfft_conv kernels include, by file name: MLX's
@@ -389,30 +453,36 @@ CUDA_LATER = (
 CUDA_CONV_HEADERS = [Path(p).name for p in with_includes(["kernels/rfft_conv_rows.h"], set())]
 
 
-def cuda_jit_sources() -> str:
-    listed = "".join(f"  ../common/precise/{h}\n" for h in CUDA_CONV_HEADERS)
+def cuda_jit_sources(what: str, kernels: str, headers: list) -> str:
+    """The kernel source and the headers it adds to MLX_JIT_SOURCES, which
+    MLX's CMake embeds (bin2h: jit_source_<stem>)."""
+    listed = "".join(f"  ../common/precise/{h}\n" for h in headers)
     return (
-        "# The rfft_conv kernels and the headers they share with the CPU backend.\n"
-        "list(\n  APPEND\n  MLX_JIT_SOURCES\n  precise/rfft_conv_kernels.cuh\n"
+        f"# The {what} kernels and the headers they share with the CPU backend.\n"
+        f"list(\n  APPEND\n  MLX_JIT_SOURCES\n  precise/{kernels}\n"
         + listed.rstrip("\n")
         + ")\n"
     )
 
 
-def jit_header_names() -> str:
-    return "    // mx.fft.rfft_conv's kernel headers, included by file name.\n" + "".join(
-        f'    "{h}",\n' for h in CUDA_CONV_HEADERS
+def jit_header_names(what: str, headers: list) -> str:
+    return f"    // The kernel headers of {what}, included by file name.\n" + "".join(
+        f'    "{h}",\n' for h in headers
     )
 
 
-def jit_header_sources() -> str:
-    return "".join(f"    jit_source_{Path(h).stem},\n" for h in CUDA_CONV_HEADERS)
+def jit_header_sources(headers: list) -> str:
+    return "".join(f"    jit_source_{Path(h).stem},\n" for h in headers)
 
 
 # The kernel headers the Metal strict-ops kernels include.
 STRICT_HEADERS = [
     Path(p).name for p in with_includes(["kernels/strict_params.h", "kernels/strict_arith.h"], set())
 ]
+
+
+# The kernel headers the CUDA strict-ops kernels include beyond rfft_conv's.
+CUDA_STRICT_HEADERS = [h for h in STRICT_HEADERS if h not in CUDA_CONV_HEADERS]
 
 
 def metal_jit_source(name: str, headers: list) -> str:

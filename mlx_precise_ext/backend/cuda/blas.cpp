@@ -88,15 +88,6 @@ void make_layout(
       "cublasLtMatrixLayoutSetAttribute");
 }
 
-// Largest power of two (up to 256) dividing the address: cuBLASLt picks
-// vectorised kernels only for operands aligned to their vector width.
-uint32_t alignment(const void* p) {
-  uint32_t a = 256;
-  while (a > 4 && reinterpret_cast<uintptr_t>(p) % a != 0)
-    a /= 2;
-  return a;
-}
-
 struct Algorithm {
   cublasLtMatmulAlgo_t algo;
   size_t workspace;
@@ -181,7 +172,7 @@ void gemm(
   make_layout(result, data, n, m, n, batches, static_cast<int64_t>(m) * n);
 
   const std::array<uint32_t, 3> aligned{
-      alignment(a.data), alignment(b.data), alignment(out)};
+      gemm_alignment(a.data), gemm_alignment(b.data), gemm_alignment(out)};
   const std::array<int64_t, 15> key{
       f64,
       m,

@@ -2,6 +2,9 @@
 // build links and loads), captured into the stream's graph like MLX's own
 // matmuls. Used by the strict addmm: the float64 product of "extended" (then
 // certified per output) and the strict float32 product (never TF32).
+// blas.cpp is the adapter: the extension's own cuBLASLt handle (libmlx
+// exports none of MLX's cuBLASLt classes); inside MLX, MLX's
+// CublasMatmulBase.
 #pragma once
 
 #include <cstdint>
@@ -43,5 +46,16 @@ void gemm(
     void* out,
     double alpha,
     double beta);
+
+// Largest power of two (up to 256) dividing the address. cuBLASLt's
+// heuristic assumes 256-byte aligned operands unless told otherwise, and an
+// algorithm picked on that assumption fails on a view that starts inside its
+// allocation.
+inline uint32_t gemm_alignment(const void* p) {
+  uint32_t a = 256;
+  while (a > 4 && reinterpret_cast<uintptr_t>(p) % a != 0)
+    a /= 2;
+  return a;
+}
 
 } // namespace mlx_precise::cuda
