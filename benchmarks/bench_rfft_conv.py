@@ -8,6 +8,10 @@ kernel (transform size 2L). Methods run round-robin, so load on a shared
 machine hits all of them alike; the median of the repeats is reported, with
 ratios to MLX's composed float32 path. Forward+backward is value_and_grad of
 sum(y * g) with respect to u and k.
+--certification times the cost of certifying extended outputs instead (one thread,
+process CPU time, certified and uncertified runs alternating in one process through
+mlx_precise._ext.testing.set_rfft_conv_certification): random and Hyena-like
+kernels at each L, then adversarial rows whose every output is left open.
 --baseline DIR times the extended mode of another build of mlx_precise too (DIR holds
 its mlx_precise/ package with the built extension, e.g. a worktree of the commit
 before certification), so the cost of certification is measured side by side.
@@ -120,6 +124,56 @@ def round_robin(methods, repeats):
     return {name: 1e3 * float(np.median(t)) for name, t in times.items()}
 
 
+def hyena_kernel(rng, shape):
+    L = shape[-1]
+    return (rng.standard_normal(shape) * np.exp(-8.0 * np.arange(L) / L)).astype(np.float32)
+
+
+def certification_cost(rng, lengths, repeats):
+    """Certified / uncertified extended rfft_conv, one thread, median process CPU time."""
+    from mlx_precise import _ext
+
+    def timed(u, k, certify):
+        _ext.testing.set_rfft_conv_certification(certify)
+        try:
+            start = time.process_time()
+            mx.eval(mp.rfft_conv(u, k, precision="extended"))
+            return time.process_time() - start
+        finally:
+            _ext.testing.set_rfft_conv_certification(True)
+
+    def ratio(u, k):
+        u, k = mx.array(u), mx.array(k)
+        timed(u, k, True), timed(u, k, False)  # warm-up: plans, buffers
+        times = {True: [], False: []}
+        for _ in range(repeats):
+            for certify in (True, False):
+                times[certify].append(timed(u, k, certify))
+        return float(np.median(times[False])), float(np.median(times[True]) / np.median(times[False]))
+
+    print(f"\n### Cost of certification (extended, B={B} H={H}, one thread, median of {repeats}; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)\n")
+    print("| rows | " + " | ".join(f"L={L}: uncertified ms, certified/uncertified" for L in lengths) + " |")
+    print("|---|" + "---|" * len(lengths))
+    cases = {
+        "random u, random k": lambda L: (rng.standard_normal((B, H, L)), rng.standard_normal((H, L))),
+        "random u, Hyena k": lambda L: (rng.standard_normal((B, H, L)), hyena_kernel(rng, (H, L))),
+        # Adversarial: one huge sample at the end of each row puts every earlier output
+        # far below the row's error bound, so every output is recomputed: O(L^2) (8 rows).
+        "adversarial (8 rows): every output open": lambda L: (
+            np.concatenate([rng.standard_normal((8, L - 1)), np.full((8, 1), 1e30)], axis=-1),
+            rng.standard_normal((8, L)),
+        ),
+    }
+    for name, make in cases.items():
+        cells = []
+        for L in lengths:
+            u, k = make(L)
+            base, r = ratio(u.astype(np.float32), k.astype(np.float32))
+            cells.append(f"{1e3 * base:.1f}, {r:.3f}x")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
 def print_table(title, results, lengths):
     names = list(results[lengths[0]])
     print(f"\n### {title}\n")
@@ -190,7 +244,12 @@ def main():
     parser.add_argument("--plot", default="benchmarks/rfft_conv_accuracy.png")
     parser.add_argument("--no-backward", action="store_true")
     parser.add_argument("--baseline", help="another build of mlx_precise to time extended against")
+    parser.add_argument("--certification", action="store_true", help="time the cost of certification only")
     args = parser.parse_args()
+    if args.certification:
+        os.environ["MLX_PRECISE_NUM_THREADS"] = "1"
+        certification_cost(np.random.default_rng(), args.lengths, args.repeats)
+        return
     global BASELINE
     if args.baseline:
         BASELINE = load_baseline(args.baseline)
@@ -201,7 +260,7 @@ def main():
     fwd, bwd = {}, {}
     for L in args.lengths:
         u = rng.standard_normal((B, H, L)).astype(np.float32)
-        k = (rng.standard_normal((H, L)) * np.exp(-8.0 * np.arange(L) / L)).astype(np.float32)
+        k = hyena_kernel(rng, (H, L))
         g = rng.standard_normal((B, H, L)).astype(np.float32)
         fwd[L] = round_robin(forward_methods(u, k, L), args.repeats)
         if not args.no_backward:

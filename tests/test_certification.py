@@ -126,6 +126,33 @@ def test_zero_signs_follow_exact_sums(precision):
     np.testing.assert_array_equal(bits(y), bits(np.float32([-0.0, 0.0])))
 
 
+@pytest.mark.parametrize("precision", CERTIFIED)
+def test_zero_rows_convolve_to_exact_zeros(rng, precision):
+    # A zero operand row gives exact zeros (+0) plus the row's bias products, each
+    # rounded once: certified as such, not left open (each open output would be
+    # recomputed from its O(L) zero products). Negative zeros and a zero kernel too.
+    L = 96
+    u = rng.standard_normal((4, L)).astype(np.float32)
+    u[1] = 0.0
+    u[2] = -0.0
+    k = rng.standard_normal((4, L)).astype(np.float32)
+    k[3] = -0.0
+    d = (rng.standard_normal(L) * 10.0 ** rng.uniform(-20, 20, L)).astype(np.float32)
+    d[::3] = -0.0
+    y = np.array(mp.rfft_conv(mx.array(u), mx.array(k), bias=mx.array(d), precision=precision))
+    for r in range(4):
+        np.testing.assert_array_equal(bits(y[r]), bits(exact_conv(u[r], k[r], bias=d)))
+    np.testing.assert_array_equal(bits(y[1]), bits(np.zeros(L, np.float32)))
+    # Gradients: a zero cotangent row reduces to exact zeros in both gradients.
+    g = rng.standard_normal((4, L)).astype(np.float32)
+    g[0] = 0.0
+    gu, gk = mx.grad(lambda u, k: mx.sum(mp.rfft_conv(u, k, precision=precision) * mx.array(g)), argnums=(0, 1))(
+        mx.array(u), mx.array(k)
+    )
+    np.testing.assert_array_equal(bits(gu[0]), bits(np.zeros(L, np.float32)))
+    np.testing.assert_array_equal(bits(gk[0]), bits(np.zeros(L, np.float32)))
+
+
 # ---------------------------------------------------------------- strict ops ----
 
 

@@ -448,7 +448,8 @@ MP_INLINE bool certify_output(
     MP_DEVICE float* out) {
   float rounded = static_cast<float>(value);
   const bool done = !c.finite ||
-      certified_round(value, c.conv_err + c.rel * magnitude, &rounded);
+      certified_round(
+          zero_as_positive(value), c.conv_err + c.rel * magnitude, &rounded);
   *out = rounded;
   return done;
 }

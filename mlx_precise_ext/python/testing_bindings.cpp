@@ -11,6 +11,7 @@
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
 
+#include "backend/cpu/conv_job.h"
 #include "kernels/dd.h"
 #include "kernels/pair_math.h"
 
@@ -267,4 +268,13 @@ void init_testing(nb::module_& parent) {
       "b_im_h"_a.noconvert(),
       "b_im_l"_a.noconvert(),
       "Complex double-word product: (re_h, re_l, im_h, im_l).");
+
+  m.def(
+      "set_rfft_conv_certification",
+      [](bool enabled) { cpu::set_rfft_conv_certification(enabled); },
+      "enabled"_a,
+      "Benchmarks only: with False, the CPU's extended/dd rfft_conv rounds the "
+      "float64 engine's values without certifying them (not correctly rounded), "
+      "so that the cost of certification can be timed side by side. "
+      "Returns nothing; pass True to restore the default.");
 }

@@ -70,6 +70,13 @@ struct ProductSumTask {
   std::vector<Target> targets;
 };
 
+// Whether extended/dd rfft_conv outputs are certified (the default). Off only
+// through mlx_precise._ext.testing, so that benchmarks can time the cost of
+// certification side by side in one process: the outputs are then the float64
+// engine's values rounded once, not necessarily correctly rounded.
+bool rfft_conv_certification_enabled();
+void set_rfft_conv_certification(bool enabled);
+
 // One implementation per instruction-set build (see CMakeLists.txt); both
 // perform identical IEEE operations in identical order.
 #define MP_DECLARE_CPU_KERNELS(isa) \

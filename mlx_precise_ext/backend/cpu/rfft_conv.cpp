@@ -2,6 +2,7 @@
 // leading dims) into row descriptions and hands them to the FFT engine on
 // MLX's CPU stream.
 #include <algorithm>
+#include <atomic>
 #include <optional>
 
 #include <mlx/backend/common/utils.h>
@@ -13,6 +14,20 @@
 #include "primitives.h"
 
 namespace mlx_precise {
+
+namespace cpu {
+namespace {
+std::atomic<bool> certification_enabled{true};
+} // namespace
+
+bool rfft_conv_certification_enabled() {
+  return certification_enabled.load(std::memory_order_relaxed);
+}
+
+void set_rfft_conv_certification(bool enabled) {
+  certification_enabled.store(enabled, std::memory_order_relaxed);
+}
+} // namespace cpu
 
 namespace {
 
