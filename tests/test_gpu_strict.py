@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import mlx_precise as mp
-from reference import layer_norm_reference_mp, round_exact_sum
+from reference import round_exact_sum
 
 GPU_AVAILABLE = mx.metal.is_available() or mx.cuda.is_available()
 pytestmark = pytest.mark.skipif(not GPU_AVAILABLE, reason="MLX has no GPU backend here")
@@ -199,25 +199,27 @@ def test_addmm_zeros_and_exact_cancellation_equal_to_cpu(precision):
         assert_equal_to_cpu(y_gpu, y_cpu)
 
 
-ON_CUDA = mx.cuda.is_available()
-
-
-@pytest.mark.skipif(not ON_CUDA, reason="Metal computes dd in float pairs")
 @pytest.mark.parametrize("precision", STRICT)
-def test_issue_15_range_reproducers_on_cuda(precision):
-    # dd's float pairs used to overflow to NaN here; dd is now the certified float64
-    # computation on CUDA as on the CPU: the exact results' roundings.
-    f = lambda v: mx.array(np.float32(v))  # noqa: E731
-    y = on(mx.gpu, mp.addmm, mx.zeros((1, 1)), f([[3e38, 3e38]]), f([[1.0], [1.0]]), precision=precision)
-    assert np.array(y)[0, 0] == np.inf
-    y = on(mx.gpu, mp.addmm, mx.zeros((1, 1)), f([[3e38]]), f([[1e10]]), alpha=1e-20, precision=precision)
-    assert_bitwise(y, np.float32([[round_exact_sum([3e38 * 1e10 * float(np.float32(1e-20))])]]))
-    for x, w, eps in (([[1.0, 2.0, 3.0]], [3e38] * 3, 1e-5), ([[3e38, -3e38, 1e38]], None, 1e-5),
-                      ([[1e-39, 2e-39, 4e-39]], None, 0.0)):
-        x, w = np.float32(x), None if w is None else np.float32(w)
-        y = on(mx.gpu, mp.layer_norm, mx.array(x), None if w is None else mx.array(w), None, eps=eps,
-               precision=precision)
-        assert_bitwise(y, layer_norm_reference_mp(x, w, None, eps))
+def test_addmm_exact_ties_round_half_to_even(precision):
+    # Integer products summing to up to 2^30: many outputs lie exactly halfway
+    # between two floats, which no float64 bound can decide; the exact recompute
+    # (a warp per output on CUDA) rounds them half to even.
+    rng = np.random.default_rng(10)
+    M, K, N = 64, 64, 96
+    a = rng.integers(-(2**12), 2**12, (M, K))
+    b = rng.integers(-(2**12), 2**12, (K, N))
+    exact = (a @ b).astype(np.float64)  # |.| < 2^30: exact
+    rounded = exact.astype(np.float32)  # numpy rounds half to even
+    ties = np.abs(exact - rounded) == np.spacing(np.abs(rounded)).astype(np.float64) / 2
+    assert ties.sum() > 100, "the data must contain exact ties"
+    args = (mx.zeros((M, N)), mx.array(a.astype(np.float32)), mx.array(b.astype(np.float32)))
+    y_gpu = on(mx.gpu, mp.addmm, *args, precision=precision)
+    assert_equal_to_cpu(y_gpu, on(mx.cpu, mp.addmm, *args, precision=precision))
+    if not ON_METAL:
+        assert_bitwise(y_gpu, rounded)
+
+
+ON_CUDA = mx.cuda.is_available()
 
 
 def relative_l2(y, ref):

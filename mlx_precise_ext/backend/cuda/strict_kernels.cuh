@@ -1,8 +1,9 @@
 // CUDA kernels of the strict addmm / linear / layer_norm, compiled at run time
-// by NVRTC (jit.cpp) together with the shared kernel headers. Every output
-// does the CPU's operations in the CPU's order (kernels/strict_arith.h), so
-// "dd" bits equal the CPU's; "extended" addmm is certified correctly rounded,
-// so its bits equal the CPU's as well.
+// by NVRTC (jit.cpp) together with the shared kernel headers. "extended" and
+// "dd" are one computation here, as on the CPU (README, "The dd contract"):
+// addmm is certified correctly rounded, so its bits equal the CPU's; the
+// layer_norm kernels do the CPU's float64 operations in the CPU's order
+// (kernels/strict_arith.h).
 namespace mlx_precise {
 // NVRTC has no <cstdint>; the shared headers name int64_t.
 using int64_t = long long;
@@ -12,101 +13,11 @@ using int64_t = long long;
 
 namespace mlx_precise::gpu {
 
-// ------------------------------------------------------------------ addmm ----
-// "dd": block tile kTile x kTile outputs, 16 x 16 threads, each thread
-// kPerThread x kPerThread outputs (rows ty + 16 r, columns tx + 16 c); the K
-// axis advances kTileK at a time through shared memory. Each output
-// accumulates k = 0, 1, ..., K-1 in order, whatever the tiling.
-constexpr int kTile = 64;
-constexpr int kTileK = 16;
-constexpr int kPerThread = 4;
-constexpr int kTileThreads = 256;
-
-// The double-word dot product of strict_arith.h, finished like the CPU.
-struct DoubleWordDot {
-  using Acc = ff;
-  static __device__ __forceinline__ Acc zero() {
-    return ff{0.0f, 0.0f};
-  }
-  static __device__ __forceinline__ Acc step(Acc acc, float a, float b) {
-    return dd_dot_step(acc, a, b);
-  }
-  static __device__ __forceinline__ float
-  result(const AddmmLayout& L, Acc acc, float c) {
-    return L.has_c ? dd_addmm_result(acc, L.alpha, L.beta, c)
-                   : dd_scaled_result(acc, L.alpha);
-  }
-};
-
-template <class Dot>
-__global__ void __launch_bounds__(kTileThreads) addmm_tiles(
-    const float* a,
-    const float* b,
-    const float* c,
-    float* out,
-    const AddmmLayout L) {
-  __shared__ float a_tile[kTileK][kTile + 1];
-  __shared__ float b_tile[kTileK][kTile];
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const int i0 = blockIdx.y * kTile, j0 = blockIdx.x * kTile;
-  for (MP_INT64 batch = blockIdx.z; batch < L.batches; batch += gridDim.z) {
-    const float* ab =
-        a + strided_offset(batch, L.batch_dims, L.batch_shape, L.a_batch);
-    const float* bb =
-        b + strided_offset(batch, L.batch_dims, L.batch_shape, L.b_batch);
-    typename Dot::Acc acc[kPerThread][kPerThread];
-    for (int r = 0; r < kPerThread; ++r)
-      for (int q = 0; q < kPerThread; ++q)
-        acc[r][q] = Dot::zero();
-    for (int k0 = 0; k0 < L.k; k0 += kTileK) {
-      for (int e = threadIdx.x; e < kTile * kTileK; e += kTileThreads) {
-        const int r = e / kTileK, kk = e % kTileK;
-        a_tile[kk][r] = (i0 + r < L.m && k0 + kk < L.k)
-            ? ab[(i0 + r) * L.a_row + (k0 + kk) * L.a_col]
-            : 0.0f;
-        const int kb = e / kTile, q = e % kTile;
-        b_tile[kb][q] = (j0 + q < L.n && k0 + kb < L.k)
-            ? bb[(k0 + kb) * L.b_row + (j0 + q) * L.b_col]
-            : 0.0f;
-      }
-      __syncthreads();
-      // Only the real k enter the sums (a padded zero product could flip a
-      // zero's sign).
-      const int steps = min(kTileK, L.k - k0);
-      for (int kk = 0; kk < steps; ++kk) {
-        float av[kPerThread], bv[kPerThread];
-        for (int r = 0; r < kPerThread; ++r)
-          av[r] = a_tile[kk][ty + 16 * r];
-        for (int q = 0; q < kPerThread; ++q)
-          bv[q] = b_tile[kk][tx + 16 * q];
-        for (int r = 0; r < kPerThread; ++r)
-          for (int q = 0; q < kPerThread; ++q)
-            acc[r][q] = Dot::step(acc[r][q], av[r], bv[q]);
-      }
-      __syncthreads();
-    }
-    const float* cb = L.has_c
-        ? c + strided_offset(batch, L.batch_dims, L.batch_shape, L.c_batch)
-        : nullptr;
-    for (int r = 0; r < kPerThread; ++r) {
-      const int i = i0 + ty + 16 * r;
-      if (i >= L.m)
-        continue;
-      for (int q = 0; q < kPerThread; ++q) {
-        const int j = j0 + tx + 16 * q;
-        if (j >= L.n)
-          continue;
-        const float cv = L.has_c ? cb[i * L.c_row + j * L.c_col] : 0.0f;
-        out[(batch * L.m + i) * L.n + j] = Dot::result(L, acc[r][q], cv);
-      }
-    }
-  }
-}
-
-// ------------------------------------------------------- extended addmm ----
+// --------------------------------------------------------------- addmm ----
 // The float64 product comes from cuBLAS (DGEMM on the FP64 tensor cores,
 // strict_ops.cpp) over operands widened by pack_operand; addmm_certify then
-// certifies each output and recomputes the uncertified ones exactly.
+// certifies each output and marks the others, which addmm_recompute
+// recomputes exactly.
 //
 // Inputs are float32, so every product a_ik b_kj is exact in double; the
 // library's sum is some order of K double additions (blocked, split over K,
@@ -117,18 +28,16 @@ __global__ void __launch_bounds__(kTileThreads) addmm_tiles(
 // internal rounding is not documented in that detail, so the bound is doubled
 // here: 2 gamma_K(u) times the 1 + 1/1024 slack exceeds gamma_K(2u), which
 // covers any faithful (e.g. truncating) rounding of each addition. A looser
-// bound only sends more outputs to the exact recompute; every certified
-// output is the correctly rounded float32, so the bits equal the CPU's.
+// bound only sends more outputs to the exact recompute (twice the CPU's share,
+// about 5e-4 of M2-BERT-like outputs at K = 768); every certified output is
+// the correctly rounded float32, so the bits equal the CPU's.
 
-// Element p of row i of a, or of column j of b, widened to double (for the
-// exact recomputation of uncertified outputs).
-struct StridedWide {
-  const float* data;
-  MP_INT64 stride;
-  __device__ __forceinline__ double operator()(MP_INT64 p) const {
-    return static_cast<double>(data[p * stride]);
-  }
-};
+// Grid-stride loop over [0, total).
+#define MP_GRID_STRIDE(e, total)                                         \
+  for (MP_INT64 e =                                                      \
+           blockIdx.x * static_cast<MP_INT64>(blockDim.x) + threadIdx.x; \
+       e < (total);                                                      \
+       e += static_cast<MP_INT64>(gridDim.x) * blockDim.x)
 
 // 2-norms of the rows of a and the columns of b of every batch, in double:
 // one warp per vector, lane l summing elements l, l + 32, ... then a shuffle
@@ -136,17 +45,18 @@ struct StridedWide {
 // (relative error below (K/32 + 6) u) is covered many times over by the
 // bound's 1 + 1/1024 slack, so the certification stays valid in any order.
 // norms: batches * m row norms of a, then batches * n column norms of b.
-// Block 0 also zeroes the `count` pending counts of addmm_certify.
+// Also zeroes the `words` words of the open-output bitmap (addmm_recompute
+// leaves them zero for the next chunk).
 __global__ void addmm_norms(
     const float* a,
     const float* b,
     const AddmmLayout L,
     double* norms,
-    unsigned* pending_counts,
-    int count) {
-  if (blockIdx.x == 0)
-    for (int t = threadIdx.x; t < count; t += blockDim.x)
-      pending_counts[t] = 0u;
+    unsigned* open_bits,
+    MP_INT64 words) {
+  MP_GRID_STRIDE(w, words) {
+    open_bits[w] = 0u;
+  }
   const MP_INT64 per_batch = L.m + L.n;
   const int lane = threadIdx.x % 32;
   const MP_INT64 warps_total =
@@ -184,13 +94,6 @@ __global__ void addmm_norms(
     }
   }
 }
-
-// Grid-stride loop over [0, total).
-#define MP_GRID_STRIDE(e, total)                                         \
-  for (MP_INT64 e =                                                      \
-           blockIdx.x * static_cast<MP_INT64>(blockDim.x) + threadIdx.x; \
-       e < (total);                                                      \
-       e += static_cast<MP_INT64>(gridDim.x) * blockDim.x)
 
 // Operand a (its rows [row0, row0 + rows)) or b (all K rows) of the batches
 // [batch0, batch0 + batch_count), converted to T and stored contiguously: per
@@ -251,29 +154,6 @@ fill_from_c(const float* c, const AddmmLayout L, float scale, float* out) {
   }
 }
 
-// alpha * acc [+ beta * c] rounded to float32 in *out; true when certified
-// correctly rounded against gamma_K a_norm b_norm (alpha * . and + beta * c
-// round once each in double; see backend/cpu/strict_kernels.cpp
-// certify_addmm).
-__device__ __forceinline__ bool certify_entry(
-    const AddmmLayout& L,
-    double acc,
-    float c,
-    double a_norm,
-    double b_norm,
-    float* out) {
-  constexpr double kBoundSlack = 1.0 + 1.0 / 1024.0;
-  const double alpha = static_cast<double>(L.alpha);
-  const double scaled = alpha * acc;
-  double value = scaled;
-  if (L.has_c)
-    value = value + static_cast<double>(L.beta) * static_cast<double>(c);
-  const double err =
-      kBoundSlack * gamma_bound(L.k) * fabs(alpha) * a_norm * b_norm +
-      kUnitRoundoff64 * (fabs(scaled) + fabs(value));
-  return certified_round(value, err, out);
-}
-
 // Output e of a chunk of rows [row0, row0 + rows) of the batches from batch0
 // (fewer than 2^31 outputs, checked on the host): its batch, row and column,
 // and its c.
@@ -301,39 +181,32 @@ __device__ __forceinline__ ChunkEntry chunk_entry(
   return t;
 }
 
-// The CPU's exact recomputation (exact_addmm_entry) of one output, so the
-// bits equal the CPU's.
-__device__ __forceinline__ float exact_entry(
-    const float* a,
-    const float* b,
+// alpha * sum [+ beta * c] (alpha * . and + beta * c rounding once each in
+// double) rounded to float32 in *out; true when certified correctly rounded,
+// |sum - exact| <= sum_err (backend/cpu/strict_kernels.cpp certify_addmm,
+// running_addmm_entry).
+__device__ __forceinline__ bool certify_entry(
     const AddmmLayout& L,
-    const ChunkEntry& t) {
-  const float* a_row = a +
-      strided_offset(t.batch, L.batch_dims, L.batch_shape, L.a_batch) +
-      t.i * L.a_row;
-  const float* b_col = b +
-      strided_offset(t.batch, L.batch_dims, L.batch_shape, L.b_batch) +
-      t.j * L.b_col;
-  return exact_addmm_entry(
-      StridedWide{a_row, L.a_col},
-      StridedWide{b_col, L.b_row},
-      L.k,
-      L.alpha,
-      L.has_c != 0,
-      L.beta,
-      t.c);
+    double sum,
+    double sum_err,
+    float c,
+    float* out) {
+  const double alpha = static_cast<double>(L.alpha);
+  const double scaled = alpha * sum;
+  double value = scaled;
+  if (L.has_c)
+    value = value + static_cast<double>(L.beta) * static_cast<double>(c);
+  const double err =
+      fabs(alpha) * sum_err + kUnitRoundoff64 * (fabs(scaled) + fabs(value));
+  return certified_round(value, err, out);
 }
 
 // The outputs of rows [row0, row0 + rows) of the batches [batch0, batch0 +
 // batch_count) from the library's float64 product (contiguous (batch_count,
 // rows, n); nullptr when K = 0, an empty sum). Outputs it cannot certify are
-// listed in `pending` (up to `capacity`; *pending_count counts them all) for
-// addmm_recompute, so that the long exact sums run in full warps instead of
-// stalling a warp each; past the capacity they are recomputed here.
+// marked in open_bits (bit e of the chunk) for addmm_recompute.
 __global__ void addmm_certify(
     const double* product,
-    const float* a,
-    const float* b,
     const float* c,
     float* out,
     const AddmmLayout L,
@@ -342,9 +215,9 @@ __global__ void addmm_certify(
     int batch_count,
     int row0,
     int rows,
-    unsigned* pending,
-    unsigned capacity,
-    unsigned* pending_count) {
+    unsigned* open_bits) {
+  constexpr double kBoundSlack = 1.0 + 1.0 / 1024.0;
+  const double bound = 2.0 * kBoundSlack * gamma_bound(L.k); // doubled: above
   const unsigned total = static_cast<unsigned>(rows) * L.n * batch_count;
   for (unsigned e = blockIdx.x * blockDim.x + threadIdx.x; e < total;
        e += gridDim.x * blockDim.x) {
@@ -352,28 +225,80 @@ __global__ void addmm_certify(
     double s = product ? product[e] : 0.0;
     if (s == 0.0)
       s = 0.0; // +0, as the in-order sum started at +0 gives
-    // Doubled bound (see above): twice the norms' product.
+    const double err = bound * norms[t.batch * L.m + t.i] *
+        norms[L.batches * L.m + t.batch * L.n + t.j];
     float value;
-    const bool certified = certify_entry(
-        L,
-        s,
-        t.c,
-        2.0 * norms[t.batch * L.m + t.i],
-        norms[L.batches * L.m + t.batch * L.n + t.j],
-        &value);
-    if (!certified) {
-      const unsigned slot = atomicAdd(pending_count, 1u);
-      if (slot < capacity) {
-        pending[slot] = e;
-        continue;
-      }
-      value = exact_entry(a, b, L, t);
-    }
+    if (!certify_entry(L, s, err, t.c, &value))
+      atomicOr(open_bits + (e >> 5), 1u << (e & 31));
     out[(t.batch * L.m + t.i) * L.n + t.j] = value;
   }
 }
 
-// The outputs addmm_certify listed, one thread each.
+// Sums int64 v over the warp (every lane gets the total).
+__device__ __forceinline__ MP_INT64 warp_sum(MP_INT64 v) {
+  for (int offset = 16; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// The correctly rounded output t, a warp per output (the CPU's
+// exact_addmm_entry, with K split over the lanes: lane l takes k = l, l + 32,
+// ...). First the products summed in double with the running error bound
+// (each addition errs by at most u |its result|: the lanes' partial sums and
+// the shuffle tree's sums all count), certified; what that cannot decide, an
+// ExactSum per lane, their digits added over the warp (exact, so any split
+// gives the same sum), scaled by alpha, + beta * c, rounded once. Every lane
+// ends with the same value, so the branches are uniform.
+__device__ float warp_exact_addmm_entry(
+    const float* a,
+    const float* b,
+    const AddmmLayout& L,
+    const ChunkEntry& t,
+    int lane) {
+  const float* a_row = a +
+      strided_offset(t.batch, L.batch_dims, L.batch_shape, L.a_batch) +
+      t.i * L.a_row;
+  const float* b_col = b +
+      strided_offset(t.batch, L.batch_dims, L.batch_shape, L.b_batch) +
+      t.j * L.b_col;
+  double sum = 0.0, mass = 0.0;
+  for (MP_INT64 p = lane; p < L.k; p += 32) {
+    sum += static_cast<double>(a_row[p * L.a_col]) *
+        static_cast<double>(b_col[p * L.b_row]);
+    mass += fabs(sum);
+  }
+  for (int offset = 16; offset > 0; offset /= 2) {
+    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
+    mass += __shfl_xor_sync(0xffffffffu, mass, offset);
+    mass += fabs(sum);
+  }
+  float value;
+  if (certify_entry(
+          L, sum, kUnitRoundoff64 * (1.0 + 1.0 / 1024.0) * mass, t.c, &value))
+    return value;
+  ExactSum s;
+  exact_sum_init(s);
+  for (MP_INT64 p = lane; p < L.k; p += 32)
+    exact_sum_add_product(s, a_row[p * L.a_col], b_col[p * L.b_row]);
+  exact_sum_carry(s);
+  // (One limb at a time: unrolled, the 28 limbs' shuffles held 160 registers.)
+#pragma unroll 1
+  for (int i = 0; i < kExactLimbs; ++i)
+    s.limb[i] = warp_sum(s.limb[i]);
+  // The terms with an Inf or NaN factor: their IEEE sum is Inf, -Inf or NaN
+  // in any order.
+  for (int offset = 16; offset > 0; offset /= 2)
+    s.special =
+        MP_ADDF(s.special, __shfl_xor_sync(0xffffffffu, s.special, offset));
+  exact_sum_scale(s, L.alpha);
+  if (L.has_c)
+    exact_sum_add_product(s, L.beta, t.c);
+  return exact_sum_round(s);
+}
+
+// The outputs addmm_certify marked, a warp per output: the lanes read 32 words
+// of the bitmap at a time (zeroing them for the next chunk) and visit the
+// marked outputs of the nonzero ones together.
 __global__ void addmm_recompute(
     const float* a,
     const float* b,
@@ -383,14 +308,30 @@ __global__ void addmm_recompute(
     MP_INT64 batch0,
     int row0,
     int rows,
-    const unsigned* pending,
-    unsigned capacity,
-    const unsigned* pending_count) {
-  const unsigned count = min(*pending_count, capacity);
-  for (unsigned p = blockIdx.x * blockDim.x + threadIdx.x; p < count;
-       p += gridDim.x * blockDim.x) {
-    const ChunkEntry t = chunk_entry(L, c, batch0, row0, rows, pending[p]);
-    out[(t.batch * L.m + t.i) * L.n + t.j] = exact_entry(a, b, L, t);
+    unsigned* open_bits,
+    MP_INT64 words) {
+  const int lane = threadIdx.x % 32;
+  const MP_INT64 warp =
+      (static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const MP_INT64 warps = static_cast<MP_INT64>(gridDim.x) * blockDim.x / 32;
+  for (MP_INT64 base = warp * 32; base < words; base += warps * 32) {
+    const unsigned mine = base + lane < words ? open_bits[base + lane] : 0u;
+    if (mine != 0u)
+      open_bits[base + lane] = 0u;
+    for (unsigned nonzero = __ballot_sync(0xffffffffu, mine != 0u);
+         nonzero != 0u;
+         nonzero &= nonzero - 1u) {
+      const int source = __ffs(nonzero) - 1;
+      const unsigned w = static_cast<unsigned>(base + source);
+      for (unsigned word = __shfl_sync(0xffffffffu, mine, source); word != 0u;
+           word &= word - 1u) {
+        const ChunkEntry t =
+            chunk_entry(L, c, batch0, row0, rows, w * 32 + (__ffs(word) - 1));
+        const float v = warp_exact_addmm_entry(a, b, L, t, lane);
+        if (lane == 0)
+          out[(t.batch * L.m + t.i) * L.n + t.j] = v;
+      }
+    }
   }
 }
 #undef MP_GRID_STRIDE

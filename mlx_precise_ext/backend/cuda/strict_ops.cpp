@@ -29,18 +29,14 @@ namespace mlx_precise {
 std::vector<std::string> cuda::strict_kernel_names() {
   return {
       "mlx_precise::gpu::addmm_norms",
-      "mlx_precise::gpu::addmm_tiles<mlx_precise::gpu::DoubleWordDot>",
       "mlx_precise::gpu::pack_operand<float>",
       "mlx_precise::gpu::pack_operand<double>",
       "mlx_precise::gpu::fill_from_c",
       "mlx_precise::gpu::addmm_certify",
       "mlx_precise::gpu::addmm_recompute",
       "mlx_precise::gpu::layer_norm_rows<double>",
-      "mlx_precise::gpu::layer_norm_rows<mlx_precise::ff>",
       "mlx_precise::gpu::layer_norm_grad_rows<double>",
-      "mlx_precise::gpu::layer_norm_grad_rows<mlx_precise::ff>",
-      "mlx_precise::gpu::layer_norm_param_grads<double>",
-      "mlx_precise::gpu::layer_norm_param_grads<mlx_precise::ff>"};
+      "mlx_precise::gpu::layer_norm_param_grads<double>"};
 }
 
 namespace {
@@ -64,32 +60,15 @@ maybe_ptr(const std::vector<mx::array>& in, bool present, size_t index) {
   return present ? mx::gpu_ptr<float>(in[index]) : nullptr;
 }
 
-// The working-precision form of eps the CPU uses
-// (backend/cpu/strict_kernels.cpp).
-double working_eps(double eps, double) {
-  return eps;
-}
-ff working_eps(double eps, ff) {
-  return dd_from_double(eps);
-}
-
 const char* type_name(float) {
   return "float";
 }
 const char* type_name(double) {
   return "double";
 }
-const char* type_name(ff) {
-  return "mlx_precise::ff";
-}
 
 std::string kernel_name(const char* kernel, const char* type) {
   return std::string("mlx_precise::gpu::") + kernel + "<" + type + ">";
-}
-
-// Grid of blocks of kRowsPerBlock warps (8 rows per block) for `rows` rows.
-unsigned row_blocks(int64_t rows) {
-  return static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1 << 20));
 }
 
 // Grid of 256-thread blocks for a grid-stride loop over `count` elements.
@@ -268,9 +247,9 @@ void float32_addmm(
 // products run in chunks of rows that reuse one set of buffers.
 constexpr int64_t kProductBudget = int64_t{1} << 25;
 
-// "extended" on CUDA: row / column norms for the error bound, operands
-// widened to double, the library's float64 GEMM, then addmm_certify and
-// addmm_recompute for the outputs it could not certify.
+// "extended" and "dd" on CUDA: row / column norms for the error bound,
+// operands widened to double, the library's float64 GEMM, then addmm_certify
+// and addmm_recompute for the outputs it could not certify.
 void extended_addmm(
     mx::cu::CommandEncoder& encoder,
     int device,
@@ -295,8 +274,6 @@ void extended_addmm(
     chunk_rows = static_cast<int>(std::min<int64_t>(
         l.m, std::max<int64_t>(64, kProductBudget / per_row)));
   }
-  const int chunk_count = ((batches + chunk_batches - 1) / chunk_batches) *
-      ((l.m + chunk_rows - 1) / chunk_rows);
   const int64_t chunk_outputs =
       static_cast<int64_t>(chunk_batches) * chunk_rows * l.n;
   // The certify kernels index a chunk's outputs in 32 bits.
@@ -305,23 +282,21 @@ void extended_addmm(
         "addmm / linear: extended products on CUDA take fewer than 2^25 "
         "output columns; split the columns");
   }
-  // Outputs the certification cannot round are listed for addmm_recompute
-  // (usually well under 1e-3 of them); past this many, addmm_certify
-  // recomputes inline.
-  const int64_t pending_capacity = std::min<int64_t>(
-      chunk_outputs, std::max<int64_t>(chunk_outputs / 16, 1 << 16));
+  // Outputs the certification cannot round are marked in a bitmap, one bit
+  // per output of a chunk, for addmm_recompute.
+  const int64_t open_words = (chunk_outputs + 31) / 32;
 
   // Row / column norms for the error bound; the kernel also zeroes the
-  // pending counts, one per chunk.
+  // bitmap (addmm_recompute leaves it zeroed for the next chunk).
   const int64_t norm_count = l.batches * (static_cast<int64_t>(l.m) + l.n);
   mx::array norms_buffer = scratch(encoder, norm_count * sizeof(double));
   double* norms = static_cast<double*>(mx::gpu_ptr<void>(norms_buffer));
-  mx::array counts = scratch(encoder, chunk_count * sizeof(unsigned));
-  unsigned* pending_counts = static_cast<unsigned*>(mx::gpu_ptr<void>(counts));
+  mx::array open_buffer = scratch(encoder, open_words * sizeof(unsigned));
+  unsigned* open_bits = static_cast<unsigned*>(mx::gpu_ptr<void>(open_buffer));
   encoder.set_input_array(inputs[0]);
   encoder.set_input_array(inputs[1]);
   encoder.set_output_array(norms_buffer);
-  encoder.set_output_array(counts);
+  encoder.set_output_array(open_buffer);
   launch(
       encoder,
       cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_norms"),
@@ -331,11 +306,11 @@ void extended_addmm(
       b,
       l,
       norms,
-      pending_counts,
-      chunk_count);
+      open_bits,
+      static_cast<MP_INT64>(open_words));
 
   // Buffers reused by every chunk: widened a rows, widened b, the product,
-  // the pending outputs.
+  // the bitmap.
   std::vector<mx::array> order;
   const bool has_k = l.k > 0;
   if (has_k) {
@@ -348,11 +323,8 @@ void extended_addmm(
         static_cast<size_t>(chunk_batches) * l.k * l.n * sizeof(double)));
     order.push_back(scratch(encoder, chunk_outputs * sizeof(double)));
   }
-  mx::array pending = scratch(encoder, pending_capacity * sizeof(unsigned));
-  order.push_back(pending);
-  order.push_back(counts);
+  order.push_back(open_buffer);
   order.push_back(out);
-  unsigned* pending_list = static_cast<unsigned*>(mx::gpu_ptr<void>(pending));
   auto register_all = [&]() {
     for (const auto& x : inputs)
       encoder.set_input_array(x);
@@ -360,7 +332,6 @@ void extended_addmm(
     for (const auto& x : order)
       encoder.set_output_array(x);
   };
-  int chunk = 0;
   for (int batch0 = 0; batch0 < batches; batch0 += chunk_batches) {
     const int count = std::min(chunk_batches, batches - batch0);
     std::optional<cuda::GemmOperand> b_wide;
@@ -377,7 +348,7 @@ void extended_addmm(
           l.k,
           order[1],
           order);
-    for (int row0 = 0; row0 < l.m; row0 += chunk_rows, ++chunk) {
+    for (int row0 = 0; row0 < l.m; row0 += chunk_rows) {
       const int rows = std::min(chunk_rows, l.m - row0);
       double* product = nullptr;
       if (has_k) {
@@ -417,8 +388,6 @@ void extended_addmm(
           stride_grid(static_cast<int64_t>(count) * rows * l.n),
           dim3(256),
           static_cast<const double*>(product),
-          a,
-          b,
           c,
           o,
           l,
@@ -427,18 +396,16 @@ void extended_addmm(
           count,
           row0,
           rows,
-          pending_list,
-          static_cast<unsigned>(pending_capacity),
-          pending_counts + chunk);
-      // A grid that covers the usual few pending outputs in one pass; more
-      // loop over it.
+          open_bits);
+      // A warp per marked output; a grid that covers the bitmap's words 32
+      // at a time per warp (usually few are nonzero).
+      const int64_t chunk_words =
+          (static_cast<int64_t>(count) * rows * l.n + 31) / 32;
       register_all();
       launch(
           encoder,
           cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_recompute"),
-          dim3(
-              static_cast<unsigned>(
-                  4 * cuda::device_info(device).multiprocessors)),
+          stride_grid(chunk_words),
           dim3(256),
           a,
           b,
@@ -448,11 +415,28 @@ void extended_addmm(
           static_cast<MP_INT64>(batch0),
           row0,
           rows,
-          static_cast<const unsigned*>(pending_list),
-          static_cast<unsigned>(pending_capacity),
-          static_cast<const unsigned*>(pending_counts + chunk));
+          open_bits,
+          static_cast<MP_INT64>(chunk_words));
     }
   }
+}
+
+// A layer_norm row kernel (one warp per row, 8 rows per block) over `rows`
+// rows: the forward and the gradient share the launch. dd is extended's
+// float64 computation, as on the CPU.
+template <class... Args>
+void launch_rows(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    const char* kernel,
+    int64_t rows,
+    Args... args) {
+  launch(
+      encoder,
+      cuda::get_strict_kernel(device, kernel_name(kernel, "double")),
+      dim3(static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1 << 20))),
+      dim3(256),
+      args...);
 }
 
 } // namespace
@@ -469,38 +453,8 @@ void StrictAddmm::eval_gpu(
     float32_addmm(encoder, device, stream().index, inputs, out, l);
     return;
   }
-  if (precision_ == Precision::Extended) {
-    extended_addmm(encoder, device, stream().index, inputs, out, l);
-    return;
-  }
-  // dd: 64 x 64 output tiles, each output the CPU's in-order double-word dot.
-  for (const auto& x : inputs)
-    encoder.set_input_array(x);
-  encoder.set_output_array(out);
-  launch(
-      encoder,
-      cuda::get_strict_kernel(
-          device,
-          "mlx_precise::gpu::addmm_tiles<mlx_precise::gpu::DoubleWordDot>"),
-      dim3(
-          (l.n + 63) / 64,
-          (l.m + 63) / 64,
-          static_cast<unsigned>(std::min<int64_t>(l.batches, 65535))),
-      dim3(256),
-      mx::gpu_ptr<float>(inputs[0]),
-      mx::gpu_ptr<float>(inputs[1]),
-      maybe_ptr(inputs, has_c_, 2),
-      mx::gpu_ptr<float>(out),
-      l);
-}
-
-// "extended" computes in double, "dd" in float pairs.
-template <class Fn>
-void with_strict_type(Precision p, Fn fn) {
-  if (p == Precision::DoubleDouble)
-    fn(ff{});
-  else
-    fn(double{});
+  // dd is extended's computation (README, "The dd contract").
+  extended_addmm(encoder, device, stream().index, inputs, out, l);
 }
 
 void StrictLayerNorm::eval_gpu(
@@ -513,36 +467,25 @@ void StrictLayerNorm::eval_gpu(
   const mx::array& x = inputs[0];
   const int dim = x.shape(-1);
   const int64_t rows = static_cast<int64_t>(x.size()) / dim;
-  const RowsLayout xl = rows_layout("layer_norm", x);
-  const float* w = maybe_ptr(inputs, has_weight_, 1);
   const int bias_index = has_weight_ ? 2 : 1;
-  const float* bias = maybe_ptr(inputs, has_bias_, bias_index);
-  const MP_INT64 w_stride = has_weight_ ? inputs[1].strides()[0] : 0;
-  const MP_INT64 b_stride = has_bias_ ? inputs[bias_index].strides()[0] : 0;
-  const float* xp = mx::gpu_ptr<float>(x);
-  float* y = mx::gpu_ptr<float>(out);
   for (const auto& in : inputs)
     encoder.set_input_array(in);
   encoder.set_output_array(out);
-  with_strict_type(precision_, [&](auto tag) {
-    const auto eps = working_eps(eps_, tag);
-    launch(
-        encoder,
-        cuda::get_strict_kernel(
-            device, kernel_name("layer_norm_rows", type_name(tag))),
-        dim3(row_blocks(rows)),
-        dim3(256),
-        xp,
-        xl,
-        w,
-        w_stride,
-        bias,
-        b_stride,
-        y,
-        static_cast<MP_INT64>(rows),
-        dim,
-        eps);
-  });
+  launch_rows(
+      encoder,
+      device,
+      "layer_norm_rows",
+      rows,
+      mx::gpu_ptr<float>(x),
+      rows_layout("layer_norm", x),
+      maybe_ptr(inputs, has_weight_, 1),
+      static_cast<MP_INT64>(has_weight_ ? inputs[1].strides()[0] : 0),
+      maybe_ptr(inputs, has_bias_, bias_index),
+      static_cast<MP_INT64>(has_bias_ ? inputs[bias_index].strides()[0] : 0),
+      mx::gpu_ptr<float>(out),
+      static_cast<MP_INT64>(rows),
+      dim,
+      eps_);
 }
 
 void StrictLayerNormVJP::eval_gpu(
@@ -565,73 +508,65 @@ void StrictLayerNormVJP::eval_gpu(
     return;
   const RowsLayout xl = rows_layout("layer_norm gradient", x);
   const RowsLayout gl = rows_layout("layer_norm gradient", g);
-  const float* w = maybe_ptr(inputs, has_weight_, 1);
-  const MP_INT64 w_stride = has_weight_ ? inputs[1].strides()[0] : 0;
   const float* xp = mx::gpu_ptr<float>(x);
   const float* gp = mx::gpu_ptr<float>(g);
   const bool want_params = want_weight_ || want_bias_;
-  with_strict_type(precision_, [&](auto tag) {
-    using T = decltype(tag);
-    const T eps = working_eps(eps_, tag);
-    std::optional<mx::array> stats_buffer;
-    LayerNormStats<T>* stats = nullptr;
-    if (want_params) {
-      stats_buffer = scratch(encoder, rows * sizeof(LayerNormStats<T>));
-      stats = static_cast<LayerNormStats<T>*>(mx::gpu_ptr<void>(*stats_buffer));
-    }
-    for (const auto& in : inputs)
-      encoder.set_input_array(in);
-    if (want_x_)
-      encoder.set_output_array(outputs[0]);
-    if (stats_buffer)
-      encoder.set_output_array(*stats_buffer);
-    if (rows > 0) {
-      launch(
-          encoder,
-          cuda::get_strict_kernel(
-              device, kernel_name("layer_norm_grad_rows", type_name(tag))),
-          dim3(row_blocks(rows)),
-          dim3(256),
-          xp,
-          xl,
-          w,
-          w_stride,
-          gp,
-          gl,
-          grad_x,
-          stats,
-          static_cast<MP_INT64>(rows),
-          dim,
-          eps);
-    }
-    if (!want_params)
-      return;
-    for (const auto& in : inputs)
-      encoder.set_input_array(in);
-    encoder.set_input_array(*stats_buffer);
-    if (grad_w_array)
-      encoder.set_output_array(*grad_w_array);
-    if (grad_b_array)
-      encoder.set_output_array(*grad_b_array);
-    float* grad_w = grad_w_array ? mx::gpu_ptr<float>(*grad_w_array) : nullptr;
-    float* grad_b = grad_b_array ? mx::gpu_ptr<float>(*grad_b_array) : nullptr;
-    launch(
+  std::optional<mx::array> stats_buffer;
+  LayerNormStats<double>* stats = nullptr;
+  if (want_params) {
+    stats_buffer = scratch(encoder, rows * sizeof(LayerNormStats<double>));
+    stats =
+        static_cast<LayerNormStats<double>*>(mx::gpu_ptr<void>(*stats_buffer));
+  }
+  for (const auto& in : inputs)
+    encoder.set_input_array(in);
+  if (want_x_)
+    encoder.set_output_array(outputs[0]);
+  if (stats_buffer)
+    encoder.set_output_array(*stats_buffer);
+  if (rows > 0) {
+    launch_rows(
         encoder,
-        cuda::get_strict_kernel(
-            device, kernel_name("layer_norm_param_grads", type_name(tag))),
-        dim3((dim + 127) / 128),
-        dim3(128),
+        device,
+        "layer_norm_grad_rows",
+        rows,
         xp,
         xl,
+        maybe_ptr(inputs, has_weight_, 1),
+        static_cast<MP_INT64>(has_weight_ ? inputs[1].strides()[0] : 0),
         gp,
         gl,
-        static_cast<const LayerNormStats<T>*>(stats),
-        grad_w,
-        grad_b,
+        grad_x,
+        stats,
         static_cast<MP_INT64>(rows),
         dim,
-        eps);
-  });
+        eps_);
+  }
+  if (!want_params)
+    return;
+  for (const auto& in : inputs)
+    encoder.set_input_array(in);
+  encoder.set_input_array(*stats_buffer);
+  if (grad_w_array)
+    encoder.set_output_array(*grad_w_array);
+  if (grad_b_array)
+    encoder.set_output_array(*grad_b_array);
+  launch(
+      encoder,
+      cuda::get_strict_kernel(
+          device, kernel_name("layer_norm_param_grads", "double")),
+      dim3((dim + 127) / 128),
+      dim3(128),
+      xp,
+      xl,
+      gp,
+      gl,
+      static_cast<const LayerNormStats<double>*>(stats),
+      grad_w_array ? mx::gpu_ptr<float>(*grad_w_array) : nullptr,
+      grad_b_array ? mx::gpu_ptr<float>(*grad_b_array) : nullptr,
+      static_cast<MP_INT64>(rows),
+      dim,
+      eps_);
 }
 
 } // namespace mlx_precise
