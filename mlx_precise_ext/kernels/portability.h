@@ -12,6 +12,7 @@
 #define MP_RINTF(x) metal::rint(x)
 #define MP_LDEXPF(x, e) metal::ldexp(x, e)
 #define MP_FLOAT_BITS(x) as_type<unsigned int>(x)
+#define MP_BITS_FLOAT(b) as_type<float>(b)
 #define MP_CTZ(x) static_cast<int>(metal::ctz(x))
 #define MP_CLZ(x) static_cast<int>(metal::clz(x))
 #define MP_THREAD thread
@@ -45,6 +46,10 @@
 #define MP_LDEXPF(x, e) ldexpf(x, e)
 #define MP_LDEXP(x, e) ldexp(x, e)
 #define MP_FLOAT_BITS(x) __float_as_uint(x)
+#define MP_BITS_FLOAT(b) __uint_as_float(b)
+#define MP_DOUBLE_BITS(x) \
+  static_cast<unsigned long long>(__double_as_longlong(x))
+#define MP_FMA(a, b, c) __fma_rn(a, b, c)
 #define MP_CTZ(x) (__ffs(static_cast<int>(x)) - 1)
 #define MP_CLZ(x) __clz(static_cast<int>(x))
 #define MP_THREAD
@@ -85,7 +90,20 @@ inline unsigned int mp_float_bits(float x) {
   std::memcpy(&b, &x, sizeof(b));
   return b;
 }
+inline float mp_bits_float(unsigned int b) {
+  float x;
+  std::memcpy(&x, &b, sizeof(x));
+  return x;
+}
+inline unsigned long long mp_double_bits(double x) {
+  unsigned long long b;
+  std::memcpy(&b, &x, sizeof(b));
+  return b;
+}
 #define MP_FLOAT_BITS(x) mp_float_bits(x)
+#define MP_BITS_FLOAT(b) mp_bits_float(b)
+#define MP_DOUBLE_BITS(x) mp_double_bits(x)
+#define MP_FMA(a, b, c) std::fma(a, b, c)
 #define MP_CTZ(x) __builtin_ctz(x)
 #define MP_CLZ(x) __builtin_clz(x)
 #define MP_THREAD

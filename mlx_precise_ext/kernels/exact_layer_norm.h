@@ -1,8 +1,8 @@
 // The exact last resort of extended layer_norm: a row's outputs that neither
-// float64 nor binary128 certify are rounded by exact comparisons with the
-// float32 midpoints. With float32 inputs scaled to integers
-// (X = x 2^149, W = w 2^149, B = b 2^149), D the row length and
-// eps = E 2^e_eps, everything is an exact integer:
+// float64 nor double-word arithmetic certify (layer_norm_certify.h) are rounded
+// by exact comparisons with the float32 midpoints. With float32 inputs scaled
+// to integers (X = x 2^149, W = w 2^149, B = b 2^149), D the row length and eps
+// = E 2^e_eps, everything is an exact integer:
 //   S = sum X, N_i = D X_i - S, V0 = D sum X^2 - S^2 >= 0,
 //   y_i = w (x_i - mean) / sqrt(var + eps) + b
 //       = W N_i 2^-298 / sqrt(V0 2^-298 + D^2 eps) + b,
@@ -11,45 +11,49 @@
 // by (W N)^2 against C^2 2^296 V. Bit sizes: W N < 2^(555 + log2 D), the
 // shift of (W N)^2 is at most 778 (eps down to 2^-1074), C < 2^280 and V
 // < 2^(1330 + 2 log2 D): both sides stay below 2^(1890 + 2 log2 D) < 2^2304.
+// Written once for the CPU and CUDA against portability.h (it needs double for
+// eps; Metal has none). Rows reach it rarely: the limbs live in local memory
+// on a GPU.
 #pragma once
 
-#include <cmath>
-#include <cstdint>
-#include <cstring>
+#include "certify.h"
 
-#include "kernels/certify.h"
+#if MP_HAS_DOUBLE
 
-namespace mlx_precise::cpu {
+namespace mlx_precise {
 
 // An unsigned integer of up to kBigLimbs 32-bit limbs (little-endian).
 constexpr int kBigLimbs = 72;
 
+using BigWord = unsigned MP_INT64;
+
 struct BigNatural {
-  uint32_t limb[kBigLimbs];
+  unsigned int limb[kBigLimbs];
   int size; // limbs in use; limb[size - 1] != 0 unless size == 0
 };
 
-inline void big_trim(BigNatural& a) {
+MP_INLINE void big_trim(BigNatural& a) {
   while (a.size > 0 && a.limb[a.size - 1] == 0)
     --a.size;
 }
 
 // v 2^shift.
-inline BigNatural big_from(uint64_t v, int shift) {
+MP_INLINE BigNatural big_from(BigWord v, int shift) {
   BigNatural a;
-  std::memset(a.limb, 0, sizeof(a.limb));
+  for (int i = 0; i < kBigLimbs; ++i)
+    a.limb[i] = 0u;
   const int word = shift / 32, bit = shift % 32;
   for (int i = 0; i < 2; ++i) { // the 32-bit halves of v, shifted
-    const uint64_t half = ((v >> (32 * i)) & 0xffffffffu) << bit;
-    a.limb[word + i] |= static_cast<uint32_t>(half);
-    a.limb[word + i + 1] |= static_cast<uint32_t>(half >> 32);
+    const BigWord half = ((v >> (32 * i)) & 0xffffffffu) << bit;
+    a.limb[word + i] |= static_cast<unsigned int>(half);
+    a.limb[word + i + 1] |= static_cast<unsigned int>(half >> 32);
   }
   a.size = word + 3;
   big_trim(a);
   return a;
 }
 
-inline int big_compare(const BigNatural& a, const BigNatural& b) {
+MP_INLINE int big_compare(const BigNatural& a, const BigNatural& b) {
   if (a.size != b.size)
     return a.size < b.size ? -1 : 1;
   for (int i = a.size - 1; i >= 0; --i)
@@ -58,63 +62,65 @@ inline int big_compare(const BigNatural& a, const BigNatural& b) {
   return 0;
 }
 
-inline BigNatural big_add(const BigNatural& a, const BigNatural& b) {
+MP_INLINE BigNatural big_add(const BigNatural& a, const BigNatural& b) {
   BigNatural r;
-  uint64_t carry = 0;
+  BigWord carry = 0;
   const int n = a.size > b.size ? a.size : b.size;
   for (int i = 0; i < n; ++i) {
-    carry += static_cast<uint64_t>(i < a.size ? a.limb[i] : 0) +
-        (i < b.size ? b.limb[i] : 0);
-    r.limb[i] = static_cast<uint32_t>(carry);
+    carry += static_cast<BigWord>(i < a.size ? a.limb[i] : 0u) +
+        (i < b.size ? b.limb[i] : 0u);
+    r.limb[i] = static_cast<unsigned int>(carry);
     carry >>= 32;
   }
-  r.limb[n] = static_cast<uint32_t>(carry);
+  r.limb[n] = static_cast<unsigned int>(carry);
   r.size = n + 1;
   big_trim(r);
   return r;
 }
 
 // a - b for a >= b.
-inline BigNatural big_subtract(const BigNatural& a, const BigNatural& b) {
+MP_INLINE BigNatural big_subtract(const BigNatural& a, const BigNatural& b) {
   BigNatural r;
-  int64_t borrow = 0;
+  MP_INT64 borrow = 0;
   for (int i = 0; i < a.size; ++i) {
-    const int64_t d =
-        static_cast<int64_t>(a.limb[i]) - (i < b.size ? b.limb[i] : 0) - borrow;
+    const MP_INT64 d = static_cast<MP_INT64>(a.limb[i]) -
+        (i < b.size ? b.limb[i] : 0u) - borrow;
     borrow = d < 0;
-    r.limb[i] = static_cast<uint32_t>(d + (borrow << 32));
+    r.limb[i] = static_cast<unsigned int>(d + (borrow << 32));
   }
   r.size = a.size;
   big_trim(r);
   return r;
 }
 
-inline BigNatural big_multiply(const BigNatural& a, const BigNatural& b) {
+MP_INLINE BigNatural big_multiply(const BigNatural& a, const BigNatural& b) {
   BigNatural r;
   const int n = a.size + b.size;
-  std::memset(r.limb, 0, sizeof(uint32_t) * n);
+  for (int i = 0; i < n; ++i)
+    r.limb[i] = 0u;
   for (int i = 0; i < a.size; ++i) {
-    uint64_t carry = 0;
+    BigWord carry = 0;
     for (int j = 0; j < b.size; ++j) {
-      carry += static_cast<uint64_t>(a.limb[i]) * b.limb[j] + r.limb[i + j];
-      r.limb[i + j] = static_cast<uint32_t>(carry);
+      carry += static_cast<BigWord>(a.limb[i]) * b.limb[j] + r.limb[i + j];
+      r.limb[i + j] = static_cast<unsigned int>(carry);
       carry >>= 32;
     }
-    r.limb[i + b.size] = static_cast<uint32_t>(carry);
+    r.limb[i + b.size] = static_cast<unsigned int>(carry);
   }
   r.size = n;
   big_trim(r);
   return r;
 }
 
-inline BigNatural big_shift_left(const BigNatural& a, int bits) {
+MP_INLINE BigNatural big_shift_left(const BigNatural& a, int bits) {
   BigNatural r;
   const int word = bits / 32, bit = bits % 32;
-  std::memset(r.limb, 0, sizeof(uint32_t) * (a.size + word + 1));
+  for (int i = 0; i < a.size + word + 1; ++i)
+    r.limb[i] = 0u;
   for (int i = 0; i < a.size; ++i) {
-    const uint64_t v = static_cast<uint64_t>(a.limb[i]) << bit;
-    r.limb[i + word] |= static_cast<uint32_t>(v);
-    r.limb[i + word + 1] |= static_cast<uint32_t>(v >> 32);
+    const BigWord v = static_cast<BigWord>(a.limb[i]) << bit;
+    r.limb[i + word] |= static_cast<unsigned int>(v);
+    r.limb[i + word + 1] |= static_cast<unsigned int>(v >> 32);
   }
   r.size = a.size + word + 1;
   big_trim(r);
@@ -127,11 +133,11 @@ struct BigInteger {
   bool negative;
 };
 
-inline int big_sign(const BigInteger& a) {
+MP_INLINE int big_sign(const BigInteger& a) {
   return a.magnitude.size == 0 ? 0 : (a.negative ? -1 : 1);
 }
 
-inline BigInteger big_add(const BigInteger& a, const BigInteger& b) {
+MP_INLINE BigInteger big_add(const BigInteger& a, const BigInteger& b) {
   if (a.negative == b.negative)
     return BigInteger{big_add(a.magnitude, b.magnitude), a.negative};
   if (big_compare(a.magnitude, b.magnitude) >= 0)
@@ -139,18 +145,18 @@ inline BigInteger big_add(const BigInteger& a, const BigInteger& b) {
   return BigInteger{big_subtract(b.magnitude, a.magnitude), b.negative};
 }
 
-inline BigInteger big_negate(BigInteger a) {
+MP_INLINE BigInteger big_negate(BigInteger a) {
   a.negative = !a.negative;
   return a;
 }
 
-inline BigInteger big_multiply(const BigInteger& a, const BigInteger& b) {
+MP_INLINE BigInteger big_multiply(const BigInteger& a, const BigInteger& b) {
   return BigInteger{
       big_multiply(a.magnitude, b.magnitude), a.negative != b.negative};
 }
 
 // A finite float32 times 2^shift; shift >= 149 makes it an integer.
-inline BigInteger big_from_float(float x, int shift) {
+MP_INLINE BigInteger big_from_float(float x, int shift) {
   const FloatParts p = float_parts(x);
   return BigInteger{big_from(p.mantissa, p.exponent + shift), p.negative};
 }
@@ -161,31 +167,34 @@ struct ExactLayerNormRow {
   BigInteger sum;
   BigNatural radicand;
   int square_shift;
-  int64_t dim;
+  MP_INT64 dim;
 };
 
 // Requires finite x and eps, and V > 0 (eps > 0 or a non-constant row).
-inline ExactLayerNormRow
-exact_layer_norm_row(const float* x, int64_t dim, double eps) {
+// x(i) returns the row's element i.
+template <class Row>
+MP_INLINE ExactLayerNormRow
+exact_layer_norm_row(Row x, MP_INT64 dim, double eps) {
   BigInteger sum{big_from(0, 0), false};
   BigNatural squares = big_from(0, 0);
-  for (int64_t i = 0; i < dim; ++i) {
-    const BigInteger v = big_from_float(x[i], 149);
+  for (MP_INT64 i = 0; i < dim; ++i) {
+    const BigInteger v = big_from_float(x(i), 149);
     sum = big_add(sum, v);
     squares = big_add(squares, big_multiply(v.magnitude, v.magnitude));
   }
-  const BigNatural d = big_from(static_cast<uint64_t>(dim), 0);
-  // V0 = D sum X^2 - S^2 at 2^-298; eps = E 2^e exactly, E < 2^53.
+  const BigNatural d = big_from(static_cast<BigWord>(dim), 0);
+  // V0 = D sum X^2 - S^2 at 2^-298; eps = E 2^e exactly, E < 2^53, read from
+  // its bits (e >= -1074).
   const BigNatural v0 = big_subtract(
       big_multiply(d, squares), big_multiply(sum.magnitude, sum.magnitude));
-  int e = 0;
-  const double fraction = std::frexp(eps, &e);
-  uint64_t eps_integer = static_cast<uint64_t>(std::ldexp(fraction, 53));
-  int eps_exponent = e - 53;
-  if (eps_exponent < -1074) {
-    eps_integer >>= -1074 - eps_exponent;
-    eps_exponent = -1074;
-  }
+  const BigWord eps_bits = MP_DOUBLE_BITS(eps);
+  const int biased = static_cast<int>((eps_bits >> 52) & 0x7ff);
+  BigWord eps_integer = eps_bits & ((static_cast<BigWord>(1) << 52) - 1);
+  if (biased != 0)
+    eps_integer |= static_cast<BigWord>(1) << 52;
+  const int eps_exponent = eps_integer == 0 ? -298
+      : biased != 0                         ? biased - 1075
+                                            : -1074;
   // V = V0 2^(-298 - ev) + D^2 E 2^(e - ev) at 2^ev, ev = min(-298, e).
   const int ev = eps_exponent < -298 ? eps_exponent : -298;
   const BigNatural radicand = big_add(
@@ -199,19 +208,40 @@ exact_layer_norm_row(const float* x, int64_t dim, double eps) {
 // Ordinal k of the float32 values in increasing order: k = bits for
 // k >= 0, -bits(-value) below; +-0x7f800000 stands for +-2^128, the
 // rounding's overflow threshold lying halfway from FLT_MAX to it.
-inline BigInteger float_ordinal_scaled(int64_t k) {
-  const uint32_t bits = static_cast<uint32_t>(k < 0 ? -k : k);
-  if (bits == 0x7f800000u)
+constexpr MP_INT64 kFloatOrdinalTop = 0x7f800000;
+
+MP_INLINE MP_INT64 float_ordinal(float v) {
+  const unsigned int bits = MP_FLOAT_BITS(v);
+  const MP_INT64 magnitude = bits & 0x7fffffffu;
+  return (bits >> 31) != 0u ? -magnitude : magnitude;
+}
+
+MP_INLINE float float_from_ordinal(MP_INT64 k) {
+  const unsigned int magnitude = static_cast<unsigned int>(k < 0 ? -k : k);
+  return MP_BITS_FLOAT(magnitude | (k < 0 ? 0x80000000u : 0u));
+}
+
+MP_INLINE BigInteger float_ordinal_scaled(MP_INT64 k) {
+  if (k == kFloatOrdinalTop || k == -kFloatOrdinalTop)
     return BigInteger{big_from(1, 128 + 149), k < 0};
-  float v;
-  std::memcpy(&v, &bits, sizeof(v));
-  return BigInteger{big_from_float(v, 149).magnitude, k < 0};
+  return big_from_float(float_from_ordinal(k), 149);
+}
+
+// An output whose product n w is exactly zero (N = 0: x equals the mean, and
+// x - mean is +0; or w = +-0), as IEEE arithmetic on exact operands gives it:
+// +-0 with the sign of N times w's, then + b (b = -0 stands for no bias: p +
+// -0 = p). A nonzero product that b cancels gives +0. Every stage of the
+// certification follows this rule, so that backends agree on zeros as well.
+MP_INLINE float
+layer_norm_exact_zero(bool numerator_negative, float w, float b) {
+  const bool negative = numerator_negative != ((MP_FLOAT_BITS(w) >> 31) != 0u);
+  return MP_ADDF(negative ? -0.0f : 0.0f, b);
 }
 
 // The correctly rounded float32 of y = w N / sqrt(V) + b for the row's
-// element x (w = 1, b = 0 when absent), starting from the candidate
-// `guess` (the binary128 value): sign comparisons, then squares.
-inline float exact_layer_norm_output(
+// element x (w = 1 when absent, b = -0), starting from the candidate `guess`
+// (the last stage's value): sign comparisons, then squares.
+MP_INLINE float exact_layer_norm_output(
     const ExactLayerNormRow& row,
     float x,
     float w,
@@ -219,11 +249,13 @@ inline float exact_layer_norm_output(
     float guess) {
   const BigInteger n = big_add(
       big_multiply(
-          BigInteger{big_from(static_cast<uint64_t>(row.dim), 0), false},
+          BigInteger{big_from(static_cast<BigWord>(row.dim), 0), false},
           big_from_float(x, 149)),
       big_negate(row.sum));
   const BigInteger wn = big_multiply(big_from_float(w, 149), n);
   const int wn_sign = big_sign(wn);
+  if (wn_sign == 0) // y = +-0 + b exactly
+    return layer_norm_exact_zero(big_sign(n) < 0, w, b);
   const BigNatural lhs = big_shift_left(
       big_multiply(wn.magnitude, wn.magnitude), row.square_shift);
   const BigInteger b_scaled = big_from_float(b, 150);
@@ -231,8 +263,8 @@ inline float exact_layer_norm_output(
   const auto compare_with = [&](const BigInteger& m_scaled) {
     const BigInteger c = big_add(m_scaled, big_negate(b_scaled));
     const int c_sign = big_sign(c);
-    if (wn_sign != c_sign || wn_sign == 0)
-      return wn_sign > c_sign ? 1 : (wn_sign < c_sign ? -1 : 0);
+    if (wn_sign != c_sign)
+      return wn_sign > c_sign ? 1 : -1;
     const int cmp = big_compare(
         lhs,
         big_multiply(big_multiply(c.magnitude, c.magnitude), row.radicand));
@@ -240,22 +272,16 @@ inline float exact_layer_norm_output(
   };
   // The answer is the least k with y below the midpoint above k, or on it
   // with k even (round half to even; 2^128 counts as even).
-  const int64_t top = 0x7f800000;
-  const auto at_or_below = [&](int64_t k) {
+  const MP_INT64 top = kFloatOrdinalTop;
+  const auto at_or_below = [&](MP_INT64 k) {
     if (k >= top)
       return true;
     const int s = compare_with(
         big_add(float_ordinal_scaled(k), float_ordinal_scaled(k + 1)));
     return s < 0 || (s == 0 && (k & 1) == 0);
   };
-  int64_t k = 0;
-  if (!std::isnan(guess)) {
-    uint32_t bits;
-    std::memcpy(&bits, &guess, sizeof(bits));
-    const int64_t magnitude = bits & 0x7fffffffu;
-    k = (bits >> 31) != 0 ? -magnitude : magnitude;
-  }
-  int64_t lo = -top, hi = top;
+  const MP_INT64 k = guess == guess ? float_ordinal(guess) : 0;
+  MP_INT64 lo = -top, hi = top;
   if (at_or_below(k)) {
     if (k == -top || !at_or_below(k - 1))
       lo = hi = k;
@@ -265,22 +291,19 @@ inline float exact_layer_norm_output(
     lo = k + 1;
   }
   while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
+    const MP_INT64 mid = lo + (hi - lo) / 2;
     if (at_or_below(mid))
       hi = mid;
     else
       lo = mid + 1;
   }
-  if (lo == 0) { // y's sign; an exact zero keeps the guess's (IEEE's)
+  if (lo == 0) { // y's sign; an exact zero by cancellation is +0
     const int y_sign = compare_with(BigInteger{big_from(0, 0), false});
-    return y_sign == 0 ? std::copysign(0.0f, guess)
-                       : (y_sign < 0 ? -0.0f : 0.0f);
+    return y_sign < 0 ? -0.0f : 0.0f;
   }
-  const uint32_t bits =
-      static_cast<uint32_t>(lo < 0 ? -lo : lo) | (lo < 0 ? 0x80000000u : 0u);
-  float out;
-  std::memcpy(&out, &bits, sizeof(out));
-  return out;
+  return float_from_ordinal(lo);
 }
 
-} // namespace mlx_precise::cpu
+} // namespace mlx_precise
+
+#endif // MP_HAS_DOUBLE

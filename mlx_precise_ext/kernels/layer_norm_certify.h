@@ -1,0 +1,362 @@
+// Correctly rounded extended layer_norm, written once for the CPU and CUDA
+// against portability.h (it needs double; Metal has none). The float64
+// algorithm of strict_arith.h computes every output; then, per row:
+//   1. a rigorous bound of each output's error (layer_norm_errors,
+//      layer_norm_open) certifies it against half an ulp, as certify.h does
+//      for rfft_conv and addmm;
+//   2. the open outputs of a row are recomputed in double-word arithmetic
+//      (about 106 bits) with the mean from the exact row sum
+//      (layer_norm_wide_*), and certified against that computation's bound;
+//   3. what is still open is rounded by exact big-integer comparisons
+//      (exact_layer_norm.h).
+// A certified output is the correctly rounded float32 whatever the order of
+// the sums behind it, so backends that certify with this header agree bit
+// for bit; an exact zero takes the sign layer_norm_exact_zero gives it at
+// every stage.
+//
+// The float64 bound, with d_i = fl(x_i - shift), A1 = sum |d_i| / D,
+// M2 = sum d_i^2 / D and u = 2^-53 (strict_arith.h: shifted two-pass mean
+// with correction c, var = (sum d^2 - S1 c) / D, inv_std = 1/sqrt(var + eps)):
+//   mean error    e1 = (D + 2) u A1 (+ u |c|)
+//   var error     ev = (D + 6) u M2 + 3 e1 (|c| + e1)
+//   inv_std       rel = (ev + 9u v) / (2 (v - 8u v - ev)) + 6u, v = var + eps
+//                 (v read back from inv_std; 6u: sqrt and division)
+//   numerator     |num^ - (x_i - mean)| <= u |d_i| + e1 + u |num^|
+//   output        |y^ - y| <= |w| (|n^| rel + inv_std e_num + u |n^|)
+//                 + u |n^ w| + u |y^|   (n = num * inv_std, y = n w + b)
+// (gamma_n <= 1.01 n u for n u < 2^-10; times 1 + 2^-6 for second-order
+// terms). The double-word stage has the same form with u = 2^-104 per
+// operation (see layer_norm_wide_stats).
+#pragma once
+
+#include "exact_layer_norm.h"
+
+#if MP_HAS_DOUBLE
+
+namespace mlx_precise {
+
+constexpr double kLayerNormSlack = 1.0 + 1.0 / 64.0;
+
+// ------------------------------------------------------ float64 stage ----
+// Bounds of a row's statistics: the mean's absolute error and inv_std's
+// relative error (1e300 when var + eps is not safely positive: nothing
+// certifies).
+struct LayerNormErrors {
+  double mean_err;
+  double inv_rel;
+};
+
+// inv_std = 1/sqrt(var + eps)'s relative error from the bound ev on var's:
+// var + eps read back from inv_std (to within a few u, counted), 6u for the
+// square root and the division.
+MP_INLINE double layer_norm_inv_std_error(double inv_std, double ev) {
+  const double u = kUnitRoundoff64;
+  const double v = 1.0 / (inv_std * inv_std);
+  const double low = v * (1.0 - 8.0 * u) - ev;
+  return low > 0.0
+      ? ((ev + 9.0 * u * v) / (2.0 * low) + 6.0 * u) * kLayerNormSlack
+      : 1e300;
+}
+
+// From the row's sums a1_sum = sum |d_i| and m2_sum = sum d_i^2 (in any
+// order: their rounding is within the slack).
+MP_INLINE LayerNormErrors layer_norm_errors(
+    double a1_sum,
+    double m2_sum,
+    MP_INT64 dim,
+    double correction,
+    double inv_std) {
+  const double u = kUnitRoundoff64, D = static_cast<double>(dim);
+  const double a1 = a1_sum / D * kLayerNormSlack;
+  const double m2 = m2_sum / D * kLayerNormSlack;
+  const double c = fabs(correction);
+  const double e1 = ((D + 2.0) * u * a1 + u * c) * kLayerNormSlack;
+  const double ev =
+      ((D + 6.0) * u * m2 + 3.0 * e1 * (c + e1)) * kLayerNormSlack;
+  return LayerNormErrors{e1, layer_norm_inv_std_error(inv_std, ev)};
+}
+
+// The bound on |y^ - y| (the header's "output" line), for either stage: u is
+// the relative error of one operation.
+MP_INLINE double layer_norm_output_error(
+    double inv_rel,
+    double inv_std,
+    double e_num,
+    double abs_n,
+    double abs_w,
+    double abs_y,
+    double u) {
+  return (abs_w *
+              (abs_n * inv_rel + inv_std * (1.0 + inv_rel) * e_num +
+               u * abs_n) +
+          u * abs_n * abs_w + u * abs_y) *
+      kLayerNormSlack;
+}
+
+// Whether the float64 output v (d = x - shift, num = d - c, n = num inv_std,
+// v = n wd + bd, as strict_arith.h computes them) stays open: not certified,
+// v not NaN, weight and bias finite (an Inf or NaN there gives IEEE's value).
+// A zero v certifies only when its sign is certain: the product n w is an
+// exact +-0 (w = 0 with num's sign certain, or num exactly 0), so that v =
+// +-0 + b exactly. Branch-free, so that a CPU loop over a row vectorises.
+MP_INLINE bool layer_norm_open(
+    const LayerNormErrors e,
+    double inv_std,
+    double d,
+    double num,
+    double n,
+    double wd,
+    double bd,
+    double v) {
+  const double u = kUnitRoundoff64;
+  const double e_num = u * fabs(d) + e.mean_err + u * fabs(num);
+  const double err = layer_norm_output_error(
+      e.inv_rel, inv_std, e_num, fabs(n), fabs(wd), fabs(v), u);
+  const double margin = err + 4.0 * u * fabs(v);
+  const float lo = static_cast<float>(v - margin);
+  const float hi = static_cast<float>(v + margin);
+  const bool rounded_open =
+      (MP_FLOAT_BITS(lo) != MP_FLOAT_BITS(hi)) | !(fabs(v) < 1e300);
+  const bool zero_known =
+      ((wd == 0.0) & ((fabs(num) > e_num) | (e_num == 0.0))) |
+      ((num == 0.0) & (e_num == 0.0));
+  const bool is_zero = v == 0.0;
+  const bool open = (is_zero & !zero_known) | (!is_zero & rounded_open);
+  return open & (v == v) & (fabs(wd) <= 3.5e38) & (fabs(bd) <= 3.5e38);
+}
+
+// ------------------------------------------------------- double words ----
+// value = hi + lo with |lo| <= ulp(hi) / 2: the algorithms of dd.h (Joldes,
+// Muller, Popescu, ACM TOMS 44(2), 2017; Muller, Rideau, ACM TOMS 48(1),
+// 2022) on doubles, each with relative error at most kWordRoundoff = 4u^2
+// (u = 2^-53): dw_add (AccurateDWPlusDW) 3u^2 + 13u^3, dw_add_d (DWPlusFP)
+// 2u^2, dw_mul (DWTimesDW3) 4u^2, dw_mul_d (DWTimesFP3) 2u^2, dw_div_d
+// (DWDivFP3) 3u^2. layer_norm's magnitudes stay far inside double's range
+// (float32 data: 2^-298 ... 2^280), where the bounds hold.
+constexpr double kWordRoundoff = 4.930380657631324e-32; // 2^-104
+
+struct dword {
+  double hi;
+  double lo;
+};
+
+MP_INLINE dword dw_two_sum(double a, double b) {
+  const double s = a + b;
+  const double bb = s - a;
+  return dword{s, (a - (s - bb)) + (b - bb)};
+}
+
+MP_INLINE dword dw_fast_two_sum(double a, double b) {
+  const double s = a + b;
+  return dword{s, b - (s - a)};
+}
+
+MP_INLINE dword dw_two_prod(double a, double b) {
+  const double p = a * b;
+  return dword{p, MP_FMA(a, b, -p)};
+}
+
+MP_INLINE dword dw_neg(dword x) {
+  return dword{-x.hi, -x.lo};
+}
+
+MP_INLINE dword dw_add(dword x, dword y) {
+  const dword s = dw_two_sum(x.hi, y.hi);
+  const dword t = dw_two_sum(x.lo, y.lo);
+  const dword v = dw_fast_two_sum(s.hi, s.lo + t.hi);
+  return dw_fast_two_sum(v.hi, t.lo + v.lo);
+}
+
+MP_INLINE dword dw_add_d(dword x, double y) {
+  const dword s = dw_two_sum(x.hi, y);
+  return dw_fast_two_sum(s.hi, x.lo + s.lo);
+}
+
+MP_INLINE dword dw_mul(dword x, dword y) {
+  const dword c = dw_two_prod(x.hi, y.hi);
+  const double t = MP_FMA(x.hi, y.lo, x.lo * y.lo);
+  return dw_fast_two_sum(c.hi, c.lo + MP_FMA(x.lo, y.hi, t));
+}
+
+MP_INLINE dword dw_mul_d(dword x, double y) {
+  const dword c = dw_two_prod(x.hi, y);
+  return dw_fast_two_sum(c.hi, MP_FMA(x.lo, y, c.lo));
+}
+
+MP_INLINE dword dw_div_d(dword x, double y) {
+  const double th = x.hi / y;
+  const dword p = dw_two_prod(th, y);
+  return dw_fast_two_sum(th, (((x.hi - p.hi) - p.lo) + x.lo) / y);
+}
+
+// ------------------------------------------------- double-word stage ----
+struct LayerNormWideStats {
+  dword mean;
+  dword inv_std;
+  double mean_err; // |mean - exact mean|
+  double inv_rel; // inv_std's relative error (1e300: nothing certifies)
+};
+
+// The row's mean from its exact sum: the sum's five leading float parts
+// (each the float nearest to what is left: 120 bits) added in double words
+// (|sum - S| <= 2.01 w |S|, w = kWordRoundoff), then divided by D (0.75 w):
+// mean_err = 4 w |mean|. A sum beyond float's range is read out scaled by
+// 2^-64, exactly.
+MP_INLINE dword layer_norm_wide_mean(ExactSum s, MP_INT64 dim) {
+  double unit = 1.0;
+  ExactSum probe = s;
+  if (!is_finite_bits(MP_FLOAT_BITS(exact_sum_round(probe)))) {
+    exact_sum_scale(s, 0x1p-64f);
+    unit = 0x1p64;
+  }
+  dword sum{0.0, 0.0};
+  for (int part = 0; part < 5; ++part) {
+    ExactSum rest = s;
+    const float p = exact_sum_round(rest);
+    sum = dw_add_d(sum, static_cast<double>(p) * unit);
+    exact_sum_add_product(s, -p, 1.0f);
+  }
+  return dw_div_d(sum, static_cast<double>(dim));
+}
+
+// One term of the sum of squares about the double-word mean (any order).
+MP_INLINE dword layer_norm_wide_square(dword acc, float x, dword mean) {
+  const dword d = dw_add_d(dw_neg(mean), static_cast<double>(x));
+  return dw_add(acc, dw_mul(d, d));
+}
+
+// The statistics from the mean and the sum of squares about it, with their
+// bounds. var = squares / D exceeds the variance about the exact mean by
+// mean_err^2 at most, and the D + 3 roundings of each square, the sum and
+// the division add (D + 3) w var. inv_std: 1/sqrt(v) in double, v = var +
+// eps, then one Newton step in double words; its error a posteriori: with
+// rho = 1 - v_exact r^2, r sqrt(v_exact) = sqrt(1 - rho) is off from 1 by at
+// most |rho| / (1 + sqrt(1 - |rho|)) <= 0.6 |rho| for |rho| <= 1/4, and rho
+// is the computed residual (off by 2.01 w |v r^2| and w |residual|) plus r^2
+// (v - v_exact), |v - v_exact| <= ev + w v.
+MP_INLINE LayerNormWideStats
+layer_norm_wide_stats(dword mean, dword squares, MP_INT64 dim, double eps) {
+  const double w = kWordRoundoff;
+  const double e1 = 4.0 * w * fabs(mean.hi);
+  const dword var = dw_div_d(squares, static_cast<double>(dim));
+  const double ev = ((static_cast<double>(dim) + 3.0) * w * var.hi + e1 * e1) *
+      kLayerNormSlack;
+  const dword v = dw_add_d(var, eps);
+  const double r0 = 1.0 / sqrt(v.hi);
+  const dword step = dw_add_d(dw_neg(dw_mul_d(dw_mul_d(v, r0), r0)), 1.0);
+  const dword r = dw_add_d(dw_mul_d(step, 0.5 * r0), r0);
+  const dword q = dw_mul(dw_mul(r, r), v);
+  const dword residual = dw_add_d(dw_neg(q), 1.0);
+  const double rho = (fabs(residual.hi) * (1.0 + w) + 3.0 * w * fabs(q.hi) +
+                      r.hi * r.hi * (ev + w * v.hi)) *
+      kLayerNormSlack;
+  const bool bounded = v.hi > 0.0 && rho <= 0.25; // false for NaN
+  return LayerNormWideStats{
+      mean, r, e1, bounded ? 0.6 * rho * kLayerNormSlack : 1e300};
+}
+
+// Sign of y - m for the real y within err of the double word y: 1, -1, or 0
+// when err and the test's own roundings leave it open (hi - m is exact as a
+// TwoSum, then two roundings of u each).
+MP_INLINE int dword_sign_against(dword y, double err, double m) {
+  const dword t = dw_two_sum(y.hi, -m);
+  const double rest = t.lo + y.lo;
+  const double z = t.hi + rest;
+  const double tol = (err + kUnitRoundoff64 * (fabs(rest) + fabs(z)) + 1e-300) *
+      (1.0 + 1.0 / 1024.0);
+  return z > tol ? 1 : (z < -tol ? -1 : 0);
+}
+
+// The midpoint between the floats of ordinals k and k + 1 (exact in double;
+// the ordinal +-kFloatOrdinalTop stands for +-2^128).
+MP_INLINE double float_ordinal_midpoint(MP_INT64 k) {
+  const double big = 3.4028236692093846e38; // 2^128
+  const double a = k == -kFloatOrdinalTop
+      ? -big
+      : static_cast<double>(float_from_ordinal(k));
+  const double b = k + 1 == kFloatOrdinalTop
+      ? big
+      : static_cast<double>(float_from_ordinal(k + 1));
+  return 0.5 * (a + b);
+}
+
+// certified_round for a double word: writes the correctly rounded float32 of
+// every real within err of y and returns true, when they all round alike.
+// The candidate is y.hi's float, moved by one when y lies beyond a midpoint;
+// a result of +-0 also needs y's sign. Otherwise *out is left as float(y.hi)
+// (the exact stage's first guess).
+MP_INLINE bool
+certified_round_dword(dword y, double err, MP_THREAD float* out) {
+  *out = static_cast<float>(y.hi);
+  if (!(fabs(y.hi) <= 1.7976931348623157e308))
+    return false;
+  const MP_INT64 top = kFloatOrdinalTop;
+  MP_INT64 k = float_ordinal(*out);
+  for (int step = 0; step < 3; ++step) {
+    const int above =
+        k >= top ? -1 : dword_sign_against(y, err, float_ordinal_midpoint(k));
+    const int below = k <= -top
+        ? 1
+        : dword_sign_against(y, err, float_ordinal_midpoint(k - 1));
+    if (above < 0 && below > 0) {
+      if (k != 0) {
+        *out = float_from_ordinal(k);
+        return true;
+      }
+      const int sign = dword_sign_against(y, err, 0.0);
+      if (sign != 0)
+        *out = sign < 0 ? -0.0f : 0.0f;
+      return sign != 0;
+    }
+    if (above > 0)
+      ++k;
+    else if (below < 0)
+      --k;
+    else
+      return false;
+  }
+  return false;
+}
+
+// The output for element x (w = 1 without weight, b = -0 without bias) from
+// the double-word statistics: writes it and returns true when certified.
+// row_sum, the row's exact sum, decides the numerator's sign where the
+// double words cannot (N = D x - S, exactly): an exact zero product (N = 0
+// or w = 0) gives layer_norm_exact_zero's value.
+MP_INLINE bool layer_norm_wide_output(
+    const MP_THREAD LayerNormWideStats& s,
+    MP_THREAD const ExactSum& row_sum,
+    MP_INT64 dim,
+    float x,
+    float w,
+    float b,
+    MP_THREAD float* out) {
+  const double u = kWordRoundoff;
+  const dword num = dw_add_d(dw_neg(s.mean), static_cast<double>(x));
+  const double e_num = (s.mean_err + u * fabs(num.hi)) * kLayerNormSlack;
+  int num_sign = num.hi > e_num ? 1 : (num.hi < -e_num ? -1 : 2);
+  if (num_sign == 2) {
+    ExactSum n = row_sum; // S - D x
+    exact_sum_add_product(n, x, -static_cast<float>(dim));
+    num_sign = -exact_sum_sign(n);
+  }
+  if (num_sign == 0 || w == 0.0f) {
+    *out = layer_norm_exact_zero(num_sign < 0, w, b);
+    return true;
+  }
+  const dword n = dw_mul(num, s.inv_std);
+  const dword y = dw_add_d(dw_mul_d(n, static_cast<double>(w)), b);
+  const double err = layer_norm_output_error(
+      s.inv_rel,
+      s.inv_std.hi,
+      e_num,
+      fabs(n.hi),
+      fabs(static_cast<double>(w)),
+      fabs(y.hi),
+      u);
+  return certified_round_dword(y, err, out);
+}
+
+} // namespace mlx_precise
+
+#endif // MP_HAS_DOUBLE
