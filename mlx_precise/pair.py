@@ -14,9 +14,21 @@ exact on pairs and apply to both parts. The ops::
     add, multiply          two pairs (or float32 arrays), broadcast (also ``pair + x``,
                            ``pair * x``; an mx.array on the left raises instead)
     gelu, sin, exp, tanh   one pair; gelu is torch's exact-erf GELU
-    addmm, linear          pair input, float32 weights and bias
+    addmm, linear          pair input and weight, float32 bias
     layer_norm             pair input, float32 weight and bias
     rfft_conv              pair signal and kernel, float32 bias (mlx_precise.rfft_conv)
+    take_rows              rows of a pair table by integer ids (an embedding lookup)
+    cross_entropy          weighted mean cross-entropy of pair logits: a scalar pair
+    broadcast_to, sum_to   a pair broadcast, and summed back in double
+    fork                   n uses of one pair (see below)
+
+Gradients (``mx.grad``, ``mx.vjp``) flow through every op in pair form: the cotangent of
+a pair is a pair, each vjp computes in double, and a float32 array that entered a chain
+receives the float32 nearest to its gradient, rounded once. One rule keeps them so: a
+pair used by two ops is split with :func:`fork` first. MLX's autograd adds the
+cotangents of an array used twice in float32, part by part, which would round the
+gradient; ``fork``'s copies have theirs added in double. (Slices of one pair that do not
+overlap need no fork: their cotangents never meet.) See docs/m2bert.md.
 
 M2-BERT's ``precision="exact"`` is built from these (models/m2bert).
 """
@@ -167,17 +179,23 @@ def tanh(x: PairLike, *, stream=None) -> Pair:
     return _unary("tanh", x, stream)
 
 
-def addmm(c: Optional[mx.array], a: PairLike, b: mx.array, *, stream=None) -> Pair:
-    """``a @ b + c``: a pair ``a (..., M, K)``, float32 ``b (..., K, N)`` and optional ``c``
-    broadcastable to the output (batch dims broadcast as in ``mx.addmm``)."""
-    return _pair(_ext.pair_addmm(c, as_pair(a).astuple(), b, stream=stream))
+def addmm(c: Optional[mx.array], a: PairLike, b: PairLike, *, stream=None) -> Pair:
+    """``a @ b + c``: pairs (or float32 arrays) ``a (..., M, K)`` and ``b (..., K, N)``,
+    optional float32 ``c`` broadcastable to the output (batch dims broadcast as in
+    ``mx.addmm``)."""
+    return _pair(
+        _ext.pair_addmm(c, as_pair(a).astuple(), as_pair(b).astuple(), stream=stream)
+    )
 
 
 def linear(
-    x: PairLike, weight: mx.array, bias: Optional[mx.array] = None, *, stream=None
+    x: PairLike, weight: PairLike, bias: Optional[mx.array] = None, *, stream=None
 ) -> Pair:
-    """``x @ weight.T + bias`` (torch ``F.linear``) of a pair ``x``."""
-    return _pair(_ext.pair_linear(as_pair(x).astuple(), weight, bias, stream=stream))
+    """``x @ weight.T + bias`` (torch ``F.linear``) of a pair ``x``; ``weight`` a float32
+    array or a pair (a weight shared with another op, forked)."""
+    return _pair(
+        _ext.pair_linear(as_pair(x).astuple(), as_pair(weight).astuple(), bias, stream=stream)
+    )
 
 
 def layer_norm(
@@ -212,4 +230,39 @@ def rfft_conv(
             bias=bias,
             stream=stream,
         )
+    )
+
+
+def broadcast_to(x: PairLike, shape: Sequence[int], *, stream=None) -> Pair:
+    """``x`` broadcast to ``shape``; its gradient is summed back in double."""
+    return _pair(_ext.pair_broadcast_to(as_pair(x).astuple(), list(shape), stream=stream))
+
+
+def sum_to(x: PairLike, shape: Sequence[int], *, stream=None) -> Pair:
+    """``x`` summed in double to ``shape``, a shape that broadcasts to ``x.shape``."""
+    return _pair(_ext.pair_sum_to(as_pair(x).astuple(), list(shape), stream=stream))
+
+
+def fork(x: PairLike, n: int, *, stream=None) -> list:
+    """``n`` copies of ``x`` for ``n`` uses, whose gradients are added in double."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"fork: n must be an int, got {type(n).__name__}")
+    return [_pair(p) for p in _ext.pair_fork(as_pair(x).astuple(), n, stream=stream)]
+
+
+def take_rows(table: PairLike, ids: mx.array, *, stream=None) -> Pair:
+    """``table[ids]`` for a pair (or float32) table ``(V, D)`` and integer ``ids`` of any
+    shape: ``ids.shape + (D,)``. The table's gradient sums the rows of each id in double
+    (MLX's ``take`` would add them in float32)."""
+    return _pair(_ext.pair_take_rows(as_pair(table).astuple(), ids, stream=stream))
+
+
+def cross_entropy(
+    logits: PairLike, targets: mx.array, weights: mx.array, *, stream=None
+) -> Pair:
+    """``sum_i w_i CE(logits_i, targets_i) / sum_i w_i`` for pair logits ``(N, V)``,
+    integer targets ``(N,)`` and float32 weights ``(N,)`` (a 0/1 mask gives torch's mean
+    over the selected rows): a scalar pair, computed in double."""
+    return _pair(
+        _ext.pair_cross_entropy(as_pair(logits).astuple(), targets, weights, stream=stream)
     )

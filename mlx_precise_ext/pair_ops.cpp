@@ -6,6 +6,7 @@
 #include <mlx/ops.h>
 
 #include "ops.h"
+#include "pair_vjp_primitives.h"
 #include "strict_ops.h"
 
 namespace mlx_precise {
@@ -90,29 +91,32 @@ Pair pair_binary(
        << " do not broadcast";
     throw std::invalid_argument(os.str());
   }
-  std::vector<mx::array> inputs;
-  for (const auto* part : {&x.first, &x.second, &y.first, &y.second})
-    inputs.push_back(mx::broadcast_to(*part, shape, s));
+  const Pair xb = pair_broadcast_to(x, shape, s);
+  const Pair yb = pair_broadcast_to(y, shape, s);
   return make_pair(
       shape,
       std::make_shared<PairElementwise>(mx::to_stream(s), op),
-      std::move(inputs));
+      {xb.first, xb.second, yb.first, yb.second});
 }
 
 Pair pair_addmm(
     const std::optional<mx::array>& c,
     const Pair& a,
-    const mx::array& b,
+    const Pair& b,
     mx::StreamOrDevice s) {
   check_pair("pair addmm", a, "a");
+  check_pair("pair addmm", b, "b");
   check_addmm_arguments(
-      "pair addmm", c.value_or(mx::zeros({1}, mx::float32, s)), a.first, b);
+      "pair addmm",
+      c.value_or(mx::zeros({1}, mx::float32, s)),
+      a.first,
+      b.first);
   mx::Shape shape = mx::broadcast_shapes(
       mx::Shape(a.first.shape().begin(), a.first.shape().end() - 2),
-      mx::Shape(b.shape().begin(), b.shape().end() - 2));
+      mx::Shape(b.first.shape().begin(), b.first.shape().end() - 2));
   shape.push_back(a.first.shape(-2));
-  shape.push_back(b.shape(-1));
-  std::vector<mx::array> inputs{a.first, a.second, b};
+  shape.push_back(b.first.shape(-1));
+  std::vector<mx::array> inputs{a.first, a.second, b.first, b.second};
   if (c)
     inputs.push_back(*c);
   return make_pair(
@@ -123,20 +127,24 @@ Pair pair_addmm(
 
 Pair pair_linear(
     const Pair& x,
-    const mx::array& weight,
+    const Pair& weight,
     const std::optional<mx::array>& bias,
     mx::StreamOrDevice s) {
   check_pair("pair linear", x, "x");
-  check_linear_arguments("pair linear", x.first, weight, bias);
+  check_pair("pair linear", weight, "weight");
+  check_linear_arguments("pair linear", x.first, weight.first, bias);
   // All leading dims of x are rows: one (rows, K) @ (K, N) product.
   const int in_features = x.first.shape(-1);
   auto rows = [&](const mx::array& part) {
     return mx::reshape(part, {-1, in_features}, s);
   };
   auto [hi, lo] = pair_addmm(
-      bias, {rows(x.first), rows(x.second)}, mx::transpose(weight, s), s);
+      bias,
+      {rows(x.first), rows(x.second)},
+      {mx::transpose(weight.first, s), mx::transpose(weight.second, s)},
+      s);
   mx::Shape out_shape = x.first.shape();
-  out_shape.back() = weight.shape(0);
+  out_shape.back() = weight.first.shape(0);
   return {mx::reshape(hi, out_shape, s), mx::reshape(lo, out_shape, s)};
 }
 
@@ -182,6 +190,127 @@ Pair pair_rfft_conv(
       std::make_shared<PairRFFTConv>(
           mx::to_stream(s), args.period, args.bias.has_value(), shape),
       std::move(inputs));
+}
+
+Pair pair_broadcast_to(
+    const Pair& x,
+    const mx::Shape& shape,
+    mx::StreamOrDevice s) {
+  check_pair("pair broadcast_to", x, "x");
+  if (x.first.shape() == shape)
+    return x;
+  bool broadcasts = false;
+  try {
+    broadcasts = mx::broadcast_shapes(x.first.shape(), shape) == shape;
+  } catch (const std::invalid_argument&) {
+  }
+  if (!broadcasts) {
+    std::ostringstream os;
+    os << "pair broadcast_to: shape " << x.first.shape()
+       << " does not broadcast to " << shape;
+    throw std::invalid_argument(os.str());
+  }
+  return make_pair(
+      shape,
+      std::make_shared<PairBroadcast>(mx::to_stream(s), shape),
+      {x.first, x.second});
+}
+
+Pair pair_sum_to(const Pair& x, const mx::Shape& shape, mx::StreamOrDevice s) {
+  check_pair("pair sum_to", x, "x");
+  if (x.first.shape() == shape)
+    return x;
+  const mx::Shape& from = x.first.shape();
+  bool reduces = shape.size() <= from.size();
+  for (size_t d = 0; reduces && d < shape.size(); ++d) {
+    const int f = from[from.size() - shape.size() + d];
+    reduces = shape[d] == f || shape[d] == 1;
+  }
+  if (!reduces) {
+    std::ostringstream os;
+    os << "pair sum_to: shape " << shape << " does not broadcast to " << from
+       << "; pass the shape of an operand that was broadcast to it";
+    throw std::invalid_argument(os.str());
+  }
+  return make_pair(
+      shape,
+      std::make_shared<PairSum>(mx::to_stream(s), shape),
+      {x.first, x.second});
+}
+
+std::vector<Pair> pair_fork(const Pair& x, int n, mx::StreamOrDevice s) {
+  check_pair("pair fork", x, "x");
+  if (n < 1)
+    throw std::invalid_argument(
+        "pair fork: n must be at least 1, got " + std::to_string(n));
+  mx::Shape stacked = x.first.shape();
+  stacked.insert(stacked.begin(), n);
+  const Pair copies = pair_broadcast_to(
+      {mx::expand_dims(x.first, 0, s), mx::expand_dims(x.second, 0, s)},
+      stacked,
+      s);
+  std::vector<Pair> uses;
+  mx::Shape start(stacked.size(), 0), stop = stacked;
+  for (int i = 0; i < n; ++i) {
+    start[0] = i;
+    stop[0] = i + 1;
+    auto pick = [&](const mx::array& part) {
+      return mx::squeeze(mx::slice(part, start, stop, s), 0, s);
+    };
+    uses.push_back({pick(copies.first), pick(copies.second)});
+  }
+  return uses;
+}
+
+Pair pair_take_rows(
+    const Pair& table,
+    const mx::array& ids,
+    mx::StreamOrDevice s) {
+  check_pair("pair take_rows", table, "table");
+  if (table.first.ndim() != 2)
+    throw std::invalid_argument(
+        "pair take_rows: table must be 2-D (rows, features)");
+  if (!mx::issubdtype(ids.dtype(), mx::integer))
+    throw std::invalid_argument(
+        "pair take_rows: ids must be integers; pass ids.astype(mx.int32)");
+  mx::Shape shape = ids.shape();
+  shape.push_back(table.first.shape(1));
+  return make_pair(
+      shape,
+      std::make_shared<PairRows>(
+          mx::to_stream(s), PairRows::Variant::Gather, shape),
+      {table.first, table.second, mx::astype(ids, mx::int32, s)});
+}
+
+Pair pair_cross_entropy(
+    const Pair& logits,
+    const mx::array& targets,
+    const mx::array& weights,
+    mx::StreamOrDevice s) {
+  check_pair("pair cross_entropy", logits, "logits");
+  if (logits.first.ndim() != 2 || targets.ndim() != 1 ||
+      weights.shape() != targets.shape() ||
+      targets.shape(0) != logits.first.shape(0)) {
+    std::ostringstream os;
+    os << "pair cross_entropy: pass logits (N, V), targets (N,) and weights "
+       << "(N,); got " << logits.first.shape() << ", " << targets.shape()
+       << " and " << weights.shape();
+    throw std::invalid_argument(os.str());
+  }
+  if (!mx::issubdtype(targets.dtype(), mx::integer))
+    throw std::invalid_argument(
+        "pair cross_entropy: targets must be integers (class ids)");
+  if (weights.dtype() != mx::float32)
+    throw std::invalid_argument(
+        "pair cross_entropy: weights must be float32; pass "
+        "mask.astype(mx.float32)");
+  return make_pair(
+      {},
+      std::make_shared<PairCrossEntropy>(mx::to_stream(s), false),
+      {logits.first,
+       logits.second,
+       mx::astype(targets, mx::int32, s),
+       weights});
 }
 
 } // namespace mlx_precise

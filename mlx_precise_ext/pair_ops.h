@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <mlx/array.h>
 #include <mlx/utils.h>
@@ -32,17 +33,17 @@ Pair pair_binary(
     const Pair& y,
     mx::StreamOrDevice s = {});
 
-// a @ b + c for a pair a (..., M, K), float32 b (..., K, N) and c.
+// a @ b + c for pairs a (..., M, K) and b (..., K, N) and a float32 c.
 Pair pair_addmm(
     const std::optional<mx::array>& c,
     const Pair& a,
-    const mx::array& b,
+    const Pair& b,
     mx::StreamOrDevice s = {});
 
-// x @ weight.T + bias (torch F.linear) for a pair x.
+// x @ weight.T + bias (torch F.linear) for a pair x and a pair weight.
 Pair pair_linear(
     const Pair& x,
-    const mx::array& weight,
+    const Pair& weight,
     const std::optional<mx::array>& bias = {},
     mx::StreamOrDevice s = {});
 
@@ -59,6 +60,40 @@ Pair pair_rfft_conv(
     const Pair& k,
     std::optional<int64_t> n = {},
     const std::optional<mx::array>& bias = {},
+    mx::StreamOrDevice s = {});
+
+// x broadcast to `shape` (numpy rules); its gradient is summed back in
+// double. The pair ops broadcast their operands with it.
+Pair pair_broadcast_to(
+    const Pair& x,
+    const mx::Shape& shape,
+    mx::StreamOrDevice s = {});
+
+// x summed, in double, to `shape`, which must broadcast to x's shape (the
+// reverse of pair_broadcast_to): the reduction of a pair gradient.
+Pair pair_sum_to(
+    const Pair& x,
+    const mx::Shape& shape,
+    mx::StreamOrDevice s = {});
+
+// n uses of one pair: x broadcast along a new leading axis of n and sliced,
+// so that the n cotangents are summed in double (MLX's autograd sums the
+// cotangents of an array used twice in float32, part by part).
+std::vector<Pair> pair_fork(const Pair& x, int n, mx::StreamOrDevice s = {});
+
+// Rows table[ids] of a pair table (V, D) for integer ids of any shape: the
+// embedding lookup, whose gradient sums the rows of each id in double.
+Pair pair_take_rows(
+    const Pair& table,
+    const mx::array& ids,
+    mx::StreamOrDevice s = {});
+
+// Mean cross-entropy of pair logits (N, V) at integer targets (N,) over the
+// rows weighted by float32 weights (N,) (a 0/1 mask): a scalar pair.
+Pair pair_cross_entropy(
+    const Pair& logits,
+    const mx::array& targets,
+    const mx::array& weights,
     mx::StreamOrDevice s = {});
 
 } // namespace mlx_precise

@@ -6,12 +6,11 @@
 namespace mlx_precise {
 
 namespace {
-[[noreturn]] void no_derivatives(const char* op) {
+[[noreturn]] void no_forward_derivatives(const char* op) {
   throw std::invalid_argument(
       std::string("pair ") + op +
-      ": derivatives through pairs (mlx_precise.pair, M2-BERT "
-      "precision=\"exact\") are not implemented; differentiate the "
-      "precision=\"extended\" model instead");
+      ": forward-mode derivatives (jvp) through pairs are not implemented; "
+      "reverse mode (mx.grad, mx.vjp) is");
 }
 } // namespace
 
@@ -27,13 +26,27 @@ const char* pair_op_name(PairOp op) {
       return "sin";
     case PairOp::Exp:
       return "exp";
-    default:
+    case PairOp::Tanh:
       return "tanh";
+    case PairOp::GeluGrad:
+      return "gelu_grad";
+    case PairOp::SinGrad:
+      return "sin_grad";
+    default:
+      return "tanh_grad";
   }
 }
 
 int pair_op_arity(PairOp op) {
-  return op == PairOp::Add || op == PairOp::Multiply ? 2 : 1;
+  switch (op) {
+    case PairOp::Gelu:
+    case PairOp::Sin:
+    case PairOp::Exp:
+    case PairOp::Tanh:
+      return 1;
+    default:
+      return 2;
+  }
 }
 
 bool PairElementwise::is_equivalent(const mx::Primitive& other) const {
@@ -58,64 +71,32 @@ bool PairRFFTConv::is_equivalent(const mx::Primitive& other) const {
       o->out_shape_ == out_shape_;
 }
 
-std::vector<mx::array> PairElementwise::vjp(
-    const std::vector<mx::array>&,
-    const std::vector<mx::array>&,
-    const std::vector<int>&,
-    const std::vector<mx::array>&) {
-  no_derivatives(pair_op_name(op_));
-}
-
 std::vector<mx::array> PairElementwise::jvp(
     const std::vector<mx::array>&,
     const std::vector<mx::array>&,
     const std::vector<int>&) {
-  no_derivatives(pair_op_name(op_));
-}
-
-std::vector<mx::array> PairAddmm::vjp(
-    const std::vector<mx::array>&,
-    const std::vector<mx::array>&,
-    const std::vector<int>&,
-    const std::vector<mx::array>&) {
-  no_derivatives("addmm");
+  no_forward_derivatives(pair_op_name(op_));
 }
 
 std::vector<mx::array> PairAddmm::jvp(
     const std::vector<mx::array>&,
     const std::vector<mx::array>&,
     const std::vector<int>&) {
-  no_derivatives("addmm");
-}
-
-std::vector<mx::array> PairLayerNorm::vjp(
-    const std::vector<mx::array>&,
-    const std::vector<mx::array>&,
-    const std::vector<int>&,
-    const std::vector<mx::array>&) {
-  no_derivatives("layer_norm");
+  no_forward_derivatives("addmm");
 }
 
 std::vector<mx::array> PairLayerNorm::jvp(
     const std::vector<mx::array>&,
     const std::vector<mx::array>&,
     const std::vector<int>&) {
-  no_derivatives("layer_norm");
-}
-
-std::vector<mx::array> PairRFFTConv::vjp(
-    const std::vector<mx::array>&,
-    const std::vector<mx::array>&,
-    const std::vector<int>&,
-    const std::vector<mx::array>&) {
-  no_derivatives("rfft_conv");
+  no_forward_derivatives("layer_norm");
 }
 
 std::vector<mx::array> PairRFFTConv::jvp(
     const std::vector<mx::array>&,
     const std::vector<mx::array>&,
     const std::vector<int>&) {
-  no_derivatives("rfft_conv");
+  no_forward_derivatives("rfft_conv");
 }
 
 } // namespace mlx_precise

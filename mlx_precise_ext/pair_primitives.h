@@ -3,8 +3,10 @@
 // so that a chain of them rounds to float32 once, at the end. Every primitive
 // takes the hi and lo arrays of each pair operand as two inputs, computes in
 // double (CPU, CUDA) or double-word (Metal) and has two outputs, hi and lo.
-// Derivatives are not implemented yet: vjp and jvp raise a clear error
-// (docs/m2bert.md says what a pair-form backward needs).
+// Reverse-mode derivatives are pairs too (pair_vjp.cpp): the cotangents of
+// the outputs (hi, lo) are read as one cotangent hi + lo, and each vjp
+// returns the cotangent of a pair operand as a pair (hi, lo), computed in
+// double; a float32 operand gets its cotangent rounded once. jvp raises.
 #pragma once
 
 #include <mlx/primitives.h>
@@ -59,8 +61,10 @@ class PairElementwise : public mx::Primitive {
   PairOp op_;
 };
 
-// out = a @ b [+ c] for a pair a (..., M, K) and float32 b (..., K, N), c
-// broadcastable to the output. Inputs a_hi, a_lo, b [, c]; outputs hi, lo.
+// out = a @ b [+ c] for pairs a (..., M, K) and b (..., K, N), float32 c
+// broadcastable to the output. Inputs a_hi, a_lo, b_hi, b_lo [, c]; outputs
+// hi, lo. (b is a pair so that its gradient is one: a weight shared by two
+// ops, M2-BERT's tied word embeddings, sums both parts before rounding.)
 class PairAddmm : public mx::Primitive {
  public:
   PairAddmm(mx::Stream stream, bool has_c, mx::Shape out_shape)

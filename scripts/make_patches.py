@@ -242,8 +242,11 @@ def series() -> list:
                 "backend/cpu/rfft_conv.cpp",
                 drop=(
                     '#include "pair_primitives.h"',
+                    '#include "pair_vjp_primitives.h"',
                     "RealRow pair_row(",
+                    "void pair_convolve(",
                     "void PairRFFTConv::eval_cpu(",
+                    "void PairRFFTCorrelate::eval_cpu(",
                 ),
             ),
             # The one CPU difference: MLX's CPU backend starts no threads.

@@ -9,8 +9,20 @@
 namespace mlx_precise {
 
 // The elementwise operations of a pair chain; gelu is torch's exact-erf GELU,
-// x/2 (1 + erf(x / sqrt 2)).
-enum class PairOp { Add, Multiply, Gelu, Sin, Exp, Tanh };
+// x/2 (1 + erf(x / sqrt 2)). The *Grad operations are their derivatives times
+// a cotangent, op(x, g) = g f'(x) (the vjps, pair_vjp.cpp): binary, double
+// only (a backend computing in double-word arithmetic has none of them yet).
+enum class PairOp {
+  Add,
+  Multiply,
+  Gelu,
+  Sin,
+  Exp,
+  Tanh,
+  GeluGrad,
+  SinGrad,
+  TanhGrad
+};
 
 #if MP_HAS_DOUBLE
 // GELU as x/2 erfc(-x / sqrt 2): the same function as x/2 (1 + erf(x /
@@ -29,8 +41,25 @@ MP_INLINE double pair_unary_double(PairOp op, double x) {
   }
 }
 
+// gelu'(x) = Phi(x) + x phi(x) = erfc(-x / sqrt 2) / 2 + x exp(-x^2 / 2) /
+// sqrt(2 pi); tanh'(x) = 1 / cosh(x)^2, from x: 1 - tanh(x)^2 would cancel.
 MP_INLINE double pair_binary_double(PairOp op, double x, double y) {
-  return op == PairOp::Add ? x + y : x * y;
+  switch (op) {
+    case PairOp::Add:
+      return x + y;
+    case PairOp::GeluGrad:
+      return y *
+          (0.5 * erfc(x * -0.70710678118654752440) +
+           x * exp(-0.5 * x * x) * 0.39894228040143267794);
+    case PairOp::SinGrad:
+      return y * cos(x);
+    case PairOp::TanhGrad: {
+      const double c = cosh(x);
+      return y / (c * c);
+    }
+    default:
+      return x * y;
+  }
 }
 #endif
 

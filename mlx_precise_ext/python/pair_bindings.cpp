@@ -4,6 +4,7 @@
 #include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
+#include <nanobind/stl/vector.h>
 
 #include "pair_ops.h"
 
@@ -44,7 +45,7 @@ void init_pair(nb::module_& m) {
       "b"_a,
       nb::kw_only(),
       "stream"_a = nb::none(),
-      "a @ b + c for a pair a; see mlx_precise.pair.");
+      "a @ b + c for pairs a and b; see mlx_precise.pair.");
   m.def(
       "pair_linear",
       &pair_linear,
@@ -53,7 +54,7 @@ void init_pair(nb::module_& m) {
       "bias"_a = nb::none(),
       nb::kw_only(),
       "stream"_a = nb::none(),
-      "x @ weight.T + bias for a pair x; see mlx_precise.pair.");
+      "x @ weight.T + bias for a pair x and weight; see mlx_precise.pair.");
   m.def(
       "pair_layer_norm",
       &pair_layer_norm,
@@ -74,4 +75,49 @@ void init_pair(nb::module_& m) {
       "bias"_a = nb::none(),
       "stream"_a = nb::none(),
       "rfft_conv of pairs; see mlx_precise.pair.");
+  m.def(
+      "pair_broadcast_to",
+      [](const Pair& x, const std::vector<int>& shape, mx::StreamOrDevice s) {
+        return pair_broadcast_to(x, mx::Shape(shape.begin(), shape.end()), s);
+      },
+      "x"_a,
+      "shape"_a,
+      nb::kw_only(),
+      "stream"_a = nb::none(),
+      "A pair broadcast to shape; see mlx_precise.pair.");
+  m.def(
+      "pair_sum_to",
+      [](const Pair& x, const std::vector<int>& shape, mx::StreamOrDevice s) {
+        return pair_sum_to(x, mx::Shape(shape.begin(), shape.end()), s);
+      },
+      "x"_a,
+      "shape"_a,
+      nb::kw_only(),
+      "stream"_a = nb::none(),
+      "A pair summed to shape, in double; see mlx_precise.pair.");
+  m.def(
+      "pair_fork",
+      &pair_fork,
+      "x"_a,
+      "n"_a,
+      nb::kw_only(),
+      "stream"_a = nb::none(),
+      "n uses of a pair whose gradients add in double; see mlx_precise.pair.");
+  m.def(
+      "pair_take_rows",
+      &pair_take_rows,
+      "table"_a,
+      "ids"_a,
+      nb::kw_only(),
+      "stream"_a = nb::none(),
+      "Rows of a pair table by integer ids; see mlx_precise.pair.");
+  m.def(
+      "pair_cross_entropy",
+      &pair_cross_entropy,
+      "logits"_a,
+      "targets"_a,
+      "weights"_a,
+      nb::kw_only(),
+      "stream"_a = nb::none(),
+      "Weighted mean cross-entropy of pair logits; see mlx_precise.pair.");
 }

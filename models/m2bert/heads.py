@@ -51,9 +51,9 @@ class TiedDecoder(nn.Module):
         self.precision = ops.check_precision(precision)
         self.bias = mx.zeros((vocab_size,), dtype=mx.float32)
 
-    def __call__(self, hidden: ops.Activation, weight: mx.array) -> ops.Activation:
+    def __call__(self, hidden: ops.Activation, weight: ops.Activation) -> ops.Activation:
         if self.precision == "exact":
-            return pair.linear(hidden, weight, self.bias)
+            return pair.linear(hidden, weight, self.bias)  # weight: the forked pair
         return mlx_precise.linear(hidden, weight, self.bias, precision=self.precision)
 
 
@@ -73,11 +73,18 @@ class BertOnlyMLMHead(nn.Module):
         self.predictions = BertLMPredictionHead(config, precision)
 
 
-def masked_token_cross_entropy(logits: mx.array, labels: mx.array) -> mx.array:
+def masked_token_cross_entropy(logits: ops.Activation, labels: mx.array) -> mx.array:
     """Mean cross-entropy over the positions whose label is > 0: the published masked-LM
-    loss selects ``labels > 0`` (so label 0, [PAD], is never a target)."""
+    loss selects ``labels > 0`` (so label 0, [PAD], is never a target). Pair logits
+    (``"exact"``): computed in double and rounded once (``mlx_precise.pair``)."""
     mask = (labels > 0).astype(mx.float32)
-    per_token = nn.losses.cross_entropy(logits, mx.maximum(labels, 0), reduction="none")
+    targets = mx.maximum(labels, 0)
+    if isinstance(logits, ops.Pair):
+        classes = logits.shape[-1]
+        return pair.cross_entropy(
+            logits.reshape(-1, classes), targets.reshape(-1), mask.reshape(-1)
+        ).to_float32()
+    per_token = nn.losses.cross_entropy(logits, targets, reduction="none")
     return mx.sum(per_token * mask) / mx.sum(mask)
 
 
@@ -97,9 +104,21 @@ class M2BertForMaskedLM(M2BertPreTrainedModel):
         self, token_ids: TokenIds, token_type_ids: Optional[TokenIds] = None
     ) -> mx.array:
         """Prediction scores ``(B, L, vocab)`` for every position."""
-        hidden, _ = self.bert.unrounded(token_ids, token_type_ids)
+        return ops.to_float32(self.unrounded(token_ids, token_type_ids))
+
+    def unrounded(
+        self, token_ids: TokenIds, token_type_ids: Optional[TokenIds] = None
+    ) -> ops.Activation:
+        """The scores without the final rounding (pairs in ``"exact"``). The word-embedding
+        matrix is both the lookup table and the decoder weight: in ``"exact"`` it enters
+        as one pair forked between the two, so that its gradient adds both uses in
+        double and rounds once."""
         weight = self.bert.embeddings.word_embeddings.weight
-        return ops.to_float32(self.cls.predictions(hidden, weight))
+        lookup_table = None
+        if self.precision == "exact":
+            lookup_table, weight = pair.fork(weight, 2)
+        hidden, _ = self.bert.unrounded(token_ids, token_type_ids, word_table=lookup_table)
+        return self.cls.predictions(hidden, weight)
 
     def loss(
         self, token_ids: TokenIds, labels: TokenIds, token_type_ids: Optional[TokenIds] = None
@@ -107,7 +126,7 @@ class M2BertForMaskedLM(M2BertPreTrainedModel):
         """Masked-LM loss: cross-entropy at the positions with ``labels > 0`` (the masked
         tokens' ids there, 0 or -100 elsewhere), averaged over them."""
         labels = self.bert._token_array(labels, "labels")
-        logits = self(token_ids, token_type_ids)
+        logits = self.unrounded(token_ids, token_type_ids)
         if labels.shape != logits.shape[:2]:
             raise ValueError(f"labels shape {labels.shape} differs from token_ids {logits.shape[:2]}")
         return masked_token_cross_entropy(logits, labels)

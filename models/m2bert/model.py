@@ -27,6 +27,8 @@ from mlx.utils import tree_flatten
 import mlx_precise
 from mlx_precise.nn import LayerNorm, Linear
 
+from mlx_precise import pair
+
 from . import ops
 from .config import M2BertConfig
 from .text import token_batch
@@ -75,9 +77,17 @@ class ExponentialModulation(nn.Module):
         super().__init__()
         self.deltas = mx.zeros((1, 1, dims), dtype=mx.float32)
 
-    def __call__(self, t: mx.array, filters: ops.Activation) -> ops.Activation:
-        precision = "exact" if isinstance(filters, ops.Pair) else "float32"
-        return filters * ops.exp(-ops.multiply(t, mx.abs(self.deltas), precision))
+    def decay(self, t: mx.array, precision: str) -> ops.Activation:
+        return ops.exp(-ops.multiply(t, mx.abs(self.deltas), precision))
+
+    def __call__(
+        self, t: mx.array, filters: ops.Activation, decay: Optional[ops.Activation] = None
+    ) -> ops.Activation:
+        """``filters * decay``; the decay is computed from ``t`` unless given (the
+        forward and reverse filter share one, forked in ``"exact"``)."""
+        if decay is None:
+            decay = self.decay(t, "exact" if isinstance(filters, ops.Pair) else "float32")
+        return filters * decay
 
 
 def _implicit_mlp(emb_dim: int, order: int, dims: int, precision: str) -> list:
@@ -108,27 +118,38 @@ class HyenaFilter(nn.Module):
             self.implicit_filter_rev = _implicit_mlp(config.hyena_emb_dim, order, dims, precision)
         self.modulation = ExponentialModulation(dims)
 
-    def _run_mlp(self, layers: list, z: mx.array) -> ops.Activation:
-        scaled_freq = ops.multiply(
-            mx.array(self.w_mod, dtype=mx.float32), self.sin_freq, self.precision
-        )
+    def _run_mlp(self, layers: list, z: ops.Activation, freqs) -> ops.Activation:
+        """The implicit MLP; ``freqs`` holds the scaled Sin frequency, one use per Sin."""
+        freqs = iter(freqs)
         h = z
         for layer in layers:
-            h = ops.sin(scaled_freq * h) if isinstance(layer, SinActivation) else layer(h)
+            h = ops.sin(next(freqs) * h) if isinstance(layer, SinActivation) else layer(h)
         return h
 
     def filters(self, seq_len: int) -> Tuple[ops.Activation, Optional[ops.Activation]]:
-        """Forward and reverse filters, each ``(H, seq_len)``."""
+        """Forward and reverse filters, each ``(H, seq_len)``.
+
+        The shared Sin frequency, z and the decay each feed both filters (and the
+        frequency every Sin layer): they are computed once and forked, so that in
+        ``"exact"`` their gradients add in double (``ops.fork``)."""
         z, t = self.pos_emb(seq_len)
-
-        def one_filter(layers):
-            h = self.modulation(t, self._run_mlp(layers, z))  # (1, L, H)
-            return h[0].T
-
+        mlps = [self.implicit_filter]
+        if "implicit_filter_rev" in self:
+            mlps.append(self.implicit_filter_rev)
+        exact = self.precision == "exact"
+        sin_count = sum(isinstance(layer, SinActivation) for layer in self.implicit_filter)
+        scaled_freq = ops.multiply(
+            mx.array(self.w_mod, dtype=mx.float32), self.sin_freq, self.precision
+        )
+        freqs = ops.fork(scaled_freq, sin_count * len(mlps))
+        inputs = ops.fork(pair.Pair(z) if exact else z, len(mlps))
+        decays = ops.fork(self.modulation.decay(t, self.precision), len(mlps))
+        filters = []
         # Forward first, as the published code computes them (the tracer matches calls in order).
-        forward = one_filter(self.implicit_filter)
-        reverse = one_filter(self.implicit_filter_rev) if "implicit_filter_rev" in self else None
-        return forward, reverse
+        for i, layers in enumerate(mlps):
+            h = self._run_mlp(layers, inputs[i], freqs[i * sin_count : (i + 1) * sin_count])
+            filters.append(self.modulation(t, h, decay=decays[i])[0].T)  # (H, L)
+        return filters[0], filters[1] if len(filters) > 1 else None
 
     def kernel(self, seq_len: int) -> ops.Activation:
         """The long-convolution kernel ``(H, 2 seq_len)``.
@@ -196,11 +217,12 @@ class MonarchMixerSequenceMixing(nn.Module):
         dims = hidden.shape[-1]
         if "layernorm" in self:
             hidden = self.layernorm(hidden)
+        hidden, residual = ops.fork(hidden, 2) if "filter_fn2" in self else (hidden, None)
         mixed = self.short_filter(self.in_linear(hidden).transpose(0, 2, 1))  # (B, 3H, L)
         x1, x2, v = mixed[:, :dims], mixed[:, dims : 2 * dims], mixed[:, 2 * dims :]
         y = self.filter_fn(v * x1) * x2
-        if "filter_fn2" in self:
-            y = y + self.filter_fn2(hidden.transpose(0, 2, 1))
+        if residual is not None:
+            y = y + self.filter_fn2(residual.transpose(0, 2, 1))
         return self.out_linear(y.transpose(0, 2, 1))
 
 
@@ -222,11 +244,12 @@ class GatedLinearUnitMLP(nn.Module):
         self.layernorm = LayerNorm(dims, eps=config.layer_norm_eps, precision=precision)
 
     def __call__(self, hidden: ops.Activation) -> ops.Activation:
+        hidden, residual = ops.fork(hidden, 2)
         gate_and_value = self.gated_layers(hidden)
         gated = gate_and_value[..., : self.intermediate_size]
         value = gate_and_value[..., self.intermediate_size :]
         out = self.wo(self.dropout(ops.gelu(gated) * value))
-        return self.layernorm(out + hidden)
+        return self.layernorm(out + residual)
 
 
 class BertLayer(nn.Module):
@@ -254,12 +277,24 @@ class BertEmbeddings(nn.Module):
         )
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def __call__(self, token_ids: mx.array, token_type_ids: mx.array) -> ops.Activation:
-        summed = ops.add(
-            self.word_embeddings(token_ids),
-            self._token_types(token_type_ids),
-            self.precision,
-        )
+    def __call__(
+        self,
+        token_ids: mx.array,
+        token_type_ids: mx.array,
+        word_table: Optional[ops.Activation] = None,
+    ) -> ops.Activation:
+        """``word_table``: the word-embedding matrix as a pair forked by a head that ties
+        it (``"exact"``); by default this module's own."""
+        if self.precision == "exact":
+            # Pair lookups: each table's gradient sums the rows of an id in double.
+            if word_table is None:
+                word_table = self.word_embeddings.weight
+            summed = pair.add(
+                pair.take_rows(word_table, token_ids),
+                pair.take_rows(self.token_type_embeddings.weight, token_type_ids),
+            )
+        else:
+            summed = self.word_embeddings(token_ids) + self._token_types(token_type_ids)
         if "position_embeddings" in self:
             positions = mx.arange(token_ids.shape[1], dtype=mx.int32)
             summed = summed + self.position_embeddings(positions)[None]
@@ -331,7 +366,9 @@ class M2BertPreTrainedModel(nn.Module):
     def train(self, mode: bool = True) -> "M2BertPreTrainedModel":
         if mode and self.precision == "exact":
             raise ValueError(
-                "precision 'exact' is for inference: train in 'float32', 'extended' or 'dd'"
+                "precision 'exact' has no dropout on pairs, so no train mode: take its "
+                "gradients in eval mode (mx.grad works), or train in 'float32', 'extended' "
+                "or 'dd'"
             )
         return super().train(mode)
 
@@ -339,7 +376,10 @@ class M2BertPreTrainedModel(nn.Module):
         """Switch every layer of the model to ``precision``; returns the model."""
         ops.check_precision(precision)
         if precision == "exact" and self.training:
-            raise ValueError("precision 'exact' is for inference: call model.eval() first")
+            raise ValueError(
+                "precision 'exact' has no dropout on pairs, so no train mode: call "
+                "model.eval() first"
+            )
         for _, module in self.named_modules():
             if "precision" in module.__dict__:
                 module.precision = precision
@@ -404,13 +444,15 @@ class M2BertModel(M2BertPreTrainedModel):
         token_ids: TokenIds,
         token_type_ids: Optional[TokenIds] = None,
         attention_mask: Optional[TokenIds] = None,
+        word_table: Optional[ops.Activation] = None,
     ) -> Tuple[ops.Activation, Optional[ops.Activation]]:
         """``__call__`` without the final rounding: pairs in ``"exact"`` (for a head to
-        round once, after itself), float32 arrays otherwise."""
+        round once, after itself), float32 arrays otherwise. ``word_table``: see
+        ``BertEmbeddings``."""
         ids = self._token_array(token_ids, "token_ids")
         types = self._optional_array(token_type_ids, "token_type_ids", ids, 0)
         mask = self._optional_array(attention_mask, "attention_mask", ids, 1)
-        hidden = self.encoder(self.embeddings(ids, types))
+        hidden = self.encoder(self.embeddings(ids, types, word_table))
         pooled = self.pooler(hidden, mask) if "pooler" in self else None
         return hidden, pooled
 

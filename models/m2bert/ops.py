@@ -19,12 +19,14 @@ and lo float32 arrays) from the embedding sum to the encoder output and the pool
 elementwise operations included, and rounds once at the very end: its outputs are the
 float32 roundings of the whole computation carried in double. The functions below take
 and return pairs in that mode (``isinstance(x, Pair)``) and float32 arrays otherwise.
+Its gradients are pairs too (``mlx_precise.pair``): every activation or parameter that
+feeds two ops is split with ``fork`` first, so that its two cotangents add in double.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import mlx.core as mx
 import mlx_precise
@@ -59,13 +61,14 @@ def tanh(x: Activation) -> Activation:
     return pair.tanh(x) if isinstance(x, Pair) else mx.tanh(x)
 
 
-def add(x: Activation, y: Activation, precision: str) -> Activation:
-    """``x + y``, carried as a pair in ``"exact"`` (float32 inputs enter exactly)."""
-    return pair.add(x, y) if precision == "exact" else x + y
-
-
 def multiply(x: Activation, y: Activation, precision: str) -> Activation:
     return pair.multiply(x, y) if precision == "exact" else x * y
+
+
+def fork(x: Activation, n: int) -> Tuple[Activation, ...]:
+    """``n`` uses of ``x``: in ``"exact"`` (a pair) copies whose gradients add in double
+    (``mlx_precise.pair.fork``); otherwise ``x`` itself ``n`` times."""
+    return tuple(pair.fork(x, n)) if isinstance(x, Pair) else (x,) * n
 
 
 def to_float32(x: Activation) -> mx.array:

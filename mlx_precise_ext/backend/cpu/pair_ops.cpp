@@ -1,9 +1,12 @@
-// eval_cpu for PairElementwise, PairAddmm and PairLayerNorm: each pair is
-// read as the double hi + lo, the op runs in double, and the result is
-// written back as a pair (dd_from_double), never rounded to float32.
-// (PairRFFTConv runs the FFT engine: backend/cpu/rfft_conv.cpp.)
+// eval_cpu for PairElementwise, PairAddmm and PairLayerNorm, and for the
+// gradients' PairSum, PairRows, PairLayerNormVJP and PairCrossEntropy: each
+// pair is read as the double hi + lo, the op runs in double, and the result
+// is written back as a pair (dd_from_double), never rounded to float32.
+// (PairRFFTConv and PairRFFTCorrelate run the FFT engine:
+// backend/cpu/rfft_conv.cpp.)
 #include <atomic>
 #include <cmath>
+#include <limits>
 #include <thread>
 #include <vector>
 
@@ -12,6 +15,7 @@
 #include "backend/cpu/cpu_runtime.h"
 #include "kernels/pair_math.h"
 #include "pair_primitives.h"
+#include "pair_vjp_primitives.h"
 
 namespace mlx_precise {
 
@@ -85,13 +89,13 @@ double* scratch(std::vector<double>& buffer, int64_t size) {
   return buffer.data();
 }
 
-// a @ b + c per batch: a as hi + lo and b widened to row-major doubles, one
-// float64 GEMM (exact products), c added in double, the result as pairs.
+// a @ b + c per batch: a and b as hi + lo widened to row-major doubles, one
+// float64 GEMM, c added in double, the result as pairs.
 void addmm(
     const std::vector<mx::array>& in,
     std::vector<mx::array>& out,
     bool has_c) {
-  const mx::array &a_hi = in[0], &a_lo = in[1], &b = in[2];
+  const mx::array &a_hi = in[0], &a_lo = in[1], &b = in[2], &b_lo = in[3];
   const mx::Shape& full = out[0].shape();
   const int rank = static_cast<int>(full.size());
   const mx::Shape batch(full.begin(), full.end() - 2);
@@ -103,15 +107,18 @@ void addmm(
   const auto hi_strides = cpu::aligned_strides(a_hi, full);
   const auto lo_strides = cpu::aligned_strides(a_lo, full);
   const auto b_strides = cpu::aligned_strides(b, full);
+  const auto b_lo_strides = cpu::aligned_strides(b_lo, full);
   std::vector<int64_t> c_strides;
   if (has_c)
-    c_strides = cpu::aligned_strides(in[3], full);
+    c_strides = cpu::aligned_strides(in[4], full);
   const int64_t hi_rs = a_hi.strides()[a_hi.ndim() - 2],
                 hi_cs = a_hi.strides()[a_hi.ndim() - 1];
   const int64_t lo_rs = a_lo.strides()[a_lo.ndim() - 2],
                 lo_cs = a_lo.strides()[a_lo.ndim() - 1];
   const int64_t b_rs = b.strides()[b.ndim() - 2],
                 b_cs = b.strides()[b.ndim() - 1];
+  const int64_t b_lo_rs = b_lo.strides()[b_lo.ndim() - 2],
+                b_lo_cs = b_lo.strides()[b_lo.ndim() - 1];
   thread_local std::vector<double> a_buffer, b_buffer, d_buffer;
   double* a_wide = scratch(a_buffer, M * K);
   double* b_wide = scratch(b_buffer, K * N);
@@ -123,6 +130,8 @@ void addmm(
     const float* lo =
         a_lo.data<float>() + cpu::batch_offset(bi, batch, lo_strides);
     const float* bb = b.data<float>() + cpu::batch_offset(bi, batch, b_strides);
+    const float* bb_lo =
+        b_lo.data<float>() + cpu::batch_offset(bi, batch, b_lo_strides);
     cpu::parallel_for(M, cpu::num_threads(), [&](int64_t i) {
       for (int64_t k = 0; k < K; ++k)
         a_wide[i * K + k] =
@@ -130,7 +139,8 @@ void addmm(
     });
     for (int64_t k = 0; k < K; ++k)
       for (int64_t j = 0; j < N; ++j)
-        b_wide[k * N + j] = bb[k * b_rs + j * b_cs];
+        b_wide[k * N + j] =
+            widen(bb[k * b_rs + j * b_cs], bb_lo[k * b_lo_rs + j * b_lo_cs]);
     if (K > 0) {
       cpu::gemm_f64(false, M, N, K, a_wide, b_wide, d, cpu::num_threads());
     } else {
@@ -139,7 +149,7 @@ void addmm(
     float* o_hi = out[0].data<float>() + bi * M * N;
     float* o_lo = out[1].data<float>() + bi * M * N;
     const float* c = has_c
-        ? in[3].data<float>() + cpu::batch_offset(bi, batch, c_strides)
+        ? in[4].data<float>() + cpu::batch_offset(bi, batch, c_strides)
         : nullptr;
     cpu::parallel_for(M, cpu::num_threads(), [&](int64_t i) {
       for (int64_t j = 0; j < N; ++j) {
@@ -219,6 +229,199 @@ void layer_norm(
   });
 }
 
+// Element i (row-major over x's shape) of the pair x as a double.
+class PairReader {
+ public:
+  explicit PairReader(const std::vector<mx::array>& in, size_t first = 0)
+      : hi_(in[first]), lo_(in[first + 1]) {}
+  double operator()(int64_t i) const {
+    return widen(
+        hi_.data<float>()[mx::elem_to_loc(i, hi_.shape(), hi_.strides())],
+        lo_.data<float>()[mx::elem_to_loc(i, lo_.shape(), lo_.strides())]);
+  }
+
+ private:
+  const mx::array& hi_;
+  const mx::array& lo_;
+};
+
+int64_t id_at(const mx::array& ids, int64_t i) {
+  return ids.data<int32_t>()[mx::elem_to_loc(i, ids.shape(), ids.strides())];
+}
+
+// in (hi, lo) summed to out's shape (aligned right; dims of 1 and missing
+// leading dims summed), one compensated double sum per output.
+void sum_to(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
+  const mx::Shape& from = in[0].shape();
+  const int rank = static_cast<int>(from.size());
+  const int offset = rank - static_cast<int>(out[0].ndim());
+  // Output index of each input dim (0 where summed), row-major over out.
+  std::vector<int64_t> target_stride(rank, 0);
+  int64_t step = 1;
+  for (int d = static_cast<int>(out[0].ndim()) - 1; d >= 0; --d) {
+    if (out[0].shape(d) != 1)
+      target_stride[offset + d] = step;
+    step *= out[0].shape(d);
+  }
+  std::vector<CompensatedSum> sums(out[0].size());
+  const PairReader x(in);
+  const int64_t size = in[0].size();
+  for (int64_t i = 0; i < size; ++i) {
+    int64_t rest = i, target = 0;
+    for (int d = rank - 1; d >= 0; --d) {
+      target += (rest % from[d]) * target_stride[d];
+      rest /= from[d];
+    }
+    sums[target].add(x(i));
+  }
+  for (size_t t = 0; t < sums.size(); ++t)
+    store(sums[t].value(), out[0].data<float>(), out[1].data<float>(), t);
+}
+
+// Gather: out[i, :] = table[ids[i], :]; ScatterAdd: out[v, :] = sum over the
+// i with ids[i] = v of g[i, :].
+void rows(
+    PairRows::Variant variant,
+    const std::vector<mx::array>& in,
+    std::vector<mx::array>& out) {
+  const mx::array& ids = in[2];
+  const int64_t count = ids.size();
+  const int64_t dim = out[0].shape(-1);
+  float* hi = out[0].data<float>();
+  float* lo = out[1].data<float>();
+  const PairReader x(in);
+  if (variant == PairRows::Variant::Gather) {
+    const int64_t table_rows = in[0].shape(0);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t id = id_at(ids, i);
+      for (int64_t j = 0; j < dim; ++j)
+        store(
+            id >= 0 && id < table_rows
+                ? x(id * dim + j)
+                : std::numeric_limits<double>::quiet_NaN(),
+            hi,
+            lo,
+            i * dim + j);
+    }
+    return;
+  }
+  const int64_t table_rows = out[0].shape(0);
+  std::vector<CompensatedSum> sums(out[0].size());
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t id = id_at(ids, i);
+    if (id < 0 || id >= table_rows)
+      continue;
+    for (int64_t j = 0; j < dim; ++j)
+      sums[id * dim + j].add(x(i * dim + j));
+  }
+  for (size_t t = 0; t < sums.size(); ++t)
+    store(sums[t].value(), hi, lo, t);
+}
+
+// torch's layer_norm backward per row, in double: xhat = (x - mean) rstd,
+// gw = g w, dx = rstd (gw - mean(gw) - xhat mean(gw xhat)); also g xhat.
+void layer_norm_vjp(
+    const std::vector<mx::array>& in,
+    std::vector<mx::array>& out,
+    double eps,
+    bool has_weight) {
+  if (out[0].size() == 0)
+    return;
+  const int64_t dim = in[0].shape(-1);
+  const int64_t rows = in[0].size() / dim;
+  std::vector<float> w_copy;
+  const float* w = has_weight ? cpu::row_major(in[2], w_copy) : nullptr;
+  const PairReader x_at(in), g_at(in, has_weight ? 3 : 2);
+  cpu::parallel_for(rows, cpu::num_threads(), [&](int64_t r) {
+    thread_local std::vector<double> x, gw;
+    x.resize(dim);
+    gw.resize(dim);
+    const int64_t base = r * dim;
+    CompensatedSum sum, squares, gw_sum, gw_xhat_sum;
+    for (int64_t i = 0; i < dim; ++i) {
+      x[i] = x_at(base + i);
+      sum.add(x[i]);
+    }
+    const double mean = sum.value() / static_cast<double>(dim);
+    for (int64_t i = 0; i < dim; ++i) {
+      x[i] -= mean;
+      squares.add(x[i] * x[i]);
+    }
+    const double rstd =
+        1.0 / std::sqrt(squares.value() / static_cast<double>(dim) + eps);
+    for (int64_t i = 0; i < dim; ++i) {
+      const double g = g_at(base + i);
+      x[i] *= rstd; // xhat
+      gw[i] = w ? g * w[i] : g;
+      gw_sum.add(gw[i]);
+      gw_xhat_sum.add(gw[i] * x[i]);
+      store(g * x[i], out[2].data<float>(), out[3].data<float>(), base + i);
+    }
+    const double gw_mean = gw_sum.value() / static_cast<double>(dim);
+    const double gw_xhat_mean = gw_xhat_sum.value() / static_cast<double>(dim);
+    for (int64_t i = 0; i < dim; ++i)
+      store(
+          rstd * (gw[i] - gw_mean - x[i] * gw_xhat_mean),
+          out[0].data<float>(),
+          out[1].data<float>(),
+          base + i);
+  });
+}
+
+// The weighted mean cross-entropy (forward: the scalar; gradient: per logit,
+// times the scalar cotangent in[4..5]). A target outside [0, V) gives NaN.
+void cross_entropy(
+    bool gradient,
+    const std::vector<mx::array>& in,
+    std::vector<mx::array>& out) {
+  const int64_t rows = in[0].shape(0), classes = in[0].shape(1);
+  const PairReader logit(in);
+  const mx::array &targets = in[2], &weights = in[3];
+  auto weight_at = [&](int64_t i) {
+    return static_cast<double>(weights.data<float>()[mx::elem_to_loc(
+        i, weights.shape(), weights.strides())]);
+  };
+  CompensatedSum weight_sum, loss_sum;
+  for (int64_t i = 0; i < rows; ++i)
+    weight_sum.add(weight_at(i));
+  const double total_weight = weight_sum.value();
+  const double cot = gradient ? PairReader(in, 4)(0) : 0.0;
+  std::vector<double> l(classes);
+  for (int64_t i = 0; i < rows; ++i) {
+    double top = -std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < classes; ++j) {
+      l[j] = logit(i * classes + j);
+      top = std::max(top, l[j]);
+    }
+    CompensatedSum exp_sum;
+    for (int64_t j = 0; j < classes; ++j)
+      exp_sum.add(std::exp(l[j] - top));
+    const double log_sum_exp = top + std::log(exp_sum.value());
+    const int64_t t = id_at(targets, i);
+    const bool valid = t >= 0 && t < classes;
+    const double nan = std::numeric_limits<double>::quiet_NaN();
+    if (!gradient) {
+      if (weight_at(i) != 0.0)
+        loss_sum.add(weight_at(i) * (valid ? log_sum_exp - l[t] : nan));
+      continue;
+    }
+    const double scale = cot * weight_at(i) / total_weight;
+    for (int64_t j = 0; j < classes; ++j)
+      store(
+          valid ? scale * (std::exp(l[j] - log_sum_exp) - (j == t ? 1.0 : 0.0))
+                : nan,
+          out[0].data<float>(),
+          out[1].data<float>(),
+          i * classes + j);
+  }
+  if (!gradient)
+    store(
+        loss_sum.value() / total_weight,
+        out[0].data<float>(),
+        out[1].data<float>(),
+        0);
+}
+
 } // namespace
 
 void PairElementwise::eval_cpu(
@@ -257,6 +460,51 @@ void PairLayerNorm::eval_cpu(
       [eps = eps_, has_weight = has_weight_, has_bias = has_bias_](
           const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
         layer_norm(in, outs, eps, has_weight, has_bias);
+      });
+}
+
+void PairSum::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  cpu::dispatch_outputs(stream(), inputs, outputs, sum_to);
+}
+
+void PairRows::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  cpu::dispatch_outputs(
+      stream(),
+      inputs,
+      outputs,
+      [variant = variant_](
+          const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
+        rows(variant, in, outs);
+      });
+}
+
+void PairLayerNormVJP::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  cpu::dispatch_outputs(
+      stream(),
+      inputs,
+      outputs,
+      [eps = eps_, has_weight = has_weight_](
+          const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
+        layer_norm_vjp(in, outs, eps, has_weight);
+      });
+}
+
+void PairCrossEntropy::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  cpu::dispatch_outputs(
+      stream(),
+      inputs,
+      outputs,
+      [gradient = gradient_](
+          const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
+        cross_entropy(gradient, in, outs);
       });
 }
 

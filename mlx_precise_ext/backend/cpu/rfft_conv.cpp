@@ -11,6 +11,7 @@
 #include "backend/cpu/conv_job.h"
 #include "backend/cpu/cpu_runtime.h"
 #include "pair_primitives.h"
+#include "pair_vjp_primitives.h"
 #include "primitives.h"
 
 namespace mlx_precise {
@@ -231,6 +232,47 @@ void convolve(
   run_reduce(precision, g, task);
 }
 
+// Rows of pairs through the shared-kernel task, in double, written as
+// pairs: in[0..1] is the row transformed per output (u, or g for the
+// gradients), in[2..3] the other operand (k, or u for the kernel's gradient),
+// whose spectrum is computed once per row of its own, in[4] the bias.
+void pair_convolve(
+    ConvVariant variant,
+    int64_t period,
+    bool has_bias,
+    const std::vector<mx::array>& in,
+    std::vector<mx::array>& outs) {
+  const mx::array &a_hi = in[0], &a_lo = in[1], &b_hi = in[2], &b_lo = in[3];
+  const mx::Shape full = batch_shape(outs[0].shape());
+  const int64_t rows = shape_product(full);
+  const int64_t out_len = outs[0].shape().back();
+  const ConvGeometry g = conv_geometry(
+      variant, period, a_hi.shape().back(), b_hi.shape().back(), out_len);
+  cpu::SharedKernelTask task;
+  const mx::Shape b_batch = batch_shape(b_hi.shape());
+  RowMap b_hi_self = row_map(b_batch, b_hi), b_lo_self = row_map(b_batch, b_lo);
+  task.b_rows.resize(shape_product(b_batch));
+  for (int64_t j = 0; j < static_cast<int64_t>(task.b_rows.size()); ++j)
+    task.b_rows[j] = pair_row(b_hi, b_hi_self, b_lo, b_lo_self, j);
+  RowMap b_rows = row_map(full, b_hi);
+  RowMap a_hi_map = row_map(full, a_hi), a_lo_map = row_map(full, a_lo);
+  std::optional<RowMap> bias_map;
+  if (has_bias)
+    bias_map.emplace(row_map(full, in[4]));
+  task.rows.resize(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    auto& row = task.rows[r];
+    row.a = pair_row(a_hi, a_hi_map, a_lo, a_lo_map, r);
+    row.b_index = b_rows.row(r);
+    row.has_bias = has_bias;
+    if (has_bias)
+      row.bias = real_row(in[4], *bias_map, r);
+    row.out = outs[0].data<float>() + r * out_len;
+    row.out_lo = outs[1].data<float>() + r * out_len;
+  }
+  run_shared(Precision::Extended, g, task);
+}
+
 } // namespace
 
 void RFFTConv::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
@@ -248,8 +290,7 @@ void RFFTConv::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
       });
 }
 
-// Inputs u_hi, u_lo, k_hi, k_lo [, bias]: the Convolve form of convolve()
-// with rows of pairs, in double, written as pairs.
+// Inputs u_hi, u_lo, k_hi, k_lo [, bias].
 void PairRFFTConv::eval_cpu(
     const std::vector<mx::array>& inputs,
     std::vector<mx::array>& outputs) {
@@ -259,38 +300,20 @@ void PairRFFTConv::eval_cpu(
       outputs,
       [period = period_, has_bias = has_bias_](
           const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
-        const mx::array &u_hi = in[0], &u_lo = in[1], &k_hi = in[2],
-                        &k_lo = in[3];
-        const int64_t L = u_hi.shape().back();
-        const mx::Shape full = batch_shape(outs[0].shape());
-        const int64_t rows = shape_product(full);
-        const ConvGeometry g = conv_geometry(
-            ConvVariant::Convolve, period, L, k_hi.shape().back(), L);
-        cpu::SharedKernelTask task;
-        // Kernel rows in k's own numbering; each spectrum is computed once.
-        const mx::Shape k_batch = batch_shape(k_hi.shape());
-        RowMap k_hi_self = row_map(k_batch, k_hi),
-               k_lo_self = row_map(k_batch, k_lo);
-        task.b_rows.resize(shape_product(k_batch));
-        for (int64_t j = 0; j < static_cast<int64_t>(task.b_rows.size()); ++j)
-          task.b_rows[j] = pair_row(k_hi, k_hi_self, k_lo, k_lo_self, j);
-        RowMap k_rows = row_map(full, k_hi);
-        RowMap u_hi_map = row_map(full, u_hi), u_lo_map = row_map(full, u_lo);
-        std::optional<RowMap> bias_map;
-        if (has_bias)
-          bias_map.emplace(row_map(full, in[4]));
-        task.rows.resize(rows);
-        for (int64_t r = 0; r < rows; ++r) {
-          auto& row = task.rows[r];
-          row.a = pair_row(u_hi, u_hi_map, u_lo, u_lo_map, r);
-          row.b_index = k_rows.row(r);
-          row.has_bias = has_bias;
-          if (has_bias)
-            row.bias = real_row(in[4], *bias_map, r);
-          row.out = outs[0].data<float>() + r * L;
-          row.out_lo = outs[1].data<float>() + r * L;
-        }
-        run_shared(Precision::Extended, g, task);
+        pair_convolve(ConvVariant::Convolve, period, has_bias, in, outs);
+      });
+}
+
+void PairRFFTCorrelate::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  cpu::dispatch_outputs(
+      stream(),
+      inputs,
+      outputs,
+      [variant = variant_, period = period_, has_bias = has_bias_](
+          const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
+        pair_convolve(variant, period, has_bias, in, outs);
       });
 }
 

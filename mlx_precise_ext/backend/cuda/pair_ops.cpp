@@ -164,7 +164,7 @@ void PairLayerNorm::eval_gpu(
       eps_);
 }
 
-// a (a pair) and b widened to doubles, their float64 product, then + c and
+// a and b (pairs) widened to doubles, their float64 product, then + c and
 // the split into pairs. Each node registers the inputs and every buffer
 // written so far, so the nodes run in order.
 void PairAddmm::eval_gpu(
@@ -174,12 +174,14 @@ void PairAddmm::eval_gpu(
   auto& encoder = prepare_bound(stream(), inputs, outputs, device);
   if (outputs[0].size() == 0)
     return;
-  // Layouts over (a, b[, c]): with a's hi part, and with its lo part.
+  // Layouts over (a, b[, c]): with the hi parts of a and b, and with their
+  // lo parts (inputs a_hi, a_lo, b_hi, b_lo [, c]).
   std::vector<mx::array> hi_operands{inputs[0], inputs[2]};
   if (has_c_)
-    hi_operands.push_back(inputs[3]);
+    hi_operands.push_back(inputs[4]);
   std::vector<mx::array> lo_operands = hi_operands;
   lo_operands[0] = inputs[1];
+  lo_operands[1] = inputs[3];
   const AddmmLayout l =
       gpu::addmm_layout(hi_operands, outputs[0], 1.0f, 1.0f, has_c_);
   const AddmmLayout l_lo =
@@ -228,8 +230,8 @@ void PairAddmm::eval_gpu(
         dim3(256),
         mx::gpu_ptr<float>(inputs[2]),
         l,
-        static_cast<const float*>(nullptr),
-        l,
+        mx::gpu_ptr<float>(inputs[3]),
+        l_lo,
         1,
         b_data);
     register_all();
@@ -256,7 +258,7 @@ void PairAddmm::eval_gpu(
       stride_grid(static_cast<int64_t>(outputs[0].size())),
       dim3(256),
       product,
-      has_c_ ? static_cast<const float*>(mx::gpu_ptr<float>(inputs[3]))
+      has_c_ ? static_cast<const float*>(mx::gpu_ptr<float>(inputs[4]))
              : static_cast<const float*>(nullptr),
       l,
       mx::gpu_ptr<float>(outputs[0]),

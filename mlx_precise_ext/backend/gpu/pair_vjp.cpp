@@ -1,0 +1,50 @@
+// eval_gpu of the gradients' pair primitives (pair_vjp_primitives.h) that
+// have no GPU kernel yet: a clear error, never a silent move to the CPU.
+// (PairBroadcast is a view and runs everywhere: pair_vjp.cpp.) Compiled in
+// every build, GPU or not.
+#include <stdexcept>
+#include <string>
+
+#include "pair_vjp_primitives.h"
+
+namespace mlx_precise {
+
+namespace {
+[[noreturn]] void no_gpu_kernel(const char* op) {
+  throw std::runtime_error(
+      std::string(op) +
+      ": gradients through pairs (mlx_precise.pair, M2-BERT "
+      "precision=\"exact\") run on the CPU only in this version; pass "
+      "stream=mx.cpu (or mx.set_default_device(mx.cpu))");
+}
+} // namespace
+
+void PairSum::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  no_gpu_kernel("pair sum");
+}
+
+void PairRows::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
+  no_gpu_kernel("pair take_rows");
+}
+
+void PairLayerNormVJP::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
+  no_gpu_kernel("pair layer_norm gradient");
+}
+
+void PairRFFTCorrelate::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
+  no_gpu_kernel("pair rfft_conv gradient");
+}
+
+void PairCrossEntropy::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
+  no_gpu_kernel("pair cross_entropy");
+}
+
+} // namespace mlx_precise
