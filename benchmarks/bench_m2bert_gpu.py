@@ -1,8 +1,12 @@
 """M2-BERT 80M forward on a GPU: MLX float32 / extended / dd / exact vs the PyTorch
 reference float32 on CUDA (random init shared by both).
 
-    PYTHONPATH=.:models:tests python benchmarks/bench_m2bert_gpu.py --lengths 2048 8192 --batches 1 8 \
+    PYTHONPATH=.:models:tests python benchmarks/bench_m2bert_gpu.py \
+        [--lengths 2048 8192] [--batches 1 8] [--precisions float32 extended exact] \
         [--compile] [--fallback]
+
+Issue #11's table: the defaults (L = 2048 and 8192, batch 1 and 8) with
+--precisions float32 extended exact.
 
 Each MLX precision runs after one warm-up forward (which also compiles the kernels);
 mx.eval waits for the device, torch is synchronised explicitly. Median of --repeats.
@@ -43,7 +47,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
-    parser.add_argument("--batches", type=int, nargs="+", default=[1])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--fallback", action="store_true")

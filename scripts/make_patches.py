@@ -117,8 +117,33 @@ def drop_definitions(text: str, starts: list) -> str:
     return "\n".join(out) + "\n"
 
 
+# The extension's own extras (the pair ops) in files the series maps whole:
+# dropped from the mapped text, and their includes not followed.
+PAIR_EXTRAS = {
+    "backend/cpu/rfft_conv.cpp": (
+        '#include "pair_primitives.h"',
+        '#include "pair_vjp_primitives.h"',
+        "RealRow pair_row(",
+        "void pair_convolve(",
+        "void PairRFFTConv::eval_cpu(",
+        "void PairRFFTCorrelate::eval_cpu(",
+    ),
+    "backend/cuda/rfft_conv.cpp": (
+        '#include "pair_primitives.h"',
+        "void launch_pair_conv(",
+        "void PairRFFTConv::eval_gpu(",
+    ),
+}
+
+
+def ext_source(path: str) -> str:
+    """An extension file's text without its PAIR_EXTRAS."""
+    text = (EXT / path).read_text()
+    return drop_definitions(text, list(PAIR_EXTRAS[path])) if path in PAIR_EXTRAS else text
+
+
 def ext_file(path: str, drop: tuple = ()) -> str:
-    return to_mlx(drop_definitions((EXT / path).read_text(), list(drop)))
+    return to_mlx(drop_definitions(ext_source(path), list(drop)))
 
 
 def ext_body(path: str, namespace: str) -> str:
@@ -133,7 +158,7 @@ def ext_body(path: str, namespace: str) -> str:
 def ext_includes(path: str) -> list:
     """The extension files `path` includes with quotes (siblings resolved)."""
     found = []
-    for inc in re.findall(r'#include "([^"]+)"', (EXT / path).read_text()):
+    for inc in re.findall(r'#include "([^"]+)"', ext_source(path)):
         sibling = str(Path(path).parent / inc) if "/" in path else inc
         for candidate in (inc, sibling):
             if (EXT / candidate).is_file():
@@ -238,17 +263,7 @@ def series() -> list:
                     carried=CONV_SPECIAL,
                 )
             },
-            "mlx/backend/cpu/rfft_conv.cpp": ext_file(
-                "backend/cpu/rfft_conv.cpp",
-                drop=(
-                    '#include "pair_primitives.h"',
-                    '#include "pair_vjp_primitives.h"',
-                    "RealRow pair_row(",
-                    "void pair_convolve(",
-                    "void PairRFFTConv::eval_cpu(",
-                    "void PairRFFTCorrelate::eval_cpu(",
-                ),
-            ),
+            "mlx/backend/cpu/rfft_conv.cpp": ext_file("backend/cpu/rfft_conv.cpp"),
             # The one CPU difference: MLX's CPU backend starts no threads.
             "mlx/backend/cpu/parallel.h": glue("0001/mlx/backend/cpu/parallel.h"),
         },

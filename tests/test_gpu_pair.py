@@ -1,10 +1,13 @@
-"""Pair ops (mlx_precise.pair) on the GPU: the elementwise functions, addmm / linear and
-layer_norm, which have CUDA kernels (the pair rfft_conv does not yet: it raises).
+"""Pair ops (mlx_precise.pair) on the GPU: the elementwise functions, addmm / linear,
+layer_norm and rfft_conv, which have CUDA kernels.
 
 Skipped, visibly, where MLX has no CUDA GPU (CI, Metal: the Metal pair kernels are not
 written). Each GPU result's carried value hi + lo must agree with the CPU's (both
 compute in double, with different math libraries) within 2^-46 relatively, and every
-pair must be normalised. Fresh random inputs each run (the seed is printed).
+pair must be normalised; rfft_conv, the CPU engine's double operations in its order,
+must give the CPU's bits. M2-BERT's precision="exact" on the GPU must round once like
+torch float64 and match the CPU's exact output. Fresh random inputs each run (the seed
+is printed).
 """
 
 import os
@@ -111,7 +114,63 @@ def test_linear_and_addmm_match_cpu():
                scale, what="addmm without c")
 
 
-def test_rfft_conv_raises_on_cuda():
-    x = pair.Pair(mx.ones((2, 4), dtype=mx.float32))
-    with pytest.raises(RuntimeError, match="no CUDA kernel yet"):
-        on(mx.gpu, pair.rfft_conv, x, x)
+def bits(a):
+    return np.asarray(a).view(np.uint32)
+
+
+# (batch, channels, L, kernel length, n): M2-BERT's bidirectional long convolution
+# (n = 2L, kernel 2L), a non-power-of-two period, and rows too long for shared memory
+# in double (the workspace kernels).
+CONV_SHAPES = [(2, 3, 256, 512, 512), (2, 3, 1000, 2000, 2000), (1, 2, 16384, 32768, 32768)]
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: f"L{s[2]}_n{s[4]}")
+def test_rfft_conv_bits_equal_cpu(shape):
+    B, H, L, Lk, n = shape
+    rng = np.random.default_rng([SEED, 5, L])
+    u = random_pair(rng, (H, B, L)).transpose(1, 0, 2)  # a strided view
+    # lo at other strides than hi: each part is read through its own layout.
+    u = pair.Pair(u.hi, mx.contiguous(u.lo))
+    k = random_pair(rng, (H, Lk), scale=1.0 / np.sqrt(Lk))
+    d = mx.array(rng.standard_normal((H, 1)).astype(np.float32))
+    gpu = on(mx.gpu, pair.rfft_conv, u, k, n=n, bias=d)
+    cpu = on(mx.cpu, pair.rfft_conv, u, k, n=n, bias=d)
+    assert np.all(np.isfinite(np.asarray(gpu.hi))) and np.all(np.isfinite(np.asarray(gpu.lo)))
+    np.testing.assert_array_equal(bits(gpu.hi), bits(cpu.hi))
+    np.testing.assert_array_equal(bits(gpu.lo), bits(cpu.lo))
+
+
+def test_rfft_conv_short_float32_kernel_bits_equal_cpu():
+    """M2's short convolution: a float32 kernel (the pair (k, 0), lo broadcast), causal."""
+    rng = np.random.default_rng([SEED, 6])
+    u = random_pair(rng, (2, 48, 300))
+    taps = mx.array(rng.standard_normal((48, 3)).astype(np.float32))
+    gpu = on(mx.gpu, pair.rfft_conv, u, taps)
+    cpu = on(mx.cpu, pair.rfft_conv, u, taps)
+    np.testing.assert_array_equal(bits(gpu.hi), bits(cpu.hi))
+    np.testing.assert_array_equal(bits(gpu.lo), bits(cpu.lo))
+
+
+@pytest.mark.parametrize("hidden, seq_len", [(64, 256), (768, 64)], ids=["h64-L256", "h768-L64"])
+def test_m2bert_exact_on_gpu_rounds_once(hidden, seq_len):
+    """precision="exact" on the GPU: float32(torch float64) for >= 99.99 % of the outputs
+    (relative L2 <= 3e-8), and the CPU's exact output wherever the two math libraries'
+    last bits do not move a rounding (>= 99.99 % bitwise)."""
+    pytest.importorskip("torch")
+    from test_m2bert import Case
+
+    case = Case(hidden, seq_len)
+    with mx.stream(mx.gpu):
+        gpu = case.mlx("exact")
+    with mx.stream(mx.cpu):
+        cpu = case.mlx("exact")
+    for name, mine, on_cpu, ref64 in zip(("hidden", "pooled"), gpu, cpu, case.torch64):
+        mine, reference = np.asarray(mine), ref64.numpy()
+        assert np.all(np.isfinite(mine)), name
+        equal = np.mean(mine == reference.astype(np.float32))
+        same_as_cpu = np.mean(bits(mine) == bits(on_cpu))
+        error = float(np.linalg.norm(mine - reference) / np.linalg.norm(reference))
+        print(f"{name}: GPU exact equals float32(float64 torch) for {equal:.4%}, relative "
+              f"L2 {error:.2e}; bitwise equal to the CPU's exact for {same_as_cpu:.4%}")
+        assert equal >= 0.9999 and error <= 3e-8, name
+        assert same_as_cpu >= 0.9999, name

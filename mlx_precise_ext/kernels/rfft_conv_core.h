@@ -252,4 +252,18 @@ finish_output(T conv, bool has_bias, float a, float bias, int snap_exp) {
   return r_round(conv);
 }
 
+// Output element of pair_rfft_conv: the convolution value plus the products
+// of both parts of the pair a with the bias (each exact in T), returned as a
+// pair, never rounded to float32 (the CPU's and the GPUs' pair rows).
+template <class T>
+MP_INLINE ff
+finish_pair_output(T conv, bool has_bias, float a_hi, float a_lo, float bias) {
+  const T tag{};
+  if (has_bias) {
+    conv = r_add(conv, r_prod(tag, a_hi, bias));
+    conv = r_add(conv, r_prod(tag, a_lo, bias));
+  }
+  return r_to_pair(conv);
+}
+
 } // namespace mlx_precise

@@ -102,6 +102,30 @@ MP_INLINE RowSummary load_real_row(
   return summary;
 }
 
+// load_real_row for a row of pairs (pair_rfft_conv, never reversed):
+// element i is hi[i] + lo[i] in T, as the CPU's load_pair_row reads it.
+template <class T, class Ptr>
+MP_INLINE void load_pair_row(
+    Ptr re,
+    Ptr im,
+    const MP_DEVICE float* hi,
+    MP_INT64 hi_stride,
+    const MP_DEVICE float* lo,
+    MP_INT64 lo_stride,
+    MP_INT64 len,
+    int h,
+    int tid,
+    int nthreads) {
+  const T tag{};
+  for (int m = tid; m < h; m += nthreads) {
+    const MP_INT64 i0 = 2 * static_cast<MP_INT64>(m), i1 = i0 + 1;
+    re[m] = i0 < len ? r_from_pair(tag, hi[i0 * hi_stride], lo[i0 * lo_stride])
+                     : T{};
+    im[m] = i1 < len ? r_from_pair(tag, hi[i1 * hi_stride], lo[i1 * lo_stride])
+                     : T{};
+  }
+}
+
 // Stage s of the decimation-in-frequency transform (fft_plan.h), or with
 // kInverse its exact inverse (conjugate twiddles) times its radix; the
 // inverse transform runs the stages in reverse order.

@@ -610,24 +610,21 @@ void bias_range(RealRow a, RealRow d, int64_t t, auto range) {
   range(PlainRow{a}, PlainRow{d}, t, t, 1);
 }
 
-// Output row of pair_rfft_conv: conv + a * bias (a a row of pairs or of
-// floats, each part's product with the bias exact in T), written as a pair:
-// not rounded to float32, so nothing to certify.
+// Output row of pair_rfft_conv (a a row of pairs): finish_pair_output of
+// each value, written as a pair: not rounded to float32, so nothing to
+// certify.
 template <class T>
 void write_pair_row(
     const ConvGeometry& g,
     const ComplexBuffer<T>& z,
     const SharedKernelTask::OutRow& row) {
-  const T tag{};
   for (int64_t t = 0; t < g.out_len; ++t) {
-    T v = gather(g, z, t);
-    if (row.has_bias) {
-      const float d = row.bias.data[t * row.bias.stride];
-      v = r_add(v, r_prod(tag, row.a.data[t * row.a.stride], d));
-      if (row.a.lo)
-        v = r_add(v, r_prod(tag, row.a.lo[t * row.a.lo_stride], d));
-    }
-    const ff pair = r_to_pair(v);
+    const ff pair = finish_pair_output(
+        gather(g, z, t),
+        row.has_bias,
+        row.a.data[t * row.a.stride],
+        row.a.lo[t * row.a.lo_stride],
+        row.has_bias ? row.bias.data[t * row.bias.stride] : 0.0f);
     row.out[t] = pair.hi;
     row.out_lo[t] = pair.lo;
   }

@@ -3,12 +3,14 @@
 // (kernels/pair_math.h, as on the CPU), the result written back as a pair
 // (dd_from_double), never rounded to float32. The pair addmm packs its
 // operands as doubles for cuBLASLt's float64 GEMM (backend/cuda/blas.h) and
-// finishes the product here.
+// finishes the product here; the pair rfft_conv runs the double transforms of
+// rfft_conv_kernels.cuh.
 namespace mlx_precise {
 // NVRTC has no <cstdint>; the shared headers name int64_t.
 using int64_t = long long;
 } // namespace mlx_precise
 #include "pair_math.h"
+#include "rfft_conv_kernels.cuh"
 #include "strict_params.h"
 
 namespace mlx_precise::gpu {
@@ -216,6 +218,124 @@ __global__ void pair_layer_norm_rows(
       const ff p = dd_from_double(v);
       out_hi[r * dim + i] = p.hi;
       out_lo[r * dim + i] = p.lo;
+    }
+  }
+}
+
+// ------------------------------------------------------------- rfft_conv ----
+// pair_rfft_conv (the Convolve form, one output row per row of u): the
+// transforms, spectral product and gather of conv_rows in double, which are
+// the CPU engine's operations in its order, on rows loaded as hi + lo; the
+// outputs are written as pairs (finish_pair_output), so nothing is rounded to
+// float32 and nothing is certified: the bits are the CPU's. lo_ix numbers the
+// rows as ix does, over the lo parts of operands A (u) and B (k).
+
+// Row (outer, inner) of the pair operand `op` (hi at ix, lo at lo_ix) into
+// (re, im) as doubles, zero-padded to the transform (load_pair_row).
+__device__ __forceinline__ void load_pair_operand(
+    double* re,
+    double* im,
+    const float* hi,
+    const float* lo,
+    const RowIndex& ix,
+    const RowIndex& lo_ix,
+    int op,
+    MP_INT64 outer,
+    MP_INT64 inner,
+    MP_INT64 len,
+    int h) {
+  load_pair_row<double>(
+      re,
+      im,
+      hi + row_offset(ix, op, outer, inner),
+      ix.time_stride[op],
+      lo + row_offset(lo_ix, op, outer, inner),
+      lo_ix.time_stride[op],
+      len,
+      h,
+      threadIdx.x,
+      blockDim.x);
+}
+
+// Spectra of the pair kernel rows (operand B, outer index = kernel row),
+// scaled by 1/(4N), in pair order.
+template <bool kShared>
+__global__ void pair_kernel_spectra(
+    const float* b_hi,
+    const float* b_lo,
+    const RowIndex ix,
+    const ConvShape g,
+    const FFTShape fs,
+    const cpx<double>* tw,
+    const cpx<double>* split_tw,
+    const IndexPair* pairs,
+    const RowIndex lo_ix,
+    cpx<double>* spectra,
+    double* workspace) {
+  const int h = fs.n_half;
+  double* re = row_storage<double, kShared>(workspace, 1, h);
+  double* im = re + h;
+  for (MP_INT64 kk = blockIdx.x; kk < ix.outer_count; kk += gridDim.x) {
+    load_pair_operand(
+        re, im, b_hi, b_lo, ix, lo_ix, kOperandB, kk, 0, g.b_len, h);
+    __syncthreads();
+    store_row_spectrum<double>(
+        re, im, fs, tw, split_tw, pairs, g.spectrum_scale, spectra, kk);
+    __syncthreads();
+  }
+}
+
+// Output rows as conv_rows runs them (work item = (kernel row, split)):
+// y = conv(a, k) + a * bias, a and y pairs; out_hi and out_lo share the
+// output's layout (operand OUT of ix).
+template <bool kShared>
+__global__ void pair_conv_rows(
+    const float* a_hi,
+    const float* a_lo,
+    const float* bias,
+    float* out_hi,
+    float* out_lo,
+    const RowIndex ix,
+    const ConvShape g,
+    const FFTShape fs,
+    const cpx<double>* tw,
+    const cpx<double>* split_tw,
+    const IndexPair* pairs,
+    const RowIndex lo_ix,
+    const cpx<double>* spectra,
+    double* workspace) {
+  const int h = fs.n_half;
+  double* re = row_storage<double, kShared>(workspace, 1, h);
+  double* im = re + h;
+  const MP_INT64 splits = g.rows_per_group_split;
+  const MP_INT64 hi_step = ix.time_stride[kOperandA],
+                 lo_step = lo_ix.time_stride[kOperandA],
+                 bias_step = ix.time_stride[kOperandBias];
+  for (MP_INT64 item = blockIdx.x; item < ix.outer_count * splits;
+       item += gridDim.x) {
+    const MP_INT64 kk = item / splits;
+    for (MP_INT64 j = item % splits; j < ix.inner_count; j += splits) {
+      load_pair_operand(
+          re, im, a_hi, a_lo, ix, lo_ix, kOperandA, kk, j, g.a_len, h);
+      __syncthreads();
+      convolve_loaded_row<double>(
+          re, im, fs, tw, split_tw, pairs, spectra + kk * 2 * fs.num_pairs);
+      const float* hi_row = a_hi + row_offset(ix, kOperandA, kk, j);
+      const float* lo_row = a_lo + row_offset(lo_ix, kOperandA, kk, j);
+      const float* bias_row =
+          bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
+      const MP_INT64 out_at = row_offset(ix, kOperandOut, kk, j);
+      for (MP_INT64 t = threadIdx.x; t < g.out_len; t += blockDim.x) {
+        const ff p = finish_pair_output(
+            gather_output<double>(re, im, g, t),
+            g.has_bias != 0,
+            hi_row[t * hi_step],
+            lo_row[t * lo_step],
+            g.has_bias ? bias_row[t * bias_step] : 0.0f);
+        out_hi[out_at + t] = p.hi;
+        out_lo[out_at + t] = p.lo;
+      }
+      __syncthreads();
     }
   }
 }

@@ -2,8 +2,8 @@
 // PairLayerNorm and PairAddmm run the kernels of pair_kernels.cuh (compiled by
 // jit.cpp) as nodes of the stream's graph through MLX's cu::CommandEncoder,
 // operands read through their strides; PairAddmm's product is cuBLASLt's
-// float64 GEMM (blas.h). PairRFFTConv has no CUDA kernel yet: a clear error,
-// never a silent move to the CPU.
+// float64 GEMM (blas.h). PairRFFTConv runs the rfft_conv engine
+// (backend/cuda/rfft_conv.cpp).
 #include <algorithm>
 #include <limits>
 #include <stdexcept>
@@ -30,7 +30,11 @@ std::vector<std::string> cuda::pair_kernel_names() {
       "mlx_precise::gpu::pair_elementwise",
       "mlx_precise::gpu::pair_layer_norm_rows",
       "mlx_precise::gpu::pair_pack_operand",
-      "mlx_precise::gpu::pair_addmm_finish"};
+      "mlx_precise::gpu::pair_addmm_finish",
+      "mlx_precise::gpu::pair_kernel_spectra<true>",
+      "mlx_precise::gpu::pair_kernel_spectra<false>",
+      "mlx_precise::gpu::pair_conv_rows<true>",
+      "mlx_precise::gpu::pair_conv_rows<false>"};
 }
 
 namespace {
@@ -82,13 +86,6 @@ mx::array scratch(mx::cu::CommandEncoder& encoder, int64_t doubles) {
   buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
   encoder.add_temporary(buffer);
   return buffer;
-}
-
-[[noreturn]] void not_on_cuda(const char* op) {
-  throw std::runtime_error(
-      std::string(op) +
-      ": no CUDA kernel yet (the pair ops' elementwise functions, addmm and "
-      "layer_norm have one); pass stream=mx.cpu");
 }
 
 } // namespace
@@ -263,12 +260,6 @@ void PairAddmm::eval_gpu(
       l,
       mx::gpu_ptr<float>(outputs[0]),
       mx::gpu_ptr<float>(outputs[1]));
-}
-
-void PairRFFTConv::eval_gpu(
-    const std::vector<mx::array>&,
-    std::vector<mx::array>&) {
-  not_on_cuda("pair rfft_conv");
 }
 
 } // namespace mlx_precise

@@ -6,6 +6,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include <mlx/allocator.h>
@@ -17,6 +18,7 @@
 #include "backend/cuda/jit.h"
 #include "backend/gpu/conv_layout.h"
 #include "kernels/rfft_conv_rows.h"
+#include "pair_primitives.h"
 #include "primitives.h"
 
 namespace mlx_precise {
@@ -166,24 +168,45 @@ struct RowLaunch {
   int resident;
 };
 
+// The launch of a row kernel compiled for shared and for workspace rows.
 template <class T>
-RowLaunch
-row_launch(int device, const char* name, int64_t n_half, int buffers) {
+RowLaunch row_launch(
+    int device,
+    CUfunction in_shared,
+    CUfunction in_workspace,
+    int64_t n_half,
+    int buffers) {
   RowLaunch l{};
   l.row_bytes = static_cast<size_t>(buffers) * 2 * n_half * sizeof(T);
-  CUfunction in_shared =
-      cuda::get_kernel(device, precision_of<T>(), name, true);
   l.shared =
       l.row_bytes <= static_cast<size_t>(cuda::max_dynamic_shared(in_shared));
-  l.kernel = l.shared
-      ? in_shared
-      : cuda::get_kernel(device, precision_of<T>(), name, false);
+  l.kernel = l.shared ? in_shared : in_workspace;
   // About 4 butterflies of each stage per thread, whole warps.
   const int cap = std::min(1024, cuda::max_block_threads(l.kernel)) / 32 * 32;
   l.threads = static_cast<int>(std::clamp<int64_t>(n_half / 8, 32, cap));
   l.resident = cuda::resident_blocks(
       device, l.kernel, l.threads, l.shared ? l.row_bytes : 0);
   return l;
+}
+
+template <class T>
+RowLaunch
+row_launch(int device, const char* name, int64_t n_half, int buffers) {
+  return row_launch<T>(
+      device,
+      cuda::get_kernel(device, precision_of<T>(), name, true),
+      cuda::get_kernel(device, precision_of<T>(), name, false),
+      n_half,
+      buffers);
+}
+
+// Splits of each kernel row's batch in the shared-kernel form (work items
+// (kernel row, split) of the output-row launch l): enough for ~4 waves.
+int64_t group_splits(const RowLaunch& l, const RowIndex& ix) {
+  return std::clamp<int64_t>(
+      (4 * l.resident + ix.outer_count - 1) / ix.outer_count,
+      1,
+      ix.inner_count);
 }
 
 // The blocks of one row-kernel launch: all that are wanted when rows live in
@@ -342,11 +365,7 @@ void launch_shared_kernel(
       encoder, ix.outer_count * 2 * int64_t{fs.num_pairs} * sizeof(cpx<T>));
   mx::array norms_buffer = scratch(encoder, ix.outer_count * sizeof(double));
   RowLaunch rows = row_launch<T>(device, "conv_rows", fs.n_half, 1);
-  // Splits of each kernel row's batch: enough work items for ~4 waves.
-  const int64_t splits = std::clamp<int64_t>(
-      (4 * rows.resident + ix.outer_count - 1) / ix.outer_count,
-      1,
-      ix.inner_count);
+  const int64_t splits = group_splits(rows, ix);
   ConvShape shape = gpu::conv_shape(geo, op.bias != nullptr, splits);
   RowGrid spec_grid = row_grid(encoder, spec, ix.outer_count);
   register_buffers(encoder, {&op.b}, {&spectra_buffer, &norms_buffer});
@@ -477,6 +496,83 @@ mx::cu::CommandEncoder& prepare(mx::Stream s, mx::array& out, int& device) {
   return mx::cu::get_command_encoder(s);
 }
 
+// pair_rfft_conv: in = u_hi, u_lo, k_hi, k_lo [, bias], outs = hi, lo. The
+// shared-kernel form with the pair kernels of pair_kernels.cuh, in double and
+// uncertified (the outputs are not rounded). lo_ix numbers the rows of the lo
+// parts as ix numbers those of the hi parts.
+void launch_pair_conv(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    int64_t period,
+    const std::vector<mx::array>& in,
+    bool has_bias,
+    std::vector<mx::array>& outs) {
+  const mx::array &u_hi = in[0], &u_lo = in[1], &k_hi = in[2], &k_lo = in[3];
+  const mx::array* bias = has_bias ? &in[4] : nullptr;
+  const ConvGeometry geo = conv_geometry(
+      ConvVariant::Convolve,
+      period,
+      u_hi.shape().back(),
+      k_hi.shape().back(),
+      outs[0].shape().back());
+  const DeviceFFT<double>& fft = device_fft<double>(device, geo.fft_size);
+  const FFTShape& fs = fft.shape;
+  const mx::Shape full = batch_shape(outs[0].shape());
+  RowIndex ix =
+      gpu::make_row_index(full, k_hi.shape(), {&u_hi, &k_hi, bias, &outs[0]});
+  RowIndex lo_ix = gpu::make_row_index(
+      full, k_hi.shape(), {&u_lo, &k_lo, nullptr, &outs[1]});
+  auto pair_launch = [&](const std::string& name) {
+    const std::string kernel = "mlx_precise::gpu::" + name;
+    return row_launch<double>(
+        device,
+        cuda::get_pair_kernel(device, kernel + "<true>"),
+        cuda::get_pair_kernel(device, kernel + "<false>"),
+        fs.n_half,
+        1);
+  };
+  RowLaunch spec = pair_launch("pair_kernel_spectra");
+  RowLaunch rows = pair_launch("pair_conv_rows");
+  const int64_t splits = group_splits(rows, ix);
+  ConvShape shape = gpu::conv_shape(geo, has_bias, splits);
+  mx::array spectra_buffer = scratch(
+      encoder,
+      ix.outer_count * 2 * int64_t{fs.num_pairs} * sizeof(cpx<double>));
+  cpx<double>* spectra = data_of<cpx<double>>(spectra_buffer);
+
+  RowGrid spec_grid = row_grid(encoder, spec, ix.outer_count);
+  register_buffers(encoder, {&k_hi, &k_lo}, {&spectra_buffer});
+  add_row_kernel<double>(
+      encoder,
+      spec,
+      spec_grid,
+      std::make_tuple(mx::gpu_ptr<float>(k_hi), mx::gpu_ptr<float>(k_lo)),
+      ix,
+      shape,
+      fft,
+      lo_ix,
+      spectra);
+
+  RowGrid grid = row_grid(encoder, rows, ix.outer_count * splits);
+  register_buffers(
+      encoder, {&u_hi, &u_lo, bias, &spectra_buffer}, {&outs[0], &outs[1]});
+  add_row_kernel<double>(
+      encoder,
+      rows,
+      grid,
+      std::make_tuple(
+          mx::gpu_ptr<float>(u_hi),
+          mx::gpu_ptr<float>(u_lo),
+          bias ? mx::gpu_ptr<float>(*bias) : nullptr,
+          mx::gpu_ptr<float>(outs[0]),
+          mx::gpu_ptr<float>(outs[1])),
+      ix,
+      shape,
+      fft,
+      lo_ix,
+      static_cast<const cpx<double>*>(spectra));
+}
+
 } // namespace
 
 void RFFTConv::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
@@ -496,6 +592,18 @@ void BiasGradient::eval_gpu(
   with_working_type(precision_, [&](auto tag) {
     bias_gradient<decltype(tag)>(encoder, device, inputs[0], inputs[1], out);
   });
+}
+
+// Inputs u_hi, u_lo, k_hi, k_lo [, bias]; outputs hi, lo (launch_pair_conv).
+void PairRFFTConv::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  int device = 0;
+  auto& encoder = prepare(stream(), outputs[0], device);
+  outputs[1].set_data(mx::allocator::malloc(outputs[1].nbytes()));
+  if (outputs[0].size() == 0)
+    return;
+  launch_pair_conv(encoder, device, period_, inputs, has_bias_, outputs);
 }
 
 } // namespace mlx_precise

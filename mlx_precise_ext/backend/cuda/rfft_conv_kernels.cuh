@@ -35,6 +35,51 @@ fft_inverse(T* re, T* im, const FFTShape& fs, const cpx<T>* tw) {
   }
 }
 
+// Spectrum `row` of `spectra` (2 num_pairs entries each, in pair order):
+// the row loaded in (re, im), transformed, split and scaled.
+template <class T>
+__device__ __forceinline__ void store_row_spectrum(
+    T* re,
+    T* im,
+    const FFTShape& fs,
+    const cpx<T>* tw,
+    const cpx<T>* split_tw,
+    const IndexPair* pairs,
+    float scale,
+    cpx<T>* spectra,
+    MP_INT64 row) {
+  fft_forward<T>(re, im, fs, tw);
+  store_spectrum<T>(
+      re,
+      im,
+      pairs,
+      split_tw,
+      scale,
+      spectra + row * 2 * fs.num_pairs,
+      fs.num_pairs,
+      threadIdx.x,
+      blockDim.x);
+}
+
+// The cyclic convolution of the row loaded in (re, im) with a kernel
+// spectrum (scaled, in pair order): forward transform, spectral product,
+// inverse transform, in place.
+template <class T>
+__device__ __forceinline__ void convolve_loaded_row(
+    T* re,
+    T* im,
+    const FFTShape& fs,
+    const cpx<T>* tw,
+    const cpx<T>* split_tw,
+    const IndexPair* pairs,
+    const cpx<T>* spectrum) {
+  fft_forward<T>(re, im, fs, tw);
+  multiply_by_spectrum<T>(
+      re, im, pairs, split_tw, spectrum, fs.num_pairs, threadIdx.x, blockDim.x);
+  __syncthreads();
+  fft_inverse<T>(re, im, fs, tw);
+}
+
 // The sum over the block of each thread's part, the same in every thread (a
 // fixed order: warp sums, then the warps in turn). Every thread must call it.
 __device__ __forceinline__ double block_sum(double part) {
@@ -138,17 +183,8 @@ __global__ void kernel_spectra(
         threadIdx.x,
         blockDim.x);
     __syncthreads();
-    fft_forward<T>(re, im, fs, tw);
-    store_spectrum<T>(
-        re,
-        im,
-        pairs,
-        split_tw,
-        g.spectrum_scale,
-        spectra + kk * 2 * fs.num_pairs,
-        fs.num_pairs,
-        threadIdx.x,
-        blockDim.x);
+    store_row_spectrum<T>(
+        re, im, fs, tw, split_tw, pairs, g.spectrum_scale, spectra, kk);
     __syncthreads();
   }
 }
@@ -208,18 +244,7 @@ __global__ void conv_rows(
           threadIdx.x,
           blockDim.x);
       __syncthreads();
-      fft_forward<T>(re, im, fs, tw);
-      multiply_by_spectrum<T>(
-          re,
-          im,
-          pairs,
-          split_tw,
-          spectrum,
-          fs.num_pairs,
-          threadIdx.x,
-          blockDim.x);
-      __syncthreads();
-      fft_inverse<T>(re, im, fs, tw);
+      convolve_loaded_row<T>(re, im, fs, tw, split_tw, pairs, spectrum);
       float* out_row = out + row_offset(ix, kOperandOut, kk, j);
       for (MP_INT64 t = threadIdx.x; t < g.out_len; t += blockDim.x) {
         write_output<T>(
