@@ -160,7 +160,9 @@ def ext_includes(path: str) -> list:
     found = []
     for inc in re.findall(r'#include "([^"]+)"', ext_source(path)):
         sibling = str(Path(path).parent / inc) if "/" in path else inc
-        for candidate in (inc, sibling):
+        # CUDA kernel sources include the kernels/ headers by file name.
+        by_name = f"kernels/{inc}" if path.endswith(".cuh") else inc
+        for candidate in (inc, sibling, by_name):
             if (EXT / candidate).is_file():
                 found.append(candidate)
                 break
@@ -468,7 +470,12 @@ CUDA_LATER = CUDA_PAIR_ONLY + (
 # The kernel headers the GPU rfft_conv kernels include, by file name: MLX's
 # CUDA CMake embeds them (bin2h: jit_source_<stem>) and jit_module.cpp hands
 # them to NVRTC under these names; Metal's make_jit_source expands them.
-CUDA_CONV_HEADERS = [Path(p).name for p in with_includes(["kernels/rfft_conv_rows.h"], set())]
+def cuda_kernel_headers(source: str) -> list:
+    """The kernels/ headers a CUDA kernel source includes, directly or not."""
+    return [Path(p).name for p in with_includes([source], set()) if p.startswith("kernels/")]
+
+
+CUDA_CONV_HEADERS = cuda_kernel_headers("backend/cuda/rfft_conv_kernels.cuh")
 
 
 def cuda_jit_sources(what: str, kernels: str, headers: list) -> str:
@@ -500,7 +507,9 @@ STRICT_HEADERS = [
 
 
 # The kernel headers the CUDA strict-ops kernels include beyond rfft_conv's.
-CUDA_STRICT_HEADERS = [h for h in STRICT_HEADERS if h not in CUDA_CONV_HEADERS]
+CUDA_STRICT_HEADERS = [
+    h for h in cuda_kernel_headers("backend/cuda/strict_kernels.cuh") if h not in CUDA_CONV_HEADERS
+]
 
 
 def metal_jit_source(name: str, headers: list) -> str:
