@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "backend/common/shapes.h"
 #include "backend/cpu/array_walk.h"
 #include "backend/cpu/blas.h"
 #include "backend/cpu/cpu_runtime.h"
@@ -233,8 +234,12 @@ void layer_norm(
 class PairReader {
  public:
   explicit PairReader(const std::vector<mx::array>& in, size_t first = 0)
-      : hi_(in[first]), lo_(in[first + 1]) {}
+      : hi_(in[first]),
+        lo_(in[first + 1]),
+        contiguous_(hi_.flags().row_contiguous && lo_.flags().row_contiguous) {}
   double operator()(int64_t i) const {
+    if (contiguous_)
+      return widen(hi_.data<float>()[i], lo_.data<float>()[i]);
     return widen(
         hi_.data<float>()[mx::elem_to_loc(i, hi_.shape(), hi_.strides())],
         lo_.data<float>()[mx::elem_to_loc(i, lo_.shape(), lo_.strides())]);
@@ -243,39 +248,69 @@ class PairReader {
  private:
   const mx::array& hi_;
   const mx::array& lo_;
+  bool contiguous_;
 };
 
 int64_t id_at(const mx::array& ids, int64_t i) {
   return ids.data<int32_t>()[mx::elem_to_loc(i, ids.shape(), ids.strides())];
 }
 
-// in (hi, lo) summed to out's shape (aligned right; dims of 1 and missing
-// leading dims summed), one compensated double sum per output.
-void sum_to(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
-  const mx::Shape& from = in[0].shape();
-  const int rank = static_cast<int>(from.size());
-  const int offset = rank - static_cast<int>(out[0].ndim());
-  // Output index of each input dim (0 where summed), row-major over out.
-  std::vector<int64_t> target_stride(rank, 0);
-  int64_t step = 1;
-  for (int d = static_cast<int>(out[0].ndim()) - 1; d >= 0; --d) {
-    if (out[0].shape(d) != 1)
-      target_stride[offset + d] = step;
-    step *= out[0].shape(d);
+// Dims of the input to sum_to, split into those kept (the output's dims that
+// are not 1, in order) and those summed, each with the strides of hi and lo.
+struct SplitDims {
+  mx::Shape shape;
+  std::vector<int64_t> hi_strides, lo_strides;
+
+  void add(int size, int64_t hi_stride, int64_t lo_stride) {
+    shape.push_back(size);
+    hi_strides.push_back(hi_stride);
+    lo_strides.push_back(lo_stride);
   }
-  std::vector<CompensatedSum> sums(out[0].size());
-  const PairReader x(in);
-  const int64_t size = in[0].size();
-  for (int64_t i = 0; i < size; ++i) {
-    int64_t rest = i, target = 0;
-    for (int d = rank - 1; d >= 0; --d) {
-      target += (rest % from[d]) * target_stride[d];
-      rest /= from[d];
+  // Offsets in hi and lo of element i, row-major over `shape`.
+  std::pair<int64_t, int64_t> offsets(int64_t i) const {
+    int64_t hi = 0, lo = 0;
+    for (int d = static_cast<int>(shape.size()) - 1; d >= 0; --d) {
+      const int64_t index = i % shape[d];
+      hi += index * hi_strides[d];
+      lo += index * lo_strides[d];
+      i /= shape[d];
     }
-    sums[target].add(x(i));
+    return {hi, lo};
   }
-  for (size_t t = 0; t < sums.size(); ++t)
-    store(sums[t].value(), out[0].data<float>(), out[1].data<float>(), t);
+};
+
+// in (hi, lo) summed to out's shape (aligned right; dims of 1 and missing
+// leading dims summed), one compensated double sum per output, the outputs
+// shared among the threads.
+void sum_to(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
+  const mx::array &hi = in[0], &lo = in[1];
+  const int offset = static_cast<int>(hi.ndim() - out[0].ndim());
+  SplitDims kept, summed;
+  for (int d = 0; d < static_cast<int>(hi.ndim()); ++d) {
+    const bool keep = d >= offset && out[0].shape(d - offset) != 1;
+    (keep ? kept : summed).add(hi.shape(d), hi.strides()[d], lo.strides()[d]);
+  }
+  const int64_t terms = shape_product(summed.shape);
+  const float* hi_data = hi.data<float>();
+  const float* lo_data = lo.data<float>();
+  constexpr int64_t kTermsPerTask = 1 << 14;
+  const int64_t grain =
+      std::max<int64_t>(1, kTermsPerTask / std::max<int64_t>(terms, 1));
+  cpu::parallel_chunks(
+      out[0].size(),
+      grain,
+      cpu::num_threads(),
+      [&](int64_t begin, int64_t end) {
+        for (int64_t t = begin; t < end; ++t) {
+          const auto [hi_base, lo_base] = kept.offsets(t);
+          CompensatedSum sum;
+          for (int64_t j = 0; j < terms; ++j) {
+            const auto [hi_at, lo_at] = summed.offsets(j);
+            sum.add(widen(hi_data[hi_base + hi_at], lo_data[lo_base + lo_at]));
+          }
+          store(sum.value(), out[0].data<float>(), out[1].data<float>(), t);
+        }
+      });
 }
 
 // Gather: out[i, :] = table[ids[i], :]; ScatterAdd: out[v, :] = sum over the
