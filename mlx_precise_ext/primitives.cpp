@@ -171,13 +171,6 @@ std::vector<mx::array> RFFTConv::jvp(
     return {mx::broadcast_to(
         mx::multiply(u, *dbias, stream()), out_shape_, stream())};
   }
-  if (stream().device == mx::Device::gpu) {
-    // The GPU backends have no kernel for a sum of convolutions yet.
-    throw std::invalid_argument(
-        "rfft_conv: forward-mode derivatives (jvp) with more than one convolution term are "
-        "not implemented on the GPU yet; evaluate mx.jvp of rfft_conv on the CPU "
-        "(stream=mx.cpu)");
-  }
   const int conv_terms = static_cast<int>(convs.size() / 2);
   const int bias_terms = static_cast<int>(products.size() / 2);
   std::vector<mx::array> inputs = convs;

@@ -190,3 +190,56 @@ def test_kernel_gradient_reduces_over_broadcast_kernel():
 
     g_gpu, g_cpu = gpu_and_cpu(gk, u, k)
     assert np.array_equal(np.array(g_gpu).view(np.uint32), np.array(g_cpu).view(np.uint32))
+
+
+# The fused jvp (ConvolveSum: one rounding of conv(du, k) + conv(u, dk) + du*bias + u*dbias):
+# every combination of tangents that needs it, on shared-memory rows, a folded period,
+# the causal form and rows in the global workspace (double rows of n = 16384).
+JVP_SHAPES = [(2, 3, 64, 128, 128), (2, 2, 300, 77, None), (1, 2, 1000, 2000, 2000), (1, 2, 8192, 16384, 16384)]
+
+
+@pytest.mark.parametrize("precision", mp.PRECISIONS)
+@pytest.mark.parametrize("argnums", [(0, 1), (0, 1, 2), (0, 2)], ids=lambda a: "d" + "".join("ukb"[i] for i in a))
+@pytest.mark.parametrize("shape", JVP_SHAPES, ids=lambda s: "x".join(map(str, s[:4])) + f"_n{s[4]}")
+def test_fused_jvp_matches_cpu(rng, shape, argnums, precision):
+    B, H, L, Lk, n = shape
+    u, k, d = random_inputs(B, H, L, Lk, seed=int(rng.integers(1 << 31)), bias=True)
+    tangents = [rng.standard_normal(x.shape).astype(np.float32) for x in (u, k, d)]
+    tangents[1] /= np.float32(np.sqrt(Lk))
+
+    def jvp(device, *arrays):
+        primals, ts = list(arrays[:3]), arrays[3:]
+
+        def f(*args):
+            full = list(primals)
+            for i, a in zip(argnums, args):
+                full[i] = a
+            return mp.rfft_conv(full[0], full[1], n=n, bias=full[2], precision=precision, stream=device)
+
+        return mx.jvp(f, [primals[i] for i in argnums], [ts[i] for i in argnums])[1][0]
+
+    y_gpu, y_cpu = gpu_and_cpu(jvp, *[mx.array(x) for x in (u, k, d, *tangents)])
+    zero = [np.zeros_like(x) for x in (u, k, d)]
+    du, dk, dd = (tangents[i] if i in argnums else zero[i] for i in range(3))
+    ref = reference(du, k, n, d) + reference(u, dk, n, dd)
+    check_accuracy(y_gpu, ref, precision)
+    if precision in BITWISE_PRECISIONS:
+        assert np.array_equal(np.array(y_gpu).view(np.uint32), np.array(y_cpu).view(np.uint32))
+
+
+@pytest.mark.parametrize("precision", mp.PRECISIONS)
+def test_fused_jvp_is_adjoint_to_vjp(rng, precision):
+    # <jvp(t), c> = <t, vjp(c)> for t = (du, dk, dbias), all on the GPU, in float64 sums.
+    u, k, d = random_inputs(2, 3, 500, 1000, seed=int(rng.integers(1 << 31)), bias=True)
+    tangents = [rng.standard_normal(x.shape).astype(np.float32) for x in (u, k, d)]
+    cot = rng.standard_normal(u.shape).astype(np.float32)
+
+    def f(u, k, d):
+        return mp.rfft_conv(u, k, n=1000, bias=d, precision=precision, stream=mx.gpu)
+
+    primals = [mx.array(x) for x in (u, k, d)]
+    _, (jv,) = mx.jvp(f, primals, [mx.array(t) for t in tangents])
+    _, vjps = mx.vjp(f, primals, [mx.array(cot)])
+    lhs = float(np.sum(np.array(jv, np.float64) * cot))
+    rhs = sum(float(np.sum(t.astype(np.float64) * np.array(v, np.float64))) for t, v in zip(tangents, vjps))
+    assert abs(lhs - rhs) <= 1e-5 * (abs(lhs) + abs(rhs)), (lhs, rhs)

@@ -75,6 +75,26 @@ struct ConvShape {
   int rows_per_group_split; // work items per outer index (shared-kernel launch)
 };
 
+// ConvolveSum (the jvp with several terms, primitives.h): output row r (row r
+// of a RowIndex whose dims are all outer) is the sum over conv terms i of
+// conv(a_i, b_i) plus the sum over bias terms j of c_j * d_j, rounded once.
+// The operands are numbered as the primitive's inputs: a_0, b_0, a_1, b_1,
+// ..., then c_0, d_0, ...; operand k's row r is at the sum over the dims of
+// coordinate * outer_stride[k][d], its element t at t * time_stride[k].
+enum : int { kMaxSumTerms = 2, kMaxSumOperands = 4 * kMaxSumTerms };
+
+struct SumOperands {
+  int conv_terms;
+  int bias_terms;
+  MP_INT64 outer_stride[kMaxSumOperands][kMaxBatchDims];
+  MP_INT64 time_stride[kMaxSumOperands];
+};
+
+// The operands' data, numbered as in SumOperands.
+struct SumData {
+  const MP_DEVICE float* operand[kMaxSumOperands];
+};
+
 #if MP_HAS_DOUBLE
 // Outputs that did not certify (kernels/certify.h step 2), one bit each at
 // e = row * out_len + t (row: the launch's output row number), for the

@@ -18,22 +18,56 @@
 
 namespace mlx_precise {
 
+// Element offset of row `index` of a row-major batch of `ndim` dims.
+MP_INLINE MP_INT64 batch_offset(
+    int ndim,
+    MP_CONSTANT const MP_INT64* shape,
+    MP_CONSTANT const MP_INT64* stride,
+    MP_INT64 index) {
+  MP_INT64 offset = 0;
+  for (int d = ndim - 1; d >= 0; --d) {
+    offset += (index % shape[d]) * stride[d];
+    index /= shape[d];
+  }
+  return offset;
+}
+
 // Element offset of row (outer, inner) of operand `op`.
 MP_INLINE MP_INT64 row_offset(
     MP_CONSTANT const RowIndex& ix,
     int op,
     MP_INT64 outer,
     MP_INT64 inner) {
-  MP_INT64 offset = 0;
-  for (int d = ix.outer_ndim - 1; d >= 0; --d) {
-    offset += (outer % ix.outer_shape[d]) * ix.outer_stride[op][d];
-    outer /= ix.outer_shape[d];
-  }
-  for (int d = ix.inner_ndim - 1; d >= 0; --d) {
-    offset += (inner % ix.inner_shape[d]) * ix.inner_stride[op][d];
-    inner /= ix.inner_shape[d];
-  }
-  return offset;
+  return batch_offset(
+             ix.outer_ndim, ix.outer_shape, ix.outer_stride[op], outer) +
+      batch_offset(ix.inner_ndim, ix.inner_shape, ix.inner_stride[op], inner);
+}
+
+// A row of a ConvolveSum operand: element t at data[t * stride].
+struct OperandRow {
+  const MP_DEVICE float* data;
+  MP_INT64 stride;
+};
+
+// Row `row` of ConvolveSum operand k (conv_params.h).
+MP_INLINE OperandRow sum_operand_row(
+    SumData data,
+    MP_CONSTANT const RowIndex& ix,
+    MP_CONSTANT const SumOperands& s,
+    int k,
+    MP_INT64 row) {
+  return OperandRow{
+      data.operand[k] +
+          batch_offset(ix.outer_ndim, ix.outer_shape, s.outer_stride[k], row),
+      s.time_stride[k]};
+}
+
+// The operands of conv term i and of bias term j.
+MP_INLINE int sum_conv_operand(int i) {
+  return 2 * i;
+}
+MP_INLINE int sum_bias_operand(MP_CONSTANT const SumOperands& s, int j) {
+  return 2 * s.conv_terms + 2 * j;
 }
 
 template <class T, class Ptr>
@@ -478,6 +512,44 @@ MP_INLINE bool certify_output(
   return done;
 }
 
+// The products of output t of conv(a, b): the cyclic convolution entries
+// that gather_output reads, as ranges for correctly_rounded_sum (or a GPU's
+// parallel form of it).
+template <class Range>
+MP_INLINE void for_each_term_range(
+    OperandRow a,
+    OperandRow b,
+    MP_CONSTANT const ConvShape& g,
+    MP_INT64 t,
+    Range range) {
+  const GatherIndex idx = output_entries(g, t);
+  const DeviceRow a_loaded{a.data, a.stride, g.a_len, g.a_reversed != 0};
+  const DeviceRow b_row{b.data, b.stride, g.b_len, false};
+  for (int e = 0; e < 2; ++e) {
+    const MP_INT64 i = e == 0 ? idx.first : idx.second;
+    if (i >= 0)
+      for_each_cyclic_range(
+          g.a_len,
+          g.b_len,
+          g.fft_size,
+          i,
+          [&](MP_INT64 m0, MP_INT64 j0, MP_INT64 count) {
+            range(a_loaded, b_row, m0, j0, count);
+          });
+  }
+}
+
+// The bias product c[t] * d[t] as a range.
+template <class Range>
+MP_INLINE void bias_range(OperandRow c, OperandRow d, MP_INT64 t, Range range) {
+  range(
+      DeviceRow{c.data, c.stride, t + 1, false},
+      DeviceRow{d.data, d.stride, t + 1, false},
+      t,
+      t,
+      1);
+}
+
 // Step 3: the products of output t of the rows (outer, j), j in [j_begin,
 // j_end), summed over them, as ranges for correctly_rounded_sum (or a GPU's
 // parallel form of it): the cyclic convolution entries that gather_output
@@ -494,41 +566,53 @@ MP_INLINE void for_each_output_range(
     MP_INT64 j_end,
     MP_INT64 t,
     Range range) {
-  const GatherIndex idx = output_entries(g, t);
   const MP_INT64 a_step = ix.time_stride[kOperandA],
                  b_step = ix.time_stride[kOperandB],
                  d_step = ix.time_stride[kOperandBias];
-  {
-    for (MP_INT64 j = j_begin; j < j_end; ++j) {
-      const MP_DEVICE float* a_row = a + row_offset(ix, kOperandA, outer, j);
-      const DeviceRow a_loaded{a_row, a_step, g.a_len, g.a_reversed != 0};
-      const DeviceRow b_row{
-          b + row_offset(ix, kOperandB, outer, j), b_step, g.b_len, false};
-      auto cyclic_entry = [&](MP_INT64 i) {
-        if (i >= 0)
-          for_each_cyclic_range(
-              g.a_len,
-              g.b_len,
-              g.fft_size,
-              i,
-              [&](MP_INT64 m0, MP_INT64 j0, MP_INT64 count) {
-                range(a_loaded, b_row, m0, j0, count);
-              });
-      };
-      cyclic_entry(idx.first);
-      cyclic_entry(idx.second);
-      if (g.has_bias)
-        range(
-            DeviceRow{a_row, a_step, g.a_len, false},
-            DeviceRow{
-                bias + row_offset(ix, kOperandBias, outer, j),
-                d_step,
-                g.out_len,
-                false},
-            t,
-            t,
-            1);
-    }
+  for (MP_INT64 j = j_begin; j < j_end; ++j) {
+    const MP_DEVICE float* a_row = a + row_offset(ix, kOperandA, outer, j);
+    for_each_term_range(
+        OperandRow{a_row, a_step},
+        OperandRow{b + row_offset(ix, kOperandB, outer, j), b_step},
+        g,
+        t,
+        range);
+    if (g.has_bias)
+      bias_range(
+          OperandRow{a_row, a_step},
+          OperandRow{bias + row_offset(ix, kOperandBias, outer, j), d_step},
+          t,
+          range);
+  }
+}
+
+// Step 3 for output t of row `row` of a ConvolveSum: the products of every
+// conv term, then of every bias term.
+template <class Range>
+MP_INLINE void for_each_sum_range(
+    SumData data,
+    MP_CONSTANT const RowIndex& ix,
+    MP_CONSTANT const SumOperands& s,
+    MP_CONSTANT const ConvShape& g,
+    MP_INT64 row,
+    MP_INT64 t,
+    Range range) {
+  for (int i = 0; i < s.conv_terms; ++i) {
+    const int k = sum_conv_operand(i);
+    for_each_term_range(
+        sum_operand_row(data, ix, s, k, row),
+        sum_operand_row(data, ix, s, k + 1, row),
+        g,
+        t,
+        range);
+  }
+  for (int j = 0; j < s.bias_terms; ++j) {
+    const int k = sum_bias_operand(s, j);
+    bias_range(
+        sum_operand_row(data, ix, s, k, row),
+        sum_operand_row(data, ix, s, k + 1, row),
+        t,
+        range);
   }
 }
 

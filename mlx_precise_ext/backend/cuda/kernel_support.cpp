@@ -39,9 +39,11 @@ const ConvKernel kKernels[] = {
     {"kernel_spectra", true, true},
     {"conv_rows", true, true},
     {"reduce_rows", true, true},
+    {"sum_rows", true, true},
     {"product_sum", true, false},
     {"clear_open_bits", false, false},
-    {"recompute_open", false, false}};
+    {"recompute_open", false, false},
+    {"recompute_open_sum", false, false}};
 
 std::string name_expression(Precision p, const ConvKernel& k, bool shared) {
   std::string e = std::string("mlx_precise::gpu::") + k.name;

@@ -83,8 +83,8 @@ P* data_of(mx::array& buffer) {
 // node: every kernel registers what it reads and what it writes.
 void register_buffers(
     mx::cu::CommandEncoder& encoder,
-    std::initializer_list<const mx::array*> reads,
-    std::initializer_list<mx::array*> writes) {
+    const std::vector<const mx::array*>& reads,
+    const std::vector<mx::array*>& writes) {
   for (const mx::array* x : reads)
     if (x)
       encoder.set_input_array(*x);
@@ -128,34 +128,29 @@ open_outputs(mx::cu::CommandEncoder& encoder, int device, int64_t outputs) {
   return o;
 }
 
-// Step 3 of kernels/certify.h: the marked outputs, recomputed (a warp per
-// output, the bitmap read 32 words per warp at a time).
-void recompute_open(
+// Step 3 of kernels/certify.h: the outputs `open` marks, recomputed by
+// `kernel` (recompute_open, recompute_open_sum: a warp per output, the bitmap
+// read 32 words per warp at a time), which reads `reads` and writes `out`.
+// Its arguments: `args`, then the list.
+template <class... Args>
+void recompute_marked(
     mx::cu::CommandEncoder& encoder,
     int device,
-    ConvShape shape, // copies: the encoder takes the arguments' addresses
-    RowIndex ix,
-    const mx::array& a,
-    const mx::array& b,
-    const mx::array* bias,
+    const char* kernel,
+    const std::vector<const mx::array*>& reads,
     mx::array& out,
     OpenOutputs& open,
-    bool one_term_per_row) {
-  register_buffers(encoder, {&a, &b, bias, &open.bits}, {&out});
+    Args&&... args) {
+  register_buffers(encoder, reads, {&out});
+  register_buffers(encoder, {&open.bits}, {});
   encoder.add_kernel_node_ex(
-      cuda::get_kernel(device, Precision::Extended, "recompute_open", false),
+      cuda::get_kernel(device, Precision::Extended, kernel, false),
       grid_stride_blocks(device, (open.list.words + 31) / 32 * 32),
       dim3(256),
       {},
       0u,
-      mx::gpu_ptr<float>(a),
-      mx::gpu_ptr<float>(b),
-      bias ? mx::gpu_ptr<float>(*bias) : nullptr,
-      mx::gpu_ptr<float>(out),
-      ix,
-      shape,
-      open.list,
-      static_cast<int>(one_term_per_row));
+      std::forward<Args>(args)...,
+      open.list);
 }
 
 // One launch shape: the row storage (shared or workspace), block size and
@@ -294,35 +289,68 @@ maybe_open_outputs(mx::cu::CommandEncoder& encoder, int device, int64_t n) {
   return open_outputs(encoder, device, n);
 }
 
-// An output-row kernel (conv_rows, reduce_rows) on its grid, with the
-// arguments they share: the operands, the row index and shape, the FFT
-// tables, then `extra` (in the buffers extra_reads and extra_writes), the
-// list of the outputs that did not certify and the workspace. Those outputs
-// are then recomputed (one_term_per_row as recompute_open takes it).
-template <class T, class... Extra>
+// An output-row kernel (conv_rows, reduce_rows, sum_rows) on its grid,
+// reading `reads` and writing `out` and `writes`. Its arguments: `rows`, the
+// row index and shape, the FFT tables, `extra`, the list of the outputs that
+// did not certify (certified precisions) and the workspace; then
+// recompute(open) adds the node that recomputes those outputs.
+template <class T, class Rows, class Recompute, class... Extra>
 void launch_output_rows(
     mx::cu::CommandEncoder& encoder,
     int device,
     const RowLaunch& l,
     RowGrid& grid,
-    const RowOperands<T>& op,
+    const std::vector<const mx::array*>& reads,
+    mx::array& out,
+    const std::vector<mx::array*>& writes,
+    Rows rows,
     const RowIndex& ix,
     const ConvShape& shape,
-    std::initializer_list<const mx::array*> extra_reads,
-    std::initializer_list<mx::array*> extra_writes,
-    bool one_term_per_row,
+    const DeviceFFT<T>& fft,
+    Recompute recompute,
     Extra... extra) {
   std::optional<OpenOutputs> open =
-      maybe_open_outputs<T>(encoder, device, op.out.size());
-  register_buffers(
-      encoder,
-      {&op.a, &op.b, op.bias},
-      {&op.out, open ? &open->bits : nullptr});
-  register_buffers(encoder, extra_reads, extra_writes);
+      maybe_open_outputs<T>(encoder, device, out.size());
+  register_buffers(encoder, reads, {&out, open ? &open->bits : nullptr});
+  register_buffers(encoder, {}, writes);
   add_row_kernel<T>(
       encoder,
       l,
       grid,
+      rows,
+      ix,
+      shape,
+      fft,
+      extra...,
+      open ? open->list : OpenList{});
+  if (open)
+    recompute(*open);
+}
+
+// conv_rows and reduce_rows: one pair of rows (a, b) per term, one bias.
+template <class T, class... Extra>
+void launch_pair_rows(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    const RowLaunch& l,
+    RowGrid& grid,
+    const RowOperands<T>& op,
+    RowIndex ix, // copies: the encoder takes the arguments' addresses
+    ConvShape shape,
+    const std::vector<const mx::array*>& extra_reads,
+    const std::vector<mx::array*>& extra_writes,
+    bool one_term_per_row,
+    Extra... extra) {
+  std::vector<const mx::array*> reads{&op.a, &op.b, op.bias};
+  reads.insert(reads.end(), extra_reads.begin(), extra_reads.end());
+  launch_output_rows<T>(
+      encoder,
+      device,
+      l,
+      grid,
+      reads,
+      op.out,
+      extra_writes,
       std::make_tuple(
           mx::gpu_ptr<float>(op.a),
           mx::gpu_ptr<float>(op.b),
@@ -331,21 +359,23 @@ void launch_output_rows(
       ix,
       shape,
       op.fft,
-      extra...,
-      open ? open->list : OpenList{});
-  if (open) {
-    recompute_open(
-        encoder,
-        device,
-        shape,
-        ix,
-        op.a,
-        op.b,
-        op.bias,
-        op.out,
-        *open,
-        one_term_per_row);
-  }
+      [&](OpenOutputs& open) {
+        recompute_marked(
+            encoder,
+            device,
+            "recompute_open",
+            {&op.a, &op.b, op.bias},
+            op.out,
+            open,
+            mx::gpu_ptr<float>(op.a),
+            mx::gpu_ptr<float>(op.b),
+            op.bias_data(),
+            mx::gpu_ptr<float>(op.out),
+            ix,
+            shape,
+            static_cast<int>(one_term_per_row));
+      },
+      extra...);
 }
 
 template <class T>
@@ -381,7 +411,7 @@ void launch_shared_kernel(
       data_of<double>(norms_buffer));
 
   RowGrid grid = row_grid(encoder, rows, ix.outer_count * splits);
-  launch_output_rows<T>(
+  launch_pair_rows<T>(
       encoder,
       device,
       rows,
@@ -412,7 +442,7 @@ void launch_reduce(
       row_grid(encoder, l, std::min<int64_t>(ix.outer_count, l.resident));
   mx::array acc_buffer = scratch(
       encoder, grid.blocks * 2 * int64_t{fs.num_pairs} * sizeof(cpx<T>));
-  launch_output_rows<T>(
+  launch_pair_rows<T>(
       encoder,
       device,
       l,
@@ -426,6 +456,63 @@ void launch_reduce(
       data_of<cpx<T>>(acc_buffer));
 }
 
+// ConvolveSum (the jvp): each output row sums its terms as reduce_rows sums
+// a target's, from operands listed in SumOperands.
+template <class T>
+void launch_sum(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    int64_t period,
+    const std::vector<mx::array>& in,
+    int conv_terms,
+    mx::array& out) {
+  const gpu::SumLaunch sum = gpu::sum_launch(period, in, conv_terms, out);
+  const DeviceFFT<T>& fft = device_fft<T>(device, sum.geo.fft_size);
+  RowLaunch l = row_launch<T>(device, "sum_rows", fft.shape.n_half, 2);
+  // acc has a slot per block: the grid never exceeds the resident blocks.
+  RowGrid grid =
+      row_grid(encoder, l, std::min<int64_t>(sum.ix.outer_count, l.resident));
+  mx::array acc_buffer = scratch(
+      encoder, grid.blocks * 2 * int64_t{fft.shape.num_pairs} * sizeof(cpx<T>));
+  SumData data{};
+  std::vector<const mx::array*> reads;
+  for (size_t k = 0; k < in.size(); ++k) {
+    data.operand[k] = mx::gpu_ptr<float>(in[k]);
+    reads.push_back(&in[k]);
+  }
+  ConvShape shape = gpu::conv_shape(sum.geo, false, 1);
+  RowIndex ix = sum.ix;
+  SumOperands operands = sum.operands;
+  launch_output_rows<T>(
+      encoder,
+      device,
+      l,
+      grid,
+      reads,
+      out,
+      {&acc_buffer},
+      std::make_tuple(data, mx::gpu_ptr<float>(out)),
+      ix,
+      shape,
+      fft,
+      [&](OpenOutputs& open) {
+        recompute_marked(
+            encoder,
+            device,
+            "recompute_open_sum",
+            reads,
+            out,
+            open,
+            data,
+            mx::gpu_ptr<float>(out),
+            ix,
+            shape,
+            operands);
+      },
+      operands,
+      data_of<cpx<T>>(acc_buffer));
+}
+
 template <class T>
 void convolve(
     mx::cu::CommandEncoder& encoder,
@@ -434,7 +521,10 @@ void convolve(
     int64_t period,
     const std::vector<mx::array>& in,
     bool has_bias,
+    int conv_terms,
     mx::array& out) {
+  if (variant == ConvVariant::ConvolveSum)
+    return launch_sum<T>(encoder, device, period, in, conv_terms, out);
   const gpu::ConvLaunch c =
       gpu::conv_launch(variant, period, in, has_bias, out);
   const RowOperands<T> op{
@@ -580,7 +670,14 @@ void RFFTConv::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
   auto& encoder = prepare(stream(), out, device);
   with_working_type(precision_, [&](auto tag) {
     convolve<decltype(tag)>(
-        encoder, device, variant_, period_, inputs, has_bias_, out);
+        encoder,
+        device,
+        variant_,
+        period_,
+        inputs,
+        has_bias_,
+        conv_terms_,
+        out);
   });
 }
 

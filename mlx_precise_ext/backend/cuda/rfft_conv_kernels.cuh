@@ -263,11 +263,246 @@ __global__ void conv_rows(
   }
 }
 
+// One term of a reduced output row: acc (+)= the product of the spectra of
+// the rows a and b, `first` starting from zero as the CPU's accumulator does.
+// Returns ||a|| ||b|| when certifying.
+template <class T, class Ptr>
+__device__ __forceinline__ double accumulate_term(
+    Ptr a_re,
+    Ptr a_im,
+    Ptr b_re,
+    Ptr b_im,
+    OperandRow a,
+    OperandRow b,
+    const ConvShape& g,
+    const FFTShape& fs,
+    const cpx<T>* tw,
+    const cpx<T>* split_tw,
+    const IndexPair* pairs,
+    cpx<T>* acc,
+    bool first) {
+  double norm_product = 0.0;
+  if constexpr (Certified<T>::value) {
+    norm_product = block_row_norm(a.data, a.stride, g.a_len) *
+        block_row_norm(b.data, b.stride, g.b_len);
+  }
+  const int h = fs.n_half;
+  load_real_row<T>(
+      a_re,
+      a_im,
+      a.data,
+      a.stride,
+      g.a_len,
+      g.a_reversed,
+      h,
+      threadIdx.x,
+      blockDim.x);
+  load_real_row<T>(
+      b_re, b_im, b.data, b.stride, g.b_len, false, h, threadIdx.x, blockDim.x);
+  __syncthreads();
+  fft_forward<T>(a_re, a_im, fs, tw);
+  fft_forward<T>(b_re, b_im, fs, tw);
+  accumulate_product<T>(
+      a_re,
+      a_im,
+      b_re,
+      b_im,
+      pairs,
+      split_tw,
+      acc,
+      first,
+      fs.num_pairs,
+      threadIdx.x,
+      blockDim.x);
+  __syncthreads();
+  return norm_product;
+}
+
+// The outputs of a reduced row (number `row` of the launch) from its
+// accumulated spectrum: scaled and inverted into (re, im), then each output
+// plus the bias products that bias_products(t, add) lists, certified against
+// `cert`.
+template <class T, class Ptr, class BiasProducts>
+__device__ __forceinline__ void write_reduced_row(
+    Ptr re,
+    Ptr im,
+    const ConvShape& g,
+    const FFTShape& fs,
+    const cpx<T>* tw,
+    const cpx<T>* split_tw,
+    const IndexPair* pairs,
+    const cpx<T>* acc,
+    BiasProducts bias_products,
+    const RowCertificate& cert,
+    float* out_row,
+    OpenList open,
+    MP_INT64 row) {
+  unsplit_accumulated<T>(
+      re,
+      im,
+      pairs,
+      split_tw,
+      acc,
+      g.spectrum_scale,
+      fs.num_pairs,
+      threadIdx.x,
+      blockDim.x);
+  __syncthreads();
+  fft_inverse<T>(re, im, fs, tw);
+  for (MP_INT64 t = threadIdx.x; t < g.out_len; t += blockDim.x) {
+    write_output<T>(
+        gather_output<T>(re, im, g, t),
+        [&](auto add) { bias_products(t, add); },
+        cert,
+        out_row + t,
+        open,
+        row * g.out_len + t);
+  }
+  __syncthreads();
+}
+
+// Output rows that each sum terms: row r = sum over its conv terms of
+// conv(a, b), accumulated spectrally in the block's slot of `acc` and
+// inverted once, plus its bias products, rounded once. Terms describes them:
+// conv_count(), conv_rows(r, i, a, b), certificate(r, norm_products) and
+// bias_products(r, t, add). The grid never exceeds the resident blocks (acc
+// has one slot each). Certified precisions list the outputs that do not
+// certify in `open` (row number r).
+template <class T, bool kShared, class Terms>
+__device__ __forceinline__ void sum_terms_rows(
+    const Terms& terms,
+    float* out,
+    const RowIndex& ix,
+    const ConvShape& g,
+    const FFTShape& fs,
+    const cpx<T>* tw,
+    const cpx<T>* split_tw,
+    const IndexPair* pairs,
+    cpx<T>* acc_slots,
+    const OpenList& open,
+    T* workspace) {
+  const int h = fs.n_half;
+  T* a_re = row_storage<T, kShared>(workspace, 2, h);
+  T* a_im = a_re + h;
+  T* b_re = a_im + h;
+  T* b_im = b_re + h;
+  cpx<T>* acc =
+      acc_slots + static_cast<MP_INT64>(blockIdx.x) * 2 * fs.num_pairs;
+  for (MP_INT64 row = blockIdx.x; row < ix.outer_count; row += gridDim.x) {
+    double norm_products = 0.0;
+    for (MP_INT64 i = 0; i < terms.conv_count(); ++i) {
+      OperandRow a, b;
+      terms.conv_rows(row, i, a, b);
+      norm_products += accumulate_term<T>(
+          a_re,
+          a_im,
+          b_re,
+          b_im,
+          a,
+          b,
+          g,
+          fs,
+          tw,
+          split_tw,
+          pairs,
+          acc,
+          i == 0);
+    }
+    RowCertificate cert{};
+    if constexpr (Certified<T>::value)
+      cert = terms.certificate(row, norm_products);
+    write_reduced_row<T>(
+        a_re,
+        a_im,
+        g,
+        fs,
+        tw,
+        split_tw,
+        pairs,
+        acc,
+        [&](MP_INT64 t, auto add) { terms.bias_products(row, t, add); },
+        cert,
+        out + row_offset(ix, kOperandOut, row, 0),
+        open,
+        row);
+  }
+}
+
+// The terms of a gradient's target row: corr/conv(a, b) + a * bias over the
+// inner rows (the dims the target was broadcast along).
+struct InnerRowTerms {
+  const float* a;
+  const float* b;
+  const float* bias;
+  const RowIndex& ix;
+  const ConvShape& g;
+
+  __device__ MP_INT64 conv_count() const {
+    return ix.inner_count;
+  }
+  __device__ void conv_rows(
+      MP_INT64 target,
+      MP_INT64 j,
+      OperandRow& a_row,
+      OperandRow& b_row) const {
+    a_row = {
+        a + row_offset(ix, kOperandA, target, j), ix.time_stride[kOperandA]};
+    b_row = {
+        b + row_offset(ix, kOperandB, target, j), ix.time_stride[kOperandB]};
+  }
+  __device__ RowCertificate certificate(MP_INT64, double norm_products) const {
+    return row_certificate(
+        g.fft_size,
+        g.fold != 0,
+        norm_products,
+        ix.inner_count > 1 ? ix.inner_count : 1,
+        g.has_bias ? ix.inner_count : 0);
+  }
+  template <class Add>
+  __device__ void bias_products(MP_INT64 target, MP_INT64 t, Add add) const {
+    if (g.has_bias)
+      for (MP_INT64 j = 0; j < ix.inner_count; ++j)
+        add(a[row_offset(ix, kOperandA, target, j) +
+              t * ix.time_stride[kOperandA]],
+            bias
+                [row_offset(ix, kOperandBias, target, j) +
+                 t * ix.time_stride[kOperandBias]]);
+  }
+};
+
+// The terms of a ConvolveSum row (the jvp, conv_params.h).
+struct ListedTerms {
+  SumData data;
+  const RowIndex& ix;
+  const SumOperands& s;
+  const ConvShape& g;
+
+  __device__ MP_INT64 conv_count() const {
+    return s.conv_terms;
+  }
+  __device__ void
+  conv_rows(MP_INT64 row, MP_INT64 i, OperandRow& a, OperandRow& b) const {
+    const int k = sum_conv_operand(static_cast<int>(i));
+    a = sum_operand_row(data, ix, s, k, row);
+    b = sum_operand_row(data, ix, s, k + 1, row);
+  }
+  __device__ RowCertificate certificate(MP_INT64, double norm_products) const {
+    return row_certificate(
+        g.fft_size, g.fold != 0, norm_products, s.conv_terms, s.bias_terms);
+  }
+  template <class Add>
+  __device__ void bias_products(MP_INT64 row, MP_INT64 t, Add add) const {
+    for (int j = 0; j < s.bias_terms; ++j) {
+      const int k = sum_bias_operand(s, j);
+      const OperandRow c = sum_operand_row(data, ix, s, k, row),
+                       d = sum_operand_row(data, ix, s, k + 1, row);
+      add(c.data[t * c.stride], d.data[t * d.stride]);
+    }
+  }
+};
+
 // Gradient rows: target (outer) = sum over inner of corr/conv(a, b) + sum of
-// a * bias, accumulated spectrally in the block's slot of `acc` and inverted
-// once. The grid never exceeds the resident blocks (acc has one slot each).
-// Certified precisions list the outputs that do not certify in `open` (row
-// number = target).
+// a * bias (sum_terms_rows).
 template <class T, bool kShared>
 __global__ void reduce_rows(
     const float* a,
@@ -283,102 +518,48 @@ __global__ void reduce_rows(
     cpx<T>* acc_slots,
     const OpenList open,
     T* workspace) {
-  const int h = fs.n_half;
-  T* a_re = row_storage<T, kShared>(workspace, 2, h);
-  T* a_im = a_re + h;
-  T* b_re = a_im + h;
-  T* b_im = b_re + h;
-  cpx<T>* acc =
-      acc_slots + static_cast<MP_INT64>(blockIdx.x) * 2 * fs.num_pairs;
-  for (MP_INT64 target = blockIdx.x; target < ix.outer_count;
-       target += gridDim.x) {
-    double norm_products = 0.0;
-    for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
-      const float* a_row = a + row_offset(ix, kOperandA, target, j);
-      const float* b_row = b + row_offset(ix, kOperandB, target, j);
-      if constexpr (Certified<T>::value) {
-        norm_products +=
-            block_row_norm(a_row, ix.time_stride[kOperandA], g.a_len) *
-            block_row_norm(b_row, ix.time_stride[kOperandB], g.b_len);
-      }
-      load_real_row<T>(
-          a_re,
-          a_im,
-          a_row,
-          ix.time_stride[kOperandA],
-          g.a_len,
-          g.a_reversed,
-          h,
-          threadIdx.x,
-          blockDim.x);
-      load_real_row<T>(
-          b_re,
-          b_im,
-          b_row,
-          ix.time_stride[kOperandB],
-          g.b_len,
-          false,
-          h,
-          threadIdx.x,
-          blockDim.x);
-      __syncthreads();
-      fft_forward<T>(a_re, a_im, fs, tw);
-      fft_forward<T>(b_re, b_im, fs, tw);
-      accumulate_product<T>(
-          a_re,
-          a_im,
-          b_re,
-          b_im,
-          pairs,
-          split_tw,
-          acc,
-          j == 0,
-          fs.num_pairs,
-          threadIdx.x,
-          blockDim.x);
-      __syncthreads();
-    }
-    unsplit_accumulated<T>(
-        a_re,
-        a_im,
-        pairs,
-        split_tw,
-        acc,
-        g.spectrum_scale,
-        fs.num_pairs,
-        threadIdx.x,
-        blockDim.x);
-    __syncthreads();
-    fft_inverse<T>(a_re, a_im, fs, tw);
-    float* out_row = out + row_offset(ix, kOperandOut, target, 0);
-    RowCertificate cert{};
-    if constexpr (Certified<T>::value) {
-      cert = row_certificate(
-          g.fft_size,
-          g.fold != 0,
-          norm_products,
-          ix.inner_count > 1 ? ix.inner_count : 1,
-          g.has_bias ? ix.inner_count : 0);
-    }
-    for (MP_INT64 t = threadIdx.x; t < g.out_len; t += blockDim.x) {
-      write_output<T>(
-          gather_output<T>(a_re, a_im, g, t),
-          [&](auto add) {
-            if (g.has_bias)
-              for (MP_INT64 j = 0; j < ix.inner_count; ++j)
-                add(a[row_offset(ix, kOperandA, target, j) +
-                      t * ix.time_stride[kOperandA]],
-                    bias
-                        [row_offset(ix, kOperandBias, target, j) +
-                         t * ix.time_stride[kOperandBias]]);
-          },
-          cert,
-          out_row + t,
-          open,
-          target * g.out_len + t);
-    }
-    __syncthreads();
-  }
+  sum_terms_rows<T, kShared>(
+      InnerRowTerms{a, b, bias, ix, g},
+      out,
+      ix,
+      g,
+      fs,
+      tw,
+      split_tw,
+      pairs,
+      acc_slots,
+      open,
+      workspace);
+}
+
+// ConvolveSum rows (the jvp, conv_params.h): row r = sum over the conv terms
+// of conv(a_i, b_i) plus the bias terms c_j * d_j (sum_terms_rows).
+template <class T, bool kShared>
+__global__ void sum_rows(
+    const SumData data,
+    float* out,
+    const RowIndex ix,
+    const ConvShape g,
+    const FFTShape fs,
+    const cpx<T>* tw,
+    const cpx<T>* split_tw,
+    const IndexPair* pairs,
+    const SumOperands s,
+    cpx<T>* acc_slots,
+    const OpenList open,
+    T* workspace) {
+  sum_terms_rows<T, kShared>(
+      ListedTerms{data, ix, s, g},
+      out,
+      ix,
+      g,
+      fs,
+      tw,
+      split_tw,
+      pairs,
+      acc_slots,
+      open,
+      workspace);
 }
 
 // Clears the bits of an OpenList before the kernels that set them.
@@ -421,19 +602,13 @@ __device__ float warp_correctly_rounded_sum(
   return __shfl_sync(0xffffffffu, out, 0);
 }
 
-// Step 3 of certify.h for the outputs that conv_rows (one_term_per_row: the
-// row's own term) or reduce_rows (all inner rows of the target) marked: a
-// warp per output. The lanes read 32 words of the bitmap at a time and visit
-// the marked outputs of the nonzero ones together.
-__global__ void recompute_open(
-    const float* a,
-    const float* b,
-    const float* bias,
-    float* out,
-    const RowIndex ix,
-    const ConvShape g,
-    const OpenList open,
-    int one_term_per_row) {
+// Calls visit(entry, lane) in every lane of a warp for each output that
+// `open` marks, a warp per output: the lanes read 32 words of the bitmap at
+// a time and visit the marked outputs of the nonzero ones together.
+template <class Visit>
+__device__ __forceinline__ void for_each_open_output(
+    const OpenList& open,
+    Visit visit) {
   const int lane = threadIdx.x % 32;
   const MP_INT64 warp =
       (static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
@@ -447,23 +622,55 @@ __global__ void recompute_open(
       const int source = __ffs(nonzero) - 1;
       const MP_INT64 w = base + source;
       for (unsigned word = __shfl_sync(0xffffffffu, mine, source); word != 0u;
-           word &= word - 1u) {
-        const MP_INT64 entry = w * 32 + (__ffs(word) - 1);
-        const MP_INT64 row = entry / g.out_len, t = entry % g.out_len;
-        const MP_INT64 outer = one_term_per_row ? row / ix.inner_count : row;
-        const MP_INT64 j_begin = one_term_per_row ? row % ix.inner_count : 0;
-        const MP_INT64 j_end = one_term_per_row ? j_begin + 1 : ix.inner_count;
-        const float v = warp_correctly_rounded_sum(
-            [&](auto range) {
-              for_each_output_range(
-                  a, b, bias, ix, g, outer, j_begin, j_end, t, range);
-            },
-            lane);
-        if (lane == 0)
-          out[row_offset(ix, kOperandOut, outer, j_begin) + t] = v;
-      }
+           word &= word - 1u)
+        visit(w * 32 + (__ffs(word) - 1), lane);
     }
   }
+}
+
+// Step 3 of certify.h for the outputs that conv_rows (one_term_per_row: the
+// row's own term) or reduce_rows (all inner rows of the target) marked.
+__global__ void recompute_open(
+    const float* a,
+    const float* b,
+    const float* bias,
+    float* out,
+    const RowIndex ix,
+    const ConvShape g,
+    int one_term_per_row,
+    const OpenList open) {
+  for_each_open_output(open, [&](MP_INT64 entry, int lane) {
+    const MP_INT64 row = entry / g.out_len, t = entry % g.out_len;
+    const MP_INT64 outer = one_term_per_row ? row / ix.inner_count : row;
+    const MP_INT64 j_begin = one_term_per_row ? row % ix.inner_count : 0;
+    const MP_INT64 j_end = one_term_per_row ? j_begin + 1 : ix.inner_count;
+    const float v = warp_correctly_rounded_sum(
+        [&](auto range) {
+          for_each_output_range(
+              a, b, bias, ix, g, outer, j_begin, j_end, t, range);
+        },
+        lane);
+    if (lane == 0)
+      out[row_offset(ix, kOperandOut, outer, j_begin) + t] = v;
+  });
+}
+
+// Step 3 of certify.h for the outputs that sum_rows marked.
+__global__ void recompute_open_sum(
+    const SumData data,
+    float* out,
+    const RowIndex ix,
+    const ConvShape g,
+    const SumOperands s,
+    const OpenList open) {
+  for_each_open_output(open, [&](MP_INT64 entry, int lane) {
+    const MP_INT64 row = entry / g.out_len, t = entry % g.out_len;
+    const float v = warp_correctly_rounded_sum(
+        [&](auto range) { for_each_sum_range(data, ix, s, g, row, t, range); },
+        lane);
+    if (lane == 0)
+      out[row_offset(ix, kOperandOut, row, 0) + t] = v;
+  });
 }
 
 // Bias gradient: out = sum over inner rows of a * b, one rounding; per time

@@ -125,6 +125,39 @@ ConvLaunch conv_launch(
       one_to_one};
 }
 
+SumLaunch sum_launch(
+    int64_t period,
+    const std::vector<mx::array>& in,
+    int conv_terms,
+    const mx::array& out) {
+  if (in.size() > kMaxSumOperands || conv_terms > kMaxSumTerms) {
+    throw std::invalid_argument(
+        "rfft_conv on the GPU: a jvp sums at most " +
+        std::to_string(int(kMaxSumTerms)) +
+        " convolutions and as many bias products");
+  }
+  // As on the CPU: the geometry of the first term (all terms share it).
+  const int64_t len = in[0].shape().back();
+  SumLaunch l{
+      conv_geometry(
+          ConvVariant::ConvolveSum, period, len, in[1].shape().back(), len),
+      {},
+      {}};
+  const mx::Shape full = batch_shape(out.shape());
+  l.ix = make_row_index(full, out.shape(), {nullptr, nullptr, nullptr, &out});
+  l.operands.conv_terms = conv_terms;
+  l.operands.bias_terms = static_cast<int>(in.size()) / 2 - conv_terms;
+  for (size_t k = 0; k < in.size(); ++k) {
+    // The same outer dims as l.ix: they depend on full and out only.
+    const RowIndex own =
+        make_row_index(full, out.shape(), {&in[k], nullptr, nullptr, nullptr});
+    for (int d = 0; d < kMaxBatchDims; ++d)
+      l.operands.outer_stride[k][d] = own.outer_stride[kOperandA][d];
+    l.operands.time_stride[k] = own.time_stride[kOperandA];
+  }
+  return l;
+}
+
 RowIndex make_row_index(
     const mx::Shape& full,
     const mx::Shape& group_shape,

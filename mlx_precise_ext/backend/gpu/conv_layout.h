@@ -50,6 +50,20 @@ ConvLaunch conv_launch(
     bool has_bias,
     const mx::array& out);
 
+// One GPU evaluation of ConvolveSum (the jvp with several terms): every
+// output row is its own target (ix: outer dims only, operand Out), and the
+// inputs' strides, numbered as the primitive's inputs (conv_params.h).
+struct SumLaunch {
+  ConvGeometry geo;
+  RowIndex ix;
+  SumOperands operands;
+};
+SumLaunch sum_launch(
+    int64_t period,
+    const std::vector<mx::array>& in,
+    int conv_terms,
+    const mx::array& out);
+
 // Rows of the batch `full` (all but the last axis of each operand, right-
 // aligned, size-1 dims broadcast): outer dims are those where `group_shape`
 // has size > 1 (its last axis is time and is ignored). Missing operands are

@@ -4,6 +4,7 @@
 // by MLX's Metal device on first use) encoded on the stream's command encoder.
 // Metal has no float64: "extended" runs the dd kernels (docs/design.md).
 #include <algorithm>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -40,7 +41,9 @@ enum Slot : int {
   kSlotSpectra,
   kSlotWorkspace,
   kSlotLength,
-  kSlotSumOverTime
+  kSlotSumOverTime,
+  kSlotSumOperands,
+  kSlotSumOperand0 // ConvolveSum's operand k at kSlotSumOperand0 + k
 };
 
 template <class T>
@@ -122,7 +125,8 @@ GroupLaunch group_launch(
   return l;
 }
 
-// Binds the common arguments of a row kernel and dispatches `groups`.
+// Binds the common arguments of a row kernel, then those bind_more() binds,
+// and dispatches `groups`.
 template <class T>
 void dispatch_rows(
     mx::metal::CommandEncoder& enc,
@@ -136,7 +140,8 @@ void dispatch_rows(
     const mx::array& spectra,
     std::optional<mx::array>& workspace,
     const RowIndex& ix,
-    const ConvShape& shape) {
+    const ConvShape& shape,
+    const std::function<void()>& bind_more = [] {}) {
   enc.set_compute_pipeline_state(l.pipeline);
   enc.set_input_array(a, kSlotA);
   enc.set_input_array(b, kSlotB);
@@ -157,8 +162,51 @@ void dispatch_rows(
     enc.set_input_array(a, kSlotWorkspace);
   if (l.in_group_memory)
     enc.set_threadgroup_memory_length(l.row_bytes, 0);
+  bind_more();
   enc.dispatch_threadgroups(
       MTL::Size(groups, 1, 1), MTL::Size(l.threads, 1, 1));
+}
+
+// ConvolveSum (the jvp): sum_rows over the output rows, each summing its
+// terms as reduce_rows sums a target's.
+template <class T>
+void convolve_sum(
+    mx::metal::Device& d,
+    mx::metal::CommandEncoder& enc,
+    int64_t period,
+    const std::vector<mx::array>& in,
+    int conv_terms,
+    mx::array& out) {
+  const gpu::SumLaunch sum = gpu::sum_launch(period, in, conv_terms, out);
+  const MetalFFT<T>& fft = metal_fft<T>(d, sum.geo.fft_size);
+  GroupLaunch l = group_launch<T>(d, "sum_rows", fft.shape.n_half, 2);
+  const int64_t groups = std::min(sum.ix.outer_count, kMaxSlotGroups);
+  mx::array acc =
+      scratch(enc, groups * 2 * int64_t{fft.shape.num_pairs} * sizeof(cpx<T>));
+  std::optional<mx::array> workspace;
+  if (!l.in_group_memory)
+    workspace = scratch(enc, groups * l.row_bytes);
+  dispatch_rows<T>(
+      enc,
+      l,
+      groups,
+      fft,
+      in[0],
+      in[1],
+      nullptr,
+      out,
+      acc,
+      workspace,
+      sum.ix,
+      gpu::conv_shape(sum.geo, false, 1),
+      [&] {
+        enc.set_bytes(sum.operands, kSlotSumOperands);
+        // Unused operand slots are bound to an input the kernel never reads.
+        for (int k = 0; k < kMaxSumOperands; ++k)
+          enc.set_input_array(
+              in[k < static_cast<int>(in.size()) ? k : 0],
+              kSlotSumOperand0 + k);
+      });
 }
 
 template <class T>
@@ -169,7 +217,10 @@ void convolve(
     int64_t period,
     const std::vector<mx::array>& in,
     bool has_bias,
+    int conv_terms,
     mx::array& out) {
+  if (variant == ConvVariant::ConvolveSum)
+    return convolve_sum<T>(d, enc, period, in, conv_terms, out);
   const gpu::ConvLaunch c =
       gpu::conv_launch(variant, period, in, has_bias, out);
   const mx::array& a = c.a;
@@ -292,7 +343,8 @@ void RFFTConv::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
   auto& enc = mx::metal::get_command_encoder(stream());
   out.set_data(mx::allocator::malloc(out.nbytes()));
   with_working_type(precision_, [&](auto tag) {
-    convolve<decltype(tag)>(d, enc, variant_, period_, inputs, has_bias_, out);
+    convolve<decltype(tag)>(
+        d, enc, variant_, period_, inputs, has_bias_, conv_terms_, out);
   });
 }
 

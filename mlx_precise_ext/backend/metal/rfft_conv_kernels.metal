@@ -101,6 +101,52 @@ void conv_body(Ptr re, Ptr im, const device float* a, const device float* b,
   }
 }
 
+// One term of a reduced row (see the CUDA twin): acc (+)= the product of the
+// spectra of the rows a and b, `first` starting from zero.
+template <class T, class Ptr>
+void accumulate_term(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im, OperandRow a, OperandRow b,
+                     constant const ConvShape& g, constant const FFTShape& fs,
+                     const device cpx<T>* tw, const device cpx<T>* split_tw,
+                     const device IndexPair* pairs, device cpx<T>* acc, bool first, uint tid,
+                     uint nt) {
+  const int h = fs.n_half;
+  load_real_row<T>(a_re, a_im, a.data, a.stride, g.a_len, g.a_reversed, h, tid, nt);
+  load_real_row<T>(b_re, b_im, b.data, b.stride, g.b_len, false, h, tid, nt);
+  MP_BARRIER();
+  fft_forward<T>(a_re, a_im, fs, tw, tid, nt);
+  fft_forward<T>(b_re, b_im, fs, tw, tid, nt);
+  accumulate_product<T>(a_re, a_im, b_re, b_im, pairs, split_tw, acc, first, fs.num_pairs, tid,
+                        nt);
+  MP_BARRIER();
+}
+
+// The accumulated spectrum, scaled, back in the time domain in (re, im).
+template <class T, class Ptr>
+void invert_accumulated(Ptr re, Ptr im, constant const ConvShape& g, constant const FFTShape& fs,
+                        const device cpx<T>* tw, const device cpx<T>* split_tw,
+                        const device IndexPair* pairs, const device cpx<T>* acc, uint tid,
+                        uint nt) {
+  unsplit_accumulated<T>(re, im, pairs, split_tw, acc, g.spectrum_scale, fs.num_pairs, tid, nt);
+  MP_BARRIER();
+  fft_inverse<T>(re, im, fs, tw, tid, nt);
+}
+
+// Folds the row into the snap summary `slot`.
+inline void publish_row(threadgroup MP_GROUP_UINT* summary_max,
+                        threadgroup MP_GROUP_INT* summary_quantum, int slot, OperandRow row,
+                        long len, uint tid, uint nt) {
+  summary_publish(summary_max, summary_quantum, slot,
+                  summarize_part(row.data, row.stride, len, int(tid), int(nt)));
+}
+
+template <class T>
+int read_snap(threadgroup MP_GROUP_UINT* summary_max, threadgroup MP_GROUP_INT* summary_quantum,
+              bool has_bias, constant const ConvShape& g, int terms) {
+  return snap_from_summaries<T>(summary_read(summary_max, summary_quantum, kSummaryA),
+                                summary_read(summary_max, summary_quantum, kSummaryB), has_bias,
+                                summary_read(summary_max, summary_quantum, kSummaryBias), g, terms);
+}
+
 template <class T, class Ptr>
 void reduce_body(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im, const device float* a,
                  const device float* b, const device float* bias, device float* out,
@@ -110,62 +156,106 @@ void reduce_body(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im, const device float* a,
                  device cpx<T>* acc, threadgroup MP_GROUP_UINT* summary_max,
                  threadgroup MP_GROUP_INT* summary_quantum, uint tid, uint nt, uint group,
                  uint groups) {
-  const int h = fs.n_half;
   const T tag{};
   const bool snaps = snap_roundoff_exp(T{}) < 0;
+  const long a_step = ix.time_stride[kOperandA], b_step = ix.time_stride[kOperandB],
+             bias_step = ix.time_stride[kOperandBias];
   for (long target = group; target < ix.outer_count; target += groups) {
     if (snaps) {
       if (tid < uint(kSummarySlots)) summary_reset(summary_max, summary_quantum, int(tid));
       MP_BARRIER();
       for (long j = 0; j < ix.inner_count; ++j) {
-        summary_publish(summary_max, summary_quantum, kSummaryA,
-                        summarize_part(a + row_offset(ix, kOperandA, target, j),
-                                       ix.time_stride[kOperandA], g.a_len, int(tid), int(nt)));
-        summary_publish(summary_max, summary_quantum, kSummaryB,
-                        summarize_part(b + row_offset(ix, kOperandB, target, j),
-                                       ix.time_stride[kOperandB], g.b_len, int(tid), int(nt)));
+        publish_row(summary_max, summary_quantum, kSummaryA,
+                    OperandRow{a + row_offset(ix, kOperandA, target, j), a_step}, g.a_len, tid,
+                    nt);
+        publish_row(summary_max, summary_quantum, kSummaryB,
+                    OperandRow{b + row_offset(ix, kOperandB, target, j), b_step}, g.b_len, tid,
+                    nt);
         if (g.has_bias) {
-          summary_publish(summary_max, summary_quantum, kSummaryBias,
-                          summarize_part(bias + row_offset(ix, kOperandBias, target, j),
-                                         ix.time_stride[kOperandBias], g.out_len, int(tid),
-                                         int(nt)));
+          publish_row(summary_max, summary_quantum, kSummaryBias,
+                      OperandRow{bias + row_offset(ix, kOperandBias, target, j), bias_step},
+                      g.out_len, tid, nt);
         }
       }
     }
     for (long j = 0; j < ix.inner_count; ++j) {
-      load_real_row<T>(a_re, a_im, a + row_offset(ix, kOperandA, target, j),
-                       ix.time_stride[kOperandA], g.a_len, g.a_reversed, h, tid, nt);
-      load_real_row<T>(b_re, b_im, b + row_offset(ix, kOperandB, target, j),
-                       ix.time_stride[kOperandB], g.b_len, false, h, tid, nt);
-      MP_BARRIER();
-      fft_forward<T>(a_re, a_im, fs, tw, tid, nt);
-      fft_forward<T>(b_re, b_im, fs, tw, tid, nt);
-      accumulate_product<T>(a_re, a_im, b_re, b_im, pairs, split_tw, acc, j == 0, fs.num_pairs,
-                            tid, nt);
-      MP_BARRIER();
+      accumulate_term<T>(a_re, a_im, b_re, b_im,
+                         OperandRow{a + row_offset(ix, kOperandA, target, j), a_step},
+                         OperandRow{b + row_offset(ix, kOperandB, target, j), b_step}, g, fs, tw,
+                         split_tw, pairs, acc, j == 0, tid, nt);
     }
-    unsplit_accumulated<T>(a_re, a_im, pairs, split_tw, acc, g.spectrum_scale, fs.num_pairs,
-                           tid, nt);
-    MP_BARRIER();
-    fft_inverse<T>(a_re, a_im, fs, tw, tid, nt);
+    invert_accumulated<T>(a_re, a_im, g, fs, tw, split_tw, pairs, acc, tid, nt);
     device float* out_row = out + row_offset(ix, kOperandOut, target, 0);
-    int snap = kNoSnap;
-    if (snaps) {
-      const int terms = int(ix.inner_count * (g.has_bias ? 2 : 1));
-      snap = snap_from_summaries<T>(summary_read(summary_max, summary_quantum, kSummaryA),
-                                    summary_read(summary_max, summary_quantum, kSummaryB),
-                                    g.has_bias, summary_read(summary_max, summary_quantum, kSummaryBias),
-                                    g, terms);
-    }
+    const int snap = snaps ? read_snap<T>(summary_max, summary_quantum, g.has_bias, g,
+                                          int(ix.inner_count * (g.has_bias ? 2 : 1)))
+                           : kNoSnap;
     for (long t = tid; t < g.out_len; t += nt) {
       T v = gather_output<T>(a_re, a_im, g, t);
       if (g.has_bias) {
         for (long j = 0; j < ix.inner_count; ++j) {
-          const float x = a[row_offset(ix, kOperandA, target, j) + t * ix.time_stride[kOperandA]];
-          const float d =
-              bias[row_offset(ix, kOperandBias, target, j) + t * ix.time_stride[kOperandBias]];
+          const float x = a[row_offset(ix, kOperandA, target, j) + t * a_step];
+          const float d = bias[row_offset(ix, kOperandBias, target, j) + t * bias_step];
           v = r_add(v, r_prod(tag, x, d));
         }
+      }
+      if (snap != kNoSnap) v = r_snap(v, snap);
+      out_row[t] = r_round(v);
+    }
+    MP_BARRIER();
+  }
+}
+
+// ConvolveSum rows (the jvp, conv_params.h), as reduce_body sums a target's
+// rows. The snap summary folds the bias terms' factors c_j into the A slot:
+// its largest magnitude and lowest bit then bound both kinds of product.
+template <class T, class Ptr>
+void sum_body(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im, SumData data, device float* out,
+              constant const RowIndex& ix, constant const SumOperands& s,
+              constant const ConvShape& g, constant const FFTShape& fs, const device cpx<T>* tw,
+              const device cpx<T>* split_tw, const device IndexPair* pairs, device cpx<T>* acc,
+              threadgroup MP_GROUP_UINT* summary_max, threadgroup MP_GROUP_INT* summary_quantum,
+              uint tid, uint nt, uint group, uint groups) {
+  const T tag{};
+  const bool snaps = snap_roundoff_exp(T{}) < 0;
+  const bool has_bias = s.bias_terms > 0;
+  for (long row = group; row < ix.outer_count; row += groups) {
+    if (snaps) {
+      if (tid < uint(kSummarySlots)) summary_reset(summary_max, summary_quantum, int(tid));
+      MP_BARRIER();
+      for (int i = 0; i < s.conv_terms; ++i) {
+        const int k = sum_conv_operand(i);
+        publish_row(summary_max, summary_quantum, kSummaryA,
+                    sum_operand_row(data, ix, s, k, row), g.a_len, tid, nt);
+        publish_row(summary_max, summary_quantum, kSummaryB,
+                    sum_operand_row(data, ix, s, k + 1, row), g.b_len, tid, nt);
+      }
+      for (int j = 0; j < s.bias_terms; ++j) {
+        const int k = sum_bias_operand(s, j);
+        publish_row(summary_max, summary_quantum, kSummaryA,
+                    sum_operand_row(data, ix, s, k, row), g.out_len, tid, nt);
+        publish_row(summary_max, summary_quantum, kSummaryBias,
+                    sum_operand_row(data, ix, s, k + 1, row), g.out_len, tid, nt);
+      }
+    }
+    for (int i = 0; i < s.conv_terms; ++i) {
+      const int k = sum_conv_operand(i);
+      accumulate_term<T>(a_re, a_im, b_re, b_im, sum_operand_row(data, ix, s, k, row),
+                         sum_operand_row(data, ix, s, k + 1, row), g, fs, tw, split_tw, pairs,
+                         acc, i == 0, tid, nt);
+    }
+    invert_accumulated<T>(a_re, a_im, g, fs, tw, split_tw, pairs, acc, tid, nt);
+    device float* out_row = out + row_offset(ix, kOperandOut, row, 0);
+    const int snap = snaps ? read_snap<T>(summary_max, summary_quantum, has_bias, g,
+                                          s.conv_terms + s.bias_terms)
+                           : kNoSnap;
+    OperandRow bias_rows[2 * kMaxSumTerms];
+    for (int j = 0; j < 2 * s.bias_terms; ++j)
+      bias_rows[j] = sum_operand_row(data, ix, s, sum_bias_operand(s, 0) + j, row);
+    for (long t = tid; t < g.out_len; t += nt) {
+      T v = gather_output<T>(a_re, a_im, g, t);
+      for (int j = 0; j < s.bias_terms; ++j) {
+        const OperandRow c = bias_rows[2 * j], d = bias_rows[2 * j + 1];
+        v = r_add(v, r_prod(tag, c.data[t * c.stride], d.data[t * d.stride]));
       }
       if (snap != kNoSnap) v = r_snap(v, snap);
       out_row[t] = r_round(v);
@@ -233,6 +323,40 @@ template <class T, bool kGroup>
   }
 }
 
+// ConvolveSum's operands (buffers 15 + k) and their strides (buffer 14);
+// `spectra` holds one accumulator slot per threadgroup.
+#define MP_SUM_KERNEL_ARGS                                                                 \
+  device float* out [[buffer(3)]], constant const RowIndex& ix [[buffer(4)]],             \
+      constant const ConvShape& g [[buffer(5)]], constant const FFTShape& fs [[buffer(6)]], \
+      const device cpx<T>* tw [[buffer(7)]], const device cpx<T>* split_tw [[buffer(8)]],   \
+      const device IndexPair* pairs [[buffer(9)]], device cpx<T>* spectra [[buffer(10)]],  \
+      device T* workspace [[buffer(11)]], constant const SumOperands& s [[buffer(14)]],    \
+      const device float* x0 [[buffer(15)]], const device float* x1 [[buffer(16)]],        \
+      const device float* x2 [[buffer(17)]], const device float* x3 [[buffer(18)]],        \
+      const device float* x4 [[buffer(19)]], const device float* x5 [[buffer(20)]],        \
+      const device float* x6 [[buffer(21)]], const device float* x7 [[buffer(22)]],        \
+      threadgroup T* group_rows [[threadgroup(0)]],                                        \
+      uint tid [[thread_position_in_threadgroup]], uint nt [[threads_per_threadgroup]],    \
+      uint group [[threadgroup_position_in_grid]], uint groups [[threadgroups_per_grid]]
+
+template <class T, bool kGroup>
+[[kernel]] void sum_rows(MP_SUM_KERNEL_ARGS) {
+  const int h = fs.n_half;
+  device cpx<T>* acc = spectra + long(group) * 2 * fs.num_pairs;
+  threadgroup MP_GROUP_UINT summary_max[kSummarySlots];
+  threadgroup MP_GROUP_INT summary_quantum[kSummarySlots];
+  const SumData data{{x0, x1, x2, x3, x4, x5, x6, x7}};
+  if (kGroup) {
+    sum_body<T>(group_rows, group_rows + h, group_rows + 2 * h, group_rows + 3 * h, data, out, ix,
+                s, g, fs, tw, split_tw, pairs, acc, summary_max, summary_quantum, tid, nt, group,
+                groups);
+  } else {
+    device T* rows = workspace + long(group) * 4 * h;
+    sum_body<T>(rows, rows + h, rows + 2 * h, rows + 3 * h, data, out, ix, s, g, fs, tw, split_tw,
+                pairs, acc, summary_max, summary_quantum, tid, nt, group, groups);
+  }
+}
+
 // Bias gradient (see the CUDA twin): one thread per output, the CPU's order.
 template <class T>
 [[kernel]] void product_sum(const device float* a [[buffer(0)]],
@@ -269,6 +393,7 @@ template <class T>
   MP_INSTANTIATE_ROWS(kernel_spectra, T, tname)                                           \
   MP_INSTANTIATE_ROWS(conv_rows, T, tname)                                                \
   MP_INSTANTIATE_ROWS(reduce_rows, T, tname)                                              \
+  MP_INSTANTIATE_ROWS(sum_rows, T, tname)                                                 \
   template [[host_name("product_sum_" tname)]] [[kernel]] decltype(product_sum<T>)        \
       product_sum<T>;
 
