@@ -1,5 +1,5 @@
 """Pair ops (mlx_precise.pair) on the GPU: the elementwise functions, addmm / linear,
-layer_norm and rfft_conv, which have CUDA kernels.
+layer_norm, rfft_conv and take_rows, which have CUDA kernels.
 
 Skipped, visibly, where MLX has no CUDA GPU (CI, Metal: the Metal pair kernels are not
 written). Each GPU result's carried value hi + lo must agree with the CPU's (both
@@ -116,6 +116,18 @@ def test_linear_and_addmm_match_cpu():
 
 def bits(a):
     return np.asarray(a).view(np.uint32)
+
+
+def test_take_rows_bits_equal_cpu():
+    """M2-BERT's exact embeddings: rows of a pair table, NaN rows for an id out of range."""
+    rng = np.random.default_rng([SEED, 7])
+    table = random_pair(rng, (40, 24)).transpose(1, 0)[:, :20]  # (24, 20), strided
+    ids = mx.array(rng.integers(-1, 25, (3, 17)).astype(np.int32)).transpose(1, 0)
+    gpu = on(mx.gpu, pair.take_rows, table, ids)
+    cpu = on(mx.cpu, pair.take_rows, table, ids)
+    assert np.isnan(np.asarray(gpu.hi)).any(), "an id of -1 or 24 gives NaN rows"
+    np.testing.assert_array_equal(bits(gpu.hi), bits(cpu.hi))
+    np.testing.assert_array_equal(bits(gpu.lo), bits(cpu.lo))
 
 
 # (batch, channels, L, kernel length, n): M2-BERT's bidirectional long convolution

@@ -3,6 +3,7 @@
 #include <stdexcept>
 
 #include "pair_primitives.h"
+#include "pair_vjp_primitives.h"
 #include "primitives.h"
 #include "strict_primitives.h"
 
@@ -61,6 +62,12 @@ void PairRFFTConv::eval_gpu(
     const std::vector<mx::array>&,
     std::vector<mx::array>&) {
   no_gpu("pair rfft_conv");
+}
+
+void PairRows::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
+  no_gpu("pair take_rows");
 }
 
 } // namespace mlx_precise

@@ -142,6 +142,41 @@ __global__ void pair_addmm_finish(
   }
 }
 
+// out (count, dim) row-major = the rows ids[i] of the pair table (rows, dim),
+// each value re-split through double as on the CPU; NaN rows for an id
+// outside [0, rows). ids: rows of ids_inner elements (ids_l).
+__global__ void pair_gather_rows(
+    const float* table_hi,
+    const RowsLayout hi_l,
+    const float* table_lo,
+    const RowsLayout lo_l,
+    const int* ids,
+    const RowsLayout ids_l,
+    MP_INT64 ids_inner,
+    MP_INT64 table_rows,
+    MP_INT64 dim,
+    MP_INT64 count,
+    float* out_hi,
+    float* out_lo) {
+  for (MP_INT64 e =
+           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
+       e < count * dim;
+       e += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+    const MP_INT64 i = e / dim, j = e - i * dim;
+    const MP_INT64 id = ids[element_offset(ids_l, i, ids_inner)];
+    const double v = id >= 0 && id < table_rows
+        ? pair_at(
+              table_hi,
+              table_lo,
+              row_start(hi_l, id) + j * hi_l.element_stride,
+              row_start(lo_l, id) + j * lo_l.element_stride)
+        : __longlong_as_double(0x7ff8000000000000LL);
+    const ff p = dd_from_double(v);
+    out_hi[e] = p.hi;
+    out_lo[e] = p.lo;
+  }
+}
+
 constexpr int kPairWarp = 32;
 constexpr int kPairRowsPerBlock = 8;
 

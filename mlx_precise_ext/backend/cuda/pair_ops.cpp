@@ -21,6 +21,7 @@
 #include "backend/gpu/strict_layout.h"
 #include "kernels/strict_params.h"
 #include "pair_primitives.h"
+#include "pair_vjp_primitives.h"
 
 namespace mlx_precise {
 
@@ -31,6 +32,7 @@ std::vector<std::string> cuda::pair_kernel_names() {
       "mlx_precise::gpu::pair_layer_norm_rows",
       "mlx_precise::gpu::pair_pack_operand",
       "mlx_precise::gpu::pair_addmm_finish",
+      "mlx_precise::gpu::pair_gather_rows",
       "mlx_precise::gpu::pair_kernel_spectra<true>",
       "mlx_precise::gpu::pair_kernel_spectra<false>",
       "mlx_precise::gpu::pair_conv_rows<true>",
@@ -258,6 +260,43 @@ void PairAddmm::eval_gpu(
       has_c_ ? static_cast<const float*>(mx::gpu_ptr<float>(inputs[4]))
              : static_cast<const float*>(nullptr),
       l,
+      mx::gpu_ptr<float>(outputs[0]),
+      mx::gpu_ptr<float>(outputs[1]));
+}
+
+// Gather (the forward of pair take_rows, M2-BERT's exact embeddings) runs
+// pair_gather_rows; ScatterAdd, its gradient, has no CUDA kernel yet.
+void PairRows::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  if (variant_ != Variant::Gather) {
+    throw std::runtime_error(
+        "pair take_rows gradient: gradients through pairs (mlx_precise.pair, "
+        "M2-BERT precision=\"exact\") run on the CPU only in this version; "
+        "pass stream=mx.cpu (or mx.set_default_device(mx.cpu))");
+  }
+  int device = 0;
+  auto& encoder = prepare_bound(stream(), inputs, outputs, device);
+  const int64_t size = outputs[0].size();
+  if (size == 0)
+    return;
+  const mx::array& ids = inputs[2];
+  const int64_t dim = outputs[0].shape(-1);
+  launch(
+      encoder,
+      cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_gather_rows"),
+      stride_grid(size),
+      dim3(256),
+      mx::gpu_ptr<float>(inputs[0]),
+      gpu::rows_layout("pair take_rows", inputs[0]),
+      mx::gpu_ptr<float>(inputs[1]),
+      gpu::rows_layout("pair take_rows", inputs[1]),
+      mx::gpu_ptr<int32_t>(ids),
+      operand_layout("pair take_rows", ids),
+      static_cast<MP_INT64>(ids.ndim() == 0 ? 1 : ids.shape(-1)),
+      static_cast<MP_INT64>(inputs[0].shape(0)),
+      static_cast<MP_INT64>(dim),
+      static_cast<MP_INT64>(size / std::max<int64_t>(dim, 1)),
       mx::gpu_ptr<float>(outputs[0]),
       mx::gpu_ptr<float>(outputs[1]));
 }

@@ -1,7 +1,8 @@
 // eval_gpu of the gradients' pair primitives (pair_vjp_primitives.h) that
 // have no GPU kernel yet: a clear error, never a silent move to the CPU.
-// (PairBroadcast is a view and runs everywhere: pair_vjp.cpp.) Compiled in
-// every build, GPU or not.
+// (PairBroadcast is a view and runs everywhere: pair_vjp.cpp; PairRows has
+// one eval_gpu per backend, with the pair ops.) Compiled in every build, GPU
+// or not.
 #include <stdexcept>
 #include <string>
 
@@ -21,12 +22,6 @@ namespace {
 
 void PairSum::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
   no_gpu_kernel("pair sum");
-}
-
-void PairRows::eval_gpu(
-    const std::vector<mx::array>&,
-    std::vector<mx::array>&) {
-  no_gpu_kernel("pair take_rows");
 }
 
 void PairLayerNormVJP::eval_gpu(

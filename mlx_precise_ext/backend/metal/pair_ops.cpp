@@ -5,6 +5,7 @@
 #include <string>
 
 #include "pair_primitives.h"
+#include "pair_vjp_primitives.h"
 
 namespace mlx_precise {
 
@@ -40,6 +41,12 @@ void PairRFFTConv::eval_gpu(
     const std::vector<mx::array>&,
     std::vector<mx::array>&) {
   not_on_gpu("pair rfft_conv");
+}
+
+void PairRows::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
+  not_on_gpu("pair take_rows");
 }
 
 } // namespace mlx_precise
