@@ -148,6 +148,43 @@ def layer_norm_reference_mp(x, w, b, eps):
     return out
 
 
+def exact_zero_rule(x, w, b):
+    """The bits an exactly zero output must have: the product n w is +-0 with the
+    sign of N = D x_i - sum x times w's when N = 0 or w = +-0, then + b in IEEE
+    float32 (no bias: + -0); a nonzero product cancelled by b gives +0. None
+    where the exact output is not zero."""
+    out = np.full(x.shape, np.nan, np.float32)
+    for r in range(x.shape[0]):
+        row = [Fraction(float(v)) for v in x[r]]
+        total = sum(row)
+        for i, v in enumerate(row):
+            n = len(row) * v - total
+            wi = np.float32(1) if w is None else w[i]
+            bi = np.float32(-0.0) if b is None else b[i]
+            if n == 0 or wi == 0:
+                p = np.float32(-0.0) if (n < 0) != bool(np.signbit(wi)) else np.float32(0.0)
+                out[r, i] = p + bi
+    return out
+
+
+def hard_layer_norm_rows(rng, dim):
+    """Rows whose outputs the float64 bound leaves open often: a mean far above the
+    spread, small integers (exact zeros and ties), a wide dynamic range, tiny rows."""
+    kind = int(rng.integers(5))
+    shape = (3, dim)
+    if kind == 0:
+        x = 2.0 ** rng.integers(10, 40) + rng.standard_normal(shape)
+    elif kind == 1:
+        x = rng.integers(-3, 4, shape).astype(np.float64)
+    elif kind == 2:
+        x = rng.standard_normal(shape) * np.exp2(rng.integers(-60, 61, shape))
+    elif kind == 3:
+        x = rng.integers(-2, 3, shape) * 2.0 ** int(rng.integers(-140, 100))
+    else:
+        x = 5 + rng.standard_normal(shape) * 1e-4
+    return x.astype(np.float32)
+
+
 def _interval(q: Fraction):
     return iv.mpf(q.numerator) / q.denominator
 

@@ -12,13 +12,14 @@ rare output that float pairs round the other way).
 """
 
 import math
+import os
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
 import mlx_precise as mp
-from reference import round_exact_sum
+from reference import exact_zero_rule, hard_layer_norm_rows, layer_norm_reference_mp, round_exact_sum
 
 GPU_AVAILABLE = mx.metal.is_available() or mx.cuda.is_available()
 pytestmark = pytest.mark.skipif(not GPU_AVAILABLE, reason="MLX has no GPU backend here")
@@ -149,6 +150,40 @@ def test_layer_norm_accuracy_and_equal_to_cpu(precision):
     xt = mx.array(rng.standard_normal((50, 13)).astype(np.float32)).T
     assert_equal_to_cpu(on(mx.gpu, mp.layer_norm, xt, precision=precision),
                         on(mx.cpu, mp.layer_norm, xt, precision=precision))
+
+
+def poison_buffer_cache(nbytes):
+    """Leaves NaN-filled GPU buffers of nbytes in MLX's buffer cache, so that the next
+    outputs of that size likely start as NaN: an output a kernel fails to write shows."""
+    junk = [mx.full((max(nbytes // 4, 1),), np.nan, dtype=mx.float32, stream=mx.gpu) for _ in range(3)]
+    mx.eval(junk)
+    del junk
+
+
+@pytest.mark.skipif(ON_METAL, reason="Metal has no float64: its layer_norm is float pairs, not certified")
+@pytest.mark.parametrize("precision", STRICT)
+def test_layer_norm_certified_on_hard_rows(precision):
+    # Rows whose outputs reach the recompute kernel (double words, then exact
+    # comparisons): correctly rounded, exact zeros by the one sign rule, the CPU's bits.
+    seed = int(os.environ.get("MLX_PRECISE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+    print(f"test_layer_norm_certified_on_hard_rows seed: {seed}")
+    rng = np.random.default_rng(seed)
+    for _ in range(8):
+        dim = int(rng.choice([2, 3, 5, 33, 100, 768]))
+        x = hard_layer_norm_rows(rng, dim)
+        w = rng.choice([-2, -1, -0.0, 0.0, 0.5, 3, 1 + 2.0**-23], dim).astype(np.float32)
+        b = rng.choice([-0.0, 0.0, 1, -1, 2.0**-30], dim).astype(np.float32)
+        w = w if rng.random() < 0.7 else None
+        b = b if rng.random() < 0.6 else None
+        eps = float(rng.choice([1e-5, 1e-300, 3.0, 1e-40]))
+        args = [mx.array(x), None if w is None else mx.array(w), None if b is None else mx.array(b)]
+        poison_buffer_cache(x.nbytes)
+        y_gpu = np.array(on(mx.gpu, mp.layer_norm, *args, eps=eps, precision=precision))
+        np.testing.assert_array_equal(y_gpu, layer_norm_reference_mp(x, w, b, eps), err_msg=f"seed {seed}")
+        zeros = exact_zero_rule(x, w, b)
+        fixed = zeros == 0
+        np.testing.assert_array_equal(np.signbit(y_gpu[fixed]), np.signbit(zeros[fixed]))
+        assert_bitwise(y_gpu, on(mx.cpu, mp.layer_norm, *args, eps=eps, precision=precision))
 
 
 @pytest.mark.parametrize("precision", STRICT)

@@ -1,5 +1,6 @@
 """Extended layer_norm is correctly rounded for every finite input: its three stages
-(kernels/layer_norm_certify.h: certified float64, double words, exact comparisons)
+(kernels/layer_norm_certify.h: certified float64, double words, exact comparisons;
+dd is the same computation)
 against a rigorous reference, on rows built to reach each stage, and the sign of
 exact zeros (layer_norm_exact_zero's rule), which every stage and backend follows.
 
@@ -7,14 +8,13 @@ Fresh random inputs each run (MLX_PRECISE_TEST_SEED replays one)."""
 
 import os
 import zlib
-from fractions import Fraction
 
 import mlx.core as mx
 import numpy as np
 import pytest
 
 import mlx_precise as mp
-from reference import layer_norm_reference_mp
+from reference import exact_zero_rule, hard_layer_norm_rows, layer_norm_reference_mp
 
 SEED = int(os.environ.get("MLX_PRECISE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
 print(f"test_layer_norm_certified seed: {SEED}")
@@ -29,25 +29,6 @@ def arr(v):
     return None if v is None else mx.array(v)
 
 
-def exact_zero_rule(x, w, b):
-    """The bits an exactly zero output must have: the product n w is +-0 with the
-    sign of N = D x_i - sum x times w's when N = 0 or w = +-0, then + b in IEEE
-    float32 (no bias: + -0); a nonzero product cancelled by b gives +0. None
-    where the exact output is not zero."""
-    out = np.full(x.shape, np.nan, np.float32)
-    for r in range(x.shape[0]):
-        row = [Fraction(float(v)) for v in x[r]]
-        total = sum(row)
-        for i, v in enumerate(row):
-            n = len(row) * v - total
-            wi = np.float32(1) if w is None else w[i]
-            bi = np.float32(-0.0) if b is None else b[i]
-            if n == 0 or wi == 0:
-                p = np.float32(-0.0) if (n < 0) != bool(np.signbit(wi)) else np.float32(0.0)
-                out[r, i] = p + bi
-    return out
-
-
 def check(x, w, b, eps, precision="extended"):
     y = np.array(mp.layer_norm(arr(x), arr(w), arr(b), eps=eps, precision=precision))
     expected = layer_norm_reference_mp(x, w, b, eps)
@@ -60,16 +41,17 @@ def check(x, w, b, eps, precision="extended"):
     return y
 
 
+@pytest.mark.parametrize("precision", ["extended", "dd"])
 @pytest.mark.parametrize("w_value", [-1.5, -0.0, 0.0, 2.0])
 @pytest.mark.parametrize("bias", [None, -0.0, 0.0, 0.25])
-def test_exact_zero_outputs_follow_one_rule(w_value, bias):
+def test_exact_zero_outputs_follow_one_rule(precision, w_value, bias):
     # Exact zeros: x_i equal to the mean (N = 0), constant and all-zero rows, and
     # w = +-0 on every row (then the sign of N decides), with and without a bias.
     x = np.float32([[1, 2, 3], [7, 7, 7], [0, 0, 0], [-3e-39, -3e-39, -3e-39], [5, -1, 2]])
     w = np.float32([w_value, w_value, -w_value])
     b = None if bias is None else np.float32([bias, -bias, bias])
-    check(x, w, b, 1e-5)
-    check(x, None, b, 1e-5)
+    check(x, w, b, 1e-5, precision)
+    check(x, None, b, 1e-5, precision)
 
 
 def test_zero_product_with_mean_off_by_rounding():
@@ -81,29 +63,12 @@ def test_zero_product_with_mean_off_by_rounding():
     check(x, w, np.float32([-0.0, -0.0, 0, 0, -0.0]), 1e-5)
 
 
-def hard_rows(rng, dim):
-    """Rows whose outputs the float64 bound leaves open often: a mean far above the
-    spread, small integers (exact zeros and ties), a wide dynamic range, tiny rows."""
-    kind = int(rng.integers(5))
-    shape = (3, dim)
-    if kind == 0:
-        x = 2.0 ** rng.integers(10, 40) + rng.standard_normal(shape)
-    elif kind == 1:
-        x = rng.integers(-3, 4, shape).astype(np.float64)
-    elif kind == 2:
-        x = rng.standard_normal(shape) * np.exp2(rng.integers(-60, 61, shape))
-    elif kind == 3:
-        x = rng.integers(-2, 3, shape) * 2.0 ** int(rng.integers(-140, 100))
-    else:
-        x = 5 + rng.standard_normal(shape) * 1e-4
-    return x.astype(np.float32)
-
-
-def test_hard_rows_correctly_rounded(rng):
+@pytest.mark.parametrize("precision", ["extended", "dd"])
+def test_hard_rows_correctly_rounded(rng, precision):
     for _ in range(12):
         dim = int(rng.choice([2, 3, 5, 16, 33, 100]))
-        x = hard_rows(rng, dim)
+        x = hard_layer_norm_rows(rng, dim)
         w = rng.choice([-2, -1, -0.0, 0.0, 0.5, 3, 1 + 2.0**-23], dim).astype(np.float32)
         b = rng.choice([-0.0, 0.0, 1, -1, 2.0**-30], dim).astype(np.float32)
         eps = float(rng.choice([1e-5, 1e-300, 3.0, 1e-40]))
-        check(x, w if rng.random() < 0.7 else None, b if rng.random() < 0.6 else None, eps)
+        check(x, w if rng.random() < 0.7 else None, b if rng.random() < 0.6 else None, eps, precision)

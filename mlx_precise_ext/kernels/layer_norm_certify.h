@@ -30,6 +30,7 @@
 #pragma once
 
 #include "exact_layer_norm.h"
+#include "strict_arith.h"
 
 #if MP_HAS_DOUBLE
 
@@ -93,36 +94,56 @@ MP_INLINE double layer_norm_output_error(
       kLayerNormSlack;
 }
 
-// Whether the float64 output v (d = x - shift, num = d - c, n = num inv_std,
-// v = n wd + bd, as strict_arith.h computes them) stays open: not certified,
-// v not NaN, weight and bias finite (an Inf or NaN there gives IEEE's value).
-// A zero v certifies only when its sign is certain: the product n w is an
-// exact +-0 (w = 0 with num's sign certain, or num exactly 0), so that v =
-// +-0 + b exactly. Branch-free, so that a CPU loop over a row vectorises.
+// The float64 output and the terms its bound needs: d = x - shift, num =
+// d - c, n = num inv_std, v = n wd + bd, exactly the operations of
+// strict_arith.h's layer_norm_output (wd = 1, bd = 0 when absent).
+struct LayerNormTerms {
+  double d, num, n, wd, bd, v;
+};
+
+MP_INLINE LayerNormTerms layer_norm_terms(
+    const LayerNormStats<double> s,
+    float x,
+    bool has_weight,
+    float w,
+    bool has_bias,
+    float b) {
+  LayerNormTerms t;
+  t.d = static_cast<double>(x) - s.shift;
+  t.num = t.d - s.correction;
+  t.n = t.num * s.inv_std;
+  t.wd = has_weight ? static_cast<double>(w) : 1.0;
+  t.bd = has_bias ? static_cast<double>(b) : 0.0;
+  t.v = has_weight ? t.n * t.wd : t.n;
+  if (has_bias)
+    t.v = t.v + t.bd;
+  return t;
+}
+
+// Whether the float64 output t.v stays open: not certified, v not NaN,
+// weight and bias finite (an Inf or NaN there gives IEEE's value). A zero v
+// certifies only when its sign is certain: the product n w is an exact +-0
+// (w = 0 with num's sign certain, or num exactly 0), so that v = +-0 + b
+// exactly. Branch-free, so that a CPU loop over a row vectorises.
 MP_INLINE bool layer_norm_open(
     const LayerNormErrors e,
     double inv_std,
-    double d,
-    double num,
-    double n,
-    double wd,
-    double bd,
-    double v) {
+    const LayerNormTerms t) {
   const double u = kUnitRoundoff64;
-  const double e_num = u * fabs(d) + e.mean_err + u * fabs(num);
+  const double e_num = u * fabs(t.d) + e.mean_err + u * fabs(t.num);
   const double err = layer_norm_output_error(
-      e.inv_rel, inv_std, e_num, fabs(n), fabs(wd), fabs(v), u);
-  const double margin = err + 4.0 * u * fabs(v);
-  const float lo = static_cast<float>(v - margin);
-  const float hi = static_cast<float>(v + margin);
+      e.inv_rel, inv_std, e_num, fabs(t.n), fabs(t.wd), fabs(t.v), u);
+  const double margin = err + 4.0 * u * fabs(t.v);
+  const float lo = static_cast<float>(t.v - margin);
+  const float hi = static_cast<float>(t.v + margin);
   const bool rounded_open =
-      (MP_FLOAT_BITS(lo) != MP_FLOAT_BITS(hi)) | !(fabs(v) < 1e300);
+      (MP_FLOAT_BITS(lo) != MP_FLOAT_BITS(hi)) | !(fabs(t.v) < 1e300);
   const bool zero_known =
-      ((wd == 0.0) & ((fabs(num) > e_num) | (e_num == 0.0))) |
-      ((num == 0.0) & (e_num == 0.0));
-  const bool is_zero = v == 0.0;
+      ((t.wd == 0.0) & ((fabs(t.num) > e_num) | (e_num == 0.0))) |
+      ((t.num == 0.0) & (e_num == 0.0));
+  const bool is_zero = t.v == 0.0;
   const bool open = (is_zero & !zero_known) | (!is_zero & rounded_open);
-  return open & (v == v) & (fabs(wd) <= 3.5e38) & (fabs(bd) <= 3.5e38);
+  return open & (t.v == t.v) & (fabs(t.wd) <= 3.5e38) & (fabs(t.bd) <= 3.5e38);
 }
 
 // ------------------------------------------------------- double words ----

@@ -121,24 +121,21 @@ void certify_layer_norm_row(
   thread_local std::vector<unsigned char> flags_buffer;
   flags_buffer.resize(D);
   unsigned char* __restrict flags = flags_buffer.data();
-  const double shift = s.shift, c = s.correction, inv = s.inv_std;
   // One loop per weight / bias case, so that each vectorises.
   auto pass = [&](auto has_w, auto has_b) {
-    for (int64_t i = 0; i < D; ++i) {
-      const double d = static_cast<double>(x[i]) - shift;
-      const double num = d - c;
-      const double n = num * inv;
-      double wd = 1.0, bd = 0.0, v = n;
-      if constexpr (decltype(has_w)::value) {
-        wd = w[i];
-        v = n * wd;
-      }
-      if constexpr (decltype(has_b)::value) {
-        bd = b[i];
-        v = v + bd;
-      }
-      flags[i] = layer_norm_open(e, inv, d, num, n, wd, bd, v);
-    }
+    constexpr bool with_w = decltype(has_w)::value;
+    constexpr bool with_b = decltype(has_b)::value;
+    for (int64_t i = 0; i < D; ++i)
+      flags[i] = layer_norm_open(
+          e,
+          s.inv_std,
+          layer_norm_terms(
+              s,
+              x[i],
+              with_w,
+              with_w ? w[i] : 1.0f,
+              with_b,
+              with_b ? b[i] : 0.0f));
   };
   using Yes = std::true_type;
   using No = std::false_type;

@@ -8,7 +8,7 @@ namespace mlx_precise {
 // NVRTC has no <cstdint>; the shared headers name int64_t.
 using int64_t = long long;
 } // namespace mlx_precise
-#include "strict_arith.h"
+#include "layer_norm_certify.h"
 #include "strict_params.h"
 
 namespace mlx_precise::gpu {
@@ -234,8 +234,9 @@ __global__ void addmm_certify(
   }
 }
 
-// Sums int64 v over the warp (every lane gets the total).
-__device__ __forceinline__ MP_INT64 warp_sum(MP_INT64 v) {
+// Sums v (an int64 or a double) over the warp; every lane gets the total.
+template <class V>
+__device__ __forceinline__ V warp_sum(V v) {
   for (int offset = 16; offset > 0; offset /= 2)
     v += __shfl_xor_sync(0xffffffffu, v, offset);
   return v;
@@ -377,7 +378,16 @@ __device__ __forceinline__ LayerNormStats<T> warp_row_stats(
   return s;
 }
 
-// y (rows, dim) row-major.
+// Outputs per word of the open-output bitmap: a row of dim outputs has
+// (dim + 31) / 32 words, bit l of word k standing for output 32 k + l.
+__device__ __forceinline__ MP_INT64 open_words_per_row(int dim) {
+  return (dim + 31) / 32;
+}
+
+// y (rows, dim) row-major, each output certified (kernels/
+// layer_norm_certify.h, step 1) against the bound of the warp's row; the open
+// ones are marked in open_bits for layer_norm_recompute. Rows with a
+// non-finite x keep the float64 values, as on the CPU.
 template <class T>
 __global__ void layer_norm_rows(
     const float* x,
@@ -389,23 +399,154 @@ __global__ void layer_norm_rows(
     float* y,
     MP_INT64 rows,
     int dim,
-    T eps) {
+    T eps,
+    unsigned* open_bits) {
   __shared__ T lanes[kRowsPerBlock][2 * kLayerNormLanes];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const MP_INT64 words = open_words_per_row(dim);
   for (MP_INT64 r = static_cast<MP_INT64>(blockIdx.x) * kRowsPerBlock + warp;
        r < rows;
        r += static_cast<MP_INT64>(gridDim.x) * kRowsPerBlock) {
     const float* xr = x + row_start(xl, r);
+    const MP_INT64 stride = xl.element_stride;
     const LayerNormStats<T> s =
-        warp_row_stats(xr, xl.element_stride, dim, eps, lanes[warp], lane);
+        warp_row_stats(xr, stride, dim, eps, lanes[warp], lane);
+    // The bound's sums (any order) and the row's finiteness.
+    double a1 = 0.0, m2 = 0.0;
+    bool finite = true;
     for (int i = lane; i < dim; i += kWarp) {
-      y[r * dim + i] = layer_norm_output(
-          s,
-          xr[i * xl.element_stride],
-          weight != nullptr,
-          weight ? weight[i * weight_stride] : 0.0f,
-          bias != nullptr,
-          bias ? bias[i * bias_stride] : 0.0f);
+      const float xi = xr[i * stride];
+      finite = finite && is_finite_bits(MP_FLOAT_BITS(xi));
+      const double d = static_cast<double>(xi) - s.shift;
+      a1 += fabs(d);
+      m2 += d * d;
+    }
+    finite = __all_sync(0xffffffffu, finite);
+    const LayerNormErrors e = layer_norm_errors(
+        warp_sum(a1), warp_sum(m2), dim, s.correction, s.inv_std);
+    for (MP_INT64 word = 0; word < words; ++word) {
+      const int i = static_cast<int>(word * kWarp) + lane;
+      bool open = false;
+      if (i < dim) {
+        const LayerNormTerms t = layer_norm_terms(
+            s,
+            xr[i * stride],
+            weight != nullptr,
+            weight ? weight[i * weight_stride] : 1.0f,
+            bias != nullptr,
+            bias ? bias[i * bias_stride] : 0.0f);
+        y[r * dim + i] = r_round(t.v);
+        open = finite && layer_norm_open(e, s.inv_std, t);
+      }
+      const unsigned marked = __ballot_sync(0xffffffffu, open);
+      if (lane == 0)
+        open_bits[r * words + word] = marked;
+    }
+  }
+}
+
+// Element i of a strided row.
+struct StridedRow {
+  const float* x;
+  MP_INT64 stride;
+  __device__ float operator()(MP_INT64 i) const {
+    return x[i * stride];
+  }
+};
+
+// Step 2's statistics of a row over the warp, out of line (as exact_output):
+// the exact row sum (an ExactSum per lane, their digits added over the warp)
+// into `sum`, the double-word mean and the sum of squares about it (lanes,
+// then the warp).
+__device__ __noinline__ LayerNormWideStats
+warp_wide_stats(StridedRow x, int dim, double eps, int lane, ExactSum& sum) {
+  exact_sum_init(sum);
+  for (int i = lane; i < dim; i += kWarp)
+    exact_sum_add_product(sum, x(i), 1.0f);
+  exact_sum_carry(sum);
+#pragma unroll 1
+  for (int l = 0; l < kExactLimbs; ++l)
+    sum.limb[l] = warp_sum(sum.limb[l]);
+  const dword mean = layer_norm_wide_mean(sum, dim);
+  dword squares{0.0, 0.0};
+  for (int i = lane; i < dim; i += kWarp)
+    squares = layer_norm_wide_square(squares, x(i), mean);
+  for (int offset = 16; offset > 0; offset /= 2)
+    squares = dw_add(
+        squares,
+        dword{
+            __shfl_xor_sync(0xffffffffu, squares.hi, offset),
+            __shfl_xor_sync(0xffffffffu, squares.lo, offset)});
+  return layer_norm_wide_stats(mean, squares, dim, eps);
+}
+
+// Step 3 for output i, out of line (its big integers would otherwise crowd
+// the recompute loop's registers): the row's exact statistics on first use
+// (row.dim = 0 until then), then the exact rounding from the guess *out.
+// False for eps = 0 on a constant row (0 / 0: the float64 value stays).
+__device__ __noinline__ bool exact_output(
+    ExactLayerNormRow& row,
+    StridedRow x,
+    int dim,
+    double eps,
+    int i,
+    float w,
+    float b,
+    float* out) {
+  if (row.dim == 0)
+    row = exact_layer_norm_row(x, dim, eps);
+  if (row.radicand.size == 0)
+    return false;
+  *out = exact_layer_norm_output(row, x(i), w, b, *out);
+  return true;
+}
+
+// The outputs layer_norm_rows marked (steps 2 and 3 of kernels/
+// layer_norm_certify.h), one warp per row with any: the double-word
+// statistics (warp_wide_stats), then each lane its marked outputs; the exact
+// statistics only in a lane that needs them. (T is
+// double, as for layer_norm_rows: the two share their launch.)
+template <class T>
+__global__ void layer_norm_recompute(
+    const float* x,
+    const RowsLayout xl,
+    const float* weight,
+    MP_INT64 weight_stride,
+    const float* bias,
+    MP_INT64 bias_stride,
+    float* y,
+    MP_INT64 rows,
+    int dim,
+    T eps,
+    const unsigned* open_bits) {
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const MP_INT64 words = open_words_per_row(dim);
+  for (MP_INT64 r = static_cast<MP_INT64>(blockIdx.x) * kRowsPerBlock + warp;
+       r < rows;
+       r += static_cast<MP_INT64>(gridDim.x) * kRowsPerBlock) {
+    const unsigned* marks = open_bits + r * words;
+    bool any = false;
+    for (MP_INT64 k = lane; k < words; k += kWarp)
+      any = any || marks[k] != 0u;
+    if (!__any_sync(0xffffffffu, any))
+      continue;
+    const StridedRow xr{x + row_start(xl, r), xl.element_stride};
+    ExactSum sum;
+    const LayerNormWideStats s = warp_wide_stats(xr, dim, eps, lane, sum);
+    ExactLayerNormRow exact_row;
+    exact_row.dim = 0; // not computed yet
+    for (MP_INT64 k = 0; k < words; ++k) {
+      const int i = static_cast<int>(k * kWarp) + lane;
+      if (((marks[k] >> lane) & 1u) == 0u)
+        continue;
+      const float w = weight ? weight[i * weight_stride] : 1.0f;
+      const float b = bias ? bias[i * bias_stride] : -0.0f;
+      float out;
+      if (!layer_norm_wide_output(s, sum, dim, xr(i), w, b, &out)) {
+        if (!exact_output(exact_row, xr, dim, eps, i, w, b, &out))
+          continue;
+      }
+      y[r * dim + i] = out;
     }
   }
 }

@@ -35,6 +35,7 @@ std::vector<std::string> cuda::strict_kernel_names() {
       "mlx_precise::gpu::addmm_certify",
       "mlx_precise::gpu::addmm_recompute",
       "mlx_precise::gpu::layer_norm_rows<double>",
+      "mlx_precise::gpu::layer_norm_recompute<double>",
       "mlx_precise::gpu::layer_norm_grad_rows<double>",
       "mlx_precise::gpu::layer_norm_param_grads<double>"};
 }
@@ -468,24 +469,40 @@ void StrictLayerNorm::eval_gpu(
   const int dim = x.shape(-1);
   const int64_t rows = static_cast<int64_t>(x.size()) / dim;
   const int bias_index = has_weight_ ? 2 : 1;
-  for (const auto& in : inputs)
-    encoder.set_input_array(in);
-  encoder.set_output_array(out);
-  launch_rows(
-      encoder,
-      device,
-      "layer_norm_rows",
-      rows,
-      mx::gpu_ptr<float>(x),
-      rows_layout("layer_norm", x),
-      maybe_ptr(inputs, has_weight_, 1),
-      static_cast<MP_INT64>(has_weight_ ? inputs[1].strides()[0] : 0),
-      maybe_ptr(inputs, has_bias_, bias_index),
-      static_cast<MP_INT64>(has_bias_ ? inputs[bias_index].strides()[0] : 0),
-      mx::gpu_ptr<float>(out),
-      static_cast<MP_INT64>(rows),
-      dim,
-      eps_);
+  // One bit per output, (dim + 31) / 32 words per row: the outputs
+  // layer_norm_rows could not certify, for layer_norm_recompute.
+  mx::array open_buffer =
+      scratch(encoder, rows * ((dim + 31) / 32) * sizeof(unsigned));
+  unsigned* open_bits = static_cast<unsigned*>(mx::gpu_ptr<void>(open_buffer));
+  const float* xp = mx::gpu_ptr<float>(x);
+  const RowsLayout xl = rows_layout("layer_norm", x);
+  const float* w = maybe_ptr(inputs, has_weight_, 1);
+  const MP_INT64 w_stride = has_weight_ ? inputs[1].strides()[0] : 0;
+  const float* b = maybe_ptr(inputs, has_bias_, bias_index);
+  const MP_INT64 b_stride = has_bias_ ? inputs[bias_index].strides()[0] : 0;
+  float* y = mx::gpu_ptr<float>(out);
+  for (const char* kernel : {"layer_norm_rows", "layer_norm_recompute"}) {
+    for (const auto& in : inputs)
+      encoder.set_input_array(in);
+    encoder.set_output_array(open_buffer);
+    encoder.set_output_array(out);
+    launch_rows(
+        encoder,
+        device,
+        kernel,
+        rows,
+        xp,
+        xl,
+        w,
+        w_stride,
+        b,
+        b_stride,
+        y,
+        static_cast<MP_INT64>(rows),
+        dim,
+        eps_,
+        open_bits);
+  }
 }
 
 void StrictLayerNormVJP::eval_gpu(
