@@ -11,6 +11,8 @@
 #include <mlx/allocator.h>
 #include <mlx/backend/cuda/utils.h>
 
+#include "backend/cuda/encoder.h"
+
 namespace mlx_precise::cuda {
 
 namespace {
@@ -94,25 +96,6 @@ struct Algorithm {
 };
 
 constexpr uint64_t kMaxWorkspace = 32u << 20; // cuBLAS's advice for Hopper
-
-// One workspace per device and stream, shared by every product on it: a
-// workspace per call would be held until its graph completes, tens of MiB
-// for each product of a model's forward. Each product registers it as an
-// output, so the products that share it run one after another. Never freed
-// (it lives as long as the process; MLX's allocator outlives no static).
-mx::array& stream_workspace(int device, int stream_index) {
-  static std::mutex mutex;
-  static auto* workspaces = new std::map<std::pair<int, int>, mx::array>();
-  std::lock_guard<std::mutex> lock(mutex);
-  auto key = std::make_pair(device, stream_index);
-  auto it = workspaces->find(key);
-  if (it == workspaces->end()) {
-    mx::array buffer({static_cast<int>(kMaxWorkspace)}, mx::uint8, nullptr, {});
-    buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
-    it = workspaces->emplace(key, std::move(buffer)).first;
-  }
-  return it->second;
-}
 
 } // namespace
 
@@ -249,7 +232,13 @@ void gemm(
 
   void* workspace = nullptr;
   if (algorithm.workspace > 0) {
-    mx::array& buffer = stream_workspace(device, stream_index);
+    // One per stream, shared by every product on it (stream_buffer).
+    mx::array& buffer = stream_buffer(
+        encoder,
+        device,
+        stream_index,
+        StreamBuffer::GemmWorkspace,
+        kMaxWorkspace);
     encoder.set_output_array(buffer);
     workspace = mx::gpu_ptr<void>(buffer);
   }

@@ -2,6 +2,10 @@
 // files: the stream's encoder with the outputs allocated, and kernel launches.
 #pragma once
 
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <vector>
 
 #include <cuda.h>
@@ -22,6 +26,45 @@ prepare(mx::Stream s, std::vector<mx::array*> outs, int& device) {
   for (mx::array* o : outs)
     o->set_data(mx::allocator::malloc(o->nbytes()));
   return mx::cu::get_command_encoder(s);
+}
+
+// The buffers a stream keeps for the work of its calls, one of each kind.
+enum class StreamBuffer { GemmWorkspace, WideOperands, Spectra, RowWorkspace };
+
+// A device buffer of at least `bytes`, owned by the stream and reused by every
+// call on it. Per-call scratch (encoder.add_temporary) lives until its graph
+// has run, and MLX enqueues a whole forward before the first graphs complete,
+// so per-call buffers added up: 4x float32's peak memory for M2-BERT
+// extended (issue 10). Every node that reads or writes the buffer registers
+// it as an output, so its users on the stream run one after another. A
+// larger request replaces it: the old buffer becomes a temporary of the
+// current graph, alive until every node that used it has run. Never freed
+// (it lives as long as the process; MLX's allocator outlives no static).
+inline mx::array& stream_buffer(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    int stream_index,
+    StreamBuffer kind,
+    size_t bytes) {
+  static std::mutex mutex;
+  static auto* buffers =
+      new std::map<std::tuple<int, int, StreamBuffer>, mx::array>();
+  std::lock_guard<std::mutex> lock(mutex);
+  const auto key = std::make_tuple(device, stream_index, kind);
+  auto it = buffers->find(key);
+  if (it != buffers->end() && it->second.nbytes() >= bytes)
+    return it->second;
+  if (it != buffers->end()) {
+    encoder.add_temporary(it->second);
+    buffers->erase(it);
+  }
+  mx::array buffer(
+      {static_cast<int>((std::max<size_t>(bytes, 1) + 7) / 8)},
+      mx::uint64,
+      nullptr,
+      {});
+  buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
+  return buffers->emplace(key, std::move(buffer)).first->second;
 }
 
 // add_kernel_node_ex takes its kernel arguments' addresses as void*: the

@@ -15,6 +15,7 @@
 
 #include "backend/common/conv_geometry.h"
 #include "backend/common/shapes.h"
+#include "backend/cuda/encoder.h"
 #include "backend/cuda/jit.h"
 #include "backend/gpu/conv_layout.h"
 #include "kernels/rfft_conv_rows.h"
@@ -206,7 +207,8 @@ int64_t group_splits(const RowLaunch& l, const RowIndex& ix) {
 
 // The blocks of one row-kernel launch: all that are wanted when rows live in
 // shared memory, else at most the resident ones, each with a slot of a
-// global workspace.
+// global workspace: the stream's (cuda::stream_buffer), which every row
+// kernel registers as written.
 struct RowGrid {
   int64_t blocks;
   std::optional<mx::array> workspace;
@@ -217,11 +219,20 @@ struct RowGrid {
   }
 };
 
-RowGrid
-row_grid(mx::cu::CommandEncoder& encoder, const RowLaunch& l, int64_t wanted) {
+RowGrid row_grid(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    int stream_index,
+    const RowLaunch& l,
+    int64_t wanted) {
   RowGrid grid{l.shared ? wanted : std::min<int64_t>(wanted, l.resident), {}};
   if (!l.shared)
-    grid.workspace = scratch(encoder, grid.blocks * l.row_bytes);
+    grid.workspace = cuda::stream_buffer(
+        encoder,
+        device,
+        stream_index,
+        cuda::StreamBuffer::RowWorkspace,
+        grid.blocks * l.row_bytes);
   return grid;
 }
 
@@ -382,6 +393,7 @@ template <class T>
 void launch_shared_kernel(
     mx::cu::CommandEncoder& encoder,
     int device,
+    int stream_index,
     const ConvGeometry& geo,
     const mx::Shape& full,
     const RowOperands<T>& op) {
@@ -389,16 +401,29 @@ void launch_shared_kernel(
       gpu::make_row_index(full, op.b.shape(), {&op.a, &op.b, op.bias, &op.out});
   const FFTShape& fs = op.fft.shape;
 
-  // Kernel spectra (and norms, when certifying), once per kernel row.
+  // Kernel spectra (and norms, when certifying), once per kernel row, in the
+  // stream's buffer (cuda::stream_buffer: per-call buffers were held until
+  // their graphs had run, for every convolution of a model's forward). Both
+  // kernels register it as written, so the next convolution's spectra wait
+  // for this one's rows.
   RowLaunch spec = row_launch<T>(device, "kernel_spectra", fs.n_half, 1);
-  mx::array spectra_buffer = scratch(
-      encoder, ix.outer_count * 2 * int64_t{fs.num_pairs} * sizeof(cpx<T>));
-  mx::array norms_buffer = scratch(encoder, ix.outer_count * sizeof(double));
+  const size_t spectra_bytes =
+      ix.outer_count * 2 * int64_t{fs.num_pairs} * sizeof(cpx<T>);
+  mx::array& spectra_buffer = cuda::stream_buffer(
+      encoder,
+      device,
+      stream_index,
+      cuda::StreamBuffer::Spectra,
+      spectra_bytes + ix.outer_count * sizeof(double));
+  cpx<T>* spectra = data_of<cpx<T>>(spectra_buffer);
+  double* norms = reinterpret_cast<double*>(
+      reinterpret_cast<char*>(spectra) + spectra_bytes);
   RowLaunch rows = row_launch<T>(device, "conv_rows", fs.n_half, 1);
   const int64_t splits = group_splits(rows, ix);
   ConvShape shape = gpu::conv_shape(geo, op.bias != nullptr, splits);
-  RowGrid spec_grid = row_grid(encoder, spec, ix.outer_count);
-  register_buffers(encoder, {&op.b}, {&spectra_buffer, &norms_buffer});
+  RowGrid spec_grid =
+      row_grid(encoder, device, stream_index, spec, ix.outer_count);
+  register_buffers(encoder, {&op.b}, {&spectra_buffer});
   add_row_kernel<T>(
       encoder,
       spec,
@@ -407,10 +432,11 @@ void launch_shared_kernel(
       ix,
       shape,
       op.fft,
-      data_of<cpx<T>>(spectra_buffer),
-      data_of<double>(norms_buffer));
+      spectra,
+      norms);
 
-  RowGrid grid = row_grid(encoder, rows, ix.outer_count * splits);
+  RowGrid grid =
+      row_grid(encoder, device, stream_index, rows, ix.outer_count * splits);
   launch_pair_rows<T>(
       encoder,
       device,
@@ -419,17 +445,18 @@ void launch_shared_kernel(
       op,
       ix,
       shape,
-      {&spectra_buffer, &norms_buffer},
       {},
+      {&spectra_buffer},
       true,
-      data_of<cpx<T>>(spectra_buffer),
-      data_of<double>(norms_buffer));
+      spectra,
+      norms);
 }
 
 template <class T>
 void launch_reduce(
     mx::cu::CommandEncoder& encoder,
     int device,
+    int stream_index,
     const ConvGeometry& geo,
     const mx::Shape& full,
     const RowOperands<T>& op) {
@@ -438,8 +465,12 @@ void launch_reduce(
   const FFTShape& fs = op.fft.shape;
   RowLaunch l = row_launch<T>(device, "reduce_rows", fs.n_half, 2);
   // acc has a slot per block: the grid never exceeds the resident blocks.
-  RowGrid grid =
-      row_grid(encoder, l, std::min<int64_t>(ix.outer_count, l.resident));
+  RowGrid grid = row_grid(
+      encoder,
+      device,
+      stream_index,
+      l,
+      std::min<int64_t>(ix.outer_count, l.resident));
   mx::array acc_buffer = scratch(
       encoder, grid.blocks * 2 * int64_t{fs.num_pairs} * sizeof(cpx<T>));
   launch_pair_rows<T>(
@@ -462,6 +493,7 @@ template <class T>
 void launch_sum(
     mx::cu::CommandEncoder& encoder,
     int device,
+    int stream_index,
     int64_t period,
     const std::vector<mx::array>& in,
     int conv_terms,
@@ -470,8 +502,12 @@ void launch_sum(
   const DeviceFFT<T>& fft = device_fft<T>(device, sum.geo.fft_size);
   RowLaunch l = row_launch<T>(device, "sum_rows", fft.shape.n_half, 2);
   // acc has a slot per block: the grid never exceeds the resident blocks.
-  RowGrid grid =
-      row_grid(encoder, l, std::min<int64_t>(sum.ix.outer_count, l.resident));
+  RowGrid grid = row_grid(
+      encoder,
+      device,
+      stream_index,
+      l,
+      std::min<int64_t>(sum.ix.outer_count, l.resident));
   mx::array acc_buffer = scratch(
       encoder, grid.blocks * 2 * int64_t{fft.shape.num_pairs} * sizeof(cpx<T>));
   SumData data{};
@@ -517,6 +553,7 @@ template <class T>
 void convolve(
     mx::cu::CommandEncoder& encoder,
     int device,
+    int stream_index,
     ConvVariant variant,
     int64_t period,
     const std::vector<mx::array>& in,
@@ -524,15 +561,16 @@ void convolve(
     int conv_terms,
     mx::array& out) {
   if (variant == ConvVariant::ConvolveSum)
-    return launch_sum<T>(encoder, device, period, in, conv_terms, out);
+    return launch_sum<T>(
+        encoder, device, stream_index, period, in, conv_terms, out);
   const gpu::ConvLaunch c =
       gpu::conv_launch(variant, period, in, has_bias, out);
   const RowOperands<T> op{
       c.a, c.b, c.bias, out, device_fft<T>(device, c.geo.fft_size)};
   if (c.one_to_one)
-    launch_shared_kernel<T>(encoder, device, c.geo, c.full, op);
+    launch_shared_kernel<T>(encoder, device, stream_index, c.geo, c.full, op);
   else
-    launch_reduce<T>(encoder, device, c.geo, c.full, op);
+    launch_reduce<T>(encoder, device, stream_index, c.geo, c.full, op);
 }
 
 template <class T>
@@ -593,6 +631,7 @@ mx::cu::CommandEncoder& prepare(mx::Stream s, mx::array& out, int& device) {
 void launch_pair_conv(
     mx::cu::CommandEncoder& encoder,
     int device,
+    int stream_index,
     int64_t period,
     const std::vector<mx::array>& in,
     bool has_bias,
@@ -625,12 +664,17 @@ void launch_pair_conv(
   RowLaunch rows = pair_launch("pair_conv_rows");
   const int64_t splits = group_splits(rows, ix);
   ConvShape shape = gpu::conv_shape(geo, has_bias, splits);
-  mx::array spectra_buffer = scratch(
+  // In the stream's buffer, written by both kernels (launch_shared_kernel).
+  mx::array& spectra_buffer = cuda::stream_buffer(
       encoder,
+      device,
+      stream_index,
+      cuda::StreamBuffer::Spectra,
       ix.outer_count * 2 * int64_t{fs.num_pairs} * sizeof(cpx<double>));
   cpx<double>* spectra = data_of<cpx<double>>(spectra_buffer);
 
-  RowGrid spec_grid = row_grid(encoder, spec, ix.outer_count);
+  RowGrid spec_grid =
+      row_grid(encoder, device, stream_index, spec, ix.outer_count);
   register_buffers(encoder, {&k_hi, &k_lo}, {&spectra_buffer});
   add_row_kernel<double>(
       encoder,
@@ -643,9 +687,10 @@ void launch_pair_conv(
       lo_ix,
       spectra);
 
-  RowGrid grid = row_grid(encoder, rows, ix.outer_count * splits);
+  RowGrid grid =
+      row_grid(encoder, device, stream_index, rows, ix.outer_count * splits);
   register_buffers(
-      encoder, {&u_hi, &u_lo, bias, &spectra_buffer}, {&outs[0], &outs[1]});
+      encoder, {&u_hi, &u_lo, bias}, {&outs[0], &outs[1], &spectra_buffer});
   add_row_kernel<double>(
       encoder,
       rows,
@@ -672,6 +717,7 @@ void RFFTConv::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
     convolve<decltype(tag)>(
         encoder,
         device,
+        stream().index,
         variant_,
         period_,
         inputs,
@@ -700,7 +746,8 @@ void PairRFFTConv::eval_gpu(
   outputs[1].set_data(mx::allocator::malloc(outputs[1].nbytes()));
   if (outputs[0].size() == 0)
     return;
-  launch_pair_conv(encoder, device, period_, inputs, has_bias_, outputs);
+  launch_pair_conv(
+      encoder, device, stream().index, period_, inputs, has_bias_, outputs);
 }
 
 } // namespace mlx_precise

@@ -44,6 +44,8 @@ namespace {
 
 using cuda::launch;
 using cuda::prepare;
+using cuda::stream_buffer;
+using cuda::StreamBuffer;
 using gpu::addmm_layout;
 using gpu::rows_layout;
 
@@ -120,9 +122,10 @@ in_place(const float* data, const AddmmLayout& l, bool operand_b) {
 }
 
 // Packs operand a (its rows [row0, row0 + rows)) or b of the batches
-// [batch0, batch0 + batch_count) into `buffer` as T (pack_operand), and
+// [batch0, batch0 + batch_count) to `dst` as T (pack_operand), and
 // describes the copy. `order` lists the buffers every node of the product
-// registers as outputs, so the nodes run in order and may reuse them.
+// registers as outputs (dst's among them), so the nodes run in order and may
+// reuse them.
 template <class T>
 cuda::GemmOperand pack(
     mx::cu::CommandEncoder& encoder,
@@ -134,11 +137,10 @@ cuda::GemmOperand pack(
     int batch_count,
     int row0,
     int rows,
-    mx::array& buffer,
+    T* dst,
     const std::vector<mx::array>& order) {
   const int cols = operand_b ? l.n : l.k;
   const bool transposed = reads_transposed(l, operand_b);
-  T* dst = static_cast<T*>(mx::gpu_ptr<void>(buffer));
   encoder.set_input_array(source);
   for (const auto& x : order)
     encoder.set_output_array(x);
@@ -219,7 +221,7 @@ void float32_addmm(
         batches,
         0,
         rows,
-        order.back(),
+        static_cast<float*>(mx::gpu_ptr<void>(order.back())),
         order);
   };
   const cuda::GemmOperand a = operand(false);
@@ -287,17 +289,39 @@ void extended_addmm(
   // per output of a chunk, for addmm_recompute.
   const int64_t open_words = (chunk_outputs + 31) / 32;
 
+  // Buffers reused by every chunk, in the stream's buffer (shared with the
+  // stream's other products: per-call buffers of this size, held until their
+  // graph had run, put M2-BERT's peak memory at 4x float32's): widened a
+  // rows, widened b, the product and the bitmap.
+  const bool has_k = l.k > 0;
+  const size_t a_doubles =
+      has_k ? static_cast<size_t>(chunk_batches) * chunk_rows * l.k : 0;
+  const size_t b_doubles =
+      has_k ? static_cast<size_t>(chunk_batches) * l.k * l.n : 0;
+  const size_t product_doubles = has_k ? chunk_outputs : 0;
+  std::vector<mx::array> order{stream_buffer(
+      encoder,
+      device,
+      stream_index,
+      StreamBuffer::WideOperands,
+      (a_doubles + b_doubles + product_doubles) * sizeof(double) +
+          open_words * sizeof(unsigned))};
+  double* a_rows = static_cast<double*>(mx::gpu_ptr<void>(order.back()));
+  double* b_wide_data = a_rows + a_doubles;
+  double* product_data = b_wide_data + b_doubles;
+  unsigned* open_bits =
+      reinterpret_cast<unsigned*>(product_data + product_doubles);
+  order.push_back(out);
+
   // Row / column norms for the error bound; the kernel also zeroes the
   // bitmap (addmm_recompute leaves it zeroed for the next chunk).
   const int64_t norm_count = l.batches * (static_cast<int64_t>(l.m) + l.n);
   mx::array norms_buffer = scratch(encoder, norm_count * sizeof(double));
   double* norms = static_cast<double*>(mx::gpu_ptr<void>(norms_buffer));
-  mx::array open_buffer = scratch(encoder, open_words * sizeof(unsigned));
-  unsigned* open_bits = static_cast<unsigned*>(mx::gpu_ptr<void>(open_buffer));
   encoder.set_input_array(inputs[0]);
   encoder.set_input_array(inputs[1]);
   encoder.set_output_array(norms_buffer);
-  encoder.set_output_array(open_buffer);
+  encoder.set_output_array(order.front());
   launch(
       encoder,
       cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_norms"),
@@ -310,22 +334,6 @@ void extended_addmm(
       open_bits,
       static_cast<MP_INT64>(open_words));
 
-  // Buffers reused by every chunk: widened a rows, widened b, the product,
-  // the bitmap.
-  std::vector<mx::array> order;
-  const bool has_k = l.k > 0;
-  if (has_k) {
-    order.push_back(scratch(
-        encoder,
-        static_cast<size_t>(chunk_batches) * chunk_rows * l.k *
-            sizeof(double)));
-    order.push_back(scratch(
-        encoder,
-        static_cast<size_t>(chunk_batches) * l.k * l.n * sizeof(double)));
-    order.push_back(scratch(encoder, chunk_outputs * sizeof(double)));
-  }
-  order.push_back(open_buffer);
-  order.push_back(out);
   auto register_all = [&]() {
     for (const auto& x : inputs)
       encoder.set_input_array(x);
@@ -347,7 +355,7 @@ void extended_addmm(
           count,
           0,
           l.k,
-          order[1],
+          b_wide_data,
           order);
     for (int row0 = 0; row0 < l.m; row0 += chunk_rows) {
       const int rows = std::min(chunk_rows, l.m - row0);
@@ -363,9 +371,9 @@ void extended_addmm(
             count,
             row0,
             rows,
-            order[0],
+            a_rows,
             order);
-        product = static_cast<double*>(mx::gpu_ptr<void>(order[2]));
+        product = product_data;
         register_all();
         cuda::gemm(
             encoder,
