@@ -186,6 +186,27 @@ def test_layer_norm_certified_on_hard_rows(precision):
         assert_bitwise(y_gpu, on(mx.cpu, mp.layer_norm, *args, eps=eps, precision=precision))
 
 
+@pytest.mark.skipif(ON_METAL, reason="Metal has no float64: its gradients are float pairs")
+@pytest.mark.parametrize("precision", STRICT)
+def test_layer_norm_bias_gradient_correctly_rounded(precision):
+    # Column sums with cancellation (+-2^60 around 1): certified, else summed exactly.
+    rng = np.random.default_rng(11)
+    rows, dim = 300, 40
+    g = (rng.standard_normal((rows, dim)) * 2.0**-20).astype(np.float32)
+    g[:3, :] = np.float32([[2.0**60], [1.0], [-(2.0**60)]])
+    x = mx.array(rng.standard_normal((rows, dim)).astype(np.float32))
+    b = mx.array(rng.standard_normal(dim).astype(np.float32))
+
+    def bias_grad():
+        return mx.vjp(lambda b_: mp.layer_norm(x, None, b_, precision=precision), [b], [mx.array(g)])[1][0]
+
+    poison_buffer_cache(dim * 4)
+    db = on(mx.gpu, bias_grad)
+    expected = np.float32([round_exact_sum(g[:, i].astype(np.float64).tolist()) for i in range(dim)])
+    assert_bitwise(db, expected)
+    assert_bitwise(db, on(mx.cpu, bias_grad))
+
+
 @pytest.mark.parametrize("precision", STRICT)
 def test_gradients_on_gpu_equal_to_cpu(precision):
     rng = np.random.default_rng(6)

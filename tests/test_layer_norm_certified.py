@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import mlx_precise as mp
-from reference import exact_zero_rule, hard_layer_norm_rows, layer_norm_reference_mp
+from reference import exact_zero_rule, hard_layer_norm_rows, layer_norm_reference_mp, round_exact_sum
 
 SEED = int(os.environ.get("MLX_PRECISE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
 print(f"test_layer_norm_certified seed: {SEED}")
@@ -72,3 +72,21 @@ def test_hard_rows_correctly_rounded(rng, precision):
         b = rng.choice([-0.0, 0.0, 1, -1, 2.0**-30], dim).astype(np.float32)
         eps = float(rng.choice([1e-5, 1e-300, 3.0, 1e-40]))
         check(x, w if rng.random() < 0.7 else None, b if rng.random() < 0.6 else None, eps, precision)
+
+
+@pytest.mark.parametrize("precision", ["extended", "dd"])
+def test_bias_gradient_correctly_rounded(rng, precision):
+    # grad bias = the column sums of the cotangent, over a wide dynamic range and with
+    # cancellation (column 0: +-2^60 cancel, leaving the small terms).
+    rows, dim = 40, 9
+    g = rng.standard_normal((rows, dim)) * np.exp2(rng.integers(-40, 41, (rows, dim)))
+    g[:, 0] = rng.standard_normal(rows) * 2.0**-20
+    g[:3, 0] = [2.0**60, 1.0, -(2.0**60)]
+    g = g.astype(np.float32)
+    x = rng.standard_normal((rows, dim)).astype(np.float32)
+    w = rng.standard_normal(dim).astype(np.float32)
+    b = mx.array(rng.standard_normal(dim).astype(np.float32))
+    _, (db,) = mx.vjp(lambda b_: mp.layer_norm(mx.array(x), mx.array(w), b_, precision=precision), [b],
+                      [mx.array(g)])
+    expected = np.float32([round_exact_sum(g[:, i].astype(np.float64).tolist()) for i in range(dim)])
+    np.testing.assert_array_equal(np.array(db).view(np.uint32), expected.view(np.uint32))

@@ -378,6 +378,25 @@ MP_INLINE bool layer_norm_wide_output(
   return certified_round_dword(y, err, out);
 }
 
+// ------------------------------------------------------ gradients ----
+// grad bias = the sum over the rows of the cotangent's column, correctly
+// rounded: `sum` is that sum in double (rows in any order) and `mass` the sum
+// of |partial sums| (each addition errs by at most u |its result|; 1 + 2^-10
+// covers the mass's own rounding), certified; else the column summed exactly.
+// g(r) returns row r's entry.
+template <class Column>
+MP_INLINE float
+bias_grad_output(double sum, double mass, Column g, MP_INT64 rows) {
+  float out;
+  if (certified_round(sum, kUnitRoundoff64 * (1.0 + 1.0 / 1024.0) * mass, &out))
+    return out;
+  ExactSum s;
+  exact_sum_init(s);
+  for (MP_INT64 r = 0; r < rows; ++r)
+    exact_sum_add_product(s, g(r), 1.0f);
+  return exact_sum_round(s);
+}
+
 } // namespace mlx_precise
 
 #endif // MP_HAS_DOUBLE

@@ -192,8 +192,9 @@ void layer_norm_forward(const LayerNormRows& job, float* out, int num_threads) {
 
 // grad_x = inv_std * ((gw - mean(gw)) - n * mean(gw * n)), gw = grad * weight
 // (exact product), n the normalised input; sums in lanes as in the forward.
-// grad_weight = sum over rows of grad * n, grad_bias = sum of grad: each
-// column sums its rows in order 0, 1, ... (threads split the columns).
+// grad_weight = sum over rows of grad * n, grad_bias = sum of grad (correctly
+// rounded: bias_grad_output): each column sums its rows in order 0, 1, ...
+// (threads split the columns).
 void layer_norm_backward(
     const LayerNormRows& job,
     const float* grad,
@@ -235,7 +236,8 @@ void layer_norm_backward(
   if (grad_weight == nullptr && grad_bias == nullptr)
     return;
   parallel_chunks(job.dim, 64, num_threads, [&](int64_t begin, int64_t end) {
-    std::vector<double> dw(end - begin, zero), db(end - begin, zero);
+    std::vector<double> dw(end - begin, zero), db(end - begin, zero),
+        db_mass(end - begin, zero);
     for (int64_t r = 0; r < job.rows; ++r) {
       const float* x = job.x + r * job.dim;
       const float* g = grad + r * job.dim;
@@ -246,15 +248,21 @@ void layer_norm_backward(
               r_mul(
                   r_from_float(eps, g[i]),
                   layer_norm_normalized(stats[r], x[i])));
-        if (grad_bias)
+        if (grad_bias) {
           db[i - begin] = r_add(db[i - begin], r_from_float(eps, g[i]));
+          db_mass[i - begin] += std::fabs(db[i - begin]);
+        }
       }
     }
     for (int64_t i = begin; i < end; ++i) {
       if (grad_weight)
         grad_weight[i] = r_round(dw[i - begin]);
       if (grad_bias)
-        grad_bias[i] = r_round(db[i - begin]);
+        grad_bias[i] = bias_grad_output(
+            db[i - begin],
+            db_mass[i - begin],
+            [&](int64_t r) { return grad[r * job.dim + i]; },
+            job.rows);
     }
   });
 }

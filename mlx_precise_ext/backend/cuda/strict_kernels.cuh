@@ -612,8 +612,9 @@ __global__ void layer_norm_grad_rows(
   }
 }
 
-// grad weight = sum over rows of g n, grad bias = sum of g: one thread per
-// column, rows in order 0, 1, ... as on the CPU.
+// grad weight = sum over rows of g n, grad bias = sum of g (correctly rounded,
+// bias_grad_output, as on the CPU): one thread per column, rows in order 0,
+// 1, ... as on the CPU.
 template <class T>
 __global__ void layer_norm_param_grads(
     const float* x,
@@ -631,21 +632,27 @@ __global__ void layer_norm_param_grads(
     return;
   const T zero = r_from_float(eps, 0.0f);
   T dw = zero, db = zero;
+  double db_mass = 0.0;
+  const auto column = [&](MP_INT64 r) {
+    return g[row_start(gl, r) + i * gl.element_stride];
+  };
   for (MP_INT64 r = 0; r < rows; ++r) {
-    const float gi = g[row_start(gl, r) + i * gl.element_stride];
+    const float gi = column(r);
     if (grad_weight) {
       const float xi = x[row_start(xl, r) + i * xl.element_stride];
       dw = r_add(
           dw,
           r_mul(r_from_float(eps, gi), layer_norm_normalized(stats[r], xi)));
     }
-    if (grad_bias)
+    if (grad_bias) {
       db = r_add(db, r_from_float(eps, gi));
+      db_mass += fabs(db);
+    }
   }
   if (grad_weight)
     grad_weight[i] = r_round(dw);
   if (grad_bias)
-    grad_bias[i] = r_round(db);
+    grad_bias[i] = bias_grad_output(db, db_mass, column, rows);
 }
 
 } // namespace mlx_precise::gpu
