@@ -16,6 +16,18 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # MLX_PRECISE_IMPL=mlx runs the accuracy tests against the ops inside an MLX
 # built with patches/ applied (mx.fft.rfft_conv, precision= on mx.addmm and
 # mx.fast.layer_norm) instead of this extension, which is then not imported.
+# The accuracy tests of the ops the series carries (they use nothing but
+# rfft_conv, addmm and layer_norm).
+IN_TREE_TESTS = (
+    "test_rfft_conv.py",
+    "test_rfft_conv_transforms.py",
+    "test_strict_ops.py",
+    "test_certification.py",
+    "test_layer_norm_certified.py",
+    "test_properties.py",
+    "test_value_fuzz.py",
+)
+
 if os.environ.get("MLX_PRECISE_IMPL") == "mlx":
     import mlx.core as mx
 
@@ -35,7 +47,7 @@ if os.environ.get("MLX_PRECISE_IMPL") == "mlx":
         name
         for name in os.listdir(os.path.dirname(__file__))
         if name.startswith("test_")
-        and name not in ("test_rfft_conv.py", "test_rfft_conv_transforms.py", "test_strict_ops.py")
+        and name not in IN_TREE_TESTS
     ]
 
 
