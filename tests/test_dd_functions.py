@@ -1,12 +1,13 @@
-"""Double-word exp, sin, tanh and GELU (kernels/pair_math.h, the pair ops' elementwise
-functions where there is no double: Metal) against mpmath, run on the CPU through the
+"""Double-word exp, sin, tanh and GELU and the derivatives of sin, tanh and GELU
+(kernels/pair_math.h, the pair ops' elementwise functions and vjps where there is no
+double: Metal) against mpmath, run on the CPU through the
 test hook mlx_precise._ext.testing.dd_function.
 
 Random sweeps over each function's domain plus small magnitudes; fresh inputs every run
 (the seed is printed). MLX_PRECISE_DD_FUNCTION_SAMPLES sets the sweep size (default 1500
 per function; the numbers in the docs came from 10^5). The worst relative error is
-printed in powers of two and must stay below 2^-44 (GELU: divided by 1 + x^2, its
-condition number's growth; see pair_math.h)."""
+printed in powers of two and must stay below 2^-44 (GELU and its derivative: divided by
+1 + x^2, the condition number's growth; see pair_math.h)."""
 
 import math
 import os
@@ -23,12 +24,32 @@ print(f"test_dd_functions seed: {SEED}, {SAMPLES} samples per function")
 
 BOUND = 2.0**-44
 
+def _gelu_derivative_terms(v):
+    """The two terms of gelu'(v) = Phi(v) + v phi(v)."""
+    return (mpmath.erfc(-v / mpmath.sqrt(2)) / 2,
+            v * mpmath.exp(-v * v / 2) / mpmath.sqrt(2 * mpmath.pi))
+
+
 FUNCTIONS = {
     "exp": (mpmath.exp, (-69.0, 88.7)),  # results >= 2^-100: lo stays normal
     "sin": (mpmath.sin, (-2.0**16, 2.0**16)),
     "tanh": (mpmath.tanh, (-25.0, 25.0)),
     "gelu": (lambda v: v / 2 * mpmath.erfc(-v / mpmath.sqrt(2)), (-12.0, 10.0)),
+    # the derivatives (the pair ops' vjps, binary ops with cotangent 1 here)
+    "sin_grad": (mpmath.cos, (-2.0**16, 2.0**16)),
+    "tanh_grad": (lambda v: mpmath.sech(v) ** 2, (-25.0, 25.0)),
+    "gelu_grad": (lambda v: sum(_gelu_derivative_terms(v)), (-12.0, 10.0)),
 }
+
+
+def error_scale(name, x, reference):
+    """What the error is relative to: |f(x)|, times GELU's condition growth 1 + x^2; for
+    gelu' the sum of its two terms' magnitudes (it changes sign near x = -0.75)."""
+    if name == "gelu":
+        return abs(reference) * (1 + x * x)
+    if name == "gelu_grad":
+        return sum(abs(term) for term in _gelu_derivative_terms(x)) * (1 + x * x)
+    return abs(reference)
 
 
 def as_pairs(x: np.ndarray):
@@ -58,9 +79,8 @@ def test_against_mpmath(name):
         for h, l, oh, ol in zip(hi.tolist(), lo.tolist(), out_hi.tolist(), out_lo.tolist()):
             x = mpmath.mpf(h) + mpmath.mpf(l)
             reference = function(x)
-            error = abs((mpmath.mpf(oh) + mpmath.mpf(ol)) - reference) / abs(reference)
-            if name == "gelu":
-                error /= 1 + x * x
+            error = abs((mpmath.mpf(oh) + mpmath.mpf(ol)) - reference) / error_scale(
+                name, x, reference)
             if error > worst:
                 worst, worst_x = float(error), float(x)
     print(f"{name}: worst relative error 2^{math.log2(worst):.2f} at x = {worst_x!r}")

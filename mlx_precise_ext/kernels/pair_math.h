@@ -10,8 +10,7 @@ namespace mlx_precise {
 
 // The elementwise operations of a pair chain; gelu is torch's exact-erf GELU,
 // x/2 (1 + erf(x / sqrt 2)). The *Grad operations are their derivatives times
-// a cotangent, op(x, g) = g f'(x) (the vjps, pair_vjp.cpp): binary, double
-// only (a backend computing in double-word arithmetic has none of them yet).
+// a cotangent, op(x, g) = g f'(x) (the vjps, pair_vjp.cpp), binary.
 enum class PairOp {
   Add,
   Multiply,
@@ -115,7 +114,9 @@ MP_INLINE ff dd_exp(ff x) {
 // sin(x): x = k pi/2 + r, |r| <= pi/4 (k pi/2 as four exact products, pi/2
 // to 96 bits), then sin or cos of r by Taylor (degrees 15 and 16). Tested for
 // |x| < 2^16; beyond |x| = 2^22 k is no longer exact and the reduction fails.
-MP_INLINE ff dd_sin(ff x) {
+// cos(x) is the same with the quadrant advanced by one: sin(r + (k + 1)
+// pi/2).
+MP_INLINE ff dd_sin_quarter_turns(ff x, int quarter_turns) {
   const float k = MP_RINTF(MP_MULF(x.hi, 0.63661975f));
   const ff p1 = two_prod(k, 1.5707964f);
   // Exact (Sterbenz): p1.hi lies within a factor 2 of x.hi when k != 0.
@@ -125,7 +126,7 @@ MP_INLINE ff dd_sin(ff x) {
   r = dd_sub(r, two_prod(k, -1.7151245e-15f));
   r = dd_sub(r, dd_from_float(MP_MULF(k, 1.0562999e-23f)));
   const ff r2 = dd_mul(r, r);
-  const int quadrant = static_cast<int>(k) & 3;
+  const int quadrant = (static_cast<int>(k) + quarter_turns) & 3;
   if (quadrant & 1) {
     ff p = ff{4.7794773e-14f, 7.625444e-22f};
     p = dd_poly_step(p, r2, -1.1470745e-11f, -2.3722077e-19f);
@@ -148,6 +149,14 @@ MP_INLINE ff dd_sin(ff x) {
   p = dd_poly_step(p, r2, 1.0f, 0.0f);
   p = dd_mul(p, r);
   return quadrant == 0 ? p : dd_neg(p);
+}
+
+MP_INLINE ff dd_sin(ff x) {
+  return dd_sin_quarter_turns(x, 0);
+}
+
+MP_INLINE ff dd_cos(ff x) {
+  return dd_sin_quarter_turns(x, 1);
 }
 
 // exp(y) - 1 for 0 <= y < 0.7: y (1 + y/2 + y^2/6 + ...), Taylor to degree
@@ -360,6 +369,39 @@ MP_INLINE ff pair_unary_dd(PairOp op, ff x) {
       return dd_exp(x);
     default:
       return dd_tanh(x);
+  }
+}
+
+// gelu'(x) = erfc(-x / sqrt 2) / 2 + x exp(-x^2 / 2) / sqrt(2 pi): error as
+// dd_gelu's, relative to the two terms (gelu' changes sign near x = -0.75).
+MP_INLINE ff dd_gelu_derivative(ff x) {
+  const ff z = dd_mul(x, ff{-0.70710677f, -1.21016175e-08f});
+  const ff density = dd_mul(
+      dd_exp(dd_scale(dd_mul(x, x), -0.5f)), ff{0.3989423f, -1.133517e-08f});
+  return dd_add(dd_scale(dd_erfc(z), 0.5f), dd_mul(x, density));
+}
+
+// tanh'(x) = 1 / cosh(x)^2 = 4 e / (1 + e)^2 with e = exp(-2 |x|): no
+// cancellation anywhere (1 - tanh^2 would cancel for large |x|).
+MP_INLINE ff dd_tanh_derivative(ff x) {
+  const ff e = dd_exp(dd_scale(x.hi < 0.0f ? x : dd_neg(x), 2.0f));
+  const ff one_plus_e = dd_add(dd_from_float(1.0f), e);
+  return dd_div(dd_scale(e, 4.0f), dd_mul(one_plus_e, one_plus_e));
+}
+
+// The binary pair ops in double-word arithmetic; the *Grad ops are y f'(x).
+MP_INLINE ff pair_binary_dd(PairOp op, ff x, ff y) {
+  switch (op) {
+    case PairOp::Add:
+      return dd_add(x, y);
+    case PairOp::GeluGrad:
+      return dd_mul(y, dd_gelu_derivative(x));
+    case PairOp::SinGrad:
+      return dd_mul(y, dd_cos(x));
+    case PairOp::TanhGrad:
+      return dd_mul(y, dd_tanh_derivative(x));
+    default:
+      return dd_mul(x, y);
   }
 }
 

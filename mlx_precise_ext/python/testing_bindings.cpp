@@ -14,6 +14,7 @@
 #include "backend/cpu/conv_job.h"
 #include "kernels/dd.h"
 #include "kernels/pair_math.h"
+#include "pair_primitives.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -160,23 +161,34 @@ void init_testing(nb::module_& parent) {
   m.def(
       "dd_function",
       [](const std::string& name, F xh, F xl) {
+        // The derivatives: the binary *Grad ops with the cotangent 1.
         const PairOp op = name == "exp" ? PairOp::Exp
             : name == "sin"             ? PairOp::Sin
             : name == "tanh"            ? PairOp::Tanh
-            : name == "gelu"
-            ? PairOp::Gelu
+            : name == "gelu"            ? PairOp::Gelu
+            : name == "sin_grad"        ? PairOp::SinGrad
+            : name == "tanh_grad"       ? PairOp::TanhGrad
+            : name == "gelu_grad"
+            ? PairOp::GeluGrad
             : throw std::invalid_argument(
-                  "dd_function: pass \"exp\", \"sin\", \"tanh\" or \"gelu\"");
+                  "dd_function: pass \"exp\", \"sin\", \"tanh\", \"gelu\" or "
+                  "the derivative \"sin_grad\", \"tanh_grad\", \"gelu_grad\"");
         return as_tuple(
             map_elementwise<float, 2, 2>(
                 {xh, xl}, [op](const auto& in, auto& out) {
-                  write_pair(pair_unary_dd(op, ff{in[0], in[1]}), out.data());
+                  const ff x{in[0], in[1]};
+                  write_pair(
+                      pair_op_arity(op) == 1
+                          ? pair_unary_dd(op, x)
+                          : pair_binary_dd(op, x, ff{1.0f, 0.0f}),
+                      out.data());
                 }));
       },
       "name"_a,
       "xh"_a.noconvert(),
       "xl"_a.noconvert(),
-      "exp / sin / tanh / gelu of the pair x in double-word arithmetic (kernels/pair_math.h).");
+      "exp / sin / tanh / gelu of the pair x, or the derivative of sin / tanh / "
+      "gelu, in double-word arithmetic (kernels/pair_math.h).");
 
   m.def(
       "dd_mul",
