@@ -103,6 +103,10 @@ struct OpenList {
   unsigned* bits; // bit e % 32 of word e / 32: output e did not certify
   MP_INT64 words;
 };
+
+// Threads per block of the kernels that recompute the listed outputs (their
+// shared memory is sized for it).
+enum : int { kRecomputeThreads = 256 };
 #endif
 
 } // namespace mlx_precise

@@ -130,9 +130,9 @@ open_outputs(mx::cu::CommandEncoder& encoder, int device, int64_t outputs) {
 }
 
 // Step 3 of kernels/certify.h: the outputs `open` marks, recomputed by
-// `kernel` (recompute_open, recompute_open_sum: a warp per output, the bitmap
-// read 32 words per warp at a time), which reads `reads` and writes `out`.
-// Its arguments: `args`, then the list.
+// `kernel` (recompute_open, recompute_open_sum: a block per output row, each
+// marked output summed by the whole block), which reads `reads` and writes
+// `out`, rows of out_len outputs. Its arguments: `args`, then the list.
 template <class... Args>
 void recompute_marked(
     mx::cu::CommandEncoder& encoder,
@@ -140,14 +140,18 @@ void recompute_marked(
     const char* kernel,
     const std::vector<const mx::array*>& reads,
     mx::array& out,
+    int64_t out_len,
     OpenOutputs& open,
     Args&&... args) {
   register_buffers(encoder, reads, {&out});
   register_buffers(encoder, {&open.bits}, {});
+  const int64_t rows =
+      static_cast<int64_t>(out.size()) / std::max<int64_t>(out_len, 1);
+  const int64_t most = 8 * int64_t{cuda::device_info(device).multiprocessors};
   encoder.add_kernel_node_ex(
       cuda::get_kernel(device, Precision::Extended, kernel, false),
-      grid_stride_blocks(device, (open.list.words + 31) / 32 * 32),
-      dim3(256),
+      dim3(static_cast<unsigned>(std::clamp<int64_t>(rows, 1, most))),
+      dim3(kRecomputeThreads),
       {},
       0u,
       std::forward<Args>(args)...,
@@ -377,6 +381,7 @@ void launch_pair_rows(
             "recompute_open",
             {&op.a, &op.b, op.bias},
             op.out,
+            shape.out_len,
             open,
             mx::gpu_ptr<float>(op.a),
             mx::gpu_ptr<float>(op.b),
@@ -538,6 +543,7 @@ void launch_sum(
             "recompute_open_sum",
             reads,
             out,
+            shape.out_len,
             open,
             data,
             mx::gpu_ptr<float>(out),

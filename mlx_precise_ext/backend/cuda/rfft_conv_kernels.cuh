@@ -571,66 +571,163 @@ __global__ void clear_open_bits(unsigned* bits, MP_INT64 words) {
     bits[w] = 0u;
 }
 
-// correctly_rounded_sum with its first stage spread over a warp: lane l sums
-// the products k = l, l + 32, ... of every range in double with its running
-// error bound (the sum of |partial sums|), and shuffles combine the lanes,
-// each addition adding |result| to the bound. That is running_round's
-// argument for a tree of additions, so a certified result is the correctly
-// rounded sum; every lane ends with the same sum and bound, so the branch is
-// uniform. What it cannot decide, lane 0 sums with the sequential stages.
-template <class ForEachRange>
-__device__ float warp_correctly_rounded_sum(
-    ForEachRange for_each_range,
-    int lane) {
-  double sum = 0.0, mass = 0.0;
-  for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 count) {
-    for (MP_INT64 k = lane; k < count; k += 32) {
-      sum += static_cast<double>(a(m0 - k)) * static_cast<double>(b(j0 + k));
-      mass += fabs(sum);
-    }
-  });
+// The threads' running-error sums (certify.h, RunningSum: sum and the sum of
+// |partial sums|) combined over the block, each addition adding |result| to
+// the mass: running_round's argument holds for any tree of additions. Every
+// thread must call it and gets the same pair (a fixed order: lanes by
+// shuffles, then the warps in turn).
+__device__ __forceinline__ void block_running_sum(double& sum, double& mass) {
+  __shared__ double sums[32], masses[32];
   for (int offset = 16; offset > 0; offset /= 2) {
     sum += __shfl_xor_sync(0xffffffffu, sum, offset);
     mass += __shfl_xor_sync(0xffffffffu, mass, offset);
     mass += fabs(sum);
   }
+  if (threadIdx.x % 32 == 0) {
+    sums[threadIdx.x / 32] = sum;
+    masses[threadIdx.x / 32] = mass;
+  }
+  __syncthreads();
+  sum = sums[0];
+  mass = masses[0];
+  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) {
+    sum += sums[w];
+    mass += masses[w] + fabs(sum);
+  }
+  __syncthreads();
+}
+
+// The threads' compensated sums (certify.h, CompensatedSum: hi, lo = the sum
+// of their TwoSum errors, mass = the sum of |errors|) combined over the
+// block: the leading parts by TwoSum, whose error joins lo; the low parts
+// added, their magnitudes joining the mass (as compensated_round does). The
+// combination is symmetric in the two lanes of a shuffle, so every thread
+// gets the same triple.
+__device__ __forceinline__ void
+block_compensated_sum(double& hi, double& lo, double& mass) {
+  __shared__ double his[32], los[32], masses[32];
+  auto merge = [&](double h, double l, double m) {
+    const double s = hi + h;
+    const double hh = s - hi;
+    const double e = (hi - (s - hh)) + (h - hh); // exact: hi + h - s
+    mass = (mass + m) + (fabs(lo) + fabs(l)) + fabs(e);
+    lo = (lo + l) + e;
+    hi = s;
+  };
+  for (int offset = 16; offset > 0; offset /= 2) {
+    merge(
+        __shfl_xor_sync(0xffffffffu, hi, offset),
+        __shfl_xor_sync(0xffffffffu, lo, offset),
+        __shfl_xor_sync(0xffffffffu, mass, offset));
+  }
+  if (threadIdx.x % 32 == 0) {
+    his[threadIdx.x / 32] = hi;
+    los[threadIdx.x / 32] = lo;
+    masses[threadIdx.x / 32] = mass;
+  }
+  __syncthreads();
+  hi = his[0];
+  lo = los[0];
+  mass = masses[0];
+  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w)
+    merge(his[w], los[w], masses[w]);
+  __syncthreads();
+}
+
+// correctly_rounded_sum with its stages spread over the block: thread i sums
+// the products k = i, i + blockDim, ... of every range, first with the
+// running error bound, then (for the few outputs that does not decide) with
+// compensation; the exact sum, for what neither decides (exact ties, zeros),
+// runs in thread 0. Every thread must call it and gets the result.
+template <class ForEachRange>
+__device__ float block_correctly_rounded_sum(ForEachRange for_each_range) {
+  __shared__ float exact_result;
+  double sum = 0.0, mass = 0.0;
+  for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 count) {
+    for (MP_INT64 k = threadIdx.x; k < count; k += blockDim.x) {
+      sum += static_cast<double>(a(m0 - k)) * static_cast<double>(b(j0 + k));
+      mass += fabs(sum);
+    }
+  });
+  block_running_sum(sum, mass);
   float out;
   if (certified_round(sum, kUnitRoundoff64 * (1.0 + 1.0 / 1024.0) * mass, &out))
     return out;
-  if (lane == 0)
-    out = correctly_rounded_sum(for_each_range);
-  return __shfl_sync(0xffffffffu, out, 0);
+  double hi = 0.0, lo = 0.0, errors = 0.0;
+  MP_INT64 products = 0;
+  for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 count) {
+    // (certify.h's: pair_kernels.cuh has a gpu:: function of that name)
+    for (MP_INT64 k = threadIdx.x; k < count; k += blockDim.x)
+      mlx_precise::compensated_add(
+          hi,
+          lo,
+          errors,
+          static_cast<double>(a(m0 - k)) * static_cast<double>(b(j0 + k)));
+    products += count;
+  });
+  block_compensated_sum(hi, lo, errors);
+  // hi + lo + (the sum of the errors - lo) is exact; lo sums at most
+  // products + blockDim errors and partial sums (certify.h, compensated_round).
+  const double v = hi + lo;
+  const double err = gamma_bound(products + 2 * blockDim.x) *
+          (1.0 + 1.0 / 1024.0) * (errors + fabs(lo)) +
+      2.0 * kUnitRoundoff64 * fabs(v);
+  if (certified_round(v, err, &out))
+    return out;
+  if (threadIdx.x == 0) {
+    ExactSum s;
+    exact_sum_init(s);
+    for_each_range(
+        [&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 count) {
+          exact_sum_add_range(s, a, b, m0, j0, count);
+        });
+    exact_result = exact_sum_round(s);
+  }
+  __syncthreads();
+  out = exact_result;
+  __syncthreads();
+  return out;
 }
 
-// Calls visit(entry, lane) in every lane of a warp for each output that
-// `open` marks, a warp per output: the lanes read 32 words of the bitmap at
-// a time and visit the marked outputs of the nonzero ones together.
-template <class Visit>
+// Calls recompute(row, t) with the whole block for each output that `open`
+// marks (output row * out_len + t). A block takes whole rows, so the marked
+// outputs of a row, which read the same operand rows, run one after the
+// other while those rows are in cache: a pass reads a word of the bitmap per
+// thread and lists the row's marked outputs in shared memory.
+template <class Recompute>
 __device__ __forceinline__ void for_each_open_output(
     const OpenList& open,
-    Visit visit) {
-  const int lane = threadIdx.x % 32;
-  const MP_INT64 warp =
-      (static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const MP_INT64 warps = static_cast<MP_INT64>(gridDim.x) * blockDim.x / 32;
-  for (MP_INT64 base = warp * 32; base < open.words; base += warps * 32) {
-    const unsigned mine =
-        base + lane < open.words ? open.bits[base + lane] : 0u;
-    for (unsigned nonzero = __ballot_sync(0xffffffffu, mine != 0u);
-         nonzero != 0u;
-         nonzero &= nonzero - 1u) {
-      const int source = __ffs(nonzero) - 1;
-      const MP_INT64 w = base + source;
-      for (unsigned word = __shfl_sync(0xffffffffu, mine, source); word != 0u;
-           word &= word - 1u)
-        visit(w * 32 + (__ffs(word) - 1), lane);
+    MP_INT64 out_len,
+    Recompute recompute) {
+  __shared__ int marked[32 * kRecomputeThreads];
+  __shared__ int count;
+  const MP_INT64 rows = (open.words * 32 + out_len - 1) / out_len;
+  for (MP_INT64 row = blockIdx.x; row < rows; row += gridDim.x) {
+    const MP_INT64 first = row * out_len, end = first + out_len;
+    for (MP_INT64 w0 = first / 32; w0 * 32 < end; w0 += blockDim.x) {
+      if (threadIdx.x == 0)
+        count = 0;
+      __syncthreads();
+      const MP_INT64 w = w0 + threadIdx.x;
+      if (w * 32 < end && w < open.words) {
+        for (unsigned word = open.bits[w]; word != 0u; word &= word - 1u) {
+          const MP_INT64 e = w * 32 + (__ffs(word) - 1);
+          if (e >= first && e < end)
+            marked[atomicAdd(&count, 1)] = static_cast<int>(e - first);
+        }
+      }
+      __syncthreads();
+      const int n = count;
+      for (int i = 0; i < n; ++i)
+        recompute(row, static_cast<MP_INT64>(marked[i]));
+      __syncthreads();
     }
   }
 }
 
 // Step 3 of certify.h for the outputs that conv_rows (one_term_per_row: the
 // row's own term) or reduce_rows (all inner rows of the target) marked.
-__global__ void recompute_open(
+__global__ void __launch_bounds__(kRecomputeThreads) recompute_open(
     const float* a,
     const float* b,
     const float* bias,
@@ -639,36 +736,30 @@ __global__ void recompute_open(
     const ConvShape g,
     int one_term_per_row,
     const OpenList open) {
-  for_each_open_output(open, [&](MP_INT64 entry, int lane) {
-    const MP_INT64 row = entry / g.out_len, t = entry % g.out_len;
+  for_each_open_output(open, g.out_len, [&](MP_INT64 row, MP_INT64 t) {
     const MP_INT64 outer = one_term_per_row ? row / ix.inner_count : row;
     const MP_INT64 j_begin = one_term_per_row ? row % ix.inner_count : 0;
     const MP_INT64 j_end = one_term_per_row ? j_begin + 1 : ix.inner_count;
-    const float v = warp_correctly_rounded_sum(
-        [&](auto range) {
-          for_each_output_range(
-              a, b, bias, ix, g, outer, j_begin, j_end, t, range);
-        },
-        lane);
-    if (lane == 0)
+    const float v = block_correctly_rounded_sum([&](auto range) {
+      for_each_output_range(a, b, bias, ix, g, outer, j_begin, j_end, t, range);
+    });
+    if (threadIdx.x == 0)
       out[row_offset(ix, kOperandOut, outer, j_begin) + t] = v;
   });
 }
 
 // Step 3 of certify.h for the outputs that sum_rows marked.
-__global__ void recompute_open_sum(
+__global__ void __launch_bounds__(kRecomputeThreads) recompute_open_sum(
     const SumData data,
     float* out,
     const RowIndex ix,
     const ConvShape g,
     const SumOperands s,
     const OpenList open) {
-  for_each_open_output(open, [&](MP_INT64 entry, int lane) {
-    const MP_INT64 row = entry / g.out_len, t = entry % g.out_len;
-    const float v = warp_correctly_rounded_sum(
-        [&](auto range) { for_each_sum_range(data, ix, s, g, row, t, range); },
-        lane);
-    if (lane == 0)
+  for_each_open_output(open, g.out_len, [&](MP_INT64 row, MP_INT64 t) {
+    const float v = block_correctly_rounded_sum(
+        [&](auto range) { for_each_sum_range(data, ix, s, g, row, t, range); });
+    if (threadIdx.x == 0)
       out[row_offset(ix, kOperandOut, row, 0) + t] = v;
   });
 }
