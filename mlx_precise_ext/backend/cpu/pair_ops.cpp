@@ -340,17 +340,33 @@ void rows(
     }
     return;
   }
+  // The positions of each id, in order (a counting sort), then one task per
+  // table row: memory O(ids + rows), each sum in the positions' order.
   const int64_t table_rows = out[0].shape(0);
-  std::vector<CompensatedSum> sums(out[0].size());
+  std::vector<int64_t> first(table_rows + 1, 0), positions(count);
   for (int64_t i = 0; i < count; ++i) {
     const int64_t id = id_at(ids, i);
-    if (id < 0 || id >= table_rows)
-      continue;
-    for (int64_t j = 0; j < dim; ++j)
-      sums[id * dim + j].add(x(i * dim + j));
+    if (id >= 0 && id < table_rows)
+      ++first[id + 1];
   }
-  for (size_t t = 0; t < sums.size(); ++t)
-    store(sums[t].value(), hi, lo, t);
+  for (int64_t v = 0; v < table_rows; ++v)
+    first[v + 1] += first[v];
+  std::vector<int64_t> next(first.begin(), first.end() - 1);
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t id = id_at(ids, i);
+    if (id >= 0 && id < table_rows)
+      positions[next[id]++] = i;
+  }
+  cpu::parallel_chunks(
+      table_rows, 64, cpu::num_threads(), [&](int64_t begin, int64_t end) {
+        for (int64_t v = begin; v < end; ++v)
+          for (int64_t j = 0; j < dim; ++j) {
+            CompensatedSum sum;
+            for (int64_t p = first[v]; p < first[v + 1]; ++p)
+              sum.add(x(positions[p] * dim + j));
+            store(sum.value(), hi, lo, v * dim + j);
+          }
+      });
 }
 
 // torch's layer_norm backward per row, in double: xhat = (x - mean) rstd,
