@@ -298,26 +298,65 @@ MP_INLINE double gamma_bound(MP_INT64 n) {
 // (gradients over broadcast rows) adds gamma_terms weight per term; the bound
 // is then kappa times the sum over the terms of ||a|| ||b||. Times 1 + 2^-10
 // for the rounding of the norms and of this formula.
-MP_INLINE double conv_error_bound(MP_INT64 fft_size, MP_INT64 terms, double u) {
+// The constants of that derivation for a size-N transform.
+struct TransformErrors {
+  double delta; // the packed spectra's error, per unit of sqrt(H) ||row||
+  double product; // sqrt 2 gamma_2: one packed product's rounding
+  double inverse; // gamma_t(7u): the inverse's rounding per unit ||P^||_1 / N
+  double terms; // gamma_terms: accumulating the terms' spectral products
+};
+
+MP_INLINE TransformErrors
+transform_errors(MP_INT64 fft_size, MP_INT64 terms, double u) {
   int log2_half = 0;
   while ((static_cast<MP_INT64>(2) << log2_half) < fft_size)
     ++log2_half;
   const double eta = 7.0 * u, sqrt2 = 1.4142135623730951;
   const double levels = static_cast<double>(log2_half + 1);
   const double eps = gamma_n(levels, eta);
+  TransformErrors e;
+  e.delta = 2.0 * sqrt2 * eps + 4.0 * eta * (1.0 + eps);
+  e.product = sqrt2 * gamma_n(2.0, u);
   // The inverse's componentwise bound counts stages (each radix-4 stage
   // spans two levels), plus the unsplit.
-  const double eps_inverse =
-      gamma_n(static_cast<double>((log2_half + 1) / 2 + 1), eta);
-  const double delta = 2.0 * sqrt2 * eps + 4.0 * eta * (1.0 + eps);
-  const double g2 = gamma_n(2.0, u);
-  const double spectrum = 2.0 * sqrt2 + delta;
-  const double rho =
-      delta * spectrum + 2.0 * sqrt2 * delta + sqrt2 * g2 * spectrum * spectrum;
-  const double weight = 0.5 * spectrum * spectrum * (1.0 + sqrt2 * g2);
-  const double kappa = 0.25 * rho + eps_inverse * weight +
-      gamma_n(static_cast<double>(terms), u) * weight;
+  e.inverse = gamma_n(static_cast<double>((log2_half + 1) / 2 + 1), eta);
+  e.terms = gamma_n(static_cast<double>(terms), u);
+  return e;
+}
+
+MP_INLINE double conv_error_bound(MP_INT64 fft_size, MP_INT64 terms, double u) {
+  const TransformErrors e = transform_errors(fft_size, terms, u);
+  const double sqrt2 = 1.4142135623730951;
+  const double spectrum = 2.0 * sqrt2 + e.delta;
+  const double rho = e.delta * spectrum + 2.0 * sqrt2 * e.delta +
+      e.product * spectrum * spectrum;
+  const double weight = 0.5 * spectrum * spectrum * (1.0 + e.product);
+  const double kappa = 0.25 * rho + e.inverse * weight + e.terms * weight;
   return kappa * (1.0 + 1.0 / 1024.0);
+}
+
+// One term's share of the bound with its spectra measured (the same
+// derivation, docs/certification.md, "Measured spectra"): norm_a, norm_b =
+// ||a||_2, ||b||_2 and spectrum_a, spectrum_b = the 2-norms of the computed
+// packed spectra A^, B^ over sqrt(H), where conv_error_bound assumes the
+// largest, (2 sqrt 2 + delta) ||row||; random rows measure about 2 ||row||.
+// With ||A|| <= min(||A^|| + delta sqrt(H) ||a||, 2 sqrt(2 H) ||a||):
+//   ||P^ - P||_1 <= ||A^ - A|| ||B^|| + ||A|| ||B^ - B|| + sqrt 2 gamma_2
+//   ||A^|| ||B^||, and ||P^||_1 <= (1 + sqrt 2 gamma_2) ||A^|| ||B^||.
+MP_INLINE double measured_term_error(
+    MP_THREAD const TransformErrors& e,
+    double norm_a,
+    double norm_b,
+    double spectrum_a,
+    double spectrum_b) {
+  const double sqrt2 = 1.4142135623730951;
+  const double exact_a = fmin(
+      spectrum_a + e.delta * norm_a, 2.0 * sqrt2 * norm_a); // ||A|| / sqrt H
+  const double rho = e.delta * norm_a * spectrum_b +
+      exact_a * e.delta * norm_b + e.product * spectrum_a * spectrum_b;
+  const double weight = 0.5 * spectrum_a * spectrum_b * (1.0 + e.product);
+  const double bound = 0.25 * rho + e.inverse * weight + e.terms * weight;
+  return bound * (1.0 + 1.0 / 1024.0);
 }
 
 // Absolute error bound for float64 underflow inside a transform: inputs and
@@ -511,11 +550,14 @@ struct RowCertificate {
   bool finite;
 };
 
-// Step 1 for a row of a size-fft_size convolution: norm_products is the sum
-// over the row's `terms` of ||a|| ||b||; `fold` when two cyclic entries are
-// added into one output; bias_terms exact products added after the transform.
-MP_INLINE RowCertificate row_certificate(
-    MP_INT64 fft_size,
+// Step 1 for a row of a size-fft_size convolution: transform_error bounds
+// the error of each cyclic entry, summed over the row's `terms`
+// (conv_error_bound times norm_products, or measured_term_error);
+// norm_products is the sum over the terms of ||a|| ||b||; `fold` when two
+// cyclic entries are added into one output; bias_terms exact products added
+// after the transform.
+MP_INLINE RowCertificate certificate_from_bound(
+    double transform_error,
     bool fold,
     double norm_products,
     MP_INT64 terms,
@@ -527,12 +569,26 @@ MP_INLINE RowCertificate row_certificate(
   // where otherwise each would be recomputed from its O(L) zero products.
   c.conv_err = norm_products == 0.0 ? 0.0
                                     : copies *
-          (conv_error_bound(fft_size, terms, kUnitRoundoff64) * norm_products +
-           static_cast<double>(terms) * kUnderflowError64);
+          (transform_error + static_cast<double>(terms) * kUnderflowError64);
   c.rel = (1.0 + 1.0 / 64.0) * kUnitRoundoff64 *
       static_cast<double>((fold ? 1 : 0) + bias_terms);
   c.finite = fabs(norm_products) <= 1.7976931348623157e308; // not inf, not NaN
   return c;
+}
+
+// certificate_from_bound with conv_error_bound's a priori bound.
+MP_INLINE RowCertificate row_certificate(
+    MP_INT64 fft_size,
+    bool fold,
+    double norm_products,
+    MP_INT64 terms,
+    MP_INT64 bias_terms) {
+  return certificate_from_bound(
+      conv_error_bound(fft_size, terms, kUnitRoundoff64) * norm_products,
+      fold,
+      norm_products,
+      terms,
+      bias_terms);
 }
 
 // An output's value as certified_round takes it: an exact zero sum is +0,

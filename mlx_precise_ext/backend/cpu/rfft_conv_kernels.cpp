@@ -514,25 +514,41 @@ inline T gather(const ConvGeometry& g, const ComplexBuffer<T>& z, int64_t t) {
 // Every extended / dd output is certified against the transform's error bound
 // or recomputed exactly (kernels/certify.h).
 
-// ||x||_2 in double (every square exact; the sum's rounding is covered by the
-// bound's slack), in lanes so that it vectorises.
-double row_norm(RealRow row, int64_t len) {
+// Sum of v[i * stride]^2, i < len, in double in lanes so that it vectorises
+// (float squares are exact; the sum's rounding is covered by the bound's
+// slack).
+template <class E>
+double sum_of_squares(const E* v, int64_t stride, int64_t len) {
   constexpr int kLanes = 8;
   double lane[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= len; i += kLanes)
     for (int l = 0; l < kLanes; ++l) {
-      const double d = static_cast<double>(row.data[(i + l) * row.stride]);
+      const double d = static_cast<double>(v[(i + l) * stride]);
       lane[l] += d * d;
     }
   for (; i < len; ++i) {
-    const double d = static_cast<double>(row.data[i * row.stride]);
+    const double d = static_cast<double>(v[i * stride]);
     lane[0] += d * d;
   }
   double sum = 0.0;
   for (int l = 0; l < kLanes; ++l)
     sum += lane[l];
-  return std::sqrt(sum);
+  return sum;
+}
+
+// ||x||_2 of a row, in double.
+double row_norm(RealRow row, int64_t len) {
+  return std::sqrt(sum_of_squares(row.data, row.stride, len));
+}
+
+// ||x||_2 / sqrt(h) of a packed spectrum (h entries), in double: the
+// measured spectrum of measured_term_error.
+template <class T>
+double spectrum_norm(const ComplexBuffer<T>& x, int64_t h) {
+  const double squares =
+      sum_of_squares(x.re.span().v, 1, h) + sum_of_squares(x.im.span().v, 1, h);
+  return std::sqrt(squares / static_cast<double>(h));
 }
 
 // Element m of a row as the transform loaded it (a reversed row back to
@@ -646,15 +662,17 @@ bool reads_in_order(const ConvGeometry& g) {
 // Writes the outputs of a row from the time-domain result z. In float32 mode
 // the values are rounded as they are, bias(v, t) adding the bias products in
 // float. Otherwise, in passes that vectorise: the values in double, the bias
-// products added exactly (add_bias(value, magnitude) over the row), the
-// certification, and then the outputs that did not certify, recomputed from
-// their products (correctly_rounded_sum over products(t, range)).
+// products added exactly (add_bias(value, magnitude) over the row, when
+// has_bias), the certification (one pass when the values are read in order
+// without a bias), and then the outputs that did not certify, recomputed
+// from their products (correctly_rounded_sum over products(t, range)).
 template <class T, class Bias, class AddBias, class Products>
 void write_outputs(
     const ConvGeometry& g,
     const RowCertificate& cert,
     const ComplexBuffer<T>& z,
     float* out,
+    bool has_bias,
     Bias bias,
     AddBias add_bias,
     Products products) {
@@ -672,31 +690,45 @@ void write_outputs(
     double* __restrict value = value_buffer.data();
     double* __restrict magnitude = magnitude_buffer.data();
     unsigned char* __restrict open = open_buffer.data();
-    if (reads_in_order(g)) {
+    // Output t is v, with error bound conv_err + rel * magnitude.
+    auto certify = [&](int64_t t, double v, double magnitude) {
+      open[t] = !certified_round(
+          zero_as_positive(v), cert.conv_err + cert.rel * magnitude, &out[t]);
+    };
+    if (reads_in_order(g) && !has_bias) {
+      // The common case in one pass: the transform's values certified as
+      // they are read (an output's magnitude is its value's), or rounded
+      // where there is nothing to certify.
       const Span<T> re = z.re.span(), im = z.im.span();
-      for (int64_t m = 0; m < len / 2; ++m) {
-        value[2 * m] = re.load(m);
-        value[2 * m + 1] = im.load(m);
+      if (!cert.finite) {
+        for (int64_t t = 0; t < len; ++t)
+          out[t] =
+              static_cast<float>((t & 1) ? im.load(t / 2) : re.load(t / 2));
+        return;
       }
-      if (len & 1)
-        value[len - 1] = re.load(len / 2);
+      for (int64_t m = 0; m < len / 2; ++m) {
+        const double v0 = re.load(m), v1 = im.load(m);
+        certify(2 * m, v0, std::fabs(v0));
+        certify(2 * m + 1, v1, std::fabs(v1));
+      }
+      if (len & 1) {
+        const double v = re.load(len / 2);
+        certify(len - 1, v, std::fabs(v));
+      }
     } else {
       for (int64_t t = 0; t < len; ++t)
         value[t] = output_value(g, z, t);
-    }
-    for (int64_t t = 0; t < len; ++t)
-      magnitude[t] = std::fabs(value[t]);
-    add_bias(value, magnitude);
-    if (!cert.finite) {
       for (int64_t t = 0; t < len; ++t)
-        out[t] = static_cast<float>(value[t]);
-      return;
+        magnitude[t] = std::fabs(value[t]);
+      add_bias(value, magnitude);
+      if (!cert.finite) {
+        for (int64_t t = 0; t < len; ++t)
+          out[t] = static_cast<float>(value[t]);
+        return;
+      }
+      for (int64_t t = 0; t < len; ++t)
+        certify(t, value[t], magnitude[t]);
     }
-    for (int64_t t = 0; t < len; ++t)
-      open[t] = !certified_round(
-          zero_as_positive(value[t]),
-          cert.conv_err + cert.rel * magnitude[t],
-          &out[t]);
     // Open outputs are rare: the flags are scanned eight at a time.
     for (int64_t t0 = 0; t0 < len; t0 += 8) {
       const int64_t t1 = std::min<int64_t>(t0 + 8, len);
@@ -737,8 +769,12 @@ void shared_kernel(
   const Plan<T>& plan = *plan_ptr;
 
   const bool certify = certifies<T>();
+  const TransformErrors errors = transform_errors(n, 1, kUnitRoundoff64);
+  // Kernel rows: spectra, and when certifying their norms and the measured
+  // norms of their (unscaled) spectra.
   std::vector<ComplexBuffer<T>> spectra(task.b_rows.size());
-  std::vector<double> b_norms(task.b_rows.size());
+  std::vector<double> b_norms(task.b_rows.size()),
+      b_spectrum_norms(task.b_rows.size());
   parallel_for(
       static_cast<int64_t>(spectra.size()), num_threads, [&](int64_t i) {
         ComplexBuffer<T> z;
@@ -748,6 +784,8 @@ void shared_kernel(
           b_norms[i] = row_norm(task.b_rows[i], g.b_len);
         load_real(z, task.b_rows[i], g.b_len, false);
         real_forward(plan, z, spectra[i]);
+        if (certify)
+          b_spectrum_norms[i] = spectrum_norm(spectra[i], h);
         scale_buffer(spectra[i], h, spectrum_scale(n));
       });
 
@@ -759,6 +797,7 @@ void shared_kernel(
         const auto& row = task.rows[r];
         load_real(z, row.a, g.a_len, g.a_reversed);
         real_forward(plan, z, x);
+        const double a_spectrum_norm = certify ? spectrum_norm(x, h) : 0.0;
         multiply_packed(x, spectra[row.b_index], h);
         real_inverse(plan, x, z);
         if constexpr (carries_pairs<T>()) {
@@ -767,14 +806,21 @@ void shared_kernel(
             return;
           }
         }
-        const RowCertificate cert = certify
-            ? row_certificate(
-                  g.fft_size,
-                  g.fold,
-                  row_norm(row.a, g.a_len) * b_norms[row.b_index],
-                  1,
-                  row.has_bias ? 1 : 0)
-            : RowCertificate{};
+        RowCertificate cert{};
+        if (certify) {
+          const double a_norm = row_norm(row.a, g.a_len);
+          cert = certificate_from_bound(
+              measured_term_error(
+                  errors,
+                  a_norm,
+                  b_norms[row.b_index],
+                  a_spectrum_norm,
+                  b_spectrum_norms[row.b_index]),
+              g.fold,
+              a_norm * b_norms[row.b_index],
+              1,
+              row.has_bias ? 1 : 0);
+        }
         const RealRow b_row = task.b_rows[row.b_index];
         auto a_at = [&](int64_t t) { return row.a.data[t * row.a.stride]; };
         auto d_at = [&](int64_t t) {
@@ -785,6 +831,7 @@ void shared_kernel(
             cert,
             z,
             row.out,
+            row.has_bias,
             [&](T v, int64_t t) {
               return row.has_bias
                   ? r_round(r_add(v, r_prod(v, a_at(t), d_at(t))))
@@ -819,26 +866,38 @@ void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
         acc.re.zero();
         acc.im.zero();
         const auto& target = task.targets[ti];
-        double norm_products = 0.0;
+        const int64_t terms =
+            std::max<int64_t>(static_cast<int64_t>(target.terms.size()), 1);
+        const TransformErrors errors =
+            transform_errors(n, terms, kUnitRoundoff64);
+        // Sums over the terms of ||a|| ||b|| and of their measured bounds.
+        double norm_products = 0.0, transform_error = 0.0;
         for (const auto& term : target.terms) {
-          if (certify)
-            norm_products +=
-                row_norm(term.a, g.a_len) * row_norm(term.b, g.b_len);
           load_real(z, term.a, g.a_len, g.a_reversed);
           real_forward(plan, z, a_spec);
           load_real(z, term.b, g.b_len, false);
           real_forward(plan, z, b_spec);
+          if (certify) {
+            const double a_norm = row_norm(term.a, g.a_len);
+            const double b_norm = row_norm(term.b, g.b_len);
+            norm_products += a_norm * b_norm;
+            transform_error += measured_term_error(
+                errors,
+                a_norm,
+                b_norm,
+                spectrum_norm(a_spec, h),
+                spectrum_norm(b_spec, h));
+          }
           accumulate_packed(acc, a_spec, b_spec, h);
         }
         scale_buffer(acc, h, spectrum_scale(n));
         real_inverse(plan, acc, z);
         const RowCertificate cert = certify
-            ? row_certificate(
-                  g.fft_size,
+            ? certificate_from_bound(
+                  transform_error,
                   g.fold,
                   norm_products,
-                  std::max<int64_t>(
-                      static_cast<int64_t>(target.terms.size()), 1),
+                  terms,
                   static_cast<int64_t>(target.bias_terms.size()))
             : RowCertificate{};
         write_outputs<T>(
@@ -846,6 +905,7 @@ void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
             cert,
             z,
             target.out,
+            !target.bias_terms.empty(),
             [&](T v, int64_t t) {
               for (const auto& bt : target.bias_terms)
                 v = r_add(
