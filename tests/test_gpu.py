@@ -243,3 +243,22 @@ def test_fused_jvp_is_adjoint_to_vjp(rng, precision):
     lhs = float(np.sum(np.array(jv, np.float64) * cot))
     rhs = sum(float(np.sum(t.astype(np.float64) * np.array(v, np.float64))) for t, v in zip(tangents, vjps))
     assert abs(lhs - rhs) <= 1e-5 * (abs(lhs) + abs(rhs)), (lhs, rhs)
+
+
+@pytest.mark.parametrize("precision", ["extended", "dd"])
+def test_exact_ties_round_half_to_even(rng, precision):
+    # Integer rows whose outputs pass 2^24: a quarter of those in [2^25, 2^26) lie
+    # exactly halfway between two floats, which no error bound can decide, so they go
+    # through every stage of the recompute to the exact sum (docs/certification.md).
+    u = rng.integers(-(2**11), 2**11, (3, 4, 512))
+    k = rng.integers(-(2**11), 2**11, (4, 1024))
+    full = np.array([[np.convolve(u[b, h], k[h]) for h in range(4)] for b in range(3)])
+    # y[t] = full[t] + full[t + n] (period n = 1024): full has 1535 entries.
+    exact = full[..., :512] + np.pad(full[..., 1024:], [(0, 0), (0, 0), (0, 1)])
+    expected = exact.astype(np.float64).astype(np.float32)
+    ties = np.abs(exact - expected.astype(np.int64)) * 2 == np.spacing(np.abs(expected)).astype(np.int64)
+    assert ties.sum() > 100
+    args = [mx.array(x.astype(np.float32)) for x in (u, k)]
+    y_gpu, y_cpu = gpu_and_cpu(lambda dev, u, k: mp.rfft_conv(u, k, n=1024, precision=precision, stream=dev), *args)
+    np.testing.assert_array_equal(np.array(y_gpu).view(np.uint32), expected.view(np.uint32))
+    np.testing.assert_array_equal(np.array(y_cpu).view(np.uint32), expected.view(np.uint32))
