@@ -326,12 +326,38 @@ def test_addmm_empty_inner_dimension(precision):
 
 
 @pytest.mark.skipif(not ON_CUDA, reason="the chunked float64 product is CUDA's")
-def test_extended_addmm_in_chunks_equal_to_cpu():
+@pytest.mark.parametrize("layout", ("linear", "a_transposed_b_row_major"))
+def test_extended_addmm_in_chunks_equal_to_cpu(layout):
     # Rows x (N + K) above the product's budget (2^25 doubles): the rows run in
     # chunks that reuse one set of buffers; every output must still equal the CPU's.
+    # linear reads both operands along K in place; with a transposed and b
+    # row-major the recompute reads the chunk's K-contiguous copies of both.
     rng = np.random.default_rng(9)
-    a = mx.array(rng.standard_normal((20000, 1024)).astype(np.float32))
-    w = mx.array((rng.standard_normal((1040, 1024)) * 0.03).astype(np.float32))
+    a_n = rng.standard_normal((20000, 1024)).astype(np.float32)
+    w_n = (rng.standard_normal((1040, 1024)) * 0.03).astype(np.float32)
     bias = mx.array(rng.standard_normal(1040).astype(np.float32))
-    y_gpu = on(mx.gpu, mp.linear, a, w, bias, precision="extended")
-    assert_bitwise(y_gpu, on(mx.cpu, mp.linear, a, w, bias, precision="extended"))
+    if layout == "linear":
+        fn, args = mp.linear, (mx.array(a_n), mx.array(w_n), bias)
+    else:
+        a_t = mx.array(np.ascontiguousarray(a_n.T)).T
+        fn, args = mp.addmm, (bias, a_t, mx.array(np.ascontiguousarray(w_n.T)))
+    y_gpu = on(mx.gpu, fn, *args, precision="extended")
+    assert_bitwise(y_gpu, on(mx.cpu, fn, *args, precision="extended"))
+
+
+@pytest.mark.parametrize("precision", STRICT)
+def test_batched_operands_strided_along_k(precision):
+    # Both operands with a K stride other than 1, batched: the CUDA recompute
+    # reads copies of them; heavy cancellation leaves outputs to recompute.
+    rng = np.random.default_rng(10)
+    a_n = (rng.standard_normal((3, 30, 200)) * np.exp(rng.uniform(-6, 6, (3, 30, 200))))
+    a_n = a_n.astype(np.float32)
+    b_n = rng.standard_normal((3, 200, 40)).astype(np.float32)
+    c_n = rng.standard_normal((40,)).astype(np.float32)
+    a = mx.array(np.ascontiguousarray(a_n.swapaxes(-1, -2))).swapaxes(-1, -2)
+    args = (mx.array(c_n), a, mx.array(b_n))
+    y_gpu = np.array(on(mx.gpu, mp.addmm, *args, alpha=0.5, beta=-2.0, precision=precision))
+    ref = np.stack([exact_addmm(c_n, a_n[i], b_n[i], alpha=0.5, beta=-2.0) for i in range(3)])
+    assert (y_gpu == ref).mean() >= 0.9999
+    assert_equal_to_cpu(y_gpu, on(mx.cpu, mp.addmm, *args, alpha=0.5, beta=-2.0,
+                                  precision=precision))

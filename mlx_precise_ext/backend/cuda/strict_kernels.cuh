@@ -242,6 +242,49 @@ __device__ __forceinline__ V warp_sum(V v) {
   return v;
 }
 
+// A row of a or a column of b as the recompute reads it: element p of the K
+// lies at data[p * step].
+struct KVector {
+  const float* data;
+  MP_INT64 step;
+};
+
+// Row t.i of a and column t.j of b: from the K-contiguous copies of the
+// chunk when the host made them (a_rows: (batches, rows, K), b_cols:
+// (batches, N, K), batches counted from batch0), else from the operands
+// through their strides. Contiguous along K, the lanes' reads coalesce.
+struct KVectors {
+  KVector a, b;
+};
+__device__ __forceinline__ KVectors entry_vectors(
+    const float* a,
+    const float* b,
+    const float* a_rows,
+    const float* b_cols,
+    const AddmmLayout& L,
+    const ChunkEntry& t,
+    MP_INT64 batch0,
+    int row0,
+    int rows) {
+  const MP_INT64 chunk_batch = t.batch - batch0;
+  KVectors v;
+  if (a_rows)
+    v.a = {a_rows + (chunk_batch * rows + (t.i - row0)) * L.k, 1};
+  else
+    v.a = {
+        a + strided_offset(t.batch, L.batch_dims, L.batch_shape, L.a_batch) +
+            t.i * L.a_row,
+        L.a_col};
+  if (b_cols)
+    v.b = {b_cols + (chunk_batch * L.n + t.j) * L.k, 1};
+  else
+    v.b = {
+        b + strided_offset(t.batch, L.batch_dims, L.batch_shape, L.b_batch) +
+            t.j * L.b_col,
+        L.b_row};
+  return v;
+}
+
 // The correctly rounded output t, a warp per output (the CPU's
 // exact_addmm_entry, with K split over the lanes: lane l takes k = l, l + 32,
 // ...). First the products summed in double with the running error bound
@@ -251,23 +294,32 @@ __device__ __forceinline__ V warp_sum(V v) {
 // gives the same sum), scaled by alpha, + beta * c, rounded once. Every lane
 // ends with the same value, so the branches are uniform.
 __device__ float warp_exact_addmm_entry(
-    const float* a,
-    const float* b,
+    const KVectors& v,
     const AddmmLayout& L,
     const ChunkEntry& t,
     int lane) {
-  const float* a_row = a +
-      strided_offset(t.batch, L.batch_dims, L.batch_shape, L.a_batch) +
-      t.i * L.a_row;
-  const float* b_col = b +
-      strided_offset(t.batch, L.batch_dims, L.batch_shape, L.b_batch) +
-      t.j * L.b_col;
   double sum = 0.0, mass = 0.0;
-  for (MP_INT64 p = lane; p < L.k; p += 32) {
-    sum += static_cast<double>(a_row[p * L.a_col]) *
-        static_cast<double>(b_col[p * L.b_row]);
+  auto add = [&](float x, float y) {
+    sum += static_cast<double>(x) * static_cast<double>(y);
     mass += fabs(sum);
+  };
+  // The lane's products in order, loaded kLoadsInFlight at a time: a warp
+  // waits on memory once per batch of loads, not once per product.
+  constexpr int kLoadsInFlight = 8;
+  MP_INT64 p = lane;
+  for (; p + 32 * (kLoadsInFlight - 1) < L.k; p += 32 * kLoadsInFlight) {
+    float x[kLoadsInFlight], y[kLoadsInFlight];
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      x[u] = v.a.data[(p + 32 * u) * v.a.step];
+      y[u] = v.b.data[(p + 32 * u) * v.b.step];
+    }
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u)
+      add(x[u], y[u]);
   }
+  for (; p < L.k; p += 32)
+    add(v.a.data[p * v.a.step], v.b.data[p * v.b.step]);
   for (int offset = 16; offset > 0; offset /= 2) {
     sum += __shfl_xor_sync(0xffffffffu, sum, offset);
     mass += __shfl_xor_sync(0xffffffffu, mass, offset);
@@ -280,7 +332,7 @@ __device__ float warp_exact_addmm_entry(
   ExactSum s;
   exact_sum_init(s);
   for (MP_INT64 p = lane; p < L.k; p += 32)
-    exact_sum_add_product(s, a_row[p * L.a_col], b_col[p * L.b_row]);
+    exact_sum_add_product(s, v.a.data[p * v.a.step], v.b.data[p * v.b.step]);
   exact_sum_carry(s);
   // (One limb at a time: unrolled, the 28 limbs' shuffles held 160 registers.)
 #pragma unroll 1
@@ -299,10 +351,14 @@ __device__ float warp_exact_addmm_entry(
 
 // The outputs addmm_certify marked, a warp per output: the lanes read 32 words
 // of the bitmap at a time (zeroing them for the next chunk) and visit the
-// marked outputs of the nonzero ones together.
+// marked outputs of the nonzero ones together. a_rows / b_cols: the chunk's
+// K-contiguous copies of a and b, or nullptr where the operand is read in
+// place (entry_vectors).
 __global__ void addmm_recompute(
     const float* a,
     const float* b,
+    const float* a_rows,
+    const float* b_cols,
     const float* c,
     float* out,
     const AddmmLayout L,
@@ -328,7 +384,11 @@ __global__ void addmm_recompute(
            word &= word - 1u) {
         const ChunkEntry t =
             chunk_entry(L, c, batch0, row0, rows, w * 32 + (__ffs(word) - 1));
-        const float v = warp_exact_addmm_entry(a, b, L, t, lane);
+        const float v = warp_exact_addmm_entry(
+            entry_vectors(a, b, a_rows, b_cols, L, t, batch0, row0, rows),
+            L,
+            t,
+            lane);
         if (lane == 0)
           out[(t.batch * L.m + t.i) * L.n + t.j] = v;
       }

@@ -122,10 +122,10 @@ in_place(const float* data, const AddmmLayout& l, bool operand_b) {
 }
 
 // Packs operand a (its rows [row0, row0 + rows)) or b of the batches
-// [batch0, batch0 + batch_count) to `dst` as T (pack_operand), and
-// describes the copy. `order` lists the buffers every node of the product
-// registers as outputs (dst's among them), so the nodes run in order and may
-// reuse them.
+// [batch0, batch0 + batch_count) to `dst` as T (pack_operand), row-major or,
+// when `transposed`, column-major, and describes the copy. `order` lists the
+// buffers every node of the product registers as outputs (dst's among them), so
+// the nodes run in order and may reuse them.
 template <class T>
 cuda::GemmOperand pack(
     mx::cu::CommandEncoder& encoder,
@@ -137,10 +137,10 @@ cuda::GemmOperand pack(
     int batch_count,
     int row0,
     int rows,
+    bool transposed,
     T* dst,
     const std::vector<mx::array>& order) {
   const int cols = operand_b ? l.n : l.k;
-  const bool transposed = reads_transposed(l, operand_b);
   encoder.set_input_array(source);
   for (const auto& x : order)
     encoder.set_output_array(x);
@@ -221,6 +221,7 @@ void float32_addmm(
         batches,
         0,
         rows,
+        reads_transposed(l, operand_b),
         static_cast<float*>(mx::gpu_ptr<void>(order.back())),
         order);
   };
@@ -289,28 +290,40 @@ void extended_addmm(
   // per output of a chunk, for addmm_recompute.
   const int64_t open_words = (chunk_outputs + 31) / 32;
 
+  // The recompute reads a row of a and a column of b per open output, a lane
+  // every 32nd k: along a unit stride the warp's reads coalesce, along any
+  // other each lane's float costs a 32-byte sector (b row-major at K = 4096:
+  // 128 KB per output instead of 16). An operand whose K stride is not 1 is
+  // therefore copied K-contiguous, as float, per chunk (a: (rows, K), b:
+  // (N, K)); a copy is one pass over the operand.
+  const bool has_k = l.k > 0;
+  const bool copy_a = has_k && l.a_col != 1;
+  const bool copy_b = has_k && l.b_row != 1;
+
   // Buffers reused by every chunk, in the stream's buffer (shared with the
   // stream's other products: per-call buffers of this size, held until their
   // graph had run, put M2-BERT's peak memory at 4x float32's): widened a
-  // rows, widened b, the product and the bitmap.
-  const bool has_k = l.k > 0;
-  const size_t a_doubles =
+  // rows, widened b, the product, the recompute's float copies and the bitmap.
+  const size_t a_count =
       has_k ? static_cast<size_t>(chunk_batches) * chunk_rows * l.k : 0;
-  const size_t b_doubles =
+  const size_t b_count =
       has_k ? static_cast<size_t>(chunk_batches) * l.k * l.n : 0;
   const size_t product_doubles = has_k ? chunk_outputs : 0;
+  const size_t copy_floats = (copy_a ? a_count : 0) + (copy_b ? b_count : 0);
   std::vector<mx::array> order{stream_buffer(
       encoder,
       device,
       stream_index,
       StreamBuffer::WideOperands,
-      (a_doubles + b_doubles + product_doubles) * sizeof(double) +
-          open_words * sizeof(unsigned))};
-  double* a_rows = static_cast<double*>(mx::gpu_ptr<void>(order.back()));
-  double* b_wide_data = a_rows + a_doubles;
-  double* product_data = b_wide_data + b_doubles;
-  unsigned* open_bits =
-      reinterpret_cast<unsigned*>(product_data + product_doubles);
+      (a_count + b_count + product_doubles) * sizeof(double) +
+          copy_floats * sizeof(float) + open_words * sizeof(unsigned))};
+  double* a_wide_data = static_cast<double*>(mx::gpu_ptr<void>(order.back()));
+  double* b_wide_data = a_wide_data + a_count;
+  double* product_data = b_wide_data + b_count;
+  float* copies = reinterpret_cast<float*>(product_data + product_doubles);
+  float* a_rows = copy_a ? copies : nullptr;
+  float* b_cols = copy_b ? copies + (copy_a ? a_count : 0) : nullptr;
+  unsigned* open_bits = reinterpret_cast<unsigned*>(copies + copy_floats);
   order.push_back(out);
 
   // Row / column norms for the error bound; the kernel also zeroes the
@@ -341,38 +354,49 @@ void extended_addmm(
     for (const auto& x : order)
       encoder.set_output_array(x);
   };
+  // Operand a's rows [row0, row0 + rows) or b (all K rows) of the batches
+  // [batch0, batch0 + count) to `dst`.
+  auto pack_to = [&](auto* dst,
+                     bool operand_b,
+                     int batch0,
+                     int count,
+                     int row0,
+                     int rows,
+                     bool transposed) {
+    return pack(
+        encoder,
+        device,
+        inputs[operand_b ? 1 : 0],
+        l,
+        operand_b,
+        batch0,
+        count,
+        row0,
+        rows,
+        transposed,
+        dst,
+        order);
+  };
   for (int batch0 = 0; batch0 < batches; batch0 += chunk_batches) {
     const int count = std::min(chunk_batches, batches - batch0);
     std::optional<cuda::GemmOperand> b_wide;
     if (has_k)
-      b_wide = pack<double>(
-          encoder,
-          device,
-          inputs[1],
-          l,
-          true,
-          batch0,
-          count,
-          0,
-          l.k,
-          b_wide_data,
-          order);
+      b_wide = pack_to(
+          b_wide_data, true, batch0, count, 0, l.k, reads_transposed(l, true));
+    if (copy_b)
+      pack_to(b_cols, true, batch0, count, 0, l.k, true);
     for (int row0 = 0; row0 < l.m; row0 += chunk_rows) {
       const int rows = std::min(chunk_rows, l.m - row0);
       double* product = nullptr;
       if (has_k) {
-        const cuda::GemmOperand a_wide = pack<double>(
-            encoder,
-            device,
-            inputs[0],
-            l,
+        const cuda::GemmOperand a_wide = pack_to(
+            a_wide_data,
             false,
             batch0,
             count,
             row0,
             rows,
-            a_rows,
-            order);
+            reads_transposed(l, false));
         product = product_data;
         register_all();
         cuda::gemm(
@@ -390,6 +414,8 @@ void extended_addmm(
             1.0,
             0.0);
       }
+      if (copy_a)
+        pack_to(a_rows, false, batch0, count, row0, rows, false);
       register_all();
       launch(
           encoder,
@@ -418,6 +444,8 @@ void extended_addmm(
           dim3(256),
           a,
           b,
+          static_cast<const float*>(a_rows),
+          static_cast<const float*>(b_cols),
           c,
           o,
           l,
