@@ -133,6 +133,11 @@ PAIR_EXTRAS = {
         "void launch_pair_conv(",
         "void PairRFFTConv::eval_gpu(",
     ),
+    "backend/metal/rfft_conv.cpp": (
+        '#include "pair_primitives.h"',
+        "void launch_pair_conv(",
+        "void PairRFFTConv::eval_gpu(",
+    ),
 }
 
 
@@ -362,7 +367,8 @@ def series() -> list:
                 if p != "backend/metal/kernel_sources.h"
             },
             "mlx/backend/metal/precise/kernel_sources.h": ext_file(
-                "backend/metal/kernel_sources.h", drop=("const char* strict_kernels();",)
+                "backend/metal/kernel_sources.h",
+                drop=("const char* strict_kernels();", "const char* pair_kernels();"),
             ),
         },
         inserts=[

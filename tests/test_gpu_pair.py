@@ -1,13 +1,14 @@
 """Pair ops (mlx_precise.pair) on the GPU: the elementwise functions, addmm / linear,
-layer_norm, rfft_conv and take_rows, which have CUDA kernels.
+layer_norm, rfft_conv and take_rows, which have CUDA and Metal kernels.
 
-Skipped, visibly, where MLX has no CUDA GPU (CI, Metal: the Metal pair kernels are not
-written). Each GPU result's carried value hi + lo must agree with the CPU's (both
-compute in double, with different math libraries) within 2^-46 relatively, and every
-pair must be normalised; rfft_conv, the CPU engine's double operations in its order,
-must give the CPU's bits. M2-BERT's precision="exact" on the GPU must round once like
-torch float64 and match the CPU's exact output. Fresh random inputs each run (the seed
-is printed).
+Skipped, visibly, where MLX has no GPU (CI). Each GPU result's carried value hi + lo must
+agree with the CPU's within 2^-46 relatively on CUDA (both compute in double, with
+different math libraries) and 2^-42 on Metal (double-word arithmetic: its exp, sin,
+tanh and GELU are held to 2^-44 against mpmath in tests/test_dd_functions.py), and every
+pair must be normalised. take_rows copies pairs: the CPU's bits everywhere; CUDA's
+rfft_conv runs the CPU engine's double operations in its order: the CPU's bits too.
+M2-BERT's precision="exact" on the GPU must round once like torch float64 and match the
+CPU's exact output. Fresh random inputs each run (the seed is printed).
 """
 
 import os
@@ -18,7 +19,12 @@ import pytest
 
 from mlx_precise import pair
 
-pytestmark = pytest.mark.skipif(not mx.cuda.is_available(), reason="MLX has no CUDA backend here")
+ON_CUDA = mx.cuda.is_available()
+pytestmark = pytest.mark.skipif(
+    not (ON_CUDA or mx.metal.is_available()), reason="MLX has no GPU backend here"
+)
+# Relative agreement of a GPU pair with the CPU's (see the module docstring).
+TOLERANCE = 2.0**-46 if ON_CUDA else 2.0**-42
 
 SEED = int(os.environ.get("MLX_PRECISE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
 print(f"test_gpu_pair seed: {SEED}")
@@ -35,7 +41,7 @@ def value(p):
     return np.asarray(p.hi).astype(np.longdouble) + np.asarray(p.lo).astype(np.longdouble)
 
 
-def check_same(gpu, cpu, scale=None, what=""):
+def check_same(gpu, cpu, scale=None, what="", tolerance=TOLERANCE):
     hi, lo = np.asarray(gpu.hi), np.asarray(gpu.lo)
     assert np.all(np.isfinite(hi)) and np.all(np.isfinite(lo)), what
     np.testing.assert_array_equal((hi.astype(np.float64) + lo).astype(np.float32), hi)
@@ -44,7 +50,7 @@ def check_same(gpu, cpu, scale=None, what=""):
     error = float(np.max(np.abs(value(gpu) - reference) / denominator))
     equal = np.mean(hi == np.asarray(cpu.hi))
     print(f"{what}: GPU vs CPU worst {error:.2e}, hi bitwise equal {equal:.4%}")
-    assert error <= 2.0**-46, what
+    assert error <= tolerance, what
 
 
 def random_pair(rng, shape, scale=1.0):
@@ -137,7 +143,7 @@ CONV_SHAPES = [(2, 3, 256, 512, 512), (2, 3, 1000, 2000, 2000), (1, 2, 16384, 32
 
 
 @pytest.mark.parametrize("shape", CONV_SHAPES, ids=lambda s: f"L{s[2]}_n{s[4]}")
-def test_rfft_conv_bits_equal_cpu(shape):
+def test_rfft_conv_matches_cpu(shape):
     B, H, L, Lk, n = shape
     rng = np.random.default_rng([SEED, 5, L])
     u = random_pair(rng, (H, B, L)).transpose(1, 0, 2)  # a strided view
@@ -147,20 +153,29 @@ def test_rfft_conv_bits_equal_cpu(shape):
     d = mx.array(rng.standard_normal((H, 1)).astype(np.float32))
     gpu = on(mx.gpu, pair.rfft_conv, u, k, n=n, bias=d)
     cpu = on(mx.cpu, pair.rfft_conv, u, k, n=n, bias=d)
+    check_conv(gpu, cpu, f"rfft_conv L={L} n={n}")
+
+
+def check_conv(gpu, cpu, what):
+    """CUDA: the CPU's bits. Metal (float-pair transforms): within 2^-36 of each row's
+    largest output."""
     assert np.all(np.isfinite(np.asarray(gpu.hi))) and np.all(np.isfinite(np.asarray(gpu.lo)))
-    np.testing.assert_array_equal(bits(gpu.hi), bits(cpu.hi))
-    np.testing.assert_array_equal(bits(gpu.lo), bits(cpu.lo))
+    if ON_CUDA:
+        np.testing.assert_array_equal(bits(gpu.hi), bits(cpu.hi))
+        np.testing.assert_array_equal(bits(gpu.lo), bits(cpu.lo))
+    else:
+        scale = np.max(np.abs(value(cpu)), axis=-1, keepdims=True)
+        check_same(gpu, cpu, scale, what, tolerance=2.0**-36)
 
 
-def test_rfft_conv_short_float32_kernel_bits_equal_cpu():
+def test_rfft_conv_short_float32_kernel_matches_cpu():
     """M2's short convolution: a float32 kernel (the pair (k, 0), lo broadcast), causal."""
     rng = np.random.default_rng([SEED, 6])
     u = random_pair(rng, (2, 48, 300))
     taps = mx.array(rng.standard_normal((48, 3)).astype(np.float32))
     gpu = on(mx.gpu, pair.rfft_conv, u, taps)
     cpu = on(mx.cpu, pair.rfft_conv, u, taps)
-    np.testing.assert_array_equal(bits(gpu.hi), bits(cpu.hi))
-    np.testing.assert_array_equal(bits(gpu.lo), bits(cpu.lo))
+    check_conv(gpu, cpu, "short rfft_conv")
 
 
 @pytest.mark.parametrize("hidden, seq_len", [(64, 256), (768, 64)], ids=["h64-L256", "h768-L64"])

@@ -4,7 +4,7 @@
 // portability.h for every backend.
 #pragma once
 
-#include "dd.h"
+#include "fft_butterflies.h"
 
 namespace mlx_precise {
 
@@ -403,6 +403,42 @@ MP_INLINE ff pair_binary_dd(PairOp op, ff x, ff y) {
     default:
       return dd_mul(x, y);
   }
+}
+
+// ---------------------------------------------- one element, any precision
+// ---- The elementwise ops in the working precision: double (CPU, CUDA) or
+// double-word (Metal).
+#if MP_HAS_DOUBLE
+MP_INLINE double pair_unary_value(PairOp op, double x) {
+  return pair_unary_double(op, x);
+}
+MP_INLINE double pair_binary_value(PairOp op, double x, double y) {
+  return pair_binary_double(op, x, y);
+}
+#endif
+MP_INLINE ff pair_unary_value(PairOp op, ff x) {
+  return pair_unary_dd(op, x);
+}
+MP_INLINE ff pair_binary_value(PairOp op, ff x, ff y) {
+  return pair_binary_dd(op, x, y);
+}
+
+// One element of PairElementwise in the working precision T, the same code on
+// every backend: x (and y when binary) read as pairs, the op, the result as a
+// pair.
+template <class T>
+MP_INLINE ff pair_element(
+    PairOp op,
+    bool binary,
+    float x_hi,
+    float x_lo,
+    float y_hi,
+    float y_lo) {
+  const T tag{};
+  const T x = r_from_pair(tag, x_hi, x_lo);
+  return r_to_pair(
+      binary ? pair_binary_value(op, x, r_from_pair(tag, y_hi, y_lo))
+             : pair_unary_value(op, x));
 }
 
 } // namespace mlx_precise

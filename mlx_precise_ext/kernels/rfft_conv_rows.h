@@ -211,6 +211,39 @@ MP_INLINE void fft_stage(
   }
 }
 
+#if defined(MP_BARRIER)
+// The whole transform of a row held by the group: every stage of
+// fft_stage, each followed by a group barrier (the inverse: the stages in
+// reverse order). GPU code only: C++ has no group barrier.
+template <class T, class Ptr>
+MP_INLINE void fft_rows_forward(
+    Ptr re,
+    Ptr im,
+    MP_CONSTANT const FFTShape& fs,
+    const MP_DEVICE cpx<T>* tw,
+    int tid,
+    int nthreads) {
+  for (int s = 0; s < fs.num_stages; ++s) {
+    fft_stage<false, T>(re, im, fs, s, tw, tid, nthreads);
+    MP_BARRIER();
+  }
+}
+
+template <class T, class Ptr>
+MP_INLINE void fft_rows_inverse(
+    Ptr re,
+    Ptr im,
+    MP_CONSTANT const FFTShape& fs,
+    const MP_DEVICE cpx<T>* tw,
+    int tid,
+    int nthreads) {
+  for (int s = fs.num_stages - 1; s >= 0; --s) {
+    fft_stage<true, T>(re, im, fs, s, tw, tid, nthreads);
+    MP_BARRIER();
+  }
+}
+#endif // MP_BARRIER
+
 // Forward split of the pair i: the packed spectrum values at p and q.
 template <class T, class Ptr>
 MP_INLINE void split_pair(

@@ -69,4 +69,11 @@ MP_INLINE MP_INT64 row_start(const MP_THREAD RowsLayout& l, MP_INT64 row) {
   return strided_offset(row, l.dims, l.shape, l.strides);
 }
 
+// Element i of an operand laid out as rows of `inner` elements (flat index i
+// row-major over the operand's shape).
+MP_INLINE MP_INT64
+element_offset(const MP_THREAD RowsLayout& l, MP_INT64 i, MP_INT64 inner) {
+  return row_start(l, i / inner) + (i % inner) * l.element_stride;
+}
+
 } // namespace mlx_precise

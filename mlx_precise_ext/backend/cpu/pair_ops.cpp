@@ -67,16 +67,15 @@ void elementwise(
             p[j] = in[j].data<float>() +
                 cpu::batch_offset(r, outer_shape, strides[j]);
           for (int64_t t = 0; t < inner; ++t) {
-            const double x =
-                widen(p[0][t * inner_stride[0]], p[1][t * inner_stride[1]]);
-            const double v = binary
-                ? pair_binary_double(
-                      op,
-                      x,
-                      widen(
-                          p[2][t * inner_stride[2]], p[3][t * inner_stride[3]]))
-                : pair_unary_double(op, x);
-            store(v, hi, lo, r * inner + t);
+            const ff v = pair_element<double>(
+                op,
+                binary,
+                p[0][t * inner_stride[0]],
+                p[1][t * inner_stride[1]],
+                binary ? p[2][t * inner_stride[2]] : 0.0f,
+                binary ? p[3][t * inner_stride[3]] : 0.0f);
+            hi[r * inner + t] = v.hi;
+            lo[r * inner + t] = v.lo;
           }
         }
       });

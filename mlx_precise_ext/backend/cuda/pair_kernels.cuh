@@ -23,12 +23,6 @@ __device__ __forceinline__ double pair_at(
   return dd_to_double(ff{hi[hi_offset], lo[lo_offset]});
 }
 
-// Element i of an operand laid out as rows (RowsLayout) of `inner` elements.
-__device__ __forceinline__ MP_INT64
-element_offset(const RowsLayout& l, MP_INT64 i, MP_INT64 inner) {
-  return row_start(l, i / inner) + (i % inner) * l.element_stride;
-}
-
 // out (size elements, row-major, rows of `inner`) = op(x [, y]); operands x_hi,
 // x_lo, y_hi, y_lo have the output's shape, each at its own strides.
 __global__ void pair_elementwise(
@@ -51,21 +45,14 @@ __global__ void pair_elementwise(
            static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
        i < size;
        i += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
-    const double x = pair_at(
-        x_hi,
-        x_lo,
-        element_offset(x_hi_l, i, inner),
-        element_offset(x_lo_l, i, inner));
-    const double v = binary ? pair_binary_double(
-                                  pair_op,
-                                  x,
-                                  pair_at(
-                                      y_hi,
-                                      y_lo,
-                                      element_offset(y_hi_l, i, inner),
-                                      element_offset(y_lo_l, i, inner)))
-                            : pair_unary_double(pair_op, x);
-    const ff r = dd_from_double(v);
+    // Unary ops have x bound again as y, read but unused.
+    const ff r = pair_element<double>(
+        pair_op,
+        binary != 0,
+        x_hi[element_offset(x_hi_l, i, inner)],
+        x_lo[element_offset(x_lo_l, i, inner)],
+        y_hi[element_offset(y_hi_l, i, inner)],
+        y_lo[element_offset(y_lo_l, i, inner)]);
     out_hi[i] = r.hi;
     out_lo[i] = r.lo;
   }

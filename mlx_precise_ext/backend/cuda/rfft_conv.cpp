@@ -18,6 +18,7 @@
 #include "backend/cuda/encoder.h"
 #include "backend/cuda/jit.h"
 #include "backend/gpu/conv_layout.h"
+#include "backend/gpu/pair_conv_layout.h"
 #include "kernels/rfft_conv_rows.h"
 #include "pair_primitives.h"
 #include "primitives.h"
@@ -644,19 +645,12 @@ void launch_pair_conv(
     std::vector<mx::array>& outs) {
   const mx::array &u_hi = in[0], &u_lo = in[1], &k_hi = in[2], &k_lo = in[3];
   const mx::array* bias = has_bias ? &in[4] : nullptr;
-  const ConvGeometry geo = conv_geometry(
-      ConvVariant::Convolve,
-      period,
-      u_hi.shape().back(),
-      k_hi.shape().back(),
-      outs[0].shape().back());
+  const gpu::PairConvLaunch c =
+      gpu::pair_conv_launch(period, in, has_bias, outs);
+  const ConvGeometry& geo = c.geo;
+  const RowIndex &ix = c.ix, &lo_ix = c.lo_ix;
   const DeviceFFT<double>& fft = device_fft<double>(device, geo.fft_size);
   const FFTShape& fs = fft.shape;
-  const mx::Shape full = batch_shape(outs[0].shape());
-  RowIndex ix =
-      gpu::make_row_index(full, k_hi.shape(), {&u_hi, &k_hi, bias, &outs[0]});
-  RowIndex lo_ix = gpu::make_row_index(
-      full, k_hi.shape(), {&u_lo, &k_lo, nullptr, &outs[1]});
   auto pair_launch = [&](const std::string& name) {
     const std::string kernel = "mlx_precise::gpu::" + name;
     return row_launch<double>(

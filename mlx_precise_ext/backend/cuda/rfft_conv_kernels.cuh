@@ -20,19 +20,13 @@ __device__ __forceinline__ T* row_storage(T* workspace, int buffers, int h) {
 template <class T>
 __device__ __forceinline__ void
 fft_forward(T* re, T* im, const FFTShape& fs, const cpx<T>* tw) {
-  for (int s = 0; s < fs.num_stages; ++s) {
-    fft_stage<false, T>(re, im, fs, s, tw, threadIdx.x, blockDim.x);
-    __syncthreads();
-  }
+  fft_rows_forward<T>(re, im, fs, tw, threadIdx.x, blockDim.x);
 }
 
 template <class T>
 __device__ __forceinline__ void
 fft_inverse(T* re, T* im, const FFTShape& fs, const cpx<T>* tw) {
-  for (int s = fs.num_stages - 1; s >= 0; --s) {
-    fft_stage<true, T>(re, im, fs, s, tw, threadIdx.x, blockDim.x);
-    __syncthreads();
-  }
+  fft_rows_inverse<T>(re, im, fs, tw, threadIdx.x, blockDim.x);
 }
 
 // Spectrum `row` of `spectra` (2 num_pairs entries each, in pair order):

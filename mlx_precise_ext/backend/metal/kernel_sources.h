@@ -8,5 +8,6 @@ namespace mlx_precise::metal {
 
 const char* rfft_conv_kernels();
 const char* strict_kernels();
+const char* pair_kernels();
 
 } // namespace mlx_precise::metal

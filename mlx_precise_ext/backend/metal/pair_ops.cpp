@@ -1,52 +1,229 @@
-// eval_gpu of the pair ops (pair_primitives.h) in the Metal build.
-// Their GPU kernels are not written yet (issue #11): a clear error that says
-// what to do instead, never a silent move to the CPU.
+// eval_gpu of the pair ops on MLX's Metal backend, the twin of
+// backend/cuda/pair_ops.cpp: the kernels of pair_kernels.metal (one source
+// with the shared kernel headers, embedded at build time and compiled by
+// MLX's Metal device on first use) in double-word arithmetic, since Metal has
+// no float64; operands are read through their strides. PairRFFTConv runs the
+// rfft_conv row launches (backend/metal/rfft_conv.cpp). The gradients' other
+// primitives (ScatterAdd rows, pair_vjp_primitives.h) have no Metal kernel: a
+// clear error, never a silent move to the CPU.
+#include <algorithm>
+#include <limits>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
+#include <mlx/allocator.h>
+#include <mlx/backend/metal/device.h>
+
+#include "backend/gpu/strict_layout.h"
+#include "backend/metal/kernel_sources.h"
+#include "kernels/pair_math.h"
+#include "kernels/strict_params.h"
 #include "pair_primitives.h"
 #include "pair_vjp_primitives.h"
 
 namespace mlx_precise {
 
 namespace {
-[[noreturn]] void not_on_gpu(const char* op) {
-  throw std::runtime_error(
-      std::string(op) +
-      ": the pair ops (mlx_precise.pair, M2-BERT precision=\"exact\") run on "
-      "the CPU only in this version; pass stream=mx.cpu (or "
-      "mx.set_default_device(mx.cpu))");
+
+// Threads per threadgroup of the one-thread-per-output kernels.
+constexpr int64_t kPairThreads = 256;
+// Most SIMD-groups (rows) per layer_norm threadgroup (the kernel's parts
+// array) and the partial sums per row it needs.
+constexpr int64_t kPairRowsPerGroup = 8;
+constexpr int64_t kPairLanes = 8;
+
+MTL::ComputePipelineState* kernel(
+    mx::metal::Device& d,
+    const std::string& name) {
+  MTL::Library* lib = d.get_library(
+      "mlx_precise_pair", [] { return std::string(metal::pair_kernels()); });
+  return d.get_kernel(name, lib);
 }
+
+[[noreturn]] void no_metal_kernel(const std::string& op) {
+  throw std::runtime_error(
+      op +
+      ": gradients through pairs (mlx_precise.pair) have no Metal kernel; "
+      "pass stream=mx.cpu (or mx.set_default_device(mx.cpu))");
+}
+
+// The stream's encoder with the outputs allocated.
+mx::metal::CommandEncoder& prepare(
+    mx::Stream s,
+    std::vector<mx::array>& outputs) {
+  for (auto& o : outputs)
+    o.set_data(mx::allocator::malloc(o.nbytes()));
+  return mx::metal::get_command_encoder(s);
+}
+
+// An operand as rows of its last axis (a 0-d array: one row of one element).
+RowsLayout operand_layout(const char* op, const mx::array& x) {
+  if (x.ndim() == 0)
+    return RowsLayout{};
+  return gpu::rows_layout(op, x);
+}
+
+// One thread per element of a grid of `total`, which Metal indexes in 32 bits.
+void dispatch_elements(
+    mx::metal::CommandEncoder& enc,
+    MTL::ComputePipelineState* k,
+    int64_t total,
+    const char* op) {
+  if (total > std::numeric_limits<uint32_t>::max()) {
+    throw std::invalid_argument(
+        std::string(op) +
+        " (Metal): more than 2^32 - 1 outputs; split the batch");
+  }
+  const int64_t threads = std::min<int64_t>(
+      kPairThreads, static_cast<int64_t>(k->maxTotalThreadsPerThreadgroup()));
+  enc.dispatch_threads(MTL::Size(total, 1, 1), MTL::Size(threads, 1, 1));
+}
+
 } // namespace
 
 void PairElementwise::eval_gpu(
-    const std::vector<mx::array>&,
-    std::vector<mx::array>&) {
-  not_on_gpu("pair elementwise ops");
-}
-
-void PairAddmm::eval_gpu(
-    const std::vector<mx::array>&,
-    std::vector<mx::array>&) {
-  not_on_gpu("pair addmm / linear");
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  auto& d = mx::metal::device(stream().device);
+  auto& enc = prepare(stream(), outputs);
+  const int64_t size = outputs[0].size();
+  if (size == 0)
+    return;
+  const bool binary = inputs.size() == 4;
+  // Unary ops bind x again as the unread y operands.
+  const mx::array& y_hi = binary ? inputs[2] : inputs[0];
+  const mx::array& y_lo = binary ? inputs[3] : inputs[1];
+  const char* name = pair_op_name(op_);
+  const std::vector<RowsLayout> layouts{
+      operand_layout(name, inputs[0]),
+      operand_layout(name, inputs[1]),
+      operand_layout(name, y_hi),
+      operand_layout(name, y_lo)};
+  const int64_t inner = outputs[0].ndim() == 0 ? 1 : outputs[0].shape(-1);
+  MTL::ComputePipelineState* k = kernel(d, "pair_elementwise");
+  enc.set_compute_pipeline_state(k);
+  enc.set_input_array(inputs[0], 0);
+  enc.set_input_array(inputs[1], 1);
+  enc.set_input_array(y_hi, 2);
+  enc.set_input_array(y_lo, 3);
+  enc.set_output_array(outputs[0], 4);
+  enc.set_output_array(outputs[1], 5);
+  enc.set_vector_bytes(layouts, 6);
+  enc.set_bytes(size, 7);
+  enc.set_bytes(inner, 8);
+  enc.set_bytes(static_cast<int>(op_), 9);
+  enc.set_bytes(static_cast<int>(binary), 10);
+  dispatch_elements(enc, k, size, name);
 }
 
 void PairLayerNorm::eval_gpu(
-    const std::vector<mx::array>&,
-    std::vector<mx::array>&) {
-  not_on_gpu("pair layer_norm");
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  auto& d = mx::metal::device(stream().device);
+  auto& enc = prepare(stream(), outputs);
+  if (outputs[0].size() == 0)
+    return;
+  const mx::array& x_hi = inputs[0];
+  const int dim = x_hi.shape(-1);
+  const int bias_index = has_weight_ ? 3 : 2;
+  LayerNormLaunch launch{};
+  launch.has_weight = has_weight_;
+  launch.has_bias = has_bias_;
+  launch.weight_stride = has_weight_ ? inputs[2].strides()[0] : 0;
+  launch.bias_stride = has_bias_ ? inputs[bias_index].strides()[0] : 0;
+  launch.rows = static_cast<int64_t>(x_hi.size()) / dim;
+  launch.dim = dim;
+  const ff eps = dd_from_double(eps_);
+  MTL::ComputePipelineState* k = kernel(d, "pair_layer_norm_rows");
+  const int64_t width = static_cast<int64_t>(k->threadExecutionWidth());
+  if (width < kPairLanes) {
+    throw std::runtime_error(
+        "pair layer_norm (Metal): SIMD-groups narrower than 8 threads are "
+        "not supported");
+  }
+  const int64_t per_group = std::clamp<int64_t>(
+      static_cast<int64_t>(k->maxTotalThreadsPerThreadgroup()) / width,
+      1,
+      kPairRowsPerGroup);
+  const int64_t groups = std::clamp<int64_t>(
+      (launch.rows + per_group - 1) / per_group, 1, int64_t(1) << 20);
+  enc.set_compute_pipeline_state(k);
+  // Absent weight / bias slots are bound to x, never read through them.
+  enc.set_input_array(x_hi, 0);
+  enc.set_input_array(inputs[1], 1);
+  enc.set_input_array(has_weight_ ? inputs[2] : x_hi, 2);
+  enc.set_input_array(has_bias_ ? inputs[bias_index] : x_hi, 3);
+  enc.set_output_array(outputs[0], 4);
+  enc.set_output_array(outputs[1], 5);
+  enc.set_bytes(gpu::rows_layout("pair layer_norm", x_hi), 6);
+  enc.set_bytes(gpu::rows_layout("pair layer_norm", inputs[1]), 7);
+  enc.set_bytes(launch, 8);
+  enc.set_bytes(eps, 9);
+  enc.dispatch_threadgroups(
+      MTL::Size(groups, 1, 1), MTL::Size(per_group * width, 1, 1));
 }
 
-void PairRFFTConv::eval_gpu(
-    const std::vector<mx::array>&,
-    std::vector<mx::array>&) {
-  not_on_gpu("pair rfft_conv");
+// Inputs a_hi, a_lo, b_hi, b_lo [, c]: layouts over (a, b[, c]) with the hi
+// parts and with the lo parts.
+void PairAddmm::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  auto& d = mx::metal::device(stream().device);
+  auto& enc = prepare(stream(), outputs);
+  if (outputs[0].size() == 0)
+    return;
+  std::vector<mx::array> hi_operands{inputs[0], inputs[2]};
+  if (has_c_)
+    hi_operands.push_back(inputs[4]);
+  std::vector<mx::array> lo_operands = hi_operands;
+  lo_operands[0] = inputs[1];
+  lo_operands[1] = inputs[3];
+  MTL::ComputePipelineState* k = kernel(d, "pair_addmm");
+  enc.set_compute_pipeline_state(k);
+  for (int i = 0; i < 4; ++i)
+    enc.set_input_array(inputs[i], i);
+  // Without c the slot is bound to a, never read through it.
+  enc.set_input_array(has_c_ ? inputs[4] : inputs[0], 4);
+  enc.set_output_array(outputs[0], 5);
+  enc.set_output_array(outputs[1], 6);
+  enc.set_bytes(
+      gpu::addmm_layout(hi_operands, outputs[0], 1.0f, 1.0f, has_c_), 7);
+  enc.set_bytes(
+      gpu::addmm_layout(lo_operands, outputs[0], 1.0f, 1.0f, has_c_), 8);
+  dispatch_elements(enc, k, outputs[0].size(), "pair addmm / linear");
 }
 
+// Gather (the forward of pair take_rows); ScatterAdd, its gradient, has no
+// Metal kernel.
 void PairRows::eval_gpu(
-    const std::vector<mx::array>&,
-    std::vector<mx::array>&) {
-  not_on_gpu("pair take_rows");
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  if (variant_ != Variant::Gather)
+    no_metal_kernel("pair take_rows gradient");
+  auto& d = mx::metal::device(stream().device);
+  auto& enc = prepare(stream(), outputs);
+  const int64_t size = outputs[0].size();
+  if (size == 0)
+    return;
+  const mx::array& ids = inputs[2];
+  const int64_t dim = outputs[0].shape(-1);
+  const std::vector<RowsLayout> layouts{
+      gpu::rows_layout("pair take_rows", inputs[0]),
+      gpu::rows_layout("pair take_rows", inputs[1]),
+      operand_layout("pair take_rows", ids)};
+  const std::vector<int64_t> sizes{
+      ids.ndim() == 0 ? 1 : ids.shape(-1), inputs[0].shape(0), dim, size / dim};
+  MTL::ComputePipelineState* k = kernel(d, "pair_gather_rows");
+  enc.set_compute_pipeline_state(k);
+  enc.set_input_array(inputs[0], 0);
+  enc.set_input_array(inputs[1], 1);
+  enc.set_input_array(ids, 2);
+  enc.set_output_array(outputs[0], 3);
+  enc.set_output_array(outputs[1], 4);
+  enc.set_vector_bytes(layouts, 5);
+  enc.set_vector_bytes(sizes, 6);
+  dispatch_elements(enc, k, size, "pair take_rows");
 }
 
 } // namespace mlx_precise

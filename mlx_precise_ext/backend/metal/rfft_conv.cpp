@@ -15,7 +15,9 @@
 #include "backend/common/conv_geometry.h"
 #include "backend/common/shapes.h"
 #include "backend/gpu/conv_layout.h"
+#include "backend/gpu/pair_conv_layout.h"
 #include "backend/metal/kernel_sources.h"
+#include "pair_primitives.h"
 #include "primitives.h"
 
 namespace mlx_precise {
@@ -80,13 +82,16 @@ const char* type_name() {
   return std::is_same_v<T, float> ? "float32" : "dd";
 }
 
+MTL::Library* library(mx::metal::Device& d) {
+  return d.get_library("mlx_precise_rfft_conv", [] {
+    return std::string(metal::rfft_conv_kernels());
+  });
+}
+
 MTL::ComputePipelineState* kernel(
     mx::metal::Device& d,
     const std::string& name) {
-  MTL::Library* lib = d.get_library("mlx_precise_rfft_conv", [] {
-    return std::string(metal::rfft_conv_kernels());
-  });
-  return d.get_kernel(name, lib);
+  return d.get_kernel(name, library(d));
 }
 
 mx::array scratch(mx::metal::CommandEncoder& enc, size_t bytes) {
@@ -104,25 +109,36 @@ struct GroupLaunch {
   int threads;
 };
 
+// The row kernel `name` of library lib ("<name>_group" or "<name>_device").
 template <class T>
 GroupLaunch group_launch(
     mx::metal::Device& d,
-    const char* name,
+    MTL::Library* lib,
+    const std::string& name,
     int64_t n_half,
     int buffers) {
   GroupLaunch l{};
   l.row_bytes = static_cast<size_t>(buffers) * 2 * n_half * sizeof(T);
   l.in_group_memory =
       l.row_bytes <= d.mtl_device()->maxThreadgroupMemoryLength();
-  l.pipeline = kernel(
-      d,
-      std::string(name) + "_" + type_name<T>() +
-          (l.in_group_memory ? "_group" : "_device"));
+  l.pipeline =
+      d.get_kernel(name + (l.in_group_memory ? "_group" : "_device"), lib);
   const int cap = static_cast<int>(std::min<NS::UInteger>(
                       1024, l.pipeline->maxTotalThreadsPerThreadgroup())) /
       32 * 32;
   l.threads = static_cast<int>(std::clamp<int64_t>(n_half / 8, 32, cap));
   return l;
+}
+
+// The rfft_conv row kernel `name` in precision T.
+template <class T>
+GroupLaunch group_launch(
+    mx::metal::Device& d,
+    const char* name,
+    int64_t n_half,
+    int buffers) {
+  return group_launch<T>(
+      d, library(d), std::string(name) + "_" + type_name<T>(), n_half, buffers);
 }
 
 // Binds the common arguments of a row kernel, then those bind_more() binds,
@@ -209,6 +225,54 @@ void convolve_sum(
       });
 }
 
+// The shared-kernel form: the kernel spectra (spec), once per kernel row,
+// then the output rows (rows) in work items (kernel row, split), each launch
+// with what bind_extra(spectra_pass) binds beyond the row kernels' common
+// arguments.
+template <class T, class BindExtra>
+void launch_shared_kernel(
+    mx::metal::CommandEncoder& enc,
+    const GroupLaunch& spec,
+    const GroupLaunch& rows,
+    const MetalFFT<T>& fft,
+    const mx::array& a,
+    const mx::array& b,
+    const mx::array* bias,
+    mx::array& out,
+    const RowIndex& ix,
+    const ConvGeometry& geo,
+    BindExtra bind_extra) {
+  mx::array spectra = scratch(
+      enc, ix.outer_count * 2 * int64_t(fft.shape.num_pairs) * sizeof(cpx<T>));
+  // Launch l on `items` work items: one threadgroup each when rows fit in
+  // threadgroup memory, else at most kMaxSlotGroups with a workspace slot each.
+  auto dispatch = [&](const GroupLaunch& l, int64_t items, int64_t splits) {
+    const int64_t groups =
+        l.in_group_memory ? items : std::min(items, kMaxSlotGroups);
+    std::optional<mx::array> workspace;
+    if (!l.in_group_memory)
+      workspace = scratch(enc, groups * l.row_bytes);
+    dispatch_rows<T>(
+        enc,
+        l,
+        groups,
+        fft,
+        a,
+        b,
+        bias,
+        out,
+        spectra,
+        workspace,
+        ix,
+        gpu::conv_shape(geo, bias != nullptr, splits),
+        [&] { bind_extra(&l == &spec); });
+  };
+  dispatch(spec, ix.outer_count, 1);
+  const int64_t splits =
+      std::clamp<int64_t>(kMaxSlotGroups / ix.outer_count, 1, ix.inner_count);
+  dispatch(rows, ix.outer_count * splits, splits);
+}
+
 template <class T>
 void convolve(
     mx::metal::Device& d,
@@ -235,48 +299,18 @@ void convolve(
   if (c.one_to_one) {
     const RowIndex ix =
         gpu::make_row_index(full, b.shape(), {&a, &b, bias, &out});
-    mx::array spectra =
-        scratch(enc, ix.outer_count * spectrum_entries * sizeof(cpx<T>));
-    GroupLaunch spec = group_launch<T>(d, "kernel_spectra", h, 1);
-    int64_t groups = spec.in_group_memory
-        ? ix.outer_count
-        : std::min(ix.outer_count, kMaxSlotGroups);
-    if (!spec.in_group_memory)
-      workspace = scratch(enc, groups * spec.row_bytes);
-    dispatch_rows<T>(
+    launch_shared_kernel<T>(
         enc,
-        spec,
-        groups,
+        group_launch<T>(d, "kernel_spectra", h, 1),
+        group_launch<T>(d, "conv_rows", h, 1),
         fft,
         a,
         b,
         bias,
         out,
-        spectra,
-        workspace,
         ix,
-        gpu::conv_shape(geo, has_bias, 1));
-    GroupLaunch rows = group_launch<T>(d, "conv_rows", h, 1);
-    const int64_t splits =
-        std::clamp<int64_t>(kMaxSlotGroups / ix.outer_count, 1, ix.inner_count);
-    const int64_t items = ix.outer_count * splits;
-    groups = rows.in_group_memory ? items : std::min(items, kMaxSlotGroups);
-    workspace.reset();
-    if (!rows.in_group_memory)
-      workspace = scratch(enc, groups * rows.row_bytes);
-    dispatch_rows<T>(
-        enc,
-        rows,
-        groups,
-        fft,
-        a,
-        b,
-        bias,
-        out,
-        spectra,
-        workspace,
-        ix,
-        gpu::conv_shape(geo, has_bias, splits));
+        geo,
+        [](bool) {});
     return;
   }
   const RowIndex ix =
@@ -327,6 +361,47 @@ void bias_gradient(
   enc.dispatch_threads(MTL::Size(total, 1, 1), MTL::Size(threads, 1, 1));
 }
 
+// pair_rfft_conv: in = u_hi, u_lo, k_hi, k_lo [, bias], outs = hi, lo. The
+// shared-kernel form with the pair kernels of pair_kernels.metal, in float
+// pairs; lo_ix numbers the rows of the lo parts as ix numbers those of the
+// hi parts.
+void launch_pair_conv(
+    mx::metal::Device& d,
+    mx::metal::CommandEncoder& enc,
+    int64_t period,
+    const std::vector<mx::array>& in,
+    bool has_bias,
+    std::vector<mx::array>& outs) {
+  const mx::array &u_hi = in[0], &u_lo = in[1], &k_hi = in[2], &k_lo = in[3];
+  const mx::array* bias = has_bias ? &in[4] : nullptr;
+  const gpu::PairConvLaunch c =
+      gpu::pair_conv_launch(period, in, has_bias, outs);
+  const ConvGeometry& geo = c.geo;
+  const RowIndex &ix = c.ix, &lo_ix = c.lo_ix;
+  const MetalFFT<ff>& fft = metal_fft<ff>(d, geo.fft_size);
+  MTL::Library* lib = d.get_library(
+      "mlx_precise_pair", [] { return std::string(metal::pair_kernels()); });
+  // The pair kernels' slots beyond the row kernels' (pair_kernels.metal).
+  enum : int { kSlotLo = 12, kSlotOutLo = 13, kSlotLoRowIndex = 14 };
+  const int64_t h = fft.shape.n_half;
+  launch_shared_kernel<ff>(
+      enc,
+      group_launch<ff>(d, lib, "pair_kernel_spectra", h, 1),
+      group_launch<ff>(d, lib, "pair_conv_rows", h, 1),
+      fft,
+      u_hi,
+      k_hi,
+      bias,
+      outs[0],
+      ix,
+      geo,
+      [&](bool spectra_pass) {
+        enc.set_input_array(spectra_pass ? k_lo : u_lo, kSlotLo);
+        enc.set_output_array(outs[1], kSlotOutLo);
+        enc.set_bytes(lo_ix, kSlotLoRowIndex);
+      });
+}
+
 // float32 runs the float kernels; extended and dd the double-word ones.
 template <class Fn>
 void with_working_type(Precision p, Fn fn) {
@@ -357,6 +432,19 @@ void BiasGradient::eval_gpu(
   with_working_type(precision_, [&](auto tag) {
     bias_gradient<decltype(tag)>(d, enc, inputs[0], inputs[1], out);
   });
+}
+
+// Inputs u_hi, u_lo, k_hi, k_lo [, bias]; outputs hi, lo (launch_pair_conv).
+void PairRFFTConv::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  auto& d = mx::metal::device(stream().device);
+  auto& enc = mx::metal::get_command_encoder(stream());
+  for (auto& o : outputs)
+    o.set_data(mx::allocator::malloc(o.nbytes()));
+  if (outputs[0].size() == 0)
+    return;
+  launch_pair_conv(d, enc, period_, inputs, has_bias_, outputs);
 }
 
 } // namespace mlx_precise
