@@ -9,7 +9,13 @@ rotate among several input sets (so caches do not hold the inputs), after
 warm-up. Achieved bandwidth counts reading u and writing y once, against a
 device-to-device copy measured in the same run.
 
+--backward adds forward + backward (grad u and grad k of sum(y * g)) against the
+forward alone, per precision (issue #16: at most 3x). --long adds B=1, H=64,
+causal (kernel (H, L), n = 2L) at L = 2^16 ... 2^20 with each implementation's
+time and MLX peak memory against MLX's composed path.
+
 Usage: python benchmarks/bench_gpu.py [--out results.md] [--lengths 1024 4096 16384]
+                                      [--backward] [--long]
 """
 
 import argparse
@@ -111,10 +117,61 @@ def bench_length(L, copy_bw):
     ]
 
 
+def bench_backward(L):
+    """(precision, forward ms, forward + backward ms) at B, H, n = 2L."""
+    n = 2 * L
+    inputs = [
+        (mx.random.normal((B, H, L)), mx.random.normal((H, n)) / np.sqrt(n), mx.random.normal((B, H, L)))
+        for _ in range(INPUT_SETS)
+    ]
+    mx.eval(inputs)
+    rows = []
+    for precision in mp.PRECISIONS:
+
+        def forward(u, k, g):
+            return mp.rfft_conv(u, k, n=n, precision=precision)
+
+        def loss(u, k, g):
+            return mx.sum(mp.rfft_conv(u, k, n=n, precision=precision) * g)
+
+        both = mx.value_and_grad(loss, argnums=(0, 1))
+        rows.append((precision, mlx_time(forward, inputs), mlx_time(both, inputs)))
+    del inputs
+    mx.clear_cache()
+    return rows
+
+
+def bench_long(L):
+    """(implementation, ms, MLX peak GiB) at B=1, H=64, causal, n = 2L."""
+    b, h, n = 1, 64, 2 * L
+    inputs = [(mx.random.normal((b, h, L)), mx.random.normal((h, L)) / np.sqrt(L)) for _ in range(INPUT_SETS)]
+    mx.eval(inputs)
+
+    def composed(u, k):
+        return mx.fft.irfft(mx.fft.rfft(u, n) * mx.fft.rfft(k, n), n)[..., :L]
+
+    variants = [(f"mlx_precise {p}", lambda u, k, p=p: mp.rfft_conv(u, k, n=n, precision=p)) for p in mp.PRECISIONS]
+    variants.append(("MLX mx.fft float32 (composed)", composed))
+    rows = []
+    for name, fn in variants:
+        ms = mlx_time(fn, inputs)
+        mx.synchronize()
+        mx.reset_peak_memory()
+        base = mx.get_active_memory()
+        mx.eval(fn(*inputs[0]))
+        mx.synchronize()
+        rows.append((name, ms, (mx.get_peak_memory() - base) / 2**30))
+    del inputs
+    mx.clear_cache()
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
+    parser.add_argument("--backward", action="store_true", help="forward + backward vs forward")
+    parser.add_argument("--long", action="store_true", help="B=1, H=64, L = 2^16 ... 2^20")
     args = parser.parse_args()
     copy_bw = copy_bandwidth()
     device = torch.cuda.get_device_name()
@@ -133,6 +190,35 @@ def main():
         for L_, name, ms, tbs, share, floor in bench_length(L, copy_bw):
             lines.append(f"| {L_} | {name} | {ms:.2f} | {tbs:.2f} | {share:.0%} | {floor:.2f} |")
             print(lines[-1], flush=True)
+    if args.backward:
+        lines += [
+            "",
+            f"Forward + backward (grad u and grad k of sum(y * g)), B={B}, H={H}, n=2L, ms:",
+            "",
+            "| L | precision | forward | forward + backward | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for L in args.lengths:
+            for precision, fwd, both in bench_backward(L):
+                lines.append(f"| {L} | {precision} | {fwd:.2f} | {both:.2f} | {both / fwd:.2f}x |")
+                print(lines[-1], flush=True)
+    if args.long:
+        lines += [
+            "",
+            "Long sequences: B=1, H=64, causal (kernel (H, L), n=2L); time in ms and MLX peak memory of one "
+            "call above what was allocated before it, each against MLX's composed path:",
+            "",
+            "| L | implementation | time (ms) | x composed | peak (GiB) | x composed |",
+            "|---|---|---|---|---|---|",
+        ]
+        for e in range(16, 21):
+            rows = bench_long(1 << e)
+            _, ref_ms, ref_gib = rows[-1]
+            for name, ms, gib in rows:
+                lines.append(
+                    f"| 2^{e} | {name} | {ms:.2f} | {ms / ref_ms:.2f}x | {gib:.3f} | {gib / ref_gib:.2f}x |"
+                )
+                print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
