@@ -49,7 +49,7 @@ def uncertified_fraction(c, a, b, alpha=1.0, beta=1.0):
     gamma = k * u / (1 - k * u)
     scaled = alpha * (A @ B)
     value = scaled + beta * C
-    norms = 2.0 * A.norm(dim=-1)[..., :, None] * B.norm(dim=-2)[..., None, :]
+    norms = A.norm(dim=-1)[..., :, None] * B.norm(dim=-2)[..., None, :]
     err = (1 + 1 / 1024) * gamma * abs(alpha) * norms + u * (scaled.abs() + value.abs())
     margin = err + 4 * u * value.abs()
     return ((value - margin).float() != (value + margin).float()).double().mean().item()
