@@ -23,19 +23,6 @@ for src in $(find mlx_precise_ext -name '*.metal' | sort); do
     status=1
   fi
 done
-# Shared kernel headers that no Metal library includes yet (the pair ops'
-# double-word functions), type-checked as Metal on their own.
-for header in mlx_precise_ext/kernels/pair_math.h; do
-  printf '#include "%s"\n' "$(basename "$header")" > "$tmp/header_check.cpp"
-  if "$clang" -x c++ -std=c++17 -fsyntax-only -D__METAL_VERSION__=310 \
-      -Iscripts/metal_shim -Imlx_precise_ext/kernels -Wno-unknown-pragmas \
-      "$tmp/header_check.cpp"; then
-    echo "ok    $header"
-  else
-    echo "FAIL  $header"
-    status=1
-  fi
-done
 # Each library as MLX's Metal device receives it (the concatenation of
 # backend/metal/CMakeLists.txt, project #include lines dropped), checked the
 # same way; scripts/metal_libraries.py also requires it to be ASCII.
