@@ -43,10 +43,10 @@ struct FFTShape {
   int n_half;
   int num_pairs; // split pairs, see IndexPair
   int num_stages;
-  int twiddle_count; // entries per table w1, w2, w3
+  int twiddle_count; // butterfly indices j of all stages: triplets w1, w2, w3
   int stage_radix[kMaxFFTStages];
   int stage_log2_quarter[kMaxFFTStages];
-  int stage_tw_offset[kMaxFFTStages];
+  int stage_tw_offset[kMaxFFTStages]; // first triplet of the stage
 };
 
 // Positions p and q = partner(p) of the packed spectrum, handled together by
@@ -73,6 +73,7 @@ struct ConvShape {
   int has_bias;
   float spectrum_scale; // 1 / (4N), exact
   int rows_per_group_split; // work items per outer index (shared-kernel launch)
+  int rows_per_block; // rows a block transforms together (CUDA conv_rows)
 };
 
 // ConvolveSum (the jvp with several terms, primitives.h): output row r (row r

@@ -20,6 +20,7 @@
 #define MP_CONSTANT constant
 #define MP_THREADGROUP threadgroup
 #define MP_INT64 long
+#define MP_UNROLL _Pragma("unroll")
 // Atomics on thread-group memory (the snap decision's row summaries).
 #define MP_GROUP_UINT metal::atomic_uint
 #define MP_GROUP_INT metal::atomic_int
@@ -57,6 +58,7 @@
 #define MP_CONSTANT
 #define MP_THREADGROUP
 #define MP_INT64 long long
+#define MP_UNROLL _Pragma("unroll")
 #define MP_BARRIER() __syncthreads()
 #define MP_GROUP_UINT unsigned int
 #define MP_GROUP_INT int
@@ -111,6 +113,11 @@ inline unsigned long long mp_double_bits(double x) {
 #define MP_CONSTANT
 #define MP_THREADGROUP
 #define MP_INT64 long long
+// Loops over a pass's registers have constant trip counts; optimising
+// compilers unroll them unasked.
+#define MP_UNROLL
+// A C++ "group" is one thread running every step in turn (tests).
+#define MP_BARRIER()
 #endif
 
 // Uncontracted float add/sub/mul. On C++ and Metal the compiler flag or pragma

@@ -98,10 +98,36 @@ MP_INLINE void summary_fold(MP_THREAD RowSummary& s, float x) {
   }
 }
 
-// z[m] = x[2m] + i x[2m+1] for the real row x = row[0..len) (back to front
-// when reversed), zero-padded to the complex length h. With kSummarize, also
-// the thread's summary of the values it read (the threads together read
-// every entry once, so their summaries combine to the row's).
+// Element m of a row as the transform loaded it (back to front when
+// reversed).
+struct DeviceRow {
+  const MP_DEVICE float* data;
+  MP_INT64 stride;
+  MP_INT64 len;
+  bool reversed;
+  MP_INLINE float operator()(MP_INT64 m) const {
+    return data[(reversed ? len - 1 - m : m) * stride];
+  }
+};
+
+// z[m] = x[2m] + i x[2m+1] of the real row x (zero from len on), the packed
+// point m of the transform's input.
+template <class T>
+MP_INLINE cpx<T> packed_point(DeviceRow x, int m) {
+  const T tag{};
+  const MP_INT64 i0 = 2 * static_cast<MP_INT64>(m), i1 = i0 + 1;
+  cpx<T> z{T{}, T{}};
+  if (i0 < x.len)
+    z.re = r_from_float(tag, x(i0));
+  if (i1 < x.len)
+    z.im = r_from_float(tag, x(i1));
+  return z;
+}
+
+// The packed points of the real row x = row[0..len) (back to front when
+// reversed), zero-padded to the complex length h. With kSummarize, also the
+// thread's summary of the values it read (the threads together read every
+// entry once, so their summaries combine to the row's).
 template <class T, bool kSummarize = false, class Ptr>
 MP_INLINE RowSummary load_real_row(
     Ptr re,
@@ -113,25 +139,17 @@ MP_INLINE RowSummary load_real_row(
     int h,
     int tid,
     int nthreads) {
-  const T tag{};
+  const DeviceRow x{row, stride, len, reversed};
   RowSummary summary{0u, kNoSnap};
   for (int m = tid; m < h; m += nthreads) {
-    const MP_INT64 i0 = 2 * static_cast<MP_INT64>(m), i1 = i0 + 1;
-    T v0{}, v1{};
-    if (i0 < len) {
-      const float x = row[(reversed ? len - 1 - i0 : i0) * stride];
-      if (kSummarize)
-        summary_fold(summary, x);
-      v0 = r_from_float(tag, x);
+    put_point(re, im, m, packed_point<T>(x, m));
+    if (kSummarize) {
+      const MP_INT64 i0 = 2 * static_cast<MP_INT64>(m), i1 = i0 + 1;
+      if (i0 < len)
+        summary_fold(summary, x(i0));
+      if (i1 < len)
+        summary_fold(summary, x(i1));
     }
-    if (i1 < len) {
-      const float x = row[(reversed ? len - 1 - i1 : i1) * stride];
-      if (kSummarize)
-        summary_fold(summary, x);
-      v1 = r_from_float(tag, x);
-    }
-    re[m] = v0;
-    im[m] = v1;
   }
   return summary;
 }
@@ -183,9 +201,8 @@ MP_INLINE void fft_stage(
     }
     return;
   }
-  const int lq = fs.stage_log2_quarter[s], q = 1 << lq,
-            count = fs.twiddle_count;
-  const MP_DEVICE cpx<T>* w = tw + fs.stage_tw_offset[s];
+  const int lq = fs.stage_log2_quarter[s], q = 1 << lq;
+  const MP_DEVICE cpx<T>* w = tw + 3 * fs.stage_tw_offset[s];
   for (int idx = tid; idx < h / 4; idx += nthreads) {
     const int j = idx & (q - 1);
     const int base = ((idx >> lq) << (lq + 2)) + j;
@@ -198,7 +215,7 @@ MP_INLINE void fft_stage(
       else
         dif4_unit(x0, x1, x2, x3);
     } else {
-      const cpx<T> w1 = w[j], w2 = w[count + j], w3 = w[2 * count + j];
+      const cpx<T> w1 = w[3 * j], w2 = w[3 * j + 1], w3 = w[3 * j + 2];
       if (kInverse)
         dit4_inverse(x0, x1, x2, x3, w1, w2, w3);
       else
@@ -211,38 +228,282 @@ MP_INLINE void fft_stage(
   }
 }
 
-#if defined(MP_BARRIER)
-// The whole transform of a row held by the group: every stage of
-// fft_stage, each followed by a group barrier (the inverse: the stages in
-// reverse order). GPU code only: C++ has no group barrier.
+// ------------------------------------------------------- register passes
+// ---- The stages of fft_stage grouped into passes: a pass covers up to two
+// consecutive radix-4 stages and the radix-2 stage, so a thread loads a group
+// of P = 16, 8, 4 or 2 points into registers, runs every butterfly of those
+// stages on them and stores them back in place: one round trip through group
+// memory (and one barrier) per pass instead of per stage. The points of a
+// group are those a stage-by-stage transform combines: within a block of the
+// pass's first stage, the positions congruent modulo the last stage's quarter.
+// Every butterfly is fft_stage's own call on the same operands with the same
+// twiddles, so the result is bitwise that of the stages one by one.
+
+// A row in group memory, position i stored at i ^ ((i / 16) mod 32): a
+// permutation inside each aligned block of 32 positions (the identity below
+// 32), under which the passes' accesses, 16 consecutive points per thread
+// included, and the steps' consecutive accesses fall into distinct banks for
+// 4- and 8-byte values.
+template <class P>
+struct SwizzledRow {
+  P data;
+  MP_INLINE auto& operator[](int i) const {
+    return data[i ^ ((i >> 4) & 31)];
+  }
+};
+
+// Points per thread in the widest pass; the kernels run h / kPassPoints
+// threads per row.
+enum : int { kPassPoints = 16 };
+
+MP_INLINE int fft_radix4_stages(MP_CONSTANT const FFTShape& fs) {
+  const bool radix2 =
+      fs.num_stages > 0 && fs.stage_radix[fs.num_stages - 1] == 2;
+  return fs.num_stages - (radix2 ? 1 : 0);
+}
+
+// Wide passes hold up to 16 points per group; narrow ones run one stage
+// each (4 or 2 points per group: fewer registers, for the double kernels
+// whose rows are in shared memory).
+MP_INLINE int fft_pass_count(MP_CONSTANT const FFTShape& fs, bool wide) {
+  if (!wide)
+    return fs.num_stages;
+  const int r4 = fft_radix4_stages(fs);
+  const bool radix2 = r4 < fs.num_stages;
+  return r4 / 2 + ((r4 % 2 != 0 || radix2) ? 1 : 0);
+}
+
+// Where a pass reads its points: the row in group memory, or (the forward
+// transform's first pass) the real row in device memory, packed as
+// load_real_row packs it: z[m] = x[2m] + i x[2m+1], zero from len on.
+template <class Ptr>
+struct GroupRow {
+  Ptr re;
+  Ptr im;
+};
+
 template <class T, class Ptr>
-MP_INLINE void fft_rows_forward(
+MP_INLINE cpx<T> packed_point(GroupRow<Ptr> row, int m) {
+  return get_point<T>(row.re, row.im, m);
+}
+
+// One radix-4 butterfly of a pass, forward or inverse; unit twiddles where
+// fft_stage uses them (the stage's quarter is 1).
+template <bool kInverse, class T>
+MP_INLINE void pass_butterfly(
+    MP_THREAD cpx<T>* x,
+    int i0,
+    int step,
+    bool unit,
+    cpx<T> w1,
+    cpx<T> w2,
+    cpx<T> w3) {
+  MP_THREAD cpx<T>& x0 = x[i0];
+  MP_THREAD cpx<T>& x1 = x[i0 + step];
+  MP_THREAD cpx<T>& x2 = x[i0 + 2 * step];
+  MP_THREAD cpx<T>& x3 = x[i0 + 3 * step];
+  if (unit) {
+    if (kInverse)
+      dit4_inverse_unit(x0, x1, x2, x3);
+    else
+      dif4_unit(x0, x1, x2, x3);
+  } else if (kInverse) {
+    dit4_inverse(x0, x1, x2, x3, w1, w2, w3);
+  } else {
+    dif4(x0, x1, x2, x3, w1, w2, w3);
+  }
+}
+
+// The radix-4 stage s on a pass's registers: kCount butterflies, butterfly u
+// on the points u kStart + k kStep (k = 0..3), at index j + u index_step of
+// the stage's quarter.
+template <bool kInverse, int kCount, int kStart, int kStep, class T>
+MP_INLINE void pass_stage(
+    MP_THREAD cpx<T>* x,
+    MP_CONSTANT const FFTShape& fs,
+    int s,
+    const MP_DEVICE cpx<T>* tw,
+    int j,
+    int index_step) {
+  const MP_DEVICE cpx<T>* w = tw + 3 * (fs.stage_tw_offset[s] + j);
+  const bool unit = fs.stage_log2_quarter[s] == 0;
+  MP_UNROLL
+  for (int u = 0; u < kCount; ++u) {
+    const int at = 3 * u * index_step;
+    cpx<T> w1{}, w2{}, w3{};
+    if (!unit) {
+      w1 = w[at];
+      w2 = w[at + 1];
+      w3 = w[at + 2];
+    }
+    pass_butterfly<kInverse>(x, u * kStart, kStep, unit, w1, w2, w3);
+  }
+}
+
+// The radix-2 stage (block 2): consecutive pairs.
+template <int kPoints, class T>
+MP_INLINE void pass_stage_radix2(MP_THREAD cpx<T>* x) {
+  MP_UNROLL
+  for (int c = 0; c < kPoints; c += 2)
+    butterfly2(x[c], x[c + 1]);
+}
+
+// The butterflies of the stages [s0, s0 + kRadix4) (and the radix-2 stage)
+// on every group of P = 4^kRadix4 (x 2) points, forward (DIF) or inverse.
+template <
+    bool kInverse,
+    int kRadix4,
+    bool kRadix2,
+    class T,
+    class Source,
+    class Ptr>
+MP_INLINE void fft_pass_groups(
+    Source source,
+    Ptr re,
+    Ptr im,
+    MP_CONSTANT const FFTShape& fs,
+    int s0,
+    const MP_DEVICE cpx<T>* tw,
+    int tid,
+    int nthreads) {
+  constexpr int kLog2Points = 2 * kRadix4 + (kRadix2 ? 1 : 0);
+  constexpr int kPoints = 1 << kLog2Points;
+  // log2 of the block of stage s0, and of the distance between a group's
+  // points (the last stage's quarter).
+  const int log2_block = kRadix4 > 0 ? fs.stage_log2_quarter[s0] + 2 : 1;
+  const int lq = log2_block - kLog2Points;
+  const int groups = fs.n_half >> kLog2Points;
+  for (int g = tid; g < groups; g += nthreads) {
+    const int j = g & ((1 << lq) - 1);
+    const int base = ((g >> lq) << log2_block) + j;
+    cpx<T> x[kPoints];
+    MP_UNROLL
+    for (int c = 0; c < kPoints; ++c)
+      x[c] = packed_point<T>(source, base + (c << lq));
+    // Stage s0: butterflies u on the points u + k kPoints/4, at index
+    // j + u 2^lq. Stage s0 + 1 (16 points): four blocks of four consecutive
+    // points, all at index j.
+    constexpr int kQuarter = kPoints / 4;
+    if (!kInverse) {
+      if (kRadix4 >= 1)
+        pass_stage<false, kQuarter, 1, kQuarter>(x, fs, s0, tw, j, 1 << lq);
+      if (kRadix4 == 2)
+        pass_stage<false, 4, 4, 1>(x, fs, s0 + 1, tw, j, 0);
+      if (kRadix2)
+        pass_stage_radix2<kPoints>(x);
+    } else {
+      if (kRadix2)
+        pass_stage_radix2<kPoints>(x);
+      if (kRadix4 == 2)
+        pass_stage<true, 4, 4, 1>(x, fs, s0 + 1, tw, j, 0);
+      if (kRadix4 >= 1)
+        pass_stage<true, kQuarter, 1, kQuarter>(x, fs, s0, tw, j, 1 << lq);
+    }
+    MP_UNROLL
+    for (int c = 0; c < kPoints; ++c)
+      put_point(re, im, base + (c << lq), x[c]);
+  }
+}
+
+// Pass `pass` (wide or narrow: fft_pass_count) of the forward transform, or
+// with kInverse pass `pass` of the
+// inverse, which runs the forward passes in reverse order (call it for
+// pass = fft_pass_count(fs) - 1 down to 0), reading its points from
+// `source` and writing them to (re, im). The source is the row in group
+// memory, GroupRow{re, im}, or for the forward transform's first pass the
+// real row in device memory (DeviceRow: load_real_row and pass 0 in one
+// step). The caller separates passes with MP_BARRIER().
+template <bool kInverse, bool kWide, class T, class Source, class Ptr>
+MP_INLINE void fft_pass(
+    Source source,
+    Ptr re,
+    Ptr im,
+    MP_CONSTANT const FFTShape& fs,
+    int pass,
+    const MP_DEVICE cpx<T>* tw,
+    int tid,
+    int nthreads) {
+  const int r4 = fft_radix4_stages(fs);
+  const bool radix2 = r4 < fs.num_stages;
+  const int s0 = kWide ? 2 * pass : pass,
+            left = kWide ? r4 - s0 : (pass < r4 ? 1 : 0);
+  if (kWide && left >= 2)
+    fft_pass_groups<kInverse, 2, false, T>(
+        source, re, im, fs, s0, tw, tid, nthreads);
+  else if (kWide && left == 1 && radix2)
+    fft_pass_groups<kInverse, 1, true, T>(
+        source, re, im, fs, s0, tw, tid, nthreads);
+  else if (left == 1)
+    fft_pass_groups<kInverse, 1, false, T>(
+        source, re, im, fs, s0, tw, tid, nthreads);
+  else
+    fft_pass_groups<kInverse, 0, true, T>(
+        source, re, im, fs, s0, tw, tid, nthreads);
+}
+
+// The passes of a transform of the row (re, im), each followed by a group
+// barrier: the forward passes from `begin` on, or the inverse ones (all).
+// Threads [0, nthreads) of a part of the group transform the row; every
+// thread of the group calls it (the barriers), `active` false where its part
+// has no row.
+template <bool kInverse, bool kWide, class T, class Ptr>
+MP_INLINE void fft_passes(
     Ptr re,
     Ptr im,
     MP_CONSTANT const FFTShape& fs,
     const MP_DEVICE cpx<T>* tw,
+    int begin,
     int tid,
-    int nthreads) {
-  for (int s = 0; s < fs.num_stages; ++s) {
-    fft_stage<false, T>(re, im, fs, s, tw, tid, nthreads);
+    int nthreads,
+    bool active) {
+  const int count = fft_pass_count(fs, kWide);
+  for (int k = begin; k < count; ++k) {
+    if (active)
+      fft_pass<kInverse, kWide, T>(
+          GroupRow<Ptr>{re, im},
+          re,
+          im,
+          fs,
+          kInverse ? count - 1 - k : k,
+          tw,
+          tid,
+          nthreads);
     MP_BARRIER();
   }
 }
 
-template <class T, class Ptr>
-MP_INLINE void fft_rows_inverse(
+// The whole transform of a row held by the group in narrow passes (one
+// stage each), forward or inverse, each pass followed by a group barrier:
+// the Metal kernels' and the CUDA pair kernels' transforms.
+template <bool kInverse, class T, class Ptr>
+MP_INLINE void fft_rows(
     Ptr re,
     Ptr im,
     MP_CONSTANT const FFTShape& fs,
     const MP_DEVICE cpx<T>* tw,
     int tid,
     int nthreads) {
-  for (int s = fs.num_stages - 1; s >= 0; --s) {
-    fft_stage<true, T>(re, im, fs, s, tw, tid, nthreads);
-    MP_BARRIER();
-  }
+  fft_passes<kInverse, false, T>(re, im, fs, tw, 0, tid, nthreads, true);
 }
-#endif // MP_BARRIER
+
+// The split twiddles of the pair i's positions (read once for every row
+// that the pair's step visits).
+template <class T>
+struct PairTwiddles {
+  cpx<T> p;
+  cpx<T> q;
+};
+
+template <class T>
+MP_INLINE PairTwiddles<T>
+pair_twiddles(const MP_DEVICE cpx<T>* split_tw, IndexPair pr, int i) {
+  PairTwiddles<T> w{cpx<T>{T{}, T{}}, cpx<T>{T{}, T{}}};
+  if (i != 0)
+    w.p = split_tw[pr.p];
+  if (pr.q >= 0)
+    w.q = split_tw[pr.q];
+  return w;
+}
 
 // Forward split of the pair i: the packed spectrum values at p and q.
 template <class T, class Ptr>
@@ -251,20 +512,20 @@ MP_INLINE void split_pair(
     Ptr im,
     IndexPair pr,
     int i,
-    const MP_DEVICE cpx<T>* split_tw,
+    PairTwiddles<T> w,
     MP_THREAD cpx<T>& xp,
     MP_THREAD cpx<T>& xq) {
   if (i == 0) {
     xp = rfft_split_dc(get_point<T>(re, im, 0));
     if (pr.q >= 0) {
       const cpx<T> z = get_point<T>(re, im, pr.q);
-      xq = rfft_split(z, z, split_tw[pr.q]);
+      xq = rfft_split(z, z, w.q);
     }
     return;
   }
   const cpx<T> zp = get_point<T>(re, im, pr.p), zq = get_point<T>(re, im, pr.q);
-  xp = rfft_split(zp, zq, split_tw[pr.p]);
-  xq = rfft_split(zq, zp, split_tw[pr.q]);
+  xp = rfft_split(zp, zq, w.p);
+  xq = rfft_split(zq, zp, w.q);
 }
 
 // Inverse split of the pair i from the products yp, yq, written back in place.
@@ -274,17 +535,17 @@ MP_INLINE void unsplit_pair(
     Ptr im,
     IndexPair pr,
     int i,
-    const MP_DEVICE cpx<T>* split_tw,
+    PairTwiddles<T> w,
     cpx<T> yp,
     cpx<T> yq) {
   if (i == 0) {
     put_point(re, im, 0, rfft_unsplit_dc(yp));
     if (pr.q >= 0)
-      put_point(re, im, pr.q, rfft_unsplit(yq, yq, split_tw[pr.q]));
+      put_point(re, im, pr.q, rfft_unsplit(yq, yq, w.q));
     return;
   }
-  put_point(re, im, pr.p, rfft_unsplit(yp, yq, split_tw[pr.p]));
-  put_point(re, im, pr.q, rfft_unsplit(yq, yp, split_tw[pr.q]));
+  put_point(re, im, pr.p, rfft_unsplit(yp, yq, w.p));
+  put_point(re, im, pr.q, rfft_unsplit(yq, yp, w.q));
 }
 
 // The scaled spectrum of a kernel row, in pair order: entries 2i, 2i+1 are
@@ -303,18 +564,33 @@ MP_INLINE void store_spectrum(
   for (int i = tid; i < num_pairs; i += nthreads) {
     const IndexPair pr = pairs[i];
     cpx<T> xp, xq;
-    split_pair<T>(re, im, pr, i, split_tw, xp, xq);
+    split_pair<T>(re, im, pr, i, pair_twiddles(split_tw, pr, i), xp, xq);
     spectrum[2 * i] = c_scale(xp, scale);
     if (pr.q >= 0)
       spectrum[2 * i + 1] = c_scale(xq, scale);
   }
 }
 
-// Forward split, product with a stored kernel spectrum, inverse split.
+// The row that starts `offset` entries after `row` (rows stored back to
+// back), for a plain or a swizzled pointer.
+template <class P>
+MP_INLINE P row_at(P row, int offset) {
+  return row + offset;
+}
+template <class P>
+MP_INLINE SwizzledRow<P> row_at(SwizzledRow<P> row, int offset) {
+  return SwizzledRow<P>{row.data + offset};
+}
+
+// Forward split, product with a stored kernel spectrum, inverse split, on
+// `rows` rows stored back to back (row r: re + 2 r h, im + 2 r h); each
+// pair's tables and spectrum values are read once for all of them.
 template <class T, class Ptr>
-MP_INLINE void multiply_by_spectrum(
+MP_INLINE void multiply_rows_by_spectrum(
     Ptr re,
     Ptr im,
+    int h,
+    int rows,
     const MP_DEVICE IndexPair* pairs,
     const MP_DEVICE cpx<T>* split_tw,
     const MP_DEVICE cpx<T>* spectrum,
@@ -323,12 +599,17 @@ MP_INLINE void multiply_by_spectrum(
     int nthreads) {
   for (int i = tid; i < num_pairs; i += nthreads) {
     const IndexPair pr = pairs[i];
-    cpx<T> xp, xq{};
-    split_pair<T>(re, im, pr, i, split_tw, xp, xq);
-    const cpx<T> yp = packed_mul(xp, spectrum[2 * i], i == 0);
-    const cpx<T> yq =
-        pr.q >= 0 ? packed_mul(xq, spectrum[2 * i + 1], false) : xq;
-    unsplit_pair<T>(re, im, pr, i, split_tw, yp, yq);
+    const PairTwiddles<T> w = pair_twiddles(split_tw, pr, i);
+    const cpx<T> sp = spectrum[2 * i];
+    const cpx<T> sq = pr.q >= 0 ? spectrum[2 * i + 1] : cpx<T>{T{}, T{}};
+    for (int r = 0; r < rows; ++r) {
+      const Ptr row_re = row_at(re, 2 * r * h), row_im = row_at(im, 2 * r * h);
+      cpx<T> xp, xq{};
+      split_pair<T>(row_re, row_im, pr, i, w, xp, xq);
+      const cpx<T> yp = packed_mul(xp, sp, i == 0);
+      const cpx<T> yq = pr.q >= 0 ? packed_mul(xq, sq, false) : xq;
+      unsplit_pair<T>(row_re, row_im, pr, i, w, yp, yq);
+    }
   }
 }
 
@@ -351,8 +632,9 @@ MP_INLINE void accumulate_product(
   for (int i = tid; i < num_pairs; i += nthreads) {
     const IndexPair pr = pairs[i];
     cpx<T> ap, aq{}, bp, bq{};
-    split_pair<T>(a_re, a_im, pr, i, split_tw, ap, aq);
-    split_pair<T>(b_re, b_im, pr, i, split_tw, bp, bq);
+    const PairTwiddles<T> w = pair_twiddles(split_tw, pr, i);
+    split_pair<T>(a_re, a_im, pr, i, w, ap, aq);
+    split_pair<T>(b_re, b_im, pr, i, w, bp, bq);
     acc[2 * i] = c_add(first ? zero : acc[2 * i], packed_mul(ap, bp, i == 0));
     if (pr.q >= 0)
       acc[2 * i + 1] =
@@ -376,7 +658,7 @@ MP_INLINE void unsplit_accumulated(
     const IndexPair pr = pairs[i];
     const cpx<T> yp = c_scale(acc[2 * i], scale);
     const cpx<T> yq = pr.q >= 0 ? c_scale(acc[2 * i + 1], scale) : yp;
-    unsplit_pair<T>(re, im, pr, i, split_tw, yp, yq);
+    unsplit_pair<T>(re, im, pr, i, pair_twiddles(split_tw, pr, i), yp, yq);
   }
 }
 
@@ -515,18 +797,6 @@ MP_INLINE double square_sum_part(
   }
   return sum;
 }
-
-// Element m of a row as the transform loaded it (back to front when
-// reversed).
-struct DeviceRow {
-  const MP_DEVICE float* data;
-  MP_INT64 stride;
-  MP_INT64 len;
-  bool reversed;
-  MP_INLINE float operator()(MP_INT64 m) const {
-    return data[(reversed ? len - 1 - m : m) * stride];
-  }
-};
 
 // Step 2 for one output: value is the transform's value plus the bias
 // products (each exact in double), magnitude |transform| + sum |products|.

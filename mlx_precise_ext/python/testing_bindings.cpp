@@ -2,18 +2,22 @@
 // elementwise over 1-D numpy arrays, so that tests can check every algorithm
 // against exact references on millions of inputs. Test hooks, not MLX ops.
 // Compiled with the same strict floating-point flags as the kernels.
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
 
 #include "backend/cpu/conv_job.h"
+#include "backend/gpu/conv_layout.h"
 #include "kernels/dd.h"
 #include "kernels/pair_math.h"
+#include "kernels/rfft_conv_rows.h"
 #include "pair_primitives.h"
 
 namespace nb = nanobind;
@@ -77,6 +81,112 @@ using F = InArray<float>;
 void write_pair(ff x, float* out) {
   out[0] = x.hi;
   out[1] = x.lo;
+}
+
+double as_double(float x) {
+  return x;
+}
+double as_double(double x) {
+  return x;
+}
+double as_double(ff x) {
+  return static_cast<double>(x.hi) + static_cast<double>(x.lo);
+}
+
+using DoubleArray = nb::ndarray<nb::numpy, double, nb::ndim<1>>;
+
+DoubleArray new_double_array(const std::vector<double>& values) {
+  double* buffer = new double[values.size()];
+  std::copy(values.begin(), values.end(), buffer);
+  nb::capsule owner(
+      buffer, [](void* p) noexcept { delete[] static_cast<double*>(p); });
+  return DoubleArray(buffer, {values.size()}, owner);
+}
+
+// The transform in passes (fft_passes, wide or narrow) on the swizzled row
+// (re, im); the forward transform's first pass reads the real row
+// x[2m] = re[m], x[2m + 1] = im[m] from "device memory", as the CUDA kernels
+// do.
+template <class T, bool kWide>
+void run_passes(
+    const std::vector<float>& real_row,
+    SwizzledRow<T*> re,
+    SwizzledRow<T*> im,
+    const FFTShape& fs,
+    const cpx<T>* tw,
+    bool inverse) {
+  if (inverse) {
+    fft_passes<true, kWide, T>(re, im, fs, tw, 0, 0, 1, true);
+    return;
+  }
+  const DeviceRow x{
+      real_row.data(), 1, static_cast<int64_t>(real_row.size()), false};
+  if (fft_pass_count(fs, kWide) > 0)
+    fft_pass<false, kWide, T>(x, re, im, fs, 0, tw, 0, 1);
+  fft_passes<false, kWide, T>(re, im, fs, tw, 1, 0, 1, true);
+}
+
+// The GPU kernels' complex transform of length fft_size / 2 (forward, or
+// inverse) of z = re + i im on the CPU, one thread running the block's steps:
+// "stages" (fft_stage) on a plain row, or "wide" / "narrow" register passes
+// (fft_pass) on a SwizzledRow. Returns the result as doubles (exact for
+// every working type: ff's hi + lo fits a double).
+template <class T>
+nb::tuple gpu_transform(
+    F re_in,
+    F im_in,
+    int64_t fft_size,
+    bool inverse,
+    const std::string& method) {
+  if (method != "stages" && method != "wide" && method != "narrow")
+    throw std::invalid_argument("method must be 'stages', 'wide' or 'narrow'");
+  const bool passes = method != "stages";
+  const gpu::FFTTables<T> t = gpu::make_fft_tables<T>(fft_size);
+  const FFTShape& fs = t.shape;
+  const int h = fs.n_half;
+  if (re_in.shape(0) != static_cast<size_t>(h) ||
+      im_in.shape(0) != static_cast<size_t>(h))
+    throw std::invalid_argument("re and im must have fft_size / 2 entries");
+  std::vector<T> row(2 * static_cast<size_t>(h));
+  const SwizzledRow<T*> sre{row.data()}, sim{row.data() + h};
+  T* re = row.data();
+  T* im = re + h;
+  std::vector<float> real_row(2 * static_cast<size_t>(h));
+  for (int i = 0; i < h; ++i) {
+    real_row[2 * i] = re_in.data()[i];
+    real_row[2 * i + 1] = im_in.data()[i];
+    const T x = r_from_float(T{}, re_in.data()[i]);
+    const T y = r_from_float(T{}, im_in.data()[i]);
+    if (passes) {
+      sre[i] = x;
+      sim[i] = y;
+    } else {
+      re[i] = x;
+      im[i] = y;
+    }
+  }
+  const cpx<T>* tw = t.twiddles.data();
+  if (method == "wide") {
+    run_passes<T, true>(real_row, sre, sim, fs, tw, inverse);
+  } else if (method == "narrow") {
+    run_passes<T, false>(real_row, sre, sim, fs, tw, inverse);
+  } else {
+    for (int k = 0; k < fs.num_stages; ++k) {
+      if (inverse)
+        fft_stage<true, T>(re, im, fs, fs.num_stages - 1 - k, tw, 0, 1);
+      else
+        fft_stage<false, T>(re, im, fs, k, tw, 0, 1);
+    }
+  }
+  std::vector<double> out_re(h), out_im(h);
+  for (int i = 0; i < h; ++i) {
+    out_re[i] = as_double(passes ? T(sre[i]) : re[i]);
+    out_im[i] = as_double(passes ? T(sim[i]) : im[i]);
+  }
+  nb::list items;
+  items.append(nb::cast(new_double_array(out_re)));
+  items.append(nb::cast(new_double_array(out_im)));
+  return nb::tuple(items);
 }
 
 } // namespace
@@ -289,4 +399,31 @@ void init_testing(nb::module_& parent) {
       "float64 engine's values without certifying them (not correctly rounded), "
       "so that the cost of certification can be timed side by side. "
       "Returns nothing; pass True to restore the default.");
+
+  m.def(
+      "gpu_transform",
+      [](F re,
+         F im,
+         int64_t fft_size,
+         const std::string& precision,
+         bool inverse,
+         const std::string& method) {
+        if (precision == "float32")
+          return gpu_transform<float>(re, im, fft_size, inverse, method);
+        if (precision == "extended")
+          return gpu_transform<double>(re, im, fft_size, inverse, method);
+        if (precision == "dd")
+          return gpu_transform<ff>(re, im, fft_size, inverse, method);
+        throw std::invalid_argument(
+            "precision must be 'float32', 'extended' or 'dd'");
+      },
+      "re"_a.noconvert(),
+      "im"_a.noconvert(),
+      "fft_size"_a,
+      "precision"_a,
+      "inverse"_a,
+      "method"_a,
+      "The GPU kernels' complex FFT of length fft_size / 2 run on the CPU by one thread: "
+      "'stages' (one stage at a time), 'wide' or 'narrow' register passes (float32: float, "
+      "extended: double, dd: the float-pair kernels of Metal); returns (re, im) as float64.");
 }

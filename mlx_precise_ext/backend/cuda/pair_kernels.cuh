@@ -301,7 +301,7 @@ __global__ void pair_kernel_spectra(
     load_pair_operand(
         re, im, b_hi, b_lo, ix, lo_ix, kOperandB, kk, 0, g.b_len, h);
     __syncthreads();
-    store_row_spectrum<double>(
+    store_row_spectrum<double, kShared>(
         re, im, fs, tw, split_tw, pairs, g.spectrum_scale, spectra, kk);
     __syncthreads();
   }
@@ -340,7 +340,7 @@ __global__ void pair_conv_rows(
       load_pair_operand(
           re, im, a_hi, a_lo, ix, lo_ix, kOperandA, kk, j, g.a_len, h);
       __syncthreads();
-      convolve_loaded_row<double>(
+      convolve_loaded_row<double, kShared>(
           re, im, fs, tw, split_tw, pairs, spectra + kk * 2 * fs.num_pairs);
       const float* hi_row = a_hi + row_offset(ix, kOperandA, kk, j);
       const float* lo_row = a_lo + row_offset(lo_ix, kOperandA, kk, j);

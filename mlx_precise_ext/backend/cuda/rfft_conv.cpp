@@ -169,45 +169,59 @@ struct RowLaunch {
   int resident;
 };
 
-// The launch of a row kernel compiled for shared and for workspace rows.
+// Threads per row: one group of the widest FFT pass each, whole warps.
+int64_t row_threads(int64_t n_half) {
+  return std::clamp<int64_t>(n_half / kPassPoints, 32, 1024);
+}
+
+// The launch of a row kernel compiled for shared and for workspace rows:
+// `rows` rows transformed together (conv_rows), each with `buffers` row
+// buffers.
 template <class T>
 RowLaunch row_launch(
     int device,
     CUfunction in_shared,
     CUfunction in_workspace,
     int64_t n_half,
-    int buffers) {
+    int buffers,
+    int rows = 1) {
   RowLaunch l{};
-  l.row_bytes = static_cast<size_t>(buffers) * 2 * n_half * sizeof(T);
+  l.row_bytes = static_cast<size_t>(rows) * buffers * 2 * n_half * sizeof(T);
   l.shared =
       l.row_bytes <= static_cast<size_t>(cuda::max_dynamic_shared(in_shared));
   l.kernel = l.shared ? in_shared : in_workspace;
-  // About 4 butterflies of each stage per thread, whole warps.
   const int cap = std::min(1024, cuda::max_block_threads(l.kernel)) / 32 * 32;
-  l.threads = static_cast<int>(std::clamp<int64_t>(n_half / 8, 32, cap));
+  l.threads = rows *
+      static_cast<int>(std::min<int64_t>(row_threads(n_half), cap / rows));
   l.resident = cuda::resident_blocks(
       device, l.kernel, l.threads, l.shared ? l.row_bytes : 0);
   return l;
 }
 
 template <class T>
-RowLaunch
-row_launch(int device, const char* name, int64_t n_half, int buffers) {
+RowLaunch row_launch(
+    int device,
+    const char* name,
+    int64_t n_half,
+    int buffers,
+    int rows = 1) {
   return row_launch<T>(
       device,
       cuda::get_kernel(device, precision_of<T>(), name, true),
       cuda::get_kernel(device, precision_of<T>(), name, false),
       n_half,
-      buffers);
+      buffers,
+      rows);
 }
 
 // Splits of each kernel row's batch in the shared-kernel form (work items
-// (kernel row, split) of the output-row launch l): enough for ~4 waves.
-int64_t group_splits(const RowLaunch& l, const RowIndex& ix) {
+// (kernel row, split) of the output-row launch l, `rows` rows of a split at
+// a time): enough for ~4 waves.
+int64_t group_splits(const RowLaunch& l, const RowIndex& ix, int rows = 1) {
   return std::clamp<int64_t>(
       (4 * l.resident + ix.outer_count - 1) / ix.outer_count,
       1,
-      ix.inner_count);
+      std::max<int64_t>(1, ix.inner_count / rows));
 }
 
 // The blocks of one row-kernel launch: all that are wanted when rows live in
@@ -424,9 +438,17 @@ void launch_shared_kernel(
   cpx<T>* spectra = data_of<cpx<T>>(spectra_buffer);
   double* norms = reinterpret_cast<double*>(
       reinterpret_cast<char*>(spectra) + spectra_bytes);
-  RowLaunch rows = row_launch<T>(device, "conv_rows", fs.n_half, 1);
-  const int64_t splits = group_splits(rows, ix);
-  ConvShape shape = gpu::conv_shape(geo, op.bias != nullptr, splits);
+  // Short rows go several to a block (~256 threads), which then reads each
+  // spectrum and split-table entry once for all of them.
+  const int together = static_cast<int>(std::clamp<int64_t>(
+      std::min<int64_t>(256 / row_threads(fs.n_half), ix.inner_count), 1, 8));
+  RowLaunch rows = row_launch<T>(device, "conv_rows", fs.n_half, 1, together);
+  const int rows_per_block = rows.shared ? together : 1;
+  if (rows_per_block != together)
+    rows = row_launch<T>(device, "conv_rows", fs.n_half, 1);
+  const int64_t splits = group_splits(rows, ix, rows_per_block);
+  ConvShape shape =
+      gpu::conv_shape(geo, op.bias != nullptr, splits, rows_per_block);
   RowGrid spec_grid =
       row_grid(encoder, device, stream_index, spec, ix.outer_count);
   register_buffers(encoder, {&op.b}, {&spectra_buffer});

@@ -18,23 +18,58 @@ __device__ __forceinline__ T* row_storage(T* workspace, int buffers, int h) {
 }
 
 template <class T>
+using Row = SwizzledRow<T*>;
+
+// Wide passes (16 points per group, kernels/rfft_conv_rows.h) where they pay:
+// float rows, and rows in a global workspace (each pass a round trip through
+// L2). Double rows in shared memory run narrow passes (one stage each): 16
+// double points took 184 registers per thread (ptxas) and ran slower.
+template <class T, bool kShared>
+constexpr bool kWidePasses = sizeof(T) == 4 || !kShared;
+
+template <class T, bool kShared, class Ptr>
 __device__ __forceinline__ void
-fft_forward(T* re, T* im, const FFTShape& fs, const cpx<T>* tw) {
-  fft_rows_forward<T>(re, im, fs, tw, threadIdx.x, blockDim.x);
+fft_forward(Ptr re, Ptr im, const FFTShape& fs, const cpx<T>* tw) {
+  fft_passes<false, kWidePasses<T, kShared>, T>(
+      re, im, fs, tw, 0, threadIdx.x, blockDim.x, true);
 }
 
-template <class T>
+template <class T, bool kShared, class Ptr>
 __device__ __forceinline__ void
-fft_inverse(T* re, T* im, const FFTShape& fs, const cpx<T>* tw) {
-  fft_rows_inverse<T>(re, im, fs, tw, threadIdx.x, blockDim.x);
+fft_inverse(Ptr re, Ptr im, const FFTShape& fs, const cpx<T>* tw) {
+  fft_passes<true, kWidePasses<T, kShared>, T>(
+      re, im, fs, tw, 0, threadIdx.x, blockDim.x, true);
+}
+
+// load_real_row of x, then the forward transform; its first pass reads x
+// (threads as in fft_passes).
+template <class T, bool kShared>
+__device__ __forceinline__ void load_forward(
+    DeviceRow x,
+    Row<T> re,
+    Row<T> im,
+    const FFTShape& fs,
+    const cpx<T>* tw,
+    int tid,
+    int nthreads,
+    bool active = true) {
+  constexpr bool kWide = kWidePasses<T, kShared>;
+  if (active && fft_pass_count(fs, kWide) == 0) {
+    load_real_row<T>(
+        re, im, x.data, x.stride, x.len, x.reversed, fs.n_half, tid, nthreads);
+  } else if (active) {
+    fft_pass<false, kWide, T>(x, re, im, fs, 0, tw, tid, nthreads);
+  }
+  __syncthreads();
+  fft_passes<false, kWide, T>(re, im, fs, tw, 1, tid, nthreads, active);
 }
 
 // Spectrum `row` of `spectra` (2 num_pairs entries each, in pair order):
 // the row loaded in (re, im), transformed, split and scaled.
-template <class T>
+template <class T, bool kShared, class Ptr>
 __device__ __forceinline__ void store_row_spectrum(
-    T* re,
-    T* im,
+    Ptr re,
+    Ptr im,
     const FFTShape& fs,
     const cpx<T>* tw,
     const cpx<T>* split_tw,
@@ -42,7 +77,7 @@ __device__ __forceinline__ void store_row_spectrum(
     float scale,
     cpx<T>* spectra,
     MP_INT64 row) {
-  fft_forward<T>(re, im, fs, tw);
+  fft_forward<T, kShared>(re, im, fs, tw);
   store_spectrum<T>(
       re,
       im,
@@ -58,7 +93,7 @@ __device__ __forceinline__ void store_row_spectrum(
 // The cyclic convolution of the row loaded in (re, im) with a kernel
 // spectrum (scaled, in pair order): forward transform, spectral product,
 // inverse transform, in place.
-template <class T>
+template <class T, bool kShared>
 __device__ __forceinline__ void convolve_loaded_row(
     T* re,
     T* im,
@@ -67,11 +102,20 @@ __device__ __forceinline__ void convolve_loaded_row(
     const cpx<T>* split_tw,
     const IndexPair* pairs,
     const cpx<T>* spectrum) {
-  fft_forward<T>(re, im, fs, tw);
-  multiply_by_spectrum<T>(
-      re, im, pairs, split_tw, spectrum, fs.num_pairs, threadIdx.x, blockDim.x);
+  fft_forward<T, kShared>(re, im, fs, tw);
+  multiply_rows_by_spectrum<T>(
+      re,
+      im,
+      fs.n_half,
+      1,
+      pairs,
+      split_tw,
+      spectrum,
+      fs.num_pairs,
+      threadIdx.x,
+      blockDim.x);
   __syncthreads();
-  fft_inverse<T>(re, im, fs, tw);
+  fft_inverse<T, kShared>(re, im, fs, tw);
 }
 
 // The sum over the block of each thread's part, the same in every thread (a
@@ -156,8 +200,8 @@ __global__ void kernel_spectra(
     double* b_norms,
     T* workspace) {
   const int h = fs.n_half;
-  T* re = row_storage<T, kShared>(workspace, 1, h);
-  T* im = re + h;
+  const Row<T> re{row_storage<T, kShared>(workspace, 1, h)};
+  const Row<T> im{re.data + h};
   for (MP_INT64 kk = blockIdx.x; kk < ix.outer_count; kk += gridDim.x) {
     const float* b_row = b + row_offset(ix, kOperandB, kk, 0);
     if constexpr (Certified<T>::value) {
@@ -166,19 +210,24 @@ __global__ void kernel_spectra(
       if (threadIdx.x == 0)
         b_norms[kk] = norm;
     }
-    load_real_row<T>(
+    load_forward<T, kShared>(
+        DeviceRow{b_row, ix.time_stride[kOperandB], g.b_len, false},
         re,
         im,
-        b_row,
-        ix.time_stride[kOperandB],
-        g.b_len,
-        false,
-        h,
+        fs,
+        tw,
         threadIdx.x,
         blockDim.x);
-    __syncthreads();
-    store_row_spectrum<T>(
-        re, im, fs, tw, split_tw, pairs, g.spectrum_scale, spectra, kk);
+    store_spectrum<T>(
+        re,
+        im,
+        pairs,
+        split_tw,
+        g.spectrum_scale,
+        spectra + kk * 2 * fs.num_pairs,
+        fs.num_pairs,
+        threadIdx.x,
+        blockDim.x);
     __syncthreads();
   }
 }
@@ -205,42 +254,74 @@ __global__ void conv_rows(
     const OpenList open,
     T* workspace) {
   const int h = fs.n_half;
-  T* re = row_storage<T, kShared>(workspace, 1, h);
-  T* im = re + h;
+  // Part r of the block (row_threads threads) transforms row j0 + r splits.
+  const int rows = g.rows_per_block;
+  const int row_threads = blockDim.x / rows;
+  const int r = threadIdx.x / row_threads, tid = threadIdx.x % row_threads;
+  T* storage = row_storage<T, kShared>(workspace, rows, h);
+  const Row<T> re{storage + 2 * r * h};
+  const Row<T> im{re.data + h};
   const MP_INT64 splits = g.rows_per_group_split;
   const MP_INT64 items = ix.outer_count * splits;
+  const MP_INT64 a_step = ix.time_stride[kOperandA];
+  const MP_INT64 bias_step = ix.time_stride[kOperandBias];
   for (MP_INT64 item = blockIdx.x; item < items; item += gridDim.x) {
     const MP_INT64 kk = item / splits;
     const cpx<T>* spectrum = spectra + kk * 2 * fs.num_pairs;
-    for (MP_INT64 j = item % splits; j < ix.inner_count; j += splits) {
+    for (MP_INT64 j0 = item % splits; j0 < ix.inner_count;
+         j0 += rows * splits) {
+      const int present = static_cast<int>(
+          min(static_cast<MP_INT64>(rows),
+              (ix.inner_count - j0 + splits - 1) / splits));
+      const bool active = r < present;
+      const MP_INT64 j = active ? j0 + r * splits : j0;
       const float* a_row = a + row_offset(ix, kOperandA, kk, j);
-      const MP_INT64 a_step = ix.time_stride[kOperandA];
       const float* bias_row =
           bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
-      const MP_INT64 bias_step = ix.time_stride[kOperandBias];
       RowCertificate cert{};
       if constexpr (Certified<T>::value) {
+        // Each row's norm over the whole block, one row after another.
+        double a_norm = 0.0;
+        for (int q = 0; q < present; ++q) {
+          const double norm = block_row_norm(
+              a + row_offset(ix, kOperandA, kk, j0 + q * splits),
+              a_step,
+              g.a_len);
+          if (q == r)
+            a_norm = norm;
+        }
         cert = row_certificate(
             g.fft_size,
             g.fold != 0,
-            block_row_norm(a_row, a_step, g.a_len) * b_norms[kk],
+            a_norm * b_norms[kk],
             1,
             g.has_bias ? 1 : 0);
       }
-      load_real_row<T>(
+      load_forward<T, kShared>(
+          DeviceRow{a_row, a_step, g.a_len, g.a_reversed != 0},
           re,
           im,
-          a_row,
-          a_step,
-          g.a_len,
-          g.a_reversed,
+          fs,
+          tw,
+          tid,
+          row_threads,
+          active);
+      multiply_rows_by_spectrum<T>(
+          Row<T>{storage},
+          Row<T>{storage + h},
           h,
+          present,
+          pairs,
+          split_tw,
+          spectrum,
+          fs.num_pairs,
           threadIdx.x,
           blockDim.x);
       __syncthreads();
-      convolve_loaded_row<T>(re, im, fs, tw, split_tw, pairs, spectrum);
+      fft_passes<true, kWidePasses<T, kShared>, T>(
+          re, im, fs, tw, 0, tid, row_threads, active);
       float* out_row = out + row_offset(ix, kOperandOut, kk, j);
-      for (MP_INT64 t = threadIdx.x; t < g.out_len; t += blockDim.x) {
+      for (MP_INT64 t = tid; active && t < g.out_len; t += row_threads) {
         write_output<T>(
             gather_output<T>(re, im, g, t),
             [&](auto add) {
@@ -260,7 +341,7 @@ __global__ void conv_rows(
 // One term of a reduced output row: acc (+)= the product of the spectra of
 // the rows a and b, `first` starting from zero as the CPU's accumulator does.
 // Returns ||a|| ||b|| when certifying.
-template <class T, class Ptr>
+template <class T, bool kShared, class Ptr>
 __device__ __forceinline__ double accumulate_term(
     Ptr a_re,
     Ptr a_im,
@@ -294,8 +375,8 @@ __device__ __forceinline__ double accumulate_term(
   load_real_row<T>(
       b_re, b_im, b.data, b.stride, g.b_len, false, h, threadIdx.x, blockDim.x);
   __syncthreads();
-  fft_forward<T>(a_re, a_im, fs, tw);
-  fft_forward<T>(b_re, b_im, fs, tw);
+  fft_forward<T, kShared>(a_re, a_im, fs, tw);
+  fft_forward<T, kShared>(b_re, b_im, fs, tw);
   accumulate_product<T>(
       a_re,
       a_im,
@@ -316,7 +397,7 @@ __device__ __forceinline__ double accumulate_term(
 // accumulated spectrum: scaled and inverted into (re, im), then each output
 // plus the bias products that bias_products(t, add) lists, certified against
 // `cert`.
-template <class T, class Ptr, class BiasProducts>
+template <class T, bool kShared, class Ptr, class BiasProducts>
 __device__ __forceinline__ void write_reduced_row(
     Ptr re,
     Ptr im,
@@ -342,7 +423,7 @@ __device__ __forceinline__ void write_reduced_row(
       threadIdx.x,
       blockDim.x);
   __syncthreads();
-  fft_inverse<T>(re, im, fs, tw);
+  fft_inverse<T, kShared>(re, im, fs, tw);
   for (MP_INT64 t = threadIdx.x; t < g.out_len; t += blockDim.x) {
     write_output<T>(
         gather_output<T>(re, im, g, t),
@@ -387,7 +468,7 @@ __device__ __forceinline__ void sum_terms_rows(
     for (MP_INT64 i = 0; i < terms.conv_count(); ++i) {
       OperandRow a, b;
       terms.conv_rows(row, i, a, b);
-      norm_products += accumulate_term<T>(
+      norm_products += accumulate_term<T, kShared>(
           a_re,
           a_im,
           b_re,
@@ -405,7 +486,7 @@ __device__ __forceinline__ void sum_terms_rows(
     RowCertificate cert{};
     if constexpr (Certified<T>::value)
       cert = terms.certificate(row, norm_products);
-    write_reduced_row<T>(
+    write_reduced_row<T, kShared>(
         a_re,
         a_im,
         g,

@@ -55,9 +55,9 @@ FFTTables<T> make_fft_tables(int64_t fft_size) {
   const int64_t count = static_cast<int64_t>(plan->stage_twiddles[0].size());
   fs.twiddle_count = static_cast<int>(count);
   t.twiddles.resize(3 * count);
-  for (int k = 0; k < 3; ++k)
-    for (int64_t j = 0; j < count; ++j)
-      t.twiddles[k * count + j] = twiddle<T>(plan->stage_twiddles[k][j]);
+  for (int64_t j = 0; j < count; ++j)
+    for (int k = 0; k < 3; ++k)
+      t.twiddles[3 * j + k] = twiddle<T>(plan->stage_twiddles[k][j]);
   t.split.resize(h);
   for (int64_t p = 0; p < h; ++p)
     t.split[p] = twiddle<T>(plan->split_twiddles[p]);
@@ -81,8 +81,11 @@ template FFTTables<float> make_fft_tables<float>(int64_t);
 template FFTTables<double> make_fft_tables<double>(int64_t);
 template FFTTables<ff> make_fft_tables<ff>(int64_t);
 
-ConvShape
-conv_shape(const ConvGeometry& g, bool has_bias, int64_t rows_per_group_split) {
+ConvShape conv_shape(
+    const ConvGeometry& g,
+    bool has_bias,
+    int64_t rows_per_group_split,
+    int rows_per_block) {
   ConvShape c{};
   c.fft_size = g.fft_size;
   c.period = g.period;
@@ -96,6 +99,7 @@ conv_shape(const ConvGeometry& g, bool has_bias, int64_t rows_per_group_split) {
   c.has_bias = has_bias;
   c.spectrum_scale = spectrum_scale(g.fft_size);
   c.rows_per_group_split = static_cast<int>(rows_per_group_split);
+  c.rows_per_block = rows_per_block;
   return c;
 }
 

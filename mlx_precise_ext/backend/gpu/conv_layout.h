@@ -20,7 +20,9 @@ namespace mx = mlx::core;
 template <class T>
 struct FFTTables {
   FFTShape shape;
-  std::vector<cpx<T>> twiddles; // w1, w2, w3 tables, shape.twiddle_count each
+  // w1, w2, w3 of butterfly index j of each stage, side by side (one address
+  // per butterfly): entry 3 (stage offset + j) + k - 1 is w^(k j).
+  std::vector<cpx<T>> twiddles;
   std::vector<cpx<T>> split; // split twiddle of each position
   std::vector<IndexPair> pairs; // shape.num_pairs
 };
@@ -28,8 +30,11 @@ struct FFTTables {
 template <class T>
 FFTTables<T> make_fft_tables(int64_t fft_size);
 
-ConvShape
-conv_shape(const ConvGeometry& g, bool has_bias, int64_t rows_per_group_split);
+ConvShape conv_shape(
+    const ConvGeometry& g,
+    bool has_bias,
+    int64_t rows_per_group_split,
+    int rows_per_block = 1);
 
 // One GPU evaluation of RFFTConv: the operands, the batch whose rows are
 // transformed, the geometry, and whether each output row is one full row

@@ -205,7 +205,7 @@ void pair_spectra_body(Ptr re, Ptr im, const device float* b_hi, const device fl
                       b_lo + row_offset(lo_ix, kOperandB, kk, 0), lo_ix.time_stride[kOperandB],
                       g.b_len, h, int(tid), int(nt));
     MP_BARRIER();
-    fft_rows_forward<ff>(re, im, fs, tw, int(tid), int(nt));
+    fft_rows<false, ff>(re, im, fs, tw, int(tid), int(nt));
     store_spectrum<ff>(re, im, pairs, split_tw, g.spectrum_scale,
                        spectra + kk * 2 * fs.num_pairs, fs.num_pairs, int(tid), int(nt));
     MP_BARRIER();
@@ -232,11 +232,11 @@ void pair_conv_body(Ptr re, Ptr im, const device float* a_hi, const device float
       const device float* bias_row = bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
       load_pair_row<ff>(re, im, hi_row, hi_step, lo_row, lo_step, g.a_len, h, int(tid), int(nt));
       MP_BARRIER();
-      fft_rows_forward<ff>(re, im, fs, tw, int(tid), int(nt));
-      multiply_by_spectrum<ff>(re, im, pairs, split_tw, spectra + kk * 2 * fs.num_pairs,
+      fft_rows<false, ff>(re, im, fs, tw, int(tid), int(nt));
+      multiply_rows_by_spectrum<ff>(re, im, fs.n_half, 1, pairs, split_tw, spectra + kk * 2 * fs.num_pairs,
                                fs.num_pairs, int(tid), int(nt));
       MP_BARRIER();
-      fft_rows_inverse<ff>(re, im, fs, tw, int(tid), int(nt));
+      fft_rows<true, ff>(re, im, fs, tw, int(tid), int(nt));
       const long out_at = row_offset(ix, kOperandOut, kk, j);
       for (long t = tid; t < g.out_len; t += nt) {
         const ff v = finish_pair_output(gather_output<ff>(re, im, g, t), g.has_bias != 0,

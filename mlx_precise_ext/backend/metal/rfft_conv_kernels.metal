@@ -19,7 +19,7 @@ void spectra_body(Ptr re, Ptr im, const device float* b, constant const RowIndex
     load_real_row<T>(re, im, b + row_offset(ix, kOperandB, kk, 0), ix.time_stride[kOperandB],
                      g.b_len, false, h, tid, nt);
     MP_BARRIER();
-    fft_rows_forward<T>(re, im, fs, tw, tid, nt);
+    fft_rows<false, T>(re, im, fs, tw, tid, nt);
     store_spectrum<T>(re, im, pairs, split_tw, g.spectrum_scale,
                       spectra + kk * 2 * fs.num_pairs, fs.num_pairs, tid, nt);
     MP_BARRIER();
@@ -67,10 +67,10 @@ void conv_body(Ptr re, Ptr im, const device float* a, const device float* b,
       }
       load_real_row<T>(re, im, a_row, a_step, g.a_len, g.a_reversed, h, tid, nt);
       MP_BARRIER();
-      fft_rows_forward<T>(re, im, fs, tw, tid, nt);
-      multiply_by_spectrum<T>(re, im, pairs, split_tw, spectrum, fs.num_pairs, tid, nt);
+      fft_rows<false, T>(re, im, fs, tw, tid, nt);
+      multiply_rows_by_spectrum<T>(re, im, h, 1, pairs, split_tw, spectrum, fs.num_pairs, tid, nt);
       MP_BARRIER();
-      fft_rows_inverse<T>(re, im, fs, tw, tid, nt);
+      fft_rows<true, T>(re, im, fs, tw, tid, nt);
       device float* out_row = out + row_offset(ix, kOperandOut, kk, j);
       for (long t = tid; t < g.out_len; t += nt) {
         const T v = gather_output<T>(re, im, g, t);
@@ -95,8 +95,8 @@ void accumulate_term(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im, OperandRow a, Opera
   load_real_row<T>(a_re, a_im, a.data, a.stride, g.a_len, g.a_reversed, h, tid, nt);
   load_real_row<T>(b_re, b_im, b.data, b.stride, g.b_len, false, h, tid, nt);
   MP_BARRIER();
-  fft_rows_forward<T>(a_re, a_im, fs, tw, tid, nt);
-  fft_rows_forward<T>(b_re, b_im, fs, tw, tid, nt);
+  fft_rows<false, T>(a_re, a_im, fs, tw, tid, nt);
+  fft_rows<false, T>(b_re, b_im, fs, tw, tid, nt);
   accumulate_product<T>(a_re, a_im, b_re, b_im, pairs, split_tw, acc, first, fs.num_pairs, tid,
                         nt);
   MP_BARRIER();
@@ -110,7 +110,7 @@ void invert_accumulated(Ptr re, Ptr im, constant const ConvShape& g, constant co
                         uint nt) {
   unsplit_accumulated<T>(re, im, pairs, split_tw, acc, g.spectrum_scale, fs.num_pairs, tid, nt);
   MP_BARRIER();
-  fft_rows_inverse<T>(re, im, fs, tw, tid, nt);
+  fft_rows<true, T>(re, im, fs, tw, tid, nt);
 }
 
 // Folds the row into the snap summary `slot`.

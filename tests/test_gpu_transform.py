@@ -1,0 +1,43 @@
+"""The GPU kernels' FFT in register passes against their stage-by-stage FFT, run on the CPU.
+
+The CUDA kernels group the radix-4/radix-2 stages into passes that keep 16, 8, 4 or 2 points
+in registers (kernels/rfft_conv_rows.h, fft_pass: "wide"), or run one stage per pass
+("narrow"), on a swizzled row. Every
+butterfly is the stage-by-stage one on the same operands, so the results must be bitwise
+equal: that is what keeps the GPU's float32 results and its certified extended/dd bits
+unchanged. Here one CPU thread runs both forms (mlx_precise._ext.testing.gpu_transform).
+"""
+
+import numpy as np
+import pytest
+
+from mlx_precise import _ext
+
+# Complex lengths H = N/2 = 2^0 ... 2^14: an even and an odd number of radix-4 stages,
+# with and without the radix-2 stage, up to the longest row the GPU keeps on chip.
+SIZES = [2**e for e in range(1, 16)]
+
+
+@pytest.mark.parametrize("precision", ["float32", "extended", "dd"])
+@pytest.mark.parametrize("fft_size", SIZES)
+def test_passes_equal_stages_bitwise(precision, fft_size):
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    h = fft_size // 2
+    re = rng.standard_normal(h).astype(np.float32)
+    im = rng.standard_normal(h).astype(np.float32)
+    t = _ext.testing.gpu_transform
+    for inverse in (False, True):
+        by_stage = t(re, im, fft_size, precision, inverse, "stages")
+        for method in ("wide", "narrow"):
+            by_pass = t(re, im, fft_size, precision, inverse, method)
+            for a, b in zip(by_stage, by_pass):
+                assert np.all(np.isfinite(a))
+                np.testing.assert_array_equal(a.view(np.uint64), b.view(np.uint64))
+    # And the transform is one: the inverse of the forward is H times the input.
+    fre, fim = t(re, im, fft_size, precision, False, "wide")
+    back = t(fre.astype(np.float32), fim.astype(np.float32), fft_size, precision, True, "wide")
+    z = re.astype(np.float64) + 1j * im.astype(np.float64)
+    err = np.abs((back[0] + 1j * back[1]) / h - z).max()
+    assert err < 1e-4 * max(1.0, np.log2(fft_size))
