@@ -73,23 +73,6 @@ dim3 stride_grid(int64_t total) {
       static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 1 << 20)));
 }
 
-// A device buffer of `doubles` 8-byte words (held as uint64: MLX arrays on
-// the GPU are never float64) that lives until the graph has run.
-mx::array scratch(mx::cu::CommandEncoder& encoder, int64_t doubles) {
-  if (doubles > std::numeric_limits<int>::max())
-    throw std::invalid_argument(
-        "pair addmm / linear: an operand above 2^31 - 1 elements on the GPU; "
-        "split the batch");
-  mx::array buffer(
-      {static_cast<int>(std::max<int64_t>(doubles, 1))},
-      mx::uint64,
-      nullptr,
-      {});
-  buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
-  encoder.add_temporary(buffer);
-  return buffer;
-}
-
 } // namespace
 
 void PairElementwise::eval_gpu(
@@ -200,13 +183,24 @@ void PairAddmm::eval_gpu(
   const double* product = nullptr;
   if (l.k > 0) {
     const int64_t m = l.m, n = l.n, k = l.k;
-    mx::array a_wide = scratch(encoder, l.batches * m * k);
-    mx::array b_wide = scratch(encoder, l.batches * k * n);
-    mx::array out_wide = scratch(encoder, l.batches * m * n);
-    written.insert(written.end(), {a_wide, b_wide, out_wide});
-    double* a_data = static_cast<double*>(mx::gpu_ptr<void>(a_wide));
-    double* b_data = static_cast<double*>(mx::gpu_ptr<void>(b_wide));
-    double* out_data = static_cast<double*>(mx::gpu_ptr<void>(out_wide));
+    // a and b widened, and the product, in the stream's buffer (shared with
+    // the stream's other products: per-call buffers are held until their
+    // graph has run, and MLX enqueues a whole forward first).
+    const int64_t doubles = l.batches * (m * k + k * n + m * n);
+    if (doubles > std::numeric_limits<int>::max())
+      throw std::invalid_argument(
+          "pair addmm / linear: operands above 2^31 - 1 elements on the GPU; "
+          "split the batch");
+    written.push_back(
+        cuda::stream_buffer(
+            encoder,
+            device,
+            stream().index,
+            cuda::StreamBuffer::WideOperands,
+            doubles * sizeof(double)));
+    double* a_data = static_cast<double*>(mx::gpu_ptr<void>(written.back()));
+    double* b_data = a_data + l.batches * m * k;
+    double* out_data = b_data + l.batches * k * n;
     const CUfunction pack =
         cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_pack_operand");
     register_all();
