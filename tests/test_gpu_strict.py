@@ -19,7 +19,13 @@ import numpy as np
 import pytest
 
 import mlx_precise as mp
-from reference import exact_zero_rule, hard_layer_norm_rows, layer_norm_reference_mp, round_exact_sum
+from reference import (
+    exact_zero_rule,
+    hard_layer_norm_rows,
+    layer_norm_grad_x_reference,
+    layer_norm_reference_mp,
+    round_exact_sum,
+)
 
 GPU_AVAILABLE = mx.metal.is_available() or mx.cuda.is_available()
 pytestmark = pytest.mark.skipif(not GPU_AVAILABLE, reason="MLX has no GPU backend here")
@@ -184,6 +190,31 @@ def test_layer_norm_certified_on_hard_rows(precision):
         fixed = zeros == 0
         np.testing.assert_array_equal(np.signbit(y_gpu[fixed]), np.signbit(zeros[fixed]))
         assert_bitwise(y_gpu, on(mx.cpu, mp.layer_norm, *args, eps=eps, precision=precision))
+
+
+@pytest.mark.skipif(ON_METAL, reason="Metal has no float64: its gradients are float pairs")
+@pytest.mark.parametrize("precision", STRICT)
+def test_layer_norm_grad_x_certified_on_hard_rows(precision):
+    # grad x on rows that reach layer_norm_grad_x_recompute: correctly rounded, the CPU's bits.
+    seed = int(os.environ.get("MLX_PRECISE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+    print(f"test_layer_norm_grad_x_certified_on_hard_rows seed: {seed}")
+    rng = np.random.default_rng(seed)
+    for _ in range(6):
+        dim = int(rng.choice([2, 3, 5, 33, 100]))
+        x = hard_layer_norm_rows(rng, dim)
+        g = rng.integers(-3, 4, x.shape).astype(np.float32)
+        w = rng.choice([-2, -1, 0.5, 3, 1 + 2.0**-23], dim).astype(np.float32)
+        args = [mx.array(x), mx.array(w)]
+
+        def grad_x():
+            return mx.vjp(lambda x_, w_: mp.layer_norm(x_, w_, None, eps=1e-5, precision=precision), args,
+                          [mx.array(g)])[1][0]
+
+        poison_buffer_cache(x.nbytes)
+        dx = on(mx.gpu, grad_x)
+        np.testing.assert_array_equal(np.array(dx), layer_norm_grad_x_reference(x, w, g, 1e-5),
+                                      err_msg=f"seed {seed}")
+        assert_bitwise(dx, on(mx.cpu, grad_x))
 
 
 @pytest.mark.skipif(ON_METAL, reason="Metal has no float64: its gradients are float pairs")

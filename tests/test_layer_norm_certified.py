@@ -14,7 +14,13 @@ import numpy as np
 import pytest
 
 import mlx_precise as mp
-from reference import exact_zero_rule, hard_layer_norm_rows, layer_norm_reference_mp, round_exact_sum
+from reference import (
+    exact_zero_rule,
+    hard_layer_norm_rows,
+    layer_norm_grad_x_reference,
+    layer_norm_reference_mp,
+    round_exact_sum,
+)
 
 SEED = int(os.environ.get("MLX_PRECISE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
 print(f"test_layer_norm_certified seed: {SEED}")
@@ -90,3 +96,24 @@ def test_bias_gradient_correctly_rounded(rng, precision):
                       [mx.array(g)])
     expected = np.float32([round_exact_sum(g[:, i].astype(np.float64).tolist()) for i in range(dim)])
     np.testing.assert_array_equal(np.array(db).view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("precision", ["extended", "dd"])
+def test_grad_x_correctly_rounded(rng, precision):
+    # grad x on rows that reach the exact stage: a mean far above the spread, small
+    # integers with integer cotangents (exact zeros and ties), wide dynamic ranges.
+    for _ in range(8):
+        dim = int(rng.choice([2, 3, 5, 16, 33]))
+        x = hard_layer_norm_rows(rng, dim)
+        g = (rng.integers(-3, 4, x.shape) if rng.random() < 0.4 else rng.standard_normal(x.shape)).astype(np.float32)
+        w = rng.choice([-2, -1, 0.5, 3, 1 + 2.0**-23], dim).astype(np.float32) if rng.random() < 0.7 else None
+        eps = float(rng.choice([1e-5, 1e-300, 3.0, 0.0]))
+        if eps == 0.0 and np.any(np.all(x == x[:, :1], axis=1)):
+            eps = 1e-5
+        args = [mx.array(x)] + ([] if w is None else [mx.array(w)])
+        _, grads = mx.vjp(lambda x_, *w_: mp.layer_norm(x_, *w_, None, eps=eps, precision=precision), args,
+                          [mx.array(g)])
+        dx = grads[0]
+        expected = layer_norm_grad_x_reference(x, w, g, eps)
+        np.testing.assert_array_equal(np.array(dx), expected,
+                                      err_msg=f"x={x.tolist()} w={w} g={g.tolist()} eps={eps!r}")

@@ -22,25 +22,31 @@
 
 namespace mlx_precise {
 
-// An unsigned integer of up to kBigLimbs 32-bit limbs (little-endian).
+// An unsigned integer of up to L 32-bit limbs (little-endian): the forward's
+// comparisons need kBigLimbs, grad x's kGradXLimbs (a GPU thread keeps them in
+// local memory, so each computation uses the smaller size it needs).
 constexpr int kBigLimbs = 72;
+constexpr int kGradXLimbs = 168;
 
 using BigWord = unsigned MP_INT64;
 
+template <int L>
 struct BigNatural {
-  unsigned int limb[kBigLimbs];
+  unsigned int limb[L];
   int size; // limbs in use; limb[size - 1] != 0 unless size == 0
 };
 
-MP_INLINE void big_trim(BigNatural& a) {
+template <int L>
+MP_INLINE void big_trim(BigNatural<L>& a) {
   while (a.size > 0 && a.limb[a.size - 1] == 0)
     --a.size;
 }
 
 // v 2^shift.
-MP_INLINE BigNatural big_from(BigWord v, int shift) {
-  BigNatural a;
-  for (int i = 0; i < kBigLimbs; ++i)
+template <int L>
+MP_INLINE BigNatural<L> big_from(BigWord v, int shift) {
+  BigNatural<L> a;
+  for (int i = 0; i < L; ++i)
     a.limb[i] = 0u;
   const int word = shift / 32, bit = shift % 32;
   for (int i = 0; i < 2; ++i) { // the 32-bit halves of v, shifted
@@ -53,7 +59,8 @@ MP_INLINE BigNatural big_from(BigWord v, int shift) {
   return a;
 }
 
-MP_INLINE int big_compare(const BigNatural& a, const BigNatural& b) {
+template <int L>
+MP_INLINE int big_compare(const BigNatural<L>& a, const BigNatural<L>& b) {
   if (a.size != b.size)
     return a.size < b.size ? -1 : 1;
   for (int i = a.size - 1; i >= 0; --i)
@@ -62,8 +69,11 @@ MP_INLINE int big_compare(const BigNatural& a, const BigNatural& b) {
   return 0;
 }
 
-MP_INLINE BigNatural big_add(const BigNatural& a, const BigNatural& b) {
-  BigNatural r;
+template <int L>
+MP_INLINE BigNatural<L> big_add(
+    const BigNatural<L>& a,
+    const BigNatural<L>& b) {
+  BigNatural<L> r;
   BigWord carry = 0;
   const int n = a.size > b.size ? a.size : b.size;
   for (int i = 0; i < n; ++i) {
@@ -79,8 +89,11 @@ MP_INLINE BigNatural big_add(const BigNatural& a, const BigNatural& b) {
 }
 
 // a - b for a >= b.
-MP_INLINE BigNatural big_subtract(const BigNatural& a, const BigNatural& b) {
-  BigNatural r;
+template <int L>
+MP_INLINE BigNatural<L> big_subtract(
+    const BigNatural<L>& a,
+    const BigNatural<L>& b) {
+  BigNatural<L> r;
   MP_INT64 borrow = 0;
   for (int i = 0; i < a.size; ++i) {
     const MP_INT64 d = static_cast<MP_INT64>(a.limb[i]) -
@@ -93,8 +106,11 @@ MP_INLINE BigNatural big_subtract(const BigNatural& a, const BigNatural& b) {
   return r;
 }
 
-MP_INLINE BigNatural big_multiply(const BigNatural& a, const BigNatural& b) {
-  BigNatural r;
+template <int L>
+MP_INLINE BigNatural<L> big_multiply(
+    const BigNatural<L>& a,
+    const BigNatural<L>& b) {
+  BigNatural<L> r;
   const int n = a.size + b.size;
   for (int i = 0; i < n; ++i)
     r.limb[i] = 0u;
@@ -112,8 +128,9 @@ MP_INLINE BigNatural big_multiply(const BigNatural& a, const BigNatural& b) {
   return r;
 }
 
-MP_INLINE BigNatural big_shift_left(const BigNatural& a, int bits) {
-  BigNatural r;
+template <int L>
+MP_INLINE BigNatural<L> big_shift_left(const BigNatural<L>& a, int bits) {
+  BigNatural<L> r;
   const int word = bits / 32, bit = bits % 32;
   for (int i = 0; i < a.size + word + 1; ++i)
     r.limb[i] = 0u;
@@ -128,64 +145,75 @@ MP_INLINE BigNatural big_shift_left(const BigNatural& a, int bits) {
 }
 
 // A signed integer: sign and magnitude.
+template <int L>
 struct BigInteger {
-  BigNatural magnitude;
+  BigNatural<L> magnitude;
   bool negative;
 };
 
-MP_INLINE int big_sign(const BigInteger& a) {
+template <int L>
+MP_INLINE int big_sign(const BigInteger<L>& a) {
   return a.magnitude.size == 0 ? 0 : (a.negative ? -1 : 1);
 }
 
-MP_INLINE BigInteger big_add(const BigInteger& a, const BigInteger& b) {
+template <int L>
+MP_INLINE BigInteger<L> big_add(
+    const BigInteger<L>& a,
+    const BigInteger<L>& b) {
   if (a.negative == b.negative)
-    return BigInteger{big_add(a.magnitude, b.magnitude), a.negative};
+    return BigInteger<L>{big_add(a.magnitude, b.magnitude), a.negative};
   if (big_compare(a.magnitude, b.magnitude) >= 0)
-    return BigInteger{big_subtract(a.magnitude, b.magnitude), a.negative};
-  return BigInteger{big_subtract(b.magnitude, a.magnitude), b.negative};
+    return BigInteger<L>{big_subtract(a.magnitude, b.magnitude), a.negative};
+  return BigInteger<L>{big_subtract(b.magnitude, a.magnitude), b.negative};
 }
 
-MP_INLINE BigInteger big_negate(BigInteger a) {
+template <int L>
+MP_INLINE BigInteger<L> big_negate(BigInteger<L> a) {
   a.negative = !a.negative;
   return a;
 }
 
-MP_INLINE BigInteger big_multiply(const BigInteger& a, const BigInteger& b) {
-  return BigInteger{
+template <int L>
+MP_INLINE BigInteger<L> big_multiply(
+    const BigInteger<L>& a,
+    const BigInteger<L>& b) {
+  return BigInteger<L>{
       big_multiply(a.magnitude, b.magnitude), a.negative != b.negative};
 }
 
 // A finite float32 times 2^shift; shift >= 149 makes it an integer.
-MP_INLINE BigInteger big_from_float(float x, int shift) {
+template <int L>
+MP_INLINE BigInteger<L> big_from_float(float x, int shift) {
   const FloatParts p = float_parts(x);
-  return BigInteger{big_from(p.mantissa, p.exponent + shift), p.negative};
+  return BigInteger<L>{big_from<L>(p.mantissa, p.exponent + shift), p.negative};
 }
 
 // A row's exact statistics (the header comment's S, V and the shift of
 // (W N)^2 that puts both sides of a comparison on one scale).
+template <int L>
 struct ExactLayerNormRow {
-  BigInteger sum;
-  BigNatural radicand;
+  BigInteger<L> sum;
+  BigNatural<L> radicand;
   int square_shift;
   MP_INT64 dim;
 };
 
 // Requires finite x and eps, and V > 0 (eps > 0 or a non-constant row).
 // x(i) returns the row's element i.
-template <class Row>
-MP_INLINE ExactLayerNormRow
+template <int L, class Row>
+MP_INLINE ExactLayerNormRow<L>
 exact_layer_norm_row(Row x, MP_INT64 dim, double eps) {
-  BigInteger sum{big_from(0, 0), false};
-  BigNatural squares = big_from(0, 0);
+  BigInteger<L> sum{big_from<L>(0, 0), false};
+  BigNatural<L> squares = big_from<L>(0, 0);
   for (MP_INT64 i = 0; i < dim; ++i) {
-    const BigInteger v = big_from_float(x(i), 149);
+    const BigInteger<L> v = big_from_float<L>(x(i), 149);
     sum = big_add(sum, v);
     squares = big_add(squares, big_multiply(v.magnitude, v.magnitude));
   }
-  const BigNatural d = big_from(static_cast<BigWord>(dim), 0);
+  const BigNatural<L> d = big_from<L>(static_cast<BigWord>(dim), 0);
   // V0 = D sum X^2 - S^2 at 2^-298; eps = E 2^e exactly, E < 2^53, read from
   // its bits (e >= -1074).
-  const BigNatural v0 = big_subtract(
+  const BigNatural<L> v0 = big_subtract(
       big_multiply(d, squares), big_multiply(sum.magnitude, sum.magnitude));
   const BigWord eps_bits = MP_DOUBLE_BITS(eps);
   const int biased = static_cast<int>((eps_bits >> 52) & 0x7ff);
@@ -197,12 +225,12 @@ exact_layer_norm_row(Row x, MP_INT64 dim, double eps) {
                                             : -1074;
   // V = V0 2^(-298 - ev) + D^2 E 2^(e - ev) at 2^ev, ev = min(-298, e).
   const int ev = eps_exponent < -298 ? eps_exponent : -298;
-  const BigNatural radicand = big_add(
+  const BigNatural<L> radicand = big_add(
       big_shift_left(v0, -298 - ev),
       big_shift_left(
-          big_multiply(big_multiply(d, d), big_from(eps_integer, 0)),
+          big_multiply(big_multiply(d, d), big_from<L>(eps_integer, 0)),
           eps_exponent - ev));
-  return ExactLayerNormRow{sum, radicand, -296 - ev, dim};
+  return ExactLayerNormRow<L>{sum, radicand, -296 - ev, dim};
 }
 
 // Ordinal k of the float32 values in increasing order: k = bits for
@@ -221,10 +249,11 @@ MP_INLINE float float_from_ordinal(MP_INT64 k) {
   return MP_BITS_FLOAT(magnitude | (k < 0 ? 0x80000000u : 0u));
 }
 
-MP_INLINE BigInteger float_ordinal_scaled(MP_INT64 k) {
+template <int L>
+MP_INLINE BigInteger<L> float_ordinal_scaled(MP_INT64 k) {
   if (k == kFloatOrdinalTop || k == -kFloatOrdinalTop)
-    return BigInteger{big_from(1, 128 + 149), k < 0};
-  return big_from_float(float_from_ordinal(k), 149);
+    return BigInteger<L>{big_from<L>(1, 128 + 149), k < 0};
+  return big_from_float<L>(float_from_ordinal(k), 149);
 }
 
 // An output whose product n w is exactly zero (N = 0: x equals the mean, and
@@ -238,46 +267,34 @@ layer_norm_exact_zero(bool numerator_negative, float w, float b) {
   return MP_ADDF(negative ? -0.0f : 0.0f, b);
 }
 
-// The correctly rounded float32 of y = w N / sqrt(V) + b for the row's
-// element x (w = 1 when absent, b = -0), starting from the candidate `guess`
-// (the last stage's value): sign comparisons, then squares.
-MP_INLINE float exact_layer_norm_output(
-    const ExactLayerNormRow& row,
-    float x,
-    float w,
-    float b,
-    float guess) {
-  const BigInteger n = big_add(
+// N = D X - S for the row's element x (at 2^-149).
+template <int L>
+MP_INLINE BigInteger<L> exact_numerator(
+    const ExactLayerNormRow<L>& row,
+    float x) {
+  return big_add(
       big_multiply(
-          BigInteger{big_from(static_cast<BigWord>(row.dim), 0), false},
-          big_from_float(x, 149)),
+          BigInteger<L>{big_from<L>(static_cast<BigWord>(row.dim), 0), false},
+          big_from_float<L>(x, 149)),
       big_negate(row.sum));
-  const BigInteger wn = big_multiply(big_from_float(w, 149), n);
-  const int wn_sign = big_sign(wn);
-  if (wn_sign == 0) // y = +-0 + b exactly
-    return layer_norm_exact_zero(big_sign(n) < 0, w, b);
-  const BigNatural lhs = big_shift_left(
-      big_multiply(wn.magnitude, wn.magnitude), row.square_shift);
-  const BigInteger b_scaled = big_from_float(b, 150);
-  // Sign of y - m for m = m_scaled 2^-150.
-  const auto compare_with = [&](const BigInteger& m_scaled) {
-    const BigInteger c = big_add(m_scaled, big_negate(b_scaled));
-    const int c_sign = big_sign(c);
-    if (wn_sign != c_sign)
-      return wn_sign > c_sign ? 1 : -1;
-    const int cmp = big_compare(
-        lhs,
-        big_multiply(big_multiply(c.magnitude, c.magnitude), row.radicand));
-    return wn_sign > 0 ? cmp : -cmp;
-  };
+}
+
+// The float32 nearest to a real y (ties to even), from compare(M), the sign
+// of y - M 2^-150 for an integer M (the midpoints, and 0), starting from the
+// candidate `guess`: two comparisons when it is right, else a bisection over
+// the float32 ordinals on the side they point to (<= 32 steps). Past the
+// midpoint from FLT_MAX to 2^128 it is +-inf; a zero result takes y's sign,
+// +0 for y = 0 exactly.
+template <int L, class Compare>
+MP_INLINE float round_by_midpoints(Compare compare, float guess) {
   // The answer is the least k with y below the midpoint above k, or on it
   // with k even (round half to even; 2^128 counts as even).
   const MP_INT64 top = kFloatOrdinalTop;
   const auto at_or_below = [&](MP_INT64 k) {
     if (k >= top)
       return true;
-    const int s = compare_with(
-        big_add(float_ordinal_scaled(k), float_ordinal_scaled(k + 1)));
+    const int s = compare(
+        big_add(float_ordinal_scaled<L>(k), float_ordinal_scaled<L>(k + 1)));
     return s < 0 || (s == 0 && (k & 1) == 0);
   };
   const MP_INT64 k = guess == guess ? float_ordinal(guess) : 0;
@@ -297,11 +314,134 @@ MP_INLINE float exact_layer_norm_output(
     else
       lo = mid + 1;
   }
-  if (lo == 0) { // y's sign; an exact zero by cancellation is +0
-    const int y_sign = compare_with(BigInteger{big_from(0, 0), false});
-    return y_sign < 0 ? -0.0f : 0.0f;
-  }
+  if (lo == 0)
+    return compare(BigInteger<L>{big_from<L>(0, 0), false}) < 0 ? -0.0f : 0.0f;
   return float_from_ordinal(lo);
+}
+
+// The correctly rounded float32 of y = w N / sqrt(V) + b for the row's
+// element x (w = 1 when absent, b = -0), starting from the candidate `guess`
+// (the last stage's value): sign comparisons, then squares.
+template <int L>
+MP_INLINE float exact_layer_norm_output(
+    const ExactLayerNormRow<L>& row,
+    float x,
+    float w,
+    float b,
+    float guess) {
+  const BigInteger<L> n = exact_numerator(row, x);
+  const BigInteger<L> wn = big_multiply(big_from_float<L>(w, 149), n);
+  const int wn_sign = big_sign(wn);
+  if (wn_sign == 0) // y = +-0 + b exactly
+    return layer_norm_exact_zero(big_sign(n) < 0, w, b);
+  const BigNatural<L> lhs = big_shift_left(
+      big_multiply(wn.magnitude, wn.magnitude), row.square_shift);
+  const BigInteger<L> b_scaled = big_from_float<L>(b, 150);
+  // Sign of y - m for m = m_scaled 2^-150.
+  const auto compare_with = [&](const BigInteger<L>& m_scaled) {
+    const BigInteger<L> c = big_add(m_scaled, big_negate(b_scaled));
+    const int c_sign = big_sign(c);
+    if (wn_sign != c_sign)
+      return wn_sign > c_sign ? 1 : -1;
+    const int cmp = big_compare(
+        lhs,
+        big_multiply(big_multiply(c.magnitude, c.magnitude), row.radicand));
+    return wn_sign > 0 ? cmp : -cmp;
+  };
+  return round_by_midpoints<L>(compare_with, guess);
+}
+
+// ---------------------------------------------------------------- grad x ----
+// grad x's exact last resort (layer_norm_certify.h has its float64 stage).
+// With GW_j = g_j w_j 2^298 (integers), G = sum GW, A_i = D GW_i - G,
+// P = sum GW_j N_j and the forward's radicand V at 2^ev (ev made even by
+// doubling V),
+//   grad x_i = inv_std ((gw_i - mean gw) - n_i mean(gw n))
+//            = Q_i 2^(-ev/2 - 298) / V^(3/2),  Q_i = A_i V - N_i P 2^(-298 -
+//            ev),
+// so grad x < m = M 2^-150 is Q 2^h < M V sqrt(V), h = -ev/2 - 148 >= 1:
+// signs, then (Q 2^h)^2 against M^2 V^3. Q 2^h < 2^(2280 + 3 log2 D) and
+// M^2 V^3 < 2^(4550 + 6 log2 D): within kBigLimbs for D < 2^24.
+struct ExactGradXRow {
+  ExactLayerNormRow<kGradXLimbs>
+      row; // S, and V at 2^ev (ev even; square_shift unused)
+  BigNatural<kGradXLimbs> cubed; // V^3
+  BigInteger<kGradXLimbs> gw_sum; // G
+  BigInteger<kGradXLimbs> gwn_sum; // P
+  int h;
+  int p_shift; // -298 - ev
+};
+
+// Fills r from x(j), g(j), w(j): the row's elements, its cotangent and the
+// weight (1 without), in place (the struct is large: a GPU thread keeps one).
+// Requires finite inputs and V > 0.
+template <class Row, class Grad, class Weight>
+MP_INLINE void exact_grad_x_row(
+    Row x,
+    Grad g,
+    Weight w,
+    MP_INT64 dim,
+    double eps,
+    ExactGradXRow& r) {
+  constexpr int L = kGradXLimbs;
+  r.row = exact_layer_norm_row<L>(x, dim, eps);
+  int ev = -296 - r.row.square_shift;
+  if ((ev & 1) != 0) {
+    r.row.radicand = big_shift_left(r.row.radicand, 1);
+    --ev;
+  }
+  r.h = -ev / 2 - 148;
+  r.p_shift = -298 - ev;
+  r.cubed = big_multiply(
+      big_multiply(r.row.radicand, r.row.radicand), r.row.radicand);
+  r.gw_sum = BigInteger<L>{big_from<L>(0, 0), false};
+  r.gwn_sum = BigInteger<L>{big_from<L>(0, 0), false};
+  for (MP_INT64 j = 0; j < dim; ++j) {
+    const BigInteger<L> gw = big_multiply(
+        big_from_float<L>(g(j), 149), big_from_float<L>(w(j), 149));
+    r.gw_sum = big_add(r.gw_sum, gw);
+    r.gwn_sum =
+        big_add(r.gwn_sum, big_multiply(gw, exact_numerator(r.row, x(j))));
+  }
+}
+
+// The correctly rounded grad x for the row's element x (cotangent g, weight
+// w), from the candidate `guess`; +0 for an exact zero.
+MP_INLINE float exact_grad_x_output(
+    const ExactGradXRow& r,
+    float x,
+    float g,
+    float w,
+    float guess) {
+  constexpr int L = kGradXLimbs;
+  const BigInteger<L> gw =
+      big_multiply(big_from_float<L>(g, 149), big_from_float<L>(w, 149));
+  const BigInteger<L> a = big_add(
+      big_multiply(
+          BigInteger<L>{big_from<L>(static_cast<BigWord>(r.row.dim), 0), false},
+          gw),
+      big_negate(r.gw_sum));
+  const BigInteger<L> np = big_multiply(exact_numerator(r.row, x), r.gwn_sum);
+  const BigInteger<L> q = big_add(
+      big_multiply(a, BigInteger<L>{r.row.radicand, false}),
+      big_negate(
+          BigInteger<L>{big_shift_left(np.magnitude, r.p_shift), np.negative}));
+  const int q_sign = big_sign(q);
+  const BigNatural<L> q_scaled = big_shift_left(q.magnitude, r.h);
+  const BigNatural<L> lhs = big_multiply(q_scaled, q_scaled);
+  const auto compare_with = [&](const BigInteger<L>& m_scaled) {
+    const int m_sign = big_sign(m_scaled);
+    if (q_sign != m_sign)
+      return q_sign > m_sign ? 1 : -1;
+    if (q_sign == 0)
+      return 0;
+    const int cmp = big_compare(
+        lhs,
+        big_multiply(
+            big_multiply(m_scaled.magnitude, m_scaled.magnitude), r.cubed));
+    return q_sign > 0 ? cmp : -cmp;
+  };
+  return round_by_midpoints<L>(compare_with, guess);
 }
 
 } // namespace mlx_precise

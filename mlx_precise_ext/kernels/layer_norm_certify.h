@@ -120,6 +120,14 @@ MP_INLINE LayerNormTerms layer_norm_terms(
   return t;
 }
 
+// The numerator's error bound: |num^ - (x - mean)| <= u |d| + e1 + u |num^|.
+MP_INLINE double layer_norm_numerator_error(
+    const LayerNormErrors e,
+    const LayerNormTerms t) {
+  return kUnitRoundoff64 * fabs(t.d) + e.mean_err +
+      kUnitRoundoff64 * fabs(t.num);
+}
+
 // Whether the float64 output t.v stays open: not certified, v not NaN,
 // weight and bias finite (an Inf or NaN there gives IEEE's value). A zero v
 // certifies only when its sign is certain: the product n w is an exact +-0
@@ -130,7 +138,7 @@ MP_INLINE bool layer_norm_open(
     double inv_std,
     const LayerNormTerms t) {
   const double u = kUnitRoundoff64;
-  const double e_num = u * fabs(t.d) + e.mean_err + u * fabs(t.num);
+  const double e_num = layer_norm_numerator_error(e, t);
   const double err = layer_norm_output_error(
       e.inv_rel, inv_std, e_num, fabs(t.n), fabs(t.wd), fabs(t.v), u);
   const double margin = err + 4.0 * u * fabs(t.v);
@@ -379,6 +387,201 @@ MP_INLINE bool layer_norm_wide_output(
 }
 
 // ------------------------------------------------------ gradients ----
+// grad x = inv_std ((gw - mean gw) - n mean(gw n)), gw = g w exact in double,
+// as strict_arith.h's layer_norm_grad_x computes it from the lanes' means.
+// The bound, with e_n the error of n (the output bound without w and b):
+//   mean gw    (D + 1) u sum |gw| / D + u |mean gw|
+//   mean gw n  (sum |gw| e_n + (D + 1) u sum |gw n|) / D + u |mean gw n|
+//   t          = (gw - mean gw) - n mean(gw n): the means' errors, |n| times
+//              mean(gw n)'s, (|mean gw n| + its error) e_n, and u per operation
+//   grad x     |t| inv_std rel + inv_std (1 + rel) err_t + u |grad x|
+// What does not certify is rounded exactly (exact_grad_x_output).
+MP_INLINE double layer_norm_normalized_error(
+    const LayerNormErrors e,
+    double inv_std,
+    const LayerNormTerms t) {
+  return layer_norm_output_error(
+      e.inv_rel,
+      inv_std,
+      layer_norm_numerator_error(e, t),
+      fabs(t.n),
+      1.0,
+      0.0,
+      kUnitRoundoff64);
+}
+
+struct GradXErrors {
+  double mean_gw_err;
+  double mean_gwn_err;
+};
+
+// From the row's sums of |gw|, |gw n| and |gw| e_n (any order).
+MP_INLINE GradXErrors grad_x_errors(
+    MP_INT64 dim,
+    double abs_gw,
+    double abs_gwn,
+    double gw_en,
+    double mean_gw,
+    double mean_gwn) {
+  const double u = kUnitRoundoff64, D = static_cast<double>(dim);
+  return GradXErrors{
+      ((D + 1.0) * u * abs_gw / D + u * fabs(mean_gw)) * kLayerNormSlack,
+      ((gw_en + (D + 1.0) * u * abs_gwn) / D + u * fabs(mean_gwn)) *
+          kLayerNormSlack};
+}
+
+// The bound on grad x = inv_std t, t = t1 - t2, t1 = gw - mean gw, t2 = n
+// mean(gw n) (computed values; u per operation), either stage.
+MP_INLINE double grad_x_error(
+    const GradXErrors ge,
+    double inv_rel,
+    double inv_std,
+    double n,
+    double e_n,
+    double mean_gwn,
+    double t1,
+    double t2,
+    double t,
+    double dx,
+    double u) {
+  const double err_t = ge.mean_gw_err + u * fabs(t1) +
+      fabs(n) * ge.mean_gwn_err + (fabs(mean_gwn) + ge.mean_gwn_err) * e_n +
+      u * fabs(t2) + u * fabs(t);
+  return (fabs(t) * inv_std * inv_rel + inv_std * (1.0 + inv_rel) * err_t +
+          u * fabs(dx)) *
+      kLayerNormSlack;
+}
+
+// Whether grad x (layer_norm_grad_x's double value from gw and n, e_n the
+// bound on n) stays open.
+MP_INLINE bool grad_x_open(
+    const LayerNormErrors e,
+    const GradXErrors ge,
+    double inv_std,
+    double gw,
+    double n,
+    double e_n,
+    double mean_gw,
+    double mean_gwn) {
+  const double t1 = gw - mean_gw, t2 = n * mean_gwn, t = t1 - t2;
+  const double dx = inv_std * t;
+  float rounded;
+  return !certified_round(
+      dx,
+      grad_x_error(
+          ge,
+          e.inv_rel,
+          inv_std,
+          n,
+          e_n,
+          mean_gwn,
+          t1,
+          t2,
+          t,
+          dx,
+          kUnitRoundoff64),
+      &rounded);
+}
+
+// Step 2 for grad x: the row's statistics in double words (layer_norm_wide_*),
+// mean gw from the exact sum of the exact products g w, mean(gw n) in double
+// words, with the bounds of grad_x_errors for u = kWordRoundoff.
+struct GradXWide {
+  LayerNormWideStats s;
+  dword mean_gw;
+  dword mean_gwn;
+  GradXErrors ge;
+};
+
+// n = (x - mean) inv_std in double words and its bound.
+MP_INLINE dword wide_normalized(
+    const MP_THREAD LayerNormWideStats& s,
+    float x,
+    MP_THREAD double& e_n) {
+  const dword num = dw_add_d(dw_neg(s.mean), static_cast<double>(x));
+  const dword n = dw_mul(num, s.inv_std);
+  e_n = layer_norm_output_error(
+      s.inv_rel,
+      s.inv_std.hi,
+      (s.mean_err + kWordRoundoff * fabs(num.hi)) * kLayerNormSlack,
+      fabs(n.hi),
+      1.0,
+      0.0,
+      kWordRoundoff);
+  return n;
+}
+
+// x(j), g(j), w(j): the row, its cotangent, the weight (1 without); finite.
+template <class Row, class Grad, class Weight>
+MP_INLINE GradXWide
+grad_x_wide_row(Row x, Grad g, Weight w, MP_INT64 dim, double eps) {
+  ExactSum sum, gw_sum;
+  exact_sum_init(sum);
+  exact_sum_init(gw_sum);
+  for (MP_INT64 j = 0; j < dim; ++j) {
+    exact_sum_add_product(sum, x(j), 1.0f);
+    exact_sum_add_product(gw_sum, g(j), w(j));
+  }
+  GradXWide r;
+  const dword mean = layer_norm_wide_mean(sum, dim);
+  dword squares{0.0, 0.0};
+  for (MP_INT64 j = 0; j < dim; ++j)
+    squares = layer_norm_wide_square(squares, x(j), mean);
+  r.s = layer_norm_wide_stats(mean, squares, dim, eps);
+  r.mean_gw = layer_norm_wide_mean(gw_sum, dim);
+  dword gwn{0.0, 0.0};
+  double abs_gw = 0.0, abs_gwn = 0.0, gw_en = 0.0;
+  for (MP_INT64 j = 0; j < dim; ++j) {
+    const double gw = static_cast<double>(g(j)) * static_cast<double>(w(j));
+    double e_n;
+    const dword n = wide_normalized(r.s, x(j), e_n);
+    gwn = dw_add(gwn, dw_mul_d(n, gw));
+    abs_gw += fabs(gw);
+    abs_gwn += fabs(gw * n.hi);
+    gw_en += fabs(gw) * e_n;
+  }
+  r.mean_gwn = dw_div_d(gwn, static_cast<double>(dim));
+  const double u = kWordRoundoff, D = static_cast<double>(dim);
+  // mean gw: from the exact sum (layer_norm_wide_mean's 4u).
+  r.ge = GradXErrors{
+      4.0 * u * fabs(r.mean_gw.hi),
+      ((gw_en + (D + 1.0) * u * abs_gwn) / D + u * fabs(r.mean_gwn.hi)) *
+          kLayerNormSlack};
+  return r;
+}
+
+// grad x for element x (cotangent g, weight w) from the double words:
+// writes it and returns true when certified.
+MP_INLINE bool grad_x_wide_output(
+    const MP_THREAD GradXWide& r,
+    float x,
+    float g,
+    float w,
+    MP_THREAD float* out) {
+  double e_n;
+  const dword n = wide_normalized(r.s, x, e_n);
+  const double gw = static_cast<double>(g) * static_cast<double>(w);
+  const dword t1 = dw_add_d(dw_neg(r.mean_gw), gw);
+  const dword t2 = dw_mul(n, r.mean_gwn);
+  const dword t = dw_add(t1, dw_neg(t2));
+  const dword dx = dw_mul(t, r.s.inv_std);
+  return certified_round_dword(
+      dx,
+      grad_x_error(
+          r.ge,
+          r.s.inv_rel,
+          r.s.inv_std.hi,
+          n.hi,
+          e_n,
+          r.mean_gwn.hi,
+          t1.hi,
+          t2.hi,
+          t.hi,
+          dx.hi,
+          kWordRoundoff),
+      out);
+}
+
 // grad bias = the sum over the rows of the cotangent's column, correctly
 // rounded: `sum` is that sum in double (rows in any order) and `mass` the sum
 // of |partial sums| (each addition errs by at most u |its result|; 1 + 2^-10

@@ -78,8 +78,8 @@ void recompute_layer_norm_outputs(
       still_open.push_back(i);
   if (still_open.empty())
     return;
-  const ExactLayerNormRow exact_row =
-      exact_layer_norm_row(RowElements{x}, D, job.eps);
+  const ExactLayerNormRow<kBigLimbs> exact_row =
+      exact_layer_norm_row<kBigLimbs>(RowElements{x}, D, job.eps);
   if (exact_row.radicand.size == 0) // eps = 0 and a constant row: 0 / 0
     return;
   for (const int64_t i : still_open)
@@ -190,8 +190,95 @@ void layer_norm_forward(const LayerNormRows& job, float* out, int num_threads) {
   });
 }
 
+// Certifies grad x of row x (cotangent g; gw, n and the means as
+// layer_norm_backward computed them) against the bound of
+// kernels/layer_norm_certify.h, recomputes the open outputs in double words
+// and rounds what is still open exactly. Rows with
+// a non-finite x, g or weight keep the float64 values.
+void certify_grad_x_row(
+    const LayerNormRows& job,
+    const LayerNormStats<double>& s,
+    const float* x,
+    const float* g,
+    const double* gw,
+    const double* n,
+    double mean_gw,
+    double mean_gwn,
+    float* dx) {
+  const int64_t D = job.dim;
+  const float* w = job.weight;
+  // Every sum in kLayerNormLanes lanes, every loop branch-free, so that they
+  // vectorise (the sums are bounds: any order).
+  unsigned finite = 1u;
+  double a1[kLayerNormLanes] = {}, m2[kLayerNormLanes] = {};
+  for (int64_t i0 = 0; i0 < D; i0 += kLayerNormLanes)
+    for (int l = 0; l < kLayerNormLanes && i0 + l < D; ++l) {
+      const int64_t i = i0 + l;
+      finite &= is_finite_bits(MP_FLOAT_BITS(x[i])) &
+          is_finite_bits(MP_FLOAT_BITS(g[i])) &
+          is_finite_bits(MP_FLOAT_BITS(w ? w[i] : 1.0f));
+      const double d = static_cast<double>(x[i]) - s.shift;
+      a1[l] += std::fabs(d);
+      m2[l] += d * d;
+    }
+  if (!finite)
+    return;
+  const LayerNormErrors e = layer_norm_errors(
+      combine_lanes(a1), combine_lanes(m2), D, s.correction, s.inv_std);
+  thread_local std::vector<double> e_n_buffer;
+  e_n_buffer.resize(D);
+  double* __restrict e_n = e_n_buffer.data();
+  double abs_gw[kLayerNormLanes] = {}, abs_gwn[kLayerNormLanes] = {},
+         gw_en[kLayerNormLanes] = {};
+  for (int64_t i0 = 0; i0 < D; i0 += kLayerNormLanes)
+    for (int l = 0; l < kLayerNormLanes && i0 + l < D; ++l) {
+      const int64_t i = i0 + l;
+      e_n[i] = layer_norm_normalized_error(
+          e, s.inv_std, layer_norm_terms(s, x[i], false, 1.0f, false, 0.0f));
+      abs_gw[l] += std::fabs(gw[i]);
+      abs_gwn[l] += std::fabs(gw[i] * n[i]);
+      gw_en[l] += std::fabs(gw[i]) * e_n[i];
+    }
+  const GradXErrors ge = grad_x_errors(
+      D,
+      combine_lanes(abs_gw),
+      combine_lanes(abs_gwn),
+      combine_lanes(gw_en),
+      mean_gw,
+      mean_gwn);
+  thread_local std::vector<unsigned char> flags_buffer;
+  flags_buffer.resize(D);
+  unsigned char* __restrict flags = flags_buffer.data();
+  for (int64_t i = 0; i < D; ++i)
+    flags[i] =
+        grad_x_open(e, ge, s.inv_std, gw[i], n[i], e_n[i], mean_gw, mean_gwn);
+  std::vector<int64_t> open;
+  for (int64_t i = 0; i < D; ++i)
+    if (flags[i])
+      open.push_back(i);
+  if (open.empty())
+    return;
+  const auto weight = [&](int64_t i) { return w ? w[i] : 1.0f; };
+  const GradXWide wide =
+      grad_x_wide_row(RowElements{x}, RowElements{g}, weight, D, job.eps);
+  std::vector<int64_t> still_open;
+  for (const int64_t i : open)
+    if (!grad_x_wide_output(wide, x[i], g[i], weight(i), &dx[i]))
+      still_open.push_back(i);
+  if (still_open.empty())
+    return;
+  ExactGradXRow exact_row;
+  exact_grad_x_row(
+      RowElements{x}, RowElements{g}, weight, D, job.eps, exact_row);
+  if (exact_row.row.radicand.size == 0) // eps = 0 and a constant row: 0 / 0
+    return;
+  for (const int64_t i : still_open)
+    dx[i] = exact_grad_x_output(exact_row, x[i], g[i], weight(i), dx[i]);
+}
+
 // grad_x = inv_std * ((gw - mean(gw)) - n * mean(gw * n)), gw = grad * weight
-// (exact product), n the normalised input; sums in lanes as in the forward.
+// (exact product), n the normalised input; sums in lanes as in the forward;
+// then certified, the open outputs rounded exactly (certify_grad_x_row).
 // grad_weight = sum over rows of grad * n, grad_bias = sum of grad (correctly
 // rounded: bias_grad_output): each column sums its rows in order 0, 1, ...
 // (threads split the columns).
@@ -231,6 +318,8 @@ void layer_norm_backward(
       float* dx = grad_x + r * job.dim;
       for (int64_t i = 0; i < job.dim; ++i)
         dx[i] = layer_norm_grad_x(s, gw[i], n[i], mean_gw, mean_gwn);
+      certify_grad_x_row(
+          job, s, x, g, gw.data(), n.data(), mean_gw, mean_gwn, dx);
     }
   });
   if (grad_weight == nullptr && grad_bias == nullptr)

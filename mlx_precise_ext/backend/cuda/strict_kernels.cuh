@@ -544,7 +544,7 @@ warp_wide_stats(StridedRow x, int dim, double eps, int lane, ExactSum& sum) {
 // (row.dim = 0 until then), then the exact rounding from the guess *out.
 // False for eps = 0 on a constant row (0 / 0: the float64 value stays).
 __device__ __noinline__ bool exact_output(
-    ExactLayerNormRow& row,
+    ExactLayerNormRow<kBigLimbs>& row,
     StridedRow x,
     int dim,
     double eps,
@@ -553,7 +553,7 @@ __device__ __noinline__ bool exact_output(
     float b,
     float* out) {
   if (row.dim == 0)
-    row = exact_layer_norm_row(x, dim, eps);
+    row = exact_layer_norm_row<kBigLimbs>(x, dim, eps);
   if (row.radicand.size == 0)
     return false;
   *out = exact_layer_norm_output(row, x(i), w, b, *out);
@@ -592,7 +592,7 @@ __global__ void layer_norm_recompute(
     const StridedRow xr{x + row_start(xl, r), xl.element_stride};
     ExactSum sum;
     const LayerNormWideStats s = warp_wide_stats(xr, dim, eps, lane, sum);
-    ExactLayerNormRow exact_row;
+    ExactLayerNormRow<kBigLimbs> exact_row;
     exact_row.dim = 0; // not computed yet
     for (MP_INT64 k = 0; k < words; ++k) {
       const int i = static_cast<int>(k * kWarp) + lane;
@@ -612,7 +612,10 @@ __global__ void layer_norm_recompute(
 
 // Per row: the statistics (kept for the weight / bias gradients when `stats`
 // is given) and, when grad_x is given, grad x (row-major) as on the CPU:
-// inv_std ((gw - mean gw) - n mean(gw n)), gw = g w exact.
+// inv_std ((gw - mean gw) - n mean(gw n)), gw = g w exact, certified as on
+// the CPU, the open outputs marked in open_bits (as layer_norm_rows does) for
+// layer_norm_grad_x_recompute. Rows with a non-finite x, g or weight keep the
+// float64 values.
 template <class T>
 __global__ void layer_norm_grad_rows(
     const float* x,
@@ -625,7 +628,8 @@ __global__ void layer_norm_grad_rows(
     LayerNormStats<T>* stats,
     MP_INT64 rows,
     int dim,
-    T eps) {
+    T eps,
+    unsigned* open_bits) {
   __shared__ T lanes[kRowsPerBlock][2 * kLayerNormLanes];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const T zero = r_from_float(eps, 0.0f);
@@ -663,10 +667,147 @@ __global__ void layer_norm_grad_rows(
     const T mean_gw = r_div(combine_lanes(own), count);
     const T mean_gwn = r_div(combine_lanes(own + kLayerNormLanes), count);
     __syncwarp();
+    // The bound (kernels/layer_norm_certify.h): the row's sums over the
+    // lanes, then the warp.
+    double a1 = 0.0, m2 = 0.0, abs_gw = 0.0, abs_gwn = 0.0, gw_en = 0.0;
+    bool finite = true;
     for (int i = lane; i < dim; i += kWarp) {
-      const T n = layer_norm_normalized(s, xr[i * xl.element_stride]);
-      grad_x[r * dim + i] =
-          layer_norm_grad_x(s, weighted(i), n, mean_gw, mean_gwn);
+      const float xi = xr[i * xl.element_stride];
+      finite = finite && is_finite_bits(MP_FLOAT_BITS(xi)) &&
+          is_finite_bits(MP_FLOAT_BITS(gr[i * gl.element_stride])) &&
+          (weight == nullptr ||
+           is_finite_bits(MP_FLOAT_BITS(weight[i * weight_stride])));
+      const double d = static_cast<double>(xi) - s.shift;
+      a1 += fabs(d);
+      m2 += d * d;
+    }
+    finite = __all_sync(0xffffffffu, finite);
+    const LayerNormErrors e = layer_norm_errors(
+        warp_sum(a1), warp_sum(m2), dim, s.correction, s.inv_std);
+    const auto normalized_error = [&](int i) {
+      return layer_norm_normalized_error(
+          e,
+          s.inv_std,
+          layer_norm_terms(
+              s, xr[i * xl.element_stride], false, 1.0f, false, 0.0f));
+    };
+    for (int i = lane; i < dim; i += kWarp) {
+      const T gw = weighted(i);
+      abs_gw += fabs(gw);
+      abs_gwn += fabs(gw * layer_norm_normalized(s, xr[i * xl.element_stride]));
+      gw_en += fabs(gw) * normalized_error(i);
+    }
+    const GradXErrors ge = grad_x_errors(
+        dim,
+        warp_sum(abs_gw),
+        warp_sum(abs_gwn),
+        warp_sum(gw_en),
+        mean_gw,
+        mean_gwn);
+    const MP_INT64 words = open_words_per_row(dim);
+    for (MP_INT64 word = 0; word < words; ++word) {
+      const int i = static_cast<int>(word * kWarp) + lane;
+      bool open = false;
+      if (i < dim) {
+        const T gw = weighted(i);
+        const T n = layer_norm_normalized(s, xr[i * xl.element_stride]);
+        grad_x[r * dim + i] = layer_norm_grad_x(s, gw, n, mean_gw, mean_gwn);
+        open = finite &&
+            grad_x_open(
+                   e,
+                   ge,
+                   s.inv_std,
+                   gw,
+                   n,
+                   normalized_error(i),
+                   mean_gw,
+                   mean_gwn);
+      }
+      const unsigned marked = __ballot_sync(0xffffffffu, open);
+      if (lane == 0)
+        open_bits[r * words + word] = marked;
+    }
+  }
+}
+
+// grad x for output i of a row, out of line (as exact_output): the
+// double-word stage, then the exact one, each row's state built on first use
+// (wide_ready, row.row.dim = 0 until then). False for eps = 0 on a constant
+// row (the float64 value stays).
+__device__ __noinline__ bool recompute_grad_x(
+    GradXWide& wide,
+    bool& wide_ready,
+    ExactGradXRow& row,
+    StridedRow x,
+    StridedRow g,
+    const float* weight,
+    MP_INT64 weight_stride,
+    int dim,
+    double eps,
+    int i,
+    float* out) {
+  const auto w = [&](MP_INT64 j) {
+    return weight ? weight[j * weight_stride] : 1.0f;
+  };
+  if (!wide_ready) {
+    wide = grad_x_wide_row(x, g, w, dim, eps);
+    wide_ready = true;
+  }
+  if (grad_x_wide_output(wide, x(i), g(i), w(i), out))
+    return true;
+  if (row.row.dim == 0)
+    exact_grad_x_row(x, g, w, dim, eps, row);
+  if (row.row.radicand.size == 0)
+    return false;
+  *out = exact_grad_x_output(row, x(i), g(i), w(i), *out);
+  return true;
+}
+
+// The grad x outputs layer_norm_grad_rows marked, a warp per row with any,
+// each lane its marked outputs (recompute_grad_x). Same arguments as
+// layer_norm_grad_rows, so the two share their launch (stats unused).
+template <class T>
+__global__ void layer_norm_grad_x_recompute(
+    const float* x,
+    const RowsLayout xl,
+    const float* weight,
+    MP_INT64 weight_stride,
+    const float* g,
+    const RowsLayout gl,
+    float* grad_x,
+    LayerNormStats<T>*,
+    MP_INT64 rows,
+    int dim,
+    T eps,
+    const unsigned* open_bits) {
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const MP_INT64 words = open_words_per_row(dim);
+  for (MP_INT64 r = static_cast<MP_INT64>(blockIdx.x) * kRowsPerBlock + warp;
+       r < rows;
+       r += static_cast<MP_INT64>(gridDim.x) * kRowsPerBlock) {
+    const unsigned* marks = open_bits + r * words;
+    GradXWide wide;
+    bool wide_ready = false;
+    ExactGradXRow exact_row;
+    exact_row.row.dim = 0; // not computed yet
+    for (MP_INT64 k = 0; k < words; ++k) {
+      const int i = static_cast<int>(k * kWarp) + lane;
+      if (((marks[k] >> lane) & 1u) == 0u)
+        continue;
+      float out = grad_x[r * dim + i];
+      if (recompute_grad_x(
+              wide,
+              wide_ready,
+              exact_row,
+              StridedRow{x + row_start(xl, r), xl.element_stride},
+              StridedRow{g + row_start(gl, r), gl.element_stride},
+              weight,
+              weight_stride,
+              dim,
+              eps,
+              i,
+              &out))
+        grad_x[r * dim + i] = out;
     }
   }
 }

@@ -37,6 +37,7 @@ std::vector<std::string> cuda::strict_kernel_names() {
       "mlx_precise::gpu::layer_norm_rows<double>",
       "mlx_precise::gpu::layer_norm_recompute<double>",
       "mlx_precise::gpu::layer_norm_grad_rows<double>",
+      "mlx_precise::gpu::layer_norm_grad_x_recompute<double>",
       "mlx_precise::gpu::layer_norm_param_grads<double>"};
 }
 
@@ -571,17 +572,32 @@ void StrictLayerNormVJP::eval_gpu(
     stats =
         static_cast<LayerNormStats<double>*>(mx::gpu_ptr<void>(*stats_buffer));
   }
-  for (const auto& in : inputs)
-    encoder.set_input_array(in);
+  // grad x's open outputs, one bit each ((dim + 31) / 32 words per row), for
+  // layer_norm_grad_x_recompute.
+  std::optional<mx::array> open_buffer;
+  unsigned* open_bits = nullptr;
+  if (want_x_) {
+    open_buffer = scratch(encoder, rows * ((dim + 31) / 32) * sizeof(unsigned));
+    open_bits = static_cast<unsigned*>(mx::gpu_ptr<void>(*open_buffer));
+  }
+  std::vector<const char*> kernels{"layer_norm_grad_rows"};
   if (want_x_)
-    encoder.set_output_array(outputs[0]);
-  if (stats_buffer)
-    encoder.set_output_array(*stats_buffer);
-  if (rows > 0) {
+    kernels.push_back("layer_norm_grad_x_recompute");
+  for (const char* kernel : kernels) {
+    if (rows == 0)
+      break;
+    for (const auto& in : inputs)
+      encoder.set_input_array(in);
+    if (want_x_) {
+      encoder.set_output_array(outputs[0]);
+      encoder.set_output_array(*open_buffer);
+    }
+    if (stats_buffer)
+      encoder.set_output_array(*stats_buffer);
     launch_rows(
         encoder,
         device,
-        "layer_norm_grad_rows",
+        kernel,
         rows,
         xp,
         xl,
@@ -593,7 +609,8 @@ void StrictLayerNormVJP::eval_gpu(
         stats,
         static_cast<MP_INT64>(rows),
         dim,
-        eps_);
+        eps_,
+        open_bits);
   }
   if (!want_params)
     return;
