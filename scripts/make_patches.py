@@ -130,11 +130,13 @@ PAIR_EXTRAS = {
     ),
     "backend/cuda/rfft_conv.cpp": (
         '#include "pair_primitives.h"',
+        '#include "backend/gpu/pair_conv_layout.h"',
         "void launch_pair_conv(",
         "void PairRFFTConv::eval_gpu(",
     ),
     "backend/metal/rfft_conv.cpp": (
         '#include "pair_primitives.h"',
+        '#include "backend/gpu/pair_conv_layout.h"',
         "void launch_pair_conv(",
         "void PairRFFTConv::eval_gpu(",
     ),
