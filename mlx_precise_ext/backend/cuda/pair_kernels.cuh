@@ -130,8 +130,9 @@ __global__ void pair_addmm_finish(
 }
 
 // out (count, dim) row-major = the rows ids[i] of the pair table (rows, dim),
-// each value re-split through double as on the CPU; NaN rows for an id
-// outside [0, rows). ids: rows of ids_inner elements (ids_l).
+// each value re-split through double as on the CPU; NaN rows (the CPU's
+// NaN bits) for an id outside [0, rows). ids: rows of ids_inner elements
+// (ids_l).
 __global__ void pair_gather_rows(
     const float* table_hi,
     const RowsLayout hi_l,
@@ -151,14 +152,17 @@ __global__ void pair_gather_rows(
        e += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
     const MP_INT64 i = e / dim, j = e - i * dim;
     const MP_INT64 id = ids[element_offset(ids_l, i, ids_inner)];
-    const double v = id >= 0 && id < table_rows
-        ? pair_at(
-              table_hi,
-              table_lo,
-              row_start(hi_l, id) + j * hi_l.element_stride,
-              row_start(lo_l, id) + j * lo_l.element_stride)
-        : __longlong_as_double(0x7ff8000000000000LL);
-    const ff p = dd_from_double(v);
+    if (id < 0 || id >= table_rows) {
+      // The CPU's quiet NaN bits (CUDA's double-to-float conversion of a
+      // NaN gives 0x7fffffff instead).
+      out_hi[e] = out_lo[e] = __int_as_float(0x7fc00000);
+      continue;
+    }
+    const ff p = dd_from_double(pair_at(
+        table_hi,
+        table_lo,
+        row_start(hi_l, id) + j * hi_l.element_stride,
+        row_start(lo_l, id) + j * lo_l.element_stride));
     out_hi[e] = p.hi;
     out_lo[e] = p.lo;
   }
