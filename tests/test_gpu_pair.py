@@ -1,14 +1,21 @@
 """Pair ops (mlx_precise.pair) on the GPU: the elementwise functions, addmm / linear,
-layer_norm, rfft_conv and take_rows, which have CUDA and Metal kernels.
+layer_norm, rfft_conv and take_rows, which have CUDA and Metal kernels, and the gradients'
+pair primitives (sum_to, the take_rows scatter-add, layer_norm's and rfft_conv's vjps,
+cross_entropy), which have CUDA kernels running the CPU's double arithmetic in the CPU's
+order.
 
-Skipped, visibly, where MLX has no GPU (CI). Each GPU result's carried value hi + lo must
-agree with the CPU's within 2^-46 relatively on CUDA (both compute in double, with
-different math libraries) and 2^-42 on Metal (double-word arithmetic: its exp, sin,
-tanh and GELU are held to 2^-44 against mpmath in tests/test_dd_functions.py), and every
-pair must be normalised. take_rows copies pairs: the CPU's bits everywhere; CUDA's
-rfft_conv runs the CPU engine's double operations in its order: the CPU's bits too.
-M2-BERT's precision="exact" on the GPU must round once like torch float64 and match the
-CPU's exact output. Fresh random inputs each run (the seed is printed).
+Skipped, visibly, where MLX has no GPU (CI; the gradient tests where it has no CUDA).
+Each GPU result's carried value hi + lo must agree with the CPU's within 2^-46
+relatively on CUDA (both compute in double, with different math libraries) and 2^-42 on
+Metal (double-word arithmetic: its exp, sin, tanh and GELU are held to 2^-44 against
+mpmath in tests/test_dd_functions.py), and every pair must be normalised. take_rows
+copies pairs: the CPU's bits everywhere; CUDA's rfft_conv runs the CPU engine's double
+operations in its order: the CPU's bits too. M2-BERT's precision="exact" on the GPU must
+round once like torch float64 and match the CPU's exact output. On CUDA the gradients of
+sum_to, take_rows, layer_norm and rfft_conv must give the CPU's bits (only correctly
+rounded operations, in the same order); cross_entropy's, with CUDA's exp and log, the
+CPU's within 2^-46; and M2-BERT's exact masked-LM gradients the CPU's and float32(torch
+float64's). Fresh random inputs each run (the seed is printed).
 """
 
 import os
@@ -201,3 +208,143 @@ def test_m2bert_exact_on_gpu_rounds_once(hidden, seq_len):
               f"L2 {error:.2e}; bitwise equal to the CPU's exact for {same_as_cpu:.4%}")
         assert equal >= 0.9999 and error <= 3e-8, name
         assert same_as_cpu >= 0.9999, name
+
+
+# --- gradients -------------------------------------------------------------------------
+
+# The gradients' pair primitives have CUDA kernels only (on Metal they raise a clear error).
+cuda_only = pytest.mark.skipif(not ON_CUDA, reason="pair gradients run on CUDA, not Metal")
+
+
+def vjp_on(device, fn, primals, cotangent):
+    """The vjp of fn (pairs or float32 arrays -> a pair) with a pair cotangent, run on
+    `device`: the gradient parts in input order (hi, lo per pair primal)."""
+    parts, is_pair = [], []
+    for p in primals:
+        parts += list(p.astuple()) if isinstance(p, pair.Pair) else [p]
+        is_pair.append(isinstance(p, pair.Pair))
+
+    def flat(*arrays):
+        it = iter(arrays)
+        args = [pair.Pair(next(it), next(it)) if k else next(it) for k in is_pair]
+        return list(fn(*args).astuple())
+
+    with mx.stream(device):
+        _, grads = mx.vjp(flat, parts, list(cotangent.astuple()))
+        mx.eval(grads)
+    return grads
+
+
+def check_gradient_bits(fn, primals, cotangent, what):
+    gpu = vjp_on(mx.gpu, fn, primals, cotangent)
+    cpu = vjp_on(mx.cpu, fn, primals, cotangent)
+    assert len(gpu) == len(cpu) == sum(2 if isinstance(p, pair.Pair) else 1 for p in primals)
+    for i, (g, c) in enumerate(zip(gpu, cpu)):
+        assert np.all(np.isfinite(np.asarray(g))), f"{what}, gradient part {i}"
+        np.testing.assert_array_equal(bits(g), bits(c), err_msg=f"{what}, gradient part {i}")
+    print(f"{what}: GPU gradient bits == CPU's ({len(gpu)} parts)")
+
+
+@cuda_only
+def test_sum_to_bits_equal_cpu():
+    rng = np.random.default_rng([SEED, 10])
+    x = random_pair(rng, (6, 3, 70)).transpose(2, 1, 0)  # (70, 3, 6), strided
+    for shape in [(3, 1), (6,), (1, 3, 6), ()]:
+        gpu = on(mx.gpu, pair.sum_to, x, shape)
+        cpu = on(mx.cpu, pair.sum_to, x, shape)
+        np.testing.assert_array_equal(bits(gpu.hi), bits(cpu.hi), err_msg=str(shape))
+        np.testing.assert_array_equal(bits(gpu.lo), bits(cpu.lo), err_msg=str(shape))
+
+
+@cuda_only
+def test_take_rows_vjp_bits_equal_cpu():
+    """The scatter-add of the embeddings' gradient: repeated ids summed in position
+    order, ids outside [0, V) skipped."""
+    rng = np.random.default_rng([SEED, 11])
+    table = random_pair(rng, (30, 16))
+    ids = rng.integers(-1, 31, (5, 40)).astype(np.int32)
+    ids[0, :10] = 3  # many repeats
+    c = random_pair(rng, (16, 40, 5)).transpose(2, 1, 0)  # (5, 40, 16), strided
+    check_gradient_bits(lambda t: pair.take_rows(t, mx.array(ids)), [table], c, "take_rows vjp")
+
+
+@cuda_only
+def test_layer_norm_vjp_bits_equal_cpu():
+    rng = np.random.default_rng([SEED, 12])
+    x = on(mx.cpu, pair.add, random_pair(rng, (33, 768)), mx.array(np.float32(4.0)))
+    w = mx.array(rng.uniform(0.5, 1.5, 768).astype(np.float32))
+    b = mx.array(rng.standard_normal(768).astype(np.float32))
+    c = random_pair(rng, (33, 768))
+    check_gradient_bits(lambda v, ww, bb: pair.layer_norm(v, ww, bb, 1e-5), [x, w, b], c,
+                        "layer_norm vjp (x, weight, bias)")
+    strided = x.transpose(1, 0)  # 768 rows of 33
+    c = random_pair(rng, (33, 768)).transpose(1, 0)
+    check_gradient_bits(lambda v: pair.layer_norm(v, None, None, 1e-5), [strided], c,
+                        "layer_norm vjp, strided, no affine")
+
+
+# (batch, channels, L, kernel length, n): M2-BERT's long convolution (n = 2L), a period
+# that is no power of two, and the short causal convolution (n None, 3 taps).
+GRAD_CONV_SHAPES = [(2, 3, 256, 512, 512), (2, 3, 300, 600, 600), (2, 8, 100, 3, None)]
+
+
+@cuda_only
+@pytest.mark.parametrize("shape", GRAD_CONV_SHAPES, ids=lambda s: f"L{s[2]}_k{s[3]}_n{s[4]}")
+def test_rfft_conv_vjp_bits_equal_cpu(shape):
+    """Both correlations (grad u with the bias term, grad k) and the sums over the batch."""
+    B, H, L, Lk, n = shape
+    rng = np.random.default_rng([SEED, 13, L])
+    u = random_pair(rng, (H, B, L)).transpose(1, 0, 2)
+    k = random_pair(rng, (H, Lk), scale=1.0 / np.sqrt(Lk))
+    d = mx.array(rng.standard_normal((H, 1)).astype(np.float32))
+    c = random_pair(rng, (B, H, L))
+    check_gradient_bits(lambda a, kk, dd: pair.rfft_conv(a, kk, n=n, bias=dd), [u, k, d], c,
+                        f"rfft_conv vjp {shape}")
+
+
+@cuda_only
+def test_cross_entropy_and_vjp_match_cpu():
+    """CUDA's exp and log against the CPU's: within 2^-46, rows and their order the CPU's."""
+    rng = np.random.default_rng([SEED, 14])
+    for rows, classes in [(9, 11), (200, 1000)]:
+        logits = random_pair(rng, (classes, rows), scale=3.0).transpose(1, 0)
+        targets = mx.array(rng.integers(0, classes, rows).astype(np.int32))
+        weights = (rng.random(rows) < 0.6).astype(np.float32)
+        weights[0] = 1.0
+        weights = mx.array(weights)
+        loss = [on(d, pair.cross_entropy, logits, targets, weights) for d in (mx.gpu, mx.cpu)]
+        check_same(loss[0], loss[1], what=f"cross_entropy ({rows}, {classes})")
+        c = random_pair(rng, ())
+        fn = lambda z: pair.cross_entropy(z, targets, weights)  # noqa: E731
+        gpu, cpu = (pair.Pair(*vjp_on(d, fn, [logits], c)) for d in (mx.gpu, mx.cpu))
+        scale = abs(float(value(c))) / float(np.sum(np.asarray(weights)))
+        check_same(gpu, cpu, scale, what=f"cross_entropy vjp ({rows}, {classes})")
+
+
+@cuda_only
+def test_m2bert_exact_gradients_on_gpu_match_cpu_and_round_once():
+    """mx.grad of the masked-LM loss in precision="exact" on the GPU: every trainable
+    parameter's gradient float32(torch float64's) for >= 99.99 % of the elements above
+    float64's noise floor, and the CPU's exact gradients bit for bit wherever the two
+    math libraries' last bits do not move a rounding (>= 99.9 %)."""
+    pytest.importorskip("torch")
+    import torch
+    from test_m2bert_training import GradientCase, relative_error, rounded_once_counts
+
+    case = GradientCase(hidden=32, length=128, intermediate=64, filter_order=16, seed=SEED)
+    reference, _ = case.torch_run(torch.float64)
+    with mx.stream(mx.gpu):
+        gpu, _ = case.mlx_run("exact")
+    with mx.stream(mx.cpu):
+        cpu, _ = case.mlx_run("exact")
+    names = sorted(reference)
+    assert sorted(gpu) == names
+    equal, total, resolved_equal, resolved_total = rounded_once_counts(gpu, reference)
+    same = sum(int(np.sum(gpu[n] == cpu[n])) for n in names)
+    difference = relative_error(gpu, cpu, names)
+    print(f"GPU exact gradients == float32(torch float64): {equal / total:.4%} of {total}; "
+          f"{resolved_equal / resolved_total:.4%} above the noise floor; == the CPU's for "
+          f"{same / total:.4%} (relative L2 {difference:.2e})")
+    assert all(np.all(np.isfinite(gpu[n])) for n in names)
+    assert resolved_equal >= 0.9999 * resolved_total
+    assert same >= 0.999 * total

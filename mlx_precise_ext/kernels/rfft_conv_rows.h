@@ -154,8 +154,9 @@ MP_INLINE RowSummary load_real_row(
   return summary;
 }
 
-// load_real_row for a row of pairs (pair_rfft_conv, never reversed):
-// element i is hi[i] + lo[i] in T, as the CPU's load_pair_row reads it.
+// load_real_row for a row of pairs (pair_rfft_conv and its gradients, back
+// to front when reversed): element i is hi[i] + lo[i] in T, as the CPU's
+// load_pair_row reads it.
 template <class T, class Ptr>
 MP_INLINE void load_pair_row(
     Ptr re,
@@ -165,15 +166,19 @@ MP_INLINE void load_pair_row(
     const MP_DEVICE float* lo,
     MP_INT64 lo_stride,
     MP_INT64 len,
+    bool reversed,
     int h,
     int tid,
     int nthreads) {
   const T tag{};
   for (int m = tid; m < h; m += nthreads) {
     const MP_INT64 i0 = 2 * static_cast<MP_INT64>(m), i1 = i0 + 1;
-    re[m] = i0 < len ? r_from_pair(tag, hi[i0 * hi_stride], lo[i0 * lo_stride])
+    // Where elements i0 and i1 lie in the row.
+    const MP_INT64 j0 = reversed ? len - 1 - i0 : i0;
+    const MP_INT64 j1 = reversed ? len - 1 - i1 : i1;
+    re[m] = i0 < len ? r_from_pair(tag, hi[j0 * hi_stride], lo[j0 * lo_stride])
                      : T{};
-    im[m] = i1 < len ? r_from_pair(tag, hi[i1 * hi_stride], lo[i1 * lo_stride])
+    im[m] = i1 < len ? r_from_pair(tag, hi[j1 * hi_stride], lo[j1 * lo_stride])
                      : T{};
   }
 }

@@ -14,6 +14,7 @@
 #include "backend/cpu/array_walk.h"
 #include "backend/cpu/blas.h"
 #include "backend/cpu/cpu_runtime.h"
+#include "kernels/pair_grad.h"
 #include "kernels/pair_math.h"
 #include "pair_primitives.h"
 #include "pair_vjp_primitives.h"
@@ -162,26 +163,6 @@ void addmm(
   }
 }
 
-// Sums in double with Neumaier's compensation: the error stays near one
-// rounding of the sum whatever the length, so a mean far from zero does not
-// leave D roundings of itself in the centred values.
-class CompensatedSum {
- public:
-  void add(double x) {
-    const double t = sum_ + x;
-    correction_ +=
-        std::abs(sum_) >= std::abs(x) ? (sum_ - t) + x : (x - t) + sum_;
-    sum_ = t;
-  }
-  double value() const {
-    return sum_ + correction_;
-  }
-
- private:
-  double sum_ = 0.0;
-  double correction_ = 0.0;
-};
-
 // torch's layer_norm in double: mean, biased variance about the mean, eps
 // inside the square root, then * weight + bias.
 void layer_norm(
@@ -206,7 +187,7 @@ void layer_norm(
     thread_local std::vector<double> x;
     x.resize(dim);
     const int64_t base = r * dim;
-    CompensatedSum sum, squares;
+    NeumaierSum sum, squares;
     for (int64_t i = 0; i < dim; ++i) {
       x[i] = widen(hi[base + i], lo[base + i]);
       sum.add(x[i]);
@@ -302,7 +283,7 @@ void sum_to(const std::vector<mx::array>& in, std::vector<mx::array>& out) {
       [&](int64_t begin, int64_t end) {
         for (int64_t t = begin; t < end; ++t) {
           const auto [hi_base, lo_base] = kept.offsets(t);
-          CompensatedSum sum;
+          NeumaierSum sum;
           for (int64_t j = 0; j < terms; ++j) {
             const auto [hi_at, lo_at] = summed.offsets(j);
             sum.add(widen(hi_data[hi_base + hi_at], lo_data[lo_base + lo_at]));
@@ -360,7 +341,7 @@ void rows(
       table_rows, 64, cpu::num_threads(), [&](int64_t begin, int64_t end) {
         for (int64_t v = begin; v < end; ++v)
           for (int64_t j = 0; j < dim; ++j) {
-            CompensatedSum sum;
+            NeumaierSum sum;
             for (int64_t p = first[v]; p < first[v + 1]; ++p)
               sum.add(x(positions[p] * dim + j));
             store(sum.value(), hi, lo, v * dim + j);
@@ -383,38 +364,20 @@ void layer_norm_vjp(
   const float* w = has_weight ? cpu::row_major(in[2], w_copy) : nullptr;
   const PairReader x_at(in), g_at(in, has_weight ? 3 : 2);
   cpu::parallel_for(rows, cpu::num_threads(), [&](int64_t r) {
-    thread_local std::vector<double> x, gw;
-    x.resize(dim);
-    gw.resize(dim);
     const int64_t base = r * dim;
-    CompensatedSum sum, squares, gw_sum, gw_xhat_sum;
-    for (int64_t i = 0; i < dim; ++i) {
-      x[i] = x_at(base + i);
-      sum.add(x[i]);
-    }
-    const double mean = sum.value() / static_cast<double>(dim);
-    for (int64_t i = 0; i < dim; ++i) {
-      x[i] -= mean;
-      squares.add(x[i] * x[i]);
-    }
-    const double rstd =
-        1.0 / std::sqrt(squares.value() / static_cast<double>(dim) + eps);
-    for (int64_t i = 0; i < dim; ++i) {
-      const double g = g_at(base + i);
-      x[i] *= rstd; // xhat
-      gw[i] = w ? g * w[i] : g;
-      gw_sum.add(gw[i]);
-      gw_xhat_sum.add(gw[i] * x[i]);
-      store(g * x[i], out[2].data<float>(), out[3].data<float>(), base + i);
-    }
-    const double gw_mean = gw_sum.value() / static_cast<double>(dim);
-    const double gw_xhat_mean = gw_xhat_sum.value() / static_cast<double>(dim);
-    for (int64_t i = 0; i < dim; ++i)
-      store(
-          rstd * (gw[i] - gw_mean - x[i] * gw_xhat_mean),
-          out[0].data<float>(),
-          out[1].data<float>(),
-          base + i);
+    pair_layer_norm_vjp_row(
+        dim,
+        eps,
+        w != nullptr,
+        [&](int64_t i) { return x_at(base + i); },
+        [&](int64_t i) { return g_at(base + i); },
+        [&](int64_t i) { return static_cast<double>(w[i]); },
+        [&](int64_t i, double v) {
+          store(v, out[2].data<float>(), out[3].data<float>(), base + i);
+        },
+        [&](int64_t i, double v) {
+          store(v, out[0].data<float>(), out[1].data<float>(), base + i);
+        });
   });
 }
 
@@ -431,22 +394,17 @@ void cross_entropy(
     return static_cast<double>(weights.data<float>()[mx::elem_to_loc(
         i, weights.shape(), weights.strides())]);
   };
-  CompensatedSum weight_sum, loss_sum;
+  NeumaierSum weight_sum, loss_sum;
   for (int64_t i = 0; i < rows; ++i)
     weight_sum.add(weight_at(i));
   const double total_weight = weight_sum.value();
   const double cot = gradient ? PairReader(in, 4)(0) : 0.0;
   std::vector<double> l(classes);
   for (int64_t i = 0; i < rows; ++i) {
-    double top = -std::numeric_limits<double>::infinity();
-    for (int64_t j = 0; j < classes; ++j) {
-      l[j] = logit(i * classes + j);
-      top = std::max(top, l[j]);
-    }
-    CompensatedSum exp_sum;
     for (int64_t j = 0; j < classes; ++j)
-      exp_sum.add(std::exp(l[j] - top));
-    const double log_sum_exp = top + std::log(exp_sum.value());
+      l[j] = logit(i * classes + j);
+    const double log_sum_exp =
+        pair_log_sum_exp(classes, [&](int64_t j) { return l[j]; });
     const int64_t t = id_at(targets, i);
     const bool valid = t >= 0 && t < classes;
     const double nan = std::numeric_limits<double>::quiet_NaN();
@@ -458,7 +416,7 @@ void cross_entropy(
     const double scale = cot * weight_at(i) / total_weight;
     for (int64_t j = 0; j < classes; ++j)
       store(
-          valid ? scale * (std::exp(l[j] - log_sum_exp) - (j == t ? 1.0 : 0.0))
+          valid ? cross_entropy_logit_grad(scale, l[j], log_sum_exp, j == t)
                 : nan,
           out[0].data<float>(),
           out[1].data<float>(),

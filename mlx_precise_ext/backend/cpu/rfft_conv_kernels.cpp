@@ -628,7 +628,8 @@ void bias_range(RealRow a, RealRow d, int64_t t, auto range) {
 
 // Output row of pair_rfft_conv (a a row of pairs): finish_pair_output of
 // each value, written as a pair: not rounded to float32, so nothing to
-// certify.
+// certify. a is read only with a bias: the kernel's gradient has more
+// outputs than a has elements.
 template <class T>
 void write_pair_row(
     const ConvGeometry& g,
@@ -638,8 +639,8 @@ void write_pair_row(
     const ff pair = finish_pair_output(
         gather(g, z, t),
         row.has_bias,
-        row.a.data[t * row.a.stride],
-        row.a.lo[t * row.a.lo_stride],
+        row.has_bias ? row.a.data[t * row.a.stride] : 0.0f,
+        row.has_bias ? row.a.lo[t * row.a.lo_stride] : 0.0f,
         row.has_bias ? row.bias.data[t * row.bias.stride] : 0.0f);
     row.out[t] = pair.hi;
     row.out_lo[t] = pair.lo;

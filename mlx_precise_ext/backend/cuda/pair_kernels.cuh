@@ -9,6 +9,7 @@ namespace mlx_precise {
 // NVRTC has no <cstdint>; the shared headers name int64_t.
 using int64_t = long long;
 } // namespace mlx_precise
+#include "pair_grad.h"
 #include "pair_math.h"
 #include "rfft_conv_kernels.cuh"
 #include "strict_params.h"
@@ -257,7 +258,8 @@ __global__ void pair_layer_norm_rows(
 // rows as ix does, over the lo parts of operands A (u) and B (k).
 
 // Row (outer, inner) of the pair operand `op` (hi at ix, lo at lo_ix) into
-// (re, im) as doubles, zero-padded to the transform (load_pair_row).
+// (re, im) as doubles, zero-padded to the transform, back to front when
+// reversed (load_pair_row).
 __device__ __forceinline__ void load_pair_operand(
     double* re,
     double* im,
@@ -269,6 +271,7 @@ __device__ __forceinline__ void load_pair_operand(
     MP_INT64 outer,
     MP_INT64 inner,
     MP_INT64 len,
+    bool reversed,
     int h) {
   load_pair_row<double>(
       re,
@@ -278,6 +281,7 @@ __device__ __forceinline__ void load_pair_operand(
       lo + row_offset(lo_ix, op, outer, inner),
       lo_ix.time_stride[op],
       len,
+      reversed,
       h,
       threadIdx.x,
       blockDim.x);
@@ -303,7 +307,7 @@ __global__ void pair_kernel_spectra(
   double* im = re + h;
   for (MP_INT64 kk = blockIdx.x; kk < ix.outer_count; kk += gridDim.x) {
     load_pair_operand(
-        re, im, b_hi, b_lo, ix, lo_ix, kOperandB, kk, 0, g.b_len, h);
+        re, im, b_hi, b_lo, ix, lo_ix, kOperandB, kk, 0, g.b_len, false, h);
     __syncthreads();
     store_row_spectrum<double, kShared>(
         re, im, fs, tw, split_tw, pairs, g.spectrum_scale, spectra, kk);
@@ -312,8 +316,10 @@ __global__ void pair_kernel_spectra(
 }
 
 // Output rows as conv_rows runs them (work item = (kernel row, split)):
-// y = conv(a, k) + a * bias, a and y pairs; out_hi and out_lo share the
-// output's layout (operand OUT of ix).
+// y = conv(a, k) + a * bias, a and y pairs (the correlations of the
+// gradients: a reversed and the outputs gathered back to front, as the
+// geometry says); out_hi and out_lo share the output's layout (operand OUT
+// of ix).
 template <bool kShared>
 __global__ void pair_conv_rows(
     const float* a_hi,
@@ -342,7 +348,18 @@ __global__ void pair_conv_rows(
     const MP_INT64 kk = item / splits;
     for (MP_INT64 j = item % splits; j < ix.inner_count; j += splits) {
       load_pair_operand(
-          re, im, a_hi, a_lo, ix, lo_ix, kOperandA, kk, j, g.a_len, h);
+          re,
+          im,
+          a_hi,
+          a_lo,
+          ix,
+          lo_ix,
+          kOperandA,
+          kk,
+          j,
+          g.a_len,
+          g.a_reversed != 0,
+          h);
       __syncthreads();
       convolve_loaded_row<double, kShared>(
           re, im, fs, tw, split_tw, pairs, spectra + kk * 2 * fs.num_pairs);
@@ -351,18 +368,291 @@ __global__ void pair_conv_rows(
       const float* bias_row =
           bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
       const MP_INT64 out_at = row_offset(ix, kOperandOut, kk, j);
+      // a is read only with a bias (its outputs are a's times; the kernel's
+      // gradient has more outputs than a has elements).
       for (MP_INT64 t = threadIdx.x; t < g.out_len; t += blockDim.x) {
         const ff p = finish_pair_output(
             gather_output<double>(re, im, g, t),
             g.has_bias != 0,
-            hi_row[t * hi_step],
-            lo_row[t * lo_step],
+            g.has_bias ? hi_row[t * hi_step] : 0.0f,
+            g.has_bias ? lo_row[t * lo_step] : 0.0f,
             g.has_bias ? bias_row[t * bias_step] : 0.0f);
         out_hi[out_at + t] = p.hi;
         out_lo[out_at + t] = p.lo;
       }
       __syncthreads();
     }
+  }
+}
+
+// ------------------------------------------------------------- gradients ----
+// The gradients' pair primitives (pair_vjp_primitives.h), one thread per
+// output or row running the CPU's sequential arithmetic (pair_grad.h) in its
+// order: PairSum, PairRows' ScatterAdd and PairLayerNormVJP give the CPU's
+// bits; PairCrossEntropy the CPU's up to CUDA's exp and log.
+
+__device__ __forceinline__ void
+store_pair(double v, float* out_hi, float* out_lo, MP_INT64 i) {
+  const ff p = dd_from_double(v);
+  out_hi[i] = p.hi;
+  out_lo[i] = p.lo;
+}
+
+// out (row-major) = x summed over its summed dims: output t is at
+// (kept_hi, kept_lo) offsets of t, its terms j at (summed_hi, summed_lo)
+// offsets of j, added in j's order (the CPU's sum_to).
+__global__ void pair_sum_to(
+    const float* x_hi,
+    const float* x_lo,
+    const RowsLayout kept_hi,
+    const RowsLayout kept_lo,
+    const RowsLayout summed_hi,
+    const RowsLayout summed_lo,
+    MP_INT64 outputs,
+    MP_INT64 terms,
+    float* out_hi,
+    float* out_lo) {
+  for (MP_INT64 t =
+           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
+       t < outputs;
+       t += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+    const float* hi = x_hi + row_start(kept_hi, t);
+    const float* lo = x_lo + row_start(kept_lo, t);
+    NeumaierSum sum;
+    for (MP_INT64 j = 0; j < terms; ++j)
+      sum.add(
+          pair_at(hi, lo, row_start(summed_hi, j), row_start(summed_lo, j)));
+    store_pair(sum.value(), out_hi, out_lo, t);
+  }
+}
+
+// The positions of each table row's id in order, a counting sort as the
+// CPU's (one thread: ids and table rows are few next to the sums): first
+// (table_rows + 1) and positions (count), both int64.
+__global__ void pair_rows_positions(
+    const int* ids,
+    const RowsLayout ids_l,
+    MP_INT64 ids_inner,
+    MP_INT64 count,
+    MP_INT64 table_rows,
+    MP_INT64* first,
+    MP_INT64* positions) {
+  if (blockIdx.x != 0 || threadIdx.x != 0)
+    return;
+  for (MP_INT64 v = 0; v <= table_rows; ++v)
+    first[v] = 0;
+  for (MP_INT64 i = 0; i < count; ++i) {
+    const MP_INT64 id = ids[element_offset(ids_l, i, ids_inner)];
+    if (id >= 0 && id < table_rows)
+      ++first[id + 1];
+  }
+  for (MP_INT64 v = 0; v < table_rows; ++v)
+    first[v + 1] += first[v];
+  // positions[first[id] + k] = the k-th i with that id; first[v] is
+  // advanced as the rows fill and restored after.
+  for (MP_INT64 i = 0; i < count; ++i) {
+    const MP_INT64 id = ids[element_offset(ids_l, i, ids_inner)];
+    if (id >= 0 && id < table_rows)
+      positions[first[id]++] = i;
+  }
+  for (MP_INT64 v = table_rows; v > 0; --v)
+    first[v] = first[v - 1];
+  first[0] = 0;
+}
+
+// ScatterAdd: out (table_rows, dim) row-major, element (v, j) the sum of
+// g[i, j] over v's positions i in order; g rows of `dim` (g_hi_l, g_lo_l).
+__global__ void pair_scatter_add_rows(
+    const float* g_hi,
+    const RowsLayout g_hi_l,
+    const float* g_lo,
+    const RowsLayout g_lo_l,
+    const MP_INT64* first,
+    const MP_INT64* positions,
+    MP_INT64 table_rows,
+    MP_INT64 dim,
+    float* out_hi,
+    float* out_lo) {
+  for (MP_INT64 e =
+           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
+       e < table_rows * dim;
+       e += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+    const MP_INT64 v = e / dim, j = e - v * dim;
+    NeumaierSum sum;
+    for (MP_INT64 p = first[v]; p < first[v + 1]; ++p) {
+      const MP_INT64 i = positions[p];
+      sum.add(pair_at(
+          g_hi,
+          g_lo,
+          row_start(g_hi_l, i) + j * g_hi_l.element_stride,
+          row_start(g_lo_l, i) + j * g_lo_l.element_stride));
+    }
+    store_pair(sum.value(), out_hi, out_lo, e);
+  }
+}
+
+// PairLayerNormVJP, one thread per row of `dim`: dx into (dx_hi, dx_lo) and
+// g xhat into (gx_hi, gx_lo), all (rows, dim) row-major.
+__global__ void pair_layer_norm_vjp_rows(
+    const float* x_hi,
+    const RowsLayout x_hi_l,
+    const float* x_lo,
+    const RowsLayout x_lo_l,
+    const float* weight,
+    MP_INT64 weight_stride,
+    const float* g_hi,
+    const RowsLayout g_hi_l,
+    const float* g_lo,
+    const RowsLayout g_lo_l,
+    MP_INT64 rows,
+    MP_INT64 dim,
+    double eps,
+    float* dx_hi,
+    float* dx_lo,
+    float* gx_hi,
+    float* gx_lo) {
+  for (MP_INT64 r =
+           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
+       r < rows;
+       r += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+    const float* xh = x_hi + row_start(x_hi_l, r);
+    const float* xl = x_lo + row_start(x_lo_l, r);
+    const float* gh = g_hi + row_start(g_hi_l, r);
+    const float* gl = g_lo + row_start(g_lo_l, r);
+    const MP_INT64 base = r * dim;
+    pair_layer_norm_vjp_row(
+        dim,
+        eps,
+        weight != nullptr,
+        [&](MP_INT64 i) {
+          return pair_at(
+              xh, xl, i * x_hi_l.element_stride, i * x_lo_l.element_stride);
+        },
+        [&](MP_INT64 i) {
+          return pair_at(
+              gh, gl, i * g_hi_l.element_stride, i * g_lo_l.element_stride);
+        },
+        [&](MP_INT64 i) {
+          return static_cast<double>(weight[i * weight_stride]);
+        },
+        [&](MP_INT64 i, double v) { store_pair(v, gx_hi, gx_lo, base + i); },
+        [&](MP_INT64 i, double v) { store_pair(v, dx_hi, dx_lo, base + i); });
+  }
+}
+
+// Logit (i, j) of the (rows, classes) pair, hi and lo rows at their layouts.
+struct LogitRows {
+  const float* hi;
+  RowsLayout hi_l;
+  const float* lo;
+  RowsLayout lo_l;
+
+  __device__ __forceinline__ double at(MP_INT64 i, MP_INT64 j) const {
+    return pair_at(
+        hi,
+        lo,
+        row_start(hi_l, i) + j * hi_l.element_stride,
+        row_start(lo_l, i) + j * lo_l.element_stride);
+  }
+};
+
+// log_sum_exp[i] of each row of logits, one thread per row.
+__global__ void pair_cross_entropy_rows(
+    const float* l_hi,
+    const RowsLayout l_hi_l,
+    const float* l_lo,
+    const RowsLayout l_lo_l,
+    MP_INT64 rows,
+    MP_INT64 classes,
+    double* log_sum_exp) {
+  const LogitRows logits{l_hi, l_hi_l, l_lo, l_lo_l};
+  for (MP_INT64 i =
+           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
+       i < rows;
+       i += static_cast<MP_INT64>(gridDim.x) * blockDim.x)
+    log_sum_exp[i] =
+        pair_log_sum_exp(classes, [&](MP_INT64 j) { return logits.at(i, j); });
+}
+
+// One thread, the rows in order as on the CPU: total = sum of the weights
+// into total[0]; the forward (out non-null) also writes the mean loss
+// sum_i w_i (log_sum_exp_i - l_{i,t_i}) / total as a pair (NaN for a
+// weighted row whose target is outside [0, classes)).
+__global__ void pair_cross_entropy_total(
+    const float* l_hi,
+    const RowsLayout l_hi_l,
+    const float* l_lo,
+    const RowsLayout l_lo_l,
+    const int* targets,
+    const RowsLayout targets_l,
+    const float* weights,
+    const RowsLayout weights_l,
+    MP_INT64 rows,
+    MP_INT64 classes,
+    const double* log_sum_exp,
+    double* total,
+    float* out_hi,
+    float* out_lo) {
+  const LogitRows logits{l_hi, l_hi_l, l_lo, l_lo_l};
+  if (blockIdx.x != 0 || threadIdx.x != 0)
+    return;
+  NeumaierSum weight_sum, loss_sum;
+  for (MP_INT64 i = 0; i < rows; ++i)
+    weight_sum.add(weights[element_offset(weights_l, i, rows)]);
+  total[0] = weight_sum.value();
+  if (!out_hi)
+    return;
+  for (MP_INT64 i = 0; i < rows; ++i) {
+    const double w = weights[element_offset(weights_l, i, rows)];
+    if (w == 0.0)
+      continue;
+    const MP_INT64 t = targets[element_offset(targets_l, i, rows)];
+    loss_sum.add(
+        w *
+        (t >= 0 && t < classes ? log_sum_exp[i] - logits.at(i, t)
+                               : __longlong_as_double(0x7ff8000000000000LL)));
+  }
+  store_pair(loss_sum.value() / total[0], out_hi, out_lo, 0);
+}
+
+// The gradient, (rows, classes) row-major: c w_i / total (softmax - onehot),
+// c the scalar cotangent pair; NaN rows for a target outside [0, classes).
+__global__ void pair_cross_entropy_grad(
+    const float* l_hi,
+    const RowsLayout l_hi_l,
+    const float* l_lo,
+    const RowsLayout l_lo_l,
+    const int* targets,
+    const RowsLayout targets_l,
+    const float* weights,
+    const RowsLayout weights_l,
+    const float* c_hi,
+    const float* c_lo,
+    MP_INT64 rows,
+    MP_INT64 classes,
+    const double* log_sum_exp,
+    const double* total,
+    float* out_hi,
+    float* out_lo) {
+  const LogitRows logits{l_hi, l_hi_l, l_lo, l_lo_l};
+  const double c = pair_at(c_hi, c_lo, 0, 0);
+  for (MP_INT64 e =
+           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
+       e < rows * classes;
+       e += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+    const MP_INT64 i = e / classes, j = e - i * classes;
+    const MP_INT64 t = targets[element_offset(targets_l, i, rows)];
+    const double scale = c *
+        static_cast<double>(weights[element_offset(weights_l, i, rows)]) /
+        total[0];
+    store_pair(
+        t >= 0 && t < classes
+            ? cross_entropy_logit_grad(
+                  scale, logits.at(i, j), log_sum_exp[i], j == t)
+            : __longlong_as_double(0x7ff8000000000000LL),
+        out_hi,
+        out_lo,
+        e);
   }
 }
 

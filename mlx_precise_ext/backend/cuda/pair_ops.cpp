@@ -36,7 +36,14 @@ std::vector<std::string> cuda::pair_kernel_names() {
       "mlx_precise::gpu::pair_kernel_spectra<true>",
       "mlx_precise::gpu::pair_kernel_spectra<false>",
       "mlx_precise::gpu::pair_conv_rows<true>",
-      "mlx_precise::gpu::pair_conv_rows<false>"};
+      "mlx_precise::gpu::pair_conv_rows<false>",
+      "mlx_precise::gpu::pair_sum_to",
+      "mlx_precise::gpu::pair_rows_positions",
+      "mlx_precise::gpu::pair_scatter_add_rows",
+      "mlx_precise::gpu::pair_layer_norm_vjp_rows",
+      "mlx_precise::gpu::pair_cross_entropy_rows",
+      "mlx_precise::gpu::pair_cross_entropy_total",
+      "mlx_precise::gpu::pair_cross_entropy_grad"};
 }
 
 namespace {
@@ -71,6 +78,26 @@ RowsLayout operand_layout(const char* op, const mx::array& x) {
 dim3 stride_grid(int64_t total) {
   return dim3(
       static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 1 << 20)));
+}
+
+// A device buffer of `doubles` 8-byte words (held as uint64: MLX arrays on
+// the GPU are never float64) that lives until the graph has run: for the
+// gradients' small buffers (a double per row, an index per id), which add
+// little even when a whole backward is enqueued before its graphs run.
+mx::array
+scratch(mx::cu::CommandEncoder& encoder, int64_t doubles, const char* op) {
+  if (doubles > std::numeric_limits<int>::max())
+    throw std::invalid_argument(
+        std::string(op) +
+        ": an operand above 2^31 - 1 elements on the GPU; split the batch");
+  mx::array buffer(
+      {static_cast<int>(std::max<int64_t>(doubles, 1))},
+      mx::uint64,
+      nullptr,
+      {});
+  buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
+  encoder.add_temporary(buffer);
+  return buffer;
 }
 
 } // namespace
@@ -258,17 +285,21 @@ void PairAddmm::eval_gpu(
       mx::gpu_ptr<float>(outputs[1]));
 }
 
+namespace {
+void scatter_add_rows(
+    mx::Stream s,
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs);
+} // namespace
+
 // Gather (the forward of pair take_rows, M2-BERT's exact embeddings) runs
-// pair_gather_rows; ScatterAdd, its gradient, has no CUDA kernel yet.
+// pair_gather_rows; ScatterAdd, its gradient, the counting sort of
+// pair_rows_positions and then pair_scatter_add_rows (the CPU's order).
 void PairRows::eval_gpu(
     const std::vector<mx::array>& inputs,
     std::vector<mx::array>& outputs) {
-  if (variant_ != Variant::Gather) {
-    throw std::runtime_error(
-        "pair take_rows gradient: gradients through pairs (mlx_precise.pair, "
-        "M2-BERT precision=\"exact\") run on the CPU only in this version; "
-        "pass stream=mx.cpu (or mx.set_default_device(mx.cpu))");
-  }
+  if (variant_ == Variant::ScatterAdd)
+    return scatter_add_rows(stream(), inputs, outputs);
   int device = 0;
   auto& encoder = prepare_bound(stream(), inputs, outputs, device);
   const int64_t size = outputs[0].size();
@@ -291,6 +322,270 @@ void PairRows::eval_gpu(
       static_cast<MP_INT64>(inputs[0].shape(0)),
       static_cast<MP_INT64>(dim),
       static_cast<MP_INT64>(size / std::max<int64_t>(dim, 1)),
+      mx::gpu_ptr<float>(outputs[0]),
+      mx::gpu_ptr<float>(outputs[1]));
+}
+
+// ------------------------------------------------------------- gradients ----
+// The gradients' pair primitives (pair_vjp_primitives.h): the kernels of
+// pair_kernels.cuh's gradients section, each the CPU's arithmetic
+// (kernels/pair_grad.h) in the CPU's order. Each node registers the inputs
+// and every buffer written so far, so the nodes of one eval run in order.
+
+namespace {
+
+// Registers the inputs and the buffers written so far (outputs, scratch).
+void register_all(
+    mx::cu::CommandEncoder& encoder,
+    const std::vector<mx::array>& inputs,
+    const std::vector<mx::array>& written) {
+  for (const auto& x : inputs)
+    encoder.set_input_array(x);
+  for (const auto& x : written)
+    encoder.set_output_array(x);
+}
+
+double* doubles_of(const mx::array& buffer) {
+  return static_cast<double*>(mx::gpu_ptr<void>(buffer));
+}
+
+// Appends dim d (size, hi stride, lo stride) to the layouts (hi, lo).
+void add_dim(
+    RowsLayout& hi,
+    RowsLayout& lo,
+    int size,
+    int64_t hi_stride,
+    int64_t lo_stride) {
+  if (hi.dims == kStrictMaxDims)
+    throw std::invalid_argument(
+        "pair sum_to: more than 8 kept or 8 summed dims on the GPU; reshape "
+        "the operand first");
+  hi.shape[hi.dims] = size;
+  lo.shape[lo.dims] = size;
+  hi.strides[hi.dims++] = hi_stride;
+  lo.strides[lo.dims++] = lo_stride;
+}
+
+} // namespace
+
+// in (hi, lo) summed to out's shape (aligned right; dims of 1 and missing
+// leading dims summed), one thread per output (pair_sum_to).
+void PairSum::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  int device = 0;
+  auto& encoder = prepare_bound(stream(), inputs, outputs, device);
+  const int64_t size = outputs[0].size();
+  if (size == 0)
+    return;
+  const mx::array &hi = inputs[0], &lo = inputs[1];
+  const int offset = static_cast<int>(hi.ndim() - outputs[0].ndim());
+  RowsLayout kept_hi{}, kept_lo{}, summed_hi{}, summed_lo{};
+  int64_t terms = 1;
+  for (int d = 0; d < static_cast<int>(hi.ndim()); ++d) {
+    const bool keep = d >= offset && outputs[0].shape(d - offset) != 1;
+    if (!keep)
+      terms *= hi.shape(d);
+    add_dim(
+        keep ? kept_hi : summed_hi,
+        keep ? kept_lo : summed_lo,
+        hi.shape(d),
+        hi.strides()[d],
+        lo.strides()[d]);
+  }
+  launch(
+      encoder,
+      cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_sum_to"),
+      stride_grid(size),
+      dim3(256),
+      mx::gpu_ptr<float>(hi),
+      mx::gpu_ptr<float>(lo),
+      kept_hi,
+      kept_lo,
+      summed_hi,
+      summed_lo,
+      static_cast<MP_INT64>(size),
+      static_cast<MP_INT64>(terms),
+      mx::gpu_ptr<float>(outputs[0]),
+      mx::gpu_ptr<float>(outputs[1]));
+}
+
+namespace {
+
+// ScatterAdd: inputs g_hi, g_lo (ids.shape + (D,)), ids; outputs (V, D).
+void scatter_add_rows(
+    mx::Stream s,
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  int device = 0;
+  auto& encoder = prepare_bound(s, inputs, outputs, device);
+  const int64_t size = outputs[0].size();
+  if (size == 0)
+    return;
+  const mx::array& ids = inputs[2];
+  const int64_t table_rows = outputs[0].shape(0), dim = outputs[0].shape(-1);
+  const int64_t count = ids.size();
+  // Int64 words in uint64 buffers (scratch counts 8-byte words).
+  mx::array first = scratch(encoder, table_rows + 1, "pair take_rows gradient");
+  mx::array positions =
+      scratch(encoder, std::max<int64_t>(count, 1), "pair take_rows gradient");
+  std::vector<mx::array> written(outputs);
+  written.insert(written.end(), {first, positions});
+  auto* first_data = static_cast<MP_INT64*>(mx::gpu_ptr<void>(first));
+  auto* positions_data = static_cast<MP_INT64*>(mx::gpu_ptr<void>(positions));
+  register_all(encoder, inputs, written);
+  launch(
+      encoder,
+      cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_rows_positions"),
+      dim3(1),
+      dim3(1),
+      mx::gpu_ptr<int32_t>(ids),
+      operand_layout("pair take_rows gradient", ids),
+      static_cast<MP_INT64>(ids.ndim() == 0 ? 1 : ids.shape(-1)),
+      static_cast<MP_INT64>(count),
+      static_cast<MP_INT64>(table_rows),
+      first_data,
+      positions_data);
+  register_all(encoder, inputs, written);
+  launch(
+      encoder,
+      cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_scatter_add_rows"),
+      stride_grid(size),
+      dim3(256),
+      mx::gpu_ptr<float>(inputs[0]),
+      gpu::rows_layout("pair take_rows gradient", inputs[0]),
+      mx::gpu_ptr<float>(inputs[1]),
+      gpu::rows_layout("pair take_rows gradient", inputs[1]),
+      static_cast<const MP_INT64*>(first_data),
+      static_cast<const MP_INT64*>(positions_data),
+      static_cast<MP_INT64>(table_rows),
+      static_cast<MP_INT64>(dim),
+      mx::gpu_ptr<float>(outputs[0]),
+      mx::gpu_ptr<float>(outputs[1]));
+}
+
+} // namespace
+
+// Inputs x_hi, x_lo [, weight], g_hi, g_lo; outputs dx, g xhat (pairs), one
+// thread per row (pair_layer_norm_vjp_rows).
+void PairLayerNormVJP::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  int device = 0;
+  auto& encoder = prepare_bound(stream(), inputs, outputs, device);
+  if (outputs[0].size() == 0)
+    return;
+  const char* op = "pair layer_norm gradient";
+  const int64_t dim = inputs[0].shape(-1);
+  const int64_t rows = static_cast<int64_t>(inputs[0].size()) / dim;
+  const int g = has_weight_ ? 3 : 2;
+  launch(
+      encoder,
+      cuda::get_pair_kernel(
+          device, "mlx_precise::gpu::pair_layer_norm_vjp_rows"),
+      stride_grid(rows),
+      dim3(256),
+      mx::gpu_ptr<float>(inputs[0]),
+      gpu::rows_layout(op, inputs[0]),
+      mx::gpu_ptr<float>(inputs[1]),
+      gpu::rows_layout(op, inputs[1]),
+      has_weight_ ? static_cast<const float*>(mx::gpu_ptr<float>(inputs[2]))
+                  : static_cast<const float*>(nullptr),
+      static_cast<MP_INT64>(has_weight_ ? inputs[2].strides()[0] : 0),
+      mx::gpu_ptr<float>(inputs[g]),
+      gpu::rows_layout(op, inputs[g]),
+      mx::gpu_ptr<float>(inputs[g + 1]),
+      gpu::rows_layout(op, inputs[g + 1]),
+      static_cast<MP_INT64>(rows),
+      static_cast<MP_INT64>(dim),
+      eps_,
+      mx::gpu_ptr<float>(outputs[0]),
+      mx::gpu_ptr<float>(outputs[1]),
+      mx::gpu_ptr<float>(outputs[2]),
+      mx::gpu_ptr<float>(outputs[3]));
+}
+
+// Inputs l_hi, l_lo, targets, weights [, c_hi, c_lo]: each row's
+// log-sum-exp (a thread per row), the weights' total (and the forward's
+// loss) in one thread in row order, then the gradient per logit.
+void PairCrossEntropy::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  int device = 0;
+  auto& encoder = prepare_bound(stream(), inputs, outputs, device);
+  const char* op =
+      gradient_ ? "pair cross_entropy gradient" : "pair cross_entropy";
+  const int64_t rows = inputs[0].shape(0), classes = inputs[0].shape(1);
+  const float* l_hi = mx::gpu_ptr<float>(inputs[0]);
+  const float* l_lo = mx::gpu_ptr<float>(inputs[1]);
+  const RowsLayout l_hi_l = gpu::rows_layout(op, inputs[0]);
+  const RowsLayout l_lo_l = gpu::rows_layout(op, inputs[1]);
+  mx::array log_sum_exp = scratch(encoder, std::max<int64_t>(rows, 1), op);
+  mx::array total = scratch(encoder, 1, op);
+  std::vector<mx::array> written(outputs);
+  written.insert(written.end(), {log_sum_exp, total});
+  const mx::array &targets = inputs[2], &weights = inputs[3];
+  if (rows > 0) {
+    register_all(encoder, inputs, written);
+    launch(
+        encoder,
+        cuda::get_pair_kernel(
+            device, "mlx_precise::gpu::pair_cross_entropy_rows"),
+        stride_grid(rows),
+        dim3(256),
+        l_hi,
+        l_hi_l,
+        l_lo,
+        l_lo_l,
+        static_cast<MP_INT64>(rows),
+        static_cast<MP_INT64>(classes),
+        doubles_of(log_sum_exp));
+  }
+  register_all(encoder, inputs, written);
+  launch(
+      encoder,
+      cuda::get_pair_kernel(
+          device, "mlx_precise::gpu::pair_cross_entropy_total"),
+      dim3(1),
+      dim3(1),
+      l_hi,
+      l_hi_l,
+      l_lo,
+      l_lo_l,
+      mx::gpu_ptr<int32_t>(targets),
+      operand_layout(op, targets),
+      mx::gpu_ptr<float>(weights),
+      operand_layout(op, weights),
+      static_cast<MP_INT64>(rows),
+      static_cast<MP_INT64>(classes),
+      static_cast<const double*>(doubles_of(log_sum_exp)),
+      doubles_of(total),
+      gradient_ ? static_cast<float*>(nullptr) : mx::gpu_ptr<float>(outputs[0]),
+      gradient_ ? static_cast<float*>(nullptr)
+                : mx::gpu_ptr<float>(outputs[1]));
+  if (!gradient_ || outputs[0].size() == 0)
+    return;
+  register_all(encoder, inputs, written);
+  launch(
+      encoder,
+      cuda::get_pair_kernel(
+          device, "mlx_precise::gpu::pair_cross_entropy_grad"),
+      stride_grid(rows * classes),
+      dim3(256),
+      l_hi,
+      l_hi_l,
+      l_lo,
+      l_lo_l,
+      mx::gpu_ptr<int32_t>(targets),
+      operand_layout(op, targets),
+      mx::gpu_ptr<float>(weights),
+      operand_layout(op, weights),
+      static_cast<const float*>(mx::gpu_ptr<float>(inputs[4])),
+      static_cast<const float*>(mx::gpu_ptr<float>(inputs[5])),
+      static_cast<MP_INT64>(rows),
+      static_cast<MP_INT64>(classes),
+      static_cast<const double*>(doubles_of(log_sum_exp)),
+      static_cast<const double*>(doubles_of(total)),
       mx::gpu_ptr<float>(outputs[0]),
       mx::gpu_ptr<float>(outputs[1]));
 }

@@ -21,6 +21,7 @@
 #include "backend/gpu/pair_conv_layout.h"
 #include "kernels/rfft_conv_rows.h"
 #include "pair_primitives.h"
+#include "pair_vjp_primitives.h"
 #include "primitives.h"
 
 namespace mlx_precise {
@@ -653,14 +654,19 @@ mx::cu::CommandEncoder& prepare(mx::Stream s, mx::array& out, int& device) {
   return mx::cu::get_command_encoder(s);
 }
 
-// pair_rfft_conv: in = u_hi, u_lo, k_hi, k_lo [, bias], outs = hi, lo. The
+// pair_rfft_conv (Convolve) and its gradients (CorrelateInput,
+// CorrelateKernel: a reversed and the outputs gathered back to front, as the
+// geometry says): in = a_hi, a_lo, b_hi, b_lo [, bias], outs = hi, lo, one
+// output row per row of a (u, or g for the gradients); b (k, or u for the
+// kernel's gradient) is transformed once per row of its own. The
 // shared-kernel form with the pair kernels of pair_kernels.cuh, in double and
-// uncertified (the outputs are not rounded). lo_ix numbers the rows of the lo
-// parts as ix numbers those of the hi parts.
+// uncertified (the outputs are not rounded), as the CPU's pair_convolve.
+// lo_ix numbers the rows of the lo parts as ix numbers those of the hi parts.
 void launch_pair_conv(
     mx::cu::CommandEncoder& encoder,
     int device,
     int stream_index,
+    ConvVariant variant,
     int64_t period,
     const std::vector<mx::array>& in,
     bool has_bias,
@@ -668,7 +674,7 @@ void launch_pair_conv(
   const mx::array &u_hi = in[0], &u_lo = in[1], &k_hi = in[2], &k_lo = in[3];
   const mx::array* bias = has_bias ? &in[4] : nullptr;
   const gpu::PairConvLaunch c =
-      gpu::pair_conv_launch(period, in, has_bias, outs);
+      gpu::pair_conv_launch(variant, period, in, has_bias, outs);
   const ConvGeometry& geo = c.geo;
   const RowIndex &ix = c.ix, &lo_ix = c.lo_ix;
   const DeviceFFT<double>& fft = device_fft<double>(device, geo.fft_size);
@@ -730,6 +736,23 @@ void launch_pair_conv(
       static_cast<const cpx<double>*>(spectra));
 }
 
+// The pair forms: both outputs allocated, then launch_pair_conv.
+void eval_pair_conv(
+    mx::Stream s,
+    ConvVariant variant,
+    int64_t period,
+    bool has_bias,
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  int device = 0;
+  auto& encoder = prepare(s, outputs[0], device);
+  outputs[1].set_data(mx::allocator::malloc(outputs[1].nbytes()));
+  if (outputs[0].size() == 0)
+    return;
+  launch_pair_conv(
+      encoder, device, s.index, variant, period, inputs, has_bias, outputs);
+}
+
 } // namespace
 
 void RFFTConv::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
@@ -763,13 +786,16 @@ void BiasGradient::eval_gpu(
 void PairRFFTConv::eval_gpu(
     const std::vector<mx::array>& inputs,
     std::vector<mx::array>& outputs) {
-  int device = 0;
-  auto& encoder = prepare(stream(), outputs[0], device);
-  outputs[1].set_data(mx::allocator::malloc(outputs[1].nbytes()));
-  if (outputs[0].size() == 0)
-    return;
-  launch_pair_conv(
-      encoder, device, stream().index, period_, inputs, has_bias_, outputs);
+  eval_pair_conv(
+      stream(), ConvVariant::Convolve, period_, has_bias_, inputs, outputs);
+}
+
+// Inputs g_hi, g_lo, then k_hi, k_lo [, bias] (CorrelateInput) or u_hi, u_lo
+// (CorrelateKernel); outputs hi, lo (launch_pair_conv).
+void PairRFFTCorrelate::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  eval_pair_conv(stream(), variant_, period_, has_bias_, inputs, outputs);
 }
 
 } // namespace mlx_precise

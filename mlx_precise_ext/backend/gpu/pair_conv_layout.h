@@ -1,5 +1,6 @@
 // Host side of the GPU pair rfft_conv (CUDA, Metal): the geometry of its
-// Convolve form and the row numbering of the hi parts and of the lo parts.
+// Convolve form or of its gradients' correlations, and the row numbering of
+// the hi parts and of the lo parts.
 #pragma once
 
 #include <vector>
@@ -13,9 +14,10 @@
 
 namespace mlx_precise::gpu {
 
-// in = u_hi, u_lo, k_hi, k_lo [, bias]; outs = hi, lo. lo_ix numbers the rows
-// of u_lo, k_lo and the lo output as ix numbers those of u_hi, k_hi, the bias
-// and the hi output (one output row per row of u, kernel rows shared).
+// in = u_hi, u_lo, k_hi, k_lo [, bias]; outs = hi, lo (the correlations: g
+// in u's place, and k or u in k's). lo_ix numbers the rows of u_lo, k_lo and
+// the lo output as ix numbers those of u_hi, k_hi, the bias and the hi output
+// (one output row per row of u, kernel rows shared).
 struct PairConvLaunch {
   ConvGeometry geo;
   RowIndex ix;
@@ -23,6 +25,7 @@ struct PairConvLaunch {
 };
 
 inline PairConvLaunch pair_conv_launch(
+    ConvVariant variant,
     int64_t period,
     const std::vector<mx::array>& in,
     bool has_bias,
@@ -31,7 +34,7 @@ inline PairConvLaunch pair_conv_launch(
   const mx::Shape full = batch_shape(outs[0].shape());
   return PairConvLaunch{
       conv_geometry(
-          ConvVariant::Convolve,
+          variant,
           period,
           u_hi.shape().back(),
           k_hi.shape().back(),

@@ -1,8 +1,8 @@
-// eval_gpu of the gradients' pair primitives (pair_vjp_primitives.h) that
-// have no GPU kernel yet: a clear error, never a silent move to the CPU.
-// (PairBroadcast is a view and runs everywhere: pair_vjp.cpp; PairRows has
-// one eval_gpu per backend, with the pair ops.) Compiled in every build, GPU
-// or not.
+// eval_gpu of the gradients' pair primitives (pair_vjp_primitives.h) in the
+// builds without CUDA (Metal, no GPU), where they have no kernel yet: a clear
+// error, never a silent move to the CPU. (PairBroadcast is a view and runs
+// everywhere: pair_vjp.cpp; PairRows has one eval_gpu per backend, with the
+// pair ops. CUDA: backend/cuda/pair_ops.cpp and rfft_conv.cpp.)
 #include <stdexcept>
 #include <string>
 
@@ -15,8 +15,8 @@ namespace {
   throw std::runtime_error(
       std::string(op) +
       ": gradients through pairs (mlx_precise.pair, M2-BERT "
-      "precision=\"exact\") run on the CPU only in this version; pass "
-      "stream=mx.cpu (or mx.set_default_device(mx.cpu))");
+      "precision=\"exact\") run on the CPU and CUDA only in this version; "
+      "pass stream=mx.cpu (or mx.set_default_device(mx.cpu))");
 }
 } // namespace
 

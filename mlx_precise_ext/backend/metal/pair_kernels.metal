@@ -203,7 +203,7 @@ void pair_spectra_body(Ptr re, Ptr im, const device float* b_hi, const device fl
   for (long kk = group; kk < ix.outer_count; kk += groups) {
     load_pair_row<ff>(re, im, b_hi + row_offset(ix, kOperandB, kk, 0), ix.time_stride[kOperandB],
                       b_lo + row_offset(lo_ix, kOperandB, kk, 0), lo_ix.time_stride[kOperandB],
-                      g.b_len, h, int(tid), int(nt));
+                      g.b_len, false, h, int(tid), int(nt));
     MP_BARRIER();
     fft_rows<false, ff>(re, im, fs, tw, int(tid), int(nt));
     store_spectrum<ff>(re, im, pairs, split_tw, g.spectrum_scale,
@@ -230,7 +230,8 @@ void pair_conv_body(Ptr re, Ptr im, const device float* a_hi, const device float
       const device float* hi_row = a_hi + row_offset(ix, kOperandA, kk, j);
       const device float* lo_row = a_lo + row_offset(lo_ix, kOperandA, kk, j);
       const device float* bias_row = bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
-      load_pair_row<ff>(re, im, hi_row, hi_step, lo_row, lo_step, g.a_len, h, int(tid), int(nt));
+      load_pair_row<ff>(re, im, hi_row, hi_step, lo_row, lo_step, g.a_len, g.a_reversed != 0, h,
+                        int(tid), int(nt));
       MP_BARRIER();
       fft_rows<false, ff>(re, im, fs, tw, int(tid), int(nt));
       multiply_rows_by_spectrum<ff>(re, im, fs.n_half, 1, pairs, split_tw, spectra + kk * 2 * fs.num_pairs,

@@ -375,7 +375,7 @@ void launch_pair_conv(
   const mx::array &u_hi = in[0], &u_lo = in[1], &k_hi = in[2], &k_lo = in[3];
   const mx::array* bias = has_bias ? &in[4] : nullptr;
   const gpu::PairConvLaunch c =
-      gpu::pair_conv_launch(period, in, has_bias, outs);
+      gpu::pair_conv_launch(ConvVariant::Convolve, period, in, has_bias, outs);
   const ConvGeometry& geo = c.geo;
   const RowIndex &ix = c.ix, &lo_ix = c.lo_ix;
   const MetalFFT<ff>& fft = metal_fft<ff>(d, geo.fft_size);
