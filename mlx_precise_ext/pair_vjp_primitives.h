@@ -59,51 +59,49 @@ bool same_state(const P& self, const mx::Primitive& other) {
     return same_state<PRIMITIVE>(*this, other);                              \
   }
 
+// A pair (hi, lo) in, a pair of shape out_shape out: the state and output
+// shapes of PairBroadcast and PairSum, each other's vjp.
+class PairReshaping : public PairVjpPrimitive {
+ public:
+  PairReshaping(mx::Stream stream, mx::Shape out_shape)
+      : PairVjpPrimitive(stream), out_shape_(std::move(out_shape)) {}
+
+  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
+    return {out_shape_, out_shape_};
+  }
+  auto state() const {
+    return out_shape_;
+  }
+
+ protected:
+  mx::Shape out_shape_;
+};
+
 // Inputs hi, lo; outputs the two parts broadcast to out_shape (views, no
 // copy). vjp: PairSum back to the input's shape.
-class PairBroadcast : public PairVjpPrimitive {
+class PairBroadcast : public PairReshaping {
  public:
-  PairBroadcast(mx::Stream stream, mx::Shape out_shape)
-      : PairVjpPrimitive(stream), out_shape_(std::move(out_shape)) {}
+  using PairReshaping::PairReshaping;
 
   MP_DEFINE_PAIR_VJP_PRIMITIVE(PairBroadcast)
 
   const char* name() const override {
     return "PairBroadcast";
   }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
-    return {out_shape_, out_shape_};
-  }
-  auto state() const {
-    return out_shape_;
-  }
-
- private:
-  mx::Shape out_shape_;
 };
 
 // Inputs hi, lo of shape S; outputs their sum, as a pair, to out_shape, which
 // broadcasts to S (dims aligned right; a dim of 1 or a missing leading dim is
 // summed). Sums in double with Neumaier's compensation. vjp: PairBroadcast.
-class PairSum : public PairVjpPrimitive {
+class PairSum : public PairReshaping {
  public:
-  PairSum(mx::Stream stream, mx::Shape out_shape)
-      : PairVjpPrimitive(stream), out_shape_(std::move(out_shape)) {}
+  using PairReshaping::PairReshaping;
 
   MP_DEFINE_PAIR_VJP_PRIMITIVE(PairSum)
 
   const char* name() const override {
     return "PairSum";
   }
-  std::vector<mx::Shape> output_shapes(const std::vector<mx::array>&) override {
-    return {out_shape_, out_shape_};
-  }
-  auto state() const {
-    return out_shape_;
-  }
-
- private:
-  mx::Shape out_shape_;
 };
 
 // Rows of a table (V, D) chosen by integer ids (any shape): Gather, inputs
