@@ -1,0 +1,105 @@
+"""Where the GPU time goes: per-kernel device time of one call, on CUDA.
+
+    PYTHONPATH=.:models:tests python benchmarks/profile_gpu_kernels.py [case ...]
+
+Cases: conv-<precision>-<L> (B=64, H=768, n=2L), long-<precision>-<L> (B=1, H=64,
+causal), m2-<precision>-<L>-b<batch> (M2-BERT 80M forward, random init), and
+m2-torch-<L>-b<batch> (the PyTorch reference in float32). Each case runs once to
+warm up (JIT compilation, buffers), then once under torch.profiler, whose CUPTI
+activity trace records every kernel of the process, MLX's included. Prints, per
+kernel name, the launches and the summed device time, largest first, and the sum
+against the call's wall time (the difference is launch and host overhead).
+"""
+
+import argparse
+import time
+from collections import defaultdict
+
+import mlx.core as mx
+import numpy as np
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import mlx_precise as mp
+
+
+def conv_case(precision, L, batch, heads, causal):
+    rng = np.random.default_rng(0)
+    n = 2 * L
+    u = mx.array(rng.standard_normal((batch, heads, L), dtype=np.float32))
+    k = mx.array(rng.standard_normal((heads, L if causal else n), dtype=np.float32) / np.float32(L))
+    mx.eval(u, k)
+    return lambda: mx.eval(mp.rfft_conv(u, k, n=n, precision=precision))
+
+
+def m2_case(precision, L, batch):
+    from m2bert import M2BertConfig, M2BertModel, load_state_dict
+    from m2bert_reference import ReferenceM2Bert, initialize_
+
+    config = M2BertConfig(max_position_embeddings=L, long_conv_l_max=L)
+    reference = initialize_(ReferenceM2Bert(config), seed=0).eval()
+    token_ids = torch.randint(0, config.vocab_size, (batch, L), generator=torch.Generator().manual_seed(1))
+    if precision == "torch":
+        reference = reference.to("cuda")
+        ids = token_ids.to("cuda")
+
+        def forward():
+            with torch.no_grad():
+                reference(ids)
+            torch.cuda.synchronize()
+
+        return forward
+    state = {name: mx.array((t.float() if t.is_floating_point() else t).numpy())
+             for name, t in reference.state_dict().items()}
+    model = M2BertModel(config, precision=precision)
+    load_state_dict(model, state)
+    ids = mx.array(token_ids.numpy())
+    return lambda: mx.eval(model(ids))
+
+
+def make_case(name):
+    kind, precision, *rest = name.split("-")
+    if kind == "conv":
+        return conv_case(precision, int(rest[0]), 64, 768, causal=False)
+    if kind == "long":
+        return conv_case(precision, int(rest[0]), 1, 64, causal=True)
+    if kind == "m2":
+        return m2_case(precision, int(rest[0]), int(rest[1].lstrip("b")))
+    raise SystemExit(f"unknown case {name!r}: use conv-<precision>-<L>, long-<precision>-<L> or "
+                     "m2-<precision|torch>-<L>-b<batch>")
+
+
+def profile_case(name, top):
+    run = make_case(name)
+    run()
+    mx.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as trace:
+        start = time.perf_counter()
+        run()
+        mx.synchronize()
+        wall_ms = (time.perf_counter() - start) * 1e3
+    per_kernel = defaultdict(lambda: [0, 0.0])
+    for event in trace.events():
+        if event.device_type == torch.autograd.DeviceType.CUDA:
+            per_kernel[event.name][0] += 1
+            per_kernel[event.name][1] += event.device_time / 1e3
+    total_ms = sum(ms for _, ms in per_kernel.values())
+    print(f"\n## {name}: wall {wall_ms:.2f} ms, device {total_ms:.2f} ms in {len(per_kernel)} kernels")
+    print("| kernel | launches | ms | share |\n|---|---|---|---|")
+    for kernel, (count, ms) in sorted(per_kernel.items(), key=lambda item: -item[1][1])[:top]:
+        print(f"| `{kernel[:90]}` | {count} | {ms:.3f} | {ms / max(total_ms, 1e-9):.1%} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("cases", nargs="+")
+    parser.add_argument("--top", type=int, default=12)
+    args = parser.parse_args()
+    mx.set_default_device(mx.gpu)
+    print(f"{torch.cuda.get_device_name()}, MLX {mx.__version__}, torch {torch.__version__}")
+    for name in args.cases:
+        profile_case(name, args.top)
+
+
+if __name__ == "__main__":
+    main()
