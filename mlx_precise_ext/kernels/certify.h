@@ -272,54 +272,82 @@ MP_INLINE double gamma_bound(MP_INT64 n) {
 
 // kappa with |x_computed[i] - x[i]| <= kappa ||a||_2 ||b||_2 for every entry
 // of the size-N cyclic convolution x computed by rfft_conv's engine (real
-// transforms of half length H = N/2, packed spectral product, inverse), in a
-// precision with unit roundoff u (Higham, Accuracy and Stability of Numerical
-// Algorithms, 2nd ed.; full derivation in docs/certification.md):
-//   - per butterfly stage, each output errs by at most eta' |S| |x| with
-//     eta' = 2 sqrt(2) gamma_2 + mu <= 7u (two levels of additions and one
-//     complex product, Lemma 3.5; twiddle error mu <= u);
-//   - forward, norm-wise (the induction of Thm 24.2; a radix-4 stage has
-//     || |S| || = 2 ||S||): ||Z^ - Z|| <= eps ||Z||, eps = gamma_s(7u) over
-//     s = log2 H + 1 levels; the split (norm <= 2 sqrt 2, || |S| || <= 4)
-//     leaves the packed spectra off by delta sqrt(H) ||a||, delta = 2 sqrt(2)
-//     eps + 4 eta' (1 + eps), their norms <= (2 sqrt 2 + delta) sqrt(H) ||a||;
+// transforms of half length H = N/2 on fft_plan.cpp's stages, packed spectral
+// product, inverse), every operation an IEEE rounding with unit roundoff u
+// (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed.; full
+// derivation in docs/certification.md):
+//   - a complex addition errs by at most u |result|; a product with a
+//     computed twiddle (|w^ - w| <= u) by tau |x|, tau = u + sqrt(2)
+//     gamma_2 (1 + u) (Lemma 3.5). Every path through a twiddled radix-4
+//     stage passes one twiddle product and two additions, so each output
+//     errs by at most eta_4 |S| |x|, 1 + eta_4 = (1 + u)^2 (1 + tau); a
+//     unit-twiddle radix-4 stage (1 + u)^2, the radix-2 stage 1 + u;
+//   - forward, norm-wise: the additions' errors are relative to their
+//     results and every level is sqrt 2 times a unitary map, so a stage's
+//     error is eta ||S x|| as well, and ||Z^ - Z|| <= eps ||Z||, 1 + eps =
+//     the product of the stages' factors (the induction of Thm 24.2). The
+//     split (norm <= 2 sqrt 2, its sums s and differences d of Z^ with
+//     ||s||^2 + ||d||^2 <= 4 ||Z^||^2) adds sigma ||Z^||, sigma = 2 sqrt(2) u
+//     + 2 (1 + u) sqrt(u^2 + (u + tau (1 + u))^2): the packed spectra are off
+//     by delta sqrt(H) ||a||, delta = 2 sqrt(2) eps + sigma (1 + eps), and
+//     their norms are <= (2 sqrt 2 + delta) sqrt(H) ||a||;
 //   - product: ||P^ - P||_1 <= rho H ||a|| ||b||, rho = delta (2 sqrt 2 +
 //     delta) + 2 sqrt 2 delta + sqrt 2 gamma_2 (2 sqrt 2 + delta)^2;
 //   - the exact inverse maps a packed product entry to an output with weight
 //     <= 1/(2N) (it stands for two conjugate entries of the full spectrum,
 //     each of weight 1/N, times the packing's factor 4): rho / 4;
-//   - inverse rounding, componentwise: each butterfly stage (radix 4: two
-//     levels, twiddle included) and the unsplit err by at most 7u |S| |x|,
-//     and every path from a packed entry to an output has weight <= 4
-//     (unsplit) x 1 (butterflies) x 1/(4N), so it adds gamma_t(7u) ||P^||_1
-//     / N <= gamma_t(7u) weight over t = ceil(log2 H / 2) + 1 stages,
-//     weight = (2 sqrt 2 + delta)^2 (1 + sqrt 2 gamma_2) / 2.
+//   - inverse rounding, componentwise (Higham's Lemma 3.8 induction): the
+//     unsplit (a path of two additions and a twiddle product) and the
+//     inverse stages (the forward's factors) give 1 + e_inv = (1 + eta_4)
+//     (1 + eps); every path from a packed entry to an output has weight <= 4
+//     (unsplit) x 1 (butterflies) x 1/(4N), so it adds e_inv ||P^||_1 / N
+//     <= e_inv weight, weight = (2 sqrt 2 + delta)^2 (1 + sqrt 2 gamma_2) / 2.
 // An output summing `terms` spectral products before one inverse transform
 // (gradients over broadcast rows) adds gamma_terms weight per term; the bound
 // is then kappa times the sum over the terms of ||a|| ||b||. Times 1 + 2^-10
-// for the rounding of the norms and of this formula.
+// for the rounding of the norms and of these formulas (products of 1 + e
+// factors are computed as their excess e, in double).
 // The constants of that derivation for a size-N transform.
 struct TransformErrors {
   double delta; // the packed spectra's error, per unit of sqrt(H) ||row||
   double product; // sqrt 2 gamma_2: one packed product's rounding
-  double inverse; // gamma_t(7u): the inverse's rounding per unit ||P^||_1 / N
+  double inverse; // e_inv: the inverse's rounding per unit ||P^||_1 / N
   double terms; // gamma_terms: accumulating the terms' spectral products
 };
+
+// (1 + a)(1 + b) - 1 for small a, b >= 0, without forming 1 + a.
+MP_INLINE double compose_errors(double a, double b) {
+  return a + b + a * b;
+}
 
 MP_INLINE TransformErrors
 transform_errors(MP_INT64 fft_size, MP_INT64 terms, double u) {
   int log2_half = 0;
   while ((static_cast<MP_INT64>(2) << log2_half) < fft_size)
     ++log2_half;
-  const double eta = 7.0 * u, sqrt2 = 1.4142135623730951;
-  const double levels = static_cast<double>(log2_half + 1);
-  const double eps = gamma_n(levels, eta);
+  // fft_plan.cpp's stages: log2_half / 2 radix-4 stages, the last of them
+  // with unit twiddles unless a radix-2 stage (unit twiddles) follows.
+  const int radix4 = log2_half / 2;
+  const bool radix2 = (log2_half & 1) != 0;
+  const int twiddled = radix2 || radix4 == 0 ? radix4 : radix4 - 1;
+  const double sqrt2 = 1.4142135623730951;
+  const double tau = u + sqrt2 * gamma_n(2.0, u) * (1.0 + u);
+  const double two_additions = compose_errors(u, u);
+  const double radix4_stage = compose_errors(two_additions, tau);
+  double eps = 0.0;
+  for (int s = 0; s < twiddled; ++s)
+    eps = compose_errors(eps, radix4_stage);
+  if (twiddled < radix4)
+    eps = compose_errors(eps, two_additions);
+  if (radix2)
+    eps = compose_errors(eps, u);
+  const double difference = u + tau * (1.0 + u);
+  const double split =
+      2.0 * sqrt2 * u + 2.0 * (1.0 + u) * sqrt(u * u + difference * difference);
   TransformErrors e;
-  e.delta = 2.0 * sqrt2 * eps + 4.0 * eta * (1.0 + eps);
+  e.delta = 2.0 * sqrt2 * eps + split * (1.0 + eps);
   e.product = sqrt2 * gamma_n(2.0, u);
-  // The inverse's componentwise bound counts stages (each radix-4 stage
-  // spans two levels), plus the unsplit.
-  e.inverse = gamma_n(static_cast<double>((log2_half + 1) / 2 + 1), eta);
+  e.inverse = compose_errors(eps, radix4_stage);
   e.terms = gamma_n(static_cast<double>(terms), u);
   return e;
 }
