@@ -377,7 +377,7 @@ def series() -> list:
             ),
         },
         inserts=[
-            ("mlx/backend/metal/CMakeLists.txt", 36, metal_jit_source("rfft_conv_kernels", CUDA_CONV_HEADERS)),
+            ("mlx/backend/metal/CMakeLists.txt", 36, metal_jit_source("rfft_conv_kernels", METAL_CONV_HEADERS)),
             ("mlx/backend/metal/CMakeLists.txt", 140, "          ${CMAKE_CURRENT_SOURCE_DIR}/precise/rfft_conv.cpp\n"),
         ],
         removals=[
@@ -481,12 +481,13 @@ CUDA_LATER = CUDA_PAIR_ONLY + (
 # The kernel headers the GPU rfft_conv kernels include, by file name: MLX's
 # CUDA CMake embeds them (bin2h: jit_source_<stem>) and jit_module.cpp hands
 # them to NVRTC under these names; Metal's make_jit_source expands them.
-def cuda_kernel_headers(source: str) -> list:
-    """The kernels/ headers a CUDA kernel source includes, directly or not."""
+def kernel_headers(source: str) -> list:
+    """The kernels/ headers a CUDA or Metal kernel source includes, directly or not."""
     return [Path(p).name for p in with_includes([source], set()) if p.startswith("kernels/")]
 
 
-CUDA_CONV_HEADERS = cuda_kernel_headers("backend/cuda/rfft_conv_kernels.cuh")
+CUDA_CONV_HEADERS = kernel_headers("backend/cuda/rfft_conv_kernels.cuh")
+METAL_CONV_HEADERS = kernel_headers("backend/metal/rfft_conv_kernels.metal")
 
 
 def cuda_jit_sources(what: str, kernels: str, headers: list) -> str:
@@ -519,7 +520,7 @@ STRICT_HEADERS = [
 
 # The kernel headers the CUDA strict-ops kernels include beyond rfft_conv's.
 CUDA_STRICT_HEADERS = [
-    h for h in cuda_kernel_headers("backend/cuda/strict_kernels.cuh") if h not in CUDA_CONV_HEADERS
+    h for h in kernel_headers("backend/cuda/strict_kernels.cuh") if h not in CUDA_CONV_HEADERS
 ]
 
 

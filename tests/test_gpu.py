@@ -16,7 +16,8 @@ import mlx_precise as mp
 
 GPU_AVAILABLE = mx.metal.is_available() or mx.cuda.is_available()
 # Precisions whose GPU bits must equal the CPU's: CUDA certifies extended and dd
-# (docs/certification.md); Metal's extended is held to the accuracy bars only.
+# (docs/certification.md); Metal certifies its forward rows only, so its extended is
+# held to the accuracy bars.
 BITWISE_PRECISIONS = ("extended", "dd") if mx.cuda.is_available() else ("dd",)
 pytestmark = pytest.mark.skipif(not GPU_AVAILABLE, reason="MLX has no GPU backend here")
 

@@ -15,10 +15,12 @@
 
 #include "backend/cpu/conv_job.h"
 #include "backend/gpu/conv_layout.h"
+#include "kernels/certify_pair.h"
 #include "kernels/dd.h"
 #include "kernels/pair_math.h"
 #include "kernels/rfft_conv_rows.h"
 #include "pair_primitives.h"
+#include "primitives.h"
 
 namespace nb = nanobind;
 using namespace nb::literals;
@@ -186,6 +188,120 @@ nb::tuple gpu_transform(
   nb::list items;
   items.append(nb::cast(new_double_array(out_re)));
   items.append(nb::cast(new_double_array(out_im)));
+  return nb::tuple(items);
+}
+
+// A row's scale as one thread of a group computes it (certify_pair.h): the
+// Metal kernels reduce the same parts over the group.
+PairRowScale emulated_row_scale(const float* row, int64_t len) {
+  RowSummary summary = summarize_part(row, 1, len, 0, 1);
+  PairRowScale s{};
+  s.max_abs_bits = summary.max_bits;
+  s.exponent = pair_scale_exponent(summary.max_bits);
+  s.norm = pair_norm_bound(
+      scaled_square_sum_part(row, 1, len, s.exponent, 0, 1),
+      pair_norm_roundings(len, 1));
+  return s;
+}
+
+// Metal's certified float-pair rfft_conv of one row on the CPU, one thread
+// running the group's steps (rfft_conv_kernels.metal: certified_spectra,
+// certified_conv_rows, recompute_open_rows): y = rfft_conv(a, b, n = period
+// or None, bias), an output per element of a. Returns (y, open): open marks
+// the outputs that did not certify (recomputed exactly).
+nb::tuple metal_certified_conv(F a_in, F b_in, F bias_in, int64_t period) {
+  const int64_t a_len = a_in.shape(0), b_len = b_in.shape(0);
+  const bool has_bias = bias_in.shape(0) != 0;
+  if (a_len == 0 || b_len == 0 ||
+      (has_bias && bias_in.shape(0) != a_in.shape(0)))
+    throw std::invalid_argument(
+        "a and b must be nonempty, bias empty or as long as a");
+  const ConvGeometry geo =
+      conv_geometry(ConvVariant::Convolve, period, a_len, b_len, a_len);
+  const ConvShape g = gpu::conv_shape(geo, has_bias, 1);
+  const gpu::FFTTables<ff> t = gpu::make_fft_tables<ff>(geo.fft_size);
+  const FFTShape& fs = t.shape;
+  const int h = fs.n_half;
+  const float* a = a_in.data();
+  const float* b = b_in.data();
+  const float* bias = has_bias ? bias_in.data() : a;
+  std::vector<ff> row(2 * static_cast<size_t>(h));
+  std::vector<cpx<ff>> spectrum(2 * static_cast<size_t>(fs.num_pairs));
+  // certified_spectra
+  const PairRowScale b_scale = emulated_row_scale(b, b_len);
+  load_scaled_row<ff>(
+      row.data(),
+      row.data() + h,
+      b,
+      1,
+      b_len,
+      false,
+      b_scale.exponent,
+      h,
+      0,
+      1);
+  fft_rows<false, ff>(row.data(), row.data() + h, fs, t.twiddles.data(), 0, 1);
+  store_spectrum<ff>(
+      row.data(),
+      row.data() + h,
+      t.pairs.data(),
+      t.split.data(),
+      g.spectrum_scale,
+      spectrum.data(),
+      fs.num_pairs,
+      0,
+      1);
+  // certified_conv_rows
+  const PairBoundConstants k = pair_bound_constants(g.fft_size, a_len, b_len);
+  const PairCertificate cert = pair_certificate(
+      k.kappa,
+      k.absolute,
+      emulated_row_scale(a, a_len),
+      b_scale,
+      g.fold != 0,
+      has_bias);
+  load_scaled_row<ff>(
+      row.data(), row.data() + h, a, 1, a_len, false, cert.a_exponent, h, 0, 1);
+  fft_rows<false, ff>(row.data(), row.data() + h, fs, t.twiddles.data(), 0, 1);
+  multiply_rows_by_spectrum<ff>(
+      row.data(),
+      row.data() + h,
+      h,
+      1,
+      t.pairs.data(),
+      t.split.data(),
+      spectrum.data(),
+      fs.num_pairs,
+      0,
+      1);
+  fft_rows<true, ff>(row.data(), row.data() + h, fs, t.twiddles.data(), 0, 1);
+  float* y;
+  OutArray out = new_float_array(static_cast<size_t>(a_len), &y);
+  float* open;
+  OutArray open_out = new_float_array(static_cast<size_t>(a_len), &open);
+  for (int64_t i = 0; i < a_len; ++i) {
+    const bool done = certify_pair_output(
+        cert,
+        gather_output<ff>(row.data(), row.data() + h, g, i),
+        has_bias,
+        a[i],
+        bias[i],
+        y + i);
+    open[i] = done ? 0.0f : 1.0f;
+  }
+  // recompute_open_rows
+  for (int64_t i = 0; i < a_len; ++i)
+    if (open[i] != 0.0f)
+      y[i] = exact_conv_output(
+          OperandRow{a, 1},
+          OperandRow{b, 1},
+          has_bias,
+          OperandRow{bias, 1},
+          g,
+          i);
+  nb::list items;
+  items.append(nb::cast(out));
+  items.append(nb::cast(open_out));
   return nb::tuple(items);
 }
 
@@ -426,4 +542,16 @@ void init_testing(nb::module_& parent) {
       "The GPU kernels' complex FFT of length fft_size / 2 run on the CPU by one thread: "
       "'stages' (one stage at a time), 'wide' or 'narrow' register passes (float32: float, "
       "extended: double, dd: the float-pair kernels of Metal); returns (re, im) as float64.");
+
+  m.def(
+      "metal_certified_conv",
+      &metal_certified_conv,
+      "a"_a.noconvert(),
+      "b"_a.noconvert(),
+      "bias"_a.noconvert(),
+      "period"_a,
+      "Metal's certified float-pair rfft_conv(a, b, n=period or None, bias) of one row "
+      "(bias empty: none), run on the CPU by one thread with the kernels' "
+      "own code (kernels/certify_pair.h); returns (y, open) as float32, open 1 where the "
+      "output did not certify and was recomputed exactly.");
 }

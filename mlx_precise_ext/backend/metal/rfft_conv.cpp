@@ -2,7 +2,8 @@
 // backend/cuda/rfft_conv.cpp: the kernels of rfft_conv_kernels.metal (one
 // source with the shared kernel headers, embedded at build time and compiled
 // by MLX's Metal device on first use) encoded on the stream's command encoder.
-// Metal has no float64: "extended" runs the dd kernels (docs/design.md).
+// Metal has no float64: "extended" and "dd" run the float-pair kernels, the
+// forward rows certified (kernels/certify_pair.h, docs/certification.md).
 #include <algorithm>
 #include <functional>
 #include <map>
@@ -17,6 +18,7 @@
 #include "backend/gpu/conv_layout.h"
 #include "backend/gpu/pair_conv_layout.h"
 #include "backend/metal/kernel_sources.h"
+#include "kernels/certify_pair.h"
 #include "pair_primitives.h"
 #include "primitives.h"
 
@@ -45,8 +47,18 @@ enum Slot : int {
   kSlotLength,
   kSlotSumOverTime,
   kSlotSumOperands,
-  kSlotSumOperand0 // ConvolveSum's operand k at kSlotSumOperand0 + k
+  kSlotSumOperand0, // ConvolveSum's operand k at kSlotSumOperand0 + k
+  kSlotRowScales = kSlotSumOperand0 + kMaxSumOperands, // the certified kernels'
+  kSlotOpenBits,
+  kSlotPairBound
 };
+
+// Threadgroup memory the row kernels declare themselves (summaries, the
+// certified kernels' SIMD sums), kept free of the rows.
+constexpr size_t kStaticGroupBytes = 256;
+
+// Threads of a recompute_open_rows threadgroup.
+constexpr int kRecomputeThreads = 256;
 
 template <class T>
 struct MetalFFT {
@@ -119,8 +131,8 @@ GroupLaunch group_launch(
     int buffers) {
   GroupLaunch l{};
   l.row_bytes = static_cast<size_t>(buffers) * 2 * n_half * sizeof(T);
-  l.in_group_memory =
-      l.row_bytes <= d.mtl_device()->maxThreadgroupMemoryLength();
+  l.in_group_memory = l.row_bytes + kStaticGroupBytes <=
+      d.mtl_device()->maxThreadgroupMemoryLength();
   l.pipeline =
       d.get_kernel(name + (l.in_group_memory ? "_group" : "_device"), lib);
   const int cap = static_cast<int>(std::min<NS::UInteger>(
@@ -273,6 +285,69 @@ void launch_shared_kernel(
   dispatch(rows, ix.outer_count * splits, splits);
 }
 
+// Extended and dd forward rows: the float-pair transform of the scaled rows,
+// each output certified (certified_spectra, certified_conv_rows) or marked in
+// a bitmap, one bit per output, and the marked ones summed exactly
+// (recompute_open_rows).
+void convolve_certified(
+    mx::metal::Device& d,
+    mx::metal::CommandEncoder& enc,
+    const MetalFFT<ff>& fft,
+    const gpu::ConvLaunch& c,
+    const RowIndex& ix,
+    mx::array& out) {
+  const ConvGeometry& geo = c.geo;
+  const int64_t rows = ix.outer_count * ix.inner_count;
+  const int64_t words = (rows * geo.out_len + 31) / 32;
+  mx::array scales = scratch(enc, ix.outer_count * sizeof(PairRowScale));
+  mx::array open_bits = scratch(enc, words * sizeof(uint32_t));
+  MTL::ComputePipelineState* clear = kernel(d, "clear_open_bits");
+  enc.set_compute_pipeline_state(clear);
+  enc.set_output_array(open_bits, kSlotOpenBits);
+  enc.set_bytes(words, kSlotLength);
+  enc.dispatch_threads(
+      MTL::Size(words, 1, 1),
+      MTL::Size(
+          std::min<int64_t>(256, clear->maxTotalThreadsPerThreadgroup()),
+          1,
+          1));
+  const PairBoundConstants bound =
+      pair_bound_constants(geo.fft_size, geo.a_len, geo.b_len);
+  const int64_t h = fft.shape.n_half;
+  launch_shared_kernel<ff>(
+      enc,
+      group_launch<ff>(d, "certified_spectra", h, 1),
+      group_launch<ff>(d, "certified_conv_rows", h, 1),
+      fft,
+      c.a,
+      c.b,
+      c.bias,
+      out,
+      ix,
+      geo,
+      [&](bool) {
+        enc.set_output_array(scales, kSlotRowScales);
+        enc.set_output_array(open_bits, kSlotOpenBits);
+        enc.set_bytes(bound, kSlotPairBound);
+      });
+  MTL::ComputePipelineState* recompute = kernel(d, "recompute_open_rows");
+  enc.set_compute_pipeline_state(recompute);
+  enc.set_input_array(c.a, kSlotA);
+  enc.set_input_array(c.b, kSlotB);
+  enc.set_input_array(c.bias ? *c.bias : c.a, kSlotBias);
+  enc.set_output_array(out, kSlotOut);
+  enc.set_bytes(ix, kSlotRowIndex);
+  enc.set_bytes(gpu::conv_shape(geo, c.bias != nullptr, 1), kSlotConvShape);
+  enc.set_input_array(open_bits, kSlotOpenBits);
+  enc.dispatch_threadgroups(
+      MTL::Size(std::min(rows, kMaxSlotGroups), 1, 1),
+      MTL::Size(
+          std::min<int>(
+              kRecomputeThreads, recompute->maxTotalThreadsPerThreadgroup()),
+          1,
+          1));
+}
+
 template <class T>
 void convolve(
     mx::metal::Device& d,
@@ -296,6 +371,18 @@ void convolve(
   const int64_t h = fft.shape.n_half,
                 spectrum_entries = 2 * int64_t(fft.shape.num_pairs);
   std::optional<mx::array> workspace;
+  if constexpr (std::is_same_v<T, ff>) {
+    if (c.one_to_one) {
+      convolve_certified(
+          d,
+          enc,
+          fft,
+          c,
+          gpu::make_row_index(full, b.shape(), {&a, &b, bias, &out}),
+          out);
+      return;
+    }
+  }
   if (c.one_to_one) {
     const RowIndex ix =
         gpu::make_row_index(full, b.shape(), {&a, &b, bias, &out});

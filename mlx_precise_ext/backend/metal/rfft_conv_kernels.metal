@@ -1,10 +1,13 @@
 // Metal entry points of rfft_conv, compiled at run time by MLX's Metal device
 // (rfft_conv.cpp builds the library from this file and the shared kernel
 // headers, embedded at build time). The same block-level steps as the CUDA
-// kernels (rfft_conv_rows.h); Metal has no float64, so "extended" runs the
-// dd kernels, as docs/design.md specifies. kGroup: rows in threadgroup memory;
+// kernels (rfft_conv_rows.h); Metal has no float64, so "extended" and "dd"
+// run the float-pair kernels: the forward rows certified as the CPU's and
+// CUDA's are (certified_spectra, certified_conv_rows, recompute_open_rows:
+// kernels/certify_pair.h), the gradient rows (reduce_rows, sum_rows) with the
+// lattice snap of rfft_conv_core.h, not certified yet. kGroup: rows in threadgroup memory;
 // otherwise in the threadgroup's slot of a device workspace.
-#include "kernels/rfft_conv_rows.h"
+#include "kernels/certify_pair.h"
 
 namespace mlx_precise {
 
@@ -26,45 +29,24 @@ void spectra_body(Ptr re, Ptr im, const device float* b, constant const RowIndex
   }
 }
 
+// float32 rows (extended and dd: certified_conv_body).
 template <class T, class Ptr>
 void conv_body(Ptr re, Ptr im, const device float* a, const device float* b,
                const device float* bias, device float* out, constant const RowIndex& ix,
                constant const ConvShape& g, constant const FFTShape& fs,
                const device cpx<T>* tw, const device cpx<T>* split_tw,
-               const device IndexPair* pairs, const device cpx<T>* spectra,
-               threadgroup MP_GROUP_UINT* summary_max, threadgroup MP_GROUP_INT* summary_quantum,
-               uint tid, uint nt, uint group, uint groups) {
+               const device IndexPair* pairs, const device cpx<T>* spectra, uint tid, uint nt,
+               uint group, uint groups) {
   const int h = fs.n_half;
   const long splits = g.rows_per_group_split;
-  const bool snaps = snap_roundoff_exp(T{}) < 0;
   for (long item = group; item < ix.outer_count * splits; item += groups) {
     const long kk = item / splits;
     const device cpx<T>* spectrum = spectra + kk * 2 * fs.num_pairs;
-    const device float* b_row = b + row_offset(ix, kOperandB, kk, 0);
     for (long j = item % splits; j < ix.inner_count; j += splits) {
       const device float* a_row = a + row_offset(ix, kOperandA, kk, j);
       const long a_step = ix.time_stride[kOperandA];
       const device float* bias_row = bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
       const long bias_step = ix.time_stride[kOperandBias];
-      int snap = kNoSnap;
-      if (snaps) {
-        if (tid < uint(kSummarySlots)) summary_reset(summary_max, summary_quantum, int(tid));
-        MP_BARRIER();
-        summary_publish(summary_max, summary_quantum, kSummaryA,
-                        summarize_part(a_row, a_step, g.a_len, int(tid), int(nt)));
-        summary_publish(summary_max, summary_quantum, kSummaryB,
-                        summarize_part(b_row, ix.time_stride[kOperandB], g.b_len, int(tid),
-                                       int(nt)));
-        if (g.has_bias) {
-          summary_publish(summary_max, summary_quantum, kSummaryBias,
-                          summarize_part(bias_row, bias_step, g.out_len, int(tid), int(nt)));
-        }
-        MP_BARRIER();
-        snap = snap_from_summaries<T>(summary_read(summary_max, summary_quantum, kSummaryA),
-                                      summary_read(summary_max, summary_quantum, kSummaryB),
-                                      g.has_bias, summary_read(summary_max, summary_quantum, kSummaryBias),
-                                      g, 1);
-      }
       load_real_row<T>(re, im, a_row, a_step, g.a_len, g.a_reversed, h, tid, nt);
       MP_BARRIER();
       fft_rows<false, T>(re, im, fs, tw, tid, nt);
@@ -75,8 +57,114 @@ void conv_body(Ptr re, Ptr im, const device float* a, const device float* b,
       for (long t = tid; t < g.out_len; t += nt) {
         const T v = gather_output<T>(re, im, g, t);
         out_row[t] = g.has_bias
-                         ? finish_output(v, true, a_row[t * a_step], bias_row[t * bias_step], snap)
-                         : finish_output(v, false, 0.0f, 0.0f, snap);
+                         ? finish_output(v, true, a_row[t * a_step], bias_row[t * bias_step], kNoSnap)
+                         : finish_output(v, false, 0.0f, 0.0f, kNoSnap);
+      }
+      MP_BARRIER();
+    }
+  }
+}
+
+// ---- Certified float pairs (extended, dd: kernels/certify_pair.h): each row
+// scaled by a power of two, transformed in float pairs, each output certified
+// against the float-pair bound or marked in open_bits for recompute_open_rows.
+
+// The scale of row[0..len) over the group (certify_pair.h: the max |bits|,
+// then the sum of squares of the scaled row by SIMD groups and their sums in
+// order). Every thread must call it and gets the same value.
+inline PairRowScale group_row_scale(const device float* row, long stride, long len,
+                                    threadgroup MP_GROUP_UINT* max_bits,
+                                    threadgroup float* simd_sums, uint tid, uint nt) {
+  if (tid == 0) MP_GROUP_STORE(max_bits, 0u);
+  MP_BARRIER();
+  MP_GROUP_MAX(max_bits, summarize_part(row, stride, len, int(tid), int(nt)).max_bits);
+  MP_BARRIER();
+  PairRowScale s;
+  s.max_abs_bits = MP_GROUP_LOAD(max_bits);
+  s.exponent = pair_scale_exponent(s.max_abs_bits);
+  const float part = metal::simd_sum(
+      scaled_square_sum_part(row, stride, len, s.exponent, int(tid), int(nt)));
+  if (tid % 32 == 0) simd_sums[tid / 32] = part;
+  MP_BARRIER();
+  float sum = 0.0f;
+  for (uint w = 0; w < (nt + 31) / 32; ++w) sum = MP_ADDF(sum, simd_sums[w]);
+  s.norm = pair_norm_bound(sum, pair_norm_roundings(len, int(nt)));
+  MP_BARRIER(); // max_bits and simd_sums are free again
+  return s;
+}
+
+// Spectra of the scaled kernel rows, and each row's scale.
+template <class T, class Ptr>
+void certified_spectra_body(Ptr re, Ptr im, const device float* b, constant const RowIndex& ix,
+                            constant const ConvShape& g, constant const FFTShape& fs,
+                            const device cpx<T>* tw, const device cpx<T>* split_tw,
+                            const device IndexPair* pairs, device cpx<T>* spectra,
+                            device PairRowScale* scales, threadgroup MP_GROUP_UINT* max_bits,
+                            threadgroup float* simd_sums, uint tid, uint nt, uint group,
+                            uint groups) {
+  const int h = fs.n_half;
+  const long stride = ix.time_stride[kOperandB];
+  for (long kk = group; kk < ix.outer_count; kk += groups) {
+    const device float* b_row = b + row_offset(ix, kOperandB, kk, 0);
+    const PairRowScale s = group_row_scale(b_row, stride, g.b_len, max_bits, simd_sums, tid, nt);
+    if (tid == 0) scales[kk] = s;
+    load_scaled_row<T>(re, im, b_row, stride, g.b_len, false, s.exponent, h, int(tid), int(nt));
+    MP_BARRIER();
+    fft_rows<false, T>(re, im, fs, tw, tid, nt);
+    store_spectrum<T>(re, im, pairs, split_tw, g.spectrum_scale,
+                      spectra + kk * 2 * fs.num_pairs, fs.num_pairs, tid, nt);
+    MP_BARRIER();
+  }
+}
+
+// The output rows of conv_body, certified: output t of row r = kk *
+// inner_count + j that does not certify sets bit r * out_len + t.
+template <class T, class Ptr>
+void certified_conv_body(Ptr re, Ptr im, const device float* a, const device float* bias,
+                         device float* out, constant const RowIndex& ix,
+                         constant const ConvShape& g, constant const FFTShape& fs,
+                         const device cpx<T>* tw, const device cpx<T>* split_tw,
+                         const device IndexPair* pairs, const device cpx<T>* spectra,
+                         const device PairRowScale* scales,
+                         constant const PairBoundConstants& bound,
+                         device metal::atomic_uint* open_bits,
+                         threadgroup MP_GROUP_UINT* max_bits, threadgroup float* simd_sums,
+                         uint tid, uint nt, uint group, uint groups) {
+  const int h = fs.n_half;
+  const long splits = g.rows_per_group_split;
+  const long a_step = ix.time_stride[kOperandA], bias_step = ix.time_stride[kOperandBias];
+  for (long item = group; item < ix.outer_count * splits; item += groups) {
+    const long kk = item / splits;
+    const device cpx<T>* spectrum = spectra + kk * 2 * fs.num_pairs;
+    const PairRowScale b_scale = scales[kk];
+    for (long j = item % splits; j < ix.inner_count; j += splits) {
+      const device float* a_row = a + row_offset(ix, kOperandA, kk, j);
+      const device float* bias_row = bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
+      const PairCertificate cert = pair_certificate(
+          bound.kappa, bound.absolute,
+          group_row_scale(a_row, a_step, g.a_len, max_bits, simd_sums, tid, nt), b_scale,
+          g.fold != 0, g.has_bias != 0);
+      load_scaled_row<T>(re, im, a_row, a_step, g.a_len, g.a_reversed != 0, cert.a_exponent, h,
+                         int(tid), int(nt));
+      MP_BARRIER();
+      fft_rows<false, T>(re, im, fs, tw, tid, nt);
+      multiply_rows_by_spectrum<T>(re, im, h, 1, pairs, split_tw, spectrum, fs.num_pairs, tid, nt);
+      MP_BARRIER();
+      fft_rows<true, T>(re, im, fs, tw, tid, nt);
+      device float* out_row = out + row_offset(ix, kOperandOut, kk, j);
+      const long first = (kk * ix.inner_count + j) * g.out_len;
+      for (long t = tid; t < g.out_len; t += nt) {
+        float y;
+        const bool done = certify_pair_output(
+            cert, gather_output<T>(re, im, g, t), g.has_bias != 0,
+            g.has_bias ? a_row[t * a_step] : 0.0f, g.has_bias ? bias_row[t * bias_step] : 0.0f,
+            &y);
+        out_row[t] = y;
+        if (!done) {
+          const long e = first + t;
+          metal::atomic_fetch_or_explicit(open_bits + (e >> 5), 1u << (e & 31),
+                                          metal::memory_order_relaxed);
+        }
       }
       MP_BARRIER();
     }
@@ -275,15 +363,106 @@ template <class T, bool kGroup>
 template <class T, bool kGroup>
 [[kernel]] void conv_rows(MP_ROW_KERNEL_ARGS) {
   const int h = fs.n_half;
-  threadgroup MP_GROUP_UINT summary_max[kSummarySlots];
-  threadgroup MP_GROUP_INT summary_quantum[kSummarySlots];
   if (kGroup) {
     conv_body<T>(group_rows, group_rows + h, a, b, bias, out, ix, g, fs, tw, split_tw, pairs,
-                 spectra, summary_max, summary_quantum, tid, nt, group, groups);
+                 spectra, tid, nt, group, groups);
   } else {
     device T* rows = workspace + long(group) * 2 * h;
-    conv_body<T>(rows, rows + h, a, b, bias, out, ix, g, fs, tw, split_tw, pairs, spectra,
-                 summary_max, summary_quantum, tid, nt, group, groups);
+    conv_body<T>(rows, rows + h, a, b, bias, out, ix, g, fs, tw, split_tw, pairs, spectra, tid,
+                 nt, group, groups);
+  }
+}
+
+// The certified kernels' buffers beyond the row kernels' (rfft_conv.cpp).
+#define MP_CERTIFIED_ARGS                                                                 \
+  MP_ROW_KERNEL_ARGS, device PairRowScale* scales [[buffer(23)]],                         \
+      device metal::atomic_uint* open_bits [[buffer(24)]],                                \
+      constant const PairBoundConstants& bound [[buffer(25)]]
+
+template <class T, bool kGroup>
+[[kernel]] void certified_spectra(MP_CERTIFIED_ARGS) {
+  const int h = fs.n_half;
+  threadgroup MP_GROUP_UINT max_bits[1];
+  threadgroup float simd_sums[32];
+  if (kGroup) {
+    certified_spectra_body<T>(group_rows, group_rows + h, b, ix, g, fs, tw, split_tw, pairs,
+                              spectra, scales, max_bits, simd_sums, tid, nt, group, groups);
+  } else {
+    device T* rows = workspace + long(group) * 2 * h;
+    certified_spectra_body<T>(rows, rows + h, b, ix, g, fs, tw, split_tw, pairs, spectra, scales,
+                              max_bits, simd_sums, tid, nt, group, groups);
+  }
+}
+
+template <class T, bool kGroup>
+[[kernel]] void certified_conv_rows(MP_CERTIFIED_ARGS) {
+  const int h = fs.n_half;
+  threadgroup MP_GROUP_UINT max_bits[1];
+  threadgroup float simd_sums[32];
+  if (kGroup) {
+    certified_conv_body<T>(group_rows, group_rows + h, a, bias, out, ix, g, fs, tw, split_tw,
+                           pairs, spectra, scales, bound, open_bits, max_bits, simd_sums, tid,
+                           nt, group, groups);
+  } else {
+    device T* rows = workspace + long(group) * 2 * h;
+    certified_conv_body<T>(rows, rows + h, a, bias, out, ix, g, fs, tw, split_tw, pairs, spectra,
+                           scales, bound, open_bits, max_bits, simd_sums, tid, nt, group, groups);
+  }
+}
+
+// Clears the open bits before certified_conv_rows sets them.
+[[kernel]] void clear_open_bits(device uint* open_bits [[buffer(24)]],
+                                constant const long& words [[buffer(12)]],
+                                uint id [[thread_position_in_grid]]) {
+  if (long(id) < words) open_bits[id] = 0u;
+}
+
+// Words of open bits a threadgroup lists at a time (32 outputs each).
+enum : int { kRecomputeWords = 64 };
+
+// Step 3 of certify.h for the outputs certified_conv_rows marked: a
+// threadgroup per output row (the row's two operand rows stay in cache) lists
+// the row's marked outputs from its words of the bitmap, and each thread sums
+// one of them exactly (ExactSum: exact_conv_output).
+[[kernel]] void recompute_open_rows(const device float* a [[buffer(0)]],
+                                    const device float* b [[buffer(1)]],
+                                    const device float* bias [[buffer(2)]],
+                                    device float* out [[buffer(3)]],
+                                    constant const RowIndex& ix [[buffer(4)]],
+                                    constant const ConvShape& g [[buffer(5)]],
+                                    const device uint* open_bits [[buffer(24)]],
+                                    uint tid [[thread_position_in_threadgroup]],
+                                    uint nt [[threads_per_threadgroup]],
+                                    uint group [[threadgroup_position_in_grid]],
+                                    uint groups [[threadgroups_per_grid]]) {
+  threadgroup int marked[32 * kRecomputeWords];
+  threadgroup MP_GROUP_UINT count[1];
+  const long rows = ix.outer_count * ix.inner_count;
+  for (long row = group; row < rows; row += groups) {
+    const long kk = row / ix.inner_count, j = row % ix.inner_count;
+    const OperandRow a_row{a + row_offset(ix, kOperandA, kk, j), ix.time_stride[kOperandA]};
+    const OperandRow b_row{b + row_offset(ix, kOperandB, kk, 0), ix.time_stride[kOperandB]};
+    const OperandRow bias_row{bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0),
+                              ix.time_stride[kOperandBias]};
+    device float* out_row = out + row_offset(ix, kOperandOut, kk, j);
+    const long first = row * g.out_len, end = first + g.out_len;
+    for (long w0 = first / 32; w0 * 32 < end; w0 += kRecomputeWords) {
+      if (tid == 0) MP_GROUP_STORE(count, 0u);
+      MP_BARRIER();
+      for (long w = w0 + long(tid); w < w0 + kRecomputeWords && w * 32 < end; w += long(nt)) {
+        for (uint word = open_bits[w]; word != 0u; word &= word - 1u) {
+          const long e = w * 32 + MP_CTZ(word);
+          if (e >= first && e < end)
+            marked[metal::atomic_fetch_add_explicit(count, 1u, metal::memory_order_relaxed)] =
+                int(e - first);
+        }
+      }
+      MP_BARRIER();
+      const int n = int(MP_GROUP_LOAD(count));
+      for (int i = int(tid); i < n; i += int(nt))
+        out_row[marked[i]] = exact_conv_output(a_row, b_row, g.has_bias != 0, bias_row, g, marked[i]);
+      MP_BARRIER();
+    }
   }
 }
 
@@ -372,8 +551,6 @@ template <class T>
       fn<T, false>;
 
 #define MP_INSTANTIATE(T, tname)                                                          \
-  MP_INSTANTIATE_ROWS(kernel_spectra, T, tname)                                           \
-  MP_INSTANTIATE_ROWS(conv_rows, T, tname)                                                \
   MP_INSTANTIATE_ROWS(reduce_rows, T, tname)                                              \
   MP_INSTANTIATE_ROWS(sum_rows, T, tname)                                                 \
   template [[host_name("product_sum_" tname)]] [[kernel]] decltype(product_sum<T>)        \
@@ -381,5 +558,10 @@ template <class T>
 
 MP_INSTANTIATE(float, "float32")
 MP_INSTANTIATE(ff, "dd")
+// The forward rows: float32's, and the certified float-pair ones.
+MP_INSTANTIATE_ROWS(kernel_spectra, float, "float32")
+MP_INSTANTIATE_ROWS(conv_rows, float, "float32")
+MP_INSTANTIATE_ROWS(certified_spectra, ff, "dd")
+MP_INSTANTIATE_ROWS(certified_conv_rows, ff, "dd")
 
 } // namespace mlx_precise

@@ -1,0 +1,313 @@
+// Steps 1-2 of certify.h for the float-pair (ff) transform, where there is no
+// double: Metal's extended and dd rfft_conv. Written once against
+// portability.h; the Metal kernels and the CPU emulation of them
+// (mlx_precise._ext.testing.metal_certified_conv) run this same code.
+//
+// Each row is scaled by an exact power of two, x_s = x 2^-e with max |x_s| in
+// [1/2, 1), before its transform, so that the float-pair arithmetic stays far
+// from float's overflow and its underflow only adds absolute errors far below
+// the bound (pair_bound_constants). In scaled units an output is
+//   y_s = conv(a_s, b_s)[t] + a_s[t] (bias[t] 2^-e_b),   y = y_s 2^(e_a + e_b).
+// Step 1: the row norms ||a_s||, ||b_s|| (float sums of squares, rounded up),
+// err = kappa ||a_s|| ||b_s|| + absolute, kappa = conv_error_bound(N, 1, u)
+// with u = 2^-46 (dd_add <= 3u'^2 + 13u'^3, dd_mul <= 4u'^2 for u' = 2^-24,
+// Joldes, Muller, Popescu 2017: every real operation of the transform obeys
+// the standard model with u), computed once per launch on the host.
+// Step 2: certified_round_pair decides whether every real within err of the
+// pair v, times 2^(e_a + e_b), rounds to one float32 (round_pair_scaled
+// rounds a pair times a power of two correctly, subnormal results included).
+// The outputs that do not certify are recomputed exactly (ExactSum, which
+// needs no double either: exact_conv_output).
+#pragma once
+
+#include "certify.h"
+#include "rfft_conv_rows.h"
+
+namespace mlx_precise {
+
+// The exponent e with max |x| 2^-e in [1/2, 1) from the bits of max |x|; 0
+// for a zero row (nothing to scale) and for a row with NaN/Inf (never
+// certified).
+MP_INLINE int pair_scale_exponent(unsigned int max_abs_bits) {
+  if (max_abs_bits == 0u || !is_finite_bits(max_abs_bits))
+    return 0;
+  return magnitude_exponent(max_abs_bits);
+}
+
+// This thread's part of sum (x 2^-e)^2 over row[0..len), in float.
+MP_INLINE float scaled_square_sum_part(
+    const MP_DEVICE float* row,
+    MP_INT64 stride,
+    MP_INT64 len,
+    int exponent,
+    int tid,
+    int nthreads) {
+  float sum = 0.0f;
+  for (MP_INT64 i = tid; i < len; i += nthreads) {
+    const float x = MP_LDEXPF(row[i * stride], -exponent);
+    sum = MP_ADDF(sum, MP_MULF(x, x));
+  }
+  return sum;
+}
+
+// An upper bound on ||x_s||_2 from the computed sum of its squares: each
+// square and addition rounds (|x_s| < 1: an underflowing square loses less
+// than 2^-150, far inside the slack since ||x_s||^2 >= 1/4 for a nonzero
+// row), at most `roundings` of them on any path of the sum (the terms of one
+// thread, then the group's tree), so sum <= computed / (1 - gamma); the
+// square root and the products here round once more each, which 1 + 2^-20
+// covers.
+MP_INLINE float pair_norm_bound(float square_sum, MP_INT64 roundings) {
+  const float nu = MP_MULF(static_cast<float>(roundings), 5.9604645e-08f);
+  const float inflate = MP_DIVF(1.0f, MP_SUBF(1.0f, MP_MULF(2.0f, nu)));
+  return MP_MULF(
+      MP_SQRTF(MP_MULF(square_sum, inflate)), 1.00000095367431640625f);
+}
+
+// The roundings on a path of a group's sum of squares of a row of len
+// elements over nthreads threads: a square and ceil(len / nthreads)
+// additions per thread, then at most 31 in a SIMD group's sum (any order) and
+// 32 adding the SIMD groups' sums.
+MP_INLINE MP_INT64 pair_norm_roundings(MP_INT64 len, int nthreads) {
+  return (len + nthreads - 1) / nthreads + 1 + 63;
+}
+
+// The real row x[0..len) times 2^-exponent, packed and zero-padded to the
+// complex length h as load_real_row packs it (back to front when reversed).
+// Scaling a float by a power of two is exact unless the result falls below
+// float's normal range; such an element is far below the row's maximum and
+// its loss is in the bound's absolute term.
+template <class T, class Ptr>
+MP_INLINE void load_scaled_row(
+    Ptr re,
+    Ptr im,
+    const MP_DEVICE float* row,
+    MP_INT64 stride,
+    MP_INT64 len,
+    bool reversed,
+    int exponent,
+    int h,
+    int tid,
+    int nthreads) {
+  const T tag{};
+  const DeviceRow x{row, stride, len, reversed};
+  for (int m = tid; m < h; m += nthreads) {
+    const MP_INT64 i0 = 2 * static_cast<MP_INT64>(m), i1 = i0 + 1;
+    re[m] = i0 < len ? r_from_float(tag, MP_LDEXPF(x(i0), -exponent)) : T{};
+    im[m] = i1 < len ? r_from_float(tag, MP_LDEXPF(x(i1), -exponent)) : T{};
+  }
+}
+
+// What step 1 gives a row of a float-pair launch: the scale of its a row and
+// of its kernel row, the bound (scaled units) and the relative error of the
+// additions after the transform.
+struct PairCertificate {
+  float conv_err;
+  float rel;
+  int a_exponent;
+  int b_exponent;
+  bool finite;
+};
+
+// A row's scale: the exponent of pair_scale_exponent and the bound on the
+// norm of the scaled row (pair_norm_bound); max_abs_bits tells whether the
+// row is finite.
+struct PairRowScale {
+  float norm;
+  int exponent;
+  unsigned int max_abs_bits;
+};
+
+// 1 + 2^-18: covers the few float roundings of a bound's own arithmetic.
+constexpr MP_CONSTANT float kPairBoundSlack = 1.000003814697265625f;
+// u = 2^-46 of the float-pair operations (dd.h).
+constexpr MP_CONSTANT float kPairUnitRoundoff = 1.4210854715202004e-14f;
+
+// Step 1 for an output row: kappa and absolute from pair_bound_constants;
+// `fold` when two cyclic entries are added into one output.
+MP_INLINE PairCertificate pair_certificate(
+    float kappa,
+    float absolute,
+    PairRowScale a,
+    PairRowScale b,
+    bool fold,
+    bool has_bias) {
+  PairCertificate c;
+  const float norms = MP_MULF(a.norm, b.norm);
+  const float copies = fold ? 2.0f : 1.0f;
+  // Zero rows convolve to exactly +-0: nothing to bound (certify.h).
+  c.conv_err = norms == 0.0f
+      ? 0.0f
+      : MP_MULF(
+            MP_MULF(copies, MP_ADDF(MP_MULF(kappa, norms), absolute)),
+            kPairBoundSlack);
+  c.rel = MP_MULF(
+      MP_MULF(1.015625f, kPairUnitRoundoff),
+      static_cast<float>((fold ? 1 : 0) + (has_bias ? 1 : 0)));
+  c.a_exponent = a.exponent;
+  c.b_exponent = b.exponent;
+  c.finite = is_finite_bits(a.max_abs_bits) && is_finite_bits(b.max_abs_bits);
+  return c;
+}
+
+MP_INLINE float abs_float(float x) {
+  return MP_BITS_FLOAT(MP_FLOAT_BITS(x) & 0x7fffffffu);
+}
+
+// The float32 nearest to (x.hi + x.lo) 2^shift, ties to even (x a
+// normalised pair, hi = RN(hi + lo)): RN(hi + lo) scaled, unless the result
+// is subnormal, where the pair is rounded to the 2^-149 grid directly (a
+// scaled RN(hi + lo) would round twice).
+MP_INLINE float round_pair_scaled(ff x, int shift) {
+  const float f = MP_ADDF(x.hi, x.lo);
+  const unsigned int abs_bits = MP_FLOAT_BITS(f) & 0x7fffffffu;
+  if (abs_bits == 0u || !is_finite_bits(abs_bits))
+    return MP_LDEXPF(f, shift);
+  const int e = magnitude_exponent(abs_bits) - 1; // 2^e <= |f| < 2^(e+1)
+  if (e + shift >= -126)
+    return MP_LDEXPF(f, shift); // normal or overflowing: scaling is exact
+  if (e + shift <= -152) // |x 2^shift| < 2^-150: rounds to 0 of x's sign
+    return MP_BITS_FLOAT(MP_FLOAT_BITS(f) & 0x80000000u);
+  // In units of 2^-149: h = hi 2^k is in [2^-3, 2^23], exact, and r =
+  // rint(h) (ties to even) is the answer unless h is half an integer: |frac|
+  // < 1/2 is a multiple of ulp(h) >= 2 |lo 2^k|, so lo cannot cross a
+  // midpoint. On a midpoint of h, lo's sign decides (lo = 0: r, the even one).
+  const float h = MP_LDEXPF(x.hi, 149 + shift);
+  float r = MP_RINTF(h);
+  const float frac = MP_SUBF(h, r); // exact
+  if (frac == 0.5f && x.lo > 0.0f)
+    r = MP_ADDF(r, 1.0f);
+  if (frac == -0.5f && x.lo < 0.0f)
+    r = MP_SUBF(r, 1.0f);
+  return MP_LDEXPF(r, -149); // |r| <= 2^23: exact
+}
+
+// certified_round for a pair v with |v - x| <= err, x = exact / 2^shift:
+// the ends v -+ margin (dd_add, relative error <= 2^-46 exactly even under
+// gradual underflow: it only adds) rounded as round_pair_scaled; equal bits
+// prove that every real within err of v, times 2^shift, rounds to one float.
+// NaN and inf never certify. *out is always written with v's rounding.
+MP_INLINE bool
+certified_round_pair(ff v, float err, int shift, MP_THREAD float* out) {
+  *out = round_pair_scaled(v, shift);
+  if (!is_finite_bits(MP_FLOAT_BITS(v.hi)) ||
+      !is_finite_bits(MP_FLOAT_BITS(err)))
+    return false;
+  // 2^-43 |hi| covers the ends' roundings (2^-46 |end|), 2^-147 the
+  // underflow of this line's products.
+  const float margin = MP_ADDF(
+      MP_MULF(
+          MP_ADDF(err, MP_MULF(abs_float(v.hi), 1.1368683772161603e-13f)),
+          kPairBoundSlack),
+      5.605193857299268e-45f);
+  const float lo = round_pair_scaled(dd_add(v, ff{-margin, 0.0f}), shift);
+  const float hi = round_pair_scaled(dd_add(v, ff{margin, 0.0f}), shift);
+  return MP_FLOAT_BITS(lo) == MP_FLOAT_BITS(hi);
+}
+
+// Step 2 for output t of a row: conv = the transform's value (scaled units,
+// fold included), plus the bias product a[t] bias[t] in scaled units (exact
+// as a pair unless it underflows: then off by < 2^-148, in the bound).
+// Writes the float to *out; false when the output must be recomputed. A row
+// with NaN/Inf keeps v's rounding.
+MP_INLINE bool certify_pair_output(
+    MP_THREAD const PairCertificate& c,
+    ff conv,
+    bool has_bias,
+    float a_t,
+    float bias_t,
+    MP_THREAD float* out) {
+  ff v = conv;
+  float magnitude = abs_float(conv.hi);
+  float err = c.conv_err;
+  if (has_bias) {
+    const ff p = two_prod(
+        MP_LDEXPF(a_t, -c.a_exponent), MP_LDEXPF(bias_t, -c.b_exponent));
+    v = dd_add(v, p);
+    magnitude = MP_ADDF(magnitude, abs_float(p.hi));
+    if (a_t != 0.0f && bias_t != 0.0f)
+      err = MP_ADDF(err, 1.1210387714598537e-44f); // 2^-146
+  }
+  // An exact zero sum is +0 (certify.h, zero_as_positive).
+  v = ff{MP_ADDF(v.hi, 0.0f), MP_ADDF(v.lo, 0.0f)};
+  err = MP_ADDF(err, MP_MULF(MP_MULF(c.rel, magnitude), 1.0009765625f));
+  const bool done =
+      certified_round_pair(v, err, c.a_exponent + c.b_exponent, out);
+  return done || !c.finite;
+}
+
+// ------------------------------------------------------ recomputation ----
+// Step 3 without double: output t of conv(a, b) (+ a[t] bias[t]) as an exact
+// sum of its float32 products, rounded once (functors, not lambdas: Metal
+// has none).
+struct ExactRangeAdder {
+  MP_THREAD ExactSum* sum;
+  DeviceRow a;
+  DeviceRow b;
+  MP_INLINE void operator()(MP_INT64 m0, MP_INT64 j0, MP_INT64 count) const {
+    exact_sum_add_range(*sum, a, b, m0, j0, count);
+  }
+};
+
+MP_INLINE float exact_conv_output(
+    OperandRow a,
+    OperandRow b,
+    bool has_bias,
+    OperandRow bias,
+    MP_CONSTANT const ConvShape& g,
+    MP_INT64 t) {
+  ExactSum s;
+  exact_sum_init(s);
+  const GatherIndex idx = output_entries(g, t);
+  const ExactRangeAdder add{
+      &s,
+      DeviceRow{a.data, a.stride, g.a_len, g.a_reversed != 0},
+      DeviceRow{b.data, b.stride, g.b_len, false}};
+  if (idx.first >= 0)
+    for_each_cyclic_range(g.a_len, g.b_len, g.fft_size, idx.first, add);
+  if (idx.second >= 0)
+    for_each_cyclic_range(g.a_len, g.b_len, g.fft_size, idx.second, add);
+  if (has_bias)
+    exact_sum_add_product(s, a.data[t * a.stride], bias.data[t * bias.stride]);
+  return exact_sum_round(s);
+}
+
+// kappa and the absolute term of step 1 for a launch (pair_bound_constants).
+struct PairBoundConstants {
+  float kappa;
+  float absolute;
+};
+
+#if MP_HAS_DOUBLE
+// Host side of step 1, in double: kappa = conv_error_bound(N, 1, 2^-46) and
+// the absolute term, in scaled units, both rounded up into floats. The
+// absolute term covers (1) inputs scaled below float's normal range, each
+// off by < 2^-150 and met by factors < 1 in at most a_len + b_len products
+// of an output; (2) underflow inside the transform: a multiplication or fma
+// that underflows adds < 2^-150 to its dd operation (additions are exact
+// under gradual underflow), counted as 2^-140 per dd operation, of which the
+// two forward transforms, the product and the inverse have fewer than
+// 64 N (log2 N + 4); an error anywhere reaches an output with weight < 8N
+// (the rest of a forward transform <= H = N/2 in the max norm, the split
+// <= 4, the other factor's spectrum < 2 max(a_len, b_len) / N... bounded by
+// 1 and 2N for the scaled rows, the unsplit 4 and the inverse butterflies
+// 1). Against the relative part (>= 2^-39 for nonzero rows, whose scaled
+// norms are >= 1/2) both are negligible: they exist for rigour.
+MP_INLINE PairBoundConstants
+pair_bound_constants(MP_INT64 fft_size, MP_INT64 a_len, MP_INT64 b_len) {
+  const double n = static_cast<double>(fft_size);
+  int log2n = 0;
+  while (std::ldexp(1.0, log2n) < n)
+    ++log2n;
+  const double absolute =
+      std::ldexp(1.0, -140) * 64.0 * n * (log2n + 4.0) * 8.0 * n +
+      std::ldexp(1.0, -150) * static_cast<double>(a_len + b_len);
+  const double kappa =
+      conv_error_bound(fft_size, 1, static_cast<double>(kPairUnitRoundoff));
+  return PairBoundConstants{
+      static_cast<float>(kappa * (1.0 + 1.0 / 1024.0)),
+      static_cast<float>(absolute * 2.0)};
+}
+#endif
+
+} // namespace mlx_precise
