@@ -330,7 +330,8 @@ def series() -> list:
         ],
     )
     carried |= set(with_includes(STRICT_FILES, carried)) | {"backend/cpu/blas.h"}
-    carried |= {"backend/cuda/jit.h"}
+    # jit.h is mapped with drops below; allocation.h is MLX's cu::malloc_async (glue).
+    carried |= {"backend/cuda/jit.h", "backend/cuda/allocation.h"}
     cuda_conv = Patch(
         "0003-fft-rfft_conv-cuda",
         "0003.msg",
@@ -340,8 +341,12 @@ def series() -> list:
                 for p in with_includes(CUDA_CONV_FILES, carried=carried)
             },
             "mlx/backend/cuda/precise/jit.h": ext_file("backend/cuda/jit.h", drop=CUDA_LATER),
-            # The one CUDA difference: kernels compiled by MLX's cu::JitModule.
+            # The CUDA differences: kernels compiled by MLX's cu::JitModule, arrays
+            # allocated by MLX's cu::malloc_async.
             "mlx/backend/cuda/precise/jit.cpp": glue("0003/mlx/backend/cuda/precise/jit.cpp"),
+            "mlx/backend/cuda/precise/allocation.h": glue(
+                "0003/mlx/backend/cuda/precise/allocation.h"
+            ),
         },
         inserts=[
             ("mlx/backend/cuda/CMakeLists.txt", 73, glue("0003/mlx/backend/cuda/CMakeLists.txt")),

@@ -392,3 +392,28 @@ def test_batched_operands_strided_along_k(precision):
     assert (y_gpu == ref).mean() >= 0.9999
     assert_equal_to_cpu(y_gpu, on(mx.cpu, mp.addmm, *args, alpha=0.5, beta=-2.0,
                                   precision=precision))
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="mlx_precise allocates its own device memory on CUDA only")
+def test_cuda_outputs_in_counted_device_memory():
+    # The CUDA outputs are mlx_precise's own device allocations (MLX's exported
+    # malloc gives managed memory): counted by _ext.device_peak_memory, readable
+    # on the host (MLX moves them to unified memory), and given back when freed.
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = mx.array(rng.standard_normal((256, 64)).astype(np.float32))
+    b = mx.array(rng.standard_normal((64, 96)).astype(np.float32))
+    c = mx.array(rng.standard_normal((96,)).astype(np.float32))
+    on(mx.gpu, mp.addmm, c, a, b, precision="float32")  # the stream's workspace, kept
+    mx.synchronize()
+    mp._ext.reset_device_peak_memory()
+    held = mp._ext.device_peak_memory()
+    y = on(mx.gpu, mp.addmm, c, a, b, precision="float32")
+    assert mp._ext.device_peak_memory() >= held + y.nbytes
+    ref = np.array(a, np.float64) @ np.array(b, np.float64) + np.array(c, np.float64)
+    assert relative_l2(y, ref) < 1e-5
+    del y
+    mx.synchronize()
+    mp._ext.reset_device_peak_memory()
+    assert mp._ext.device_peak_memory() == held

@@ -5,6 +5,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/variant.h>
 
+#include "device_memory.h"
 #include "ops.h"
 
 namespace nb = nanobind;
@@ -29,6 +30,18 @@ NB_MODULE(_ext, m) {
       "precision"_a = "float32",
       "stream"_a = nb::none(),
       "FFT convolution; see mlx_precise.rfft_conv for the documentation.");
+
+  m.def(
+      "device_peak_memory",
+      &mlx_precise::device_peak_memory,
+      "Peak bytes of GPU memory that mlx-precise allocated itself since the last "
+      "reset: the CUDA backend's outputs and workspaces, which mx.get_peak_memory "
+      "does not count (0 where all GPU memory comes from MLX's allocator: Metal, "
+      "CPU builds). Add it to mx.get_peak_memory() for an upper bound of the peak.");
+  m.def(
+      "reset_device_peak_memory",
+      &mlx_precise::reset_device_peak_memory,
+      "Restarts device_peak_memory from the bytes held now.");
 
   init_testing(m);
   init_strict(m);

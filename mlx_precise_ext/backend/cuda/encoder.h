@@ -13,19 +13,35 @@
 #include <mlx/allocator.h>
 #include <mlx/backend/cuda/device.h>
 
+#include "backend/cuda/allocation.h"
+
 namespace mlx_precise::cuda {
 
 namespace mx = mlx::core;
 
-// The stream's encoder, with each output allocated as MLX's own eval_gpu does.
+// The stream's encoder, with each output allocated in device memory.
 inline mx::cu::CommandEncoder&
 prepare(mx::Stream s, std::vector<mx::array*> outs, int& device) {
   auto& dev = mx::cu::device(s.device);
   dev.make_current();
   device = dev.cuda_device();
+  auto& encoder = mx::cu::get_command_encoder(s);
   for (mx::array* o : outs)
-    o->set_data(mx::allocator::malloc(o->nbytes()));
-  return mx::cu::get_command_encoder(s);
+    o->set_data(device_malloc(encoder, o->nbytes()));
+  return encoder;
+}
+
+// A device buffer of at least `bytes` that lives until the graph that uses it
+// has run.
+inline mx::array scratch(mx::cu::CommandEncoder& encoder, size_t bytes) {
+  mx::array buffer(
+      {static_cast<int>((std::max<size_t>(bytes, 1) + 7) / 8)},
+      mx::uint64,
+      nullptr,
+      {});
+  buffer.set_data(device_malloc(encoder, buffer.nbytes()));
+  encoder.add_temporary(buffer);
+  return buffer;
 }
 
 // The buffers a stream keeps for the work of its calls, one of each kind.
@@ -63,7 +79,7 @@ inline mx::array& stream_buffer(
       mx::uint64,
       nullptr,
       {});
-  buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
+  buffer.set_data(device_malloc(encoder, buffer.nbytes()));
   return buffers->emplace(key, std::move(buffer)).first->second;
 }
 

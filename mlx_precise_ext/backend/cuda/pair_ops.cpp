@@ -95,7 +95,7 @@ scratch(mx::cu::CommandEncoder& encoder, int64_t doubles, const char* op) {
       mx::uint64,
       nullptr,
       {});
-  buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
+  buffer.set_data(cuda::device_malloc(encoder, buffer.nbytes()));
   encoder.add_temporary(buffer);
   return buffer;
 }

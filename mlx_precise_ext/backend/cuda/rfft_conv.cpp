@@ -28,6 +28,7 @@ namespace mlx_precise {
 
 namespace {
 
+using cuda::scratch;
 using gpu::FFTTables;
 
 // The FFT tables of one transform size on the device, in precision T.
@@ -66,15 +67,6 @@ constexpr Precision precision_of<float>() {
 template <>
 constexpr Precision precision_of<double>() {
   return Precision::Extended;
-}
-
-// A device buffer that lives until the graph that uses it has run.
-mx::array scratch(mx::cu::CommandEncoder& encoder, size_t bytes) {
-  mx::array buffer(
-      {static_cast<int>((bytes + 7) / 8)}, mx::uint64, nullptr, {});
-  buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
-  encoder.add_temporary(buffer);
-  return buffer;
 }
 
 template <class P>
@@ -645,13 +637,9 @@ void with_working_type(Precision p, Fn fn) {
   return fn(double{});
 }
 
-// The stream's encoder, with the output allocated as MLX's own eval_gpu does.
+// The stream's encoder, with the output allocated.
 mx::cu::CommandEncoder& prepare(mx::Stream s, mx::array& out, int& device) {
-  auto& dev = mx::cu::device(s.device);
-  dev.make_current();
-  device = dev.cuda_device();
-  out.set_data(mx::allocator::malloc(out.nbytes()));
-  return mx::cu::get_command_encoder(s);
+  return cuda::prepare(s, {&out}, device);
 }
 
 // pair_rfft_conv (Convolve) and its gradients (CorrelateInput,
@@ -746,7 +734,7 @@ void eval_pair_conv(
     std::vector<mx::array>& outputs) {
   int device = 0;
   auto& encoder = prepare(s, outputs[0], device);
-  outputs[1].set_data(mx::allocator::malloc(outputs[1].nbytes()));
+  outputs[1].set_data(cuda::device_malloc(encoder, outputs[1].nbytes()));
   if (outputs[0].size() == 0)
     return;
   launch_pair_conv(

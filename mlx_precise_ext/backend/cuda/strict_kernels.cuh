@@ -134,22 +134,25 @@ __global__ void pack_operand(
 
 // out = scale * c broadcast over the output (+0 without c): the addend of
 // the float32 product (scale 1; the library then scales it by beta), or the
-// whole result when K = 0.
+// whole result when K = 0. A block per output row (grid-stride over the
+// batches * m rows), its threads along the row: the row's offset into c is
+// found once, and the writes (and c's reads along a unit stride) coalesce.
 __global__ void
 fill_from_c(const float* c, const AddmmLayout L, float scale, float* out) {
-  const MP_INT64 per_batch = static_cast<MP_INT64>(L.m) * L.n;
-  MP_GRID_STRIDE(e, per_batch * L.batches) {
+  const MP_INT64 rows = L.batches * L.m;
+  for (MP_INT64 row = blockIdx.x; row < rows; row += gridDim.x) {
+    float* out_row = out + row * L.n;
     if (!L.has_c) {
-      out[e] = 0.0f;
+      for (int j = threadIdx.x; j < L.n; j += blockDim.x)
+        out_row[j] = 0.0f;
       continue;
     }
-    const MP_INT64 batch = e / per_batch;
-    const MP_INT64 w = e - batch * per_batch;
-    const MP_INT64 i = w / L.n, j = w - i * L.n;
-    out[e] = __fmul_rn(
-        scale,
-        c[strided_offset(batch, L.batch_dims, L.batch_shape, L.c_batch) +
-          i * L.c_row + j * L.c_col]);
+    const MP_INT64 batch = row / L.m;
+    const float* c_row = c +
+        strided_offset(batch, L.batch_dims, L.batch_shape, L.c_batch) +
+        (row - batch * L.m) * L.c_row;
+    for (int j = threadIdx.x; j < L.n; j += blockDim.x)
+      out_row[j] = __fmul_rn(scale, c_row[j * L.c_col]);
   }
 }
 

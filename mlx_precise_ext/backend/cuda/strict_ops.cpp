@@ -45,19 +45,11 @@ namespace {
 
 using cuda::launch;
 using cuda::prepare;
+using cuda::scratch;
 using cuda::stream_buffer;
 using cuda::StreamBuffer;
 using gpu::addmm_layout;
 using gpu::rows_layout;
-
-// A device buffer that lives until the graph that uses it has run.
-mx::array scratch(mx::cu::CommandEncoder& encoder, size_t bytes) {
-  mx::array buffer(
-      {static_cast<int>((bytes + 7) / 8)}, mx::uint64, nullptr, {});
-  buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
-  encoder.add_temporary(buffer);
-  return buffer;
-}
 
 const float*
 maybe_ptr(const std::vector<mx::array>& in, bool present, size_t index) {
@@ -194,7 +186,9 @@ void float32_addmm(
     launch(
         encoder,
         cuda::get_strict_kernel(device, "mlx_precise::gpu::fill_from_c"),
-        stride_grid(static_cast<int64_t>(out.size())),
+        dim3(
+            static_cast<unsigned>(
+                std::min<int64_t>(l.batches * l.m, int64_t{1} << 20))),
         dim3(256),
         c,
         l,
