@@ -124,9 +124,10 @@ open_outputs(mx::cu::CommandEncoder& encoder, int device, int64_t outputs) {
 }
 
 // Step 3 of kernels/certify.h: the outputs `open` marks, recomputed by
-// `kernel` (recompute_open, recompute_open_sum: a block per output row, each
-// marked output summed by the whole block), which reads `reads` and writes
-// `out`, rows of out_len outputs. Its arguments: `args`, then the list.
+// `kernel` (recompute_open, recompute_open_sum: a warp per marked output,
+// blocks over slices of the output rows), which reads `reads` and writes
+// `out`, rows of out_len outputs, with `shared_bytes` of dynamic shared
+// memory. Its arguments: `args`, then the slices per row and the list.
 template <class... Args>
 void recompute_marked(
     mx::cu::CommandEncoder& encoder,
@@ -136,20 +137,48 @@ void recompute_marked(
     mx::array& out,
     int64_t out_len,
     OpenOutputs& open,
+    size_t shared_bytes,
     Args&&... args) {
   register_buffers(encoder, reads, {&out});
   register_buffers(encoder, {&open.bits}, {});
-  const int64_t rows =
-      static_cast<int64_t>(out.size()) / std::max<int64_t>(out_len, 1);
+  const int64_t rows = std::max<int64_t>(
+      static_cast<int64_t>(out.size()) / std::max<int64_t>(out_len, 1), 1);
   const int64_t most = 8 * int64_t{cuda::device_info(device).multiprocessors};
+  // Few long rows (B = 1): their marked outputs spread over several blocks.
+  int slices = // (not const: the encoder takes the arguments' addresses)
+      static_cast<int>(std::clamp<int64_t>((most + rows - 1) / rows, 1, 64));
   encoder.add_kernel_node_ex(
       cuda::get_kernel(device, Precision::Extended, kernel, false),
-      dim3(static_cast<unsigned>(std::clamp<int64_t>(rows, 1, most))),
+      dim3(static_cast<unsigned>(std::min<int64_t>(rows * slices, most))),
       dim3(kRecomputeThreads),
       {},
-      0u,
+      static_cast<uint32_t>(shared_bytes),
       std::forward<Args>(args)...,
+      slices,
       open.list);
+}
+
+// The prefixes of a row's a and b that recompute_open stages in shared
+// memory: whole rows where they fit, else as much of each as fits, if that
+// is at least half of the rows (a range of products is read from there only
+// when it lies within both prefixes; the staging takes the shared memory
+// that would otherwise hold more blocks for the global reads).
+struct StagedLengths {
+  int a;
+  int b;
+};
+
+StagedLengths staged_lengths(int device, int64_t a_len, int64_t b_len) {
+  const int64_t room =
+      cuda::max_dynamic_shared(
+          cuda::get_kernel(
+              device, Precision::Extended, "recompute_open", false)) /
+      static_cast<int64_t>(sizeof(float));
+  const int64_t b = std::min(b_len, std::max(room / 2, room - a_len));
+  const int64_t a = std::min(a_len, room - b);
+  if (2 * (a + b) < a_len + b_len)
+    return {0, 0};
+  return {static_cast<int>(a), static_cast<int>(b)};
 }
 
 // One launch shape: the row storage (shared or workspace), block size and
@@ -383,6 +412,9 @@ void launch_pair_rows(
       shape,
       op.fft,
       [&](OpenOutputs& open) {
+        StagedLengths staged = one_term_per_row
+            ? staged_lengths(device, shape.a_len, shape.b_len)
+            : StagedLengths{0, 0};
         recompute_marked(
             encoder,
             device,
@@ -391,13 +423,16 @@ void launch_pair_rows(
             op.out,
             shape.out_len,
             open,
+            (staged.a + staged.b) * sizeof(float),
             mx::gpu_ptr<float>(op.a),
             mx::gpu_ptr<float>(op.b),
             op.bias_data(),
             mx::gpu_ptr<float>(op.out),
             ix,
             shape,
-            static_cast<int>(one_term_per_row));
+            static_cast<int>(one_term_per_row),
+            staged.a,
+            staged.b);
       },
       extra...);
 }
@@ -561,6 +596,7 @@ void launch_sum(
             out,
             shape.out_len,
             open,
+            0,
             data,
             mx::gpu_ptr<float>(out),
             ix,

@@ -646,162 +646,197 @@ __global__ void clear_open_bits(unsigned* bits, MP_INT64 words) {
     bits[w] = 0u;
 }
 
-// The threads' running-error sums (certify.h, RunningSum: sum and the sum of
-// |partial sums|) combined over the block, each addition adding |result| to
+// The lanes' running-error sums (certify.h, RunningSum: sum and the sum of
+// |partial sums|) combined over the warp, each addition adding |result| to
 // the mass: running_round's argument holds for any tree of additions. Every
-// thread must call it and gets the same pair (a fixed order: lanes by
-// shuffles, then the warps in turn).
-__device__ __forceinline__ void block_running_sum(double& sum, double& mass) {
-  __shared__ double sums[32], masses[32];
+// lane gets the same pair (IEEE addition is commutative, so both lanes of a
+// shuffle compute the same sums).
+__device__ __forceinline__ void warp_running_sum(double& sum, double& mass) {
   for (int offset = 16; offset > 0; offset /= 2) {
     sum += __shfl_xor_sync(0xffffffffu, sum, offset);
     mass += __shfl_xor_sync(0xffffffffu, mass, offset);
     mass += fabs(sum);
   }
-  if (threadIdx.x % 32 == 0) {
-    sums[threadIdx.x / 32] = sum;
-    masses[threadIdx.x / 32] = mass;
-  }
-  __syncthreads();
-  sum = sums[0];
-  mass = masses[0];
-  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w) {
-    sum += sums[w];
-    mass += masses[w] + fabs(sum);
-  }
-  __syncthreads();
 }
 
-// The threads' compensated sums (certify.h, CompensatedSum: hi, lo = the sum
+// The lanes' compensated sums (certify.h, CompensatedSum: hi, lo = the sum
 // of their TwoSum errors, mass = the sum of |errors|) combined over the
-// block: the leading parts by TwoSum, whose error joins lo; the low parts
+// warp: the leading parts by TwoSum, whose error joins lo; the low parts
 // added, their magnitudes joining the mass (as compensated_round does). The
-// combination is symmetric in the two lanes of a shuffle, so every thread
-// gets the same triple.
+// combination is symmetric in the two lanes of a shuffle, so every lane gets
+// the same triple.
 __device__ __forceinline__ void
-block_compensated_sum(double& hi, double& lo, double& mass) {
-  __shared__ double his[32], los[32], masses[32];
-  auto merge = [&](double h, double l, double m) {
+warp_compensated_sum(double& hi, double& lo, double& mass) {
+  for (int offset = 16; offset > 0; offset /= 2) {
+    const double h = __shfl_xor_sync(0xffffffffu, hi, offset);
+    const double l = __shfl_xor_sync(0xffffffffu, lo, offset);
+    const double m = __shfl_xor_sync(0xffffffffu, mass, offset);
     const double s = hi + h;
     const double hh = s - hi;
     const double e = (hi - (s - hh)) + (h - hh); // exact: hi + h - s
     mass = (mass + m) + (fabs(lo) + fabs(l)) + fabs(e);
     lo = (lo + l) + e;
     hi = s;
-  };
-  for (int offset = 16; offset > 0; offset /= 2) {
-    merge(
-        __shfl_xor_sync(0xffffffffu, hi, offset),
-        __shfl_xor_sync(0xffffffffu, lo, offset),
-        __shfl_xor_sync(0xffffffffu, mass, offset));
   }
-  if (threadIdx.x % 32 == 0) {
-    his[threadIdx.x / 32] = hi;
-    los[threadIdx.x / 32] = lo;
-    masses[threadIdx.x / 32] = mass;
-  }
-  __syncthreads();
-  hi = his[0];
-  lo = los[0];
-  mass = masses[0];
-  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w)
-    merge(his[w], los[w], masses[w]);
-  __syncthreads();
 }
 
-// correctly_rounded_sum with its stages spread over the block: thread i sums
-// the products k = i, i + blockDim, ... of every range, first with the
+// Independent accumulators per lane in the running stage, so that the
+// additions' latency overlaps (the running bound holds for any tree).
+enum : int { kRecomputeChains = 4 };
+
+// correctly_rounded_sum with its stages spread over a warp: lane i sums the
+// products k = i, i + 32, ... of every range (range(a, b, m0, j0, count):
+// a(m0 - k) b(j0 + k), k < count; every index below 2^31), first with the
 // running error bound, then (for the few outputs that does not decide) with
 // compensation; the exact sum, for what neither decides (exact ties, zeros),
-// runs in thread 0. Every thread must call it and gets the result.
+// runs in lane 0. Every lane of the warp calls it and gets the result.
 template <class ForEachRange>
-__device__ float block_correctly_rounded_sum(ForEachRange for_each_range) {
-  __shared__ float exact_result;
-  double sum = 0.0, mass = 0.0;
-  for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 count) {
-    for (MP_INT64 k = threadIdx.x; k < count; k += blockDim.x) {
-      sum += static_cast<double>(a(m0 - k)) * static_cast<double>(b(j0 + k));
-      mass += fabs(sum);
+__device__ float warp_correctly_rounded_sum(ForEachRange for_each_range) {
+  const int lane = threadIdx.x % 32;
+  double sums[kRecomputeChains] = {}, masses[kRecomputeChains] = {};
+  for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 n) {
+    const int m = static_cast<int>(m0), j = static_cast<int>(j0);
+    const int count = static_cast<int>(n);
+    int k = lane;
+    for (; k + 32 * (kRecomputeChains - 1) < count;
+         k += 32 * kRecomputeChains) {
+#pragma unroll
+      for (int c = 0; c < kRecomputeChains; ++c) {
+        const int kc = k + 32 * c;
+        sums[c] =
+            fma(static_cast<double>(a(m - kc)),
+                static_cast<double>(b(j + kc)),
+                sums[c]); // the product is exact: one rounding, the addition's
+        masses[c] += fabs(sums[c]);
+      }
+    }
+    for (; k < count; k += 32) {
+      sums[0] =
+          fma(static_cast<double>(a(m - k)),
+              static_cast<double>(b(j + k)),
+              sums[0]);
+      masses[0] += fabs(sums[0]);
     }
   });
-  block_running_sum(sum, mass);
+  double sum = sums[0], mass = masses[0];
+  for (int c = 1; c < kRecomputeChains; ++c) {
+    sum += sums[c];
+    mass += masses[c] + fabs(sum);
+  }
+  warp_running_sum(sum, mass);
   float out;
   if (certified_round(sum, kUnitRoundoff64 * (1.0 + 1.0 / 1024.0) * mass, &out))
     return out;
   double hi = 0.0, lo = 0.0, errors = 0.0;
   MP_INT64 products = 0;
-  for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 count) {
+  for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 n) {
+    const int m = static_cast<int>(m0), j = static_cast<int>(j0);
     // (certify.h's: pair_kernels.cuh has a gpu:: function of that name)
-    for (MP_INT64 k = threadIdx.x; k < count; k += blockDim.x)
+    for (int k = lane; k < static_cast<int>(n); k += 32)
       mlx_precise::compensated_add(
           hi,
           lo,
           errors,
-          static_cast<double>(a(m0 - k)) * static_cast<double>(b(j0 + k)));
-    products += count;
+          static_cast<double>(a(m - k)) * static_cast<double>(b(j + k)));
+    products += n;
   });
-  block_compensated_sum(hi, lo, errors);
+  warp_compensated_sum(hi, lo, errors);
   // hi + lo + (the sum of the errors - lo) is exact; lo sums at most
-  // products + blockDim errors and partial sums (certify.h, compensated_round).
+  // products + 32 errors and partial sums (certify.h, compensated_round).
   const double v = hi + lo;
-  const double err = gamma_bound(products + 2 * blockDim.x) *
-          (1.0 + 1.0 / 1024.0) * (errors + fabs(lo)) +
+  const double err = gamma_bound(products + 2 * 32) * (1.0 + 1.0 / 1024.0) *
+          (errors + fabs(lo)) +
       2.0 * kUnitRoundoff64 * fabs(v);
   if (certified_round(v, err, &out))
     return out;
-  if (threadIdx.x == 0) {
+  if (lane == 0) {
     ExactSum s;
     exact_sum_init(s);
     for_each_range(
         [&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 count) {
           exact_sum_add_range(s, a, b, m0, j0, count);
         });
-    exact_result = exact_sum_round(s);
+    out = exact_sum_round(s);
   }
-  __syncthreads();
-  out = exact_result;
-  __syncthreads();
-  return out;
+  return __shfl_sync(0xffffffffu, out, 0);
 }
 
-// Calls recompute(row, t) with the whole block for each output that `open`
-// marks (output row * out_len + t). A block takes whole rows, so the marked
-// outputs of a row, which read the same operand rows, run one after the
-// other while those rows are in cache: a pass reads a word of the bitmap per
-// thread and lists the row's marked outputs in shared memory.
-template <class Recompute>
+// Marked outputs a block lists before its warps recompute them, and the
+// bitmap words it scans at a time (a pass lists at most 32 per word).
+enum : int { kMarkedCapacity = 4096, kScanWords = 64, kStageOutputs = 2 };
+
+// Calls recompute(row, t, staged) with one warp for each output that `open`
+// marks (output row * out_len + t). A work item is a row's slice: the marked
+// outputs t with t % slices == slice (several blocks share a row when rows
+// are few). The block lists an item's marked outputs from the bitmap in
+// shared memory, up to kMarkedCapacity at a time, and its warps recompute
+// them in turn (the order does not matter: each output is correctly rounded
+// on its own). Where an item has at least kStageOutputs of them, stage(row)
+// runs first with the whole block, once, and `staged` is true: an output
+// reads about half of each operand row, so staging pays from two on.
+template <class Stage, class Recompute>
 __device__ __forceinline__ void for_each_open_output(
     const OpenList& open,
     MP_INT64 out_len,
+    int slices,
+    Stage stage,
     Recompute recompute) {
-  __shared__ int marked[32 * kRecomputeThreads];
+  __shared__ int marked[kMarkedCapacity];
   __shared__ int count;
+  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
   const MP_INT64 rows = (open.words * 32 + out_len - 1) / out_len;
-  for (MP_INT64 row = blockIdx.x; row < rows; row += gridDim.x) {
+  for (MP_INT64 item = blockIdx.x; item < rows * slices; item += gridDim.x) {
+    const MP_INT64 row = item / slices;
+    const int slice = static_cast<int>(item % slices);
     const MP_INT64 first = row * out_len, end = first + out_len;
-    for (MP_INT64 w0 = first / 32; w0 * 32 < end; w0 += blockDim.x) {
-      if (threadIdx.x == 0)
-        count = 0;
-      __syncthreads();
+    bool staged = false;
+    if (threadIdx.x == 0)
+      count = 0;
+    __syncthreads();
+    for (MP_INT64 w0 = first / 32; w0 * 32 < end; w0 += kScanWords) {
       const MP_INT64 w = w0 + threadIdx.x;
-      if (w * 32 < end && w < open.words) {
+      if (threadIdx.x < kScanWords && w * 32 < end && w < open.words) {
         for (unsigned word = open.bits[w]; word != 0u; word &= word - 1u) {
           const MP_INT64 e = w * 32 + (__ffs(word) - 1);
-          if (e >= first && e < end)
+          if (e >= first && e < end && (e - first) % slices == slice)
             marked[atomicAdd(&count, 1)] = static_cast<int>(e - first);
         }
       }
       __syncthreads();
       const int n = count;
-      for (int i = 0; i < n; ++i)
-        recompute(row, static_cast<MP_INT64>(marked[i]));
+      __syncthreads(); // every thread has read count before the next scan
+      const bool last = (w0 + kScanWords) * 32 >= end;
+      if (n == 0 || (n <= kMarkedCapacity - 32 * kScanWords && !last))
+        continue; // (n is the same in every thread)
+      if (!staged && n >= kStageOutputs) {
+        stage(row);
+        __syncthreads();
+        staged = true;
+      }
+      for (int i = warp; i < n; i += warps)
+        recompute(row, static_cast<MP_INT64>(marked[i]), staged);
+      __syncthreads();
+      if (threadIdx.x == 0)
+        count = 0;
       __syncthreads();
     }
   }
 }
 
+// A row staged in shared memory: element m at data[m].
+struct StagedRow {
+  const float* data;
+  __device__ __forceinline__ float operator()(int m) const {
+    return data[m];
+  }
+};
+
 // Step 3 of certify.h for the outputs that conv_rows (one_term_per_row: the
-// row's own term) or reduce_rows (all inner rows of the target) marked.
+// row's own term) or reduce_rows (all inner rows of the target) marked. With
+// one term per row, the first a_staged entries of the row's a (as the
+// transform loads it) and b_staged of its b are staged in dynamic shared
+// memory, and the products of a range that lies within them are read from
+// there (the host stages whole rows where they fit).
 __global__ void __launch_bounds__(kRecomputeThreads) recompute_open(
     const float* a,
     const float* b,
@@ -810,17 +845,66 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_open(
     const RowIndex ix,
     const ConvShape g,
     int one_term_per_row,
+    int a_staged,
+    int b_staged,
+    int slices,
     const OpenList open) {
-  for_each_open_output(open, g.out_len, [&](MP_INT64 row, MP_INT64 t) {
-    const MP_INT64 outer = one_term_per_row ? row / ix.inner_count : row;
-    const MP_INT64 j_begin = one_term_per_row ? row % ix.inner_count : 0;
-    const MP_INT64 j_end = one_term_per_row ? j_begin + 1 : ix.inner_count;
-    const float v = block_correctly_rounded_sum([&](auto range) {
-      for_each_output_range(a, b, bias, ix, g, outer, j_begin, j_end, t, range);
-    });
-    if (threadIdx.x == 0)
-      out[row_offset(ix, kOperandOut, outer, j_begin) + t] = v;
-  });
+  float* staged_a = reinterpret_cast<float*>(shared_rows);
+  float* staged_b = staged_a + a_staged;
+  const MP_INT64 a_step = ix.time_stride[kOperandA];
+  const MP_INT64 b_step = ix.time_stride[kOperandB];
+  for_each_open_output(
+      open,
+      g.out_len,
+      slices,
+      [&](MP_INT64 row) {
+        const MP_INT64 outer = row / ix.inner_count, j = row % ix.inner_count;
+        const DeviceRow a_loaded{
+            a + row_offset(ix, kOperandA, outer, j),
+            a_step,
+            g.a_len,
+            g.a_reversed != 0};
+        const float* b_row = b + row_offset(ix, kOperandB, outer, j);
+        for (int m = threadIdx.x; m < a_staged; m += blockDim.x)
+          staged_a[m] = a_loaded(m);
+        for (int m = threadIdx.x; m < b_staged; m += blockDim.x)
+          staged_b[m] = b_row[m * b_step];
+      },
+      [&](MP_INT64 row, MP_INT64 t, bool staged) {
+        const MP_INT64 outer = one_term_per_row ? row / ix.inner_count : row;
+        const MP_INT64 j_begin = one_term_per_row ? row % ix.inner_count : 0;
+        const MP_INT64 j_end = one_term_per_row ? j_begin + 1 : ix.inner_count;
+        const float v = warp_correctly_rounded_sum([&](auto range) {
+          if (!one_term_per_row) {
+            for_each_output_range(
+                a, b, bias, ix, g, outer, j_begin, j_end, t, range);
+            return;
+          }
+          const OperandRow a_row{
+              a + row_offset(ix, kOperandA, outer, j_begin), a_step};
+          for_each_term_range(
+              a_row,
+              OperandRow{b + row_offset(ix, kOperandB, outer, j_begin), b_step},
+              g,
+              t,
+              [&](auto a_at, auto b_at, MP_INT64 m0, MP_INT64 j0, MP_INT64 n) {
+                if (staged && m0 < a_staged && j0 + n <= b_staged)
+                  range(StagedRow{staged_a}, StagedRow{staged_b}, m0, j0, n);
+                else
+                  range(a_at, b_at, m0, j0, n);
+              });
+          if (g.has_bias)
+            bias_range(
+                a_row,
+                OperandRow{
+                    bias + row_offset(ix, kOperandBias, outer, j_begin),
+                    ix.time_stride[kOperandBias]},
+                t,
+                range);
+        });
+        if (threadIdx.x % 32 == 0)
+          out[row_offset(ix, kOperandOut, outer, j_begin) + t] = v;
+      });
 }
 
 // Step 3 of certify.h for the outputs that sum_rows marked.
@@ -830,13 +914,20 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_open_sum(
     const RowIndex ix,
     const ConvShape g,
     const SumOperands s,
+    int slices,
     const OpenList open) {
-  for_each_open_output(open, g.out_len, [&](MP_INT64 row, MP_INT64 t) {
-    const float v = block_correctly_rounded_sum(
-        [&](auto range) { for_each_sum_range(data, ix, s, g, row, t, range); });
-    if (threadIdx.x == 0)
-      out[row_offset(ix, kOperandOut, row, 0) + t] = v;
-  });
+  for_each_open_output(
+      open,
+      g.out_len,
+      slices,
+      [](MP_INT64) {},
+      [&](MP_INT64 row, MP_INT64 t, bool) {
+        const float v = warp_correctly_rounded_sum([&](auto range) {
+          for_each_sum_range(data, ix, s, g, row, t, range);
+        });
+        if (threadIdx.x % 32 == 0)
+          out[row_offset(ix, kOperandOut, row, 0) + t] = v;
+      });
 }
 
 // Bias gradient: out = sum over inner rows of a * b, one rounding; per time
