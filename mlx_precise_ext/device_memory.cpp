@@ -7,6 +7,7 @@ namespace mlx_precise {
 namespace {
 std::atomic<size_t> active{0};
 std::atomic<size_t> peak{0};
+std::atomic<bool> poison{false};
 } // namespace
 
 size_t device_active_memory() {
@@ -19,6 +20,14 @@ size_t device_peak_memory() {
 
 void reset_device_peak_memory() {
   peak.store(active.load());
+}
+
+void set_poison_device_memory(bool on) {
+  poison.store(on);
+}
+
+bool poison_device_memory() {
+  return poison.load();
 }
 
 void count_device_malloc(size_t bytes) {

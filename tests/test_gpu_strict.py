@@ -160,7 +160,8 @@ def test_layer_norm_accuracy_and_equal_to_cpu(precision):
 
 def poison_buffer_cache(nbytes):
     """Leaves NaN-filled GPU buffers of nbytes in MLX's buffer cache, so that the next
-    outputs of that size likely start as NaN: an output a kernel fails to write shows."""
+    outputs of that size likely start as NaN: an output a kernel fails to write shows.
+    (On CUDA the outputs are mlx_precise's own allocations, poisoned by conftest.py.)"""
     junk = [mx.full((max(nbytes // 4, 1),), np.nan, dtype=mx.float32, stream=mx.gpu) for _ in range(3)]
     mx.eval(junk)
     del junk

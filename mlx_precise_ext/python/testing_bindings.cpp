@@ -15,6 +15,7 @@
 
 #include "backend/cpu/conv_job.h"
 #include "backend/gpu/conv_layout.h"
+#include "device_memory.h"
 #include "kernels/certify_pair.h"
 #include "kernels/dd.h"
 #include "kernels/pair_math.h"
@@ -313,6 +314,13 @@ void init_testing(nb::module_& parent) {
   nb::module_ m = parent.def_submodule(
       "testing",
       "Elementwise hooks into kernels/dd.h over 1-D float32 numpy arrays (tests only).");
+
+  m.def(
+      "poison_device_memory",
+      &set_poison_device_memory,
+      "on"_a,
+      "Fill mlx-precise's own GPU allocations (CUDA) with all-ones bytes (NaN) "
+      "from now on, or stop: an output a kernel fails to write shows.");
 
   // float32 only: an implicit cast of float64 test data would hide what is
   // tested.

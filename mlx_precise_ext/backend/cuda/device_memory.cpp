@@ -155,6 +155,11 @@ mx::allocator::Data device_malloc(
           " bytes; use a smaller batch or sequence length");
     }
   }
+  if (data && poison_device_memory()) {
+    check(
+        cudaMemsetAsync(data, 0xFF, bytes, encoder.stream()),
+        "cudaMemsetAsync");
+  }
   count_device_malloc(bytes);
   auto* buf = new mx::cu::CudaBuffer{data, bytes, data ? device : -1};
   return mx::allocator::Data(
