@@ -10,18 +10,21 @@ namespace mlx_precise {
 // Batch dims beyond this are refused on the host with a clear error.
 constexpr int kStrictMaxDims = 8;
 
-// Offset of flat index `index` (row-major over shape[0..dims)) under strides.
+// Offset of flat index `index` (row-major over shape[0..dims), so below
+// their product) under strides. What is left of the index after the inner
+// dims is below shape[0]: no division for the outermost dim (a 2-d operand's
+// rows take none; integer division is a long instruction sequence on a GPU).
 MP_INLINE MP_INT64 strided_offset(
     MP_INT64 index,
     int dims,
     const MP_THREAD int* shape,
     const MP_THREAD MP_INT64* strides) {
   MP_INT64 offset = 0;
-  for (int d = dims - 1; d >= 0; --d) {
+  for (int d = dims - 1; d > 0; --d) {
     offset += (index % shape[d]) * strides[d];
     index /= shape[d];
   }
-  return offset;
+  return dims > 0 ? offset + index * strides[0] : offset;
 }
 
 // out (batch..., m, n), row-major, = alpha * a @ b [+ beta * c]; a (m, k) and

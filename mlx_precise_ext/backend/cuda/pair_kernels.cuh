@@ -5,6 +5,11 @@
 // operands as doubles for cuBLASLt's float64 GEMM (backend/cuda/blas.h) and
 // finishes the product here; the pair rfft_conv runs the double transforms of
 // rfft_conv_kernels.cuh.
+//
+// Layout arguments are __grid_constant__: kernels index their arrays at run
+// time and take references to them, and a plain by-value argument would then
+// be copied to local memory by every thread at entry (448 bytes per element
+// in pair_elementwise, which moved more bytes than the operands).
 namespace mlx_precise {
 // NVRTC has no <cstdint>; the shared headers name int64_t.
 using int64_t = long long;
@@ -28,13 +33,13 @@ __device__ __forceinline__ double pair_at(
 // x_lo, y_hi, y_lo have the output's shape, each at its own strides.
 __global__ void pair_elementwise(
     const float* x_hi,
-    const RowsLayout x_hi_l,
+    const __grid_constant__ RowsLayout x_hi_l,
     const float* x_lo,
-    const RowsLayout x_lo_l,
+    const __grid_constant__ RowsLayout x_lo_l,
     const float* y_hi,
-    const RowsLayout y_hi_l,
+    const __grid_constant__ RowsLayout y_hi_l,
     const float* y_lo,
-    const RowsLayout y_lo_l,
+    const __grid_constant__ RowsLayout y_lo_l,
     float* out_hi,
     float* out_lo,
     MP_INT64 size,
@@ -46,14 +51,19 @@ __global__ void pair_elementwise(
            static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
        i < size;
        i += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+    // Element (row, col) of every operand: one division for the four.
+    const MP_INT64 row = i / inner, col = i - row * inner;
+    auto at = [&](const float* x, const RowsLayout& l) {
+      return x[row_start(l, row) + col * l.element_stride];
+    };
     // Unary ops have x bound again as y, read but unused.
     const ff r = pair_element<double>(
         pair_op,
         binary != 0,
-        x_hi[element_offset(x_hi_l, i, inner)],
-        x_lo[element_offset(x_lo_l, i, inner)],
-        y_hi[element_offset(y_hi_l, i, inner)],
-        y_lo[element_offset(y_lo_l, i, inner)]);
+        at(x_hi, x_hi_l),
+        at(x_lo, x_lo_l),
+        at(y_hi, y_hi_l),
+        at(y_lo, y_lo_l));
     out_hi[i] = r.hi;
     out_lo[i] = r.lo;
   }
@@ -80,9 +90,9 @@ __device__ __forceinline__ MP_INT64 operand_offset(
 // pair; lo_l is the layout with lo in a's place), or hi alone when lo is null.
 __global__ void pair_pack_operand(
     const float* hi,
-    const AddmmLayout hi_l,
+    const __grid_constant__ AddmmLayout hi_l,
     const float* lo,
-    const AddmmLayout lo_l,
+    const __grid_constant__ AddmmLayout lo_l,
     int operand_b,
     double* dst) {
   const MP_INT64 rows = operand_b ? hi_l.k : hi_l.m;
@@ -103,30 +113,33 @@ __global__ void pair_pack_operand(
 }
 
 // out (batches, m, n) as pairs = product (the float64 GEMM's, null when k = 0)
-// + c, the sum in double.
+// + c, the sum in double. A block per output row (grid-stride over the
+// batches * m rows), its threads along the row: the row's offset into c is
+// found once, and the reads and writes coalesce.
 __global__ void pair_addmm_finish(
     const double* product,
     const float* c,
-    const AddmmLayout l,
+    const __grid_constant__ AddmmLayout l,
     float* out_hi,
     float* out_lo) {
-  const MP_INT64 per_batch = static_cast<MP_INT64>(l.m) * l.n;
-  for (MP_INT64 e =
-           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
-       e < per_batch * l.batches;
-       e += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
-    double v = product ? product[e] : 0.0;
+  const MP_INT64 rows = l.batches * l.m;
+  for (MP_INT64 row = blockIdx.x; row < rows; row += gridDim.x) {
+    const MP_INT64 at = row * l.n;
+    const float* c_row = nullptr;
     if (l.has_c) {
-      const MP_INT64 batch = e / per_batch;
-      const MP_INT64 w = e - batch * per_batch;
-      const MP_INT64 i = w / l.n, j = w - i * l.n;
-      v += static_cast<double>(
-          c[strided_offset(batch, l.batch_dims, l.batch_shape, l.c_batch) +
-            i * l.c_row + j * l.c_col]);
+      const MP_INT64 batch = row / l.m;
+      c_row = c +
+          strided_offset(batch, l.batch_dims, l.batch_shape, l.c_batch) +
+          (row - batch * l.m) * l.c_row;
     }
-    const ff p = dd_from_double(v);
-    out_hi[e] = p.hi;
-    out_lo[e] = p.lo;
+    for (int j = threadIdx.x; j < l.n; j += blockDim.x) {
+      double v = product ? product[at + j] : 0.0;
+      if (c_row)
+        v += static_cast<double>(c_row[j * l.c_col]);
+      const ff p = dd_from_double(v);
+      out_hi[at + j] = p.hi;
+      out_lo[at + j] = p.lo;
+    }
   }
 }
 
@@ -136,11 +149,11 @@ __global__ void pair_addmm_finish(
 // (ids_l).
 __global__ void pair_gather_rows(
     const float* table_hi,
-    const RowsLayout hi_l,
+    const __grid_constant__ RowsLayout hi_l,
     const float* table_lo,
-    const RowsLayout lo_l,
+    const __grid_constant__ RowsLayout lo_l,
     const int* ids,
-    const RowsLayout ids_l,
+    const __grid_constant__ RowsLayout ids_l,
     MP_INT64 ids_inner,
     MP_INT64 table_rows,
     MP_INT64 dim,
@@ -203,9 +216,9 @@ __device__ __forceinline__ double warp_total(Compensated c) {
 // out (rows, dim) row-major.
 __global__ void pair_layer_norm_rows(
     const float* x_hi,
-    const RowsLayout hi_l,
+    const __grid_constant__ RowsLayout hi_l,
     const float* x_lo,
-    const RowsLayout lo_l,
+    const __grid_constant__ RowsLayout lo_l,
     const float* weight,
     MP_INT64 weight_stride,
     const float* bias,
@@ -404,10 +417,10 @@ store_pair(double v, float* out_hi, float* out_lo, MP_INT64 i) {
 __global__ void pair_sum_to(
     const float* x_hi,
     const float* x_lo,
-    const RowsLayout kept_hi,
-    const RowsLayout kept_lo,
-    const RowsLayout summed_hi,
-    const RowsLayout summed_lo,
+    const __grid_constant__ RowsLayout kept_hi,
+    const __grid_constant__ RowsLayout kept_lo,
+    const __grid_constant__ RowsLayout summed_hi,
+    const __grid_constant__ RowsLayout summed_lo,
     MP_INT64 outputs,
     MP_INT64 terms,
     float* out_hi,
@@ -431,7 +444,7 @@ __global__ void pair_sum_to(
 // (table_rows + 1) and positions (count), both int64.
 __global__ void pair_rows_positions(
     const int* ids,
-    const RowsLayout ids_l,
+    const __grid_constant__ RowsLayout ids_l,
     MP_INT64 ids_inner,
     MP_INT64 count,
     MP_INT64 table_rows,
@@ -464,9 +477,9 @@ __global__ void pair_rows_positions(
 // g[i, j] over v's positions i in order; g rows of `dim` (g_hi_l, g_lo_l).
 __global__ void pair_scatter_add_rows(
     const float* g_hi,
-    const RowsLayout g_hi_l,
+    const __grid_constant__ RowsLayout g_hi_l,
     const float* g_lo,
-    const RowsLayout g_lo_l,
+    const __grid_constant__ RowsLayout g_lo_l,
     const MP_INT64* first,
     const MP_INT64* positions,
     MP_INT64 table_rows,
@@ -495,15 +508,15 @@ __global__ void pair_scatter_add_rows(
 // g xhat into (gx_hi, gx_lo), all (rows, dim) row-major.
 __global__ void pair_layer_norm_vjp_rows(
     const float* x_hi,
-    const RowsLayout x_hi_l,
+    const __grid_constant__ RowsLayout x_hi_l,
     const float* x_lo,
-    const RowsLayout x_lo_l,
+    const __grid_constant__ RowsLayout x_lo_l,
     const float* weight,
     MP_INT64 weight_stride,
     const float* g_hi,
-    const RowsLayout g_hi_l,
+    const __grid_constant__ RowsLayout g_hi_l,
     const float* g_lo,
-    const RowsLayout g_lo_l,
+    const __grid_constant__ RowsLayout g_lo_l,
     MP_INT64 rows,
     MP_INT64 dim,
     double eps,
@@ -540,12 +553,14 @@ __global__ void pair_layer_norm_vjp_rows(
   }
 }
 
-// Logit (i, j) of the (rows, classes) pair, hi and lo rows at their layouts.
+// Logit (i, j) of the (rows, classes) pair, hi and lo rows at their layouts
+// (referred to, not copied: the kernels' __grid_constant__ arguments, which a
+// copy would put in every thread's local memory).
 struct LogitRows {
   const float* hi;
-  RowsLayout hi_l;
+  const RowsLayout& hi_l;
   const float* lo;
-  RowsLayout lo_l;
+  const RowsLayout& lo_l;
 
   __device__ __forceinline__ double at(MP_INT64 i, MP_INT64 j) const {
     return pair_at(
@@ -559,9 +574,9 @@ struct LogitRows {
 // log_sum_exp[i] of each row of logits, one thread per row.
 __global__ void pair_cross_entropy_rows(
     const float* l_hi,
-    const RowsLayout l_hi_l,
+    const __grid_constant__ RowsLayout l_hi_l,
     const float* l_lo,
-    const RowsLayout l_lo_l,
+    const __grid_constant__ RowsLayout l_lo_l,
     MP_INT64 rows,
     MP_INT64 classes,
     double* log_sum_exp) {
@@ -580,13 +595,13 @@ __global__ void pair_cross_entropy_rows(
 // weighted row whose target is outside [0, classes)).
 __global__ void pair_cross_entropy_total(
     const float* l_hi,
-    const RowsLayout l_hi_l,
+    const __grid_constant__ RowsLayout l_hi_l,
     const float* l_lo,
-    const RowsLayout l_lo_l,
+    const __grid_constant__ RowsLayout l_lo_l,
     const int* targets,
-    const RowsLayout targets_l,
+    const __grid_constant__ RowsLayout targets_l,
     const float* weights,
-    const RowsLayout weights_l,
+    const __grid_constant__ RowsLayout weights_l,
     MP_INT64 rows,
     MP_INT64 classes,
     const double* log_sum_exp,
@@ -619,13 +634,13 @@ __global__ void pair_cross_entropy_total(
 // c the scalar cotangent pair; NaN rows for a target outside [0, classes).
 __global__ void pair_cross_entropy_grad(
     const float* l_hi,
-    const RowsLayout l_hi_l,
+    const __grid_constant__ RowsLayout l_hi_l,
     const float* l_lo,
-    const RowsLayout l_lo_l,
+    const __grid_constant__ RowsLayout l_lo_l,
     const int* targets,
-    const RowsLayout targets_l,
+    const __grid_constant__ RowsLayout targets_l,
     const float* weights,
-    const RowsLayout weights_l,
+    const __grid_constant__ RowsLayout weights_l,
     const float* c_hi,
     const float* c_lo,
     MP_INT64 rows,

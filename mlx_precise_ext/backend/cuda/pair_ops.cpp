@@ -80,6 +80,11 @@ dim3 stride_grid(int64_t total) {
       static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 1 << 20)));
 }
 
+// A block per row for `rows` rows (grid-stride beyond 2^20 rows).
+dim3 row_grid(int64_t rows) {
+  return dim3(static_cast<unsigned>(std::min<int64_t>(rows, 1 << 20)));
+}
+
 // A device buffer of `doubles` 8-byte words (held as uint64: MLX arrays on
 // the GPU are never float64) that lives until the graph has run: for the
 // gradients' small buffers (a double per row, an index per id), which add
@@ -275,7 +280,7 @@ void PairAddmm::eval_gpu(
   launch(
       encoder,
       cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_addmm_finish"),
-      stride_grid(static_cast<int64_t>(outputs[0].size())),
+      row_grid(l.batches * l.m),
       dim3(256),
       product,
       has_c_ ? static_cast<const float*>(mx::gpu_ptr<float>(inputs[4]))

@@ -2,6 +2,7 @@
 // kernels (kernels/strict_params.h), shared by the CUDA and Metal backends.
 #pragma once
 
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -78,16 +79,30 @@ inline AddmmLayout addmm_layout(
   return l;
 }
 
-// Rows of x (..., dim): the leading dims with x's strides.
+// Rows of x (..., dim): the leading dims with x's strides, dims of 1 dropped
+// and a dim merged into the one before it where that one's stride steps over
+// it whole (contiguous and sliced operands have one leading dim left), so the
+// kernels divide less per row; the offset of every row is unchanged.
 inline RowsLayout rows_layout(const char* op, const mx::array& x) {
   check_dims(op, x.ndim() - 1);
   RowsLayout l{};
-  l.dims = static_cast<int>(x.ndim()) - 1;
-  for (int d = 0; d < l.dims; ++d) {
-    l.shape[d] = x.shape(d);
-    l.strides[d] = x.strides()[d];
+  for (int d = 0; d + 1 < static_cast<int>(x.ndim()); ++d) {
+    const int size = x.shape(d);
+    const int64_t stride = x.strides()[d];
+    if (size == 1)
+      continue;
+    const int outer = l.dims - 1;
+    if (outer >= 0 && l.strides[outer] == stride * size &&
+        static_cast<int64_t>(l.shape[outer]) * size <=
+            std::numeric_limits<int>::max()) {
+      l.shape[outer] *= size;
+      l.strides[outer] = stride;
+      continue;
+    }
+    l.shape[l.dims] = size;
+    l.strides[l.dims++] = stride;
   }
-  l.element_stride = x.strides().back();
+  l.element_stride = x.ndim() == 0 ? 0 : x.strides().back();
   return l;
 }
 
