@@ -113,8 +113,11 @@ MP_INLINE ff r_to_pair(ff v) {
   return v;
 }
 
+// On CUDA aligned to its size, so that a twiddle, a spectrum value or a
+// point is one 8- or 16-byte access; size and layout stay those of the host's
+// tables.
 template <class T>
-struct cpx {
+struct MP_ALIGNED(2 * sizeof(T)) cpx {
   T re;
   T im;
 };

@@ -21,6 +21,7 @@
 #define MP_THREADGROUP threadgroup
 #define MP_INT64 long
 #define MP_UNROLL _Pragma("unroll")
+#define MP_ALIGNED(n)
 // Atomics on thread-group memory (the snap decision's row summaries).
 #define MP_GROUP_UINT metal::atomic_uint
 #define MP_GROUP_INT metal::atomic_int
@@ -59,6 +60,7 @@
 #define MP_THREADGROUP
 #define MP_INT64 long long
 #define MP_UNROLL _Pragma("unroll")
+#define MP_ALIGNED(n) alignas(n)
 #define MP_BARRIER() __syncthreads()
 #define MP_GROUP_UINT unsigned int
 #define MP_GROUP_INT int
@@ -116,6 +118,7 @@ inline unsigned long long mp_double_bits(double x) {
 // Loops over a pass's registers have constant trip counts; optimising
 // compilers unroll them unasked.
 #define MP_UNROLL
+#define MP_ALIGNED(n)
 // A C++ "group" is one thread running every step in turn (tests).
 #define MP_BARRIER()
 #endif

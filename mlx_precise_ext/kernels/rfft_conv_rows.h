@@ -292,14 +292,14 @@ MP_INLINE cpx<T> packed_point(GroupRow<Ptr> row, int m) {
   return get_point<T>(row.re, row.im, m);
 }
 
-// One radix-4 butterfly of a pass, forward or inverse; unit twiddles where
-// fft_stage uses them (the stage's quarter is 1).
-template <bool kInverse, class T>
+// One radix-4 butterfly of a pass on the points i0 + k step (k = 0..3),
+// forward or inverse, with the twiddles w1..w3, or with kUnit none (the
+// unit butterflies; w1..w3 unused).
+template <bool kInverse, bool kUnit, class T>
 MP_INLINE void pass_butterfly(
     MP_THREAD cpx<T>* x,
     int i0,
     int step,
-    bool unit,
     cpx<T> w1,
     cpx<T> w2,
     cpx<T> w3) {
@@ -307,22 +307,28 @@ MP_INLINE void pass_butterfly(
   MP_THREAD cpx<T>& x1 = x[i0 + step];
   MP_THREAD cpx<T>& x2 = x[i0 + 2 * step];
   MP_THREAD cpx<T>& x3 = x[i0 + 3 * step];
-  if (unit) {
-    if (kInverse)
-      dit4_inverse_unit(x0, x1, x2, x3);
-    else
-      dif4_unit(x0, x1, x2, x3);
-  } else if (kInverse) {
+  if (kUnit && kInverse)
+    dit4_inverse_unit(x0, x1, x2, x3);
+  else if (kUnit)
+    dif4_unit(x0, x1, x2, x3);
+  else if (kInverse)
     dit4_inverse(x0, x1, x2, x3, w1, w2, w3);
-  } else {
+  else
     dif4(x0, x1, x2, x3, w1, w2, w3);
-  }
 }
 
 // The radix-4 stage s on a pass's registers: kCount butterflies, butterfly u
 // on the points u kStart + k kStep (k = 0..3), at index j + u index_step of
-// the stage's quarter.
-template <bool kInverse, int kCount, int kStart, int kStep, class T>
+// the stage's quarter (kSameIndex: index_step is 0, one twiddle triplet for
+// all of them, loaded once). Unit twiddles where fft_stage uses them (the
+// stage's quarter is 1), decided once for the stage, not per butterfly.
+template <
+    bool kInverse,
+    int kCount,
+    int kStart,
+    int kStep,
+    bool kSameIndex,
+    class T>
 MP_INLINE void pass_stage(
     MP_THREAD cpx<T>* x,
     MP_CONSTANT const FFTShape& fs,
@@ -330,18 +336,24 @@ MP_INLINE void pass_stage(
     const MP_DEVICE cpx<T>* tw,
     int j,
     int index_step) {
+  if (fs.stage_log2_quarter[s] == 0) {
+    const cpx<T> one{};
+    MP_UNROLL
+    for (int u = 0; u < kCount; ++u)
+      pass_butterfly<kInverse, true>(x, u * kStart, kStep, one, one, one);
+    return;
+  }
   const MP_DEVICE cpx<T>* w = tw + 3 * (fs.stage_tw_offset[s] + j);
-  const bool unit = fs.stage_log2_quarter[s] == 0;
+  cpx<T> w1 = w[0], w2 = w[1], w3 = w[2];
   MP_UNROLL
   for (int u = 0; u < kCount; ++u) {
-    const int at = 3 * u * index_step;
-    cpx<T> w1{}, w2{}, w3{};
-    if (!unit) {
+    if (!kSameIndex && u > 0) {
+      const int at = 3 * u * index_step;
       w1 = w[at];
       w2 = w[at + 1];
       w3 = w[at + 2];
     }
-    pass_butterfly<kInverse>(x, u * kStart, kStep, unit, w1, w2, w3);
+    pass_butterfly<kInverse, false>(x, u * kStart, kStep, w1, w2, w3);
   }
 }
 
@@ -391,18 +403,20 @@ MP_INLINE void fft_pass_groups(
     constexpr int kQuarter = kPoints / 4;
     if (!kInverse) {
       if (kRadix4 >= 1)
-        pass_stage<false, kQuarter, 1, kQuarter>(x, fs, s0, tw, j, 1 << lq);
+        pass_stage<false, kQuarter, 1, kQuarter, false>(
+            x, fs, s0, tw, j, 1 << lq);
       if (kRadix4 == 2)
-        pass_stage<false, 4, 4, 1>(x, fs, s0 + 1, tw, j, 0);
+        pass_stage<false, 4, 4, 1, true>(x, fs, s0 + 1, tw, j, 0);
       if (kRadix2)
         pass_stage_radix2<kPoints>(x);
     } else {
       if (kRadix2)
         pass_stage_radix2<kPoints>(x);
       if (kRadix4 == 2)
-        pass_stage<true, 4, 4, 1>(x, fs, s0 + 1, tw, j, 0);
+        pass_stage<true, 4, 4, 1, true>(x, fs, s0 + 1, tw, j, 0);
       if (kRadix4 >= 1)
-        pass_stage<true, kQuarter, 1, kQuarter>(x, fs, s0, tw, j, 1 << lq);
+        pass_stage<true, kQuarter, 1, kQuarter, false>(
+            x, fs, s0, tw, j, 1 << lq);
     }
     MP_UNROLL
     for (int c = 0; c < kPoints; ++c)
@@ -417,7 +431,8 @@ MP_INLINE void fft_pass_groups(
 // `source` and writing them to (re, im). The source is the row in group
 // memory, GroupRow{re, im}, or for the forward transform's first pass the
 // real row in device memory (DeviceRow: load_real_row and pass 0 in one
-// step). The caller separates passes with MP_BARRIER().
+// step). The caller separates passes with
+// MP_BARRIER().
 template <bool kInverse, bool kWide, class T, class Source, class Ptr>
 MP_INLINE void fft_pass(
     Source source,
