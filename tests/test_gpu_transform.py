@@ -2,7 +2,9 @@
 
 The CUDA kernels group the radix-4/radix-2 stages into passes that keep 16, 8, 4 or 2 points
 in registers (kernels/rfft_conv_rows.h, fft_pass: "wide"), or run one stage per pass
-("narrow"), on a swizzled row. Every
+("narrow"), on a swizzled row; the forward transform's first pass reads the real row from
+device memory, as a DeviceRow or (unit stride, even length, aligned) a ContiguousRow
+("contiguous"). Every
 butterfly is the stage-by-stage one on the same operands, so the results must be bitwise
 equal: that is what keeps the GPU's float32 results and its certified extended/dd bits
 unchanged. Here one CPU thread runs both forms (mlx_precise._ext.testing.gpu_transform).
@@ -18,26 +20,50 @@ from mlx_precise import _ext
 SIZES = [2**e for e in range(1, 16)]
 
 
-@pytest.mark.parametrize("precision", ["float32", "extended", "dd"])
-@pytest.mark.parametrize("fft_size", SIZES)
-def test_passes_equal_stages_bitwise(precision, fft_size):
+def random_row(fft_size):
+    """re, im of fft_size / 2 float32 entries each, from a fresh printed seed."""
     seed = int(np.random.SeedSequence().entropy % 2**32)
     print("seed", seed)
     rng = np.random.default_rng(seed)
     h = fft_size // 2
-    re = rng.standard_normal(h).astype(np.float32)
-    im = rng.standard_normal(h).astype(np.float32)
+    return rng.standard_normal(h).astype(np.float32), rng.standard_normal(h).astype(np.float32)
+
+
+def assert_methods_equal_stages(re, im, fft_size, precision, inverse, methods, length=-1):
+    t = _ext.testing.gpu_transform
+    by_stage = t(re, im, fft_size, precision, inverse, "stages", length)
+    for method in methods:
+        by_pass = t(re, im, fft_size, precision, inverse, method, length)
+        for a, b in zip(by_stage, by_pass):
+            assert np.all(np.isfinite(a))
+            np.testing.assert_array_equal(a.view(np.uint64), b.view(np.uint64))
+
+
+@pytest.mark.parametrize("precision", ["float32", "extended", "dd"])
+@pytest.mark.parametrize("fft_size", SIZES)
+def test_passes_equal_stages_bitwise(precision, fft_size):
+    re, im = random_row(fft_size)
+    h = fft_size // 2
     t = _ext.testing.gpu_transform
     for inverse in (False, True):
-        by_stage = t(re, im, fft_size, precision, inverse, "stages")
-        for method in ("wide", "narrow"):
-            by_pass = t(re, im, fft_size, precision, inverse, method)
-            for a, b in zip(by_stage, by_pass):
-                assert np.all(np.isfinite(a))
-                np.testing.assert_array_equal(a.view(np.uint64), b.view(np.uint64))
+        methods = ("wide", "narrow", "contiguous")
+        assert_methods_equal_stages(re, im, fft_size, precision, inverse, methods)
     # And the transform is one: the inverse of the forward is H times the input.
     fre, fim = t(re, im, fft_size, precision, False, "wide")
     back = t(fre.astype(np.float32), fim.astype(np.float32), fft_size, precision, True, "wide")
     z = re.astype(np.float64) + 1j * im.astype(np.float64)
     err = np.abs((back[0] + 1j * back[1]) / h - z).max()
     assert err < 1e-4 * max(1.0, np.log2(fft_size))
+
+
+@pytest.mark.parametrize("precision", ["float32", "extended", "dd"])
+@pytest.mark.parametrize("fft_size", [2, 8, 32, 256, 2048, 8192])
+def test_first_pass_of_a_cut_row_bitwise(precision, fft_size):
+    """The real row shorter than the transform (zero-padded, as the convolutions load
+    their operands): the first pass reads it as a DeviceRow (any length) or a
+    ContiguousRow (even length), bitwise as the stages on the padded row."""
+    re, im = random_row(fft_size)
+    h = fft_size // 2
+    for length in sorted({1, h, h + 1, 2 * h - 1, 2 * h - 2} - {0}):
+        methods = ["wide", "narrow"] + (["contiguous"] if length % 2 == 0 else [])
+        assert_methods_equal_stages(re, im, fft_size, precision, False, methods, length)

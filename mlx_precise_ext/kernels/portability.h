@@ -135,6 +135,19 @@ inline unsigned long long mp_double_bits(double x) {
 #define MP_MULF(a, b) ((a) * (b))
 #endif
 
+// Floats 2m and 2m + 1 of an 8-byte-aligned row: one 8-byte load on CUDA.
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define MP_FLOAT_PAIR float2
+#define MP_LOAD_FLOAT_PAIR(p, m) (reinterpret_cast<const float2*>(p)[m])
+#else
+struct mp_float_pair {
+  float x;
+  float y;
+};
+#define MP_FLOAT_PAIR mp_float_pair
+#define MP_LOAD_FLOAT_PAIR(p, m) (mp_float_pair{(p)[2 * (m)], (p)[2 * (m) + 1]})
+#endif
+
 // Correctly rounded float division and square root. C++ and CUDA (NVRTC's
 // defaults -prec-div=true, -prec-sqrt=true) round `/` and sqrt correctly;
 // Metal spells them metal::precise::divide / metal::precise::sqrt (MLX builds

@@ -109,7 +109,7 @@ DoubleArray new_double_array(const std::vector<double>& values) {
 // The transform in passes (fft_passes, wide or narrow) on the swizzled row
 // (re, im); the forward transform's first pass reads the real row
 // x[2m] = re[m], x[2m + 1] = im[m] from "device memory", as the CUDA kernels
-// do.
+// do: as a DeviceRow, or with `contiguous` as a ContiguousRow (even length).
 template <class T, bool kWide>
 void run_passes(
     const std::vector<float>& real_row,
@@ -117,32 +117,58 @@ void run_passes(
     SwizzledRow<T*> im,
     const FFTShape& fs,
     const cpx<T>* tw,
-    bool inverse) {
+    bool inverse,
+    bool contiguous) {
   if (inverse) {
     fft_passes<true, kWide, T>(re, im, fs, tw, 0, 0, 1, true);
     return;
   }
-  const DeviceRow x{
-      real_row.data(), 1, static_cast<int64_t>(real_row.size()), false};
-  if (fft_pass_count(fs, kWide) > 0)
-    fft_pass<false, kWide, T>(x, re, im, fs, 0, tw, 0, 1);
+  if (fft_pass_count(fs, kWide) > 0) {
+    if (contiguous)
+      fft_pass<false, kWide, T>(
+          ContiguousRow{real_row.data(), static_cast<int>(real_row.size() / 2)},
+          re,
+          im,
+          fs,
+          0,
+          tw,
+          0,
+          1);
+    else
+      fft_pass<false, kWide, T>(
+          DeviceRow{
+              real_row.data(), 1, static_cast<int64_t>(real_row.size()), false},
+          re,
+          im,
+          fs,
+          0,
+          tw,
+          0,
+          1);
+  }
   fft_passes<false, kWide, T>(re, im, fs, tw, 1, 0, 1, true);
 }
 
 // The GPU kernels' complex transform of length fft_size / 2 (forward, or
 // inverse) of z = re + i im on the CPU, one thread running the block's steps:
-// "stages" (fft_stage) on a plain row, or "wide" / "narrow" register passes
-// (fft_pass) on a SwizzledRow. Returns the result as doubles (exact for
-// every working type: ff's hi + lo fits a double).
+// "stages" (fft_stage) on a plain row, or "wide" / "narrow" / "contiguous"
+// (wide, its forward pass 0 reading a ContiguousRow) register passes
+// (fft_pass) on a SwizzledRow. The forward transforms read the real row
+// x[2m] = re[m], x[2m + 1] = im[m] cut to its first `length` entries (all
+// when negative; even for "contiguous"), zero-padded. Returns the result as
+// doubles (exact for every working type: ff's hi + lo fits a double).
 template <class T>
 nb::tuple gpu_transform(
     F re_in,
     F im_in,
     int64_t fft_size,
     bool inverse,
-    const std::string& method) {
-  if (method != "stages" && method != "wide" && method != "narrow")
-    throw std::invalid_argument("method must be 'stages', 'wide' or 'narrow'");
+    const std::string& method,
+    int64_t length) {
+  if (method != "stages" && method != "wide" && method != "narrow" &&
+      method != "contiguous")
+    throw std::invalid_argument(
+        "method must be 'stages', 'wide', 'narrow' or 'contiguous'");
   const bool passes = method != "stages";
   const gpu::FFTTables<T> t = gpu::make_fft_tables<T>(fft_size);
   const FFTShape& fs = t.shape;
@@ -150,16 +176,29 @@ nb::tuple gpu_transform(
   if (re_in.shape(0) != static_cast<size_t>(h) ||
       im_in.shape(0) != static_cast<size_t>(h))
     throw std::invalid_argument("re and im must have fft_size / 2 entries");
+  if (length < 0)
+    length = 2 * static_cast<int64_t>(h);
+  if (length > 2 * static_cast<int64_t>(h) ||
+      (method == "contiguous" && length % 2 != 0))
+    throw std::invalid_argument(
+        "length must be at most fft_size (and even for 'contiguous'); pass "
+        "-1 for the whole row");
   std::vector<T> row(2 * static_cast<size_t>(h));
   const SwizzledRow<T*> sre{row.data()}, sim{row.data() + h};
   T* re = row.data();
   T* im = re + h;
-  std::vector<float> real_row(2 * static_cast<size_t>(h));
+  std::vector<float> real_row(static_cast<size_t>(length));
   for (int i = 0; i < h; ++i) {
-    real_row[2 * i] = re_in.data()[i];
-    real_row[2 * i + 1] = im_in.data()[i];
-    const T x = r_from_float(T{}, re_in.data()[i]);
-    const T y = r_from_float(T{}, im_in.data()[i]);
+    // The forward transform's input: the real row, zero from `length` on.
+    const bool cut = !inverse;
+    const float xr = cut && 2 * i >= length ? 0.0f : re_in.data()[i];
+    const float xi = cut && 2 * i + 1 >= length ? 0.0f : im_in.data()[i];
+    if (2 * i < length)
+      real_row[2 * i] = xr;
+    if (2 * i + 1 < length)
+      real_row[2 * i + 1] = xi;
+    const T x = r_from_float(T{}, xr);
+    const T y = r_from_float(T{}, xi);
     if (passes) {
       sre[i] = x;
       sim[i] = y;
@@ -169,10 +208,11 @@ nb::tuple gpu_transform(
     }
   }
   const cpx<T>* tw = t.twiddles.data();
-  if (method == "wide") {
-    run_passes<T, true>(real_row, sre, sim, fs, tw, inverse);
+  if (method == "wide" || method == "contiguous") {
+    run_passes<T, true>(
+        real_row, sre, sim, fs, tw, inverse, method == "contiguous");
   } else if (method == "narrow") {
-    run_passes<T, false>(real_row, sre, sim, fs, tw, inverse);
+    run_passes<T, false>(real_row, sre, sim, fs, tw, inverse, false);
   } else {
     for (int k = 0; k < fs.num_stages; ++k) {
       if (inverse)
@@ -531,13 +571,16 @@ void init_testing(nb::module_& parent) {
          int64_t fft_size,
          const std::string& precision,
          bool inverse,
-         const std::string& method) {
+         const std::string& method,
+         int64_t length) {
         if (precision == "float32")
-          return gpu_transform<float>(re, im, fft_size, inverse, method);
+          return gpu_transform<float>(
+              re, im, fft_size, inverse, method, length);
         if (precision == "extended")
-          return gpu_transform<double>(re, im, fft_size, inverse, method);
+          return gpu_transform<double>(
+              re, im, fft_size, inverse, method, length);
         if (precision == "dd")
-          return gpu_transform<ff>(re, im, fft_size, inverse, method);
+          return gpu_transform<ff>(re, im, fft_size, inverse, method, length);
         throw std::invalid_argument(
             "precision must be 'float32', 'extended' or 'dd'");
       },
@@ -547,9 +590,13 @@ void init_testing(nb::module_& parent) {
       "precision"_a,
       "inverse"_a,
       "method"_a,
+      "length"_a = -1,
       "The GPU kernels' complex FFT of length fft_size / 2 run on the CPU by one thread: "
-      "'stages' (one stage at a time), 'wide' or 'narrow' register passes (float32: float, "
-      "extended: double, dd: the float-pair kernels of Metal); returns (re, im) as float64.");
+      "'stages' (one stage at a time), 'wide' or 'narrow' register passes, or 'contiguous' "
+      "(wide, the forward pass 0 reading the real row as the CUDA kernels' ContiguousRow) "
+      "(float32: float, extended: double, dd: the float-pair kernels of Metal). The forward "
+      "transform reads the real row (re[0], im[0], re[1], ...) cut to `length` entries (-1: "
+      "all), zero-padded; returns (re, im) as float64.");
 
   m.def(
       "metal_certified_conv",

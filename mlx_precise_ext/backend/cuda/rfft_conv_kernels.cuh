@@ -41,6 +41,13 @@ fft_inverse(Ptr re, Ptr im, const FFTShape& fs, const cpx<T>* tw) {
       re, im, fs, tw, 0, threadIdx.x, blockDim.x, true);
 }
 
+// Whether x can be read as a ContiguousRow (even length, unit stride, front
+// to back, 8-byte aligned). The same for the whole group.
+__device__ __forceinline__ bool reads_contiguous(DeviceRow x) {
+  return x.stride == 1 && !x.reversed && (x.len & 1) == 0 &&
+      (reinterpret_cast<unsigned long long>(x.data) & 7u) == 0;
+}
+
 // load_real_row of x, then the forward transform; its first pass reads x
 // (threads as in fft_passes).
 template <class T, bool kShared>
@@ -57,6 +64,19 @@ __device__ __forceinline__ void load_forward(
   if (active && fft_pass_count(fs, kWide) == 0) {
     load_real_row<T>(
         re, im, x.data, x.stride, x.len, x.reversed, fs.n_half, tid, nthreads);
+  } else if (active && reads_contiguous(x)) {
+    fft_pass<false, kWide, T>(
+        ContiguousRow{
+            x.data,
+            static_cast<int>(
+                min(x.len, 2 * static_cast<MP_INT64>(fs.n_half)) / 2)},
+        re,
+        im,
+        fs,
+        0,
+        tw,
+        tid,
+        nthreads);
   } else if (active) {
     fft_pass<false, kWide, T>(x, re, im, fs, 0, tw, tid, nthreads);
   }
