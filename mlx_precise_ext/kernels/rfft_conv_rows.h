@@ -732,6 +732,41 @@ gather_output(Ptr re, Ptr im, MP_CONSTANT const ConvShape& g, MP_INT64 t) {
   return v;
 }
 
+// Whether output t is entry t of the cyclic convolution for every t <
+// out_len (no fold, no reversal, every output inside the support): the
+// causal form. gather_output then returns entry t itself.
+MP_INLINE bool outputs_are_entries(MP_CONSTANT const ConvShape& g) {
+  const MP_INT64 support = g.a_len + g.b_len - 1;
+  const MP_INT64 limit = support < g.fft_size ? support : g.fft_size;
+  return g.fold == 0 && g.out_reversed == 0 && g.out_len <= limit;
+}
+
+// emit(t, v) for the outputs t = tid, tid + nthreads, ... (t < out_len) of
+// the cyclic convolution held in (re, im), v = gather_output(t). Where
+// outputs are entries, a thread takes the two outputs 2m, 2m + 1 of packed
+// point m, with 32-bit index math; each v is the same value either way.
+template <class T, class Ptr, class Emit>
+MP_INLINE void for_each_output(
+    Ptr re,
+    Ptr im,
+    MP_CONSTANT const ConvShape& g,
+    int tid,
+    int nthreads,
+    Emit emit) {
+  if (outputs_are_entries(g)) {
+    const int out_len = static_cast<int>(g.out_len); // <= fft_size
+    for (int m = tid; 2 * m < out_len; m += nthreads) {
+      const cpx<T> z = get_point<T>(re, im, m);
+      emit(static_cast<MP_INT64>(2 * m), z.re);
+      if (2 * m + 1 < out_len)
+        emit(static_cast<MP_INT64>(2 * m + 1), z.im);
+    }
+    return;
+  }
+  for (MP_INT64 t = tid; t < g.out_len; t += nthreads)
+    emit(t, gather_output<T>(re, im, g, t));
+}
+
 // ------------------------------------------------------------ lattice snap
 // ---- The snap decision of rfft_conv_core.h from row summaries: each thread
 // folds its strided part of a row into (max |bits|, min lowest-bit exponent),

@@ -341,18 +341,19 @@ __global__ void conv_rows(
       fft_passes<true, kWidePasses<T, kShared>, T>(
           re, im, fs, tw, 0, tid, row_threads, active);
       float* out_row = out + row_offset(ix, kOperandOut, kk, j);
-      for (MP_INT64 t = tid; active && t < g.out_len; t += row_threads) {
-        write_output<T>(
-            gather_output<T>(re, im, g, t),
-            [&](auto add) {
-              if (g.has_bias)
-                add(a_row[t * a_step], bias_row[t * bias_step]);
-            },
-            cert,
-            out_row + t,
-            open,
-            (kk * ix.inner_count + j) * g.out_len + t);
-      }
+      if (active)
+        for_each_output<T>(re, im, g, tid, row_threads, [&](MP_INT64 t, T v) {
+          write_output<T>(
+              v,
+              [&](auto add) {
+                if (g.has_bias)
+                  add(a_row[t * a_step], bias_row[t * bias_step]);
+              },
+              cert,
+              out_row + t,
+              open,
+              (kk * ix.inner_count + j) * g.out_len + t);
+        });
       __syncthreads();
     }
   }
@@ -444,15 +445,15 @@ __device__ __forceinline__ void write_reduced_row(
       blockDim.x);
   __syncthreads();
   fft_inverse<T, kShared>(re, im, fs, tw);
-  for (MP_INT64 t = threadIdx.x; t < g.out_len; t += blockDim.x) {
+  for_each_output<T>(re, im, g, threadIdx.x, blockDim.x, [&](MP_INT64 t, T v) {
     write_output<T>(
-        gather_output<T>(re, im, g, t),
+        v,
         [&](auto add) { bias_products(t, add); },
         cert,
         out_row + t,
         open,
         row * g.out_len + t);
-  }
+  });
   __syncthreads();
 }
 
