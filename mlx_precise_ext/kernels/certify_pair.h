@@ -17,7 +17,7 @@
 // pair v, times 2^(e_a + e_b), rounds to one float32 (round_pair_scaled
 // rounds a pair times a power of two correctly, subnormal results included).
 // The outputs that do not certify are recomputed exactly (ExactSum, which
-// needs no double either: exact_conv_output).
+// needs no double either: exact_terms_output).
 #pragma once
 
 #include "certify.h"
@@ -237,9 +237,8 @@ MP_INLINE bool certify_pair_output(
 }
 
 // ------------------------------------------------------ recomputation ----
-// Step 3 without double: output t of conv(a, b) (+ a[t] bias[t]) as an exact
-// sum of its float32 products, rounded once (functors, not lambdas: Metal
-// has none).
+// Step 3 without double (exact_terms_output below): the products of a cyclic
+// range added to an ExactSum (functors, not lambdas: Metal has none).
 struct ExactRangeAdder {
   MP_THREAD ExactSum* sum;
   DeviceRow a;
@@ -249,42 +248,268 @@ struct ExactRangeAdder {
   }
 };
 
-MP_INLINE float exact_conv_output(
-    OperandRow a,
-    OperandRow b,
-    bool has_bias,
-    OperandRow bias,
-    MP_CONSTANT const ConvShape& g,
-    MP_INT64 t) {
-  ExactSum s;
-  exact_sum_init(s);
-  const GatherIndex idx = output_entries(g, t);
-  const ExactRangeAdder add{
-      &s,
-      DeviceRow{a.data, a.stride, g.a_len, g.a_reversed != 0},
-      DeviceRow{b.data, b.stride, g.b_len, false}};
-  if (idx.first >= 0)
-    for_each_cyclic_range(g.a_len, g.b_len, g.fft_size, idx.first, add);
-  if (idx.second >= 0)
-    for_each_cyclic_range(g.a_len, g.b_len, g.fft_size, idx.second, add);
-  if (has_bias)
-    exact_sum_add_product(s, a.data[t * a.stride], bias.data[t * bias.stride]);
-  return exact_sum_round(s);
-}
-
 // kappa and the absolute term of step 1 for a launch (pair_bound_constants).
 struct PairBoundConstants {
   float kappa;
   float absolute;
 };
 
+// ---------------------------------------------------- rows of terms ----
+// Output rows that sum terms before one inverse transform (gradients summed
+// over broadcast rows, the fused jvp): y = sum_i conv(a_i, b_i)[t] + sum_j
+// c_j[t] d_j[t]. Terms lists them: conv_count(), conv_rows(i, a, b),
+// bias_count(), bias_rows(j, c, d) (OperandRow). Group is the thread's view
+// of its group: row_scale(data, stride, len) (the group's PairRowScale of a
+// row, the same in every thread; every thread must call it) and
+// mark_open(e). All terms share one scale 2^E, E the largest e_a + e_b (e_c
+// + e_d) of a nonzero term: a_i is scaled by 2^-e_a and b_i by 2^-(E - e_a),
+// so every scaled factor stays below 1 and the spectral products add up in
+// the same units.
+
+// E of a row's terms (0 when every term is zero), and whether every
+// convolved row is finite.
+template <class Terms, class Group>
+MP_INLINE int terms_exponent(
+    MP_THREAD const Terms& terms,
+    MP_CONSTANT const ConvShape& g,
+    MP_THREAD Group& group,
+    MP_THREAD bool* finite) {
+  int e = -100000;
+  *finite = true;
+  for (int i = 0; i < terms.conv_count(); ++i) {
+    OperandRow a, b;
+    terms.conv_rows(i, a, b);
+    const PairRowScale sa = group.row_scale(a.data, a.stride, g.a_len);
+    const PairRowScale sb = group.row_scale(b.data, b.stride, g.b_len);
+    *finite = *finite && is_finite_bits(sa.max_abs_bits) &&
+        is_finite_bits(sb.max_abs_bits);
+    if (sa.max_abs_bits != 0u && sb.max_abs_bits != 0u &&
+        sa.exponent + sb.exponent > e)
+      e = sa.exponent + sb.exponent;
+  }
+  for (int j = 0; j < terms.bias_count(); ++j) {
+    OperandRow c, d;
+    terms.bias_rows(j, c, d);
+    const PairRowScale sc = group.row_scale(c.data, c.stride, g.out_len);
+    const PairRowScale sd = group.row_scale(d.data, d.stride, g.out_len);
+    if (sc.max_abs_bits != 0u && sd.max_abs_bits != 0u &&
+        sc.exponent + sd.exponent > e)
+      e = sc.exponent + sd.exponent;
+  }
+  return e == -100000 ? 0 : e;
+}
+
+// Output t's bias products c_j[t] d_j[t] in units of 2^E: exact as pairs
+// (TwoProd) and scaled, added to v; their magnitudes to *magnitude. A
+// product whose TwoProd residual underflows (< 2^-150) or whose scaling
+// underflows (< 2^-150 in units of 2^E) is covered by 2^(-146 - min(E, 0))
+// each (inf below E = -274: then nothing certifies); one that overflows
+// gives inf, which never certifies.
+template <class Terms>
+MP_INLINE ff add_bias_products(
+    MP_THREAD const Terms& terms,
+    ff v,
+    MP_INT64 t,
+    int exponent,
+    MP_THREAD float* magnitude,
+    MP_THREAD float* err) {
+  const float each = MP_LDEXPF(1.0f, -146 - (exponent < 0 ? exponent : 0));
+  for (int j = 0; j < terms.bias_count(); ++j) {
+    OperandRow c, d;
+    terms.bias_rows(j, c, d);
+    const ff p = two_prod(c.data[t * c.stride], d.data[t * d.stride]);
+    const ff scaled{MP_LDEXPF(p.hi, -exponent), MP_LDEXPF(p.lo, -exponent)};
+    v = dd_add(v, scaled);
+    *magnitude = MP_ADDF(*magnitude, abs_float(scaled.hi));
+    *err = MP_ADDF(*err, each);
+  }
+  return v;
+}
+
+// Output t of a row of terms as an exact sum of its float32 products,
+// rounded once.
+template <class Terms>
+MP_INLINE float exact_terms_output(
+    MP_THREAD const Terms& terms,
+    MP_CONSTANT const ConvShape& g,
+    MP_INT64 t) {
+  ExactSum s;
+  exact_sum_init(s);
+  const GatherIndex idx = output_entries(g, t);
+  for (int i = 0; i < terms.conv_count(); ++i) {
+    OperandRow a, b;
+    terms.conv_rows(i, a, b);
+    const ExactRangeAdder add{
+        &s,
+        DeviceRow{a.data, a.stride, g.a_len, g.a_reversed != 0},
+        DeviceRow{b.data, b.stride, g.b_len, false}};
+    if (idx.first >= 0)
+      for_each_cyclic_range(g.a_len, g.b_len, g.fft_size, idx.first, add);
+    if (idx.second >= 0)
+      for_each_cyclic_range(g.a_len, g.b_len, g.fft_size, idx.second, add);
+  }
+  for (int j = 0; j < terms.bias_count(); ++j) {
+    OperandRow c, d;
+    terms.bias_rows(j, c, d);
+    exact_sum_add_product(s, c.data[t * c.stride], d.data[t * d.stride]);
+  }
+  return exact_sum_round(s);
+}
+
+// The Terms of a row of one convolution and at most one bias product:
+// conv(a, b)[t] (+ a[t] bias[t]).
+struct OneTerm {
+  OperandRow a;
+  OperandRow b;
+  OperandRow bias;
+  bool has_bias;
+  MP_INLINE int conv_count() const {
+    return 1;
+  }
+  MP_INLINE void conv_rows(
+      int,
+      MP_THREAD OperandRow& a_row,
+      MP_THREAD OperandRow& b_row) const {
+    a_row = a;
+    b_row = b;
+  }
+  MP_INLINE int bias_count() const {
+    return has_bias ? 1 : 0;
+  }
+  MP_INLINE void
+  bias_rows(int, MP_THREAD OperandRow& c, MP_THREAD OperandRow& d) const {
+    c = a;
+    d = bias;
+  }
+};
+
+// One certified row of terms: the terms' scaled spectral products summed in
+// acc (a slot of num_pairs pairs of the group's own), inverted in (a_re,
+// a_im), each output certified (kappa and absolute for `terms` terms:
+// pair_bound_constants) and written to out_row[t], or marked open as entry
+// first + t. Every thread of the group must call it.
+template <class T, class Terms, class Group, class Ptr>
+MP_INLINE void certified_terms_row(
+    Ptr a_re,
+    Ptr a_im,
+    Ptr b_re,
+    Ptr b_im,
+    MP_THREAD const Terms& terms,
+    MP_CONSTANT const ConvShape& g,
+    MP_CONSTANT const FFTShape& fs,
+    const MP_DEVICE cpx<T>* tw,
+    const MP_DEVICE cpx<T>* split_tw,
+    const MP_DEVICE IndexPair* pairs,
+    MP_DEVICE cpx<T>* acc,
+    PairBoundConstants bound,
+    MP_DEVICE float* out_row,
+    MP_INT64 first,
+    MP_THREAD Group& group,
+    int tid,
+    int nthreads) {
+  const int h = fs.n_half;
+  bool finite = true;
+  const int exponent = terms_exponent(terms, g, group, &finite);
+  float norms = 0.0f;
+  for (int i = 0; i < terms.conv_count(); ++i) {
+    OperandRow a, b;
+    terms.conv_rows(i, a, b);
+    const PairRowScale sa = group.row_scale(a.data, a.stride, g.a_len);
+    const PairRowScale sb = group.row_scale(b.data, b.stride, g.b_len);
+    // A term with a zero factor adds exact zeros: b keeps its own scale.
+    const bool zero = sa.max_abs_bits == 0u || sb.max_abs_bits == 0u;
+    const int b_exponent = zero ? sb.exponent : exponent - sa.exponent;
+    // ||b 2^-b_exponent|| = ||b 2^-e_b|| 2^(e_b - b_exponent), e_b <= it.
+    norms = MP_ADDF(
+        norms, MP_MULF(sa.norm, MP_LDEXPF(sb.norm, sb.exponent - b_exponent)));
+    load_scaled_row<T>(
+        a_re,
+        a_im,
+        a.data,
+        a.stride,
+        g.a_len,
+        g.a_reversed != 0,
+        sa.exponent,
+        h,
+        tid,
+        nthreads);
+    load_scaled_row<T>(
+        b_re,
+        b_im,
+        b.data,
+        b.stride,
+        g.b_len,
+        false,
+        b_exponent,
+        h,
+        tid,
+        nthreads);
+    MP_BARRIER();
+    fft_rows<false, T>(a_re, a_im, fs, tw, tid, nthreads);
+    fft_rows<false, T>(b_re, b_im, fs, tw, tid, nthreads);
+    accumulate_product<T>(
+        a_re,
+        a_im,
+        b_re,
+        b_im,
+        pairs,
+        split_tw,
+        acc,
+        i == 0,
+        fs.num_pairs,
+        tid,
+        nthreads);
+    MP_BARRIER();
+  }
+  unsplit_accumulated<T>(
+      a_re,
+      a_im,
+      pairs,
+      split_tw,
+      acc,
+      g.spectrum_scale,
+      fs.num_pairs,
+      tid,
+      nthreads);
+  MP_BARRIER();
+  fft_rows<true, T>(a_re, a_im, fs, tw, tid, nthreads);
+  // The norms' sum rounds once per term: 1 + terms 2^-23 covers it.
+  const float count = static_cast<float>(terms.conv_count());
+  const float conv_err = norms == 0.0f
+      ? 0.0f
+      : MP_MULF(
+            MP_MULF(
+                g.fold != 0 ? 2.0f : 1.0f,
+                MP_ADDF(
+                    MP_MULF(
+                        MP_MULF(bound.kappa, norms),
+                        MP_ADDF(1.0f, MP_MULF(count, 1.1920929e-07f))),
+                    MP_MULF(count, bound.absolute))),
+            kPairBoundSlack);
+  const float rel = MP_MULF(
+      MP_MULF(1.015625f, kPairUnitRoundoff),
+      static_cast<float>((g.fold != 0 ? 1 : 0) + terms.bias_count()));
+  for (MP_INT64 t = tid; t < g.out_len; t += nthreads) {
+    const ff conv = gather_output<T>(a_re, a_im, g, t);
+    float magnitude = abs_float(conv.hi), err = conv_err;
+    ff v = add_bias_products(terms, conv, t, exponent, &magnitude, &err);
+    v = ff{MP_ADDF(v.hi, 0.0f), MP_ADDF(v.lo, 0.0f)}; // an exact zero is +0
+    err = MP_ADDF(err, MP_MULF(MP_MULF(rel, magnitude), 1.0009765625f));
+    float y;
+    if (!certified_round_pair(v, err, exponent, &y) && finite)
+      group.mark_open(first + t);
+    out_row[t] = y;
+  }
+  MP_BARRIER();
+}
+
 #if MP_HAS_DOUBLE
-// Host side of step 1, in double: kappa = conv_error_bound(N, 1, 2^-46) and
-// the absolute term, in scaled units, both rounded up into floats. The
-// absolute term covers (1) inputs scaled below float's normal range, each
-// off by < 2^-150 and met by factors < 1 in at most a_len + b_len products
-// of an output; (2) underflow inside the transform: a multiplication or fma
-// that underflows adds < 2^-150 to its dd operation (additions are exact
+// Host side of step 1, in double: kappa = conv_error_bound(N, terms, 2^-46)
+// and the absolute term of one term, in scaled units, both rounded up into
+// floats. The absolute term covers (1) inputs scaled below float's normal
+// range, each off by < 2^-150 and met by factors < 1 in at most a_len + b_len
+// products of an output; (2) underflow inside the transform: a multiplication
+// or fma that underflows adds < 2^-150 to its dd operation (additions are exact
 // under gradual underflow), counted as 2^-140 per dd operation, of which the
 // two forward transforms, the product and the inverse have fewer than
 // 64 N (log2 N + 4); an error anywhere reaches an output with weight < 8N
@@ -293,8 +518,11 @@ struct PairBoundConstants {
 // 1 and 2N for the scaled rows, the unsplit 4 and the inverse butterflies
 // 1). Against the relative part (>= 2^-39 for nonzero rows, whose scaled
 // norms are >= 1/2) both are negligible: they exist for rigour.
-MP_INLINE PairBoundConstants
-pair_bound_constants(MP_INT64 fft_size, MP_INT64 a_len, MP_INT64 b_len) {
+MP_INLINE PairBoundConstants pair_bound_constants(
+    MP_INT64 fft_size,
+    MP_INT64 terms,
+    MP_INT64 a_len,
+    MP_INT64 b_len) {
   const double n = static_cast<double>(fft_size);
   int log2n = 0;
   while (std::ldexp(1.0, log2n) < n)
@@ -303,7 +531,7 @@ pair_bound_constants(MP_INT64 fft_size, MP_INT64 a_len, MP_INT64 b_len) {
       std::ldexp(1.0, -140) * 64.0 * n * (log2n + 4.0) * 8.0 * n +
       std::ldexp(1.0, -150) * static_cast<double>(a_len + b_len);
   const double kappa =
-      conv_error_bound(fft_size, 1, static_cast<double>(kPairUnitRoundoff));
+      conv_error_bound(fft_size, terms, static_cast<double>(kPairUnitRoundoff));
   return PairBoundConstants{
       static_cast<float>(kappa * (1.0 + 1.0 / 1024.0)),
       static_cast<float>(absolute * 2.0)};

@@ -12,6 +12,7 @@
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
 #include "backend/cpu/conv_job.h"
 #include "backend/gpu/conv_layout.h"
@@ -234,15 +235,119 @@ nb::tuple gpu_transform(
 
 // A row's scale as one thread of a group computes it (certify_pair.h): the
 // Metal kernels reduce the same parts over the group.
-PairRowScale emulated_row_scale(const float* row, int64_t len) {
-  RowSummary summary = summarize_part(row, 1, len, 0, 1);
+PairRowScale emulated_row_scale(const float* row, int64_t stride, int64_t len) {
+  RowSummary summary = summarize_part(row, stride, len, 0, 1);
   PairRowScale s{};
   s.max_abs_bits = summary.max_bits;
   s.exponent = pair_scale_exponent(summary.max_bits);
   s.norm = pair_norm_bound(
-      scaled_square_sum_part(row, 1, len, s.exponent, 0, 1),
+      scaled_square_sum_part(row, stride, len, s.exponent, 0, 1),
       pair_norm_roundings(len, 1));
   return s;
+}
+
+// The recompute kernels' step on the CPU: each output marked open summed
+// exactly; returns (y, open).
+template <class Terms>
+nb::tuple recompute_open(
+    const Terms& terms,
+    const ConvShape& g,
+    float* y,
+    const float* open,
+    OutArray out,
+    OutArray open_out) {
+  for (int64_t i = 0; i < g.out_len; ++i)
+    if (open[i] != 0.0f)
+      y[i] = exact_terms_output(terms, g, i);
+  nb::list items;
+  items.append(nb::cast(out));
+  items.append(nb::cast(open_out));
+  return nb::tuple(items);
+}
+
+// certify_pair.h's Group for one CPU thread running a group's steps.
+struct EmulatedGroup {
+  float* open;
+  PairRowScale row_scale(const float* row, int64_t stride, int64_t len) {
+    return emulated_row_scale(row, stride, len);
+  }
+  void mark_open(int64_t e) {
+    open[e] = 1.0f;
+  }
+};
+
+// certify_pair.h's Terms for rows held in numpy arrays.
+struct ListTerms {
+  std::vector<F> a, b, c, d;
+  int conv_count() const {
+    return static_cast<int>(a.size());
+  }
+  void conv_rows(int i, OperandRow& a_row, OperandRow& b_row) const {
+    a_row = OperandRow{a[i].data(), 1};
+    b_row = OperandRow{b[i].data(), 1};
+  }
+  int bias_count() const {
+    return static_cast<int>(c.size());
+  }
+  void bias_rows(int j, OperandRow& c_row, OperandRow& d_row) const {
+    c_row = OperandRow{c[j].data(), 1};
+    d_row = OperandRow{d[j].data(), 1};
+  }
+};
+
+// Metal's certified rows of terms (certified_reduce_rows, certified_sum_rows,
+// then recompute_open_rows / recompute_open_sum) on the CPU: y = sum_i
+// rfft_conv(a_i, b_i, n = period or None) + sum_j c_j d_j. Returns (y, open).
+nb::tuple metal_certified_conv_terms(
+    std::vector<F> a,
+    std::vector<F> b,
+    std::vector<F> c,
+    std::vector<F> d,
+    int64_t period) {
+  if (a.empty() || a.size() != b.size() || c.size() != d.size())
+    throw std::invalid_argument(
+        "a and b: as many rows, at least one; c and d: as many rows");
+  const int64_t len = a[0].shape(0), taps = b[0].shape(0);
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i].shape(0) != len || b[i].shape(0) != taps)
+      throw std::invalid_argument("every a (b) row must have one length");
+  for (size_t j = 0; j < c.size(); ++j)
+    if (c[j].shape(0) != len || d[j].shape(0) != len)
+      throw std::invalid_argument("c and d rows must be as long as a's");
+  const ListTerms terms{a, b, c, d};
+  const ConvGeometry geo =
+      conv_geometry(ConvVariant::Convolve, period, len, taps, len);
+  const ConvShape g = gpu::conv_shape(geo, false, 1);
+  const gpu::FFTTables<ff> t = gpu::make_fft_tables<ff>(geo.fft_size);
+  const int h = t.shape.n_half;
+  std::vector<ff> rows(4 * static_cast<size_t>(h));
+  std::vector<cpx<ff>> acc(2 * static_cast<size_t>(t.shape.num_pairs));
+  float* y;
+  OutArray out = new_float_array(static_cast<size_t>(len), &y);
+  float* open;
+  OutArray open_out = new_float_array(static_cast<size_t>(len), &open);
+  std::fill(open, open + len, 0.0f);
+  EmulatedGroup group{open};
+  ff* r = rows.data();
+  certified_terms_row<ff>(
+      r,
+      r + h,
+      r + 2 * h,
+      r + 3 * h,
+      terms,
+      g,
+      t.shape,
+      t.twiddles.data(),
+      t.split.data(),
+      t.pairs.data(),
+      acc.data(),
+      pair_bound_constants(geo.fft_size, terms.conv_count(), len, taps),
+      y,
+      0,
+      group,
+      0,
+      1);
+  return recompute_open(terms, g, y, open, out, open_out);
 }
 
 // Metal's certified float-pair rfft_conv of one row on the CPU, one thread
@@ -269,7 +374,7 @@ nb::tuple metal_certified_conv(F a_in, F b_in, F bias_in, int64_t period) {
   std::vector<ff> row(2 * static_cast<size_t>(h));
   std::vector<cpx<ff>> spectrum(2 * static_cast<size_t>(fs.num_pairs));
   // certified_spectra
-  const PairRowScale b_scale = emulated_row_scale(b, b_len);
+  const PairRowScale b_scale = emulated_row_scale(b, 1, b_len);
   load_scaled_row<ff>(
       row.data(),
       row.data() + h,
@@ -293,11 +398,12 @@ nb::tuple metal_certified_conv(F a_in, F b_in, F bias_in, int64_t period) {
       0,
       1);
   // certified_conv_rows
-  const PairBoundConstants k = pair_bound_constants(g.fft_size, a_len, b_len);
+  const PairBoundConstants k =
+      pair_bound_constants(g.fft_size, 1, a_len, b_len);
   const PairCertificate cert = pair_certificate(
       k.kappa,
       k.absolute,
-      emulated_row_scale(a, a_len),
+      emulated_row_scale(a, 1, a_len),
       b_scale,
       g.fold != 0,
       has_bias);
@@ -331,19 +437,14 @@ nb::tuple metal_certified_conv(F a_in, F b_in, F bias_in, int64_t period) {
     open[i] = done ? 0.0f : 1.0f;
   }
   // recompute_open_rows
-  for (int64_t i = 0; i < a_len; ++i)
-    if (open[i] != 0.0f)
-      y[i] = exact_conv_output(
-          OperandRow{a, 1},
-          OperandRow{b, 1},
-          has_bias,
-          OperandRow{bias, 1},
-          g,
-          i);
-  nb::list items;
-  items.append(nb::cast(out));
-  items.append(nb::cast(open_out));
-  return nb::tuple(items);
+  return recompute_open(
+      OneTerm{
+          OperandRow{a, 1}, OperandRow{b, 1}, OperandRow{bias, 1}, has_bias},
+      g,
+      y,
+      open,
+      out,
+      open_out);
 }
 
 } // namespace
@@ -609,4 +710,17 @@ void init_testing(nb::module_& parent) {
       "(bias empty: none), run on the CPU by one thread with the kernels' "
       "own code (kernels/certify_pair.h); returns (y, open) as float32, open 1 where the "
       "output did not certify and was recomputed exactly.");
+
+  m.def(
+      "metal_certified_conv_terms",
+      &metal_certified_conv_terms,
+      "a"_a,
+      "b"_a,
+      "c"_a,
+      "d"_a,
+      "period"_a,
+      "Metal's certified float-pair rows of terms (gradients summed over broadcast rows, "
+      "the fused jvp) run on the CPU by one thread with the kernels' own code: "
+      "y = sum_i rfft_conv(a_i, b_i, n=period or None) + sum_j c_j * d_j (lists of float32 "
+      "rows); returns (y, open) as float32.");
 }

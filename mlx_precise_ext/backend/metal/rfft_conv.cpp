@@ -195,8 +195,65 @@ void dispatch_rows(
       MTL::Size(groups, 1, 1), MTL::Size(l.threads, 1, 1));
 }
 
+// A bitmap of one bit per output, cleared, for the certified kernels to mark
+// the outputs that do not certify.
+mx::array open_bitmap(
+    mx::metal::Device& d,
+    mx::metal::CommandEncoder& enc,
+    int64_t outputs) {
+  const int64_t words = (outputs + 31) / 32;
+  mx::array bits = scratch(enc, words * sizeof(uint32_t));
+  MTL::ComputePipelineState* clear = kernel(d, "clear_open_bits");
+  enc.set_compute_pipeline_state(clear);
+  enc.set_output_array(bits, kSlotOpenBits);
+  enc.set_bytes(words, kSlotLength);
+  enc.dispatch_threads(
+      MTL::Size(words, 1, 1),
+      MTL::Size(
+          std::min<int64_t>(256, clear->maxTotalThreadsPerThreadgroup()),
+          1,
+          1));
+  return bits;
+}
+
+// Binds what the certified row kernels take beyond the row kernels' common
+// arguments: the bitmap and the bound's constants for `terms` terms.
+void bind_certification(
+    mx::metal::CommandEncoder& enc,
+    mx::array& open_bits,
+    const ConvGeometry& geo,
+    int64_t terms) {
+  enc.set_output_array(open_bits, kSlotOpenBits);
+  enc.set_bytes(
+      pair_bound_constants(geo.fft_size, terms, geo.a_len, geo.b_len),
+      kSlotPairBound);
+}
+
+// Dispatches the recompute kernel `name` (bound by bind_more) over `rows`
+// output rows, a threadgroup per row.
+void dispatch_recompute(
+    mx::metal::Device& d,
+    mx::metal::CommandEncoder& enc,
+    const char* name,
+    const mx::array& open_bits,
+    int64_t rows,
+    const std::function<void()>& bind_more) {
+  MTL::ComputePipelineState* recompute = kernel(d, name);
+  enc.set_compute_pipeline_state(recompute);
+  enc.set_input_array(open_bits, kSlotOpenBits);
+  bind_more();
+  enc.dispatch_threadgroups(
+      MTL::Size(std::min(rows, kMaxSlotGroups), 1, 1),
+      MTL::Size(
+          std::min<int>(
+              kRecomputeThreads, recompute->maxTotalThreadsPerThreadgroup()),
+          1,
+          1));
+}
+
 // ConvolveSum (the jvp): sum_rows over the output rows, each summing its
-// terms as reduce_rows sums a target's.
+// terms as reduce_rows sums a target's; extended and dd certified
+// (certified_sum_rows, recompute_open_sum).
 template <class T>
 void convolve_sum(
     mx::metal::Device& d,
@@ -205,15 +262,27 @@ void convolve_sum(
     const std::vector<mx::array>& in,
     int conv_terms,
     mx::array& out) {
+  constexpr bool certified = std::is_same_v<T, ff>;
   const gpu::SumLaunch sum = gpu::sum_launch(period, in, conv_terms, out);
   const MetalFFT<T>& fft = metal_fft<T>(d, sum.geo.fft_size);
-  GroupLaunch l = group_launch<T>(d, "sum_rows", fft.shape.n_half, 2);
+  GroupLaunch l = group_launch<T>(
+      d, certified ? "certified_sum_rows" : "sum_rows", fft.shape.n_half, 2);
   const int64_t groups = std::min(sum.ix.outer_count, kMaxSlotGroups);
   mx::array acc =
       scratch(enc, groups * 2 * int64_t{fft.shape.num_pairs} * sizeof(cpx<T>));
   std::optional<mx::array> workspace;
   if (!l.in_group_memory)
     workspace = scratch(enc, groups * l.row_bytes);
+  std::optional<mx::array> open_bits;
+  if (certified)
+    open_bits = open_bitmap(d, enc, sum.ix.outer_count * sum.geo.out_len);
+  auto bind_operands = [&] {
+    enc.set_bytes(sum.operands, kSlotSumOperands);
+    // Unused operand slots are bound to an input the kernel never reads.
+    for (int k = 0; k < kMaxSumOperands; ++k)
+      enc.set_input_array(
+          in[k < static_cast<int>(in.size()) ? k : 0], kSlotSumOperand0 + k);
+  };
   dispatch_rows<T>(
       enc,
       l,
@@ -228,13 +297,19 @@ void convolve_sum(
       sum.ix,
       gpu::conv_shape(sum.geo, false, 1),
       [&] {
-        enc.set_bytes(sum.operands, kSlotSumOperands);
-        // Unused operand slots are bound to an input the kernel never reads.
-        for (int k = 0; k < kMaxSumOperands; ++k)
-          enc.set_input_array(
-              in[k < static_cast<int>(in.size()) ? k : 0],
-              kSlotSumOperand0 + k);
+        bind_operands();
+        if (open_bits)
+          bind_certification(enc, *open_bits, sum.geo, conv_terms);
       });
+  if (open_bits) {
+    dispatch_recompute(
+        d, enc, "recompute_open_sum", *open_bits, sum.ix.outer_count, [&] {
+          enc.set_output_array(out, kSlotOut);
+          enc.set_bytes(sum.ix, kSlotRowIndex);
+          enc.set_bytes(gpu::conv_shape(sum.geo, false, 1), kSlotConvShape);
+          bind_operands();
+        });
+  }
 }
 
 // The shared-kernel form: the kernel spectra (spec), once per kernel row,
@@ -285,10 +360,26 @@ void launch_shared_kernel(
   dispatch(rows, ix.outer_count * splits, splits);
 }
 
+// Binds recompute_open_rows' arguments: the operands of c, its row index,
+// shape and `one_term` (1: one output row per a row, 0: target rows).
+void bind_recompute_rows(
+    mx::metal::CommandEncoder& enc,
+    const gpu::ConvLaunch& c,
+    const RowIndex& ix,
+    mx::array& out,
+    int one_term) {
+  enc.set_input_array(c.a, kSlotA);
+  enc.set_input_array(c.b, kSlotB);
+  enc.set_input_array(c.bias ? *c.bias : c.a, kSlotBias);
+  enc.set_output_array(out, kSlotOut);
+  enc.set_bytes(ix, kSlotRowIndex);
+  enc.set_bytes(gpu::conv_shape(c.geo, c.bias != nullptr, 1), kSlotConvShape);
+  enc.set_bytes(one_term, kSlotSumOverTime);
+}
+
 // Extended and dd forward rows: the float-pair transform of the scaled rows,
 // each output certified (certified_spectra, certified_conv_rows) or marked in
-// a bitmap, one bit per output, and the marked ones summed exactly
-// (recompute_open_rows).
+// the bitmap, and the marked ones summed exactly (recompute_open_rows).
 void convolve_certified(
     mx::metal::Device& d,
     mx::metal::CommandEncoder& enc,
@@ -296,23 +387,9 @@ void convolve_certified(
     const gpu::ConvLaunch& c,
     const RowIndex& ix,
     mx::array& out) {
-  const ConvGeometry& geo = c.geo;
   const int64_t rows = ix.outer_count * ix.inner_count;
-  const int64_t words = (rows * geo.out_len + 31) / 32;
   mx::array scales = scratch(enc, ix.outer_count * sizeof(PairRowScale));
-  mx::array open_bits = scratch(enc, words * sizeof(uint32_t));
-  MTL::ComputePipelineState* clear = kernel(d, "clear_open_bits");
-  enc.set_compute_pipeline_state(clear);
-  enc.set_output_array(open_bits, kSlotOpenBits);
-  enc.set_bytes(words, kSlotLength);
-  enc.dispatch_threads(
-      MTL::Size(words, 1, 1),
-      MTL::Size(
-          std::min<int64_t>(256, clear->maxTotalThreadsPerThreadgroup()),
-          1,
-          1));
-  const PairBoundConstants bound =
-      pair_bound_constants(geo.fft_size, geo.a_len, geo.b_len);
+  mx::array open_bits = open_bitmap(d, enc, rows * c.geo.out_len);
   const int64_t h = fft.shape.n_half;
   launch_shared_kernel<ff>(
       enc,
@@ -324,28 +401,14 @@ void convolve_certified(
       c.bias,
       out,
       ix,
-      geo,
+      c.geo,
       [&](bool) {
         enc.set_output_array(scales, kSlotRowScales);
-        enc.set_output_array(open_bits, kSlotOpenBits);
-        enc.set_bytes(bound, kSlotPairBound);
+        bind_certification(enc, open_bits, c.geo, 1);
       });
-  MTL::ComputePipelineState* recompute = kernel(d, "recompute_open_rows");
-  enc.set_compute_pipeline_state(recompute);
-  enc.set_input_array(c.a, kSlotA);
-  enc.set_input_array(c.b, kSlotB);
-  enc.set_input_array(c.bias ? *c.bias : c.a, kSlotBias);
-  enc.set_output_array(out, kSlotOut);
-  enc.set_bytes(ix, kSlotRowIndex);
-  enc.set_bytes(gpu::conv_shape(geo, c.bias != nullptr, 1), kSlotConvShape);
-  enc.set_input_array(open_bits, kSlotOpenBits);
-  enc.dispatch_threadgroups(
-      MTL::Size(std::min(rows, kMaxSlotGroups), 1, 1),
-      MTL::Size(
-          std::min<int>(
-              kRecomputeThreads, recompute->maxTotalThreadsPerThreadgroup()),
-          1,
-          1));
+  dispatch_recompute(d, enc, "recompute_open_rows", open_bits, rows, [&] {
+    bind_recompute_rows(enc, c, ix, out, 1);
+  });
 }
 
 template <class T>
@@ -402,11 +465,17 @@ void convolve(
   }
   const RowIndex ix =
       gpu::make_row_index(full, out.shape(), {&a, &b, bias, &out});
-  GroupLaunch l = group_launch<T>(d, "reduce_rows", h, 2);
+  // Extended and dd certified: certified_reduce_rows, recompute_open_rows.
+  constexpr bool certified = std::is_same_v<T, ff>;
+  GroupLaunch l = group_launch<T>(
+      d, certified ? "certified_reduce_rows" : "reduce_rows", h, 2);
   const int64_t groups = std::min(ix.outer_count, kMaxSlotGroups);
   mx::array acc = scratch(enc, groups * spectrum_entries * sizeof(cpx<T>));
   if (!l.in_group_memory)
     workspace = scratch(enc, groups * l.row_bytes);
+  std::optional<mx::array> open_bits;
+  if (certified)
+    open_bits = open_bitmap(d, enc, ix.outer_count * geo.out_len);
   dispatch_rows<T>(
       enc,
       l,
@@ -419,7 +488,17 @@ void convolve(
       acc,
       workspace,
       ix,
-      gpu::conv_shape(geo, has_bias, 1));
+      gpu::conv_shape(geo, has_bias, 1),
+      [&] {
+        if (open_bits)
+          bind_certification(enc, *open_bits, geo, ix.inner_count);
+      });
+  if (open_bits) {
+    dispatch_recompute(
+        d, enc, "recompute_open_rows", *open_bits, ix.outer_count, [&] {
+          bind_recompute_rows(enc, c, ix, out, 0);
+        });
+  }
 }
 
 template <class T>

@@ -1,11 +1,12 @@
 // Metal entry points of rfft_conv, compiled at run time by MLX's Metal device
 // (rfft_conv.cpp builds the library from this file and the shared kernel
 // headers, embedded at build time). The same block-level steps as the CUDA
-// kernels (rfft_conv_rows.h); Metal has no float64, so "extended" and "dd"
-// run the float-pair kernels: the forward rows certified as the CPU's and
-// CUDA's are (certified_spectra, certified_conv_rows, recompute_open_rows:
-// kernels/certify_pair.h), the gradient rows (reduce_rows, sum_rows) with the
-// lattice snap of rfft_conv_core.h, not certified yet. kGroup: rows in threadgroup memory;
+// kernels (rfft_conv_rows.h). Metal has no float64, so "extended" and "dd"
+// run float-pair kernels, certified as the CPU's and CUDA's outputs are
+// (kernels/certify_pair.h): certified_spectra / certified_conv_rows,
+// certified_reduce_rows and certified_sum_rows mark the outputs that do not
+// certify, recompute_open_rows / recompute_open_sum sum those exactly, and
+// the bias gradient is an exact sum. kGroup: rows in threadgroup memory;
 // otherwise in the threadgroup's slot of a device workspace.
 #include "kernels/certify_pair.h"
 
@@ -201,53 +202,17 @@ void invert_accumulated(Ptr re, Ptr im, constant const ConvShape& g, constant co
   fft_rows<true, T>(re, im, fs, tw, tid, nt);
 }
 
-// Folds the row into the snap summary `slot`.
-inline void publish_row(threadgroup MP_GROUP_UINT* summary_max,
-                        threadgroup MP_GROUP_INT* summary_quantum, int slot, OperandRow row,
-                        long len, uint tid, uint nt) {
-  summary_publish(summary_max, summary_quantum, slot,
-                  summarize_part(row.data, row.stride, len, int(tid), int(nt)));
-}
-
-template <class T>
-int read_snap(threadgroup MP_GROUP_UINT* summary_max, threadgroup MP_GROUP_INT* summary_quantum,
-              bool has_bias, constant const ConvShape& g, int terms) {
-  return snap_from_summaries<T>(summary_read(summary_max, summary_quantum, kSummaryA),
-                                summary_read(summary_max, summary_quantum, kSummaryB), has_bias,
-                                summary_read(summary_max, summary_quantum, kSummaryBias), g, terms);
-}
-
 template <class T, class Ptr>
 void reduce_body(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im, const device float* a,
                  const device float* b, const device float* bias, device float* out,
                  constant const RowIndex& ix, constant const ConvShape& g,
                  constant const FFTShape& fs, const device cpx<T>* tw,
                  const device cpx<T>* split_tw, const device IndexPair* pairs,
-                 device cpx<T>* acc, threadgroup MP_GROUP_UINT* summary_max,
-                 threadgroup MP_GROUP_INT* summary_quantum, uint tid, uint nt, uint group,
-                 uint groups) {
+                 device cpx<T>* acc, uint tid, uint nt, uint group, uint groups) {
   const T tag{};
-  const bool snaps = snap_roundoff_exp(T{}) < 0;
   const long a_step = ix.time_stride[kOperandA], b_step = ix.time_stride[kOperandB],
              bias_step = ix.time_stride[kOperandBias];
   for (long target = group; target < ix.outer_count; target += groups) {
-    if (snaps) {
-      if (tid < uint(kSummarySlots)) summary_reset(summary_max, summary_quantum, int(tid));
-      MP_BARRIER();
-      for (long j = 0; j < ix.inner_count; ++j) {
-        publish_row(summary_max, summary_quantum, kSummaryA,
-                    OperandRow{a + row_offset(ix, kOperandA, target, j), a_step}, g.a_len, tid,
-                    nt);
-        publish_row(summary_max, summary_quantum, kSummaryB,
-                    OperandRow{b + row_offset(ix, kOperandB, target, j), b_step}, g.b_len, tid,
-                    nt);
-        if (g.has_bias) {
-          publish_row(summary_max, summary_quantum, kSummaryBias,
-                      OperandRow{bias + row_offset(ix, kOperandBias, target, j), bias_step},
-                      g.out_len, tid, nt);
-        }
-      }
-    }
     for (long j = 0; j < ix.inner_count; ++j) {
       accumulate_term<T>(a_re, a_im, b_re, b_im,
                          OperandRow{a + row_offset(ix, kOperandA, target, j), a_step},
@@ -256,9 +221,6 @@ void reduce_body(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im, const device float* a,
     }
     invert_accumulated<T>(a_re, a_im, g, fs, tw, split_tw, pairs, acc, tid, nt);
     device float* out_row = out + row_offset(ix, kOperandOut, target, 0);
-    const int snap = snaps ? read_snap<T>(summary_max, summary_quantum, g.has_bias, g,
-                                          int(ix.inner_count * (g.has_bias ? 2 : 1)))
-                           : kNoSnap;
     for (long t = tid; t < g.out_len; t += nt) {
       T v = gather_output<T>(a_re, a_im, g, t);
       if (g.has_bias) {
@@ -268,7 +230,6 @@ void reduce_body(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im, const device float* a,
           v = r_add(v, r_prod(tag, x, d));
         }
       }
-      if (snap != kNoSnap) v = r_snap(v, snap);
       out_row[t] = r_round(v);
     }
     MP_BARRIER();
@@ -276,37 +237,15 @@ void reduce_body(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im, const device float* a,
 }
 
 // ConvolveSum rows (the jvp, conv_params.h), as reduce_body sums a target's
-// rows. The snap summary folds the bias terms' factors c_j into the A slot:
-// its largest magnitude and lowest bit then bound both kinds of product.
+// rows.
 template <class T, class Ptr>
 void sum_body(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im, SumData data, device float* out,
               constant const RowIndex& ix, constant const SumOperands& s,
               constant const ConvShape& g, constant const FFTShape& fs, const device cpx<T>* tw,
               const device cpx<T>* split_tw, const device IndexPair* pairs, device cpx<T>* acc,
-              threadgroup MP_GROUP_UINT* summary_max, threadgroup MP_GROUP_INT* summary_quantum,
               uint tid, uint nt, uint group, uint groups) {
   const T tag{};
-  const bool snaps = snap_roundoff_exp(T{}) < 0;
-  const bool has_bias = s.bias_terms > 0;
   for (long row = group; row < ix.outer_count; row += groups) {
-    if (snaps) {
-      if (tid < uint(kSummarySlots)) summary_reset(summary_max, summary_quantum, int(tid));
-      MP_BARRIER();
-      for (int i = 0; i < s.conv_terms; ++i) {
-        const int k = sum_conv_operand(i);
-        publish_row(summary_max, summary_quantum, kSummaryA,
-                    sum_operand_row(data, ix, s, k, row), g.a_len, tid, nt);
-        publish_row(summary_max, summary_quantum, kSummaryB,
-                    sum_operand_row(data, ix, s, k + 1, row), g.b_len, tid, nt);
-      }
-      for (int j = 0; j < s.bias_terms; ++j) {
-        const int k = sum_bias_operand(s, j);
-        publish_row(summary_max, summary_quantum, kSummaryA,
-                    sum_operand_row(data, ix, s, k, row), g.out_len, tid, nt);
-        publish_row(summary_max, summary_quantum, kSummaryBias,
-                    sum_operand_row(data, ix, s, k + 1, row), g.out_len, tid, nt);
-      }
-    }
     for (int i = 0; i < s.conv_terms; ++i) {
       const int k = sum_conv_operand(i);
       accumulate_term<T>(a_re, a_im, b_re, b_im, sum_operand_row(data, ix, s, k, row),
@@ -315,9 +254,6 @@ void sum_body(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im, SumData data, device float
     }
     invert_accumulated<T>(a_re, a_im, g, fs, tw, split_tw, pairs, acc, tid, nt);
     device float* out_row = out + row_offset(ix, kOperandOut, row, 0);
-    const int snap = snaps ? read_snap<T>(summary_max, summary_quantum, has_bias, g,
-                                          s.conv_terms + s.bias_terms)
-                           : kNoSnap;
     OperandRow bias_rows[2 * kMaxSumTerms];
     for (int j = 0; j < 2 * s.bias_terms; ++j)
       bias_rows[j] = sum_operand_row(data, ix, s, sum_bias_operand(s, 0) + j, row);
@@ -327,7 +263,6 @@ void sum_body(Ptr a_re, Ptr a_im, Ptr b_re, Ptr b_im, SumData data, device float
         const OperandRow c = bias_rows[2 * j], d = bias_rows[2 * j + 1];
         v = r_add(v, r_prod(tag, c.data[t * c.stride], d.data[t * d.stride]));
       }
-      if (snap != kNoSnap) v = r_snap(v, snap);
       out_row[t] = r_round(v);
     }
     MP_BARRIER();
@@ -420,67 +355,19 @@ template <class T, bool kGroup>
 // Words of open bits a threadgroup lists at a time (32 outputs each).
 enum : int { kRecomputeWords = 64 };
 
-// Step 3 of certify.h for the outputs certified_conv_rows marked: a
-// threadgroup per output row (the row's two operand rows stay in cache) lists
-// the row's marked outputs from its words of the bitmap, and each thread sums
-// one of them exactly (ExactSum: exact_conv_output).
-[[kernel]] void recompute_open_rows(const device float* a [[buffer(0)]],
-                                    const device float* b [[buffer(1)]],
-                                    const device float* bias [[buffer(2)]],
-                                    device float* out [[buffer(3)]],
-                                    constant const RowIndex& ix [[buffer(4)]],
-                                    constant const ConvShape& g [[buffer(5)]],
-                                    const device uint* open_bits [[buffer(24)]],
-                                    uint tid [[thread_position_in_threadgroup]],
-                                    uint nt [[threads_per_threadgroup]],
-                                    uint group [[threadgroup_position_in_grid]],
-                                    uint groups [[threadgroups_per_grid]]) {
-  threadgroup int marked[32 * kRecomputeWords];
-  threadgroup MP_GROUP_UINT count[1];
-  const long rows = ix.outer_count * ix.inner_count;
-  for (long row = group; row < rows; row += groups) {
-    const long kk = row / ix.inner_count, j = row % ix.inner_count;
-    const OperandRow a_row{a + row_offset(ix, kOperandA, kk, j), ix.time_stride[kOperandA]};
-    const OperandRow b_row{b + row_offset(ix, kOperandB, kk, 0), ix.time_stride[kOperandB]};
-    const OperandRow bias_row{bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0),
-                              ix.time_stride[kOperandBias]};
-    device float* out_row = out + row_offset(ix, kOperandOut, kk, j);
-    const long first = row * g.out_len, end = first + g.out_len;
-    for (long w0 = first / 32; w0 * 32 < end; w0 += kRecomputeWords) {
-      if (tid == 0) MP_GROUP_STORE(count, 0u);
-      MP_BARRIER();
-      for (long w = w0 + long(tid); w < w0 + kRecomputeWords && w * 32 < end; w += long(nt)) {
-        for (uint word = open_bits[w]; word != 0u; word &= word - 1u) {
-          const long e = w * 32 + MP_CTZ(word);
-          if (e >= first && e < end)
-            marked[metal::atomic_fetch_add_explicit(count, 1u, metal::memory_order_relaxed)] =
-                int(e - first);
-        }
-      }
-      MP_BARRIER();
-      const int n = int(MP_GROUP_LOAD(count));
-      for (int i = int(tid); i < n; i += int(nt))
-        out_row[marked[i]] = exact_conv_output(a_row, b_row, g.has_bias != 0, bias_row, g, marked[i]);
-      MP_BARRIER();
-    }
-  }
-}
 
 // `spectra` holds one accumulator slot per threadgroup.
 template <class T, bool kGroup>
 [[kernel]] void reduce_rows(MP_ROW_KERNEL_ARGS) {
   const int h = fs.n_half;
   device cpx<T>* acc = spectra + long(group) * 2 * fs.num_pairs;
-  threadgroup MP_GROUP_UINT summary_max[kSummarySlots];
-  threadgroup MP_GROUP_INT summary_quantum[kSummarySlots];
   if (kGroup) {
     reduce_body<T>(group_rows, group_rows + h, group_rows + 2 * h, group_rows + 3 * h, a, b, bias,
-                   out, ix, g, fs, tw, split_tw, pairs, acc, summary_max, summary_quantum, tid,
-                   nt, group, groups);
+                   out, ix, g, fs, tw, split_tw, pairs, acc, tid, nt, group, groups);
   } else {
     device T* rows = workspace + long(group) * 4 * h;
     reduce_body<T>(rows, rows + h, rows + 2 * h, rows + 3 * h, a, b, bias, out, ix, g, fs, tw,
-                   split_tw, pairs, acc, summary_max, summary_quantum, tid, nt, group, groups);
+                   split_tw, pairs, acc, tid, nt, group, groups);
   }
 }
 
@@ -504,22 +391,260 @@ template <class T, bool kGroup>
 [[kernel]] void sum_rows(MP_SUM_KERNEL_ARGS) {
   const int h = fs.n_half;
   device cpx<T>* acc = spectra + long(group) * 2 * fs.num_pairs;
-  threadgroup MP_GROUP_UINT summary_max[kSummarySlots];
-  threadgroup MP_GROUP_INT summary_quantum[kSummarySlots];
   const SumData data{{x0, x1, x2, x3, x4, x5, x6, x7}};
   if (kGroup) {
     sum_body<T>(group_rows, group_rows + h, group_rows + 2 * h, group_rows + 3 * h, data, out, ix,
-                s, g, fs, tw, split_tw, pairs, acc, summary_max, summary_quantum, tid, nt, group,
-                groups);
+                s, g, fs, tw, split_tw, pairs, acc, tid, nt, group, groups);
   } else {
     device T* rows = workspace + long(group) * 4 * h;
     sum_body<T>(rows, rows + h, rows + 2 * h, rows + 3 * h, data, out, ix, s, g, fs, tw, split_tw,
-                pairs, acc, summary_max, summary_quantum, tid, nt, group, groups);
+                pairs, acc, tid, nt, group, groups);
   }
 }
 
-// Bias gradient (see the CUDA twin): one thread per output, the CPU's order.
-template <class T>
+// The certified rows of terms' view of their threadgroup (certify_pair.h).
+struct MetalGroup {
+  threadgroup MP_GROUP_UINT* max_bits;
+  threadgroup float* simd_sums;
+  device metal::atomic_uint* open_bits;
+  uint tid;
+  uint nt;
+  PairRowScale row_scale(const device float* row, long stride, long len) {
+    return group_row_scale(row, stride, len, max_bits, simd_sums, tid, nt);
+  }
+  void mark_open(long e) {
+    metal::atomic_fetch_or_explicit(open_bits + (e >> 5), 1u << (e & 31),
+                                    metal::memory_order_relaxed);
+  }
+};
+
+// The terms of a gradient's target row (reduce_rows): corr/conv(a_j, b_j)
+// and a_j * bias_j over the inner rows j.
+struct InnerTerms {
+  const device float* a;
+  const device float* b;
+  const device float* bias;
+  constant const RowIndex* ix;
+  int has_bias;
+  long target;
+  int conv_count() const { return int(ix->inner_count); }
+  void conv_rows(int j, thread OperandRow& a_row, thread OperandRow& b_row) const {
+    a_row = OperandRow{a + row_offset(*ix, kOperandA, target, j), ix->time_stride[kOperandA]};
+    b_row = OperandRow{b + row_offset(*ix, kOperandB, target, j), ix->time_stride[kOperandB]};
+  }
+  int bias_count() const { return has_bias ? int(ix->inner_count) : 0; }
+  void bias_rows(int j, thread OperandRow& c, thread OperandRow& d) const {
+    c = OperandRow{a + row_offset(*ix, kOperandA, target, j), ix->time_stride[kOperandA]};
+    d = OperandRow{bias + row_offset(*ix, kOperandBias, target, j), ix->time_stride[kOperandBias]};
+  }
+};
+
+// The terms of a ConvolveSum row (the jvp, conv_params.h).
+struct ListedTerms {
+  SumData data;
+  constant const RowIndex* ix;
+  constant const SumOperands* s;
+  long row;
+  int conv_count() const { return s->conv_terms; }
+  void conv_rows(int i, thread OperandRow& a, thread OperandRow& b) const {
+    const int k = sum_conv_operand(i);
+    a = sum_operand_row(data, *ix, *s, k, row);
+    b = sum_operand_row(data, *ix, *s, k + 1, row);
+  }
+  int bias_count() const { return s->bias_terms; }
+  void bias_rows(int j, thread OperandRow& c, thread OperandRow& d) const {
+    const int k = sum_bias_operand(*s, j);
+    c = sum_operand_row(data, *ix, *s, k, row);
+    d = sum_operand_row(data, *ix, *s, k + 1, row);
+  }
+};
+
+// Gradient rows, certified: target row r sums its inner rows' terms
+// (certified_terms_row); `spectra` holds one accumulator slot per threadgroup.
+template <class T, bool kGroup>
+[[kernel]] void certified_reduce_rows(MP_CERTIFIED_ARGS) {
+  const int h = fs.n_half;
+  threadgroup MP_GROUP_UINT max_bits[1];
+  threadgroup float simd_sums[32];
+  MetalGroup grp{max_bits, simd_sums, open_bits, tid, nt};
+  device cpx<T>* acc = spectra + long(group) * 2 * fs.num_pairs;
+  device T* rows = workspace + long(group) * 4 * h;
+  for (long target = group; target < ix.outer_count; target += groups) {
+    const InnerTerms terms{a, b, bias, &ix, g.has_bias, target};
+    device float* out_row = out + row_offset(ix, kOperandOut, target, 0);
+    if (kGroup) {
+      certified_terms_row<T>(group_rows, group_rows + h, group_rows + 2 * h, group_rows + 3 * h,
+                             terms, g, fs, tw, split_tw, pairs, acc, bound, out_row,
+                             target * g.out_len, grp, int(tid), int(nt));
+    } else {
+      certified_terms_row<T>(rows, rows + h, rows + 2 * h, rows + 3 * h, terms, g, fs, tw,
+                             split_tw, pairs, acc, bound, out_row, target * g.out_len, grp,
+                             int(tid), int(nt));
+    }
+  }
+}
+
+// ConvolveSum rows, certified (certified_terms_row).
+template <class T, bool kGroup>
+[[kernel]] void certified_sum_rows(MP_SUM_KERNEL_ARGS,
+                                   device metal::atomic_uint* open_bits [[buffer(24)]],
+                                   constant const PairBoundConstants& bound [[buffer(25)]]) {
+  const int h = fs.n_half;
+  threadgroup MP_GROUP_UINT max_bits[1];
+  threadgroup float simd_sums[32];
+  MetalGroup grp{max_bits, simd_sums, open_bits, tid, nt};
+  device cpx<T>* acc = spectra + long(group) * 2 * fs.num_pairs;
+  device T* rows = workspace + long(group) * 4 * h;
+  const SumData data{{x0, x1, x2, x3, x4, x5, x6, x7}};
+  for (long row = group; row < ix.outer_count; row += groups) {
+    const ListedTerms terms{data, &ix, &s, row};
+    device float* out_row = out + row_offset(ix, kOperandOut, row, 0);
+    if (kGroup) {
+      certified_terms_row<T>(group_rows, group_rows + h, group_rows + 2 * h, group_rows + 3 * h,
+                             terms, g, fs, tw, split_tw, pairs, acc, bound, out_row,
+                             row * g.out_len, grp, int(tid), int(nt));
+    } else {
+      certified_terms_row<T>(rows, rows + h, rows + 2 * h, rows + 3 * h, terms, g, fs, tw,
+                             split_tw, pairs, acc, bound, out_row, row * g.out_len, grp,
+                             int(tid), int(nt));
+    }
+  }
+}
+
+// Step 3 of certify.h for the outputs the certified kernels marked: a
+// threadgroup per output row (the row's operand rows stay in cache) lists the
+// row's marked outputs from its words of the bitmap, and each thread sums one
+// of them exactly (ExactSum); rows.recompute(row, t) does one.
+template <class Rows>
+void recompute_marked(thread const Rows& rows, long row_count, long out_len,
+                      const device uint* open_bits, uint tid, uint nt, uint group, uint groups) {
+  threadgroup int marked[32 * kRecomputeWords];
+  threadgroup MP_GROUP_UINT count[1];
+  for (long row = group; row < row_count; row += groups) {
+    const long first = row * out_len, end = first + out_len;
+    for (long w0 = first / 32; w0 * 32 < end; w0 += kRecomputeWords) {
+      if (tid == 0) MP_GROUP_STORE(count, 0u);
+      MP_BARRIER();
+      for (long w = w0 + long(tid); w < w0 + kRecomputeWords && w * 32 < end; w += long(nt)) {
+        for (uint word = open_bits[w]; word != 0u; word &= word - 1u) {
+          const long e = w * 32 + MP_CTZ(word);
+          if (e >= first && e < end)
+            marked[metal::atomic_fetch_add_explicit(count, 1u, metal::memory_order_relaxed)] =
+                int(e - first);
+        }
+      }
+      MP_BARRIER();
+      const int n = int(MP_GROUP_LOAD(count));
+      for (int i = int(tid); i < n; i += int(nt)) rows.recompute(row, marked[i]);
+      MP_BARRIER();
+    }
+  }
+}
+
+// certified_conv_rows' rows: row kk * inner_count + j.
+struct OneTermRows {
+  const device float* a;
+  const device float* b;
+  const device float* bias;
+  device float* out;
+  constant const RowIndex* ix;
+  constant const ConvShape* g;
+  void recompute(long row, long t) const {
+    const long kk = row / ix->inner_count, j = row % ix->inner_count;
+    const OperandRow a_row{a + row_offset(*ix, kOperandA, kk, j), ix->time_stride[kOperandA]};
+    const OperandRow b_row{b + row_offset(*ix, kOperandB, kk, 0), ix->time_stride[kOperandB]};
+    const OperandRow bias_row{bias + (g->has_bias ? row_offset(*ix, kOperandBias, kk, j) : 0),
+                              ix->time_stride[kOperandBias]};
+    const OneTerm terms{a_row, b_row, bias_row, g->has_bias != 0};
+    out[row_offset(*ix, kOperandOut, kk, j) + t] = exact_terms_output(terms, *g, t);
+  }
+};
+
+// certified_reduce_rows' target rows.
+struct InnerTermRows {
+  const device float* a;
+  const device float* b;
+  const device float* bias;
+  device float* out;
+  constant const RowIndex* ix;
+  constant const ConvShape* g;
+  void recompute(long row, long t) const {
+    const InnerTerms terms{a, b, bias, ix, g->has_bias, row};
+    out[row_offset(*ix, kOperandOut, row, 0) + t] = exact_terms_output(terms, *g, t);
+  }
+};
+
+// certified_sum_rows' rows.
+struct ListedTermRows {
+  SumData data;
+  device float* out;
+  constant const RowIndex* ix;
+  constant const SumOperands* s;
+  constant const ConvShape* g;
+  void recompute(long row, long t) const {
+    const ListedTerms terms{data, ix, s, row};
+    out[row_offset(*ix, kOperandOut, row, 0) + t] = exact_terms_output(terms, *g, t);
+  }
+};
+
+// one_term: certified_conv_rows' rows, else certified_reduce_rows'.
+[[kernel]] void recompute_open_rows(const device float* a [[buffer(0)]],
+                                    const device float* b [[buffer(1)]],
+                                    const device float* bias [[buffer(2)]],
+                                    device float* out [[buffer(3)]],
+                                    constant const RowIndex& ix [[buffer(4)]],
+                                    constant const ConvShape& g [[buffer(5)]],
+                                    constant const int& one_term [[buffer(13)]],
+                                    const device uint* open_bits [[buffer(24)]],
+                                    uint tid [[thread_position_in_threadgroup]],
+                                    uint nt [[threads_per_threadgroup]],
+                                    uint group [[threadgroup_position_in_grid]],
+                                    uint groups [[threadgroups_per_grid]]) {
+  if (one_term) {
+    const OneTermRows rows{a, b, bias, out, &ix, &g};
+    recompute_marked(rows, ix.outer_count * ix.inner_count, g.out_len, open_bits, tid, nt, group,
+                     groups);
+  } else {
+    const InnerTermRows rows{a, b, bias, out, &ix, &g};
+    recompute_marked(rows, ix.outer_count, g.out_len, open_bits, tid, nt, group, groups);
+  }
+}
+
+// certified_sum_rows' outputs.
+[[kernel]] void recompute_open_sum(
+    device float* out [[buffer(3)]], constant const RowIndex& ix [[buffer(4)]],
+    constant const ConvShape& g [[buffer(5)]], constant const SumOperands& s [[buffer(14)]],
+    const device float* x0 [[buffer(15)]], const device float* x1 [[buffer(16)]],
+    const device float* x2 [[buffer(17)]], const device float* x3 [[buffer(18)]],
+    const device float* x4 [[buffer(19)]], const device float* x5 [[buffer(20)]],
+    const device float* x6 [[buffer(21)]], const device float* x7 [[buffer(22)]],
+    const device uint* open_bits [[buffer(24)]], uint tid [[thread_position_in_threadgroup]],
+    uint nt [[threads_per_threadgroup]], uint group [[threadgroup_position_in_grid]],
+    uint groups [[threadgroups_per_grid]]) {
+  const SumData data{{x0, x1, x2, x3, x4, x5, x6, x7}};
+  const ListedTermRows rows{data, out, &ix, &s, &g};
+  recompute_marked(rows, ix.outer_count, g.out_len, open_bits, tid, nt, group, groups);
+}
+
+// The bias gradient's sums: float32 in float arithmetic, the CPU's order;
+// extended and dd exactly (ExactSum), rounded once: the CPU's and CUDA's
+// correctly rounded bits.
+struct FloatProductSum {
+  float acc;
+  void init() { acc = 0.0f; }
+  void add(float a, float b) { acc = MP_ADDF(acc, MP_MULF(a, b)); }
+  float result() { return acc; }
+};
+
+struct ExactProductSum {
+  ExactSum sum;
+  void init() { exact_sum_init(sum); }
+  void add(float a, float b) { exact_sum_add_product(sum, a, b); }
+  float result() { return exact_sum_round(sum); }
+};
+
+// Bias gradient (see the CUDA twin): one thread per output.
+template <class Sum>
 [[kernel]] void product_sum(const device float* a [[buffer(0)]],
                             const device float* b [[buffer(1)]], device float* out [[buffer(3)]],
                             constant const RowIndex& ix [[buffer(4)]],
@@ -530,18 +655,15 @@ template <class T>
   if (long(id) >= ix.outer_count * per_target) return;
   const long target = long(id) / per_target, t0 = long(id) % per_target;
   const long a_step = ix.time_stride[kOperandA], b_step = ix.time_stride[kOperandB];
-  const T tag{};
-  T acc{};
+  const long t_end = sum_over_time ? len : t0 + 1;
+  Sum acc;
+  acc.init();
   for (long j = 0; j < ix.inner_count; ++j) {
     const device float* a_row = a + row_offset(ix, kOperandA, target, j);
     const device float* b_row = b + row_offset(ix, kOperandB, target, j);
-    if (sum_over_time) {
-      for (long t = 0; t < len; ++t) acc = r_add(acc, r_prod(tag, a_row[t * a_step], b_row[t * b_step]));
-    } else {
-      acc = r_add(acc, r_prod(tag, a_row[t0 * a_step], b_row[t0 * b_step]));
-    }
+    for (long t = sum_over_time ? 0 : t0; t < t_end; ++t) acc.add(a_row[t * a_step], b_row[t * b_step]);
   }
-  out[row_offset(ix, kOperandOut, target, 0) + t0] = r_round(acc);
+  out[row_offset(ix, kOperandOut, target, 0) + t0] = acc.result();
 }
 
 #define MP_INSTANTIATE_ROWS(fn, T, tname)                                                 \
@@ -550,18 +672,18 @@ template <class T>
   template [[host_name(#fn "_" tname "_device")]] [[kernel]] decltype(fn<T, false>) \
       fn<T, false>;
 
-#define MP_INSTANTIATE(T, tname)                                                          \
-  MP_INSTANTIATE_ROWS(reduce_rows, T, tname)                                              \
-  MP_INSTANTIATE_ROWS(sum_rows, T, tname)                                                 \
-  template [[host_name("product_sum_" tname)]] [[kernel]] decltype(product_sum<T>)        \
-      product_sum<T>;
-
-MP_INSTANTIATE(float, "float32")
-MP_INSTANTIATE(ff, "dd")
-// The forward rows: float32's, and the certified float-pair ones.
+// float32's rows, and the certified float-pair ones (extended and dd).
+MP_INSTANTIATE_ROWS(reduce_rows, float, "float32")
+MP_INSTANTIATE_ROWS(sum_rows, float, "float32")
+template [[host_name("product_sum_float32")]] [[kernel]] decltype(product_sum<FloatProductSum>)
+    product_sum<FloatProductSum>;
+template [[host_name("product_sum_dd")]] [[kernel]] decltype(product_sum<ExactProductSum>)
+    product_sum<ExactProductSum>;
 MP_INSTANTIATE_ROWS(kernel_spectra, float, "float32")
 MP_INSTANTIATE_ROWS(conv_rows, float, "float32")
 MP_INSTANTIATE_ROWS(certified_spectra, ff, "dd")
 MP_INSTANTIATE_ROWS(certified_conv_rows, ff, "dd")
+MP_INSTANTIATE_ROWS(certified_reduce_rows, ff, "dd")
+MP_INSTANTIATE_ROWS(certified_sum_rows, ff, "dd")
 
 } // namespace mlx_precise
