@@ -11,7 +11,8 @@
 // a 204 ms forward (docs/gpu.md). So the backend allocates its own:
 // stream-ordered on the encoder's stream, from a memory pool of its own per
 // device, wrapped as MLX buffers (CudaBuffer, the struct gpu_ptr reads) with
-// a deleter.
+// a deleter. Through the driver API, which the extension links (libcuda):
+// libmlx links the CUDA runtime statically and exports none of its symbols.
 #include "backend/cuda/allocation.h"
 
 #include <map>
@@ -19,33 +20,27 @@
 #include <stdexcept>
 #include <string>
 
-#include <cuda_runtime.h>
+#include <cuda.h>
 
 #include <mlx/memory.h>
 
+#include "backend/cuda/jit.h"
 #include "device_memory.h"
 
 namespace mlx_precise::cuda {
 
 namespace {
 
-void check(cudaError_t e, const char* what) {
-  if (e != cudaSuccess) {
-    throw std::runtime_error(
-        std::string("mlx-precise CUDA: ") + what +
-        " failed: " + cudaGetErrorString(e));
-  }
-}
-
-// Per device: the pool (null where the device has no memory pools) and a
-// stream for the frees.
+// Per device: its primary context (current while a deleter frees), the pool
+// (null where the device has no memory pools) and a stream for the frees.
 struct DeviceMemory {
-  cudaMemPool_t pool = nullptr;
-  cudaStream_t free_stream = nullptr;
+  CUcontext context = nullptr;
+  CUmemoryPool pool = nullptr;
+  CUstream free_stream = nullptr;
 };
 
-// Created at first use, with the device current, and kept for the process
-// (as MLX keeps its allocator): deleters may run at exit.
+// Created at first use and kept for the process (as MLX keeps its
+// allocator): deleters may run at exit.
 const DeviceMemory& device_memory(mx::cu::Device& dev) {
   static std::mutex mutex;
   static auto* memories = new std::map<int, DeviceMemory>();
@@ -55,78 +50,75 @@ const DeviceMemory& device_memory(mx::cu::Device& dev) {
   if (it != memories->end())
     return it->second;
   DeviceMemory m;
+  dev.make_current();
+  CUdevice cu_device;
+  check_driver(cuDeviceGet(&cu_device, device), "cuDeviceGet");
+  check_driver(
+      cuDevicePrimaryCtxRetain(&m.context, cu_device),
+      "cuDevicePrimaryCtxRetain");
   if (dev.memory_pools()) {
-    dev.make_current();
-    cudaMemPoolProps props{};
-    props.allocType = cudaMemAllocationTypePinned;
-    props.handleTypes = cudaMemHandleTypeNone;
-    props.location.type = cudaMemLocationTypeDevice;
+    CUmemPoolProps props{};
+    props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    props.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
+    props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
     props.location.id = device;
-    check(cudaMemPoolCreate(&m.pool, &props), "cudaMemPoolCreate");
+    check_driver(cuMemPoolCreate(&m.pool, &props), "cuMemPoolCreate");
     // A pool returns what exceeds its release threshold at every stream or
     // event synchronization, and MLX synchronizes on events after each
     // graph: with CUDA's default threshold (0) every forward would map its
     // memory anew. Keeping up to an eighth of the device serves repeated
     // calls from the pool, as MLX's buffer cache does for its own arrays.
     size_t free_bytes = 0, total_bytes = 0;
-    check(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
-    uint64_t keep = total_bytes / 8;
-    check(
-        cudaMemPoolSetAttribute(m.pool, cudaMemPoolAttrReleaseThreshold, &keep),
-        "cudaMemPoolSetAttribute");
-    check(
-        cudaStreamCreateWithFlags(&m.free_stream, cudaStreamNonBlocking),
-        "cudaStreamCreateWithFlags");
+    check_driver(cuMemGetInfo(&free_bytes, &total_bytes), "cuMemGetInfo");
+    cuuint64_t keep = total_bytes / 8;
+    check_driver(
+        cuMemPoolSetAttribute(m.pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep),
+        "cuMemPoolSetAttribute");
+    check_driver(
+        cuStreamCreate(&m.free_stream, CU_STREAM_NON_BLOCKING),
+        "cuStreamCreate");
   }
   return memories->emplace(device, m).first->second;
 }
 
-void* allocate(const DeviceMemory& m, size_t bytes, cudaStream_t stream) {
-  void* data = nullptr;
-  const cudaError_t e = m.pool
-      ? cudaMallocFromPoolAsync(&data, bytes, m.pool, stream)
-      : cudaMalloc(&data, bytes);
-  if (e == cudaSuccess)
-    return data;
-  if (e != cudaErrorMemoryAllocation)
-    check(e, "device allocation");
-  cudaGetLastError(); // clears the error, which is handled here
+void* allocate(const DeviceMemory& m, size_t bytes, CUstream stream) {
+  CUdeviceptr data = 0;
+  const CUresult r = m.pool
+      ? cuMemAllocFromPoolAsync(&data, bytes, m.pool, stream)
+      : cuMemAlloc(&data, bytes);
+  if (r == CUDA_SUCCESS)
+    return reinterpret_cast<void*>(data);
+  if (r != CUDA_ERROR_OUT_OF_MEMORY)
+    check_driver(r, "device allocation");
   return nullptr;
 }
 
 // Frees a buffer of device_malloc. Deleters run when MLX releases an array,
 // after every graph that used it has run (MLX holds the arrays of a graph
 // until it completes), so the free waits for nothing. Errors are ignored:
-// at exit the CUDA runtime may be gone before the last arrays.
-void release(
-    mx::cu::CudaBuffer& buf,
-    int device,
-    const DeviceMemory& m,
-    size_t bytes) {
+// at exit the driver may be shutting down before the last arrays go.
+void release(mx::cu::CudaBuffer& buf, const DeviceMemory& m, size_t bytes) {
   count_device_free(bytes);
-  if (!buf.data)
+  if (!buf.data || cuCtxPushCurrent(m.context) != CUDA_SUCCESS)
     return;
-  int current = -1;
-  cudaGetDevice(&current);
-  if (current != device)
-    cudaSetDevice(device);
+  const auto ptr = reinterpret_cast<CUdeviceptr>(buf.data);
   if (buf.device == -1) {
     // Read on the host, MLX moved the data into its unified memory (managed,
     // or pinned host memory where managed memory is not supported) and freed
     // the device memory itself (Buffer::raw_ptr): free it as MLX would.
-    cudaPointerAttributes attributes{};
+    unsigned int type = 0;
     const bool host =
-        cudaPointerGetAttributes(&attributes, buf.data) == cudaSuccess &&
-        attributes.type == cudaMemoryTypeHost;
-    host ? cudaFreeHost(buf.data) : cudaFree(buf.data);
+        cuPointerGetAttribute(&type, CU_POINTER_ATTRIBUTE_MEMORY_TYPE, ptr) ==
+            CUDA_SUCCESS &&
+        type == CU_MEMORYTYPE_HOST;
+    host ? cuMemFreeHost(buf.data) : cuMemFree(ptr);
   } else if (m.pool) {
-    cudaFreeAsync(buf.data, m.free_stream);
+    cuMemFreeAsync(ptr, m.free_stream);
   } else {
-    cudaFree(buf.data);
+    cuMemFree(ptr);
   }
-  cudaGetLastError();
-  if (current != device && current >= 0)
-    cudaSetDevice(current);
+  CUcontext popped;
+  cuCtxPopCurrent(&popped);
 }
 
 } // namespace
@@ -145,7 +137,7 @@ mx::allocator::Data device_malloc(
       // arrays use: give it back and try once more.
       mx::clear_cache();
       if (m.pool)
-        check(cudaMemPoolTrimTo(m.pool, 0), "cudaMemPoolTrimTo");
+        check_driver(cuMemPoolTrimTo(m.pool, 0), "cuMemPoolTrimTo");
       data = allocate(m, bytes, encoder.stream());
     }
     if (!data) {
@@ -156,16 +148,17 @@ mx::allocator::Data device_malloc(
     }
   }
   if (data && poison_device_memory()) {
-    check(
-        cudaMemsetAsync(data, 0xFF, bytes, encoder.stream()),
-        "cudaMemsetAsync");
+    check_driver(
+        cuMemsetD8Async(
+            reinterpret_cast<CUdeviceptr>(data), 0xFF, bytes, encoder.stream()),
+        "cuMemsetD8Async");
   }
   count_device_malloc(bytes);
   auto* buf = new mx::cu::CudaBuffer{data, bytes, data ? device : -1};
   return mx::allocator::Data(
-      mx::allocator::Buffer(buf), [device, &m, bytes](mx::allocator::Buffer b) {
+      mx::allocator::Buffer(buf), [&m, bytes](mx::allocator::Buffer b) {
         auto* held = static_cast<mx::cu::CudaBuffer*>(b.ptr());
-        release(*held, device, m, bytes);
+        release(*held, m, bytes);
         delete held;
       });
 }
