@@ -276,9 +276,11 @@ MP_INLINE double gamma_bound(MP_INT64 n) {
 // product, inverse), every operation an IEEE rounding with unit roundoff u
 // (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed.; full
 // derivation in docs/certification.md):
-//   - a complex addition errs by at most u |result|; a product with a
-//     computed twiddle (|w^ - w| <= u) by tau |x|, tau = u + sqrt(2)
-//     gamma_2 (1 + u) (Lemma 3.5). Every path through a twiddled radix-4
+//   - a complex addition errs by at most u |result|; a complex product by
+//     sqrt(5) u |x y| (Brent, Percival and Zimmermann, Math. Comp. 76, 2007:
+//     the naive formula without FMA, as both engines compile it), so one with
+//     a computed twiddle (|w^ - w| <= u) by tau |x|, tau = u + sqrt(5) u
+//     (1 + u). Every path through a twiddled radix-4
 //     stage passes one twiddle product and two additions, so each output
 //     errs by at most eta_4 |S| |x|, 1 + eta_4 = (1 + u)^2 (1 + tau); a
 //     unit-twiddle radix-4 stage (1 + u)^2, the radix-2 stage 1 + u;
@@ -286,13 +288,16 @@ MP_INLINE double gamma_bound(MP_INT64 n) {
 //     results and every level is sqrt 2 times a unitary map, so a stage's
 //     error is eta ||S x|| as well, and ||Z^ - Z|| <= eps ||Z||, 1 + eps =
 //     the product of the stages' factors (the induction of Thm 24.2). The
-//     split (norm <= 2 sqrt 2, its sums s and differences d of Z^ with
-//     ||s||^2 + ||d||^2 <= 4 ||Z^||^2) adds sigma ||Z^||, sigma = 2 sqrt(2) u
-//     + 2 (1 + u) sqrt(u^2 + (u + tau (1 + u))^2): the packed spectra are off
-//     by delta sqrt(H) ||a||, delta = 2 sqrt(2) eps + sigma (1 + eps), and
-//     their norms are <= (2 sqrt 2 + delta) sqrt(H) ||a||;
+//     split has norm 2 except on the DC entry (2 sqrt 2), whose path has
+//     additions only (unit twiddles): |Z^_0 - Z_0| <= e_dc ||Z||, e_dc =
+//     gamma_(log2 H), so it maps the error to 2 sqrt(eps^2 + e_dc^2) ||Z||.
+//     Its rounding (its sums s and differences d of Z^ with ||s||^2 +
+//     ||d||^2 <= 4 ||Z^||^2) adds sigma ||Z^||, sigma = 2 sqrt(2) u + 2 (1 +
+//     u) sqrt(u^2 + (u + tau (1 + u))^2): the packed spectra are off by
+//     delta sqrt(H) ||a||, delta = 2 sqrt(eps^2 + e_dc^2) + sigma (1 + eps),
+//     and their norms are <= (2 sqrt 2 + delta) sqrt(H) ||a||;
 //   - product: ||P^ - P||_1 <= rho H ||a|| ||b||, rho = delta (2 sqrt 2 +
-//     delta) + 2 sqrt 2 delta + sqrt 2 gamma_2 (2 sqrt 2 + delta)^2;
+//     delta) + 2 sqrt 2 delta + sqrt(5) u (2 sqrt 2 + delta)^2;
 //   - the exact inverse maps a packed product entry to an output with weight
 //     <= 1/(2N) (it stands for two conjugate entries of the full spectrum,
 //     each of weight 1/N, times the packing's factor 4): rho / 4;
@@ -301,7 +306,7 @@ MP_INLINE double gamma_bound(MP_INT64 n) {
 //     inverse stages (the forward's factors) give 1 + e_inv = (1 + eta_4)
 //     (1 + eps); every path from a packed entry to an output has weight <= 4
 //     (unsplit) x 1 (butterflies) x 1/(4N), so it adds e_inv ||P^||_1 / N
-//     <= e_inv weight, weight = (2 sqrt 2 + delta)^2 (1 + sqrt 2 gamma_2) / 2.
+//     <= e_inv weight, weight = (2 sqrt 2 + delta)^2 (1 + sqrt(5) u) / 2.
 // An output summing `terms` spectral products before one inverse transform
 // (gradients over broadcast rows) adds gamma_terms weight per term; the bound
 // is then kappa times the sum over the terms of ||a|| ||b||. Times 1 + 2^-10
@@ -310,7 +315,7 @@ MP_INLINE double gamma_bound(MP_INT64 n) {
 // The constants of that derivation for a size-N transform.
 struct TransformErrors {
   double delta; // the packed spectra's error, per unit of sqrt(H) ||row||
-  double product; // sqrt 2 gamma_2: one packed product's rounding
+  double product; // sqrt(5) u: one packed product's rounding
   double inverse; // e_inv: the inverse's rounding per unit ||P^||_1 / N
   double terms; // gamma_terms: accumulating the terms' spectral products
 };
@@ -331,7 +336,8 @@ transform_errors(MP_INT64 fft_size, MP_INT64 terms, double u) {
   const bool radix2 = (log2_half & 1) != 0;
   const int twiddled = radix2 || radix4 == 0 ? radix4 : radix4 - 1;
   const double sqrt2 = 1.4142135623730951;
-  const double tau = u + sqrt2 * gamma_n(2.0, u) * (1.0 + u);
+  const double product = 2.2360679774997898 * u; // sqrt(5) u
+  const double tau = u + product * (1.0 + u);
   const double two_additions = compose_errors(u, u);
   const double radix4_stage = compose_errors(two_additions, tau);
   double eps = 0.0;
@@ -344,9 +350,10 @@ transform_errors(MP_INT64 fft_size, MP_INT64 terms, double u) {
   const double difference = u + tau * (1.0 + u);
   const double split =
       2.0 * sqrt2 * u + 2.0 * (1.0 + u) * sqrt(u * u + difference * difference);
+  const double dc = fmin(gamma_n(static_cast<double>(log2_half), u), eps);
   TransformErrors e;
-  e.delta = 2.0 * sqrt2 * eps + split * (1.0 + eps);
-  e.product = sqrt2 * gamma_n(2.0, u);
+  e.delta = 2.0 * sqrt(eps * eps + dc * dc) + split * (1.0 + eps);
+  e.product = product;
   e.inverse = compose_errors(eps, radix4_stage);
   e.terms = gamma_n(static_cast<double>(terms), u);
   return e;
@@ -369,8 +376,8 @@ MP_INLINE double conv_error_bound(MP_INT64 fft_size, MP_INT64 terms, double u) {
 // packed spectra A^, B^ over sqrt(H), where conv_error_bound assumes the
 // largest, (2 sqrt 2 + delta) ||row||; random rows measure about 2 ||row||.
 // With ||A|| <= min(||A^|| + delta sqrt(H) ||a||, 2 sqrt(2 H) ||a||):
-//   ||P^ - P||_1 <= ||A^ - A|| ||B^|| + ||A|| ||B^ - B|| + sqrt 2 gamma_2
-//   ||A^|| ||B^||, and ||P^||_1 <= (1 + sqrt 2 gamma_2) ||A^|| ||B^||.
+//   ||P^ - P||_1 <= ||A^ - A|| ||B^|| + ||A|| ||B^ - B|| + sqrt(5) u
+//   ||A^|| ||B^||, and ||P^||_1 <= (1 + sqrt(5) u) ||A^|| ||B^||.
 MP_INLINE double measured_term_error(
     MP_THREAD const TransformErrors& e,
     double norm_a,
@@ -448,7 +455,9 @@ MP_INLINE void running_init(MP_THREAD RunningSum& r) {
     r.sum[l] = r.mass[l] = 0.0;
 }
 
-// r += sum_{k < count} a(m0 - k) b(j0 + k).
+// r += sum_{k < count} a(m0 - k) b(j0 + k). A backend may overload it for
+// its own row types (correctly_rounded_sum finds the overload by
+// argument-dependent lookup), as the CPU does for rows converted to double.
 template <class RowA, class RowB>
 MP_INLINE void running_add_range(
     MP_THREAD RunningSum& r,

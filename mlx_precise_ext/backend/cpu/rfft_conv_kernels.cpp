@@ -12,6 +12,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__FMA__) && defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 #include "backend/cpu/conv_job.h"
 #include "backend/cpu/parallel.h"
 #include "kernels/certify.h"
@@ -567,27 +571,167 @@ struct PlainRow {
     return row.data[j * row.stride];
   }
 };
-struct Forward {
-  const float* data;
-  float operator()(int64_t j) const {
-    return data[j];
+
+// ------------------------------------------------------- recomputation ----
+// The open outputs of a row are recomputed from a copy of a converted to
+// double once per row, back to front (RecomputeRows), and b as it is: the
+// products a(m0 - k) b(j0 + k) of a range then read both forward, four to a
+// vector, with one conversion and no shuffle in the loop (converting and
+// reversing floats there ran at half the speed).
+
+// a(m) = last[-m] and b(j) = first[j]; as accessors (floats, exactly) for the
+// later stages of correctly_rounded_sum.
+struct ReversedDoubles {
+  const double* last;
+  float operator()(int64_t m) const {
+    return static_cast<float>(last[-m]);
   }
 };
-struct Backward {
-  const float* last;
-  float operator()(int64_t m) const {
-    return last[-m];
+struct ForwardFloats {
+  const float* first;
+  float operator()(int64_t j) const {
+    return first[j];
   }
 };
 
+class RecomputeRows {
+ public:
+  // The rows as the transform loaded them (a back to front when reversed).
+  void load(const ConvGeometry& g, RealRow a, RealRow b) {
+    a_.resize(g.a_len);
+    for (int64_t x = 0; x < g.a_len; ++x)
+      a_[x] = a.data[(g.a_reversed ? x : g.a_len - 1 - x) * a.stride];
+    b_first_ = b.data;
+    if (b.stride != 1) {
+      b_.resize(g.b_len);
+      for (int64_t j = 0; j < g.b_len; ++j)
+        b_[j] = b.data[j * b.stride];
+      b_first_ = b_.data();
+    }
+  }
+  ReversedDoubles a() const {
+    return ReversedDoubles{a_.data() + a_.size() - 1};
+  }
+  ForwardFloats b() const {
+    return ForwardFloats{b_first_};
+  }
+
+ private:
+  std::vector<double> a_;
+  std::vector<float> b_;
+  const float* b_first_ = nullptr;
+};
+
+// Vectors of doubles as wide as the instruction set has (four with AVX, two
+// with SSE2): kDotLanes lanes are kVectors of them.
+#if defined(__AVX__)
+constexpr int kVectorLanes = 4;
+#else
+constexpr int kVectorLanes = 2;
+#endif
+constexpr int kVectors = kDotLanes / kVectorLanes;
+using DoubleVector = double __attribute__((vector_size(8 * kVectorLanes)));
+using FloatVector = float __attribute__((vector_size(4 * kVectorLanes)));
+using BitsVector = long long __attribute__((vector_size(8 * kVectorLanes)));
+
+inline DoubleVector load_vector(const double* p) {
+  DoubleVector v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+inline DoubleVector load_vector(const float* p) {
+  FloatVector v;
+  std::memcpy(&v, p, sizeof v);
+  return __builtin_convertvector(v, DoubleVector);
+}
+
+inline void store_vector(double* p, DoubleVector v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+inline DoubleVector abs_vector(DoubleVector v) {
+  return reinterpret_cast<DoubleVector>(
+      reinterpret_cast<BitsVector>(v) & 0x7fffffffffffffffll);
+}
+
+// sum + a b for float values a, b: the product is exact in double, so the
+// fused form rounds as the addition alone does.
+inline DoubleVector
+add_exact_products(DoubleVector sum, DoubleVector a, DoubleVector b) {
+#if defined(__FMA__) && defined(__AVX__)
+  return reinterpret_cast<DoubleVector>(_mm256_fmadd_pd(
+      reinterpret_cast<__m256d>(a),
+      reinterpret_cast<__m256d>(b),
+      reinterpret_cast<__m256d>(sum)));
+#else
+  return sum + a * b;
+#endif
+}
+
+// kernels/certify.h's running_add_range for rows converted to double (found
+// by argument-dependent lookup from correctly_rounded_sum): the same running
+// error bound, each addition adding its |result| to the mass, in blocks: a
+// lane sums kRecomputeBlock products from zero before adding them to its
+// total, so that the partial sums the bound adds up are those of short sums
+// (at L = 16384 about 5x less mass than one long sum per lane, so that the
+// compensated stage is needed that much less often).
+constexpr int kRecomputeBlock = 16;
+
+inline void running_add_range(
+    RunningSum& r,
+    ReversedDoubles a,
+    ForwardFloats b,
+    long long m0,
+    long long j0,
+    long long count) {
+  const double* pa = a.last - m0; // pa[k] = a(m0 - k)
+  const float* pb = b.first + j0;
+  DoubleVector total[kVectors], mass[kVectors];
+  for (int v = 0; v < kVectors; ++v) {
+    total[v] = load_vector(r.sum + kVectorLanes * v);
+    mass[v] = load_vector(r.mass + kVectorLanes * v);
+  }
+  long long k = 0;
+  for (; k + kDotLanes * kRecomputeBlock <= count;
+       k += kDotLanes * kRecomputeBlock) {
+    DoubleVector block[kVectors] = {};
+    for (int i = 0; i < kRecomputeBlock; ++i)
+      for (int v = 0; v < kVectors; ++v) {
+        const long long at = k + kDotLanes * i + kVectorLanes * v;
+        block[v] = add_exact_products(
+            block[v], load_vector(pa + at), load_vector(pb + at));
+        mass[v] += abs_vector(block[v]);
+      }
+    for (int v = 0; v < kVectors; ++v) {
+      total[v] += block[v];
+      mass[v] += abs_vector(total[v]);
+    }
+  }
+  for (; k + kDotLanes <= count; k += kDotLanes)
+    for (int v = 0; v < kVectors; ++v) {
+      const long long at = k + kVectorLanes * v;
+      total[v] = add_exact_products(
+          total[v], load_vector(pa + at), load_vector(pb + at));
+      mass[v] += abs_vector(total[v]);
+    }
+  for (int v = 0; v < kVectors; ++v) {
+    store_vector(r.sum + kVectorLanes * v, total[v]);
+    store_vector(r.mass + kVectorLanes * v, mass[v]);
+  }
+  for (int l = 0; k < count; ++k, ++l) {
+    r.sum[l] = add_exact_product(r.sum[l], a(m0 - k), b(j0 + k));
+    r.mass[l] += std::fabs(r.sum[l]);
+  }
+}
+
 // Calls range(a, b, m0, j0, count) for the products a(m0 - k) b(j0 + k) of
-// output t of the rows a, b: the entries of the cyclic convolution that
+// output t of the converted rows: the entries of the cyclic convolution that
 // gather() reads.
 template <class Range>
 void for_each_output_range(
     const ConvGeometry& g,
-    RealRow a,
-    RealRow b,
+    const RecomputeRows& rows,
     int64_t t,
     Range range) {
   const GatherIndex idx = gather_index(
@@ -598,27 +742,16 @@ void for_each_output_range(
       g.out_reversed,
       g.out_origin,
       g.a_len + g.b_len - 1);
-  auto ranges = [&](auto ar, auto br) {
-    for (const long long i : {idx.first, idx.second})
-      if (i >= 0)
-        for_each_cyclic_range(
-            g.a_len,
-            g.b_len,
-            g.fft_size,
-            i,
-            [&](int64_t m0, int64_t j0, int64_t count) {
-              range(ar, br, m0, j0, count);
-            });
-  };
-  // Contiguous rows get accessors without strides, so that the sums vectorise.
-  if (a.stride == 1 && b.stride == 1) {
-    if (g.a_reversed)
-      ranges(Backward{a.data + g.a_len - 1}, Forward{b.data});
-    else
-      ranges(Forward{a.data}, Forward{b.data});
-  } else {
-    ranges(LoadedRow{a, g.a_len, g.a_reversed}, PlainRow{b});
-  }
+  for (const long long i : {idx.first, idx.second})
+    if (i >= 0)
+      for_each_cyclic_range(
+          g.a_len,
+          g.b_len,
+          g.fft_size,
+          i,
+          [&](int64_t m0, int64_t j0, int64_t count) {
+            range(rows.a(), rows.b(), m0, j0, count);
+          });
 }
 
 // A single product a[t] * d[t] as a range.
@@ -823,6 +956,9 @@ void shared_kernel(
               row.has_bias ? 1 : 0);
         }
         const RealRow b_row = task.b_rows[row.b_index];
+        // Converted on the row's first open output.
+        thread_local RecomputeRows operands;
+        bool operands_loaded = false;
         auto a_at = [&](int64_t t) { return row.a.data[t * row.a.stride]; };
         auto d_at = [&](int64_t t) {
           return row.bias.data[t * row.bias.stride];
@@ -843,7 +979,11 @@ void shared_kernel(
                 add_bias_products(row.a, row.bias, g.out_len, value, magnitude);
             },
             [&](int64_t t, auto range) {
-              for_each_output_range(g, row.a, b_row, t, range);
+              if (!operands_loaded) {
+                operands.load(g, row.a, b_row);
+                operands_loaded = true;
+              }
+              for_each_output_range(g, operands, t, range);
               if (row.has_bias)
                 bias_range(row.a, row.bias, t, range);
             });
@@ -901,6 +1041,11 @@ void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
                   terms,
                   static_cast<int64_t>(target.bias_terms.size()))
             : RowCertificate{};
+        // Each term's rows, converted on the target's first open output.
+        thread_local std::vector<RecomputeRows> term_operands;
+        if (term_operands.size() < target.terms.size())
+          term_operands.resize(target.terms.size());
+        bool operands_loaded = false;
         write_outputs<T>(
             g,
             cert,
@@ -922,8 +1067,14 @@ void reduce(const ConvGeometry& g, const ReduceTask& task, int num_threads) {
                 add_bias_products(bt.a, bt.bias, g.out_len, value, magnitude);
             },
             [&](int64_t t, auto range) {
-              for (const auto& term : target.terms)
-                for_each_output_range(g, term.a, term.b, t, range);
+              if (!operands_loaded) {
+                for (size_t i = 0; i < target.terms.size(); ++i)
+                  term_operands[i].load(
+                      g, target.terms[i].a, target.terms[i].b);
+                operands_loaded = true;
+              }
+              for (size_t i = 0; i < target.terms.size(); ++i)
+                for_each_output_range(g, term_operands[i], t, range);
               for (const auto& bt : target.bias_terms)
                 bias_range(bt.a, bt.bias, t, range);
             });
