@@ -40,6 +40,7 @@ Activation = Union[mx.array, Pair]
 _SQRT_HALF = mx.array(math.sqrt(0.5), dtype=mx.float32)
 _HALF = mx.array(0.5, dtype=mx.float32)
 _ONE = mx.array(1.0, dtype=mx.float32)
+_ZERO = mx.array(0.0, dtype=mx.float32)
 
 
 def gelu(x: Activation) -> Activation:
@@ -126,12 +127,16 @@ def bidirectional_kernel(
     u[t + 1 + j] through reverse[j]. Causal (forward filter, zero padded) when
     ``reverse_filter`` is None. The two parts do not overlap: the sum is exact.
     """
-    concatenate = pair.concatenate if isinstance(forward_filter, Pair) else mx.concatenate
-    padding = mx.zeros(forward_filter.shape, dtype=mx.float32)
-    kernel = concatenate([forward_filter, padding], axis=-1)
-    if reverse_filter is None:
-        return kernel
-    return kernel + concatenate([padding, reverse_filter[:, ::-1]], axis=-1)
+    if isinstance(forward_filter, Pair) or reverse_filter is None:
+        concatenate = pair.concatenate if isinstance(forward_filter, Pair) else mx.concatenate
+        padding = mx.zeros(forward_filter.shape, dtype=mx.float32)
+        kernel = concatenate([forward_filter, padding], axis=-1)
+        if reverse_filter is None:
+            return kernel
+        return kernel + concatenate([padding, reverse_filter[:, ::-1]], axis=-1)
+    # The sum of the two zero-padded halves adds +0 to every element (a -0 becomes +0):
+    # one concatenate plus that addition gives the same bits in two passes instead of four.
+    return mx.concatenate([forward_filter, reverse_filter[:, ::-1]], axis=-1) + _ZERO
 
 
 def long_conv(
@@ -163,7 +168,9 @@ def short_causal_conv(
     if precision == "float32":
         num_taps = taps.shape[-1]
         seq_len = u.shape[-1]
-        padded = mx.pad(u, [(0, 0), (0, 0), (num_taps - 1, 0)])
+        # One write of the padded input (mx.pad fills it with zeros first).
+        zeros = mx.zeros((*u.shape[:-1], num_taps - 1), dtype=mx.float32)
+        padded = mx.concatenate([zeros, u], axis=-1)
         total = None
         for lag in range(num_taps):
             term = padded[..., num_taps - 1 - lag : num_taps - 1 - lag + seq_len] * taps[:, lag : lag + 1]
