@@ -173,9 +173,12 @@ def bench_long(L):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
-    parser.add_argument("--lengths", type=int, nargs="+", default=[1024, 4096, 16384])
+    parser.add_argument("--lengths", type=int, nargs="*", default=[1024, 4096, 16384],
+                        help="B=64 H=768 lengths; none (--lengths with no value) skips them")
     parser.add_argument("--backward", action="store_true", help="forward + backward vs forward")
     parser.add_argument("--long", action="store_true", help="B=1, H=64, L = 2^16 ... 2^20")
+    parser.add_argument("--long-exponents", type=int, nargs="+", default=list(range(16, 21)),
+                        help="the exponents e of --long's L = 2^e")
     args = parser.parse_args()
     copy_bw = copy_bandwidth()
     device = torch.cuda.get_device_name()
@@ -215,7 +218,7 @@ def main():
             "| L | implementation | time (ms) | x composed | peak (GiB) | x composed |",
             "|---|---|---|---|---|---|",
         ]
-        for e in range(16, 21):
+        for e in args.long_exponents:
             rows = bench_long(1 << e)
             _, ref_ms, ref_gib = rows[-1]
             for name, ms, gib in rows:
