@@ -34,6 +34,22 @@ MP_INLINE int pair_scale_exponent(unsigned int max_abs_bits) {
   return magnitude_exponent(max_abs_bits);
 }
 
+// This thread's part of max |bits| over row[0..len) (the bits of max |x|: a
+// reduction in any order; NaN's bits are above every finite value's).
+MP_INLINE unsigned int max_abs_bits_part(
+    const MP_DEVICE float* row,
+    MP_INT64 stride,
+    MP_INT64 len,
+    int tid,
+    int nthreads) {
+  unsigned int bits = 0u;
+  for (MP_INT64 i = tid; i < len; i += nthreads) {
+    const unsigned int b = MP_FLOAT_BITS(row[i * stride]) & 0x7fffffffu;
+    bits = b > bits ? b : bits;
+  }
+  return bits;
+}
+
 // This thread's part of sum (x 2^-e)^2 over row[0..len), in float.
 MP_INLINE float scaled_square_sum_part(
     const MP_DEVICE float* row,

@@ -22,17 +22,14 @@
 #define MP_INT64 long
 #define MP_UNROLL _Pragma("unroll")
 #define MP_ALIGNED(n)
-// Atomics on thread-group memory (the snap decision's row summaries).
+// Atomics on thread-group memory (a row's max |bits|, a list's length).
 #define MP_GROUP_UINT metal::atomic_uint
-#define MP_GROUP_INT metal::atomic_int
 #define MP_GROUP_STORE(p, v) \
   metal::atomic_store_explicit(p, v, metal::memory_order_relaxed)
 #define MP_GROUP_LOAD(p) \
   metal::atomic_load_explicit(p, metal::memory_order_relaxed)
 #define MP_GROUP_MAX(p, v) \
   metal::atomic_fetch_max_explicit(p, v, metal::memory_order_relaxed)
-#define MP_GROUP_MIN(p, v) \
-  metal::atomic_fetch_min_explicit(p, v, metal::memory_order_relaxed)
 // Rows may live in threadgroup or device memory (see rfft_conv_rows.h).
 #define MP_BARRIER()          \
   metal::threadgroup_barrier( \
@@ -62,12 +59,7 @@
 #define MP_UNROLL _Pragma("unroll")
 #define MP_ALIGNED(n) alignas(n)
 #define MP_BARRIER() __syncthreads()
-#define MP_GROUP_UINT unsigned int
-#define MP_GROUP_INT int
-#define MP_GROUP_STORE(p, v) (*(p) = (v))
-#define MP_GROUP_LOAD(p) (*(p))
-#define MP_GROUP_MAX(p, v) atomicMax(p, v)
-#define MP_GROUP_MIN(p, v) atomicMin(p, v)
+
 #else
 #include <cfloat>
 #include <cmath>

@@ -81,23 +81,6 @@ MP_INLINE void put_point(Ptr re, Ptr im, int i, cpx<T> v) {
   im[i] = v.im;
 }
 
-// A thread's part of a row summary for the lattice snap (see the section
-// "lattice snap" below): max |bits| and min lowest-bit exponent.
-struct RowSummary {
-  unsigned int max_bits;
-  int quantum;
-};
-
-MP_INLINE void summary_fold(MP_THREAD RowSummary& s, float x) {
-  const unsigned int bits = MP_FLOAT_BITS(x);
-  const unsigned int abs_bits = bits & 0x7fffffffu;
-  s.max_bits = abs_bits > s.max_bits ? abs_bits : s.max_bits;
-  if (abs_bits != 0u && abs_bits < 0x7f800000u) {
-    const int q = lowest_bit_exponent(bits);
-    s.quantum = q < s.quantum ? q : s.quantum;
-  }
-}
-
 // Element m of a row as the transform loaded it (back to front when
 // reversed).
 struct DeviceRow {
@@ -143,11 +126,9 @@ MP_INLINE cpx<T> packed_point(ContiguousRow x, int m) {
 }
 
 // The packed points of the real row x = row[0..len) (back to front when
-// reversed), zero-padded to the complex length h. With kSummarize, also the
-// thread's summary of the values it read (the threads together read every
-// entry once, so their summaries combine to the row's).
-template <class T, bool kSummarize = false, class Ptr>
-MP_INLINE RowSummary load_real_row(
+// reversed), zero-padded to the complex length h.
+template <class T, class Ptr>
+MP_INLINE void load_real_row(
     Ptr re,
     Ptr im,
     const MP_DEVICE float* row,
@@ -158,18 +139,8 @@ MP_INLINE RowSummary load_real_row(
     int tid,
     int nthreads) {
   const DeviceRow x{row, stride, len, reversed};
-  RowSummary summary{0u, kNoSnap};
-  for (int m = tid; m < h; m += nthreads) {
+  for (int m = tid; m < h; m += nthreads)
     put_point(re, im, m, packed_point<T>(x, m));
-    if (kSummarize) {
-      const MP_INT64 i0 = 2 * static_cast<MP_INT64>(m), i1 = i0 + 1;
-      if (i0 < len)
-        summary_fold(summary, x(i0));
-      if (i1 < len)
-        summary_fold(summary, x(i1));
-    }
-  }
-  return summary;
 }
 
 // load_real_row for a row of pairs (pair_rfft_conv and its gradients, back
@@ -765,78 +736,6 @@ MP_INLINE void for_each_output(
   }
   for (MP_INT64 t = tid; t < g.out_len; t += nthreads)
     emit(t, gather_output<T>(re, im, g, t));
-}
-
-// ------------------------------------------------------------ lattice snap
-// ---- The snap decision of rfft_conv_core.h from row summaries: each thread
-// folds its strided part of a row into (max |bits|, min lowest-bit exponent),
-// the group combines them with atomics on group memory, and every thread then
-// evaluates the same integer decision. The CPU stops its quantum scan early
-// once a row cannot be certified; a full minimum reaches the same decision.
-MP_INLINE RowSummary summarize_part(
-    const MP_DEVICE float* row,
-    MP_INT64 stride,
-    MP_INT64 len,
-    int tid,
-    int nthreads) {
-  RowSummary s{0u, kNoSnap};
-  for (MP_INT64 i = tid; i < len; i += nthreads)
-    summary_fold(s, row[i * stride]);
-  return s;
-}
-
-template <class UPtr, class IPtr>
-MP_INLINE void summary_reset(UPtr max_bits, IPtr quantum, int slot) {
-  MP_GROUP_STORE(max_bits + slot, 0u);
-  MP_GROUP_STORE(quantum + slot, kNoSnap);
-}
-
-template <class UPtr, class IPtr>
-MP_INLINE void
-summary_publish(UPtr max_bits, IPtr quantum, int slot, RowSummary s) {
-  MP_GROUP_MAX(max_bits + slot, s.max_bits);
-  MP_GROUP_MIN(quantum + slot, s.quantum);
-}
-
-template <class UPtr, class IPtr>
-MP_INLINE RowSummary summary_read(UPtr max_bits, IPtr quantum, int slot) {
-  return RowSummary{
-      MP_GROUP_LOAD(max_bits + slot), MP_GROUP_LOAD(quantum + slot)};
-}
-
-// Slots of the three summarised operands.
-enum : int {
-  kSummaryA = 0,
-  kSummaryB = 1,
-  kSummaryBias = 2,
-  kSummarySlots = 3
-};
-
-template <class T>
-MP_INLINE int snap_from_summaries(
-    RowSummary a,
-    RowSummary b,
-    bool has_bias,
-    RowSummary d,
-    MP_CONSTANT const ConvShape& g,
-    int terms) {
-  bool exact_zero = false;
-  const int required = snap_required(
-      row_magnitude(a.max_bits),
-      row_magnitude(b.max_bits),
-      has_bias,
-      row_magnitude(d.max_bits),
-      g.a_len,
-      g.b_len,
-      g.fft_size,
-      snap_roundoff_exp(T{}),
-      terms,
-      &exact_zero);
-  if (exact_zero)
-    return 0;
-  if (required == kNoSnap)
-    return kNoSnap;
-  return snap_decision(required, a.quantum, b.quantum, has_bias, d.quantum);
 }
 
 #if MP_HAS_DOUBLE

@@ -236,10 +236,9 @@ nb::tuple gpu_transform(
 // A row's scale as one thread of a group computes it (certify_pair.h): the
 // Metal kernels reduce the same parts over the group.
 PairRowScale emulated_row_scale(const float* row, int64_t stride, int64_t len) {
-  RowSummary summary = summarize_part(row, stride, len, 0, 1);
   PairRowScale s{};
-  s.max_abs_bits = summary.max_bits;
-  s.exponent = pair_scale_exponent(summary.max_bits);
+  s.max_abs_bits = max_abs_bits_part(row, stride, len, 0, 1);
+  s.exponent = pair_scale_exponent(s.max_abs_bits);
   s.norm = pair_norm_bound(
       scaled_square_sum_part(row, stride, len, s.exponent, 0, 1),
       pair_norm_roundings(len, 1));

@@ -58,8 +58,8 @@ void conv_body(Ptr re, Ptr im, const device float* a, const device float* b,
       for (long t = tid; t < g.out_len; t += nt) {
         const T v = gather_output<T>(re, im, g, t);
         out_row[t] = g.has_bias
-                         ? finish_output(v, true, a_row[t * a_step], bias_row[t * bias_step], kNoSnap)
-                         : finish_output(v, false, 0.0f, 0.0f, kNoSnap);
+                         ? finish_output(v, true, a_row[t * a_step], bias_row[t * bias_step])
+                         : finish_output(v, false, 0.0f, 0.0f);
       }
       MP_BARRIER();
     }
@@ -78,7 +78,7 @@ inline PairRowScale group_row_scale(const device float* row, long stride, long l
                                     threadgroup float* simd_sums, uint tid, uint nt) {
   if (tid == 0) MP_GROUP_STORE(max_bits, 0u);
   MP_BARRIER();
-  MP_GROUP_MAX(max_bits, summarize_part(row, stride, len, int(tid), int(nt)).max_bits);
+  MP_GROUP_MAX(max_bits, max_abs_bits_part(row, stride, len, int(tid), int(nt)));
   MP_BARRIER();
   PairRowScale s;
   s.max_abs_bits = MP_GROUP_LOAD(max_bits);
