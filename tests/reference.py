@@ -5,6 +5,7 @@ numpy's pocketfft computes longdouble transforms with errors near 1e-19 relative
 to the norm, some 10^11 below a float32 ulp.
 """
 
+import itertools
 import math
 from fractions import Fraction
 
@@ -170,6 +171,79 @@ def layer_norm_grad_x_reference(x, w, g, eps):
     finally:
         iv.prec = saved
     return out
+
+
+def _rational_sqrt(q: Fraction):
+    """sqrt(q) as a Fraction when q is the square of one, else None."""
+    a, b = math.isqrt(q.numerator), math.isqrt(q.denominator)
+    return Fraction(a, b) if a * a == q.numerator and b * b == q.denominator else None
+
+
+def layer_norm_grad_weight_reference(x, g, eps):
+    """Correctly rounded float32 layer_norm grad weight (cotangent g), rigorously, for
+    every input: column j is sum_r g_rj a_rj / sqrt(v_r), a = x - mean, v = var + eps
+    (Fractions). Rows whose v are rational squares of one another share one square
+    root: sqrt(v_r) = t_r sqrt(v_c), t_r rational, so the column is sum_c Q_c /
+    sqrt(v_c) with Q_c = sum g a / t_r over class c. By Besicovitch's theorem those
+    square roots are linearly independent over the rationals, so the sum is rational
+    (possibly a tie or zero) iff Q_c = 0 for every class whose v_c is not a rational
+    square; then it is rounded exactly, else by mpmath intervals at growing precision
+    (an irrational sum is never a midpoint, so that ends). An exact zero is +0.
+
+    Also returns, per column, whether its value is rational (a possible tie or zero)
+    while rows of two or more different v contribute to it: the case the kernels'
+    exact stage leaves to the double-word value (docs/certification.md)."""
+    rows, dim = x.shape
+    stats = []
+    for r in range(rows):
+        row = [Fraction(float(v)) for v in x[r]]
+        mean = sum(row) / dim
+        stats.append(([t - mean for t in row], sum((t - mean) ** 2 for t in row) / dim + Fraction(eps)))
+    reps, cls = [], []  # class representatives v_c; row -> (class, t_r)
+    for _, v in stats:
+        for c, vc in enumerate(reps):
+            t = _rational_sqrt(v / vc)
+            if t is not None:
+                cls.append((c, t))
+                break
+        else:
+            reps.append(v)
+            cls.append((len(reps) - 1, Fraction(1)))
+    out = np.empty(dim, np.float32)
+    mixed = np.zeros(dim, bool)
+    saved = iv.prec
+    try:
+        for j in range(dim):
+            q = [Fraction(0)] * len(reps)
+            by_variance = {}
+            for r in range(rows):
+                c, t = cls[r]
+                term = Fraction(float(g[r, j])) * stats[r][0][j]
+                q[c] += term / t
+                by_variance[stats[r][1]] = by_variance.get(stats[r][1], 0) + term
+            rational, irrational = Fraction(0), []
+            for c, qc in enumerate(q):
+                if qc == 0:
+                    continue
+                root = _rational_sqrt(reps[c])
+                if root is not None:
+                    rational += qc / root
+                else:
+                    irrational.append(c)
+            if not irrational:
+                out[j] = _float32_of_fraction(rational)
+                mixed[j] = sum(1 for t in by_variance.values() if t != 0) > 1
+                continue
+            for prec in itertools.count(200, 400):
+                iv.prec = prec
+                y = _interval(rational) + sum(_interval(q[c]) / iv.sqrt(_interval(reps[c])) for c in irrational)
+                ends = [_float32_of_fraction(Fraction(*to_rational(e))) for e in y._mpi_]
+                if ends[0].view(np.uint32) == ends[1].view(np.uint32):
+                    out[j] = ends[0]
+                    break
+    finally:
+        iv.prec = saved
+    return out, mixed
 
 
 def _ratio_over_power(z: Fraction, v: Fraction):

@@ -3,6 +3,9 @@
 dd is the same computation)
 against a rigorous reference, on rows built to reach each stage, and the sign of
 exact zeros (layer_norm_exact_zero's rule), which every stage and backend follows.
+The gradients too: grad x, grad bias, and grad weight (sums over rows of different
+variance; a hypothesis fuzz over dynamic range, subnormals, ties and repeated rows,
+bounded by tests/conftest.py's profile).
 
 Fresh random inputs each run (MLX_PRECISE_TEST_SEED replays one)."""
 
@@ -10,13 +13,17 @@ import os
 import zlib
 
 import mlx.core as mx
+import mpmath
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import mlx_precise as mp
 from reference import (
     exact_zero_rule,
     hard_layer_norm_rows,
+    layer_norm_grad_weight_reference,
     layer_norm_grad_x_reference,
     layer_norm_reference_mp,
     round_exact_sum,
@@ -117,3 +124,182 @@ def test_grad_x_correctly_rounded(rng, precision):
         expected = layer_norm_grad_x_reference(x, w, g, eps)
         np.testing.assert_array_equal(np.array(dx), expected,
                                       err_msg=f"x={x.tolist()} w={w} g={g.tolist()} eps={eps!r}")
+
+
+def check_grad_weight(x, g, eps, precision):
+    """grad weight against the exact reference, bit for bit; a column whose exact
+    value is rational while rows of two or more variances feed it (the exact stage's
+    documented limit, docs/certification.md) only within one ulp. Returns how many
+    columns were of that kind."""
+    w = mx.array(np.linspace(-1.5, 2.0, x.shape[1]).astype(np.float32))
+    _, (dw,) = mx.vjp(lambda w_: mp.layer_norm(mx.array(x), w_, None, eps=eps, precision=precision), [w],
+                      [mx.array(g)])
+    got = np.array(dw)
+    expected, mixed = layer_norm_grad_weight_reference(x, g, eps)
+    msg = f"x={x.tolist()} g={g.tolist()} eps={eps!r}"
+    np.testing.assert_array_equal(got[~mixed].view(np.uint32), expected[~mixed].view(np.uint32), err_msg=msg)
+    if mixed.any():
+        gap = np.abs(got[mixed].astype(np.float64) - expected[mixed])
+        assert np.all(gap <= np.spacing(np.abs(expected[mixed]))), msg
+    return int(mixed.sum())
+
+
+def cotangent(rng, shape):
+    kind = int(rng.integers(5))
+    if kind == 0:
+        g = rng.standard_normal(shape)
+    elif kind == 1:
+        g = rng.integers(-3, 4, shape).astype(np.float64)
+    elif kind == 2:
+        g = rng.standard_normal(shape) * np.exp2(rng.integers(-60, 61, shape))
+    elif kind == 3:
+        g = rng.standard_normal(shape) * 1e-40  # subnormal
+    else:
+        g = rng.standard_normal(shape) * 1e36
+    return g.astype(np.float32)
+
+
+@pytest.mark.parametrize("precision", ["extended", "dd"])
+def test_grad_weight_correctly_rounded(rng, precision):
+    # Rows built to leave the float64 bound open (hard_layer_norm_rows), cotangents
+    # over a wide range (subnormal to 1e36), eps from 0 to 3.
+    for _ in range(8):
+        dim = int(rng.choice([1, 2, 3, 5, 16]))
+        x = np.concatenate([hard_layer_norm_rows(rng, dim) for _ in range(int(rng.integers(1, 4)))])
+        g = cotangent(rng, x.shape)
+        eps = float(rng.choice([1e-5, 1e-300, 3.0, 0.0]))
+        if eps == 0.0 and np.any(np.all(x == x[:, :1], axis=1)):
+            eps = 1e-5
+        check_grad_weight(x, g, eps, precision)
+
+
+@pytest.mark.parametrize("precision", ["extended", "dd"])
+def test_grad_weight_exact_zeros_and_ties(rng, precision):
+    # Rows of one variance (repeated, shifted by an exact integer, permuted rows):
+    # cotangents that cancel exactly give +0, and sums that land on a float32
+    # midpoint round to even (v = var + eps = 1 makes n rational). These reach the
+    # exact stage; every column is decided there, none is of the mixed kind.
+    base = rng.integers(-3, 4, 6).astype(np.float32)
+    if np.all(base == base[0]):
+        base[0] += 1
+    x = np.stack([base, base + 16, base[::-1], base])
+    g = cotangent(rng, (1, 6))[0]
+    cancel = np.stack([g, -g, np.zeros(6, np.float32), np.zeros(6, np.float32)])
+    assert check_grad_weight(x, cancel, 1e-5, precision) == 0
+    _, (dw,) = mx.vjp(lambda w_: mp.layer_norm(mx.array(x), w_, None, precision=precision),
+                      [mx.ones(6)], [mx.array(cancel)])
+    np.testing.assert_array_equal(np.array(dw).view(np.uint32), np.zeros(6, np.uint32))  # +0
+    # n = +-1 exactly (two elements, eps = 0); 2^24 + 1 and 2^24 + 3 are ties.
+    x2 = np.float32([[0, 2], [5, 7], [9, 7], [0, 2]])
+    g2 = np.float32([[2**24, 2**24], [1, 3], [0, 0], [0, 2**-30]])
+    assert check_grad_weight(x2, g2, 0.0, precision) == 0
+
+
+def normalized_mp(x, eps, prec=400):
+    """n = (x - mean) / sqrt(var + eps) of each row, as mpmath numbers at prec bits."""
+    with mpmath.workprec(prec):
+        out = []
+        for row in x:
+            v = [mpmath.mpf(float(t)) for t in row]
+            mean = mpmath.fsum(v) / len(v)
+            var = mpmath.fsum((t - mean) ** 2 for t in v) / len(v) + mpmath.mpf(eps)
+            out.append([(t - mean) / mpmath.sqrt(var) for t in v])
+        return out
+
+
+def midpoint_near(value):
+    """The float32 midpoint nearest to an mpmath value (as an mpf)."""
+    f = np.float32(float(value))
+    other = np.nextafter(f, np.float32(np.inf) if mpmath.mpf(float(f)) < value else np.float32(-np.inf))
+    return (mpmath.mpf(float(f)) + mpmath.mpf(float(other))) / 2
+
+
+def split_float32(value, parts):
+    """value as `parts` float32 terms whose exact sum approximates it greedily."""
+    out = []
+    for _ in range(parts):
+        f = np.float32(float(value))
+        out.append(f)
+        value -= mpmath.mpf(float(f))
+    return out
+
+
+@pytest.mark.parametrize("precision", ["extended", "dd"])
+def test_grad_weight_near_ties(rng, precision):
+    # Columns built to sit within ~2^-70 (rows of different variance: the double
+    # words decide) or ~2^-140 (repeated rows: the exact stage decides) of a float32
+    # midpoint, and an exact zero the float64 sum misses (a row and its copy shifted
+    # by 1000.25: float64's n differ in the last bits). The float64 sum rounds about
+    # half of these the wrong way.
+    dim = 4
+    x = rng.standard_normal((3, dim)).astype(np.float32)
+    n = normalized_mp(x, 1e-5)
+    g = np.zeros((3, dim), np.float32)
+    with mpmath.workprec(400):
+        for j in range(dim):
+            g[0, j] = np.float32(rng.standard_normal())
+            target = midpoint_near(mpmath.mpf(float(g[0, j])) * n[0][j])
+            for r in (1, 2):
+                done = mpmath.fsum(mpmath.mpf(float(g[k, j])) * n[k][j] for k in range(r))
+                g[r, j] = np.float32(float((target - done) / n[r][j]))
+    check_grad_weight(x, g, 1e-5, precision)
+    row = rng.standard_normal((1, dim)).astype(np.float32)
+    same = np.repeat(row, 5, axis=0)
+    n = normalized_mp(row, 1e-5)
+    g = np.zeros((5, dim), np.float32)
+    with mpmath.workprec(400):
+        for j in range(dim):
+            target = midpoint_near(mpmath.mpf(float(rng.standard_normal())) * n[0][j])
+            g[:, j] = split_float32(target / n[0][j], 5)
+    assert check_grad_weight(same, g, 1e-5, precision) == 0
+    base = rng.integers(-3, 4, (1, 6)).astype(np.float32)
+    base[0, 0] = 5
+    shifted = np.concatenate([base, base + np.float32(1000.25)])
+    gz = rng.standard_normal((1, 6)).astype(np.float32)
+    assert check_grad_weight(shifted, np.concatenate([gz, -gz]), 1e-5, precision) == 0
+
+
+@pytest.mark.parametrize("precision", ["extended", "dd"])
+def test_grad_weight_ties_moved_by_eps(precision):
+    # Two elements a row: n = +-d / sqrt(d^2 + 4 eps) is +-1 less about 2 eps / d^2,
+    # so with rows of different spreads d and a tiny eps the column sums below sit
+    # 2^-1000 and less off float32 midpoints (2^24 + 1, 2^24 + 3), across variances:
+    # beyond double words, decided at 2^-1536 (kernels/exact_layer_norm.h).
+    x = np.float32([[0, 1], [0, 2], [0, 4], [5, 13], [-3e30, 3e30]])
+    g = np.float32([[2**24, 0], [1, -(2**24)], [0, -3], [0, 0], [0, 0]])
+    g[3:] = [[2**-20, -(2**-40)], [2**24, 2**24]]
+    for eps in (1e-300, 5e-324, 1e-45):
+        assert check_grad_weight(x, g, eps, precision) == 0
+    assert check_grad_weight(x[:3], g[:3], 1e-300, precision) == 0
+
+
+@st.composite
+def weight_grad_cases(draw):
+    rows = draw(st.integers(1, 5))
+    dim = draw(st.integers(1, 6))
+    scale = draw(st.sampled_from([1.0, 2.0**-140, 2.0**-126, 2.0**60, 1e-20]))
+    values = st.one_of(
+        st.integers(-4, 4).map(float),
+        st.floats(-8, 8, width=32),
+        st.floats(-(2.0**100), 2.0**100, width=32, allow_subnormal=True),
+    )
+    x = np.float32(draw(st.lists(st.lists(values, min_size=dim, max_size=dim), min_size=rows, max_size=rows)))
+    with np.errstate(over="ignore"):
+        x = (x * np.float32(scale)).astype(np.float32)
+    if draw(st.booleans()):  # repeated rows: ties and exact cancellation
+        x = np.concatenate([x, x[: draw(st.integers(1, rows))]])
+    g = np.float32(draw(st.lists(st.lists(values, min_size=dim, max_size=dim), min_size=len(x), max_size=len(x))))
+    with np.errstate(over="ignore"):
+        g = (g * np.float32(draw(st.sampled_from([1.0, 2.0**-140, 1e-30, 2.0**40])))).astype(np.float32)
+    eps = draw(st.sampled_from([1e-5, 0.0, 1e-300, 0.25, 3.0]))
+    if not np.all(np.isfinite(x)) or not np.all(np.isfinite(g)):
+        x, g = np.nan_to_num(x), np.nan_to_num(g)
+    if eps == 0.0 and np.any(np.all(x == x[:, :1], axis=1)):
+        eps = 1e-5
+    return x, g, eps
+
+
+@given(weight_grad_cases(), st.sampled_from(["extended", "dd"]))
+def test_grad_weight_fuzz(case, precision):
+    x, g, eps = case
+    check_grad_weight(x, g, eps, precision)

@@ -144,6 +144,66 @@ MP_INLINE BigNatural<L> big_shift_left(const BigNatural<L>& a, int bits) {
   return r;
 }
 
+template <int L>
+MP_INLINE bool big_bit(const BigNatural<L>& a, int bit) {
+  return bit / 32 < a.size && ((a.limb[bit / 32] >> (bit % 32)) & 1u) != 0u;
+}
+
+template <int L>
+MP_INLINE int big_bit_length(const BigNatural<L>& a) {
+  if (a.size == 0)
+    return 0;
+  int bits = 32 * (a.size - 1);
+  for (unsigned int top = a.limb[a.size - 1]; top != 0u; top >>= 1)
+    ++bits;
+  return bits;
+}
+
+// floor(a / b) for b > 0, one quotient bit at a time (rare paths only).
+template <int L>
+MP_INLINE BigNatural<L> big_divide(
+    const BigNatural<L>& a,
+    const BigNatural<L>& b) {
+  BigNatural<L> q = big_from<L>(0, 0), r = big_from<L>(0, 0);
+  for (int bit = big_bit_length(a) - 1; bit >= 0; --bit) {
+    r = big_shift_left(r, 1);
+    if (big_bit(a, bit)) {
+      r.limb[0] |= 1u;
+      if (r.size == 0)
+        r.size = 1;
+    }
+    if (big_compare(r, b) >= 0) {
+      r = big_subtract(r, b);
+      q.limb[bit / 32] |= 1u << (bit % 32);
+      if (q.size <= bit / 32)
+        q.size = bit / 32 + 1;
+    }
+  }
+  return q;
+}
+
+// floor(sqrt(a)), two bits of a per result bit (rare paths only).
+template <int L>
+MP_INLINE BigNatural<L> big_square_root(const BigNatural<L>& a) {
+  BigNatural<L> rest = a, root = big_from<L>(0, 0);
+  for (int bit = (big_bit_length(a) - 1) & ~1; bit >= 0; bit -= 2) {
+    // root holds the result's bits above bit / 2, times 2^(bit / 2 + 1).
+    const BigNatural<L> trial = big_add(root, big_from<L>(1, bit));
+    BigNatural<L> half = root;
+    for (int i = 0; i < half.size; ++i) // root / 2
+      half.limb[i] = (half.limb[i] >> 1) |
+          (i + 1 < half.size ? half.limb[i + 1] << 31 : 0u);
+    big_trim(half);
+    if (big_compare(rest, trial) >= 0) {
+      rest = big_subtract(rest, trial);
+      root = big_add(half, big_from<L>(1, bit));
+    } else {
+      root = half;
+    }
+  }
+  return root;
+}
+
 // A signed integer: sign and magnitude.
 template <int L>
 struct BigInteger {
@@ -442,6 +502,180 @@ MP_INLINE float exact_grad_x_output(
     return q_sign > 0 ? cmp : -cmp;
   };
   return round_by_midpoints<L>(compare_with, guess);
+}
+
+// ------------------------------------------------------------ grad weight ----
+// grad weight's exact last resort (layer_norm_certify.h has stages 1 and 2).
+// Row r's normalised input is n_r = N_r 2^(-149 - ev/2) / sqrt(V_r), with
+// the forward's N and V at 2^ev, ev the same for every row (it depends on
+// eps only; made even by doubling every V). With G_r = g_r 2^149,
+//   dw = 2^(-298 - ev/2) sum_k Q_k / sqrt(V_k),  Q_k = sum over the rows
+//   with radicand V_k of G_r N_r,
+// the rows grouped by equal radicand (rows with the same variance: repeated,
+// permuted or shifted rows). With no group left (every Q_k = 0) dw is an
+// exact zero: +0, as the IEEE sum of exact terms from +0 gives. With one, dw
+// < m = M 2^-150 is Q 2^h < M sqrt(V), h = -148 - ev/2 >= 1: signs, then
+// (Q 2^h)^2 against M^2 V (Q < 2^(610) for 2^31 rows, h <= 390: both sides
+// below 2^2000, within kBigLimbs). Two or more groups are a sum of square
+// roots, which no bounded comparison decides: that case stays open (the
+// double-word value, within its bound; docs/certification.md).
+constexpr int kWeightGradGroups = 4;
+
+struct ExactWeightGradGroup {
+  BigNatural<kBigLimbs> radicand;
+  BigInteger<kBigLimbs> sum;
+};
+
+// Rows of two or more variances: each row's term U_r = G_r N_r 2^h / sqrt(V_r)
+// (dw = U 2^-150 summed over the rows) enclosed by integers at 2^-F, A_r =
+// floor(|U_r| 2^F) = isqrt(floor((G_r N_r 2^(h + F))^2 / V_r)), so that sum U
+// 2^F lies within [sum s_r A_r - (negative terms), sum s_r A_r + (positive
+// terms)]; the midpoints outside that interval are decided. F = 1536 resolves
+// 2^-1686 of dw, far below the distance eps = 2^-1074 can put between a sum
+// and the midpoint it would hit without eps (eps / var >= 2^-1330). Exact
+// ties and sums closer than that stay open (false; the double-word value).
+// Bit sizes: (G N 2^(h + F))^2 < 2^(2 (610 + 390 + 1536)) < 2^5376 =
+// kGradXLimbs.
+constexpr int kWeightGradBits = 1536;
+
+template <class ExactRow, class XEntry, class GEntry>
+MP_INLINE bool weight_grad_by_bounds(
+    ExactRow exact_row,
+    XEntry x,
+    GEntry g,
+    MP_INT64 rows,
+    float guess,
+    MP_THREAD float* out) {
+  constexpr int L = kGradXLimbs;
+  BigInteger<L> total{big_from<L>(0, 0), false};
+  int above = 0, below = 0; // terms whose floor is below / above them
+  for (MP_INT64 r = 0; r < rows; ++r) {
+    if (g(r) == 0.0f)
+      continue;
+    ExactLayerNormRow<kBigLimbs> row;
+    exact_row(r, row);
+    const BigInteger<kBigLimbs> term = big_multiply(
+        big_from_float<kBigLimbs>(g(r), 149), exact_numerator(row, x(r)));
+    if (big_sign(term) == 0)
+      continue;
+    int ev = -296 - row.square_shift;
+    BigNatural<L> radicand;
+    for (int i = 0; i < L; ++i)
+      radicand.limb[i] = i < row.radicand.size ? row.radicand.limb[i] : 0u;
+    radicand.size = row.radicand.size;
+    if ((ev & 1) != 0) {
+      radicand = big_shift_left(radicand, 1);
+      --ev;
+    }
+    BigNatural<L> scaled;
+    for (int i = 0; i < L; ++i)
+      scaled.limb[i] = i < term.magnitude.size ? term.magnitude.limb[i] : 0u;
+    scaled.size = term.magnitude.size;
+    scaled = big_shift_left(scaled, -148 - ev / 2 + kWeightGradBits);
+    const BigNatural<L> floor_term =
+        big_square_root(big_divide(big_multiply(scaled, scaled), radicand));
+    total = big_add(total, BigInteger<L>{floor_term, term.negative});
+    ++(term.negative ? below : above);
+  }
+  // Sign of dw - m for m = m_scaled 2^-150, 0 when the interval holds m.
+  bool decided = true;
+  const auto compare_with = [&](const BigInteger<kBigLimbs>& m_scaled) {
+    BigInteger<L> m{big_from<L>(0, 0), m_scaled.negative};
+    for (int i = 0; i < m_scaled.magnitude.size; ++i)
+      m.magnitude.limb[i] = m_scaled.magnitude.limb[i];
+    m.magnitude.size = m_scaled.magnitude.size;
+    m.magnitude = big_shift_left(m.magnitude, kWeightGradBits);
+    const BigInteger<L> gap = big_add(total, big_negate(m)); // U 2^F - m 2^F
+    const BigInteger<L> lo = big_add(
+        gap, BigInteger<L>{big_from<L>(static_cast<BigWord>(below), 0), true});
+    const BigInteger<L> hi = big_add(
+        gap, BigInteger<L>{big_from<L>(static_cast<BigWord>(above), 0), false});
+    if (big_sign(lo) > 0)
+      return 1;
+    if (big_sign(hi) < 0)
+      return -1;
+    decided = false;
+    return 0;
+  };
+  const float rounded = round_by_midpoints<kBigLimbs>(compare_with, guess);
+  if (decided)
+    *out = rounded;
+  return decided;
+}
+
+// The correctly rounded grad weight of one column from the candidate `guess`,
+// or false when undecided. exact_row(r, row) fills row r's exact statistics
+// (exact_layer_norm_row<kBigLimbs>), x(r) and g(r) are the column's entries;
+// all finite.
+template <class ExactRow, class XEntry, class GEntry>
+MP_INLINE bool exact_weight_grad_output(
+    ExactRow exact_row,
+    XEntry x,
+    GEntry g,
+    MP_INT64 rows,
+    float guess,
+    MP_THREAD float* out) {
+  constexpr int L = kBigLimbs;
+  ExactWeightGradGroup groups[kWeightGradGroups];
+  int used = 0, h = 0;
+  for (MP_INT64 r = 0; r < rows; ++r) {
+    if (g(r) == 0.0f)
+      continue;
+    ExactLayerNormRow<L> row;
+    exact_row(r, row);
+    if (row.radicand.size == 0) // eps = 0 and a constant row: 0 / 0
+      return false;
+    const BigInteger<L> term =
+        big_multiply(big_from_float<L>(g(r), 149), exact_numerator(row, x(r)));
+    if (big_sign(term) == 0)
+      continue;
+    int ev = -296 - row.square_shift;
+    if ((ev & 1) != 0) {
+      row.radicand = big_shift_left(row.radicand, 1);
+      --ev;
+    }
+    h = -148 - ev / 2;
+    int k = 0;
+    while (k < used && big_compare(groups[k].radicand, row.radicand) != 0)
+      ++k;
+    if (k == kWeightGradGroups)
+      return weight_grad_by_bounds(exact_row, x, g, rows, guess, out);
+    if (k == used) {
+      groups[k].radicand = row.radicand;
+      groups[k].sum = BigInteger<L>{big_from<L>(0, 0), false};
+      ++used;
+    }
+    groups[k].sum = big_add(groups[k].sum, term);
+  }
+  int live = -1;
+  for (int k = 0; k < used; ++k) {
+    if (big_sign(groups[k].sum) == 0)
+      continue;
+    if (live >= 0) // a sum of two or more square roots
+      return weight_grad_by_bounds(exact_row, x, g, rows, guess, out);
+    live = k;
+  }
+  if (live < 0) {
+    *out = 0.0f;
+    return true;
+  }
+  const ExactWeightGradGroup& group = groups[live];
+  const int q_sign = big_sign(group.sum);
+  const BigNatural<L> q_scaled = big_shift_left(group.sum.magnitude, h);
+  const BigNatural<L> lhs = big_multiply(q_scaled, q_scaled);
+  const auto compare_with = [&](const BigInteger<L>& m_scaled) {
+    const int m_sign = big_sign(m_scaled);
+    if (q_sign != m_sign)
+      return q_sign > m_sign ? 1 : -1;
+    const int cmp = big_compare(
+        lhs,
+        big_multiply(
+            big_multiply(m_scaled.magnitude, m_scaled.magnitude),
+            group.radicand));
+    return q_sign > 0 ? cmp : -cmp;
+  };
+  *out = round_by_midpoints<L>(compare_with, guess);
+  return true;
 }
 
 } // namespace mlx_precise

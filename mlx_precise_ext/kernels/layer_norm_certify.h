@@ -17,16 +17,17 @@
 // The float64 bound, with d_i = fl(x_i - shift), A1 = sum |d_i| / D,
 // M2 = sum d_i^2 / D and u = 2^-53 (strict_arith.h: shifted two-pass mean
 // with correction c, var = (sum d^2 - S1 c) / D, inv_std = 1/sqrt(var + eps)):
-//   mean error    e1 = (D + 2) u A1 (+ u |c|)
-//   var error     ev = (D + 6) u M2 + 3 e1 (|c| + e1)
+//   mean error    e1 = (k + 2) u A1 (+ u |c|)
+//   var error     ev = (k + 6) u M2 + 3 e1 (|c| + e1)
 //   inv_std       rel = (ev + 9u v) / (2 (v - 8u v - ev)) + 6u, v = var + eps
 //                 (v read back from inv_std; 6u: sqrt and division)
 //   numerator     |num^ - (x_i - mean)| <= u |d_i| + e1 + u |num^|
 //   output        |y^ - y| <= |w| (|n^| rel + inv_std e_num + u |n^|)
 //                 + u |n^ w| + u |y^|   (n = num * inv_std, y = n w + b)
-// (gamma_n <= 1.01 n u for n u < 2^-10; times 1 + 2^-6 for second-order
-// terms). The double-word stage has the same form with u = 2^-104 per
-// operation (see layer_norm_wide_stats).
+// with k = layer_norm_sum_depth(D) (a term of a sum over kLayerNormLanes
+// lanes meets about D / 8 roundings, not D) (gamma_n <= 1.01 n u for n u <
+// 2^-10; times 1 + 2^-6 for second-order terms). The double-word stage has the
+// same form with u = 2^-104 per operation (see layer_norm_wide_stats).
 #pragma once
 
 #include "exact_layer_norm.h"
@@ -59,6 +60,14 @@ MP_INLINE double layer_norm_inv_std_error(double inv_std, double ev) {
       : 1e300;
 }
 
+// One more than the roundings a term of a float64 sum of D terms meets in
+// strict_arith.h's lanes: at most ceil(D / 8) - 1 in its lane and 3 combining
+// the lanes, and never more than D - 1 (gamma_(k-1) for the sum).
+MP_INLINE double layer_norm_sum_depth(MP_INT64 dim) {
+  const MP_INT64 lanes = (dim + kLayerNormLanes - 1) / kLayerNormLanes + 3;
+  return static_cast<double>(lanes < dim ? lanes : dim);
+}
+
 // From the row's sums a1_sum = sum |d_i| and m2_sum = sum d_i^2 (in any
 // order: their rounding is within the slack).
 MP_INLINE LayerNormErrors layer_norm_errors(
@@ -68,12 +77,13 @@ MP_INLINE LayerNormErrors layer_norm_errors(
     double correction,
     double inv_std) {
   const double u = kUnitRoundoff64, D = static_cast<double>(dim);
+  const double k = layer_norm_sum_depth(dim);
   const double a1 = a1_sum / D * kLayerNormSlack;
   const double m2 = m2_sum / D * kLayerNormSlack;
   const double c = fabs(correction);
-  const double e1 = ((D + 2.0) * u * a1 + u * c) * kLayerNormSlack;
+  const double e1 = ((k + 2.0) * u * a1 + u * c) * kLayerNormSlack;
   const double ev =
-      ((D + 6.0) * u * m2 + 3.0 * e1 * (c + e1)) * kLayerNormSlack;
+      ((k + 6.0) * u * m2 + 3.0 * e1 * (c + e1)) * kLayerNormSlack;
   return LayerNormErrors{e1, layer_norm_inv_std_error(inv_std, ev)};
 }
 
@@ -284,6 +294,22 @@ layer_norm_wide_stats(dword mean, dword squares, MP_INT64 dim, double eps) {
       mean, r, e1, bounded ? 0.6 * rho * kLayerNormSlack : 1e300};
 }
 
+// A row's double-word statistics, in one thread: its exact sum into `sum`,
+// the mean from it, the squares about the mean (x(j): the row's elements,
+// finite).
+template <class Row>
+MP_INLINE LayerNormWideStats
+layer_norm_wide_row(Row x, MP_INT64 dim, double eps, MP_THREAD ExactSum& sum) {
+  exact_sum_init(sum);
+  for (MP_INT64 j = 0; j < dim; ++j)
+    exact_sum_add_product(sum, x(j), 1.0f);
+  const dword mean = layer_norm_wide_mean(sum, dim);
+  dword squares{0.0, 0.0};
+  for (MP_INT64 j = 0; j < dim; ++j)
+    squares = layer_norm_wide_square(squares, x(j), mean);
+  return layer_norm_wide_stats(mean, squares, dim, eps);
+}
+
 // Sign of y - m for the real y within err of the double word y: 1, -1, or 0
 // when err and the test's own roundings leave it open (hi - m is exact as a
 // TwoSum, then two roundings of u each).
@@ -387,46 +413,58 @@ MP_INLINE bool layer_norm_wide_output(
 }
 
 // ------------------------------------------------------ gradients ----
+// Both gradients need the error of n = num inv_std (the output bound without
+// w and b), linearly in |n^|: with |num^| <= (1 + u) |n^| / inv_std and |d^|
+// <= (1 + u) |num^| + |c|, it is at most slope |n^| + offset with
+//   slope  = inv_rel + u + 2.01 u (1 + inv_rel)
+//   offset = inv_std (1 + inv_rel) (e1 + u |c|)
+// (times the slack), so that a row's sums of it need no pass of their own.
+struct NormalizedBound {
+  double slope;
+  double offset;
+};
+
+MP_INLINE NormalizedBound layer_norm_normalized_bound(
+    const LayerNormErrors e,
+    double inv_std,
+    double correction) {
+  const double u = kUnitRoundoff64;
+  if (!(e.inv_rel < 1e300) || !(inv_std < 1e300)) // nothing certifies
+    return NormalizedBound{1e300, 1e300};
+  return NormalizedBound{
+      (e.inv_rel + u + 2.01 * u * (1.0 + e.inv_rel)) * kLayerNormSlack,
+      inv_std * (1.0 + e.inv_rel) * (e.mean_err + u * fabs(correction)) *
+          kLayerNormSlack};
+}
+
 // grad x = inv_std ((gw - mean gw) - n mean(gw n)), gw = g w exact in double,
 // as strict_arith.h's layer_norm_grad_x computes it from the lanes' means.
-// The bound, with e_n the error of n (the output bound without w and b):
-//   mean gw    (D + 1) u sum |gw| / D + u |mean gw|
-//   mean gw n  (sum |gw| e_n + (D + 1) u sum |gw n|) / D + u |mean gw n|
+// The bound, with e_n the error of n and k = layer_norm_sum_depth(D):
+//   mean gw    (k + 1) u sum |gw| / D + u |mean gw|
+//   mean gw n  (sum |gw| e_n + (k + 1) u sum |gw n|) / D + u |mean gw n|
 //   t          = (gw - mean gw) - n mean(gw n): the means' errors, |n| times
 //              mean(gw n)'s, (|mean gw n| + its error) e_n, and u per operation
 //   grad x     |t| inv_std rel + inv_std (1 + rel) err_t + u |grad x|
 // What does not certify is rounded exactly (exact_grad_x_output).
-MP_INLINE double layer_norm_normalized_error(
-    const LayerNormErrors e,
-    double inv_std,
-    const LayerNormTerms t) {
-  return layer_norm_output_error(
-      e.inv_rel,
-      inv_std,
-      layer_norm_numerator_error(e, t),
-      fabs(t.n),
-      1.0,
-      0.0,
-      kUnitRoundoff64);
-}
-
 struct GradXErrors {
   double mean_gw_err;
   double mean_gwn_err;
 };
 
-// From the row's sums of |gw|, |gw n| and |gw| e_n (any order).
+// From the row's sums of |gw| and |gw n| (any order) and n's bound nb.
 MP_INLINE GradXErrors grad_x_errors(
     MP_INT64 dim,
     double abs_gw,
     double abs_gwn,
-    double gw_en,
+    const NormalizedBound nb,
     double mean_gw,
     double mean_gwn) {
   const double u = kUnitRoundoff64, D = static_cast<double>(dim);
+  const double k = layer_norm_sum_depth(dim);
+  const double gw_en = nb.slope * abs_gwn + nb.offset * abs_gw;
   return GradXErrors{
-      ((D + 1.0) * u * abs_gw / D + u * fabs(mean_gw)) * kLayerNormSlack,
-      ((gw_en + (D + 1.0) * u * abs_gwn) / D + u * fabs(mean_gwn)) *
+      ((k + 1.0) * u * abs_gw / D + u * fabs(mean_gw)) * kLayerNormSlack,
+      ((gw_en + (k + 1.0) * u * abs_gwn) / D + u * fabs(mean_gwn)) *
           kLayerNormSlack};
 }
 
@@ -452,17 +490,18 @@ MP_INLINE double grad_x_error(
       kLayerNormSlack;
 }
 
-// Whether grad x (layer_norm_grad_x's double value from gw and n, e_n the
-// bound on n) stays open.
+// Whether grad x (layer_norm_grad_x's double value from gw and n) stays
+// open. Branch-free, so that a CPU loop over a row vectorises.
 MP_INLINE bool grad_x_open(
     const LayerNormErrors e,
+    const NormalizedBound nb,
     const GradXErrors ge,
     double inv_std,
     double gw,
     double n,
-    double e_n,
     double mean_gw,
     double mean_gwn) {
+  const double e_n = nb.slope * fabs(n) + nb.offset;
   const double t1 = gw - mean_gw, t2 = n * mean_gwn, t = t1 - t2;
   const double dx = inv_std * t;
   float rounded;
@@ -516,18 +555,11 @@ template <class Row, class Grad, class Weight>
 MP_INLINE GradXWide
 grad_x_wide_row(Row x, Grad g, Weight w, MP_INT64 dim, double eps) {
   ExactSum sum, gw_sum;
-  exact_sum_init(sum);
-  exact_sum_init(gw_sum);
-  for (MP_INT64 j = 0; j < dim; ++j) {
-    exact_sum_add_product(sum, x(j), 1.0f);
-    exact_sum_add_product(gw_sum, g(j), w(j));
-  }
   GradXWide r;
-  const dword mean = layer_norm_wide_mean(sum, dim);
-  dword squares{0.0, 0.0};
+  r.s = layer_norm_wide_row(x, dim, eps, sum);
+  exact_sum_init(gw_sum);
   for (MP_INT64 j = 0; j < dim; ++j)
-    squares = layer_norm_wide_square(squares, x(j), mean);
-  r.s = layer_norm_wide_stats(mean, squares, dim, eps);
+    exact_sum_add_product(gw_sum, g(j), w(j));
   r.mean_gw = layer_norm_wide_mean(gw_sum, dim);
   dword gwn{0.0, 0.0};
   double abs_gw = 0.0, abs_gwn = 0.0, gw_en = 0.0;
@@ -580,6 +612,57 @@ MP_INLINE bool grad_x_wide_output(
           dx.hi,
           kWordRoundoff),
       out);
+}
+
+// ------------------------------------------------------ grad weight ----
+// grad weight_j = sum over the rows r of g_rj n_rj, n the normalised input
+// (strict_arith.h's layer_norm_normalized), summed in double in row order.
+// Stage 1: n's error is at most slope |n^| + offset (NormalizedBound), each
+// product g n^ rounds once and each addition errs by at most u |its result|
+// (a running bound, Higham 3.3), so
+//   |dw^ - dw| <= sum |g| (slope |n^| + offset) + u sum |g n^| + u sum |dw_r|.
+// One row's term of stage 1's bound (the sum's own roundings aside).
+MP_INLINE double
+weight_grad_term_error(const NormalizedBound nb, double g, double n, double p) {
+  return fabs(g) * (nb.slope * fabs(n) + nb.offset) + kUnitRoundoff64 * fabs(p);
+}
+
+// Stage 1's verdict from the sums of weight_grad_term_error and of |dw_r|
+// (1 + 2^-10: their own rounding).
+MP_INLINE bool weight_grad_certified(
+    double dw,
+    double term_errors,
+    double mass,
+    MP_THREAD float* out) {
+  return certified_round(
+      dw, (term_errors + kUnitRoundoff64 * mass) * (1.0 + 1.0 / 1024.0), out);
+}
+
+// Stage 2 for one column, in double words over the rows: n from row r's
+// double-word statistics wide(r) (wide_normalized, error e_n), the products
+// g n (w each) and the sum (w |its result| per addition). x(r), g(r): the
+// column's entries, finite. Writes the output and returns true when
+// certified.
+template <class Wide, class XEntry, class GEntry>
+MP_INLINE bool weight_grad_wide_output(
+    Wide wide,
+    XEntry x,
+    GEntry g,
+    MP_INT64 rows,
+    MP_THREAD float* out) {
+  const double w = kWordRoundoff;
+  dword sum{0.0, 0.0};
+  double err = 0.0, mass = 0.0;
+  for (MP_INT64 r = 0; r < rows; ++r) {
+    const double gr = static_cast<double>(g(r));
+    double e_n;
+    const dword n = wide_normalized(wide(r), x(r), e_n);
+    const dword p = dw_mul_d(n, gr);
+    sum = dw_add(sum, p);
+    err += fabs(gr) * e_n + w * fabs(p.hi);
+    mass += fabs(sum.hi);
+  }
+  return certified_round_dword(sum, (err + w * mass) * kLayerNormSlack, out);
 }
 
 // grad bias = the sum over the rows of the cotangent's column, correctly

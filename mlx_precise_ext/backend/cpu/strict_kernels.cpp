@@ -51,6 +51,21 @@ struct RowElements {
   }
 };
 
+// The bounds of row x's float64 statistics s (kernels/layer_norm_certify.h),
+// from its sums in kLayerNormLanes lanes (vectorised; any order).
+LayerNormErrors
+row_errors(const float* x, int64_t D, const LayerNormStats<double>& s) {
+  double a1[kLayerNormLanes] = {}, m2[kLayerNormLanes] = {};
+  for (int64_t i0 = 0; i0 < D; i0 += kLayerNormLanes)
+    for (int l = 0; l < kLayerNormLanes && i0 + l < D; ++l) {
+      const double d = static_cast<double>(x[i0 + l]) - s.shift;
+      a1[l] += std::fabs(d);
+      m2[l] += d * d;
+    }
+  return layer_norm_errors(
+      combine_lanes(a1), combine_lanes(m2), D, s.correction, s.inv_std);
+}
+
 // The open outputs of row x, recomputed: in double words (mean from the
 // exact row sum), then exactly what those do not certify.
 void recompute_layer_norm_outputs(
@@ -60,14 +75,8 @@ void recompute_layer_norm_outputs(
     float* y) {
   const int64_t D = job.dim;
   ExactSum row_sum;
-  exact_sum_init(row_sum);
-  for (int64_t i = 0; i < D; ++i)
-    exact_sum_add_product(row_sum, x[i], 1.0f);
-  const dword mean = layer_norm_wide_mean(row_sum, D);
-  dword squares{0.0, 0.0};
-  for (int64_t i = 0; i < D; ++i)
-    squares = layer_norm_wide_square(squares, x[i], mean);
-  const LayerNormWideStats s = layer_norm_wide_stats(mean, squares, D, job.eps);
+  const LayerNormWideStats s =
+      layer_norm_wide_row(RowElements{x}, D, job.eps, row_sum);
   const auto weight = [&](int64_t i) {
     return job.weight ? job.weight[i] : 1.0f;
   };
@@ -104,20 +113,7 @@ void certify_layer_norm_row(
     row_finite = row_finite && std::isfinite(x[i]);
   if (!row_finite)
     return;
-  // The bound's sums in kLayerNormLanes lanes (vectorised; any order).
-  double a1_lane[kLayerNormLanes] = {}, m2_lane[kLayerNormLanes] = {};
-  for (int64_t i0 = 0; i0 < D; i0 += kLayerNormLanes)
-    for (int l = 0; l < kLayerNormLanes && i0 + l < D; ++l) {
-      const double d = static_cast<double>(x[i0 + l]) - s.shift;
-      a1_lane[l] += std::fabs(d);
-      m2_lane[l] += d * d;
-    }
-  const LayerNormErrors e = layer_norm_errors(
-      combine_lanes(a1_lane),
-      combine_lanes(m2_lane),
-      D,
-      s.correction,
-      s.inv_std);
+  const LayerNormErrors e = row_errors(x, D, s);
   thread_local std::vector<unsigned char> flags_buffer;
   flags_buffer.resize(D);
   unsigned char* __restrict flags = flags_buffer.data();
@@ -160,6 +156,79 @@ void certify_layer_norm_row(
   }
   if (!open.empty())
     recompute_layer_norm_outputs(job, x, open, y);
+}
+
+// The grad weight columns stage 1 left open (weight_open; their values
+// finite): in double words over the rows (kernels/layer_norm_certify.h), then
+// exactly (kernels/exact_layer_norm.h). Each row's double-word and exact
+// statistics are computed once, for all columns, when first needed.
+void recompute_weight_grads(
+    const LayerNormRows& job,
+    const float* grad,
+    const std::vector<unsigned char>& weight_open,
+    float* grad_weight,
+    int num_threads) {
+  std::vector<int64_t> open;
+  for (int64_t i = 0; i < job.dim; ++i)
+    if (weight_open[i])
+      open.push_back(i);
+  if (open.empty())
+    return;
+  const int64_t D = job.dim;
+  std::vector<LayerNormWideStats> wide(job.rows);
+  parallel_chunks(job.rows, 16, num_threads, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      ExactSum sum;
+      wide[r] =
+          layer_norm_wide_row(RowElements{job.x + r * D}, D, job.eps, sum);
+    }
+  });
+  std::vector<unsigned char> still_open(open.size());
+  parallel_chunks(
+      static_cast<int64_t>(open.size()),
+      1,
+      num_threads,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) {
+          const int64_t i = open[k];
+          still_open[k] = !weight_grad_wide_output(
+              [&](int64_t r) -> const LayerNormWideStats& { return wide[r]; },
+              [&](int64_t r) { return job.x[r * D + i]; },
+              [&](int64_t r) { return grad[r * D + i]; },
+              job.rows,
+              &grad_weight[i]);
+        }
+      });
+  if (std::find(still_open.begin(), still_open.end(), 1) == still_open.end())
+    return;
+  std::vector<ExactLayerNormRow<kBigLimbs>> exact(job.rows);
+  parallel_chunks(job.rows, 4, num_threads, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      exact[r] = exact_layer_norm_row<kBigLimbs>(
+          RowElements{job.x + r * D}, D, job.eps);
+  });
+  parallel_chunks(
+      static_cast<int64_t>(open.size()),
+      1,
+      num_threads,
+      [&](int64_t begin, int64_t end) {
+        for (int64_t k = begin; k < end; ++k) {
+          if (!still_open[k])
+            continue;
+          const int64_t i = open[k];
+          float out;
+          if (exact_weight_grad_output(
+                  [&](int64_t r, ExactLayerNormRow<kBigLimbs>& row) {
+                    row = exact[r];
+                  },
+                  [&](int64_t r) { return job.x[r * D + i]; },
+                  [&](int64_t r) { return grad[r * D + i]; },
+                  job.rows,
+                  grad_weight[i],
+                  &out))
+            grad_weight[i] = out;
+        }
+      });
 }
 
 } // namespace
@@ -210,48 +279,29 @@ void certify_grad_x_row(
   // Every sum in kLayerNormLanes lanes, every loop branch-free, so that they
   // vectorise (the sums are bounds: any order).
   unsigned finite = 1u;
-  double a1[kLayerNormLanes] = {}, m2[kLayerNormLanes] = {};
+  double abs_gw[kLayerNormLanes] = {}, abs_gwn[kLayerNormLanes] = {};
   for (int64_t i0 = 0; i0 < D; i0 += kLayerNormLanes)
     for (int l = 0; l < kLayerNormLanes && i0 + l < D; ++l) {
       const int64_t i = i0 + l;
       finite &= is_finite_bits(MP_FLOAT_BITS(x[i])) &
           is_finite_bits(MP_FLOAT_BITS(g[i])) &
           is_finite_bits(MP_FLOAT_BITS(w ? w[i] : 1.0f));
-      const double d = static_cast<double>(x[i]) - s.shift;
-      a1[l] += std::fabs(d);
-      m2[l] += d * d;
+      abs_gw[l] += std::fabs(gw[i]);
+      abs_gwn[l] += std::fabs(gw[i] * n[i]);
     }
   if (!finite)
     return;
-  const LayerNormErrors e = layer_norm_errors(
-      combine_lanes(a1), combine_lanes(m2), D, s.correction, s.inv_std);
-  thread_local std::vector<double> e_n_buffer;
-  e_n_buffer.resize(D);
-  double* __restrict e_n = e_n_buffer.data();
-  double abs_gw[kLayerNormLanes] = {}, abs_gwn[kLayerNormLanes] = {},
-         gw_en[kLayerNormLanes] = {};
-  for (int64_t i0 = 0; i0 < D; i0 += kLayerNormLanes)
-    for (int l = 0; l < kLayerNormLanes && i0 + l < D; ++l) {
-      const int64_t i = i0 + l;
-      e_n[i] = layer_norm_normalized_error(
-          e, s.inv_std, layer_norm_terms(s, x[i], false, 1.0f, false, 0.0f));
-      abs_gw[l] += std::fabs(gw[i]);
-      abs_gwn[l] += std::fabs(gw[i] * n[i]);
-      gw_en[l] += std::fabs(gw[i]) * e_n[i];
-    }
+  const LayerNormErrors e = row_errors(x, D, s);
+  const NormalizedBound nb =
+      layer_norm_normalized_bound(e, s.inv_std, s.correction);
   const GradXErrors ge = grad_x_errors(
-      D,
-      combine_lanes(abs_gw),
-      combine_lanes(abs_gwn),
-      combine_lanes(gw_en),
-      mean_gw,
-      mean_gwn);
+      D, combine_lanes(abs_gw), combine_lanes(abs_gwn), nb, mean_gw, mean_gwn);
   thread_local std::vector<unsigned char> flags_buffer;
   flags_buffer.resize(D);
   unsigned char* __restrict flags = flags_buffer.data();
   for (int64_t i = 0; i < D; ++i)
     flags[i] =
-        grad_x_open(e, ge, s.inv_std, gw[i], n[i], e_n[i], mean_gw, mean_gwn);
+        grad_x_open(e, nb, ge, s.inv_std, gw[i], n[i], mean_gw, mean_gwn);
   std::vector<int64_t> open;
   for (int64_t i = 0; i < D; ++i)
     if (flags[i])
@@ -324,28 +374,57 @@ void layer_norm_backward(
   });
   if (grad_weight == nullptr && grad_bias == nullptr)
     return;
+  std::vector<NormalizedBound> bounds;
+  if (grad_weight) {
+    bounds.resize(job.rows);
+    parallel_chunks(job.rows, 16, num_threads, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r)
+        bounds[r] = layer_norm_normalized_bound(
+            row_errors(job.x + r * job.dim, job.dim, stats[r]),
+            stats[r].inv_std,
+            stats[r].correction);
+    });
+  }
+  std::vector<unsigned char> weight_open(grad_weight ? job.dim : 0);
   parallel_chunks(job.dim, 64, num_threads, [&](int64_t begin, int64_t end) {
-    std::vector<double> dw(end - begin, zero), db(end - begin, zero),
-        db_mass(end - begin, zero);
+    const int64_t count = end - begin;
+    std::vector<double> dw_buffer(grad_weight ? 3 * count : 0, zero),
+        db_buffer(grad_bias ? 2 * count : 0, zero);
+    // Distinct arrays, one loop per gradient, so that each vectorises.
+    double* __restrict dw = dw_buffer.data();
+    double* __restrict dw_err = dw + count;
+    double* __restrict dw_mass = dw + 2 * count;
+    double* __restrict db = db_buffer.data();
+    double* __restrict db_mass = db + count;
     for (int64_t r = 0; r < job.rows; ++r) {
-      const float* x = job.x + r * job.dim;
-      const float* g = grad + r * job.dim;
-      for (int64_t i = begin; i < end; ++i) {
-        if (grad_weight)
-          dw[i - begin] = r_add(
-              dw[i - begin],
-              r_mul(
-                  r_from_float(eps, g[i]),
-                  layer_norm_normalized(stats[r], x[i])));
-        if (grad_bias) {
-          db[i - begin] = r_add(db[i - begin], r_from_float(eps, g[i]));
-          db_mass[i - begin] += std::fabs(db[i - begin]);
+      const float* x = job.x + r * job.dim + begin;
+      const float* g = grad + r * job.dim + begin;
+      if (grad_weight) {
+        const LayerNormStats<double> s = stats[r];
+        const NormalizedBound nb = bounds[r];
+        for (int64_t i = 0; i < count; ++i) {
+          const double gd = r_from_float(eps, g[i]);
+          const double n = layer_norm_normalized(s, x[i]);
+          const double p = r_mul(gd, n);
+          dw[i] = r_add(dw[i], p);
+          dw_err[i] += weight_grad_term_error(nb, gd, n, p);
+          dw_mass[i] += std::fabs(dw[i]);
         }
       }
+      if (grad_bias)
+        for (int64_t i = 0; i < count; ++i) {
+          db[i] = r_add(db[i], r_from_float(eps, g[i]));
+          db_mass[i] += std::fabs(db[i]);
+        }
     }
     for (int64_t i = begin; i < end; ++i) {
       if (grad_weight)
-        grad_weight[i] = r_round(dw[i - begin]);
+        weight_open[i] = !weight_grad_certified(
+                             dw[i - begin],
+                             dw_err[i - begin],
+                             dw_mass[i - begin],
+                             &grad_weight[i]) &&
+            std::fabs(dw[i - begin]) < 1e300;
       if (grad_bias)
         grad_bias[i] = bias_grad_output(
             db[i - begin],
@@ -354,6 +433,8 @@ void layer_norm_backward(
             job.rows);
     }
   });
+  if (grad_weight)
+    recompute_weight_grads(job, grad, weight_open, grad_weight, num_threads);
 }
 
 // Rows are copied in blocks of kWidenBlock so that a transposed source (B read

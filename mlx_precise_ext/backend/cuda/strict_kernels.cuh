@@ -629,6 +629,7 @@ __global__ void layer_norm_grad_rows(
     const RowsLayout gl,
     float* grad_x,
     LayerNormStats<T>* stats,
+    NormalizedBound* bounds,
     MP_INT64 rows,
     int dim,
     T eps,
@@ -647,6 +648,20 @@ __global__ void layer_norm_grad_rows(
         warp_row_stats(xr, xl.element_stride, dim, eps, own, lane);
     if (stats && lane == 0)
       stats[r] = s;
+    // The bound of s (kernels/layer_norm_certify.h): the row's sums over the
+    // lanes, then the warp.
+    double a1 = 0.0, m2 = 0.0;
+    for (int i = lane; i < dim; i += kWarp) {
+      const double d = static_cast<double>(xr[i * xl.element_stride]) - s.shift;
+      a1 += fabs(d);
+      m2 += d * d;
+    }
+    const LayerNormErrors e = layer_norm_errors(
+        warp_sum(a1), warp_sum(m2), dim, s.correction, s.inv_std);
+    const NormalizedBound nb =
+        layer_norm_normalized_bound(e, s.inv_std, s.correction);
+    if (bounds && lane == 0)
+      bounds[r] = nb;
     if (grad_x == nullptr)
       continue;
     auto weighted = [&](int i) {
@@ -670,43 +685,21 @@ __global__ void layer_norm_grad_rows(
     const T mean_gw = r_div(combine_lanes(own), count);
     const T mean_gwn = r_div(combine_lanes(own + kLayerNormLanes), count);
     __syncwarp();
-    // The bound (kernels/layer_norm_certify.h): the row's sums over the
-    // lanes, then the warp.
-    double a1 = 0.0, m2 = 0.0, abs_gw = 0.0, abs_gwn = 0.0, gw_en = 0.0;
+    double abs_gw = 0.0, abs_gwn = 0.0;
     bool finite = true;
     for (int i = lane; i < dim; i += kWarp) {
-      const float xi = xr[i * xl.element_stride];
-      finite = finite && is_finite_bits(MP_FLOAT_BITS(xi)) &&
+      finite = finite &&
+          is_finite_bits(MP_FLOAT_BITS(xr[i * xl.element_stride])) &&
           is_finite_bits(MP_FLOAT_BITS(gr[i * gl.element_stride])) &&
           (weight == nullptr ||
            is_finite_bits(MP_FLOAT_BITS(weight[i * weight_stride])));
-      const double d = static_cast<double>(xi) - s.shift;
-      a1 += fabs(d);
-      m2 += d * d;
-    }
-    finite = __all_sync(0xffffffffu, finite);
-    const LayerNormErrors e = layer_norm_errors(
-        warp_sum(a1), warp_sum(m2), dim, s.correction, s.inv_std);
-    const auto normalized_error = [&](int i) {
-      return layer_norm_normalized_error(
-          e,
-          s.inv_std,
-          layer_norm_terms(
-              s, xr[i * xl.element_stride], false, 1.0f, false, 0.0f));
-    };
-    for (int i = lane; i < dim; i += kWarp) {
       const T gw = weighted(i);
       abs_gw += fabs(gw);
       abs_gwn += fabs(gw * layer_norm_normalized(s, xr[i * xl.element_stride]));
-      gw_en += fabs(gw) * normalized_error(i);
     }
+    finite = __all_sync(0xffffffffu, finite);
     const GradXErrors ge = grad_x_errors(
-        dim,
-        warp_sum(abs_gw),
-        warp_sum(abs_gwn),
-        warp_sum(gw_en),
-        mean_gw,
-        mean_gwn);
+        dim, warp_sum(abs_gw), warp_sum(abs_gwn), nb, mean_gw, mean_gwn);
     const MP_INT64 words = open_words_per_row(dim);
     for (MP_INT64 word = 0; word < words; ++word) {
       const int i = static_cast<int>(word * kWarp) + lane;
@@ -716,15 +709,7 @@ __global__ void layer_norm_grad_rows(
         const T n = layer_norm_normalized(s, xr[i * xl.element_stride]);
         grad_x[r * dim + i] = layer_norm_grad_x(s, gw, n, mean_gw, mean_gwn);
         open = finite &&
-            grad_x_open(
-                   e,
-                   ge,
-                   s.inv_std,
-                   gw,
-                   n,
-                   normalized_error(i),
-                   mean_gw,
-                   mean_gwn);
+            grad_x_open(e, nb, ge, s.inv_std, gw, n, mean_gw, mean_gwn);
       }
       const unsigned marked = __ballot_sync(0xffffffffu, open);
       if (lane == 0)
@@ -779,6 +764,7 @@ __global__ void layer_norm_grad_x_recompute(
     const RowsLayout gl,
     float* grad_x,
     LayerNormStats<T>*,
+    NormalizedBound*,
     MP_INT64 rows,
     int dim,
     T eps,
@@ -815,9 +801,11 @@ __global__ void layer_norm_grad_x_recompute(
   }
 }
 
-// grad weight = sum over rows of g n, grad bias = sum of g (correctly rounded,
-// bias_grad_output, as on the CPU): one thread per column, rows in order 0,
-// 1, ... as on the CPU.
+// grad weight = sum over rows of g n, certified as on the CPU (stage 1 of
+// kernels/layer_norm_certify.h's grad weight; the open columns marked in
+// weight_open for layer_norm_weight_recompute), grad bias = sum of g
+// (correctly rounded, bias_grad_output, as on the CPU): one thread per column,
+// rows in order 0, 1, ... as on the CPU.
 template <class T>
 __global__ void layer_norm_param_grads(
     const float* x,
@@ -825,8 +813,10 @@ __global__ void layer_norm_param_grads(
     const float* g,
     const RowsLayout gl,
     const LayerNormStats<T>* stats,
+    const NormalizedBound* bounds,
     float* grad_weight,
     float* grad_bias,
+    unsigned* weight_open,
     MP_INT64 rows,
     int dim,
     T eps) {
@@ -835,7 +825,7 @@ __global__ void layer_norm_param_grads(
     return;
   const T zero = r_from_float(eps, 0.0f);
   T dw = zero, db = zero;
-  double db_mass = 0.0;
+  double dw_err = 0.0, dw_mass = 0.0, db_mass = 0.0;
   const auto column = [&](MP_INT64 r) {
     return g[row_start(gl, r) + i * gl.element_stride];
   };
@@ -843,9 +833,12 @@ __global__ void layer_norm_param_grads(
     const float gi = column(r);
     if (grad_weight) {
       const float xi = x[row_start(xl, r) + i * xl.element_stride];
-      dw = r_add(
-          dw,
-          r_mul(r_from_float(eps, gi), layer_norm_normalized(stats[r], xi)));
+      const T gd = r_from_float(eps, gi);
+      const T n = layer_norm_normalized(stats[r], xi);
+      const T p = r_mul(gd, n);
+      dw = r_add(dw, p);
+      dw_err += weight_grad_term_error(bounds[r], gd, n, p);
+      dw_mass += fabs(dw);
     }
     if (grad_bias) {
       db = r_add(db, r_from_float(eps, gi));
@@ -853,9 +846,110 @@ __global__ void layer_norm_param_grads(
     }
   }
   if (grad_weight)
-    grad_weight[i] = r_round(dw);
+    weight_open[i] =
+        !weight_grad_certified(dw, dw_err, dw_mass, &grad_weight[i]) &&
+        fabs(dw) < 1e300;
   if (grad_bias)
     grad_bias[i] = bias_grad_output(db, db_mass, column, rows);
+}
+
+// Whether layer_norm_param_grads left any grad weight column open (every
+// thread of the warp gets the answer).
+__device__ __forceinline__ bool
+any_weight_open(const unsigned* weight_open, int dim, int lane) {
+  bool any = false;
+  for (int i = lane; i < dim; i += kWarp)
+    any = any || weight_open[i] != 0u;
+  return __any_sync(0xffffffffu, any);
+}
+
+// Each row's double-word statistics (warp_wide_stats), one warp per row, for
+// layer_norm_weight_recompute; nothing when no column is open.
+__global__ void layer_norm_wide_rows(
+    const float* x,
+    const RowsLayout xl,
+    const unsigned* weight_open,
+    LayerNormWideStats* wide,
+    MP_INT64 rows,
+    int dim,
+    double eps) {
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  if (!any_weight_open(weight_open, dim, lane))
+    return;
+  for (MP_INT64 r = static_cast<MP_INT64>(blockIdx.x) * kRowsPerBlock + warp;
+       r < rows;
+       r += static_cast<MP_INT64>(gridDim.x) * kRowsPerBlock) {
+    ExactSum sum;
+    const LayerNormWideStats s = warp_wide_stats(
+        StridedRow{x + row_start(xl, r), xl.element_stride},
+        dim,
+        eps,
+        lane,
+        sum);
+    if (lane == 0)
+      wide[r] = s;
+  }
+}
+
+// Stage 3 for one grad weight column, out of line (its big integers would
+// otherwise crowd the caller's registers): each row's exact statistics
+// computed as the column needs them (exact_weight_grad_output).
+__device__ __noinline__ bool exact_weight_grad(
+    const float* x,
+    const RowsLayout xl,
+    const float* g,
+    const RowsLayout gl,
+    MP_INT64 rows,
+    int dim,
+    double eps,
+    int i,
+    float guess,
+    float* out) {
+  return exact_weight_grad_output(
+      [&](MP_INT64 r, ExactLayerNormRow<kBigLimbs>& row) {
+        row = exact_layer_norm_row<kBigLimbs>(
+            StridedRow{x + row_start(xl, r), xl.element_stride}, dim, eps);
+      },
+      [&](MP_INT64 r) { return x[row_start(xl, r) + i * xl.element_stride]; },
+      [&](MP_INT64 r) { return g[row_start(gl, r) + i * gl.element_stride]; },
+      rows,
+      guess,
+      out);
+}
+
+// The grad weight columns layer_norm_param_grads marked, one thread per
+// column: in double words from the rows' wide statistics, then exactly
+// (recompute_weight_grads on the CPU).
+__global__ void layer_norm_weight_recompute(
+    const float* x,
+    const RowsLayout xl,
+    const float* g,
+    const RowsLayout gl,
+    const LayerNormWideStats* wide,
+    const unsigned* weight_open,
+    float* grad_weight,
+    MP_INT64 rows,
+    int dim,
+    double eps) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= dim || weight_open[i] == 0u)
+    return;
+  const auto x_at = [&](MP_INT64 r) {
+    return x[row_start(xl, r) + i * xl.element_stride];
+  };
+  const auto g_at = [&](MP_INT64 r) {
+    return g[row_start(gl, r) + i * gl.element_stride];
+  };
+  // What neither stage decides keeps the double-word value, as on the CPU.
+  float out;
+  if (!weight_grad_wide_output(
+          [&](MP_INT64 r) -> const LayerNormWideStats& { return wide[r]; },
+          x_at,
+          g_at,
+          rows,
+          &out))
+    exact_weight_grad(x, xl, g, gl, rows, dim, eps, i, out, &out);
+  grad_weight[i] = out;
 }
 
 } // namespace mlx_precise::gpu

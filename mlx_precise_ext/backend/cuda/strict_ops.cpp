@@ -19,6 +19,7 @@
 #include "backend/cuda/encoder.h"
 #include "backend/cuda/jit.h"
 #include "backend/gpu/strict_layout.h"
+#include "kernels/layer_norm_certify.h"
 #include "kernels/strict_arith.h"
 #include "kernels/strict_params.h"
 #include "strict_primitives.h"
@@ -38,7 +39,9 @@ std::vector<std::string> cuda::strict_kernel_names() {
       "mlx_precise::gpu::layer_norm_recompute<double>",
       "mlx_precise::gpu::layer_norm_grad_rows<double>",
       "mlx_precise::gpu::layer_norm_grad_x_recompute<double>",
-      "mlx_precise::gpu::layer_norm_param_grads<double>"};
+      "mlx_precise::gpu::layer_norm_param_grads<double>",
+      "mlx_precise::gpu::layer_norm_wide_rows",
+      "mlx_precise::gpu::layer_norm_weight_recompute"};
 }
 
 namespace {
@@ -559,12 +562,17 @@ void StrictLayerNormVJP::eval_gpu(
   const float* xp = mx::gpu_ptr<float>(x);
   const float* gp = mx::gpu_ptr<float>(g);
   const bool want_params = want_weight_ || want_bias_;
-  std::optional<mx::array> stats_buffer;
+  std::optional<mx::array> stats_buffer, bounds_buffer;
   LayerNormStats<double>* stats = nullptr;
+  NormalizedBound* bounds = nullptr;
   if (want_params) {
     stats_buffer = scratch(encoder, rows * sizeof(LayerNormStats<double>));
     stats =
         static_cast<LayerNormStats<double>*>(mx::gpu_ptr<void>(*stats_buffer));
+  }
+  if (want_weight_) { // the bounds of n, for grad weight's stage 1
+    bounds_buffer = scratch(encoder, rows * sizeof(NormalizedBound));
+    bounds = static_cast<NormalizedBound*>(mx::gpu_ptr<void>(*bounds_buffer));
   }
   // grad x's open outputs, one bit each ((dim + 31) / 32 words per row), for
   // layer_norm_grad_x_recompute.
@@ -588,6 +596,8 @@ void StrictLayerNormVJP::eval_gpu(
     }
     if (stats_buffer)
       encoder.set_output_array(*stats_buffer);
+    if (bounds_buffer)
+      encoder.set_output_array(*bounds_buffer);
     launch_rows(
         encoder,
         device,
@@ -601,6 +611,7 @@ void StrictLayerNormVJP::eval_gpu(
         gl,
         grad_x,
         stats,
+        bounds,
         static_cast<MP_INT64>(rows),
         dim,
         eps_,
@@ -608,11 +619,23 @@ void StrictLayerNormVJP::eval_gpu(
   }
   if (!want_params)
     return;
+  // grad weight's open columns (one word each), for its stages 2 and 3.
+  std::optional<mx::array> weight_open_buffer;
+  unsigned* weight_open = nullptr;
+  if (want_weight_) {
+    weight_open_buffer = scratch(encoder, dim * sizeof(unsigned));
+    weight_open =
+        static_cast<unsigned*>(mx::gpu_ptr<void>(*weight_open_buffer));
+  }
   for (const auto& in : inputs)
     encoder.set_input_array(in);
   encoder.set_input_array(*stats_buffer);
-  if (grad_w_array)
+  if (bounds_buffer)
+    encoder.set_input_array(*bounds_buffer);
+  if (grad_w_array) {
     encoder.set_output_array(*grad_w_array);
+    encoder.set_output_array(*weight_open_buffer);
+  }
   if (grad_b_array)
     encoder.set_output_array(*grad_b_array);
   launch(
@@ -626,8 +649,53 @@ void StrictLayerNormVJP::eval_gpu(
       gp,
       gl,
       static_cast<const LayerNormStats<double>*>(stats),
+      static_cast<const NormalizedBound*>(bounds),
       grad_w_array ? mx::gpu_ptr<float>(*grad_w_array) : nullptr,
       grad_b_array ? mx::gpu_ptr<float>(*grad_b_array) : nullptr,
+      weight_open,
+      static_cast<MP_INT64>(rows),
+      dim,
+      eps_);
+  if (!want_weight_ || rows == 0)
+    return;
+  // Stages 2 and 3 of grad weight: the rows' double-word statistics (only
+  // when a column is open), then the open columns.
+  mx::array wide_buffer = scratch(encoder, rows * sizeof(LayerNormWideStats));
+  auto* wide = static_cast<LayerNormWideStats*>(mx::gpu_ptr<void>(wide_buffer));
+  for (const auto& in : inputs)
+    encoder.set_input_array(in);
+  encoder.set_input_array(*weight_open_buffer);
+  encoder.set_output_array(wide_buffer);
+  launch(
+      encoder,
+      cuda::get_strict_kernel(device, "mlx_precise::gpu::layer_norm_wide_rows"),
+      dim3(static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1 << 20))),
+      dim3(256),
+      xp,
+      xl,
+      static_cast<const unsigned*>(weight_open),
+      wide,
+      static_cast<MP_INT64>(rows),
+      dim,
+      eps_);
+  for (const auto& in : inputs)
+    encoder.set_input_array(in);
+  encoder.set_input_array(*weight_open_buffer);
+  encoder.set_input_array(wide_buffer);
+  encoder.set_output_array(*grad_w_array);
+  launch(
+      encoder,
+      cuda::get_strict_kernel(
+          device, "mlx_precise::gpu::layer_norm_weight_recompute"),
+      dim3((dim + 127) / 128),
+      dim3(128),
+      xp,
+      xl,
+      gp,
+      gl,
+      static_cast<const LayerNormWideStats*>(wide),
+      static_cast<const unsigned*>(weight_open),
+      grad_w_array ? mx::gpu_ptr<float>(*grad_w_array) : nullptr,
       static_cast<MP_INT64>(rows),
       dim,
       eps_);
