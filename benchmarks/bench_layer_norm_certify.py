@@ -1,6 +1,6 @@
 """Cost of certifying extended layer_norm's gradients on the CPU, side by side in one
-process: dx, dweight and dbias of an (R, D) row block, each alone, against the
-float64 computation's forward, for this build and optionally an earlier build of
+process: dx, dweight and dbias of an (R, D) row block, each alone and all three,
+next to the forward, for this build and optionally an earlier build of
 the extension (--before PATH/_ext*.so, loaded next to this one), so that a change
 of the bounds is measured against the code it replaces in one run.
 
@@ -54,6 +54,7 @@ def main():
             "dx": lambda: mx.eval(mx.vjp(lambda x_: ln(x_, w, b), [x], [g])[1]),
             "dweight": lambda: mx.eval(mx.vjp(lambda w_: ln(x, w_, b), [w], [g])[1]),
             "dbias": lambda: mx.eval(mx.vjp(lambda b_: ln(x, w, b_), [b], [g])[1]),
+            "dx, dweight, dbias": lambda: mx.eval(mx.vjp(ln, [x, w, b], [g])[1]),
         }
         return {k: median_ms(f, args.repeats) for k, f in cases.items()}
 
@@ -68,7 +69,7 @@ def main():
     names = [n for n, _ in builds]
     print("| | " + " | ".join(names) + (" | after / before |" if args.before else " |"))
     print("|---|" + "---:|" * (len(names) + (1 if args.before else 0)))
-    for k in ("forward", "dx", "dweight", "dbias"):
+    for k in results[names[0]]:
         best = [min(results[n][k]) for n in names]
         row = f"| {k} | " + " | ".join(f"{v:.2f}" for v in best)
         print(row + (f" | {best[1] / best[0]:.2f} |" if args.before else " |"))

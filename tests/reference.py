@@ -246,6 +246,79 @@ def layer_norm_grad_weight_reference(x, g, eps):
     return out, mixed
 
 
+def normalized_mp(x, eps, prec=400):
+    """n = (x - mean) / sqrt(var + eps) of each row, as mpmath numbers at prec bits."""
+    with mpmath.workprec(prec):
+        out = []
+        for row in x:
+            v = [mpmath.mpf(float(t)) for t in row]
+            mean = mpmath.fsum(v) / len(v)
+            var = mpmath.fsum((t - mean) ** 2 for t in v) / len(v) + mpmath.mpf(eps)
+            out.append([(t - mean) / mpmath.sqrt(var) for t in v])
+        return out
+
+
+def midpoint_near(value):
+    """The float32 midpoint nearest to an mpmath value (as an mpf)."""
+    f = np.float32(float(value))
+    other = np.nextafter(f, np.float32(np.inf) if mpmath.mpf(float(f)) < value else np.float32(-np.inf))
+    return (mpmath.mpf(float(f)) + mpmath.mpf(float(other))) / 2
+
+
+def split_float32(value, parts):
+    """value as `parts` float32 terms whose exact sum approximates it greedily."""
+    out = []
+    for _ in range(parts):
+        f = np.float32(float(value))
+        out.append(f)
+        value -= mpmath.mpf(float(f))
+    return out
+
+
+def weight_grad_near_ties(rng):
+    """(x, g, eps) cases for layer_norm grad weight: columns built to sit within
+    ~2^-70 (three rows of different variance: double words decide) or ~2^-140 (five
+    equal rows: the exact stage decides) of a float32 midpoint, and an exact zero
+    that float64 misses (a row and its copy shifted by 1000.25, cotangents g, -g:
+    float64's n differ in the last bits)."""
+    dim, eps = 4, 1e-5
+    x = rng.standard_normal((3, dim)).astype(np.float32)
+    n = normalized_mp(x, eps)
+    g = np.zeros((3, dim), np.float32)
+    with mpmath.workprec(400):
+        for j in range(dim):
+            g[0, j] = np.float32(rng.standard_normal())
+            target = midpoint_near(mpmath.mpf(float(g[0, j])) * n[0][j])
+            for r in (1, 2):
+                done = mpmath.fsum(mpmath.mpf(float(g[k, j])) * n[k][j] for k in range(r))
+                g[r, j] = np.float32(float((target - done) / n[r][j]))
+    cases = [(x, g, eps)]
+    row = rng.standard_normal((1, dim)).astype(np.float32)
+    n = normalized_mp(row, eps)
+    g = np.zeros((5, dim), np.float32)
+    with mpmath.workprec(400):
+        for j in range(dim):
+            target = midpoint_near(mpmath.mpf(float(rng.standard_normal())) * n[0][j])
+            g[:, j] = split_float32(target / n[0][j], 5)
+    cases.append((np.repeat(row, 5, axis=0), g, eps))
+    base = rng.integers(-3, 4, (1, 6)).astype(np.float32)
+    base[0, 0] = 5
+    gz = rng.standard_normal((1, 6)).astype(np.float32)
+    cases.append((np.concatenate([base, base + np.float32(1000.25)]), np.concatenate([gz, -gz]), eps))
+    return cases
+
+
+def weight_grad_eps_ties():
+    """(x, g, eps) cases for layer_norm grad weight: two elements a row make n =
+    +-d / sqrt(d^2 + 4 eps), +-1 less about 2 eps / d^2, so with rows of different
+    spreads d and a tiny eps these column sums sit 2^-1000 and less off float32
+    midpoints (2^24 + 1, 2^24 + 3)."""
+    x = np.float32([[0, 1], [0, 2], [0, 4], [5, 13], [-3e30, 3e30]])
+    g = np.float32([[2**24, 0], [1, -(2**24)], [0, -3], [2**-20, -(2**-40)], [2**24, 2**24]])
+    cases = [(x, g, eps) for eps in (1e-300, 5e-324, 1e-45)]
+    return cases + [(x[:3], g[:3], 1e-300)]
+
+
 def _ratio_over_power(z: Fraction, v: Fraction):
     """float32 of z / v^(3/2), correctly rounded (ties to even); +0 for z = 0."""
     if z == 0:

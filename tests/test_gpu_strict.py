@@ -22,9 +22,12 @@ import mlx_precise as mp
 from reference import (
     exact_zero_rule,
     hard_layer_norm_rows,
+    layer_norm_grad_weight_reference,
     layer_norm_grad_x_reference,
     layer_norm_reference_mp,
     round_exact_sum,
+    weight_grad_eps_ties,
+    weight_grad_near_ties,
 )
 
 GPU_AVAILABLE = mx.metal.is_available() or mx.cuda.is_available()
@@ -216,6 +219,45 @@ def test_layer_norm_grad_x_certified_on_hard_rows(precision):
         np.testing.assert_array_equal(np.array(dx), layer_norm_grad_x_reference(x, w, g, 1e-5),
                                       err_msg=f"seed {seed}")
         assert_bitwise(dx, on(mx.cpu, grad_x))
+
+
+@pytest.mark.skipif(ON_METAL, reason="Metal has no float64: its gradients are float pairs")
+@pytest.mark.parametrize("precision", STRICT)
+def test_layer_norm_weight_gradient_certified(precision):
+    # grad weight on columns that reach every stage (layer_norm_param_grads, then
+    # layer_norm_wide_rows / layer_norm_weight_recompute): near-ties across and within
+    # variances, exact zeros, ties that eps moves by 2^-1000, hard rows with wide-range
+    # cotangents; correctly rounded, the CPU's bits; and a 512 x 768 block, the CPU's bits.
+    seed = int(os.environ.get("MLX_PRECISE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+    print(f"test_layer_norm_weight_gradient_certified seed: {seed}")
+    rng = np.random.default_rng(seed)
+    cases = weight_grad_near_ties(rng) + weight_grad_eps_ties()
+    for _ in range(4):
+        x = np.concatenate([hard_layer_norm_rows(rng, 5) for _ in range(3)])
+        g = (rng.standard_normal(x.shape) * np.exp2(rng.integers(-60, 61, x.shape))).astype(np.float32)
+        cases.append((x, g, 1e-5))
+    for x, g, eps in cases:
+        w = mx.array(np.linspace(-1.5, 2.0, x.shape[1]).astype(np.float32))
+
+        def weight_grad():
+            return mx.vjp(lambda w_: mp.layer_norm(mx.array(x), w_, None, eps=eps, precision=precision), [w],
+                          [mx.array(g)])[1][0]
+
+        poison_buffer_cache(x.shape[1] * 4)
+        dw = on(mx.gpu, weight_grad)
+        expected, mixed = layer_norm_grad_weight_reference(x, g, eps)
+        assert not mixed.any()
+        assert_bitwise(dw, expected)
+        assert_bitwise(dw, on(mx.cpu, weight_grad))
+    x = mx.array(rng.standard_normal((512, 768)).astype(np.float32))
+    g = mx.array(rng.standard_normal((512, 768)).astype(np.float32))
+    w = mx.array(rng.standard_normal(768).astype(np.float32))
+
+    def block_grads():
+        return mx.vjp(lambda x_, w_: mp.layer_norm(x_, w_, None, precision=precision), [x, w], [g])[1]
+
+    for gpu, cpu in zip(on(mx.gpu, block_grads), on(mx.cpu, block_grads)):
+        assert_bitwise(gpu, cpu)
 
 
 @pytest.mark.skipif(ON_METAL, reason="Metal has no float64: its gradients are float pairs")

@@ -13,7 +13,6 @@ import os
 import zlib
 
 import mlx.core as mx
-import mpmath
 import numpy as np
 import pytest
 from hypothesis import given
@@ -27,6 +26,8 @@ from reference import (
     layer_norm_grad_x_reference,
     layer_norm_reference_mp,
     round_exact_sum,
+    weight_grad_eps_ties,
+    weight_grad_near_ties,
 )
 
 SEED = int(os.environ.get("MLX_PRECISE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
@@ -195,82 +196,22 @@ def test_grad_weight_exact_zeros_and_ties(rng, precision):
     assert check_grad_weight(x2, g2, 0.0, precision) == 0
 
 
-def normalized_mp(x, eps, prec=400):
-    """n = (x - mean) / sqrt(var + eps) of each row, as mpmath numbers at prec bits."""
-    with mpmath.workprec(prec):
-        out = []
-        for row in x:
-            v = [mpmath.mpf(float(t)) for t in row]
-            mean = mpmath.fsum(v) / len(v)
-            var = mpmath.fsum((t - mean) ** 2 for t in v) / len(v) + mpmath.mpf(eps)
-            out.append([(t - mean) / mpmath.sqrt(var) for t in v])
-        return out
-
-
-def midpoint_near(value):
-    """The float32 midpoint nearest to an mpmath value (as an mpf)."""
-    f = np.float32(float(value))
-    other = np.nextafter(f, np.float32(np.inf) if mpmath.mpf(float(f)) < value else np.float32(-np.inf))
-    return (mpmath.mpf(float(f)) + mpmath.mpf(float(other))) / 2
-
-
-def split_float32(value, parts):
-    """value as `parts` float32 terms whose exact sum approximates it greedily."""
-    out = []
-    for _ in range(parts):
-        f = np.float32(float(value))
-        out.append(f)
-        value -= mpmath.mpf(float(f))
-    return out
-
-
 @pytest.mark.parametrize("precision", ["extended", "dd"])
 def test_grad_weight_near_ties(rng, precision):
-    # Columns built to sit within ~2^-70 (rows of different variance: the double
-    # words decide) or ~2^-140 (repeated rows: the exact stage decides) of a float32
-    # midpoint, and an exact zero the float64 sum misses (a row and its copy shifted
-    # by 1000.25: float64's n differ in the last bits). The float64 sum rounds about
-    # half of these the wrong way.
-    dim = 4
-    x = rng.standard_normal((3, dim)).astype(np.float32)
-    n = normalized_mp(x, 1e-5)
-    g = np.zeros((3, dim), np.float32)
-    with mpmath.workprec(400):
-        for j in range(dim):
-            g[0, j] = np.float32(rng.standard_normal())
-            target = midpoint_near(mpmath.mpf(float(g[0, j])) * n[0][j])
-            for r in (1, 2):
-                done = mpmath.fsum(mpmath.mpf(float(g[k, j])) * n[k][j] for k in range(r))
-                g[r, j] = np.float32(float((target - done) / n[r][j]))
-    check_grad_weight(x, g, 1e-5, precision)
-    row = rng.standard_normal((1, dim)).astype(np.float32)
-    same = np.repeat(row, 5, axis=0)
-    n = normalized_mp(row, 1e-5)
-    g = np.zeros((5, dim), np.float32)
-    with mpmath.workprec(400):
-        for j in range(dim):
-            target = midpoint_near(mpmath.mpf(float(rng.standard_normal())) * n[0][j])
-            g[:, j] = split_float32(target / n[0][j], 5)
-    assert check_grad_weight(same, g, 1e-5, precision) == 0
-    base = rng.integers(-3, 4, (1, 6)).astype(np.float32)
-    base[0, 0] = 5
-    shifted = np.concatenate([base, base + np.float32(1000.25)])
-    gz = rng.standard_normal((1, 6)).astype(np.float32)
-    assert check_grad_weight(shifted, np.concatenate([gz, -gz]), 1e-5, precision) == 0
+    # Columns within ~2^-70 (rows of different variance: the double words decide) or
+    # ~2^-140 (repeated rows: the exact stage decides) of a float32 midpoint, and an
+    # exact zero the float64 sum misses (reference.weight_grad_near_ties). The
+    # float64 sum rounds about half of these the wrong way.
+    for x, g, eps in weight_grad_near_ties(rng):
+        assert check_grad_weight(x, g, eps, precision) == 0
 
 
 @pytest.mark.parametrize("precision", ["extended", "dd"])
 def test_grad_weight_ties_moved_by_eps(precision):
-    # Two elements a row: n = +-d / sqrt(d^2 + 4 eps) is +-1 less about 2 eps / d^2,
-    # so with rows of different spreads d and a tiny eps the column sums below sit
-    # 2^-1000 and less off float32 midpoints (2^24 + 1, 2^24 + 3), across variances:
-    # beyond double words, decided at 2^-1536 (kernels/exact_layer_norm.h).
-    x = np.float32([[0, 1], [0, 2], [0, 4], [5, 13], [-3e30, 3e30]])
-    g = np.float32([[2**24, 0], [1, -(2**24)], [0, -3], [0, 0], [0, 0]])
-    g[3:] = [[2**-20, -(2**-40)], [2**24, 2**24]]
-    for eps in (1e-300, 5e-324, 1e-45):
+    # Sums that a tiny eps moves 2^-1000 and less off float32 midpoints, across rows
+    # of different variance: decided at 2^-1536 (kernels/exact_layer_norm.h).
+    for x, g, eps in weight_grad_eps_ties():
         assert check_grad_weight(x, g, eps, precision) == 0
-    assert check_grad_weight(x[:3], g[:3], 1e-300, precision) == 0
 
 
 @st.composite
