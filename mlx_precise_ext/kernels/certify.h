@@ -394,6 +394,33 @@ MP_INLINE double measured_term_error(
   return bound * (1.0 + 1.0 / 1024.0);
 }
 
+// measured_term_error's spectrum of a real row bounded from the row alone
+// (GPUs, which do not keep the computed spectra): the engine's exact packed
+// spectrum is 2X, the split of the half-length transform Z of the packed row
+// z[m] = x[2m] + i x[2m+1]. Its entries f and H - f have
+// |2X_f|^2 + |2X_(H-f)|^2 = 4 (|Z_f|^2 + |Z_(H-f)|^2) (the parallelogram law:
+// they are A -+ i w^f B and their conjugate partner, A, B = Z_f +- conj
+// Z_(H-f)), |2X_(H/2)| = 2 |Z_(H/2)|, and the DC/Nyquist entry has
+// |2X_0|^2 = 8 |Z_0|^2; with Parseval, ||Z||^2 = H ||x||^2, so
+// ||2X||^2 = 4 H ||x||^2 + 4 |Z_0|^2 exactly, Z_0 = even_sum + i odd_sum (the
+// sums of the row's entries at even and odd positions as loaded). The
+// computed spectrum is within delta sqrt(H) ||x|| of it (step 2). The sums,
+// in double, are each off by at most gamma_len sum |x| <= gamma_len sqrt(len)
+// ||x||. Never above the a priori (2 sqrt 2 + delta) ||x||.
+MP_INLINE double spectrum_from_row(
+    MP_THREAD const TransformErrors& e,
+    MP_INT64 h,
+    MP_INT64 len,
+    double norm,
+    double even_sum,
+    double odd_sum) {
+  const double slack = gamma_bound(len) * sqrt(static_cast<double>(len)) * norm;
+  const double even = fabs(even_sum) + slack, odd = fabs(odd_sum) + slack;
+  const double exact = 2.0 *
+      sqrt(norm * norm + (even * even + odd * odd) / static_cast<double>(h));
+  return fmin(exact, 2.0 * 1.4142135623730951 * norm) + e.delta * norm;
+}
+
 // Absolute error bound for float64 underflow inside a transform: inputs and
 // products of float32 values stay above 2^-600, so nothing there reaches
 // double's subnormal range except exact cancellation residues; 1e-300 per

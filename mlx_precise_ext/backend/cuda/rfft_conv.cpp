@@ -449,7 +449,8 @@ void launch_shared_kernel(
       gpu::make_row_index(full, op.b.shape(), {&op.a, &op.b, op.bias, &op.out});
   const FFTShape& fs = op.fft.shape;
 
-  // Kernel spectra (and norms, when certifying), once per kernel row, in the
+  // Kernel spectra (and when certifying the norms, then the spectrum
+  // bounds: kernel_spectra), once per kernel row, in the
   // stream's buffer (cuda::stream_buffer: per-call buffers were held until
   // their graphs had run, for every convolution of a model's forward). Both
   // kernels register it as written, so the next convolution's spectra wait
@@ -462,7 +463,7 @@ void launch_shared_kernel(
       device,
       stream_index,
       cuda::StreamBuffer::Spectra,
-      spectra_bytes + ix.outer_count * sizeof(double));
+      spectra_bytes + 2 * ix.outer_count * sizeof(double));
   cpx<T>* spectra = data_of<cpx<T>>(spectra_buffer);
   double* norms = reinterpret_cast<double*>(
       reinterpret_cast<char*>(spectra) + spectra_bytes);

@@ -138,20 +138,31 @@ __device__ __forceinline__ void convolve_loaded_row(
   fft_inverse<T, kShared>(re, im, fs, tw);
 }
 
-// The sum over the block of each thread's part, the same in every thread (a
-// fixed order: warp sums, then the warps in turn). Every thread must call it.
-__device__ __forceinline__ double block_sum(double part) {
-  __shared__ double warp_sums[32];
-  for (int offset = 16; offset > 0; offset >>= 1)
-    part += __shfl_down_sync(0xffffffffu, part, offset);
-  if ((threadIdx.x & 31) == 0)
-    warp_sums[threadIdx.x >> 5] = part;
+// The sums over the block of each thread's K parts, the same in every thread
+// (a fixed order: warp sums, then the warps in turn). Every thread must call
+// it.
+template <int K>
+__device__ __forceinline__ void block_sums(double (&part)[K]) {
+  __shared__ double warp_sums[K][32];
+  for (int k = 0; k < K; ++k) {
+    for (int offset = 16; offset > 0; offset >>= 1)
+      part[k] += __shfl_down_sync(0xffffffffu, part[k], offset);
+    if ((threadIdx.x & 31) == 0)
+      warp_sums[k][threadIdx.x >> 5] = part[k];
+  }
   __syncthreads();
-  double total = 0.0;
-  for (int w = 0; w < static_cast<int>(blockDim.x + 31) / 32; ++w)
-    total += warp_sums[w];
+  for (int k = 0; k < K; ++k) {
+    part[k] = 0.0;
+    for (int w = 0; w < static_cast<int>(blockDim.x + 31) / 32; ++w)
+      part[k] += warp_sums[k][w];
+  }
   __syncthreads(); // warp_sums is free again
-  return total;
+}
+
+__device__ __forceinline__ double block_sum(double part) {
+  double parts[1] = {part};
+  block_sums(parts);
+  return parts[0];
 }
 
 // ||row||_2 over the block, in double.
@@ -159,6 +170,29 @@ __device__ __forceinline__ double
 block_row_norm(const float* row, MP_INT64 stride, MP_INT64 len) {
   return sqrt(
       block_sum(square_sum_part(row, stride, len, threadIdx.x, blockDim.x)));
+}
+
+// A row's norm and the bound on its computed spectrum that
+// measured_term_error takes (certify.h, spectrum_from_row), over the block.
+struct RowNorms {
+  double norm;
+  double spectrum;
+};
+
+__device__ __forceinline__ RowNorms
+block_row_norms(DeviceRow x, const TransformErrors& errors, int h) {
+  double sums[3] = {0.0, 0.0, 0.0}; // squares, even entries, odd entries
+  for (MP_INT64 m = threadIdx.x; m < x.len; m += blockDim.x) {
+    const double v = static_cast<double>(x(m));
+    sums[0] += v * v;
+    if (m & 1)
+      sums[2] += v;
+    else
+      sums[1] += v;
+  }
+  block_sums(sums);
+  const double norm = sqrt(sums[0]);
+  return {norm, spectrum_from_row(errors, h, x.len, norm, sums[1], sums[2])};
 }
 
 // Step 2 of certify.h for output t of an output row: certified, or marked
@@ -206,7 +240,8 @@ __device__ __forceinline__ void write_output(
 }
 
 // Spectra of the kernel rows (operand B, outer index = kernel row), scaled by
-// 1/(4N), in pair order; when certifying, also each kernel row's norm.
+// 1/(4N), in pair order; when certifying, also each kernel row's norm and
+// its spectrum bound (b_norms[kk], b_norms[outer_count + kk]).
 template <class T, bool kShared>
 __global__ void kernel_spectra(
     const float* b,
@@ -225,10 +260,14 @@ __global__ void kernel_spectra(
   for (MP_INT64 kk = blockIdx.x; kk < ix.outer_count; kk += gridDim.x) {
     const float* b_row = b + row_offset(ix, kOperandB, kk, 0);
     if constexpr (Certified<T>::value) {
-      const double norm =
-          block_row_norm(b_row, ix.time_stride[kOperandB], g.b_len);
-      if (threadIdx.x == 0)
-        b_norms[kk] = norm;
+      const RowNorms norms = block_row_norms(
+          DeviceRow{b_row, ix.time_stride[kOperandB], g.b_len, false},
+          transform_errors(g.fft_size, 1, kUnitRoundoff64),
+          h);
+      if (threadIdx.x == 0) {
+        b_norms[kk] = norms.norm;
+        b_norms[ix.outer_count + kk] = norms.spectrum;
+      }
     }
     load_forward<T, kShared>(
         DeviceRow{b_row, ix.time_stride[kOperandB], g.b_len, false},
@@ -300,20 +339,33 @@ __global__ void conv_rows(
           bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
       RowCertificate cert{};
       if constexpr (Certified<T>::value) {
-        // Each row's norm over the whole block, one row after another.
-        double a_norm = 0.0;
+        // Each row's norms over the whole block, one row after another; the
+        // bound from the spectra's norms (certify.h, measured_term_error).
+        const TransformErrors errors =
+            transform_errors(g.fft_size, 1, kUnitRoundoff64);
+        RowNorms a_norms{};
         for (int q = 0; q < present; ++q) {
-          const double norm = block_row_norm(
-              a + row_offset(ix, kOperandA, kk, j0 + q * splits),
-              a_step,
-              g.a_len);
+          const RowNorms norms = block_row_norms(
+              DeviceRow{
+                  a + row_offset(ix, kOperandA, kk, j0 + q * splits),
+                  a_step,
+                  g.a_len,
+                  g.a_reversed != 0},
+              errors,
+              h);
           if (q == r)
-            a_norm = norm;
+            a_norms = norms;
         }
-        cert = row_certificate(
-            g.fft_size,
+        const double b_norm = b_norms[kk];
+        cert = certificate_from_bound(
+            measured_term_error(
+                errors,
+                a_norms.norm,
+                b_norm,
+                a_norms.spectrum,
+                b_norms[ix.outer_count + kk]),
             g.fold != 0,
-            a_norm * b_norms[kk],
+            a_norms.norm * b_norm,
             1,
             g.has_bias ? 1 : 0);
       }
