@@ -205,3 +205,25 @@ def test_rows_of_terms_edge_cases(rng):
     y, open_ = metal_terms(a, b)
     assert_bits(y, exact_terms(a, b, [], []))
     assert open_.mean() < 0.1
+
+
+@pytest.mark.parametrize("n", [None, 128, 100])
+def test_gradients_equal_the_cpu_bits(rng, n):
+    # grad u (one row per output: the correlate_input rows of certified_conv_rows) and
+    # grad k summed over a broadcast batch (certified_reduce_rows' correlate_kernel
+    # rows), against the CPU's certified extended gradients.
+    B, L, Lk = 3, 64, 48
+    u = (rng.standard_normal((B, L)) * np.exp(rng.uniform(-20, 20, (B, 1)))).astype(np.float32)
+    k = rng.standard_normal(Lk).astype(np.float32)
+    cot = rng.standard_normal((B, L)).astype(np.float32)
+    _, (gu, gk) = mx.vjp(
+        lambda x, y: mp.rfft_conv(x, y, n=n, precision="extended", stream=mx.cpu),
+        [mx.array(u), mx.array(k)],
+        [mx.array(cot)],
+    )
+    period = 0 if n is None else n
+    for r in range(B):
+        y, _ = _ext.testing.metal_certified_conv(cot[r], k, NO_BIAS, period, "correlate_input")
+        assert_bits(y, np.array(gu)[r])
+    y, _ = _ext.testing.metal_certified_conv_terms(list(cot), list(u), [], [], period, "correlate_kernel", Lk)
+    assert_bits(y, np.array(gk))

@@ -264,6 +264,28 @@ nb::tuple recompute_open(
   return nb::tuple(items);
 }
 
+// The geometry of an rfft_conv variant of rows of a_len and b_len elements:
+// "convolve" (out_len = a_len), "correlate_input" (grad u: a = the
+// cotangent, b = k, out_len = a_len) or "correlate_kernel" (grad k: a = the
+// cotangent, b = u, out_len = the kernel's length).
+ConvGeometry emulated_geometry(
+    const std::string& variant,
+    int64_t period,
+    int64_t a_len,
+    int64_t b_len,
+    int64_t kernel_len) {
+  if (variant == "convolve")
+    return conv_geometry(ConvVariant::Convolve, period, a_len, b_len, a_len);
+  if (variant == "correlate_input")
+    return conv_geometry(
+        ConvVariant::CorrelateInput, period, a_len, b_len, a_len);
+  if (variant == "correlate_kernel")
+    return conv_geometry(
+        ConvVariant::CorrelateKernel, period, a_len, b_len, kernel_len);
+  throw std::invalid_argument(
+      "variant must be 'convolve', 'correlate_input' or 'correlate_kernel'");
+}
+
 // certify_pair.h's Group for one CPU thread running a group's steps.
 struct EmulatedGroup {
   float* open;
@@ -302,7 +324,9 @@ nb::tuple metal_certified_conv_terms(
     std::vector<F> b,
     std::vector<F> c,
     std::vector<F> d,
-    int64_t period) {
+    int64_t period,
+    const std::string& variant,
+    int64_t kernel_len) {
   if (a.empty() || a.size() != b.size() || c.size() != d.size())
     throw std::invalid_argument(
         "a and b: as many rows, at least one; c and d: as many rows");
@@ -310,22 +334,22 @@ nb::tuple metal_certified_conv_terms(
   for (size_t i = 0; i < a.size(); ++i)
     if (a[i].shape(0) != len || b[i].shape(0) != taps)
       throw std::invalid_argument("every a (b) row must have one length");
-  for (size_t j = 0; j < c.size(); ++j)
-    if (c[j].shape(0) != len || d[j].shape(0) != len)
-      throw std::invalid_argument("c and d rows must be as long as a's");
-  const ListTerms terms{a, b, c, d};
   const ConvGeometry geo =
-      conv_geometry(ConvVariant::Convolve, period, len, taps, len);
+      emulated_geometry(variant, period, len, taps, kernel_len);
+  for (size_t j = 0; j < c.size(); ++j)
+    if (c[j].shape(0) != geo.out_len || d[j].shape(0) != geo.out_len)
+      throw std::invalid_argument("c and d rows must be as long as the output");
+  const ListTerms terms{a, b, c, d};
   const ConvShape g = gpu::conv_shape(geo, false, 1);
   const gpu::FFTTables<ff> t = gpu::make_fft_tables<ff>(geo.fft_size);
   const int h = t.shape.n_half;
   std::vector<ff> rows(4 * static_cast<size_t>(h));
   std::vector<cpx<ff>> acc(2 * static_cast<size_t>(t.shape.num_pairs));
   float* y;
-  OutArray out = new_float_array(static_cast<size_t>(len), &y);
+  OutArray out = new_float_array(static_cast<size_t>(geo.out_len), &y);
   float* open;
-  OutArray open_out = new_float_array(static_cast<size_t>(len), &open);
-  std::fill(open, open + len, 0.0f);
+  OutArray open_out = new_float_array(static_cast<size_t>(geo.out_len), &open);
+  std::fill(open, open + geo.out_len, 0.0f);
   EmulatedGroup group{open};
   ff* r = rows.data();
   certified_terms_row<ff>(
@@ -354,15 +378,22 @@ nb::tuple metal_certified_conv_terms(
 // certified_conv_rows, recompute_open_rows): y = rfft_conv(a, b, n = period
 // or None, bias), an output per element of a. Returns (y, open): open marks
 // the outputs that did not certify (recomputed exactly).
-nb::tuple metal_certified_conv(F a_in, F b_in, F bias_in, int64_t period) {
+nb::tuple metal_certified_conv(
+    F a_in,
+    F b_in,
+    F bias_in,
+    int64_t period,
+    const std::string& variant) {
   const int64_t a_len = a_in.shape(0), b_len = b_in.shape(0);
   const bool has_bias = bias_in.shape(0) != 0;
   if (a_len == 0 || b_len == 0 ||
       (has_bias && bias_in.shape(0) != a_in.shape(0)))
     throw std::invalid_argument(
         "a and b must be nonempty, bias empty or as long as a");
-  const ConvGeometry geo =
-      conv_geometry(ConvVariant::Convolve, period, a_len, b_len, a_len);
+  if (variant == "correlate_kernel")
+    throw std::invalid_argument(
+        "correlate_kernel sums over rows: metal_certified_conv_terms");
+  const ConvGeometry geo = emulated_geometry(variant, period, a_len, b_len, 0);
   const ConvShape g = gpu::conv_shape(geo, has_bias, 1);
   const gpu::FFTTables<ff> t = gpu::make_fft_tables<ff>(geo.fft_size);
   const FFTShape& fs = t.shape;
@@ -407,7 +438,16 @@ nb::tuple metal_certified_conv(F a_in, F b_in, F bias_in, int64_t period) {
       g.fold != 0,
       has_bias);
   load_scaled_row<ff>(
-      row.data(), row.data() + h, a, 1, a_len, false, cert.a_exponent, h, 0, 1);
+      row.data(),
+      row.data() + h,
+      a,
+      1,
+      a_len,
+      g.a_reversed != 0,
+      cert.a_exponent,
+      h,
+      0,
+      1);
   fft_rows<false, ff>(row.data(), row.data() + h, fs, t.twiddles.data(), 0, 1);
   multiply_rows_by_spectrum<ff>(
       row.data(),
@@ -705,8 +745,9 @@ void init_testing(nb::module_& parent) {
       "b"_a.noconvert(),
       "bias"_a.noconvert(),
       "period"_a,
+      "variant"_a = "convolve",
       "Metal's certified float-pair rfft_conv(a, b, n=period or None, bias) of one row "
-      "(bias empty: none), run on the CPU by one thread with the kernels' "
+      "(bias empty: none; variant 'correlate_input': grad u, a the cotangent), run on the CPU by one thread with the kernels' "
       "own code (kernels/certify_pair.h); returns (y, open) as float32, open 1 where the "
       "output did not certify and was recomputed exactly.");
 
@@ -718,8 +759,11 @@ void init_testing(nb::module_& parent) {
       "c"_a,
       "d"_a,
       "period"_a,
+      "variant"_a = "convolve",
+      "kernel_len"_a = 0,
       "Metal's certified float-pair rows of terms (gradients summed over broadcast rows, "
       "the fused jvp) run on the CPU by one thread with the kernels' own code: "
       "y = sum_i rfft_conv(a_i, b_i, n=period or None) + sum_j c_j * d_j (lists of float32 "
-      "rows); returns (y, open) as float32.");
+      "rows; variant 'correlate_kernel' with kernel_len: grad k summed over the rows, "
+      "a the cotangents, b the inputs); returns (y, open) as float32.");
 }
