@@ -277,10 +277,9 @@ MP_INLINE double gamma_bound(MP_INT64 n) {
 // (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed.; full
 // derivation in docs/certification.md):
 //   - a complex addition errs by at most u |result|; a complex product by
-//     sqrt(5) u |x y| (Brent, Percival and Zimmermann, Math. Comp. 76, 2007:
-//     the naive formula without FMA, as both engines compile it), so one with
-//     a computed twiddle (|w^ - w| <= u) by tau |x|, tau = u + sqrt(5) u
-//     (1 + u). Every path through a twiddled radix-4
+//     c |x y| (complex_product_error), so one with a computed twiddle
+//     (|w^ - w| <= u) by tau |x|, tau = u + c (1 + u). Every path through a
+//     twiddled radix-4
 //     stage passes one twiddle product and two additions, so each output
 //     errs by at most eta_4 |S| |x|, 1 + eta_4 = (1 + u)^2 (1 + tau); a
 //     unit-twiddle radix-4 stage (1 + u)^2, the radix-2 stage 1 + u;
@@ -297,7 +296,7 @@ MP_INLINE double gamma_bound(MP_INT64 n) {
 //     delta sqrt(H) ||a||, delta = 2 sqrt(eps^2 + e_dc^2) + sigma (1 + eps),
 //     and their norms are <= (2 sqrt 2 + delta) sqrt(H) ||a||;
 //   - product: ||P^ - P||_1 <= rho H ||a|| ||b||, rho = delta (2 sqrt 2 +
-//     delta) + 2 sqrt 2 delta + sqrt(5) u (2 sqrt 2 + delta)^2;
+//     delta) + 2 sqrt 2 delta + c (2 sqrt 2 + delta)^2;
 //   - the exact inverse maps a packed product entry to an output with weight
 //     <= 1/(2N) (it stands for two conjugate entries of the full spectrum,
 //     each of weight 1/N, times the packing's factor 4): rho / 4;
@@ -306,7 +305,7 @@ MP_INLINE double gamma_bound(MP_INT64 n) {
 //     inverse stages (the forward's factors) give 1 + e_inv = (1 + eta_4)
 //     (1 + eps); every path from a packed entry to an output has weight <= 4
 //     (unsplit) x 1 (butterflies) x 1/(4N), so it adds e_inv ||P^||_1 / N
-//     <= e_inv weight, weight = (2 sqrt 2 + delta)^2 (1 + sqrt(5) u) / 2.
+//     <= e_inv weight, weight = (2 sqrt 2 + delta)^2 (1 + c) / 2.
 // An output summing `terms` spectral products before one inverse transform
 // (gradients over broadcast rows) adds gamma_terms weight per term; the bound
 // is then kappa times the sum over the terms of ||a|| ||b||. Times 1 + 2^-10
@@ -315,10 +314,21 @@ MP_INLINE double gamma_bound(MP_INT64 n) {
 // The constants of that derivation for a size-N transform.
 struct TransformErrors {
   double delta; // the packed spectra's error, per unit of sqrt(H) ||row||
-  double product; // sqrt(5) u: one packed product's rounding
+  double product; // c: one packed product's rounding
   double inverse; // e_inv: the inverse's rounding per unit ||P^||_1 / N
   double terms; // gamma_terms: accumulating the terms' spectral products
 };
+
+// c with |fl(x y) - x y| <= c |x y| for complex x, y multiplied by the naive
+// formula without FMA (the CPU compiles with -ffp-contract=off, CUDA with
+// --fmad=false): sqrt(5) u for IEEE binary64 rounding to nearest, the double
+// engines (Brent, Percival and Zimmermann, Math. Comp. 76, 2007); sqrt(2)
+// gamma_2 (Higham, Lemma 3.5) for arithmetic known only to obey the standard
+// model with unit roundoff u, as the float pairs of certify_pair.h.
+MP_INLINE double complex_product_error(double u) {
+  return u == kUnitRoundoff64 ? 2.2360679774997898 * u
+                              : 1.4142135623730951 * gamma_n(2.0, u);
+}
 
 // (1 + a)(1 + b) - 1 for small a, b >= 0, without forming 1 + a.
 MP_INLINE double compose_errors(double a, double b) {
@@ -336,7 +346,7 @@ transform_errors(MP_INT64 fft_size, MP_INT64 terms, double u) {
   const bool radix2 = (log2_half & 1) != 0;
   const int twiddled = radix2 || radix4 == 0 ? radix4 : radix4 - 1;
   const double sqrt2 = 1.4142135623730951;
-  const double product = 2.2360679774997898 * u; // sqrt(5) u
+  const double product = complex_product_error(u);
   const double tau = u + product * (1.0 + u);
   const double two_additions = compose_errors(u, u);
   const double radix4_stage = compose_errors(two_additions, tau);
@@ -376,8 +386,8 @@ MP_INLINE double conv_error_bound(MP_INT64 fft_size, MP_INT64 terms, double u) {
 // packed spectra A^, B^ over sqrt(H), where conv_error_bound assumes the
 // largest, (2 sqrt 2 + delta) ||row||; random rows measure about 2 ||row||.
 // With ||A|| <= min(||A^|| + delta sqrt(H) ||a||, 2 sqrt(2 H) ||a||):
-//   ||P^ - P||_1 <= ||A^ - A|| ||B^|| + ||A|| ||B^ - B|| + sqrt(5) u
-//   ||A^|| ||B^||, and ||P^||_1 <= (1 + sqrt(5) u) ||A^|| ||B^||.
+//   ||P^ - P||_1 <= ||A^ - A|| ||B^|| + ||A|| ||B^ - B|| + c ||A^|| ||B^||,
+//   and ||P^||_1 <= (1 + c) ||A^|| ||B^|| (c = complex_product_error).
 MP_INLINE double measured_term_error(
     MP_THREAD const TransformErrors& e,
     double norm_a,
