@@ -296,8 +296,21 @@ __global__ void kernel_spectra(
 // split + S, ... of its kernel row, so blocks that share a spectrum run close
 // together and read it from L2. Certified precisions list the outputs that
 // do not certify in `open` (row number kk * inner_count + j).
+//
+// Registers per thread (kConvRowsRegisters): double rows in shared memory get
+// 80, so that three blocks of 256 threads fit an SM's 65536 registers (their
+// rows, 64 KiB a block at L = 4096, fit three times as well); ptxas chose 90
+// unasked, two blocks. Float rows in shared memory: 128, two blocks of 256
+// (ptxas's own choice; without a limit it would take 145 here, one block).
+// Rows in a workspace run one block per SM anyway: their limits are the
+// counts ptxas picks unasked, so that their code stays as it was (check them
+// with scripts/check_cuda.py -v when the kernel changes).
 template <class T, bool kShared>
-__global__ void conv_rows(
+constexpr int kConvRowsRegisters =
+    sizeof(T) == 8 ? (kShared ? 80 : 242) : (kShared ? 128 : 168);
+
+template <class T, bool kShared>
+__global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) conv_rows(
     const float* a,
     const float* b,
     const float* bias,
