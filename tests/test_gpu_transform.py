@@ -67,3 +67,30 @@ def test_first_pass_of_a_cut_row_bitwise(precision, fft_size):
     for length in sorted({1, h, h + 1, 2 * h - 1, 2 * h - 2} - {0}):
         methods = ["wide", "narrow"] + (["contiguous"] if length % 2 == 0 else [])
         assert_methods_equal_stages(re, im, fft_size, precision, False, methods, length)
+
+
+# (a_len, b_len, out_len, period, fold, out_reversed, out_origin, outputs are entries) for
+# fft_size 16: the causal form (even and odd lengths), then outputs past the support, a
+# folded (periodic) form and a reversed one, which keep gather_output's general path.
+OUTPUT_SHAPES = [
+    (8, 8, 8, 0, False, False, 0, True),
+    (7, 7, 7, 0, False, False, 0, True),
+    (8, 8, 15, 0, False, False, 0, True),
+    (3, 1, 5, 0, False, False, 0, False),
+    (8, 8, 12, 12, True, False, 0, False),
+    (8, 8, 8, 0, False, True, 7, False),
+]
+
+
+@pytest.mark.parametrize("shape", OUTPUT_SHAPES)
+@pytest.mark.parametrize("threads", [1, 3, 4])
+def test_outputs_two_per_point_equal_gather_bitwise(shape, threads):
+    """for_each_output (the CUDA kernels' output step: two outputs per packed point where
+    outputs are entries) writes every output once, bitwise what gather_output reads."""
+    *fields, entries = shape
+    re, im = random_row(16)
+    by_threads, by_gather, writes, are_entries = _ext.testing.gpu_outputs(re, im, *fields, threads)
+    assert are_entries == entries
+    np.testing.assert_array_equal(writes, np.ones(fields[2]))
+    assert np.all(np.isfinite(by_gather))
+    np.testing.assert_array_equal(by_threads.view(np.uint64), by_gather.view(np.uint64))

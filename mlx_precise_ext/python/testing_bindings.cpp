@@ -486,6 +486,56 @@ nb::tuple metal_certified_conv(
       open_out);
 }
 
+// The outputs of a cyclic convolution x (x[2m] = re[m], x[2m + 1] = im[m],
+// in double) as the GPU kernels write them: for_each_output run by each of
+// `threads` threads in turn, and gather_output for every t. Returns (by
+// threads, by gather, times each output was written, outputs_are_entries).
+nb::tuple gpu_outputs(
+    F re_in,
+    F im_in,
+    int64_t a_len,
+    int64_t b_len,
+    int64_t out_len,
+    int64_t period,
+    bool fold,
+    bool out_reversed,
+    int64_t out_origin,
+    int threads) {
+  const size_t h = re_in.shape(0);
+  if (im_in.shape(0) != h || out_len < 0 || threads < 1)
+    throw std::invalid_argument(
+        "re and im must have the same length, out_len >= 0, threads >= 1");
+  std::vector<double> re(h), im(h);
+  for (size_t i = 0; i < h; ++i) {
+    re[i] = re_in.data()[i];
+    im[i] = im_in.data()[i];
+  }
+  ConvShape g{};
+  g.fft_size = 2 * static_cast<int64_t>(h);
+  g.period = period;
+  g.a_len = a_len;
+  g.b_len = b_len;
+  g.out_len = out_len;
+  g.out_origin = out_origin;
+  g.fold = fold ? 1 : 0;
+  g.out_reversed = out_reversed ? 1 : 0;
+  std::vector<double> by_threads(out_len), by_gather(out_len), writes(out_len);
+  for (int tid = 0; tid < threads; ++tid)
+    for_each_output<double>(
+        re.data(), im.data(), g, tid, threads, [&](int64_t t, double v) {
+          by_threads.at(t) = v;
+          writes.at(t) += 1.0;
+        });
+  for (int64_t t = 0; t < out_len; ++t)
+    by_gather[t] = gather_output<double>(re.data(), im.data(), g, t);
+  nb::list items;
+  items.append(nb::cast(new_double_array(by_threads)));
+  items.append(nb::cast(new_double_array(by_gather)));
+  items.append(nb::cast(new_double_array(writes)));
+  items.append(nb::cast(outputs_are_entries(g)));
+  return nb::tuple(items);
+}
+
 } // namespace
 } // namespace mlx_precise
 
@@ -737,6 +787,24 @@ void init_testing(nb::module_& parent) {
       "(float32: float, extended: double, dd: the float-pair kernels of Metal). The forward "
       "transform reads the real row (re[0], im[0], re[1], ...) cut to `length` entries (-1: "
       "all), zero-padded; returns (re, im) as float64.");
+
+  m.def(
+      "gpu_outputs",
+      &gpu_outputs,
+      "re"_a.noconvert(),
+      "im"_a.noconvert(),
+      "a_len"_a,
+      "b_len"_a,
+      "out_len"_a,
+      "period"_a,
+      "fold"_a,
+      "out_reversed"_a,
+      "out_origin"_a,
+      "threads"_a,
+      "The CUDA kernels' output step on the CPU: the outputs of the cyclic convolution x "
+      "(x[2m] = re[m], x[2m + 1] = im[m], length 2 len(re)) for the given ConvShape fields, "
+      "as for_each_output writes them with `threads` threads and as gather_output reads "
+      "them; returns (by_threads, by_gather, writes per output, outputs_are_entries).");
 
   m.def(
       "metal_certified_conv",
