@@ -490,8 +490,9 @@ MP_INLINE double grad_x_error(
       kLayerNormSlack;
 }
 
-// Whether grad x (layer_norm_grad_x's double value from gw and n) stays
-// open. Branch-free, so that a CPU loop over a row vectorises.
+// grad x from gw and n, rounded as layer_norm_grad_x rounds it (the same
+// operations), into *out; returns whether it stays open. Branch-free, so that
+// a CPU loop over a row vectorises.
 MP_INLINE bool grad_x_open(
     const LayerNormErrors e,
     const NormalizedBound nb,
@@ -500,11 +501,11 @@ MP_INLINE bool grad_x_open(
     double gw,
     double n,
     double mean_gw,
-    double mean_gwn) {
+    double mean_gwn,
+    MP_THREAD float* out) {
   const double e_n = nb.slope * fabs(n) + nb.offset;
   const double t1 = gw - mean_gw, t2 = n * mean_gwn, t = t1 - t2;
   const double dx = inv_std * t;
-  float rounded;
   return !certified_round(
       dx,
       grad_x_error(
@@ -519,7 +520,7 @@ MP_INLINE bool grad_x_open(
           t,
           dx,
           kUnitRoundoff64),
-      &rounded);
+      out);
 }
 
 // Step 2 for grad x: the row's statistics in double words (layer_norm_wide_*),

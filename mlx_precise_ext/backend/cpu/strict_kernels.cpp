@@ -51,6 +51,23 @@ struct RowElements {
   }
 };
 
+// The indices of the nonzero flags (0 / 1 bytes), eight at a time: almost all
+// are zero.
+std::vector<int64_t> open_indices(const unsigned char* flags, int64_t count) {
+  std::vector<int64_t> open;
+  for (int64_t i0 = 0; i0 < count; i0 += 8) {
+    const int64_t i1 = std::min<int64_t>(i0 + 8, count);
+    uint64_t word = 1;
+    if (i1 - i0 == 8)
+      std::memcpy(&word, flags + i0, 8);
+    if (word != 0)
+      for (int64_t i = i0; i < i1; ++i)
+        if (flags[i])
+          open.push_back(i);
+  }
+  return open;
+}
+
 // The bounds of row x's float64 statistics s (kernels/layer_norm_certify.h),
 // from its sums in kLayerNormLanes lanes (vectorised; any order).
 LayerNormErrors
@@ -143,17 +160,7 @@ void certify_layer_norm_row(
     pass(No{}, Yes{});
   else
     pass(No{}, No{});
-  std::vector<int64_t> open;
-  for (int64_t i0 = 0; i0 < D; i0 += 8) {
-    const int64_t i1 = std::min<int64_t>(i0 + 8, D);
-    uint64_t word = 1;
-    if (i1 - i0 == 8)
-      std::memcpy(&word, flags + i0, 8);
-    if (word != 0)
-      for (int64_t i = i0; i < i1; ++i)
-        if (flags[i])
-          open.push_back(i);
-  }
+  const std::vector<int64_t> open = open_indices(flags, D);
   if (!open.empty())
     recompute_layer_norm_outputs(job, x, open, y);
 }
@@ -168,10 +175,7 @@ void recompute_weight_grads(
     const std::vector<unsigned char>& weight_open,
     float* grad_weight,
     int num_threads) {
-  std::vector<int64_t> open;
-  for (int64_t i = 0; i < job.dim; ++i)
-    if (weight_open[i])
-      open.push_back(i);
+  const std::vector<int64_t> open = open_indices(weight_open.data(), job.dim);
   if (open.empty())
     return;
   const int64_t D = job.dim;
@@ -259,12 +263,12 @@ void layer_norm_forward(const LayerNormRows& job, float* out, int num_threads) {
   });
 }
 
-// Certifies grad x of row x (cotangent g; gw, n and the means as
-// layer_norm_backward computed them) against the bound of
-// kernels/layer_norm_certify.h, recomputes the open outputs in double words
-// and rounds what is still open exactly. Rows with
-// a non-finite x, g or weight keep the float64 values.
-void certify_grad_x_row(
+// grad x of row x (cotangent g; gw, n, the means and the bound's sums of |gw|
+// and |gw n| as layer_norm_backward computed them), each output rounded and
+// certified in one pass against the bound of kernels/layer_norm_certify.h;
+// the open outputs recomputed in double words, what is still open rounded
+// exactly. Rows with a non-finite x, g or weight keep the float64 values.
+void grad_x_row(
     const LayerNormRows& job,
     const LayerNormStats<double>& s,
     const float* x,
@@ -273,39 +277,30 @@ void certify_grad_x_row(
     const double* n,
     double mean_gw,
     double mean_gwn,
+    double abs_gw,
+    double abs_gwn,
+    bool finite,
     float* dx) {
   const int64_t D = job.dim;
   const float* w = job.weight;
-  // Every sum in kLayerNormLanes lanes, every loop branch-free, so that they
-  // vectorise (the sums are bounds: any order).
-  unsigned finite = 1u;
-  double abs_gw[kLayerNormLanes] = {}, abs_gwn[kLayerNormLanes] = {};
-  for (int64_t i0 = 0; i0 < D; i0 += kLayerNormLanes)
-    for (int l = 0; l < kLayerNormLanes && i0 + l < D; ++l) {
-      const int64_t i = i0 + l;
-      finite &= is_finite_bits(MP_FLOAT_BITS(x[i])) &
-          is_finite_bits(MP_FLOAT_BITS(g[i])) &
-          is_finite_bits(MP_FLOAT_BITS(w ? w[i] : 1.0f));
-      abs_gw[l] += std::fabs(gw[i]);
-      abs_gwn[l] += std::fabs(gw[i] * n[i]);
-    }
-  if (!finite)
+  if (!finite) {
+    for (int64_t i = 0; i < D; ++i)
+      dx[i] = layer_norm_grad_x(s, gw[i], n[i], mean_gw, mean_gwn);
     return;
+  }
   const LayerNormErrors e = row_errors(x, D, s);
   const NormalizedBound nb =
       layer_norm_normalized_bound(e, s.inv_std, s.correction);
-  const GradXErrors ge = grad_x_errors(
-      D, combine_lanes(abs_gw), combine_lanes(abs_gwn), nb, mean_gw, mean_gwn);
+  const GradXErrors ge =
+      grad_x_errors(D, abs_gw, abs_gwn, nb, mean_gw, mean_gwn);
   thread_local std::vector<unsigned char> flags_buffer;
   flags_buffer.resize(D);
   unsigned char* __restrict flags = flags_buffer.data();
+  float* __restrict out = dx;
   for (int64_t i = 0; i < D; ++i)
-    flags[i] =
-        grad_x_open(e, nb, ge, s.inv_std, gw[i], n[i], mean_gw, mean_gwn);
-  std::vector<int64_t> open;
-  for (int64_t i = 0; i < D; ++i)
-    if (flags[i])
-      open.push_back(i);
+    flags[i] = grad_x_open(
+        e, nb, ge, s.inv_std, gw[i], n[i], mean_gw, mean_gwn, &out[i]);
+  const std::vector<int64_t> open = open_indices(flags, D);
   if (open.empty())
     return;
   const auto weight = [&](int64_t i) { return w ? w[i] : 1.0f; };
@@ -328,7 +323,7 @@ void certify_grad_x_row(
 
 // grad_x = inv_std * ((gw - mean(gw)) - n * mean(gw * n)), gw = grad * weight
 // (exact product), n the normalised input; sums in lanes as in the forward;
-// then certified, the open outputs rounded exactly (certify_grad_x_row).
+// then certified, the open outputs rounded exactly (grad_x_row).
 // grad_weight = sum over rows of grad * n, grad_bias = sum of grad (correctly
 // rounded: bias_grad_output): each column sums its rows in order 0, 1, ...
 // (threads split the columns).
@@ -352,24 +347,47 @@ void layer_norm_backward(
       stats[r] = s;
       if (grad_x == nullptr)
         continue;
+      // The means' lane sums, and the bound's sums of |gw| and |gw n| (any
+      // order) with the row's finiteness.
       double sum_gw[kLayerNormLanes], sum_gwn[kLayerNormLanes];
+      double abs_gw[kLayerNormLanes] = {}, abs_gwn[kLayerNormLanes] = {};
       for (int l = 0; l < kLayerNormLanes; ++l)
         sum_gw[l] = sum_gwn[l] = zero;
-      for (int64_t i = 0; i < job.dim; ++i) {
-        gw[i] = job.weight ? r_prod(eps, g[i], job.weight[i])
-                           : r_from_float(eps, g[i]);
+      unsigned finite = 1u;
+      const auto step = [&](int64_t i, int l) {
+        const float wi = job.weight ? job.weight[i] : 1.0f;
+        gw[i] = job.weight ? r_prod(eps, g[i], wi) : r_from_float(eps, g[i]);
         n[i] = layer_norm_normalized(s, x[i]);
-        const int l = static_cast<int>(i % kLayerNormLanes);
+        const double gwn = r_mul(gw[i], n[i]);
         sum_gw[l] = r_add(sum_gw[l], gw[i]);
-        sum_gwn[l] = r_add(sum_gwn[l], r_mul(gw[i], n[i]));
-      }
-      const double mean_gw = r_div(combine_lanes(sum_gw), count);
-      const double mean_gwn = r_div(combine_lanes(sum_gwn), count);
-      float* dx = grad_x + r * job.dim;
-      for (int64_t i = 0; i < job.dim; ++i)
-        dx[i] = layer_norm_grad_x(s, gw[i], n[i], mean_gw, mean_gwn);
-      certify_grad_x_row(
-          job, s, x, g, gw.data(), n.data(), mean_gw, mean_gwn, dx);
+        sum_gwn[l] = r_add(sum_gwn[l], gwn);
+        abs_gw[l] += std::fabs(gw[i]);
+        abs_gwn[l] += std::fabs(gwn);
+        finite &= is_finite_bits(MP_FLOAT_BITS(x[i])) &
+            is_finite_bits(MP_FLOAT_BITS(g[i])) &
+            is_finite_bits(MP_FLOAT_BITS(wi));
+      };
+      // Whole groups of kLayerNormLanes (vectorised over the lanes), then the
+      // rest: lane l takes i = l, l + 8, ... in order either way.
+      int64_t i0 = 0;
+      for (; i0 + kLayerNormLanes <= job.dim; i0 += kLayerNormLanes)
+        for (int l = 0; l < kLayerNormLanes; ++l)
+          step(i0 + l, l);
+      for (int l = 0; i0 + l < job.dim; ++l)
+        step(i0 + l, l);
+      grad_x_row(
+          job,
+          s,
+          x,
+          g,
+          gw.data(),
+          n.data(),
+          r_div(combine_lanes(sum_gw), count),
+          r_div(combine_lanes(sum_gwn), count),
+          combine_lanes(abs_gw),
+          combine_lanes(abs_gwn),
+          finite != 0u,
+          grad_x + r * job.dim);
     }
   });
   if (grad_weight == nullptr && grad_bias == nullptr)

@@ -707,9 +707,13 @@ __global__ void layer_norm_grad_rows(
       if (i < dim) {
         const T gw = weighted(i);
         const T n = layer_norm_normalized(s, xr[i * xl.element_stride]);
-        grad_x[r * dim + i] = layer_norm_grad_x(s, gw, n, mean_gw, mean_gwn);
-        open = finite &&
-            grad_x_open(e, nb, ge, s.inv_std, gw, n, mean_gw, mean_gwn);
+        float value;
+        if (finite)
+          open = grad_x_open(
+              e, nb, ge, s.inv_std, gw, n, mean_gw, mean_gwn, &value);
+        else
+          value = layer_norm_grad_x(s, gw, n, mean_gw, mean_gwn);
+        grad_x[r * dim + i] = value;
       }
       const unsigned marked = __ballot_sync(0xffffffffu, open);
       if (lane == 0)
