@@ -895,11 +895,15 @@ void write_outputs(
       for (int64_t t = 0; t < len; ++t)
         certify(t, value[t], magnitude[t]);
     }
-    // Open outputs are rare: the flags are scanned eight at a time.
+    // Open outputs are rare: the flags are scanned eight at a time (one
+    // 8-byte load each; the last group of a row may be shorter).
     for (int64_t t0 = 0; t0 < len; t0 += 8) {
       const int64_t t1 = std::min<int64_t>(t0 + 8, len);
       uint64_t word = 0;
-      std::memcpy(&word, open + t0, t1 - t0);
+      if (t1 - t0 == 8)
+        std::memcpy(&word, open + t0, 8);
+      else
+        std::memcpy(&word, open + t0, t1 - t0);
       if (word == 0)
         continue;
       for (int64_t t = t0; t < t1; ++t)
