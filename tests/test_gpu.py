@@ -118,6 +118,20 @@ def test_forward_accuracy_and_dd_bits(shape, precision):
         assert np.array_equal(np.array(y_gpu).view(np.uint32), np.array(y_cpu).view(np.uint32))
 
 
+@pytest.mark.parametrize("L", [40000, 70000])
+def test_long_rows_recompute_bits(L):
+    # CUDA's recompute of open outputs stages a row's a and b in shared memory when
+    # they fit (~53 000 floats together on an H100/H200): L = 40000 stages only
+    # prefixes of both (products beyond them are read from global memory), 70000
+    # stages nothing; few rows spread each row's open outputs over several blocks.
+    u, k, d = random_inputs(1, 2, L, L, seed=L, bias=True)
+    args = [mx.array(x) for x in (u, k, d)]
+    y_gpu, y_cpu = gpu_and_cpu(
+        lambda dev, u, k, d: mp.rfft_conv(u, k, bias=d, precision="extended", stream=dev), *args
+    )
+    assert np.array_equal(np.array(y_gpu).view(np.uint32), np.array(y_cpu).view(np.uint32))
+
+
 @pytest.mark.parametrize("precision", ["extended", "dd"])
 def test_exact_small_integers(precision):
     rng = np.random.default_rng(1)
