@@ -520,9 +520,15 @@ MP_INLINE void certified_terms_row(
 }
 
 #if MP_HAS_DOUBLE
-// Host side of step 1, in double: kappa = conv_error_bound(N, terms, 2^-46)
-// and the absolute term of one term, in scaled units, both rounded up into
-// floats. The absolute term covers (1) inputs scaled below float's normal
+// Host side of step 1, in double: kappa = conv_error_bound(N, terms, 1.3 u),
+// u = 2^-46, and the absolute term of one term, in scaled units, both rounded
+// up into floats. conv_error_bound counts a complex product's error as
+// sqrt(5) u (Brent, Percival, Zimmermann 2007), which holds for correctly
+// rounded binary floating point, not for the float-pair operations, which
+// only obey the standard model |error| <= u |result|: there a product errs
+// by <= sqrt(2) gamma_2(u) < 2.83 u (Higham, Lemma 3.5) <= sqrt(5) (1.3 u),
+// and every other use of u in the bound grows with it. The absolute term
+// covers (1) inputs scaled below float's normal
 // range, each off by < 2^-150 and met by factors < 1 in at most a_len + b_len
 // products of an output; (2) underflow inside the transform: a multiplication
 // or fma that underflows adds < 2^-150 to its dd operation (additions are exact
@@ -546,8 +552,8 @@ MP_INLINE PairBoundConstants pair_bound_constants(
   const double absolute =
       std::ldexp(1.0, -140) * 64.0 * n * (log2n + 4.0) * 8.0 * n +
       std::ldexp(1.0, -150) * static_cast<double>(a_len + b_len);
-  const double kappa =
-      conv_error_bound(fft_size, terms, static_cast<double>(kPairUnitRoundoff));
+  const double kappa = conv_error_bound(
+      fft_size, terms, 1.3 * static_cast<double>(kPairUnitRoundoff));
   return PairBoundConstants{
       static_cast<float>(kappa * (1.0 + 1.0 / 1024.0)),
       static_cast<float>(absolute * 2.0)};
