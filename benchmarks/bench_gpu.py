@@ -159,12 +159,14 @@ def bench_long(L):
         mx.reset_peak_memory()
         mp._ext.reset_device_peak_memory()
         # mlx_precise's CUDA outputs and workspaces are its own allocations, outside
-        # MLX's statistics: the two peaks added (at least the true peak).
-        base = mx.get_active_memory() + mp._ext.device_peak_memory()
+        # MLX's statistics: the two peaks above what each held before are added (at
+        # least the true peak). MLX's reset peak is 0 and grows only at its own
+        # allocations, so a call that allocates nothing there leaves it below what is held.
+        mlx_base, device_base = mx.get_active_memory(), mp._ext.device_peak_memory()
         mx.eval(fn(*inputs[0]))
         mx.synchronize()
-        peak = mx.get_peak_memory() + mp._ext.device_peak_memory()
-        rows.append((name, ms, (peak - base) / 2**30))
+        mlx_above = max(mx.get_peak_memory(), mlx_base) - mlx_base
+        rows.append((name, ms, (mlx_above + mp._ext.device_peak_memory() - device_base) / 2**30))
     del inputs
     mx.clear_cache()
     return rows
