@@ -25,8 +25,8 @@
 //      error bound (running_round);
 //      in the rare case that fails too, summed by ExactSum and rounded
 //      (exact_sum_round). ExactSum needs no double: Metal can run it as is.
-// Metal has no double: steps 1-2 there need a float-pair form of the bound and
-// of certified_round, not written yet (docs/certification.md).
+// Metal has no double: steps 1-2 there are in float pairs (certify_pair.h for
+// rfft_conv, addmm_pair.h for addmm; round_pair.h has certified_round_pair).
 #pragma once
 
 #include "portability.h"

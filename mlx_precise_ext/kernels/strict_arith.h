@@ -24,15 +24,6 @@ MP_INLINE ff dd_dot_step(ff acc, float a, float b) {
   return dd_add(acc, two_prod(a, b));
 }
 
-// addmm's output in dd: alpha*acc + beta*c (beta*c exact), rounded once.
-MP_INLINE float dd_addmm_result(ff acc, float alpha, float beta, float c) {
-  return dd_round(dd_add(dd_mul_f(acc, alpha), two_prod(beta, c)));
-}
-
-MP_INLINE float dd_scaled_result(ff acc, float alpha) {
-  return dd_round(dd_mul_f(acc, alpha));
-}
-
 MP_INLINE ff r_div(ff a, ff b) {
   return dd_div(a, b);
 }

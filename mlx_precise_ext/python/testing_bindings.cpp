@@ -17,6 +17,7 @@
 #include "backend/cpu/conv_job.h"
 #include "backend/gpu/conv_layout.h"
 #include "device_memory.h"
+#include "kernels/addmm_pair.h"
 #include "kernels/certify_pair.h"
 #include "kernels/dd.h"
 #include "kernels/pair_math.h"
@@ -371,6 +372,58 @@ nb::tuple metal_certified_conv_terms(
       0,
       1);
   return recompute_open(terms, g, y, open, out, open_out);
+}
+
+// Metal's certified addmm on the CPU, one output at a time as the kernels
+// run it (strict_kernels.metal: addmm_tiles_dd, addmm_recompute_open): a
+// (m, k), b (k, n), c (m, n) or empty, row-major, flattened. err_scale
+// multiplies the bound (1 in the kernels; tests shrink it to show that the
+// bound matters). Returns (y, open).
+nb::tuple metal_certified_addmm(
+    F a,
+    F b,
+    F c,
+    int64_t m,
+    int64_t k,
+    int64_t n,
+    float alpha,
+    float beta,
+    float err_scale) {
+  const bool has_c = c.shape(0) != 0;
+  if (m < 0 || k < 0 || n < 0 || static_cast<int64_t>(a.shape(0)) != m * k ||
+      static_cast<int64_t>(b.shape(0)) != k * n ||
+      (has_c && static_cast<int64_t>(c.shape(0)) != m * n))
+    throw std::invalid_argument(
+        "pass a of m*k, b of k*n and c of m*n or 0 elements");
+  float* y;
+  OutArray out = new_float_array(static_cast<size_t>(m * n), &y);
+  float* open;
+  OutArray open_out = new_float_array(static_cast<size_t>(m * n), &open);
+  const float* ad = a.data();
+  const float* bd = b.data();
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < n; ++j) {
+      PairDot d = pair_dot_init();
+      for (int64_t p = 0; p < k; ++p)
+        d = pair_dot_step(d, ad[i * k + p], bd[p * n + j]);
+      const float cv = has_c ? c.data()[i * n + j] : 0.0f;
+      float err;
+      const ff v = addmm_pair_value(d, k, alpha, has_c, beta, cv, &err);
+      const bool done =
+          certified_round_pair(v, err * err_scale, 0, &y[i * n + j]);
+      open[i * n + j] = done ? 0.0f : 1.0f;
+      if (!done)
+        y[i * n + j] = exact_addmm_entry(
+            [&](int64_t p) { return ad[i * k + p]; },
+            [&](int64_t p) { return bd[p * n + j]; },
+            k,
+            alpha,
+            has_c,
+            beta,
+            cv);
+    }
+  }
+  return nb::make_tuple(out, open_out);
 }
 
 // Metal's certified float-pair rfft_conv of one row on the CPU, one thread
@@ -805,6 +858,23 @@ void init_testing(nb::module_& parent) {
       "(x[2m] = re[m], x[2m + 1] = im[m], length 2 len(re)) for the given ConvShape fields, "
       "as for_each_output writes them with `threads` threads and as gather_output reads "
       "them; returns (by_threads, by_gather, writes per output, outputs_are_entries).");
+
+  m.def(
+      "metal_certified_addmm",
+      &metal_certified_addmm,
+      "a"_a.noconvert(),
+      "b"_a.noconvert(),
+      "c"_a.noconvert(),
+      "m"_a,
+      "k"_a,
+      "n"_a,
+      "alpha"_a,
+      "beta"_a,
+      "err_scale"_a = 1.0f,
+      "Metal's certified float-pair addmm (kernels/addmm_pair.h) run on the CPU with the "
+      "kernels' own code: alpha a @ b [+ beta c] for row-major flattened a (m, k), b (k, n), "
+      "c (m, n) or empty; err_scale multiplies the bound (1 on Metal). Returns (y, open), "
+      "open 1 where the output did not certify and was recomputed exactly.");
 
   m.def(
       "metal_certified_conv",

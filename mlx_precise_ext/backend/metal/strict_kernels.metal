@@ -12,6 +12,7 @@
 // copied into thread-local values before they are passed on.
 #include "kernels/strict_params.h"
 #include "kernels/strict_arith.h"
+#include "kernels/addmm_pair.h"
 
 namespace mlx_precise {
 
@@ -19,8 +20,10 @@ namespace mlx_precise {
 // Threadgroup tile kStrictTile x kStrictTile outputs, 16 x 16 threads, each
 // thread kStrictPerThread x kStrictPerThread outputs (rows ty + 16 r, columns
 // tx + 16 q); the K axis advances kStrictTileK at a time through threadgroup
-// memory. Each output accumulates dd_dot_step for k = 0, 1, ..., K-1 in order,
-// whatever the tiling, and finishes with dd_addmm_result.
+// memory. Each output accumulates pair_dot_step for k = 0, 1, ..., K-1 in
+// order, whatever the tiling, and is certified by addmm_pair_value and
+// certified_round_pair (kernels/addmm_pair.h); an output that does not certify is marked in
+// open_bits and recomputed exactly by addmm_recompute_open.
 constant constexpr int kStrictTile = 64;
 constant constexpr int kStrictTileK = 16;
 constant constexpr int kStrictPerThread = 4;
@@ -32,6 +35,7 @@ constant constexpr int kStrictTileThreads = 256;  // strict_ops.cpp launches exa
                                const device float* c [[buffer(2)]],
                                device float* out [[buffer(3)]],
                                constant const AddmmLayout& layout [[buffer(4)]],
+                               device metal::atomic_uint* open_bits [[buffer(5)]],
                                uint tid [[thread_index_in_threadgroup]],
                                uint3 group [[threadgroup_position_in_grid]],
                                uint3 groups [[threadgroups_per_grid]]) {
@@ -43,9 +47,9 @@ constant constexpr int kStrictTileThreads = 256;  // strict_ops.cpp launches exa
   for (long batch = long(group.z); batch < L.batches; batch += long(groups.z)) {
     const device float* ab = a + strided_offset(batch, L.batch_dims, L.batch_shape, L.a_batch);
     const device float* bb = b + strided_offset(batch, L.batch_dims, L.batch_shape, L.b_batch);
-    ff acc[kStrictPerThread][kStrictPerThread];
+    PairDot acc[kStrictPerThread][kStrictPerThread];
     for (int r = 0; r < kStrictPerThread; ++r)
-      for (int q = 0; q < kStrictPerThread; ++q) acc[r][q] = ff{0.0f, 0.0f};
+      for (int q = 0; q < kStrictPerThread; ++q) acc[r][q] = pair_dot_init();
     for (int k0 = 0; k0 < L.k; k0 += kStrictTileK) {
       for (int e = int(tid); e < kStrictTile * kStrictTileK; e += kStrictTileThreads) {
         const int r = e / kStrictTileK, kk = e % kStrictTileK;
@@ -66,7 +70,7 @@ constant constexpr int kStrictTileThreads = 256;  // strict_ops.cpp launches exa
         for (int r = 0; r < kStrictPerThread; ++r) av[r] = a_tile[kk][ty + 16 * r];
         for (int q = 0; q < kStrictPerThread; ++q) bv[q] = b_tile[kk][tx + 16 * q];
         for (int r = 0; r < kStrictPerThread; ++r)
-          for (int q = 0; q < kStrictPerThread; ++q) acc[r][q] = dd_dot_step(acc[r][q], av[r], bv[q]);
+          for (int q = 0; q < kStrictPerThread; ++q) acc[r][q] = pair_dot_step(acc[r][q], av[r], bv[q]);
       }
       metal::threadgroup_barrier(metal::mem_flags::mem_threadgroup);
     }
@@ -78,11 +82,61 @@ constant constexpr int kStrictTileThreads = 256;  // strict_ops.cpp launches exa
       for (int q = 0; q < kStrictPerThread; ++q) {
         const int j = j0 + tx + 16 * q;
         if (j >= L.n) continue;
-        out[(batch * L.m + i) * L.n + j] =
-            L.has_c ? dd_addmm_result(acc[r][q], L.alpha, L.beta, cb[long(i) * L.c_row + long(j) * L.c_col])
-                    : dd_scaled_result(acc[r][q], L.alpha);
+        const long e = (batch * L.m + i) * L.n + j;
+        const float cv = L.has_c ? cb[long(i) * L.c_row + long(j) * L.c_col] : 0.0f;
+        float err, y;
+        const ff v = addmm_pair_value(acc[r][q], L.k, L.alpha, L.has_c != 0, L.beta, cv, &err);
+        if (!certified_round_pair(v, err, 0, &y))
+          metal::atomic_fetch_or_explicit(open_bits + (e >> 5), 1u << (e & 31),
+                                          metal::memory_order_relaxed);
+        out[e] = y;
       }
     }
+  }
+}
+
+// Clears addmm's open bits before addmm_tiles_dd sets them.
+[[kernel]] void clear_addmm_open_bits(device uint* open_bits [[buffer(5)]],
+                                      constant const long& words [[buffer(6)]],
+                                      uint id [[thread_position_in_grid]]) {
+  if (long(id) < words) open_bits[id] = 0u;
+}
+
+// Row i of a and column j of b of one batch, read through their strides.
+struct AddmmRow {
+  const device float* a;
+  long step;
+  float operator()(long p) const { return a[p * step]; }
+};
+
+// Step 3 of certify.h for addmm: each output marked in open_bits summed exactly
+// (exact_addmm_entry: ExactSum, the scaling by alpha and beta c exact), one
+// thread per output.
+[[kernel]] void addmm_recompute_open(const device float* a [[buffer(0)]],
+                                     const device float* b [[buffer(1)]],
+                                     const device float* c [[buffer(2)]],
+                                     device float* out [[buffer(3)]],
+                                     constant const AddmmLayout& layout [[buffer(4)]],
+                                     const device uint* open_bits [[buffer(5)]],
+                                     uint id [[thread_position_in_grid]],
+                                     uint threads [[threads_per_grid]]) {
+  const AddmmLayout L = layout;
+  const long total = L.batches * long(L.m) * long(L.n);
+  for (long e = long(id); e < total; e += long(threads)) {
+    if ((open_bits[e >> 5] & (1u << (e & 31))) == 0u) continue;
+    const long batch = e / (long(L.m) * long(L.n));
+    const int i = int((e / long(L.n)) % long(L.m)), j = int(e % long(L.n));
+    const AddmmRow row{a + strided_offset(batch, L.batch_dims, L.batch_shape, L.a_batch) +
+                           long(i) * L.a_row,
+                       L.a_col};
+    const AddmmRow column{b + strided_offset(batch, L.batch_dims, L.batch_shape, L.b_batch) +
+                              long(j) * L.b_col,
+                          L.b_row};
+    const float cv =
+        L.has_c ? c[strided_offset(batch, L.batch_dims, L.batch_shape, L.c_batch) +
+                    long(i) * L.c_row + long(j) * L.c_col]
+                : 0.0f;
+    out[e] = exact_addmm_entry(row, column, L.k, L.alpha, L.has_c != 0, L.beta, cv);
   }
 }
 

@@ -4,9 +4,10 @@
 // build time and compiled by MLX's Metal device on first use) encoded on the
 // stream's command encoder. Operands are read through their strides
 // (broadcast included), as on the CPU. Metal has no float64: "extended" and
-// "dd" both run float-pair kernels (docs/design.md), correctly rounded unless
-// a sum cancels by more than about 2^20; the CPU and CUDA compute both in
-// certified float64, so the bits can differ there.
+// "dd" both run float-pair kernels (docs/design.md). addmm / linear are
+// certified (kernels/addmm_pair.h: every output correctly rounded, the same
+// bits as the CPU and CUDA); layer_norm is accurate, not certified: its bits
+// can differ where a sum cancels by more than about 2^20.
 #include <algorithm>
 #include <optional>
 #include <stdexcept>
@@ -17,6 +18,7 @@
 
 #include "backend/gpu/strict_layout.h"
 #include "backend/metal/kernel_sources.h"
+#include "kernels/addmm_pair.h"
 #include "kernels/strict_arith.h"
 #include "kernels/strict_params.h"
 #include "strict_primitives.h"
@@ -29,7 +31,15 @@ using gpu::addmm_layout;
 using gpu::rows_layout;
 
 // Buffer indices of strict_kernels.metal.
-enum AddmmSlot : int { kAddmmA = 0, kAddmmB, kAddmmC, kAddmmOut, kAddmmLayout };
+enum AddmmSlot : int {
+  kAddmmA = 0,
+  kAddmmB,
+  kAddmmC,
+  kAddmmOut,
+  kAddmmLayout,
+  kAddmmOpenBits,
+  kAddmmWords
+};
 enum LayerNormSlot : int {
   kLnX = 0,
   kLnWeight,
@@ -115,18 +125,50 @@ void StrictAddmm::eval_gpu(
     throw std::runtime_error(
         "addmm / linear (Metal): the dd kernel needs 256 threads per threadgroup");
   }
+  // One bit per output, cleared, for the outputs that do not certify.
+  const int64_t words = (static_cast<int64_t>(out.size()) + 31) / 32;
+  mx::array open_bits = scratch(enc, words * sizeof(uint32_t));
+  MTL::ComputePipelineState* clear = kernel(d, "clear_addmm_open_bits");
+  enc.set_compute_pipeline_state(clear);
+  enc.set_output_array(open_bits, kAddmmOpenBits);
+  enc.set_bytes(words, kAddmmWords);
+  enc.dispatch_threads(
+      MTL::Size(words, 1, 1),
+      MTL::Size(
+          std::min<int64_t>(256, clear->maxTotalThreadsPerThreadgroup()),
+          1,
+          1));
+  auto bind_operands = [&] {
+    enc.set_input_array(inputs[0], kAddmmA);
+    enc.set_input_array(inputs[1], kAddmmB);
+    // Without c the slot is bound to a, which the kernels never read through
+    // it.
+    enc.set_input_array(has_c_ ? inputs[2] : inputs[0], kAddmmC);
+    enc.set_output_array(out, kAddmmOut);
+    enc.set_bytes(l, kAddmmLayout);
+  };
   enc.set_compute_pipeline_state(k);
-  enc.set_input_array(inputs[0], kAddmmA);
-  enc.set_input_array(inputs[1], kAddmmB);
-  // Without c the slot is bound to a, which the kernel never reads through it.
-  enc.set_input_array(has_c_ ? inputs[2] : inputs[0], kAddmmC);
-  enc.set_output_array(out, kAddmmOut);
-  enc.set_bytes(l, kAddmmLayout);
+  bind_operands();
+  enc.set_output_array(open_bits, kAddmmOpenBits);
   const MTL::Size groups(
       (l.n + kAddmmTile - 1) / kAddmmTile,
       (l.m + kAddmmTile - 1) / kAddmmTile,
       static_cast<NS::UInteger>(std::min<int64_t>(l.batches, 65535)));
   enc.dispatch_threadgroups(groups, MTL::Size(kAddmmThreads, 1, 1));
+  // The marked outputs summed exactly, one thread per output (few are marked
+  // outside heavy cancellation, exact zeros and subnormal results).
+  MTL::ComputePipelineState* recompute = kernel(d, "addmm_recompute_open");
+  enc.set_compute_pipeline_state(recompute);
+  bind_operands();
+  enc.set_input_array(open_bits, kAddmmOpenBits);
+  const int64_t threads =
+      std::min<int64_t>(static_cast<int64_t>(out.size()), int64_t(1) << 24);
+  enc.dispatch_threads(
+      MTL::Size(static_cast<NS::UInteger>(threads), 1, 1),
+      MTL::Size(
+          std::min<int64_t>(256, recompute->maxTotalThreadsPerThreadgroup()),
+          1,
+          1));
 }
 
 void StrictLayerNorm::eval_gpu(
