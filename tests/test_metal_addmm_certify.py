@@ -118,6 +118,23 @@ def test_random_and_cancelling(scale):
         assert open_.mean() <= 0.05, f"open fraction {open_.mean():.3f} on random data"
 
 
+def test_wide_range():
+    """Elements, alpha, beta and c of random binary scales 2^-149...2^99 (products from
+    subnormal to past FLT_MAX), K from 0 to 40."""
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    for _ in range(20):
+        m, k, n = 3, int(rng.integers(0, 41)), 3
+        a = (rng.standard_normal((m, k)) * np.exp2(rng.integers(-100, 60, (m, k)))).astype(np.float32)
+        b = (rng.standard_normal((k, n)) * np.exp2(rng.integers(-60, 60, (k, n)))).astype(np.float32)
+        c = (rng.standard_normal((m, n)) * np.exp2(rng.integers(-149, 100, (m, n)))).astype(np.float32)
+        alpha = np.float32(rng.standard_normal() * 2.0 ** int(rng.integers(-40, 40)))
+        beta = np.float32(rng.standard_normal() * 2.0 ** int(rng.integers(-40, 40)))
+        y, _ = metal_addmm(a, b, c, alpha, beta)
+        assert_same_values(y, exact_addmm(a, b, c, alpha, beta))
+
+
 def test_integer_ties():
     """Small integers sum exactly; 2^24 + 1 and friends land on float32 ties."""
     seed = int(np.random.SeedSequence().entropy % 2**32)
