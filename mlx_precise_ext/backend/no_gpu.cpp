@@ -70,4 +70,8 @@ void PairRows::eval_gpu(
   no_gpu("pair take_rows");
 }
 
+void PairSum::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
+  no_gpu("pair sum");
+}
+
 } // namespace mlx_precise

@@ -1,13 +1,19 @@
 // The arithmetic of the pair gradients (pair_vjp_primitives.h) in double,
 // in one sequential order per output or row, written once for the CPU
 // (backend/cpu/pair_ops.cpp) and CUDA (backend/cuda/pair_kernels.cuh, one
-// thread per output or row). Where every operation is correctly rounded (+,
+// thread per output or row). PairSum and PairRows' ScatterAdd are templated
+// on the working precision: double on CUDA, float pairs on Metal
+// (pair_kernels.metal), where each sum agrees with the double one to the
+// float-pair bound below, not bitwise. Where every operation is correctly
+// rounded (+,
 // -, *, /, sqrt: PairSum, PairRows' sums, PairLayerNormVJP) the two backends
 // give the same bits; exp and log (PairCrossEntropy) are each math library's
 // own, within an ulp of double of each other.
 #pragma once
 
+#include "fft_butterflies.h"
 #include "portability.h"
+#include "strict_params.h"
 
 namespace mlx_precise {
 
@@ -100,5 +106,114 @@ MP_INLINE double cross_entropy_logit_grad(
   return scale * (exp(l - log_sum_exp) - (target ? 1.0 : 0.0));
 }
 #endif
+
+// ------------------------------------------- sums in the working precision
+// ---- Float-pair sums where there is no double (Metal): AccurateDWPlusDW in
+// order, each addition within 3 u^2 (u = 2^-24) of the exact sum of its
+// operands, so a sum's error is at most 3 u^2 times the sum of its partial
+// sums' magnitudes (tests/test_metal_pair_gradients.py asserts that bound).
+struct PairWordSum {
+  ff sum = ff{0.0f, 0.0f};
+
+  MP_INLINE void add(ff x) {
+    sum = dd_add(sum, x);
+  }
+  MP_INLINE ff value() const {
+    return sum;
+  }
+};
+
+// The sum of the working precision whose tag is passed.
+#if MP_HAS_DOUBLE
+MP_INLINE NeumaierSum working_sum(double) {
+  return NeumaierSum{};
+}
+#endif
+MP_INLINE PairWordSum working_sum(ff) {
+  return PairWordSum{};
+}
+
+// PairSum's output t: the pair x (hi, lo) summed over its summed dims, the
+// terms j at the summed layouts' row starts, in j's order; output t at the
+// kept layouts' row start of t (backend/gpu/pair_grad_layout.h).
+template <class R, class P>
+MP_INLINE ff pair_sum_to_output(
+    P x_hi,
+    P x_lo,
+    const MP_THREAD RowsLayout& kept_hi,
+    const MP_THREAD RowsLayout& kept_lo,
+    const MP_THREAD RowsLayout& summed_hi,
+    const MP_THREAD RowsLayout& summed_lo,
+    MP_INT64 terms,
+    MP_INT64 t) {
+  const R tag{};
+  const P hi = x_hi + row_start(kept_hi, t);
+  const P lo = x_lo + row_start(kept_lo, t);
+  auto sum = working_sum(tag);
+  for (MP_INT64 j = 0; j < terms; ++j)
+    sum.add(r_from_pair(
+        tag, hi[row_start(summed_hi, j)], lo[row_start(summed_lo, j)]));
+  return r_to_pair(sum.value());
+}
+
+// The positions of each table row's id in order, a counting sort as the
+// CPU's (one thread: ids and table rows are few next to the sums): first
+// (table_rows + 1 words; row v's positions are first[v] .. first[v + 1]) and
+// positions (count words). Ids outside [0, table_rows) are left out.
+template <class Ids, class Words>
+MP_INLINE void pair_rows_count_sort(
+    Ids ids,
+    const MP_THREAD RowsLayout& ids_l,
+    MP_INT64 ids_inner,
+    MP_INT64 count,
+    MP_INT64 table_rows,
+    Words first,
+    Words positions) {
+  for (MP_INT64 v = 0; v <= table_rows; ++v)
+    first[v] = 0;
+  for (MP_INT64 i = 0; i < count; ++i) {
+    const MP_INT64 id = ids[element_offset(ids_l, i, ids_inner)];
+    if (id >= 0 && id < table_rows)
+      ++first[id + 1];
+  }
+  for (MP_INT64 v = 0; v < table_rows; ++v)
+    first[v + 1] += first[v];
+  // positions[first[id] + k] = the k-th i with that id; first[v] is
+  // advanced as the rows fill and restored after.
+  for (MP_INT64 i = 0; i < count; ++i) {
+    const MP_INT64 id = ids[element_offset(ids_l, i, ids_inner)];
+    if (id >= 0 && id < table_rows)
+      positions[first[id]++] = i;
+  }
+  for (MP_INT64 v = table_rows; v > 0; --v)
+    first[v] = first[v - 1];
+  first[0] = 0;
+}
+
+// ScatterAdd's output e = (v, j) of the (table_rows, dim) table: g[i, j]
+// summed over row v's positions i in order (pair_rows_count_sort); g rows of
+// `dim` at (g_hi_l, g_lo_l).
+template <class R, class P, class Words>
+MP_INLINE ff pair_scatter_add_output(
+    P g_hi,
+    const MP_THREAD RowsLayout& g_hi_l,
+    P g_lo,
+    const MP_THREAD RowsLayout& g_lo_l,
+    Words first,
+    Words positions,
+    MP_INT64 dim,
+    MP_INT64 e) {
+  const R tag{};
+  const MP_INT64 v = e / dim, j = e - v * dim;
+  auto sum = working_sum(tag);
+  for (MP_INT64 p = first[v]; p < first[v + 1]; ++p) {
+    const MP_INT64 i = positions[p];
+    sum.add(r_from_pair(
+        tag,
+        g_hi[row_start(g_hi_l, i) + j * g_hi_l.element_stride],
+        g_lo[row_start(g_lo_l, i) + j * g_lo_l.element_stride]));
+  }
+  return r_to_pair(sum.value());
+}
 
 } // namespace mlx_precise

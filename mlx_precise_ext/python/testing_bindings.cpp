@@ -16,10 +16,12 @@
 
 #include "backend/cpu/conv_job.h"
 #include "backend/gpu/conv_layout.h"
+#include "backend/gpu/pair_grad_layout.h"
 #include "device_memory.h"
 #include "kernels/addmm_pair.h"
 #include "kernels/certify_pair.h"
 #include "kernels/dd.h"
+#include "kernels/pair_grad.h"
 #include "kernels/pair_math.h"
 #include "kernels/rfft_conv_rows.h"
 #include "pair_primitives.h"
@@ -589,6 +591,94 @@ nb::tuple gpu_outputs(
   return nb::tuple(items);
 }
 
+// Metal's PairSum on the CPU, one output at a time: the pair (hi, lo), flat
+// buffers read at `shape` with its hi and lo strides, summed to out_shape
+// with the layouts and the float-pair sums of the Metal kernel.
+nb::tuple metal_pair_sum(
+    F hi,
+    F lo,
+    const std::vector<int>& shape,
+    const std::vector<int64_t>& hi_strides,
+    const std::vector<int64_t>& lo_strides,
+    const std::vector<int>& out_shape) {
+  const gpu::PairSumLayout l = gpu::pair_sum_layout(
+      mx::Shape(shape.begin(), shape.end()),
+      mx::Strides(hi_strides.begin(), hi_strides.end()),
+      mx::Strides(lo_strides.begin(), lo_strides.end()),
+      mx::Shape(out_shape.begin(), out_shape.end()));
+  int64_t outputs = 1;
+  for (int n : out_shape)
+    outputs *= n;
+  std::array<float*, 2> out;
+  std::array<OutArray, 2> arrays{
+      new_float_array(outputs, &out[0]), new_float_array(outputs, &out[1])};
+  for (int64_t t = 0; t < outputs; ++t) {
+    const ff v = pair_sum_to_output<ff>(
+        hi.data(),
+        lo.data(),
+        l.kept_hi,
+        l.kept_lo,
+        l.summed_hi,
+        l.summed_lo,
+        l.terms,
+        t);
+    out[0][t] = v.hi;
+    out[1][t] = v.lo;
+  }
+  return as_tuple(arrays);
+}
+
+// Metal's ScatterAdd of PairRows on the CPU: the cotangent rows g (count,
+// dim), row-major, added into table_rows rows at ids by the counting sort and
+// the float-pair sums of the Metal kernels.
+nb::tuple metal_pair_scatter_add(
+    F g_hi,
+    F g_lo,
+    InArray<int32_t> ids,
+    int64_t dim,
+    int64_t table_rows) {
+  const int64_t count = static_cast<int64_t>(ids.shape(0));
+  if (dim <= 0 || static_cast<int64_t>(g_hi.shape(0)) != count * dim ||
+      g_lo.shape(0) != g_hi.shape(0))
+    throw std::invalid_argument(
+        "metal_pair_scatter_add: pass g_hi, g_lo of len(ids) * dim entries");
+  RowsLayout g_layout{};
+  g_layout.dims = 1;
+  g_layout.shape[0] = static_cast<int>(count);
+  g_layout.strides[0] = dim;
+  g_layout.element_stride = 1;
+  RowsLayout ids_layout{};
+  ids_layout.element_stride = 1;
+  std::vector<int64_t> first(table_rows + 1),
+      positions(std::max<int64_t>(count, 1));
+  pair_rows_count_sort(
+      ids.data(),
+      ids_layout,
+      count,
+      count,
+      table_rows,
+      first.data(),
+      positions.data());
+  const int64_t size = table_rows * dim;
+  std::array<float*, 2> out;
+  std::array<OutArray, 2> arrays{
+      new_float_array(size, &out[0]), new_float_array(size, &out[1])};
+  for (int64_t e = 0; e < size; ++e) {
+    const ff v = pair_scatter_add_output<ff>(
+        g_hi.data(),
+        g_layout,
+        g_lo.data(),
+        g_layout,
+        static_cast<const int64_t*>(first.data()),
+        static_cast<const int64_t*>(positions.data()),
+        dim,
+        e);
+    out[0][e] = v.hi;
+    out[1][e] = v.lo;
+  }
+  return as_tuple(arrays);
+}
+
 } // namespace
 } // namespace mlx_precise
 
@@ -875,6 +965,31 @@ void init_testing(nb::module_& parent) {
       "kernels' own code: alpha a @ b [+ beta c] for row-major flattened a (m, k), b (k, n), "
       "c (m, n) or empty; err_scale multiplies the bound (1 on Metal). Returns (y, open), "
       "open 1 where the output did not certify and was recomputed exactly.");
+
+  m.def(
+      "metal_pair_sum",
+      &metal_pair_sum,
+      "hi"_a.noconvert(),
+      "lo"_a.noconvert(),
+      "shape"_a,
+      "hi_strides"_a,
+      "lo_strides"_a,
+      "out_shape"_a,
+      "Metal's pair sum (kernels/pair_grad.h in float pairs) on the CPU: the pair "
+      "(hi, lo), flat buffers read at shape with the given element strides, summed to "
+      "out_shape (aligned right, dims of 1 summed); returns (hi, lo) flat.");
+
+  m.def(
+      "metal_pair_scatter_add",
+      &metal_pair_scatter_add,
+      "g_hi"_a.noconvert(),
+      "g_lo"_a.noconvert(),
+      "ids"_a.noconvert(),
+      "dim"_a,
+      "table_rows"_a,
+      "Metal's pair take_rows gradient (kernels/pair_grad.h in float pairs) on the "
+      "CPU: rows of g (len(ids), dim) added into table_rows rows at ids (others "
+      "dropped); returns (hi, lo) flat, (table_rows, dim) row-major.");
 
   m.def(
       "metal_certified_conv",

@@ -411,9 +411,8 @@ store_pair(double v, float* out_hi, float* out_lo, MP_INT64 i) {
   out_lo[i] = p.lo;
 }
 
-// out (row-major) = x summed over its summed dims: output t is at
-// (kept_hi, kept_lo) offsets of t, its terms j at (summed_hi, summed_lo)
-// offsets of j, added in j's order (the CPU's sum_to).
+// out (row-major) = x summed over its summed dims, one thread per output
+// (pair_grad.h's pair_sum_to_output, the CPU's sum_to order).
 __global__ void pair_sum_to(
     const float* x_hi,
     const float* x_lo,
@@ -429,19 +428,14 @@ __global__ void pair_sum_to(
            static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
        t < outputs;
        t += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
-    const float* hi = x_hi + row_start(kept_hi, t);
-    const float* lo = x_lo + row_start(kept_lo, t);
-    NeumaierSum sum;
-    for (MP_INT64 j = 0; j < terms; ++j)
-      sum.add(
-          pair_at(hi, lo, row_start(summed_hi, j), row_start(summed_lo, j)));
-    store_pair(sum.value(), out_hi, out_lo, t);
+    const ff v = pair_sum_to_output<double>(
+        x_hi, x_lo, kept_hi, kept_lo, summed_hi, summed_lo, terms, t);
+    out_hi[t] = v.hi;
+    out_lo[t] = v.lo;
   }
 }
 
-// The positions of each table row's id in order, a counting sort as the
-// CPU's (one thread: ids and table rows are few next to the sums): first
-// (table_rows + 1) and positions (count), both int64.
+// The counting sort of the ids (pair_grad.h), one thread.
 __global__ void pair_rows_positions(
     const int* ids,
     const __grid_constant__ RowsLayout ids_l,
@@ -452,29 +446,12 @@ __global__ void pair_rows_positions(
     MP_INT64* positions) {
   if (blockIdx.x != 0 || threadIdx.x != 0)
     return;
-  for (MP_INT64 v = 0; v <= table_rows; ++v)
-    first[v] = 0;
-  for (MP_INT64 i = 0; i < count; ++i) {
-    const MP_INT64 id = ids[element_offset(ids_l, i, ids_inner)];
-    if (id >= 0 && id < table_rows)
-      ++first[id + 1];
-  }
-  for (MP_INT64 v = 0; v < table_rows; ++v)
-    first[v + 1] += first[v];
-  // positions[first[id] + k] = the k-th i with that id; first[v] is
-  // advanced as the rows fill and restored after.
-  for (MP_INT64 i = 0; i < count; ++i) {
-    const MP_INT64 id = ids[element_offset(ids_l, i, ids_inner)];
-    if (id >= 0 && id < table_rows)
-      positions[first[id]++] = i;
-  }
-  for (MP_INT64 v = table_rows; v > 0; --v)
-    first[v] = first[v - 1];
-  first[0] = 0;
+  pair_rows_count_sort(
+      ids, ids_l, ids_inner, count, table_rows, first, positions);
 }
 
-// ScatterAdd: out (table_rows, dim) row-major, element (v, j) the sum of
-// g[i, j] over v's positions i in order; g rows of `dim` (g_hi_l, g_lo_l).
+// ScatterAdd: out (table_rows, dim) row-major, one thread per element
+// (pair_grad.h's pair_scatter_add_output).
 __global__ void pair_scatter_add_rows(
     const float* g_hi,
     const __grid_constant__ RowsLayout g_hi_l,
@@ -490,17 +467,10 @@ __global__ void pair_scatter_add_rows(
            static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
        e < table_rows * dim;
        e += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
-    const MP_INT64 v = e / dim, j = e - v * dim;
-    NeumaierSum sum;
-    for (MP_INT64 p = first[v]; p < first[v + 1]; ++p) {
-      const MP_INT64 i = positions[p];
-      sum.add(pair_at(
-          g_hi,
-          g_lo,
-          row_start(g_hi_l, i) + j * g_hi_l.element_stride,
-          row_start(g_lo_l, i) + j * g_lo_l.element_stride));
-    }
-    store_pair(sum.value(), out_hi, out_lo, e);
+    const ff v = pair_scatter_add_output<double>(
+        g_hi, g_hi_l, g_lo, g_lo_l, first, positions, dim, e);
+    out_hi[e] = v.hi;
+    out_lo[e] = v.lo;
   }
 }
 

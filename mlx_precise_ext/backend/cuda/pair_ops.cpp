@@ -18,6 +18,7 @@
 #include "backend/cuda/blas.h"
 #include "backend/cuda/encoder.h"
 #include "backend/cuda/jit.h"
+#include "backend/gpu/pair_grad_layout.h"
 #include "backend/gpu/strict_layout.h"
 #include "kernels/strict_params.h"
 #include "pair_primitives.h"
@@ -354,23 +355,6 @@ double* doubles_of(const mx::array& buffer) {
   return static_cast<double*>(mx::gpu_ptr<void>(buffer));
 }
 
-// Appends dim d (size, hi stride, lo stride) to the layouts (hi, lo).
-void add_dim(
-    RowsLayout& hi,
-    RowsLayout& lo,
-    int size,
-    int64_t hi_stride,
-    int64_t lo_stride) {
-  if (hi.dims == kStrictMaxDims)
-    throw std::invalid_argument(
-        "pair sum_to: more than 8 kept or 8 summed dims on the GPU; reshape "
-        "the operand first");
-  hi.shape[hi.dims] = size;
-  lo.shape[lo.dims] = size;
-  hi.strides[hi.dims++] = hi_stride;
-  lo.strides[lo.dims++] = lo_stride;
-}
-
 } // namespace
 
 // in (hi, lo) summed to out's shape (aligned right; dims of 1 and missing
@@ -384,20 +368,8 @@ void PairSum::eval_gpu(
   if (size == 0)
     return;
   const mx::array &hi = inputs[0], &lo = inputs[1];
-  const int offset = static_cast<int>(hi.ndim() - outputs[0].ndim());
-  RowsLayout kept_hi{}, kept_lo{}, summed_hi{}, summed_lo{};
-  int64_t terms = 1;
-  for (int d = 0; d < static_cast<int>(hi.ndim()); ++d) {
-    const bool keep = d >= offset && outputs[0].shape(d - offset) != 1;
-    if (!keep)
-      terms *= hi.shape(d);
-    add_dim(
-        keep ? kept_hi : summed_hi,
-        keep ? kept_lo : summed_lo,
-        hi.shape(d),
-        hi.strides()[d],
-        lo.strides()[d]);
-  }
+  const gpu::PairSumLayout l = gpu::pair_sum_layout(
+      hi.shape(), hi.strides(), lo.strides(), outputs[0].shape());
   launch(
       encoder,
       cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_sum_to"),
@@ -405,12 +377,12 @@ void PairSum::eval_gpu(
       dim3(256),
       mx::gpu_ptr<float>(hi),
       mx::gpu_ptr<float>(lo),
-      kept_hi,
-      kept_lo,
-      summed_hi,
-      summed_lo,
+      l.kept_hi,
+      l.kept_lo,
+      l.summed_hi,
+      l.summed_lo,
       static_cast<MP_INT64>(size),
-      static_cast<MP_INT64>(terms),
+      static_cast<MP_INT64>(l.terms),
       mx::gpu_ptr<float>(outputs[0]),
       mx::gpu_ptr<float>(outputs[1]));
 }

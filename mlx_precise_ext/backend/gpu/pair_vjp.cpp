@@ -1,8 +1,9 @@
-// eval_gpu of the gradients' pair primitives (pair_vjp_primitives.h) in the
-// builds without CUDA (Metal, no GPU), where they have no kernel yet: a clear
-// error, never a silent move to the CPU. (PairBroadcast is a view and runs
-// everywhere: pair_vjp.cpp; PairRows has one eval_gpu per backend, with the
-// pair ops. CUDA: backend/cuda/pair_ops.cpp and rfft_conv.cpp.)
+// eval_gpu of the gradients' pair primitives (pair_vjp_primitives.h) that
+// have no kernel in the builds without CUDA (Metal, no GPU): a clear error,
+// never a silent move to the CPU. (PairBroadcast is a view and runs
+// everywhere: pair_vjp.cpp; PairSum and PairRows have one eval_gpu per
+// backend: backend/metal/pair_ops.cpp, backend/no_gpu.cpp. CUDA:
+// backend/cuda/pair_ops.cpp and rfft_conv.cpp.)
 #include <stdexcept>
 #include <string>
 
@@ -15,14 +16,11 @@ namespace {
   throw std::runtime_error(
       std::string(op) +
       ": gradients through pairs (mlx_precise.pair, M2-BERT "
-      "precision=\"exact\") run on the CPU and CUDA only in this version; "
+      "precision=\"exact\") run on the CPU and CUDA only in this version "
+      "(Metal has the pair sum and take_rows gradients, not this one); "
       "pass stream=mx.cpu (or mx.set_default_device(mx.cpu))");
 }
 } // namespace
-
-void PairSum::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
-  no_gpu_kernel("pair sum");
-}
 
 void PairLayerNormVJP::eval_gpu(
     const std::vector<mx::array>&,

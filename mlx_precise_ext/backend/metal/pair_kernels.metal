@@ -11,6 +11,7 @@
 //
 // Address spaces: the shared helpers take `thread` references, so layouts
 // (constant) are copied into thread-local values before they are passed on.
+#include "kernels/pair_grad.h"
 #include "kernels/pair_math.h"
 #include "kernels/rfft_conv_rows.h"
 #include "kernels/strict_params.h"
@@ -181,6 +182,63 @@ ff sum_parts(threadgroup ff* parts) {
   if (row >= 0 && row < table_rows)
     v = r_from_pair(ff{}, table_hi[row_start(hl, row) + j * hl.element_stride],
                     table_lo[row_start(ll, row) + j * ll.element_stride]);
+  out_hi[e] = v.hi;
+  out_lo[e] = v.lo;
+}
+
+// -------------------------------------------------------------- gradients ----
+// The gradients' PairSum and PairRows' ScatterAdd (pair_vjp_primitives.h):
+// one thread per output running kernels/pair_grad.h's sums in float pairs,
+// in the CPU's and CUDA's order (their double sums agree to the float-pair
+// bound there, not bitwise).
+
+// out (outputs, row-major) = x summed over its summed dims; layouts: kept hi,
+// kept lo, summed hi, summed lo (backend/gpu/pair_grad_layout.h).
+[[kernel]] void pair_sum_to(const device float* x_hi [[buffer(0)]],
+                            const device float* x_lo [[buffer(1)]],
+                            device float* out_hi [[buffer(2)]],
+                            device float* out_lo [[buffer(3)]],
+                            constant const RowsLayout* layouts [[buffer(4)]],
+                            constant const long& outputs [[buffer(5)]],
+                            constant const long& terms [[buffer(6)]],
+                            uint id [[thread_position_in_grid]]) {
+  const long t = long(id);
+  if (t >= outputs) return;
+  const RowsLayout kh = layouts[0], kl = layouts[1], sh = layouts[2], sl = layouts[3];
+  const ff v = pair_sum_to_output<ff>(x_hi, x_lo, kh, kl, sh, sl, terms, t);
+  out_hi[t] = v.hi;
+  out_lo[t] = v.lo;
+}
+
+// The counting sort of the ids, one thread: first (table_rows + 1 words) and
+// positions (count words). sizes: ids_inner, count, table_rows.
+[[kernel]] void pair_rows_positions(const device int* ids [[buffer(0)]],
+                                    device long* first [[buffer(1)]],
+                                    device long* positions [[buffer(2)]],
+                                    constant const RowsLayout& ids_layout [[buffer(3)]],
+                                    constant const long* sizes [[buffer(4)]],
+                                    uint id [[thread_position_in_grid]]) {
+  if (id != 0) return;
+  const RowsLayout il = ids_layout;
+  pair_rows_count_sort(ids, il, sizes[0], sizes[1], sizes[2], first, positions);
+}
+
+// ScatterAdd: out (table_rows, dim) row-major, one thread per element.
+// layouts: g hi, g lo; sizes: table_rows, dim.
+[[kernel]] void pair_scatter_add_rows(const device float* g_hi [[buffer(0)]],
+                                      const device float* g_lo [[buffer(1)]],
+                                      const device long* first [[buffer(2)]],
+                                      const device long* positions [[buffer(3)]],
+                                      device float* out_hi [[buffer(4)]],
+                                      device float* out_lo [[buffer(5)]],
+                                      constant const RowsLayout* layouts [[buffer(6)]],
+                                      constant const long* sizes [[buffer(7)]],
+                                      uint id [[thread_position_in_grid]]) {
+  const long e = long(id);
+  const long dim = sizes[1];
+  if (e >= sizes[0] * dim) return;
+  const RowsLayout hl = layouts[0], ll = layouts[1];
+  const ff v = pair_scatter_add_output<ff>(g_hi, hl, g_lo, ll, first, positions, dim, e);
   out_hi[e] = v.hi;
   out_lo[e] = v.lo;
 }

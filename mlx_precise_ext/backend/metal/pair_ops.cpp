@@ -3,9 +3,10 @@
 // with the shared kernel headers, embedded at build time and compiled by
 // MLX's Metal device on first use) in double-word arithmetic, since Metal has
 // no float64; operands are read through their strides. PairRFFTConv runs the
-// rfft_conv row launches (backend/metal/rfft_conv.cpp). The gradients' other
-// primitives (ScatterAdd rows, pair_vjp_primitives.h) have no Metal kernel: a
-// clear error, never a silent move to the CPU.
+// rfft_conv row launches (backend/metal/rfft_conv.cpp). Of the gradients'
+// primitives (pair_vjp_primitives.h), PairSum and PairRows' ScatterAdd run
+// here; the others have no Metal kernel (backend/gpu/pair_vjp.cpp: a clear
+// error, never a silent move to the CPU).
 #include <algorithm>
 #include <limits>
 #include <stdexcept>
@@ -15,6 +16,7 @@
 #include <mlx/allocator.h>
 #include <mlx/backend/metal/device.h>
 
+#include "backend/gpu/pair_grad_layout.h"
 #include "backend/gpu/strict_layout.h"
 #include "backend/metal/kernel_sources.h"
 #include "kernels/pair_math.h"
@@ -39,13 +41,6 @@ MTL::ComputePipelineState* kernel(
   MTL::Library* lib = d.get_library(
       "mlx_precise_pair", [] { return std::string(metal::pair_kernels()); });
   return d.get_kernel(name, lib);
-}
-
-[[noreturn]] void no_metal_kernel(const std::string& op) {
-  throw std::runtime_error(
-      op +
-      ": gradients through pairs (mlx_precise.pair) have no Metal kernel; "
-      "pass stream=mx.cpu (or mx.set_default_device(mx.cpu))");
 }
 
 // The stream's encoder with the outputs allocated.
@@ -194,13 +189,21 @@ void PairAddmm::eval_gpu(
   dispatch_elements(enc, k, outputs[0].size(), "pair addmm / linear");
 }
 
-// Gather (the forward of pair take_rows); ScatterAdd, its gradient, has no
-// Metal kernel.
+namespace {
+void scatter_add_rows(
+    mx::Stream s,
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs);
+} // namespace
+
+// Gather (the forward of pair take_rows) runs pair_gather_rows; ScatterAdd,
+// its gradient, the counting sort of pair_rows_positions and then
+// pair_scatter_add_rows (the CPU's and CUDA's order).
 void PairRows::eval_gpu(
     const std::vector<mx::array>& inputs,
     std::vector<mx::array>& outputs) {
-  if (variant_ != Variant::Gather)
-    no_metal_kernel("pair take_rows gradient");
+  if (variant_ == Variant::ScatterAdd)
+    return scatter_add_rows(stream(), inputs, outputs);
   auto& d = mx::metal::device(stream().device);
   auto& enc = prepare(stream(), outputs);
   const int64_t size = outputs[0].size();
@@ -225,5 +228,96 @@ void PairRows::eval_gpu(
   enc.set_vector_bytes(sizes, 6);
   dispatch_elements(enc, k, size, "pair take_rows");
 }
+
+// ------------------------------------------------------------- gradients ----
+
+// in (hi, lo) summed to out's shape (aligned right; dims of 1 and missing
+// leading dims summed), one thread per output (pair_sum_to).
+void PairSum::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  auto& d = mx::metal::device(stream().device);
+  auto& enc = prepare(stream(), outputs);
+  const int64_t size = outputs[0].size();
+  if (size == 0)
+    return;
+  const mx::array &hi = inputs[0], &lo = inputs[1];
+  const gpu::PairSumLayout l = gpu::pair_sum_layout(
+      hi.shape(), hi.strides(), lo.strides(), outputs[0].shape());
+  const std::vector<RowsLayout> layouts{
+      l.kept_hi, l.kept_lo, l.summed_hi, l.summed_lo};
+  MTL::ComputePipelineState* k = kernel(d, "pair_sum_to");
+  enc.set_compute_pipeline_state(k);
+  enc.set_input_array(hi, 0);
+  enc.set_input_array(lo, 1);
+  enc.set_output_array(outputs[0], 2);
+  enc.set_output_array(outputs[1], 3);
+  enc.set_vector_bytes(layouts, 4);
+  enc.set_bytes(size, 5);
+  enc.set_bytes(l.terms, 6);
+  dispatch_elements(enc, k, size, "pair sum");
+}
+
+namespace {
+
+// Int64 words for the counting sort, freed when the command buffer completes.
+mx::array scratch_words(mx::metal::CommandEncoder& enc, int64_t words) {
+  mx::array buffer({static_cast<int>(words)}, mx::int64, nullptr, {});
+  buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
+  enc.add_temporary(buffer);
+  return buffer;
+}
+
+// ScatterAdd: inputs g_hi, g_lo (ids.shape + (D,)), ids; outputs (V, D).
+void scatter_add_rows(
+    mx::Stream s,
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  auto& d = mx::metal::device(s.device);
+  auto& enc = prepare(s, outputs);
+  const int64_t size = outputs[0].size();
+  if (size == 0)
+    return;
+  const char* op = "pair take_rows gradient";
+  const mx::array& ids = inputs[2];
+  const int64_t table_rows = outputs[0].shape(0), dim = outputs[0].shape(-1);
+  const int64_t count = ids.size();
+  if (table_rows + 1 > std::numeric_limits<int>::max() ||
+      count > std::numeric_limits<int>::max()) {
+    throw std::invalid_argument(
+        std::string(op) +
+        " (Metal): more than 2^31 - 2 table rows or ids; split the ids");
+  }
+  mx::array first = scratch_words(enc, table_rows + 1);
+  mx::array positions = scratch_words(enc, std::max<int64_t>(count, 1));
+  const std::vector<int64_t> sort_sizes{
+      ids.ndim() == 0 ? 1 : ids.shape(-1), count, table_rows};
+  MTL::ComputePipelineState* sort = kernel(d, "pair_rows_positions");
+  enc.set_compute_pipeline_state(sort);
+  enc.set_input_array(ids, 0);
+  enc.set_output_array(first, 1);
+  enc.set_output_array(positions, 2);
+  enc.set_bytes(operand_layout(op, ids), 3);
+  enc.set_vector_bytes(sort_sizes, 4);
+  enc.dispatch_threads(MTL::Size(1, 1, 1), MTL::Size(1, 1, 1));
+  // Registered as inputs here, the sort's outputs are written before the
+  // sums read them (the encoder's barrier between the two dispatches).
+  const std::vector<RowsLayout> layouts{
+      gpu::rows_layout(op, inputs[0]), gpu::rows_layout(op, inputs[1])};
+  const std::vector<int64_t> sizes{table_rows, dim};
+  MTL::ComputePipelineState* k = kernel(d, "pair_scatter_add_rows");
+  enc.set_compute_pipeline_state(k);
+  enc.set_input_array(inputs[0], 0);
+  enc.set_input_array(inputs[1], 1);
+  enc.set_input_array(first, 2);
+  enc.set_input_array(positions, 3);
+  enc.set_output_array(outputs[0], 4);
+  enc.set_output_array(outputs[1], 5);
+  enc.set_vector_bytes(layouts, 6);
+  enc.set_vector_bytes(sizes, 7);
+  dispatch_elements(enc, k, size, op);
+}
+
+} // namespace
 
 } // namespace mlx_precise

@@ -1,0 +1,134 @@
+"""Metal's pair gradients, run on the CPU (no Mac here): the pair sum (PairSum, the vjp
+of pair broadcasts) and the take_rows gradient (PairRows' ScatterAdd) of
+kernels/pair_grad.h in float pairs, as pair_kernels.metal runs them, through the test
+hooks mlx_precise._ext.testing.metal_pair_sum / metal_pair_scatter_add (the Metal host's
+own layouts, backend/gpu/pair_grad_layout.h, for the sum).
+
+Each output must be within the float-pair bound of pair_grad.h of the exact sum:
+3 u^2 (u = 2^-24) times the sum of the partial sums' magnitudes (4 u^2 here, for the
+float64 partial sums this test computes), and within that bound plus 2^-47 relative of
+the CPU's double result (mlx_precise.pair on mx.cpu). Fresh random inputs each run (the
+seed is printed); the hooks' outputs start as NaN-free only if every output is written,
+and NaN never passes."""
+
+import math
+import os
+import zlib
+
+import mlx.core as mx
+import numpy as np
+import pytest
+
+from mlx_precise import _ext, pair
+from mlx_precise.pair import Pair
+
+SEED = int(os.environ.get("MLX_PRECISE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
+print(f"test_metal_pair_gradients seed: {SEED}")
+
+U2 = 2.0**-48
+
+
+@pytest.fixture
+def rng(request):
+    return np.random.default_rng([SEED, zlib.crc32(request.node.name.encode())])
+
+
+def random_pair(rng, shape, spread=8):
+    """A pair hi + lo with lo about 2^-24 |hi|, magnitudes over 2^+-spread, signs mixed
+    (sums cancel)."""
+    x = rng.standard_normal(shape) * np.exp2(rng.uniform(-spread, spread, shape))
+    hi = x.astype(np.float32)
+    lo = (x - hi.astype(np.float64)).astype(np.float32)
+    return hi, lo
+
+
+def as_double(hi, lo):
+    return np.asarray(hi, np.float64) + np.asarray(lo, np.float64)
+
+
+def check_sums(got_hi, got_lo, terms, cpu, what):
+    """terms: (outputs, n) float64 values in the kernels' order; cpu: the CPU's result."""
+    assert not np.any(np.isnan(got_hi)) and not np.any(np.isnan(got_lo)), f"{what}: NaN"
+    got = as_double(got_hi, got_lo)
+    exact = np.array([math.fsum(row) for row in terms])
+    bound = 4 * U2 * np.abs(np.cumsum(terms, axis=1)).sum(axis=1) + 2.0**-52 * np.abs(exact)
+    err = np.abs(got - exact)
+    assert np.all(err <= bound), f"{what}: error {err.max():.3e} above the float-pair bound"
+    cpu_err = np.abs(got - cpu)
+    assert np.all(cpu_err <= bound + 2.0**-47 * np.abs(exact)), f"{what}: off the CPU's result"
+    # the hi part is a float32 near the sum, the lo part what the float32 leaves
+    np.testing.assert_array_equal(got_hi, got.astype(np.float32))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(exact != 0, err / np.abs(exact), 0)
+    return rel.max()
+
+
+@pytest.mark.parametrize(
+    "shape,out_shape,order",
+    [
+        ((64, 33), (33,), None),  # a bias gradient: leading dim summed
+        ((7, 5, 40), (5, 1), None),  # a missing leading dim and a kept dim of 1 summed
+        ((3, 4, 6, 5), (4, 1, 5), (2, 0, 3, 1)),  # strided (a transposed buffer)
+        ((300,), (1,), None),  # one long sum
+        ((9, 1), (9, 1), None),  # nothing summed
+    ],
+)
+def test_pair_sum(rng, shape, out_shape, order):
+    # The pair is a view of a buffer with its dims permuted (order) or contiguous; hi
+    # and lo laid out differently (lo always contiguous) to check both layouts.
+    hi_buf, lo_view = random_pair(rng, shape)
+    hi_view = hi_buf
+    if order is not None:
+        hi_buf, _ = random_pair(rng, tuple(shape[i] for i in order))
+        hi_view = hi_buf.transpose(np.argsort(order))
+        assert hi_view.shape == shape
+    hi_strides = [s // 4 for s in hi_view.strides]
+    lo_strides = [s // 4 for s in lo_view.strides]
+    got_hi, got_lo = _ext.testing.metal_pair_sum(
+        hi_buf.reshape(-1), lo_view.reshape(-1), list(shape),
+        hi_strides, lo_strides, list(out_shape))
+
+    # The terms of each output in the kernels' order: summed dims (left to right,
+    # row-major) for each kept index (row-major).
+    x = as_double(hi_view, lo_view)
+    offset = len(shape) - len(out_shape)
+    keep = [d >= offset and out_shape[d - offset] != 1 for d in range(len(shape))]
+    kept = [d for d in range(len(shape)) if keep[d]]
+    summed = [d for d in range(len(shape)) if not keep[d]]
+    terms = x.transpose(kept + summed).reshape(int(np.prod(out_shape)), -1)
+
+    cpu = pair.sum_to(Pair(mx.array(hi_view), mx.array(lo_view)), out_shape, stream=mx.cpu)
+    cpu = as_double(np.array(cpu.hi), np.array(cpu.lo)).reshape(-1)
+    worst = check_sums(got_hi, got_lo, terms, cpu, f"pair sum {shape} -> {out_shape}")
+    print(f"pair sum {shape} -> {out_shape}: worst relative error {worst:.2e}")
+
+
+@pytest.mark.parametrize("count,table_rows,dim", [(200, 13, 9), (5, 40, 3), (1, 1, 1)])
+def test_take_rows_gradient(rng, count, table_rows, dim):
+    # ids repeat, some rows get none, and some ids fall outside the table (dropped).
+    ids = rng.integers(-2, table_rows + 2, count).astype(np.int32)
+    g_hi, g_lo = random_pair(rng, (count, dim))
+    got_hi, got_lo = _ext.testing.metal_pair_scatter_add(
+        g_hi.reshape(-1), g_lo.reshape(-1), ids, dim, table_rows)
+    g = as_double(g_hi, g_lo)
+    most = max(1, max(int(np.sum(ids == v)) for v in range(table_rows)))
+    terms = np.zeros((table_rows * dim, most))
+    for v in range(table_rows):
+        rows = g[ids == v]  # in position order, the CPU's and the kernels' order
+        terms[v * dim:(v + 1) * dim, :len(rows)] = rows.T
+
+    # The CPU's double gradient: the vjp of pair take_rows (ids inside the table only:
+    # the CPU gathers NaN rows for the others, and their cotangents are dropped anyway).
+    table = Pair(mx.zeros((table_rows, dim)), mx.zeros((table_rows, dim)))
+    inside = (ids >= 0) & (ids < table_rows)
+    mids = mx.array(ids[inside])
+
+    def gathered(th, tl):
+        return list(pair.take_rows(Pair(th, tl), mids, stream=mx.cpu).astuple())
+
+    _, (cpu_hi, cpu_lo) = mx.vjp(gathered, [table.hi, table.lo],
+                                 [mx.array(g_hi[inside]), mx.array(g_lo[inside])])
+    cpu = as_double(np.array(cpu_hi), np.array(cpu_lo)).reshape(-1)
+    worst = check_sums(got_hi, got_lo, terms, cpu, "take_rows gradient")
+    print(f"take_rows gradient ({count} ids, {table_rows} rows): worst relative error "
+          f"{worst:.2e}")
