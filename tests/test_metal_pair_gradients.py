@@ -1,13 +1,15 @@
 """Metal's pair gradients, run on the CPU (no Mac here): the pair sum (PairSum, the vjp
-of pair broadcasts) and the take_rows gradient (PairRows' ScatterAdd) of
-kernels/pair_grad.h in float pairs, as pair_kernels.metal runs them, through the test
-hooks mlx_precise._ext.testing.metal_pair_sum / metal_pair_scatter_add (the Metal host's
-own layouts, backend/gpu/pair_grad_layout.h, for the sum).
+of pair broadcasts), the take_rows gradient (PairRows' ScatterAdd) and the layer_norm
+gradient (PairLayerNormVJP) of kernels/pair_grad.h in float pairs, as
+pair_kernels.metal runs them, through the test hooks mlx_precise._ext.testing.metal_pair_*
+(the Metal host's own layouts, backend/gpu/pair_grad_layout.h, for the sum).
 
 Each output must be within the float-pair bound of pair_grad.h of the exact sum:
 3 u^2 (u = 2^-24) times the sum of the partial sums' magnitudes (4 u^2 here, for the
 float64 partial sums this test computes), and within that bound plus 2^-47 relative of
-the CPU's double result (mlx_precise.pair on mx.cpu). Fresh random inputs each run (the
+the CPU's double result (mlx_precise.pair on mx.cpu). The layer_norm gradient: within
+2^-40 of the CPU's double result relative to each output's condition (the magnitudes of
+the terms that make it up). Fresh random inputs each run (the
 seed is printed); the hooks' outputs start as NaN-free only if every output is written,
 and NaN never passes."""
 
@@ -132,3 +134,58 @@ def test_take_rows_gradient(rng, count, table_rows, dim):
     worst = check_sums(got_hi, got_lo, terms, cpu, "take_rows gradient")
     print(f"take_rows gradient ({count} ids, {table_rows} rows): worst relative error "
           f"{worst:.2e}")
+
+
+@pytest.mark.parametrize("rows,dim,with_weight", [(6, 48, True), (3, 768, True), (4, 33, False)])
+def test_layer_norm_gradient(rng, rows, dim, with_weight):
+    offset = rng.standard_normal((rows, 1)) * 4  # rows whose mean is far from zero
+    x_hi, x_lo = random_pair(rng, (rows, dim), spread=1)
+    x = as_double(x_hi, x_lo) + offset
+    x_hi = x.astype(np.float32)
+    x_lo = (x - x_hi.astype(np.float64)).astype(np.float32)
+    x = as_double(x_hi, x_lo)
+    g_hi, g_lo = random_pair(rng, (rows, dim), spread=2)
+    g = as_double(g_hi, g_lo)
+    weight = (rng.standard_normal(dim) * 2).astype(np.float32)
+    eps = 1e-5
+    dx_hi, dx_lo, gx_hi, gx_lo = _ext.testing.metal_pair_layer_norm_vjp(
+        x_hi.reshape(-1), x_lo.reshape(-1), g_hi.reshape(-1), g_lo.reshape(-1),
+        weight if with_weight else np.zeros(0, np.float32), dim, eps)
+    for part in (dx_hi, dx_lo, gx_hi, gx_lo):
+        assert not np.any(np.isnan(part)), "NaN output"
+    dx = as_double(dx_hi, dx_lo).reshape(rows, dim)
+    gx = as_double(gx_hi, gx_lo).reshape(rows, dim)
+
+    # The CPU's double gradients: dx, and the weight's (the sum of g xhat over rows).
+    def normalized(xh, xl, *wt):
+        out = pair.layer_norm(Pair(xh, xl), wt[0] if wt else None, None, eps, stream=mx.cpu)
+        return list(out.astuple())
+
+    primals = [mx.array(x_hi), mx.array(x_lo)] + ([mx.array(weight)] if with_weight else [])
+    _, grads = mx.vjp(normalized, primals, [mx.array(g_hi), mx.array(g_lo)])
+    cpu_dx = as_double(np.array(grads[0]), np.array(grads[1]))
+
+    # Each output's condition, in float64: rstd (|gw| + mean|gw| + (|xhat| + 1) mean|gw
+    # xhat|), plus the centring's (|mean| rstd, the error of xhat from the mean's).
+    mean = x.mean(axis=1, keepdims=True)
+    rstd = 1 / np.sqrt(((x - mean) ** 2).mean(axis=1, keepdims=True) + eps)
+    xhat = (x - mean) * rstd
+    gw = g * (weight if with_weight else 1)
+    centring = np.abs(mean) * rstd + 1
+    scale_dx = rstd * (np.abs(gw) + np.abs(gw).mean(axis=1, keepdims=True)
+                       + (np.abs(xhat) + centring) * np.abs(gw * xhat).mean(axis=1, keepdims=True))
+    err = np.abs(dx - cpu_dx)
+    assert np.all(err <= 2.0**-40 * scale_dx), (
+        f"dx: {np.max(err / scale_dx):.3e} of its condition off the CPU's")
+    # g xhat against the exact-input float64 value (its own condition), and its sum over
+    # rows against the CPU's weight gradient
+    scale_gx = np.abs(g) * (np.abs(xhat) + centring)
+    assert np.all(np.abs(gx - g * xhat) <= 2.0**-40 * scale_gx), "g xhat off"
+    if with_weight:
+        summed = np.array([math.fsum(col) for col in gx.T])
+        cpu_dw = np.array(grads[2], np.float64)
+        # the CPU's weight gradient is float32 (one rounding of its double sum)
+        assert np.all(np.abs(summed - cpu_dw) <= 2.0**-24 * np.abs(summed)
+                      + 2.0**-40 * scale_gx.sum(axis=0)), "g xhat summed off the weight gradient"
+    print(f"layer_norm gradient ({rows}x{dim}): worst dx error "
+          f"{np.max(err / scale_dx):.2e} of its condition")

@@ -74,4 +74,10 @@ void PairSum::eval_gpu(const std::vector<mx::array>&, std::vector<mx::array>&) {
   no_gpu("pair sum");
 }
 
+void PairLayerNormVJP::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
+  no_gpu("pair layer_norm gradient");
+}
+
 } // namespace mlx_precise

@@ -1,11 +1,11 @@
 // The arithmetic of the pair gradients (pair_vjp_primitives.h) in double,
 // in one sequential order per output or row, written once for the CPU
 // (backend/cpu/pair_ops.cpp) and CUDA (backend/cuda/pair_kernels.cuh, one
-// thread per output or row). PairSum and PairRows' ScatterAdd are templated
-// on the working precision: double on CUDA, float pairs on Metal
-// (pair_kernels.metal), where each sum agrees with the double one to the
-// float-pair bound below, not bitwise. Where every operation is correctly
-// rounded (+,
+// thread per output or row). PairSum, PairRows' ScatterAdd and
+// PairLayerNormVJP are templated on the working precision: double on CUDA,
+// float pairs on Metal (pair_kernels.metal), where each sum agrees with the
+// double one to the float-pair bound below, not bitwise. Where every operation
+// is correctly rounded (+,
 // -, *, /, sqrt: PairSum, PairRows' sums, PairLayerNormVJP) the two backends
 // give the same bits; exp and log (PairCrossEntropy) are each math library's
 // own, within an ulp of double of each other.
@@ -13,6 +13,7 @@
 
 #include "fft_butterflies.h"
 #include "portability.h"
+#include "strict_arith.h"
 #include "strict_params.h"
 
 namespace mlx_precise {
@@ -34,50 +35,6 @@ struct NeumaierSum {
     return sum + correction;
   }
 };
-
-// torch's layer_norm backward for one row of `dim`, in double: xhat = (x -
-// mean) rstd, gw = g w, dx = rstd (gw - mean(gw) - xhat mean(gw xhat)).
-// x_at(i), g_at(i) and weight_at(i) (called only with has_weight) read the
-// row; store_g_xhat(i, g xhat) (whose sum over rows is the weight's gradient)
-// and store_dx(i, dx) write it. xhat and gw are recomputed where needed
-// (the same operations, so the same values) rather than kept per element.
-template <class X, class G, class W, class StoreGXhat, class StoreDx>
-MP_INLINE void pair_layer_norm_vjp_row(
-    MP_INT64 dim,
-    double eps,
-    bool has_weight,
-    X x_at,
-    G g_at,
-    W weight_at,
-    StoreGXhat store_g_xhat,
-    StoreDx store_dx) {
-  const double n = static_cast<double>(dim);
-  NeumaierSum sum, squares, gw_sum, gw_xhat_sum;
-  for (MP_INT64 i = 0; i < dim; ++i)
-    sum.add(x_at(i));
-  const double mean = sum.value() / n;
-  for (MP_INT64 i = 0; i < dim; ++i) {
-    const double centred = x_at(i) - mean;
-    squares.add(centred * centred);
-  }
-  const double rstd = 1.0 / sqrt(squares.value() / n + eps);
-  for (MP_INT64 i = 0; i < dim; ++i) {
-    const double g = g_at(i);
-    const double xhat = (x_at(i) - mean) * rstd;
-    const double gw = has_weight ? g * weight_at(i) : g;
-    gw_sum.add(gw);
-    gw_xhat_sum.add(gw * xhat);
-    store_g_xhat(i, g * xhat);
-  }
-  const double gw_mean = gw_sum.value() / n;
-  const double gw_xhat_mean = gw_xhat_sum.value() / n;
-  for (MP_INT64 i = 0; i < dim; ++i) {
-    const double g = g_at(i);
-    const double xhat = (x_at(i) - mean) * rstd;
-    const double gw = has_weight ? g * weight_at(i) : g;
-    store_dx(i, rstd * (gw - gw_mean - xhat * gw_xhat_mean));
-  }
-}
 
 // log(sum_j exp(l_j)) of one row of `classes` logits (logit_at(j)): the
 // largest, then the compensated sum of exp(l_j - largest); -inf for none.
@@ -107,11 +64,11 @@ MP_INLINE double cross_entropy_logit_grad(
 }
 #endif
 
-// ------------------------------------------- sums in the working precision
-// ---- Float-pair sums where there is no double (Metal): AccurateDWPlusDW in
-// order, each addition within 3 u^2 (u = 2^-24) of the exact sum of its
-// operands, so a sum's error is at most 3 u^2 times the sum of its partial
-// sums' magnitudes (tests/test_metal_pair_gradients.py asserts that bound).
+// ---------------------------------------- sums in the working precision ----
+// Float-pair sums where there is no double (Metal): AccurateDWPlusDW in order,
+// each addition within 3 u^2 (u = 2^-24) of the exact sum of its operands, so
+// a sum's error is at most 3 u^2 times the sum of its partial sums' magnitudes
+// (tests/test_metal_pair_gradients.py asserts that bound).
 struct PairWordSum {
   ff sum = ff{0.0f, 0.0f};
 
@@ -131,6 +88,68 @@ MP_INLINE NeumaierSum working_sum(double) {
 #endif
 MP_INLINE PairWordSum working_sum(ff) {
   return PairWordSum{};
+}
+
+// `count` in the working precision, exactly.
+#if MP_HAS_DOUBLE
+MP_INLINE double r_from_count(double, MP_INT64 count) {
+  return static_cast<double>(count);
+}
+#endif
+MP_INLINE ff r_from_count(ff, MP_INT64 count) {
+  const float hi = static_cast<float>(count);
+  return fast_two_sum(
+      hi, static_cast<float>(count - static_cast<MP_INT64>(hi)));
+}
+
+// torch's layer_norm backward for one row of `dim` in the working precision R
+// (double: the CPU and CUDA; float pairs: Metal): xhat = (x - mean) rstd, gw =
+// g w, dx = rstd (gw - mean(gw) - xhat mean(gw xhat)). x_at(i), g_at(i) and
+// weight_at(i) (called only with has_weight) read the row as R;
+// store_g_xhat(i, g xhat) (whose sum over rows is the weight's gradient) and
+// store_dx(i, dx) write it. xhat and gw are recomputed where needed (the same
+// operations, so the same values) rather than kept per element.
+template <class R, class X, class G, class W, class StoreGXhat, class StoreDx>
+MP_INLINE void pair_layer_norm_vjp_row(
+    MP_INT64 dim,
+    R eps,
+    bool has_weight,
+    X x_at,
+    G g_at,
+    W weight_at,
+    StoreGXhat store_g_xhat,
+    StoreDx store_dx) {
+  const R n = r_from_count(eps, dim);
+  auto sum = working_sum(eps);
+  auto squares = working_sum(eps);
+  auto gw_sum = working_sum(eps);
+  auto gw_xhat_sum = working_sum(eps);
+  for (MP_INT64 i = 0; i < dim; ++i)
+    sum.add(x_at(i));
+  const R mean = r_div(sum.value(), n);
+  for (MP_INT64 i = 0; i < dim; ++i) {
+    const R centred = r_sub(x_at(i), mean);
+    squares.add(r_mul(centred, centred));
+  }
+  const R rstd = r_div(
+      r_from_float(eps, 1.0f), r_sqrt(r_add(r_div(squares.value(), n), eps)));
+  for (MP_INT64 i = 0; i < dim; ++i) {
+    const R g = g_at(i);
+    const R xhat = r_mul(r_sub(x_at(i), mean), rstd);
+    const R gw = has_weight ? r_mul(g, weight_at(i)) : g;
+    gw_sum.add(gw);
+    gw_xhat_sum.add(r_mul(gw, xhat));
+    store_g_xhat(i, r_mul(g, xhat));
+  }
+  const R gw_mean = r_div(gw_sum.value(), n);
+  const R gw_xhat_mean = r_div(gw_xhat_sum.value(), n);
+  for (MP_INT64 i = 0; i < dim; ++i) {
+    const R g = g_at(i);
+    const R xhat = r_mul(r_sub(x_at(i), mean), rstd);
+    const R gw = has_weight ? r_mul(g, weight_at(i)) : g;
+    store_dx(
+        i, r_mul(rstd, r_sub(r_sub(gw, gw_mean), r_mul(xhat, gw_xhat_mean))));
+  }
 }
 
 // PairSum's output t: the pair x (hi, lo) summed over its summed dims, the

@@ -679,6 +679,55 @@ nb::tuple metal_pair_scatter_add(
   return as_tuple(arrays);
 }
 
+// Metal's PairLayerNormVJP on the CPU, one row at a time: x and g pairs of
+// rows of `dim`, row-major, and the weight (empty: none); returns (dx_hi,
+// dx_lo, gx_hi, gx_lo) with the float-pair arithmetic of the Metal kernel.
+nb::tuple metal_pair_layer_norm_vjp(
+    F x_hi,
+    F x_lo,
+    F g_hi,
+    F g_lo,
+    F weight,
+    int64_t dim,
+    double eps) {
+  const int64_t size = static_cast<int64_t>(x_hi.shape(0));
+  if (dim <= 0 || size % dim != 0 || x_lo.shape(0) != x_hi.shape(0) ||
+      g_hi.shape(0) != x_hi.shape(0) || g_lo.shape(0) != x_hi.shape(0) ||
+      (weight.shape(0) != 0 && static_cast<int64_t>(weight.shape(0)) != dim))
+    throw std::invalid_argument(
+        "metal_pair_layer_norm_vjp: pass x and g pairs of rows of dim entries "
+        "and a weight of dim entries (or empty)");
+  std::array<float*, 4> out;
+  std::array<OutArray, 4> arrays{
+      new_float_array(size, &out[0]),
+      new_float_array(size, &out[1]),
+      new_float_array(size, &out[2]),
+      new_float_array(size, &out[3])};
+  const ff tag = dd_from_double(eps);
+  for (int64_t base = 0; base < size; base += dim) {
+    pair_layer_norm_vjp_row(
+        dim,
+        tag,
+        weight.shape(0) != 0,
+        [&](int64_t i) {
+          return r_from_pair(tag, x_hi.data()[base + i], x_lo.data()[base + i]);
+        },
+        [&](int64_t i) {
+          return r_from_pair(tag, g_hi.data()[base + i], g_lo.data()[base + i]);
+        },
+        [&](int64_t i) { return r_from_float(tag, weight.data()[i]); },
+        [&](int64_t i, ff v) {
+          out[2][base + i] = v.hi;
+          out[3][base + i] = v.lo;
+        },
+        [&](int64_t i, ff v) {
+          out[0][base + i] = v.hi;
+          out[1][base + i] = v.lo;
+        });
+  }
+  return as_tuple(arrays);
+}
+
 } // namespace
 } // namespace mlx_precise
 
@@ -990,6 +1039,20 @@ void init_testing(nb::module_& parent) {
       "Metal's pair take_rows gradient (kernels/pair_grad.h in float pairs) on the "
       "CPU: rows of g (len(ids), dim) added into table_rows rows at ids (others "
       "dropped); returns (hi, lo) flat, (table_rows, dim) row-major.");
+
+  m.def(
+      "metal_pair_layer_norm_vjp",
+      &metal_pair_layer_norm_vjp,
+      "x_hi"_a.noconvert(),
+      "x_lo"_a.noconvert(),
+      "g_hi"_a.noconvert(),
+      "g_lo"_a.noconvert(),
+      "weight"_a.noconvert(),
+      "dim"_a,
+      "eps"_a,
+      "Metal's pair layer_norm gradient (kernels/pair_grad.h in float pairs) on the "
+      "CPU: rows of dim, row-major, weight empty for none; returns (dx_hi, dx_lo, "
+      "gx_hi, gx_lo), gx = g xhat (summed over rows: the weight's gradient).");
 
   m.def(
       "metal_certified_conv",

@@ -1,8 +1,8 @@
 // eval_gpu of the gradients' pair primitives (pair_vjp_primitives.h) that
 // have no kernel in the builds without CUDA (Metal, no GPU): a clear error,
 // never a silent move to the CPU. (PairBroadcast is a view and runs
-// everywhere: pair_vjp.cpp; PairSum and PairRows have one eval_gpu per
-// backend: backend/metal/pair_ops.cpp, backend/no_gpu.cpp. CUDA:
+// everywhere: pair_vjp.cpp; PairSum, PairRows and PairLayerNormVJP have one
+// eval_gpu per backend: backend/metal/pair_ops.cpp, backend/no_gpu.cpp. CUDA:
 // backend/cuda/pair_ops.cpp and rfft_conv.cpp.)
 #include <stdexcept>
 #include <string>
@@ -17,16 +17,11 @@ namespace {
       std::string(op) +
       ": gradients through pairs (mlx_precise.pair, M2-BERT "
       "precision=\"exact\") run on the CPU and CUDA only in this version "
-      "(Metal has the pair sum and take_rows gradients, not this one); "
+      "(Metal has the pair sum, take_rows and layer_norm gradients, not this "
+      "one); "
       "pass stream=mx.cpu (or mx.set_default_device(mx.cpu))");
 }
 } // namespace
-
-void PairLayerNormVJP::eval_gpu(
-    const std::vector<mx::array>&,
-    std::vector<mx::array>&) {
-  no_gpu_kernel("pair layer_norm gradient");
-}
 
 void PairRFFTCorrelate::eval_gpu(
     const std::vector<mx::array>&,

@@ -187,10 +187,10 @@ ff sum_parts(threadgroup ff* parts) {
 }
 
 // -------------------------------------------------------------- gradients ----
-// The gradients' PairSum and PairRows' ScatterAdd (pair_vjp_primitives.h):
-// one thread per output running kernels/pair_grad.h's sums in float pairs,
-// in the CPU's and CUDA's order (their double sums agree to the float-pair
-// bound there, not bitwise).
+// The gradients' PairSum, PairRows' ScatterAdd and PairLayerNormVJP
+// (pair_vjp_primitives.h): one thread per output or row running
+// kernels/pair_grad.h's arithmetic in float pairs, in the CPU's and CUDA's
+// order (agreeing with their double results to about 2^-44, not bitwise).
 
 // out (outputs, row-major) = x summed over its summed dims; layouts: kept hi,
 // kept lo, summed hi, summed lo (backend/gpu/pair_grad_layout.h).
@@ -241,6 +241,51 @@ ff sum_parts(threadgroup ff* parts) {
   const ff v = pair_scatter_add_output<ff>(g_hi, hl, g_lo, ll, first, positions, dim, e);
   out_hi[e] = v.hi;
   out_lo[e] = v.lo;
+}
+
+// PairLayerNormVJP, one thread per row of `dim`: dx into (dx_hi, dx_lo) and
+// g xhat into (gx_hi, gx_lo), all (rows, dim) row-major. layouts: x hi, x lo,
+// g hi, g lo; launch: has_weight, weight_stride, rows, dim (has_bias unused).
+[[kernel]] void pair_layer_norm_vjp_rows(const device float* x_hi [[buffer(0)]],
+                                         const device float* x_lo [[buffer(1)]],
+                                         const device float* weight [[buffer(2)]],
+                                         const device float* g_hi [[buffer(3)]],
+                                         const device float* g_lo [[buffer(4)]],
+                                         device float* dx_hi [[buffer(5)]],
+                                         device float* dx_lo [[buffer(6)]],
+                                         device float* gx_hi [[buffer(7)]],
+                                         device float* gx_lo [[buffer(8)]],
+                                         constant const RowsLayout* layouts [[buffer(9)]],
+                                         constant const LayerNormLaunch& launch [[buffer(10)]],
+                                         constant const ff& eps [[buffer(11)]],
+                                         uint id [[thread_position_in_grid]]) {
+  const long r = long(id);
+  const LayerNormLaunch f = launch;
+  if (r >= f.rows) return;
+  const RowsLayout xhl = layouts[0], xll = layouts[1], ghl = layouts[2], gll = layouts[3];
+  const device float* xh = x_hi + row_start(xhl, r);
+  const device float* xl = x_lo + row_start(xll, r);
+  const device float* gh = g_hi + row_start(ghl, r);
+  const device float* gl = g_lo + row_start(gll, r);
+  const long base = r * f.dim;
+  const ff tag = eps;
+  pair_layer_norm_vjp_row(
+      long(f.dim), tag, f.has_weight != 0,
+      [&](long i) {
+        return r_from_pair(tag, xh[i * xhl.element_stride], xl[i * xll.element_stride]);
+      },
+      [&](long i) {
+        return r_from_pair(tag, gh[i * ghl.element_stride], gl[i * gll.element_stride]);
+      },
+      [&](long i) { return r_from_float(tag, weight[i * f.weight_stride]); },
+      [&](long i, ff v) {
+        gx_hi[base + i] = v.hi;
+        gx_lo[base + i] = v.lo;
+      },
+      [&](long i, ff v) {
+        dx_hi[base + i] = v.hi;
+        dx_lo[base + i] = v.lo;
+      });
 }
 
 // -------------------------------------------------------------- rfft_conv ----

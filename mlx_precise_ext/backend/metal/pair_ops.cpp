@@ -4,9 +4,9 @@
 // MLX's Metal device on first use) in double-word arithmetic, since Metal has
 // no float64; operands are read through their strides. PairRFFTConv runs the
 // rfft_conv row launches (backend/metal/rfft_conv.cpp). Of the gradients'
-// primitives (pair_vjp_primitives.h), PairSum and PairRows' ScatterAdd run
-// here; the others have no Metal kernel (backend/gpu/pair_vjp.cpp: a clear
-// error, never a silent move to the CPU).
+// primitives (pair_vjp_primitives.h), PairSum, PairRows' ScatterAdd and
+// PairLayerNormVJP run here; the others have no Metal kernel
+// (backend/gpu/pair_vjp.cpp: a clear error, never a silent move to the CPU).
 #include <algorithm>
 #include <limits>
 #include <stdexcept>
@@ -256,6 +256,44 @@ void PairSum::eval_gpu(
   enc.set_bytes(size, 5);
   enc.set_bytes(l.terms, 6);
   dispatch_elements(enc, k, size, "pair sum");
+}
+
+// One thread per row (pair_layer_norm_vjp_rows): dx and g xhat as pairs.
+void PairLayerNormVJP::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  auto& d = mx::metal::device(stream().device);
+  auto& enc = prepare(stream(), outputs);
+  if (outputs[0].size() == 0)
+    return;
+  const char* op = "pair layer_norm gradient";
+  const mx::array& x_hi = inputs[0];
+  const int g = has_weight_ ? 3 : 2;
+  LayerNormLaunch launch{};
+  launch.has_weight = has_weight_;
+  launch.weight_stride = has_weight_ ? inputs[2].strides()[0] : 0;
+  launch.dim = x_hi.shape(-1);
+  launch.rows = static_cast<int64_t>(x_hi.size()) / launch.dim;
+  const std::vector<RowsLayout> layouts{
+      gpu::rows_layout(op, x_hi),
+      gpu::rows_layout(op, inputs[1]),
+      gpu::rows_layout(op, inputs[g]),
+      gpu::rows_layout(op, inputs[g + 1])};
+  const ff eps = dd_from_double(eps_);
+  MTL::ComputePipelineState* k = kernel(d, "pair_layer_norm_vjp_rows");
+  enc.set_compute_pipeline_state(k);
+  enc.set_input_array(x_hi, 0);
+  enc.set_input_array(inputs[1], 1);
+  // Without a weight the slot is bound to x, never read through it.
+  enc.set_input_array(has_weight_ ? inputs[2] : x_hi, 2);
+  enc.set_input_array(inputs[g], 3);
+  enc.set_input_array(inputs[g + 1], 4);
+  for (int i = 0; i < 4; ++i)
+    enc.set_output_array(outputs[i], 5 + i);
+  enc.set_vector_bytes(layouts, 9);
+  enc.set_bytes(launch, 10);
+  enc.set_bytes(eps, 11);
+  dispatch_elements(enc, k, launch.rows, op);
 }
 
 namespace {
