@@ -133,15 +133,10 @@ def blockdiag_blocks(
     weight_t = weight.transpose(0, 2, 1)
     # mlx_precise.addmm in every precision: its float32 stays float32 on CUDA (never TF32).
     if bias is not None:
-        return mlx_precise.addmm(
-            bias.reshape(nblocks, 1, out_block), rows, weight_t, precision=precision
-        )
-    # No bias. float32: beta = 0, so c is neither written into the output nor read (on
-    # CUDA a pass over the whole output less): a +0 would add nothing, as a float32 GEMM
-    # accumulates from +0 and so never ends at -0. extended and dd: c = +0, which turns
-    # the -0 of an exactly zero sum of negative zeros into +0.
-    beta = 0.0 if precision == "float32" else 1.0
-    return mlx_precise.addmm(_ZERO, rows, weight_t, beta=beta, precision=precision)
+        c = bias.reshape(nblocks, 1, out_block)
+    else:
+        c = mx.zeros((1,), dtype=mx.float32)
+    return mlx_precise.addmm(c, rows, weight_t, precision=precision)
 
 
 def bidirectional_kernel(
