@@ -91,24 +91,6 @@ def test_precise_modes_closer_to_float64_than_torch_float32(case, precision):
         assert precise_error * 2 <= torch_error
 
 
-@pytest.mark.parametrize("precision", ["float32", "extended", "dd"])
-def test_block_major_mlp_gives_the_feature_major_bits(case, precision):
-    """The Monarch MLP block-major (the default) and feature-major (what m2bert.trace
-    runs): the same products and elementwise operations, so the same bits."""
-    block_major = case.mlx(precision)
-    mlps = [layer.mlp for layer in case.model.encoder.layer]
-    try:
-        for mlp in mlps:
-            mlp.block_major = False
-        feature_major = case.mlx(precision)
-    finally:
-        for mlp in mlps:
-            mlp.block_major = True
-    for mine, reference in zip(block_major, feature_major):
-        assert np.all(np.isfinite(np.asarray(mine)))
-        assert np.asarray(mine).tobytes() == np.asarray(reference).tobytes()
-
-
 def check_rounds_once(case):
     """precision="exact" returns float32(torch float64 output) bit for bit."""
     hidden, pooled = case.mlx("exact")

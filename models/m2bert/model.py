@@ -242,9 +242,6 @@ class GatedLinearUnitMLP(nn.Module):
             self.wo = Linear(inner, dims, precision=precision)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layernorm = LayerNorm(dims, eps=config.layer_norm_eps, precision=precision)
-        # The Monarch MLP's activations block-major (``_blocked_output``, the same bits);
-        # m2bert.trace turns it off to see gated_layers and wo as module calls.
-        self.block_major = True
 
     def __call__(self, hidden: ops.Activation) -> ops.Activation:
         hidden, residual = ops.fork(hidden, 2)
@@ -261,8 +258,7 @@ class GatedLinearUnitMLP(nn.Module):
         extended and dd with an even block count, where the gate is the first half of
         the gated_layers blocks and the value the second."""
         return (
-            self.block_major
-            and isinstance(self.gated_layers, BlockdiagLinear)
+            isinstance(self.gated_layers, BlockdiagLinear)
             and not isinstance(hidden, ops.Pair)
             and self.gated_layers.weight.shape[0] % 2 == 0
         )
