@@ -94,34 +94,41 @@ def run_mlx(seq_len: int, precision: str, repeats: int) -> dict:
 def run_mlx_breakdown(seq_len: int, precision: str) -> dict:
     import mlx.core as mx
     from m2bert import ops
+    from mlx_precise.nn import LayerNorm, Linear
 
     model, ids = mlx_model(seq_len, precision)
     spent = defaultdict(float)
     categories = {
-        "linear": "linears (in/out/pooler/filter MLPs)",
         "blockdiag_linear": "Monarch block-diagonal MLP",
         "long_conv": "long convolutions (rfft_conv)",
         "bidirectional_kernel": "long-convolution kernels (concatenate)",
         "short_causal_conv": "short 3-tap convolution",
-        "layer_norm": "layer norms",
+    }
+    # The linears and layer norms are mlx_precise.nn modules: their __call__ is timed.
+    module_categories = {
+        Linear: "linears (in/out/pooler/filter MLPs)",
+        LayerNorm: "layer norms",
     }
     nesting = [0]
 
-    def timed(name, function):
+    def timed(category, function):
         def wrapper(*args, **kwargs):
             nesting[0] += 1
             start = time.perf_counter()
             result = function(*args, **kwargs)
             mx.eval(result)
             nesting[0] -= 1
-            if nesting[0] == 0:  # blockdiag calls linear: count the outer call only
-                spent[categories[name]] += time.perf_counter() - start
+            if nesting[0] == 0:  # count the outermost timed call only
+                spent[category] += time.perf_counter() - start
             return result
         return wrapper
 
     originals = {name: getattr(ops, name) for name in categories}
+    module_calls = {cls: cls.__call__ for cls in module_categories}
     for name, function in originals.items():
-        setattr(ops, name, timed(name, function))
+        setattr(ops, name, timed(categories[name], function))
+    for cls, call in module_calls.items():
+        cls.__call__ = timed(module_categories[cls], call)
     try:
         start = time.perf_counter()
         mx.eval(model(ids))
@@ -129,6 +136,8 @@ def run_mlx_breakdown(seq_len: int, precision: str) -> dict:
     finally:
         for name, function in originals.items():
             setattr(ops, name, function)
+        for cls, call in module_calls.items():
+            cls.__call__ = call
     spent["elementwise, embeddings, rest"] = total - sum(spent.values())
     return {"total_seconds": total, "parts": dict(spent)}
 
