@@ -18,6 +18,7 @@
 
 #include "backend/gpu/pair_grad_layout.h"
 #include "backend/gpu/strict_layout.h"
+#include "backend/metal/encoder.h"
 #include "backend/metal/kernel_sources.h"
 #include "kernels/pair_math.h"
 #include "kernels/strict_params.h"
@@ -28,20 +29,17 @@ namespace mlx_precise {
 
 namespace {
 
-// Threads per threadgroup of the one-thread-per-output kernels.
-constexpr int64_t kPairThreads = 256;
+using metal::kernel;
+using metal::scratch;
+
 // Most SIMD-groups (rows) per layer_norm threadgroup (the kernel's parts
 // array) and the partial sums per row it needs.
 constexpr int64_t kPairRowsPerGroup = 8;
 constexpr int64_t kPairLanes = 8;
 
-MTL::ComputePipelineState* kernel(
-    mx::metal::Device& d,
-    const std::string& name) {
-  MTL::Library* lib = d.get_library(
-      "mlx_precise_pair", [] { return std::string(metal::pair_kernels()); });
-  return d.get_kernel(name, lib);
-}
+constexpr metal::KernelLibrary kPairLibrary{
+    "mlx_precise_pair",
+    metal::pair_kernels};
 
 // The stream's encoder with the outputs allocated.
 mx::metal::CommandEncoder& prepare(
@@ -70,9 +68,7 @@ void dispatch_elements(
         std::string(op) +
         " (Metal): more than 2^32 - 1 outputs; split the batch");
   }
-  const int64_t threads = std::min<int64_t>(
-      kPairThreads, static_cast<int64_t>(k->maxTotalThreadsPerThreadgroup()));
-  enc.dispatch_threads(MTL::Size(total, 1, 1), MTL::Size(threads, 1, 1));
+  metal::dispatch_elements(enc, k, total);
 }
 
 } // namespace
@@ -96,7 +92,7 @@ void PairElementwise::eval_gpu(
       operand_layout(name, y_hi),
       operand_layout(name, y_lo)};
   const int64_t inner = outputs[0].ndim() == 0 ? 1 : outputs[0].shape(-1);
-  MTL::ComputePipelineState* k = kernel(d, "pair_elementwise");
+  MTL::ComputePipelineState* k = kernel(d, kPairLibrary, "pair_elementwise");
   enc.set_compute_pipeline_state(k);
   enc.set_input_array(inputs[0], 0);
   enc.set_input_array(inputs[1], 1);
@@ -130,7 +126,8 @@ void PairLayerNorm::eval_gpu(
   launch.rows = static_cast<int64_t>(x_hi.size()) / dim;
   launch.dim = dim;
   const ff eps = dd_from_double(eps_);
-  MTL::ComputePipelineState* k = kernel(d, "pair_layer_norm_rows");
+  MTL::ComputePipelineState* k =
+      kernel(d, kPairLibrary, "pair_layer_norm_rows");
   const int64_t width = static_cast<int64_t>(k->threadExecutionWidth());
   if (width < kPairLanes) {
     throw std::runtime_error(
@@ -174,7 +171,7 @@ void PairAddmm::eval_gpu(
   std::vector<mx::array> lo_operands = hi_operands;
   lo_operands[0] = inputs[1];
   lo_operands[1] = inputs[3];
-  MTL::ComputePipelineState* k = kernel(d, "pair_addmm");
+  MTL::ComputePipelineState* k = kernel(d, kPairLibrary, "pair_addmm");
   enc.set_compute_pipeline_state(k);
   for (int i = 0; i < 4; ++i)
     enc.set_input_array(inputs[i], i);
@@ -217,7 +214,7 @@ void PairRows::eval_gpu(
       operand_layout("pair take_rows", ids)};
   const std::vector<int64_t> sizes{
       ids.ndim() == 0 ? 1 : ids.shape(-1), inputs[0].shape(0), dim, size / dim};
-  MTL::ComputePipelineState* k = kernel(d, "pair_gather_rows");
+  MTL::ComputePipelineState* k = kernel(d, kPairLibrary, "pair_gather_rows");
   enc.set_compute_pipeline_state(k);
   enc.set_input_array(inputs[0], 0);
   enc.set_input_array(inputs[1], 1);
@@ -246,7 +243,7 @@ void PairSum::eval_gpu(
       hi.shape(), hi.strides(), lo.strides(), outputs[0].shape());
   const std::vector<RowsLayout> layouts{
       l.kept_hi, l.kept_lo, l.summed_hi, l.summed_lo};
-  MTL::ComputePipelineState* k = kernel(d, "pair_sum_to");
+  MTL::ComputePipelineState* k = kernel(d, kPairLibrary, "pair_sum_to");
   enc.set_compute_pipeline_state(k);
   enc.set_input_array(hi, 0);
   enc.set_input_array(lo, 1);
@@ -280,7 +277,8 @@ void PairLayerNormVJP::eval_gpu(
       gpu::rows_layout(op, inputs[g]),
       gpu::rows_layout(op, inputs[g + 1])};
   const ff eps = dd_from_double(eps_);
-  MTL::ComputePipelineState* k = kernel(d, "pair_layer_norm_vjp_rows");
+  MTL::ComputePipelineState* k =
+      kernel(d, kPairLibrary, "pair_layer_norm_vjp_rows");
   enc.set_compute_pipeline_state(k);
   enc.set_input_array(x_hi, 0);
   enc.set_input_array(inputs[1], 1);
@@ -297,14 +295,6 @@ void PairLayerNormVJP::eval_gpu(
 }
 
 namespace {
-
-// Int64 words for the counting sort, freed when the command buffer completes.
-mx::array scratch_words(mx::metal::CommandEncoder& enc, int64_t words) {
-  mx::array buffer({static_cast<int>(words)}, mx::int64, nullptr, {});
-  buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
-  enc.add_temporary(buffer);
-  return buffer;
-}
 
 // ScatterAdd: inputs g_hi, g_lo (ids.shape + (D,)), ids; outputs (V, D).
 void scatter_add_rows(
@@ -326,11 +316,12 @@ void scatter_add_rows(
         std::string(op) +
         " (Metal): more than 2^31 - 2 table rows or ids; split the ids");
   }
-  mx::array first = scratch_words(enc, table_rows + 1);
-  mx::array positions = scratch_words(enc, std::max<int64_t>(count, 1));
+  mx::array first = scratch(enc, (table_rows + 1) * sizeof(int64_t));
+  mx::array positions = scratch(enc, count * sizeof(int64_t));
   const std::vector<int64_t> sort_sizes{
       ids.ndim() == 0 ? 1 : ids.shape(-1), count, table_rows};
-  MTL::ComputePipelineState* sort = kernel(d, "pair_rows_positions");
+  MTL::ComputePipelineState* sort =
+      kernel(d, kPairLibrary, "pair_rows_positions");
   enc.set_compute_pipeline_state(sort);
   enc.set_input_array(ids, 0);
   enc.set_output_array(first, 1);
@@ -343,7 +334,8 @@ void scatter_add_rows(
   const std::vector<RowsLayout> layouts{
       gpu::rows_layout(op, inputs[0]), gpu::rows_layout(op, inputs[1])};
   const std::vector<int64_t> sizes{table_rows, dim};
-  MTL::ComputePipelineState* k = kernel(d, "pair_scatter_add_rows");
+  MTL::ComputePipelineState* k =
+      kernel(d, kPairLibrary, "pair_scatter_add_rows");
   enc.set_compute_pipeline_state(k);
   enc.set_input_array(inputs[0], 0);
   enc.set_input_array(inputs[1], 1);

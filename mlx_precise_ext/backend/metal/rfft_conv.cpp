@@ -17,6 +17,7 @@
 #include "backend/common/shapes.h"
 #include "backend/gpu/conv_layout.h"
 #include "backend/gpu/pair_conv_layout.h"
+#include "backend/metal/encoder.h"
 #include "backend/metal/kernel_sources.h"
 #include "kernels/certify_pair.h"
 #include "pair_primitives.h"
@@ -25,6 +26,9 @@
 namespace mlx_precise {
 
 namespace {
+
+using metal::kernel;
+using metal::scratch;
 
 // Upper bound on threadgroups for the launches whose workspace has one slot
 // per threadgroup (Metal has no occupancy query; this keeps every GPU busy).
@@ -94,25 +98,9 @@ const char* type_name() {
   return std::is_same_v<T, float> ? "float32" : "dd";
 }
 
-MTL::Library* library(mx::metal::Device& d) {
-  return d.get_library("mlx_precise_rfft_conv", [] {
-    return std::string(metal::rfft_conv_kernels());
-  });
-}
-
-MTL::ComputePipelineState* kernel(
-    mx::metal::Device& d,
-    const std::string& name) {
-  return d.get_kernel(name, library(d));
-}
-
-mx::array scratch(mx::metal::CommandEncoder& enc, size_t bytes) {
-  mx::array buffer(
-      {static_cast<int>((bytes + 7) / 8)}, mx::uint64, nullptr, {});
-  buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
-  enc.add_temporary(buffer);
-  return buffer;
-}
+constexpr metal::KernelLibrary kConvLibrary{
+    "mlx_precise_rfft_conv",
+    metal::rfft_conv_kernels};
 
 struct GroupLaunch {
   MTL::ComputePipelineState* pipeline;
@@ -150,7 +138,11 @@ GroupLaunch group_launch(
     int64_t n_half,
     int buffers) {
   return group_launch<T>(
-      d, library(d), std::string(name) + "_" + type_name<T>(), n_half, buffers);
+      d,
+      metal::library(d, kConvLibrary),
+      std::string(name) + "_" + type_name<T>(),
+      n_half,
+      buffers);
 }
 
 // Binds the common arguments of a row kernel, then those bind_more() binds,
@@ -195,25 +187,17 @@ void dispatch_rows(
       MTL::Size(groups, 1, 1), MTL::Size(l.threads, 1, 1));
 }
 
-// A bitmap of one bit per output, cleared, for the certified kernels to mark
-// the outputs that do not certify.
+// The cleared bitmap of the certified kernels' open outputs.
 mx::array open_bitmap(
     mx::metal::Device& d,
     mx::metal::CommandEncoder& enc,
     int64_t outputs) {
-  const int64_t words = (outputs + 31) / 32;
-  mx::array bits = scratch(enc, words * sizeof(uint32_t));
-  MTL::ComputePipelineState* clear = kernel(d, "clear_open_bits");
-  enc.set_compute_pipeline_state(clear);
-  enc.set_output_array(bits, kSlotOpenBits);
-  enc.set_bytes(words, kSlotLength);
-  enc.dispatch_threads(
-      MTL::Size(words, 1, 1),
-      MTL::Size(
-          std::min<int64_t>(256, clear->maxTotalThreadsPerThreadgroup()),
-          1,
-          1));
-  return bits;
+  return metal::open_bitmap(
+      enc,
+      kernel(d, kConvLibrary, "clear_open_bits"),
+      outputs,
+      kSlotOpenBits,
+      kSlotLength);
 }
 
 // Binds what the certified row kernels take beyond the row kernels' common
@@ -238,7 +222,7 @@ void dispatch_recompute(
     const mx::array& open_bits,
     int64_t rows,
     const std::function<void()>& bind_more) {
-  MTL::ComputePipelineState* recompute = kernel(d, name);
+  MTL::ComputePipelineState* recompute = kernel(d, kConvLibrary, name);
   enc.set_compute_pipeline_state(recompute);
   enc.set_input_array(open_bits, kSlotOpenBits);
   bind_more();
@@ -514,7 +498,7 @@ void bias_gradient(
   const int sum_over_time = out.shape().back() == 1;
   const int64_t total = ix.outer_count * (sum_over_time ? 1 : len);
   MTL::ComputePipelineState* k =
-      kernel(d, std::string("product_sum_") + type_name<T>());
+      kernel(d, kConvLibrary, std::string("product_sum_") + type_name<T>());
   enc.set_compute_pipeline_state(k);
   enc.set_input_array(g, kSlotA);
   enc.set_input_array(u, kSlotB);

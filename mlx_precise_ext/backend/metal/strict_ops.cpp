@@ -17,6 +17,7 @@
 #include <mlx/backend/metal/device.h>
 
 #include "backend/gpu/strict_layout.h"
+#include "backend/metal/encoder.h"
 #include "backend/metal/kernel_sources.h"
 #include "kernels/addmm_pair.h"
 #include "kernels/strict_arith.h"
@@ -29,6 +30,8 @@ namespace {
 
 using gpu::addmm_layout;
 using gpu::rows_layout;
+using metal::kernel;
+using metal::scratch;
 
 // Buffer indices of strict_kernels.metal.
 enum AddmmSlot : int {
@@ -60,26 +63,9 @@ constexpr int kAddmmTile = 64;
 // Most SIMD-groups (rows) per layer_norm threadgroup (the kernel's lane array).
 constexpr int kRowsPerGroup = 8;
 
-MTL::ComputePipelineState* kernel(
-    mx::metal::Device& d,
-    const std::string& name) {
-  MTL::Library* lib = d.get_library("mlx_precise_strict", [] {
-    return std::string(metal::strict_kernels());
-  });
-  return d.get_kernel(name, lib);
-}
-
-// A device buffer that lives until the command buffer that uses it has run.
-mx::array scratch(mx::metal::CommandEncoder& enc, size_t bytes) {
-  mx::array buffer(
-      {static_cast<int>((std::max<size_t>(bytes, 1) + 7) / 8)},
-      mx::uint64,
-      nullptr,
-      {});
-  buffer.set_data(mx::allocator::malloc(buffer.nbytes()));
-  enc.add_temporary(buffer);
-  return buffer;
-}
+constexpr metal::KernelLibrary kStrictLibrary{
+    "mlx_precise_strict",
+    metal::strict_kernels};
 
 // eps as a float pair (its double rounded to 48 bits).
 ff working_eps(double eps) {
@@ -119,25 +105,18 @@ void StrictAddmm::eval_gpu(
     return;
   // "extended" and "dd" alike: the dd tiles (no float64 on Metal).
   const AddmmLayout l = addmm_layout(inputs, out, alpha_, beta_, has_c_);
-  MTL::ComputePipelineState* k = kernel(d, "addmm_tiles_dd");
+  MTL::ComputePipelineState* k = kernel(d, kStrictLibrary, "addmm_tiles_dd");
   if (k->maxTotalThreadsPerThreadgroup() <
       static_cast<NS::UInteger>(kAddmmThreads)) {
     throw std::runtime_error(
         "addmm / linear (Metal): the dd kernel needs 256 threads per threadgroup");
   }
-  // One bit per output, cleared, for the outputs that do not certify.
-  const int64_t words = (static_cast<int64_t>(out.size()) + 31) / 32;
-  mx::array open_bits = scratch(enc, words * sizeof(uint32_t));
-  MTL::ComputePipelineState* clear = kernel(d, "clear_addmm_open_bits");
-  enc.set_compute_pipeline_state(clear);
-  enc.set_output_array(open_bits, kAddmmOpenBits);
-  enc.set_bytes(words, kAddmmWords);
-  enc.dispatch_threads(
-      MTL::Size(words, 1, 1),
-      MTL::Size(
-          std::min<int64_t>(256, clear->maxTotalThreadsPerThreadgroup()),
-          1,
-          1));
+  mx::array open_bits = metal::open_bitmap(
+      enc,
+      kernel(d, kStrictLibrary, "clear_addmm_open_bits"),
+      out.size(),
+      kAddmmOpenBits,
+      kAddmmWords);
   auto bind_operands = [&] {
     enc.set_input_array(inputs[0], kAddmmA);
     enc.set_input_array(inputs[1], kAddmmB);
@@ -157,18 +136,15 @@ void StrictAddmm::eval_gpu(
   enc.dispatch_threadgroups(groups, MTL::Size(kAddmmThreads, 1, 1));
   // The marked outputs summed exactly, one thread per output (few are marked
   // outside heavy cancellation, exact zeros and subnormal results).
-  MTL::ComputePipelineState* recompute = kernel(d, "addmm_recompute_open");
+  MTL::ComputePipelineState* recompute =
+      kernel(d, kStrictLibrary, "addmm_recompute_open");
   enc.set_compute_pipeline_state(recompute);
   bind_operands();
   enc.set_input_array(open_bits, kAddmmOpenBits);
-  const int64_t threads =
-      std::min<int64_t>(static_cast<int64_t>(out.size()), int64_t(1) << 24);
-  enc.dispatch_threads(
-      MTL::Size(static_cast<NS::UInteger>(threads), 1, 1),
-      MTL::Size(
-          std::min<int64_t>(256, recompute->maxTotalThreadsPerThreadgroup()),
-          1,
-          1));
+  metal::dispatch_elements(
+      enc,
+      recompute,
+      std::min<int64_t>(static_cast<int64_t>(out.size()), int64_t(1) << 24));
 }
 
 void StrictLayerNorm::eval_gpu(
@@ -191,7 +167,8 @@ void StrictLayerNorm::eval_gpu(
   launch.dim = dim;
   const RowsLayout xl = rows_layout("layer_norm", x);
   const ff eps = working_eps(eps_);
-  MTL::ComputePipelineState* k = kernel(d, "layer_norm_rows_dd");
+  MTL::ComputePipelineState* k =
+      kernel(d, kStrictLibrary, "layer_norm_rows_dd");
   enc.set_compute_pipeline_state(k);
   // Absent weight / bias slots are bound to x, never read through them.
   enc.set_input_array(x, kLnX);
@@ -242,7 +219,8 @@ void StrictLayerNormVJP::eval_gpu(
         scratch(enc, std::max<int64_t>(rows, 1) * sizeof(LayerNormStats<ff>));
 
   if (rows > 0 && (want_x_ || want_params)) {
-    MTL::ComputePipelineState* k = kernel(d, "layer_norm_grad_rows_dd");
+    MTL::ComputePipelineState* k =
+        kernel(d, kStrictLibrary, "layer_norm_grad_rows_dd");
     enc.set_compute_pipeline_state(k);
     enc.set_input_array(x, kLnX);
     enc.set_input_array(weight, kLnWeight);
@@ -267,7 +245,8 @@ void StrictLayerNormVJP::eval_gpu(
     return;
   // One thread per column, rows in order (reads the statistics written above;
   // the encoder orders the two dispatches through the stats buffer).
-  MTL::ComputePipelineState* k = kernel(d, "layer_norm_param_grads_dd");
+  MTL::ComputePipelineState* k =
+      kernel(d, kStrictLibrary, "layer_norm_param_grads_dd");
   enc.set_compute_pipeline_state(k);
   enc.set_input_array(x, kLnX);
   enc.set_input_array(g, kLnSecond);
