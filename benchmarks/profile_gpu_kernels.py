@@ -3,8 +3,10 @@
     PYTHONPATH=.:models:tests python benchmarks/profile_gpu_kernels.py [case ...]
 
 Cases: conv-<precision>-<L> (B=64, H=768, n=2L), long-<precision>-<L> (B=1, H=64,
-causal), m2-<precision>-<L>-b<batch> (M2-BERT 80M forward, random init), and
-m2-torch-<L>-b<batch> (the PyTorch reference in float32). Each case runs once to
+causal), m2-<precision>-<L>-b<batch> (M2-BERT 80M forward, random init),
+m2-torch-<L>-b<batch> (the PyTorch reference in float32), and
+addmm-<precision>-<M>x<K>x<N> / linear-<precision>-<M>x<K>x<N> (bench_gpu_strict.py's
+inputs: bias + a (M, K) @ b (K, N) row-major, or x (M, K) @ weight (N, K).T + bias). Each case runs once to
 warm up (JIT compilation, buffers), then once under torch.profiler, whose CUPTI
 activity trace records every kernel of the process, MLX's included. Prints, per
 kernel name, the launches and the summed device time, largest first, and the sum
@@ -57,6 +59,21 @@ def m2_case(precision, L, batch):
     return lambda: mx.eval(model(ids))
 
 
+def addmm_case(kind, precision, shape):
+    m, k, n = map(int, shape.split("x"))
+    rng = np.random.default_rng(0)
+    c = mx.array(rng.standard_normal(n).astype(np.float32))
+    a = mx.array(rng.standard_normal((m, k)).astype(np.float32))
+    w = (rng.standard_normal((n, k)) * 0.02).astype(np.float32)
+    if kind == "linear":
+        weight = mx.array(w)
+        mx.eval(c, a, weight)
+        return lambda: mx.eval(mp.linear(a, weight, c, precision=precision))
+    b = mx.array(np.ascontiguousarray(w.T))
+    mx.eval(c, a, b)
+    return lambda: mx.eval(mp.addmm(c, a, b, precision=precision))
+
+
 def make_case(name):
     kind, precision, *rest = name.split("-")
     if kind == "conv":
@@ -65,8 +82,10 @@ def make_case(name):
         return conv_case(precision, int(rest[0]), 1, 64, causal=True)
     if kind == "m2":
         return m2_case(precision, int(rest[0]), int(rest[1].lstrip("b")))
-    raise SystemExit(f"unknown case {name!r}: use conv-<precision>-<L>, long-<precision>-<L> or "
-                     "m2-<precision|torch>-<L>-b<batch>")
+    if kind in ("addmm", "linear"):
+        return addmm_case(kind, precision, rest[0])
+    raise SystemExit(f"unknown case {name!r}: use conv-<precision>-<L>, long-<precision>-<L>, "
+                     "m2-<precision|torch>-<L>-b<batch> or addmm|linear-<precision>-<M>x<K>x<N>")
 
 
 def profile_case(name, top):

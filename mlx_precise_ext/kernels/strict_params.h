@@ -27,6 +27,10 @@ MP_INLINE MP_INT64 strided_offset(
   return dims > 0 ? offset + index * strides[0] : offset;
 }
 
+// Rows of a or columns of b that one 256-thread block of CUDA's
+// addmm_pack_wide widens (the host sizes its grid by it).
+constexpr int kPackTile = 32;
+
 // out (batch..., m, n), row-major, = alpha * a @ b [+ beta * c]; a (m, k) and
 // b (k, n) per batch, c broadcast to (m, n) per batch.
 struct AddmmLayout {

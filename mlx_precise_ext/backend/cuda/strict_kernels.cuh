@@ -38,59 +38,148 @@ namespace mlx_precise::gpu {
        e < (total);                                                      \
        e += static_cast<MP_INT64>(gridDim.x) * blockDim.x)
 
-// 2-norms of the rows of a and the columns of b of every batch, in double:
-// one warp per vector, lane l summing elements l, l + 32, ... then a shuffle
-// tree. The order differs from the CPU's 8 lanes; the norms' own rounding
-// (relative error below (K/32 + 6) u) is covered many times over by the
-// bound's 1 + 1/1024 slack, so the certification stays valid in any order.
+// Sums v (an int64 or a double) over the warp; every lane gets the total.
+template <class V>
+__device__ __forceinline__ V warp_sum(V v) {
+  for (int offset = 16; offset > 0; offset /= 2)
+    v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// The operands of one chunk widened to double, K-contiguous, for the GEMM
+// (a: (batch_count, rows, K), b: (batch_count, N, K)) and for addmm_recompute,
+// whose warps read an output's row of a and column of b along K. Also the
+// 2-norm of every row of a and column of b of the chunk for the error bound,
+// and (when words > 0) the open-output bitmap zeroed (addmm_recompute leaves it
+// zero for the next chunk). A block packs kPackTile vectors (rows of a, columns
+// of b) of one batch: blocks [0, batch_count * ceil(rows / kPackTile)) take a,
+// any further blocks b (the host launches them with a chunk's first rows).
+// Eight warps, warp w holding vectors w, w + 8, w + 16, w + 24 of the tile,
+// lanes along K; an operand whose K stride is not 1 is read through a
+// shared-memory tile along its vectors (coalesced when their stride is 1, b
+// row-major), else directly, 16 bytes per lane where aligned. The squares are
+// summed in double in another order than the CPU's 8 lanes; the norms' own
+// rounding (relative error below (K/32 + 6) u) is covered many times over by
+// the bound's 1 + 1/1024 slack, so the certification stays valid in any order.
 // norms: batches * m row norms of a, then batches * n column norms of b.
-// Also zeroes the `words` words of the open-output bitmap (addmm_recompute
-// leaves them zero for the next chunk).
-__global__ void addmm_norms(
+__global__ void addmm_pack_wide(
     const float* a,
     const float* b,
     const AddmmLayout L,
+    MP_INT64 batch0,
+    int batch_count,
+    int row0,
+    int rows,
+    double* a_wide,
+    double* b_wide,
     double* norms,
     unsigned* open_bits,
     MP_INT64 words) {
   MP_GRID_STRIDE(w, words) {
     open_bits[w] = 0u;
   }
-  const MP_INT64 per_batch = L.m + L.n;
+  const int a_tiles = (rows + kPackTile - 1) / kPackTile;
+  const int b_tiles = (L.n + kPackTile - 1) / kPackTile;
+  int tile = blockIdx.x;
+  const bool is_b = tile >= batch_count * a_tiles;
+  if (is_b)
+    tile -= batch_count * a_tiles;
+  const int per_batch = is_b ? b_tiles : a_tiles;
+  const int chunk_batch = tile / per_batch;
+  const int first = (tile - chunk_batch * per_batch) * kPackTile;
+  const MP_INT64 batch = batch0 + chunk_batch;
+  // Vector v (of the chunk's vectors [0, count)) starts at src + v *
+  // v_stride, element p of K lies p * k_stride further.
+  const int count = is_b ? L.n : rows;
+  const MP_INT64 v_stride = is_b ? L.b_col : L.a_row;
+  const MP_INT64 k_stride = is_b ? L.b_row : L.a_col;
+  const float* src = is_b
+      ? b + strided_offset(batch, L.batch_dims, L.batch_shape, L.b_batch)
+      : a + strided_offset(batch, L.batch_dims, L.batch_shape, L.a_batch) +
+          row0 * L.a_row;
+  double* dst = (is_b ? b_wide : a_wide) +
+      (static_cast<MP_INT64>(chunk_batch) * count + first) * L.k;
+  const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  const MP_INT64 warps_total =
-      static_cast<MP_INT64>(gridDim.x) * (blockDim.x / 32);
-  for (MP_INT64 t = blockIdx.x * static_cast<MP_INT64>(blockDim.x / 32) +
-           threadIdx.x / 32;
-       t < L.batches * per_batch;
-       t += warps_total) {
-    const MP_INT64 batch = t / per_batch;
-    const MP_INT64 r = t % per_batch;
-    const float* v;
-    MP_INT64 stride;
-    if (r < L.m) {
-      v = a + strided_offset(batch, L.batch_dims, L.batch_shape, L.a_batch) +
-          r * L.a_row;
-      stride = L.a_col;
+  constexpr int kVectorsPerWarp = kPackTile / 8;
+  double squares[kVectorsPerWarp] = {};
+  auto store = [&](int r, int p, float x) {
+    const double wide = static_cast<double>(x);
+    dst[static_cast<MP_INT64>(warp + 8 * r) * L.k + p] = wide;
+    squares[r] += wide * wide;
+  };
+  if (k_stride == 1) {
+    const float* vec[kVectorsPerWarp];
+    bool valid[kVectorsPerWarp];
+#pragma unroll
+    for (int r = 0; r < kVectorsPerWarp; ++r) {
+      valid[r] = first + warp + 8 * r < count;
+      vec[r] = src + (first + warp + 8 * r) * v_stride;
+    }
+    // 16-byte loads when every vector of the block starts 16-byte aligned.
+    const bool quads = L.k % 4 == 0 && v_stride % 4 == 0 &&
+        (reinterpret_cast<unsigned long long>(src) & 15u) == 0;
+    if (quads) {
+      for (int p = 4 * lane; p < L.k; p += 4 * 32) {
+        float4 x[kVectorsPerWarp];
+#pragma unroll
+        for (int r = 0; r < kVectorsPerWarp; ++r)
+          if (valid[r])
+            x[r] = *reinterpret_cast<const float4*>(vec[r] + p);
+#pragma unroll
+        for (int r = 0; r < kVectorsPerWarp; ++r) {
+          if (!valid[r])
+            continue;
+          double* d = dst + static_cast<MP_INT64>(warp + 8 * r) * L.k + p;
+          const double2 lo = make_double2(x[r].x, x[r].y);
+          const double2 hi = make_double2(x[r].z, x[r].w);
+          *reinterpret_cast<double2*>(d) = lo;
+          *reinterpret_cast<double2*>(d + 2) = hi;
+          squares[r] += lo.x * lo.x + lo.y * lo.y + hi.x * hi.x + hi.y * hi.y;
+        }
+      }
     } else {
-      v = b + strided_offset(batch, L.batch_dims, L.batch_shape, L.b_batch) +
-          (r - L.m) * L.b_col;
-      stride = L.b_row;
+      for (int p = lane; p < L.k; p += 32) {
+        float x[kVectorsPerWarp];
+#pragma unroll
+        for (int r = 0; r < kVectorsPerWarp; ++r)
+          x[r] = valid[r] ? vec[r][p] : 0.0f;
+#pragma unroll
+        for (int r = 0; r < kVectorsPerWarp; ++r)
+          if (valid[r])
+            store(r, p, x[r]);
+      }
     }
-    double sum = 0.0;
-    for (int p = lane; p < L.k; p += 32) {
-      const double x = static_cast<double>(v[p * stride]);
-      sum += x * x;
+  } else {
+    // tile[p][v]: the block's vectors' elements p0 .. p0 + 31, loaded with
+    // the lanes along the vectors, stored with the lanes along K (the row
+    // padding keeps both bank-conflict free).
+    __shared__ float tile[32][kPackTile + 1];
+    for (int p0 = 0; p0 < L.k; p0 += 32) {
+      const int v = first + lane;
+#pragma unroll
+      for (int r = 0; r < kVectorsPerWarp; ++r) {
+        const int p = p0 + warp + 8 * r;
+        tile[warp + 8 * r][lane] = v < count && p < L.k
+            ? src[v * v_stride + static_cast<MP_INT64>(p) * k_stride]
+            : 0.0f;
+      }
+      __syncthreads();
+      const int p = p0 + lane;
+#pragma unroll
+      for (int r = 0; r < kVectorsPerWarp; ++r)
+        if (first + warp + 8 * r < count && p < L.k)
+          store(r, p, tile[lane][warp + 8 * r]);
+      __syncthreads();
     }
-    for (int offset = 16; offset > 0; offset /= 2)
-      sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    if (lane == 0) {
-      const double norm = sqrt(sum);
-      if (r < L.m)
-        norms[batch * L.m + r] = norm;
-      else
-        norms[L.batches * L.m + batch * L.n + (r - L.m)] = norm;
-    }
+  }
+  double* norm_base =
+      is_b ? norms + L.batches * L.m + batch * L.n : norms + batch * L.m + row0;
+#pragma unroll
+  for (int r = 0; r < kVectorsPerWarp; ++r) {
+    const double sum = warp_sum(squares[r]);
+    if (lane == 0 && first + warp + 8 * r < count)
+      norm_base[first + warp + 8 * r] = sqrt(sum);
   }
 }
 
@@ -206,7 +295,11 @@ __device__ __forceinline__ bool certify_entry(
 // The outputs of rows [row0, row0 + rows) of the batches [batch0, batch0 +
 // batch_count) from the library's float64 product (contiguous (batch_count,
 // rows, n); nullptr when K = 0, an empty sum). Outputs it cannot certify are
-// marked in open_bits (bit e of the chunk) for addmm_recompute.
+// marked in open_bits (bit e of the chunk) for addmm_recompute. The chunk's
+// outputs are one contiguous range of out, as the product is of its buffer:
+// a thread takes four consecutive outputs (two 16-byte loads of the product,
+// one 16-byte store where out is aligned) and finds their row and column with
+// one pair of divisions, so that the pass runs at memory speed.
 __global__ void addmm_certify(
     const double* product,
     const float* c,
@@ -219,75 +312,76 @@ __global__ void addmm_certify(
     int rows,
     unsigned* open_bits) {
   constexpr double kBoundSlack = 1.0 + 1.0 / 1024.0;
+  constexpr unsigned kGroup = 4;
   const double bound = kBoundSlack * gamma_bound(L.k);
-  const unsigned total = static_cast<unsigned>(rows) * L.n * batch_count;
-  for (unsigned e = blockIdx.x * blockDim.x + threadIdx.x; e < total;
-       e += gridDim.x * blockDim.x) {
-    const ChunkEntry t = chunk_entry(L, c, batch0, row0, rows, e);
-    double s = product ? product[e] : 0.0;
-    if (s == 0.0)
-      s = 0.0; // +0, as the in-order sum started at +0 gives
-    const double err = bound * norms[t.batch * L.m + t.i] *
-        norms[L.batches * L.m + t.batch * L.n + t.j];
-    float value;
-    if (!certify_entry(L, s, err, t.c, &value))
-      atomicOr(open_bits + (e >> 5), 1u << (e & 31));
-    out[(t.batch * L.m + t.i) * L.n + t.j] = value;
+  const unsigned per_batch = static_cast<unsigned>(rows) * L.n;
+  const unsigned total = per_batch * batch_count;
+  float* chunk_out = out + (batch0 * L.m + row0) * L.n;
+  const double* column_norms = norms + L.batches * L.m;
+  for (unsigned e0 = kGroup * (blockIdx.x * blockDim.x + threadIdx.x);
+       e0 < total;
+       e0 += kGroup * gridDim.x * blockDim.x) {
+    const unsigned count = min(kGroup, total - e0);
+    unsigned chunk_batch = e0 / per_batch;
+    const unsigned w = e0 - chunk_batch * per_batch;
+    int i = static_cast<int>(w / L.n);
+    int j = static_cast<int>(w - static_cast<unsigned>(i) * L.n);
+    double sums[kGroup] = {};
+    if (product && count == kGroup) {
+      const double2 lo = *reinterpret_cast<const double2*>(product + e0);
+      const double2 hi = *reinterpret_cast<const double2*>(product + e0 + 2);
+      sums[0] = lo.x;
+      sums[1] = lo.y;
+      sums[2] = hi.x;
+      sums[3] = hi.y;
+    } else if (product) {
+      for (unsigned u = 0; u < count; ++u)
+        sums[u] = product[e0 + u];
+    }
+    MP_INT64 batch = -1, c_base = 0;
+    float values[kGroup];
+    unsigned open = 0u;
+#pragma unroll
+    for (unsigned u = 0; u < kGroup; ++u) {
+      if (u >= count)
+        break;
+      if (batch != batch0 + chunk_batch) {
+        batch = batch0 + chunk_batch;
+        c_base = L.has_c
+            ? strided_offset(batch, L.batch_dims, L.batch_shape, L.c_batch)
+            : 0;
+      }
+      const MP_INT64 row = row0 + i;
+      const float cv = L.has_c ? c[c_base + row * L.c_row + j * L.c_col] : 0.0f;
+      // +0 for an exact zero, as the in-order sum started at +0 gives.
+      const double s = sums[u] == 0.0 ? 0.0 : sums[u];
+      const double err =
+          bound * norms[batch * L.m + row] * column_norms[batch * L.n + j];
+      if (!certify_entry(L, s, err, cv, &values[u]))
+        open |= 1u << u;
+      if (++j == L.n) {
+        j = 0;
+        if (++i == rows) {
+          i = 0;
+          ++chunk_batch;
+        }
+      }
+    }
+    float* o = chunk_out + e0;
+    if (count == kGroup && (reinterpret_cast<unsigned long long>(o) & 15u) == 0)
+      *reinterpret_cast<float4*>(o) =
+          make_float4(values[0], values[1], values[2], values[3]);
+    else
+      for (unsigned u = 0; u < count; ++u)
+        o[u] = values[u];
+    // The group's outputs share a bitmap word (kGroup divides 32).
+    if (open != 0u)
+      atomicOr(open_bits + (e0 >> 5), open << (e0 & 31));
   }
 }
 
-// Sums v (an int64 or a double) over the warp; every lane gets the total.
-template <class V>
-__device__ __forceinline__ V warp_sum(V v) {
-  for (int offset = 16; offset > 0; offset /= 2)
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
-// A row of a or a column of b as the recompute reads it: element p of the K
-// lies at data[p * step].
-struct KVector {
-  const float* data;
-  MP_INT64 step;
-};
-
-// Row t.i of a and column t.j of b: from the K-contiguous copies of the
-// chunk when the host made them (a_rows: (batches, rows, K), b_cols:
-// (batches, N, K), batches counted from batch0), else from the operands
-// through their strides. Contiguous along K, the lanes' reads coalesce.
-struct KVectors {
-  KVector a, b;
-};
-__device__ __forceinline__ KVectors entry_vectors(
-    const float* a,
-    const float* b,
-    const float* a_rows,
-    const float* b_cols,
-    const AddmmLayout& L,
-    const ChunkEntry& t,
-    MP_INT64 batch0,
-    int row0,
-    int rows) {
-  const MP_INT64 chunk_batch = t.batch - batch0;
-  KVectors v;
-  if (a_rows)
-    v.a = {a_rows + (chunk_batch * rows + (t.i - row0)) * L.k, 1};
-  else
-    v.a = {
-        a + strided_offset(t.batch, L.batch_dims, L.batch_shape, L.a_batch) +
-            t.i * L.a_row,
-        L.a_col};
-  if (b_cols)
-    v.b = {b_cols + (chunk_batch * L.n + t.j) * L.k, 1};
-  else
-    v.b = {
-        b + strided_offset(t.batch, L.batch_dims, L.batch_shape, L.b_batch) +
-            t.j * L.b_col,
-        L.b_row};
-  return v;
-}
-
-// The correctly rounded output t, a warp per output (the CPU's
+// The correctly rounded output t from its row x of a and column y of b (K
+// float32 values each, held as doubles), a warp per output (the CPU's
 // exact_addmm_entry, with K split over the lanes: lane l takes k = l, l + 32,
 // ...). First the products summed in double with the running error bound
 // (each addition errs by at most u |its result|: the lanes' partial sums and
@@ -296,13 +390,14 @@ __device__ __forceinline__ KVectors entry_vectors(
 // gives the same sum), scaled by alpha, + beta * c, rounded once. Every lane
 // ends with the same value, so the branches are uniform.
 __device__ float warp_exact_addmm_entry(
-    const KVectors& v,
+    const double* x,
+    const double* y,
     const AddmmLayout& L,
     const ChunkEntry& t,
     int lane) {
   double sum = 0.0, mass = 0.0;
-  auto add = [&](float x, float y) {
-    sum += static_cast<double>(x) * static_cast<double>(y);
+  auto add = [&](double xp, double yp) {
+    sum += xp * yp;
     mass += fabs(sum);
   };
   // The lane's products in order, loaded kLoadsInFlight at a time: a warp
@@ -310,18 +405,18 @@ __device__ float warp_exact_addmm_entry(
   constexpr int kLoadsInFlight = 8;
   MP_INT64 p = lane;
   for (; p + 32 * (kLoadsInFlight - 1) < L.k; p += 32 * kLoadsInFlight) {
-    float x[kLoadsInFlight], y[kLoadsInFlight];
+    double xs[kLoadsInFlight], ys[kLoadsInFlight];
 #pragma unroll
     for (int u = 0; u < kLoadsInFlight; ++u) {
-      x[u] = v.a.data[(p + 32 * u) * v.a.step];
-      y[u] = v.b.data[(p + 32 * u) * v.b.step];
+      xs[u] = x[p + 32 * u];
+      ys[u] = y[p + 32 * u];
     }
 #pragma unroll
     for (int u = 0; u < kLoadsInFlight; ++u)
-      add(x[u], y[u]);
+      add(xs[u], ys[u]);
   }
   for (; p < L.k; p += 32)
-    add(v.a.data[p * v.a.step], v.b.data[p * v.b.step]);
+    add(x[p], y[p]);
   for (int offset = 16; offset > 0; offset /= 2) {
     sum += __shfl_xor_sync(0xffffffffu, sum, offset);
     mass += __shfl_xor_sync(0xffffffffu, mass, offset);
@@ -334,7 +429,8 @@ __device__ float warp_exact_addmm_entry(
   ExactSum s;
   exact_sum_init(s);
   for (MP_INT64 p = lane; p < L.k; p += 32)
-    exact_sum_add_product(s, v.a.data[p * v.a.step], v.b.data[p * v.b.step]);
+    exact_sum_add_product(
+        s, static_cast<float>(x[p]), static_cast<float>(y[p]));
   exact_sum_carry(s);
   // (One limb at a time: unrolled, the 28 limbs' shuffles held 160 registers.)
 #pragma unroll 1
@@ -353,14 +449,13 @@ __device__ float warp_exact_addmm_entry(
 
 // The outputs addmm_certify marked, a warp per output: the lanes read 32 words
 // of the bitmap at a time (zeroing them for the next chunk) and visit the
-// marked outputs of the nonzero ones together. a_rows / b_cols: the chunk's
-// K-contiguous copies of a and b, or nullptr where the operand is read in
-// place (entry_vectors).
+// marked outputs of the nonzero ones together, reading the output's row of a
+// and column of b from the chunk's K-contiguous packs (addmm_pack_wide: the
+// float32 inputs exactly, so a warp's reads coalesce whatever the operands'
+// strides).
 __global__ void addmm_recompute(
-    const float* a,
-    const float* b,
-    const float* a_rows,
-    const float* b_cols,
+    const double* a_wide,
+    const double* b_wide,
     const float* c,
     float* out,
     const AddmmLayout L,
@@ -386,8 +481,10 @@ __global__ void addmm_recompute(
            word &= word - 1u) {
         const ChunkEntry t =
             chunk_entry(L, c, batch0, row0, rows, w * 32 + (__ffs(word) - 1));
+        const MP_INT64 chunk_batch = t.batch - batch0;
         const float v = warp_exact_addmm_entry(
-            entry_vectors(a, b, a_rows, b_cols, L, t, batch0, row0, rows),
+            a_wide + (chunk_batch * rows + (t.i - row0)) * L.k,
+            b_wide + (chunk_batch * L.n + t.j) * L.k,
             L,
             t,
             lane);

@@ -29,9 +29,8 @@ namespace mlx_precise {
 // Every kernel of strict_kernels.cuh (one module, compiled at first use).
 std::vector<std::string> cuda::strict_kernel_names() {
   return {
-      "mlx_precise::gpu::addmm_norms",
+      "mlx_precise::gpu::addmm_pack_wide",
       "mlx_precise::gpu::pack_operand<float>",
-      "mlx_precise::gpu::pack_operand<double>",
       "mlx_precise::gpu::fill_from_c",
       "mlx_precise::gpu::addmm_certify",
       "mlx_precise::gpu::addmm_recompute",
@@ -249,9 +248,11 @@ void float32_addmm(
 // products run in chunks of rows that reuse one set of buffers.
 constexpr int64_t kProductBudget = int64_t{1} << 25;
 
-// "extended" and "dd" on CUDA: row / column norms for the error bound,
-// operands widened to double, the library's float64 GEMM, then addmm_certify
-// and addmm_recompute for the outputs it could not certify.
+// "extended" and "dd" on CUDA, per chunk: the operands widened to double
+// K-contiguous with their row / column norms for the error bound
+// (addmm_pack_wide), the library's float64 GEMM, then addmm_certify and
+// addmm_recompute for the outputs it could not certify. Four graph nodes a
+// chunk.
 void extended_addmm(
     mx::cu::CommandEncoder& encoder,
     int device,
@@ -288,114 +289,75 @@ void extended_addmm(
   // per output of a chunk, for addmm_recompute.
   const int64_t open_words = (chunk_outputs + 31) / 32;
 
-  // The recompute reads a row of a and a column of b per open output, a lane
-  // every 32nd k: along a unit stride the warp's reads coalesce, along any
-  // other each lane's float costs a 32-byte sector (b row-major at K = 4096:
-  // 128 KB per output instead of 16). An operand whose K stride is not 1 is
-  // therefore copied K-contiguous, as float, per chunk (a: (rows, K), b:
-  // (N, K)); a copy is one pass over the operand.
-  const bool has_k = l.k > 0;
-  const bool copy_a = has_k && l.a_col != 1;
-  const bool copy_b = has_k && l.b_row != 1;
-
   // Buffers reused by every chunk, in the stream's buffer (shared with the
   // stream's other products: per-call buffers of this size, held until their
-  // graph had run, put M2-BERT's peak memory at 4x float32's): widened a
-  // rows, widened b, the product, the recompute's float copies and the bitmap.
-  const size_t a_count =
-      has_k ? static_cast<size_t>(chunk_batches) * chunk_rows * l.k : 0;
-  const size_t b_count =
-      has_k ? static_cast<size_t>(chunk_batches) * l.k * l.n : 0;
-  const size_t product_doubles = has_k ? chunk_outputs : 0;
-  const size_t copy_floats = (copy_a ? a_count : 0) + (copy_b ? b_count : 0);
+  // graph had run, put M2-BERT's peak memory at 4x float32's): a's rows and
+  // b's columns widened to double along K (the GEMM's operands and the
+  // recompute's, whose warps read along K), the product and the bitmap, each
+  // 256-byte aligned (the GEMM's and the certification's vector accesses).
+  const bool has_k = l.k > 0;
+  auto aligned = [](int64_t doubles) { return (doubles + 31) / 32 * 32; };
+  const int64_t a_count =
+      has_k ? aligned(int64_t{chunk_batches} * chunk_rows * l.k) : 0;
+  const int64_t b_count =
+      has_k ? aligned(int64_t{chunk_batches} * l.k * l.n) : 0;
+  const int64_t product_doubles = has_k ? aligned(chunk_outputs) : 0;
   std::vector<mx::array> order{stream_buffer(
       encoder,
       device,
       stream_index,
       StreamBuffer::WideOperands,
       (a_count + b_count + product_doubles) * sizeof(double) +
-          copy_floats * sizeof(float) + open_words * sizeof(unsigned))};
-  double* a_wide_data = static_cast<double*>(mx::gpu_ptr<void>(order.back()));
-  double* b_wide_data = a_wide_data + a_count;
-  double* product_data = b_wide_data + b_count;
-  float* copies = reinterpret_cast<float*>(product_data + product_doubles);
-  float* a_rows = copy_a ? copies : nullptr;
-  float* b_cols = copy_b ? copies + (copy_a ? a_count : 0) : nullptr;
-  unsigned* open_bits = reinterpret_cast<unsigned*>(copies + copy_floats);
+          open_words * sizeof(unsigned))};
+  double* a_wide = static_cast<double*>(mx::gpu_ptr<void>(order.back()));
+  double* b_wide = a_wide + a_count;
+  double* product = has_k ? b_wide + b_count : nullptr;
+  unsigned* open_bits =
+      reinterpret_cast<unsigned*>(b_wide + b_count + product_doubles);
   order.push_back(out);
 
-  // Row / column norms for the error bound; the kernel also zeroes the
-  // bitmap (addmm_recompute leaves it zeroed for the next chunk).
+  // Row norms of a, then column norms of b, of every batch.
   const int64_t norm_count = l.batches * (static_cast<int64_t>(l.m) + l.n);
   mx::array norms_buffer = scratch(encoder, norm_count * sizeof(double));
   double* norms = static_cast<double*>(mx::gpu_ptr<void>(norms_buffer));
-  encoder.set_input_array(inputs[0]);
-  encoder.set_input_array(inputs[1]);
-  encoder.set_output_array(norms_buffer);
-  encoder.set_output_array(order.front());
-  launch(
-      encoder,
-      cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_norms"),
-      stride_grid(norm_count * 32),
-      dim3(256),
-      a,
-      b,
-      l,
-      norms,
-      open_bits,
-      static_cast<MP_INT64>(open_words));
-
   auto register_all = [&]() {
     for (const auto& x : inputs)
       encoder.set_input_array(x);
-    encoder.set_input_array(norms_buffer);
     for (const auto& x : order)
       encoder.set_output_array(x);
+    encoder.set_output_array(norms_buffer);
   };
-  // Operand a's rows [row0, row0 + rows) or b (all K rows) of the batches
-  // [batch0, batch0 + count) to `dst`.
-  auto pack_to = [&](auto* dst,
-                     bool operand_b,
-                     int batch0,
-                     int count,
-                     int row0,
-                     int rows,
-                     bool transposed) {
-    return pack(
-        encoder,
-        device,
-        inputs[operand_b ? 1 : 0],
-        l,
-        operand_b,
-        batch0,
-        count,
-        row0,
-        rows,
-        transposed,
-        dst,
-        order);
+  const auto tiles = [](int vectors) {
+    return (vectors + kPackTile - 1) / kPackTile;
   };
   for (int batch0 = 0; batch0 < batches; batch0 += chunk_batches) {
     const int count = std::min(chunk_batches, batches - batch0);
-    std::optional<cuda::GemmOperand> b_wide;
-    if (has_k)
-      b_wide = pack_to(
-          b_wide_data, true, batch0, count, 0, l.k, reads_transposed(l, true));
-    if (copy_b)
-      pack_to(b_cols, true, batch0, count, 0, l.k, true);
     for (int row0 = 0; row0 < l.m; row0 += chunk_rows) {
       const int rows = std::min(chunk_rows, l.m - row0);
-      double* product = nullptr;
+      // b with a batch's first rows; the bitmap zeroed once per call
+      // (addmm_recompute leaves it zero).
+      const int64_t blocks =
+          int64_t{count} * (tiles(rows) + (row0 == 0 ? tiles(l.n) : 0));
+      const bool first_chunk = batch0 == 0 && row0 == 0;
+      register_all();
+      launch(
+          encoder,
+          cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_pack_wide"),
+          dim3(static_cast<unsigned>(blocks)),
+          dim3(256),
+          a,
+          b,
+          l,
+          static_cast<MP_INT64>(batch0),
+          count,
+          row0,
+          rows,
+          a_wide,
+          b_wide,
+          norms,
+          open_bits,
+          static_cast<MP_INT64>(first_chunk ? open_words : 0));
       if (has_k) {
-        const cuda::GemmOperand a_wide = pack_to(
-            a_wide_data,
-            false,
-            batch0,
-            count,
-            row0,
-            rows,
-            reads_transposed(l, false));
-        product = product_data;
         register_all();
         cuda::gemm(
             encoder,
@@ -406,19 +368,18 @@ void extended_addmm(
             l.n,
             l.k,
             count,
-            a_wide,
-            *b_wide,
+            cuda::GemmOperand{a_wide, false, l.k, int64_t{rows} * l.k},
+            cuda::GemmOperand{b_wide, true, l.k, int64_t{l.n} * l.k},
             product,
             1.0,
             0.0);
       }
-      if (copy_a)
-        pack_to(a_rows, false, batch0, count, row0, rows, false);
+      const int64_t chunk = int64_t{count} * rows * l.n;
       register_all();
       launch(
           encoder,
           cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_certify"),
-          stride_grid(static_cast<int64_t>(count) * rows * l.n),
+          stride_grid((chunk + 3) / 4),
           dim3(256),
           static_cast<const double*>(product),
           c,
@@ -432,18 +393,15 @@ void extended_addmm(
           open_bits);
       // A warp per marked output; a grid that covers the bitmap's words 32
       // at a time per warp (usually few are nonzero).
-      const int64_t chunk_words =
-          (static_cast<int64_t>(count) * rows * l.n + 31) / 32;
+      const int64_t chunk_words = (chunk + 31) / 32;
       register_all();
       launch(
           encoder,
           cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_recompute"),
           stride_grid(chunk_words),
           dim3(256),
-          a,
-          b,
-          static_cast<const float*>(a_rows),
-          static_cast<const float*>(b_cols),
+          static_cast<const double*>(a_wide),
+          static_cast<const double*>(b_wide),
           c,
           o,
           l,
