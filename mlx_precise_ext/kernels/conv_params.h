@@ -106,8 +106,9 @@ struct OpenList {
 };
 
 // Threads per block of the kernels that recompute the listed outputs (their
-// shared memory is sized for it).
-enum : int { kRecomputeThreads = 256 };
+// shared memory is sized for it), and the bitmap words each of their threads
+// reads at once.
+enum : int { kRecomputeThreads = 256, kOpenWordsPerThread = 4 };
 #endif
 
 } // namespace mlx_precise

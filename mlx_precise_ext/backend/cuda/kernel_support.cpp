@@ -43,7 +43,9 @@ const ConvKernel kKernels[] = {
     {"product_sum", true, false},
     {"clear_open_bits", false, false},
     {"recompute_open", false, false},
-    {"recompute_open_sum", false, false}};
+    {"recompute_undecided", false, false},
+    {"recompute_open_sum", false, false},
+    {"recompute_undecided_sum", false, false}};
 
 std::string name_expression(Precision p, const ConvKernel& k, bool shared) {
   std::string e = std::string("mlx_precise::gpu::") + k.name;

@@ -124,38 +124,61 @@ open_outputs(mx::cu::CommandEncoder& encoder, int device, int64_t outputs) {
 }
 
 // Step 3 of kernels/certify.h: the outputs `open` marks, recomputed by
-// `kernel` (recompute_open, recompute_open_sum: a warp per marked output,
-// blocks over slices of the output rows), which reads `reads` and writes
-// `out`, rows of out_len outputs, with `shared_bytes` of dynamic shared
-// memory. Its arguments: `args`, then the slices per row and the list.
-template <class... Args>
+// `kernel` (recompute_open, recompute_open_sum: the running stage, groups of
+// warps per marked output, blocks over slices of the output rows), then what
+// that leaves marked by `undecided` (recompute_undecided[_sum]: compensated,
+// then exact, a warp per output, the grid over the bitmap). Both read
+// `reads` and write `out`, rows of out_len outputs; `kernel` takes
+// `shared_bytes` of dynamic shared memory. Their arguments: `common`, then
+// for `kernel` `extra`, the slices per row and the list, for `undecided` the
+// list.
+template <class... Common, class... Extra>
 void recompute_marked(
     mx::cu::CommandEncoder& encoder,
     int device,
     const char* kernel,
+    const char* undecided,
     const std::vector<const mx::array*>& reads,
     mx::array& out,
     int64_t out_len,
     OpenOutputs& open,
     size_t shared_bytes,
-    Args&&... args) {
-  register_buffers(encoder, reads, {&out});
-  register_buffers(encoder, {&open.bits}, {});
+    std::tuple<Common...> common,
+    std::tuple<Extra...> extra) {
+  register_buffers(encoder, reads, {&out, &open.bits});
   const int64_t rows = std::max<int64_t>(
       static_cast<int64_t>(out.size()) / std::max<int64_t>(out_len, 1), 1);
   const int64_t most = 8 * int64_t{cuda::device_info(device).multiprocessors};
   // Few long rows (B = 1): their marked outputs spread over several blocks.
   int slices = // (not const: the encoder takes the arguments' addresses)
       static_cast<int>(std::clamp<int64_t>((most + rows - 1) / rows, 1, 64));
-  encoder.add_kernel_node_ex(
-      cuda::get_kernel(device, Precision::Extended, kernel, false),
-      dim3(static_cast<unsigned>(std::min<int64_t>(rows * slices, most))),
-      dim3(kRecomputeThreads),
-      {},
-      static_cast<uint32_t>(shared_bytes),
-      std::forward<Args>(args)...,
-      slices,
-      open.list);
+  auto args_of_kernel = std::tuple_cat(common, extra);
+  std::apply(
+      [&](auto&... args) {
+        encoder.add_kernel_node_ex(
+            cuda::get_kernel(device, Precision::Extended, kernel, false),
+            dim3(static_cast<unsigned>(std::min<int64_t>(rows * slices, most))),
+            dim3(kRecomputeThreads),
+            {},
+            static_cast<uint32_t>(shared_bytes),
+            args...,
+            slices,
+            open.list);
+      },
+      args_of_kernel);
+  register_buffers(encoder, reads, {&out, &open.bits});
+  std::apply(
+      [&](auto&... args) {
+        encoder.add_kernel_node_ex(
+            cuda::get_kernel(device, Precision::Extended, undecided, false),
+            grid_stride_blocks(device, open.list.words / kOpenWordsPerThread),
+            dim3(kRecomputeThreads),
+            {},
+            0u,
+            args...,
+            open.list);
+      },
+      common);
 }
 
 // The prefixes of a row's a and b that recompute_open stages in shared
@@ -419,20 +442,21 @@ void launch_pair_rows(
             encoder,
             device,
             "recompute_open",
+            "recompute_undecided",
             {&op.a, &op.b, op.bias},
             op.out,
             shape.out_len,
             open,
             (staged.a + staged.b) * sizeof(float),
-            mx::gpu_ptr<float>(op.a),
-            mx::gpu_ptr<float>(op.b),
-            op.bias_data(),
-            mx::gpu_ptr<float>(op.out),
-            ix,
-            shape,
-            static_cast<int>(one_term_per_row),
-            staged.a,
-            staged.b);
+            std::make_tuple(
+                mx::gpu_ptr<float>(op.a),
+                mx::gpu_ptr<float>(op.b),
+                op.bias_data(),
+                mx::gpu_ptr<float>(op.out),
+                ix,
+                shape,
+                static_cast<int>(one_term_per_row)),
+            std::make_tuple(staged.a, staged.b));
       },
       extra...);
 }
@@ -593,16 +617,14 @@ void launch_sum(
             encoder,
             device,
             "recompute_open_sum",
+            "recompute_undecided_sum",
             reads,
             out,
             shape.out_len,
             open,
             0,
-            data,
-            mx::gpu_ptr<float>(out),
-            ix,
-            shape,
-            operands);
+            std::make_tuple(data, mx::gpu_ptr<float>(out), ix, shape, operands),
+            std::make_tuple());
       },
       operands,
       data_of<cpx<T>>(acc_buffer));

@@ -770,25 +770,29 @@ warp_compensated_sum(double& hi, double& lo, double& mass) {
 // additions' latency overlaps (the running bound holds for any tree).
 enum : int { kRecomputeChains = 4 };
 
-// correctly_rounded_sum with its stages spread over a warp: lane i sums the
-// products k = i, i + 32, ... of every range (range(a, b, m0, j0, count):
-// a(m0 - k) b(j0 + k), k < count; every index below 2^31), first with the
-// running error bound, then (for the few outputs that does not decide) with
-// compensation; the exact sum, for what neither decides (exact ties, zeros),
-// runs in lane 0. Every lane of the warp calls it and gets the result.
+// The running stage of certify.h's correctly_rounded_sum spread over `lanes`
+// threads (whole warps): for the products of for_each_range (range(a, b, m0,
+// j0, count): a(m0 - k) b(j0 + k), k < count; every index below 2^31), this
+// thread, number `lane` of them, sums k = lane, lane + lanes, ...; then its
+// warp combines the lanes' sums. Every lane of the warp gets the warp's sum
+// and mass (sum of |partial sums|).
 template <class ForEachRange>
-__device__ float warp_correctly_rounded_sum(ForEachRange for_each_range) {
-  const int lane = threadIdx.x % 32;
+__device__ __forceinline__ void running_sum_part(
+    ForEachRange for_each_range,
+    int lane,
+    int lanes,
+    double& sum,
+    double& mass) {
   double sums[kRecomputeChains] = {}, masses[kRecomputeChains] = {};
   for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 n) {
     const int m = static_cast<int>(m0), j = static_cast<int>(j0);
     const int count = static_cast<int>(n);
     int k = lane;
-    for (; k + 32 * (kRecomputeChains - 1) < count;
-         k += 32 * kRecomputeChains) {
+    for (; k + lanes * (kRecomputeChains - 1) < count;
+         k += lanes * kRecomputeChains) {
 #pragma unroll
       for (int c = 0; c < kRecomputeChains; ++c) {
-        const int kc = k + 32 * c;
+        const int kc = k + lanes * c;
         sums[c] =
             fma(static_cast<double>(a(m - kc)),
                 static_cast<double>(b(j + kc)),
@@ -796,7 +800,7 @@ __device__ float warp_correctly_rounded_sum(ForEachRange for_each_range) {
         masses[c] += fabs(sums[c]);
       }
     }
-    for (; k < count; k += 32) {
+    for (; k < count; k += lanes) {
       sums[0] =
           fma(static_cast<double>(a(m - k)),
               static_cast<double>(b(j + k)),
@@ -804,15 +808,30 @@ __device__ float warp_correctly_rounded_sum(ForEachRange for_each_range) {
       masses[0] += fabs(sums[0]);
     }
   });
-  double sum = sums[0], mass = masses[0];
+  sum = sums[0];
+  mass = masses[0];
   for (int c = 1; c < kRecomputeChains; ++c) {
     sum += sums[c];
     mass += masses[c] + fabs(sum);
   }
   warp_running_sum(sum, mass);
-  float out;
-  if (certified_round(sum, kUnitRoundoff64 * (1.0 + 1.0 / 1024.0) * mass, &out))
-    return out;
+}
+
+// running_round's certification of a running sum and its mass.
+__device__ __forceinline__ bool
+running_certified(double sum, double mass, float* out) {
+  return certified_round(
+      sum, kUnitRoundoff64 * (1.0 + 1.0 / 1024.0) * mass, out);
+}
+
+// The stages of correctly_rounded_sum after the running one, spread over a
+// warp, for the outputs that it did not decide: lane i sums the products k =
+// i, i + 32, ... with compensation; the exact sum, for what that does not
+// decide either (exact ties, zeros), runs in lane 0. Every lane of the warp
+// calls it and gets the result.
+template <class ForEachRange>
+__device__ float warp_compensated_or_exact_sum(ForEachRange for_each_range) {
+  const int lane = threadIdx.x % 32;
   double hi = 0.0, lo = 0.0, errors = 0.0;
   MP_INT64 products = 0;
   for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 n) {
@@ -833,6 +852,7 @@ __device__ float warp_correctly_rounded_sum(ForEachRange for_each_range) {
   const double err = gamma_bound(products + 2 * 32) * (1.0 + 1.0 / 1024.0) *
           (errors + fabs(lo)) +
       2.0 * kUnitRoundoff64 * fabs(v);
+  float out;
   if (certified_round(v, err, &out))
     return out;
   if (lane == 0) {
@@ -847,65 +867,224 @@ __device__ float warp_correctly_rounded_sum(ForEachRange for_each_range) {
   return __shfl_sync(0xffffffffu, out, 0);
 }
 
-// Marked outputs a block lists before its warps recompute them, and the
-// bitmap words it scans at a time (a pass lists at most 32 per word).
-enum : int { kMarkedCapacity = 4096, kScanWords = 64, kStageOutputs = 2 };
+// Marked outputs a block lists at a time, the warps of a recompute block,
+// and the marked outputs of a row from which it stages the row.
+enum : int {
+  kMarkedCapacity = 2048,
+  kRecomputeWarps = kRecomputeThreads / 32,
+  kStageOutputs = 2
+};
 
-// Calls recompute(row, t, staged) with one warp for each output that `open`
-// marks (output row * out_len + t). A work item is a row's slice: the marked
-// outputs t with t % slices == slice (several blocks share a row when rows
-// are few). The block lists an item's marked outputs from the bitmap in
-// shared memory, up to kMarkedCapacity at a time, and its warps recompute
-// them in turn (the order does not matter: each output is correctly rounded
-// on its own). Where an item has at least kStageOutputs of them, stage(row)
-// runs first with the whole block, once, and `staged` is true: an output
-// reads about half of each operand row, so staging pays from two on.
-template <class Stage, class Recompute>
+// The bits of bitmap word w (w * 32 < end) that mark outputs of a work item:
+// e in [first, end) with (e - first) % slices == slice.
+__device__ __forceinline__ unsigned item_bits(
+    unsigned word,
+    MP_INT64 w,
+    MP_INT64 first,
+    MP_INT64 end,
+    int slices,
+    int slice) {
+  const MP_INT64 base = w * 32;
+  if (base < first)
+    word &= ~0u << static_cast<int>(first - base);
+  if (end - base < 32)
+    word &= (1u << static_cast<int>(end - base)) - 1u;
+  if (slices > 1)
+    for (unsigned rest = word; rest != 0u; rest &= rest - 1u) {
+      const int bit = __ffs(rest) - 1;
+      if ((base + bit - first) % slices != slice)
+        word &= ~(1u << bit);
+    }
+  return word;
+}
+
+// The exclusive prefix sum over the block of each thread's count; `total`
+// gets the sum of all. Every thread must call it.
+__device__ __forceinline__ int block_exclusive_sum(int count, int& total) {
+  __shared__ int warp_totals[kRecomputeWarps];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int inclusive = count;
+  for (int d = 1; d < 32; d *= 2) {
+    const int v = __shfl_up_sync(0xffffffffu, inclusive, d);
+    if (lane >= d)
+      inclusive += v;
+  }
+  if (lane == 31)
+    warp_totals[warp] = inclusive;
+  __syncthreads();
+  int before = 0;
+  total = 0;
+  for (int w = 0; w < static_cast<int>(blockDim.x / 32); ++w) {
+    before += w < warp ? warp_totals[w] : 0;
+    total += warp_totals[w];
+  }
+  __syncthreads(); // warp_totals is free again
+  return before + inclusive - count;
+}
+
+// Warps per marked output when a block sums n of them at once: the fewest
+// rounds of work (rounds of ceil(n g / warps) outputs, each taking 1/g of a
+// warp's time), the fewest warps per output among equals.
+__device__ __forceinline__ int warps_per_output(int n, int warps) {
+  int best = 1;
+  for (int g = 2; g <= warps; g *= 2) {
+    const int rounds = (n * g + warps - 1) / warps;
+    const int best_rounds = (n * best + warps - 1) / warps;
+    if (rounds * best < best_rounds * g)
+      best = g;
+  }
+  return best;
+}
+
+// The running stage (running_sum_part) for the outputs that `open` marks
+// (output row * out_len + t), leaving marked only those it does not decide,
+// for recompute_undecided. A work item is a row's slice: the marked outputs t
+// with t % slices == slice (several blocks share a row when rows are few).
+// The block reads the item's bitmap words, kOpenWordsPerThread per thread at a
+// time, clears the bits it takes and lists them in shared memory (up to
+// kMarkedCapacity at a time); where there are at least kStageOutputs,
+// stage(row) runs first with the whole block, once, and `staged` is true (an
+// output reads about half of each operand row). Then groups of warps
+// (warps_per_output: the whole block for a single output, a warp each for
+// eight or more) call sum_part(row, t, staged, lane, lanes, sum, mass), lane
+// numbering the group's threads, and the group's sums are combined; a
+// certified output is passed to write(row, t, value) from one thread, an
+// undecided one marked again. Each output is correctly rounded on its own:
+// order and grouping change no result bit.
+template <class Stage, class SumPart, class Write>
 __device__ __forceinline__ void for_each_open_output(
     const OpenList& open,
     MP_INT64 out_len,
     int slices,
     Stage stage,
-    Recompute recompute) {
+    SumPart sum_part,
+    Write write) {
   __shared__ int marked[kMarkedCapacity];
-  __shared__ int count;
-  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  __shared__ double partial[kRecomputeWarps][2];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int warps = blockDim.x / 32;
   const MP_INT64 rows = (open.words * 32 + out_len - 1) / out_len;
   for (MP_INT64 item = blockIdx.x; item < rows * slices; item += gridDim.x) {
     const MP_INT64 row = item / slices;
     const int slice = static_cast<int>(item % slices);
     const MP_INT64 first = row * out_len, end = first + out_len;
     bool staged = false;
-    if (threadIdx.x == 0)
-      count = 0;
-    __syncthreads();
-    for (MP_INT64 w0 = first / 32; w0 * 32 < end; w0 += kScanWords) {
-      const MP_INT64 w = w0 + threadIdx.x;
-      if (threadIdx.x < kScanWords && w * 32 < end && w < open.words) {
-        for (unsigned word = open.bits[w]; word != 0u; word &= word - 1u) {
-          const MP_INT64 e = w * 32 + (__ffs(word) - 1);
-          if (e >= first && e < end && (e - first) % slices == slice)
-            marked[atomicAdd(&count, 1)] = static_cast<int>(e - first);
+    for (MP_INT64 w0 = first / 32; w0 * 32 < end;
+         w0 += kOpenWordsPerThread * blockDim.x) {
+      unsigned taken[kOpenWordsPerThread];
+      int count = 0;
+#pragma unroll
+      for (int i = 0; i < kOpenWordsPerThread; ++i) {
+        const MP_INT64 w = w0 + threadIdx.x + i * blockDim.x;
+        taken[i] = w * 32 < end && w < open.words ? open.bits[w] : 0u;
+      }
+#pragma unroll
+      for (int i = 0; i < kOpenWordsPerThread; ++i) {
+        const MP_INT64 w = w0 + threadIdx.x + i * blockDim.x;
+        if (taken[i] != 0u) {
+          taken[i] = item_bits(taken[i], w, first, end, slices, slice);
+          if (taken[i] != 0u)
+            atomicAnd(open.bits + w, ~taken[i]);
         }
+        count += __popc(taken[i]);
       }
-      __syncthreads();
-      const int n = count;
-      __syncthreads(); // every thread has read count before the next scan
-      const bool last = (w0 + kScanWords) * 32 >= end;
-      if (n == 0 || (n <= kMarkedCapacity - 32 * kScanWords && !last))
-        continue; // (n is the same in every thread)
-      if (!staged && n >= kStageOutputs) {
-        stage(row);
+      int total;
+      const int offset = block_exclusive_sum(count, total);
+      for (int base = 0; base < total; base += kMarkedCapacity) {
+        int index = offset;
+#pragma unroll
+        for (int i = 0; i < kOpenWordsPerThread; ++i) {
+          const MP_INT64 w = w0 + threadIdx.x + i * blockDim.x;
+          for (unsigned rest = taken[i]; rest != 0u; rest &= rest - 1u) {
+            if (index >= base && index < base + kMarkedCapacity)
+              marked[index - base] =
+                  static_cast<int>(w * 32 + (__ffs(rest) - 1) - first);
+            ++index;
+          }
+        }
         __syncthreads();
-        staged = true;
+        const int n = min(total - base, static_cast<int>(kMarkedCapacity));
+        if (!staged && n >= kStageOutputs) {
+          stage(row);
+          __syncthreads();
+          staged = true;
+        }
+        const int group_warps = warps_per_output(n, warps);
+        const int groups = warps / group_warps, group = warp / group_warps,
+                  member = warp % group_warps;
+        for (int i0 = 0; i0 < n; i0 += groups) {
+          const int i = i0 + group;
+          const MP_INT64 t = i < n ? marked[i] : 0;
+          double sum = 0.0, mass = 0.0;
+          if (i < n)
+            sum_part(
+                row,
+                t,
+                staged,
+                member * 32 + lane,
+                group_warps * 32,
+                sum,
+                mass);
+          if (group_warps > 1) {
+            if (lane == 0) {
+              partial[warp][0] = sum;
+              partial[warp][1] = mass;
+            }
+            __syncthreads();
+            if (member == 0)
+              for (int q = 1; q < group_warps; ++q) {
+                sum += partial[warp + q][0];
+                mass += partial[warp + q][1] + fabs(sum);
+              }
+            __syncthreads(); // partial is free again
+          }
+          float v;
+          if (i < n && member == 0 && lane == 0) {
+            if (running_certified(sum, mass, &v)) {
+              write(row, t, v);
+            } else {
+              const MP_INT64 e = first + t;
+              atomicOr(open.bits + (e >> 5), 1u << (e & 31));
+            }
+          }
+        }
+        __syncthreads(); // marked is free again
       }
-      for (int i = warp; i < n; i += warps)
-        recompute(row, static_cast<MP_INT64>(marked[i]), staged);
-      __syncthreads();
-      if (threadIdx.x == 0)
-        count = 0;
-      __syncthreads();
     }
+  }
+}
+
+// Calls visit(e) with a whole warp for each output e that `open` marks (the
+// warps of the grid over the bitmap, kOpenWordsPerThread words per lane at a
+// time).
+template <class Visit>
+__device__ __forceinline__ void for_each_marked(
+    const OpenList& open,
+    Visit visit) {
+  const int lane = threadIdx.x % 32;
+  const MP_INT64 warp =
+      (static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const MP_INT64 warps = static_cast<MP_INT64>(gridDim.x) * blockDim.x / 32;
+  constexpr int kStep = 32 * kOpenWordsPerThread;
+  for (MP_INT64 w0 = warp * kStep; w0 < open.words; w0 += warps * kStep) {
+    unsigned words[kOpenWordsPerThread];
+#pragma unroll
+    for (int i = 0; i < kOpenWordsPerThread; ++i) {
+      const MP_INT64 w = w0 + i * 32 + lane;
+      words[i] = w < open.words ? open.bits[w] : 0u;
+    }
+#pragma unroll
+    for (int i = 0; i < kOpenWordsPerThread; ++i)
+      for (unsigned lanes = __ballot_sync(0xffffffffu, words[i] != 0u);
+           lanes != 0u;
+           lanes &= lanes - 1u) {
+        const int source = __ffs(lanes) - 1;
+        const MP_INT64 w = w0 + i * 32 + source;
+        for (unsigned bits = __shfl_sync(0xffffffffu, words[i], source);
+             bits != 0u;
+             bits &= bits - 1u)
+          visit(w * 32 + (__ffs(bits) - 1));
+      }
   }
 }
 
@@ -917,12 +1096,133 @@ struct StagedRow {
   }
 };
 
-// Step 3 of certify.h for the outputs that conv_rows (one_term_per_row: the
-// row's own term) or reduce_rows (all inner rows of the target) marked. With
-// one term per row, the first a_staged entries of the row's a (as the
-// transform loads it) and b_staged of its b are staged in dynamic shared
-// memory, and the products of a range that lies within them are read from
-// there (the host stages whole rows where they fit).
+// A row in device memory with unit stride, front to back: element m at
+// data[m], 32-bit index arithmetic (DeviceRow's general form takes 64-bit
+// arithmetic and registers per product).
+struct UnitRow {
+  const float* data;
+  __device__ __forceinline__ float operator()(int m) const {
+    return __ldg(data + m);
+  }
+};
+
+__device__ __forceinline__ bool is_unit_row(DeviceRow x) {
+  return x.stride == 1 && !x.reversed;
+}
+
+// dst[m] = src(m) for m < len, by the block, with several loads in flight per
+// thread (a row read front to back with unit stride, 16-byte aligned, four
+// floats at a time).
+__device__ __forceinline__ void stage_row(float* dst, DeviceRow src, int len) {
+  constexpr int kBatch = 4;
+  const int step = blockDim.x;
+  if (src.stride == 1 && !src.reversed &&
+      (reinterpret_cast<unsigned long long>(src.data) & 15u) == 0) {
+    const float4* quads = reinterpret_cast<const float4*>(src.data);
+    const int count = len / 4;
+    for (int q0 = threadIdx.x; q0 < count; q0 += kBatch * step) {
+      float4 v[kBatch];
+#pragma unroll
+      for (int q = 0; q < kBatch; ++q)
+        if (q0 + q * step < count)
+          v[q] = quads[q0 + q * step];
+#pragma unroll
+      for (int q = 0; q < kBatch; ++q) {
+        const int m = 4 * (q0 + q * step);
+        if (m < 4 * count) {
+          dst[m] = v[q].x;
+          dst[m + 1] = v[q].y;
+          dst[m + 2] = v[q].z;
+          dst[m + 3] = v[q].w;
+        }
+      }
+    }
+    for (int m = 4 * count + threadIdx.x; m < len; m += step)
+      dst[m] = src.data[m];
+    return;
+  }
+  for (int m0 = threadIdx.x; m0 < len; m0 += kBatch * step) {
+    float v[kBatch];
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q)
+      v[q] = m0 + q * step < len ? src(m0 + q * step) : 0.0f;
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q)
+      if (m0 + q * step < len)
+        dst[m0 + q * step] = v[q];
+  }
+}
+
+// The products of output t of output row `row` for conv_rows (one term per
+// row: the row's own term) or reduce_rows (all inner rows of the target), as
+// ranges. With one term per row, the first a_staged entries of the row's a
+// (as the transform loads it) and b_staged of its b may be staged in shared
+// memory (`staged`), and the products of a range that lies within them are
+// read from there (the host stages whole rows where they fit).
+struct OpenOutputRanges {
+  const float* a;
+  const float* b;
+  const float* bias;
+  const RowIndex& ix;
+  const ConvShape& g;
+  bool one_term_per_row;
+  const float* staged_a;
+  int a_staged;
+  const float* staged_b;
+  int b_staged;
+
+  template <class Range>
+  __device__ __forceinline__ void
+  operator()(MP_INT64 row, MP_INT64 t, bool staged, Range range) const {
+    const MP_INT64 outer = one_term_per_row ? row / ix.inner_count : row;
+    const MP_INT64 j_begin = one_term_per_row ? row % ix.inner_count : 0;
+    if (!one_term_per_row) {
+      for_each_output_range(
+          a, b, bias, ix, g, outer, j_begin, ix.inner_count, t, range);
+      return;
+    }
+    const OperandRow a_row{
+        a + row_offset(ix, kOperandA, outer, j_begin),
+        ix.time_stride[kOperandA]};
+    for_each_term_range(
+        a_row,
+        OperandRow{
+            b + row_offset(ix, kOperandB, outer, j_begin),
+            ix.time_stride[kOperandB]},
+        g,
+        t,
+        [&](auto a_at, auto b_at, MP_INT64 m0, MP_INT64 j0, MP_INT64 n) {
+          if (staged && m0 < a_staged && j0 + n <= b_staged)
+            range(StagedRow{staged_a}, StagedRow{staged_b}, m0, j0, n);
+          else if (is_unit_row(a_at) && is_unit_row(b_at))
+            range(UnitRow{a_at.data}, UnitRow{b_at.data}, m0, j0, n);
+          else
+            range(a_at, b_at, m0, j0, n);
+        });
+    if (g.has_bias)
+      bias_range(
+          a_row,
+          OperandRow{
+              bias + row_offset(ix, kOperandBias, outer, j_begin),
+              ix.time_stride[kOperandBias]},
+          t,
+          range);
+  }
+
+  // Where output t of output row `row` goes.
+  __device__ __forceinline__ float* output(float* out, MP_INT64 row, MP_INT64 t)
+      const {
+    const MP_INT64 outer = one_term_per_row ? row / ix.inner_count : row;
+    const MP_INT64 j = one_term_per_row ? row % ix.inner_count : 0;
+    return out + row_offset(ix, kOperandOut, outer, j) + t;
+  }
+};
+
+// Step 3 of certify.h, running stage, for the outputs that conv_rows or
+// reduce_rows marked (OpenOutputRanges), leaving marked the few it does not
+// decide (for_each_open_output). With one term per row, a row with several
+// marked outputs stages its a and b prefixes (a_staged, b_staged entries) in
+// dynamic shared memory.
 __global__ void __launch_bounds__(kRecomputeThreads) recompute_open(
     const float* a,
     const float* b,
@@ -937,63 +1237,85 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_open(
     const OpenList open) {
   float* staged_a = reinterpret_cast<float*>(shared_rows);
   float* staged_b = staged_a + a_staged;
-  const MP_INT64 a_step = ix.time_stride[kOperandA];
-  const MP_INT64 b_step = ix.time_stride[kOperandB];
+  const OpenOutputRanges ranges{
+      a,
+      b,
+      bias,
+      ix,
+      g,
+      one_term_per_row != 0,
+      staged_a,
+      a_staged,
+      staged_b,
+      b_staged};
   for_each_open_output(
       open,
       g.out_len,
       slices,
       [&](MP_INT64 row) {
         const MP_INT64 outer = row / ix.inner_count, j = row % ix.inner_count;
-        const DeviceRow a_loaded{
-            a + row_offset(ix, kOperandA, outer, j),
-            a_step,
-            g.a_len,
-            g.a_reversed != 0};
-        const float* b_row = b + row_offset(ix, kOperandB, outer, j);
-        for (int m = threadIdx.x; m < a_staged; m += blockDim.x)
-          staged_a[m] = a_loaded(m);
-        for (int m = threadIdx.x; m < b_staged; m += blockDim.x)
-          staged_b[m] = b_row[m * b_step];
+        stage_row(
+            staged_a,
+            DeviceRow{
+                a + row_offset(ix, kOperandA, outer, j),
+                ix.time_stride[kOperandA],
+                g.a_len,
+                g.a_reversed != 0},
+            a_staged);
+        stage_row(
+            staged_b,
+            DeviceRow{
+                b + row_offset(ix, kOperandB, outer, j),
+                ix.time_stride[kOperandB],
+                g.b_len,
+                false},
+            b_staged);
       },
-      [&](MP_INT64 row, MP_INT64 t, bool staged) {
-        const MP_INT64 outer = one_term_per_row ? row / ix.inner_count : row;
-        const MP_INT64 j_begin = one_term_per_row ? row % ix.inner_count : 0;
-        const MP_INT64 j_end = one_term_per_row ? j_begin + 1 : ix.inner_count;
-        const float v = warp_correctly_rounded_sum([&](auto range) {
-          if (!one_term_per_row) {
-            for_each_output_range(
-                a, b, bias, ix, g, outer, j_begin, j_end, t, range);
-            return;
-          }
-          const OperandRow a_row{
-              a + row_offset(ix, kOperandA, outer, j_begin), a_step};
-          for_each_term_range(
-              a_row,
-              OperandRow{b + row_offset(ix, kOperandB, outer, j_begin), b_step},
-              g,
-              t,
-              [&](auto a_at, auto b_at, MP_INT64 m0, MP_INT64 j0, MP_INT64 n) {
-                if (staged && m0 < a_staged && j0 + n <= b_staged)
-                  range(StagedRow{staged_a}, StagedRow{staged_b}, m0, j0, n);
-                else
-                  range(a_at, b_at, m0, j0, n);
-              });
-          if (g.has_bias)
-            bias_range(
-                a_row,
-                OperandRow{
-                    bias + row_offset(ix, kOperandBias, outer, j_begin),
-                    ix.time_stride[kOperandBias]},
-                t,
-                range);
-        });
-        if (threadIdx.x % 32 == 0)
-          out[row_offset(ix, kOperandOut, outer, j_begin) + t] = v;
+      [&](MP_INT64 row,
+          MP_INT64 t,
+          bool staged,
+          int lane,
+          int lanes,
+          double& sum,
+          double& mass) {
+        running_sum_part(
+            [&](auto range) { ranges(row, t, staged, range); },
+            lane,
+            lanes,
+            sum,
+            mass);
+      },
+      [&](MP_INT64 row, MP_INT64 t, float v) {
+        *ranges.output(out, row, t) = v;
       });
 }
 
-// Step 3 of certify.h for the outputs that sum_rows marked.
+// The outputs recompute_open left marked (the running stage did not decide
+// them: about 3 % of its outputs for random rows; exact zeros and ties), a
+// warp each, with compensation and then exactly
+// (warp_compensated_or_exact_sum), from device memory. A kernel of its own,
+// so that the exact sum's registers stay out of recompute_open.
+__global__ void __launch_bounds__(kRecomputeThreads) recompute_undecided(
+    const float* a,
+    const float* b,
+    const float* bias,
+    float* out,
+    const RowIndex ix,
+    const ConvShape g,
+    int one_term_per_row,
+    const OpenList open) {
+  const OpenOutputRanges ranges{
+      a, b, bias, ix, g, one_term_per_row != 0, nullptr, 0, nullptr, 0};
+  for_each_marked(open, [&](MP_INT64 e) {
+    const MP_INT64 row = e / g.out_len, t = e % g.out_len;
+    const float v = warp_compensated_or_exact_sum(
+        [&](auto range) { ranges(row, t, false, range); });
+    if (threadIdx.x % 32 == 0)
+      *ranges.output(out, row, t) = v;
+  });
+}
+
+// recompute_open for the outputs that sum_rows marked.
 __global__ void __launch_bounds__(kRecomputeThreads) recompute_open_sum(
     const SumData data,
     float* out,
@@ -1007,13 +1329,42 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_open_sum(
       g.out_len,
       slices,
       [](MP_INT64) {},
-      [&](MP_INT64 row, MP_INT64 t, bool) {
-        const float v = warp_correctly_rounded_sum([&](auto range) {
-          for_each_sum_range(data, ix, s, g, row, t, range);
-        });
-        if (threadIdx.x % 32 == 0)
-          out[row_offset(ix, kOperandOut, row, 0) + t] = v;
+      [&](MP_INT64 row,
+          MP_INT64 t,
+          bool,
+          int lane,
+          int lanes,
+          double& sum,
+          double& mass) {
+        running_sum_part(
+            [&](auto range) {
+              for_each_sum_range(data, ix, s, g, row, t, range);
+            },
+            lane,
+            lanes,
+            sum,
+            mass);
+      },
+      [&](MP_INT64 row, MP_INT64 t, float v) {
+        out[row_offset(ix, kOperandOut, row, 0) + t] = v;
       });
+}
+
+// recompute_undecided for what recompute_open_sum left marked.
+__global__ void __launch_bounds__(kRecomputeThreads) recompute_undecided_sum(
+    const SumData data,
+    float* out,
+    const RowIndex ix,
+    const ConvShape g,
+    const SumOperands s,
+    const OpenList open) {
+  for_each_marked(open, [&](MP_INT64 e) {
+    const MP_INT64 row = e / g.out_len, t = e % g.out_len;
+    const float v = warp_compensated_or_exact_sum(
+        [&](auto range) { for_each_sum_range(data, ix, s, g, row, t, range); });
+    if (threadIdx.x % 32 == 0)
+      out[row_offset(ix, kOperandOut, row, 0) + t] = v;
+  });
 }
 
 // Bias gradient: out = sum over inner rows of a * b, one rounding; per time
