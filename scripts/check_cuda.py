@@ -46,11 +46,16 @@ def listed_names(source_file, function):
 
 def conv_names(working_type):
     """conv_kernel_names(p) of kernel_support.cpp for one working type."""
-    table = re.findall(r'\{"(\w+)", (true|false), (true|false)\}', read(os.path.join(CUDA, "kernel_support.cpp")))
+    table = re.findall(
+        r'\{"(\w+)", (true|false), (true|false)(?:, (true|false))?\}',
+        read(os.path.join(CUDA, "kernel_support.cpp")),
+    )
     if not table:
         sys.exit("check_cuda: no kernel table in kernel_support.cpp")
     names = []
-    for name, typed, row_storage in table:
+    for name, typed, row_storage, certified_only in table:
+        if certified_only == "true" and working_type == "float":
+            continue
         base = "mlx_precise::gpu::" + name
         if typed == "false":
             names.append(base)

@@ -313,6 +313,8 @@ MP_INLINE double gamma_bound(MP_INT64 n) {
 // factors are computed as their excess e, in double).
 // The constants of that derivation for a size-N transform.
 struct TransformErrors {
+  double forward; // eps: the complex transform's norm-wise error (step 2)
+  double twiddle_product; // tau: a product with a computed twiddle
   double delta; // the packed spectra's error, per unit of sqrt(H) ||row||
   double product; // c: one packed product's rounding
   double inverse; // e_inv: the inverse's rounding per unit ||P^||_1 / N
@@ -362,6 +364,8 @@ transform_errors(MP_INT64 fft_size, MP_INT64 terms, double u) {
       2.0 * sqrt2 * u + 2.0 * (1.0 + u) * sqrt(u * u + difference * difference);
   const double dc = fmin(gamma_n(static_cast<double>(log2_half), u), eps);
   TransformErrors e;
+  e.forward = eps;
+  e.twiddle_product = tau;
   e.delta = 2.0 * sqrt(eps * eps + dc * dc) + split * (1.0 + eps);
   e.product = product;
   e.inverse = compose_errors(eps, radix4_stage);
@@ -378,6 +382,47 @@ MP_INLINE double conv_error_bound(MP_INT64 fft_size, MP_INT64 terms, double u) {
   const double weight = 0.5 * spectrum * spectrum * (1.0 + e.product);
   const double kappa = 0.25 * rho + e.inverse * weight + e.terms * weight;
   return kappa * (1.0 + 1.0 / 1024.0);
+}
+
+// kappa_g with |g^[i] - g[i]| <= kappa_g ||a||_2 ||b||_2 for every entry of
+// the negacyclic convolution g = a * b mod z^(N/2) + 1 of real rows of at
+// most N/2 entries, computed by the split rows (rfft_conv_rows.h, "split
+// rows"; docs/certification.md, "Split rows"): the right-angle transform, a
+// complex transform of M = N/4 points (the stages of a real size-N/2
+// transform) of the twisted row w^j (a[j] - i a[j + M]), w = exp(-2 pi i /
+// N). The twist is a product with a computed twiddle (tau |z|), so the
+// computed spectrum is off by delta_g sqrt(M) ||a||, 1 + delta_g = (1 + tau)
+// (1 + eps), against the exact spectrum's norm sqrt(M) ||a|| (the twist is
+// unitary, the transform sqrt(M) times a unitary map); the product then errs
+// by rho_g M ||a|| ||b|| in 1-norm, rho_g = delta_g s + delta_g + c s^2, s = 1
+// + delta_g; the exact inverse maps an entry with weight 1/M, and the
+// inverse's rounding (the stages, then the untwisting product) adds e M^-1
+// ||P^||_1 <= e s^2 (1 + c), 1 + e = (1 + eps)(1 + tau), componentwise as
+// step 5 of conv_error_bound.
+MP_INLINE double
+negacyclic_error_bound(MP_INT64 fft_size, MP_INT64 terms, double u) {
+  const TransformErrors e = transform_errors(fft_size / 2, terms, u);
+  const double delta = compose_errors(e.twiddle_product, e.forward);
+  const double spectrum = 1.0 + delta;
+  const double rho = delta * spectrum + delta + e.product * spectrum * spectrum;
+  const double weight = spectrum * spectrum * (1.0 + e.product);
+  const double inverse = compose_errors(e.forward, e.twiddle_product);
+  return (rho + inverse * weight + e.terms * weight) * (1.0 + 1.0 / 1024.0);
+}
+
+// The split rows' bound on an entry x = (c + g) / 2 of the size-N cyclic
+// convolution, computed as fl(c^/2 + g^/2) (the halves exact: power-of-two
+// spectrum scales): from the bounds on c^ (conv_error_bound or
+// measured_term_error at size N/2) and on g^ (negacyclic_error_bound),
+// plus the addition's rounding, u |c^/2 + g^/2| <= u (|x| + their half-sum),
+// |x| <= norm_products (Cauchy-Schwarz).
+MP_INLINE double split_entry_error(
+    double cyclic_error,
+    double negacyclic_error,
+    double norm_products) {
+  const double halves = 0.5 * (cyclic_error + negacyclic_error);
+  return (halves * (1.0 + kUnitRoundoff64) + kUnitRoundoff64 * norm_products) *
+      (1.0 + 1.0 / 1024.0);
 }
 
 // One term's share of the bound with its spectra measured (the same

@@ -690,17 +690,34 @@ output_entries(MP_CONSTANT const ConvShape& g, MP_INT64 t) {
       g.a_len + g.b_len - 1);
 }
 
+// Output entry t of the cyclic convolution whose entry i is entry(i).
+template <class T, class Entry>
+MP_INLINE T
+gather_entries(MP_CONSTANT const ConvShape& g, MP_INT64 t, Entry entry) {
+  const GatherIndex idx = output_entries(g, t);
+  T v{};
+  if (idx.first >= 0)
+    v = entry(idx.first);
+  if (idx.second >= 0)
+    v = r_add(v, entry(idx.second));
+  return v;
+}
+
+// Entry i of the cyclic convolution held in (re, im).
+template <class T, class Ptr>
+struct PackedEntries {
+  Ptr re;
+  Ptr im;
+  MP_INLINE T operator()(MP_INT64 i) const {
+    return time_sample<T>(re, im, i);
+  }
+};
+
 // Output entry t of the cyclic convolution held in (re, im).
 template <class T, class Ptr>
 MP_INLINE T
 gather_output(Ptr re, Ptr im, MP_CONSTANT const ConvShape& g, MP_INT64 t) {
-  const GatherIndex idx = output_entries(g, t);
-  T v{};
-  if (idx.first >= 0)
-    v = time_sample<T>(re, im, idx.first);
-  if (idx.second >= 0)
-    v = r_add(v, time_sample<T>(re, im, idx.second));
-  return v;
+  return gather_entries<T>(g, t, PackedEntries<T, Ptr>{re, im});
 }
 
 // Whether output t is entry t of the cyclic convolution for every t <
@@ -738,6 +755,178 @@ MP_INLINE void for_each_output(
     emit(t, gather_output<T>(re, im, g, t));
 }
 
+// ------------------------------------------------------------ split rows
+// ---- A size-N cyclic convolution x of rows a, b with at most N/2 entries
+// each, in two halves of half the memory (for rows too long for group
+// memory): modulo z^N - 1 = (z^(N/2) - 1)(z^(N/2) + 1), x[t] = (c[t] +
+// g[t]) / 2 and x[t + N/2] = (c[t] - g[t]) / 2 for t < N/2, with c the
+// cyclic and g the negacyclic convolution of length N/2 (the even and the
+// odd bins of the size-N transform). c is the ordinary real transform of
+// size N/2 (a complex transform of M = N/4 points). g by the right-angle
+// transform: modulo z^(N/2) + 1 = (z^M + i)(z^M - i) and, the rows being
+// real, the first factor alone: a mod z^M + i = a[0:M] - i a[M:2M], and with
+// z = w y, w = exp(-2 pi i / N) (w^M = -i) the product mod z^M + i is the
+// cyclic one of the twisted rows w^j (a[j] - i a[j + M]) in y, so r =
+// IFFT(FFT(twisted a) FFT(twisted b)) w^-j = g[0:M] - i g[M:2M]. Both halves
+// run on the same M-point complex transform (the tables of size N/2) in M
+// complex values of group memory; c waits in a device slot of N/2 values
+// (stash) while g is computed. The kernel spectra are scaled so that the
+// halves come out as c/2 and g/2 (1/(4N) and 2/N, powers of two: exact). The
+// bound: certify.h, split_entry_error.
+
+// Entries per kernel row of the split spectra: the cyclic half's packed
+// spectrum (pair order), then the negacyclic half's M values (position
+// order).
+MP_INLINE MP_INT64 split_spectrum_stride(MP_CONSTANT const FFTShape& fs) {
+  return 2 * static_cast<MP_INT64>(fs.num_pairs) + fs.n_half;
+}
+
+// Point j of the negacyclic half's input: w^j (x[j] - i x[j + M]), the row
+// zero from its length on.
+template <class U>
+struct TwistedRow {
+  DeviceRow x;
+  const MP_DEVICE cpx<U>* twist;
+  int quarter; // M
+};
+
+template <class T, class U>
+MP_INLINE cpx<T> packed_point(TwistedRow<U> row, int j) {
+  const T tag{};
+  const MP_INT64 upper = static_cast<MP_INT64>(j) + row.quarter;
+  cpx<T> z{T{}, T{}};
+  if (j < row.x.len)
+    z.re = r_from_float(tag, row.x(j));
+  if (upper < row.x.len)
+    z.im = r_neg(r_from_float(tag, row.x(upper)));
+  return c_mul(z, row.twist[j]);
+}
+
+// The forward transform of a row read from `source` by the first pass
+// (packed_point), in passes separated by group barriers.
+template <bool kWide, class T, class Source, class Ptr>
+MP_INLINE void forward_from(
+    Source source,
+    Ptr re,
+    Ptr im,
+    MP_CONSTANT const FFTShape& fs,
+    const MP_DEVICE cpx<T>* tw,
+    int tid,
+    int nthreads) {
+  if (fft_pass_count(fs, kWide) == 0) {
+    for (int m = tid; m < fs.n_half; m += nthreads)
+      put_point(re, im, m, packed_point<T>(source, m));
+  } else {
+    fft_pass<false, kWide, T>(source, re, im, fs, 0, tw, tid, nthreads);
+  }
+  MP_BARRIER();
+  fft_passes<false, kWide, T>(re, im, fs, tw, 1, tid, nthreads, true);
+}
+
+// The split spectra of the kernel row b (split_spectrum_stride entries):
+// the cyclic half's, scaled by `scale` (1/(4N): c/2), and the negacyclic
+// half's, scaled by 8 scale (2/N: g/2). Ends with a group barrier.
+template <bool kWide, class T, class Ptr>
+MP_INLINE void split_kernel_spectrum(
+    DeviceRow b,
+    Ptr re,
+    Ptr im,
+    MP_CONSTANT const FFTShape& fs,
+    const MP_DEVICE cpx<T>* tw,
+    const MP_DEVICE cpx<T>* split_tw,
+    const MP_DEVICE IndexPair* pairs,
+    const MP_DEVICE cpx<T>* twist,
+    float scale,
+    MP_DEVICE cpx<T>* spectrum,
+    int tid,
+    int nthreads) {
+  forward_from<kWide, T>(b, re, im, fs, tw, tid, nthreads);
+  store_spectrum<T>(
+      re, im, pairs, split_tw, scale, spectrum, fs.num_pairs, tid, nthreads);
+  MP_BARRIER();
+  forward_from<kWide, T>(
+      TwistedRow<T>{b, twist, fs.n_half}, re, im, fs, tw, tid, nthreads);
+  MP_DEVICE cpx<T>* negacyclic = spectrum + 2 * fs.num_pairs;
+  for (int p = tid; p < fs.n_half; p += nthreads)
+    negacyclic[p] = c_scale(get_point<T>(re, im, p), 8.0f * scale);
+  MP_BARRIER();
+}
+
+// Entry i < N of the cyclic convolution from the halves: the cyclic half c/2
+// in the stash (c[2p] = c_re[p], c[2p + 1] = c_im[p]) and the negacyclic
+// half's inverse transform R in (g_re, g_im): g[j] = Re(R[j] conj w^j) and
+// g[j + M] = -Im(R[j] conj w^j).
+template <class T, class Ptr>
+struct SplitEntries {
+  const MP_DEVICE T* c_re;
+  const MP_DEVICE T* c_im;
+  Ptr g_re;
+  Ptr g_im;
+  const MP_DEVICE cpx<T>* twist;
+  int quarter; // M
+
+  MP_INLINE T operator()(MP_INT64 i) const {
+    const int half = 2 * quarter;
+    const bool upper = i >= half;
+    const int k = static_cast<int>(upper ? i - half : i);
+    const int j = k < quarter ? k : k - quarter;
+    const T c = (k & 1) ? c_im[k >> 1] : c_re[k >> 1];
+    const cpx<T> r = c_mul_conj(get_point<T>(g_re, g_im, j), twist[j]);
+    const T g = k < quarter ? r.re : r_neg(r.im);
+    return upper ? r_sub(c, g) : r_add(c, g);
+  }
+};
+
+// The convolution of the row a with the kernel's split spectra
+// (split_kernel_spectrum) by the halves, then emit(t, v) for the outputs t =
+// tid, tid + nthreads, ... < out_len (v = gather_entries of SplitEntries).
+// stash: N/2 values of device memory, c_re then c_im. Ends with a group
+// barrier.
+template <bool kWide, class T, class Ptr, class Emit>
+MP_INLINE void split_conv_row(
+    DeviceRow a,
+    Ptr re,
+    Ptr im,
+    MP_DEVICE T* stash,
+    MP_CONSTANT const ConvShape& g,
+    MP_CONSTANT const FFTShape& fs,
+    const MP_DEVICE cpx<T>* tw,
+    const MP_DEVICE cpx<T>* split_tw,
+    const MP_DEVICE IndexPair* pairs,
+    const MP_DEVICE cpx<T>* twist,
+    const MP_DEVICE cpx<T>* spectrum,
+    int tid,
+    int nthreads,
+    Emit emit) {
+  const int m = fs.n_half;
+  // The cyclic half; its last inverse pass writes the stash.
+  forward_from<kWide, T>(a, re, im, fs, tw, tid, nthreads);
+  multiply_rows_by_spectrum<T>(
+      re, im, m, 1, pairs, split_tw, spectrum, fs.num_pairs, tid, nthreads);
+  MP_BARRIER();
+  const int count = fft_pass_count(fs, kWide);
+  for (int k = 0; k + 1 < count; ++k) {
+    fft_pass<true, kWide, T>(
+        GroupRow<Ptr>{re, im}, re, im, fs, count - 1 - k, tw, tid, nthreads);
+    MP_BARRIER();
+  }
+  fft_pass<true, kWide, T>(
+      GroupRow<Ptr>{re, im}, stash, stash + m, fs, 0, tw, tid, nthreads);
+  MP_BARRIER();
+  // The negacyclic half, left in (re, im).
+  forward_from<kWide, T>(
+      TwistedRow<T>{a, twist, m}, re, im, fs, tw, tid, nthreads);
+  const MP_DEVICE cpx<T>* negacyclic = spectrum + 2 * fs.num_pairs;
+  for (int p = tid; p < m; p += nthreads)
+    put_point(re, im, p, c_mul(get_point<T>(re, im, p), negacyclic[p]));
+  MP_BARRIER();
+  fft_passes<true, kWide, T>(re, im, fs, tw, 0, tid, nthreads, true);
+  const SplitEntries<T, Ptr> entries{stash, stash + m, re, im, twist, m};
+  for (MP_INT64 t = tid; t < g.out_len; t += nthreads)
+    emit(t, gather_entries<T>(g, t, entries));
+  MP_BARRIER();
+}
+
 #if MP_HAS_DOUBLE
 // ----------------------------------------------------------- certification
 // ---- The steps of kernels/certify.h for the double engine (extended, and
@@ -768,6 +957,74 @@ MP_INLINE double square_sum_part(
     sum += x * x;
   }
   return sum;
+}
+
+// The thread's parts of the sums of a row (as loaded) that its bound needs:
+// of the squares (each exact in double), of the entries at even and at odd
+// positions; the group's parts add up to the row's sums.
+MP_INLINE void
+row_sums_part(DeviceRow x, int tid, int nthreads, MP_THREAD double* sums) {
+  sums[0] = sums[1] = sums[2] = 0.0;
+  for (MP_INT64 m = tid; m < x.len; m += nthreads) {
+    const double v = static_cast<double>(x(m));
+    sums[0] += v * v;
+    if (m & 1)
+      sums[2] += v;
+    else
+      sums[1] += v;
+  }
+}
+
+// A row's norm and the bound on its computed packed spectrum (certify.h,
+// spectrum_from_row) from the row's sums (row_sums_part) for a real
+// transform of h complex points.
+struct RowNorms {
+  double norm;
+  double spectrum;
+};
+
+MP_INLINE RowNorms row_norms(
+    MP_THREAD const TransformErrors& errors,
+    int h,
+    MP_INT64 len,
+    MP_THREAD const double* sums) {
+  const double norm = sqrt(sums[0]);
+  return RowNorms{
+      norm, spectrum_from_row(errors, h, len, norm, sums[1], sums[2])};
+}
+
+// The constants of a split row's bound: the cyclic half's transform errors
+// (size N/2; the norms' spectra are taken for its h = N/4) and the
+// negacyclic half's kappa_g (certify.h).
+struct SplitBound {
+  TransformErrors cyclic;
+  double negacyclic;
+};
+
+MP_INLINE SplitBound split_bound(MP_INT64 fft_size) {
+  return SplitBound{
+      transform_errors(fft_size / 2, 1, kUnitRoundoff64),
+      negacyclic_error_bound(fft_size, 1, kUnitRoundoff64)};
+}
+
+// Step 1 for a split row (split_conv_row) of a and a kernel row b: the
+// cyclic half's bound from the measured spectra, the negacyclic half's a
+// priori (its exact spectrum's norm is sqrt(M) ||row|| for every row),
+// combined by split_entry_error. bound_scale multiplies it (1; the CPU
+// harness's tests shrink it to show that it matters).
+MP_INLINE RowCertificate split_row_certificate(
+    MP_THREAD const SplitBound& k,
+    MP_CONSTANT const ConvShape& g,
+    RowNorms a,
+    RowNorms b,
+    double bound_scale) {
+  const double norms = a.norm * b.norm;
+  const double error = split_entry_error(
+      measured_term_error(k.cyclic, a.norm, b.norm, a.spectrum, b.spectrum),
+      k.negacyclic * norms,
+      norms);
+  return certificate_from_bound(
+      bound_scale * error, g.fold != 0, norms, 1, g.has_bias ? 1 : 0);
 }
 
 // Step 2 for one output: value is the transform's value plus the bias

@@ -4,7 +4,9 @@
 // Compiled with the same strict floating-point flags as the kernels.
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstddef>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -591,6 +593,138 @@ nb::tuple gpu_outputs(
   return nb::tuple(items);
 }
 
+// The GPU's split rows (kernels/rfft_conv_rows.h, "split rows": CUDA's
+// split_kernel_spectra and split_conv_rows) on the CPU, one thread running
+// a block's steps on rows poisoned with NaN: y = rfft_conv(a, b, n = period
+// or None, bias) ("convolve") or grad u ("correlate_input": a = the
+// cotangent, b = k), certified against the split bound times bound_scale,
+// the outputs that do not certify recomputed as recompute_open does.
+// Returns (y, open, values, bounds): the values certified (transform plus
+// bias products, in double) and the bound each was certified against.
+nb::tuple gpu_split_conv(
+    F a_in,
+    F b_in,
+    F bias_in,
+    int64_t period,
+    const std::string& variant,
+    double bound_scale) {
+  const int64_t a_len = a_in.shape(0), b_len = b_in.shape(0);
+  const bool has_bias = bias_in.shape(0) != 0;
+  if (a_len == 0 || b_len == 0 ||
+      (has_bias && bias_in.shape(0) != a_in.shape(0)))
+    throw std::invalid_argument(
+        "a and b must be nonempty, bias empty or as long as a");
+  if (variant == "correlate_kernel")
+    throw std::invalid_argument(
+        "correlate_kernel sums over rows (reduce_rows): no split rows");
+  const ConvGeometry geo = emulated_geometry(variant, period, a_len, b_len, 0);
+  if (!gpu::split_rows_apply(geo))
+    throw std::invalid_argument(
+        "these rows do not take the split rows (gpu::split_rows_apply)");
+  const ConvShape g = gpu::conv_shape(geo, has_bias, 1);
+  const gpu::FFTTables<double> t =
+      gpu::make_fft_tables<double>(geo.fft_size / 2);
+  const std::vector<cpx<double>> twist =
+      gpu::make_twist_table<double>(geo.fft_size);
+  const FFTShape& fs = t.shape;
+  const int m = fs.n_half;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  std::vector<double> row(2 * static_cast<size_t>(m), nan);
+  std::vector<double> stash(2 * static_cast<size_t>(m), nan);
+  std::vector<cpx<double>> spectrum(
+      static_cast<size_t>(split_spectrum_stride(fs)), cpx<double>{nan, nan});
+  const SwizzledRow<double*> re{row.data()}, im{row.data() + m};
+  const float* a = a_in.data();
+  const float* b = b_in.data();
+  const float* bias = has_bias ? bias_in.data() : a;
+  const SplitBound bound = split_bound(geo.fft_size);
+  double sums[3];
+  // split_kernel_spectra
+  const DeviceRow b_row{b, 1, g.b_len, false};
+  row_sums_part(b_row, 0, 1, sums);
+  const RowNorms b_norms = row_norms(bound.cyclic, m, b_row.len, sums);
+  split_kernel_spectrum<false, double>(
+      b_row,
+      re,
+      im,
+      fs,
+      t.twiddles.data(),
+      t.split.data(),
+      t.pairs.data(),
+      twist.data(),
+      g.spectrum_scale,
+      spectrum.data(),
+      0,
+      1);
+  // split_conv_rows
+  const DeviceRow a_row{a, 1, g.a_len, g.a_reversed != 0};
+  row_sums_part(a_row, 0, 1, sums);
+  const RowCertificate cert = split_row_certificate(
+      bound,
+      g,
+      row_norms(bound.cyclic, m, a_row.len, sums),
+      b_norms,
+      bound_scale);
+  float* y;
+  OutArray out = new_float_array(static_cast<size_t>(g.out_len), &y);
+  float* open;
+  OutArray open_out = new_float_array(static_cast<size_t>(g.out_len), &open);
+  std::vector<double> values(g.out_len, nan), bounds(g.out_len, nan);
+  split_conv_row<false, double>(
+      a_row,
+      re,
+      im,
+      stash.data(),
+      g,
+      fs,
+      t.twiddles.data(),
+      t.split.data(),
+      t.pairs.data(),
+      twist.data(),
+      spectrum.data(),
+      0,
+      1,
+      [&](int64_t i, double v) {
+        double magnitude = std::fabs(v);
+        if (has_bias) {
+          const double p = r_prod(0.0, a[i], bias[i]);
+          v = r_add(v, p);
+          magnitude += std::fabs(p);
+        }
+        values[i] = v;
+        bounds[i] = cert.conv_err + cert.rel * magnitude;
+        open[i] = certify_output(cert, v, magnitude, y + i) ? 0.0f : 1.0f;
+      });
+  // recompute_open
+  RowIndex ix{};
+  ix.outer_count = ix.inner_count = 1;
+  for (int op = 0; op < kNumOperands; ++op)
+    ix.time_stride[op] = 1;
+  for (int64_t i = 0; i < g.out_len; ++i)
+    if (open[i] != 0.0f)
+      y[i] = recompute_output(a, b, bias, ix, g, 0, 0, 1, i);
+  nb::list items;
+  items.append(nb::cast(out));
+  items.append(nb::cast(open_out));
+  items.append(nb::cast(new_double_array(values)));
+  items.append(nb::cast(new_double_array(bounds)));
+  return nb::tuple(items);
+}
+
+// Whether rows of a_len and b_len elements of an rfft_conv variant
+// ("convolve", "correlate_input", "correlate_kernel") with period (0: none)
+// satisfy gpu::split_rows_apply, and their transform size.
+nb::tuple split_rows_apply(
+    const std::string& variant,
+    int64_t period,
+    int64_t a_len,
+    int64_t b_len,
+    int64_t kernel_len) {
+  const ConvGeometry geo =
+      emulated_geometry(variant, period, a_len, b_len, kernel_len);
+  return nb::make_tuple(gpu::split_rows_apply(geo), geo.fft_size);
+}
+
 // Metal's PairSum on the CPU, one output at a time: the pair (hi, lo), flat
 // buffers read at `shape` with its hi and lo strides, summed to out_shape
 // with the layouts and the float-pair sums of the Metal kernel.
@@ -980,6 +1114,26 @@ void init_testing(nb::module_& parent) {
       "transform reads the real row (re[0], im[0], re[1], ...) cut to `length` entries (-1: "
       "all), zero-padded; returns (re, im) as float64.");
 
+  m.def(
+      "gpu_split_conv",
+      &gpu_split_conv,
+      "a"_a,
+      "b"_a,
+      "bias"_a,
+      "period"_a,
+      "variant"_a,
+      "bound_scale"_a = 1.0,
+      "The GPU's split rows (CUDA split_conv_rows) of one row on the CPU, "
+      "certified and recomputed: returns (y, open, values, bounds).");
+  m.def(
+      "split_rows_apply",
+      &split_rows_apply,
+      "variant"_a,
+      "period"_a,
+      "a_len"_a,
+      "b_len"_a,
+      "kernel_len"_a = 0,
+      "Whether the GPU takes split rows for this geometry, and its N.");
   m.def(
       "gpu_outputs",
       &gpu_outputs,

@@ -29,17 +29,22 @@ const char* working_type(Precision p) {
 }
 
 // The kernels of rfft_conv_kernels.cuh: templates over the working type, and
-// those over the row storage too (shared or workspace), or neither.
+// those over the row storage too (shared or workspace), or neither; the
+// split rows only in the certified precisions (double), the only ones whose
+// bits do not depend on how the convolution is computed.
 struct ConvKernel {
   const char* name;
   bool typed;
   bool row_storage;
+  bool certified_only = false;
 };
 const ConvKernel kKernels[] = {
     {"kernel_spectra", true, true},
     {"conv_rows", true, true},
     {"reduce_rows", true, true},
     {"sum_rows", true, true},
+    {"split_kernel_spectra", true, false, true},
+    {"split_conv_rows", true, false, true},
     {"product_sum", true, false},
     {"clear_open_bits", false, false},
     {"recompute_open", false, false},
@@ -70,6 +75,8 @@ conv_kernel_name(Precision p, const std::string& name, bool shared) {
 std::vector<std::string> conv_kernel_names(Precision p) {
   std::vector<std::string> names;
   for (const ConvKernel& k : kKernels) {
+    if (k.certified_only && p == Precision::Float32)
+      continue;
     names.push_back(name_expression(p, k, true));
     if (k.row_storage)
       names.push_back(name_expression(p, k, false));

@@ -461,6 +461,132 @@ void launch_pair_rows(
       extra...);
 }
 
+// The kernel rows' spectra (`entries` values each) and, after them, their
+// norms and spectrum bounds (two doubles each), in the stream's buffer
+// (cuda::stream_buffer: per-call buffers were held until their graphs had
+// run, for every convolution of a model's forward). The spectra kernel and
+// the row kernel both register it as written, so the next convolution's
+// spectra wait for this one's rows.
+template <class T>
+struct KernelSpectra {
+  mx::array& buffer;
+  cpx<T>* spectra;
+  double* norms;
+};
+
+template <class T>
+KernelSpectra<T> kernel_spectra_buffer(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    int stream_index,
+    int64_t rows,
+    int64_t entries) {
+  const size_t spectra_bytes = rows * entries * sizeof(cpx<T>);
+  mx::array& buffer = cuda::stream_buffer(
+      encoder,
+      device,
+      stream_index,
+      cuda::StreamBuffer::Spectra,
+      spectra_bytes + 2 * rows * sizeof(double));
+  cpx<T>* spectra = data_of<cpx<T>>(buffer);
+  double* norms = reinterpret_cast<double*>(
+      reinterpret_cast<char*>(spectra) + spectra_bytes);
+  return {buffer, spectra, norms};
+}
+
+// The split rows' twist table (gpu::make_twist_table) on the device.
+const cpx<double>* device_twist(int device, int64_t fft_size) {
+  static std::mutex mutex;
+  static std::map<std::pair<int, int64_t>, const cpx<double>*> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto key = std::make_pair(device, fft_size);
+  auto it = cache.find(key);
+  if (it != cache.end())
+    return it->second;
+  const std::vector<cpx<double>> t = gpu::make_twist_table<double>(fft_size);
+  const auto* d = reinterpret_cast<const cpx<double>*>(
+      cuda::upload_constant(t.data(), t.size() * sizeof(t[0])));
+  return cache.emplace(key, d).first->second;
+}
+
+// The launch of split_conv_rows for the geometry, where split rows apply
+// (gpu::split_rows_apply) and their halves (N/4 complex doubles) fit in
+// shared memory: N = 32768 on an H100/H200 (N = 65536 would need 256 KiB).
+std::optional<RowLaunch> split_rows_launch(
+    int device,
+    const ConvGeometry& geo) {
+  if (!gpu::split_rows_apply(geo))
+    return std::nullopt;
+  RowLaunch l =
+      row_launch<double>(device, "split_conv_rows", geo.fft_size / 4, 1);
+  if (!l.shared)
+    return std::nullopt;
+  return l;
+}
+
+// The shared-kernel form by split rows (rfft_conv_kernels.cuh,
+// split_kernel_spectra and split_conv_rows), with the tables of size N/2,
+// the twist, and a stash slot of N/2 doubles per block of `rows` (at most
+// the resident blocks) in the stream's row workspace.
+void launch_split_rows(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    int stream_index,
+    const ConvGeometry& geo,
+    RowIndex ix, // copies: the encoder takes the arguments' addresses
+    const RowLaunch& rows,
+    const RowOperands<double>& op) {
+  const DeviceFFT<double>& fft = device_fft<double>(device, geo.fft_size / 2);
+  const cpx<double>* twist = device_twist(device, geo.fft_size);
+  const FFTShape& fs = fft.shape;
+  RowLaunch spec =
+      row_launch<double>(device, "split_kernel_spectra", fs.n_half, 1);
+  KernelSpectra<double> ks = kernel_spectra_buffer<double>(
+      encoder, device, stream_index, ix.outer_count, split_spectrum_stride(fs));
+  mx::array& spectra_buffer = ks.buffer;
+  cpx<double>* spectra = ks.spectra;
+  double* norms = ks.norms;
+  const int64_t splits = group_splits(rows, ix);
+  ConvShape shape = gpu::conv_shape(geo, op.bias != nullptr, splits);
+  RowGrid spec_grid =
+      row_grid(encoder, device, stream_index, spec, ix.outer_count);
+  register_buffers(encoder, {&op.b}, {&spectra_buffer});
+  add_row_kernel<double>(
+      encoder,
+      spec,
+      spec_grid,
+      std::make_tuple(mx::gpu_ptr<float>(op.b)),
+      ix,
+      shape,
+      fft,
+      twist,
+      spectra,
+      norms);
+
+  RowGrid grid{
+      std::min<int64_t>(ix.outer_count * splits, rows.resident), std::nullopt};
+  grid.workspace = cuda::stream_buffer(
+      encoder,
+      device,
+      stream_index,
+      cuda::StreamBuffer::RowWorkspace,
+      grid.blocks * 2 * int64_t{fs.n_half} * sizeof(double));
+  launch_pair_rows<double>(
+      encoder,
+      device,
+      rows,
+      grid,
+      RowOperands<double>{op.a, op.b, op.bias, op.out, fft},
+      ix,
+      shape,
+      {},
+      {&spectra_buffer},
+      true,
+      twist,
+      spectra,
+      norms);
+}
+
 template <class T>
 void launch_shared_kernel(
     mx::cu::CommandEncoder& encoder,
@@ -474,23 +600,13 @@ void launch_shared_kernel(
   const FFTShape& fs = op.fft.shape;
 
   // Kernel spectra (and when certifying the norms, then the spectrum
-  // bounds: kernel_spectra), once per kernel row, in the
-  // stream's buffer (cuda::stream_buffer: per-call buffers were held until
-  // their graphs had run, for every convolution of a model's forward). Both
-  // kernels register it as written, so the next convolution's spectra wait
-  // for this one's rows.
+  // bounds: kernel_spectra), once per kernel row (kernel_spectra_buffer).
   RowLaunch spec = row_launch<T>(device, "kernel_spectra", fs.n_half, 1);
-  const size_t spectra_bytes =
-      ix.outer_count * 2 * int64_t{fs.num_pairs} * sizeof(cpx<T>);
-  mx::array& spectra_buffer = cuda::stream_buffer(
-      encoder,
-      device,
-      stream_index,
-      cuda::StreamBuffer::Spectra,
-      spectra_bytes + 2 * ix.outer_count * sizeof(double));
-  cpx<T>* spectra = data_of<cpx<T>>(spectra_buffer);
-  double* norms = reinterpret_cast<double*>(
-      reinterpret_cast<char*>(spectra) + spectra_bytes);
+  KernelSpectra<T> ks = kernel_spectra_buffer<T>(
+      encoder, device, stream_index, ix.outer_count, 2 * fs.num_pairs);
+  mx::array& spectra_buffer = ks.buffer;
+  cpx<T>* spectra = ks.spectra;
+  double* norms = ks.norms;
   // Short rows go several to a block (~256 threads), which then reads each
   // spectrum and split-table entry once for all of them.
   const int together = static_cast<int>(std::clamp<int64_t>(
@@ -499,6 +615,12 @@ void launch_shared_kernel(
   const int rows_per_block = rows.shared ? together : 1;
   if (rows_per_block != together)
     rows = row_launch<T>(device, "conv_rows", fs.n_half, 1);
+  if constexpr (Certified<T>::value) {
+    if (!rows.shared)
+      if (const std::optional<RowLaunch> split = split_rows_launch(device, geo))
+        return launch_split_rows(
+            encoder, device, stream_index, geo, ix, *split, op);
+  }
   const int64_t splits = group_splits(rows, ix, rows_per_block);
   ConvShape shape =
       gpu::conv_shape(geo, op.bias != nullptr, splits, rows_per_block);

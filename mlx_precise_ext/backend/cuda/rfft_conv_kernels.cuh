@@ -174,25 +174,12 @@ block_row_norm(const float* row, MP_INT64 stride, MP_INT64 len) {
 
 // A row's norm and the bound on its computed spectrum that
 // measured_term_error takes (certify.h, spectrum_from_row), over the block.
-struct RowNorms {
-  double norm;
-  double spectrum;
-};
-
 __device__ __forceinline__ RowNorms
 block_row_norms(DeviceRow x, const TransformErrors& errors, int h) {
-  double sums[3] = {0.0, 0.0, 0.0}; // squares, even entries, odd entries
-  for (MP_INT64 m = threadIdx.x; m < x.len; m += blockDim.x) {
-    const double v = static_cast<double>(x(m));
-    sums[0] += v * v;
-    if (m & 1)
-      sums[2] += v;
-    else
-      sums[1] += v;
-  }
+  double sums[3];
+  row_sums_part(x, threadIdx.x, blockDim.x, sums);
   block_sums(sums);
-  const double norm = sqrt(sums[0]);
-  return {norm, spectrum_from_row(errors, h, x.len, norm, sums[1], sums[2])};
+  return row_norms(errors, h, x.len, sums);
 }
 
 // Step 2 of certify.h for output t of an output row: certified, or marked
@@ -238,6 +225,35 @@ __device__ __forceinline__ void write_output(
     *out = r_round(v);
   }
 }
+
+// The outputs of the output row (kk, j) of conv_rows and split_conv_rows:
+// (t, v) -> write_output with the bias product a[t] bias[t], output t being
+// entry first_entry + t of the launch's OpenList.
+template <class T>
+struct RowOutputs {
+  const float* a_row;
+  MP_INT64 a_step;
+  const float* bias_row;
+  MP_INT64 bias_step;
+  bool has_bias;
+  const RowCertificate& cert;
+  float* out_row;
+  OpenList open;
+  MP_INT64 first_entry;
+
+  __device__ __forceinline__ void operator()(MP_INT64 t, T v) const {
+    write_output<T>(
+        v,
+        [&](auto add) {
+          if (has_bias)
+            add(a_row[t * a_step], bias_row[t * bias_step]);
+        },
+        cert,
+        out_row + t,
+        open,
+        first_entry + t);
+  }
+};
 
 // Spectra of the kernel rows (operand B, outer index = kernel row), scaled by
 // 1/(4N), in pair order; when certifying, also each kernel row's norm and
@@ -407,19 +423,145 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) conv_rows(
           re, im, fs, tw, 0, tid, row_threads, active);
       float* out_row = out + row_offset(ix, kOperandOut, kk, j);
       if (active)
-        for_each_output<T>(re, im, g, tid, row_threads, [&](MP_INT64 t, T v) {
-          write_output<T>(
-              v,
-              [&](auto add) {
-                if (g.has_bias)
-                  add(a_row[t * a_step], bias_row[t * bias_step]);
-              },
-              cert,
-              out_row + t,
-              open,
-              (kk * ix.inner_count + j) * g.out_len + t);
-        });
+        for_each_output<T>(
+            re,
+            im,
+            g,
+            tid,
+            row_threads,
+            RowOutputs<T>{
+                a_row,
+                a_step,
+                bias_row,
+                bias_step,
+                g.has_bias != 0,
+                cert,
+                out_row,
+                open,
+                (kk * ix.inner_count + j) * g.out_len});
       __syncthreads();
+    }
+  }
+}
+
+// Split rows (kernels/rfft_conv_rows.h): double rows of a size-N
+// convolution too long for shared memory (N/2 complex values), whose rows
+// both lie within their first N/2 entries, as a cyclic and a negacyclic
+// half of M = N/4 complex values each (the tables fs, tw, split_tw, pairs
+// are those of size N/2). One row per block, in shared memory; the cyclic
+// half waits in the block's stash slot (N/2 doubles, in L2) while the
+// negacyclic half is computed. Narrow passes, as conv_rows<double, true>.
+// The kernel rows' split spectra (split_spectrum_stride entries each) and,
+// as kernel_spectra, their norms and spectrum bounds.
+template <class T>
+__global__ void split_kernel_spectra(
+    const float* b,
+    const RowIndex ix,
+    const ConvShape g,
+    const FFTShape fs,
+    const cpx<T>* tw,
+    const cpx<T>* split_tw,
+    const IndexPair* pairs,
+    const cpx<T>* twist,
+    cpx<T>* spectra,
+    double* b_norms,
+    T*) {
+  const Row<T> re{reinterpret_cast<T*>(shared_rows)};
+  const Row<T> im{re.data + fs.n_half};
+  const SplitBound bound = split_bound(g.fft_size);
+  for (MP_INT64 kk = blockIdx.x; kk < ix.outer_count; kk += gridDim.x) {
+    const DeviceRow b_row{
+        b + row_offset(ix, kOperandB, kk, 0),
+        ix.time_stride[kOperandB],
+        g.b_len,
+        false};
+    const RowNorms norms = block_row_norms(b_row, bound.cyclic, fs.n_half);
+    if (threadIdx.x == 0) {
+      b_norms[kk] = norms.norm;
+      b_norms[ix.outer_count + kk] = norms.spectrum;
+    }
+    split_kernel_spectrum<false, T>(
+        b_row,
+        re,
+        im,
+        fs,
+        tw,
+        split_tw,
+        pairs,
+        twist,
+        g.spectrum_scale,
+        spectra + kk * split_spectrum_stride(fs),
+        threadIdx.x,
+        blockDim.x);
+  }
+}
+
+// conv_rows for split rows: work items (kernel row, split) as there, one
+// row per block, the outputs that do not certify listed in `open`.
+// Registers: 512 threads a block, one block per SM (its shared memory).
+template <class T>
+__global__ void __maxnreg__(128) split_conv_rows(
+    const float* a,
+    const float* b,
+    const float* bias,
+    float* out,
+    const RowIndex ix,
+    const ConvShape g,
+    const FFTShape fs,
+    const cpx<T>* tw,
+    const cpx<T>* split_tw,
+    const IndexPair* pairs,
+    const cpx<T>* twist,
+    const cpx<T>* spectra,
+    const double* b_norms,
+    const OpenList open,
+    T* stash_slots) {
+  const Row<T> re{reinterpret_cast<T*>(shared_rows)};
+  const Row<T> im{re.data + fs.n_half};
+  T* stash = stash_slots + static_cast<MP_INT64>(blockIdx.x) * 2 * fs.n_half;
+  const SplitBound bound = split_bound(g.fft_size);
+  const MP_INT64 splits = g.rows_per_group_split;
+  const MP_INT64 items = ix.outer_count * splits;
+  const MP_INT64 a_step = ix.time_stride[kOperandA];
+  const MP_INT64 bias_step = ix.time_stride[kOperandBias];
+  for (MP_INT64 item = blockIdx.x; item < items; item += gridDim.x) {
+    const MP_INT64 kk = item / splits;
+    for (MP_INT64 j = item % splits; j < ix.inner_count; j += splits) {
+      const float* a_row = a + row_offset(ix, kOperandA, kk, j);
+      const float* bias_row =
+          bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
+      const DeviceRow a_loaded{a_row, a_step, g.a_len, g.a_reversed != 0};
+      const RowCertificate cert = split_row_certificate(
+          bound,
+          g,
+          block_row_norms(a_loaded, bound.cyclic, fs.n_half),
+          RowNorms{b_norms[kk], b_norms[ix.outer_count + kk]},
+          1.0);
+      float* out_row = out + row_offset(ix, kOperandOut, kk, j);
+      split_conv_row<false, T>(
+          a_loaded,
+          re,
+          im,
+          stash,
+          g,
+          fs,
+          tw,
+          split_tw,
+          pairs,
+          twist,
+          spectra + kk * split_spectrum_stride(fs),
+          threadIdx.x,
+          blockDim.x,
+          RowOutputs<T>{
+              a_row,
+              a_step,
+              bias_row,
+              bias_step,
+              g.has_bias != 0,
+              cert,
+              out_row,
+              open,
+              (kk * ix.inner_count + j) * g.out_len});
     }
   }
 }

@@ -81,6 +81,22 @@ template FFTTables<float> make_fft_tables<float>(int64_t);
 template FFTTables<double> make_fft_tables<double>(int64_t);
 template FFTTables<ff> make_fft_tables<ff>(int64_t);
 
+template <class T>
+std::vector<cpx<T>> make_twist_table(int64_t fft_size) {
+  const TwiddleSource source(fft_size);
+  std::vector<cpx<T>> t(static_cast<size_t>(fft_size / 4));
+  for (size_t j = 0; j < t.size(); ++j)
+    t[j] = twiddle<T>(source(static_cast<int64_t>(j)));
+  return t;
+}
+
+template std::vector<cpx<double>> make_twist_table<double>(int64_t);
+
+bool split_rows_apply(const ConvGeometry& g) {
+  return g.fft_size >= 8 && 2 * g.a_len <= g.fft_size &&
+      2 * g.b_len <= g.fft_size;
+}
+
 ConvShape conv_shape(
     const ConvGeometry& g,
     bool has_bias,

@@ -30,6 +30,16 @@ struct FFTTables {
 template <class T>
 FFTTables<T> make_fft_tables(int64_t fft_size);
 
+// The twist of the split rows' negacyclic half (kernels/rfft_conv_rows.h,
+// "split rows"): w^j, w = exp(-2 pi i / fft_size), j < fft_size / 4.
+template <class T>
+std::vector<cpx<T>> make_twist_table(int64_t fft_size);
+
+// Whether the split rows can compute the geometry's size-N cyclic
+// convolution: both rows within the first N/2 entries (so that the cyclic
+// and negacyclic halves are those of the rows themselves), N >= 8.
+bool split_rows_apply(const ConvGeometry& g);
+
 ConvShape conv_shape(
     const ConvGeometry& g,
     bool has_bias,
