@@ -123,7 +123,11 @@ def round_exact_sum(terms) -> np.float32:
 
 def _float32_of_fraction(q: Fraction) -> np.float32:
     hi = float(q)  # correctly rounded to double; the residual's sign decides a midpoint
-    return round_exact_sum([hi, float(q - Fraction(hi))])
+    rest = q - Fraction(hi)
+    lo = float(rest)
+    if lo == 0.0 and rest != 0:  # below double's range: only its sign can matter
+        lo = math.copysign(5e-324, rest)
+    return round_exact_sum([hi, lo])
 
 
 def layer_norm_reference_mp(x, w, b, eps):

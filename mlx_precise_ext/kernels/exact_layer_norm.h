@@ -11,14 +11,14 @@
 // by (W N)^2 against C^2 2^296 V. Bit sizes: W N < 2^(555 + log2 D), the
 // shift of (W N)^2 is at most 778 (eps down to 2^-1074), C < 2^280 and V
 // < 2^(1330 + 2 log2 D): both sides stay below 2^(1890 + 2 log2 D) < 2^2304.
-// Written once for the CPU and CUDA against portability.h (it needs double for
-// eps; Metal has none). Rows reach it rarely: the limbs live in local memory
-// on a GPU.
+// Written once against portability.h. The forward's part needs no double
+// (eps arrives as its integer significand and exponent, ExactEps) and no
+// lambda, so that Metal runs it too (kernels/layer_norm_pair.h); the
+// gradients' parts are for the CPU and CUDA. Rows reach it rarely: the limbs
+// live in local memory on a GPU.
 #pragma once
 
 #include "certify.h"
-
-#if MP_HAS_DOUBLE
 
 namespace mlx_precise {
 
@@ -37,7 +37,7 @@ struct BigNatural {
 };
 
 template <int L>
-MP_INLINE void big_trim(BigNatural<L>& a) {
+MP_INLINE void big_trim(MP_THREAD BigNatural<L>& a) {
   while (a.size > 0 && a.limb[a.size - 1] == 0)
     --a.size;
 }
@@ -60,7 +60,9 @@ MP_INLINE BigNatural<L> big_from(BigWord v, int shift) {
 }
 
 template <int L>
-MP_INLINE int big_compare(const BigNatural<L>& a, const BigNatural<L>& b) {
+MP_INLINE int big_compare(
+    const MP_THREAD BigNatural<L>& a,
+    const MP_THREAD BigNatural<L>& b) {
   if (a.size != b.size)
     return a.size < b.size ? -1 : 1;
   for (int i = a.size - 1; i >= 0; --i)
@@ -71,8 +73,8 @@ MP_INLINE int big_compare(const BigNatural<L>& a, const BigNatural<L>& b) {
 
 template <int L>
 MP_INLINE BigNatural<L> big_add(
-    const BigNatural<L>& a,
-    const BigNatural<L>& b) {
+    const MP_THREAD BigNatural<L>& a,
+    const MP_THREAD BigNatural<L>& b) {
   BigNatural<L> r;
   BigWord carry = 0;
   const int n = a.size > b.size ? a.size : b.size;
@@ -91,8 +93,8 @@ MP_INLINE BigNatural<L> big_add(
 // a - b for a >= b.
 template <int L>
 MP_INLINE BigNatural<L> big_subtract(
-    const BigNatural<L>& a,
-    const BigNatural<L>& b) {
+    const MP_THREAD BigNatural<L>& a,
+    const MP_THREAD BigNatural<L>& b) {
   BigNatural<L> r;
   MP_INT64 borrow = 0;
   for (int i = 0; i < a.size; ++i) {
@@ -108,8 +110,8 @@ MP_INLINE BigNatural<L> big_subtract(
 
 template <int L>
 MP_INLINE BigNatural<L> big_multiply(
-    const BigNatural<L>& a,
-    const BigNatural<L>& b) {
+    const MP_THREAD BigNatural<L>& a,
+    const MP_THREAD BigNatural<L>& b) {
   BigNatural<L> r;
   const int n = a.size + b.size;
   for (int i = 0; i < n; ++i)
@@ -129,7 +131,9 @@ MP_INLINE BigNatural<L> big_multiply(
 }
 
 template <int L>
-MP_INLINE BigNatural<L> big_shift_left(const BigNatural<L>& a, int bits) {
+MP_INLINE BigNatural<L> big_shift_left(
+    const MP_THREAD BigNatural<L>& a,
+    int bits) {
   BigNatural<L> r;
   const int word = bits / 32, bit = bits % 32;
   for (int i = 0; i < a.size + word + 1; ++i)
@@ -145,12 +149,12 @@ MP_INLINE BigNatural<L> big_shift_left(const BigNatural<L>& a, int bits) {
 }
 
 template <int L>
-MP_INLINE bool big_bit(const BigNatural<L>& a, int bit) {
+MP_INLINE bool big_bit(const MP_THREAD BigNatural<L>& a, int bit) {
   return bit / 32 < a.size && ((a.limb[bit / 32] >> (bit % 32)) & 1u) != 0u;
 }
 
 template <int L>
-MP_INLINE int big_bit_length(const BigNatural<L>& a) {
+MP_INLINE int big_bit_length(const MP_THREAD BigNatural<L>& a) {
   if (a.size == 0)
     return 0;
   int bits = 32 * (a.size - 1);
@@ -162,8 +166,8 @@ MP_INLINE int big_bit_length(const BigNatural<L>& a) {
 // floor(a / b) for b > 0, one quotient bit at a time (rare paths only).
 template <int L>
 MP_INLINE BigNatural<L> big_divide(
-    const BigNatural<L>& a,
-    const BigNatural<L>& b) {
+    const MP_THREAD BigNatural<L>& a,
+    const MP_THREAD BigNatural<L>& b) {
   BigNatural<L> q = big_from<L>(0, 0), r = big_from<L>(0, 0);
   for (int bit = big_bit_length(a) - 1; bit >= 0; --bit) {
     r = big_shift_left(r, 1);
@@ -184,7 +188,7 @@ MP_INLINE BigNatural<L> big_divide(
 
 // floor(sqrt(a)), two bits of a per result bit (rare paths only).
 template <int L>
-MP_INLINE BigNatural<L> big_square_root(const BigNatural<L>& a) {
+MP_INLINE BigNatural<L> big_square_root(const MP_THREAD BigNatural<L>& a) {
   BigNatural<L> rest = a, root = big_from<L>(0, 0);
   for (int bit = (big_bit_length(a) - 1) & ~1; bit >= 0; bit -= 2) {
     // root holds the result's bits above bit / 2, times 2^(bit / 2 + 1).
@@ -212,14 +216,14 @@ struct BigInteger {
 };
 
 template <int L>
-MP_INLINE int big_sign(const BigInteger<L>& a) {
+MP_INLINE int big_sign(const MP_THREAD BigInteger<L>& a) {
   return a.magnitude.size == 0 ? 0 : (a.negative ? -1 : 1);
 }
 
 template <int L>
 MP_INLINE BigInteger<L> big_add(
-    const BigInteger<L>& a,
-    const BigInteger<L>& b) {
+    const MP_THREAD BigInteger<L>& a,
+    const MP_THREAD BigInteger<L>& b) {
   if (a.negative == b.negative)
     return BigInteger<L>{big_add(a.magnitude, b.magnitude), a.negative};
   if (big_compare(a.magnitude, b.magnitude) >= 0)
@@ -235,8 +239,8 @@ MP_INLINE BigInteger<L> big_negate(BigInteger<L> a) {
 
 template <int L>
 MP_INLINE BigInteger<L> big_multiply(
-    const BigInteger<L>& a,
-    const BigInteger<L>& b) {
+    const MP_THREAD BigInteger<L>& a,
+    const MP_THREAD BigInteger<L>& b) {
   return BigInteger<L>{
       big_multiply(a.magnitude, b.magnitude), a.negative != b.negative};
 }
@@ -258,11 +262,19 @@ struct ExactLayerNormRow {
   MP_INT64 dim;
 };
 
+// eps = integer 2^exponent exactly, integer < 2^53 (a double's significand
+// and exponent; integer = 0 and exponent = -298 for eps = 0). Metal, without
+// double, receives it from the host.
+struct ExactEps {
+  BigWord integer;
+  int exponent;
+};
+
 // Requires finite x and eps, and V > 0 (eps > 0 or a non-constant row).
 // x(i) returns the row's element i.
 template <int L, class Row>
 MP_INLINE ExactLayerNormRow<L>
-exact_layer_norm_row(Row x, MP_INT64 dim, double eps) {
+exact_layer_norm_row(Row x, MP_INT64 dim, ExactEps eps) {
   BigInteger<L> sum{big_from<L>(0, 0), false};
   BigNatural<L> squares = big_from<L>(0, 0);
   for (MP_INT64 i = 0; i < dim; ++i) {
@@ -271,27 +283,37 @@ exact_layer_norm_row(Row x, MP_INT64 dim, double eps) {
     squares = big_add(squares, big_multiply(v.magnitude, v.magnitude));
   }
   const BigNatural<L> d = big_from<L>(static_cast<BigWord>(dim), 0);
-  // V0 = D sum X^2 - S^2 at 2^-298; eps = E 2^e exactly, E < 2^53, read from
-  // its bits (e >= -1074).
+  // V0 = D sum X^2 - S^2 at 2^-298.
   const BigNatural<L> v0 = big_subtract(
       big_multiply(d, squares), big_multiply(sum.magnitude, sum.magnitude));
-  const BigWord eps_bits = MP_DOUBLE_BITS(eps);
-  const int biased = static_cast<int>((eps_bits >> 52) & 0x7ff);
-  BigWord eps_integer = eps_bits & ((static_cast<BigWord>(1) << 52) - 1);
-  if (biased != 0)
-    eps_integer |= static_cast<BigWord>(1) << 52;
-  const int eps_exponent = eps_integer == 0 ? -298
-      : biased != 0                         ? biased - 1075
-                                            : -1074;
   // V = V0 2^(-298 - ev) + D^2 E 2^(e - ev) at 2^ev, ev = min(-298, e).
-  const int ev = eps_exponent < -298 ? eps_exponent : -298;
+  const int ev = eps.exponent < -298 ? eps.exponent : -298;
+  const BigNatural<L> d_squared = big_multiply(d, d);
+  const BigNatural<L> eps_part = big_from<L>(eps.integer, 0);
   const BigNatural<L> radicand = big_add(
       big_shift_left(v0, -298 - ev),
-      big_shift_left(
-          big_multiply(big_multiply(d, d), big_from<L>(eps_integer, 0)),
-          eps_exponent - ev));
+      big_shift_left(big_multiply(d_squared, eps_part), eps.exponent - ev));
   return ExactLayerNormRow<L>{sum, radicand, -296 - ev, dim};
 }
+
+#if MP_HAS_DOUBLE
+// eps's exact parts, read from its bits (e >= -1074).
+MP_INLINE ExactEps exact_eps(double eps) {
+  const BigWord bits = MP_DOUBLE_BITS(eps);
+  const int biased = static_cast<int>((bits >> 52) & 0x7ff);
+  BigWord integer = bits & ((static_cast<BigWord>(1) << 52) - 1);
+  if (biased != 0)
+    integer |= static_cast<BigWord>(1) << 52;
+  return ExactEps{
+      integer, integer == 0 ? -298 : (biased != 0 ? biased - 1075 : -1074)};
+}
+
+template <int L, class Row>
+MP_INLINE ExactLayerNormRow<L>
+exact_layer_norm_row(Row x, MP_INT64 dim, double eps) {
+  return exact_layer_norm_row<L>(x, dim, exact_eps(eps));
+}
+#endif
 
 // Ordinal k of the float32 values in increasing order: k = bits for
 // k >= 0, -bits(-value) below; +-0x7f800000 stands for +-2^128, the
@@ -330,7 +352,7 @@ layer_norm_exact_zero(bool numerator_negative, float w, float b) {
 // N = D X - S for the row's element x (at 2^-149).
 template <int L>
 MP_INLINE BigInteger<L> exact_numerator(
-    const ExactLayerNormRow<L>& row,
+    const MP_THREAD ExactLayerNormRow<L>& row,
     float x) {
   return big_add(
       big_multiply(
@@ -345,22 +367,26 @@ MP_INLINE BigInteger<L> exact_numerator(
 // the float32 ordinals on the side they point to (<= 32 steps). Past the
 // midpoint from FLT_MAX to 2^128 it is +-inf; a zero result takes y's sign,
 // +0 for y = 0 exactly.
+// (A function, not a lambda: Metal has none.)
+template <int L, class Compare>
+MP_INLINE bool at_or_below_midpoint(Compare compare, MP_INT64 k) {
+  // Whether y lies below the midpoint above ordinal k, or on it with k even
+  // (round half to even; 2^128 counts as even).
+  if (k >= kFloatOrdinalTop)
+    return true;
+  const int s = compare(
+      big_add(float_ordinal_scaled<L>(k), float_ordinal_scaled<L>(k + 1)));
+  return s < 0 || (s == 0 && (k & 1) == 0);
+}
+
 template <int L, class Compare>
 MP_INLINE float round_by_midpoints(Compare compare, float guess) {
-  // The answer is the least k with y below the midpoint above k, or on it
-  // with k even (round half to even; 2^128 counts as even).
+  // The answer is the least k at or below its upper midpoint.
   const MP_INT64 top = kFloatOrdinalTop;
-  const auto at_or_below = [&](MP_INT64 k) {
-    if (k >= top)
-      return true;
-    const int s = compare(
-        big_add(float_ordinal_scaled<L>(k), float_ordinal_scaled<L>(k + 1)));
-    return s < 0 || (s == 0 && (k & 1) == 0);
-  };
   const MP_INT64 k = guess == guess ? float_ordinal(guess) : 0;
   MP_INT64 lo = -top, hi = top;
-  if (at_or_below(k)) {
-    if (k == -top || !at_or_below(k - 1))
+  if (at_or_below_midpoint<L>(compare, k)) {
+    if (k == -top || !at_or_below_midpoint<L>(compare, k - 1))
       lo = hi = k;
     else
       hi = k - 1;
@@ -369,7 +395,7 @@ MP_INLINE float round_by_midpoints(Compare compare, float guess) {
   }
   while (lo < hi) {
     const MP_INT64 mid = lo + (hi - lo) / 2;
-    if (at_or_below(mid))
+    if (at_or_below_midpoint<L>(compare, mid))
       hi = mid;
     else
       lo = mid + 1;
@@ -379,12 +405,33 @@ MP_INLINE float round_by_midpoints(Compare compare, float guess) {
   return float_from_ordinal(lo);
 }
 
+// Sign of y - m for m = m_scaled 2^-150, y = w N / sqrt(V) + b: with wn = W N
+// (its sign wn_sign), lhs = (W N)^2 at the comparison's scale and b_scaled =
+// b 2^150, the signs of W N and of c = m - b, then (W N)^2 against c^2 V.
+template <int L>
+struct OutputMidpointCompare {
+  int wn_sign;
+  const MP_THREAD BigNatural<L>* lhs;
+  const MP_THREAD BigNatural<L>* radicand;
+  const MP_THREAD BigInteger<L>* b_scaled;
+
+  int operator()(BigInteger<L> m_scaled) const {
+    const BigInteger<L> c = big_add(m_scaled, big_negate(*b_scaled));
+    const int c_sign = big_sign(c);
+    if (wn_sign != c_sign)
+      return wn_sign > c_sign ? 1 : -1;
+    const BigNatural<L> c_squared = big_multiply(c.magnitude, c.magnitude);
+    const int cmp = big_compare(*lhs, big_multiply(c_squared, *radicand));
+    return wn_sign > 0 ? cmp : -cmp;
+  }
+};
+
 // The correctly rounded float32 of y = w N / sqrt(V) + b for the row's
 // element x (w = 1 when absent, b = -0), starting from the candidate `guess`
 // (the last stage's value): sign comparisons, then squares.
 template <int L>
 MP_INLINE float exact_layer_norm_output(
-    const ExactLayerNormRow<L>& row,
+    const MP_THREAD ExactLayerNormRow<L>& row,
     float x,
     float w,
     float b,
@@ -397,20 +444,12 @@ MP_INLINE float exact_layer_norm_output(
   const BigNatural<L> lhs = big_shift_left(
       big_multiply(wn.magnitude, wn.magnitude), row.square_shift);
   const BigInteger<L> b_scaled = big_from_float<L>(b, 150);
-  // Sign of y - m for m = m_scaled 2^-150.
-  const auto compare_with = [&](const BigInteger<L>& m_scaled) {
-    const BigInteger<L> c = big_add(m_scaled, big_negate(b_scaled));
-    const int c_sign = big_sign(c);
-    if (wn_sign != c_sign)
-      return wn_sign > c_sign ? 1 : -1;
-    const int cmp = big_compare(
-        lhs,
-        big_multiply(big_multiply(c.magnitude, c.magnitude), row.radicand));
-    return wn_sign > 0 ? cmp : -cmp;
-  };
-  return round_by_midpoints<L>(compare_with, guess);
+  const OutputMidpointCompare<L> compare{
+      wn_sign, &lhs, &row.radicand, &b_scaled};
+  return round_by_midpoints<L>(compare, guess);
 }
 
+#if MP_HAS_DOUBLE
 // ---------------------------------------------------------------- grad x ----
 // grad x's exact last resort (layer_norm_certify.h has its float64 stage).
 // With GW_j = g_j w_j 2^298 (integers), G = sum GW, A_i = D GW_i - G,
@@ -678,6 +717,6 @@ MP_INLINE bool exact_weight_grad_output(
   return true;
 }
 
-} // namespace mlx_precise
-
 #endif // MP_HAS_DOUBLE
+
+} // namespace mlx_precise

@@ -23,6 +23,7 @@
 #include "kernels/addmm_pair.h"
 #include "kernels/certify_pair.h"
 #include "kernels/dd.h"
+#include "kernels/layer_norm_pair.h"
 #include "kernels/pair_grad.h"
 #include "kernels/pair_math.h"
 #include "kernels/rfft_conv_rows.h"
@@ -428,6 +429,78 @@ nb::tuple metal_certified_addmm(
     }
   }
   return nb::make_tuple(out, open_out);
+}
+
+// Metal's certified float-pair layer_norm on the CPU, each row as the kernels
+// run it (strict_kernels.metal: layer_norm_rows_dd, then
+// layer_norm_recompute_open for the open outputs): x (rows, dim) row-major,
+// flattened; weight and bias of dim entries or empty. err_scale multiplies
+// the bound (1 in the kernels). Returns (y, open).
+nb::tuple metal_certified_layer_norm(
+    F x,
+    F weight,
+    F bias,
+    int64_t dim,
+    double eps,
+    float err_scale) {
+  const bool has_w = weight.shape(0) != 0, has_b = bias.shape(0) != 0;
+  if (dim <= 0 || x.shape(0) % dim != 0 ||
+      (has_w && static_cast<int64_t>(weight.shape(0)) != dim) ||
+      (has_b && static_cast<int64_t>(bias.shape(0)) != dim) || !(eps >= 0.0))
+    throw std::invalid_argument(
+        "pass x of rows * dim entries, weight and bias of dim or 0, eps >= 0");
+  const int64_t rows = static_cast<int64_t>(x.shape(0)) / dim;
+  const PairLayerNormEps pe = pair_layer_norm_eps(eps);
+  float* y;
+  OutArray out = new_float_array(static_cast<size_t>(rows * dim), &y);
+  float* open;
+  OutArray open_out = new_float_array(static_cast<size_t>(rows * dim), &open);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x.data() + r * dim;
+    const auto element = [&](int64_t i) { return xr[i]; };
+    const PairLayerNormRow row = pair_layer_norm_row(element, dim, pe);
+    bool any_open = false;
+    for (int64_t i = 0; i < dim; ++i) {
+      const float w = has_w ? weight.data()[i] : 1.0f;
+      const float b = has_b ? bias.data()[i] : -0.0f;
+      const bool done = pair_layer_norm_round(
+          pair_layer_norm_output(row, xr[i], w, b), err_scale, &y[r * dim + i]);
+      open[r * dim + i] = done ? 0.0f : 1.0f;
+      any_open = any_open || !done;
+    }
+    if (!any_open)
+      continue;
+    const ExactLayerNormRow<kBigLimbs> exact =
+        exact_layer_norm_row<kBigLimbs>(element, dim, pe.exact);
+    for (int64_t i = 0; i < dim; ++i)
+      if (open[r * dim + i] != 0.0f)
+        y[r * dim + i] = exact_layer_norm_output(
+            exact,
+            xr[i],
+            has_w ? weight.data()[i] : 1.0f,
+            has_b ? bias.data()[i] : -0.0f,
+            y[r * dim + i]);
+  }
+  return nb::make_tuple(out, open_out);
+}
+
+// Metal's layer_norm bias gradient on the CPU (strict_kernels.metal:
+// layer_norm_param_grads): the column sums of g (rows, dim) row-major,
+// flattened, rows in order. Returns the dim sums.
+OutArray metal_layer_norm_bias_grad(F g, int64_t dim) {
+  if (dim <= 0 || g.shape(0) % dim != 0)
+    throw std::invalid_argument("pass g of rows * dim entries");
+  const int64_t rows = static_cast<int64_t>(g.shape(0)) / dim;
+  float* out;
+  OutArray result = new_float_array(static_cast<size_t>(dim), &out);
+  for (int64_t i = 0; i < dim; ++i) {
+    const auto column = [&](int64_t r) { return g.data()[r * dim + i]; };
+    PairDot sum = pair_dot_init();
+    for (int64_t r = 0; r < rows; ++r)
+      sum = pair_dot_step(sum, column(r), 1.0f);
+    out[i] = pair_bias_grad(sum, column, rows);
+  }
+  return result;
 }
 
 // Metal's certified float-pair rfft_conv of one row on the CPU, one thread
@@ -1168,6 +1241,29 @@ void init_testing(nb::module_& parent) {
       "kernels' own code: alpha a @ b [+ beta c] for row-major flattened a (m, k), b (k, n), "
       "c (m, n) or empty; err_scale multiplies the bound (1 on Metal). Returns (y, open), "
       "open 1 where the output did not certify and was recomputed exactly.");
+
+  m.def(
+      "metal_certified_layer_norm",
+      &metal_certified_layer_norm,
+      "x"_a.noconvert(),
+      "weight"_a.noconvert(),
+      "bias"_a.noconvert(),
+      "dim"_a,
+      "eps"_a,
+      "err_scale"_a = 1.0f,
+      "Metal's certified float-pair layer_norm (kernels/layer_norm_pair.h) run on the CPU "
+      "with the kernels' own code: rows of dim entries of x (row-major, flattened), weight "
+      "and bias of dim entries or empty; err_scale multiplies the bound (1 on Metal). "
+      "Returns (y, open), open 1 where the output did not certify and was rounded exactly.");
+
+  m.def(
+      "metal_layer_norm_bias_grad",
+      &metal_layer_norm_bias_grad,
+      "g"_a.noconvert(),
+      "dim"_a,
+      "Metal's certified layer_norm bias gradient (kernels/layer_norm_pair.h: "
+      "pair_bias_grad) on the CPU: the column sums of g (rows, dim), row-major "
+      "and flattened.");
 
   m.def(
       "metal_pair_sum",

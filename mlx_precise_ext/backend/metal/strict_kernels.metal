@@ -13,6 +13,7 @@
 #include "kernels/strict_params.h"
 #include "kernels/strict_arith.h"
 #include "kernels/addmm_pair.h"
+#include "kernels/layer_norm_pair.h"
 
 namespace mlx_precise {
 
@@ -184,33 +185,141 @@ LayerNormStats<T> simd_row_stats(const device float* x, long stride, int dim, T 
   return s;
 }
 
-// y (rows, dim) row-major.
-template <class T>
-[[kernel]] void layer_norm_rows(const device float* x [[buffer(0)]],
-                                const device float* weight [[buffer(1)]],
-                                const device float* bias [[buffer(2)]],
-                                device float* y [[buffer(3)]],
-                                constant const RowsLayout& x_layout [[buffer(4)]],
-                                constant const LayerNormLaunch& flags [[buffer(6)]],
-                                constant const T& eps_in [[buffer(7)]],
-                                uint lane [[thread_index_in_simdgroup]],
-                                uint simd_width [[threads_per_simdgroup]],
-                                uint simd [[simdgroup_index_in_threadgroup]],
-                                uint simds [[simdgroups_per_threadgroup]],
-                                uint group [[threadgroup_position_in_grid]],
-                                uint groups [[threadgroups_per_grid]]) {
-  threadgroup T lanes[kStrictRowsPerGroup][2 * kLayerNormLanes];
+// Certified layer_norm (kernels/layer_norm_pair.h), y (rows, dim) row-major.
+// One SIMD-group per row: lanes 0..7 scan the row (largest magnitude,
+// extremes), then run the two passes of pair sums on the row scaled by 2^-e
+// (lane l: elements l, l + 8, ... in order), publishing each in the
+// SIMD-group's threadgroup slots; every thread combines them into the same
+// certified statistics and takes every simd_width-th output. An output that
+// does not certify keeps its pair rounding and is marked in open_bits (bit
+// row * dim + i) for layer_norm_recompute_open.
+struct LayerNormLanes {
+  PairRowScan scan[kLayerNormLanes];
+  ff sum[kLayerNormLanes];
+  ff dev[kLayerNormLanes];
+  ff sq[kLayerNormLanes];
+  float abs_dev[kLayerNormLanes];
+};
+
+PairLayerNormRow simd_pair_row(const device float* x, long stride, int dim, PairLayerNormEps eps,
+                               threadgroup LayerNormLanes& lanes, uint lane) {
+  if (lane < uint(kLayerNormLanes)) {
+    PairRowScan scan = pair_row_scan_init();
+    for (int i = int(lane); i < dim; i += kLayerNormLanes) scan = pair_row_scan_step(scan, x[i * stride]);
+    lanes.scan[lane] = scan;
+  }
+  MP_SIMD_SYNC();
+  PairRowScan scan = lanes.scan[0];
+  for (int l = 1; l < kLayerNormLanes; ++l) scan = pair_row_scan_merge(scan, lanes.scan[l]);
+  const int e = pair_row_exponent(scan);
+  if (lane < uint(kLayerNormLanes)) {
+    ff sum = ff{0.0f, 0.0f};
+    for (int i = int(lane); i < dim; i += kLayerNormLanes)
+      sum = dd_add(sum, ff{pair_scaled_element(x[i * stride], e), 0.0f});
+    lanes.sum[lane] = sum;
+  }
+  MP_SIMD_SYNC();
+  ff part[kLayerNormLanes];
+  for (int l = 0; l < kLayerNormLanes; ++l) part[l] = lanes.sum[l];
+  const ff shift = dd_div(combine_lanes(part), ff{float(dim), 0.0f});
+  if (lane < uint(kLayerNormLanes)) {
+    ff dev = ff{0.0f, 0.0f}, sq = ff{0.0f, 0.0f};
+    float abs_dev = 0.0f;
+    for (int i = int(lane); i < dim; i += kLayerNormLanes)
+      pair_deviation_step(dev, sq, abs_dev, pair_scaled_element(x[i * stride], e), shift);
+    lanes.dev[lane] = dev;
+    lanes.sq[lane] = sq;
+    lanes.abs_dev[lane] = abs_dev;
+  }
+  MP_SIMD_SYNC();
+  ff dev[kLayerNormLanes], sq[kLayerNormLanes];
+  float abs_dev[kLayerNormLanes];
+  for (int l = 0; l < kLayerNormLanes; ++l) {
+    dev[l] = lanes.dev[l];
+    sq[l] = lanes.sq[l];
+    abs_dev[l] = lanes.abs_dev[l];
+  }
+  const PairLayerNormRow row = pair_layer_norm_finish(scan, shift, dev, sq, abs_dev, dim, eps);
+  MP_SIMD_SYNC();
+  return row;
+}
+
+[[kernel]] void layer_norm_rows_dd(const device float* x [[buffer(0)]],
+                                   const device float* weight [[buffer(1)]],
+                                   const device float* bias [[buffer(2)]],
+                                   device float* y [[buffer(3)]],
+                                   constant const RowsLayout& x_layout [[buffer(4)]],
+                                   device metal::atomic_uint* open_bits [[buffer(5)]],
+                                   constant const LayerNormLaunch& flags [[buffer(6)]],
+                                   constant const PairLayerNormEps& eps_in [[buffer(7)]],
+                                   uint lane [[thread_index_in_simdgroup]],
+                                   uint simd_width [[threads_per_simdgroup]],
+                                   uint simd [[simdgroup_index_in_threadgroup]],
+                                   uint simds [[simdgroups_per_threadgroup]],
+                                   uint group [[threadgroup_position_in_grid]],
+                                   uint groups [[threadgroups_per_grid]]) {
+  threadgroup LayerNormLanes lanes[kStrictRowsPerGroup];
   const RowsLayout xl = x_layout;
   const LayerNormLaunch f = flags;
-  const T eps = eps_in;
+  const PairLayerNormEps eps = eps_in;
   for (long r = long(group) * simds + simd; r < f.rows; r += long(groups) * simds) {
     const device float* xr = x + row_start(xl, r);
-    const LayerNormStats<T> s = simd_row_stats(xr, xl.element_stride, f.dim, eps, lanes[simd], lane);
+    const PairLayerNormRow row = simd_pair_row(xr, xl.element_stride, f.dim, eps, lanes[simd], lane);
     for (int i = int(lane); i < f.dim; i += int(simd_width)) {
-      y[r * f.dim + i] = layer_norm_output(s, xr[i * xl.element_stride], f.has_weight != 0,
-                                           f.has_weight ? weight[i * f.weight_stride] : 0.0f,
-                                           f.has_bias != 0,
-                                           f.has_bias ? bias[i * f.bias_stride] : 0.0f);
+      const float w = f.has_weight ? weight[i * f.weight_stride] : 1.0f;
+      const float b = f.has_bias ? bias[i * f.bias_stride] : -0.0f;
+      float out;
+      const long e = r * f.dim + i;
+      if (!pair_layer_norm_round(pair_layer_norm_output(row, xr[i * xl.element_stride], w, b), 1.0f,
+                                 &out))
+        metal::atomic_fetch_or_explicit(open_bits + (e >> 5), 1u << (e & 31),
+                                        metal::memory_order_relaxed);
+      y[e] = out;
+    }
+  }
+}
+
+// Element i of a row read through its stride.
+struct StridedRow {
+  const device float* x;
+  long stride;
+  float operator()(long i) const { return x[i * stride]; }
+};
+
+// The outputs layer_norm_rows_dd left open, rounded exactly (exact_layer_norm.h:
+// the row's exact sum and radicand once, then midpoint comparisons from the
+// pair's rounding): one thread per row, rows without open outputs return at
+// once (few rows have any outside exact ties and heavy cancellation).
+[[kernel]] void layer_norm_recompute_open(const device float* x [[buffer(0)]],
+                                          const device float* weight [[buffer(1)]],
+                                          const device float* bias [[buffer(2)]],
+                                          device float* y [[buffer(3)]],
+                                          constant const RowsLayout& x_layout [[buffer(4)]],
+                                          const device uint* open_bits [[buffer(5)]],
+                                          constant const LayerNormLaunch& flags [[buffer(6)]],
+                                          constant const PairLayerNormEps& eps_in [[buffer(7)]],
+                                          uint id [[thread_position_in_grid]],
+                                          uint threads [[threads_per_grid]]) {
+  const RowsLayout xl = x_layout;
+  const LayerNormLaunch f = flags;
+  const PairLayerNormEps eps = eps_in;
+  for (long r = long(id); r < f.rows; r += long(threads)) {
+    const long first = r * f.dim, last = first + f.dim; // the row's bits
+    bool any = false;
+    for (long word = first >> 5; word <= (last - 1) >> 5 && !any; ++word) {
+      uint bits = open_bits[word];
+      if (word == first >> 5) bits &= ~0u << (first & 31);
+      if (word == (last - 1) >> 5 && (last & 31) != 0) bits &= ~(~0u << (last & 31));
+      any = bits != 0u;
+    }
+    if (!any) continue;
+    const StridedRow row{x + row_start(xl, r), xl.element_stride};
+    const ExactLayerNormRow<kBigLimbs> exact = exact_layer_norm_row<kBigLimbs>(row, long(f.dim), eps.exact);
+    for (int i = 0; i < f.dim; ++i) {
+      const long e = first + i;
+      if ((open_bits[e >> 5] & (1u << (e & 31))) == 0u) continue;
+      y[e] = exact_layer_norm_output(exact, row(i), f.has_weight ? weight[i * f.weight_stride] : 1.0f,
+                                     f.has_bias ? bias[i * f.bias_stride] : -0.0f, y[e]);
     }
   }
 }
@@ -284,8 +393,17 @@ template <class T>
   }
 }
 
+// Column i of the cotangent, read through its layout.
+struct CotangentColumn {
+  const device float* g;
+  RowsLayout layout;
+  int i;
+  float operator()(long r) const { return g[row_start(layout, r) + i * layout.element_stride]; }
+};
+
 // grad weight = sum over rows of g n, grad bias = sum of g: one thread per
-// column, rows in order 0, 1, ... as on the CPU.
+// column, rows in order 0, 1, ... as on the CPU. grad bias is certified
+// (pair_bias_grad: every output correctly rounded); grad weight is not.
 template <class T>
 [[kernel]] void layer_norm_param_grads(const device float* x [[buffer(0)]],
                                        const device float* g [[buffer(2)]],
@@ -304,7 +422,8 @@ template <class T>
   const RowsLayout gl = g_layout;
   const T eps = eps_in;
   const T zero = r_from_float(eps, 0.0f);
-  T dw = zero, db = zero;
+  T dw = zero;
+  PairDot db = pair_dot_init();
   for (long r = 0; r < f.rows; ++r) {
     const float gi = g[row_start(gl, r) + i * gl.element_stride];
     if (f.want_grad_weight) {
@@ -312,16 +431,15 @@ template <class T>
       const LayerNormStats<T> s = stats[r];
       dw = r_add(dw, r_mul(r_from_float(eps, gi), layer_norm_normalized(s, xi)));
     }
-    if (f.want_grad_bias) db = r_add(db, r_from_float(eps, gi));
+    if (f.want_grad_bias) db = pair_dot_step(db, gi, 1.0f);
   }
   if (f.want_grad_weight) grad_weight[i] = r_round(dw);
-  if (f.want_grad_bias) grad_bias[i] = r_round(db);
+  if (f.want_grad_bias) grad_bias[i] = pair_bias_grad(db, CotangentColumn{g, gl, i}, f.rows);
 }
 
 #define MP_INSTANTIATE_STRICT(fn, T, tname) \
   template [[host_name(#fn "_" tname)]] [[kernel]] decltype(fn<T>) fn<T>;
 
-MP_INSTANTIATE_STRICT(layer_norm_rows, ff, "dd")
 MP_INSTANTIATE_STRICT(layer_norm_grad_rows, ff, "dd")
 MP_INSTANTIATE_STRICT(layer_norm_param_grads, ff, "dd")
 

@@ -4,10 +4,10 @@
 // build time and compiled by MLX's Metal device on first use) encoded on the
 // stream's command encoder. Operands are read through their strides
 // (broadcast included), as on the CPU. Metal has no float64: "extended" and
-// "dd" both run float-pair kernels (docs/design.md). addmm / linear are
-// certified (kernels/addmm_pair.h: every output correctly rounded, the same
-// bits as the CPU and CUDA); layer_norm is accurate, not certified: its bits
-// can differ where a sum cancels by more than about 2^20.
+// "dd" both run float-pair kernels (docs/design.md). addmm / linear and the
+// layer_norm forward are certified (kernels/addmm_pair.h,
+// kernels/layer_norm_pair.h: every output correctly rounded, the same bits as
+// the CPU and CUDA); the layer_norm gradients are accurate, not certified.
 #include <algorithm>
 #include <optional>
 #include <stdexcept>
@@ -20,6 +20,7 @@
 #include "backend/metal/encoder.h"
 #include "backend/metal/kernel_sources.h"
 #include "kernels/addmm_pair.h"
+#include "kernels/layer_norm_pair.h"
 #include "kernels/strict_arith.h"
 #include "kernels/strict_params.h"
 #include "strict_primitives.h"
@@ -55,6 +56,8 @@ enum LayerNormSlot : int {
   kLnStats,
   kLnGradBias
 };
+// The forward's open bitmap takes the gradients' cotangent-layout slot.
+constexpr int kLnOpenBits = kLnGLayout;
 
 // Threads of one addmm threadgroup (16 x 16, fixed by the kernel) and the
 // output tile it covers.
@@ -166,20 +169,39 @@ void StrictLayerNorm::eval_gpu(
   launch.rows = static_cast<int64_t>(x.size()) / dim;
   launch.dim = dim;
   const RowsLayout xl = rows_layout("layer_norm", x);
-  const ff eps = working_eps(eps_);
+  const PairLayerNormEps eps = pair_layer_norm_eps(eps_);
+  // One bit per output for those that do not certify.
+  mx::array open_bits = metal::open_bitmap(
+      enc,
+      kernel(d, kStrictLibrary, "clear_addmm_open_bits"),
+      out.size(),
+      kAddmmOpenBits,
+      kAddmmWords);
+  auto bind_operands = [&] {
+    // Absent weight / bias slots are bound to x, never read through them.
+    enc.set_input_array(x, kLnX);
+    enc.set_input_array(has_weight_ ? inputs[1] : x, kLnWeight);
+    enc.set_input_array(has_bias_ ? inputs[bias_index] : x, kLnSecond);
+    enc.set_output_array(out, kLnOut);
+    enc.set_bytes(xl, kLnXLayout);
+    enc.set_bytes(launch, kLnLaunch);
+    enc.set_bytes(eps, kLnEps);
+  };
   MTL::ComputePipelineState* k =
       kernel(d, kStrictLibrary, "layer_norm_rows_dd");
   enc.set_compute_pipeline_state(k);
-  // Absent weight / bias slots are bound to x, never read through them.
-  enc.set_input_array(x, kLnX);
-  enc.set_input_array(has_weight_ ? inputs[1] : x, kLnWeight);
-  enc.set_input_array(has_bias_ ? inputs[bias_index] : x, kLnSecond);
-  enc.set_output_array(out, kLnOut);
-  enc.set_bytes(xl, kLnXLayout);
-  enc.set_bytes(launch, kLnLaunch);
-  enc.set_bytes(eps, kLnEps);
+  bind_operands();
+  enc.set_output_array(open_bits, kLnOpenBits);
   const RowLaunch r = row_launch(k, launch.rows);
   enc.dispatch_threadgroups(r.groups, r.threads);
+  // The marked outputs rounded exactly, one thread per row.
+  MTL::ComputePipelineState* recompute =
+      kernel(d, kStrictLibrary, "layer_norm_recompute_open");
+  enc.set_compute_pipeline_state(recompute);
+  bind_operands();
+  enc.set_input_array(open_bits, kLnOpenBits);
+  metal::dispatch_elements(
+      enc, recompute, std::min<int64_t>(launch.rows, int64_t(1) << 24));
 }
 
 void StrictLayerNormVJP::eval_gpu(

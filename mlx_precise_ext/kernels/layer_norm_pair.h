@@ -1,0 +1,413 @@
+// Certified layer_norm in float pairs, for the backends without double
+// (Metal's extended and dd layer_norm). Written once against portability.h:
+// the Metal kernels (strict_kernels.metal: layer_norm_rows_dd,
+// layer_norm_recompute_open) and their CPU emulation
+// (mlx_precise._ext.testing.metal_certified_layer_norm) run this code.
+//
+// Per row (docs/certification.md, "Metal layer_norm", has the derivation):
+//   1. the row is scaled by a power of two, x_s = x 2^-e with max |x_s| in
+//      [1/2, 1), so that no pair value overflows and underflow only adds
+//      absolute errors far below the statistics;
+//   2. strict_arith.h's two-pass mean (shift, correction) and variance on x_s
+//      in pairs, with layer_norm_certify.h's a priori bounds for the mean and
+//      the variance, each pair operation counting as one rounding of
+//      kPairOpError = 2^-45 (dd_add, dd_mul, dd_mul_f, and the division by
+//      the count);
+//   3. r = 1/sqrt(v), v = var 2^(2(e - g)) + eps 2^-2g, inv_std = r 2^-g
+//      (g >= e chosen so that v <= 3), its relative error bounded a posteriori
+//      from the residual 1 - v r^2 (the double-word stage of
+//      layer_norm_certify.h in float pairs);
+//   4. each output y = n w + b, n = num r 2^(e - g), as a pair times 2^t
+//      (w's and b's exponents taken out), with its bound, certified by
+//      certified_round_pair (round_pair.h);
+//   5. what does not certify is rounded exactly by exact_layer_norm.h (big
+//      integers, no double: eps arrives as ExactEps).
+// Rows with a non-finite element give NaN, outputs with a non-finite weight
+// or bias IEEE's value, as the CPU's float64 computation does; a constant row
+// gives layer_norm_exact_zero's value (NaN for eps = 0: 0 / 0).
+#pragma once
+
+#include "addmm_pair.h"
+#include "exact_layer_norm.h"
+#include "round_pair.h"
+#include "strict_arith.h"
+
+namespace mlx_precise {
+
+// 2^-45: one pair operation's relative error (dd_add 3u^2 + 13u^3, dd_mul 4u^2,
+// dd_mul_f 2u^2, the division by the count 2^-45; u = 2^-24).
+constexpr MP_CONSTANT float kPairOpError = 2.842170943040401e-14f;
+// 2^-130: the absolute error that underflow can add to a row's statistics
+// and numerators in units of 2^e (each of the few underflowing operations
+// per element errs by < 2^-148; the statistics are means), far below a
+// non-constant row's variance (>= 2^-78 in those units).
+constexpr MP_CONSTANT float kPairUnderflowStats = 7.346839692639297e-40f;
+// 2^-146: the absolute error underflow adds to an output in units of 2^t
+// (the scaling of the product and of b, the bound's own products).
+constexpr MP_CONSTANT float kPairUnderflowOutput = 1.1210387714598537e-44f;
+// 1 + 2^-6: second-order terms and the bound's own float roundings.
+constexpr MP_CONSTANT float kPairLayerNormSlack = 1.015625f;
+
+// eps as the kernels receive it: exactly (the exact stage), and as a pair
+// mantissa in [1, 2) (48 bits: within 2^-48 relative) times 2^exponent.
+struct PairLayerNormEps {
+  ExactEps exact;
+  ff mantissa; // 0 for eps = 0
+  int exponent;
+};
+
+#if MP_HAS_DOUBLE
+// The host's side (Metal's strict_ops.cpp, the CPU emulation).
+MP_INLINE PairLayerNormEps pair_layer_norm_eps(double eps) {
+  PairLayerNormEps p{exact_eps(eps), ff{0.0f, 0.0f}, 0};
+  int bits = 0; // the significand's length
+  for (BigWord i = p.exact.integer; i != 0; i >>= 1)
+    ++bits;
+  if (bits > 0) {
+    p.exponent = p.exact.exponent + bits - 1;
+    p.mantissa = dd_from_double(
+        MP_LDEXP(static_cast<double>(p.exact.integer), 1 - bits));
+  }
+  return p;
+}
+#endif
+
+// The row's kind: its outputs certified one by one, all exact zeros (N = 0
+// everywhere: a constant row, V > 0), or all NaN (a non-finite element, or a
+// constant row with eps = 0).
+enum PairRowKind : int { kPairRowCertify = 0, kPairRowZero, kPairRowNan };
+
+// One pass over the row: its largest magnitude's bits, its extremes and
+// whether it is finite (merge any order: max / min).
+struct PairRowScan {
+  unsigned int max_bits; // max |x| as bits (>= 0x7f800000: not finite)
+  float lowest;
+  float highest;
+};
+
+MP_INLINE PairRowScan pair_row_scan_init() {
+  return PairRowScan{
+      0u, MP_BITS_FLOAT(0x7f800000u), MP_BITS_FLOAT(0xff800000u)};
+}
+
+MP_INLINE PairRowScan pair_row_scan_step(PairRowScan s, float x) {
+  const unsigned int bits = MP_FLOAT_BITS(x) & 0x7fffffffu;
+  return PairRowScan{
+      bits > s.max_bits ? bits : s.max_bits,
+      x < s.lowest ? x : s.lowest,
+      x > s.highest ? x : s.highest};
+}
+
+MP_INLINE PairRowScan pair_row_scan_merge(PairRowScan a, PairRowScan b) {
+  return PairRowScan{
+      a.max_bits > b.max_bits ? a.max_bits : b.max_bits,
+      a.lowest < b.lowest ? a.lowest : b.lowest,
+      a.highest > b.highest ? a.highest : b.highest};
+}
+
+// The row's scale exponent e: max |x| 2^-e in [1/2, 1) (0 for a zero row).
+MP_INLINE int pair_row_exponent(PairRowScan s) {
+  return s.max_bits == 0u ? 0 : magnitude_exponent(s.max_bits);
+}
+
+// x 2^-e: exact unless subnormal (then within 2^-149).
+MP_INLINE float pair_scaled_element(float x, int e) {
+  return MP_LDEXPF(x, -e);
+}
+
+// One step of lane l's second pass: deviation d = x_s - shift, its square,
+// and |d| for the bound.
+MP_INLINE void pair_deviation_step(
+    MP_THREAD ff& dev,
+    MP_THREAD ff& sq,
+    MP_THREAD float& abs_dev,
+    float x_s,
+    ff shift) {
+  const ff d = dd_sub(ff{x_s, 0.0f}, shift);
+  dev = dd_add(dev, d);
+  sq = dd_add(sq, dd_mul(d, d));
+  abs_dev = MP_ADDF(abs_dev, abs_float(d.hi));
+}
+
+// A row's certified statistics (units: x_s = x 2^-e, inv_std = r 2^-g).
+struct PairLayerNormRow {
+  ff shift;
+  ff correction;
+  ff r;
+  int e;
+  int g;
+  int kind; // PairRowKind
+  float mean_err; // |shift + correction - mean(x_s)|
+  float inv_rel; // r's relative error (inf: nothing certifies)
+};
+
+// The float sum of m nonnegative terms is >= (1 - u)^m >= 1 - m u of the real
+// one: the factor that bounds the real sum from the float one (inf for
+// m >= 2^21, where nothing certifies).
+MP_INLINE float pair_sum_inflation(MP_INT64 m) {
+  const float shrink =
+      MP_SUBF(1.0f, MP_MULF(static_cast<float>(m), 1.1920928955078125e-07f));
+  return shrink > 0.5f ? MP_DIVF(1.0f, shrink) : MP_BITS_FLOAT(0x7f800000u);
+}
+
+// The statistics from the scan and the lanes of the second pass (sum[l]: the
+// first pass's sums of x_s; dev, sq, abs_dev: pair_deviation_step's), and
+// their bounds:
+//   e1 = ((k + 2) u A1 + u |c|) slack + mu      (the mean; A1 = sum |d| / D)
+//   ev = ((k + 6) u M2 + 3 e1 (|c| + e1)) slack + mu   (var; M2 = sum d^2 / D)
+// (layer_norm_certify.h's float64 bounds with u = kPairOpError, k =
+// layer_norm_sum_depth(D), mu = kPairUnderflowStats), then r and its
+// a posteriori bound: with q = r^2 v and the residual 1 - q,
+//   rho = |1 - q| (1 + 2^-22) + 3u |q| + r^2 (1 + 2^-22) ev_total
+//   inv_rel = 0.6 rho slack   (rho <= 1/4; else nothing certifies)
+// where ev_total bounds |v - (var + eps) 2^-2g| (ev scaled, eps's 2^-48 and
+// the addition's u |v|).
+MP_INLINE PairLayerNormRow pair_layer_norm_finish(
+    PairRowScan scan,
+    ff shift,
+    MP_THREAD const ff* dev,
+    MP_THREAD const ff* sq,
+    MP_THREAD const float* abs_dev,
+    MP_INT64 dim,
+    PairLayerNormEps eps) {
+  PairLayerNormRow row;
+  const float inf = MP_BITS_FLOAT(0x7f800000u);
+  const ff zero{0.0f, 0.0f};
+  row.shift = shift;
+  row.correction = zero;
+  row.r = zero;
+  row.e = pair_row_exponent(scan);
+  row.g = row.e;
+  row.mean_err = inf;
+  row.inv_rel = inf;
+  row.kind = kPairRowCertify;
+  const bool eps_zero = eps.mantissa.hi == 0.0f;
+  if (scan.max_bits >= 0x7f800000u) {
+    row.kind = kPairRowNan;
+    return row;
+  }
+  if (scan.lowest == scan.highest) { // every N = D x - S is 0
+    row.kind = eps_zero ? kPairRowNan : kPairRowZero;
+    return row;
+  }
+  const float u = kPairOpError;
+  const ff count{static_cast<float>(dim), 0.0f};
+  const ff dev_sum = combine_lanes(dev);
+  const ff c = dd_div(dev_sum, count);
+  ff var = dd_div(dd_sub(combine_lanes(sq), dd_mul(dev_sum, c)), count);
+  if (var.hi < 0.0f)
+    var = zero;
+  row.correction = c;
+
+  // Bounds of the mean and the variance (x_s units).
+  const float d = static_cast<float>(dim);
+  const MP_INT64 depth = (dim + kLayerNormLanes - 1) / kLayerNormLanes + 3 < dim
+      ? (dim + kLayerNormLanes - 1) / kLayerNormLanes + 3
+      : dim;
+  const float k = static_cast<float>(depth);
+  const float inflate = pair_sum_inflation(dim + 8);
+  const float a1 = MP_MULF(MP_DIVF(combine_lanes(abs_dev), d), inflate);
+  const float m2 =
+      MP_MULF(MP_DIVF(abs_float(combine_lanes(sq).hi), d), 1.0001220703125f);
+  const float abs_c = MP_MULF(abs_float(c.hi), 1.0000002384185791f);
+  const float e1 = MP_ADDF(
+      MP_MULF(
+          MP_ADDF(MP_MULF(MP_MULF(MP_ADDF(k, 2.0f), u), a1), MP_MULF(u, abs_c)),
+          kPairLayerNormSlack),
+      kPairUnderflowStats);
+  const float ev = MP_ADDF(
+      MP_MULF(
+          MP_ADDF(
+              MP_MULF(MP_MULF(MP_ADDF(k, 6.0f), u), m2),
+              MP_MULF(MP_MULF(3.0f, e1), MP_ADDF(abs_c, e1))),
+          kPairLayerNormSlack),
+      kPairUnderflowStats);
+  row.mean_err = e1;
+
+  // v = var 2^(2(e - g)) + eps 2^-2g with g >= e, eps 2^-2g <= 2.
+  const int eps_half = (eps.exponent + 1) >> 1; // ceil(exponent / 2)
+  row.g = eps_zero || eps_half <= row.e ? row.e : eps_half;
+  const int var_shift = 2 * (row.e - row.g);
+  const int eps_shift = eps.exponent - 2 * row.g;
+  const ff var_g{MP_LDEXPF(var.hi, var_shift), MP_LDEXPF(var.lo, var_shift)};
+  const ff eps_g{
+      MP_LDEXPF(eps.mantissa.hi, eps_shift),
+      MP_LDEXPF(eps.mantissa.lo, eps_shift)};
+  const ff v = dd_add(var_g, eps_g);
+  // |v - exact v| <= ev 2^(2(e - g)) + 2^-48 eps_g + u |v| + underflow.
+  const float ev_total = MP_ADDF(
+      MP_ADDF(
+          MP_LDEXPF(ev, var_shift),
+          MP_MULF(abs_float(eps_g.hi), 3.552713678800501e-15f)),
+      MP_ADDF(MP_MULF(u, abs_float(v.hi)), kPairUnderflowStats));
+  if (!(v.hi > 0.0f))
+    return row;
+  const ff r = dd_div(ff{1.0f, 0.0f}, dd_sqrt(v));
+  const ff q = dd_mul(dd_mul(r, r), v);
+  const ff residual = dd_sub(ff{1.0f, 0.0f}, q);
+  const float r2 = MP_MULF(MP_MULF(r.hi, r.hi), 1.0000002384185791f);
+  const float rho = MP_MULF(
+      MP_ADDF(
+          MP_ADDF(
+              MP_MULF(abs_float(residual.hi), 1.0000002384185791f),
+              MP_MULF(MP_MULF(3.0f, u), abs_float(q.hi))),
+          MP_MULF(r2, ev_total)),
+      kPairLayerNormSlack);
+  row.r = r;
+  if (rho <= 0.25f) // false for NaN
+    row.inv_rel = MP_MULF(MP_MULF(0.6f, rho), kPairLayerNormSlack);
+  return row;
+}
+
+// One output, y = v 2^shift within err 2^shift, or `value` when it is known
+// without rounding (fixed: exact zeros, IEEE's values for non-finite
+// operands).
+struct PairLayerNormOutput {
+  ff v;
+  float err;
+  int shift;
+  bool fixed;
+  float value;
+};
+
+// The output for element x (w = 1 without weight, b = -0 without bias):
+//   num = (x_s - shift) - c, |num - (x_s - mean)| <= e_num = u |d| + e1 +
+//   u |num| + mu;
+//   z = num r, |z - n_s| <= |z| rel + r (1 + rel) e_num + u |z|  (n = n_s
+//   2^(e - g));
+//   p = z w_m (w = w_m 2^kw, |w_m| in [1/2, 1)), u |p| more;
+//   y 2^-t = p 2^(e - g + kw - t) + b 2^-t, t making both terms < 1 (the
+//   larger >= 1/2), u |y| more, and underflow in both scalings.
+MP_INLINE PairLayerNormOutput pair_layer_norm_output(
+    const MP_THREAD PairLayerNormRow& row,
+    float x,
+    float w,
+    float b) {
+  PairLayerNormOutput o{ff{0.0f, 0.0f}, 0.0f, 0, true, 0.0f};
+  const float u = kPairOpError;
+  if (row.kind == kPairRowNan) {
+    o.value = MP_BITS_FLOAT(0x7fc00000u);
+    return o;
+  }
+  const bool finite_wb =
+      is_finite_bits(MP_FLOAT_BITS(w)) && is_finite_bits(MP_FLOAT_BITS(b));
+  if (row.kind == kPairRowZero) { // n = +0: IEEE's +0 w + b
+    o.value = finite_wb ? layer_norm_exact_zero(false, w, b)
+                        : MP_ADDF(MP_MULF(0.0f, w), b);
+    return o;
+  }
+  const float x_s = pair_scaled_element(x, row.e);
+  const ff d = dd_sub(ff{x_s, 0.0f}, row.shift);
+  const ff num = dd_sub(d, row.correction);
+  const float e_num = MP_ADDF(
+      MP_MULF(
+          MP_ADDF(
+              MP_MULF(u, MP_ADDF(abs_float(d.hi), abs_float(num.hi))),
+              row.mean_err),
+          1.0000002384185791f),
+      kPairUnderflowStats);
+  const ff z = dd_mul(num, row.r);
+  if (!finite_wb) {
+    // IEEE's value: +-inf or NaN, as the float64 computation gives.
+    o.value = MP_ADDF(MP_MULF(z.hi, w), b);
+    return o;
+  }
+  if (w == 0.0f) { // n w = +-0 exactly: its sign is num's times w's
+    o.value = layer_norm_exact_zero(num.hi < 0.0f, w, b);
+    o.fixed = abs_float(num.hi) > MP_MULF(e_num, 1.0000004768371582f);
+    o.v = ff{b, 0.0f};
+    o.err = MP_BITS_FLOAT(0x7f800000u);
+    return o;
+  }
+  o.fixed = false;
+  const float rel = row.inv_rel;
+  const float e_z = MP_ADDF(
+      MP_ADDF(
+          MP_MULF(abs_float(z.hi), rel),
+          MP_MULF(MP_MULF(abs_float(row.r.hi), MP_ADDF(1.0f, rel)), e_num)),
+      MP_MULF(u, abs_float(z.hi)));
+  const int kw = magnitude_exponent(MP_FLOAT_BITS(w) & 0x7fffffffu);
+  const float w_m = MP_LDEXPF(w, -kw);
+  const ff p = dd_mul_f(z, w_m);
+  const float e_p = MP_MULF(
+      MP_ADDF(MP_MULF(e_z, abs_float(w_m)), MP_MULF(u, abs_float(p.hi))),
+      kPairLayerNormSlack);
+  const int s = row.e - row.g + kw;
+  const unsigned int p_bits = MP_FLOAT_BITS(p.hi) & 0x7fffffffu;
+  const unsigned int b_bits = MP_FLOAT_BITS(b) & 0x7fffffffu;
+  int t = s + (p_bits == 0u ? -200 : magnitude_exponent(p_bits));
+  if (b_bits != 0u && magnitude_exponent(b_bits) > t)
+    t = magnitude_exponent(b_bits);
+  const ff p_t{MP_LDEXPF(p.hi, s - t), MP_LDEXPF(p.lo, s - t)};
+  const float b_t = MP_LDEXPF(b, -t);
+  o.v = dd_add(p_t, ff{b_t, 0.0f});
+  o.shift = t;
+  o.err = MP_ADDF(
+      MP_MULF(
+          MP_ADDF(MP_LDEXPF(e_p, s - t), MP_MULF(u, abs_float(o.v.hi))),
+          kPairLayerNormSlack),
+      kPairUnderflowOutput);
+  o.value = round_pair_scaled(o.v, t);
+  return o;
+}
+
+// A row's statistics in one thread, the lanes of the Metal kernel in turn (lane
+// l: elements l, l + 8, ... in order): the CPU emulation's, and a model of
+// the SIMD-group's work. x(i) returns element i.
+template <class Row>
+MP_INLINE PairLayerNormRow
+pair_layer_norm_row(Row x, MP_INT64 dim, PairLayerNormEps eps) {
+  PairRowScan scan = pair_row_scan_init();
+  for (MP_INT64 i = 0; i < dim; ++i)
+    scan = pair_row_scan_step(scan, x(i));
+  const int e = pair_row_exponent(scan);
+  ff sum[kLayerNormLanes], dev[kLayerNormLanes], sq[kLayerNormLanes];
+  float abs_dev[kLayerNormLanes];
+  for (int l = 0; l < kLayerNormLanes; ++l) {
+    sum[l] = dev[l] = sq[l] = ff{0.0f, 0.0f};
+    abs_dev[l] = 0.0f;
+  }
+  for (MP_INT64 i = 0; i < dim; ++i)
+    sum[i % kLayerNormLanes] = dd_add(
+        sum[i % kLayerNormLanes], ff{pair_scaled_element(x(i), e), 0.0f});
+  const ff shift =
+      dd_div(combine_lanes(sum), ff{static_cast<float>(dim), 0.0f});
+  for (MP_INT64 i = 0; i < dim; ++i) {
+    const int l = static_cast<int>(i % kLayerNormLanes);
+    pair_deviation_step(
+        dev[l], sq[l], abs_dev[l], pair_scaled_element(x(i), e), shift);
+  }
+  return pair_layer_norm_finish(scan, shift, dev, sq, abs_dev, dim, eps);
+}
+
+// Writes the output (certified, fixed, or the pair's rounding as the exact
+// stage's first guess) and returns whether it is decided. err_scale
+// multiplies the bound (1 on Metal; tests shrink it).
+MP_INLINE bool pair_layer_norm_round(
+    PairLayerNormOutput o,
+    float err_scale,
+    MP_THREAD float* out) {
+  if (o.fixed) {
+    *out = o.value;
+    return true;
+  }
+  return certified_round_pair(o.v, MP_MULF(o.err, err_scale), o.shift, out);
+}
+
+// grad bias = the column sum of the cotangent: `sum` its pair dot product with
+// ones (pair_dot_step(sum, g, 1) over the rows, in any order), certified with
+// addmm_pair.h's running bound, else summed exactly (g(r): row r's entry).
+template <class Column>
+MP_INLINE float pair_bias_grad(PairDot sum, Column g, MP_INT64 rows) {
+  float err, out;
+  const ff v = addmm_pair_value(sum, rows, 1.0f, false, 0.0f, 0.0f, &err);
+  if (certified_round_pair(v, err, 0, &out))
+    return out;
+  ExactSum s;
+  exact_sum_init(s);
+  for (MP_INT64 r = 0; r < rows; ++r)
+    exact_sum_add_product(s, g(r), 1.0f);
+  return exact_sum_round(s);
+}
+
+} // namespace mlx_precise
