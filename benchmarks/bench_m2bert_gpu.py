@@ -8,8 +8,10 @@ reference float32 on CUDA (random init shared by both).
 Issue #11's table: the defaults (L = 2048 and 8192, batch 1 and 8) with
 --precisions float32 extended exact.
 
-Each MLX precision runs after one warm-up forward (which also compiles the kernels);
-mx.eval waits for the device, torch is synchronised explicitly. Median of --repeats.
+Each implementation runs one warm-up forward first, timed on its own ("first s": it
+includes the kernels' JIT compilation, mlx_precise's NVRTC modules on a fresh process
+and MLX's own, and buffer allocation), then --repeats timed forwards (their median);
+mx.eval waits for the device, torch is synchronised explicitly.
 Time and peak memory are also given as ratios to MLX float32 on the same input
 (issue #11's targets for "exact": at most 2.5x the time and 2x the peak memory). Peak
 memory: mx.get_peak_memory() plus mlx_precise's own CUDA allocations (its outputs and
@@ -37,14 +39,16 @@ from m2bert_reference import ReferenceM2Bert, initialize_
 PRECISIONS = ("float32", "extended", "dd", "exact")
 
 
-def median_seconds(fn, repeats):
+def timed(fn):
+    start = time.perf_counter()
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return time.perf_counter() - start
+
+
+def first_and_median_seconds(fn, repeats):
+    """The first call's seconds (the warm-up) and the median of ``repeats`` calls after it."""
+    first = timed(fn)
+    return first, float(np.median([timed(fn) for _ in range(repeats)]))
 
 
 def main():
@@ -66,8 +70,8 @@ def main():
     if args.fallback:
         print(fallback_report(args.lengths[0]), flush=True)
     print("| L | batch | implementation | median s | × torch float32 | × MLX float32 | "
-          "peak GiB | peak × MLX float32 |")
-    print("|---|---|---|---|---|---|---|---|")
+          "peak GiB | peak × MLX float32 | first s |")
+    print("|---|---|---|---|---|---|---|---|---|", flush=True)
     for L in args.lengths:
         config = M2BertConfig(max_position_embeddings=L, long_conv_l_max=L)
         reference = initialize_(ReferenceM2Bert(config), seed=0).eval()
@@ -86,9 +90,9 @@ def main():
                 if on_gpu:
                     torch.cuda.synchronize()
 
-            torch_s = median_seconds(torch_forward, args.repeats)
-            print(f"| {L} | {batch} | torch float32 | {torch_s:.3f} | 1.00 | - | - | - |",
-                  flush=True)
+            torch_first, torch_s = first_and_median_seconds(torch_forward, args.repeats)
+            print(f"| {L} | {batch} | torch float32 | {torch_s:.3f} | 1.00 | - | - | - | "
+                  f"{torch_first:.3f} |", flush=True)
             ids = mx.array(token_ids.numpy())
             float32_s = float32_peak = None
             for precision in args.precisions:
@@ -97,21 +101,22 @@ def main():
                 mx.clear_cache()
                 mx.reset_peak_memory()
                 mlx_precise._ext.reset_device_peak_memory()
-                seconds = median_seconds(lambda: mx.eval(model(ids)), args.repeats)
+                first, seconds = first_and_median_seconds(lambda: mx.eval(model(ids)), args.repeats)
                 peak = (mx.get_peak_memory() + mlx_precise._ext.device_peak_memory()) / 2**30
                 if precision == "float32":
                     float32_s, float32_peak = seconds, peak
                 ratios = ("-", "-") if float32_s is None else (
                     f"{seconds / float32_s:.2f}", f"{peak / float32_peak:.2f}")
                 print(f"| {L} | {batch} | MLX {precision} | {seconds:.3f} | "
-                      f"{seconds / torch_s:.2f} | {ratios[0]} | {peak:.2f} | {ratios[1]} |",
-                      flush=True)
+                      f"{seconds / torch_s:.2f} | {ratios[0]} | {peak:.2f} | {ratios[1]} | "
+                      f"{first:.3f} |", flush=True)
                 if args.compile:
                     compiled = mx.compile(lambda ids: model(ids))
-                    c_seconds = median_seconds(lambda: mx.eval(compiled(ids)), args.repeats)
+                    c_first, c_seconds = first_and_median_seconds(
+                        lambda: mx.eval(compiled(ids)), args.repeats)
                     print(f"| {L} | {batch} | MLX {precision}, mx.compile | {c_seconds:.3f} | "
                           f"{c_seconds / torch_s:.2f} | {seconds / c_seconds:.2f}x faster than eager "
-                          "| - | - |", flush=True)
+                          f"| - | - | {c_first:.3f} |", flush=True)
                     # Its cached graph holds the model's arrays until the function goes.
                     del compiled
                 del model

@@ -7,7 +7,8 @@ causal), m2-<precision>-<L>-b<batch> (M2-BERT 80M forward, random init),
 m2-torch-<L>-b<batch> (the PyTorch reference in float32), and
 addmm-<precision>-<M>x<K>x<N> / linear-<precision>-<M>x<K>x<N> (bench_gpu_strict.py's
 inputs: bias + a (M, K) @ b (K, N) row-major, or x (M, K) @ weight (N, K).T + bias). Each case runs once to
-warm up (JIT compilation, buffers), then once under torch.profiler, whose CUPTI
+warm up (JIT compilation, buffers; its wall time is printed first, so a slow first call
+shows apart from the profiled one), then once under torch.profiler, whose CUPTI
 activity trace records every kernel of the process, MLX's included. Prints, per
 kernel name, the launches and the summed device time, largest first, and the sum
 against the call's wall time (the difference is launch and host overhead).
@@ -90,8 +91,10 @@ def make_case(name):
 
 def profile_case(name, top):
     run = make_case(name)
+    start = time.perf_counter()
     run()
     mx.synchronize()
+    print(f"\n{name}: first call (warm-up) {time.perf_counter() - start:.2f} s", flush=True)
     with profile(activities=[ProfilerActivity.CUDA]) as trace:
         start = time.perf_counter()
         run()
@@ -106,7 +109,8 @@ def profile_case(name, top):
     print(f"\n## {name}: wall {wall_ms:.2f} ms, device {total_ms:.2f} ms in {len(per_kernel)} kernels")
     print("| kernel | launches | ms | share |\n|---|---|---|---|")
     for kernel, (count, ms) in sorted(per_kernel.items(), key=lambda item: -item[1][1])[:top]:
-        print(f"| `{kernel[:90]}` | {count} | {ms:.3f} | {ms / max(total_ms, 1e-9):.1%} |")
+        print(f"| `{kernel[:90]}` | {count} | {ms:.3f} | {ms / max(total_ms, 1e-9):.1%} |",
+              flush=True)
 
 
 def main():
