@@ -17,6 +17,7 @@ import mlx_precise  # noqa: E402
 from m2bert import (  # noqa: E402
     CheckpointError, M2BertConfig, M2BertModel, load_model, load_state_dict, read_tensors,
 )
+from m2bert import ops  # noqa: E402
 from m2bert.__main__ import main as cli_main  # noqa: E402
 from m2bert_reference import ReferenceM2Bert, as_mx, initialize_, relative_l2  # noqa: E402
 
@@ -89,6 +90,46 @@ def test_precise_modes_closer_to_float64_than_torch_float32(case, precision):
         print(f"{name}: {precision} MLX vs float64 torch {precise_error:.2e}, "
               f"float32 torch vs float64 torch {torch_error:.2e}")
         assert precise_error * 2 <= torch_error
+
+
+@pytest.mark.parametrize("precision", ["float32", "extended", "dd"])
+def test_block_major_mlp_gives_the_feature_major_bits(case, precision):
+    """The Monarch MLP block-major (the default) and feature-major (what m2bert.trace
+    runs): the same products and elementwise operations, so the same bits."""
+    block_major = case.mlx(precision)
+    mlps = [layer.mlp for layer in case.model.encoder.layer]
+    try:
+        for mlp in mlps:
+            mlp.block_major = False
+        feature_major = case.mlx(precision)
+    finally:
+        for mlp in mlps:
+            mlp.block_major = True
+    for mine, reference in zip(block_major, feature_major):
+        assert np.all(np.isfinite(np.asarray(mine)))
+        assert np.asarray(mine).tobytes() == np.asarray(reference).tobytes()
+
+
+@pytest.mark.parametrize("precision", ["float32", "extended", "dd"])
+def test_bias_free_monarch_product_is_the_product_plus_zero(precision):
+    """Without a bias the float32 Monarch product leaves c unread (beta = 0): the same bits
+    as adding +0, zero rows and negative-zero weights included (no -0 comes out)."""
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((4, 64, 24)).astype(np.float32)
+    rows[:, ::3] = 0.0
+    rows[:, 1::5] = -0.0
+    weight = rng.standard_normal((4, 40, 24)).astype(np.float32)
+    weight[1] = -np.abs(weight[1])
+    weight[2] = -0.0
+    rows, weight = mx.array(rows), mx.array(weight)
+    plus_zero = mlx_precise.addmm(
+        mx.zeros((1,), dtype=mx.float32), rows, weight.transpose(0, 2, 1), precision=precision
+    )
+    product = np.asarray(ops.blockdiag_blocks(rows, weight, None, precision))
+    assert np.all(np.isfinite(product)) and np.any(product == 0)
+    assert product.tobytes() == np.asarray(plus_zero).tobytes()
 
 
 def check_rounds_once(case):

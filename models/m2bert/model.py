@@ -242,14 +242,51 @@ class GatedLinearUnitMLP(nn.Module):
             self.wo = Linear(inner, dims, precision=precision)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.layernorm = LayerNorm(dims, eps=config.layer_norm_eps, precision=precision)
+        # The Monarch MLP's activations block-major (``_blocked_output``, the same bits);
+        # m2bert.trace turns it off to see gated_layers and wo as module calls.
+        self.block_major = True
 
     def __call__(self, hidden: ops.Activation) -> ops.Activation:
         hidden, residual = ops.fork(hidden, 2)
+        if self._blocked(hidden):
+            return self.layernorm(self._blocked_output(hidden, residual))
         gate_and_value = self.gated_layers(hidden)
         gated = gate_and_value[..., : self.intermediate_size]
         value = gate_and_value[..., self.intermediate_size :]
         out = self.wo(self.dropout(ops.gelu(gated) * value))
         return self.layernorm(out + residual)
+
+    def _blocked(self, hidden: ops.Activation) -> bool:
+        """Whether the Monarch MLP runs block-major (``_blocked_output``): float32,
+        extended and dd with an even block count, where the gate is the first half of
+        the gated_layers blocks and the value the second."""
+        return (
+            self.block_major
+            and isinstance(self.gated_layers, BlockdiagLinear)
+            and not isinstance(hidden, ops.Pair)
+            and self.gated_layers.weight.shape[0] % 2 == 0
+        )
+
+    def _blocked_output(self, hidden: mx.array, residual: mx.array) -> mx.array:
+        """``wo(GELU(a) * b) + residual`` with the activations kept block-major
+        (``ops.blockdiag_blocks``): the gate and value are contiguous halves of the
+        gated_layers output, not strided column slices of it re-copied to feature order,
+        and wo's output meets the residual in the addition instead of a copy first. The
+        same products, sums and elementwise operations as feature-major: the same bits."""
+        precision = self.gated_layers.precision
+        nblocks = self.gated_layers.weight.shape[0]
+        gate_and_value = ops.blockdiag_blocks(
+            ops.block_rows(hidden, nblocks), self.gated_layers.weight, None, precision
+        )  # (nblocks, R, 2 inner / nblocks)
+        half = nblocks // 2
+        gated_value = self.dropout(ops.gelu(gate_and_value[:half]) * gate_and_value[half:])
+        # Block j of it holds wo's input blocks 2j and 2j + 1: wo's rows, block-major.
+        wo_blocks, wo_out_block, wo_in_block = self.wo.weight.shape
+        rows = gated_value.reshape(half, -1, wo_blocks // half, wo_in_block)
+        rows = rows.transpose(0, 2, 1, 3).reshape(wo_blocks, -1, wo_in_block)
+        out = ops.blockdiag_blocks(rows, self.wo.weight, self.wo.get("bias"), self.wo.precision)
+        feature_major = out.transpose(1, 0, 2)  # (R, nblocks, out_block), a view
+        return (feature_major + residual.reshape(feature_major.shape)).reshape(residual.shape)
 
 
 class BertLayer(nn.Module):

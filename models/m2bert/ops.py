@@ -92,29 +92,56 @@ def blockdiag_linear(
     block is one linear, so its bias slice joins the product before the single rounding.
     """
     nblocks, out_block, in_block = weight.shape
-    if x.shape[-1] != nblocks * in_block:
-        raise ValueError(
-            f"block-diagonal linear expects {nblocks * in_block} input features, got "
-            f"{x.shape[-1]}"
-        )
-    # One batched product over the blocks instead of nblocks launches plus a concatenate:
-    # rows (nblocks, R, in_block) @ (nblocks, in_block, out_block). Each output is still
-    # the same dot product of one block, so the extended and dd results (correctly
-    # rounded) are the same bits. The rows are copied to a contiguous (nblocks, R, in_block)
-    # layout: the GPU matmuls do not take a batch stride smaller than the row stride.
-    weight_t = weight.transpose(0, 2, 1)
-    block_bias = None if bias is None else bias.reshape(nblocks, 1, out_block)
+    _check_block_features(x, nblocks * in_block)
     if precision == "exact":
+        weight_t = weight.transpose(0, 2, 1)
+        block_bias = None if bias is None else bias.reshape(nblocks, 1, out_block)
         rows = x.reshape(-1, nblocks, in_block).transpose(1, 0, 2)
         y = pair.addmm(block_bias, rows, weight_t)
         return y.transpose(1, 0, 2).reshape(*x.shape[:-1], nblocks * out_block)
-    rows = mx.contiguous(x.reshape(-1, nblocks, in_block).transpose(1, 0, 2))
+    y = blockdiag_blocks(block_rows(x, nblocks), weight, bias, precision)
+    return y.transpose(1, 0, 2).reshape(*x.shape[:-1], nblocks * out_block)
+
+
+def _check_block_features(x: mx.array, features: int) -> None:
+    if x.shape[-1] != features:
+        raise ValueError(
+            f"block-diagonal linear expects {features} input features, got {x.shape[-1]}"
+        )
+
+
+def block_rows(x: mx.array, nblocks: int) -> mx.array:
+    """The rows of ``x (..., F)`` split into ``nblocks`` feature blocks, block-major:
+    ``(nblocks, R, F / nblocks)``, contiguous (the GPU matmuls do not take a batch stride
+    smaller than the row stride)."""
+    return mx.contiguous(x.reshape(-1, nblocks, x.shape[-1] // nblocks).transpose(1, 0, 2))
+
+
+def blockdiag_blocks(
+    rows: mx.array, weight: mx.array, bias: Optional[mx.array], precision: str
+) -> mx.array:
+    """The block-diagonal linear on block-major rows ``(nblocks, R, in_block)`` (see
+    ``block_rows``), output block-major ``(nblocks, R, out_block)``: feature
+    ``k*out_block + j`` of row r is ``[k, r, j]``. float32, extended and dd.
+
+    One batched product over the blocks instead of nblocks launches plus a concatenate;
+    each output is still the same dot product of one block, so the extended and dd
+    results (correctly rounded) are the same bits as block by block.
+    """
+    nblocks, out_block, in_block = weight.shape
+    _check_block_features(rows, in_block)
+    weight_t = weight.transpose(0, 2, 1)
     # mlx_precise.addmm in every precision: its float32 stays float32 on CUDA (never TF32).
     if bias is not None:
-        y = mlx_precise.addmm(block_bias, rows, weight_t, precision=precision)
-    else:
-        y = mlx_precise.addmm(mx.zeros((1,), dtype=mx.float32), rows, weight_t, precision=precision)
-    return y.transpose(1, 0, 2).reshape(*x.shape[:-1], nblocks * out_block)
+        return mlx_precise.addmm(
+            bias.reshape(nblocks, 1, out_block), rows, weight_t, precision=precision
+        )
+    # No bias. float32: beta = 0, so c is neither written into the output nor read (on
+    # CUDA a pass over the whole output less): a +0 would add nothing, as a float32 GEMM
+    # accumulates from +0 and so never ends at -0. extended and dd: c = +0, which turns
+    # the -0 of an exactly zero sum of negative zeros into +0.
+    beta = 0.0 if precision == "float32" else 1.0
+    return mlx_precise.addmm(_ZERO, rows, weight_t, beta=beta, precision=precision)
 
 
 def bidirectional_kernel(

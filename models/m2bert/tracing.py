@@ -160,6 +160,11 @@ def trace(
     if precision is not None:
         mlx_model.set_precision(precision)
     _clear_kernel_caches(mlx_model)
+    # Feature-major Monarch MLPs (the same bits), so that gated_layers and wo are sites.
+    block_major_mlps = [module for _, module in mlx_model.named_modules()
+                        if module.__dict__.get("block_major")]
+    for module in block_major_mlps:
+        module.block_major = False
     torch_model.eval()
     try:
         return compare(
@@ -167,6 +172,8 @@ def trace(
             op_sites=lambda captures: mixer_op_sites(mlx_model, captures),
         )
     finally:
+        for module in block_major_mlps:
+            module.block_major = True
         mlx_model.set_precision(previous_precision)
         torch_model.train(was_training)
 
