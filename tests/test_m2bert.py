@@ -132,6 +132,24 @@ def test_bias_free_monarch_product_is_the_product_plus_zero(precision):
     assert product.tobytes() == np.asarray(plus_zero).tobytes()
 
 
+def test_fused_gelu_product_gives_the_unfused_bits():
+    """ops.gelu_product (one mx.compile kernel) and gelu(x) * y op by op: the same bits,
+    on contiguous and strided inputs, specials included."""
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((4, 96, 40)) * rng.choice([1e-3, 1.0, 4.0, 30.0], size=(4, 96, 1))
+    x = x.astype(np.float32)
+    x.flat[:10] = [0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.4e38, -3.4e38, 5.5, -5.5]
+    y = rng.standard_normal(x.shape).astype(np.float32)
+    x, y = mx.array(x), mx.array(y)
+    for a, b in ((x, y), (x[:2], x[2:]), (x[..., :20], y[..., 20:]), (x.transpose(1, 0, 2), y[:, 0])):
+        fused = np.asarray(ops.gelu_product(a, b))
+        unfused = np.asarray(ops.gelu(a) * b)
+        assert not np.any(np.isnan(unfused[np.isfinite(np.asarray(a))]))
+        assert fused.tobytes() == unfused.tobytes()
+
+
 def check_rounds_once(case):
     """precision="exact" returns float32(torch float64 output) bit for bit."""
     hidden, pooled = case.mlx("exact")

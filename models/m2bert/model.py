@@ -253,7 +253,7 @@ class GatedLinearUnitMLP(nn.Module):
         gate_and_value = self.gated_layers(hidden)
         gated = gate_and_value[..., : self.intermediate_size]
         value = gate_and_value[..., self.intermediate_size :]
-        out = self.wo(self.dropout(ops.gelu(gated) * value))
+        out = self.wo(self.dropout(ops.gelu_product(gated, value)))
         return self.layernorm(out + residual)
 
     def _blocked(self, hidden: ops.Activation) -> bool:
@@ -279,7 +279,7 @@ class GatedLinearUnitMLP(nn.Module):
             ops.block_rows(hidden, nblocks), self.gated_layers.weight, None, precision
         )  # (nblocks, R, 2 inner / nblocks)
         half = nblocks // 2
-        gated_value = self.dropout(ops.gelu(gate_and_value[:half]) * gate_and_value[half:])
+        gated_value = self.dropout(ops.gelu_product(gate_and_value[:half], gate_and_value[half:]))
         # Block j of it holds wo's input blocks 2j and 2j + 1: wo's rows, block-major.
         wo_blocks, wo_out_block, wo_in_block = self.wo.weight.shape
         rows = gated_value.reshape(half, -1, wo_blocks // half, wo_in_block)
