@@ -152,29 +152,36 @@ def test_broadcast_and_strided_views_dd_bits():
     assert np.array_equal(np.array(y_gpu).view(np.uint32), np.array(y_cpu).view(np.uint32))
 
 
-# Causal rows at n = 32768 in the certified precisions: CUDA computes them as split rows
-# (a cyclic and a negacyclic half in shared memory, split_conv_rows) where both rows lie
-# in the first half of the transform: L = 16384 (the benchmark's rows), a prime L, a
-# kernel broadcast over the batch; L = 20011 with a short kernel keeps the workspace rows.
-SPLIT_SHAPES = [(2, 3, 16384, 16384), (1, 2, 16381, 16381), (3, 1, 16384, 1000), (1, 2, 20011, 31)]
+# Rows at n = 32768 in the certified precisions: CUDA computes them as split rows (a
+# cyclic and a negacyclic half in shared memory, split_conv_rows) where u lies in the
+# first half of the transform: causal L = 16384, a prime L, a kernel broadcast over the
+# batch, M2-BERT's n = 2L with a 2L kernel (the benchmark's rows: the kernel folded);
+# L = 20011 with a short kernel keeps the workspace rows.
+SPLIT_SHAPES = [
+    (2, 3, 16384, 16384, None),
+    (1, 2, 16381, 16381, None),
+    (3, 1, 16384, 1000, None),
+    (2, 2, 16384, 32768, 32768),
+    (1, 2, 20011, 31, None),
+]
 
 
 @pytest.mark.parametrize("precision", BITWISE_PRECISIONS)
-@pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("shape", SPLIT_SHAPES, ids=lambda s: "x".join(map(str, s[:4])) + f"_n{s[4]}")
 def test_split_rows_forward_and_grad_u_bits(shape, precision):
-    B, H, L, Lk = shape
+    B, H, L, Lk, n = shape
     u, k, d = random_inputs(B, H, L, Lk, seed=L + 3 * Lk, bias=True)
     cot = mx.array(np.random.default_rng(L).standard_normal((B, H, L)).astype(np.float32))
 
     def run(device, u, k, d):
         def f(u):
-            return mp.rfft_conv(u, k, bias=d, precision=precision, stream=device)
+            return mp.rfft_conv(u, k, n=n, bias=d, precision=precision, stream=device)
 
         y, (gu,) = mx.vjp(f, [u], [cot])
         return y[0], gu
 
     (y_gpu, gu_gpu), (y_cpu, gu_cpu) = gpu_and_cpu(run, *[mx.array(x) for x in (u, k, d)])
-    check_accuracy(y_gpu, reference(u, k, None, d), precision)
+    check_accuracy(y_gpu, reference(u, k, n, d), precision)
     for got, cpu in ((y_gpu, y_cpu), (gu_gpu, gu_cpu)):
         assert np.array_equal(np.array(got).view(np.uint32), np.array(cpu).view(np.uint32))
 

@@ -46,8 +46,10 @@ def assert_bitwise(y, ref):
     np.testing.assert_array_equal(y.view(np.uint32), ref.view(np.uint32))
 
 
-# (variant, a_len, b_len, period): the causal form (n = 32768 at L = 16384, the benchmark's
-# row; a prime length), a short kernel, grad u (correlate_input), and a folded period.
+# (variant, a_len, b_len, period): the causal form (n = 32768 at L = 16384; a prime
+# length), a short kernel, grad u (correlate_input), a folded period, and M2-BERT's
+# bidirectional form (n = 2L, kernel 2L: the kernel folded into the halves) forward and
+# grad u, at the benchmark's n = 32768 too.
 CASES = [
     ("convolve", 16384, 16384, 0),
     ("convolve", 4093, 4093, 0),
@@ -55,6 +57,9 @@ CASES = [
     ("correlate_input", 4096, 4096, 0),
     ("correlate_input", 2039, 500, 0),
     ("convolve", 3000, 3000, 5000),
+    ("convolve", 16384, 32768, 32768),
+    ("convolve", 1000, 2000, 2048),
+    ("correlate_input", 4096, 8192, 8192),
 ]
 
 
@@ -63,7 +68,7 @@ CASES = [
 def test_split_rows_equal_cpu_bitwise(rng, case, with_bias):
     variant, a_len, b_len, period = case
     applies, n = _ext.testing.split_rows_apply(variant, period, a_len, b_len)
-    assert applies and n >= 2 * max(a_len, b_len)
+    assert applies and n >= 2 * a_len
     a = rng.standard_normal(a_len).astype(np.float32)
     b = (rng.standard_normal(b_len) / np.sqrt(b_len)).astype(np.float32)
     bias = rng.standard_normal(a_len).astype(np.float32) if with_bias else np.zeros(0, np.float32)
@@ -74,16 +79,20 @@ def test_split_rows_equal_cpu_bitwise(rng, case, with_bias):
 
 
 def exact_convolution(variant, a_int, b_int, period, out_len):
-    """The exact output of integer rows (int64: no rounding at these sizes)."""
-    if variant == "correlate_input":
-        z = np.convolve(a_int[::-1], b_int)
-        return z[len(a_int) - 1 - np.arange(out_len)]
-    z = np.convolve(a_int, b_int)
-    out = z[:out_len].copy()
+    """The exact output of integer rows (int64: no rounding at these sizes): entries of
+    the linear convolution (of a reversed, for grad u), summed modulo the period."""
+    a_len = len(a_int)
+    z = np.convolve(a_int[::-1] if variant == "correlate_input" else a_int, b_int)
     if period:
-        tail = z[period : period + out_len]
-        out[: len(tail)] += tail
-    return out
+        folded = np.zeros(period, np.int64)
+        for start in range(0, len(z), period):
+            chunk = z[start : start + period]
+            folded[: len(chunk)] += chunk
+        z = folded
+    t = np.arange(out_len)
+    if variant == "correlate_input":
+        return z[(a_len - 1 - t) % (period or len(z))]
+    return z[t]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -151,7 +160,6 @@ def test_shrunk_bound_is_caught(rng):
 NOT_SPLIT = [
     ("convolve", 0, 20011, 31, 0),  # prime L past N/2 = 16384 (N = 32768)
     ("convolve", 4096, 4096, 4096, 0),  # circular, n = L: rows fill the whole transform
-    ("convolve", 32768, 16384, 32768, 0),  # M2-BERT's n = 2L with a 2L kernel
     ("correlate_kernel", 0, 16384, 16384, 16384),  # grad k: rows summed (reduce_rows)
 ]
 

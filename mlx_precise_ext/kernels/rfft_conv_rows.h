@@ -823,9 +823,56 @@ MP_INLINE void forward_from(
   fft_passes<false, kWide, T>(re, im, fs, tw, 1, tid, nthreads, true);
 }
 
-// The split spectra of the kernel row b (split_spectrum_stride entries):
-// the cyclic half's, scaled by `scale` (1/(4N): c/2), and the negacyclic
-// half's, scaled by 8 scale (2/N: g/2). Ends with a group barrier.
+// The kernel row b of up to N taps reduced modulo z^(N/2) - 1 (kFold =
+// +1: b[i] + b[i + N/2]) or z^(N/2) + 1 (-1: b[i] - b[i + N/2]), i < N/2,
+// each entry one rounding in T.
+template <int kFold>
+struct FoldedRow {
+  DeviceRow x;
+  MP_INT64 half; // N/2
+
+  template <class T>
+  MP_INLINE T at(MP_INT64 i) const {
+    const T tag{};
+    T v{};
+    if (i < x.len)
+      v = r_from_float(tag, x(i));
+    if (i + half < x.len) {
+      const T upper = r_from_float(tag, x(i + half));
+      v = kFold > 0 ? r_add(v, upper) : r_sub(v, upper);
+    }
+    return v;
+  }
+};
+
+// Packed point m of the folded cyclic row: (b'[2m], b'[2m + 1]).
+template <class T>
+MP_INLINE cpx<T> packed_point(FoldedRow<1> row, int m) {
+  const MP_INT64 i = 2 * static_cast<MP_INT64>(m);
+  return cpx<T>{row.template at<T>(i), row.template at<T>(i + 1)};
+}
+
+// The negacyclic half's input point j of the folded row b'': w^j (b''[j] -
+// i b''[j + M]).
+template <class U>
+struct TwistedFoldedRow {
+  FoldedRow<-1> x;
+  const MP_DEVICE cpx<U>* twist;
+  int quarter; // M
+};
+
+template <class T, class U>
+MP_INLINE cpx<T> packed_point(TwistedFoldedRow<U> row, int j) {
+  const cpx<T> z{
+      row.x.template at<T>(j),
+      r_neg(row.x.template at<T>(static_cast<MP_INT64>(j) + row.quarter))};
+  return c_mul(z, row.twist[j]);
+}
+
+// The split spectra of the kernel row b (split_spectrum_stride entries), of
+// its folds b' (cyclic) and b'' (negacyclic): the cyclic half's, scaled by
+// `scale` (1/(4N): c/2), and the negacyclic half's, scaled by 8 scale (2/N:
+// g/2). Ends with a group barrier.
 template <bool kWide, class T, class Ptr>
 MP_INLINE void split_kernel_spectrum(
     DeviceRow b,
@@ -840,12 +887,19 @@ MP_INLINE void split_kernel_spectrum(
     MP_DEVICE cpx<T>* spectrum,
     int tid,
     int nthreads) {
-  forward_from<kWide, T>(b, re, im, fs, tw, tid, nthreads);
+  const MP_INT64 half = 2 * static_cast<MP_INT64>(fs.n_half);
+  forward_from<kWide, T>(FoldedRow<1>{b, half}, re, im, fs, tw, tid, nthreads);
   store_spectrum<T>(
       re, im, pairs, split_tw, scale, spectrum, fs.num_pairs, tid, nthreads);
   MP_BARRIER();
   forward_from<kWide, T>(
-      TwistedRow<T>{b, twist, fs.n_half}, re, im, fs, tw, tid, nthreads);
+      TwistedFoldedRow<T>{FoldedRow<-1>{b, half}, twist, fs.n_half},
+      re,
+      im,
+      fs,
+      tw,
+      tid,
+      nthreads);
   MP_DEVICE cpx<T>* negacyclic = spectrum + 2 * fs.num_pairs;
   for (int p = tid; p < fs.n_half; p += nthreads)
     negacyclic[p] = c_scale(get_point<T>(re, im, p), 8.0f * scale);
@@ -993,6 +1047,46 @@ MP_INLINE RowNorms row_norms(
       norm, spectrum_from_row(errors, h, len, norm, sums[1], sums[2])};
 }
 
+// The thread's parts of the sums of a kernel row's folds (FoldedRow, i <
+// N/2) that the split bound needs: of the squares of b', of its entries at
+// even and at odd positions, and of the squares of b''.
+MP_INLINE void folded_row_sums_part(
+    DeviceRow b,
+    MP_INT64 half,
+    int tid,
+    int nthreads,
+    MP_THREAD double* sums) {
+  const FoldedRow<1> cyclic{b, half};
+  const FoldedRow<-1> negacyclic{b, half};
+  const MP_INT64 len = b.len < half ? b.len : half;
+  sums[0] = sums[1] = sums[2] = sums[3] = 0.0;
+  for (MP_INT64 m = tid; m < len; m += nthreads) {
+    const double v = cyclic.at<double>(m), w = negacyclic.at<double>(m);
+    sums[0] += v * v;
+    if (m & 1)
+      sums[2] += v;
+    else
+      sums[1] += v;
+    sums[3] += w * w;
+  }
+}
+
+// A kernel row's norms for the split bound: its cyclic fold's norm and
+// spectrum bound (row_norms of the fold, h = N/4) and its negacyclic fold's
+// norm.
+struct SplitKernelNorms {
+  RowNorms cyclic;
+  double negacyclic;
+};
+
+MP_INLINE SplitKernelNorms split_kernel_norms(
+    MP_THREAD const TransformErrors& cyclic,
+    int h,
+    MP_INT64 len,
+    MP_THREAD const double* sums) {
+  return SplitKernelNorms{row_norms(cyclic, h, len, sums), sqrt(sums[3])};
+}
+
 // The constants of a split row's bound: the cyclic half's transform errors
 // (size N/2; the norms' spectra are taken for its h = N/4) and the
 // negacyclic half's kappa_g (certify.h).
@@ -1007,24 +1101,37 @@ MP_INLINE SplitBound split_bound(MP_INT64 fft_size) {
       negacyclic_error_bound(fft_size, 1, kUnitRoundoff64)};
 }
 
-// Step 1 for a split row (split_conv_row) of a and a kernel row b: the
-// cyclic half's bound from the measured spectra, the negacyclic half's a
-// priori (its exact spectrum's norm is sqrt(M) ||row|| for every row),
-// combined by split_entry_error. bound_scale multiplies it (1; the CPU
-// harness's tests shrink it to show that it matters).
+// Step 1 for a split row (split_conv_row) of a and a kernel row b with
+// folds b^', b^'' (docs/certification.md, "Split rows"): the cyclic half's
+// bound from the measured spectra, plus u ||a|| ||b^'|| for the fold's
+// roundings (|b^' - b'| <= u |b^'| entrywise); the negacyclic half's a
+// priori (its exact spectrum's norm is sqrt(M) ||row|| for every row), plus
+// the same for b^''; combined by split_entry_error with |x| <= (|c| + |g|)/2
+// <= ||a|| (||b'|| + ||b''||) / 2. A zero row has both folds zero.
+// bound_scale multiplies the bound (1; the CPU harness's tests shrink it to
+// show that it matters).
 MP_INLINE RowCertificate split_row_certificate(
     MP_THREAD const SplitBound& k,
     MP_CONSTANT const ConvShape& g,
     RowNorms a,
-    RowNorms b,
+    SplitKernelNorms b,
     double bound_scale) {
-  const double norms = a.norm * b.norm;
-  const double error = split_entry_error(
-      measured_term_error(k.cyclic, a.norm, b.norm, a.spectrum, b.spectrum),
-      k.negacyclic * norms,
-      norms);
+  const double u = kUnitRoundoff64;
+  const double cyclic_norms = a.norm * b.cyclic.norm;
+  const double negacyclic_norms = a.norm * b.negacyclic;
+  const double cyclic =
+      measured_term_error(
+          k.cyclic, a.norm, b.cyclic.norm, a.spectrum, b.cyclic.spectrum) +
+      u * cyclic_norms;
+  const double negacyclic = (k.negacyclic + u) * negacyclic_norms;
+  const double largest =
+      0.5 * (cyclic_norms + negacyclic_norms) * (1.0 + 2.0 * u);
   return certificate_from_bound(
-      bound_scale * error, g.fold != 0, norms, 1, g.has_bias ? 1 : 0);
+      bound_scale * split_entry_error(cyclic, negacyclic, largest),
+      g.fold != 0,
+      largest,
+      1,
+      g.has_bias ? 1 : 0);
 }
 
 // Step 2 for one output: value is the transform's value plus the bias

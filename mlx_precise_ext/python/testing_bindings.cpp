@@ -714,8 +714,10 @@ nb::tuple gpu_split_conv(
   double sums[3];
   // split_kernel_spectra
   const DeviceRow b_row{b, 1, g.b_len, false};
-  row_sums_part(b_row, 0, 1, sums);
-  const RowNorms b_norms = row_norms(bound.cyclic, m, b_row.len, sums);
+  double folded_sums[4];
+  folded_row_sums_part(b_row, 2 * m, 0, 1, folded_sums);
+  const SplitKernelNorms b_norms = split_kernel_norms(
+      bound.cyclic, m, std::min<int64_t>(b_row.len, 2 * m), folded_sums);
   split_kernel_spectrum<false, double>(
       b_row,
       re,

@@ -462,9 +462,9 @@ void launch_pair_rows(
 }
 
 // The kernel rows' spectra (`entries` values each) and, after them, their
-// norms and spectrum bounds (two doubles each), in the stream's buffer
-// (cuda::stream_buffer: per-call buffers were held until their graphs had
-// run, for every convolution of a model's forward). The spectra kernel and
+// norms and spectrum bounds (norms_per_row doubles each), in the stream's
+// buffer (cuda::stream_buffer: per-call buffers were held until their graphs
+// had run, for every convolution of a model's forward). The spectra kernel and
 // the row kernel both register it as written, so the next convolution's
 // spectra wait for this one's rows.
 template <class T>
@@ -480,14 +480,15 @@ KernelSpectra<T> kernel_spectra_buffer(
     int device,
     int stream_index,
     int64_t rows,
-    int64_t entries) {
+    int64_t entries,
+    int norms_per_row = 2) {
   const size_t spectra_bytes = rows * entries * sizeof(cpx<T>);
   mx::array& buffer = cuda::stream_buffer(
       encoder,
       device,
       stream_index,
       cuda::StreamBuffer::Spectra,
-      spectra_bytes + 2 * rows * sizeof(double));
+      spectra_bytes + norms_per_row * rows * sizeof(double));
   cpx<T>* spectra = data_of<cpx<T>>(buffer);
   double* norms = reinterpret_cast<double*>(
       reinterpret_cast<char*>(spectra) + spectra_bytes);
@@ -542,7 +543,12 @@ void launch_split_rows(
   RowLaunch spec =
       row_launch<double>(device, "split_kernel_spectra", fs.n_half, 1);
   KernelSpectra<double> ks = kernel_spectra_buffer<double>(
-      encoder, device, stream_index, ix.outer_count, split_spectrum_stride(fs));
+      encoder,
+      device,
+      stream_index,
+      ix.outer_count,
+      split_spectrum_stride(fs),
+      3);
   mx::array& spectra_buffer = ks.buffer;
   cpx<double>* spectra = ks.spectra;
   double* norms = ks.norms;

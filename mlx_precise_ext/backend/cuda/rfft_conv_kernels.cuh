@@ -451,8 +451,8 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) conv_rows(
 // are those of size N/2). One row per block, in shared memory; the cyclic
 // half waits in the block's stash slot (N/2 doubles, in L2) while the
 // negacyclic half is computed. Narrow passes, as conv_rows<double, true>.
-// The kernel rows' split spectra (split_spectrum_stride entries each) and,
-// as kernel_spectra, their norms and spectrum bounds.
+// The kernel rows' split spectra (split_spectrum_stride entries each) and
+// their folds' norms (3 per row: split_kernel_norms).
 template <class T>
 __global__ void split_kernel_spectra(
     const float* b,
@@ -475,10 +475,16 @@ __global__ void split_kernel_spectra(
         ix.time_stride[kOperandB],
         g.b_len,
         false};
-    const RowNorms norms = block_row_norms(b_row, bound.cyclic, fs.n_half);
+    const MP_INT64 half = 2 * static_cast<MP_INT64>(fs.n_half);
+    double sums[4];
+    folded_row_sums_part(b_row, half, threadIdx.x, blockDim.x, sums);
+    block_sums(sums);
+    const SplitKernelNorms norms =
+        split_kernel_norms(bound.cyclic, fs.n_half, min(b_row.len, half), sums);
     if (threadIdx.x == 0) {
-      b_norms[kk] = norms.norm;
-      b_norms[ix.outer_count + kk] = norms.spectrum;
+      b_norms[3 * kk] = norms.cyclic.norm;
+      b_norms[3 * kk + 1] = norms.cyclic.spectrum;
+      b_norms[3 * kk + 2] = norms.negacyclic;
     }
     split_kernel_spectrum<false, T>(
         b_row,
@@ -535,7 +541,9 @@ __global__ void __maxnreg__(128) split_conv_rows(
           bound,
           g,
           block_row_norms(a_loaded, bound.cyclic, fs.n_half),
-          RowNorms{b_norms[kk], b_norms[ix.outer_count + kk]},
+          SplitKernelNorms{
+              RowNorms{b_norms[3 * kk], b_norms[3 * kk + 1]},
+              b_norms[3 * kk + 2]},
           1.0);
       float* out_row = out + row_offset(ix, kOperandOut, kk, j);
       split_conv_row<false, T>(

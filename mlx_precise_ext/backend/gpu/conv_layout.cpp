@@ -93,8 +93,7 @@ std::vector<cpx<T>> make_twist_table(int64_t fft_size) {
 template std::vector<cpx<double>> make_twist_table<double>(int64_t);
 
 bool split_rows_apply(const ConvGeometry& g) {
-  return g.fft_size >= 8 && 2 * g.a_len <= g.fft_size &&
-      2 * g.b_len <= g.fft_size;
+  return g.fft_size >= 8 && 2 * g.a_len <= g.fft_size && g.b_len <= g.fft_size;
 }
 
 ConvShape conv_shape(

@@ -36,8 +36,8 @@ template <class T>
 std::vector<cpx<T>> make_twist_table(int64_t fft_size);
 
 // Whether the split rows can compute the geometry's size-N cyclic
-// convolution: both rows within the first N/2 entries (so that the cyclic
-// and negacyclic halves are those of the rows themselves), N >= 8.
+// convolution: the transformed row (a) within the first N/2 entries (the
+// kernel row is folded, M2-BERT's 2L taps at N = 2L included), N >= 8.
 bool split_rows_apply(const ConvGeometry& g);
 
 ConvShape conv_shape(
