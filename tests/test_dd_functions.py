@@ -1,6 +1,6 @@
-"""Double-word exp, sin, tanh and GELU and the derivatives of sin, tanh and GELU
+"""Double-word exp, log, sin, tanh and GELU and the derivatives of sin, tanh and GELU
 (kernels/pair_math.h, the pair ops' elementwise functions and vjps where there is no
-double: Metal) against mpmath, run on the CPU through the
+double: Metal; log for the pair cross-entropy's logsumexp) against mpmath, run on the CPU through the
 test hook mlx_precise._ext.testing.dd_function.
 
 Random sweeps over each function's domain plus small magnitudes; fresh inputs every run
@@ -64,11 +64,9 @@ def inputs(rng, low, high):
     return as_pairs(np.concatenate([wide, small]))
 
 
-@pytest.mark.parametrize("name", sorted(FUNCTIONS))
-def test_against_mpmath(name):
-    function, (low, high) = FUNCTIONS[name]
-    rng = np.random.default_rng([SEED, len(name)])
-    hi, lo = inputs(rng, low, high)
+def check_against_mpmath(name, function, hi, lo):
+    """dd_function(name) on the pairs (hi, lo) against mpmath's function: normalised
+    outputs, error <= BOUND of error_scale (an exact result where that is 0)."""
     out_hi, out_lo = testing.dd_function(name, hi, lo)
     assert np.all(np.isfinite(out_hi)) and np.all(np.isfinite(out_lo))
     # hi = float32(hi + lo): the pair is normalised.
@@ -79,12 +77,38 @@ def test_against_mpmath(name):
         for h, l, oh, ol in zip(hi.tolist(), lo.tolist(), out_hi.tolist(), out_lo.tolist()):
             x = mpmath.mpf(h) + mpmath.mpf(l)
             reference = function(x)
-            error = abs((mpmath.mpf(oh) + mpmath.mpf(ol)) - reference) / error_scale(
-                name, x, reference)
+            got = mpmath.mpf(oh) + mpmath.mpf(ol)
+            scale = error_scale(name, x, reference)
+            if scale == 0:
+                assert got == reference, f"{name}({float(x)!r}) must be exact"
+                continue
+            error = abs(got - reference) / scale
             if error > worst:
                 worst, worst_x = float(error), float(x)
     print(f"{name}: worst relative error 2^{math.log2(worst):.2f} at x = {worst_x!r}")
     assert worst <= BOUND
+
+
+@pytest.mark.parametrize("name", sorted(FUNCTIONS))
+def test_against_mpmath(name):
+    function, (low, high) = FUNCTIONS[name]
+    rng = np.random.default_rng([SEED, len(name)])
+    check_against_mpmath(name, function, *inputs(rng, low, high))
+
+
+def test_log_against_mpmath():
+    """log over the whole positive float range, subnormals included (hi = 2^-149 ...
+    2^128, lo carrying the input's bits below hi's), and next to 1 (1 +- 2^-1 ...
+    2^-48, where m - 1 must not cancel); log(1) = 0 exactly."""
+    rng = np.random.default_rng([SEED, 3])
+    count = SAMPLES
+    wide = np.exp2(rng.uniform(-149.0, 128.0, count)) * rng.uniform(0.5, 1.0, count)
+    near_one = 1.0 + rng.choice([-1.0, 1.0], count) * np.exp2(rng.uniform(-48.0, -1.0, count))
+    tiny = np.exp2(rng.uniform(-149.0, -126.0, count // 3))  # subnormal hi parts
+    x = np.concatenate([wide, near_one, tiny, [1.0, 2.0**-149, 2.0**127 * (2 - 2.0**-23)]])
+    hi, lo = as_pairs(x)
+    assert np.count_nonzero(hi < 2.0**-126) > count // 4 and np.count_nonzero(lo) > count
+    check_against_mpmath("log", mpmath.log, hi, lo)
 
 
 def test_special_values():
@@ -103,5 +127,8 @@ def test_special_values():
     hi, lo = dd("sin", [0.0, 3.0])
     assert hi[0] == 0.0
     assert abs((float(hi[1]) + float(lo[1])) - math.sin(3.0)) < 1e-15
+    hi, lo = dd("log", [0.0, -1.0, np.inf, np.nan, 1.0, -0.0])
+    assert np.isneginf(hi[0]) and np.isnan(hi[1]) and np.isposinf(hi[2]) and np.isnan(hi[3])
+    assert hi[4] == 0.0 and lo[4] == 0.0 and np.isneginf(hi[5])
     with pytest.raises(ValueError, match="pass"):
         dd("cos", [0.0])

@@ -1,6 +1,7 @@
 """Metal's pair gradients, run on the CPU (no Mac here): the pair sum (PairSum, the vjp
-of pair broadcasts), the take_rows gradient (PairRows' ScatterAdd) and the layer_norm
-gradient (PairLayerNormVJP) of kernels/pair_grad.h in float pairs, as
+of pair broadcasts), the take_rows gradient (PairRows' ScatterAdd), the layer_norm
+gradient (PairLayerNormVJP) and the cross-entropy with its gradient (PairCrossEntropy)
+of kernels/pair_grad.h in float pairs, as
 pair_kernels.metal runs them, through the test hooks mlx_precise._ext.testing.metal_pair_*
 (the Metal host's own layouts, backend/gpu/pair_grad_layout.h, for the sum).
 
@@ -9,7 +10,10 @@ Each output must be within the float-pair bound of pair_grad.h of the exact sum:
 float64 partial sums this test computes), and within that bound plus 2^-47 relative of
 the CPU's double result (mlx_precise.pair on mx.cpu). The layer_norm gradient: within
 2^-40 of the CPU's double result relative to each output's condition (the magnitudes of
-the terms that make it up). Fresh random inputs each run (the
+the terms that make it up). The cross-entropy: within 2^-44 of mpmath's value relative
+to its condition (the loss: the weighted |log-sum-exp| + |target logit|; each gradient
+entry: |c w / sum w| (softmax (1 + |logit| + |log-sum-exp|) + onehot)), and within that
+of the CPU's double result. Fresh random inputs each run (the
 seed is printed); the hooks' outputs start as NaN-free only if every output is written,
 and NaN never passes."""
 
@@ -18,6 +22,7 @@ import os
 import zlib
 
 import mlx.core as mx
+import mpmath
 import numpy as np
 import pytest
 
@@ -189,3 +194,72 @@ def test_layer_norm_gradient(rng, rows, dim, with_weight):
                       + 2.0**-40 * scale_gx.sum(axis=0)), "g xhat summed off the weight gradient"
     print(f"layer_norm gradient ({rows}x{dim}): worst dx error "
           f"{np.max(err / scale_dx):.2e} of its condition")
+
+
+@pytest.mark.parametrize("rows,classes,offset", [(7, 40, 0.0), (5, 3, 60.0), (3, 1000, -30.0)])
+def test_cross_entropy(rng, rows, classes, offset):
+    # Logits spread over +-2^4 about an offset (log-sum-exp far from zero), weights 0, 1
+    # and in between; the last row's target is outside the classes, with weight 0: the
+    # loss skips it, its gradient row is NaN (as on the CPU).
+    logits = rng.standard_normal((rows, classes)) * np.exp2(rng.uniform(-2, 4, (rows, 1)))
+    l_hi = (logits + offset).astype(np.float32)
+    l_lo = ((logits + offset) - l_hi.astype(np.float64)).astype(np.float32)
+    targets = rng.integers(0, classes, rows).astype(np.int32)
+    targets[-1] = classes
+    weights = rng.choice([0.0, 1.0, 0.375, 2.5], rows).astype(np.float32)
+    weights[0], weights[-1] = 1.0, 0.0
+    c_hi, c_lo = random_pair(rng, (), spread=3)
+    loss_hi, loss_lo = _ext.testing.metal_pair_cross_entropy(
+        l_hi.reshape(-1), l_lo.reshape(-1), targets, weights, classes, False)
+    grad_hi, grad_lo = _ext.testing.metal_pair_cross_entropy(
+        l_hi.reshape(-1), l_lo.reshape(-1), targets, weights, classes, True,
+        float(c_hi), float(c_lo))
+
+    # mpmath references: each row's log-sum-exp, the loss, the gradient.
+    x = as_double(l_hi, l_lo)
+    c = float(c_hi) + float(c_lo)
+    total = float(weights.astype(np.float64).sum())
+    with mpmath.workdps(40):
+        lse = [mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(v)) for v in row)) for row in x]
+        loss = mpmath.fsum(mpmath.mpf(float(w)) * (lse[i] - mpmath.mpf(x[i, targets[i]]))
+                           for i, w in enumerate(weights) if w != 0) / total
+        grad = np.array([[float(c * float(weights[i]) / total
+                                * (mpmath.exp(mpmath.mpf(x[i, j]) - lse[i]) - (j == targets[i])))
+                          for j in range(classes)] for i in range(rows - 1)])
+        softmax = np.array([[float(mpmath.exp(mpmath.mpf(v) - lse[i])) for v in x[i]]
+                            for i in range(rows - 1)])
+    lse = np.array([float(v) for v in lse])
+
+    # The loss.
+    assert np.isfinite(loss_hi[0]) and np.isfinite(loss_lo[0]), "NaN loss"
+    got = as_double(loss_hi, loss_lo)[0]
+    condition = sum(float(w) * (abs(lse[i]) + abs(x[i, targets[i]]))
+                    for i, w in enumerate(weights) if w != 0) / total
+    loss_error = abs(got - float(loss)) / condition
+    assert loss_error <= 2.0**-44, f"loss: {loss_error:.3e} of its condition off"
+    cpu = pair.cross_entropy(Pair(mx.array(l_hi), mx.array(l_lo)), mx.array(targets),
+                             mx.array(weights), stream=mx.cpu)
+    assert abs(got - as_double(np.array(cpu.hi), np.array(cpu.lo))) <= 2.0**-43 * condition
+
+    # The gradient: NaN exactly in the row with no valid target.
+    g_hi, g_lo = grad_hi.reshape(rows, classes), grad_lo.reshape(rows, classes)
+    assert np.all(np.isnan(g_hi[-1])), "the row without a valid target must be NaN"
+    assert not np.any(np.isnan(g_hi[:-1])) and not np.any(np.isnan(g_lo[:-1])), "NaN gradient"
+    g = as_double(g_hi, g_lo)[:-1]
+    scale = abs(c) * weights[:-1, None].astype(np.float64) / total
+    onehot = np.arange(classes)[None, :] == targets[:-1, None]
+    condition = scale * (softmax * (1 + np.abs(x[:-1]) + np.abs(lse[:-1, None])) + onehot)
+    error = np.abs(g - grad)
+    assert np.all(error <= 2.0**-44 * condition + 1e-300), (
+        f"gradient: {np.max(error / np.maximum(condition, 1e-300)):.3e} of its condition off")
+    np.testing.assert_array_equal(g_hi[:-1], g.astype(np.float32))
+    _, (cpu_hi, cpu_lo) = mx.vjp(
+        lambda h, lo: list(pair.cross_entropy(Pair(h, lo), mx.array(targets), mx.array(weights),
+                                              stream=mx.cpu).astuple()),
+        [mx.array(l_hi), mx.array(l_lo)], [mx.array(c_hi), mx.array(c_lo)])
+    cpu_g = as_double(np.array(cpu_hi), np.array(cpu_lo))
+    assert np.all(np.isnan(cpu_g[-1]))
+    assert np.all(np.abs(g - cpu_g[:-1]) <= 2.0**-43 * condition + 1e-300), "off the CPU's"
+    print(f"cross_entropy ({rows}x{classes}, offset {offset}): loss error "
+          f"{loss_error:.2e}, worst gradient error "
+          f"{np.max(error / np.maximum(condition, 1e-300)):.2e} of its condition")

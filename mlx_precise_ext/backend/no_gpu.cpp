@@ -80,4 +80,10 @@ void PairLayerNormVJP::eval_gpu(
   no_gpu("pair layer_norm gradient");
 }
 
+void PairCrossEntropy::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
+  no_gpu("pair cross_entropy");
+}
+
 } // namespace mlx_precise

@@ -1,17 +1,17 @@
-// The arithmetic of the pair gradients (pair_vjp_primitives.h) in double,
-// in one sequential order per output or row, written once for the CPU
-// (backend/cpu/pair_ops.cpp) and CUDA (backend/cuda/pair_kernels.cuh, one
-// thread per output or row). PairSum, PairRows' ScatterAdd and
-// PairLayerNormVJP are templated on the working precision: double on CUDA,
-// float pairs on Metal (pair_kernels.metal), where each sum agrees with the
-// double one to the float-pair bound below, not bitwise. Where every operation
-// is correctly rounded (+,
-// -, *, /, sqrt: PairSum, PairRows' sums, PairLayerNormVJP) the two backends
-// give the same bits; exp and log (PairCrossEntropy) are each math library's
-// own, within an ulp of double of each other.
+// The arithmetic of the pair gradients (pair_vjp_primitives.h) in one
+// sequential order per output or row, written once for the CPU
+// (backend/cpu/pair_ops.cpp), CUDA (backend/cuda/pair_kernels.cuh, one thread
+// per output or row) and Metal (pair_kernels.metal), templated on the working
+// precision: double on the CPU and CUDA, float pairs on Metal, where each
+// result agrees with the double one to the float-pair bounds below, not
+// bitwise. Where every operation is correctly rounded (+, -, *, /, sqrt:
+// PairSum, PairRows' sums, PairLayerNormVJP) the CPU and CUDA give the same
+// bits; exp and log (PairCrossEntropy) are each math library's own, within
+// an ulp of double of each other (on Metal pair_math.h's dd_exp and dd_log).
 #pragma once
 
 #include "fft_butterflies.h"
+#include "pair_math.h"
 #include "portability.h"
 #include "strict_arith.h"
 #include "strict_params.h"
@@ -36,32 +36,6 @@ struct NeumaierSum {
   }
 };
 
-// log(sum_j exp(l_j)) of one row of `classes` logits (logit_at(j)): the
-// largest, then the compensated sum of exp(l_j - largest); -inf for none.
-template <class L>
-MP_INLINE double pair_log_sum_exp(MP_INT64 classes, L logit_at) {
-  if (classes == 0)
-    return log(0.0);
-  double top = logit_at(0);
-  for (MP_INT64 j = 1; j < classes; ++j) {
-    const double l = logit_at(j);
-    top = top < l ? l : top;
-  }
-  NeumaierSum exp_sum;
-  for (MP_INT64 j = 0; j < classes; ++j)
-    exp_sum.add(exp(logit_at(j) - top));
-  return top + log(exp_sum.value());
-}
-
-// The cross-entropy gradient of logit l in a row with log_sum_exp, target or
-// not: scale (softmax - onehot), scale = c w_i / sum w.
-MP_INLINE double cross_entropy_logit_grad(
-    double scale,
-    double l,
-    double log_sum_exp,
-    bool target) {
-  return scale * (exp(l - log_sum_exp) - (target ? 1.0 : 0.0));
-}
 #endif
 
 // ---------------------------------------- sums in the working precision ----
@@ -100,6 +74,124 @@ MP_INLINE ff r_from_count(ff, MP_INT64 count) {
   const float hi = static_cast<float>(count);
   return fast_two_sum(
       hi, static_cast<float>(count - static_cast<MP_INT64>(hi)));
+}
+
+// exp, log, order and NaN in the working precision (pair_math.h's dd_exp and
+// dd_log for float pairs).
+#if MP_HAS_DOUBLE
+MP_INLINE double r_exp(double x) {
+  return exp(x);
+}
+MP_INLINE double r_log(double x) {
+  return log(x);
+}
+MP_INLINE bool r_less(double a, double b) {
+  return a < b;
+}
+MP_INLINE double r_nan(double) {
+  return static_cast<double>(MP_BITS_FLOAT(0x7fc00000u));
+}
+#endif
+MP_INLINE ff r_exp(ff x) {
+  return dd_exp(x);
+}
+MP_INLINE ff r_log(ff x) {
+  return dd_log(x);
+}
+MP_INLINE bool r_less(ff a, ff b) {
+  return a.hi < b.hi || (a.hi == b.hi && a.lo < b.lo);
+}
+MP_INLINE ff r_nan(ff) {
+  const float nan = MP_BITS_FLOAT(0x7fc00000u);
+  return ff{nan, nan};
+}
+
+// ------------------------------------------------------- cross-entropy ----
+// log(sum_j exp(l_j)) of one row of `classes` logits (logit_at(j), in the
+// working precision): the largest, then the sum of exp(l_j - largest); -inf
+// for none.
+template <class L>
+MP_INLINE auto pair_log_sum_exp(MP_INT64 classes, L logit_at)
+    -> decltype(logit_at(0)) {
+  using R = decltype(logit_at(0));
+  const R tag{};
+  if (classes == 0)
+    return r_log(r_from_float(tag, 0.0f));
+  R top = logit_at(0);
+  for (MP_INT64 j = 1; j < classes; ++j) {
+    const R l = logit_at(j);
+    top = r_less(top, l) ? l : top;
+  }
+  auto exp_sum = working_sum(tag);
+  for (MP_INT64 j = 0; j < classes; ++j)
+    exp_sum.add(r_exp(r_sub(logit_at(j), top)));
+  return r_add(top, r_log(exp_sum.value()));
+}
+
+// The cross-entropy gradient of logit l in a row with log_sum_exp, target or
+// not: scale (softmax - onehot), scale = c w_i / sum w.
+template <class R>
+MP_INLINE R cross_entropy_logit_grad(R scale, R l, R log_sum_exp, bool target) {
+  return r_mul(
+      scale,
+      r_sub(
+          r_exp(r_sub(l, log_sum_exp)),
+          r_from_float(scale, target ? 1.0f : 0.0f)));
+}
+
+// The weights' total, and (with `loss`) the mean loss sum_i w_i
+// (log_sum_exp_i - l_{i,t_i}) / total into *loss (NaN for a weighted row
+// whose target is outside [0, classes)): the rows in order, as the CPU.
+// weight_at(i) (float), target_at(i), logit_at(i, j) and log_sum_exp_at(i)
+// read the rows.
+template <class R, class W, class T, class L, class S>
+MP_INLINE R cross_entropy_total(
+    MP_INT64 rows,
+    MP_INT64 classes,
+    W weight_at,
+    T target_at,
+    L logit_at,
+    S log_sum_exp_at,
+    MP_THREAD R* loss) {
+  const R tag{};
+  auto weight_sum = working_sum(tag);
+  auto loss_sum = working_sum(tag);
+  for (MP_INT64 i = 0; i < rows; ++i)
+    weight_sum.add(r_from_float(tag, weight_at(i)));
+  const R total = weight_sum.value();
+  if (!loss)
+    return total;
+  for (MP_INT64 i = 0; i < rows; ++i) {
+    const float w = weight_at(i);
+    if (w == 0.0f)
+      continue;
+    const MP_INT64 t = target_at(i);
+    loss_sum.add(r_mul(
+        r_from_float(tag, w),
+        t >= 0 && t < classes ? r_sub(log_sum_exp_at(i), logit_at(i, t))
+                              : r_nan(tag)));
+  }
+  *loss = r_div(loss_sum.value(), total);
+  return total;
+}
+
+// The gradient of logit j of a row with weight w, target t and log_sum_exp,
+// for the scalar cotangent c and the weights' total: c w / total (softmax -
+// onehot); NaN for a target outside [0, classes).
+template <class R>
+MP_INLINE R cross_entropy_grad_output(
+    R c,
+    R total,
+    float w,
+    MP_INT64 t,
+    MP_INT64 classes,
+    MP_INT64 j,
+    R l,
+    R log_sum_exp) {
+  const R scale = r_div(r_mul(c, r_from_float(total, w)), total);
+  return t >= 0 && t < classes
+      ? cross_entropy_logit_grad(scale, l, log_sum_exp, j == t)
+      : r_nan(total);
 }
 
 // torch's layer_norm backward for one row of `dim` in the working precision R

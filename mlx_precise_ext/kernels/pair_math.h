@@ -111,6 +111,56 @@ MP_INLINE ff dd_exp(ff x) {
   return ff{MP_LDEXPF(p.hi, e), MP_LDEXPF(p.lo, e)};
 }
 
+// log(x) for any float pair: x = 2^e m with m in [sqrt(1/2), sqrt 2)
+// (subnormal hi parts scaled up by 2^24 first, exactly), log m = 2 atanh(s)
+// with s = (m - 1) / (m + 1), |s| <= 0.172, Taylor in s^2 to degree 21 in s
+// (truncation < 2^-55), plus e ln2 (ln2 in dd_exp's three parts, e ln2_1
+// exact). m - 1 is a double-word difference, so the relative error stays
+// near 2^-47 next to x = 1 as well. log(0) = -inf, log(+inf) = +inf, NaN for
+// x < 0 and NaN.
+MP_INLINE ff dd_log(ff x) {
+  if (!(x.hi > 0.0f) || x.hi == MP_BITS_FLOAT(0x7f800000u)) {
+    if (x.hi == 0.0f)
+      return ff{MP_BITS_FLOAT(0xff800000u), 0.0f};
+    const float y = x.hi > 0.0f ? x.hi : MP_BITS_FLOAT(0x7fc00000u);
+    return ff{y, 0.0f};
+  }
+  int e = 0;
+  ff m = x;
+  if (m.hi < 1.17549435e-38f) {
+    m = dd_scale(m, 16777216.0f);
+    e = -24;
+  }
+  // The exponent of m.hi, one more where its significand exceeds sqrt 2.
+  const unsigned int bits = MP_FLOAT_BITS(m.hi);
+  const int k = static_cast<int>(bits >> 23) - 127 +
+      ((bits & 0x7fffffu) > 0x3504f3u ? 1 : 0);
+  m = ff{MP_LDEXPF(m.hi, -k), MP_LDEXPF(m.lo, -k)};
+  e += k;
+  const ff one = dd_from_float(1.0f);
+  const ff s = dd_div(dd_sub(m, one), dd_add(m, one));
+  const ff z = dd_mul(s, s);
+  ff p = ff{0.04761905f, -8.869739e-10f};
+  p = dd_poly_step(p, z, 0.05263158f, -3.9213582e-10f);
+  p = dd_poly_step(p, z, 0.05882353f, -2.1913472e-10f);
+  p = dd_poly_step(p, z, 0.06666667f, -3.4769376e-09f);
+  p = dd_poly_step(p, z, 0.07692308f, -2.865608e-09f);
+  p = dd_poly_step(p, z, 0.09090909f, -2.7093021e-09f);
+  p = dd_poly_step(p, z, 0.11111111f, -8.278423e-10f);
+  p = dd_poly_step(p, z, 0.14285715f, -6.386212e-09f);
+  p = dd_poly_step(p, z, 0.2f, -2.9802323e-09f);
+  p = dd_poly_step(p, z, 0.33333334f, -9.934108e-09f);
+  p = dd_poly_step(p, z, 1.0f, 0.0f);
+  const ff log_m = dd_mul(dd_scale(s, 2.0f), p);
+  if (e == 0)
+    return log_m;
+  const float fe = static_cast<float>(e);
+  ff e_ln2 = dd_add(
+      dd_from_float(MP_MULF(fe, 0.69314575f)), two_prod(fe, 1.4286068e-06f));
+  e_ln2 = dd_add(e_ln2, dd_from_float(MP_MULF(fe, 5.497923e-14f)));
+  return dd_add(e_ln2, log_m);
+}
+
 // sin(x): x = k pi/2 + r, |r| <= pi/4 (k pi/2 as four exact products, pi/2
 // to 96 bits), then sin or cos of r by Taylor (degrees 15 and 16). Tested for
 // |x| < 2^16; beyond |x| = 2^22 k is no longer exact and the reduction fails.

@@ -937,6 +937,70 @@ nb::tuple metal_pair_layer_norm_vjp(
   return as_tuple(arrays);
 }
 
+// Metal's PairCrossEntropy on the CPU, the kernels' three steps in order:
+// logits (rows, classes) row-major as pairs, int32 targets and float32
+// weights (rows); the forward returns the mean loss (one-element hi, lo), the
+// gradient (gradient = True, the scalar cotangent c_hi + c_lo) the (rows,
+// classes) pair, in the float-pair arithmetic of the Metal kernels.
+nb::tuple metal_pair_cross_entropy(
+    F l_hi,
+    F l_lo,
+    InArray<int32_t> targets,
+    F weights,
+    int64_t classes,
+    bool gradient,
+    float c_hi,
+    float c_lo) {
+  const int64_t rows = static_cast<int64_t>(targets.shape(0));
+  if (classes <= 0 || static_cast<int64_t>(l_hi.shape(0)) != rows * classes ||
+      l_lo.shape(0) != l_hi.shape(0) || weights.shape(0) != targets.shape(0))
+    throw std::invalid_argument(
+        "metal_pair_cross_entropy: pass logits of len(targets) * classes "
+        "entries and one weight per target");
+  auto logit_at = [&](int64_t i, int64_t j) {
+    return r_from_pair(
+        ff{}, l_hi.data()[i * classes + j], l_lo.data()[i * classes + j]);
+  };
+  std::vector<ff> log_sum_exp(rows);
+  for (int64_t i = 0; i < rows; ++i)
+    log_sum_exp[i] =
+        pair_log_sum_exp(classes, [&](int64_t j) { return logit_at(i, j); });
+  ff loss{0.0f, 0.0f};
+  const ff total = cross_entropy_total<ff>(
+      rows,
+      classes,
+      [&](int64_t i) { return weights.data()[i]; },
+      [&](int64_t i) { return static_cast<int64_t>(targets.data()[i]); },
+      logit_at,
+      [&](int64_t i) { return log_sum_exp[i]; },
+      gradient ? nullptr : &loss);
+  const int64_t size = gradient ? rows * classes : 1;
+  std::array<float*, 2> out;
+  std::array<OutArray, 2> arrays{
+      new_float_array(size, &out[0]), new_float_array(size, &out[1])};
+  if (!gradient) {
+    out[0][0] = loss.hi;
+    out[1][0] = loss.lo;
+    return as_tuple(arrays);
+  }
+  const ff c = r_from_pair(ff{}, c_hi, c_lo);
+  for (int64_t e = 0; e < size; ++e) {
+    const int64_t i = e / classes, j = e - i * classes;
+    const ff v = cross_entropy_grad_output<ff>(
+        c,
+        total,
+        weights.data()[i],
+        targets.data()[i],
+        classes,
+        j,
+        logit_at(i, j),
+        log_sum_exp[i]);
+    out[0][e] = v.hi;
+    out[1][e] = v.lo;
+  }
+  return as_tuple(arrays);
+}
+
 } // namespace
 } // namespace mlx_precise
 
@@ -1026,6 +1090,13 @@ void init_testing(nb::module_& parent) {
   m.def(
       "dd_function",
       [](const std::string& name, F xh, F xl) {
+        // log is no pair op of its own (the cross-entropy's logsumexp).
+        if (name == "log")
+          return as_tuple(
+              map_elementwise<float, 2, 2>(
+                  {xh, xl}, [](const auto& in, auto& out) {
+                    write_pair(dd_log(ff{in[0], in[1]}), out.data());
+                  }));
         // The derivatives: the binary *Grad ops with the cotangent 1.
         const PairOp op = name == "exp" ? PairOp::Exp
             : name == "sin"             ? PairOp::Sin
@@ -1036,7 +1107,7 @@ void init_testing(nb::module_& parent) {
             : name == "gelu_grad"
             ? PairOp::GeluGrad
             : throw std::invalid_argument(
-                  "dd_function: pass \"exp\", \"sin\", \"tanh\", \"gelu\" or "
+                  "dd_function: pass \"exp\", \"log\", \"sin\", \"tanh\", \"gelu\" or "
                   "the derivative \"sin_grad\", \"tanh_grad\", \"gelu_grad\"");
         return as_tuple(
             map_elementwise<float, 2, 2>(
@@ -1052,7 +1123,7 @@ void init_testing(nb::module_& parent) {
       "name"_a,
       "xh"_a.noconvert(),
       "xl"_a.noconvert(),
-      "exp / sin / tanh / gelu of the pair x, or the derivative of sin / tanh / "
+      "exp / log / sin / tanh / gelu of the pair x, or the derivative of sin / tanh / "
       "gelu, in double-word arithmetic (kernels/pair_math.h).");
 
   m.def(
@@ -1305,6 +1376,22 @@ void init_testing(nb::module_& parent) {
       "Metal's pair layer_norm gradient (kernels/pair_grad.h in float pairs) on the "
       "CPU: rows of dim, row-major, weight empty for none; returns (dx_hi, dx_lo, "
       "gx_hi, gx_lo), gx = g xhat (summed over rows: the weight's gradient).");
+
+  m.def(
+      "metal_pair_cross_entropy",
+      &metal_pair_cross_entropy,
+      "l_hi"_a.noconvert(),
+      "l_lo"_a.noconvert(),
+      "targets"_a.noconvert(),
+      "weights"_a.noconvert(),
+      "classes"_a,
+      "gradient"_a,
+      "c_hi"_a = 1.0f,
+      "c_lo"_a = 0.0f,
+      "Metal's pair cross-entropy (kernels/pair_grad.h in float pairs, dd_exp and "
+      "dd_log) on the CPU: logits (len(targets), classes) row-major as a pair, int32 "
+      "targets, float32 weights; returns the mean loss as one-element (hi, lo), or with "
+      "gradient=True the logits' gradient for the scalar cotangent c_hi + c_lo.");
 
   m.def(
       "metal_certified_conv",

@@ -581,23 +581,20 @@ __global__ void pair_cross_entropy_total(
   const LogitRows logits{l_hi, l_hi_l, l_lo, l_lo_l};
   if (blockIdx.x != 0 || threadIdx.x != 0)
     return;
-  NeumaierSum weight_sum, loss_sum;
-  for (MP_INT64 i = 0; i < rows; ++i)
-    weight_sum.add(weights[element_offset(weights_l, i, rows)]);
-  total[0] = weight_sum.value();
-  if (!out_hi)
-    return;
-  for (MP_INT64 i = 0; i < rows; ++i) {
-    const double w = weights[element_offset(weights_l, i, rows)];
-    if (w == 0.0)
-      continue;
-    const MP_INT64 t = targets[element_offset(targets_l, i, rows)];
-    loss_sum.add(
-        w *
-        (t >= 0 && t < classes ? log_sum_exp[i] - logits.at(i, t)
-                               : __longlong_as_double(0x7ff8000000000000LL)));
-  }
-  store_pair(loss_sum.value() / total[0], out_hi, out_lo, 0);
+  double loss = 0.0;
+  total[0] = cross_entropy_total<double>(
+      rows,
+      classes,
+      [&](MP_INT64 i) { return weights[element_offset(weights_l, i, rows)]; },
+      [&](MP_INT64 i) {
+        return static_cast<MP_INT64>(
+            targets[element_offset(targets_l, i, rows)]);
+      },
+      [&](MP_INT64 i, MP_INT64 j) { return logits.at(i, j); },
+      [&](MP_INT64 i) { return log_sum_exp[i]; },
+      out_hi ? &loss : nullptr);
+  if (out_hi)
+    store_pair(loss, out_hi, out_lo, 0);
 }
 
 // The gradient, (rows, classes) row-major: c w_i / total (softmax - onehot),
@@ -626,15 +623,16 @@ __global__ void pair_cross_entropy_grad(
        e < rows * classes;
        e += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
     const MP_INT64 i = e / classes, j = e - i * classes;
-    const MP_INT64 t = targets[element_offset(targets_l, i, rows)];
-    const double scale = c *
-        static_cast<double>(weights[element_offset(weights_l, i, rows)]) /
-        total[0];
     store_pair(
-        t >= 0 && t < classes
-            ? cross_entropy_logit_grad(
-                  scale, logits.at(i, j), log_sum_exp[i], j == t)
-            : __longlong_as_double(0x7ff8000000000000LL),
+        cross_entropy_grad_output(
+            c,
+            total[0],
+            weights[element_offset(weights_l, i, rows)],
+            static_cast<MP_INT64>(targets[element_offset(targets_l, i, rows)]),
+            classes,
+            j,
+            logits.at(i, j),
+            log_sum_exp[i]),
         out_hi,
         out_lo,
         e);

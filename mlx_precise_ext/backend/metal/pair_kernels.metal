@@ -3,8 +3,8 @@
 // this file and the shared kernel headers, embedded at build time). The twins
 // of backend/cuda/pair_kernels.cuh in double-word arithmetic: Metal has no
 // float64, so each pair is read as the float pair hi + lo, the op runs on
-// float pairs (kernels/pair_math.h's dd functions: exp, sin, tanh and GELU
-// near 2^-46 relatively) and the result is written as a pair. The values
+// float pairs (kernels/pair_math.h's dd functions: exp, log, sin, tanh and
+// GELU near 2^-46 relatively) and the result is written as a pair. The values
 // agree with the CPU's and CUDA's double results to about 2^-44, not
 // bitwise. Contraction is off (portability.h); MLX compiles run-time
 // libraries with fast math off.
@@ -187,8 +187,8 @@ ff sum_parts(threadgroup ff* parts) {
 }
 
 // -------------------------------------------------------------- gradients ----
-// The gradients' PairSum, PairRows' ScatterAdd and PairLayerNormVJP
-// (pair_vjp_primitives.h): one thread per output or row running
+// The gradients' PairSum, PairRows' ScatterAdd, PairLayerNormVJP and
+// PairCrossEntropy (pair_vjp_primitives.h): one thread per output or row running
 // kernels/pair_grad.h's arithmetic in float pairs, in the CPU's and CUDA's
 // order (agreeing with their double results to about 2^-44, not bitwise).
 
@@ -286,6 +286,89 @@ ff sum_parts(threadgroup ff* parts) {
         dx_hi[base + i] = v.hi;
         dx_lo[base + i] = v.lo;
       });
+}
+
+// The cross-entropy (PairCrossEntropy), as the CUDA kernels: each row's
+// log-sum-exp (a thread per row), the weights' total (and the forward's
+// loss) in one thread in row order, then the gradient per logit. layouts:
+// logits hi, logits lo, targets, weights; sizes: rows, classes, with_loss.
+
+// Logit (i, j) of the (rows, classes) pair.
+ff logit_at(const device float* hi, const device float* lo, const thread RowsLayout& hl,
+            const thread RowsLayout& ll, long i, long j) {
+  return r_from_pair(ff{}, hi[row_start(hl, i) + j * hl.element_stride],
+                     lo[row_start(ll, i) + j * ll.element_stride]);
+}
+
+[[kernel]] void pair_cross_entropy_rows(const device float* l_hi [[buffer(0)]],
+                                        const device float* l_lo [[buffer(1)]],
+                                        device ff* log_sum_exp [[buffer(2)]],
+                                        constant const RowsLayout* layouts [[buffer(3)]],
+                                        constant const long* sizes [[buffer(4)]],
+                                        uint id [[thread_position_in_grid]]) {
+  const long i = long(id);
+  const long classes = sizes[1];
+  if (i >= sizes[0]) return;
+  const RowsLayout hl = layouts[0], ll = layouts[1];
+  log_sum_exp[i] =
+      pair_log_sum_exp(classes, [&](long j) { return logit_at(l_hi, l_lo, hl, ll, i, j); });
+}
+
+// One thread: total[0] = the weights' sum; with_loss also writes the mean loss
+// as a pair to out (the forward's scalar).
+[[kernel]] void pair_cross_entropy_total(const device float* l_hi [[buffer(0)]],
+                                         const device float* l_lo [[buffer(1)]],
+                                         const device int* targets [[buffer(2)]],
+                                         const device float* weights [[buffer(3)]],
+                                         const device ff* log_sum_exp [[buffer(4)]],
+                                         device ff* total [[buffer(5)]],
+                                         device float* out_hi [[buffer(6)]],
+                                         device float* out_lo [[buffer(7)]],
+                                         constant const RowsLayout* layouts [[buffer(8)]],
+                                         constant const long* sizes [[buffer(9)]],
+                                         uint id [[thread_position_in_grid]]) {
+  if (id != 0) return;
+  const RowsLayout hl = layouts[0], ll = layouts[1], tl = layouts[2], wl = layouts[3];
+  const long rows = sizes[0], classes = sizes[1];
+  const bool with_loss = sizes[2] != 0;
+  ff loss = ff{0.0f, 0.0f};
+  total[0] = cross_entropy_total<ff>(
+      rows, classes, [&](long i) { return weights[element_offset(wl, i, rows)]; },
+      [&](long i) { return long(targets[element_offset(tl, i, rows)]); },
+      [&](long i, long j) { return logit_at(l_hi, l_lo, hl, ll, i, j); },
+      [&](long i) { return ff(log_sum_exp[i]); }, with_loss ? &loss : nullptr);
+  if (with_loss) {
+    out_hi[0] = loss.hi;
+    out_lo[0] = loss.lo;
+  }
+}
+
+// The gradient, (rows, classes) row-major: c w_i / total (softmax - onehot),
+// c the scalar cotangent pair; NaN rows for a target outside [0, classes).
+[[kernel]] void pair_cross_entropy_grad(const device float* l_hi [[buffer(0)]],
+                                        const device float* l_lo [[buffer(1)]],
+                                        const device int* targets [[buffer(2)]],
+                                        const device float* weights [[buffer(3)]],
+                                        const device ff* log_sum_exp [[buffer(4)]],
+                                        const device ff* total [[buffer(5)]],
+                                        const device float* c_hi [[buffer(6)]],
+                                        const device float* c_lo [[buffer(7)]],
+                                        device float* out_hi [[buffer(8)]],
+                                        device float* out_lo [[buffer(9)]],
+                                        constant const RowsLayout* layouts [[buffer(10)]],
+                                        constant const long* sizes [[buffer(11)]],
+                                        uint id [[thread_position_in_grid]]) {
+  const long e = long(id);
+  const long rows = sizes[0], classes = sizes[1];
+  if (e >= rows * classes) return;
+  const RowsLayout hl = layouts[0], ll = layouts[1], tl = layouts[2], wl = layouts[3];
+  const long i = e / classes, j = e - i * classes;
+  const ff v = cross_entropy_grad_output<ff>(
+      r_from_pair(ff{}, c_hi[0], c_lo[0]), total[0], weights[element_offset(wl, i, rows)],
+      long(targets[element_offset(tl, i, rows)]), classes, j,
+      logit_at(l_hi, l_lo, hl, ll, i, j), log_sum_exp[i]);
+  out_hi[e] = v.hi;
+  out_lo[e] = v.lo;
 }
 
 // -------------------------------------------------------------- rfft_conv ----

@@ -4,9 +4,10 @@
 // MLX's Metal device on first use) in double-word arithmetic, since Metal has
 // no float64; operands are read through their strides. PairRFFTConv runs the
 // rfft_conv row launches (backend/metal/rfft_conv.cpp). Of the gradients'
-// primitives (pair_vjp_primitives.h), PairSum, PairRows' ScatterAdd and
-// PairLayerNormVJP run here; the others have no Metal kernel
-// (backend/gpu/pair_vjp.cpp: a clear error, never a silent move to the CPU).
+// primitives (pair_vjp_primitives.h), PairSum, PairRows' ScatterAdd,
+// PairLayerNormVJP and PairCrossEntropy run here; PairRFFTCorrelate has no
+// Metal kernel (backend/gpu/pair_vjp.cpp: a clear error, never a silent move
+// to the CPU).
 #include <algorithm>
 #include <limits>
 #include <stdexcept>
@@ -349,5 +350,67 @@ void scatter_add_rows(
 }
 
 } // namespace
+
+// Inputs l_hi, l_lo, targets, weights [, c_hi, c_lo], the CUDA kernels' steps:
+// each row's log-sum-exp (pair_cross_entropy_rows), the weights' total (and
+// the forward's loss) in one thread in row order, then the gradient per
+// logit; the log-sum-exps and the total as float pairs in scratch words.
+void PairCrossEntropy::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  auto& d = mx::metal::device(stream().device);
+  auto& enc = prepare(stream(), outputs);
+  const char* op =
+      gradient_ ? "pair cross_entropy gradient" : "pair cross_entropy";
+  const int64_t rows = inputs[0].shape(0), classes = inputs[0].shape(1);
+  const mx::array &targets = inputs[2], &weights = inputs[3];
+  mx::array log_sum_exp = scratch(enc, rows * sizeof(ff));
+  mx::array total = scratch(enc, sizeof(ff));
+  const std::vector<RowsLayout> layouts{
+      gpu::rows_layout(op, inputs[0]),
+      gpu::rows_layout(op, inputs[1]),
+      operand_layout(op, targets),
+      operand_layout(op, weights)};
+  const std::vector<int64_t> sizes{rows, classes, gradient_ ? 0 : 1};
+  if (rows > 0) {
+    MTL::ComputePipelineState* k =
+        kernel(d, kPairLibrary, "pair_cross_entropy_rows");
+    enc.set_compute_pipeline_state(k);
+    enc.set_input_array(inputs[0], 0);
+    enc.set_input_array(inputs[1], 1);
+    enc.set_output_array(log_sum_exp, 2);
+    enc.set_vector_bytes(layouts, 3);
+    enc.set_vector_bytes(sizes, 4);
+    dispatch_elements(enc, k, rows, op);
+  }
+  MTL::ComputePipelineState* k =
+      kernel(d, kPairLibrary, "pair_cross_entropy_total");
+  enc.set_compute_pipeline_state(k);
+  for (int i = 0; i < 4; ++i)
+    enc.set_input_array(inputs[i], i);
+  enc.set_input_array(log_sum_exp, 4);
+  enc.set_output_array(total, 5);
+  // The gradient's total pass writes no loss: its slots are bound to total.
+  enc.set_output_array(gradient_ ? total : outputs[0], 6);
+  enc.set_output_array(gradient_ ? total : outputs[1], 7);
+  enc.set_vector_bytes(layouts, 8);
+  enc.set_vector_bytes(sizes, 9);
+  enc.dispatch_threads(MTL::Size(1, 1, 1), MTL::Size(1, 1, 1));
+  if (!gradient_ || outputs[0].size() == 0)
+    return;
+  k = kernel(d, kPairLibrary, "pair_cross_entropy_grad");
+  enc.set_compute_pipeline_state(k);
+  for (int i = 0; i < 4; ++i)
+    enc.set_input_array(inputs[i], i);
+  enc.set_input_array(log_sum_exp, 4);
+  enc.set_input_array(total, 5);
+  enc.set_input_array(inputs[4], 6);
+  enc.set_input_array(inputs[5], 7);
+  enc.set_output_array(outputs[0], 8);
+  enc.set_output_array(outputs[1], 9);
+  enc.set_vector_bytes(layouts, 10);
+  enc.set_vector_bytes(sizes, 11);
+  dispatch_elements(enc, k, outputs[0].size(), op);
+}
 
 } // namespace mlx_precise
