@@ -140,8 +140,11 @@ PAIR_EXTRAS = {
     "backend/metal/rfft_conv.cpp": (
         '#include "pair_primitives.h"',
         '#include "backend/gpu/pair_conv_layout.h"',
+        '#include "pair_vjp_primitives.h"',
         "void launch_pair_conv(",
+        "void eval_pair_conv(",
         "void PairRFFTConv::eval_gpu(",
+        "void PairRFFTCorrelate::eval_gpu(",
     ),
 }
 

@@ -1,7 +1,8 @@
 """Metal's pair gradients, run on the CPU (no Mac here): the pair sum (PairSum, the vjp
 of pair broadcasts), the take_rows gradient (PairRows' ScatterAdd), the layer_norm
 gradient (PairLayerNormVJP) and the cross-entropy with its gradient (PairCrossEntropy)
-of kernels/pair_grad.h in float pairs, as
+of kernels/pair_grad.h in float pairs, and the rfft_conv gradients (PairRFFTCorrelate:
+Metal's pair rfft_conv rows in the correlation geometry), as
 pair_kernels.metal runs them, through the test hooks mlx_precise._ext.testing.metal_pair_*
 (the Metal host's own layouts, backend/gpu/pair_grad_layout.h, for the sum).
 
@@ -12,8 +13,12 @@ the CPU's double result (mlx_precise.pair on mx.cpu). The layer_norm gradient: w
 2^-40 of the CPU's double result relative to each output's condition (the magnitudes of
 the terms that make it up). The cross-entropy: within 2^-44 of mpmath's value relative
 to its condition (the loss: the weighted |log-sum-exp| + |target logit|; each gradient
-entry: |c w / sum w| (softmax (1 + |logit| + |log-sum-exp|) + onehot)), and within that
-of the CPU's double result. Fresh random inputs each run (the
+entry: |c w / sum w| (softmax (1 + |logit| + |log-sum-exp|) + onehot), plus 2^-146 (1 +
+|c w / sum w|) where a result's lo part underflows), and within that of the CPU's double
+result. The rfft_conv rows: within the transform's normwise bound
+kappa ||a||_2 ||b||_2 (kappa from conv_error_bound with the float pairs' u, as Metal's
+certification uses it) plus 2^-44 of the bias product's magnitude, of a longdouble
+direct sum and of the CPU's double result. Fresh random inputs each run (the
 seed is printed); the hooks' outputs start as NaN-free only if every output is written,
 and NaN never passes."""
 
@@ -249,9 +254,12 @@ def test_cross_entropy(rng, rows, classes, offset):
     scale = abs(c) * weights[:-1, None].astype(np.float64) / total
     onehot = np.arange(classes)[None, :] == targets[:-1, None]
     condition = scale * (softmax * (1 + np.abs(x[:-1]) + np.abs(lse[:-1, None])) + onehot)
+    # Below about 2^-102 a float pair's lo part is subnormal: each of dd_exp's scaling
+    # and the product with the scale can then be off by 2^-150 absolutely.
+    underflow = 2.0**-146 * (1 + scale)
     error = np.abs(g - grad)
-    assert np.all(error <= 2.0**-44 * condition + 1e-300), (
-        f"gradient: {np.max(error / np.maximum(condition, 1e-300)):.3e} of its condition off")
+    assert np.all(error <= 2.0**-44 * condition + underflow), (
+        "gradient off by more than 2^-44 of its condition")
     np.testing.assert_array_equal(g_hi[:-1], g.astype(np.float32))
     _, (cpu_hi, cpu_lo) = mx.vjp(
         lambda h, lo: list(pair.cross_entropy(Pair(h, lo), mx.array(targets), mx.array(weights),
@@ -259,7 +267,91 @@ def test_cross_entropy(rng, rows, classes, offset):
         [mx.array(l_hi), mx.array(l_lo)], [mx.array(c_hi), mx.array(c_lo)])
     cpu_g = as_double(np.array(cpu_hi), np.array(cpu_lo))
     assert np.all(np.isnan(cpu_g[-1]))
-    assert np.all(np.abs(g - cpu_g[:-1]) <= 2.0**-43 * condition + 1e-300), "off the CPU's"
+    assert np.all(np.abs(g - cpu_g[:-1]) <= 2.0**-43 * condition + underflow), "off the CPU's"
     print(f"cross_entropy ({rows}x{classes}, offset {offset}): loss error "
           f"{loss_error:.2e}, worst gradient error "
-          f"{np.max(error / np.maximum(condition, 1e-300)):.2e} of its condition")
+          f"{np.max(np.maximum(error - underflow, 0)[condition > 0] / condition[condition > 0]):.2e}"
+          " of its condition")
+
+
+NO_BIAS = np.zeros(0, np.float32)
+
+
+def conv_reference(variant, a, b, size, out_len):
+    """The exact-to-2^-60 direct sums (longdouble; pair values hi + lo are exact in it)
+    of the cyclic convolution of size `size` (the causal form never wraps):
+    convolve y[t] = sum_j b[j] a[(t - j) mod size]; correlate_* out[s] = sum_t a[t]
+    b_pad[(t - s) mod size] (grad u: b = k; grad k: b = u)."""
+    a, b = a.astype(np.longdouble), b.astype(np.longdouble)
+    L = len(a)
+    t = np.arange(out_len)
+    if variant == "convolve":
+        a_pad = np.concatenate([a, np.zeros(size - L, np.longdouble)])
+        taps = a_pad[(t[:, None] - np.arange(len(b))[None, :]) % size]  # (t, j)
+        return taps @ b
+    b_pad = np.concatenate([b, np.zeros(size - len(b), np.longdouble)])
+    taps = b_pad[(np.arange(L)[None, :] - t[:, None]) % size]  # (s, t)
+    return taps @ a
+
+
+def cpu_pair_conv(variant, a, b, bias, n, kernel_len):
+    """The CPU's double result: pair.rfft_conv, or its vjp for the correlations."""
+    a_pair, b_pair = [Pair(mx.array(h), mx.array(lo)) for h, lo in (a, b)]
+    bias_arr = mx.array(bias) if len(bias) else None
+
+    def conv(u, k):
+        return list(pair.rfft_conv(u, k, n=n, bias=bias_arr, stream=mx.cpu).astuple())
+
+    if variant == "convolve":
+        out = conv(a_pair, b_pair)
+    elif variant == "correlate_input":  # a = g, b = k
+        u = Pair(mx.zeros(len(a[0])), mx.zeros(len(a[0])))
+        _, out = mx.vjp(lambda uh, ul: conv(Pair(uh, ul), b_pair), [u.hi, u.lo], [mx.array(p) for p in a])
+    else:  # a = g, b = u
+        k = Pair(mx.zeros(kernel_len), mx.zeros(kernel_len))
+        _, out = mx.vjp(lambda kh, kl: conv(b_pair, Pair(kh, kl)), [k.hi, k.lo], [mx.array(p) for p in a])
+    return as_double(np.array(out[0]), np.array(out[1]))
+
+
+@pytest.mark.parametrize(
+    "variant,L,Lk,n,with_bias",
+    [
+        ("correlate_input", 37, 37, None, True),
+        ("correlate_input", 64, 20, 64, False),
+        ("correlate_input", 300, 300, None, False),
+        ("correlate_kernel", 37, 37, None, False),
+        ("correlate_kernel", 48, 48, 96, False),
+        ("correlate_kernel", 300, 120, None, False),
+        ("convolve", 48, 48, 96, True),
+        ("convolve", 300, 300, None, False),
+    ],
+)
+def test_rfft_conv_rows(rng, variant, L, Lk, n, with_bias):
+    # a: u (convolve) or the cotangent g; b: k, or u for the kernel's gradient.
+    a = random_pair(rng, L, spread=3)
+    b = random_pair(rng, L if variant == "correlate_kernel" else Lk, spread=3)
+    bias = (rng.standard_normal(L) * 2).astype(np.float32) if with_bias else NO_BIAS
+    kernel_len = Lk if variant == "correlate_kernel" else 0
+    out_len = Lk if variant == "correlate_kernel" else L
+    got_hi, got_lo, kappa = _ext.testing.metal_pair_conv(
+        a[0], a[1], b[0], b[1], bias, n or 0, variant, kernel_len)
+    assert len(got_hi) == out_len
+    assert not np.any(np.isnan(got_hi)) and not np.any(np.isnan(got_lo)), "NaN output"
+    got = as_double(got_hi, got_lo)
+    np.testing.assert_array_equal(got_hi, got.astype(np.float32))
+
+    av, bv = as_double(*a), as_double(*b)
+    exact = conv_reference(variant, av, bv, n or L + len(bv), out_len)
+    bias_product = np.zeros(out_len)
+    if with_bias:
+        bias_product = av * bias.astype(np.float64)
+        exact = exact + bias_product.astype(np.longdouble)
+    bound = (kappa * np.linalg.norm(av) * np.linalg.norm(bv)
+             + 2.0**-44 * (np.abs(exact.astype(np.float64)) + np.abs(bias_product)))
+    err = np.abs((got.astype(np.longdouble) - exact).astype(np.float64))
+    assert np.all(err <= bound), f"{variant}: error {np.max(err / bound):.3e} of the bound"
+    cpu = cpu_pair_conv(variant, a, b, bias, n, Lk)
+    assert np.all(np.abs(got - cpu) <= bound), f"{variant}: off the CPU's result"
+    scale = np.linalg.norm(av) * np.linalg.norm(bv)
+    print(f"{variant} (L {L}, Lk {Lk}, n {n}): worst error {np.max(err) / scale:.2e} of "
+          f"||a|| ||b|| (bound {kappa:.2e})")

@@ -86,4 +86,10 @@ void PairCrossEntropy::eval_gpu(
   no_gpu("pair cross_entropy");
 }
 
+void PairRFFTCorrelate::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
+  no_gpu("pair rfft_conv gradient");
+}
+
 } // namespace mlx_precise

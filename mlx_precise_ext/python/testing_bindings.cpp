@@ -503,6 +503,52 @@ OutArray metal_layer_norm_bias_grad(F g, int64_t dim) {
   return result;
 }
 
+// The float-pair kernel rows' steps on the CPU, one thread running a group's:
+// the spectrum of the loaded row (the spectra kernels), and the loaded row
+// convolved with a spectrum (the conv rows kernels: forward, product,
+// inverse).
+void store_row_spectrum(
+    std::vector<ff>& row,
+    const gpu::FFTTables<ff>& t,
+    const ConvShape& g,
+    std::vector<cpx<ff>>& spectrum) {
+  const int h = t.shape.n_half;
+  fft_rows<false, ff>(
+      row.data(), row.data() + h, t.shape, t.twiddles.data(), 0, 1);
+  store_spectrum<ff>(
+      row.data(),
+      row.data() + h,
+      t.pairs.data(),
+      t.split.data(),
+      g.spectrum_scale,
+      spectrum.data(),
+      t.shape.num_pairs,
+      0,
+      1);
+}
+
+void convolve_loaded_row(
+    std::vector<ff>& row,
+    const gpu::FFTTables<ff>& t,
+    const std::vector<cpx<ff>>& spectrum) {
+  const int h = t.shape.n_half;
+  fft_rows<false, ff>(
+      row.data(), row.data() + h, t.shape, t.twiddles.data(), 0, 1);
+  multiply_rows_by_spectrum<ff>(
+      row.data(),
+      row.data() + h,
+      h,
+      1,
+      t.pairs.data(),
+      t.split.data(),
+      spectrum.data(),
+      t.shape.num_pairs,
+      0,
+      1);
+  fft_rows<true, ff>(
+      row.data(), row.data() + h, t.shape, t.twiddles.data(), 0, 1);
+}
+
 // Metal's certified float-pair rfft_conv of one row on the CPU, one thread
 // running the group's steps (rfft_conv_kernels.metal: certified_spectra,
 // certified_conv_rows, recompute_open_rows): y = rfft_conv(a, b, n = period
@@ -546,17 +592,7 @@ nb::tuple metal_certified_conv(
       h,
       0,
       1);
-  fft_rows<false, ff>(row.data(), row.data() + h, fs, t.twiddles.data(), 0, 1);
-  store_spectrum<ff>(
-      row.data(),
-      row.data() + h,
-      t.pairs.data(),
-      t.split.data(),
-      g.spectrum_scale,
-      spectrum.data(),
-      fs.num_pairs,
-      0,
-      1);
+  store_row_spectrum(row, t, g, spectrum);
   // certified_conv_rows
   const PairBoundConstants k =
       pair_bound_constants(g.fft_size, 1, a_len, b_len);
@@ -578,19 +614,7 @@ nb::tuple metal_certified_conv(
       h,
       0,
       1);
-  fft_rows<false, ff>(row.data(), row.data() + h, fs, t.twiddles.data(), 0, 1);
-  multiply_rows_by_spectrum<ff>(
-      row.data(),
-      row.data() + h,
-      h,
-      1,
-      t.pairs.data(),
-      t.split.data(),
-      spectrum.data(),
-      fs.num_pairs,
-      0,
-      1);
-  fft_rows<true, ff>(row.data(), row.data() + h, fs, t.twiddles.data(), 0, 1);
+  convolve_loaded_row(row, t, spectrum);
   float* y;
   OutArray out = new_float_array(static_cast<size_t>(a_len), &y);
   float* open;
@@ -614,6 +638,85 @@ nb::tuple metal_certified_conv(
       open,
       out,
       open_out);
+}
+
+// Metal's pair rfft_conv rows on the CPU, one thread running the group's
+// steps (pair_kernels.metal: pair_kernel_spectra, pair_conv_rows) in float
+// pairs on one row: "convolve" (a = u, b = k, with an optional bias),
+// "correlate_input" (a = g, b = k: grad u [+ g bias]) or "correlate_kernel"
+// (a = g, b = u: grad k, kernel_len outputs). Returns (hi, lo, kappa): kappa
+// times ||a||_2 ||b||_2 bounds the error of the convolution part
+// (conv_error_bound for u = 1.3 2^-46, doubled where the geometry folds).
+nb::tuple metal_pair_conv(
+    F a_hi,
+    F a_lo,
+    F b_hi,
+    F b_lo,
+    F bias_in,
+    int64_t period,
+    const std::string& variant,
+    int64_t kernel_len) {
+  const int64_t a_len = a_hi.shape(0), b_len = b_hi.shape(0);
+  const bool has_bias = bias_in.shape(0) != 0;
+  if (a_len == 0 || b_len == 0 || a_lo.shape(0) != a_hi.shape(0) ||
+      b_lo.shape(0) != b_hi.shape(0) ||
+      (has_bias &&
+       (bias_in.shape(0) != a_hi.shape(0) || variant == "correlate_kernel")))
+    throw std::invalid_argument(
+        "metal_pair_conv: pass nonempty pairs a, b and a bias as long as a "
+        "(or empty; none for correlate_kernel)");
+  const ConvGeometry geo =
+      emulated_geometry(variant, period, a_len, b_len, kernel_len);
+  const ConvShape g = gpu::conv_shape(geo, has_bias, 1);
+  const gpu::FFTTables<ff> t = gpu::make_fft_tables<ff>(geo.fft_size);
+  const FFTShape& fs = t.shape;
+  const int h = fs.n_half;
+  std::vector<ff> row(2 * static_cast<size_t>(h));
+  std::vector<cpx<ff>> spectrum(2 * static_cast<size_t>(fs.num_pairs));
+  // pair_kernel_spectra
+  load_pair_row<ff>(
+      row.data(),
+      row.data() + h,
+      b_hi.data(),
+      1,
+      b_lo.data(),
+      1,
+      g.b_len,
+      false,
+      h,
+      0,
+      1);
+  store_row_spectrum(row, t, g, spectrum);
+  // pair_conv_rows
+  load_pair_row<ff>(
+      row.data(),
+      row.data() + h,
+      a_hi.data(),
+      1,
+      a_lo.data(),
+      1,
+      g.a_len,
+      g.a_reversed != 0,
+      h,
+      0,
+      1);
+  convolve_loaded_row(row, t, spectrum);
+  std::array<float*, 2> out;
+  std::array<OutArray, 2> arrays{
+      new_float_array(g.out_len, &out[0]), new_float_array(g.out_len, &out[1])};
+  for (int64_t i = 0; i < g.out_len; ++i) {
+    const ff v = finish_pair_output(
+        gather_output<ff>(row.data(), row.data() + h, g, i),
+        has_bias,
+        has_bias ? a_hi.data()[i] : 0.0f,
+        has_bias ? a_lo.data()[i] : 0.0f,
+        has_bias ? bias_in.data()[i] : 0.0f);
+    out[0][i] = v.hi;
+    out[1][i] = v.lo;
+  }
+  const double kappa = conv_error_bound(
+      geo.fft_size, 1, 1.3 * static_cast<double>(kPairUnitRoundoff));
+  return nb::make_tuple(arrays[0], arrays[1], (geo.fold ? 2.0 : 1.0) * kappa);
 }
 
 // The outputs of a cyclic convolution x (x[2m] = re[m], x[2m + 1] = im[m],
@@ -1392,6 +1495,23 @@ void init_testing(nb::module_& parent) {
       "dd_log) on the CPU: logits (len(targets), classes) row-major as a pair, int32 "
       "targets, float32 weights; returns the mean loss as one-element (hi, lo), or with "
       "gradient=True the logits' gradient for the scalar cotangent c_hi + c_lo.");
+
+  m.def(
+      "metal_pair_conv",
+      &metal_pair_conv,
+      "a_hi"_a.noconvert(),
+      "a_lo"_a.noconvert(),
+      "b_hi"_a.noconvert(),
+      "b_lo"_a.noconvert(),
+      "bias"_a.noconvert(),
+      "period"_a,
+      "variant"_a,
+      "kernel_len"_a = 0,
+      "Metal's pair rfft_conv rows (pair_kernels.metal, float pairs) on the CPU for one "
+      "row: variant 'convolve' (a = u, b = k), 'correlate_input' (a = g, b = k: grad u) or "
+      "'correlate_kernel' (a = g, b = u: grad k of kernel_len entries); bias empty or as "
+      "long as a; period the n of the circular form, 0 for the causal one. Returns "
+      "(hi, lo, kappa), kappa ||a||_2 ||b||_2 bounding the convolution's error.");
 
   m.def(
       "metal_certified_conv",

@@ -372,9 +372,11 @@ ff logit_at(const device float* hi, const device float* lo, const thread RowsLay
 }
 
 // -------------------------------------------------------------- rfft_conv ----
-// pair_rfft_conv (the Convolve form): the row steps of rfft_conv_rows.h in
-// float pairs on rows loaded as hi + lo (load_pair_row), outputs written as
-// pairs (finish_pair_output), as the CUDA pair kernels do in double. Buffer
+// pair_rfft_conv (the Convolve form) and its gradients (PairRFFTCorrelate: a
+// reversed and the outputs gathered back to front, as the geometry says): the
+// row steps of rfft_conv_rows.h in float pairs on rows loaded as hi + lo
+// (load_pair_row), outputs written as pairs (finish_pair_output), as the
+// CUDA pair kernels do in double. Buffer
 // indices 0-11 as rfft_conv_kernels.metal's row kernels (0: the hi part of
 // a or b, 3: out's hi part); 12: the lo part of a or b, 13: out's lo part,
 // 14: lo_ix, the row index over the lo parts.
@@ -425,9 +427,12 @@ void pair_conv_body(Ptr re, Ptr im, const device float* a_hi, const device float
       MP_BARRIER();
       fft_rows<true, ff>(re, im, fs, tw, int(tid), int(nt));
       const long out_at = row_offset(ix, kOperandOut, kk, j);
+      // a is read only with a bias (its outputs are a's times; the kernel's
+      // gradient has more outputs than a has elements).
       for (long t = tid; t < g.out_len; t += nt) {
         const ff v = finish_pair_output(gather_output<ff>(re, im, g, t), g.has_bias != 0,
-                                        hi_row[t * hi_step], lo_row[t * lo_step],
+                                        g.has_bias ? hi_row[t * hi_step] : 0.0f,
+                                        g.has_bias ? lo_row[t * lo_step] : 0.0f,
                                         g.has_bias ? bias_row[t * bias_step] : 0.0f);
         out_hi[out_at + t] = v.hi;
         out_lo[out_at + t] = v.lo;

@@ -2,12 +2,11 @@
 // backend/cuda/pair_ops.cpp: the kernels of pair_kernels.metal (one source
 // with the shared kernel headers, embedded at build time and compiled by
 // MLX's Metal device on first use) in double-word arithmetic, since Metal has
-// no float64; operands are read through their strides. PairRFFTConv runs the
-// rfft_conv row launches (backend/metal/rfft_conv.cpp). Of the gradients'
-// primitives (pair_vjp_primitives.h), PairSum, PairRows' ScatterAdd,
-// PairLayerNormVJP and PairCrossEntropy run here; PairRFFTCorrelate has no
-// Metal kernel (backend/gpu/pair_vjp.cpp: a clear error, never a silent move
-// to the CPU).
+// no float64; operands are read through their strides. PairRFFTConv and its
+// gradients' PairRFFTCorrelate run the rfft_conv row launches
+// (backend/metal/rfft_conv.cpp); the other gradients' primitives
+// (pair_vjp_primitives.h), PairSum, PairRows' ScatterAdd, PairLayerNormVJP and
+// PairCrossEntropy, run here.
 #include <algorithm>
 #include <limits>
 #include <stdexcept>

@@ -21,6 +21,7 @@
 #include "backend/metal/kernel_sources.h"
 #include "kernels/certify_pair.h"
 #include "pair_primitives.h"
+#include "pair_vjp_primitives.h"
 #include "primitives.h"
 
 namespace mlx_precise {
@@ -511,13 +512,18 @@ void bias_gradient(
   enc.dispatch_threads(MTL::Size(total, 1, 1), MTL::Size(threads, 1, 1));
 }
 
-// pair_rfft_conv: in = u_hi, u_lo, k_hi, k_lo [, bias], outs = hi, lo. The
+// pair_rfft_conv (Convolve) and its gradients (CorrelateInput,
+// CorrelateKernel: a reversed and the outputs gathered back to front, as the
+// geometry says): in = a_hi, a_lo, b_hi, b_lo [, bias], outs = hi, lo, one
+// output row per row of a (u, or g for the gradients); b (k, or u for the
+// kernel's gradient) is transformed once per row of its own. The
 // shared-kernel form with the pair kernels of pair_kernels.metal, in float
 // pairs; lo_ix numbers the rows of the lo parts as ix numbers those of the
 // hi parts.
 void launch_pair_conv(
     mx::metal::Device& d,
     mx::metal::CommandEncoder& enc,
+    ConvVariant variant,
     int64_t period,
     const std::vector<mx::array>& in,
     bool has_bias,
@@ -525,7 +531,7 @@ void launch_pair_conv(
   const mx::array &u_hi = in[0], &u_lo = in[1], &k_hi = in[2], &k_lo = in[3];
   const mx::array* bias = has_bias ? &in[4] : nullptr;
   const gpu::PairConvLaunch c =
-      gpu::pair_conv_launch(ConvVariant::Convolve, period, in, has_bias, outs);
+      gpu::pair_conv_launch(variant, period, in, has_bias, outs);
   const ConvGeometry& geo = c.geo;
   const RowIndex &ix = c.ix, &lo_ix = c.lo_ix;
   const MetalFFT<ff>& fft = metal_fft<ff>(d, geo.fft_size);
@@ -550,6 +556,23 @@ void launch_pair_conv(
         enc.set_output_array(outs[1], kSlotOutLo);
         enc.set_bytes(lo_ix, kSlotLoRowIndex);
       });
+}
+
+// The pair forms: both outputs allocated, then launch_pair_conv.
+void eval_pair_conv(
+    mx::Stream s,
+    ConvVariant variant,
+    int64_t period,
+    bool has_bias,
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  auto& d = mx::metal::device(s.device);
+  auto& enc = mx::metal::get_command_encoder(s);
+  for (auto& o : outputs)
+    o.set_data(mx::allocator::malloc(o.nbytes()));
+  if (outputs[0].size() == 0)
+    return;
+  launch_pair_conv(d, enc, variant, period, inputs, has_bias, outputs);
 }
 
 // float32 runs the float kernels; extended and dd the double-word ones.
@@ -588,13 +611,16 @@ void BiasGradient::eval_gpu(
 void PairRFFTConv::eval_gpu(
     const std::vector<mx::array>& inputs,
     std::vector<mx::array>& outputs) {
-  auto& d = mx::metal::device(stream().device);
-  auto& enc = mx::metal::get_command_encoder(stream());
-  for (auto& o : outputs)
-    o.set_data(mx::allocator::malloc(o.nbytes()));
-  if (outputs[0].size() == 0)
-    return;
-  launch_pair_conv(d, enc, period_, inputs, has_bias_, outputs);
+  eval_pair_conv(
+      stream(), ConvVariant::Convolve, period_, has_bias_, inputs, outputs);
+}
+
+// Inputs g_hi, g_lo, then k_hi, k_lo [, bias] (CorrelateInput) or u_hi, u_lo
+// (CorrelateKernel); outputs hi, lo (launch_pair_conv).
+void PairRFFTCorrelate::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  eval_pair_conv(stream(), variant_, period_, has_bias_, inputs, outputs);
 }
 
 } // namespace mlx_precise
