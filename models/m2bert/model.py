@@ -259,32 +259,49 @@ class GatedLinearUnitMLP(nn.Module):
     def _blocked(self, hidden: ops.Activation) -> bool:
         """Whether the Monarch MLP runs block-major (``_blocked_output``): float32,
         extended and dd with an even block count, where the gate is the first half of
-        the gated_layers blocks and the value the second."""
-        return (
+        the gated_layers blocks and the value the second, and wo's blocks split evenly
+        over those halves' blocks."""
+        if not (
             self.block_major
             and isinstance(self.gated_layers, BlockdiagLinear)
             and not isinstance(hidden, ops.Pair)
-            and self.gated_layers.weight.shape[0] % 2 == 0
-        )
+        ):
+            return False
+        nblocks = self.gated_layers.weight.shape[0]
+        return nblocks % 2 == 0 and self.wo.weight.shape[0] % (nblocks // 2) == 0
 
     def _blocked_output(self, hidden: mx.array, residual: mx.array) -> mx.array:
         """``wo(GELU(a) * b) + residual`` with the activations kept block-major
         (``ops.blockdiag_blocks``): the gate and value are contiguous halves of the
-        gated_layers output, not strided column slices of it re-copied to feature order,
-        and wo's output meets the residual in the addition instead of a copy first. The
-        same products, sums and elementwise operations as feature-major: the same bits."""
+        gated_layers output, not strided column slices of it re-copied to feature order;
+        wo reads its input blocks in place, as column slices of those halves, and its
+        output meets the residual in the addition instead of a copy first. The same
+        products, sums and elementwise operations as feature-major: the same bits."""
         precision = self.gated_layers.precision
         nblocks = self.gated_layers.weight.shape[0]
         gate_and_value = ops.blockdiag_blocks(
             ops.block_rows(hidden, nblocks), self.gated_layers.weight, None, precision
         )  # (nblocks, R, 2 inner / nblocks)
         half = nblocks // 2
-        gated_value = self.dropout(ops.gelu_product(gate_and_value[:half], gate_and_value[half:]))
-        # Block j of it holds wo's input blocks 2j and 2j + 1: wo's rows, block-major.
+        gated_value = self.dropout(
+            ops.gelu_product(gate_and_value[:half], gate_and_value[half:])
+        )  # (half, R, 2 inner / nblocks)
+        # Block j of gated_value holds wo's input blocks j * per + s, s = 0 .. per - 1,
+        # side by side: one product per s over the blocks j, reading column slices.
         wo_blocks, wo_out_block, wo_in_block = self.wo.weight.shape
-        rows = gated_value.reshape(half, -1, wo_blocks // half, wo_in_block)
-        rows = rows.transpose(0, 2, 1, 3).reshape(wo_blocks, -1, wo_in_block)
-        out = ops.blockdiag_blocks(rows, self.wo.weight, self.wo.get("bias"), self.wo.precision)
+        per = wo_blocks // half
+        bias = self.wo.get("bias")
+        bias_blocks = None if bias is None else bias.reshape(wo_blocks, wo_out_block)
+        products = [
+            ops.blockdiag_blocks(
+                gated_value[..., s * wo_in_block : (s + 1) * wo_in_block],
+                self.wo.weight[s::per],
+                None if bias is None else bias_blocks[s::per].reshape(-1),
+                self.wo.precision,
+            )
+            for s in range(per)
+        ]  # product s: (half, R, out_block), wo's output blocks j * per + s
+        out = mx.stack(products, axis=1).reshape(wo_blocks, -1, wo_out_block)
         feature_major = out.transpose(1, 0, 2)  # (R, nblocks, out_block), a view
         return (feature_major + residual.reshape(feature_major.shape)).reshape(residual.shape)
 

@@ -131,9 +131,10 @@ def _check_block_features(x: mx.array, features: int) -> None:
 
 def block_rows(x: mx.array, nblocks: int) -> mx.array:
     """The rows of ``x (..., F)`` split into ``nblocks`` feature blocks, block-major:
-    ``(nblocks, R, F / nblocks)``, contiguous (the GPU matmuls do not take a batch stride
-    smaller than the row stride)."""
-    return mx.contiguous(x.reshape(-1, nblocks, x.shape[-1] // nblocks).transpose(1, 0, 2))
+    ``(nblocks, R, F / nblocks)``, a view (batch stride F / nblocks, row stride F):
+    mlx_precise's CUDA GEMM reads it in place, and MLX's matmuls and mlx_precise's
+    other products copy or pack what they do not read in place."""
+    return x.reshape(-1, nblocks, x.shape[-1] // nblocks).transpose(1, 0, 2)
 
 
 def blockdiag_blocks(
