@@ -150,6 +150,27 @@ def test_fused_gelu_product_gives_the_unfused_bits():
         assert fused.tobytes() == unfused.tobytes()
 
 
+def test_fused_short_conv_sums_give_the_unfused_bits():
+    """The float32 short convolution's sums in one mx.compile kernel and op by op: the
+    same bits (a transposed input as in the model, negative zero taps, zero padding)."""
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    print(f"seed {seed}")
+    rng = np.random.default_rng(seed)
+    u = mx.array(rng.standard_normal((2, 300, 48)).astype(np.float32)).transpose(0, 2, 1)
+    weight = rng.standard_normal((48, 1, 3)).astype(np.float32)
+    weight[::4, 0, 1] = -0.0
+    bias = rng.standard_normal(48).astype(np.float32)
+    bias[::5] = -0.0
+    weight, bias = mx.array(weight), mx.array(bias)
+    fused = np.asarray(ops.short_causal_conv(u, weight, bias, "float32"))
+    taps = weight[:, 0, ::-1]
+    padded = mx.concatenate([mx.zeros((2, 48, 2), dtype=mx.float32), u], axis=-1)
+    terms = [padded[..., 2 - lag : 302 - lag] * taps[:, lag : lag + 1] for lag in range(3)]
+    unfused = np.asarray(ops._sum_in_order(terms, bias[:, None]))
+    assert np.all(np.isfinite(unfused))
+    assert fused.tobytes() == unfused.tobytes()
+
+
 def check_rounds_once(case):
     """precision="exact" returns float32(torch float64 output) bit for bit."""
     hidden, pooled = case.mlx("exact")

@@ -218,9 +218,23 @@ def short_causal_conv(
         # One write of the padded input (mx.pad fills it with zeros first).
         zeros = mx.zeros((*u.shape[:-1], num_taps - 1), dtype=mx.float32)
         padded = mx.concatenate([zeros, u], axis=-1)
-        total = None
-        for lag in range(num_taps):
-            term = padded[..., num_taps - 1 - lag : num_taps - 1 - lag + seq_len] * taps[:, lag : lag + 1]
-            total = term if total is None else total + term
-        return total + bias[:, None]
+        terms = [
+            padded[..., num_taps - 1 - lag : num_taps - 1 - lag + seq_len] * taps[:, lag : lag + 1]
+            for lag in range(num_taps)
+        ]
+        return _fused_sum_in_order(terms, bias[:, None])
     return mlx_precise.rfft_conv(u, taps, precision=precision) + bias[:, None]
+
+
+def _sum_in_order(terms: list, last: mx.array) -> mx.array:
+    """``((terms[0] + terms[1]) + ...) + last``, each sum rounded to float32."""
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    return total + last
+
+
+# The short convolution's sums as one kernel instead of one pass per addition over its
+# 3 hidden-wide activations. Additions only (the products are separate kernels before
+# it), so nothing can contract into an fma: the same roundings in the same order.
+_fused_sum_in_order = mx.compile(_sum_in_order)
