@@ -552,7 +552,11 @@ void launch_split_rows(
   mx::array& spectra_buffer = ks.buffer;
   cpx<double>* spectra = ks.spectra;
   double* norms = ks.norms;
-  const int64_t splits = group_splits(rows, ix);
+  // At least 8 blocks to a kernel row where the batch allows: with one
+  // block per SM and one kernel row each, the spectra in use (256 KiB a row
+  // at N = 32768) and the stash slots together would fill L2.
+  const int64_t splits =
+      std::max(group_splits(rows, ix), std::min<int64_t>(8, ix.inner_count));
   ConvShape shape = gpu::conv_shape(geo, op.bias != nullptr, splits);
   RowGrid spec_grid =
       row_grid(encoder, device, stream_index, spec, ix.outer_count);
