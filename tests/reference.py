@@ -194,9 +194,10 @@ def layer_norm_grad_weight_reference(x, g, eps):
     square; then it is rounded exactly, else by mpmath intervals at growing precision
     (an irrational sum is never a midpoint, so that ends). An exact zero is +0.
 
-    Also returns, per column, whether its value is rational (a possible tie or zero)
-    while rows of two or more different v contribute to it: the case the kernels'
-    exact stage leaves to the double-word value (docs/certification.md)."""
+    Also returns, per column, 0 unless its value is rational (a possible tie or
+    zero) while rows of two or more different v contribute to it, else the number
+    of different v among its rows with a nonzero term: the kernels' exact stage
+    decides such columns up to kWeightGradGroups = 4 of them (docs/certification.md)."""
     rows, dim = x.shape
     stats = []
     for r in range(rows):
@@ -214,17 +215,19 @@ def layer_norm_grad_weight_reference(x, g, eps):
             reps.append(v)
             cls.append((len(reps) - 1, Fraction(1)))
     out = np.empty(dim, np.float32)
-    mixed = np.zeros(dim, bool)
+    mixed = np.zeros(dim, np.int64)
     saved = iv.prec
     try:
         for j in range(dim):
             q = [Fraction(0)] * len(reps)
-            by_variance = {}
+            by_variance, feeding = {}, set()
             for r in range(rows):
                 c, t = cls[r]
                 term = Fraction(float(g[r, j])) * stats[r][0][j]
                 q[c] += term / t
                 by_variance[stats[r][1]] = by_variance.get(stats[r][1], 0) + term
+                if term != 0:
+                    feeding.add(stats[r][1])
             rational, irrational = Fraction(0), []
             for c, qc in enumerate(q):
                 if qc == 0:
@@ -236,7 +239,8 @@ def layer_norm_grad_weight_reference(x, g, eps):
                     irrational.append(c)
             if not irrational:
                 out[j] = _float32_of_fraction(rational)
-                mixed[j] = sum(1 for t in by_variance.values() if t != 0) > 1
+                if sum(1 for t in by_variance.values() if t != 0) > 1:
+                    mixed[j] = len(feeding)
                 continue
             for prec in itertools.count(200, 400):
                 iv.prec = prec
@@ -310,6 +314,37 @@ def weight_grad_near_ties(rng):
     gz = rng.standard_normal((1, 6)).astype(np.float32)
     cases.append((np.concatenate([base, base + np.float32(1000.25)]), np.concatenate([gz, -gz]), eps))
     return cases
+
+
+def weight_grad_related_ties(rng):
+    """Columns that are exact ties and zeros across rows whose variances are rational
+    squares of one another (eps = 0: rows x, 2x, x / 4 shifted, 4x, variances
+    1 : 4 : 1/16 : 16, n = -1, 1 on each; and rows a x + c with n in thirds), at a
+    random power-of-two scale."""
+    x = np.float32([[0, 2], [0, 4], [3, 3.5], [0, 8]])
+    s = np.float32(2.0 ** int(rng.integers(-20, 20)))
+    cases = [
+        [[1, 1], [2.0**-24, 2.0**-24], [0, 0], [0, 0]],  # +-(1 + 2^-24): ties
+        [[1, 3], [-1, -1], [0, -2], [0, 0]],  # exact zeros: +0
+        [[2**24, 2**24], [1, 3], [2, 0], [0, 0]],  # 2^24 + 3: a tie
+        [[1, 0], [2.0**-24, 0], [-(2.0**-30), 0], [2.0**-30, 1]],  # four variances
+    ]
+    out = []
+    for g in cases:
+        g = np.float32(g) * s
+        out += [(x * s, g, 0.0), (x, g, 0.0)]
+    # Rows a x + c of x = (0, 1, 1, 4) (standard deviation 3 |a| / 2): n = -1, -1/3,
+    # -1/3, 5/3, not exact in binary and rounded differently per row, so the double
+    # words land a hair off these zeros (the double-word value was 1e-32 there) and
+    # ties.
+    for x, g in (
+        ([[-1, 3, 3, 15], [6, 11, 11, 26]], [[4, 4, 6, 1], [-4, -4, -6, -1]]),
+        ([[9, 14, 14, 29], [9, 16, 16, 37]], [[1, 4, 5, 5], [-1, -4, -5, -5]]),
+        ([[-3, 2, 2, 17], [5, 8, 8, 17]], [[3, 3, 3, 3], [3 * 2.0**-24, -3 * 2.0**-25, 3 * 2.0**-24, 0]]),
+    ):
+        x, g = np.float32(x), np.float32(g) * s
+        out += [(x * s, g, 0.0), (x, g, 0.0)]
+    return out
 
 
 def weight_grad_eps_ties():

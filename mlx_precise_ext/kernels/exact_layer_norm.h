@@ -252,6 +252,16 @@ MP_INLINE BigInteger<L> big_from_float(float x, int shift) {
   return BigInteger<L>{big_from<L>(p.mantissa, p.exponent + shift), p.negative};
 }
 
+// a with W >= L limbs.
+template <int W, int L>
+MP_INLINE BigNatural<W> big_widen(const MP_THREAD BigNatural<L>& a) {
+  BigNatural<W> r;
+  for (int i = 0; i < W; ++i)
+    r.limb[i] = i < a.size ? a.limb[i] : 0u;
+  r.size = a.size;
+  return r;
+}
+
 // A row's exact statistics (the header comment's S, V and the shift of
 // (W N)^2 that puts both sides of a comparison on one scale).
 template <int L>
@@ -555,9 +565,15 @@ MP_INLINE float exact_grad_x_output(
 // exact zero: +0, as the IEEE sum of exact terms from +0 gives. With one, dw
 // < m = M 2^-150 is Q 2^h < M sqrt(V), h = -148 - ev/2 >= 1: signs, then
 // (Q 2^h)^2 against M^2 V (Q < 2^(610) for 2^31 rows, h <= 390: both sides
-// below 2^2000, within kBigLimbs). Two or more groups are a sum of square
-// roots, which no bounded comparison decides: that case stays open (the
-// double-word value, within its bound; docs/certification.md).
+// below 2^2000). Two or more groups: those whose radicands are rational
+// squares of one another share one square root (weight_grad_by_classes:
+// decided exactly when one class is left); square roots of different classes
+// are linearly independent, so a sum over two or more classes is irrational,
+// never a midpoint or zero, and weight_grad_by_bounds separates it from the
+// midpoints. What stays open (the double-word value, within its bound;
+// docs/certification.md): columns fed by more than kWeightGradGroups
+// variances, or whose class integers outgrow kGradXLimbs, that the bounds do
+// not separate.
 constexpr int kWeightGradGroups = 4;
 
 struct ExactWeightGradGroup {
@@ -571,8 +587,9 @@ struct ExactWeightGradGroup {
 // 2^F lies within [sum s_r A_r - (negative terms), sum s_r A_r + (positive
 // terms)]; the midpoints outside that interval are decided. F = 1536 resolves
 // 2^-1686 of dw, far below the distance eps = 2^-1074 can put between a sum
-// and the midpoint it would hit without eps (eps / var >= 2^-1330). Exact
-// ties and sums closer than that stay open (false; the double-word value).
+// and the midpoint it would hit without eps (eps / var >= 2^-1330). Sums on a
+// midpoint (reaching here only past weight_grad_by_classes' limits) and sums
+// closer than that stay open (false; the double-word value).
 // Bit sizes: (G N 2^(h + F))^2 < 2^(2 (610 + 390 + 1536)) < 2^5376 =
 // kGradXLimbs.
 constexpr int kWeightGradBits = 1536;
@@ -598,19 +615,13 @@ MP_INLINE bool weight_grad_by_bounds(
     if (big_sign(term) == 0)
       continue;
     int ev = -296 - row.square_shift;
-    BigNatural<L> radicand;
-    for (int i = 0; i < L; ++i)
-      radicand.limb[i] = i < row.radicand.size ? row.radicand.limb[i] : 0u;
-    radicand.size = row.radicand.size;
+    BigNatural<L> radicand = big_widen<L>(row.radicand);
     if ((ev & 1) != 0) {
       radicand = big_shift_left(radicand, 1);
       --ev;
     }
-    BigNatural<L> scaled;
-    for (int i = 0; i < L; ++i)
-      scaled.limb[i] = i < term.magnitude.size ? term.magnitude.limb[i] : 0u;
-    scaled.size = term.magnitude.size;
-    scaled = big_shift_left(scaled, -148 - ev / 2 + kWeightGradBits);
+    const BigNatural<L> scaled = big_shift_left(
+        big_widen<L>(term.magnitude), -148 - ev / 2 + kWeightGradBits);
     const BigNatural<L> floor_term =
         big_square_root(big_divide(big_multiply(scaled, scaled), radicand));
     total = big_add(total, BigInteger<L>{floor_term, term.negative});
@@ -619,11 +630,9 @@ MP_INLINE bool weight_grad_by_bounds(
   // Sign of dw - m for m = m_scaled 2^-150, 0 when the interval holds m.
   bool decided = true;
   const auto compare_with = [&](const BigInteger<kBigLimbs>& m_scaled) {
-    BigInteger<L> m{big_from<L>(0, 0), m_scaled.negative};
-    for (int i = 0; i < m_scaled.magnitude.size; ++i)
-      m.magnitude.limb[i] = m_scaled.magnitude.limb[i];
-    m.magnitude.size = m_scaled.magnitude.size;
-    m.magnitude = big_shift_left(m.magnitude, kWeightGradBits);
+    const BigInteger<L> m{
+        big_shift_left(big_widen<L>(m_scaled.magnitude), kWeightGradBits),
+        m_scaled.negative};
     const BigInteger<L> gap = big_add(total, big_negate(m)); // U 2^F - m 2^F
     const BigInteger<L> lo = big_add(
         gap, BigInteger<L>{big_from<L>(static_cast<BigWord>(below), 0), true});
@@ -640,6 +649,102 @@ MP_INLINE bool weight_grad_by_bounds(
   if (decided)
     *out = rounded;
   return decided;
+}
+
+// Step 3 on the groups of one column (radicand V_k, sum Q_k): groups whose
+// radicands are rational squares of one another (V_j V_k a perfect square s^2,
+// as rows x and 2x with eps = 0) share one square root, sqrt(V_k) = (s / V_j)
+// sqrt(V_j), so they form classes, each worth C / sqrt(V_base) with the
+// rational C = sum Q_k V_base / s_k = N / P. By Besicovitch's theorem the
+// square roots of different classes are linearly independent over the
+// rationals: with two or more classes of C != 0, dw is irrational (never a
+// midpoint or zero), left to weight_grad_by_bounds (false). With none, dw is an
+// exact +0; with one, dw < m = M 2^-150 is N 2^h < M P sqrt(V_base): signs,
+// then (N 2^h)^2 against M^2 P^2 V_base, ties to even. False too when a class's
+// integers outgrow kGradXLimbs (three or more related groups at large eps
+// shifts).
+MP_INLINE bool weight_grad_by_classes(
+    const MP_THREAD ExactWeightGradGroup* groups,
+    int used,
+    int h,
+    float guess,
+    MP_THREAD float* out) {
+  constexpr int W = kGradXLimbs;
+  constexpr int kMaxBits = 32 * W - 64;
+  BigInteger<W> numerator[kWeightGradGroups];
+  BigNatural<W> denominator[kWeightGradGroups];
+  int base[kWeightGradGroups]; // the classes' first groups
+  int classes = 0;
+  for (int k = 0; k < used; ++k) {
+    const BigNatural<W> v = big_widen<W>(groups[k].radicand);
+    const BigInteger<W> q{
+        big_widen<W>(groups[k].sum.magnitude), groups[k].sum.negative};
+    int c = 0;
+    BigNatural<W> root;
+    for (; c < classes; ++c) {
+      const BigNatural<W> vb = big_widen<W>(groups[base[c]].radicand);
+      if (big_bit_length(v) + big_bit_length(vb) > kMaxBits)
+        return false;
+      const BigNatural<W> product = big_multiply(v, vb);
+      root = big_square_root(product);
+      if (big_compare(big_multiply(root, root), product) == 0)
+        break;
+    }
+    if (c == classes) { // a class of its own: C = Q_k / 1
+      base[c] = k;
+      numerator[c] = q;
+      denominator[c] = big_from<W>(1, 0);
+      ++classes;
+      continue;
+    }
+    // N / P + Q V_base / s = (N s + Q V_base P) / (P s).
+    const BigNatural<W> vb = big_widen<W>(groups[base[c]].radicand);
+    const BigNatural<W> qv = big_multiply(q.magnitude, vb);
+    if (big_bit_length(numerator[c].magnitude) + big_bit_length(root) >
+            kMaxBits ||
+        big_bit_length(qv) + big_bit_length(denominator[c]) > kMaxBits ||
+        big_bit_length(denominator[c]) + big_bit_length(root) > kMaxBits)
+      return false;
+    numerator[c] = big_add(
+        BigInteger<W>{
+            big_multiply(numerator[c].magnitude, root), numerator[c].negative},
+        BigInteger<W>{big_multiply(qv, denominator[c]), q.negative});
+    denominator[c] = big_multiply(denominator[c], root);
+  }
+  int live = -1;
+  for (int c = 0; c < classes; ++c) {
+    if (big_sign(numerator[c]) == 0)
+      continue;
+    if (live >= 0) // irrational
+      return false;
+    live = c;
+  }
+  if (live < 0) {
+    *out = 0.0f;
+    return true;
+  }
+  const BigInteger<W>& n = numerator[live];
+  const BigNatural<W> vb = big_widen<W>(groups[base[live]].radicand);
+  const BigNatural<W>& p = denominator[live];
+  if (2 * (big_bit_length(n.magnitude) + h) > kMaxBits ||
+      2 * big_bit_length(p) + big_bit_length(vb) + 600 > kMaxBits)
+    return false;
+  const int n_sign = big_sign(n);
+  const BigNatural<W> n_scaled = big_shift_left(n.magnitude, h);
+  const BigNatural<W> lhs = big_multiply(n_scaled, n_scaled);
+  const BigNatural<W> p_squared_v = big_multiply(big_multiply(p, p), vb);
+  const auto compare_with = [&](const BigInteger<W>& m_scaled) {
+    const int m_sign = big_sign(m_scaled);
+    if (n_sign != m_sign)
+      return n_sign > m_sign ? 1 : -1;
+    const int cmp = big_compare(
+        lhs,
+        big_multiply(
+            big_multiply(m_scaled.magnitude, m_scaled.magnitude), p_squared_v));
+    return n_sign > 0 ? cmp : -cmp;
+  };
+  *out = round_by_midpoints<W>(compare_with, guess);
+  return true;
 }
 
 // The correctly rounded grad weight of one column from the candidate `guess`,
@@ -686,35 +791,8 @@ MP_INLINE bool exact_weight_grad_output(
     }
     groups[k].sum = big_add(groups[k].sum, term);
   }
-  int live = -1;
-  for (int k = 0; k < used; ++k) {
-    if (big_sign(groups[k].sum) == 0)
-      continue;
-    if (live >= 0) // a sum of two or more square roots
-      return weight_grad_by_bounds(exact_row, x, g, rows, guess, out);
-    live = k;
-  }
-  if (live < 0) {
-    *out = 0.0f;
-    return true;
-  }
-  const ExactWeightGradGroup& group = groups[live];
-  const int q_sign = big_sign(group.sum);
-  const BigNatural<L> q_scaled = big_shift_left(group.sum.magnitude, h);
-  const BigNatural<L> lhs = big_multiply(q_scaled, q_scaled);
-  const auto compare_with = [&](const BigInteger<L>& m_scaled) {
-    const int m_sign = big_sign(m_scaled);
-    if (q_sign != m_sign)
-      return q_sign > m_sign ? 1 : -1;
-    const int cmp = big_compare(
-        lhs,
-        big_multiply(
-            big_multiply(m_scaled.magnitude, m_scaled.magnitude),
-            group.radicand));
-    return q_sign > 0 ? cmp : -cmp;
-  };
-  *out = round_by_midpoints<L>(compare_with, guess);
-  return true;
+  return weight_grad_by_classes(groups, used, h, guess, out) ||
+      weight_grad_by_bounds(exact_row, x, g, rows, guess, out);
 }
 
 #endif // MP_HAS_DOUBLE
