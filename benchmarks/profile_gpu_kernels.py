@@ -2,11 +2,13 @@
 
     PYTHONPATH=.:models:tests python benchmarks/profile_gpu_kernels.py [case ...]
 
-Cases: conv-<precision>-<L> (B=64, H=768, n=2L), long-<precision>-<L> (B=1, H=64,
-causal), m2-<precision>-<L>-b<batch> (M2-BERT 80M forward, random init),
-m2-torch-<L>-b<batch> (the PyTorch reference in float32), and
-addmm-<precision>-<M>x<K>x<N> / linear-<precision>-<M>x<K>x<N> (bench_gpu_strict.py's
-inputs: bias + a (M, K) @ b (K, N) row-major, or x (M, K) @ weight (N, K).T + bias). Each case runs once to
+Cases: conv-<precision>-<L> (B=64, H=768, n=2L), grad-<precision>-<L> (the same
+convolution's value and grad u, grad k of sum(y * g), as bench_gpu.py --backward
+times it), long-<precision>-<L> (B=1, H=64, causal), m2-<precision>-<L>-b<batch>
+(M2-BERT 80M forward, random init), m2-torch-<L>-b<batch> (the PyTorch reference in
+float32), and addmm-<precision>-<M>x<K>x<N> / linear-<precision>-<M>x<K>x<N>
+(bench_gpu_strict.py's inputs: bias + a (M, K) @ b (K, N) row-major, or x (M, K) @
+weight (N, K).T + bias). Each case runs once to
 warm up (JIT compilation, buffers; its wall time is printed first, so a slow first call
 shows apart from the profiled one), then once under torch.profiler, whose CUPTI
 activity trace records every kernel of the process, MLX's included. Prints, per
@@ -33,6 +35,16 @@ def conv_case(precision, L, batch, heads, causal):
     k = mx.array(rng.standard_normal((heads, L if causal else n), dtype=np.float32) / np.float32(L))
     mx.eval(u, k)
     return lambda: mx.eval(mp.rfft_conv(u, k, n=n, precision=precision))
+
+
+def grad_case(precision, L, batch, heads):
+    rng = np.random.default_rng(0)
+    n = 2 * L
+    u, g = (mx.array(rng.standard_normal((batch, heads, L), dtype=np.float32)) for _ in range(2))
+    k = mx.array(rng.standard_normal((heads, n), dtype=np.float32) / np.float32(np.sqrt(n)))
+    mx.eval(u, k, g)
+    both = mx.value_and_grad(lambda u, k: mx.sum(mp.rfft_conv(u, k, n=n, precision=precision) * g), argnums=(0, 1))
+    return lambda: mx.eval(both(u, k))
 
 
 def m2_case(precision, L, batch):
@@ -79,14 +91,17 @@ def make_case(name):
     kind, precision, *rest = name.split("-")
     if kind == "conv":
         return conv_case(precision, int(rest[0]), 64, 768, causal=False)
+    if kind == "grad":
+        return grad_case(precision, int(rest[0]), 64, 768)
     if kind == "long":
         return conv_case(precision, int(rest[0]), 1, 64, causal=True)
     if kind == "m2":
         return m2_case(precision, int(rest[0]), int(rest[1].lstrip("b")))
     if kind in ("addmm", "linear"):
         return addmm_case(kind, precision, rest[0])
-    raise SystemExit(f"unknown case {name!r}: use conv-<precision>-<L>, long-<precision>-<L>, "
-                     "m2-<precision|torch>-<L>-b<batch> or addmm|linear-<precision>-<M>x<K>x<N>")
+    raise SystemExit(f"unknown case {name!r}: use conv-<precision>-<L>, grad-<precision>-<L>, "
+                     "long-<precision>-<L>, m2-<precision|torch>-<L>-b<batch> or "
+                     "addmm|linear-<precision>-<M>x<K>x<N>")
 
 
 def profile_case(name, top):

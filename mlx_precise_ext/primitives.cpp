@@ -2,6 +2,8 @@
 
 #include <mlx/ops.h>
 
+#include "backend/common/conv_geometry.h"
+#include "backend/common/shapes.h"
 #include "ops.h"
 #include "vmap_inputs.h"
 
@@ -89,9 +91,28 @@ std::vector<mx::array> RFFTConv::vjp(
   if (has_bias_)
     bias = primals[2];
   const mx::array& g = cotangents[0];
+  const bool both =
+      std::find(argnums.begin(), argnums.end(), 0) != argnums.end() &&
+      std::find(argnums.begin(), argnums.end(), 1) != argnums.end();
+  std::optional<std::vector<mx::array>> fused;
+  if (both &&
+      RFFTConvGradients::shares_cotangent_transform(
+          period_, g.shape(), u.shape(), k.shape())) {
+    std::vector<mx::array> inputs{g, k, u};
+    if (bias)
+      inputs.push_back(*bias);
+    fused = mx::array::make_arrays(
+        {u.shape(), k.shape()},
+        {mx::float32, mx::float32},
+        std::make_shared<RFFTConvGradients>(
+            stream(), period_, precision_, has_bias_, u.shape(), k.shape()),
+        std::move(inputs));
+  }
   std::vector<mx::array> grads;
   for (int arg : argnums) {
-    if (arg == 0) {
+    if (fused && arg < 2) {
+      grads.push_back((*fused)[arg]);
+    } else if (arg == 0) {
       grads.push_back(correlate(
           ConvVariant::CorrelateInput,
           g,
@@ -117,6 +138,43 @@ std::vector<mx::array> RFFTConv::vjp(
     }
   }
   return grads;
+}
+
+bool RFFTConvGradients::shares_cotangent_transform(
+    int64_t period,
+    const mx::Shape& g_shape,
+    const mx::Shape& u_shape,
+    const mx::Shape& k_shape) {
+  if (shape_product(batch_shape(u_shape)) !=
+      shape_product(batch_shape(g_shape)))
+    return false;
+  const int64_t L = u_shape.back(), Lk = k_shape.back();
+  return conv_geometry(ConvVariant::CorrelateInput, period, L, Lk, L)
+             .fft_size ==
+      conv_geometry(ConvVariant::CorrelateKernel, period, L, L, Lk).fft_size;
+}
+
+bool RFFTConvGradients::is_equivalent(const mx::Primitive& other) const {
+  const auto* o = dynamic_cast<const RFFTConvGradients*>(&other);
+  return o && o->state() == state();
+}
+
+std::vector<mx::array> RFFTConvGradients::vjp(
+    const std::vector<mx::array>&,
+    const std::vector<mx::array>&,
+    const std::vector<int>&,
+    const std::vector<mx::array>&) {
+  throw std::invalid_argument(
+      "rfft_conv: reverse-mode derivatives of its derivatives (second order) are not "
+      "implemented");
+}
+
+std::vector<mx::array> RFFTConvGradients::jvp(
+    const std::vector<mx::array>&,
+    const std::vector<mx::array>&,
+    const std::vector<int>&) {
+  throw std::invalid_argument(
+      "rfft_conv: forward-mode derivatives of the gradient are not implemented");
 }
 
 // dy = conv(du, k) + conv(u, dk) + du * bias + u * dbias, rounded once: one
@@ -279,6 +337,36 @@ std::pair<std::vector<mx::array>, std::vector<int>> RFFTConv::vmap(
       target,
       stream());
   return {{unbatched_target(out, out_shape_, size, stream())}, {0}};
+}
+
+// The two correlations, each vmapped as its own RFFTConv node.
+std::pair<std::vector<mx::array>, std::vector<int>> RFFTConvGradients::vmap(
+    const std::vector<mx::array>& inputs,
+    const std::vector<int>& axes) {
+  std::vector<mx::array> input_grad_inputs{inputs[0], inputs[1]};
+  std::vector<int> input_grad_axes{axes[0], axes[1]};
+  if (has_bias_) {
+    input_grad_inputs.push_back(inputs[3]);
+    input_grad_axes.push_back(axes[3]);
+  }
+  RFFTConv input_grad(
+      stream(),
+      ConvVariant::CorrelateInput,
+      period_,
+      precision_,
+      has_bias_,
+      u_shape_);
+  RFFTConv kernel_grad(
+      stream(),
+      ConvVariant::CorrelateKernel,
+      period_,
+      precision_,
+      false,
+      k_shape_);
+  mx::array gu = input_grad.vmap(input_grad_inputs, input_grad_axes).first[0];
+  mx::array gk =
+      kernel_grad.vmap({inputs[0], inputs[2]}, {axes[0], axes[2]}).first[0];
+  return {{gu, gk}, {0, 0}};
 }
 
 std::pair<std::vector<mx::array>, std::vector<int>> BiasGradient::vmap(

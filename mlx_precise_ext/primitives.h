@@ -99,6 +99,65 @@ class RFFTConv : public mx::UnaryPrimitive {
   int bias_terms_; // ConvolveSum only
 };
 
+// Both gradients of y = conv(u, k) [+ u * bias] from one node: grad u =
+// sum corr(g, k) [+ g * bias] and grad k = sum corr(g, u), the values of the
+// CorrelateInput and CorrelateKernel nodes, bit for bit. Inputs g, k, u[,
+// bias]; outputs grad u, grad k. The vjp builds it where every row of g is
+// one row of grad u (u not broadcast) and both gradients transform g at one
+// size (shares_cotangent_transform): CUDA then transforms each row of g once
+// for both (gradient_rows); the CPU and Metal run the two correlations.
+class RFFTConvGradients : public mx::Primitive {
+ public:
+  RFFTConvGradients(
+      mx::Stream stream,
+      int64_t period,
+      Precision precision,
+      bool has_bias,
+      mx::Shape u_shape,
+      mx::Shape k_shape)
+      : mx::Primitive(stream),
+        period_(period),
+        precision_(precision),
+        has_bias_(has_bias),
+        u_shape_(std::move(u_shape)),
+        k_shape_(std::move(k_shape)) {}
+
+  void eval_cpu(
+      const std::vector<mx::array>& inputs,
+      std::vector<mx::array>& outputs) override;
+  void eval_gpu(
+      const std::vector<mx::array>& inputs,
+      std::vector<mx::array>& outputs) override;
+
+  DEFINE_GRADS()
+  DEFINE_VMAP()
+
+  DEFINE_NAME(RFFTConvGradients)
+  bool is_equivalent(const mx::Primitive& other) const override;
+  std::vector<mx::Shape> output_shapes(
+      const std::vector<mx::array>& inputs) override {
+    return {u_shape_, k_shape_};
+  }
+  auto state() const {
+    return std::make_tuple(period_, precision_, has_bias_, u_shape_, k_shape_);
+  }
+
+  // Whether the vjp of rfft_conv(u, k) with cotangent shape g_shape builds
+  // this node (see above).
+  static bool shares_cotangent_transform(
+      int64_t period,
+      const mx::Shape& g_shape,
+      const mx::Shape& u_shape,
+      const mx::Shape& k_shape);
+
+ private:
+  int64_t period_;
+  Precision precision_;
+  bool has_bias_;
+  mx::Shape u_shape_;
+  mx::Shape k_shape_;
+};
+
 // Gradient of the fused bias: sum of g * u over the dimensions the bias was
 // broadcast along (time included), exact products, one rounding.
 class BiasGradient : public mx::UnaryPrimitive {

@@ -250,6 +250,49 @@ def test_kernel_gradient_reduces_over_broadcast_kernel():
     assert np.array_equal(np.array(g_gpu).view(np.uint32), np.array(g_cpu).view(np.uint32))
 
 
+# grad u and grad k asked together: one RFFTConvGradients node, which CUDA runs as
+# gradient_rows (each cotangent row transformed once for both). Shapes: k shared by
+# the batch (grad k sums it), k with a row per output row (nothing to sum), the causal
+# form with a short kernel, one kernel row for every row, a strided u, and rows whose
+# two buffers exceed shared memory in double (n = 16384: the workspace kernel).
+FUSED_GRAD_SHAPES = [
+    ((4, 3, 256), (3, 512), 512, False),
+    ((2, 3, 300), (2, 3, 50), None, False),
+    ((5, 1000), (1000,), None, False),
+    ((3, 5, 200), (200,), 400, True),
+    ((2, 2, 8192), (2, 16384), 16384, False),
+]
+
+
+@pytest.mark.parametrize("precision", mp.PRECISIONS)
+@pytest.mark.parametrize("shapes", FUSED_GRAD_SHAPES, ids=lambda s: "u" + "x".join(map(str, s[0])) + f"_n{s[2]}")
+def test_gradients_together_equal_each_alone(rng, shapes, precision):
+    u_shape, k_shape, n, strided = shapes
+    u = mx.array(rng.standard_normal(u_shape).astype(np.float32))
+    if strided:
+        u = u.transpose(1, 0, 2)
+    k = mx.array((rng.standard_normal(k_shape) / np.sqrt(k_shape[-1])).astype(np.float32))
+    out_shape = np.broadcast_shapes(u.shape[:-1], k_shape[:-1]) + (u.shape[-1],)
+    g = mx.array(rng.standard_normal(out_shape).astype(np.float32))
+
+    def grads(device, argnums):
+        def loss(u, k):
+            y = mp.rfft_conv(u, k, n=n, precision=precision, stream=device)
+            return mx.sum(mx.multiply(y, g, stream=device), stream=device)
+
+        out = mx.grad(loss, argnums=argnums)(u, k)
+        mx.eval(out)
+        return [np.array(x) for x in (out if isinstance(out, tuple) else (out,))]
+
+    both = grads(mx.gpu, (0, 1))
+    alone = grads(mx.gpu, 0) + grads(mx.gpu, 1)
+    for name, got, want in zip("uk", both, alone):
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), name
+    if precision in BITWISE_PRECISIONS:
+        for name, got, want in zip("uk", both, grads(mx.cpu, (0, 1))):
+            assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), name
+
+
 # The fused jvp (ConvolveSum: one rounding of conv(du, k) + conv(u, dk) + du*bias + u*dbias):
 # every combination of tangents that needs it, on shared-memory rows, a folded period,
 # the causal form and rows in the global workspace (double rows of n = 16384).

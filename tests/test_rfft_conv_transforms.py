@@ -53,6 +53,38 @@ def test_gradients_match_exact_reference(rng, precision, u_shape, k_shape, n, bi
             assert_correctly_rounded(got, ref)
 
 
+def graph_nodes(tmp_path, *outputs):
+    path = tmp_path / "graph.dot"
+    mx.export_to_dot(str(path), *outputs)
+    return path.read_text()
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
+@pytest.mark.parametrize(
+    "u_shape,k_shape,n,fused",
+    [
+        ((2, 3, 64), (3, 128), 128, True),  # k shared over the batch
+        ((2, 3, 100), (3, 37), None, True),  # causal, short kernel
+        ((3, 40), (2, 3, 40), 70, False),  # u broadcast: grad u sums over rows
+        ((3, 100), (3, 200), 200, False),  # folded period: the two transforms differ in size
+    ],
+)
+def test_gradients_together_are_one_node_with_the_same_bits(tmp_path, rng, precision, u_shape, k_shape, n, fused):
+    # grad u and grad k together: one RFFTConvGradients node (each row of g transformed
+    # once on CUDA) where grad u is one row per row of g and both transforms have one
+    # size; its outputs equal each gradient asked for alone, bit for bit.
+    u, k = (mx.array(rng.standard_normal(s).astype(np.float32)) for s in (u_shape, k_shape))
+    out_shape = np.broadcast_shapes(u_shape[:-1], k_shape[:-1]) + (u_shape[-1],)
+    g = mx.array(rng.standard_normal(out_shape).astype(np.float32))
+    loss = loss_fn(n, precision, False)
+    both = mx.grad(loss, argnums=(0, 1))(u, k, g)
+    assert ("RFFTConvGradients" in graph_nodes(tmp_path, *both)) == fused
+    alone = (mx.grad(loss, argnums=0)(u, k, g), mx.grad(loss, argnums=1)(u, k, g))
+    for got, want in zip(both, alone):
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(np.array(got).view(np.uint32), np.array(want).view(np.uint32))
+
+
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_jvp_and_vjp_are_adjoint(rng, precision):
     u, k = (mx.array(rng.standard_normal(s).astype(np.float32)) for s in [(2, 3, 48), (3, 48)])

@@ -22,6 +22,12 @@ void RFFTConv::eval_gpu(const std::vector<mx::array>&, mx::array&) {
   no_gpu("rfft_conv");
 }
 
+void RFFTConvGradients::eval_gpu(
+    const std::vector<mx::array>&,
+    std::vector<mx::array>&) {
+  no_gpu("rfft_conv (gradients)");
+}
+
 void BiasGradient::eval_gpu(const std::vector<mx::array>&, mx::array&) {
   no_gpu("rfft_conv (bias gradient)");
 }

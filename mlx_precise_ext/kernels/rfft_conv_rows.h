@@ -591,6 +591,43 @@ MP_INLINE SwizzledRow<P> row_at(SwizzledRow<P> row, int offset) {
   return SwizzledRow<P>{row.data + offset};
 }
 
+// The pair i's spectrum values xp, xq times sp, sq (a kernel spectrum's),
+// inverse-split into (re, im).
+template <class T, class Ptr>
+MP_INLINE void unsplit_product(
+    Ptr re,
+    Ptr im,
+    IndexPair pr,
+    int i,
+    PairTwiddles<T> w,
+    cpx<T> xp,
+    cpx<T> xq,
+    cpx<T> sp,
+    cpx<T> sq) {
+  const cpx<T> yp = packed_mul(xp, sp, i == 0);
+  const cpx<T> yq = pr.q >= 0 ? packed_mul(xq, sq, false) : xq;
+  unsplit_pair<T>(re, im, pr, i, w, yp, yq);
+}
+
+// acc's entries of the pair i (+)= the products of a's values ap, aq and
+// b's bp, bq; `first` starts from zero, as the CPU's accumulator does.
+template <class T>
+MP_INLINE void accumulate_pair(
+    MP_DEVICE cpx<T>* acc,
+    IndexPair pr,
+    int i,
+    cpx<T> ap,
+    cpx<T> aq,
+    cpx<T> bp,
+    cpx<T> bq,
+    bool first) {
+  const cpx<T> zero{T{}, T{}};
+  acc[2 * i] = c_add(first ? zero : acc[2 * i], packed_mul(ap, bp, i == 0));
+  if (pr.q >= 0)
+    acc[2 * i + 1] =
+        c_add(first ? zero : acc[2 * i + 1], packed_mul(aq, bq, false));
+}
+
 // Forward split, product with a stored kernel spectrum, inverse split, on
 // `rows` rows stored back to back (row r: re + 2 r h, im + 2 r h); each
 // pair's tables and spectrum values are read once for all of them.
@@ -615,9 +652,7 @@ MP_INLINE void multiply_rows_by_spectrum(
       const Ptr row_re = row_at(re, 2 * r * h), row_im = row_at(im, 2 * r * h);
       cpx<T> xp, xq{};
       split_pair<T>(row_re, row_im, pr, i, w, xp, xq);
-      const cpx<T> yp = packed_mul(xp, sp, i == 0);
-      const cpx<T> yq = pr.q >= 0 ? packed_mul(xq, sq, false) : xq;
-      unsplit_pair<T>(row_re, row_im, pr, i, w, yp, yq);
+      unsplit_product<T>(row_re, row_im, pr, i, w, xp, xq, sp, sq);
     }
   }
 }
@@ -637,17 +672,44 @@ MP_INLINE void accumulate_product(
     int num_pairs,
     int tid,
     int nthreads) {
-  const cpx<T> zero{T{}, T{}};
   for (int i = tid; i < num_pairs; i += nthreads) {
     const IndexPair pr = pairs[i];
     cpx<T> ap, aq{}, bp, bq{};
     const PairTwiddles<T> w = pair_twiddles(split_tw, pr, i);
     split_pair<T>(a_re, a_im, pr, i, w, ap, aq);
     split_pair<T>(b_re, b_im, pr, i, w, bp, bq);
-    acc[2 * i] = c_add(first ? zero : acc[2 * i], packed_mul(ap, bp, i == 0));
-    if (pr.q >= 0)
-      acc[2 * i + 1] =
-          c_add(first ? zero : acc[2 * i + 1], packed_mul(aq, bq, false));
+    accumulate_pair(acc, pr, i, ap, aq, bp, bq, first);
+  }
+}
+
+// Both gradients' spectral steps from one transform of a cotangent row G:
+// acc (+)= G U, the kernel gradient's term (accumulate_product's operations
+// with a = G, b = U), and G times a stored kernel spectrum, inverse-split
+// into G's row in place (multiply_rows_by_spectrum's), for the input
+// gradient.
+template <class T, class Ptr>
+MP_INLINE void multiply_gradient_spectra(
+    Ptr g_re,
+    Ptr g_im,
+    Ptr u_re,
+    Ptr u_im,
+    const MP_DEVICE IndexPair* pairs,
+    const MP_DEVICE cpx<T>* split_tw,
+    const MP_DEVICE cpx<T>* spectrum,
+    MP_DEVICE cpx<T>* acc,
+    bool first,
+    int num_pairs,
+    int tid,
+    int nthreads) {
+  for (int i = tid; i < num_pairs; i += nthreads) {
+    const IndexPair pr = pairs[i];
+    const PairTwiddles<T> w = pair_twiddles(split_tw, pr, i);
+    cpx<T> gp, gq{}, up, uq{};
+    split_pair<T>(g_re, g_im, pr, i, w, gp, gq);
+    split_pair<T>(u_re, u_im, pr, i, w, up, uq);
+    accumulate_pair(acc, pr, i, gp, gq, up, uq, first);
+    const cpx<T> sq = pr.q >= 0 ? spectrum[2 * i + 1] : cpx<T>{T{}, T{}};
+    unsplit_product<T>(g_re, g_im, pr, i, w, gp, gq, spectrum[2 * i], sq);
   }
 }
 

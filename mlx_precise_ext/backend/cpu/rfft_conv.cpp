@@ -290,6 +290,39 @@ void RFFTConv::eval_cpu(const std::vector<mx::array>& inputs, mx::array& out) {
       });
 }
 
+// Inputs g, k, u [, bias]: grad u as the CorrelateInput node computes it,
+// grad k as the CorrelateKernel node.
+void RFFTConvGradients::eval_cpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  cpu::dispatch_outputs(
+      stream(),
+      inputs,
+      outputs,
+      [period = period_, precision = precision_, has_bias = has_bias_](
+          const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
+        std::vector<mx::array> input_grad{in[0], in[1]};
+        if (has_bias)
+          input_grad.push_back(in[3]);
+        convolve(
+            input_grad,
+            outs[0],
+            ConvVariant::CorrelateInput,
+            period,
+            precision,
+            has_bias,
+            1);
+        convolve(
+            {in[0], in[2]},
+            outs[1],
+            ConvVariant::CorrelateKernel,
+            period,
+            precision,
+            false,
+            1);
+      });
+}
+
 // Inputs u_hi, u_lo, k_hi, k_lo [, bias].
 void PairRFFTConv::eval_cpu(
     const std::vector<mx::array>& inputs,

@@ -43,6 +43,7 @@ const ConvKernel kKernels[] = {
     {"conv_rows", true, true},
     {"reduce_rows", true, true},
     {"sum_rows", true, true},
+    {"gradient_rows", true, true},
     {"split_kernel_spectra", true, false, true},
     {"split_conv_rows", true, false, true},
     {"product_sum", true, false},

@@ -402,6 +402,41 @@ void launch_output_rows(
     recompute(*open);
 }
 
+// recompute_open for the outputs of a conv_rows (one_term_per_row: each
+// output row is one term) or reduce_rows launch that `open` marks.
+template <class T>
+void recompute_conv_outputs(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    const RowOperands<T>& op,
+    RowIndex ix, // copies: the encoder takes the arguments' addresses
+    ConvShape shape,
+    OpenOutputs& open,
+    bool one_term_per_row) {
+  StagedLengths staged = one_term_per_row
+      ? staged_lengths(device, shape.a_len, shape.b_len)
+      : StagedLengths{0, 0};
+  recompute_marked(
+      encoder,
+      device,
+      "recompute_open",
+      "recompute_undecided",
+      {&op.a, &op.b, op.bias},
+      op.out,
+      shape.out_len,
+      open,
+      (staged.a + staged.b) * sizeof(float),
+      std::make_tuple(
+          mx::gpu_ptr<float>(op.a),
+          mx::gpu_ptr<float>(op.b),
+          op.bias_data(),
+          mx::gpu_ptr<float>(op.out),
+          ix,
+          shape,
+          static_cast<int>(one_term_per_row)),
+      std::make_tuple(staged.a, staged.b));
+}
+
 // conv_rows and reduce_rows: one pair of rows (a, b) per term, one bias.
 template <class T, class... Extra>
 void launch_pair_rows(
@@ -435,28 +470,8 @@ void launch_pair_rows(
       shape,
       op.fft,
       [&](OpenOutputs& open) {
-        StagedLengths staged = one_term_per_row
-            ? staged_lengths(device, shape.a_len, shape.b_len)
-            : StagedLengths{0, 0};
-        recompute_marked(
-            encoder,
-            device,
-            "recompute_open",
-            "recompute_undecided",
-            {&op.a, &op.b, op.bias},
-            op.out,
-            shape.out_len,
-            open,
-            (staged.a + staged.b) * sizeof(float),
-            std::make_tuple(
-                mx::gpu_ptr<float>(op.a),
-                mx::gpu_ptr<float>(op.b),
-                op.bias_data(),
-                mx::gpu_ptr<float>(op.out),
-                ix,
-                shape,
-                static_cast<int>(one_term_per_row)),
-            std::make_tuple(staged.a, staged.b));
+        recompute_conv_outputs<T>(
+            encoder, device, op, ix, shape, open, one_term_per_row);
       },
       extra...);
 }
@@ -493,6 +508,38 @@ KernelSpectra<T> kernel_spectra_buffer(
   double* norms = reinterpret_cast<double*>(
       reinterpret_cast<char*>(spectra) + spectra_bytes);
   return {buffer, spectra, norms};
+}
+
+// Kernel spectra (and when certifying the norms, then the spectrum bounds:
+// kernel_spectra), once per kernel row b (operand B of ix, one per outer
+// index), in kernel_spectra_buffer.
+template <class T>
+KernelSpectra<T> launch_kernel_spectra(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    int stream_index,
+    const mx::array& b,
+    RowIndex ix, // copies: the encoder takes the arguments' addresses
+    ConvShape shape,
+    const DeviceFFT<T>& fft) {
+  const FFTShape& fs = fft.shape;
+  RowLaunch spec = row_launch<T>(device, "kernel_spectra", fs.n_half, 1);
+  KernelSpectra<T> ks = kernel_spectra_buffer<T>(
+      encoder, device, stream_index, ix.outer_count, 2 * fs.num_pairs);
+  RowGrid spec_grid =
+      row_grid(encoder, device, stream_index, spec, ix.outer_count);
+  register_buffers(encoder, {&b}, {&ks.buffer});
+  add_row_kernel<T>(
+      encoder,
+      spec,
+      spec_grid,
+      std::make_tuple(mx::gpu_ptr<float>(b)),
+      ix,
+      shape,
+      fft,
+      ks.spectra,
+      ks.norms);
+  return ks;
 }
 
 // The split rows' twist table (gpu::make_twist_table) on the device.
@@ -608,15 +655,6 @@ void launch_shared_kernel(
   RowIndex ix =
       gpu::make_row_index(full, op.b.shape(), {&op.a, &op.b, op.bias, &op.out});
   const FFTShape& fs = op.fft.shape;
-
-  // Kernel spectra (and when certifying the norms, then the spectrum
-  // bounds: kernel_spectra), once per kernel row (kernel_spectra_buffer).
-  RowLaunch spec = row_launch<T>(device, "kernel_spectra", fs.n_half, 1);
-  KernelSpectra<T> ks = kernel_spectra_buffer<T>(
-      encoder, device, stream_index, ix.outer_count, 2 * fs.num_pairs);
-  mx::array& spectra_buffer = ks.buffer;
-  cpx<T>* spectra = ks.spectra;
-  double* norms = ks.norms;
   // Short rows go several to a block (~256 threads), which then reads each
   // spectrum and split-table entry once for all of them.
   const int together = static_cast<int>(std::clamp<int64_t>(
@@ -634,19 +672,8 @@ void launch_shared_kernel(
   const int64_t splits = group_splits(rows, ix, rows_per_block);
   ConvShape shape =
       gpu::conv_shape(geo, op.bias != nullptr, splits, rows_per_block);
-  RowGrid spec_grid =
-      row_grid(encoder, device, stream_index, spec, ix.outer_count);
-  register_buffers(encoder, {&op.b}, {&spectra_buffer});
-  add_row_kernel<T>(
-      encoder,
-      spec,
-      spec_grid,
-      std::make_tuple(mx::gpu_ptr<float>(op.b)),
-      ix,
-      shape,
-      op.fft,
-      spectra,
-      norms);
+  KernelSpectra<T> k = launch_kernel_spectra<T>(
+      encoder, device, stream_index, op.b, ix, shape, op.fft);
 
   RowGrid grid =
       row_grid(encoder, device, stream_index, rows, ix.outer_count * splits);
@@ -659,10 +686,10 @@ void launch_shared_kernel(
       ix,
       shape,
       {},
-      {&spectra_buffer},
+      {&k.buffer},
       true,
-      spectra,
-      norms);
+      k.spectra,
+      k.norms);
 }
 
 template <class T>
@@ -784,6 +811,112 @@ void convolve(
     launch_shared_kernel<T>(encoder, device, stream_index, c.geo, c.full, op);
   else
     launch_reduce<T>(encoder, device, stream_index, c.geo, c.full, op);
+}
+
+// gradient_rows' launch: two rows a block (g's and u's), with the block
+// size, a full row_threads per row or half as many, that keeps more threads
+// resident per SM; on a tie the smaller blocks, which overlap each other's
+// barriers.
+template <class T>
+RowLaunch gradient_launch(int device, int64_t n_half) {
+  RowLaunch full = row_launch<T>(device, "gradient_rows", n_half, 1, 2);
+  RowLaunch half = full;
+  half.threads = std::max(64, full.threads / 64 * 32);
+  half.resident = cuda::resident_blocks(
+      device, half.kernel, half.threads, half.shared ? half.row_bytes : 0);
+  return int64_t{half.resident} * half.threads >=
+          int64_t{full.resident} * full.threads
+      ? half
+      : full;
+}
+
+// RFFTConvGradients (in = g, k, u [, bias]; outs = grad u, grad k): the
+// spectra of k, gradient_rows, then the recomputation of each gradient's
+// outputs that did not certify (as the CorrelateInput and CorrelateKernel
+// launches recompute theirs).
+template <class T>
+void launch_gradients(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    int stream_index,
+    int64_t period,
+    const std::vector<mx::array>& in,
+    bool has_bias,
+    std::vector<mx::array>& outs) {
+  const mx::array &g = in[0], &k = in[1], &u = in[2];
+  const mx::array* bias = has_bias ? &in[3] : nullptr;
+  mx::array &grad_u = outs[0], &grad_k = outs[1];
+  const mx::Shape full = batch_shape(g.shape());
+  const int64_t L = g.shape().back(), Lk = k.shape().back();
+  const ConvGeometry u_geo =
+      conv_geometry(ConvVariant::CorrelateInput, period, L, Lk, L);
+  const ConvGeometry k_geo =
+      conv_geometry(ConvVariant::CorrelateKernel, period, L, L, Lk);
+  const DeviceFFT<T>& fft = device_fft<T>(device, u_geo.fft_size);
+  // Targets of grad k = kernel rows: the same outer dims in both.
+  RowIndex ix = gpu::make_row_index(full, k.shape(), {&g, &k, bias, &grad_u});
+  RowIndex u_ix =
+      gpu::make_row_index(full, k.shape(), {&g, &u, nullptr, &grad_k});
+  ConvShape u_shape = gpu::conv_shape(u_geo, has_bias, 1);
+  ConvShape k_shape = gpu::conv_shape(k_geo, false, 1);
+  KernelSpectra<T> spectra = launch_kernel_spectra<T>(
+      encoder, device, stream_index, k, ix, u_shape, fft);
+
+  const RowLaunch l = gradient_launch<T>(device, fft.shape.n_half);
+  // acc has a slot per block: the grid never exceeds the resident blocks.
+  RowGrid grid = row_grid(
+      encoder,
+      device,
+      stream_index,
+      l,
+      std::min<int64_t>(ix.outer_count, l.resident));
+  mx::array acc_buffer = scratch(
+      encoder, grid.blocks * 2 * int64_t{fft.shape.num_pairs} * sizeof(cpx<T>));
+  std::optional<OpenOutputs> open_u =
+      maybe_open_outputs<T>(encoder, device, grad_u.size());
+  std::optional<OpenOutputs> open_k =
+      maybe_open_outputs<T>(encoder, device, grad_k.size());
+  register_buffers(encoder, {&g, &k, &u, bias}, {&grad_u, &grad_k});
+  register_buffers(
+      encoder,
+      {},
+      {&spectra.buffer,
+       &acc_buffer,
+       open_u ? &open_u->bits : nullptr,
+       open_k ? &open_k->bits : nullptr});
+  add_row_kernel<T>(
+      encoder,
+      l,
+      grid,
+      std::make_tuple(
+          mx::gpu_ptr<float>(g),
+          mx::gpu_ptr<float>(k),
+          mx::gpu_ptr<float>(u),
+          bias ? mx::gpu_ptr<float>(*bias) : nullptr,
+          mx::gpu_ptr<float>(grad_u),
+          mx::gpu_ptr<float>(grad_k)),
+      ix,
+      u_shape,
+      fft,
+      u_ix,
+      k_shape,
+      static_cast<const cpx<T>*>(spectra.spectra),
+      static_cast<const double*>(spectra.norms),
+      data_of<cpx<T>>(acc_buffer),
+      open_u ? open_u->list : OpenList{},
+      open_k ? open_k->list : OpenList{});
+  if (open_u)
+    recompute_conv_outputs<T>(
+        encoder, device, {g, k, bias, grad_u, fft}, ix, u_shape, *open_u, true);
+  if (open_k)
+    recompute_conv_outputs<T>(
+        encoder,
+        device,
+        {g, u, nullptr, grad_k, fft},
+        u_ix,
+        k_shape,
+        *open_k,
+        false);
 }
 
 template <class T>
@@ -948,6 +1081,17 @@ void RFFTConv::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
         has_bias_,
         conv_terms_,
         out);
+  });
+}
+
+void RFFTConvGradients::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  int device = 0;
+  auto& encoder = cuda::prepare(stream(), {&outputs[0], &outputs[1]}, device);
+  with_working_type(precision_, [&](auto tag) {
+    launch_gradients<decltype(tag)>(
+        encoder, device, stream().index, period_, inputs, has_bias_, outputs);
   });
 }
 

@@ -873,6 +873,148 @@ __global__ void sum_rows(
       workspace);
 }
 
+// Both gradients of y = conv(u, k) (+ u * bias) (RFFTConvGradients), each row
+// of the cotangent g transformed once for both: per target (outer = kernel
+// row kk), the block runs its inner rows j in order; part 0 of the block
+// transforms g's row (read back to front), part 1 u's row; then
+// multiply_gradient_spectra adds G U to the target's accumulator (the
+// kernel gradient's term, in the CPU's order) and turns G into G K, whose
+// inverse (the whole block) is grad u's row (kk, j), as conv_rows computes
+// it; after the last row the accumulator is inverted once into grad k's row
+// kk, as reduce_rows computes it. ix numbers the rows of g, k, bias and
+// grad u (kOperandA, B, Bias, Out) and gu is grad u's geometry; u_ix and gk
+// the same for g, u and grad k. Transforms per row: 3 (conv_rows and
+// reduce_rows: 4). The grid never exceeds the resident blocks (acc has one
+// slot each). Certified precisions list the outputs that do not certify in
+// open_u (row kk * inner_count + j) and open_k (row kk).
+template <class T, bool kShared>
+__global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
+    const float* g,
+    const float* k,
+    const float* u,
+    const float* bias,
+    float* grad_u,
+    float* grad_k,
+    const RowIndex ix,
+    const ConvShape gu,
+    const FFTShape fs,
+    const cpx<T>* tw,
+    const cpx<T>* split_tw,
+    const IndexPair* pairs,
+    const RowIndex u_ix,
+    const ConvShape gk,
+    const cpx<T>* spectra,
+    const double* k_norms,
+    cpx<T>* acc_slots,
+    const OpenList open_u,
+    const OpenList open_k,
+    T* workspace) {
+  const int h = fs.n_half;
+  const int row_threads = blockDim.x / 2;
+  const int r = threadIdx.x / row_threads, tid = threadIdx.x % row_threads;
+  T* storage = row_storage<T, kShared>(workspace, 2, h);
+  const Row<T> g_re{storage}, g_im{storage + h};
+  const Row<T> u_re{storage + 2 * h}, u_im{storage + 3 * h};
+  cpx<T>* acc =
+      acc_slots + static_cast<MP_INT64>(blockIdx.x) * 2 * fs.num_pairs;
+  const MP_INT64 g_step = ix.time_stride[kOperandA];
+  const MP_INT64 u_step = u_ix.time_stride[kOperandB];
+  const MP_INT64 bias_step = ix.time_stride[kOperandBias];
+  for (MP_INT64 kk = blockIdx.x; kk < ix.outer_count; kk += gridDim.x) {
+    const cpx<T>* spectrum = spectra + kk * 2 * fs.num_pairs;
+    double norm_products = 0.0;
+    for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
+      const float* g_row = g + row_offset(ix, kOperandA, kk, j);
+      const DeviceRow g_loaded{g_row, g_step, gu.a_len, gu.a_reversed != 0};
+      const DeviceRow u_loaded{
+          u + row_offset(u_ix, kOperandB, kk, j), u_step, gk.b_len, false};
+      RowCertificate cert{};
+      if constexpr (Certified<T>::value) {
+        // grad u: conv_rows' bound; grad k: reduce_rows' norm products.
+        const TransformErrors errors =
+            transform_errors(gu.fft_size, 1, kUnitRoundoff64);
+        const RowNorms g_norms = block_row_norms(g_loaded, errors, h);
+        const double k_norm = k_norms[kk];
+        cert = certificate_from_bound(
+            measured_term_error(
+                errors,
+                g_norms.norm,
+                k_norm,
+                g_norms.spectrum,
+                k_norms[ix.outer_count + kk]),
+            gu.fold != 0,
+            g_norms.norm * k_norm,
+            1,
+            gu.has_bias ? 1 : 0);
+        norm_products += g_norms.norm *
+            block_row_norm(u_loaded.data, u_loaded.stride, u_loaded.len);
+      }
+      load_forward<T, kShared>(
+          r == 0 ? g_loaded : u_loaded,
+          Row<T>{storage + 2 * r * h},
+          Row<T>{storage + 2 * r * h + h},
+          fs,
+          tw,
+          tid,
+          row_threads);
+      multiply_gradient_spectra<T>(
+          g_re,
+          g_im,
+          u_re,
+          u_im,
+          pairs,
+          split_tw,
+          spectrum,
+          acc,
+          j == 0,
+          fs.num_pairs,
+          threadIdx.x,
+          blockDim.x);
+      __syncthreads();
+      fft_inverse<T, kShared>(g_re, g_im, fs, tw);
+      for_each_output<T>(
+          g_re,
+          g_im,
+          gu,
+          threadIdx.x,
+          blockDim.x,
+          RowOutputs<T>{
+              g_row,
+              g_step,
+              bias + (gu.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0),
+              bias_step,
+              gu.has_bias != 0,
+              cert,
+              grad_u + row_offset(ix, kOperandOut, kk, j),
+              open_u,
+              (kk * ix.inner_count + j) * gu.out_len});
+      __syncthreads();
+    }
+    RowCertificate cert{};
+    if constexpr (Certified<T>::value)
+      cert = row_certificate(
+          gk.fft_size,
+          gk.fold != 0,
+          norm_products,
+          ix.inner_count > 1 ? ix.inner_count : 1,
+          0);
+    write_reduced_row<T, kShared>(
+        g_re,
+        g_im,
+        gk,
+        fs,
+        tw,
+        split_tw,
+        pairs,
+        acc,
+        [](MP_INT64, auto) {},
+        cert,
+        grad_k + row_offset(u_ix, kOperandOut, kk, 0),
+        open_k,
+        kk);
+  }
+}
+
 // Clears the bits of an OpenList before the kernels that set them.
 __global__ void clear_open_bits(unsigned* bits, MP_INT64 words) {
   for (MP_INT64 w =

@@ -596,6 +596,39 @@ void RFFTConv::eval_gpu(const std::vector<mx::array>& inputs, mx::array& out) {
   });
 }
 
+// Inputs g, k, u [, bias]: the CorrelateInput and CorrelateKernel launches.
+void RFFTConvGradients::eval_gpu(
+    const std::vector<mx::array>& inputs,
+    std::vector<mx::array>& outputs) {
+  auto& d = mx::metal::device(stream().device);
+  auto& enc = mx::metal::get_command_encoder(stream());
+  for (auto& o : outputs)
+    o.set_data(mx::allocator::malloc(o.nbytes()));
+  std::vector<mx::array> input_grad{inputs[0], inputs[1]};
+  if (has_bias_)
+    input_grad.push_back(inputs[3]);
+  with_working_type(precision_, [&](auto tag) {
+    convolve<decltype(tag)>(
+        d,
+        enc,
+        ConvVariant::CorrelateInput,
+        period_,
+        input_grad,
+        has_bias_,
+        1,
+        outputs[0]);
+    convolve<decltype(tag)>(
+        d,
+        enc,
+        ConvVariant::CorrelateKernel,
+        period_,
+        {inputs[0], inputs[2]},
+        false,
+        1,
+        outputs[1]);
+  });
+}
+
 void BiasGradient::eval_gpu(
     const std::vector<mx::array>& inputs,
     mx::array& out) {
