@@ -48,6 +48,22 @@ constexpr MP_CONSTANT float kPairUnderflowOutput = 1.1210387714598537e-44f;
 // 1 + 2^-6: second-order terms and the bound's own float roundings.
 constexpr MP_CONSTANT float kPairLayerNormSlack = 1.015625f;
 
+// The row's sums run in kPairLanes lanes (lane l: elements l, l + 32, ... in
+// order; Metal's SIMD-group), combined by a balanced tree: a term meets at
+// most ceil(D / 32) + 5 roundings, which the bounds count.
+constexpr MP_CONSTANT int kPairLanes = 32;
+
+template <class T>
+MP_INLINE T combine_pair_lanes(MP_THREAD const T* lane) {
+  T level[kPairLanes / 2];
+  for (int l = 0; l < kPairLanes / 2; ++l)
+    level[l] = r_add(lane[2 * l], lane[2 * l + 1]);
+  for (int n = kPairLanes / 4; n >= 1; n /= 2)
+    for (int l = 0; l < n; ++l)
+      level[l] = r_add(level[2 * l], level[2 * l + 1]);
+  return level[0];
+}
+
 // eps as the kernels receive it: exactly (the exact stage), and as a pair
 // mantissa in [1, 2) (48 bits: within 2^-48 relative) times 2^exponent.
 struct PairLayerNormEps {
@@ -155,9 +171,9 @@ MP_INLINE float pair_sum_inflation(MP_INT64 m) {
 // their bounds:
 //   e1 = ((k + 2) u A1 + u |c|) slack + mu      (the mean; A1 = sum |d| / D)
 //   ev = ((k + 6) u M2 + 3 e1 (|c| + e1)) slack + mu   (var; M2 = sum d^2 / D)
-// (layer_norm_certify.h's float64 bounds with u = kPairOpError, k =
-// layer_norm_sum_depth(D), mu = kPairUnderflowStats), then r and its
-// a posteriori bound: with q = r^2 v and the residual 1 - q,
+// (layer_norm_certify.h's float64 bounds with u = kPairOpError, k = the
+// lanes' depth, min(ceil(D / 32) + 5, D), mu = kPairUnderflowStats), then r and
+// its a posteriori bound: with q = r^2 v and the residual 1 - q,
 //   rho = |1 - q| (1 + 2^-22) + 3u |q| + r^2 (1 + 2^-22) ev_total
 //   inv_rel = 0.6 rho slack   (rho <= 1/4; else nothing certifies)
 // where ev_total bounds |v - (var + eps) 2^-2g| (ev scaled, eps's 2^-48 and
@@ -192,21 +208,21 @@ MP_INLINE PairLayerNormRow pair_layer_norm_finish(
   }
   const float u = kPairOpError;
   const ff count{static_cast<float>(dim), 0.0f};
-  const ff dev_sum = combine_lanes(dev);
+  const ff dev_sum = combine_pair_lanes(dev);
   const ff c = dd_div(dev_sum, count);
-  ff var = dd_div(dd_sub(combine_lanes(sq), dd_mul(dev_sum, c)), count);
+  const ff sq_sum = combine_pair_lanes(sq);
+  ff var = dd_div(dd_sub(sq_sum, dd_mul(dev_sum, c)), count);
   if (var.hi < 0.0f)
     var = zero;
   row.correction = c;
 
   // Bounds of the mean and the variance (x_s units).
   const float d = static_cast<float>(dim);
-  const MP_INT64 depth = (dim + kLayerNormLanes - 1) / kLayerNormLanes + 3 < dim
-      ? (dim + kLayerNormLanes - 1) / kLayerNormLanes + 3
-      : dim;
+  const MP_INT64 lanes_depth = (dim + kPairLanes - 1) / kPairLanes + 5;
+  const MP_INT64 depth = lanes_depth < dim ? lanes_depth : dim;
   const float k = static_cast<float>(depth);
   const float inflate = pair_sum_inflation(dim + 8);
-  const float a1 = MP_MULF(MP_DIVF(combine_lanes(abs_dev), d), inflate);
+  const float a1 = MP_MULF(MP_DIVF(combine_pair_lanes(abs_dev), d), inflate);
   const float m2 =
       MP_MULF(MP_DIVF(abs_float(combine_lanes(sq).hi), d), 1.0001220703125f);
   const float abs_c = MP_MULF(abs_float(c.hi), 1.0000002384185791f);
@@ -351,9 +367,9 @@ MP_INLINE PairLayerNormOutput pair_layer_norm_output(
   return o;
 }
 
-// A row's statistics in one thread, the lanes of the Metal kernel in turn (lane
-// l: elements l, l + 8, ... in order): the CPU emulation's, and a model of
-// the SIMD-group's work. x(i) returns element i.
+// A row's statistics in one thread, the lanes of the Metal kernel in turn: the
+// CPU emulation's, and a model of the SIMD-group's work. x(i) returns element
+// i.
 template <class Row>
 MP_INLINE PairLayerNormRow
 pair_layer_norm_row(Row x, MP_INT64 dim, PairLayerNormEps eps) {
@@ -361,19 +377,19 @@ pair_layer_norm_row(Row x, MP_INT64 dim, PairLayerNormEps eps) {
   for (MP_INT64 i = 0; i < dim; ++i)
     scan = pair_row_scan_step(scan, x(i));
   const int e = pair_row_exponent(scan);
-  ff sum[kLayerNormLanes], dev[kLayerNormLanes], sq[kLayerNormLanes];
-  float abs_dev[kLayerNormLanes];
-  for (int l = 0; l < kLayerNormLanes; ++l) {
+  ff sum[kPairLanes], dev[kPairLanes], sq[kPairLanes];
+  float abs_dev[kPairLanes];
+  for (int l = 0; l < kPairLanes; ++l) {
     sum[l] = dev[l] = sq[l] = ff{0.0f, 0.0f};
     abs_dev[l] = 0.0f;
   }
   for (MP_INT64 i = 0; i < dim; ++i)
-    sum[i % kLayerNormLanes] = dd_add(
-        sum[i % kLayerNormLanes], ff{pair_scaled_element(x(i), e), 0.0f});
+    sum[i % kPairLanes] =
+        dd_add(sum[i % kPairLanes], ff{pair_scaled_element(x(i), e), 0.0f});
   const ff shift =
-      dd_div(combine_lanes(sum), ff{static_cast<float>(dim), 0.0f});
+      dd_div(combine_pair_lanes(sum), ff{static_cast<float>(dim), 0.0f});
   for (MP_INT64 i = 0; i < dim; ++i) {
-    const int l = static_cast<int>(i % kLayerNormLanes);
+    const int l = static_cast<int>(i % kPairLanes);
     pair_deviation_step(
         dev[l], sq[l], abs_dev[l], pair_scaled_element(x(i), e), shift);
   }

@@ -186,60 +186,54 @@ LayerNormStats<T> simd_row_stats(const device float* x, long stride, int dim, T 
 }
 
 // Certified layer_norm (kernels/layer_norm_pair.h), y (rows, dim) row-major.
-// One SIMD-group per row: lanes 0..7 scan the row (largest magnitude,
-// extremes), then run the two passes of pair sums on the row scaled by 2^-e
-// (lane l: elements l, l + 8, ... in order), publishing each in the
-// SIMD-group's threadgroup slots; every thread combines them into the same
-// certified statistics and takes every simd_width-th output. An output that
-// does not certify keeps its pair rounding and is marked in open_bits (bit
-// row * dim + i) for layer_norm_recompute_open.
+// One SIMD-group per row, its kPairLanes = 32 threads the lanes: they scan the
+// row (largest magnitude, extremes), then run the two passes of pair sums on
+// the row scaled by 2^-e (lane l: elements l, l + 32, ... in order),
+// publishing each in the SIMD-group's threadgroup slots; every thread combines
+// them into the same certified statistics and takes every 32nd output. An
+// output that does not certify keeps its pair rounding and is marked in
+// open_bits (bit row * dim + i) for layer_norm_recompute_open.
 struct LayerNormLanes {
-  PairRowScan scan[kLayerNormLanes];
-  ff sum[kLayerNormLanes];
-  ff dev[kLayerNormLanes];
-  ff sq[kLayerNormLanes];
-  float abs_dev[kLayerNormLanes];
+  PairRowScan scan[kPairLanes];
+  ff sum[kPairLanes];
+  ff dev[kPairLanes];
+  ff sq[kPairLanes];
+  float abs_dev[kPairLanes];
 };
 
 PairLayerNormRow simd_pair_row(const device float* x, long stride, int dim, PairLayerNormEps eps,
                                threadgroup LayerNormLanes& lanes, uint lane) {
-  if (lane < uint(kLayerNormLanes)) {
-    PairRowScan scan = pair_row_scan_init();
-    for (int i = int(lane); i < dim; i += kLayerNormLanes) scan = pair_row_scan_step(scan, x[i * stride]);
-    lanes.scan[lane] = scan;
-  }
+  PairRowScan scan = pair_row_scan_init();
+  for (int i = int(lane); i < dim; i += kPairLanes) scan = pair_row_scan_step(scan, x[i * stride]);
+  lanes.scan[lane] = scan;
   MP_SIMD_SYNC();
-  PairRowScan scan = lanes.scan[0];
-  for (int l = 1; l < kLayerNormLanes; ++l) scan = pair_row_scan_merge(scan, lanes.scan[l]);
+  scan = lanes.scan[0];
+  for (int l = 1; l < kPairLanes; ++l) scan = pair_row_scan_merge(scan, lanes.scan[l]);
   const int e = pair_row_exponent(scan);
-  if (lane < uint(kLayerNormLanes)) {
-    ff sum = ff{0.0f, 0.0f};
-    for (int i = int(lane); i < dim; i += kLayerNormLanes)
-      sum = dd_add(sum, ff{pair_scaled_element(x[i * stride], e), 0.0f});
-    lanes.sum[lane] = sum;
-  }
+  ff sum = ff{0.0f, 0.0f};
+  for (int i = int(lane); i < dim; i += kPairLanes)
+    sum = dd_add(sum, ff{pair_scaled_element(x[i * stride], e), 0.0f});
+  lanes.sum[lane] = sum;
   MP_SIMD_SYNC();
-  ff part[kLayerNormLanes];
-  for (int l = 0; l < kLayerNormLanes; ++l) part[l] = lanes.sum[l];
-  const ff shift = dd_div(combine_lanes(part), ff{float(dim), 0.0f});
-  if (lane < uint(kLayerNormLanes)) {
-    ff dev = ff{0.0f, 0.0f}, sq = ff{0.0f, 0.0f};
-    float abs_dev = 0.0f;
-    for (int i = int(lane); i < dim; i += kLayerNormLanes)
-      pair_deviation_step(dev, sq, abs_dev, pair_scaled_element(x[i * stride], e), shift);
-    lanes.dev[lane] = dev;
-    lanes.sq[lane] = sq;
-    lanes.abs_dev[lane] = abs_dev;
-  }
+  ff part[kPairLanes];
+  for (int l = 0; l < kPairLanes; ++l) part[l] = lanes.sum[l];
+  const ff shift = dd_div(combine_pair_lanes(part), ff{float(dim), 0.0f});
+  ff dev = ff{0.0f, 0.0f}, sq = ff{0.0f, 0.0f};
+  float abs_dev = 0.0f;
+  for (int i = int(lane); i < dim; i += kPairLanes)
+    pair_deviation_step(dev, sq, abs_dev, pair_scaled_element(x[i * stride], e), shift);
+  lanes.dev[lane] = dev;
+  lanes.sq[lane] = sq;
+  lanes.abs_dev[lane] = abs_dev;
   MP_SIMD_SYNC();
-  ff dev[kLayerNormLanes], sq[kLayerNormLanes];
-  float abs_dev[kLayerNormLanes];
-  for (int l = 0; l < kLayerNormLanes; ++l) {
-    dev[l] = lanes.dev[l];
-    sq[l] = lanes.sq[l];
-    abs_dev[l] = lanes.abs_dev[l];
+  ff devs[kPairLanes], sqs[kPairLanes];
+  float abs_devs[kPairLanes];
+  for (int l = 0; l < kPairLanes; ++l) {
+    devs[l] = lanes.dev[l];
+    sqs[l] = lanes.sq[l];
+    abs_devs[l] = lanes.abs_dev[l];
   }
-  const PairLayerNormRow row = pair_layer_norm_finish(scan, shift, dev, sq, abs_dev, dim, eps);
+  const PairLayerNormRow row = pair_layer_norm_finish(scan, shift, devs, sqs, abs_devs, dim, eps);
   MP_SIMD_SYNC();
   return row;
 }

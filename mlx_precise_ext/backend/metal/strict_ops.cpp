@@ -189,6 +189,10 @@ void StrictLayerNorm::eval_gpu(
   };
   MTL::ComputePipelineState* k =
       kernel(d, kStrictLibrary, "layer_norm_rows_dd");
+  if (k->threadExecutionWidth() != static_cast<NS::UInteger>(kPairLanes)) {
+    throw std::runtime_error(
+        "layer_norm (Metal): the certified kernel needs SIMD-groups of 32 threads");
+  }
   enc.set_compute_pipeline_state(k);
   bind_operands();
   enc.set_output_array(open_bits, kLnOpenBits);
