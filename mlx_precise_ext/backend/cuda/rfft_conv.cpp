@@ -816,10 +816,13 @@ void convolve(
 // gradient_rows' launch: two rows a block (g's and u's), with the block
 // size, a full row_threads per row or half as many, that keeps more threads
 // resident per SM; on a tie the smaller blocks, which overlap each other's
-// barriers.
+// barriers. Rows in the workspace keep the full size: the fewer blocks, the
+// fewer workspace slots (two rows each) compete for L2.
 template <class T>
 RowLaunch gradient_launch(int device, int64_t n_half) {
   RowLaunch full = row_launch<T>(device, "gradient_rows", n_half, 1, 2);
+  if (!full.shared)
+    return full;
   RowLaunch half = full;
   half.threads = std::max(64, full.threads / 64 * 32);
   half.resident = cuda::resident_blocks(
