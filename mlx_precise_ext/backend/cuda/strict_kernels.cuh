@@ -120,22 +120,31 @@ __global__ void addmm_pack_wide(
     const bool quads = L.k % 4 == 0 && v_stride % 4 == 0 &&
         (reinterpret_cast<unsigned long long>(src) & 15u) == 0;
     if (quads) {
-      for (int p = 4 * lane; p < L.k; p += 4 * 32) {
-        float4 x[kVectorsPerWarp];
+      // Two 16-byte loads per vector in flight, eight per thread.
+      constexpr int kSteps = 2;
+      for (int p0 = 4 * lane; p0 < L.k; p0 += kSteps * 4 * 32) {
+        float4 x[kVectorsPerWarp][kSteps];
 #pragma unroll
         for (int r = 0; r < kVectorsPerWarp; ++r)
-          if (valid[r])
-            x[r] = *reinterpret_cast<const float4*>(vec[r] + p);
+#pragma unroll
+          for (int t = 0; t < kSteps; ++t)
+            if (valid[r] && p0 + t * 4 * 32 < L.k)
+              x[r][t] =
+                  *reinterpret_cast<const float4*>(vec[r] + p0 + t * 4 * 32);
 #pragma unroll
         for (int r = 0; r < kVectorsPerWarp; ++r) {
-          if (!valid[r])
-            continue;
-          double* d = dst + static_cast<MP_INT64>(warp + 8 * r) * L.k + p;
-          const double2 lo = make_double2(x[r].x, x[r].y);
-          const double2 hi = make_double2(x[r].z, x[r].w);
-          *reinterpret_cast<double2*>(d) = lo;
-          *reinterpret_cast<double2*>(d + 2) = hi;
-          squares[r] += lo.x * lo.x + lo.y * lo.y + hi.x * hi.x + hi.y * hi.y;
+#pragma unroll
+          for (int t = 0; t < kSteps; ++t) {
+            const int p = p0 + t * 4 * 32;
+            if (!valid[r] || p >= L.k)
+              continue;
+            double* d = dst + static_cast<MP_INT64>(warp + 8 * r) * L.k + p;
+            const double2 lo = make_double2(x[r][t].x, x[r][t].y);
+            const double2 hi = make_double2(x[r][t].z, x[r][t].w);
+            *reinterpret_cast<double2*>(d) = lo;
+            *reinterpret_cast<double2*>(d + 2) = hi;
+            squares[r] += lo.x * lo.x + lo.y * lo.y + hi.x * hi.x + hi.y * hi.y;
+          }
         }
       }
     } else {
@@ -151,25 +160,33 @@ __global__ void addmm_pack_wide(
       }
     }
   } else {
-    // tile[p][v]: the block's vectors' elements p0 .. p0 + 31, loaded with
-    // the lanes along the vectors, stored with the lanes along K (the row
-    // padding keeps both bank-conflict free).
-    __shared__ float tile[32][kPackTile + 1];
-    for (int p0 = 0; p0 < L.k; p0 += 32) {
+    // tile[p][v]: the block's vectors' elements p0 .. p0 + 127, loaded with
+    // the lanes along the vectors (16 loads in flight per thread), stored
+    // with the lanes along K (the row padding keeps both bank-conflict free).
+    constexpr int kRows = 128;
+    __shared__ float tile[kRows][kPackTile + 1];
+    for (int p0 = 0; p0 < L.k; p0 += kRows) {
       const int v = first + lane;
+      float x[kRows / 8];
 #pragma unroll
-      for (int r = 0; r < kVectorsPerWarp; ++r) {
+      for (int r = 0; r < kRows / 8; ++r) {
         const int p = p0 + warp + 8 * r;
-        tile[warp + 8 * r][lane] = v < count && p < L.k
+        x[r] = v < count && p < L.k
             ? src[v * v_stride + static_cast<MP_INT64>(p) * k_stride]
             : 0.0f;
       }
-      __syncthreads();
-      const int p = p0 + lane;
 #pragma unroll
-      for (int r = 0; r < kVectorsPerWarp; ++r)
-        if (first + warp + 8 * r < count && p < L.k)
-          store(r, p, tile[lane][warp + 8 * r]);
+      for (int r = 0; r < kRows / 8; ++r)
+        tile[warp + 8 * r][lane] = x[r];
+      __syncthreads();
+#pragma unroll
+      for (int q = 0; q < kRows; q += 32) {
+        const int p = p0 + q + lane;
+#pragma unroll
+        for (int r = 0; r < kVectorsPerWarp; ++r)
+          if (first + warp + 8 * r < count && p < L.k)
+            store(r, p, tile[q + lane][warp + 8 * r]);
+      }
       __syncthreads();
     }
   }
@@ -297,9 +314,9 @@ __device__ __forceinline__ bool certify_entry(
 // rows, n); nullptr when K = 0, an empty sum). Outputs it cannot certify are
 // marked in open_bits (bit e of the chunk) for addmm_recompute. The chunk's
 // outputs are one contiguous range of out, as the product is of its buffer:
-// a thread takes four consecutive outputs (two 16-byte loads of the product,
-// one 16-byte store where out is aligned) and finds their row and column with
-// one pair of divisions, so that the pass runs at memory speed.
+// a thread takes eight consecutive outputs (four 16-byte loads of the product
+// in flight, two 16-byte stores where out is aligned) and finds their row and
+// column with one pair of divisions, so that the pass runs at memory speed.
 __global__ void addmm_certify(
     const double* product,
     const float* c,
@@ -312,7 +329,7 @@ __global__ void addmm_certify(
     int rows,
     unsigned* open_bits) {
   constexpr double kBoundSlack = 1.0 + 1.0 / 1024.0;
-  constexpr unsigned kGroup = 4;
+  constexpr unsigned kGroup = 8;
   const double bound = kBoundSlack * gamma_bound(L.k);
   const unsigned per_batch = static_cast<unsigned>(rows) * L.n;
   const unsigned total = per_batch * batch_count;
@@ -328,12 +345,13 @@ __global__ void addmm_certify(
     int j = static_cast<int>(w - static_cast<unsigned>(i) * L.n);
     double sums[kGroup] = {};
     if (product && count == kGroup) {
-      const double2 lo = *reinterpret_cast<const double2*>(product + e0);
-      const double2 hi = *reinterpret_cast<const double2*>(product + e0 + 2);
-      sums[0] = lo.x;
-      sums[1] = lo.y;
-      sums[2] = hi.x;
-      sums[3] = hi.y;
+#pragma unroll
+      for (unsigned u = 0; u < kGroup; u += 2) {
+        const double2 pair =
+            *reinterpret_cast<const double2*>(product + e0 + u);
+        sums[u] = pair.x;
+        sums[u + 1] = pair.y;
+      }
     } else if (product) {
       for (unsigned u = 0; u < count; ++u)
         sums[u] = product[e0 + u];
@@ -369,8 +387,10 @@ __global__ void addmm_certify(
     }
     float* o = chunk_out + e0;
     if (count == kGroup && (reinterpret_cast<unsigned long long>(o) & 15u) == 0)
-      *reinterpret_cast<float4*>(o) =
-          make_float4(values[0], values[1], values[2], values[3]);
+#pragma unroll
+      for (unsigned u = 0; u < kGroup; u += 4)
+        *reinterpret_cast<float4*>(o + u) =
+            make_float4(values[u], values[u + 1], values[u + 2], values[u + 3]);
     else
       for (unsigned u = 0; u < count; ++u)
         o[u] = values[u];

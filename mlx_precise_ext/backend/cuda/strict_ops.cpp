@@ -293,8 +293,9 @@ void extended_addmm(
   // stream's other products: per-call buffers of this size, held until their
   // graph had run, put M2-BERT's peak memory at 4x float32's): a's rows and
   // b's columns widened to double along K (the GEMM's operands and the
-  // recompute's, whose warps read along K), the product and the bitmap, each
-  // 256-byte aligned (the GEMM's and the certification's vector accesses).
+  // recompute's, whose warps read along K), the product, the row norms of a
+  // then the column norms of b of every batch, and the bitmap, each 256-byte
+  // aligned (the GEMM's and the certification's vector accesses).
   const bool has_k = l.k > 0;
   auto aligned = [](int64_t doubles) { return (doubles + 31) / 32 * 32; };
   const int64_t a_count =
@@ -302,30 +303,26 @@ void extended_addmm(
   const int64_t b_count =
       has_k ? aligned(int64_t{chunk_batches} * l.k * l.n) : 0;
   const int64_t product_doubles = has_k ? aligned(chunk_outputs) : 0;
+  const int64_t norm_count =
+      aligned(l.batches * (static_cast<int64_t>(l.m) + l.n));
   std::vector<mx::array> order{stream_buffer(
       encoder,
       device,
       stream_index,
       StreamBuffer::WideOperands,
-      (a_count + b_count + product_doubles) * sizeof(double) +
+      (a_count + b_count + product_doubles + norm_count) * sizeof(double) +
           open_words * sizeof(unsigned))};
   double* a_wide = static_cast<double*>(mx::gpu_ptr<void>(order.back()));
   double* b_wide = a_wide + a_count;
   double* product = has_k ? b_wide + b_count : nullptr;
-  unsigned* open_bits =
-      reinterpret_cast<unsigned*>(b_wide + b_count + product_doubles);
+  double* norms = b_wide + b_count + product_doubles;
+  unsigned* open_bits = reinterpret_cast<unsigned*>(norms + norm_count);
   order.push_back(out);
-
-  // Row norms of a, then column norms of b, of every batch.
-  const int64_t norm_count = l.batches * (static_cast<int64_t>(l.m) + l.n);
-  mx::array norms_buffer = scratch(encoder, norm_count * sizeof(double));
-  double* norms = static_cast<double*>(mx::gpu_ptr<void>(norms_buffer));
   auto register_all = [&]() {
     for (const auto& x : inputs)
       encoder.set_input_array(x);
     for (const auto& x : order)
       encoder.set_output_array(x);
-    encoder.set_output_array(norms_buffer);
   };
   const auto tiles = [](int vectors) {
     return (vectors + kPackTile - 1) / kPackTile;
@@ -374,12 +371,13 @@ void extended_addmm(
             1.0,
             0.0);
       }
+      // addmm_certify: eight outputs a thread.
       const int64_t chunk = int64_t{count} * rows * l.n;
       register_all();
       launch(
           encoder,
           cuda::get_strict_kernel(device, "mlx_precise::gpu::addmm_certify"),
-          stride_grid((chunk + 3) / 4),
+          stride_grid((chunk + 7) / 8),
           dim3(256),
           static_cast<const double*>(product),
           c,
