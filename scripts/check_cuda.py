@@ -66,9 +66,12 @@ def conv_names(working_type):
 
 
 def headers():
-    """The headers backend/cuda/CMakeLists.txt embeds: kernels/*.h, and the rfft_conv
-    kernels (the pair kernels include their transforms)."""
-    paths = sorted(glob.glob(os.path.join(ROOT, "kernels", "*.h"))) + [os.path.join(CUDA, "rfft_conv_kernels.cuh")]
+    """The headers backend/cuda/CMakeLists.txt embeds: kernels/*.h, the CUDA-only
+    device helpers, and the rfft_conv kernels (the pair kernels include their
+    transforms)."""
+    paths = sorted(glob.glob(os.path.join(ROOT, "kernels", "*.h"))) + [
+        os.path.join(CUDA, name) for name in ("device_utils.cuh", "rfft_conv_kernels.cuh")
+    ]
     return [(os.path.basename(p), read(p)) for p in paths]
 
 

@@ -490,8 +490,20 @@ CUDA_LATER = CUDA_PAIR_ONLY + (
 # CUDA CMake embeds them (bin2h: jit_source_<stem>) and jit_module.cpp hands
 # them to NVRTC under these names; Metal's make_jit_source expands them.
 def kernel_headers(source: str) -> list:
-    """The kernels/ headers a CUDA or Metal kernel source includes, directly or not."""
-    return [Path(p).name for p in with_includes([source], set()) if p.startswith("kernels/")]
+    """The headers a CUDA or Metal kernel source includes, directly or not: the
+    kernels/ ones and the CUDA-only device headers of backend/cuda/."""
+    return [
+        Path(p).name
+        for p in with_includes([source], set())[1:]
+        if p.startswith(("kernels/", "backend/cuda/"))
+    ]
+
+
+def cuda_jit_path(header: str) -> str:
+    """A kernel header's path relative to mlx/backend/cuda (MLX_JIT_SOURCES)."""
+    if (EXT / "backend" / "cuda" / header).is_file():
+        return f"precise/{header}"
+    return f"../common/precise/{header}"
 
 
 CUDA_CONV_HEADERS = kernel_headers("backend/cuda/rfft_conv_kernels.cuh")
@@ -501,7 +513,7 @@ METAL_CONV_HEADERS = kernel_headers("backend/metal/rfft_conv_kernels.metal")
 def cuda_jit_sources(what: str, kernels: str, headers: list) -> str:
     """The kernel source and the headers it adds to MLX_JIT_SOURCES, which
     MLX's CMake embeds (bin2h: jit_source_<stem>)."""
-    listed = "".join(f"  ../common/precise/{h}\n" for h in headers)
+    listed = "".join(f"  {cuda_jit_path(h)}\n" for h in headers)
     return (
         f"# The {what} kernels and the headers they share with the CPU backend.\n"
         f"list(\n  APPEND\n  MLX_JIT_SOURCES\n  precise/{kernels}\n"

@@ -14,6 +14,7 @@ namespace mlx_precise {
 // NVRTC has no <cstdint>; the shared headers name int64_t.
 using int64_t = long long;
 } // namespace mlx_precise
+#include "device_utils.cuh"
 #include "pair_grad.h"
 #include "pair_math.h"
 #include "rfft_conv_kernels.cuh"
@@ -47,10 +48,7 @@ __global__ void pair_elementwise(
     int op,
     int binary) {
   const PairOp pair_op = static_cast<PairOp>(op);
-  for (MP_INT64 i =
-           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
-       i < size;
-       i += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+  MP_GRID_STRIDE(i, size) {
     // Element (row, col) of every operand: one division for the four.
     const MP_INT64 row = i / inner, col = i - row * inner;
     auto at = [&](const float* x, const RowsLayout& l) {
@@ -98,10 +96,7 @@ __global__ void pair_pack_operand(
   const MP_INT64 rows = operand_b ? hi_l.k : hi_l.m;
   const MP_INT64 cols = operand_b ? hi_l.n : hi_l.k;
   const MP_INT64 per_batch = rows * cols;
-  for (MP_INT64 e =
-           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
-       e < per_batch * hi_l.batches;
-       e += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+  MP_GRID_STRIDE(e, per_batch * hi_l.batches) {
     const MP_INT64 batch = e / per_batch;
     const MP_INT64 w = e - batch * per_batch;
     const MP_INT64 r = w / cols, col = w - r * cols;
@@ -160,10 +155,7 @@ __global__ void pair_gather_rows(
     MP_INT64 count,
     float* out_hi,
     float* out_lo) {
-  for (MP_INT64 e =
-           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
-       e < count * dim;
-       e += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+  MP_GRID_STRIDE(e, count * dim) {
     const MP_INT64 i = e / dim, j = e - i * dim;
     const MP_INT64 id = ids[element_offset(ids_l, i, ids_inner)];
     if (id < 0 || id >= table_rows) {
@@ -424,10 +416,7 @@ __global__ void pair_sum_to(
     MP_INT64 terms,
     float* out_hi,
     float* out_lo) {
-  for (MP_INT64 t =
-           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
-       t < outputs;
-       t += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+  MP_GRID_STRIDE(t, outputs) {
     const ff v = pair_sum_to_output<double>(
         x_hi, x_lo, kept_hi, kept_lo, summed_hi, summed_lo, terms, t);
     out_hi[t] = v.hi;
@@ -463,10 +452,7 @@ __global__ void pair_scatter_add_rows(
     MP_INT64 dim,
     float* out_hi,
     float* out_lo) {
-  for (MP_INT64 e =
-           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
-       e < table_rows * dim;
-       e += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+  MP_GRID_STRIDE(e, table_rows * dim) {
     const ff v = pair_scatter_add_output<double>(
         g_hi, g_hi_l, g_lo, g_lo_l, first, positions, dim, e);
     out_hi[e] = v.hi;
@@ -494,10 +480,7 @@ __global__ void pair_layer_norm_vjp_rows(
     float* dx_lo,
     float* gx_hi,
     float* gx_lo) {
-  for (MP_INT64 r =
-           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
-       r < rows;
-       r += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+  MP_GRID_STRIDE(r, rows) {
     const float* xh = x_hi + row_start(x_hi_l, r);
     const float* xl = x_lo + row_start(x_lo_l, r);
     const float* gh = g_hi + row_start(g_hi_l, r);
@@ -551,10 +534,7 @@ __global__ void pair_cross_entropy_rows(
     MP_INT64 classes,
     double* log_sum_exp) {
   const LogitRows logits{l_hi, l_hi_l, l_lo, l_lo_l};
-  for (MP_INT64 i =
-           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
-       i < rows;
-       i += static_cast<MP_INT64>(gridDim.x) * blockDim.x)
+  MP_GRID_STRIDE(i, rows)
     log_sum_exp[i] =
         pair_log_sum_exp(classes, [&](MP_INT64 j) { return logits.at(i, j); });
 }
@@ -618,10 +598,7 @@ __global__ void pair_cross_entropy_grad(
     float* out_lo) {
   const LogitRows logits{l_hi, l_hi_l, l_lo, l_lo_l};
   const double c = pair_at(c_hi, c_lo, 0, 0);
-  for (MP_INT64 e =
-           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
-       e < rows * classes;
-       e += static_cast<MP_INT64>(gridDim.x) * blockDim.x) {
+  MP_GRID_STRIDE(e, rows * classes) {
     const MP_INT64 i = e / classes, j = e - i * classes;
     store_pair(
         cross_entropy_grad_output(

@@ -3,6 +3,7 @@
 // kShared: the block's rows live in dynamic shared memory; otherwise in the
 // block's slot of a global workspace (rows too long for shared memory), and
 // the grid is limited to the blocks that can be resident at once.
+#include "device_utils.cuh"
 #include "rfft_conv_rows.h"
 
 namespace mlx_precise::gpu {
@@ -145,8 +146,8 @@ template <int K>
 __device__ __forceinline__ void block_sums(double (&part)[K]) {
   __shared__ double warp_sums[K][32];
   for (int k = 0; k < K; ++k) {
-    for (int offset = 16; offset > 0; offset >>= 1)
-      part[k] += __shfl_down_sync(0xffffffffu, part[k], offset);
+    // Lane 0 adds what a shuffle-down tree would add, in the same order.
+    part[k] = warp_sum(part[k]);
     if ((threadIdx.x & 31) == 0)
       warp_sums[k][threadIdx.x >> 5] = part[k];
   }
@@ -1017,23 +1018,8 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
 
 // Clears the bits of an OpenList before the kernels that set them.
 __global__ void clear_open_bits(unsigned* bits, MP_INT64 words) {
-  for (MP_INT64 w =
-           static_cast<MP_INT64>(blockIdx.x) * blockDim.x + threadIdx.x;
-       w < words;
-       w += static_cast<MP_INT64>(gridDim.x) * blockDim.x)
+  MP_GRID_STRIDE(w, words) {
     bits[w] = 0u;
-}
-
-// The lanes' running-error sums (certify.h, RunningSum: sum and the sum of
-// |partial sums|) combined over the warp, each addition adding |result| to
-// the mass: running_round's argument holds for any tree of additions. Every
-// lane gets the same pair (IEEE addition is commutative, so both lanes of a
-// shuffle compute the same sums).
-__device__ __forceinline__ void warp_running_sum(double& sum, double& mass) {
-  for (int offset = 16; offset > 0; offset /= 2) {
-    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    mass += __shfl_xor_sync(0xffffffffu, mass, offset);
-    mass += fabs(sum);
   }
 }
 

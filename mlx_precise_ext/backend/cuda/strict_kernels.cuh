@@ -8,6 +8,7 @@ namespace mlx_precise {
 // NVRTC has no <cstdint>; the shared headers name int64_t.
 using int64_t = long long;
 } // namespace mlx_precise
+#include "device_utils.cuh"
 #include "layer_norm_certify.h"
 #include "strict_params.h"
 
@@ -30,21 +31,6 @@ namespace mlx_precise::gpu {
 // CPU's bound (docs/certification.md, "addmm on the FP64 tensor cores").
 // Every certified output is the correctly rounded float32, so the bits equal
 // the CPU's.
-
-// Grid-stride loop over [0, total).
-#define MP_GRID_STRIDE(e, total)                                         \
-  for (MP_INT64 e =                                                      \
-           blockIdx.x * static_cast<MP_INT64>(blockDim.x) + threadIdx.x; \
-       e < (total);                                                      \
-       e += static_cast<MP_INT64>(gridDim.x) * blockDim.x)
-
-// Sums v (an int64 or a double) over the warp; every lane gets the total.
-template <class V>
-__device__ __forceinline__ V warp_sum(V v) {
-  for (int offset = 16; offset > 0; offset /= 2)
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
 
 // The operands of one chunk widened to double, K-contiguous, for the GEMM
 // (a: (batch_count, rows, K), b: (batch_count, N, K)) and for addmm_recompute,
@@ -437,11 +423,7 @@ __device__ float warp_exact_addmm_entry(
   }
   for (; p < L.k; p += 32)
     add(x[p], y[p]);
-  for (int offset = 16; offset > 0; offset /= 2) {
-    sum += __shfl_xor_sync(0xffffffffu, sum, offset);
-    mass += __shfl_xor_sync(0xffffffffu, mass, offset);
-    mass += fabs(sum);
-  }
+  warp_running_sum(sum, mass);
   float value;
   if (certify_entry(
           L, sum, kUnitRoundoff64 * (1.0 + 1.0 / 1024.0) * mass, t.c, &value))
@@ -514,7 +496,6 @@ __global__ void addmm_recompute(
     }
   }
 }
-#undef MP_GRID_STRIDE
 
 // ------------------------------------------------------------- layer_norm ----
 // One warp per row. Lanes 0..7 of the warp run the CPU's kLayerNormLanes sums
@@ -563,6 +544,48 @@ __device__ __forceinline__ MP_INT64 open_words_per_row(int dim) {
   return (dim + 31) / 32;
 }
 
+// row(r) for each row r of this warp: one warp per row, kRowsPerBlock warps
+// per block, the grid striding over the rows.
+template <class RowFn>
+__device__ __forceinline__ void for_each_warp_row(MP_INT64 rows, RowFn&& row) {
+  for (MP_INT64 r = static_cast<MP_INT64>(blockIdx.x) * kRowsPerBlock +
+           threadIdx.x / kWarp;
+       r < rows;
+       r += static_cast<MP_INT64>(gridDim.x) * kRowsPerBlock)
+    row(r);
+}
+
+// Writes a row's open-output bitmap (row_bits, open_words_per_row(dim)
+// words): output(i) for each output i of the row, lane l taking outputs l,
+// l + 32, ..., returns whether i is open.
+template <class OutputFn>
+__device__ __forceinline__ void
+mark_open_outputs(unsigned* row_bits, int dim, int lane, OutputFn&& output) {
+  const MP_INT64 words = open_words_per_row(dim);
+  for (MP_INT64 word = 0; word < words; ++word) {
+    const int i = static_cast<int>(word * kWarp) + lane;
+    const bool open = i < dim && output(i);
+    const unsigned marked = __ballot_sync(0xffffffffu, open);
+    if (lane == 0)
+      row_bits[word] = marked;
+  }
+}
+
+// output(i) for each output i of a row marked in its bitmap row_bits, lane l
+// taking outputs l, l + 32, ...
+template <class OutputFn>
+__device__ __forceinline__ void for_each_marked_output(
+    const unsigned* row_bits,
+    int dim,
+    int lane,
+    OutputFn&& output) {
+  const MP_INT64 words = open_words_per_row(dim);
+  for (MP_INT64 k = 0; k < words; ++k) {
+    if (((row_bits[k] >> lane) & 1u) != 0u)
+      output(static_cast<int>(k * kWarp) + lane);
+  }
+}
+
 // y (rows, dim) row-major, each output certified (kernels/
 // layer_norm_certify.h, step 1) against the bound of the warp's row; the open
 // ones are marked in open_bits for layer_norm_recompute. Rows with a
@@ -583,9 +606,7 @@ __global__ void layer_norm_rows(
   __shared__ T lanes[kRowsPerBlock][2 * kLayerNormLanes];
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const MP_INT64 words = open_words_per_row(dim);
-  for (MP_INT64 r = static_cast<MP_INT64>(blockIdx.x) * kRowsPerBlock + warp;
-       r < rows;
-       r += static_cast<MP_INT64>(gridDim.x) * kRowsPerBlock) {
+  for_each_warp_row(rows, [&](MP_INT64 r) {
     const float* xr = x + row_start(xl, r);
     const MP_INT64 stride = xl.element_stride;
     const LayerNormStats<T> s =
@@ -603,25 +624,18 @@ __global__ void layer_norm_rows(
     finite = __all_sync(0xffffffffu, finite);
     const LayerNormErrors e = layer_norm_errors(
         warp_sum(a1), warp_sum(m2), dim, s.correction, s.inv_std);
-    for (MP_INT64 word = 0; word < words; ++word) {
-      const int i = static_cast<int>(word * kWarp) + lane;
-      bool open = false;
-      if (i < dim) {
-        const LayerNormTerms t = layer_norm_terms(
-            s,
-            xr[i * stride],
-            weight != nullptr,
-            weight ? weight[i * weight_stride] : 1.0f,
-            bias != nullptr,
-            bias ? bias[i * bias_stride] : 0.0f);
-        y[r * dim + i] = r_round(t.v);
-        open = finite && layer_norm_open(e, s.inv_std, t);
-      }
-      const unsigned marked = __ballot_sync(0xffffffffu, open);
-      if (lane == 0)
-        open_bits[r * words + word] = marked;
-    }
-  }
+    mark_open_outputs(open_bits + r * words, dim, lane, [&](int i) {
+      const LayerNormTerms t = layer_norm_terms(
+          s,
+          xr[i * stride],
+          weight != nullptr,
+          weight ? weight[i * weight_stride] : 1.0f,
+          bias != nullptr,
+          bias ? bias[i * bias_stride] : 0.0f);
+      y[r * dim + i] = r_round(t.v);
+      return finite && layer_norm_open(e, s.inv_std, t);
+    });
+  });
 }
 
 // Element i of a strided row.
@@ -698,36 +712,31 @@ __global__ void layer_norm_recompute(
     int dim,
     T eps,
     const unsigned* open_bits) {
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int lane = threadIdx.x % kWarp;
   const MP_INT64 words = open_words_per_row(dim);
-  for (MP_INT64 r = static_cast<MP_INT64>(blockIdx.x) * kRowsPerBlock + warp;
-       r < rows;
-       r += static_cast<MP_INT64>(gridDim.x) * kRowsPerBlock) {
+  for_each_warp_row(rows, [&](MP_INT64 r) {
     const unsigned* marks = open_bits + r * words;
     bool any = false;
     for (MP_INT64 k = lane; k < words; k += kWarp)
       any = any || marks[k] != 0u;
     if (!__any_sync(0xffffffffu, any))
-      continue;
+      return;
     const StridedRow xr{x + row_start(xl, r), xl.element_stride};
     ExactSum sum;
     const LayerNormWideStats s = warp_wide_stats(xr, dim, eps, lane, sum);
     ExactLayerNormRow<kBigLimbs> exact_row;
     exact_row.dim = 0; // not computed yet
-    for (MP_INT64 k = 0; k < words; ++k) {
-      const int i = static_cast<int>(k * kWarp) + lane;
-      if (((marks[k] >> lane) & 1u) == 0u)
-        continue;
+    for_each_marked_output(marks, dim, lane, [&](int i) {
       const float w = weight ? weight[i * weight_stride] : 1.0f;
       const float b = bias ? bias[i * bias_stride] : -0.0f;
       float out;
       if (!layer_norm_wide_output(s, sum, dim, xr(i), w, b, &out)) {
         if (!exact_output(exact_row, xr, dim, eps, i, w, b, &out))
-          continue;
+          return;
       }
       y[r * dim + i] = out;
-    }
-  }
+    });
+  });
 }
 
 // Per row: the statistics (kept for the weight / bias gradients when `stats`
@@ -755,9 +764,7 @@ __global__ void layer_norm_grad_rows(
   const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
   const T zero = r_from_float(eps, 0.0f);
   const T count = r_from_float(eps, static_cast<float>(dim));
-  for (MP_INT64 r = static_cast<MP_INT64>(blockIdx.x) * kRowsPerBlock + warp;
-       r < rows;
-       r += static_cast<MP_INT64>(gridDim.x) * kRowsPerBlock) {
+  for_each_warp_row(rows, [&](MP_INT64 r) {
     const float* xr = x + row_start(xl, r);
     const float* gr = g + row_start(gl, r);
     T* own = lanes[warp];
@@ -780,7 +787,7 @@ __global__ void layer_norm_grad_rows(
     if (bounds && lane == 0)
       bounds[r] = nb;
     if (grad_x == nullptr)
-      continue;
+      return;
     auto weighted = [&](int i) {
       const float gi = gr[i * gl.element_stride];
       return weight ? r_prod(eps, gi, weight[i * weight_stride])
@@ -817,26 +824,21 @@ __global__ void layer_norm_grad_rows(
     finite = __all_sync(0xffffffffu, finite);
     const GradXErrors ge = grad_x_errors(
         dim, warp_sum(abs_gw), warp_sum(abs_gwn), nb, mean_gw, mean_gwn);
-    const MP_INT64 words = open_words_per_row(dim);
-    for (MP_INT64 word = 0; word < words; ++word) {
-      const int i = static_cast<int>(word * kWarp) + lane;
-      bool open = false;
-      if (i < dim) {
-        const T gw = weighted(i);
-        const T n = layer_norm_normalized(s, xr[i * xl.element_stride]);
-        float value;
-        if (finite)
-          open = grad_x_open(
-              e, nb, ge, s.inv_std, gw, n, mean_gw, mean_gwn, &value);
-        else
-          value = layer_norm_grad_x(s, gw, n, mean_gw, mean_gwn);
-        grad_x[r * dim + i] = value;
-      }
-      const unsigned marked = __ballot_sync(0xffffffffu, open);
-      if (lane == 0)
-        open_bits[r * words + word] = marked;
-    }
-  }
+    mark_open_outputs(
+        open_bits + r * open_words_per_row(dim), dim, lane, [&](int i) {
+          const T gw = weighted(i);
+          const T n = layer_norm_normalized(s, xr[i * xl.element_stride]);
+          float value;
+          bool open = false;
+          if (finite)
+            open = grad_x_open(
+                e, nb, ge, s.inv_std, gw, n, mean_gw, mean_gwn, &value);
+          else
+            value = layer_norm_grad_x(s, gw, n, mean_gw, mean_gwn);
+          grad_x[r * dim + i] = value;
+          return open;
+        });
+  });
 }
 
 // grad x for output i of a row, out of line (as exact_output): the
@@ -890,20 +892,14 @@ __global__ void layer_norm_grad_x_recompute(
     int dim,
     T eps,
     const unsigned* open_bits) {
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int lane = threadIdx.x % kWarp;
   const MP_INT64 words = open_words_per_row(dim);
-  for (MP_INT64 r = static_cast<MP_INT64>(blockIdx.x) * kRowsPerBlock + warp;
-       r < rows;
-       r += static_cast<MP_INT64>(gridDim.x) * kRowsPerBlock) {
-    const unsigned* marks = open_bits + r * words;
+  for_each_warp_row(rows, [&](MP_INT64 r) {
     GradXWide wide;
     bool wide_ready = false;
     ExactGradXRow exact_row;
     exact_row.row.dim = 0; // not computed yet
-    for (MP_INT64 k = 0; k < words; ++k) {
-      const int i = static_cast<int>(k * kWarp) + lane;
-      if (((marks[k] >> lane) & 1u) == 0u)
-        continue;
+    for_each_marked_output(open_bits + r * words, dim, lane, [&](int i) {
       float out = grad_x[r * dim + i];
       if (recompute_grad_x(
               wide,
@@ -918,8 +914,8 @@ __global__ void layer_norm_grad_x_recompute(
               i,
               &out))
         grad_x[r * dim + i] = out;
-    }
-  }
+    });
+  });
 }
 
 // grad weight = sum over rows of g n, certified as on the CPU (stage 1 of
@@ -994,12 +990,10 @@ __global__ void layer_norm_wide_rows(
     MP_INT64 rows,
     int dim,
     double eps) {
-  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int lane = threadIdx.x % kWarp;
   if (!any_weight_open(weight_open, dim, lane))
     return;
-  for (MP_INT64 r = static_cast<MP_INT64>(blockIdx.x) * kRowsPerBlock + warp;
-       r < rows;
-       r += static_cast<MP_INT64>(gridDim.x) * kRowsPerBlock) {
+  for_each_warp_row(rows, [&](MP_INT64 r) {
     ExactSum sum;
     const LayerNormWideStats s = warp_wide_stats(
         StridedRow{x + row_start(xl, r), xl.element_stride},
@@ -1009,7 +1003,7 @@ __global__ void layer_norm_wide_rows(
         sum);
     if (lane == 0)
       wide[r] = s;
-  }
+  });
 }
 
 // Stage 3 for one grad weight column, out of line (its big integers would
