@@ -413,21 +413,36 @@ void extended_addmm(
 }
 
 // A layer_norm row kernel (one warp per row, 8 rows per block) over `rows`
-// rows: the forward and the gradient share the launch. dd is extended's
-// float64 computation, as on the CPU.
+// rows.
 template <class... Args>
 void launch_rows(
     mx::cu::CommandEncoder& encoder,
-    int device,
-    const char* kernel,
+    CUfunction kernel,
     int64_t rows,
     Args... args) {
   launch(
       encoder,
-      cuda::get_strict_kernel(device, kernel_name(kernel, "double")),
+      kernel,
       dim3(static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1 << 20))),
       dim3(256),
       args...);
+}
+
+// A layer_norm column kernel (one thread per column, 128 per block) over
+// `dim` columns.
+template <class... Args>
+void launch_columns(
+    mx::cu::CommandEncoder& encoder,
+    CUfunction kernel,
+    int dim,
+    Args... args) {
+  launch(encoder, kernel, dim3((dim + 127) / 128), dim3(128), args...);
+}
+
+// The layer_norm kernel `name` in double: dd is extended's float64
+// computation, as on the CPU.
+CUfunction layer_norm_kernel(int device, const char* name) {
+  return cuda::get_strict_kernel(device, kernel_name(name, "double"));
 }
 
 } // namespace
@@ -478,8 +493,7 @@ void StrictLayerNorm::eval_gpu(
     encoder.set_output_array(out);
     launch_rows(
         encoder,
-        device,
-        kernel,
+        layer_norm_kernel(device, kernel),
         rows,
         xp,
         xl,
@@ -556,8 +570,7 @@ void StrictLayerNormVJP::eval_gpu(
       encoder.set_output_array(*bounds_buffer);
     launch_rows(
         encoder,
-        device,
-        kernel,
+        layer_norm_kernel(device, kernel),
         rows,
         xp,
         xl,
@@ -594,12 +607,10 @@ void StrictLayerNormVJP::eval_gpu(
   }
   if (grad_b_array)
     encoder.set_output_array(*grad_b_array);
-  launch(
+  launch_columns(
       encoder,
-      cuda::get_strict_kernel(
-          device, kernel_name("layer_norm_param_grads", "double")),
-      dim3((dim + 127) / 128),
-      dim3(128),
+      layer_norm_kernel(device, "layer_norm_param_grads"),
+      dim,
       xp,
       xl,
       gp,
@@ -622,11 +633,10 @@ void StrictLayerNormVJP::eval_gpu(
     encoder.set_input_array(in);
   encoder.set_input_array(*weight_open_buffer);
   encoder.set_output_array(wide_buffer);
-  launch(
+  launch_rows(
       encoder,
       cuda::get_strict_kernel(device, "mlx_precise::gpu::layer_norm_wide_rows"),
-      dim3(static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1 << 20))),
-      dim3(256),
+      rows,
       xp,
       xl,
       static_cast<const unsigned*>(weight_open),
@@ -639,12 +649,11 @@ void StrictLayerNormVJP::eval_gpu(
   encoder.set_input_array(*weight_open_buffer);
   encoder.set_input_array(wide_buffer);
   encoder.set_output_array(*grad_w_array);
-  launch(
+  launch_columns(
       encoder,
       cuda::get_strict_kernel(
           device, "mlx_precise::gpu::layer_norm_weight_recompute"),
-      dim3((dim + 127) / 128),
-      dim3(128),
+      dim,
       xp,
       xl,
       gp,
