@@ -76,6 +76,23 @@ MP_INLINE ff dd_poly_step(ff p, ff x, float c_hi, float c_lo) {
   return dd_add(dd_mul(p, x), ff{c_hi, c_lo});
 }
 
+// Horner steps p x + 1/n! for n = 12, 11, ..., 1: the Taylor coefficients
+// of exp that dd_exp and dd_expm1_small share (each 1/n! to 48 bits, hi + lo).
+MP_INLINE ff dd_exp_taylor_steps(ff p, ff x) {
+  p = dd_poly_step(p, x, 2.0876756e-09f, 1.1082839e-16f);
+  p = dd_poly_step(p, x, 2.5052108e-08f, 4.417623e-16f);
+  p = dd_poly_step(p, x, 2.755732e-07f, -7.575112e-15f);
+  p = dd_poly_step(p, x, 2.7557319e-06f, 3.7935712e-14f);
+  p = dd_poly_step(p, x, 2.4801588e-05f, -3.406996e-13f);
+  p = dd_poly_step(p, x, 0.0001984127f, -2.7255969e-12f);
+  p = dd_poly_step(p, x, 0.0013888889f, -3.3631094e-11f);
+  p = dd_poly_step(p, x, 0.008333334f, -4.346172e-10f);
+  p = dd_poly_step(p, x, 0.041666668f, -1.2417635e-09f);
+  p = dd_poly_step(p, x, 0.16666667f, -4.967054e-09f);
+  p = dd_poly_step(p, x, 0.5f, 0.0f);
+  return dd_poly_step(p, x, 1.0f, 0.0f);
+}
+
 // exp(x): x = k ln2 + r, |r| <= ln2/2 (ln2 in three parts: k ln2_1 exact for
 // |k| < 2^8), Taylor to degree 13 (truncation < 2^-53), then 2^k exactly.
 // Overflow gives +inf, results below 2^-149 give 0; below 2^-102 lo is
@@ -93,19 +110,7 @@ MP_INLINE ff dd_exp(ff x) {
   ff r = two_sum(MP_SUBF(x.hi, MP_MULF(k, 0.69314575f)), x.lo);
   r = dd_sub(r, two_prod(k, 1.4286068e-06f));
   r = dd_sub(r, dd_from_float(MP_MULF(k, 5.497923e-14f)));
-  ff p = ff{1.6059044e-10f, -5.3525265e-18f};
-  p = dd_poly_step(p, r, 2.0876756e-09f, 1.1082839e-16f);
-  p = dd_poly_step(p, r, 2.5052108e-08f, 4.417623e-16f);
-  p = dd_poly_step(p, r, 2.755732e-07f, -7.575112e-15f);
-  p = dd_poly_step(p, r, 2.7557319e-06f, 3.7935712e-14f);
-  p = dd_poly_step(p, r, 2.4801588e-05f, -3.406996e-13f);
-  p = dd_poly_step(p, r, 0.0001984127f, -2.7255969e-12f);
-  p = dd_poly_step(p, r, 0.0013888889f, -3.3631094e-11f);
-  p = dd_poly_step(p, r, 0.008333334f, -4.346172e-10f);
-  p = dd_poly_step(p, r, 0.041666668f, -1.2417635e-09f);
-  p = dd_poly_step(p, r, 0.16666667f, -4.967054e-09f);
-  p = dd_poly_step(p, r, 0.5f, 0.0f);
-  p = dd_poly_step(p, r, 1.0f, 0.0f);
+  ff p = dd_exp_taylor_steps(ff{1.6059044e-10f, -5.3525265e-18f}, r);
   p = dd_poly_step(p, r, 1.0f, 0.0f);
   const int e = static_cast<int>(k);
   return ff{MP_LDEXPF(p.hi, e), MP_LDEXPF(p.lo, e)};
@@ -217,19 +222,7 @@ MP_INLINE ff dd_expm1_small(ff y) {
   p = dd_poly_step(p, y, 7.6471636e-13f, 1.22007105e-20f);
   p = dd_poly_step(p, y, 1.1470745e-11f, 2.3722077e-19f);
   p = dd_poly_step(p, y, 1.6059044e-10f, -5.3525265e-18f);
-  p = dd_poly_step(p, y, 2.0876756e-09f, 1.1082839e-16f);
-  p = dd_poly_step(p, y, 2.5052108e-08f, 4.417623e-16f);
-  p = dd_poly_step(p, y, 2.755732e-07f, -7.575112e-15f);
-  p = dd_poly_step(p, y, 2.7557319e-06f, 3.7935712e-14f);
-  p = dd_poly_step(p, y, 2.4801588e-05f, -3.406996e-13f);
-  p = dd_poly_step(p, y, 0.0001984127f, -2.7255969e-12f);
-  p = dd_poly_step(p, y, 0.0013888889f, -3.3631094e-11f);
-  p = dd_poly_step(p, y, 0.008333334f, -4.346172e-10f);
-  p = dd_poly_step(p, y, 0.041666668f, -1.2417635e-09f);
-  p = dd_poly_step(p, y, 0.16666667f, -4.967054e-09f);
-  p = dd_poly_step(p, y, 0.5f, 0.0f);
-  p = dd_poly_step(p, y, 1.0f, 0.0f);
-  return dd_mul(p, y);
+  return dd_mul(dd_exp_taylor_steps(p, y), y);
 }
 
 // tanh(x) = e / (e + 2) with e = expm1(2|x|) (no cancellation for small x);
