@@ -67,10 +67,11 @@ def conv_names(working_type):
 
 def headers():
     """The headers backend/cuda/CMakeLists.txt embeds: kernels/*.h, the CUDA-only
-    device helpers, and the rfft_conv kernels (the pair kernels include their
-    transforms)."""
+    ones (device helpers, the pair operand), and the rfft_conv kernels (the pair
+    kernels include their transforms)."""
     paths = sorted(glob.glob(os.path.join(ROOT, "kernels", "*.h"))) + [
-        os.path.join(CUDA, name) for name in ("device_utils.cuh", "rfft_conv_kernels.cuh")
+        os.path.join(CUDA, name)
+        for name in ("device_utils.cuh", "pair_operand.h", "rfft_conv_kernels.cuh")
     ]
     return [(os.path.basename(p), read(p)) for p in paths]
 

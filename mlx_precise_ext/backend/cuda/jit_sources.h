@@ -1,6 +1,6 @@
 // Kernel sources embedded at build time (CMakeLists.txt generates the
-// definitions from backend/cuda/*_kernels.cuh, backend/cuda/device_utils.cuh
-// and kernels/*.h).
+// definitions from backend/cuda/*_kernels.cuh, the CUDA-only headers they
+// include and kernels/*.h).
 #pragma once
 
 namespace mlx_precise::cuda {

@@ -17,6 +17,7 @@ using int64_t = long long;
 #include "device_utils.cuh"
 #include "pair_grad.h"
 #include "pair_math.h"
+#include "pair_operand.h"
 #include "rfft_conv_kernels.cuh"
 #include "strict_params.h"
 
@@ -30,17 +31,22 @@ __device__ __forceinline__ double pair_at(
   return dd_to_double(ff{hi[hi_offset], lo[lo_offset]});
 }
 
-// out (size elements, row-major, rows of `inner`) = op(x [, y]); operands x_hi,
-// x_lo, y_hi, y_lo have the output's shape, each at its own strides.
+// Element j of row i of a pair operand, as a double. x refers to the kernel's
+// __grid_constant__ argument (a copy would put it in local memory).
+__device__ __forceinline__ double
+pair_at(const PairOperand& x, MP_INT64 i, MP_INT64 j) {
+  return pair_at(
+      x.hi,
+      x.lo,
+      row_start(x.hi_l, i) + j * x.hi_l.element_stride,
+      row_start(x.lo_l, i) + j * x.lo_l.element_stride);
+}
+
+// out (size elements, row-major, rows of `inner`) = op(x [, y]); the
+// operands' hi and lo parts have the output's shape, each at its own strides.
 __global__ void pair_elementwise(
-    const float* x_hi,
-    const __grid_constant__ RowsLayout x_hi_l,
-    const float* x_lo,
-    const __grid_constant__ RowsLayout x_lo_l,
-    const float* y_hi,
-    const __grid_constant__ RowsLayout y_hi_l,
-    const float* y_lo,
-    const __grid_constant__ RowsLayout y_lo_l,
+    const __grid_constant__ PairOperand x,
+    const __grid_constant__ PairOperand y,
     float* out_hi,
     float* out_lo,
     MP_INT64 size,
@@ -51,17 +57,17 @@ __global__ void pair_elementwise(
   MP_GRID_STRIDE(i, size) {
     // Element (row, col) of every operand: one division for the four.
     const MP_INT64 row = i / inner, col = i - row * inner;
-    auto at = [&](const float* x, const RowsLayout& l) {
-      return x[row_start(l, row) + col * l.element_stride];
+    auto at = [&](const float* data, const RowsLayout& l) {
+      return data[row_start(l, row) + col * l.element_stride];
     };
     // Unary ops have x bound again as y, read but unused.
     const ff r = pair_element<double>(
         pair_op,
         binary != 0,
-        at(x_hi, x_hi_l),
-        at(x_lo, x_lo_l),
-        at(y_hi, y_hi_l),
-        at(y_lo, y_lo_l));
+        at(x.hi, x.hi_l),
+        at(x.lo, x.lo_l),
+        at(y.hi, y.hi_l),
+        at(y.lo, y.lo_l));
     out_hi[i] = r.hi;
     out_lo[i] = r.lo;
   }
@@ -143,10 +149,7 @@ __global__ void pair_addmm_finish(
 // NaN bits) for an id outside [0, rows). ids: rows of ids_inner elements
 // (ids_l).
 __global__ void pair_gather_rows(
-    const float* table_hi,
-    const __grid_constant__ RowsLayout hi_l,
-    const float* table_lo,
-    const __grid_constant__ RowsLayout lo_l,
+    const __grid_constant__ PairOperand table,
     const int* ids,
     const __grid_constant__ RowsLayout ids_l,
     MP_INT64 ids_inner,
@@ -164,11 +167,7 @@ __global__ void pair_gather_rows(
       out_hi[e] = out_lo[e] = __int_as_float(0x7fc00000);
       continue;
     }
-    const ff p = dd_from_double(pair_at(
-        table_hi,
-        table_lo,
-        row_start(hi_l, id) + j * hi_l.element_stride,
-        row_start(lo_l, id) + j * lo_l.element_stride));
+    const ff p = dd_from_double(pair_at(table, id, j));
     out_hi[e] = p.hi;
     out_lo[e] = p.lo;
   }
@@ -207,10 +206,7 @@ __device__ __forceinline__ double warp_total(Compensated c) {
 // the mean, eps inside the square root, * weight + bias), written as pairs to
 // out (rows, dim) row-major.
 __global__ void pair_layer_norm_rows(
-    const float* x_hi,
-    const __grid_constant__ RowsLayout hi_l,
-    const float* x_lo,
-    const __grid_constant__ RowsLayout lo_l,
+    const __grid_constant__ PairOperand x,
     const float* weight,
     MP_INT64 weight_stride,
     const float* bias,
@@ -225,10 +221,11 @@ __global__ void pair_layer_norm_rows(
            static_cast<MP_INT64>(blockIdx.x) * kPairRowsPerBlock + warp;
        r < rows;
        r += static_cast<MP_INT64>(gridDim.x) * kPairRowsPerBlock) {
-    const float* hi = x_hi + row_start(hi_l, r);
-    const float* lo = x_lo + row_start(lo_l, r);
+    const float* hi = x.hi + row_start(x.hi_l, r);
+    const float* lo = x.lo + row_start(x.lo_l, r);
     auto value = [&](int i) {
-      return pair_at(hi, lo, i * hi_l.element_stride, i * lo_l.element_stride);
+      return pair_at(
+          hi, lo, i * x.hi_l.element_stride, i * x.lo_l.element_stride);
     };
     Compensated sum{0.0, 0.0};
     for (int i = lane; i < dim; i += kPairWarp)
@@ -442,10 +439,7 @@ __global__ void pair_rows_positions(
 // ScatterAdd: out (table_rows, dim) row-major, one thread per element
 // (pair_grad.h's pair_scatter_add_output).
 __global__ void pair_scatter_add_rows(
-    const float* g_hi,
-    const __grid_constant__ RowsLayout g_hi_l,
-    const float* g_lo,
-    const __grid_constant__ RowsLayout g_lo_l,
+    const __grid_constant__ PairOperand g,
     const MP_INT64* first,
     const MP_INT64* positions,
     MP_INT64 table_rows,
@@ -454,7 +448,7 @@ __global__ void pair_scatter_add_rows(
     float* out_lo) {
   MP_GRID_STRIDE(e, table_rows * dim) {
     const ff v = pair_scatter_add_output<double>(
-        g_hi, g_hi_l, g_lo, g_lo_l, first, positions, dim, e);
+        g.hi, g.hi_l, g.lo, g.lo_l, first, positions, dim, e);
     out_hi[e] = v.hi;
     out_lo[e] = v.lo;
   }
@@ -463,16 +457,10 @@ __global__ void pair_scatter_add_rows(
 // PairLayerNormVJP, one thread per row of `dim`: dx into (dx_hi, dx_lo) and
 // g xhat into (gx_hi, gx_lo), all (rows, dim) row-major.
 __global__ void pair_layer_norm_vjp_rows(
-    const float* x_hi,
-    const __grid_constant__ RowsLayout x_hi_l,
-    const float* x_lo,
-    const __grid_constant__ RowsLayout x_lo_l,
+    const __grid_constant__ PairOperand x,
     const float* weight,
     MP_INT64 weight_stride,
-    const float* g_hi,
-    const __grid_constant__ RowsLayout g_hi_l,
-    const float* g_lo,
-    const __grid_constant__ RowsLayout g_lo_l,
+    const __grid_constant__ PairOperand g,
     MP_INT64 rows,
     MP_INT64 dim,
     double eps,
@@ -481,10 +469,10 @@ __global__ void pair_layer_norm_vjp_rows(
     float* gx_hi,
     float* gx_lo) {
   MP_GRID_STRIDE(r, rows) {
-    const float* xh = x_hi + row_start(x_hi_l, r);
-    const float* xl = x_lo + row_start(x_lo_l, r);
-    const float* gh = g_hi + row_start(g_hi_l, r);
-    const float* gl = g_lo + row_start(g_lo_l, r);
+    const float* xh = x.hi + row_start(x.hi_l, r);
+    const float* xl = x.lo + row_start(x.lo_l, r);
+    const float* gh = g.hi + row_start(g.hi_l, r);
+    const float* gl = g.lo + row_start(g.lo_l, r);
     const MP_INT64 base = r * dim;
     pair_layer_norm_vjp_row(
         dim,
@@ -492,11 +480,11 @@ __global__ void pair_layer_norm_vjp_rows(
         weight != nullptr,
         [&](MP_INT64 i) {
           return pair_at(
-              xh, xl, i * x_hi_l.element_stride, i * x_lo_l.element_stride);
+              xh, xl, i * x.hi_l.element_stride, i * x.lo_l.element_stride);
         },
         [&](MP_INT64 i) {
           return pair_at(
-              gh, gl, i * g_hi_l.element_stride, i * g_lo_l.element_stride);
+              gh, gl, i * g.hi_l.element_stride, i * g.lo_l.element_stride);
         },
         [&](MP_INT64 i) {
           return static_cast<double>(weight[i * weight_stride]);
@@ -506,37 +494,15 @@ __global__ void pair_layer_norm_vjp_rows(
   }
 }
 
-// Logit (i, j) of the (rows, classes) pair, hi and lo rows at their layouts
-// (referred to, not copied: the kernels' __grid_constant__ arguments, which a
-// copy would put in every thread's local memory).
-struct LogitRows {
-  const float* hi;
-  const RowsLayout& hi_l;
-  const float* lo;
-  const RowsLayout& lo_l;
-
-  __device__ __forceinline__ double at(MP_INT64 i, MP_INT64 j) const {
-    return pair_at(
-        hi,
-        lo,
-        row_start(hi_l, i) + j * hi_l.element_stride,
-        row_start(lo_l, i) + j * lo_l.element_stride);
-  }
-};
-
 // log_sum_exp[i] of each row of logits, one thread per row.
 __global__ void pair_cross_entropy_rows(
-    const float* l_hi,
-    const __grid_constant__ RowsLayout l_hi_l,
-    const float* l_lo,
-    const __grid_constant__ RowsLayout l_lo_l,
+    const __grid_constant__ PairOperand logits,
     MP_INT64 rows,
     MP_INT64 classes,
     double* log_sum_exp) {
-  const LogitRows logits{l_hi, l_hi_l, l_lo, l_lo_l};
   MP_GRID_STRIDE(i, rows)
-    log_sum_exp[i] =
-        pair_log_sum_exp(classes, [&](MP_INT64 j) { return logits.at(i, j); });
+  log_sum_exp[i] = pair_log_sum_exp(
+      classes, [&](MP_INT64 j) { return pair_at(logits, i, j); });
 }
 
 // One thread, the rows in order as on the CPU: total = sum of the weights
@@ -544,10 +510,7 @@ __global__ void pair_cross_entropy_rows(
 // sum_i w_i (log_sum_exp_i - l_{i,t_i}) / total as a pair (NaN for a
 // weighted row whose target is outside [0, classes)).
 __global__ void pair_cross_entropy_total(
-    const float* l_hi,
-    const __grid_constant__ RowsLayout l_hi_l,
-    const float* l_lo,
-    const __grid_constant__ RowsLayout l_lo_l,
+    const __grid_constant__ PairOperand logits,
     const int* targets,
     const __grid_constant__ RowsLayout targets_l,
     const float* weights,
@@ -558,7 +521,6 @@ __global__ void pair_cross_entropy_total(
     double* total,
     float* out_hi,
     float* out_lo) {
-  const LogitRows logits{l_hi, l_hi_l, l_lo, l_lo_l};
   if (blockIdx.x != 0 || threadIdx.x != 0)
     return;
   double loss = 0.0;
@@ -570,7 +532,7 @@ __global__ void pair_cross_entropy_total(
         return static_cast<MP_INT64>(
             targets[element_offset(targets_l, i, rows)]);
       },
-      [&](MP_INT64 i, MP_INT64 j) { return logits.at(i, j); },
+      [&](MP_INT64 i, MP_INT64 j) { return pair_at(logits, i, j); },
       [&](MP_INT64 i) { return log_sum_exp[i]; },
       out_hi ? &loss : nullptr);
   if (out_hi)
@@ -580,10 +542,7 @@ __global__ void pair_cross_entropy_total(
 // The gradient, (rows, classes) row-major: c w_i / total (softmax - onehot),
 // c the scalar cotangent pair; NaN rows for a target outside [0, classes).
 __global__ void pair_cross_entropy_grad(
-    const float* l_hi,
-    const __grid_constant__ RowsLayout l_hi_l,
-    const float* l_lo,
-    const __grid_constant__ RowsLayout l_lo_l,
+    const __grid_constant__ PairOperand logits,
     const int* targets,
     const __grid_constant__ RowsLayout targets_l,
     const float* weights,
@@ -596,7 +555,6 @@ __global__ void pair_cross_entropy_grad(
     const double* total,
     float* out_hi,
     float* out_lo) {
-  const LogitRows logits{l_hi, l_hi_l, l_lo, l_lo_l};
   const double c = pair_at(c_hi, c_lo, 0, 0);
   MP_GRID_STRIDE(e, rows * classes) {
     const MP_INT64 i = e / classes, j = e - i * classes;
@@ -608,7 +566,7 @@ __global__ void pair_cross_entropy_grad(
             static_cast<MP_INT64>(targets[element_offset(targets_l, i, rows)]),
             classes,
             j,
-            logits.at(i, j),
+            pair_at(logits, i, j),
             log_sum_exp[i]),
         out_hi,
         out_lo,

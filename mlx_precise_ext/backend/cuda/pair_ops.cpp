@@ -18,6 +18,7 @@
 #include "backend/cuda/blas.h"
 #include "backend/cuda/encoder.h"
 #include "backend/cuda/jit.h"
+#include "backend/cuda/pair_operand.h"
 #include "backend/gpu/pair_grad_layout.h"
 #include "backend/gpu/strict_layout.h"
 #include "kernels/strict_params.h"
@@ -75,10 +76,64 @@ RowsLayout operand_layout(const char* op, const mx::array& x) {
   return gpu::rows_layout(op, x);
 }
 
+// A pair operand (hi, lo) as the kernels take it.
+PairOperand
+pair_operand(const char* op, const mx::array& hi, const mx::array& lo) {
+  return PairOperand{
+      mx::gpu_ptr<float>(hi),
+      operand_layout(op, hi),
+      mx::gpu_ptr<float>(lo),
+      operand_layout(op, lo)};
+}
+
 // Blocks of 256 threads for a grid-stride loop over `total` elements.
 dim3 stride_grid(int64_t total) {
   return dim3(
       static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 1 << 20)));
+}
+
+// The pair kernel `kernel` (a name expression of pair_kernel_names()) as a
+// grid-stride loop over `total` elements, 256 threads per block.
+template <class... Args>
+void launch_elements(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    const char* kernel,
+    int64_t total,
+    Args... args) {
+  launch(
+      encoder,
+      cuda::get_pair_kernel(device, kernel),
+      stride_grid(total),
+      dim3(256),
+      args...);
+}
+
+// The pair kernel `kernel` in one thread (the CPU's sequential order).
+template <class... Args>
+void launch_one_thread(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    const char* kernel,
+    Args... args) {
+  launch(
+      encoder,
+      cuda::get_pair_kernel(device, kernel),
+      dim3(1),
+      dim3(1),
+      args...);
+}
+
+// Registers the inputs and the buffers written so far (outputs, scratch), so
+// that the nodes of one eval run in order.
+void register_all(
+    mx::cu::CommandEncoder& encoder,
+    const std::vector<mx::array>& inputs,
+    const std::vector<mx::array>& written) {
+  for (const auto& x : inputs)
+    encoder.set_input_array(x);
+  for (const auto& x : written)
+    encoder.set_output_array(x);
 }
 
 // A block per row for `rows` rows (grid-stride beyond 2^20 rows).
@@ -123,19 +178,13 @@ void PairElementwise::eval_gpu(
   const char* name = pair_op_name(op_);
   const MP_INT64 inner =
       outputs[0].ndim() == 0 ? 1 : static_cast<MP_INT64>(outputs[0].shape(-1));
-  launch(
+  launch_elements(
       encoder,
-      cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_elementwise"),
-      stride_grid(size),
-      dim3(256),
-      mx::gpu_ptr<float>(inputs[0]),
-      operand_layout(name, inputs[0]),
-      mx::gpu_ptr<float>(inputs[1]),
-      operand_layout(name, inputs[1]),
-      mx::gpu_ptr<float>(y_hi),
-      operand_layout(name, y_hi),
-      mx::gpu_ptr<float>(y_lo),
-      operand_layout(name, y_lo),
+      device,
+      "mlx_precise::gpu::pair_elementwise",
+      size,
+      pair_operand(name, inputs[0], inputs[1]),
+      pair_operand(name, y_hi, y_lo),
       mx::gpu_ptr<float>(outputs[0]),
       mx::gpu_ptr<float>(outputs[1]),
       static_cast<MP_INT64>(size),
@@ -164,10 +213,7 @@ void PairLayerNorm::eval_gpu(
       cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_layer_norm_rows"),
       dim3(static_cast<unsigned>(std::min<int64_t>((rows + 7) / 8, 1 << 20))),
       dim3(256),
-      mx::gpu_ptr<float>(x_hi),
-      gpu::rows_layout("pair layer_norm", x_hi),
-      mx::gpu_ptr<float>(inputs[1]),
-      gpu::rows_layout("pair layer_norm", inputs[1]),
+      pair_operand("pair layer_norm", x_hi, inputs[1]),
       w,
       w_stride,
       b,
@@ -207,12 +253,6 @@ void PairAddmm::eval_gpu(
         "the batch");
   const int batches = static_cast<int>(l.batches);
   std::vector<mx::array> written(outputs);
-  auto register_all = [&]() {
-    for (const auto& x : inputs)
-      encoder.set_input_array(x);
-    for (const auto& x : written)
-      encoder.set_output_array(x);
-  };
   const double* product = nullptr;
   if (l.k > 0) {
     const int64_t m = l.m, n = l.n, k = l.k;
@@ -234,33 +274,22 @@ void PairAddmm::eval_gpu(
     double* a_data = static_cast<double*>(mx::gpu_ptr<void>(written.back()));
     double* b_data = a_data + l.batches * m * k;
     double* out_data = b_data + l.batches * k * n;
-    const CUfunction pack =
-        cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_pack_operand");
-    register_all();
-    launch(
-        encoder,
-        pack,
-        stride_grid(l.batches * m * k),
-        dim3(256),
-        mx::gpu_ptr<float>(inputs[0]),
-        l,
-        mx::gpu_ptr<float>(inputs[1]),
-        l_lo,
-        0,
-        a_data);
-    register_all();
-    launch(
-        encoder,
-        pack,
-        stride_grid(l.batches * k * n),
-        dim3(256),
-        mx::gpu_ptr<float>(inputs[2]),
-        l,
-        mx::gpu_ptr<float>(inputs[3]),
-        l_lo,
-        1,
-        b_data);
-    register_all();
+    // a (inputs 0, 1) into a_data, then b (inputs 2, 3) into b_data.
+    for (int operand_b = 0; operand_b < 2; ++operand_b) {
+      register_all(encoder, inputs, written);
+      launch_elements(
+          encoder,
+          device,
+          "mlx_precise::gpu::pair_pack_operand",
+          operand_b ? l.batches * k * n : l.batches * m * k,
+          mx::gpu_ptr<float>(inputs[2 * operand_b]),
+          l,
+          mx::gpu_ptr<float>(inputs[2 * operand_b + 1]),
+          l_lo,
+          operand_b,
+          operand_b ? b_data : a_data);
+    }
+    register_all(encoder, inputs, written);
     cuda::gemm(
         encoder,
         device,
@@ -277,7 +306,7 @@ void PairAddmm::eval_gpu(
         0.0);
     product = out_data;
   }
-  register_all();
+  register_all(encoder, inputs, written);
   launch(
       encoder,
       cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_addmm_finish"),
@@ -313,15 +342,12 @@ void PairRows::eval_gpu(
     return;
   const mx::array& ids = inputs[2];
   const int64_t dim = outputs[0].shape(-1);
-  launch(
+  launch_elements(
       encoder,
-      cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_gather_rows"),
-      stride_grid(size),
-      dim3(256),
-      mx::gpu_ptr<float>(inputs[0]),
-      gpu::rows_layout("pair take_rows", inputs[0]),
-      mx::gpu_ptr<float>(inputs[1]),
-      gpu::rows_layout("pair take_rows", inputs[1]),
+      device,
+      "mlx_precise::gpu::pair_gather_rows",
+      size,
+      pair_operand("pair take_rows", inputs[0], inputs[1]),
       mx::gpu_ptr<int32_t>(ids),
       operand_layout("pair take_rows", ids),
       static_cast<MP_INT64>(ids.ndim() == 0 ? 1 : ids.shape(-1)),
@@ -339,17 +365,6 @@ void PairRows::eval_gpu(
 // and every buffer written so far, so the nodes of one eval run in order.
 
 namespace {
-
-// Registers the inputs and the buffers written so far (outputs, scratch).
-void register_all(
-    mx::cu::CommandEncoder& encoder,
-    const std::vector<mx::array>& inputs,
-    const std::vector<mx::array>& written) {
-  for (const auto& x : inputs)
-    encoder.set_input_array(x);
-  for (const auto& x : written)
-    encoder.set_output_array(x);
-}
 
 double* doubles_of(const mx::array& buffer) {
   return static_cast<double*>(mx::gpu_ptr<void>(buffer));
@@ -370,11 +385,11 @@ void PairSum::eval_gpu(
   const mx::array &hi = inputs[0], &lo = inputs[1];
   const gpu::PairSumLayout l = gpu::pair_sum_layout(
       hi.shape(), hi.strides(), lo.strides(), outputs[0].shape());
-  launch(
+  launch_elements(
       encoder,
-      cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_sum_to"),
-      stride_grid(size),
-      dim3(256),
+      device,
+      "mlx_precise::gpu::pair_sum_to",
+      size,
       mx::gpu_ptr<float>(hi),
       mx::gpu_ptr<float>(lo),
       l.kept_hi,
@@ -411,11 +426,10 @@ void scatter_add_rows(
   auto* first_data = static_cast<MP_INT64*>(mx::gpu_ptr<void>(first));
   auto* positions_data = static_cast<MP_INT64*>(mx::gpu_ptr<void>(positions));
   register_all(encoder, inputs, written);
-  launch(
+  launch_one_thread(
       encoder,
-      cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_rows_positions"),
-      dim3(1),
-      dim3(1),
+      device,
+      "mlx_precise::gpu::pair_rows_positions",
       mx::gpu_ptr<int32_t>(ids),
       operand_layout("pair take_rows gradient", ids),
       static_cast<MP_INT64>(ids.ndim() == 0 ? 1 : ids.shape(-1)),
@@ -424,15 +438,12 @@ void scatter_add_rows(
       first_data,
       positions_data);
   register_all(encoder, inputs, written);
-  launch(
+  launch_elements(
       encoder,
-      cuda::get_pair_kernel(device, "mlx_precise::gpu::pair_scatter_add_rows"),
-      stride_grid(size),
-      dim3(256),
-      mx::gpu_ptr<float>(inputs[0]),
-      gpu::rows_layout("pair take_rows gradient", inputs[0]),
-      mx::gpu_ptr<float>(inputs[1]),
-      gpu::rows_layout("pair take_rows gradient", inputs[1]),
+      device,
+      "mlx_precise::gpu::pair_scatter_add_rows",
+      size,
+      pair_operand("pair take_rows gradient", inputs[0], inputs[1]),
       static_cast<const MP_INT64*>(first_data),
       static_cast<const MP_INT64*>(positions_data),
       static_cast<MP_INT64>(table_rows),
@@ -456,23 +467,16 @@ void PairLayerNormVJP::eval_gpu(
   const int64_t dim = inputs[0].shape(-1);
   const int64_t rows = static_cast<int64_t>(inputs[0].size()) / dim;
   const int g = has_weight_ ? 3 : 2;
-  launch(
+  launch_elements(
       encoder,
-      cuda::get_pair_kernel(
-          device, "mlx_precise::gpu::pair_layer_norm_vjp_rows"),
-      stride_grid(rows),
-      dim3(256),
-      mx::gpu_ptr<float>(inputs[0]),
-      gpu::rows_layout(op, inputs[0]),
-      mx::gpu_ptr<float>(inputs[1]),
-      gpu::rows_layout(op, inputs[1]),
+      device,
+      "mlx_precise::gpu::pair_layer_norm_vjp_rows",
+      rows,
+      pair_operand(op, inputs[0], inputs[1]),
       has_weight_ ? static_cast<const float*>(mx::gpu_ptr<float>(inputs[2]))
                   : static_cast<const float*>(nullptr),
       static_cast<MP_INT64>(has_weight_ ? inputs[2].strides()[0] : 0),
-      mx::gpu_ptr<float>(inputs[g]),
-      gpu::rows_layout(op, inputs[g]),
-      mx::gpu_ptr<float>(inputs[g + 1]),
-      gpu::rows_layout(op, inputs[g + 1]),
+      pair_operand(op, inputs[g], inputs[g + 1]),
       static_cast<MP_INT64>(rows),
       static_cast<MP_INT64>(dim),
       eps_,
@@ -493,10 +497,7 @@ void PairCrossEntropy::eval_gpu(
   const char* op =
       gradient_ ? "pair cross_entropy gradient" : "pair cross_entropy";
   const int64_t rows = inputs[0].shape(0), classes = inputs[0].shape(1);
-  const float* l_hi = mx::gpu_ptr<float>(inputs[0]);
-  const float* l_lo = mx::gpu_ptr<float>(inputs[1]);
-  const RowsLayout l_hi_l = gpu::rows_layout(op, inputs[0]);
-  const RowsLayout l_lo_l = gpu::rows_layout(op, inputs[1]);
+  const PairOperand logits = pair_operand(op, inputs[0], inputs[1]);
   mx::array log_sum_exp = scratch(encoder, std::max<int64_t>(rows, 1), op);
   mx::array total = scratch(encoder, 1, op);
   std::vector<mx::array> written(outputs);
@@ -504,31 +505,22 @@ void PairCrossEntropy::eval_gpu(
   const mx::array &targets = inputs[2], &weights = inputs[3];
   if (rows > 0) {
     register_all(encoder, inputs, written);
-    launch(
+    launch_elements(
         encoder,
-        cuda::get_pair_kernel(
-            device, "mlx_precise::gpu::pair_cross_entropy_rows"),
-        stride_grid(rows),
-        dim3(256),
-        l_hi,
-        l_hi_l,
-        l_lo,
-        l_lo_l,
+        device,
+        "mlx_precise::gpu::pair_cross_entropy_rows",
+        rows,
+        logits,
         static_cast<MP_INT64>(rows),
         static_cast<MP_INT64>(classes),
         doubles_of(log_sum_exp));
   }
   register_all(encoder, inputs, written);
-  launch(
+  launch_one_thread(
       encoder,
-      cuda::get_pair_kernel(
-          device, "mlx_precise::gpu::pair_cross_entropy_total"),
-      dim3(1),
-      dim3(1),
-      l_hi,
-      l_hi_l,
-      l_lo,
-      l_lo_l,
+      device,
+      "mlx_precise::gpu::pair_cross_entropy_total",
+      logits,
       mx::gpu_ptr<int32_t>(targets),
       operand_layout(op, targets),
       mx::gpu_ptr<float>(weights),
@@ -543,16 +535,12 @@ void PairCrossEntropy::eval_gpu(
   if (!gradient_ || outputs[0].size() == 0)
     return;
   register_all(encoder, inputs, written);
-  launch(
+  launch_elements(
       encoder,
-      cuda::get_pair_kernel(
-          device, "mlx_precise::gpu::pair_cross_entropy_grad"),
-      stride_grid(rows * classes),
-      dim3(256),
-      l_hi,
-      l_hi_l,
-      l_lo,
-      l_lo_l,
+      device,
+      "mlx_precise::gpu::pair_cross_entropy_grad",
+      rows * classes,
+      logits,
       mx::gpu_ptr<int32_t>(targets),
       operand_layout(op, targets),
       mx::gpu_ptr<float>(weights),
