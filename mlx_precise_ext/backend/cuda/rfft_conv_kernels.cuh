@@ -1102,11 +1102,39 @@ running_certified(double sum, double mass, float* out) {
       sum, kUnitRoundoff64 * (1.0 + 1.0 / 1024.0) * mass, out);
 }
 
+// The exact stage of correctly_rounded_sum spread over a warp: each lane
+// sums the products k = lane, lane + 32, ... in an ExactSum of its own; after
+// each lane's carry every digit but the last is below 2^32, so the lanes'
+// digits add up exactly in int64 (butterfly shuffles: every lane gets the
+// same sum), and the terms with an Inf or NaN factor (each such sum is 0, an
+// infinity or NaN, whatever the order) likewise. Every lane of the warp calls
+// it and gets the result.
+template <class ForEachRange>
+__device__ float warp_exact_sum(ForEachRange for_each_range) {
+  const int lane = threadIdx.x % 32;
+  ExactSum s;
+  exact_sum_init(s);
+  for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 n) {
+    const int m = static_cast<int>(m0), j = static_cast<int>(j0);
+    for (int k = lane; k < static_cast<int>(n); k += 32)
+      exact_sum_add_product(s, a(m - k), b(j + k));
+  });
+  exact_sum_carry(s);
+  for (int i = 0; i < kExactLimbs; ++i)
+    for (int offset = 16; offset > 0; offset /= 2)
+      s.limb[i] += __shfl_xor_sync(0xffffffffu, s.limb[i], offset);
+  for (int offset = 16; offset > 0; offset /= 2)
+    s.special += __shfl_xor_sync(0xffffffffu, s.special, offset);
+  return exact_sum_round(s);
+}
+
 // The stages of correctly_rounded_sum after the running one, spread over a
 // warp, for the outputs that it did not decide: lane i sums the products k =
-// i, i + 32, ... with compensation; the exact sum, for what that does not
-// decide either (exact ties, zeros), runs in lane 0. Every lane of the warp
-// calls it and gets the result.
+// i, i + 32, ... with compensation; what that does not decide either (exact
+// zeros, and results within a few units of double rounding of a float32
+// tie: some in a thousand of these outputs, since they are the ones closest
+// to ties) by warp_exact_sum. Every lane of the warp calls it and gets the
+// result.
 template <class ForEachRange>
 __device__ float warp_compensated_or_exact_sum(ForEachRange for_each_range) {
   const int lane = threadIdx.x % 32;
@@ -1133,25 +1161,12 @@ __device__ float warp_compensated_or_exact_sum(ForEachRange for_each_range) {
   float out;
   if (certified_round(v, err, &out))
     return out;
-  if (lane == 0) {
-    ExactSum s;
-    exact_sum_init(s);
-    for_each_range(
-        [&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 count) {
-          exact_sum_add_range(s, a, b, m0, j0, count);
-        });
-    out = exact_sum_round(s);
-  }
-  return __shfl_sync(0xffffffffu, out, 0);
+  return warp_exact_sum(for_each_range);
 }
 
-// Marked outputs a block lists at a time, the warps of a recompute block,
-// and the marked outputs of a row from which it stages the row.
-enum : int {
-  kMarkedCapacity = 2048,
-  kRecomputeWarps = kRecomputeThreads / 32,
-  kStageOutputs = 2
-};
+// Marked outputs a block lists at a time, and the warps of a recompute
+// block.
+enum : int { kMarkedCapacity = 2048, kRecomputeWarps = kRecomputeThreads / 32 };
 
 // The bits of bitmap word w (w * 32 < end) that mark outputs of a work item:
 // e in [first, end) with (e - first) % slices == slice.
@@ -1220,9 +1235,11 @@ __device__ __forceinline__ int warps_per_output(int n, int warps) {
 // with t % slices == slice (several blocks share a row when rows are few).
 // The block reads the item's bitmap words, kOpenWordsPerThread per thread at a
 // time, clears the bits it takes and lists them in shared memory (up to
-// kMarkedCapacity at a time); where there are at least kStageOutputs,
-// stage(row) runs first with the whole block, once, and `staged` is true (an
-// output reads about half of each operand row). Then groups of warps
+// kMarkedCapacity at a time); where there are any, stage(row) runs first with
+// the whole block, once, and `staged` is true (its copies are all in flight at
+// once, where an output summed from device memory waits for one load after
+// another; an output reads about half of each operand row). Then groups of
+// warps
 // (warps_per_output: the whole block for a single output, a warp each for
 // eight or more) call sum_part(row, t, staged, lane, lanes, sum, mass), lane
 // numbering the group's threads, and the group's sums are combined; a
@@ -1282,7 +1299,7 @@ __device__ __forceinline__ void for_each_open_output(
         }
         __syncthreads();
         const int n = min(total - base, static_cast<int>(kMarkedCapacity));
-        if (!staged && n >= kStageOutputs) {
+        if (!staged) {
           stage(row);
           __syncthreads();
           staged = true;
@@ -1388,37 +1405,44 @@ __device__ __forceinline__ bool is_unit_row(DeviceRow x) {
   return x.stride == 1 && !x.reversed;
 }
 
-// dst[m] = src(m) for m < len, by the block, with several loads in flight per
-// thread (a row read front to back with unit stride, 16-byte aligned, four
-// floats at a time).
+// Copies 16 bytes (16-byte aligned) from device to shared memory without
+// passing through registers, so that a thread can have all of its copies in
+// flight at once (cp.async, sm_80 on); they are complete after
+// wait_quad_copies.
+__device__ __forceinline__ void copy_quad_async(float* dst, const float* src) {
+#if __CUDA_ARCH__ >= 800
+  const unsigned to = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(to), "l"(src)
+               : "memory");
+#else
+  *reinterpret_cast<float4*>(dst) = *reinterpret_cast<const float4*>(src);
+#endif
+}
+
+__device__ __forceinline__ void wait_quad_copies() {
+#if __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
+// dst[m] = src(m) for m < len, by the block: a row read front to back with
+// unit stride, both ends 16-byte aligned, by quad copies all in flight at
+// once; any other with several loads in flight per thread. The caller waits
+// (wait_quad_copies) and synchronises the block before reading dst.
 __device__ __forceinline__ void stage_row(float* dst, DeviceRow src, int len) {
-  constexpr int kBatch = 4;
   const int step = blockDim.x;
   if (src.stride == 1 && !src.reversed &&
-      (reinterpret_cast<unsigned long long>(src.data) & 15u) == 0) {
-    const float4* quads = reinterpret_cast<const float4*>(src.data);
+      ((reinterpret_cast<unsigned long long>(src.data) |
+        reinterpret_cast<unsigned long long>(dst)) &
+       15u) == 0) {
     const int count = len / 4;
-    for (int q0 = threadIdx.x; q0 < count; q0 += kBatch * step) {
-      float4 v[kBatch];
-#pragma unroll
-      for (int q = 0; q < kBatch; ++q)
-        if (q0 + q * step < count)
-          v[q] = quads[q0 + q * step];
-#pragma unroll
-      for (int q = 0; q < kBatch; ++q) {
-        const int m = 4 * (q0 + q * step);
-        if (m < 4 * count) {
-          dst[m] = v[q].x;
-          dst[m + 1] = v[q].y;
-          dst[m + 2] = v[q].z;
-          dst[m + 3] = v[q].w;
-        }
-      }
-    }
+    for (int q = threadIdx.x; q < count; q += step)
+      copy_quad_async(dst + 4 * q, src.data + 4 * q);
     for (int m = 4 * count + threadIdx.x; m < len; m += step)
       dst[m] = src.data[m];
     return;
   }
+  constexpr int kBatch = 4;
   for (int m0 = threadIdx.x; m0 < len; m0 += kBatch * step) {
     float v[kBatch];
 #pragma unroll
@@ -1548,6 +1572,7 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_open(
                 g.b_len,
                 false},
             b_staged);
+        wait_quad_copies();
       },
       [&](MP_INT64 row,
           MP_INT64 t,
