@@ -111,12 +111,9 @@ def test_block_major_mlp_gives_the_feature_major_bits(case, precision):
 
 
 @pytest.mark.parametrize("precision", ["float32", "extended", "dd"])
-def test_bias_free_monarch_product_is_the_product_plus_zero(precision):
+def test_bias_free_monarch_product_is_the_product_plus_zero(rng, precision):
     """Without a bias the float32 Monarch product leaves c unread (beta = 0): the same bits
     as adding +0, zero rows and negative-zero weights included (no -0 comes out)."""
-    seed = int(np.random.SeedSequence().entropy % 2**32)
-    print(f"seed {seed}")
-    rng = np.random.default_rng(seed)
     rows = rng.standard_normal((4, 64, 24)).astype(np.float32)
     rows[:, ::3] = 0.0
     rows[:, 1::5] = -0.0
@@ -132,12 +129,9 @@ def test_bias_free_monarch_product_is_the_product_plus_zero(precision):
     assert product.tobytes() == np.asarray(plus_zero).tobytes()
 
 
-def test_fused_gelu_product_gives_the_unfused_bits():
+def test_fused_gelu_product_gives_the_unfused_bits(rng):
     """ops.gelu_product (one mx.compile kernel) and gelu(x) * y op by op: the same bits,
     on contiguous and strided inputs, specials included."""
-    seed = int(np.random.SeedSequence().entropy % 2**32)
-    print(f"seed {seed}")
-    rng = np.random.default_rng(seed)
     x = rng.standard_normal((4, 96, 40)) * rng.choice([1e-3, 1.0, 4.0, 30.0], size=(4, 96, 1))
     x = x.astype(np.float32)
     x.flat[:10] = [0.0, -0.0, np.inf, -np.inf, 1e-45, -1e-45, 3.4e38, -3.4e38, 5.5, -5.5]
@@ -150,12 +144,9 @@ def test_fused_gelu_product_gives_the_unfused_bits():
         assert fused.tobytes() == unfused.tobytes()
 
 
-def test_fused_short_conv_sums_give_the_unfused_bits():
+def test_fused_short_conv_sums_give_the_unfused_bits(rng):
     """The float32 short convolution's sums in one mx.compile kernel and op by op: the
     same bits (a transposed input as in the model, negative zero taps, zero padding)."""
-    seed = int(np.random.SeedSequence().entropy % 2**32)
-    print(f"seed {seed}")
-    rng = np.random.default_rng(seed)
     u = mx.array(rng.standard_normal((2, 300, 48)).astype(np.float32)).transpose(0, 2, 1)
     weight = rng.standard_normal((48, 1, 3)).astype(np.float32)
     weight[::4, 0, 1] = -0.0
