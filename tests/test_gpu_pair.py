@@ -350,12 +350,12 @@ def test_cross_entropy_and_vjp_match_cpu():
 def test_m2bert_exact_gradients_on_gpu_match_cpu_and_round_once():
     """mx.grad of the masked-LM loss in precision="exact" on the GPU: every trainable
     parameter's gradient float32(torch float64's) for >= 99.99 % of the elements above
-    float64's noise floor, and the CPU's exact gradients bit for bit wherever the two
-    math libraries' last bits (Metal: its float pairs' last bits) do not move a rounding
-    (>= 99.9 %)."""
+    float64's noise floor, and the CPU's exact gradients bit for bit above that floor
+    wherever the two math libraries' last bits (Metal: its float pairs' last bits) do not
+    move a rounding (>= 99.9 %); below it, within twice the floor of the CPU's."""
     pytest.importorskip("torch")
     import torch
-    from test_m2bert_training import GradientCase, relative_error, rounded_once_counts
+    from test_m2bert_training import GradientCase, noise_floor, relative_error, rounded_once_counts
 
     case = GradientCase(hidden=32, length=128, intermediate=64, filter_order=16, seed=SEED)
     reference, _ = case.torch_run(torch.float64)
@@ -366,11 +366,20 @@ def test_m2bert_exact_gradients_on_gpu_match_cpu_and_round_once():
     names = sorted(reference)
     assert sorted(gpu) == names
     equal, total, resolved_equal, resolved_total = rounded_once_counts(gpu, reference)
-    same = sum(int(np.sum(gpu[n] == cpu[n])) for n in names)
+    # Below the noise floor (pos_emb.z's late taps, see rounded_once_counts) both
+    # backends return their own FFT's noise, so bits are compared above it only.
+    same = resolved_same = 0
+    for n in names:
+        floor, resolved = noise_floor(reference[n])
+        equal_bits = gpu[n] == cpu[n]
+        same += int(np.sum(equal_bits))
+        resolved_same += int(np.sum(equal_bits & resolved))
+        assert np.all(np.abs(gpu[n] - cpu[n])[~resolved] <= 2 * floor), n
     difference = relative_error(gpu, cpu, names)
     print(f"GPU exact gradients == float32(torch float64): {equal / total:.4%} of {total}; "
           f"{resolved_equal / resolved_total:.4%} above the noise floor; == the CPU's for "
-          f"{same / total:.4%} (relative L2 {difference:.2e})")
+          f"{same / total:.4%}, {resolved_same / resolved_total:.4%} above the floor "
+          f"(relative L2 {difference:.2e})")
     assert all(np.all(np.isfinite(gpu[n])) for n in names)
     assert resolved_equal >= 0.9999 * resolved_total
-    assert same >= 0.999 * total
+    assert resolved_same >= 0.999 * resolved_total

@@ -213,6 +213,13 @@ def test_one_adamw_step_in_extended_is_closer_to_float64(gradients):
     assert extended_error < torch32_error
 
 
+def noise_floor(expected):
+    """(floor, resolved): 2^-40 of the tensor's largest float64 gradient, and the elements
+    above it (or exactly zero), whose float32 rounding float64 resolves."""
+    floor = 2.0**-40 * np.max(np.abs(expected))
+    return floor, (np.abs(expected) >= floor) | (expected == 0)
+
+
 def rounded_once_counts(exact, reference):
     """(equal, elements, equal above the noise floor, elements above it) of exact-mode
     gradients against float32(torch float64 gradient), asserting every element within
@@ -228,8 +235,7 @@ def rounded_once_counts(exact, reference):
     for name in sorted(reference):
         expected, got = reference[name], exact[name]
         same = got == expected.astype(np.float32)
-        floor = 2.0**-40 * np.max(np.abs(expected))
-        resolved = (np.abs(expected) >= floor) | (expected == 0)
+        floor, resolved = noise_floor(expected)
         counts += [np.sum(same), same.size, np.sum(same & resolved), np.sum(resolved)]
         assert np.all(resolved) or name.endswith("pos_emb.z"), name
         # at most one rounding (half an ulp; a double rounding reaches an ulp) above the floor
