@@ -154,6 +154,15 @@ bool RFFTConvGradients::shares_cotangent_transform(
       conv_geometry(ConvVariant::CorrelateKernel, period, L, L, Lk).fft_size;
 }
 
+std::vector<mx::array> RFFTConvGradients::input_gradient_inputs(
+    const std::vector<mx::array>& inputs,
+    bool has_bias) {
+  std::vector<mx::array> g_k_bias{inputs[0], inputs[1]};
+  if (has_bias)
+    g_k_bias.push_back(inputs[3]);
+  return g_k_bias;
+}
+
 bool RFFTConvGradients::is_equivalent(const mx::Primitive& other) const {
   const auto* o = dynamic_cast<const RFFTConvGradients*>(&other);
   return o && o->state() == state();
@@ -343,12 +352,10 @@ std::pair<std::vector<mx::array>, std::vector<int>> RFFTConv::vmap(
 std::pair<std::vector<mx::array>, std::vector<int>> RFFTConvGradients::vmap(
     const std::vector<mx::array>& inputs,
     const std::vector<int>& axes) {
-  std::vector<mx::array> input_grad_inputs{inputs[0], inputs[1]};
+  const auto input_grad_inputs = input_gradient_inputs(inputs, has_bias_);
   std::vector<int> input_grad_axes{axes[0], axes[1]};
-  if (has_bias_) {
-    input_grad_inputs.push_back(inputs[3]);
+  if (has_bias_)
     input_grad_axes.push_back(axes[3]);
-  }
   RFFTConv input_grad(
       stream(),
       ConvVariant::CorrelateInput,

@@ -150,6 +150,12 @@ class RFFTConvGradients : public mx::Primitive {
       const mx::Shape& u_shape,
       const mx::Shape& k_shape);
 
+  // The CorrelateInput node's inputs g, k [, bias] out of this node's g, k,
+  // u [, bias].
+  static std::vector<mx::array> input_gradient_inputs(
+      const std::vector<mx::array>& inputs,
+      bool has_bias);
+
  private:
   int64_t period_;
   Precision precision_;

@@ -301,11 +301,8 @@ void RFFTConvGradients::eval_cpu(
       outputs,
       [period = period_, precision = precision_, has_bias = has_bias_](
           const std::vector<mx::array>& in, std::vector<mx::array>& outs) {
-        std::vector<mx::array> input_grad{in[0], in[1]};
-        if (has_bias)
-          input_grad.push_back(in[3]);
         convolve(
-            input_grad,
+            RFFTConvGradients::input_gradient_inputs(in, has_bias),
             outs[0],
             ConvVariant::CorrelateInput,
             period,

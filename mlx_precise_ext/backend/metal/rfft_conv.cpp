@@ -604,9 +604,7 @@ void RFFTConvGradients::eval_gpu(
   auto& enc = mx::metal::get_command_encoder(stream());
   for (auto& o : outputs)
     o.set_data(mx::allocator::malloc(o.nbytes()));
-  std::vector<mx::array> input_grad{inputs[0], inputs[1]};
-  if (has_bias_)
-    input_grad.push_back(inputs[3]);
+  const auto input_grad = input_gradient_inputs(inputs, has_bias_);
   with_working_type(precision_, [&](auto tag) {
     convolve<decltype(tag)>(
         d,
