@@ -135,6 +135,9 @@ def main():
     parser.add_argument("-v", "--verbose", action="store_true", help="print registers, spills, shared memory")
     parser.add_argument("--arch", default="90", help="compute capability, e.g. 90 (H100) or 80")
     parser.add_argument("--nvrtc", default=os.environ.get("MP_NVRTC", DEFAULT_NVRTC))
+    parser.add_argument(
+        "--only", default="", help="compile only the jobs whose title contains this text, e.g. 'double' or 'strict'"
+    )
     args = parser.parse_args()
     if not os.path.exists(args.nvrtc):
         sys.exit(f"check_cuda: no NVRTC at {args.nvrtc}; see this script's docstring")
@@ -148,6 +151,9 @@ def main():
         ("strict_kernels.cuh", "strict_kernels.cuh", listed_names("strict_ops.cpp", "strict_kernel_names")),
         ("pair_kernels.cuh", "pair_kernels.cuh", listed_names("pair_ops.cpp", "pair_kernel_names")),
     ]
+    jobs = [job for job in jobs if args.only in job[0]]
+    if not jobs:
+        sys.exit(f"check_cuda: no job title contains {args.only!r}")
     failed = False
     for title, source, names in jobs:
         ok, log, lowered = nvrtc.compile(source, read(os.path.join(CUDA, source)), names, options)
