@@ -363,3 +363,56 @@ def test_exact_ties_round_half_to_even(rng, precision):
     y_gpu, y_cpu = gpu_and_cpu(lambda dev, u, k: mp.rfft_conv(u, k, n=1024, precision=precision, stream=dev), *args)
     np.testing.assert_array_equal(np.array(y_gpu).view(np.uint32), expected.view(np.uint32))
     np.testing.assert_array_equal(np.array(y_cpu).view(np.uint32), expected.view(np.uint32))
+
+
+CACHE_CHILD = """
+import sys
+import mlx.core as mx
+import numpy as np
+import mlx_precise as mp
+rng = np.random.default_rng(int(sys.argv[1]))
+u = mx.array(rng.standard_normal((2, 3, 300)).astype(np.float32))
+k = mx.array(rng.standard_normal((3, 77)).astype(np.float32))
+c = mx.array(rng.standard_normal((5, 4)).astype(np.float32))
+a = mx.array(rng.standard_normal((5, 6)).astype(np.float32))
+b = mx.array(rng.standard_normal((6, 4)).astype(np.float32))
+y = mp.rfft_conv(u, k, precision="extended")
+z = mp.addmm(c, a, b, precision="extended")
+mx.eval(y, z)
+sys.stdout.write(np.array(y).tobytes().hex() + " " + np.array(z).tobytes().hex())
+"""
+
+
+@pytest.mark.skipif(not mx.cuda.is_available(), reason="the kernel cache is CUDA's (NVRTC)")
+def test_kernel_cache_is_written_reused_and_survives_damage(tmp_path):
+    """NVRTC output is cached on disk (MLX_PRECISE_KERNEL_CACHE_DIR): a second process
+    loads the cubins and gives the same bits; damaged files are compiled again, not
+    loaded; an empty directory setting turns the cache off."""
+    import os
+    import subprocess
+    import sys
+
+    seed = int(np.random.default_rng().integers(1 << 30))
+    print("seed", seed)
+
+    def child(cache):
+        env = dict(os.environ, MLX_PRECISE_KERNEL_CACHE_DIR=str(cache))
+        result = subprocess.run([sys.executable, "-c", CACHE_CHILD, str(seed)], env=env,
+                                capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout
+
+    cache = tmp_path / "kernels"
+    first = child(cache)
+    files = sorted(cache.glob("*.cubin"))
+    assert len(files) == 2  # the extended rfft_conv module and the strict module
+    stamps = [f.stat().st_mtime_ns for f in files]
+    sizes = [f.stat().st_size for f in files]
+    assert child(cache) == first
+    assert [f.stat().st_mtime_ns for f in files] == stamps  # loaded, not rewritten
+    files[0].write_bytes(files[0].read_bytes()[:-4096])  # a truncated cubin
+    files[1].write_bytes(b"not a cubin")
+    assert child(cache) == first
+    assert [f.stat().st_size for f in files] == sizes  # compiled and written again
+    assert child("") == first
+    assert not list(cache.glob("*.tmp*"))

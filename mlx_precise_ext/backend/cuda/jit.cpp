@@ -4,10 +4,17 @@
 #include "backend/cuda/jit.h"
 
 #include <nvrtc.h>
+#include <unistd.h>
 
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <iterator>
 #include <map>
 #include <mutex>
+#include <sstream>
 #include <stdexcept>
 #include <vector>
 
@@ -30,26 +37,33 @@ struct Module {
   std::map<std::string, CUfunction> kernels; // by name expression
 };
 
-// The kernels `names` (name expressions) of one source, compiled for the
-// device's architecture. --fmad=false: no contraction of a*b+c anywhere (the
-// double arithmetic of "extended" included); the float operations use
-// __fadd_rn & co. as well.
-Module compile_module(
-    int device,
-    const JitSource& main,
-    const std::vector<std::string>& names) {
-  CUdevice dev;
-  check_driver(cuDeviceGet(&dev, device), "cuDeviceGet");
-  int major = 0, minor = 0;
-  check_driver(
-      cuDeviceGetAttribute(
-          &major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev),
-      "cuDeviceGetAttribute");
-  check_driver(
-      cuDeviceGetAttribute(
-          &minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev),
-      "cuDeviceGetAttribute");
+// A compiled module: the cubin and the lowered (mangled) name of each name
+// expression, all that loading it needs.
+struct Compiled {
+  std::vector<char> cubin;
+  std::map<std::string, std::string> lowered;
+};
 
+// --fmad=false: no contraction of a*b+c anywhere (the double arithmetic of
+// "extended" included); the float operations use __fadd_rn & co. as well.
+// --device-as-default-execution-space: the shared kernels/ headers carry no
+// __device__ on their helpers and lambdas (the same text is C++ and Metal);
+// NVRTC 13.0 otherwise rejects the lambdas as host functions.
+std::vector<std::string> compile_options(int major, int minor) {
+  return {
+      "--gpu-architecture=sm_" + std::to_string(major) + std::to_string(minor),
+      "--std=c++17",
+      "--fmad=false",
+      "--prec-div=true",
+      "--prec-sqrt=true",
+      "--ftz=false",
+      "--device-as-default-execution-space"};
+}
+
+Compiled compile(
+    const JitSource& main,
+    const std::vector<std::string>& names,
+    const std::vector<std::string>& option_strings) {
   std::vector<const char*> header_texts, header_names;
   for (int i = 0; i < kJitHeaderCount; ++i) {
     header_texts.push_back(kJitHeaders[i].text);
@@ -74,21 +88,10 @@ Module compile_module(
 
   for (const auto& n : names)
     check(nvrtcAddNameExpression(prog, n.c_str()), "nvrtcAddNameExpression");
-
-  const std::string arch =
-      "--gpu-architecture=sm_" + std::to_string(major) + std::to_string(minor);
-  // --device-as-default-execution-space: the shared kernels/ headers carry no
-  // __device__ on their helpers and lambdas (the same text is C++ and Metal);
-  // NVRTC 13.0 otherwise rejects the lambdas as host functions.
-  const char* options[] = {
-      arch.c_str(),
-      "--std=c++17",
-      "--fmad=false",
-      "--prec-div=true",
-      "--prec-sqrt=true",
-      "--ftz=false",
-      "--device-as-default-execution-space"};
-  nvrtcResult r = nvrtcCompileProgram(prog, std::size(options), options);
+  std::vector<const char*> options;
+  for (const auto& o : option_strings)
+    options.push_back(o.c_str());
+  nvrtcResult r = nvrtcCompileProgram(prog, options.size(), options.data());
   if (r != NVRTC_SUCCESS) {
     size_t size = 0;
     nvrtcGetProgramLogSize(prog, &size);
@@ -98,23 +101,205 @@ Module compile_module(
         std::string("mlx-precise: compiling the CUDA kernels of ") + main.name +
         " failed:\n" + log);
   }
+  Compiled c;
   size_t cubin_size = 0;
   check(nvrtcGetCUBINSize(prog, &cubin_size), "nvrtcGetCUBINSize");
-  std::vector<char> cubin(cubin_size);
-  check(nvrtcGetCUBIN(prog, cubin.data()), "nvrtcGetCUBIN");
-
-  Module m;
-  check_driver(cuModuleLoadData(&m.module, cubin.data()), "cuModuleLoadData");
+  c.cubin.resize(cubin_size);
+  check(nvrtcGetCUBIN(prog, c.cubin.data()), "nvrtcGetCUBIN");
   for (const auto& n : names) {
     const char* lowered = nullptr;
     check(
         nvrtcGetLoweredName(prog, n.c_str(), &lowered), "nvrtcGetLoweredName");
+    c.lowered[n] = lowered;
+  }
+  return c;
+}
+
+// The on-disk cache of compiled modules. NVRTC takes tens of seconds for the
+// float64 row kernels (42 s for the strict module on an H200 host), once per
+// process without it, as MLX's own kernels would without its PTX cache.
+// MLX_PRECISE_KERNEL_CACHE_DIR names the directory ("" turns the cache off);
+// the default is $XDG_CACHE_HOME/mlx_precise/kernels, else
+// ~/.cache/mlx_precise/kernels: a per-user directory, since a cubin found there
+// is loaded and run. A file is named by a hash of everything the cubin depends
+// on (source and header texts, name expressions, options, NVRTC version) and
+// repeats the whole key, so a collision or a stale or damaged file is
+// recompiled, never loaded.
+std::filesystem::path cache_directory() {
+  if (const char* dir = std::getenv("MLX_PRECISE_KERNEL_CACHE_DIR"))
+    return dir;
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg)
+    return std::filesystem::path(xdg) / "mlx_precise" / "kernels";
+  if (const char* home = std::getenv("HOME"); home && *home)
+    return std::filesystem::path(home) / ".cache" / "mlx_precise" / "kernels";
+  return {};
+}
+
+// FNV-1a: a stable file name across processes and builds (std::hash is not
+// required to be).
+uint64_t fnv1a(const std::string& text) {
+  uint64_t h = 14695981039346656037ull;
+  for (unsigned char ch : text) {
+    h ^= ch;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
+std::string cache_key(
+    const JitSource& main,
+    const std::vector<std::string>& names,
+    const std::vector<std::string>& options) {
+  int nvrtc_major = 0, nvrtc_minor = 0;
+  check(nvrtcVersion(&nvrtc_major, &nvrtc_minor), "nvrtcVersion");
+  std::ostringstream key;
+  auto field = [&](const std::string& text) {
+    key << text.size() << ':' << text << '\n';
+  };
+  field(
+      "mlx-precise cubin 1, NVRTC " + std::to_string(nvrtc_major) + "." +
+      std::to_string(nvrtc_minor));
+  for (const auto& o : options)
+    field(o);
+  for (const auto& n : names)
+    field(n);
+  field(main.name);
+  field(main.text);
+  for (int i = 0; i < kJitHeaderCount; ++i) {
+    field(kJitHeaders[i].name);
+    field(kJitHeaders[i].text);
+  }
+  return key.str();
+}
+
+// The file: the key, then per name "name\tlowered\n", then the cubin.
+bool read_cached(
+    const std::filesystem::path& path,
+    const std::string& key,
+    const std::vector<std::string>& names,
+    Compiled& out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return false;
+  std::string stored(key.size(), '\0');
+  if (!in.read(stored.data(), stored.size()) || stored != key)
+    return false;
+  Compiled c;
+  for (const auto& n : names) {
+    std::string name, lowered;
+    if (!std::getline(in, name, '\t') || !std::getline(in, lowered) ||
+        name != n || lowered.empty())
+      return false;
+    c.lowered[n] = lowered;
+  }
+  c.cubin.assign(
+      std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  if (c.cubin.empty())
+    return false;
+  out = std::move(c);
+  return true;
+}
+
+// Written to a temporary name and renamed, so concurrent processes (pytest
+// workers) never read a partial file. A cache that cannot be written is
+// skipped: it only saves time.
+void write_cached(
+    const std::filesystem::path& path,
+    const std::string& key,
+    const std::vector<std::string>& names,
+    const Compiled& c) {
+  std::error_code error;
+  std::filesystem::create_directories(path.parent_path(), error);
+  if (error)
+    return;
+  const auto temporary =
+      path.string() + ".tmp" + std::to_string(static_cast<long>(getpid()));
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    out.write(key.data(), key.size());
+    for (const auto& n : names)
+      out << n << '\t' << c.lowered.at(n) << '\n';
+    out.write(c.cubin.data(), c.cubin.size());
+    if (!out.flush()) {
+      out.close();
+      std::filesystem::remove(temporary, error);
+      return;
+    }
+  }
+  std::filesystem::rename(temporary, path, error);
+  if (error)
+    std::filesystem::remove(temporary, error);
+}
+
+// Loads a compiled module and looks up its kernels: the driver's result,
+// CUDA_SUCCESS or the first failure (a cached cubin the driver refuses is
+// compiled again).
+CUresult load_module(
+    int device,
+    const Compiled& compiled,
+    const std::vector<std::string>& names,
+    Module& m) {
+  if (CUresult r = cuModuleLoadData(&m.module, compiled.cubin.data());
+      r != CUDA_SUCCESS)
+    return r;
+  for (const auto& n : names) {
     CUfunction f;
-    check_driver(
-        cuModuleGetFunction(&f, m.module, lowered), "cuModuleGetFunction");
+    if (CUresult r =
+            cuModuleGetFunction(&f, m.module, compiled.lowered.at(n).c_str());
+        r != CUDA_SUCCESS) {
+      cuModuleUnload(m.module);
+      return r;
+    }
     allow_dynamic_shared(f, device);
     m.kernels[n] = f;
   }
+  return CUDA_SUCCESS;
+}
+
+// The kernels `names` (name expressions) of one source, compiled for the
+// device's architecture, or read from the cache.
+Module compile_module(
+    int device,
+    const JitSource& main,
+    const std::vector<std::string>& names) {
+  CUdevice dev;
+  check_driver(cuDeviceGet(&dev, device), "cuDeviceGet");
+  int major = 0, minor = 0;
+  check_driver(
+      cuDeviceGetAttribute(
+          &major, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev),
+      "cuDeviceGetAttribute");
+  check_driver(
+      cuDeviceGetAttribute(
+          &minor, CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev),
+      "cuDeviceGetAttribute");
+  const auto options = compile_options(major, minor);
+
+  Module m;
+  const auto directory = cache_directory();
+  if (directory.empty()) {
+    check_driver(
+        load_module(device, compile(main, names, options), names, m),
+        "loading the compiled kernels");
+    return m;
+  }
+  const std::string key = cache_key(main, names, options);
+  char file[32];
+  std::snprintf(
+      file,
+      sizeof(file),
+      "%016llx.cubin",
+      static_cast<unsigned long long>(fnv1a(key)));
+  const auto path = directory / file;
+  Compiled cached;
+  if (read_cached(path, key, names, cached) &&
+      load_module(device, cached, names, m) == CUDA_SUCCESS)
+    return m;
+  m = Module{};
+  Compiled compiled = compile(main, names, options);
+  write_cached(path, key, names, compiled);
+  check_driver(
+      load_module(device, compiled, names, m), "loading the compiled kernels");
   return m;
 }
 
