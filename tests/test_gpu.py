@@ -254,13 +254,17 @@ def test_kernel_gradient_reduces_over_broadcast_kernel():
 # gradient_rows (each cotangent row transformed once for both). Shapes: k shared by
 # the batch (grad k sums it), k with a row per output row (nothing to sum), the causal
 # form with a short kernel, one kernel row for every row, a strided u, and rows whose
-# two buffers exceed shared memory in double (n = 16384: the workspace kernel).
+# two buffers take too much shared memory in double (n = 8192, 16384:
+# stashed_gradient_rows, one row in shared memory and U in a slot) or do not fit at
+# all (n = 32768: float32 stashed, double by split gradient rows).
 FUSED_GRAD_SHAPES = [
     ((4, 3, 256), (3, 512), 512, False),
     ((2, 3, 300), (2, 3, 50), None, False),
     ((5, 1000), (1000,), None, False),
     ((3, 5, 200), (200,), 400, True),
+    ((2, 2, 4096), (2, 8192), 8192, False),
     ((2, 2, 8192), (2, 16384), 16384, False),
+    ((2, 2, 16384), (2, 32768), 32768, False),
 ]
 
 

@@ -686,13 +686,13 @@ MP_INLINE void accumulate_product(
 // acc (+)= G U, the kernel gradient's term (accumulate_product's operations
 // with a = G, b = U), and G times a stored kernel spectrum, inverse-split
 // into G's row in place (multiply_rows_by_spectrum's), for the input
-// gradient.
-template <class T, class Ptr>
+// gradient. U may lie elsewhere than G (a device slot).
+template <class T, class Ptr, class UPtr>
 MP_INLINE void multiply_gradient_spectra(
     Ptr g_re,
     Ptr g_im,
-    Ptr u_re,
-    Ptr u_im,
+    UPtr u_re,
+    UPtr u_im,
     const MP_DEVICE IndexPair* pairs,
     const MP_DEVICE cpx<T>* split_tw,
     const MP_DEVICE cpx<T>* spectrum,
@@ -1043,6 +1043,239 @@ MP_INLINE void split_conv_row(
   MP_BARRIER();
 }
 
+// ---------------------------------------------------- split gradient rows
+// ---- Both gradients of y = conv(u, k) (RFFTConvGradients) by split rows:
+// grad u's row is split_conv_row's convolution of the reversed cotangent
+// row g with k's split spectra, and grad k's row (the sum over the target's
+// rows j of corr(g_j, u_j)) is summed spectrally in each half: acc (+)= G_c
+// U_c in the cyclic half (pair order, accumulate_pair's products) and
+// G_n U_n in the negacyclic half (position order), each inverted once after
+// the last row. Both rows lie within their first N/2 entries, so the halves'
+// inputs are the rows themselves (no folds). Per row the group holds one
+// half in group memory; U's half waits in the second half of a stash of N
+// values while G's is transformed, the cyclic half of grad u in the first
+// half while the negacyclic one is computed. The bound of grad k:
+// split_sum_certificate.
+
+// Entries per target of the split accumulator: the cyclic half's (pair
+// order), then the negacyclic half's.
+MP_INLINE MP_INT64 split_accumulator_stride(MP_CONSTANT const FFTShape& fs) {
+  return split_spectrum_stride(fs);
+}
+
+// forward_from with the last pass writing (out_re, out_im), a device slot,
+// instead of the row in group memory.
+template <bool kWide, class T, class Source, class Ptr, class Out>
+MP_INLINE void forward_to(
+    Source source,
+    Ptr re,
+    Ptr im,
+    Out out_re,
+    Out out_im,
+    MP_CONSTANT const FFTShape& fs,
+    const MP_DEVICE cpx<T>* tw,
+    int tid,
+    int nthreads) {
+  const int count = fft_pass_count(fs, kWide);
+  if (count == 0) {
+    for (int m = tid; m < fs.n_half; m += nthreads)
+      put_point(out_re, out_im, m, packed_point<T>(source, m));
+  } else if (count == 1) {
+    fft_pass<false, kWide, T>(source, out_re, out_im, fs, 0, tw, tid, nthreads);
+  } else {
+    fft_pass<false, kWide, T>(source, re, im, fs, 0, tw, tid, nthreads);
+  }
+  MP_BARRIER();
+  for (int k = 1; k < count; ++k) {
+    if (k + 1 < count)
+      fft_pass<false, kWide, T>(
+          GroupRow<Ptr>{re, im}, re, im, fs, k, tw, tid, nthreads);
+    else
+      fft_pass<false, kWide, T>(
+          GroupRow<Ptr>{re, im}, out_re, out_im, fs, k, tw, tid, nthreads);
+    MP_BARRIER();
+  }
+}
+
+// The inverse transform of the row in group memory, its last pass writing
+// (out_re, out_im), a device slot (at least one pass).
+template <bool kWide, class T, class Ptr, class Out>
+MP_INLINE void inverse_to(
+    Ptr re,
+    Ptr im,
+    Out out_re,
+    Out out_im,
+    MP_CONSTANT const FFTShape& fs,
+    const MP_DEVICE cpx<T>* tw,
+    int tid,
+    int nthreads) {
+  const int count = fft_pass_count(fs, kWide);
+  for (int k = 0; k + 1 < count; ++k) {
+    fft_pass<true, kWide, T>(
+        GroupRow<Ptr>{re, im}, re, im, fs, count - 1 - k, tw, tid, nthreads);
+    MP_BARRIER();
+  }
+  fft_pass<true, kWide, T>(
+      GroupRow<Ptr>{re, im}, out_re, out_im, fs, 0, tw, tid, nthreads);
+  MP_BARRIER();
+}
+
+// The negacyclic halves' spectral steps: acc (+)= G U (`first` starting from
+// zero) and G times the kernel's negacyclic spectrum, in place.
+template <class T, class Ptr>
+MP_INLINE void multiply_negacyclic_gradient(
+    Ptr g_re,
+    Ptr g_im,
+    const MP_DEVICE T* u_re,
+    const MP_DEVICE T* u_im,
+    const MP_DEVICE cpx<T>* spectrum,
+    MP_DEVICE cpx<T>* acc,
+    bool first,
+    int m,
+    int tid,
+    int nthreads) {
+  const cpx<T> zero{T{}, T{}};
+  for (int p = tid; p < m; p += nthreads) {
+    const cpx<T> x = get_point<T>(g_re, g_im, p);
+    acc[p] = c_add(first ? zero : acc[p], c_mul(x, cpx<T>{u_re[p], u_im[p]}));
+    put_point(g_re, g_im, p, c_mul(x, spectrum[p]));
+  }
+}
+
+// The outputs t = tid, tid + nthreads, ... < out_len from the cyclic half
+// c/2 in stash[0, N/2) and the negacyclic half's inverse in (re, im):
+// emit(t, v), v = gather_entries of SplitEntries. Ends with a group barrier.
+template <class T, class Ptr, class Emit>
+MP_INLINE void emit_split_outputs(
+    Ptr re,
+    Ptr im,
+    const MP_DEVICE T* stash,
+    MP_CONSTANT const ConvShape& g,
+    const MP_DEVICE cpx<T>* twist,
+    int m,
+    int tid,
+    int nthreads,
+    Emit emit) {
+  const SplitEntries<T, Ptr> entries{stash, stash + m, re, im, twist, m};
+  for (MP_INT64 t = tid; t < g.out_len; t += nthreads)
+    emit(t, gather_entries<T>(g, t, entries));
+  MP_BARRIER();
+}
+
+// Row j of a target: grad u's row from the reversed cotangent row g and the
+// kernel's split spectra (split_kernel_spectrum), emit(t, v) for its outputs
+// as split_conv_row emits them, and the row's terms added to the target's
+// split accumulator acc (split_accumulator_stride entries; `first` starts
+// from zero). stash: N values of device memory. Ends with a group barrier.
+template <bool kWide, class T, class Ptr, class Emit>
+MP_INLINE void split_gradient_row(
+    DeviceRow g_row,
+    DeviceRow u_row,
+    Ptr re,
+    Ptr im,
+    MP_DEVICE T* stash,
+    MP_DEVICE cpx<T>* acc,
+    bool first,
+    MP_CONSTANT const ConvShape& gu,
+    MP_CONSTANT const FFTShape& fs,
+    const MP_DEVICE cpx<T>* tw,
+    const MP_DEVICE cpx<T>* split_tw,
+    const MP_DEVICE IndexPair* pairs,
+    const MP_DEVICE cpx<T>* twist,
+    const MP_DEVICE cpx<T>* spectrum,
+    int tid,
+    int nthreads,
+    Emit emit) {
+  const int m = fs.n_half;
+  MP_DEVICE T* u_re = stash + 2 * m;
+  MP_DEVICE T* u_im = u_re + m;
+  // The cyclic halves; grad u's waits in stash[0, N/2).
+  forward_to<kWide, T>(u_row, re, im, u_re, u_im, fs, tw, tid, nthreads);
+  forward_from<kWide, T>(g_row, re, im, fs, tw, tid, nthreads);
+  multiply_gradient_spectra<T>(
+      re,
+      im,
+      u_re,
+      u_im,
+      pairs,
+      split_tw,
+      spectrum,
+      acc,
+      first,
+      fs.num_pairs,
+      tid,
+      nthreads);
+  MP_BARRIER();
+  inverse_to<kWide, T>(re, im, stash, stash + m, fs, tw, tid, nthreads);
+  // The negacyclic halves.
+  forward_to<kWide, T>(
+      TwistedRow<T>{u_row, twist, m},
+      re,
+      im,
+      u_re,
+      u_im,
+      fs,
+      tw,
+      tid,
+      nthreads);
+  forward_from<kWide, T>(
+      TwistedRow<T>{g_row, twist, m}, re, im, fs, tw, tid, nthreads);
+  multiply_negacyclic_gradient<T>(
+      re,
+      im,
+      u_re,
+      u_im,
+      spectrum + 2 * fs.num_pairs,
+      acc + 2 * fs.num_pairs,
+      first,
+      m,
+      tid,
+      nthreads);
+  MP_BARRIER();
+  fft_passes<true, kWide, T>(re, im, fs, tw, 0, tid, nthreads, true);
+  emit_split_outputs<T>(re, im, stash, gu, twist, m, tid, nthreads, emit);
+}
+
+// grad k's row from a target's split accumulator (after its last row): the
+// cyclic half scaled by 1/(4N) (c/2) and inverted into stash[0, N/2), the
+// negacyclic half scaled by 2/N (g/2) and inverted in (re, im), then
+// emit(t, v) for its outputs. Ends with a group barrier.
+template <bool kWide, class T, class Ptr, class Emit>
+MP_INLINE void split_accumulated_row(
+    Ptr re,
+    Ptr im,
+    MP_DEVICE T* stash,
+    const MP_DEVICE cpx<T>* acc,
+    MP_CONSTANT const ConvShape& gk,
+    MP_CONSTANT const FFTShape& fs,
+    const MP_DEVICE cpx<T>* tw,
+    const MP_DEVICE cpx<T>* split_tw,
+    const MP_DEVICE IndexPair* pairs,
+    const MP_DEVICE cpx<T>* twist,
+    int tid,
+    int nthreads,
+    Emit emit) {
+  const int m = fs.n_half;
+  unsplit_accumulated<T>(
+      re,
+      im,
+      pairs,
+      split_tw,
+      acc,
+      gk.spectrum_scale,
+      fs.num_pairs,
+      tid,
+      nthreads);
+  MP_BARRIER();
+  inverse_to<kWide, T>(re, im, stash, stash + m, fs, tw, tid, nthreads);
+  const MP_DEVICE cpx<T>* negacyclic = acc + 2 * fs.num_pairs;
+  for (int p = tid; p < m; p += nthreads)
+    put_point(re, im, p, c_scale(negacyclic[p], 8.0f * gk.spectrum_scale));
+  MP_BARRIER();
+  fft_passes<true, kWide, T>(re, im, fs, tw, 0, tid, nthreads, true);
+  emit_split_outputs<T>(re, im, stash, gk, twist, m, tid, nthreads, emit);
+}
+
 #if MP_HAS_DOUBLE
 // ----------------------------------------------------------- certification
 // ---- The steps of kernels/certify.h for the double engine (extended, and
@@ -1194,6 +1427,32 @@ MP_INLINE RowCertificate split_row_certificate(
       largest,
       1,
       g.has_bias ? 1 : 0);
+}
+
+// The bound of grad k's row from split gradient rows (split_accumulated_row;
+// docs/certification.md, "Split gradient rows"): `terms` rows j summed in
+// each half, the rows within N/2 (no folds). The cyclic half is the engine's
+// sum of terms at size N/2 (conv_error_bound(N/2, terms)), the negacyclic
+// half negacyclic_error_bound(N, terms), both a priori per unit of
+// norm_products = sum_j ||g_j|| ||u_j||; combined by split_entry_error with
+// |x| <= (|c| + |g|) / 2 <= norm_products (Cauchy-Schwarz per term).
+// bound_scale multiplies the bound (1; the CPU harness's tests shrink it).
+MP_INLINE RowCertificate split_sum_certificate(
+    MP_CONSTANT const ConvShape& g,
+    double norm_products,
+    MP_INT64 terms,
+    double bound_scale) {
+  const double u = kUnitRoundoff64;
+  const double cyclic =
+      conv_error_bound(g.fft_size / 2, terms, u) * norm_products;
+  const double negacyclic =
+      negacyclic_error_bound(g.fft_size, terms, u) * norm_products;
+  return certificate_from_bound(
+      bound_scale * split_entry_error(cyclic, negacyclic, norm_products),
+      g.fold != 0,
+      norm_products,
+      terms,
+      0);
 }
 
 // Step 2 for one output: value is the transform's value plus the bias

@@ -889,6 +889,213 @@ nb::tuple gpu_split_conv(
   return nb::tuple(items);
 }
 
+// The rows of one target of the split gradient rows: operand op's row j at
+// j * row_len (no stride for a broadcast operand), every time stride 1.
+RowIndex target_rows(int64_t rows, int64_t row_len, const bool (&per_row)[4]) {
+  RowIndex ix{};
+  ix.outer_count = 1;
+  ix.inner_count = rows;
+  ix.inner_ndim = 1;
+  ix.inner_shape[0] = rows;
+  for (int op = 0; op < kNumOperands; ++op) {
+    ix.time_stride[op] = 1;
+    ix.inner_stride[op][0] = per_row[op] ? row_len : 0;
+  }
+  return ix;
+}
+
+// The GPU's split gradient rows (kernels/rfft_conv_rows.h, "split gradient
+// rows": CUDA's split_kernel_spectra and split_gradient_rows) on the CPU for
+// one target, one thread running a block's steps on rows and slots poisoned
+// with NaN: for y = rfft_conv(u, k, n = period or None, bias) with `rows`
+// rows u_j of length L (u and the cotangent g: rows * L values, row after
+// row) sharing one kernel row k, grad u (rows * L) and grad k (len(k)),
+// certified against split_row_certificate and split_sum_certificate times
+// bound_scale, the outputs that do not certify recomputed as recompute_open
+// does. Returns (grad u, grad k, open u, open k, values u, bounds u,
+// values k, bounds k).
+nb::tuple gpu_split_gradients(
+    F g_in,
+    F k_in,
+    F u_in,
+    F bias_in,
+    int64_t rows,
+    int64_t period,
+    double bound_scale) {
+  const int64_t k_len = k_in.shape(0);
+  const bool has_bias = bias_in.shape(0) != 0;
+  if (rows < 1 || k_len == 0 || g_in.shape(0) == 0 ||
+      g_in.shape(0) % rows != 0 || u_in.shape(0) != g_in.shape(0) ||
+      (has_bias && bias_in.shape(0) != g_in.shape(0)))
+    throw std::invalid_argument(
+        "g and u must hold `rows` nonempty rows each, k nonempty, bias empty "
+        "or as long as g");
+  const int64_t L = g_in.shape(0) / rows;
+  const ConvGeometry u_geo =
+      emulated_geometry("correlate_input", period, L, k_len, 0);
+  const ConvGeometry k_geo =
+      emulated_geometry("correlate_kernel", period, L, L, k_len);
+  if (!gpu::split_gradients_apply(u_geo, k_geo))
+    throw std::invalid_argument(
+        "these rows do not take the split gradient rows "
+        "(gpu::split_gradients_apply)");
+  const ConvShape gu = gpu::conv_shape(u_geo, has_bias, 1);
+  const ConvShape gk = gpu::conv_shape(k_geo, false, 1);
+  const gpu::FFTTables<double> t =
+      gpu::make_fft_tables<double>(u_geo.fft_size / 2);
+  const std::vector<cpx<double>> twist =
+      gpu::make_twist_table<double>(u_geo.fft_size);
+  const FFTShape& fs = t.shape;
+  const int m = fs.n_half;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  std::vector<double> row(2 * static_cast<size_t>(m), nan);
+  std::vector<double> stash(4 * static_cast<size_t>(m), nan);
+  std::vector<cpx<double>> spectrum(
+      static_cast<size_t>(split_spectrum_stride(fs)), cpx<double>{nan, nan});
+  std::vector<cpx<double>> acc(
+      static_cast<size_t>(split_accumulator_stride(fs)), cpx<double>{nan, nan});
+  const SwizzledRow<double*> re{row.data()}, im{row.data() + m};
+  const float* g = g_in.data();
+  const float* k = k_in.data();
+  const float* u = u_in.data();
+  const float* bias = has_bias ? bias_in.data() : g;
+  const SplitBound bound = split_bound(u_geo.fft_size);
+  // split_kernel_spectra
+  const DeviceRow k_row{k, 1, gu.b_len, false};
+  double folded_sums[4];
+  folded_row_sums_part(k_row, 2 * m, 0, 1, folded_sums);
+  const SplitKernelNorms k_norms = split_kernel_norms(
+      bound.cyclic, m, std::min<int64_t>(k_row.len, 2 * m), folded_sums);
+  split_kernel_spectrum<false, double>(
+      k_row,
+      re,
+      im,
+      fs,
+      t.twiddles.data(),
+      t.split.data(),
+      t.pairs.data(),
+      twist.data(),
+      gu.spectrum_scale,
+      spectrum.data(),
+      0,
+      1);
+  // split_gradient_rows
+  float *grad_u, *grad_k, *open_u, *open_k;
+  const size_t u_size = static_cast<size_t>(rows * gu.out_len);
+  const size_t k_size = static_cast<size_t>(gk.out_len);
+  std::array<OutArray, 4> arrays{
+      new_float_array(u_size, &grad_u),
+      new_float_array(k_size, &grad_k),
+      new_float_array(u_size, &open_u),
+      new_float_array(k_size, &open_k)};
+  std::vector<double> values_u(u_size, nan), bounds_u(u_size, nan);
+  std::vector<double> values_k(k_size, nan), bounds_k(k_size, nan);
+  auto certify_into = [](const RowCertificate& cert,
+                         double v,
+                         double magnitude,
+                         size_t i,
+                         float* out,
+                         float* open,
+                         std::vector<double>& values,
+                         std::vector<double>& bounds) {
+    values[i] = v;
+    bounds[i] = cert.conv_err + cert.rel * magnitude;
+    open[i] = certify_output(cert, v, magnitude, out + i) ? 0.0f : 1.0f;
+  };
+  double norm_products = 0.0;
+  for (int64_t j = 0; j < rows; ++j) {
+    const DeviceRow g_row{g + j * L, 1, gu.a_len, gu.a_reversed != 0};
+    const DeviceRow u_row{u + j * L, 1, gk.b_len, false};
+    double sums[3];
+    row_sums_part(g_row, 0, 1, sums);
+    const RowNorms g_norms = row_norms(bound.cyclic, m, g_row.len, sums);
+    const RowCertificate cert =
+        split_row_certificate(bound, gu, g_norms, k_norms, bound_scale);
+    norm_products +=
+        g_norms.norm * std::sqrt(square_sum_part(u_row.data, 1, L, 0, 1));
+    split_gradient_row<false, double>(
+        g_row,
+        u_row,
+        re,
+        im,
+        stash.data(),
+        acc.data(),
+        j == 0,
+        gu,
+        fs,
+        t.twiddles.data(),
+        t.split.data(),
+        t.pairs.data(),
+        twist.data(),
+        spectrum.data(),
+        0,
+        1,
+        [&](int64_t i, double v) {
+          double magnitude = std::fabs(v);
+          if (has_bias) {
+            const double p = r_prod(0.0, g[j * L + i], bias[j * L + i]);
+            v = r_add(v, p);
+            magnitude += std::fabs(p);
+          }
+          certify_into(
+              cert,
+              v,
+              magnitude,
+              static_cast<size_t>(j * gu.out_len + i),
+              grad_u,
+              open_u,
+              values_u,
+              bounds_u);
+        });
+  }
+  const RowCertificate cert_k =
+      split_sum_certificate(gk, norm_products, rows, bound_scale);
+  split_accumulated_row<false, double>(
+      re,
+      im,
+      stash.data(),
+      acc.data(),
+      gk,
+      fs,
+      t.twiddles.data(),
+      t.split.data(),
+      t.pairs.data(),
+      twist.data(),
+      0,
+      1,
+      [&](int64_t i, double v) {
+        certify_into(
+            cert_k,
+            v,
+            std::fabs(v),
+            static_cast<size_t>(i),
+            grad_k,
+            open_k,
+            values_k,
+            bounds_k);
+      });
+  // recompute_open: grad u's rows (g_j, k, bias_j), grad k's sum over j of
+  // (g_j, u_j)
+  const RowIndex u_ix = target_rows(rows, L, {true, false, true, true});
+  const RowIndex k_ix = target_rows(rows, L, {true, true, false, false});
+  for (int64_t j = 0; j < rows; ++j)
+    for (int64_t i = 0; i < gu.out_len; ++i)
+      if (open_u[j * gu.out_len + i] != 0.0f)
+        grad_u[j * gu.out_len + i] =
+            recompute_output(g, k, bias, u_ix, gu, 0, j, j + 1, i);
+  for (int64_t i = 0; i < gk.out_len; ++i)
+    if (open_k[i] != 0.0f)
+      grad_k[i] = recompute_output(g, u, nullptr, k_ix, gk, 0, 0, rows, i);
+  nb::list items;
+  for (OutArray& a : arrays)
+    items.append(nb::cast(a));
+  items.append(nb::cast(new_double_array(values_u)));
+  items.append(nb::cast(new_double_array(bounds_u)));
+  items.append(nb::cast(new_double_array(values_k)));
+  items.append(nb::cast(new_double_array(bounds_k)));
+  return nb::tuple(items);
+}
+
 // Whether rows of a_len and b_len elements of an rfft_conv variant
 // ("convolve", "correlate_input", "correlate_kernel") with period (0: none)
 // satisfy gpu::split_rows_apply, and their transform size.
@@ -1374,6 +1581,20 @@ void init_testing(nb::module_& parent) {
       "bound_scale"_a = 1.0,
       "The GPU's split rows (CUDA split_conv_rows) of one row on the CPU, "
       "certified and recomputed: returns (y, open, values, bounds).");
+  m.def(
+      "gpu_split_gradients",
+      &gpu_split_gradients,
+      "g"_a,
+      "k"_a,
+      "u"_a,
+      "bias"_a,
+      "rows"_a,
+      "period"_a,
+      "bound_scale"_a = 1.0,
+      "The GPU's split gradient rows (CUDA split_gradient_rows) of one target "
+      "(`rows` rows of g and u sharing the kernel row k) on the CPU, "
+      "certified and recomputed: returns (grad u, grad k, open u, open k, "
+      "values u, bounds u, values k, bounds k).");
   m.def(
       "split_rows_apply",
       &split_rows_apply,

@@ -46,6 +46,7 @@ const ConvKernel kKernels[] = {
     {"gradient_rows", true, true},
     {"split_kernel_spectra", true, false, true},
     {"split_conv_rows", true, false, true},
+    {"split_gradient_rows", true, false, true},
     {"product_sum", true, false},
     {"clear_open_bits", false, false},
     {"recompute_open", false, false},

@@ -572,6 +572,44 @@ std::optional<RowLaunch> split_rows_launch(
   return l;
 }
 
+// split_kernel_spectra: the split spectra of the kernel rows b (operand B of
+// ix, one per outer index) and their folds' norms (3 per row), with the
+// tables of size N/2, in kernel_spectra_buffer.
+KernelSpectra<double> launch_split_kernel_spectra(
+    mx::cu::CommandEncoder& encoder,
+    int device,
+    int stream_index,
+    const mx::array& b,
+    RowIndex ix, // copies: the encoder takes the arguments' addresses
+    ConvShape shape,
+    const DeviceFFT<double>& fft,
+    const cpx<double>* twist) {
+  RowLaunch spec =
+      row_launch<double>(device, "split_kernel_spectra", fft.shape.n_half, 1);
+  KernelSpectra<double> ks = kernel_spectra_buffer<double>(
+      encoder,
+      device,
+      stream_index,
+      ix.outer_count,
+      split_spectrum_stride(fft.shape),
+      3);
+  RowGrid spec_grid =
+      row_grid(encoder, device, stream_index, spec, ix.outer_count);
+  register_buffers(encoder, {&b}, {&ks.buffer});
+  add_row_kernel<double>(
+      encoder,
+      spec,
+      spec_grid,
+      std::make_tuple(mx::gpu_ptr<float>(b)),
+      ix,
+      shape,
+      fft,
+      twist,
+      ks.spectra,
+      ks.norms);
+  return ks;
+}
+
 // The shared-kernel form by split rows (rfft_conv_kernels.cuh,
 // split_kernel_spectra and split_conv_rows), with the tables of size N/2,
 // the twist, and a stash slot of N/2 doubles per block of `rows` (at most
@@ -587,38 +625,17 @@ void launch_split_rows(
   const DeviceFFT<double>& fft = device_fft<double>(device, geo.fft_size / 2);
   const cpx<double>* twist = device_twist(device, geo.fft_size);
   const FFTShape& fs = fft.shape;
-  RowLaunch spec =
-      row_launch<double>(device, "split_kernel_spectra", fs.n_half, 1);
-  KernelSpectra<double> ks = kernel_spectra_buffer<double>(
-      encoder,
-      device,
-      stream_index,
-      ix.outer_count,
-      split_spectrum_stride(fs),
-      3);
-  mx::array& spectra_buffer = ks.buffer;
-  cpx<double>* spectra = ks.spectra;
-  double* norms = ks.norms;
   // At least 8 blocks to a kernel row where the batch allows: with one
   // block per SM and one kernel row each, the spectra in use (256 KiB a row
   // at N = 32768) and the stash slots together would fill L2.
   const int64_t splits =
       std::max(group_splits(rows, ix), std::min<int64_t>(8, ix.inner_count));
   ConvShape shape = gpu::conv_shape(geo, op.bias != nullptr, splits);
-  RowGrid spec_grid =
-      row_grid(encoder, device, stream_index, spec, ix.outer_count);
-  register_buffers(encoder, {&op.b}, {&spectra_buffer});
-  add_row_kernel<double>(
-      encoder,
-      spec,
-      spec_grid,
-      std::make_tuple(mx::gpu_ptr<float>(op.b)),
-      ix,
-      shape,
-      fft,
-      twist,
-      spectra,
-      norms);
+  KernelSpectra<double> ks = launch_split_kernel_spectra(
+      encoder, device, stream_index, op.b, ix, shape, fft, twist);
+  mx::array& spectra_buffer = ks.buffer;
+  cpx<double>* spectra = ks.spectra;
+  double* norms = ks.norms;
 
   RowGrid grid{
       std::min<int64_t>(ix.outer_count * splits, rows.resident), std::nullopt};
@@ -816,27 +833,59 @@ void convolve(
 // gradient_rows' launch: two rows a block (g's and u's), with the block
 // size, a full row_threads per row or half as many, that keeps more threads
 // resident per SM; on a tie the smaller blocks, which overlap each other's
-// barriers. Rows in the workspace keep the full size: the fewer blocks, the
-// fewer workspace slots (two rows each) compete for L2.
+// barriers. Or its stashed form (one row in shared memory, U in a slot of
+// the row workspace: `stash` true) where that keeps more threads resident
+// (double at N = 8192: three blocks per SM instead of one) or the two rows
+// do not fit in shared memory. Else the two rows in the workspace, full size:
+// the fewer blocks, the fewer workspace slots (two rows each) compete for L2.
+struct GradientLaunch {
+  RowLaunch rows;
+  bool stash;
+};
+
 template <class T>
-RowLaunch gradient_launch(int device, int64_t n_half) {
+GradientLaunch gradient_launch(int device, int64_t n_half) {
+  // The stashed form: gradient_rows in shared memory with a workspace.
+  CUfunction shared =
+      cuda::get_kernel(device, precision_of<T>(), "gradient_rows", true);
+  const RowLaunch one_row = row_launch<T>(device, shared, shared, n_half, 1);
   RowLaunch full = row_launch<T>(device, "gradient_rows", n_half, 1, 2);
   if (!full.shared)
-    return full;
+    return {one_row.shared ? one_row : full, one_row.shared};
   RowLaunch half = full;
   half.threads = std::max(64, full.threads / 64 * 32);
   half.resident = cuda::resident_blocks(
       device, half.kernel, half.threads, half.shared ? half.row_bytes : 0);
-  return int64_t{half.resident} * half.threads >=
+  const RowLaunch& two_rows = int64_t{half.resident} * half.threads >=
           int64_t{full.resident} * full.threads
       ? half
       : full;
+  const bool stash = int64_t{one_row.resident} * one_row.threads >
+      int64_t{two_rows.resident} * two_rows.threads;
+  return {stash ? one_row : two_rows, stash};
+}
+
+// The split form of the gradients (split_gradient_rows) where neither
+// gradient_rows form fits in shared memory (double at N = 32768) and split
+// gradient rows apply (gpu::split_gradients_apply): its launch (N/4 complex
+// doubles in shared memory), else none.
+std::optional<RowLaunch> split_gradients_launch(
+    int device,
+    const ConvGeometry& u_geo,
+    const ConvGeometry& k_geo) {
+  if (!gpu::split_gradients_apply(u_geo, k_geo))
+    return std::nullopt;
+  RowLaunch l =
+      row_launch<double>(device, "split_gradient_rows", u_geo.fft_size / 4, 1);
+  if (!l.shared)
+    return std::nullopt;
+  return l;
 }
 
 // RFFTConvGradients (in = g, k, u [, bias]; outs = grad u, grad k): the
-// spectra of k, gradient_rows, then the recomputation of each gradient's
-// outputs that did not certify (as the CorrelateInput and CorrelateKernel
-// launches recompute theirs).
+// spectra of k, gradient_rows (or its stashed or split form), then the
+// recomputation of each gradient's outputs that did not certify (as the
+// CorrelateInput and CorrelateKernel launches recompute theirs).
 template <class T>
 void launch_gradients(
     mx::cu::CommandEncoder& encoder,
@@ -855,17 +904,36 @@ void launch_gradients(
       conv_geometry(ConvVariant::CorrelateInput, period, L, Lk, L);
   const ConvGeometry k_geo =
       conv_geometry(ConvVariant::CorrelateKernel, period, L, L, Lk);
-  const DeviceFFT<T>& fft = device_fft<T>(device, u_geo.fft_size);
   // Targets of grad k = kernel rows: the same outer dims in both.
   RowIndex ix = gpu::make_row_index(full, k.shape(), {&g, &k, bias, &grad_u});
   RowIndex u_ix =
       gpu::make_row_index(full, k.shape(), {&g, &u, nullptr, &grad_k});
   ConvShape u_shape = gpu::conv_shape(u_geo, has_bias, 1);
   ConvShape k_shape = gpu::conv_shape(k_geo, false, 1);
-  KernelSpectra<T> spectra = launch_kernel_spectra<T>(
-      encoder, device, stream_index, k, ix, u_shape, fft);
-
-  const RowLaunch l = gradient_launch<T>(device, fft.shape.n_half);
+  const DeviceFFT<T>& full_fft = device_fft<T>(device, u_geo.fft_size);
+  const GradientLaunch launch =
+      gradient_launch<T>(device, full_fft.shape.n_half);
+  std::optional<RowLaunch> split;
+  if constexpr (Certified<T>::value)
+    if (!launch.rows.shared)
+      split = split_gradients_launch(device, u_geo, k_geo);
+  // Split rows: the tables of size N/2, k's split spectra, a stash slot of N
+  // values a block and split accumulators.
+  const DeviceFFT<T>& fft =
+      split ? device_fft<T>(device, u_geo.fft_size / 2) : full_fft;
+  const cpx<T>* twist = nullptr;
+  if constexpr (Certified<T>::value)
+    if (split)
+      twist = device_twist(device, u_geo.fft_size);
+  KernelSpectra<T> spectra = [&] {
+    if constexpr (Certified<T>::value)
+      if (split)
+        return launch_split_kernel_spectra(
+            encoder, device, stream_index, k, ix, u_shape, fft, twist);
+    return launch_kernel_spectra<T>(
+        encoder, device, stream_index, k, ix, u_shape, fft);
+  }();
+  const RowLaunch& l = split ? *split : launch.rows;
   // acc has a slot per block: the grid never exceeds the resident blocks.
   RowGrid grid = row_grid(
       encoder,
@@ -873,8 +941,17 @@ void launch_gradients(
       stream_index,
       l,
       std::min<int64_t>(ix.outer_count, l.resident));
-  mx::array acc_buffer = scratch(
-      encoder, grid.blocks * 2 * int64_t{fft.shape.num_pairs} * sizeof(cpx<T>));
+  if (launch.stash || split) // U's (and grad u's half's) slots
+    grid.workspace = cuda::stream_buffer(
+        encoder,
+        device,
+        stream_index,
+        cuda::StreamBuffer::RowWorkspace,
+        grid.blocks * (split ? 2 : 1) * l.row_bytes);
+  const int64_t acc_entries =
+      split ? split_accumulator_stride(fft.shape) : 2 * fft.shape.num_pairs;
+  mx::array acc_buffer =
+      scratch(encoder, grid.blocks * acc_entries * sizeof(cpx<T>));
   std::optional<OpenOutputs> open_u =
       maybe_open_outputs<T>(encoder, device, grad_u.size());
   std::optional<OpenOutputs> open_k =
@@ -887,20 +964,14 @@ void launch_gradients(
        &acc_buffer,
        open_u ? &open_u->bits : nullptr,
        open_k ? &open_k->bits : nullptr});
-  add_row_kernel<T>(
-      encoder,
-      l,
-      grid,
-      std::make_tuple(
-          mx::gpu_ptr<float>(g),
-          mx::gpu_ptr<float>(k),
-          mx::gpu_ptr<float>(u),
-          bias ? mx::gpu_ptr<float>(*bias) : nullptr,
-          mx::gpu_ptr<float>(grad_u),
-          mx::gpu_ptr<float>(grad_k)),
-      ix,
-      u_shape,
-      fft,
+  const auto rows = std::make_tuple(
+      mx::gpu_ptr<float>(g),
+      mx::gpu_ptr<float>(k),
+      mx::gpu_ptr<float>(u),
+      bias ? mx::gpu_ptr<float>(*bias) : nullptr,
+      mx::gpu_ptr<float>(grad_u),
+      mx::gpu_ptr<float>(grad_k));
+  const auto trailing = std::make_tuple(
       u_ix,
       k_shape,
       static_cast<const cpx<T>*>(spectra.spectra),
@@ -908,6 +979,15 @@ void launch_gradients(
       data_of<cpx<T>>(acc_buffer),
       open_u ? open_u->list : OpenList{},
       open_k ? open_k->list : OpenList{});
+  std::apply(
+      [&](auto... rest) {
+        if (split)
+          add_row_kernel<T>(
+              encoder, l, grid, rows, ix, u_shape, fft, twist, rest...);
+        else
+          add_row_kernel<T>(encoder, l, grid, rows, ix, u_shape, fft, rest...);
+      },
+      trailing);
   if (open_u)
     recompute_conv_outputs<T>(
         encoder, device, {g, k, bias, grad_u, fft}, ix, u_shape, *open_u, true);

@@ -50,7 +50,69 @@ __device__ __forceinline__ bool reads_contiguous(DeviceRow x) {
 }
 
 // load_real_row of x, then the forward transform; its first pass reads x
-// (threads as in fft_passes).
+// (threads as in fft_passes) and its last writes (out_re, out_im), the row
+// itself or a slot elsewhere (gradient_rows' stash).
+template <class T, bool kShared>
+__device__ __forceinline__ void load_forward_to(
+    DeviceRow x,
+    Row<T> re,
+    Row<T> im,
+    Row<T> out_re,
+    Row<T> out_im,
+    const FFTShape& fs,
+    const cpx<T>* tw,
+    int tid,
+    int nthreads,
+    bool active) {
+  constexpr bool kWide = kWidePasses<T, kShared>;
+  const int count = fft_pass_count(fs, kWide);
+  const Row<T> first_re = count <= 1 ? out_re : re;
+  const Row<T> first_im = count <= 1 ? out_im : im;
+  if (active && count == 0) {
+    load_real_row<T>(
+        first_re,
+        first_im,
+        x.data,
+        x.stride,
+        x.len,
+        x.reversed,
+        fs.n_half,
+        tid,
+        nthreads);
+  } else if (active && reads_contiguous(x)) {
+    fft_pass<false, kWide, T>(
+        ContiguousRow{
+            x.data,
+            static_cast<int>(
+                min(x.len, 2 * static_cast<MP_INT64>(fs.n_half)) / 2)},
+        first_re,
+        first_im,
+        fs,
+        0,
+        tw,
+        tid,
+        nthreads);
+  } else if (active) {
+    fft_pass<false, kWide, T>(x, first_re, first_im, fs, 0, tw, tid, nthreads);
+  }
+  __syncthreads();
+  for (int k = 1; k < count; ++k) {
+    const bool last = k + 1 == count;
+    if (active)
+      fft_pass<false, kWide, T>(
+          GroupRow<Row<T>>{re, im},
+          last ? out_re : re,
+          last ? out_im : im,
+          fs,
+          k,
+          tw,
+          tid,
+          nthreads);
+    __syncthreads();
+  }
+}
+
+// load_forward_to the row itself (the passes of fft_passes).
 template <class T, bool kShared>
 __device__ __forceinline__ void load_forward(
     DeviceRow x,
@@ -61,28 +123,7 @@ __device__ __forceinline__ void load_forward(
     int tid,
     int nthreads,
     bool active = true) {
-  constexpr bool kWide = kWidePasses<T, kShared>;
-  if (active && fft_pass_count(fs, kWide) == 0) {
-    load_real_row<T>(
-        re, im, x.data, x.stride, x.len, x.reversed, fs.n_half, tid, nthreads);
-  } else if (active && reads_contiguous(x)) {
-    fft_pass<false, kWide, T>(
-        ContiguousRow{
-            x.data,
-            static_cast<int>(
-                min(x.len, 2 * static_cast<MP_INT64>(fs.n_half)) / 2)},
-        re,
-        im,
-        fs,
-        0,
-        tw,
-        tid,
-        nthreads);
-  } else if (active) {
-    fft_pass<false, kWide, T>(x, re, im, fs, 0, tw, tid, nthreads);
-  }
-  __syncthreads();
-  fft_passes<false, kWide, T>(re, im, fs, tw, 1, tid, nthreads, active);
+  load_forward_to<T, kShared>(x, re, im, re, im, fs, tw, tid, nthreads, active);
 }
 
 // Spectrum `row` of `spectra` (2 num_pairs entries each, in pair order):
@@ -888,6 +929,13 @@ __global__ void sum_rows(
 // reduce_rows: 4). The grid never exceeds the resident blocks (acc has one
 // slot each). Certified precisions list the outputs that do not certify in
 // open_u (row kk * inner_count + j) and open_k (row kk).
+//
+// Stashed form (rows in shared memory with a `workspace`: one slot of 2h
+// values per block): one row in shared memory instead of two, for rows whose
+// two buffers would leave one block per SM (double at N = 8192) or not fit.
+// The whole block transforms u's row first, its last pass writing the slot
+// (in L2), then g's row into shared memory; multiply_gradient_spectra reads U
+// from the slot. The same operations on the same values, so the same bits.
 template <class T, bool kShared>
 __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
     const float* g,
@@ -911,11 +959,14 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
     const OpenList open_k,
     T* workspace) {
   const int h = fs.n_half;
-  const int row_threads = blockDim.x / 2;
+  const bool stash_u = kShared && workspace != nullptr;
+  const int row_threads = stash_u ? blockDim.x : blockDim.x / 2;
   const int r = threadIdx.x / row_threads, tid = threadIdx.x % row_threads;
   T* storage = row_storage<T, kShared>(workspace, 2, h);
+  T* u_storage = stash_u ? workspace + static_cast<MP_INT64>(blockIdx.x) * 2 * h
+                         : storage + 2 * h;
   const Row<T> g_re{storage}, g_im{storage + h};
-  const Row<T> u_re{storage + 2 * h}, u_im{storage + 3 * h};
+  const Row<T> u_re{u_storage}, u_im{u_storage + h};
   cpx<T>* acc =
       acc_slots + static_cast<MP_INT64>(blockIdx.x) * 2 * fs.num_pairs;
   const MP_INT64 g_step = ix.time_stride[kOperandA];
@@ -950,14 +1001,21 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
         norm_products += g_norms.norm *
             block_row_norm(u_loaded.data, u_loaded.stride, u_loaded.len);
       }
-      load_forward<T, kShared>(
-          r == 0 ? g_loaded : u_loaded,
-          Row<T>{storage + 2 * r * h},
-          Row<T>{storage + 2 * r * h + h},
-          fs,
-          tw,
-          tid,
-          row_threads);
+      if (stash_u) {
+        load_forward_to<T, kShared>(
+            u_loaded, g_re, g_im, u_re, u_im, fs, tw, tid, row_threads, true);
+        load_forward<T, kShared>(
+            g_loaded, g_re, g_im, fs, tw, tid, row_threads);
+      } else {
+        load_forward<T, kShared>(
+            r == 0 ? g_loaded : u_loaded,
+            Row<T>{storage + 2 * r * h},
+            Row<T>{storage + 2 * r * h + h},
+            fs,
+            tw,
+            tid,
+            row_threads);
+      }
       multiply_gradient_spectra<T>(
           g_re,
           g_im,
@@ -1013,6 +1071,120 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
         grad_k + row_offset(u_ix, kOperandOut, kk, 0),
         open_k,
         kk);
+  }
+}
+
+// Both gradients by split rows (kernels/rfft_conv_rows.h, "split gradient
+// rows"): double rows of size N too long for shared memory, g and u within
+// their first N/2 entries, the tables fs, tw, split_tw, pairs of size N/2 and
+// k's split spectra and folds' norms from split_kernel_spectra. Per target
+// (kernel row kk) the block runs its inner rows j in order: split_gradient_row
+// writes grad u's row (kk, j), certified as split_conv_rows certifies it, and
+// adds the row's terms to the block's slot of acc_slots; after the last row
+// split_accumulated_row writes grad k's row kk (split_sum_certificate). One
+// row half in shared memory, a stash slot of N doubles per block. The grid
+// never exceeds the resident blocks (a slot each). Registers: 512 threads a
+// block, one block per SM, as split_conv_rows.
+template <class T>
+__global__ void __maxnreg__(128) split_gradient_rows(
+    const float* g,
+    const float* k,
+    const float* u,
+    const float* bias,
+    float* grad_u,
+    float* grad_k,
+    const RowIndex ix,
+    const ConvShape gu,
+    const FFTShape fs,
+    const cpx<T>* tw,
+    const cpx<T>* split_tw,
+    const IndexPair* pairs,
+    const cpx<T>* twist,
+    const RowIndex u_ix,
+    const ConvShape gk,
+    const cpx<T>* spectra,
+    const double* k_norms,
+    cpx<T>* acc_slots,
+    const OpenList open_u,
+    const OpenList open_k,
+    T* stash_slots) {
+  const int m = fs.n_half;
+  const Row<T> re{reinterpret_cast<T*>(shared_rows)};
+  const Row<T> im{re.data + m};
+  T* stash = stash_slots + static_cast<MP_INT64>(blockIdx.x) * 4 * m;
+  cpx<T>* acc = acc_slots +
+      static_cast<MP_INT64>(blockIdx.x) * split_accumulator_stride(fs);
+  const SplitBound bound = split_bound(gu.fft_size);
+  const MP_INT64 g_step = ix.time_stride[kOperandA];
+  const MP_INT64 u_step = u_ix.time_stride[kOperandB];
+  const MP_INT64 bias_step = ix.time_stride[kOperandBias];
+  for (MP_INT64 kk = blockIdx.x; kk < ix.outer_count; kk += gridDim.x) {
+    const SplitKernelNorms k_split{
+        RowNorms{k_norms[3 * kk], k_norms[3 * kk + 1]}, k_norms[3 * kk + 2]};
+    double norm_products = 0.0;
+    for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
+      const float* g_row = g + row_offset(ix, kOperandA, kk, j);
+      const DeviceRow g_loaded{g_row, g_step, gu.a_len, gu.a_reversed != 0};
+      const DeviceRow u_loaded{
+          u + row_offset(u_ix, kOperandB, kk, j), u_step, gk.b_len, false};
+      const RowNorms g_norms = block_row_norms(g_loaded, bound.cyclic, m);
+      const RowCertificate cert =
+          split_row_certificate(bound, gu, g_norms, k_split, 1.0);
+      norm_products += g_norms.norm *
+          block_row_norm(u_loaded.data, u_loaded.stride, u_loaded.len);
+      split_gradient_row<false, T>(
+          g_loaded,
+          u_loaded,
+          re,
+          im,
+          stash,
+          acc,
+          j == 0,
+          gu,
+          fs,
+          tw,
+          split_tw,
+          pairs,
+          twist,
+          spectra + kk * split_spectrum_stride(fs),
+          threadIdx.x,
+          blockDim.x,
+          RowOutputs<T>{
+              g_row,
+              g_step,
+              bias + (gu.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0),
+              bias_step,
+              gu.has_bias != 0,
+              cert,
+              grad_u + row_offset(ix, kOperandOut, kk, j),
+              open_u,
+              (kk * ix.inner_count + j) * gu.out_len});
+    }
+    const RowCertificate cert = split_sum_certificate(
+        gk, norm_products, ix.inner_count > 1 ? ix.inner_count : 1, 1.0);
+    split_accumulated_row<false, T>(
+        re,
+        im,
+        stash,
+        acc,
+        gk,
+        fs,
+        tw,
+        split_tw,
+        pairs,
+        twist,
+        threadIdx.x,
+        blockDim.x,
+        RowOutputs<T>{
+            nullptr,
+            0,
+            nullptr,
+            0,
+            false,
+            cert,
+            grad_k + row_offset(u_ix, kOperandOut, kk, 0),
+            open_k,
+            kk * gk.out_len});
   }
 }
 

@@ -96,6 +96,11 @@ bool split_rows_apply(const ConvGeometry& g) {
   return g.fft_size >= 8 && 2 * g.a_len <= g.fft_size && g.b_len <= g.fft_size;
 }
 
+bool split_gradients_apply(const ConvGeometry& u, const ConvGeometry& k) {
+  return split_rows_apply(u) && split_rows_apply(k) &&
+      2 * k.b_len <= k.fft_size && u.fft_size == k.fft_size;
+}
+
 ConvShape conv_shape(
     const ConvGeometry& g,
     bool has_bias,

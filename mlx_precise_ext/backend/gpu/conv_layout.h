@@ -40,6 +40,11 @@ std::vector<cpx<T>> make_twist_table(int64_t fft_size);
 // kernel row is folded, M2-BERT's 2L taps at N = 2L included), N >= 8.
 bool split_rows_apply(const ConvGeometry& g);
 
+// Whether split gradient rows (split_gradient_row) can compute both
+// gradients: grad u's geometry by split rows, and grad k's (the cotangent
+// and u) with both rows within the first N/2 entries (no folds), one N.
+bool split_gradients_apply(const ConvGeometry& u, const ConvGeometry& k);
+
 ConvShape conv_shape(
     const ConvGeometry& g,
     bool has_bias,
