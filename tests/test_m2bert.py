@@ -162,6 +162,37 @@ def test_fused_short_conv_sums_give_the_unfused_bits(rng):
     assert fused.tobytes() == unfused.tobytes()
 
 
+@pytest.mark.parametrize("precision", ["extended", "dd"])
+@pytest.mark.parametrize("length", [96, 100])
+def test_chunked_short_conv_gives_the_whole_row_bits(rng, precision, length):
+    """The extended short convolution on chunks (ops.chunked_causal_conv_function) and
+    on whole rows: the same output bits (a transposed input as in the model, a length
+    that is not a multiple of the chunk, zero and negative zero inputs, taps and bias
+    entries), and the same gradient bits."""
+    u = rng.standard_normal((2, length, 12)).astype(np.float32)
+    u[:, 10:30:3] = 0.0
+    u[:, 31:40:2] = -0.0
+    taps = rng.standard_normal((12, 3)).astype(np.float32)
+    taps[::4, 1] = -0.0
+    bias = rng.standard_normal(12).astype(np.float32)
+    bias[::5] = -0.0
+    u = mx.array(u).transpose(0, 2, 1)
+    taps, bias = mx.array(taps), mx.array(bias)
+    cotangent = mx.array(rng.standard_normal((2, 12, length)).astype(np.float32))
+
+    def whole_row(u, taps, bias):
+        return mlx_precise.rfft_conv(u, taps, precision=precision) + bias[:, None]
+
+    chunked = ops.chunked_causal_conv_function(precision, 16)
+    results = []
+    for conv in (chunked, whole_row):
+        loss = lambda u, taps, bias, conv=conv: mx.sum(conv(u, taps, bias) * cotangent)
+        results.append((conv(u, taps, bias), *mx.grad(loss, argnums=(0, 1, 2))(u, taps, bias)))
+    assert np.all(np.isfinite(np.asarray(results[1][0])))
+    for mine, whole in zip(*results):
+        assert np.asarray(mine).tobytes() == np.asarray(whole).tobytes()
+
+
 def check_rounds_once(case):
     """precision="exact" returns float32(torch float64 output) bit for bit."""
     hidden, pooled = case.mlx("exact")

@@ -207,7 +207,9 @@ def short_causal_conv(
     ``y[t] = bias + sum_j weight[K-1-j] * u[t-j]`` (torch's conv1d is a correlation).
     float32: the K shifted products summed directly (as cheap as an elementwise op);
     extended modes: the K-tap sum through rfft_conv, rounded once, then the bias;
-    exact: the same, carried as pairs.
+    exact: the same, carried as pairs. In the extended modes a row longer than
+    ``SHORT_CONV_CHUNK`` is convolved in chunks (``chunked_causal_conv``): the same
+    correctly rounded sums, the same bits.
     """
     taps = weight[:, 0, ::-1]  # (C, K): taps[j] multiplies u[t - j]
     if precision == "exact":
@@ -223,7 +225,86 @@ def short_causal_conv(
             for lag in range(num_taps)
         ]
         return _fused_sum_in_order(terms, bias[:, None])
-    return mlx_precise.rfft_conv(u, taps, precision=precision) + bias[:, None]
+    if u.shape[-1] <= SHORT_CONV_CHUNK:
+        return mlx_precise.rfft_conv(u, taps, precision=precision) + bias[:, None]
+    return _CHUNKED_CAUSAL_CONV[precision](u, taps, bias)
+
+
+# Outputs per chunk of the extended short convolution. A K-tap causal convolution
+# of a whole row of length L is a transform of size 2L per channel (rfft_conv
+# pads to the linear convolution's length): at L = 32768 that is 3H rows of size
+# 65536, with a (3H, 32768) complex double kernel-spectrum workspace (1.1 GiB at
+# H = 768), and on CUDA rows of that size run from global memory. Chunks of 2048
+# outputs are transforms of size 4096, and their kernel spectra are 16 times
+# smaller.
+SHORT_CONV_CHUNK = 2048
+
+
+def chunk_windows(u: mx.array, num_taps: int, chunk: int) -> mx.array:
+    """``u (..., L)`` as windows ``(..., ceil(L / chunk), num_taps - 1 + chunk)``:
+    window c is u[c chunk - (num_taps - 1) : (c + 1) chunk], zeros before the
+    start and after the end."""
+    *batch, length = u.shape
+    count = -(-length // chunk)
+    body = u
+    if count * chunk > length:
+        tail = mx.zeros((*batch, count * chunk - length), dtype=mx.float32)
+        body = mx.concatenate([u, tail], axis=-1)
+    body = body.reshape(*batch, count, chunk)
+    history = mx.concatenate(
+        [
+            mx.zeros((*batch, 1, num_taps - 1), dtype=mx.float32),
+            body[..., :-1, chunk - (num_taps - 1) :],
+        ],
+        axis=-2,
+    )
+    return mx.concatenate([history, body], axis=-1)
+
+
+def chunked_causal_conv(
+    u: mx.array, taps: mx.array, bias: mx.array, precision: str, chunk: int
+) -> mx.array:
+    """``rfft_conv(u, taps, precision) + bias[:, None]`` for ``u (..., C, L)``,
+    ``taps (C, K)`` and ``bias (C,)``, with the convolution run on
+    chunks of ``chunk`` outputs: each window (``chunk_windows``) holds its chunk's
+    inputs and the K - 1 before them, so its outputs from K - 1 on are the
+    convolution's outputs of the chunk, each the correctly rounded sum of the same
+    K exact products as over the whole row. The bias addition, a float32 addition
+    as before, also writes the kept outputs contiguously. (A non-finite input
+    makes only its own and the next window's outputs NaN, where a whole-row
+    transform makes the whole row's.)"""
+    num_taps = taps.shape[-1]
+    length = u.shape[-1]
+    windows = chunk_windows(u, num_taps, chunk)
+    y = mlx_precise.rfft_conv(windows, taps[:, None, :], precision=precision)
+    kept = y[..., num_taps - 1 :] + bias[:, None, None]
+    return kept.reshape(*u.shape[:-1], -1)[..., :length]
+
+
+def chunked_causal_conv_function(precision: str, chunk: int):
+    """``chunked_causal_conv(u, taps, bias, precision, chunk)`` as a function of
+    ``(u, taps, bias)`` whose gradient is the whole-row rfft_conv's: autodiff through the windows would add the two gradient parts of
+    each of the K - 1 inputs that two windows share in float32, two roundings
+    instead of the one of the whole-row gradient."""
+
+    @mx.custom_function
+    def conv(u, taps, bias):
+        return chunked_causal_conv(u, taps, bias, precision, chunk)
+
+    @conv.vjp
+    def conv_vjp(primals, cotangent, output):
+        def whole_row(u, taps, bias):
+            return mlx_precise.rfft_conv(u, taps, precision=precision) + bias[:, None]
+
+        _, gradients = mx.vjp(whole_row, list(primals), [cotangent])
+        return tuple(gradients)
+
+    return conv
+
+
+_CHUNKED_CAUSAL_CONV = {
+    p: chunked_causal_conv_function(p, SHORT_CONV_CHUNK) for p in ("extended", "dd")
+}
 
 
 def _sum_in_order(terms: list, last: mx.array) -> mx.array:
