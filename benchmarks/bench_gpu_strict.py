@@ -8,24 +8,47 @@ child process), and the share of extended outputs that the certification sends t
 the exact recompute (M2-scaled inputs: unit activations, weights ~ N(0, 0.02));
 layer_norm 8192 x 768 extended and dd vs mx.fast.layer_norm. Device-synchronised
 medians (mx.synchronize inside the timed region) over several input sets after
-warm-up. Usage: python benchmarks/bench_gpu_strict.py [--out results.md]
+warm-up: the latency of one call, host work (graph building and launch) and the
+wait for completion included. The addmm rows are also timed pipelined: --pipelined
+calls evaluated together with one synchronisation, as a model's forward runs its
+ops (MLX records them into its graphs and the GPU runs them back to back), in ms per
+call; the difference from the single call is the per-call host and completion
+overhead that pipelining hides.
+Usage: python benchmarks/bench_gpu_strict.py [--out results.md] [--pipelined 16]
 """
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
+import time
 
 import mlx.core as mx
 import numpy as np
 
 # The timing loop (warm-up, mx.synchronize inside the timed region, median) of
 # the rfft_conv GPU benchmark.
-from bench_gpu import INPUT_SETS, REPEATS
+from bench_gpu import INPUT_SETS, REPEATS, WARMUP
 from bench_gpu import mlx_time as median_ms
 
 SHAPES = ((8192, 768, 2304), (8192, 4096, 4096))
 ROWS, DIM = 8192, 768
+
+
+def pipelined_ms(fn, inputs, calls):
+    """ms per call of `calls` calls evaluated together, one synchronisation (median
+    of REPEATS after warm-up)."""
+    for i in range(WARMUP):
+        mx.eval(fn(*inputs[i % len(inputs)]))
+    times = []
+    for _ in range(REPEATS):
+        mx.synchronize()
+        t0 = time.perf_counter()
+        mx.eval([fn(*inputs[i % len(inputs)]) for i in range(calls)])
+        mx.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3 / calls)
+    return statistics.median(times)
 
 
 def addmm_inputs(shape):
@@ -55,43 +78,60 @@ def uncertified_fraction(c, a, b, alpha=1.0, beta=1.0):
     return ((value - margin).float() != (value + margin).float()).double().mean().item()
 
 
-def mlx_float32_addmm(shape):
-    """Run in a child process whose MLX_ENABLE_TF32 is set by the parent."""
+def mlx_float32_addmm(shape, calls):
+    """Run in a child process whose MLX_ENABLE_TF32 is set by the parent: prints the
+    single-call and the pipelined ms (0 when calls is 0)."""
+    inputs = addmm_inputs(shape)
     with mx.stream(mx.gpu):
-        print(median_ms(lambda c, a, b: mx.addmm(c, a, b), addmm_inputs(shape)))
+        pipelined = pipelined_ms(lambda c, a, b: mx.addmm(c, a, b), inputs, calls) if calls else 0.0
+        single = median_ms(lambda c, a, b: mx.addmm(c, a, b), inputs)
+    print(single, pipelined)
 
 
-def child_time(tf32, shape):
+def child_time(tf32, shape, calls):
     env = dict(os.environ, MLX_ENABLE_TF32="1" if tf32 else "0")
-    r = subprocess.run([sys.executable, __file__, "--mlx-float32-child", *map(str, shape)],
+    r = subprocess.run([sys.executable, __file__, "--mlx-float32-child", *map(str, shape),
+                        "--pipelined", str(calls)],
                        env=env, capture_output=True, text=True, check=True)
-    return float(r.stdout.strip().splitlines()[-1])
+    return tuple(map(float, r.stdout.strip().splitlines()[-1].split()))
 
 
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
     parser.add_argument("--mlx-float32-child", type=int, nargs=3, default=None)
+    parser.add_argument("--pipelined", type=int, default=16,
+                        help="addmm calls per synchronisation in the pipelined table (0: skip it)")
     args = parser.parse_args()
     if args.mlx_float32_child:
-        return mlx_float32_addmm(args.mlx_float32_child)
+        return mlx_float32_addmm(args.mlx_float32_child, args.pipelined)
 
     import mlx_precise as mp
 
-    rows = []
+    rows, pipelined_rows = [], []
     for shape in SHAPES:
         m, k, n = shape
         inputs = addmm_inputs(shape)
         with mx.stream(mx.gpu):
+            # Pipelined first: it also warms up the GPU (clocks, memory pool) after the
+            # first call's kernel compilation left it idle.
+            if args.pipelined:
+                ext_p, f32_p = (pipelined_ms(lambda c, a, b, p=p: mp.addmm(c, a, b, precision=p), inputs,
+                                             args.pipelined) for p in ("extended", "float32"))
             ext = median_ms(lambda c, a, b: mp.addmm(c, a, b, precision="extended"), inputs)
             f32 = median_ms(lambda c, a, b: mp.addmm(c, a, b, precision="float32"), inputs)
             dd = (median_ms(lambda c, a, b: mp.addmm(c, a, b, precision="dd"), inputs)
                   if shape == SHAPES[0] else None)
         fraction = uncertified_fraction(*inputs[0])
         tflops = 2 * m * n * k / (ext * 1e-3) / 1e12
+        (off, off_p), (on, on_p) = (child_time(tf32, shape, args.pipelined) for tf32 in (False, True))
         rows.append((f"addmm {shape}", f"{ext:.3f} ({tflops:.1f} TFLOP/s, {fraction:.1e} recomputed)",
-                     dd, f32, child_time(False, shape), child_time(True, shape)))
+                     dd, f32, off, on))
         print(rows[-1], flush=True)
+        if args.pipelined:
+            tflops_p = 2 * m * n * k / (ext_p * 1e-3) / 1e12
+            pipelined_rows.append((f"addmm {shape}", f"{ext_p:.3f} ({tflops_p:.1f} TFLOP/s)", f32_p, off_p, on_p))
+            print(pipelined_rows[-1], flush=True)
 
     rng = np.random.default_rng(1)
     ln_inputs = [tuple(mx.array(rng.standard_normal(s).astype(np.float32))
@@ -117,6 +157,16 @@ def main():
 
     for name, e, d, f32, f_off, f_on in rows:
         lines.append(f"| {name} | {e} | {ms(d)} | {ms(f32)} | {ms(f_off)} | {ms(f_on)} |")
+    if pipelined_rows:
+        lines += [
+            "",
+            f"Pipelined: {args.pipelined} calls per synchronisation, ms per call (median of {REPEATS}).",
+            "",
+            "| op | mlx_precise extended | mlx_precise float32 | MLX float32 (TF32 off) | MLX float32 (TF32 on) |",
+            "|---|---|---|---|---|",
+        ]
+        for name, e, f32, f_off, f_on in pipelined_rows:
+            lines.append(f"| {name} | {e} | {ms(f32)} | {ms(f_off)} | {ms(f_on)} |")
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -8,12 +8,19 @@ times it), long-<precision>-<L> (B=1, H=64, causal), m2-<precision>-<L>-b<batch>
 (M2-BERT 80M forward, random init), m2-torch-<L>-b<batch> (the PyTorch reference in
 float32), and addmm-<precision>-<M>x<K>x<N> / linear-<precision>-<M>x<K>x<N>
 (bench_gpu_strict.py's inputs: bias + a (M, K) @ b (K, N) row-major, or x (M, K) @
-weight (N, K).T + bias). Each case runs once to
+weight (N, K).T + bias; precision "mlx": MLX's own mx.addmm, TF32 as MLX_ENABLE_TF32
+says, the reference for MLX's per-call overhead). Each case runs once to
 warm up (JIT compilation, buffers; its wall time is printed first, so a slow first call
-shows apart from the profiled one), then once under torch.profiler, whose CUPTI
-activity trace records every kernel of the process, MLX's included. Prints, per
-kernel name, the launches and the summed device time, largest first, and the sum
-against the call's wall time (the difference is launch and host overhead).
+shows apart from the profiled one), then --calls times (each call synchronised, as
+bench_gpu.py times one) under torch.profiler, whose CUPTI activity trace records every
+kernel, copy and memset of the process, MLX's included, and the CUDA runtime and driver
+calls it traces. Prints, per kernel name, the launches and the device time per call,
+largest first; per call, the host and device timeline: from the call's start to its
+first device activity (host work: building and launching the graph), the span from
+the first activity's start to the last one's end with the idle gaps inside it, and from
+the last activity's end to the call's return (completion and synchronisation); and the
+CUDA API calls by total host time (a graph instantiated anew each call shows as
+cudaGraphInstantiate once per call).
 """
 
 import argparse
@@ -23,7 +30,7 @@ from collections import defaultdict
 import mlx.core as mx
 import numpy as np
 import torch
-from torch.profiler import ProfilerActivity, profile
+from torch.profiler import ProfilerActivity, profile, record_function
 
 import mlx_precise as mp
 
@@ -84,6 +91,8 @@ def addmm_case(kind, precision, shape):
         return lambda: mx.eval(mp.linear(a, weight, c, precision=precision))
     b = mx.array(np.ascontiguousarray(w.T))
     mx.eval(c, a, b)
+    if precision == "mlx":
+        return lambda: mx.eval(mx.addmm(c, a, b))
     return lambda: mx.eval(mp.addmm(c, a, b, precision=precision))
 
 
@@ -101,42 +110,93 @@ def make_case(name):
         return addmm_case(kind, precision, rest[0])
     raise SystemExit(f"unknown case {name!r}: use conv-<precision>-<L>, grad-<precision>-<L>, "
                      "long-<precision>-<L>, m2-<precision|torch>-<L>-b<batch> or "
-                     "addmm|linear-<precision>-<M>x<K>x<N>")
+                     "addmm-<precision|mlx>-<M>x<K>x<N> or linear-<precision>-<M>x<K>x<N>")
 
 
-def profile_case(name, top):
+def is_device(event):
+    return event.device_type == torch.autograd.DeviceType.CUDA
+
+
+def print_timeline(index, call, device_events):
+    """The call's device activities on the profiler's one time axis with the call's
+    own start and end: host time before the first activity, the span, the idle gaps
+    inside it (the largest named by the activity they precede) and the time after."""
+    acts = sorted((e for e in device_events if call.time_range.start <= e.time_range.start <= call.time_range.end),
+                  key=lambda e: e.time_range.start)
+    wall_ms = (call.time_range.end - call.time_range.start) / 1e3
+    if not acts:
+        print(f"call {index}: {wall_ms:.3f} ms, no device activity")
+        return
+    first, last_end = acts[0].time_range.start, max(e.time_range.end for e in acts)
+    gaps, busy_until = [], first
+    for e in acts:
+        if e.time_range.start > busy_until:
+            gaps.append(((e.time_range.start - busy_until) / 1e3, e.name))
+        busy_until = max(busy_until, e.time_range.end)
+    idle_ms = sum(g for g, _ in gaps)
+    largest = max(gaps, default=(0.0, ""))
+    print(f"call {index}: {wall_ms:.3f} ms = host before the first activity "
+          f"{(first - call.time_range.start) / 1e3:.3f} + device span {(last_end - first) / 1e3:.3f} "
+          f"(busy {(last_end - first) / 1e3 - idle_ms:.3f}, {len(gaps)} gaps {idle_ms:.3f}, largest "
+          f"{largest[0]:.3f} before `{largest[1][:60]}`) + after the last "
+          f"{(call.time_range.end - last_end) / 1e3:.3f}")
+
+
+def profile_case(name, top, calls):
     run = make_case(name)
     start = time.perf_counter()
     run()
     mx.synchronize()
     print(f"\n{name}: first call (warm-up) {time.perf_counter() - start:.2f} s", flush=True)
-    with profile(activities=[ProfilerActivity.CUDA]) as trace:
-        start = time.perf_counter()
-        run()
-        mx.synchronize()
-        wall_ms = (time.perf_counter() - start) * 1e3
+    walls = []
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as trace:
+        for i in range(calls):
+            with record_function(f"call {i}"):
+                start = time.perf_counter()
+                run()
+                mx.synchronize()
+                walls.append((time.perf_counter() - start) * 1e3)
+    events = trace.events()
+    device_events = [e for e in events if is_device(e)]
     per_kernel = defaultdict(lambda: [0, 0.0])
-    for event in trace.events():
-        if event.device_type == torch.autograd.DeviceType.CUDA:
-            per_kernel[event.name][0] += 1
-            per_kernel[event.name][1] += event.device_time / 1e3
+    for event in device_events:
+        per_kernel[event.name][0] += 1
+        per_kernel[event.name][1] += event.device_time / 1e3 / calls
     total_ms = sum(ms for _, ms in per_kernel.values())
-    print(f"\n## {name}: wall {wall_ms:.2f} ms, device {total_ms:.2f} ms in {len(per_kernel)} kernels")
-    print("| kernel | launches | ms | share |\n|---|---|---|---|")
+    print(f"\n## {name}: wall {min(walls):.2f} ms (fastest of {calls}), device {total_ms:.2f} ms per call "
+          f"in {len(per_kernel)} kernels")
+    print(f"| kernel | launches in {calls} calls | ms per call | share |\n|---|---|---|---|")
     for kernel, (count, ms) in sorted(per_kernel.items(), key=lambda item: -item[1][1])[:top]:
         print(f"| `{kernel[:90]}` | {count} | {ms:.3f} | {ms / max(total_ms, 1e-9):.1%} |",
               flush=True)
+    call_events = {e.name: e for e in events if not is_device(e) and e.name.startswith("call ")}
+    print()
+    for i in range(calls):
+        print_timeline(i, call_events[f"call {i}"], device_events)
+    api = defaultdict(lambda: [0, 0.0, 0.0])
+    for e in events:
+        if not is_device(e) and e.name.startswith("cu"):
+            ms = (e.time_range.end - e.time_range.start) / 1e3
+            api[e.name][0] += 1
+            api[e.name][1] += ms
+            api[e.name][2] = max(api[e.name][2], ms)
+    if api:
+        print(f"\nCUDA API calls of the {calls} calls (host time)\n| call | count | total ms | longest ms |\n"
+              "|---|---|---|---|")
+        for call, (count, ms, longest) in sorted(api.items(), key=lambda item: -item[1][1])[:top]:
+            print(f"| `{call}` | {count} | {ms:.3f} | {longest:.3f} |")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("cases", nargs="+")
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--calls", type=int, default=1, help="synchronised calls profiled per case")
     args = parser.parse_args()
     mx.set_default_device(mx.gpu)
     print(f"{torch.cuda.get_device_name()}, MLX {mx.__version__}, torch {torch.__version__}")
     for name in args.cases:
-        profile_case(name, args.top)
+        profile_case(name, args.top, args.calls)
 
 
 if __name__ == "__main__":
