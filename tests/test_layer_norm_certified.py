@@ -128,6 +128,23 @@ def test_grad_x_correctly_rounded(rng, precision):
                                       err_msg=f"x={x.tolist()} w={w} g={g.tolist()} eps={eps!r}")
 
 
+@pytest.mark.parametrize("precision", ["extended", "dd"])
+def test_grad_x_ties_in_the_subnormal_range(precision):
+    # Cotangents near 1e-43: the exact sum of g w lies below float's normal range,
+    # where the double-word stage's mean must read it out scaled (it kept too few
+    # bits and rounded the tie -94.5 2^-149 to -95 2^-149). Outputs 2 and 3 are exact
+    # ties (+-94.5 2^-149: x has variance 1.5^2), which round to even.
+    x = np.float32([[0, 0, 3, 3]])
+    w = np.float32([1, -2, 0.5, 3])
+    g = np.float32([[-3.643376007244524e-43, 5.493089980153283e-43, 9.710998357770982e-43, 2.942726775082116e-44]])
+    for sign in (1, -1):
+        _, (dx,) = mx.vjp(lambda x_: mp.layer_norm(x_, mx.array(w), None, eps=0.0, precision=precision),
+                          [mx.array(x)], [mx.array(sign * g)])
+        expected = layer_norm_grad_x_reference(x, w, sign * g, 0.0)
+        np.testing.assert_array_equal(np.abs(expected[0, 2:]), np.float32(94 * 2.0**-149))
+        np.testing.assert_array_equal(np.array(dx).view(np.uint32), expected.view(np.uint32))
+
+
 def check_grad_weight(x, g, eps, precision):
     """grad weight against the exact reference, bit for bit; a column whose exact
     value is rational while rows of more than four variances feed it (the exact

@@ -240,13 +240,23 @@ struct LayerNormWideStats {
 // (each the float nearest to what is left: 120 bits) added in double words
 // (|sum - S| <= 2.01 w |S|, w = kWordRoundoff), then divided by D (0.75 w):
 // mean_err = 4 w |mean|. A sum beyond float's range is read out scaled by
-// 2^-64, exactly.
+// 2^-64, and a nonzero sum below 2^-60 (products of tiny cotangents and
+// weights reach 2^-298) scaled up by 2^100 until it is not, exactly: float
+// parts in the subnormal range would keep too few bits.
 MP_INLINE dword layer_norm_wide_mean(ExactSum s, MP_INT64 dim) {
   double unit = 1.0;
   ExactSum probe = s;
-  if (!is_finite_bits(MP_FLOAT_BITS(exact_sum_round(probe)))) {
+  float rounded = exact_sum_round(probe);
+  if (!is_finite_bits(MP_FLOAT_BITS(rounded))) {
     exact_sum_scale(s, 0x1p-64f);
     unit = 0x1p64;
+  }
+  for (int k = 0; k < 3 && fabs(rounded) < 0x1p-60f && exact_sum_sign(s) != 0;
+       ++k) {
+    exact_sum_scale(s, 0x1p100f);
+    unit *= 0x1p-100;
+    probe = s;
+    rounded = exact_sum_round(probe);
   }
   dword sum{0.0, 0.0};
   for (int part = 0; part < 5; ++part) {
