@@ -30,9 +30,9 @@ def read(path):
 
 
 def jit_options():
-    """The literal options of compile_module in jit.cpp (the architecture is added)."""
-    body = re.search(r"const char\* options\[\] = \{(.*?)\};", read(os.path.join(CUDA, "jit.cpp")), re.S)
-    return [o for o in re.findall(r'"([^"]+)"', body.group(1))]
+    """The literal options of compile_options in jit.cpp but the architecture (added here)."""
+    body = re.search(r"compile_options\(int major, int minor\) \{(.*?)\n\}", read(os.path.join(CUDA, "jit.cpp")), re.S)
+    return [o for o in re.findall(r'"([^"]+)"', body.group(1)) if not o.startswith("--gpu-architecture")]
 
 
 def listed_names(source_file, function):
