@@ -1432,23 +1432,25 @@ MP_INLINE RowCertificate split_row_certificate(
 // The bound of grad k's row from split gradient rows (split_accumulated_row;
 // docs/certification.md, "Split gradient rows"): `terms` rows j summed in
 // each half, the rows within N/2 (no folds). The cyclic half is the engine's
-// sum of terms at size N/2 (conv_error_bound(N/2, terms)), the negacyclic
-// half negacyclic_error_bound(N, terms), both a priori per unit of
-// norm_products = sum_j ||g_j|| ||u_j||; combined by split_entry_error with
-// |x| <= (|c| + |g|) / 2 <= norm_products (Cauchy-Schwarz per term).
-// bound_scale multiplies the bound (1; the CPU harness's tests shrink it).
+// sum of terms at size N/2: cyclic_error = the sum over j of
+// measured_term_error with transform_errors(N/2, terms) and the spectra
+// bounded from the rows (spectrum_from_row, h = N/4), as the CPU sums a
+// target's terms; the negacyclic half a priori, negacyclic_error_bound(N,
+// terms) per unit of norm_products = sum_j ||g_j|| ||u_j||. Combined by
+// split_entry_error with |x| <= (|c| + |g|) / 2 <= norm_products
+// (Cauchy-Schwarz per term). bound_scale multiplies the bound (1; the CPU
+// harness's tests shrink it).
 MP_INLINE RowCertificate split_sum_certificate(
     MP_CONSTANT const ConvShape& g,
+    double cyclic_error,
     double norm_products,
     MP_INT64 terms,
     double bound_scale) {
-  const double u = kUnitRoundoff64;
-  const double cyclic =
-      conv_error_bound(g.fft_size / 2, terms, u) * norm_products;
   const double negacyclic =
-      negacyclic_error_bound(g.fft_size, terms, u) * norm_products;
+      negacyclic_error_bound(g.fft_size, terms, kUnitRoundoff64) *
+      norm_products;
   return certificate_from_bound(
-      bound_scale * split_entry_error(cyclic, negacyclic, norm_products),
+      bound_scale * split_entry_error(cyclic_error, negacyclic, norm_products),
       g.fold != 0,
       norm_products,
       terms,

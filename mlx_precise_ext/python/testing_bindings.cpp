@@ -1002,17 +1002,26 @@ nb::tuple gpu_split_gradients(
     bounds[i] = cert.conv_err + cert.rel * magnitude;
     open[i] = certify_output(cert, v, magnitude, out + i) ? 0.0f : 1.0f;
   };
-  double norm_products = 0.0;
+  const TransformErrors sum_errors =
+      transform_errors(u_geo.fft_size / 2, rows, kUnitRoundoff64);
+  double norm_products = 0.0, cyclic_error = 0.0;
   for (int64_t j = 0; j < rows; ++j) {
     const DeviceRow g_row{g + j * L, 1, gu.a_len, gu.a_reversed != 0};
     const DeviceRow u_row{u + j * L, 1, gk.b_len, false};
     double sums[3];
     row_sums_part(g_row, 0, 1, sums);
     const RowNorms g_norms = row_norms(bound.cyclic, m, g_row.len, sums);
+    row_sums_part(u_row, 0, 1, sums);
+    const RowNorms u_norms = row_norms(bound.cyclic, m, u_row.len, sums);
     const RowCertificate cert =
         split_row_certificate(bound, gu, g_norms, k_norms, bound_scale);
-    norm_products +=
-        g_norms.norm * std::sqrt(square_sum_part(u_row.data, 1, L, 0, 1));
+    norm_products += g_norms.norm * u_norms.norm;
+    cyclic_error += measured_term_error(
+        sum_errors,
+        g_norms.norm,
+        u_norms.norm,
+        g_norms.spectrum,
+        u_norms.spectrum);
     split_gradient_row<false, double>(
         g_row,
         u_row,
@@ -1049,7 +1058,7 @@ nb::tuple gpu_split_gradients(
         });
   }
   const RowCertificate cert_k =
-      split_sum_certificate(gk, norm_products, rows, bound_scale);
+      split_sum_certificate(gk, cyclic_error, norm_products, rows, bound_scale);
   split_accumulated_row<false, double>(
       re,
       im,

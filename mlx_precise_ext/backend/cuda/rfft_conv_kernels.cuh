@@ -972,9 +972,13 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
   const MP_INT64 g_step = ix.time_stride[kOperandA];
   const MP_INT64 u_step = u_ix.time_stride[kOperandB];
   const MP_INT64 bias_step = ix.time_stride[kOperandBias];
+  const MP_INT64 terms = ix.inner_count > 1 ? ix.inner_count : 1;
   for (MP_INT64 kk = blockIdx.x; kk < ix.outer_count; kk += gridDim.x) {
     const cpx<T>* spectrum = spectra + kk * 2 * fs.num_pairs;
-    double norm_products = 0.0;
+    // grad k's bound: sums over the rows of ||g|| ||u|| and of their
+    // measured_term_error (spectra bounded from the rows), as the CPU sums a
+    // target's terms.
+    double norm_products = 0.0, k_error = 0.0;
     for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
       const float* g_row = g + row_offset(ix, kOperandA, kk, j);
       const DeviceRow g_loaded{g_row, g_step, gu.a_len, gu.a_reversed != 0};
@@ -982,10 +986,11 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
           u + row_offset(u_ix, kOperandB, kk, j), u_step, gk.b_len, false};
       RowCertificate cert{};
       if constexpr (Certified<T>::value) {
-        // grad u: conv_rows' bound; grad k: reduce_rows' norm products.
+        // grad u: conv_rows' bound.
         const TransformErrors errors =
             transform_errors(gu.fft_size, 1, kUnitRoundoff64);
         const RowNorms g_norms = block_row_norms(g_loaded, errors, h);
+        const RowNorms u_norms = block_row_norms(u_loaded, errors, h);
         const double k_norm = k_norms[kk];
         cert = certificate_from_bound(
             measured_term_error(
@@ -998,8 +1003,13 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
             g_norms.norm * k_norm,
             1,
             gu.has_bias ? 1 : 0);
-        norm_products += g_norms.norm *
-            block_row_norm(u_loaded.data, u_loaded.stride, u_loaded.len);
+        norm_products += g_norms.norm * u_norms.norm;
+        k_error += measured_term_error(
+            transform_errors(gk.fft_size, terms, kUnitRoundoff64),
+            g_norms.norm,
+            u_norms.norm,
+            g_norms.spectrum,
+            u_norms.spectrum);
       }
       if (stash_u) {
         load_forward_to<T, kShared>(
@@ -1051,12 +1061,8 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
     }
     RowCertificate cert{};
     if constexpr (Certified<T>::value)
-      cert = row_certificate(
-          gk.fft_size,
-          gk.fold != 0,
-          norm_products,
-          ix.inner_count > 1 ? ix.inner_count : 1,
-          0);
+      cert = certificate_from_bound(
+          k_error, gk.fold != 0, norm_products, terms, 0);
     write_reduced_row<T, kShared>(
         g_re,
         g_im,
@@ -1115,23 +1121,32 @@ __global__ void __maxnreg__(128) split_gradient_rows(
   cpx<T>* acc = acc_slots +
       static_cast<MP_INT64>(blockIdx.x) * split_accumulator_stride(fs);
   const SplitBound bound = split_bound(gu.fft_size);
+  const MP_INT64 terms = ix.inner_count > 1 ? ix.inner_count : 1;
+  const TransformErrors sum_errors =
+      transform_errors(gu.fft_size / 2, terms, kUnitRoundoff64);
   const MP_INT64 g_step = ix.time_stride[kOperandA];
   const MP_INT64 u_step = u_ix.time_stride[kOperandB];
   const MP_INT64 bias_step = ix.time_stride[kOperandBias];
   for (MP_INT64 kk = blockIdx.x; kk < ix.outer_count; kk += gridDim.x) {
     const SplitKernelNorms k_split{
         RowNorms{k_norms[3 * kk], k_norms[3 * kk + 1]}, k_norms[3 * kk + 2]};
-    double norm_products = 0.0;
+    double norm_products = 0.0, cyclic_error = 0.0;
     for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
       const float* g_row = g + row_offset(ix, kOperandA, kk, j);
       const DeviceRow g_loaded{g_row, g_step, gu.a_len, gu.a_reversed != 0};
       const DeviceRow u_loaded{
           u + row_offset(u_ix, kOperandB, kk, j), u_step, gk.b_len, false};
       const RowNorms g_norms = block_row_norms(g_loaded, bound.cyclic, m);
+      const RowNorms u_norms = block_row_norms(u_loaded, bound.cyclic, m);
       const RowCertificate cert =
           split_row_certificate(bound, gu, g_norms, k_split, 1.0);
-      norm_products += g_norms.norm *
-          block_row_norm(u_loaded.data, u_loaded.stride, u_loaded.len);
+      norm_products += g_norms.norm * u_norms.norm;
+      cyclic_error += measured_term_error(
+          sum_errors,
+          g_norms.norm,
+          u_norms.norm,
+          g_norms.spectrum,
+          u_norms.spectrum);
       split_gradient_row<false, T>(
           g_loaded,
           u_loaded,
@@ -1160,8 +1175,8 @@ __global__ void __maxnreg__(128) split_gradient_rows(
               open_u,
               (kk * ix.inner_count + j) * gu.out_len});
     }
-    const RowCertificate cert = split_sum_certificate(
-        gk, norm_products, ix.inner_count > 1 ? ix.inner_count : 1, 1.0);
+    const RowCertificate cert =
+        split_sum_certificate(gk, cyclic_error, norm_products, terms, 1.0);
     split_accumulated_row<false, T>(
         re,
         im,
