@@ -240,3 +240,26 @@ def test_fused_jvp_is_correctly_rounded(rng, precision):
         for t in range(L)
     ]
     np.testing.assert_array_equal(bits(tangent), bits(expected))
+
+
+@pytest.mark.parametrize("precision", CERTIFIED)
+def test_recompute_counts_count_the_outputs_that_did_not_certify(rng, precision):
+    """mlx_precise._ext.testing.recompute_counts (the CPU's exact-fallback counter):
+    an exact tie (1 + 2^-24, between two floats) cannot certify and is recomputed;
+    outputs far from a rounding boundary certify; every certified output is counted."""
+    testing = mp._ext.testing
+    tie = A(1.0, 2.0**-24)
+    with mx.stream(mx.cpu):
+        testing.reset_recompute_counts()
+        out = mp.addmm(A(0.0), tie[None], A(1.0, 1.0)[:, None], precision=precision)
+        conv = mp.rfft_conv(tie, A(1.0, 1.0), precision=precision)
+        mx.eval(out, conv)
+        counts = testing.recompute_counts()
+        assert counts == {"addmm": (1, 1), "rfft_conv": (1, 2)}
+        assert bits(out).tolist() == [bits(A(1.0)).tolist()]
+        assert bits(conv).tolist() == bits(A(1.0, 1.0)).tolist()
+        testing.reset_recompute_counts()
+        a = mx.array(rng.standard_normal((40, 24)).astype(np.float32))
+        mx.eval(mp.addmm(A(0.5), a, a.T, precision=precision))
+        recomputed, outputs = testing.recompute_counts()["addmm"]
+        assert outputs == 40 * 40 and recomputed < outputs

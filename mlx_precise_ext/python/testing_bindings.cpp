@@ -17,6 +17,7 @@
 #include <nanobind/stl/vector.h>
 
 #include "backend/cpu/conv_job.h"
+#include "backend/cpu/recompute_counts.h"
 #include "backend/gpu/conv_layout.h"
 #include "backend/gpu/pair_grad_layout.h"
 #include "device_memory.h"
@@ -1544,6 +1545,36 @@ void init_testing(nb::module_& parent) {
       "float64 engine's values without certifying them (not correctly rounded), "
       "so that the cost of certification can be timed side by side. "
       "Returns nothing; pass True to restore the default.");
+
+  m.def(
+      "recompute_counts",
+      []() {
+        nb::dict counts;
+        const std::pair<const char*, cpu::CertifiedOp> ops[] = {
+            {"addmm", cpu::CertifiedOp::Addmm},
+            {"rfft_conv", cpu::CertifiedOp::RFFTConv}};
+        for (const auto& [name, op] : ops) {
+          const cpu::RecomputeCount& c = cpu::recompute_count(op);
+          counts[name] = nb::make_tuple(c.recomputed.load(), c.outputs.load());
+        }
+        return counts;
+      },
+      "The CPU's certified extended / dd outputs since the last "
+      "reset_recompute_counts(): {'addmm': (recomputed, outputs), "
+      "'rfft_conv': (recomputed, outputs)}, where recomputed counts the "
+      "outputs that did not certify and were recomputed exactly (addmm and "
+      "linear; rfft_conv forward and gradients). CUDA and Metal are not "
+      "counted.");
+
+  m.def(
+      "reset_recompute_counts",
+      []() {
+        for (auto& c : cpu::recompute_counts()) {
+          c.outputs.store(0);
+          c.recomputed.store(0);
+        }
+      },
+      "Sets every count of recompute_counts() to zero.");
 
   m.def(
       "gpu_transform",

@@ -18,6 +18,7 @@
 
 #include "backend/cpu/conv_job.h"
 #include "backend/cpu/parallel.h"
+#include "backend/cpu/recompute_counts.h"
 #include "kernels/certify.h"
 #include "kernels/fft_plan.h"
 #include "kernels/rfft_conv_core.h"
@@ -897,6 +898,7 @@ void write_outputs(
     }
     // Open outputs are rare: the flags are scanned eight at a time (one
     // 8-byte load each; the last group of a row may be shorter).
+    int64_t recomputed = 0;
     for (int64_t t0 = 0; t0 < len; t0 += 8) {
       const int64_t t1 = std::min<int64_t>(t0 + 8, len);
       uint64_t word = 0;
@@ -907,10 +909,13 @@ void write_outputs(
       if (word == 0)
         continue;
       for (int64_t t = t0; t < t1; ++t)
-        if (open[t])
+        if (open[t]) {
           out[t] =
               correctly_rounded_sum([&](auto range) { products(t, range); });
+          ++recomputed;
+        }
     }
+    count_recomputed(CertifiedOp::RFFTConv, len, recomputed);
   }
 }
 

@@ -16,6 +16,7 @@
 #include "backend/cpu/array_walk.h"
 #include "backend/cpu/blas.h"
 #include "backend/cpu/cpu_runtime.h"
+#include "backend/cpu/recompute_counts.h"
 #include "backend/cpu/strict_job.h"
 #include "strict_primitives.h"
 
@@ -143,10 +144,9 @@ void strict_addmm(
         alpha,
         beta,
         o};
-    if (avx2)
-      cpu::avx2::certify_addmm(job, threads);
-    else
-      cpu::base::certify_addmm(job, threads);
+    const int64_t recomputed = avx2 ? cpu::avx2::certify_addmm(job, threads)
+                                    : cpu::base::certify_addmm(job, threads);
+    cpu::count_recomputed(cpu::CertifiedOp::Addmm, M * N, recomputed);
   }
 }
 
