@@ -11,11 +11,11 @@
 // by (W N)^2 against C^2 2^296 V. Bit sizes: W N < 2^(555 + log2 D), the
 // shift of (W N)^2 is at most 778 (eps down to 2^-1074), C < 2^280 and V
 // < 2^(1330 + 2 log2 D): both sides stay below 2^(1890 + 2 log2 D) < 2^2304.
-// Written once against portability.h. The forward's part needs no double
-// (eps arrives as its integer significand and exponent, ExactEps) and no
-// lambda, so that Metal runs it too (kernels/layer_norm_pair.h); the
-// gradients' parts are for the CPU and CUDA. Rows reach it rarely: the limbs
-// live in local memory on a GPU.
+// Written once against portability.h. Nothing here needs double (eps
+// arrives as its integer significand and exponent, ExactEps; the CPU and CUDA
+// pass a double through exact_eps) or a lambda (comparisons are functors), so
+// that Metal runs every stage too (kernels/layer_norm_pair.h). Rows reach it
+// rarely: the limbs live in local memory on a GPU.
 #pragma once
 
 #include "certify.h"
@@ -459,7 +459,30 @@ MP_INLINE float exact_layer_norm_output(
   return round_by_midpoints<L>(compare, guess);
 }
 
-#if MP_HAS_DOUBLE
+// Sign of y - m for m = m_scaled 2^-150 and y = sign sqrt(lhs / factor) at
+// m's scale (lhs and factor put on one scale by the caller): the signs, then
+// lhs against m^2 factor. grad x's comparisons (lhs = (Q 2^h)^2, factor =
+// V^3) and grad weight's single class (lhs = (N 2^h)^2, factor = P^2 V).
+template <int L>
+struct SquaredMidpointCompare {
+  int sign;
+  const MP_THREAD BigNatural<L>* lhs;
+  const MP_THREAD BigNatural<L>* factor;
+
+  int operator()(BigInteger<L> m_scaled) const {
+    const int m_sign = big_sign(m_scaled);
+    if (sign != m_sign)
+      return sign > m_sign ? 1 : -1;
+    if (sign == 0)
+      return 0;
+    const int cmp = big_compare(
+        *lhs,
+        big_multiply(
+            big_multiply(m_scaled.magnitude, m_scaled.magnitude), *factor));
+    return sign > 0 ? cmp : -cmp;
+  }
+};
+
 // ---------------------------------------------------------------- grad x ----
 // grad x's exact last resort (layer_norm_certify.h has its float64 stage).
 // With GW_j = g_j w_j 2^298 (integers), G = sum GW, A_i = D GW_i - G,
@@ -490,8 +513,8 @@ MP_INLINE void exact_grad_x_row(
     Grad g,
     Weight w,
     MP_INT64 dim,
-    double eps,
-    ExactGradXRow& r) {
+    ExactEps eps,
+    MP_THREAD ExactGradXRow& r) {
   constexpr int L = kGradXLimbs;
   r.row = exact_layer_norm_row<L>(x, dim, eps);
   int ev = -296 - r.row.square_shift;
@@ -514,10 +537,23 @@ MP_INLINE void exact_grad_x_row(
   }
 }
 
+#if MP_HAS_DOUBLE
+template <class Row, class Grad, class Weight>
+MP_INLINE void exact_grad_x_row(
+    Row x,
+    Grad g,
+    Weight w,
+    MP_INT64 dim,
+    double eps,
+    ExactGradXRow& r) {
+  exact_grad_x_row(x, g, w, dim, exact_eps(eps), r);
+}
+#endif
+
 // The correctly rounded grad x for the row's element x (cotangent g, weight
 // w), from the candidate `guess`; +0 for an exact zero.
 MP_INLINE float exact_grad_x_output(
-    const ExactGradXRow& r,
+    const MP_THREAD ExactGradXRow& r,
     float x,
     float g,
     float w,
@@ -535,22 +571,10 @@ MP_INLINE float exact_grad_x_output(
       big_multiply(a, BigInteger<L>{r.row.radicand, false}),
       big_negate(
           BigInteger<L>{big_shift_left(np.magnitude, r.p_shift), np.negative}));
-  const int q_sign = big_sign(q);
   const BigNatural<L> q_scaled = big_shift_left(q.magnitude, r.h);
   const BigNatural<L> lhs = big_multiply(q_scaled, q_scaled);
-  const auto compare_with = [&](const BigInteger<L>& m_scaled) {
-    const int m_sign = big_sign(m_scaled);
-    if (q_sign != m_sign)
-      return q_sign > m_sign ? 1 : -1;
-    if (q_sign == 0)
-      return 0;
-    const int cmp = big_compare(
-        lhs,
-        big_multiply(
-            big_multiply(m_scaled.magnitude, m_scaled.magnitude), r.cubed));
-    return q_sign > 0 ? cmp : -cmp;
-  };
-  return round_by_midpoints<L>(compare_with, guess);
+  const SquaredMidpointCompare<L> compare{big_sign(q), &lhs, &r.cubed};
+  return round_by_midpoints<L>(compare, guess);
 }
 
 // ------------------------------------------------------------ grad weight ----
@@ -594,6 +618,33 @@ struct ExactWeightGradGroup {
 // kGradXLimbs.
 constexpr int kWeightGradBits = 1536;
 
+// Sign of dw - m for m = m_scaled 2^-150 from the enclosure of dw 2^F:
+// [total - below, total + above]; 0 (and *decided = false) when it holds m.
+struct WeightGradBoundsCompare {
+  const MP_THREAD BigInteger<kGradXLimbs>* total;
+  int above;
+  int below;
+  MP_THREAD bool* decided;
+
+  int operator()(BigInteger<kBigLimbs> m_scaled) const {
+    constexpr int L = kGradXLimbs;
+    const BigInteger<L> m{
+        big_shift_left(big_widen<L>(m_scaled.magnitude), kWeightGradBits),
+        m_scaled.negative};
+    const BigInteger<L> gap = big_add(*total, big_negate(m)); // U 2^F - m 2^F
+    const BigInteger<L> lo = big_add(
+        gap, BigInteger<L>{big_from<L>(static_cast<BigWord>(below), 0), true});
+    const BigInteger<L> hi = big_add(
+        gap, BigInteger<L>{big_from<L>(static_cast<BigWord>(above), 0), false});
+    if (big_sign(lo) > 0)
+      return 1;
+    if (big_sign(hi) < 0)
+      return -1;
+    *decided = false;
+    return 0;
+  }
+};
+
 template <class ExactRow, class XEntry, class GEntry>
 MP_INLINE bool weight_grad_by_bounds(
     ExactRow exact_row,
@@ -627,25 +678,9 @@ MP_INLINE bool weight_grad_by_bounds(
     total = big_add(total, BigInteger<L>{floor_term, term.negative});
     ++(term.negative ? below : above);
   }
-  // Sign of dw - m for m = m_scaled 2^-150, 0 when the interval holds m.
   bool decided = true;
-  const auto compare_with = [&](const BigInteger<kBigLimbs>& m_scaled) {
-    const BigInteger<L> m{
-        big_shift_left(big_widen<L>(m_scaled.magnitude), kWeightGradBits),
-        m_scaled.negative};
-    const BigInteger<L> gap = big_add(total, big_negate(m)); // U 2^F - m 2^F
-    const BigInteger<L> lo = big_add(
-        gap, BigInteger<L>{big_from<L>(static_cast<BigWord>(below), 0), true});
-    const BigInteger<L> hi = big_add(
-        gap, BigInteger<L>{big_from<L>(static_cast<BigWord>(above), 0), false});
-    if (big_sign(lo) > 0)
-      return 1;
-    if (big_sign(hi) < 0)
-      return -1;
-    decided = false;
-    return 0;
-  };
-  const float rounded = round_by_midpoints<kBigLimbs>(compare_with, guess);
+  const WeightGradBoundsCompare compare{&total, above, below, &decided};
+  const float rounded = round_by_midpoints<kBigLimbs>(compare, guess);
   if (decided)
     *out = rounded;
   return decided;
@@ -729,21 +764,11 @@ MP_INLINE bool weight_grad_by_classes(
   if (2 * (big_bit_length(n.magnitude) + h) > kMaxBits ||
       2 * big_bit_length(p) + big_bit_length(vb) + 600 > kMaxBits)
     return false;
-  const int n_sign = big_sign(n);
   const BigNatural<W> n_scaled = big_shift_left(n.magnitude, h);
   const BigNatural<W> lhs = big_multiply(n_scaled, n_scaled);
   const BigNatural<W> p_squared_v = big_multiply(big_multiply(p, p), vb);
-  const auto compare_with = [&](const BigInteger<W>& m_scaled) {
-    const int m_sign = big_sign(m_scaled);
-    if (n_sign != m_sign)
-      return n_sign > m_sign ? 1 : -1;
-    const int cmp = big_compare(
-        lhs,
-        big_multiply(
-            big_multiply(m_scaled.magnitude, m_scaled.magnitude), p_squared_v));
-    return n_sign > 0 ? cmp : -cmp;
-  };
-  *out = round_by_midpoints<W>(compare_with, guess);
+  const SquaredMidpointCompare<W> compare{big_sign(n), &lhs, &p_squared_v};
+  *out = round_by_midpoints<W>(compare, guess);
   return true;
 }
 
@@ -794,7 +819,5 @@ MP_INLINE bool exact_weight_grad_output(
   return weight_grad_by_classes(groups, used, h, guess, out) ||
       weight_grad_by_bounds(exact_row, x, g, rows, guess, out);
 }
-
-#endif // MP_HAS_DOUBLE
 
 } // namespace mlx_precise

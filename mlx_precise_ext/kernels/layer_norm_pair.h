@@ -1,8 +1,11 @@
 // Certified layer_norm in float pairs, for the backends without double
-// (Metal's extended and dd layer_norm). Written once against portability.h:
-// the Metal kernels (strict_kernels.metal: layer_norm_rows_dd,
-// layer_norm_recompute_open) and their CPU emulation
-// (mlx_precise._ext.testing.metal_certified_layer_norm) run this code.
+// (Metal's extended and dd layer_norm): the forward, grad x and grad bias.
+// Written once against portability.h: the Metal kernels (strict_kernels.metal:
+// layer_norm_rows_dd, layer_norm_recompute_open, layer_norm_grad_rows_dd,
+// layer_norm_grad_x_recompute_open, layer_norm_param_grads_dd) and their CPU
+// emulation (mlx_precise._ext.testing.metal_certified_layer_norm,
+// metal_certified_layer_norm_grad_x, metal_layer_norm_bias_grad) run this
+// code.
 //
 // Per row (docs/certification.md, "Metal layer_norm", has the derivation):
 //   1. the row is scaled by a power of two, x_s = x 2^-e with max |x_s| in
@@ -157,6 +160,13 @@ struct PairLayerNormRow {
   float inv_rel; // r's relative error (inf: nothing certifies)
 };
 
+// One more than the roundings a term of a row's lane sums meets: ceil(D /
+// 32) - 1 in its lane and 5 combining the lanes, never more than D - 1.
+MP_INLINE float pair_lanes_depth(MP_INT64 dim) {
+  const MP_INT64 lanes_depth = (dim + kPairLanes - 1) / kPairLanes + 5;
+  return static_cast<float>(lanes_depth < dim ? lanes_depth : dim);
+}
+
 // The float sum of m nonnegative terms is >= (1 - u)^m >= 1 - m u of the real
 // one: the factor that bounds the real sum from the float one (inf for
 // m >= 2^21, where nothing certifies).
@@ -202,47 +212,56 @@ MP_INLINE PairLayerNormRow pair_layer_norm_finish(
     row.kind = kPairRowNan;
     return row;
   }
-  if (scan.lowest == scan.highest) { // every N = D x - S is 0
-    row.kind = eps_zero ? kPairRowNan : kPairRowZero;
+  // A constant row has every N = D x - S = 0: n = 0 exactly, var = 0, and r
+  // comes from eps alone (0 / 0 for eps = 0); the gradients need r.
+  const bool constant_row = scan.lowest == scan.highest;
+  if (constant_row && eps_zero) {
+    row.kind = kPairRowNan;
     return row;
   }
   const float u = kPairOpError;
-  const ff count{static_cast<float>(dim), 0.0f};
-  const ff dev_sum = combine_pair_lanes(dev);
-  const ff c = dd_div(dev_sum, count);
-  const ff sq_sum = combine_pair_lanes(sq);
-  ff var = dd_div(dd_sub(sq_sum, dd_mul(dev_sum, c)), count);
-  if (var.hi < 0.0f)
-    var = zero;
-  row.correction = c;
+  ff var = zero;
+  float e1 = 0.0f, ev = 0.0f;
+  if (constant_row) {
+    row.kind = kPairRowZero;
+  } else {
+    const ff count{static_cast<float>(dim), 0.0f};
+    const ff dev_sum = combine_pair_lanes(dev);
+    const ff c = dd_div(dev_sum, count);
+    const ff sq_sum = combine_pair_lanes(sq);
+    var = dd_div(dd_sub(sq_sum, dd_mul(dev_sum, c)), count);
+    if (var.hi < 0.0f)
+      var = zero;
+    row.correction = c;
 
-  // Bounds of the mean and the variance (x_s units).
-  const float d = static_cast<float>(dim);
-  const MP_INT64 lanes_depth = (dim + kPairLanes - 1) / kPairLanes + 5;
-  const MP_INT64 depth = lanes_depth < dim ? lanes_depth : dim;
-  const float k = static_cast<float>(depth);
-  const float inflate = pair_sum_inflation(dim + 8);
-  const float a1 = MP_MULF(MP_DIVF(combine_pair_lanes(abs_dev), d), inflate);
-  const float m2 =
-      MP_MULF(MP_DIVF(abs_float(combine_lanes(sq).hi), d), 1.0001220703125f);
-  const float abs_c = MP_MULF(abs_float(c.hi), 1.0000002384185791f);
-  const float e1 = MP_ADDF(
-      MP_MULF(
-          MP_ADDF(MP_MULF(MP_MULF(MP_ADDF(k, 2.0f), u), a1), MP_MULF(u, abs_c)),
-          kPairLayerNormSlack),
-      kPairUnderflowStats);
-  const float ev = MP_ADDF(
-      MP_MULF(
-          MP_ADDF(
-              MP_MULF(MP_MULF(MP_ADDF(k, 6.0f), u), m2),
-              MP_MULF(MP_MULF(3.0f, e1), MP_ADDF(abs_c, e1))),
-          kPairLayerNormSlack),
-      kPairUnderflowStats);
+    // Bounds of the mean and the variance (x_s units).
+    const float d = static_cast<float>(dim);
+    const float k = pair_lanes_depth(dim);
+    const float inflate = pair_sum_inflation(dim + 8);
+    const float a1 = MP_MULF(MP_DIVF(combine_pair_lanes(abs_dev), d), inflate);
+    const float m2 =
+        MP_MULF(MP_DIVF(abs_float(combine_lanes(sq).hi), d), 1.0001220703125f);
+    const float abs_c = MP_MULF(abs_float(c.hi), 1.0000002384185791f);
+    e1 = MP_ADDF(
+        MP_MULF(
+            MP_ADDF(
+                MP_MULF(MP_MULF(MP_ADDF(k, 2.0f), u), a1), MP_MULF(u, abs_c)),
+            kPairLayerNormSlack),
+        kPairUnderflowStats);
+    ev = MP_ADDF(
+        MP_MULF(
+            MP_ADDF(
+                MP_MULF(MP_MULF(MP_ADDF(k, 6.0f), u), m2),
+                MP_MULF(MP_MULF(3.0f, e1), MP_ADDF(abs_c, e1))),
+            kPairLayerNormSlack),
+        kPairUnderflowStats);
+  }
   row.mean_err = e1;
 
-  // v = var 2^(2(e - g)) + eps 2^-2g with g >= e, eps 2^-2g <= 2.
+  // v = var 2^(2(e - g)) + eps 2^-2g with g >= e, eps 2^-2g <= 2 (a constant
+  // row: g from eps alone, v = eps 2^-2g in [1/2, 2)).
   const int eps_half = (eps.exponent + 1) >> 1; // ceil(exponent / 2)
-  row.g = eps_zero || eps_half <= row.e ? row.e : eps_half;
+  row.g = eps_zero || (eps_half <= row.e && !constant_row) ? row.e : eps_half;
   const int var_shift = 2 * (row.e - row.g);
   const int eps_shift = eps.exponent - 2 * row.g;
   const ff var_g{MP_LDEXPF(var.hi, var_shift), MP_LDEXPF(var.lo, var_shift)};
@@ -273,6 +292,44 @@ MP_INLINE PairLayerNormRow pair_layer_norm_finish(
   if (rho <= 0.25f) // false for NaN
     row.inv_rel = MP_MULF(MP_MULF(0.6f, rho), kPairLayerNormSlack);
   return row;
+}
+
+// Element x's numerator num = (x_s - shift) - c and z = num r (n = z 2^(e -
+// g)), with their bounds:
+//   |num - (x_s - mean)| <= e_num = u (|d| + |num|) + e1 + mu
+//   |z - n_s| <= e_z = |z| rel + r (1 + rel) e_num + u |z|
+// (n_s = n 2^(g - e) exactly); a constant row's are 0 exactly.
+struct PairNormalized {
+  ff num;
+  ff z;
+  float e_num;
+  float e_z;
+};
+
+MP_INLINE PairNormalized
+pair_normalized(const MP_THREAD PairLayerNormRow& row, float x) {
+  PairNormalized n{ff{0.0f, 0.0f}, ff{0.0f, 0.0f}, 0.0f, 0.0f};
+  if (row.kind == kPairRowZero)
+    return n;
+  const float u = kPairOpError;
+  const float x_s = pair_scaled_element(x, row.e);
+  const ff d = dd_sub(ff{x_s, 0.0f}, row.shift);
+  n.num = dd_sub(d, row.correction);
+  n.e_num = MP_ADDF(
+      MP_MULF(
+          MP_ADDF(
+              MP_MULF(u, MP_ADDF(abs_float(d.hi), abs_float(n.num.hi))),
+              row.mean_err),
+          1.0000002384185791f),
+      kPairUnderflowStats);
+  n.z = dd_mul(n.num, row.r);
+  const float rel = row.inv_rel;
+  n.e_z = MP_ADDF(
+      MP_ADDF(
+          MP_MULF(abs_float(n.z.hi), rel),
+          MP_MULF(MP_MULF(abs_float(row.r.hi), MP_ADDF(1.0f, rel)), n.e_num)),
+      MP_MULF(u, abs_float(n.z.hi)));
+  return n;
 }
 
 // One output, y = v 2^shift within err 2^shift, or `value` when it is known
@@ -312,17 +369,10 @@ MP_INLINE PairLayerNormOutput pair_layer_norm_output(
                         : MP_ADDF(MP_MULF(0.0f, w), b);
     return o;
   }
-  const float x_s = pair_scaled_element(x, row.e);
-  const ff d = dd_sub(ff{x_s, 0.0f}, row.shift);
-  const ff num = dd_sub(d, row.correction);
-  const float e_num = MP_ADDF(
-      MP_MULF(
-          MP_ADDF(
-              MP_MULF(u, MP_ADDF(abs_float(d.hi), abs_float(num.hi))),
-              row.mean_err),
-          1.0000002384185791f),
-      kPairUnderflowStats);
-  const ff z = dd_mul(num, row.r);
+  const PairNormalized n = pair_normalized(row, x);
+  const ff num = n.num;
+  const float e_num = n.e_num;
+  const ff z = n.z;
   if (!finite_wb) {
     // IEEE's value: +-inf or NaN, as the float64 computation gives.
     o.value = MP_ADDF(MP_MULF(z.hi, w), b);
@@ -336,12 +386,7 @@ MP_INLINE PairLayerNormOutput pair_layer_norm_output(
     return o;
   }
   o.fixed = false;
-  const float rel = row.inv_rel;
-  const float e_z = MP_ADDF(
-      MP_ADDF(
-          MP_MULF(abs_float(z.hi), rel),
-          MP_MULF(MP_MULF(abs_float(row.r.hi), MP_ADDF(1.0f, rel)), e_num)),
-      MP_MULF(u, abs_float(z.hi)));
+  const float e_z = n.e_z;
   const int kw = magnitude_exponent(MP_FLOAT_BITS(w) & 0x7fffffffu);
   const float w_m = MP_LDEXPF(w, -kw);
   const ff p = dd_mul_f(z, w_m);
@@ -408,6 +453,259 @@ MP_INLINE bool pair_layer_norm_round(
     return true;
   }
   return certified_round_pair(o.v, MP_MULF(o.err, err_scale), o.shift, out);
+}
+
+// ------------------------------------------------------------ grad x ----
+// grad x = inv_std ((gw - mean gw) - n mean(gw n)), gw = g w (w = 1 without
+// weight), in units of powers of two: gw = gw_s 2^E with E the row's largest
+// exp(g) + exp(w) over nonzero products (|gw_s| < 1, the largest >= 1/4), n =
+// z 2^(e - g) (pair_normalized), inv_std = r 2^-g. The lanes sum
+//   m1 = sum gw_s / D,  m2 = sum gw_s z / D   (32 lanes, a balanced tree),
+// and each output is
+//   t1 = gw_s - m1,  t2 = z m2 (times 2^(2(e - g)) <= 1),
+//   t = t1 - t2 2^(2(e - g)) at 2^T (T the larger exponent of the two terms),
+//   dx = t r 2^(E + T - g),
+// with layer_norm_certify.h's bound (grad_x_errors, grad_x_error) in pairs,
+// u = kPairOpError, k = pair_lanes_depth(D), mu = kPairGradUnderflow:
+//   e_m1 = ((k + 1) u A + u |m1|) slack + mu       A = sum |gw_s| / D
+//   e_m2 = ((B + (k + 1) u P) / D + u |m2|) slack + mu   P = sum |gw_s z|,
+//        B = sum (|gw_s| e_z + 2^-148 (|z| + e_z) + 2^-147)  (z's error, gw_s's
+//        and the product's underflow)
+//   e_t  = (e_m1 + 2^-148 + u |t1| + (|z| e_m2 + (|m2| + e_m2) e_z + u |t2|)
+//          2^(2(e - g))) 2^-T + u |t| + 2^-146   (the scalings' underflow)
+//   err  = (|t| r rel + r (1 + rel) e_t + u |dx|) slack + 2^-146.
+// A row whose products g w are all zero gives +0 (as every exact zero does,
+// here and on the CPU). Rows with a non-finite x, g or w give NaN.
+
+// 2^-140: the absolute error, in units of 2^E, that underflow adds to the
+// means (gw_s's own underflow, 2^-148 per element, is counted where it
+// meets z) and to the bound's own float operations.
+constexpr MP_CONSTANT float kPairGradUnderflow = 7.174648137343064e-43f;
+// 2^-148, 2^-147, 2^-146.
+constexpr MP_CONSTANT float kPairTiny148 = 2.802596928649634e-45f;
+constexpr MP_CONSTANT float kPairTiny147 = 5.605193857299268e-45f;
+constexpr MP_CONSTANT float kPairTiny146 = 1.1210387714598537e-44f;
+
+// A row's cotangent scan (merge in any order): E, and whether every g and w
+// is finite.
+constexpr MP_CONSTANT int kPairNoExponent = -1000;
+
+struct PairGradScan {
+  int exponent; // E; kPairNoExponent when every product g w is zero
+  int finite;
+};
+
+MP_INLINE PairGradScan pair_grad_scan_init() {
+  return PairGradScan{kPairNoExponent, 1};
+}
+
+MP_INLINE PairGradScan pair_grad_scan_step(PairGradScan s, float g, float w) {
+  const unsigned int g_bits = MP_FLOAT_BITS(g) & 0x7fffffffu;
+  const unsigned int w_bits = MP_FLOAT_BITS(w) & 0x7fffffffu;
+  if (!is_finite_bits(g_bits) || !is_finite_bits(w_bits))
+    s.finite = 0;
+  else if (g_bits != 0u && w_bits != 0u) {
+    const int e = magnitude_exponent(g_bits) + magnitude_exponent(w_bits);
+    s.exponent = e > s.exponent ? e : s.exponent;
+  }
+  return s;
+}
+
+MP_INLINE PairGradScan pair_grad_scan_merge(PairGradScan a, PairGradScan b) {
+  return PairGradScan{
+      a.exponent > b.exponent ? a.exponent : b.exponent, a.finite & b.finite};
+}
+
+// gw_s = g w 2^-E: g scaled into [1/2, 1) exactly, w by the rest (exact
+// unless it underflows, < 2^-150 then), their exact product (residual lost
+// below 2^-150 when it underflows): within 2^-148 of g w 2^-E.
+MP_INLINE ff pair_scaled_gw(float g, float w, int exponent) {
+  const unsigned int g_bits = MP_FLOAT_BITS(g) & 0x7fffffffu;
+  if (g_bits == 0u || w == 0.0f)
+    return ff{0.0f, 0.0f};
+  const int a = magnitude_exponent(g_bits);
+  return two_prod(MP_LDEXPF(g, -a), MP_LDEXPF(w, a - exponent));
+}
+
+// One lane's sums (lane l: elements l, l + 32, ... in order).
+struct PairGradXLane {
+  ff gw;
+  ff gwz;
+  float abs_gw;
+  float abs_gwz;
+  float gwz_err;
+};
+
+MP_INLINE PairGradXLane pair_grad_x_lane_init() {
+  return PairGradXLane{ff{0.0f, 0.0f}, ff{0.0f, 0.0f}, 0.0f, 0.0f, 0.0f};
+}
+
+MP_INLINE void pair_grad_x_step(
+    MP_THREAD PairGradXLane& lane,
+    const MP_THREAD PairLayerNormRow& row,
+    float x,
+    ff gw) {
+  const PairNormalized n = pair_normalized(row, x);
+  const ff p = dd_mul(gw, n.z);
+  lane.gw = dd_add(lane.gw, gw);
+  lane.gwz = dd_add(lane.gwz, p);
+  lane.abs_gw = MP_ADDF(lane.abs_gw, abs_float(gw.hi));
+  lane.abs_gwz = MP_ADDF(lane.abs_gwz, abs_float(p.hi));
+  lane.gwz_err = MP_ADDF(
+      lane.gwz_err,
+      MP_ADDF(
+          MP_ADDF(
+              MP_MULF(abs_float(gw.hi), n.e_z),
+              MP_MULF(kPairTiny148, MP_ADDF(abs_float(n.z.hi), n.e_z))),
+          kPairTiny147));
+}
+
+// A row's grad x state: the means and their bounds.
+enum PairGradKind : int { kPairGradCertify = 0, kPairGradZero, kPairGradNan };
+
+struct PairGradX {
+  ff m1;
+  ff m2;
+  float e_m1;
+  float e_m2;
+  int exponent; // E
+  int kind; // PairGradKind
+};
+
+MP_INLINE PairGradX pair_grad_x_finish(
+    const MP_THREAD PairLayerNormRow& row,
+    PairGradScan scan,
+    MP_THREAD const PairGradXLane* lanes,
+    MP_INT64 dim) {
+  PairGradX gx{ff{0.0f, 0.0f}, ff{0.0f, 0.0f}, 0.0f, 0.0f, scan.exponent, 0};
+  if (row.kind == kPairRowNan || scan.finite == 0) {
+    gx.kind = kPairGradNan;
+    return gx;
+  }
+  if (scan.exponent == kPairNoExponent) {
+    gx.kind = kPairGradZero;
+    return gx;
+  }
+  gx.kind = kPairGradCertify;
+  ff gw[kPairLanes], gwz[kPairLanes];
+  float abs_gw[kPairLanes], abs_gwz[kPairLanes], gwz_err[kPairLanes];
+  for (int l = 0; l < kPairLanes; ++l) {
+    gw[l] = lanes[l].gw;
+    gwz[l] = lanes[l].gwz;
+    abs_gw[l] = lanes[l].abs_gw;
+    abs_gwz[l] = lanes[l].abs_gwz;
+    gwz_err[l] = lanes[l].gwz_err;
+  }
+  const float u = kPairOpError;
+  const ff count{static_cast<float>(dim), 0.0f};
+  const float d = static_cast<float>(dim);
+  const float ku = MP_MULF(MP_ADDF(pair_lanes_depth(dim), 1.0f), u);
+  const float inflate = pair_sum_inflation(dim + 8);
+  gx.m1 = dd_div(combine_pair_lanes(gw), count);
+  gx.m2 = dd_div(combine_pair_lanes(gwz), count);
+  const float a = MP_MULF(MP_DIVF(combine_pair_lanes(abs_gw), d), inflate);
+  const float p = MP_MULF(combine_pair_lanes(abs_gwz), inflate);
+  const float b = MP_MULF(combine_pair_lanes(gwz_err), inflate);
+  gx.e_m1 = MP_ADDF(
+      MP_MULF(
+          MP_ADDF(MP_MULF(ku, a), MP_MULF(u, abs_float(gx.m1.hi))),
+          kPairLayerNormSlack),
+      kPairGradUnderflow);
+  gx.e_m2 = MP_ADDF(
+      MP_MULF(
+          MP_ADDF(
+              MP_DIVF(MP_ADDF(b, MP_MULF(ku, p)), d),
+              MP_MULF(u, abs_float(gx.m2.hi))),
+          kPairLayerNormSlack),
+      kPairGradUnderflow);
+  return gx;
+}
+
+// Element x's grad x (cotangent g, weight w; w = 1 without) as a pair times
+// 2^shift with its bound, or fixed (NaN rows, zero rows).
+MP_INLINE PairLayerNormOutput pair_grad_x_output(
+    const MP_THREAD PairLayerNormRow& row,
+    const MP_THREAD PairGradX& gx,
+    float x,
+    float g,
+    float w) {
+  PairLayerNormOutput o{ff{0.0f, 0.0f}, 0.0f, 0, true, 0.0f};
+  if (gx.kind == kPairGradNan) {
+    o.value = MP_BITS_FLOAT(0x7fc00000u);
+    return o;
+  }
+  if (gx.kind == kPairGradZero)
+    return o;
+  o.fixed = false;
+  const PairNormalized n = pair_normalized(row, x);
+  const float u = kPairOpError;
+  const ff t1 = dd_sub(pair_scaled_gw(g, w, gx.exponent), gx.m1);
+  const ff t2 = dd_mul(n.z, gx.m2);
+  const int s2 = 2 * (row.e - row.g);
+  const unsigned int t1_bits = MP_FLOAT_BITS(t1.hi) & 0x7fffffffu;
+  const unsigned int t2_bits = MP_FLOAT_BITS(t2.hi) & 0x7fffffffu;
+  int t = t1_bits == 0u ? kPairNoExponent : magnitude_exponent(t1_bits);
+  if (t2_bits != 0u && magnitude_exponent(t2_bits) + s2 > t)
+    t = magnitude_exponent(t2_bits) + s2;
+  if (t == kPairNoExponent)
+    t = 0;
+  const ff t1_t{MP_LDEXPF(t1.hi, -t), MP_LDEXPF(t1.lo, -t)};
+  const ff t2_t{MP_LDEXPF(t2.hi, s2 - t), MP_LDEXPF(t2.lo, s2 - t)};
+  const ff tt = dd_sub(t1_t, t2_t);
+  const float e_t1 =
+      MP_ADDF(MP_ADDF(gx.e_m1, kPairTiny148), MP_MULF(u, abs_float(t1.hi)));
+  const float e_t2 = MP_ADDF(
+      MP_ADDF(
+          MP_MULF(abs_float(n.z.hi), gx.e_m2),
+          MP_MULF(MP_ADDF(abs_float(gx.m2.hi), gx.e_m2), n.e_z)),
+      MP_MULF(u, abs_float(t2.hi)));
+  const float e_t = MP_ADDF(
+      MP_ADDF(
+          MP_MULF(
+              MP_ADDF(MP_LDEXPF(e_t1, -t), MP_LDEXPF(e_t2, s2 - t)),
+              kPairLayerNormSlack),
+          MP_MULF(u, abs_float(tt.hi))),
+      kPairTiny146);
+  o.v = dd_mul(tt, row.r);
+  o.shift = gx.exponent + t - row.g;
+  const float r = abs_float(row.r.hi), rel = row.inv_rel;
+  o.err = MP_ADDF(
+      MP_MULF(
+          MP_ADDF(
+              MP_ADDF(
+                  MP_MULF(MP_MULF(abs_float(tt.hi), r), rel),
+                  MP_MULF(MP_MULF(r, MP_ADDF(1.0f, rel)), e_t)),
+              MP_MULF(u, abs_float(o.v.hi))),
+          kPairLayerNormSlack),
+      kPairTiny146);
+  o.value = round_pair_scaled(o.v, o.shift);
+  return o;
+}
+
+// A row's grad x state in one thread, the lanes of the Metal kernel in turn:
+// the CPU emulation's. x(i), g(i), w(i): element i of the row, its cotangent
+// and the weight (1 without).
+template <class Row, class Grad, class Weight>
+MP_INLINE PairGradX pair_grad_x_row(
+    const MP_THREAD PairLayerNormRow& row,
+    Row x,
+    Grad g,
+    Weight w,
+    MP_INT64 dim) {
+  PairGradScan scan = pair_grad_scan_init();
+  for (MP_INT64 i = 0; i < dim; ++i)
+    scan = pair_grad_scan_step(scan, g(i), w(i));
+  PairGradXLane lanes[kPairLanes];
+  for (int l = 0; l < kPairLanes; ++l)
+    lanes[l] = pair_grad_x_lane_init();
+  if (scan.finite != 0 && scan.exponent != kPairNoExponent)
+    for (MP_INT64 i = 0; i < dim; ++i)
+      pair_grad_x_step(
+          lanes[i % kPairLanes],
+          row,
+          x(i),
+          pair_scaled_gw(g(i), w(i), scan.exponent));
+  return pair_grad_x_finish(row, scan, lanes, dim);
 }
 
 // grad bias = the column sum of the cotangent: `sum` its pair dot product with

@@ -485,6 +485,60 @@ nb::tuple metal_certified_layer_norm(
   return nb::make_tuple(out, open_out);
 }
 
+// Metal's certified float-pair layer_norm grad x on the CPU, each row as the
+// kernels run it (strict_kernels.metal: layer_norm_grad_rows_dd, then
+// layer_norm_grad_x_recompute_open for the open outputs): x and the cotangent
+// g (rows, dim) row-major, flattened; weight of dim entries or empty.
+// err_scale multiplies the bound (1 in the kernels). Returns (dx, open).
+nb::tuple metal_certified_layer_norm_grad_x(
+    F x,
+    F weight,
+    F g,
+    int64_t dim,
+    double eps,
+    float err_scale) {
+  const bool has_w = weight.shape(0) != 0;
+  if (dim <= 0 || x.shape(0) % dim != 0 || g.shape(0) != x.shape(0) ||
+      (has_w && static_cast<int64_t>(weight.shape(0)) != dim) || !(eps >= 0.0))
+    throw std::invalid_argument(
+        "pass x and g of rows * dim entries, weight of dim or 0, eps >= 0");
+  const int64_t rows = static_cast<int64_t>(x.shape(0)) / dim;
+  const PairLayerNormEps pe = pair_layer_norm_eps(eps);
+  float* dx;
+  OutArray out = new_float_array(static_cast<size_t>(rows * dim), &dx);
+  // Poisoned: an output the kernels' code failed to write stays NaN.
+  std::fill(dx, dx + rows * dim, std::numeric_limits<float>::quiet_NaN());
+  float* open;
+  OutArray open_out = new_float_array(static_cast<size_t>(rows * dim), &open);
+  const auto w = [&](int64_t i) { return has_w ? weight.data()[i] : 1.0f; };
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x.data() + r * dim;
+    const float* gr = g.data() + r * dim;
+    const auto xe = [&](int64_t i) { return xr[i]; };
+    const auto ge = [&](int64_t i) { return gr[i]; };
+    const PairLayerNormRow row = pair_layer_norm_row(xe, dim, pe);
+    const PairGradX gx = pair_grad_x_row(row, xe, ge, w, dim);
+    bool any_open = false;
+    for (int64_t i = 0; i < dim; ++i) {
+      const bool done = pair_layer_norm_round(
+          pair_grad_x_output(row, gx, xr[i], gr[i], w(i)),
+          err_scale,
+          &dx[r * dim + i]);
+      open[r * dim + i] = done ? 0.0f : 1.0f;
+      any_open = any_open || !done;
+    }
+    if (!any_open)
+      continue;
+    ExactGradXRow exact;
+    exact_grad_x_row(xe, ge, w, dim, pe.exact, exact);
+    for (int64_t i = 0; i < dim; ++i)
+      if (open[r * dim + i] != 0.0f)
+        dx[r * dim + i] =
+            exact_grad_x_output(exact, xr[i], gr[i], w(i), dx[r * dim + i]);
+  }
+  return nb::make_tuple(out, open_out);
+}
+
 // Metal's layer_norm bias gradient on the CPU (strict_kernels.metal:
 // layer_norm_param_grads): the column sums of g (rows, dim) row-major,
 // flattened, rows in order. Returns the dim sums.
@@ -1692,6 +1746,21 @@ void init_testing(nb::module_& parent) {
       "with the kernels' own code: rows of dim entries of x (row-major, flattened), weight "
       "and bias of dim entries or empty; err_scale multiplies the bound (1 on Metal). "
       "Returns (y, open), open 1 where the output did not certify and was rounded exactly.");
+
+  m.def(
+      "metal_certified_layer_norm_grad_x",
+      &metal_certified_layer_norm_grad_x,
+      "x"_a.noconvert(),
+      "weight"_a.noconvert(),
+      "g"_a.noconvert(),
+      "dim"_a,
+      "eps"_a,
+      "err_scale"_a = 1.0f,
+      "Metal's certified float-pair layer_norm grad x (kernels/layer_norm_pair.h) run on "
+      "the CPU with the kernels' own code: rows of dim entries of x and the cotangent g "
+      "(row-major, flattened), weight of dim entries or empty; err_scale multiplies the "
+      "bound (1 on Metal). Returns (dx, open), open 1 where the output did not certify "
+      "and was rounded exactly.");
 
   m.def(
       "metal_layer_norm_bias_grad",

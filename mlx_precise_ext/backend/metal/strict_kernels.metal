@@ -2,10 +2,12 @@
 // run time by MLX's Metal device (strict_ops.cpp builds the library from this
 // file and the shared kernel headers, embedded at build time). The twin of
 // backend/cuda/strict_kernels.cuh, in float pairs: Metal has no float64, so
-// "extended" and "dd" both run these kernels (docs/design.md). They follow
-// the shared algorithms and orders of kernels/strict_arith.h (layer_norm's
-// lane sums are the CPU's float64 ones, in float pairs). Contraction is off (portability.h); MLX compiles run-time
-// libraries with fast math off.
+// "extended" and "dd" both run these kernels (docs/design.md), which are
+// certified: every output is the correctly rounded float32 (kernels/
+// addmm_pair.h, kernels/layer_norm_pair.h; what does not certify is rounded
+// exactly), except layer_norm's grad weight, an uncertified pair sum.
+// Contraction is off (portability.h); MLX compiles run-time libraries with
+// fast math off.
 //
 // Address spaces: the shared helpers take `thread` pointers and references,
 // so layouts (constant), statistics (device) and lane sums (threadgroup) are
@@ -142,48 +144,15 @@ struct AddmmRow {
 }
 
 // ------------------------------------------------------------- layer_norm ----
-// One SIMD-group per row. Lanes 0..7 run the CPU's kLayerNormLanes sums (lane
-// l: elements l, l + 8, ... in order) and publish them in the SIMD-group's
-// threadgroup slot; every thread then combines them with the CPU's tree, so
+// One SIMD-group per row: its 32 lanes run the row's pair sums (lane l:
+// elements l, l + 32, ... in order) and publish them in the SIMD-group's
+// threadgroup slot; every thread then combines them with the same tree, so
 // all threads of the SIMD-group hold the same statistics and share the
-// element-wise work. Rows advance per SIMD-group (uniform inside
-// it), so only SIMD-group barriers are used.
+// element-wise work. Rows advance per SIMD-group (uniform inside it), so only
+// SIMD-group barriers are used.
 constant constexpr int kStrictRowsPerGroup = 8;  // most SIMD-groups per threadgroup
 
 #define MP_SIMD_SYNC() metal::simdgroup_barrier(metal::mem_flags::mem_threadgroup)
-
-template <class T>
-LayerNormStats<T> simd_row_stats(const device float* x, long stride, int dim, T eps,
-                                 threadgroup T* lanes, uint lane) {
-  const T zero = r_from_float(eps, 0.0f);
-  const T count = r_from_float(eps, float(dim));
-  if (lane < uint(kLayerNormLanes)) {
-    T sum = zero;
-    for (int i = int(lane); i < dim; i += kLayerNormLanes) sum = r_add(sum, r_from_float(eps, x[i * stride]));
-    lanes[lane] = sum;
-  }
-  MP_SIMD_SYNC();
-  T part[kLayerNormLanes];
-  for (int l = 0; l < kLayerNormLanes; ++l) part[l] = lanes[l];
-  const T shift = r_div(combine_lanes(part), count);
-  MP_SIMD_SYNC();
-  if (lane < uint(kLayerNormLanes)) {
-    T dev = zero, sq = zero;
-    for (int i = int(lane); i < dim; i += kLayerNormLanes)
-      layer_norm_deviation_step(dev, sq, x[i * stride], shift);
-    lanes[lane] = dev;
-    lanes[kLayerNormLanes + lane] = sq;
-  }
-  MP_SIMD_SYNC();
-  T dev[kLayerNormLanes], sq[kLayerNormLanes];
-  for (int l = 0; l < kLayerNormLanes; ++l) {
-    dev[l] = lanes[l];
-    sq[l] = lanes[kLayerNormLanes + l];
-  }
-  const LayerNormStats<T> s = layer_norm_finish(shift, dev, sq, count, eps);
-  MP_SIMD_SYNC();
-  return s;
-}
 
 // Certified layer_norm (kernels/layer_norm_pair.h), y (rows, dim) row-major.
 // One SIMD-group per row, its kPairLanes = 32 threads the lanes: they scan the
@@ -280,6 +249,17 @@ struct StridedRow {
   float operator()(long i) const { return x[i * stride]; }
 };
 
+// Whether any of the bits [first, last) of a bitmap is set.
+bool any_open_bit(const device uint* open_bits, long first, long last) {
+  for (long word = first >> 5; word <= (last - 1) >> 5; ++word) {
+    uint bits = open_bits[word];
+    if (word == first >> 5) bits &= ~0u << (first & 31);
+    if (word == (last - 1) >> 5 && (last & 31) != 0) bits &= ~(~0u << (last & 31));
+    if (bits != 0u) return true;
+  }
+  return false;
+}
+
 // The outputs layer_norm_rows_dd left open, rounded exactly (exact_layer_norm.h:
 // the row's exact sum and radicand once, then midpoint comparisons from the
 // pair's rounding): one thread per row, rows without open outputs return at
@@ -298,15 +278,8 @@ struct StridedRow {
   const LayerNormLaunch f = flags;
   const PairLayerNormEps eps = eps_in;
   for (long r = long(id); r < f.rows; r += long(threads)) {
-    const long first = r * f.dim, last = first + f.dim; // the row's bits
-    bool any = false;
-    for (long word = first >> 5; word <= (last - 1) >> 5 && !any; ++word) {
-      uint bits = open_bits[word];
-      if (word == first >> 5) bits &= ~0u << (first & 31);
-      if (word == (last - 1) >> 5 && (last & 31) != 0) bits &= ~(~0u << (last & 31));
-      any = bits != 0u;
-    }
-    if (!any) continue;
+    const long first = r * f.dim;
+    if (!any_open_bit(open_bits, first, first + f.dim)) continue;
     const StridedRow row{x + row_start(xl, r), xl.element_stride};
     const ExactLayerNormRow<kBigLimbs> exact = exact_layer_norm_row<kBigLimbs>(row, long(f.dim), eps.exact);
     for (int i = 0; i < f.dim; ++i) {
@@ -318,71 +291,122 @@ struct StridedRow {
   }
 }
 
-// g * w (exact) in the working precision, or g alone without a weight.
-template <class T>
-T weighted_cotangent(T eps, float g, bool has_weight, float w) {
-  return has_weight ? r_prod(eps, g, w) : r_from_float(eps, g);
+// Element i of the weight, 1 without.
+struct WeightEntries {
+  const device float* w;
+  long stride;
+  int has;
+  float operator()(long i) const { return has != 0 ? w[i * stride] : 1.0f; }
+};
+
+// The certified grad x state of a row (kernels/layer_norm_pair.h): the lanes
+// scan the products g w for their scale E, then sum gw_s and gw_s z (lane l:
+// elements l, l + 32, ... in order), publish both in the SIMD-group's slots,
+// and every thread combines them into the same means and bounds.
+struct GradXLanes {
+  PairGradScan scan[kPairLanes];
+  PairGradXLane sums[kPairLanes];
+};
+
+PairGradX simd_grad_x(const thread PairLayerNormRow& row, StridedRow x, StridedRow g,
+                      WeightEntries w, int dim, threadgroup GradXLanes& lanes, uint lane) {
+  PairGradScan scan = pair_grad_scan_init();
+  for (int i = int(lane); i < dim; i += kPairLanes) scan = pair_grad_scan_step(scan, g(i), w(i));
+  lanes.scan[lane] = scan;
+  MP_SIMD_SYNC();
+  scan = lanes.scan[0];
+  for (int l = 1; l < kPairLanes; ++l) scan = pair_grad_scan_merge(scan, lanes.scan[l]);
+  PairGradXLane sum = pair_grad_x_lane_init();
+  if (scan.finite != 0 && scan.exponent != kPairNoExponent)
+    for (int i = int(lane); i < dim; i += kPairLanes)
+      pair_grad_x_step(sum, row, x(i), pair_scaled_gw(g(i), w(i), scan.exponent));
+  lanes.sums[lane] = sum;
+  MP_SIMD_SYNC();
+  PairGradXLane all[kPairLanes];
+  for (int l = 0; l < kPairLanes; ++l) all[l] = lanes.sums[l];
+  const PairGradX gx = pair_grad_x_finish(row, scan, all, dim);
+  MP_SIMD_SYNC();
+  return gx;
 }
 
-// Per row: the statistics (kept for the weight / bias gradients when
-// want_stats) and, when want_grad_x, grad x (row-major) as on the CPU:
-// inv_std ((gw - mean gw) - n mean(gw n)), gw = g w exact.
-template <class T>
-[[kernel]] void layer_norm_grad_rows(const device float* x [[buffer(0)]],
-                                     const device float* weight [[buffer(1)]],
-                                     const device float* g [[buffer(2)]],
-                                     device float* grad_x [[buffer(3)]],
-                                     constant const RowsLayout& x_layout [[buffer(4)]],
-                                     constant const RowsLayout& g_layout [[buffer(5)]],
-                                     constant const LayerNormLaunch& flags [[buffer(6)]],
-                                     constant const T& eps_in [[buffer(7)]],
-                                     device LayerNormStats<T>* stats [[buffer(8)]],
-                                     uint lane [[thread_index_in_simdgroup]],
-                                     uint simd_width [[threads_per_simdgroup]],
-                                     uint simd [[simdgroup_index_in_threadgroup]],
-                                     uint simds [[simdgroups_per_threadgroup]],
-                                     uint group [[threadgroup_position_in_grid]],
-                                     uint groups [[threadgroups_per_grid]]) {
-  threadgroup T lanes[kStrictRowsPerGroup][2 * kLayerNormLanes];
+// Per row: the certified statistics (kept for the weight / bias gradients
+// when want_stats) and, when want_grad_x, grad x (row-major), certified
+// (pair_grad_x_output, certified_round_pair); an output that does not
+// certify keeps its pair rounding and is marked in open_bits (bit row * dim +
+// i) for layer_norm_grad_x_recompute_open.
+[[kernel]] void layer_norm_grad_rows_dd(const device float* x [[buffer(0)]],
+                                        const device float* weight [[buffer(1)]],
+                                        const device float* g [[buffer(2)]],
+                                        device float* grad_x [[buffer(3)]],
+                                        constant const RowsLayout& x_layout [[buffer(4)]],
+                                        constant const RowsLayout& g_layout [[buffer(5)]],
+                                        constant const LayerNormLaunch& flags [[buffer(6)]],
+                                        constant const PairLayerNormEps& eps_in [[buffer(7)]],
+                                        device PairLayerNormRow* stats [[buffer(8)]],
+                                        device metal::atomic_uint* open_bits [[buffer(10)]],
+                                        uint lane [[thread_index_in_simdgroup]],
+                                        uint simd_width [[threads_per_simdgroup]],
+                                        uint simd [[simdgroup_index_in_threadgroup]],
+                                        uint simds [[simdgroups_per_threadgroup]],
+                                        uint group [[threadgroup_position_in_grid]],
+                                        uint groups [[threadgroups_per_grid]]) {
+  threadgroup LayerNormLanes lanes[kStrictRowsPerGroup];
+  threadgroup GradXLanes grad_lanes[kStrictRowsPerGroup];
   const RowsLayout xl = x_layout;
   const RowsLayout gl = g_layout;
   const LayerNormLaunch f = flags;
-  const T eps = eps_in;
-  const T zero = r_from_float(eps, 0.0f);
-  const T count = r_from_float(eps, float(f.dim));
-  const bool has_weight = f.has_weight != 0;
+  const PairLayerNormEps eps = eps_in;
+  const WeightEntries w{weight, f.weight_stride, f.has_weight};
   for (long r = long(group) * simds + simd; r < f.rows; r += long(groups) * simds) {
     const device float* xr = x + row_start(xl, r);
-    const device float* gr = g + row_start(gl, r);
-    threadgroup T* own = lanes[simd];
-    const LayerNormStats<T> s = simd_row_stats(xr, xl.element_stride, f.dim, eps, own, lane);
-    if (f.want_stats && lane == 0) stats[r] = s;
+    const PairLayerNormRow row = simd_pair_row(xr, xl.element_stride, f.dim, eps, lanes[simd], lane);
+    if (f.want_stats && lane == 0) stats[r] = row;
     if (!f.want_grad_x) continue;
-    if (lane < uint(kLayerNormLanes)) {
-      T sum_gw = zero, sum_gwn = zero;
-      for (int i = int(lane); i < f.dim; i += kLayerNormLanes) {
-        const T gw = weighted_cotangent(eps, gr[i * gl.element_stride], has_weight,
-                                        has_weight ? weight[i * f.weight_stride] : 0.0f);
-        sum_gw = r_add(sum_gw, gw);
-        sum_gwn = r_add(sum_gwn, r_mul(gw, layer_norm_normalized(s, xr[i * xl.element_stride])));
-      }
-      own[lane] = sum_gw;
-      own[kLayerNormLanes + lane] = sum_gwn;
-    }
-    MP_SIMD_SYNC();
-    T part_gw[kLayerNormLanes], part_gwn[kLayerNormLanes];
-    for (int l = 0; l < kLayerNormLanes; ++l) {
-      part_gw[l] = own[l];
-      part_gwn[l] = own[kLayerNormLanes + l];
-    }
-    const T mean_gw = r_div(combine_lanes(part_gw), count);
-    const T mean_gwn = r_div(combine_lanes(part_gwn), count);
-    MP_SIMD_SYNC();
+    const StridedRow xs{xr, xl.element_stride};
+    const StridedRow gs{g + row_start(gl, r), gl.element_stride};
+    const PairGradX gx = simd_grad_x(row, xs, gs, w, f.dim, grad_lanes[simd], lane);
     for (int i = int(lane); i < f.dim; i += int(simd_width)) {
-      const T n = layer_norm_normalized(s, xr[i * xl.element_stride]);
-      const T gw = weighted_cotangent(eps, gr[i * gl.element_stride], has_weight,
-                                      has_weight ? weight[i * f.weight_stride] : 0.0f);
-      grad_x[r * f.dim + i] = layer_norm_grad_x(s, gw, n, mean_gw, mean_gwn);
+      float out;
+      const long e = r * f.dim + i;
+      if (!pair_layer_norm_round(pair_grad_x_output(row, gx, xs(i), gs(i), w(i)), 1.0f, &out))
+        metal::atomic_fetch_or_explicit(open_bits + (e >> 5), 1u << (e & 31),
+                                        metal::memory_order_relaxed);
+      grad_x[e] = out;
+    }
+  }
+}
+
+// The grad x outputs layer_norm_grad_rows_dd left open, rounded exactly
+// (exact_layer_norm.h: the row's exact sums and V^3 once, then midpoint
+// comparisons from the pair's rounding): one thread per row, rows without
+// open outputs return at once.
+[[kernel]] void layer_norm_grad_x_recompute_open(const device float* x [[buffer(0)]],
+                                                 const device float* weight [[buffer(1)]],
+                                                 const device float* g [[buffer(2)]],
+                                                 device float* grad_x [[buffer(3)]],
+                                                 constant const RowsLayout& x_layout [[buffer(4)]],
+                                                 constant const RowsLayout& g_layout [[buffer(5)]],
+                                                 constant const LayerNormLaunch& flags [[buffer(6)]],
+                                                 constant const PairLayerNormEps& eps_in [[buffer(7)]],
+                                                 const device uint* open_bits [[buffer(10)]],
+                                                 uint id [[thread_position_in_grid]],
+                                                 uint threads [[threads_per_grid]]) {
+  const RowsLayout xl = x_layout;
+  const RowsLayout gl = g_layout;
+  const LayerNormLaunch f = flags;
+  const PairLayerNormEps eps = eps_in;
+  const WeightEntries w{weight, f.weight_stride, f.has_weight};
+  for (long r = long(id); r < f.rows; r += long(threads)) {
+    const long first = r * f.dim;
+    if (!any_open_bit(open_bits, first, first + f.dim)) continue;
+    const StridedRow xs{x + row_start(xl, r), xl.element_stride};
+    const StridedRow gs{g + row_start(gl, r), gl.element_stride};
+    ExactGradXRow exact;
+    exact_grad_x_row(xs, gs, w, long(f.dim), eps.exact, exact);
+    for (int i = 0; i < f.dim; ++i) {
+      const long e = first + i;
+      if ((open_bits[e >> 5] & (1u << (e & 31))) == 0u) continue;
+      grad_x[e] = exact_grad_x_output(exact, xs(i), gs(i), w(i), grad_x[e]);
     }
   }
 }
@@ -396,45 +420,38 @@ struct CotangentColumn {
 };
 
 // grad weight = sum over rows of g n, grad bias = sum of g: one thread per
-// column, rows in order 0, 1, ... as on the CPU. grad bias is certified
-// (pair_bias_grad: every output correctly rounded); grad weight is not.
-template <class T>
-[[kernel]] void layer_norm_param_grads(const device float* x [[buffer(0)]],
-                                       const device float* g [[buffer(2)]],
-                                       device float* grad_weight [[buffer(3)]],
-                                       constant const RowsLayout& x_layout [[buffer(4)]],
-                                       constant const RowsLayout& g_layout [[buffer(5)]],
-                                       constant const LayerNormLaunch& flags [[buffer(6)]],
-                                       constant const T& eps_in [[buffer(7)]],
-                                       const device LayerNormStats<T>* stats [[buffer(8)]],
-                                       device float* grad_bias [[buffer(9)]],
-                                       uint id [[thread_position_in_grid]]) {
+// column, rows in order 0, 1, ... as on the CPU, n from the rows' certified
+// statistics. grad bias is certified (pair_bias_grad: every output correctly
+// rounded); grad weight is the pair sum, rounded once.
+[[kernel]] void layer_norm_param_grads_dd(const device float* x [[buffer(0)]],
+                                          const device float* g [[buffer(2)]],
+                                          device float* grad_weight [[buffer(3)]],
+                                          constant const RowsLayout& x_layout [[buffer(4)]],
+                                          constant const RowsLayout& g_layout [[buffer(5)]],
+                                          constant const LayerNormLaunch& flags [[buffer(6)]],
+                                          const device PairLayerNormRow* stats [[buffer(8)]],
+                                          device float* grad_bias [[buffer(9)]],
+                                          uint id [[thread_position_in_grid]]) {
   const LayerNormLaunch f = flags;
   const int i = int(id);
   if (i >= f.dim) return;
   const RowsLayout xl = x_layout;
   const RowsLayout gl = g_layout;
-  const T eps = eps_in;
-  const T zero = r_from_float(eps, 0.0f);
-  T dw = zero;
+  ff dw = ff{0.0f, 0.0f};
   PairDot db = pair_dot_init();
   for (long r = 0; r < f.rows; ++r) {
     const float gi = g[row_start(gl, r) + i * gl.element_stride];
     if (f.want_grad_weight) {
-      const float xi = x[row_start(xl, r) + i * xl.element_stride];
-      const LayerNormStats<T> s = stats[r];
-      dw = r_add(dw, r_mul(r_from_float(eps, gi), layer_norm_normalized(s, xi)));
+      const PairLayerNormRow s = stats[r];
+      const ff z = pair_normalized(s, x[row_start(xl, r) + i * xl.element_stride]).z;
+      const int k = s.e - s.g;
+      dw = s.kind == kPairRowNan ? ff{MP_BITS_FLOAT(0x7fc00000u), 0.0f}
+                                 : dd_add(dw, dd_mul_f(ff{metal::ldexp(z.hi, k), metal::ldexp(z.lo, k)}, gi));
     }
     if (f.want_grad_bias) db = pair_dot_step(db, gi, 1.0f);
   }
-  if (f.want_grad_weight) grad_weight[i] = r_round(dw);
+  if (f.want_grad_weight) grad_weight[i] = dd_round(dw);
   if (f.want_grad_bias) grad_bias[i] = pair_bias_grad(db, CotangentColumn{g, gl, i}, f.rows);
 }
-
-#define MP_INSTANTIATE_STRICT(fn, T, tname) \
-  template [[host_name(#fn "_" tname)]] [[kernel]] decltype(fn<T>) fn<T>;
-
-MP_INSTANTIATE_STRICT(layer_norm_grad_rows, ff, "dd")
-MP_INSTANTIATE_STRICT(layer_norm_param_grads, ff, "dd")
 
 } // namespace mlx_precise

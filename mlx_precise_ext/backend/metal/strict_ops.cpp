@@ -5,9 +5,9 @@
 // stream's command encoder. Operands are read through their strides
 // (broadcast included), as on the CPU. Metal has no float64: "extended" and
 // "dd" both run float-pair kernels (docs/design.md). addmm / linear and the
-// layer_norm forward are certified (kernels/addmm_pair.h,
+// layer_norm forward, grad x and grad bias are certified (kernels/addmm_pair.h,
 // kernels/layer_norm_pair.h: every output correctly rounded, the same bits as
-// the CPU and CUDA); the layer_norm gradients are accurate, not certified.
+// the CPU and CUDA); grad weight is accurate, not certified.
 #include <algorithm>
 #include <optional>
 #include <stdexcept>
@@ -54,7 +54,8 @@ enum LayerNormSlot : int {
   kLnLaunch,
   kLnEps,
   kLnStats,
-  kLnGradBias
+  kLnGradBias,
+  kLnGradOpenBits
 };
 // The forward's open bitmap takes the gradients' cotangent-layout slot.
 constexpr int kLnOpenBits = kLnGLayout;
@@ -70,11 +71,6 @@ constexpr metal::KernelLibrary kStrictLibrary{
     "mlx_precise_strict",
     metal::strict_kernels};
 
-// eps as a float pair (its double rounded to 48 bits).
-ff working_eps(double eps) {
-  return dd_from_double(eps);
-}
-
 // One SIMD-group per row, up to kRowsPerGroup rows per threadgroup.
 struct RowLaunch {
   MTL::Size groups;
@@ -83,10 +79,6 @@ struct RowLaunch {
 
 RowLaunch row_launch(MTL::ComputePipelineState* k, int64_t rows) {
   const int64_t width = static_cast<int64_t>(k->threadExecutionWidth());
-  if (width < kLayerNormLanes) {
-    throw std::runtime_error(
-        "layer_norm (Metal): SIMD-groups narrower than 8 threads are not supported");
-  }
   const int64_t per_group = std::clamp<int64_t>(
       static_cast<int64_t>(k->maxTotalThreadsPerThreadgroup()) / width,
       1,
@@ -94,6 +86,19 @@ RowLaunch row_launch(MTL::ComputePipelineState* k, int64_t rows) {
   const int64_t groups = std::clamp<int64_t>(
       (rows + per_group - 1) / per_group, 1, int64_t(1) << 20);
   return RowLaunch{MTL::Size(groups, 1, 1), MTL::Size(per_group * width, 1, 1)};
+}
+
+// A certified layer_norm row kernel: its lanes are a SIMD-group of
+// kPairLanes threads (the bounds count that tree).
+MTL::ComputePipelineState* certified_row_kernel(
+    mx::metal::Device& d,
+    const std::string& name) {
+  MTL::ComputePipelineState* k = kernel(d, kStrictLibrary, name);
+  if (k->threadExecutionWidth() != static_cast<NS::UInteger>(kPairLanes)) {
+    throw std::runtime_error(
+        "layer_norm (Metal): the certified kernels need SIMD-groups of 32 threads");
+  }
+  return k;
 }
 
 } // namespace
@@ -187,12 +192,7 @@ void StrictLayerNorm::eval_gpu(
     enc.set_bytes(launch, kLnLaunch);
     enc.set_bytes(eps, kLnEps);
   };
-  MTL::ComputePipelineState* k =
-      kernel(d, kStrictLibrary, "layer_norm_rows_dd");
-  if (k->threadExecutionWidth() != static_cast<NS::UInteger>(kPairLanes)) {
-    throw std::runtime_error(
-        "layer_norm (Metal): the certified kernel needs SIMD-groups of 32 threads");
-  }
+  MTL::ComputePipelineState* k = certified_row_kernel(d, "layer_norm_rows_dd");
   enc.set_compute_pipeline_state(k);
   bind_operands();
   enc.set_output_array(open_bits, kLnOpenBits);
@@ -228,7 +228,7 @@ void StrictLayerNormVJP::eval_gpu(
   const bool want_params = want_weight_ || want_bias_;
   const RowsLayout xl = rows_layout("layer_norm gradient", x);
   const RowsLayout gl = rows_layout("layer_norm gradient", g);
-  const ff eps = working_eps(eps_);
+  const PairLayerNormEps eps = pair_layer_norm_eps(eps_);
   LayerNormLaunch launch{};
   launch.has_weight = has_weight_;
   launch.want_grad_x = want_x_;
@@ -241,13 +241,17 @@ void StrictLayerNormVJP::eval_gpu(
   const mx::array& weight = has_weight_ ? inputs[1] : x;
   std::optional<mx::array> stats;
   if (want_params)
-    stats =
-        scratch(enc, std::max<int64_t>(rows, 1) * sizeof(LayerNormStats<ff>));
-
-  if (rows > 0 && (want_x_ || want_params)) {
-    MTL::ComputePipelineState* k =
-        kernel(d, kStrictLibrary, "layer_norm_grad_rows_dd");
-    enc.set_compute_pipeline_state(k);
+    stats = scratch(enc, std::max<int64_t>(rows, 1) * sizeof(PairLayerNormRow));
+  // One bit per grad x output for those that do not certify.
+  std::optional<mx::array> open_bits;
+  if (want_x_ && rows > 0)
+    open_bits = metal::open_bitmap(
+        enc,
+        kernel(d, kStrictLibrary, "clear_addmm_open_bits"),
+        grad_x->size(),
+        kAddmmOpenBits,
+        kAddmmWords);
+  auto bind_rows = [&] {
     enc.set_input_array(x, kLnX);
     enc.set_input_array(weight, kLnWeight);
     enc.set_input_array(g, kLnSecond);
@@ -260,12 +264,33 @@ void StrictLayerNormVJP::eval_gpu(
     enc.set_bytes(gl, kLnGLayout);
     enc.set_bytes(launch, kLnLaunch);
     enc.set_bytes(eps, kLnEps);
+  };
+
+  if (rows > 0 && (want_x_ || want_params)) {
+    MTL::ComputePipelineState* k =
+        certified_row_kernel(d, "layer_norm_grad_rows_dd");
+    enc.set_compute_pipeline_state(k);
+    bind_rows();
     if (stats)
       enc.set_output_array(*stats, kLnStats);
     else
       enc.set_input_array(x, kLnStats);
+    if (open_bits)
+      enc.set_output_array(*open_bits, kLnGradOpenBits);
+    else
+      enc.set_input_array(x, kLnGradOpenBits);
     const RowLaunch r = row_launch(k, rows);
     enc.dispatch_threadgroups(r.groups, r.threads);
+  }
+  if (open_bits) {
+    // The marked grad x outputs rounded exactly, one thread per row.
+    MTL::ComputePipelineState* recompute =
+        kernel(d, kStrictLibrary, "layer_norm_grad_x_recompute_open");
+    enc.set_compute_pipeline_state(recompute);
+    bind_rows();
+    enc.set_input_array(*open_bits, kLnGradOpenBits);
+    metal::dispatch_elements(
+        enc, recompute, std::min<int64_t>(rows, int64_t(1) << 24));
   }
   if (!want_params)
     return;
@@ -283,7 +308,6 @@ void StrictLayerNormVJP::eval_gpu(
   enc.set_bytes(xl, kLnXLayout);
   enc.set_bytes(gl, kLnGLayout);
   enc.set_bytes(launch, kLnLaunch);
-  enc.set_bytes(eps, kLnEps);
   enc.set_input_array(*stats, kLnStats);
   if (grad_b)
     enc.set_output_array(*grad_b, kLnGradBias);
