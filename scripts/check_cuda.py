@@ -47,21 +47,25 @@ def listed_names(source_file, function):
 def conv_names(working_type):
     """conv_kernel_names(p) of kernel_support.cpp for one working type."""
     table = re.findall(
-        r'\{"(\w+)", (true|false), (true|false)(?:, (true|false))?\}',
+        r'\{"(\w+)",\s*(true|false),\s*(true|false)(?:,\s*(true|false))?'
+        r'(?:,\s*"(\w+)",\s*"(\w+)")?\}',
         read(os.path.join(CUDA, "kernel_support.cpp")),
     )
     if not table:
         sys.exit("check_cuda: no kernel table in kernel_support.cpp")
     names = []
-    for name, typed, row_storage, certified_only in table:
+    for name, typed, row_storage, certified_only, form_of, form in table:
         if certified_only == "true" and working_type == "float":
             continue
-        base = "mlx_precise::gpu::" + name
+        base = "mlx_precise::gpu::" + (form_of or name)
         if typed == "false":
             names.append(base)
             continue
+        suffix = f", mlx_precise::gpu::{form}" if form else ""
         for shared in (("true", "false") if row_storage == "true" else (None,)):
-            names.append(f"{base}<{working_type}" + (f", {shared}" if shared else "") + ">")
+            names.append(
+                f"{base}<{working_type}" + (f", {shared}" if shared else "") + suffix + ">"
+            )
     return names
 
 

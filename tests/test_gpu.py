@@ -156,13 +156,21 @@ def test_broadcast_and_strided_views_dd_bits():
 # cyclic and a negacyclic half in shared memory, split_conv_rows) where u lies in the
 # first half of the transform: causal L = 16384, a prime L, a kernel broadcast over the
 # batch, M2-BERT's n = 2L with a 2L kernel (the benchmark's rows: the kernel folded);
-# L = 20011 with a short kernel keeps the workspace rows.
+# L = 20011 with a short kernel keeps the workspace rows. At n = 65536 the halves do not
+# fit either: deep split rows (four pieces of n/8 complex values, deep_split_conv_rows):
+# causal L = 32768, a prime L, a short kernel, M2-BERT's L = 32768 (the 32k retrieval
+# model: n = 2L, kernel 2L); L = 40009 keeps the workspace rows.
 SPLIT_SHAPES = [
     (2, 3, 16384, 16384, None),
     (1, 2, 16381, 16381, None),
     (3, 1, 16384, 1000, None),
     (2, 2, 16384, 32768, 32768),
     (1, 2, 20011, 31, None),
+    (2, 2, 32768, 32768, None),
+    (1, 2, 32749, 32749, None),
+    (2, 1, 32768, 1000, None),
+    (2, 2, 32768, 65536, 65536),
+    (1, 2, 40009, 31, None),
 ]
 
 
@@ -187,12 +195,13 @@ def test_split_rows_forward_and_grad_u_bits(shape, precision):
 
 
 @pytest.mark.parametrize("precision", BITWISE_PRECISIONS)
-def test_split_rows_integers_exact(precision):
+@pytest.mark.parametrize("L", [16384, 32768])
+def test_split_rows_integers_exact(precision, L):
     rng = np.random.default_rng(5)
-    u = rng.integers(-8, 9, (2, 16384)).astype(np.float32)
-    k = rng.integers(-8, 9, (2, 16384)).astype(np.float32)
+    u = rng.integers(-8, 9, (2, L)).astype(np.float32)
+    k = rng.integers(-8, 9, (2, L)).astype(np.float32)
     y = mp.rfft_conv(mx.array(u), mx.array(k), precision=precision, stream=mx.gpu)
-    exact = [np.convolve(u[i].astype(np.int64), k[i].astype(np.int64))[:16384] for i in range(2)]
+    exact = [np.convolve(u[i].astype(np.int64), k[i].astype(np.int64))[:L] for i in range(2)]
     assert np.array_equal(np.array(y), np.array(exact, dtype=np.float32))
 
 

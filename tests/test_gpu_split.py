@@ -1,7 +1,10 @@
 """The GPU's split rows, run on the CPU: rfft_conv rows too long for shared memory as a
 cyclic and a negacyclic half (kernels/rfft_conv_rows.h, "split rows"; CUDA's
 split_kernel_spectra / split_conv_rows), certified with their own bound (certify.h,
-split_entry_error; docs/certification.md, "Split rows").
+split_entry_error; docs/certification.md, "Split rows"); and the deep split rows (deep=True:
+four pieces of N/8 complex values, "deep split rows"; CUDA's deep_split_kernel_spectra /
+deep_split_conv_rows, the form of n = 65536), with theirs (deep_row_certificate;
+docs/certification.md, "Deep split rows").
 
 mlx_precise._ext.testing.gpu_split_conv runs the kernels' row code for one row with one CPU
 thread, certifies each output against the split bound (times bound_scale) and recomputes the
@@ -62,27 +65,52 @@ CASES = [
     ("correlate_input", 4096, 8192, 8192),
 ]
 
+# n = 65536, where CUDA runs the deep split rows: M2-BERT's L = 32768 (causal; and its
+# bidirectional 2L kernel, forward and grad u).
+CASES_65536 = [
+    ("convolve", 32768, 32768, 0),
+    ("convolve", 32768, 65536, 65536),
+    ("correlate_input", 32768, 65536, 65536),
+]
+DEPTHS = [pytest.param(False, id="split"), pytest.param(True, id="deep")]
 
-@pytest.mark.parametrize("case", CASES)
+
+@pytest.mark.parametrize("case", CASES + CASES_65536)
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_split_rows_equal_cpu_bitwise(rng, case, with_bias):
+@pytest.mark.parametrize("deep", DEPTHS)
+def test_split_rows_equal_cpu_bitwise(rng, case, with_bias, deep):
+    """The outputs (poisoned with NaN before the row code runs, as are its rows, stash and
+    spectra) are the CPU's bits."""
     variant, a_len, b_len, period = case
     applies, n = _ext.testing.split_rows_apply(variant, period, a_len, b_len)
     assert applies and n >= 2 * a_len
     a = rng.standard_normal(a_len).astype(np.float32)
     b = (rng.standard_normal(b_len) / np.sqrt(b_len)).astype(np.float32)
     bias = rng.standard_normal(a_len).astype(np.float32) if with_bias else np.zeros(0, np.float32)
-    y, open_, values, bounds = split_conv(a, b, bias, period, variant)
-    print(f"{variant} n={n}: {int(open_.sum())} of {a_len} outputs open")
+    y, open_, values, bounds = split_conv(a, b, bias, period, variant, deep=deep)
+    print(f"{variant} n={n} deep={deep}: {int(open_.sum())} of {a_len} outputs open")
     assert np.all(np.isfinite(values)) and np.all(bounds > 0)
     assert_bitwise(y, cpu_reference(variant, a, b, bias, period))
+
+
+def exact_integer_convolve(x, y):
+    """The linear convolution of int64 rows: np.convolve, or for long rows (np.convolve's
+    direct sum takes seconds at 32768 x 65536) the float64 FFT's, rounded to integers: at
+    these magnitudes (|z| < 2^40) its error is below 2^-10, checked."""
+    if len(x) * len(y) <= 2**26:
+        return np.convolve(x, y)
+    n = len(x) + len(y) - 1
+    z = np.fft.irfft(np.fft.rfft(x.astype(np.float64), n) * np.fft.rfft(y.astype(np.float64), n), n)
+    rounded = np.rint(z)
+    assert np.abs(z - rounded).max() < 2.0**-10 and np.abs(rounded).max() < 2.0**40
+    return rounded.astype(np.int64)
 
 
 def exact_convolution(variant, a_int, b_int, period, out_len):
     """The exact output of integer rows (int64: no rounding at these sizes): entries of
     the linear convolution (of a reversed, for grad u), summed modulo the period."""
     a_len = len(a_int)
-    z = np.convolve(a_int[::-1] if variant == "correlate_input" else a_int, b_int)
+    z = exact_integer_convolve(a_int[::-1] if variant == "correlate_input" else a_int, b_int)
     if period:
         folded = np.zeros(period, np.int64)
         for start in range(0, len(z), period):
@@ -95,8 +123,9 @@ def exact_convolution(variant, a_int, b_int, period, out_len):
     return z[t]
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_split_bound_holds_against_exact(rng, case):
+@pytest.mark.parametrize("case", CASES + CASES_65536)
+@pytest.mark.parametrize("deep", DEPTHS)
+def test_split_bound_holds_against_exact(rng, case, deep):
     """Rows of integers times 2^-10 (10 significant bits): the exact convolution is an
     int64 sum, so every value the split certified can be checked against its bound."""
     variant, a_len, b_len, period = case
@@ -105,23 +134,27 @@ def test_split_bound_holds_against_exact(rng, case):
     b_int = rng.integers(-1024, 1025, b_len)
     a = (a_int * scale).astype(np.float32)
     b = (b_int * scale).astype(np.float32)
-    y, open_, values, bounds = split_conv(a, b, np.zeros(0, np.float32), period, variant)
+    y, open_, values, bounds = split_conv(
+        a, b, np.zeros(0, np.float32), period, variant, deep=deep
+    )
     exact = exact_convolution(variant, a_int, b_int, period, a_len)
     # error in units of 2^-20, exact in float64 (both sides far below 2^53)
     err = np.abs(values / scale**2 - exact.astype(np.float64))
     ratio = (err / (bounds / scale**2)).max()
-    print(f"{variant} {a_len}x{b_len}: max error / bound = {ratio:.3g}")
+    print(f"{variant} {a_len}x{b_len} deep={deep}: max error / bound = {ratio:.3g}")
     assert ratio <= 1.0
     # The outputs are exact integers times 2^-20, correctly rounded.
     np.testing.assert_array_equal(y, (exact.astype(np.float64) * scale**2).astype(np.float32))
 
 
-def test_integer_rows_are_exact(rng):
+@pytest.mark.parametrize("deep", DEPTHS)
+@pytest.mark.parametrize("length", [16384, 32768])
+def test_integer_rows_are_exact(rng, deep, length):
     """Small integers: every output is an exact integer below 2^24, as on the CPU."""
-    a = rng.integers(-8, 9, 16384).astype(np.float32)
-    b = rng.integers(-8, 9, 16384).astype(np.float32)
-    y, open_, _, _ = split_conv(a, b, np.zeros(0, np.float32), 0, "convolve")
-    exact = np.convolve(a.astype(np.int64), b.astype(np.int64))[:16384]
+    a = rng.integers(-8, 9, length).astype(np.float32)
+    b = rng.integers(-8, 9, length).astype(np.float32)
+    y, open_, _, _ = split_conv(a, b, np.zeros(0, np.float32), 0, "convolve", deep=deep)
+    exact = exact_integer_convolve(a.astype(np.int64), b.astype(np.int64))[:length]
     np.testing.assert_array_equal(y, exact.astype(np.float32))
     assert_bitwise(y, cpu_reference("convolve", a, b, np.zeros(0, np.float32), 0))
 
@@ -138,7 +171,8 @@ def tie_rows(rng, length):
     return a, b
 
 
-def test_shrunk_bound_is_caught(rng):
+@pytest.mark.parametrize("deep", DEPTHS)
+def test_shrunk_bound_is_caught(rng, deep):
     """Outputs on exact ties are decided by the exact sum; with the bound shrunk to nothing
     (certified_round's own 4u|v| margin left), or below the largest error made, they
     certify on whichever side the transform's rounding errors put them: wrong bits. With
@@ -146,14 +180,16 @@ def test_shrunk_bound_is_caught(rng):
     a, b = tie_rows(rng, 2048)
     none = np.zeros(0, np.float32)
     ref = cpu_reference("convolve", a, b, none, 0)
-    y, open_, values, bounds = split_conv(a, b, none, 0, "convolve")
+    y, open_, values, bounds = split_conv(a, b, none, 0, "convolve", deep=deep)
     assert_bitwise(y, ref)
     exact = np.convolve(a.astype(np.int64), b.astype(np.int64))[:2048]
     ratio = (np.abs(values - exact) / bounds).max()
     assert 0 < ratio <= 1.0
     # Shrunk to nothing, and to a quarter of the largest error actually made.
     for scale in (0.0, ratio / 4):
-        y_shrunk, _, _, _ = split_conv(a, b, none, 0, "convolve", bound_scale=scale)
+        y_shrunk, _, _, _ = split_conv(
+            a, b, none, 0, "convolve", bound_scale=scale, deep=deep
+        )
         wrong = int((y_shrunk.view(np.uint32) != ref.view(np.uint32)).sum())
         print(f"max error / bound {ratio:.3g}; bound x {scale:.3g}: {wrong} of {ref.size} "
               f"wrong; true bound: {int(open_.sum())} open")
@@ -169,7 +205,8 @@ NOT_SPLIT = [
 
 
 @pytest.mark.parametrize("case", NOT_SPLIT)
-def test_rows_past_half_do_not_split(case):
+@pytest.mark.parametrize("deep", DEPTHS)
+def test_rows_past_half_do_not_split(case, deep):
     variant, period, a_len, b_len, kernel_len = case
     applies, _ = _ext.testing.split_rows_apply(variant, period, a_len, b_len, kernel_len)
     if variant == "correlate_kernel":
@@ -178,12 +215,12 @@ def test_rows_past_half_do_not_split(case):
         with pytest.raises(ValueError, match="reduce_rows"):
             split_conv(
                 np.ones(a_len, np.float32), np.ones(b_len, np.float32),
-                np.zeros(0, np.float32), period, variant,
+                np.zeros(0, np.float32), period, variant, deep=deep,
             )
         return
     assert not applies
     with pytest.raises(ValueError, match="split rows"):
         split_conv(
             np.ones(a_len, np.float32), np.ones(b_len, np.float32),
-            np.zeros(0, np.float32), period, variant,
+            np.zeros(0, np.float32), period, variant, deep=deep,
         )

@@ -399,15 +399,43 @@ MP_INLINE double conv_error_bound(MP_INT64 fft_size, MP_INT64 terms, double u) {
 // inverse's rounding (the stages, then the untwisting product) adds e M^-1
 // ||P^||_1 <= e s^2 (1 + c), 1 + e = (1 + eps)(1 + tau), componentwise as
 // step 5 of conv_error_bound.
-MP_INLINE double
-negacyclic_error_bound(MP_INT64 fft_size, MP_INT64 terms, double u) {
-  const TransformErrors e = transform_errors(fft_size / 2, terms, u);
-  const double delta = compose_errors(e.twiddle_product, e.forward);
+// The right-angle transform's bound from the transform's errors e and the
+// twist's and untwist's relative errors (the steps of negacyclic_error_bound).
+MP_INLINE double right_angle_error_bound(
+    MP_THREAD const TransformErrors& e,
+    double twist,
+    double untwist) {
+  const double delta = compose_errors(twist, e.forward);
   const double spectrum = 1.0 + delta;
   const double rho = delta * spectrum + delta + e.product * spectrum * spectrum;
   const double weight = spectrum * spectrum * (1.0 + e.product);
-  const double inverse = compose_errors(e.forward, e.twiddle_product);
+  const double inverse = compose_errors(e.forward, untwist);
   return (rho + inverse * weight + e.terms * weight) * (1.0 + 1.0 / 1024.0);
+}
+
+MP_INLINE double
+negacyclic_error_bound(MP_INT64 fft_size, MP_INT64 terms, double u) {
+  const TransformErrors e = transform_errors(fft_size / 2, terms, u);
+  return right_angle_error_bound(e, e.twiddle_product, e.twiddle_product);
+}
+
+// kappa_g of the deep split rows (rfft_conv_rows.h, "deep split rows";
+// docs/certification.md, "Deep split rows"): the negacyclic half of a size-N
+// convolution as two pieces of P = N/8 points (the stages of a real size-N/4
+// transform), x_k[j] = th_k^j p[j] + th_k^(j+P) q[j]. That map is sqrt 2
+// times a unitary one on (p, q), whose norm is ||a||; its two products err by
+// tau |p|, tau |q| and the sum by u |x^_k|, so ||x^ - x|| <= delta_t sqrt 2
+// ||a||, delta_t = sqrt 2 tau + u (1 + sqrt 2 tau), against ||X|| = sqrt(M)
+// ||a|| over both pieces' spectra, as for the single twist. The untwist r[j] =
+// conj th_1^j y_1 + conj th_5^j y_5 (two products, a sum) adds (1 + tau)(1 + u)
+// on every path of weight 1/M.
+MP_INLINE double
+deep_negacyclic_error_bound(MP_INT64 fft_size, MP_INT64 terms, double u) {
+  const TransformErrors e = transform_errors(fft_size / 4, terms, u);
+  const double sqrt2 = 1.4142135623730951;
+  const double tau = e.twiddle_product;
+  return right_angle_error_bound(
+      e, sqrt2 * tau + u * (1.0 + sqrt2 * tau), compose_errors(tau, u));
 }
 
 // The split rows' bound on an entry x = (c + g) / 2 of the size-N cyclic

@@ -915,16 +915,17 @@ MP_INLINE cpx<T> packed_point(FoldedRow<1> row, int m) {
 }
 
 // The negacyclic half's input point j of the folded row b'': w^j (b''[j] -
-// i b''[j + M]).
-template <class U>
+// i b''[j + M]) (Row: any row with at<T>(i), the deep split's twice folded
+// rows too).
+template <class U, class Row = FoldedRow<-1>>
 struct TwistedFoldedRow {
-  FoldedRow<-1> x;
+  Row x;
   const MP_DEVICE cpx<U>* twist;
   int quarter; // M
 };
 
-template <class T, class U>
-MP_INLINE cpx<T> packed_point(TwistedFoldedRow<U> row, int j) {
+template <class T, class U, class Row>
+MP_INLINE cpx<T> packed_point(TwistedFoldedRow<U, Row> row, int j) {
   const cpx<T> z{
       row.x.template at<T>(j),
       r_neg(row.x.template at<T>(static_cast<MP_INT64>(j) + row.quarter))};
@@ -1276,6 +1277,240 @@ MP_INLINE void split_accumulated_row(
   emit_split_outputs<T>(re, im, stash, gk, twist, m, tid, nthreads, emit);
 }
 
+// Point p < h of the row (re, im) times spectrum[p] (position order). Ends
+// with a group barrier.
+template <class T, class Ptr>
+MP_INLINE void multiply_points(
+    Ptr re,
+    Ptr im,
+    const MP_DEVICE cpx<T>* spectrum,
+    int h,
+    int tid,
+    int nthreads) {
+  for (int p = tid; p < h; p += nthreads)
+    put_point(re, im, p, c_mul(get_point<T>(re, im, p), spectrum[p]));
+  MP_BARRIER();
+}
+
+// ------------------------------------------------------- deep split rows
+// ---- The split rows one level deeper, for rows whose halves (M = N/4
+// complex values) do not fit in group memory either: four pieces of P = N/8
+// complex values, each on the P-point transform (the tables of size N/4).
+// The cyclic half c (size N/2) splits as the convolution did: modulo
+// z^(N/2) - 1 = (z^(N/4) - 1)(z^(N/4) + 1), c[t] = (c2[t] + g2[t]) / 2 and
+// c[t + N/4] = (c2[t] - g2[t]) / 2 (t < N/4), c2 the cyclic and g2 the
+// negacyclic convolution of length N/4 of the rows reduced modulo z^(N/4)
+// -+ 1 (the row a, up to N/2 entries, now folded too): c2 by the real
+// transform of size N/4 (piece A), g2 by the right-angle transform with the
+// twist w^(2j) (piece B), w = exp(-2 pi i / N). The negacyclic half's
+// residue r = g[0:M] - i g[M:2M] (modulo z^M + i) splits by the even and odd
+// bins of its M-point transform (the size-N transform's bins 1 and 5 mod 8):
+// the P-point transforms of x_k[j] = th_k^j p[j] + th_k^(j+P) q[j] (pieces 1
+// and 5), p[j] = x[j] - i x[j + 2P], q[j] = x[j + P] - i x[j + 3P] of the
+// negacyclic fold x, th_1 = w, th_5 = w^5; then r[j] = (conj th_1^j y_1[j
+// mod P] + conj th_5^j y_5[j mod P]) / M for j < M, y_k the pieces' inverse
+// transforms. Pieces A, B and 1 wait in a device slot (stash: 3 x 2P values)
+// while piece 5 is computed; the kernel spectra are scaled so that the
+// pieces come out as c2/4, g2/4 and r/2 (1/(4N), then 2/N: powers of two).
+// The twist table (gpu::make_deep_twist_table): th_1^k, th_5^k for k < 2P,
+// then w^(2j) for j < P. The bound: certify.h, deep_negacyclic_error_bound;
+// docs/certification.md, "Deep split rows".
+
+// The folded row x (N/2 entries) reduced once more modulo z^(N/4) - 1
+// (kFold = +1: x[i] + x[i + N/4]) or z^(N/4) + 1 (-1), i < N/4: one more
+// rounding in T.
+template <int kFold>
+struct TwiceFoldedRow {
+  FoldedRow<1> x;
+  MP_INT64 quarter; // N/4
+
+  template <class T>
+  MP_INLINE T at(MP_INT64 i) const {
+    const T lo = x.template at<T>(i), hi = x.template at<T>(i + quarter);
+    return kFold > 0 ? r_add(lo, hi) : r_sub(lo, hi);
+  }
+};
+
+// Packed point m of piece A's row: (x_A[2m], x_A[2m + 1]).
+template <class T>
+MP_INLINE cpx<T> packed_point(TwiceFoldedRow<1> row, int m) {
+  const MP_INT64 i = 2 * static_cast<MP_INT64>(m);
+  return cpx<T>{row.template at<T>(i), row.template at<T>(i + 1)};
+}
+
+// Point j of piece 1's or 5's input: th^j p[j] + th^(j+P) q[j] of the
+// negacyclic fold x; twist: th^k, k < 2P.
+template <class U>
+struct EighthTwistedRow {
+  FoldedRow<-1> x;
+  const MP_DEVICE cpx<U>* twist;
+  int eighth; // P
+};
+
+template <class T, class U>
+MP_INLINE cpx<T> packed_point(EighthTwistedRow<U> row, int j) {
+  const MP_INT64 i = j, p = row.eighth;
+  const cpx<T> lo{
+      row.x.template at<T>(i), r_neg(row.x.template at<T>(i + 2 * p))};
+  const cpx<T> hi{
+      row.x.template at<T>(i + p), r_neg(row.x.template at<T>(i + 3 * p))};
+  return c_add(c_mul(lo, row.twist[j]), c_mul(hi, row.twist[j + row.eighth]));
+}
+
+// The sources of the pieces' forward transforms for the row x of up to N
+// entries (the row a has at most N/2: its first folds are itself).
+MP_INLINE TwiceFoldedRow<1> deep_piece_a(DeviceRow x, int p) {
+  return TwiceFoldedRow<1>{
+      FoldedRow<1>{x, 4 * static_cast<MP_INT64>(p)},
+      2 * static_cast<MP_INT64>(p)};
+}
+template <class U>
+MP_INLINE TwistedFoldedRow<U, TwiceFoldedRow<-1>>
+deep_piece_b(DeviceRow x, const MP_DEVICE cpx<U>* twist, int p) {
+  return TwistedFoldedRow<U, TwiceFoldedRow<-1>>{
+      TwiceFoldedRow<-1>{
+          FoldedRow<1>{x, 4 * static_cast<MP_INT64>(p)},
+          2 * static_cast<MP_INT64>(p)},
+      twist + 4 * p,
+      p};
+}
+// Piece 1 (k = 0) or 5 (k = 1).
+template <class U>
+MP_INLINE EighthTwistedRow<U>
+deep_piece_g(DeviceRow x, const MP_DEVICE cpx<U>* twist, int p, int k) {
+  return EighthTwistedRow<U>{
+      FoldedRow<-1>{x, 4 * static_cast<MP_INT64>(p)}, twist + 2 * k * p, p};
+}
+
+// Entries per kernel row of the deep split spectra: piece A's packed
+// spectrum (pair order), then pieces B, 1 and 5's P values each (position
+// order).
+MP_INLINE MP_INT64 deep_split_spectrum_stride(MP_CONSTANT const FFTShape& fs) {
+  return 2 * static_cast<MP_INT64>(fs.num_pairs) + 3 * fs.n_half;
+}
+
+// Doubles per kernel row of the deep split norms (DeepNorms: x_A's norm and
+// spectrum bound, ||x_B||, ||x'||, ||x''||).
+enum : int { kDeepNorms = 5 };
+
+// The deep split spectra of the kernel row b (deep_split_spectrum_stride
+// entries): piece A's scaled by `scale` (1/(4N): c2/4), the others by 8 scale
+// (2/N: g2/4, r/2). Ends with a group barrier.
+template <bool kWide, class T, class Ptr>
+MP_INLINE void deep_split_kernel_spectrum(
+    DeviceRow b,
+    Ptr re,
+    Ptr im,
+    MP_CONSTANT const FFTShape& fs,
+    const MP_DEVICE cpx<T>* tw,
+    const MP_DEVICE cpx<T>* split_tw,
+    const MP_DEVICE IndexPair* pairs,
+    const MP_DEVICE cpx<T>* twist,
+    float scale,
+    MP_DEVICE cpx<T>* spectrum,
+    int tid,
+    int nthreads) {
+  const int p = fs.n_half;
+  forward_from<kWide, T>(deep_piece_a(b, p), re, im, fs, tw, tid, nthreads);
+  store_spectrum<T>(
+      re, im, pairs, split_tw, scale, spectrum, fs.num_pairs, tid, nthreads);
+  MP_BARRIER();
+  MP_DEVICE cpx<T>* piece = spectrum + 2 * fs.num_pairs;
+  for (int k = 0; k < 3; ++k) {
+    if (k == 0)
+      forward_from<kWide, T>(
+          deep_piece_b(b, twist, p), re, im, fs, tw, tid, nthreads);
+    else
+      forward_from<kWide, T>(
+          deep_piece_g(b, twist, p, k - 1), re, im, fs, tw, tid, nthreads);
+    for (int j = tid; j < p; j += nthreads)
+      piece[k * p + j] = c_scale(get_point<T>(re, im, j), 8.0f * scale);
+    MP_BARRIER();
+  }
+}
+
+// Entry i < N of the cyclic convolution from the pieces: A (c2/4, packed),
+// B (the inverse transform of g2's twisted row, /4) and y_1 in the stash
+// (2P values each, real parts then imaginary ones), y_5 in (re, im).
+template <class T, class Ptr>
+struct DeepSplitEntries {
+  const MP_DEVICE T* stash;
+  Ptr re;
+  Ptr im;
+  const MP_DEVICE cpx<T>* twist;
+  int eighth; // P
+
+  MP_INLINE T operator()(MP_INT64 i) const {
+    const int p = eighth, quarter = 2 * p, half = 4 * p;
+    const bool upper = i >= half;
+    const int k = static_cast<int>(upper ? i - half : i); // < N/2
+    // c/2 at k: c2/4 -+ g2/4 at k2 = k mod N/4.
+    const int k2 = k < quarter ? k : k - quarter;
+    const T c2 = stash[(k2 & 1) * p + (k2 >> 1)];
+    const int j2 = k2 < p ? k2 : k2 - p;
+    const cpx<T> r2 = c_mul_conj(
+        cpx<T>{stash[2 * p + j2], stash[3 * p + j2]}, twist[2 * quarter + j2]);
+    const T g2 = k2 < p ? r2.re : r_neg(r2.im);
+    const T c = k < quarter ? r_add(c2, g2) : r_sub(c2, g2);
+    // g/2 at k: r[j] / 2, j = k mod M.
+    const int j = k < quarter ? k : k - quarter;
+    const int jp = j < p ? j : j - p;
+    const cpx<T> r = c_add(
+        c_mul_conj(cpx<T>{stash[4 * p + jp], stash[5 * p + jp]}, twist[j]),
+        c_mul_conj(get_point<T>(re, im, jp), twist[quarter + j]));
+    const T g = k < quarter ? r.re : r_neg(r.im);
+    return upper ? r_sub(c, g) : r_add(c, g);
+  }
+};
+
+// The convolution of the row a (at most N/2 entries) with the kernel's deep
+// split spectra (deep_split_kernel_spectrum) by the pieces, then emit(t, v)
+// for the outputs t = tid, tid + nthreads, ... < out_len (v =
+// gather_entries of DeepSplitEntries). stash: 6P values of device memory.
+// Ends with a group barrier.
+template <bool kWide, class T, class Ptr, class Emit>
+MP_INLINE void deep_split_conv_row(
+    DeviceRow a,
+    Ptr re,
+    Ptr im,
+    MP_DEVICE T* stash,
+    MP_CONSTANT const ConvShape& g,
+    MP_CONSTANT const FFTShape& fs,
+    const MP_DEVICE cpx<T>* tw,
+    const MP_DEVICE cpx<T>* split_tw,
+    const MP_DEVICE IndexPair* pairs,
+    const MP_DEVICE cpx<T>* twist,
+    const MP_DEVICE cpx<T>* spectrum,
+    int tid,
+    int nthreads,
+    Emit emit) {
+  const int p = fs.n_half;
+  forward_from<kWide, T>(deep_piece_a(a, p), re, im, fs, tw, tid, nthreads);
+  multiply_rows_by_spectrum<T>(
+      re, im, p, 1, pairs, split_tw, spectrum, fs.num_pairs, tid, nthreads);
+  MP_BARRIER();
+  inverse_to<kWide, T>(re, im, stash, stash + p, fs, tw, tid, nthreads);
+  const MP_DEVICE cpx<T>* piece = spectrum + 2 * fs.num_pairs;
+  for (int k = 0; k < 3; ++k) {
+    if (k == 0)
+      forward_from<kWide, T>(
+          deep_piece_b(a, twist, p), re, im, fs, tw, tid, nthreads);
+    else
+      forward_from<kWide, T>(
+          deep_piece_g(a, twist, p, k - 1), re, im, fs, tw, tid, nthreads);
+    multiply_points<T>(re, im, piece + k * p, p, tid, nthreads);
+    MP_DEVICE T* slot = stash + 2 * (k + 1) * p;
+    if (k < 2)
+      inverse_to<kWide, T>(re, im, slot, slot + p, fs, tw, tid, nthreads);
+  }
+  // Piece 5 stays in (re, im).
+  fft_passes<true, kWide, T>(re, im, fs, tw, 0, tid, nthreads, true);
+  const DeepSplitEntries<T, Ptr> entries{stash, re, im, twist, p};
+  for (MP_INT64 t = tid; t < g.out_len; t += nthreads)
+    emit(t, gather_entries<T>(g, t, entries));
+  MP_BARRIER();
+}
+
 #if MP_HAS_DOUBLE
 // ----------------------------------------------------------- certification
 // ---- The steps of kernels/certify.h for the double engine (extended, and
@@ -1455,6 +1690,127 @@ MP_INLINE RowCertificate split_sum_certificate(
       norm_products,
       terms,
       0);
+}
+
+// The thread's parts of the sums of a row's folds (N/2 = 2 quarter) that
+// the deep split bound needs, each entry as the pieces load it: of the
+// squares of x_A and x_B (the cyclic fold x' reduced modulo z^(N/4) -+ 1),
+// of x_A's entries at even and at odd positions, and of the squares of x'
+// and of the negacyclic fold x''.
+MP_INLINE void deep_folded_sums_part(
+    DeviceRow x,
+    MP_INT64 quarter,
+    int tid,
+    int nthreads,
+    MP_THREAD double* sums) {
+  const FoldedRow<1> cyclic{x, 2 * quarter};
+  const FoldedRow<-1> negacyclic{x, 2 * quarter};
+  const MP_INT64 len = x.len < quarter ? x.len : quarter;
+  for (int k = 0; k < 6; ++k)
+    sums[k] = 0.0;
+  for (MP_INT64 m = tid; m < len; m += nthreads) {
+    const double lo = cyclic.at<double>(m), hi = cyclic.at<double>(m + quarter);
+    const double v = r_add(lo, hi), w = r_sub(lo, hi);
+    const double n0 = negacyclic.at<double>(m),
+                 n1 = negacyclic.at<double>(m + quarter);
+    sums[0] += v * v;
+    if (m & 1)
+      sums[2] += v;
+    else
+      sums[1] += v;
+    sums[3] += w * w;
+    sums[4] += lo * lo + hi * hi;
+    sums[5] += n0 * n0 + n1 * n1;
+  }
+}
+
+// A row's norms for the deep split bound (from deep_folded_sums_part): x_A's
+// norm and spectrum bound (row_norms, h = P = N/8), ||x_B||, ||x'||, ||x''||.
+struct DeepNorms {
+  RowNorms piece_a;
+  double piece_b;
+  double cyclic;
+  double negacyclic;
+};
+
+MP_INLINE DeepNorms deep_norms(
+    MP_THREAD const TransformErrors& piece_a,
+    int p,
+    MP_INT64 len,
+    MP_THREAD const double* sums) {
+  return DeepNorms{
+      row_norms(piece_a, p, len < 2 * p ? len : 2 * p, sums),
+      sqrt(sums[3]),
+      sqrt(sums[4]),
+      sqrt(sums[5])};
+}
+
+// The constants of a deep split row's bound: piece A's transform errors
+// (size N/4), piece B's kappa (negacyclic_error_bound at N/2) and the
+// negacyclic half's (deep_negacyclic_error_bound).
+struct DeepSplitBound {
+  TransformErrors piece_a;
+  double piece_b;
+  double negacyclic;
+};
+
+MP_INLINE DeepSplitBound deep_split_bound(MP_INT64 fft_size) {
+  return DeepSplitBound{
+      transform_errors(fft_size / 4, 1, kUnitRoundoff64),
+      negacyclic_error_bound(fft_size / 2, 1, kUnitRoundoff64),
+      deep_negacyclic_error_bound(fft_size, 1, kUnitRoundoff64)};
+}
+
+// What convolving the computed folds a^, b^ (norms norm_a, norm_b, off by at
+// most fold_a, fold_b in 2-norm) instead of the exact ones adds to an entry
+// (Cauchy-Schwarz).
+MP_INLINE double
+folded_term_error(double norm_a, double fold_a, double norm_b, double fold_b) {
+  return fold_a * norm_b + (norm_a + fold_a) * fold_b;
+}
+
+// Step 1 for a deep split row (deep_split_conv_row) of a and a kernel row b
+// (docs/certification.md, "Deep split rows"): piece A's bound from its rows'
+// spectra (measured_term_error at N/4), B's and the negacyclic half's a
+// priori, each plus its folds' errors (||x^_A - x_A|| <= u (||x^_A|| +
+// sqrt 2 ||x^'||), the same for B, ||x^'' - x''|| <= u ||x^''||); the pieces
+// come out as c2/4, g2/4, g/2, and an entry as fl(fl(c2/4 -+ g2/4) -+ g/2),
+// |c/2| <= ||a'|| ||b'|| / 2, |x| <= that plus ||a''|| ||b''|| / 2.
+MP_INLINE RowCertificate deep_row_certificate(
+    MP_THREAD const DeepSplitBound& k,
+    MP_CONSTANT const ConvShape& g,
+    MP_THREAD const DeepNorms& a,
+    MP_THREAD const DeepNorms& b,
+    double bound_scale) {
+  const double u = kUnitRoundoff64, sqrt2 = 1.4142135623730951;
+  const double a_cyclic = u * sqrt2 * a.cyclic, b_cyclic = u * sqrt2 * b.cyclic;
+  const double na = a.piece_a.norm, nb = b.piece_a.norm;
+  const double piece_a =
+      measured_term_error(
+          k.piece_a, na, nb, a.piece_a.spectrum, b.piece_a.spectrum) +
+      folded_term_error(na, u * na + a_cyclic, nb, u * nb + b_cyclic);
+  const double piece_b = k.piece_b * a.piece_b * b.piece_b +
+      folded_term_error(a.piece_b,
+                        u * a.piece_b + a_cyclic,
+                        b.piece_b,
+                        u * b.piece_b + b_cyclic);
+  const double negacyclic =
+      k.negacyclic * a.negacyclic * b.negacyclic +
+      folded_term_error(
+          a.negacyclic, u * a.negacyclic, b.negacyclic, u * b.negacyclic);
+  const double norms = (1.0 + u) * (1.0 + u);
+  const double cyclic_half = 0.5 * a.cyclic * b.cyclic * norms;
+  const double largest =
+      cyclic_half + 0.5 * a.negacyclic * b.negacyclic * norms;
+  const double quarters = 0.25 * (piece_a + piece_b);
+  const double pieces =
+      quarters + 0.5 * negacyclic + u * (cyclic_half + quarters);
+  return certificate_from_bound(
+      bound_scale * (pieces * (1.0 + u) + u * largest) * (1.0 + 1.0 / 1024.0),
+      g.fold != 0,
+      largest,
+      1,
+      g.has_bias ? 1 : 0);
 }
 
 // Step 2 for one output: value is the transform's value plus the bias

@@ -825,20 +825,23 @@ nb::tuple gpu_outputs(
 }
 
 // The GPU's split rows (kernels/rfft_conv_rows.h, "split rows": CUDA's
-// split_kernel_spectra and split_conv_rows) on the CPU, one thread running
-// a block's steps on rows poisoned with NaN: y = rfft_conv(a, b, n = period
-// or None, bias) ("convolve") or grad u ("correlate_input": a = the
-// cotangent, b = k), certified against the split bound times bound_scale,
-// the outputs that do not certify recomputed as recompute_open does.
-// Returns (y, open, values, bounds): the values certified (transform plus
-// bias products, in double) and the bound each was certified against.
+// split_kernel_spectra and split_conv_rows), or with `deep` the deep split
+// rows (deep_split_kernel_spectra and deep_split_conv_rows), on the CPU, one
+// thread running a block's steps on rows poisoned with NaN: y =
+// rfft_conv(a, b, n = period or None, bias) ("convolve") or grad u
+// ("correlate_input": a = the cotangent, b = k), certified against the
+// split bound times bound_scale, the outputs that do not certify recomputed
+// as recompute_open does. Returns (y, open, values, bounds): the values
+// certified (transform plus bias products, in double) and the bound each was
+// certified against.
 nb::tuple gpu_split_conv(
     F a_in,
     F b_in,
     F bias_in,
     int64_t period,
     const std::string& variant,
-    double bound_scale) {
+    double bound_scale,
+    bool deep) {
   const int64_t a_len = a_in.shape(0), b_len = b_in.shape(0);
   const bool has_bias = bias_in.shape(0) != 0;
   if (a_len == 0 || b_len == 0 ||
@@ -849,85 +852,114 @@ nb::tuple gpu_split_conv(
     throw std::invalid_argument(
         "correlate_kernel sums over rows (reduce_rows): no split rows");
   const ConvGeometry geo = emulated_geometry(variant, period, a_len, b_len, 0);
-  if (!gpu::split_rows_apply(geo))
+  if (!(deep ? gpu::deep_split_rows_apply(geo) : gpu::split_rows_apply(geo)))
     throw std::invalid_argument(
-        "these rows do not take the split rows (gpu::split_rows_apply)");
+        "these rows do not take the split rows (gpu::split_rows_apply, "
+        "gpu::deep_split_rows_apply)");
   const ConvShape g = gpu::conv_shape(geo, has_bias, 1);
   const gpu::FFTTables<double> t =
-      gpu::make_fft_tables<double>(geo.fft_size / 2);
-  const std::vector<cpx<double>> twist =
-      gpu::make_twist_table<double>(geo.fft_size);
+      gpu::make_fft_tables<double>(geo.fft_size / (deep ? 4 : 2));
+  const std::vector<cpx<double>> twist = deep
+      ? gpu::make_deep_twist_table<double>(geo.fft_size)
+      : gpu::make_twist_table<double>(geo.fft_size);
   const FFTShape& fs = t.shape;
   const int m = fs.n_half;
   const double nan = std::numeric_limits<double>::quiet_NaN();
   std::vector<double> row(2 * static_cast<size_t>(m), nan);
-  std::vector<double> stash(2 * static_cast<size_t>(m), nan);
+  std::vector<double> stash((deep ? 6 : 2) * static_cast<size_t>(m), nan);
   std::vector<cpx<double>> spectrum(
-      static_cast<size_t>(split_spectrum_stride(fs)), cpx<double>{nan, nan});
+      static_cast<size_t>(
+          deep ? deep_split_spectrum_stride(fs) : split_spectrum_stride(fs)),
+      cpx<double>{nan, nan});
   const SwizzledRow<double*> re{row.data()}, im{row.data() + m};
   const float* a = a_in.data();
   const float* b = b_in.data();
   const float* bias = has_bias ? bias_in.data() : a;
-  const SplitBound bound = split_bound(geo.fft_size);
-  double sums[3];
-  // split_kernel_spectra
   const DeviceRow b_row{b, 1, g.b_len, false};
-  double folded_sums[4];
-  folded_row_sums_part(b_row, 2 * m, 0, 1, folded_sums);
-  const SplitKernelNorms b_norms = split_kernel_norms(
-      bound.cyclic, m, std::min<int64_t>(b_row.len, 2 * m), folded_sums);
-  split_kernel_spectrum<false, double>(
-      b_row,
-      re,
-      im,
-      fs,
-      t.twiddles.data(),
-      t.split.data(),
-      t.pairs.data(),
-      twist.data(),
-      g.spectrum_scale,
-      spectrum.data(),
-      0,
-      1);
-  // split_conv_rows
   const DeviceRow a_row{a, 1, g.a_len, g.a_reversed != 0};
-  row_sums_part(a_row, 0, 1, sums);
-  const RowCertificate cert = split_row_certificate(
-      bound,
-      g,
-      row_norms(bound.cyclic, m, a_row.len, sums),
-      b_norms,
-      bound_scale);
+  using Row = SwizzledRow<double*>;
+  // The kernel spectra kernel, then the row kernel's certificate.
+  const auto kernel_spectrum = [&](auto form_spectrum) {
+    form_spectrum(
+        b_row,
+        re,
+        im,
+        fs,
+        t.twiddles.data(),
+        t.split.data(),
+        t.pairs.data(),
+        twist.data(),
+        g.spectrum_scale,
+        spectrum.data(),
+        0,
+        1);
+  };
+  RowCertificate cert;
+  if (deep) {
+    const DeepSplitBound bound = deep_split_bound(geo.fft_size);
+    double b_sums[6], a_sums[6];
+    deep_folded_sums_part(b_row, 2 * m, 0, 1, b_sums);
+    kernel_spectrum(deep_split_kernel_spectrum<false, double, Row>);
+    deep_folded_sums_part(a_row, 2 * m, 0, 1, a_sums);
+    cert = deep_row_certificate(
+        bound,
+        g,
+        deep_norms(bound.piece_a, m, a_row.len, a_sums),
+        deep_norms(bound.piece_a, m, b_row.len, b_sums),
+        bound_scale);
+  } else {
+    const SplitBound bound = split_bound(geo.fft_size);
+    double folded_sums[4], sums[3];
+    folded_row_sums_part(b_row, 2 * m, 0, 1, folded_sums);
+    const SplitKernelNorms b_norms = split_kernel_norms(
+        bound.cyclic, m, std::min<int64_t>(b_row.len, 2 * m), folded_sums);
+    kernel_spectrum(split_kernel_spectrum<false, double, Row>);
+    row_sums_part(a_row, 0, 1, sums);
+    cert = split_row_certificate(
+        bound,
+        g,
+        row_norms(bound.cyclic, m, a_row.len, sums),
+        b_norms,
+        bound_scale);
+  }
   float* y;
   OutArray out = new_float_array(static_cast<size_t>(g.out_len), &y);
   float* open;
   OutArray open_out = new_float_array(static_cast<size_t>(g.out_len), &open);
+  std::fill(y, y + g.out_len, std::numeric_limits<float>::quiet_NaN());
   std::vector<double> values(g.out_len, nan), bounds(g.out_len, nan);
-  split_conv_row<false, double>(
-      a_row,
-      re,
-      im,
-      stash.data(),
-      g,
-      fs,
-      t.twiddles.data(),
-      t.split.data(),
-      t.pairs.data(),
-      twist.data(),
-      spectrum.data(),
-      0,
-      1,
-      [&](int64_t i, double v) {
-        double magnitude = std::fabs(v);
-        if (has_bias) {
-          const double p = r_prod(0.0, a[i], bias[i]);
-          v = r_add(v, p);
-          magnitude += std::fabs(p);
-        }
-        values[i] = v;
-        bounds[i] = cert.conv_err + cert.rel * magnitude;
-        open[i] = certify_output(cert, v, magnitude, y + i) ? 0.0f : 1.0f;
-      });
+  const auto emit = [&](int64_t i, double v) {
+    double magnitude = std::fabs(v);
+    if (has_bias) {
+      const double p = r_prod(0.0, a[i], bias[i]);
+      v = r_add(v, p);
+      magnitude += std::fabs(p);
+    }
+    values[i] = v;
+    bounds[i] = cert.conv_err + cert.rel * magnitude;
+    open[i] = certify_output(cert, v, magnitude, y + i) ? 0.0f : 1.0f;
+  };
+  const auto run = [&](auto conv_row) {
+    conv_row(
+        a_row,
+        re,
+        im,
+        stash.data(),
+        g,
+        fs,
+        t.twiddles.data(),
+        t.split.data(),
+        t.pairs.data(),
+        twist.data(),
+        spectrum.data(),
+        0,
+        1,
+        emit);
+  };
+  if (deep)
+    run(deep_split_conv_row<false, double, Row, decltype(emit)>);
+  else
+    run(split_conv_row<false, double, Row, decltype(emit)>);
   // recompute_open
   RowIndex ix{};
   ix.outer_count = ix.inner_count = 1;
@@ -1673,8 +1705,10 @@ void init_testing(nb::module_& parent) {
       "period"_a,
       "variant"_a,
       "bound_scale"_a = 1.0,
-      "The GPU's split rows (CUDA split_conv_rows) of one row on the CPU, "
-      "certified and recomputed: returns (y, open, values, bounds).");
+      "deep"_a = false,
+      "The GPU's split rows (CUDA split_conv_rows; deep: deep_split_conv_rows) "
+      "of one row on the CPU, certified and recomputed: returns (y, open, "
+      "values, bounds).");
   m.def(
       "gpu_split_gradients",
       &gpu_split_gradients,

@@ -37,6 +37,9 @@ struct ConvKernel {
   bool typed;
   bool row_storage;
   bool certified_only = false;
+  // A form of a template: the template's name and its second argument.
+  const char* form_of = nullptr;
+  const char* form = nullptr;
 };
 const ConvKernel kKernels[] = {
     {"kernel_spectra", true, true},
@@ -47,6 +50,18 @@ const ConvKernel kKernels[] = {
     {"split_kernel_spectra", true, false, true},
     {"split_conv_rows", true, false, true},
     {"split_gradient_rows", true, false, true},
+    {"deep_split_kernel_spectra",
+     true,
+     false,
+     true,
+     "split_kernel_spectra",
+     "DeepSplitRows"},
+    {"deep_split_conv_rows",
+     true,
+     false,
+     true,
+     "split_conv_rows",
+     "DeepSplitRows"},
     {"product_sum", true, false},
     {"clear_open_bits", false, false},
     {"recompute_open", false, false},
@@ -55,12 +70,15 @@ const ConvKernel kKernels[] = {
     {"recompute_undecided_sum", false, false}};
 
 std::string name_expression(Precision p, const ConvKernel& k, bool shared) {
-  std::string e = std::string("mlx_precise::gpu::") + k.name;
+  const std::string ns = "mlx_precise::gpu::";
+  std::string e = ns + (k.form_of ? k.form_of : k.name);
   if (!k.typed)
     return e;
   e += std::string("<") + working_type(p);
   if (k.row_storage)
     e += shared ? ", true" : ", false";
+  if (k.form)
+    e += ", " + ns + k.form;
   return e + ">";
 }
 

@@ -542,39 +542,55 @@ KernelSpectra<T> launch_kernel_spectra(
   return ks;
 }
 
-// The split rows' twist table (gpu::make_twist_table) on the device.
-const cpx<double>* device_twist(int device, int64_t fft_size) {
+// The split rows' twist table (gpu::make_twist_table), or the deep split
+// rows' (gpu::make_deep_twist_table), on the device.
+const cpx<double>* device_twist(int device, int64_t fft_size, bool deep) {
   static std::mutex mutex;
-  static std::map<std::pair<int, int64_t>, const cpx<double>*> cache;
+  static std::map<std::tuple<int, int64_t, bool>, const cpx<double>*> cache;
   std::lock_guard<std::mutex> lock(mutex);
-  auto key = std::make_pair(device, fft_size);
+  auto key = std::make_tuple(device, fft_size, deep);
   auto it = cache.find(key);
   if (it != cache.end())
     return it->second;
-  const std::vector<cpx<double>> t = gpu::make_twist_table<double>(fft_size);
+  const std::vector<cpx<double>> t = deep
+      ? gpu::make_deep_twist_table<double>(fft_size)
+      : gpu::make_twist_table<double>(fft_size);
   const auto* d = reinterpret_cast<const cpx<double>*>(
       cuda::upload_constant(t.data(), t.size() * sizeof(t[0])));
   return cache.emplace(key, d).first->second;
 }
 
-// The launch of split_conv_rows for the geometry, where split rows apply
-// (gpu::split_rows_apply) and their halves (N/4 complex doubles) fit in
-// shared memory: N = 32768 on an H100/H200 (N = 65536 would need 256 KiB).
-std::optional<RowLaunch> split_rows_launch(
+// The launch of the split rows' row kernel for the geometry, where split
+// rows apply (gpu::split_rows_apply): split_conv_rows where its halves (N/4
+// complex doubles) fit in shared memory (N = 32768 on an H100/H200), else
+// deep_split_conv_rows where its pieces (N/8) do (N = 65536; N = 131072
+// would need 256 KiB).
+struct SplitLaunch {
+  RowLaunch rows;
+  bool deep;
+};
+
+std::optional<SplitLaunch> split_rows_launch(
     int device,
     const ConvGeometry& geo) {
   if (!gpu::split_rows_apply(geo))
     return std::nullopt;
   RowLaunch l =
       row_launch<double>(device, "split_conv_rows", geo.fft_size / 4, 1);
+  if (l.shared)
+    return SplitLaunch{l, false};
+  if (!gpu::deep_split_rows_apply(geo))
+    return std::nullopt;
+  l = row_launch<double>(device, "deep_split_conv_rows", geo.fft_size / 8, 1);
   if (!l.shared)
     return std::nullopt;
-  return l;
+  return SplitLaunch{l, true};
 }
 
 // split_kernel_spectra: the split spectra of the kernel rows b (operand B of
 // ix, one per outer index) and their folds' norms (3 per row), with the
-// tables of size N/2, in kernel_spectra_buffer.
+// tables of size N/2, in kernel_spectra_buffer; with `deep`
+// deep_split_kernel_spectra (the tables of size N/4, kDeepNorms per row).
 KernelSpectra<double> launch_split_kernel_spectra(
     mx::cu::CommandEncoder& encoder,
     int device,
@@ -583,16 +599,21 @@ KernelSpectra<double> launch_split_kernel_spectra(
     RowIndex ix, // copies: the encoder takes the arguments' addresses
     ConvShape shape,
     const DeviceFFT<double>& fft,
-    const cpx<double>* twist) {
-  RowLaunch spec =
-      row_launch<double>(device, "split_kernel_spectra", fft.shape.n_half, 1);
+    const cpx<double>* twist,
+    bool deep = false) {
+  RowLaunch spec = row_launch<double>(
+      device,
+      deep ? "deep_split_kernel_spectra" : "split_kernel_spectra",
+      fft.shape.n_half,
+      1);
   KernelSpectra<double> ks = kernel_spectra_buffer<double>(
       encoder,
       device,
       stream_index,
       ix.outer_count,
-      split_spectrum_stride(fft.shape),
-      3);
+      deep ? deep_split_spectrum_stride(fft.shape)
+           : split_spectrum_stride(fft.shape),
+      deep ? kDeepNorms : 3);
   RowGrid spec_grid =
       row_grid(encoder, device, stream_index, spec, ix.outer_count);
   register_buffers(encoder, {&b}, {&ks.buffer});
@@ -611,19 +632,24 @@ KernelSpectra<double> launch_split_kernel_spectra(
 }
 
 // The shared-kernel form by split rows (rfft_conv_kernels.cuh,
-// split_kernel_spectra and split_conv_rows), with the tables of size N/2,
-// the twist, and a stash slot of N/2 doubles per block of `rows` (at most
-// the resident blocks) in the stream's row workspace.
+// split_kernel_spectra and split_conv_rows, with the tables of size N/2 and
+// a stash slot of N/2 doubles per block), or by deep split rows
+// (deep_split_kernel_spectra and deep_split_conv_rows, with the tables of
+// size N/4 and a slot of 3N/4 doubles), with their twist, the blocks at most
+// the resident ones, the slots in the stream's row workspace.
 void launch_split_rows(
     mx::cu::CommandEncoder& encoder,
     int device,
     int stream_index,
     const ConvGeometry& geo,
     RowIndex ix, // copies: the encoder takes the arguments' addresses
-    const RowLaunch& rows,
+    const SplitLaunch& split,
     const RowOperands<double>& op) {
-  const DeviceFFT<double>& fft = device_fft<double>(device, geo.fft_size / 2);
-  const cpx<double>* twist = device_twist(device, geo.fft_size);
+  const bool deep = split.deep;
+  const RowLaunch& rows = split.rows;
+  const DeviceFFT<double>& fft =
+      device_fft<double>(device, geo.fft_size / (deep ? 4 : 2));
+  const cpx<double>* twist = device_twist(device, geo.fft_size, deep);
   const FFTShape& fs = fft.shape;
   // At least 8 blocks to a kernel row where the batch allows: with one
   // block per SM and one kernel row each, the spectra in use (256 KiB a row
@@ -632,7 +658,7 @@ void launch_split_rows(
       std::max(group_splits(rows, ix), std::min<int64_t>(8, ix.inner_count));
   ConvShape shape = gpu::conv_shape(geo, op.bias != nullptr, splits);
   KernelSpectra<double> ks = launch_split_kernel_spectra(
-      encoder, device, stream_index, op.b, ix, shape, fft, twist);
+      encoder, device, stream_index, op.b, ix, shape, fft, twist, deep);
   mx::array& spectra_buffer = ks.buffer;
   cpx<double>* spectra = ks.spectra;
   double* norms = ks.norms;
@@ -644,7 +670,7 @@ void launch_split_rows(
       device,
       stream_index,
       cuda::StreamBuffer::RowWorkspace,
-      grid.blocks * 2 * int64_t{fs.n_half} * sizeof(double));
+      grid.blocks * (deep ? 6 : 2) * int64_t{fs.n_half} * sizeof(double));
   launch_pair_rows<double>(
       encoder,
       device,
@@ -682,7 +708,8 @@ void launch_shared_kernel(
     rows = row_launch<T>(device, "conv_rows", fs.n_half, 1);
   if constexpr (Certified<T>::value) {
     if (!rows.shared)
-      if (const std::optional<RowLaunch> split = split_rows_launch(device, geo))
+      if (const std::optional<SplitLaunch> split =
+              split_rows_launch(device, geo))
         return launch_split_rows(
             encoder, device, stream_index, geo, ix, *split, op);
   }
@@ -924,7 +951,7 @@ void launch_gradients(
   const cpx<T>* twist = nullptr;
   if constexpr (Certified<T>::value)
     if (split)
-      twist = device_twist(device, u_geo.fft_size);
+      twist = device_twist(device, u_geo.fft_size, false);
   KernelSpectra<T> spectra = [&] {
     if constexpr (Certified<T>::value)
       if (split)

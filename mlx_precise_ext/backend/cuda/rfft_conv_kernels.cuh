@@ -488,14 +488,129 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) conv_rows(
 
 // Split rows (kernels/rfft_conv_rows.h): double rows of a size-N
 // convolution too long for shared memory (N/2 complex values), whose rows
-// both lie within their first N/2 entries, as a cyclic and a negacyclic
+// both lie within their first N/2 entries, one row per block in shared
+// memory, in one of two forms (Form): SplitRows, a cyclic and a negacyclic
 // half of M = N/4 complex values each (the tables fs, tw, split_tw, pairs
-// are those of size N/2). One row per block, in shared memory; the cyclic
-// half waits in the block's stash slot (N/2 doubles, in L2) while the
-// negacyclic half is computed. Narrow passes, as conv_rows<double, true>.
-// The kernel rows' split spectra (split_spectrum_stride entries each) and
-// their folds' norms (3 per row: split_kernel_norms).
-template <class T>
+// are those of size N/2; N = 32768), the cyclic half waiting in the block's
+// stash slot (N/2 doubles, in L2) while the negacyclic half is computed; or
+// DeepSplitRows, where the halves do not fit either (N = 65536): four pieces
+// of P = N/8 complex values (the tables of size N/4), three waiting in the
+// stash slot (3N/4 doubles) while the fourth is computed. Narrow passes, as
+// conv_rows<double, true>.
+struct SplitRows {
+  static constexpr int kNorms = 3; // doubles per kernel row
+  static constexpr int kStash = 2; // stash values per fs.n_half
+
+  // The kernel row's norms (thread 0 writes them).
+  static __device__ void kernel_norms(
+      DeviceRow b,
+      const ConvShape& g,
+      const FFTShape& fs,
+      double* out) {
+    const MP_INT64 half = 2 * static_cast<MP_INT64>(fs.n_half);
+    double sums[4];
+    folded_row_sums_part(b, half, threadIdx.x, blockDim.x, sums);
+    block_sums(sums);
+    const SplitKernelNorms norms = split_kernel_norms(
+        split_bound(g.fft_size).cyclic, fs.n_half, min(b.len, half), sums);
+    if (threadIdx.x == 0) {
+      out[0] = norms.cyclic.norm;
+      out[1] = norms.cyclic.spectrum;
+      out[2] = norms.negacyclic;
+    }
+  }
+
+  template <class T, class... Args>
+  static __device__ void kernel_spectrum(const Args&... args) {
+    split_kernel_spectrum<false, T>(args...);
+  }
+
+  static __device__ MP_INT64 spectrum_stride(const FFTShape& fs) {
+    return split_spectrum_stride(fs);
+  }
+
+  // The row a's certificate against the kernel row's norms.
+  static __device__ RowCertificate certificate(
+      DeviceRow a,
+      const ConvShape& g,
+      const FFTShape& fs,
+      const double* b) {
+    const SplitBound bound = split_bound(g.fft_size);
+    return split_row_certificate(
+        bound,
+        g,
+        block_row_norms(a, bound.cyclic, fs.n_half),
+        SplitKernelNorms{RowNorms{b[0], b[1]}, b[2]},
+        1.0);
+  }
+
+  template <class T, class... Args>
+  static __device__ void conv_row(const Args&... args) {
+    split_conv_row<false, T>(args...);
+  }
+};
+
+struct DeepSplitRows {
+  static constexpr int kNorms = kDeepNorms;
+  static constexpr int kStash = 6;
+
+  static __device__ void kernel_norms(
+      DeviceRow b,
+      const ConvShape& g,
+      const FFTShape& fs,
+      double* out) {
+    const DeepNorms norms = block_deep_norms(b, g, fs);
+    if (threadIdx.x == 0) {
+      out[0] = norms.piece_a.norm;
+      out[1] = norms.piece_a.spectrum;
+      out[2] = norms.piece_b;
+      out[3] = norms.cyclic;
+      out[4] = norms.negacyclic;
+    }
+  }
+
+  template <class T, class... Args>
+  static __device__ void kernel_spectrum(const Args&... args) {
+    deep_split_kernel_spectrum<false, T>(args...);
+  }
+
+  static __device__ MP_INT64 spectrum_stride(const FFTShape& fs) {
+    return deep_split_spectrum_stride(fs);
+  }
+
+  static __device__ RowCertificate certificate(
+      DeviceRow a,
+      const ConvShape& g,
+      const FFTShape& fs,
+      const double* b) {
+    return deep_row_certificate(
+        deep_split_bound(g.fft_size),
+        g,
+        block_deep_norms(a, g, fs),
+        DeepNorms{RowNorms{b[0], b[1]}, b[2], b[3], b[4]},
+        1.0);
+  }
+
+  template <class T, class... Args>
+  static __device__ void conv_row(const Args&... args) {
+    deep_split_conv_row<false, T>(args...);
+  }
+
+ private:
+  // A row's DeepNorms over the block.
+  static __device__ DeepNorms
+  block_deep_norms(DeviceRow x, const ConvShape& g, const FFTShape& fs) {
+    double sums[6];
+    deep_folded_sums_part(x, 2 * fs.n_half, threadIdx.x, blockDim.x, sums);
+    block_sums(sums);
+    return deep_norms(
+        deep_split_bound(g.fft_size).piece_a, fs.n_half, x.len, sums);
+  }
+};
+
+// The kernel rows' split spectra (Form::spectrum_stride entries each) and
+// their norms (Form::kNorms doubles each).
+template <class T, class Form = SplitRows>
 __global__ void split_kernel_spectra(
     const float* b,
     const RowIndex ix,
@@ -510,25 +625,14 @@ __global__ void split_kernel_spectra(
     T*) {
   const Row<T> re{reinterpret_cast<T*>(shared_rows)};
   const Row<T> im{re.data + fs.n_half};
-  const SplitBound bound = split_bound(g.fft_size);
   for (MP_INT64 kk = blockIdx.x; kk < ix.outer_count; kk += gridDim.x) {
     const DeviceRow b_row{
         b + row_offset(ix, kOperandB, kk, 0),
         ix.time_stride[kOperandB],
         g.b_len,
         false};
-    const MP_INT64 half = 2 * static_cast<MP_INT64>(fs.n_half);
-    double sums[4];
-    folded_row_sums_part(b_row, half, threadIdx.x, blockDim.x, sums);
-    block_sums(sums);
-    const SplitKernelNorms norms =
-        split_kernel_norms(bound.cyclic, fs.n_half, min(b_row.len, half), sums);
-    if (threadIdx.x == 0) {
-      b_norms[3 * kk] = norms.cyclic.norm;
-      b_norms[3 * kk + 1] = norms.cyclic.spectrum;
-      b_norms[3 * kk + 2] = norms.negacyclic;
-    }
-    split_kernel_spectrum<false, T>(
+    Form::kernel_norms(b_row, g, fs, b_norms + Form::kNorms * kk);
+    Form::template kernel_spectrum<T>(
         b_row,
         re,
         im,
@@ -538,16 +642,16 @@ __global__ void split_kernel_spectra(
         pairs,
         twist,
         g.spectrum_scale,
-        spectra + kk * split_spectrum_stride(fs),
-        threadIdx.x,
-        blockDim.x);
+        spectra + kk * Form::spectrum_stride(fs),
+        static_cast<int>(threadIdx.x),
+        static_cast<int>(blockDim.x));
   }
 }
 
 // conv_rows for split rows: work items (kernel row, split) as there, one
 // row per block, the outputs that do not certify listed in `open`.
 // Registers: 512 threads a block, one block per SM (its shared memory).
-template <class T>
+template <class T, class Form = SplitRows>
 __global__ void __maxnreg__(128) split_conv_rows(
     const float* a,
     const float* b,
@@ -566,8 +670,8 @@ __global__ void __maxnreg__(128) split_conv_rows(
     T* stash_slots) {
   const Row<T> re{reinterpret_cast<T*>(shared_rows)};
   const Row<T> im{re.data + fs.n_half};
-  T* stash = stash_slots + static_cast<MP_INT64>(blockIdx.x) * 2 * fs.n_half;
-  const SplitBound bound = split_bound(g.fft_size);
+  T* stash = stash_slots +
+      static_cast<MP_INT64>(blockIdx.x) * Form::kStash * fs.n_half;
   const MP_INT64 splits = g.rows_per_group_split;
   const MP_INT64 items = ix.outer_count * splits;
   const MP_INT64 a_step = ix.time_stride[kOperandA];
@@ -579,16 +683,10 @@ __global__ void __maxnreg__(128) split_conv_rows(
       const float* bias_row =
           bias + (g.has_bias ? row_offset(ix, kOperandBias, kk, j) : 0);
       const DeviceRow a_loaded{a_row, a_step, g.a_len, g.a_reversed != 0};
-      const RowCertificate cert = split_row_certificate(
-          bound,
-          g,
-          block_row_norms(a_loaded, bound.cyclic, fs.n_half),
-          SplitKernelNorms{
-              RowNorms{b_norms[3 * kk], b_norms[3 * kk + 1]},
-              b_norms[3 * kk + 2]},
-          1.0);
+      const RowCertificate cert =
+          Form::certificate(a_loaded, g, fs, b_norms + Form::kNorms * kk);
       float* out_row = out + row_offset(ix, kOperandOut, kk, j);
-      split_conv_row<false, T>(
+      Form::template conv_row<T>(
           a_loaded,
           re,
           im,
@@ -599,9 +697,9 @@ __global__ void __maxnreg__(128) split_conv_rows(
           split_tw,
           pairs,
           twist,
-          spectra + kk * split_spectrum_stride(fs),
-          threadIdx.x,
-          blockDim.x,
+          spectra + kk * Form::spectrum_stride(fs),
+          static_cast<int>(threadIdx.x),
+          static_cast<int>(blockDim.x),
           RowOutputs<T>{
               a_row,
               a_step,

@@ -92,6 +92,22 @@ std::vector<cpx<T>> make_twist_table(int64_t fft_size) {
 
 template std::vector<cpx<double>> make_twist_table<double>(int64_t);
 
+template <class T>
+std::vector<cpx<T>> make_deep_twist_table(int64_t fft_size) {
+  const TwiddleSource source(fft_size);
+  const int64_t p = fft_size / 8;
+  std::vector<cpx<T>> t;
+  t.reserve(static_cast<size_t>(5 * p));
+  for (int64_t power : {1, 5})
+    for (int64_t k = 0; k < 2 * p; ++k)
+      t.push_back(twiddle<T>(source(power * k)));
+  for (int64_t j = 0; j < p; ++j)
+    t.push_back(twiddle<T>(source(2 * j)));
+  return t;
+}
+
+template std::vector<cpx<double>> make_deep_twist_table<double>(int64_t);
+
 bool split_rows_apply(const ConvGeometry& g) {
   return g.fft_size >= 8 && 2 * g.a_len <= g.fft_size && g.b_len <= g.fft_size;
 }
@@ -99,6 +115,10 @@ bool split_rows_apply(const ConvGeometry& g) {
 bool split_gradients_apply(const ConvGeometry& u, const ConvGeometry& k) {
   return split_rows_apply(u) && split_rows_apply(k) &&
       2 * k.b_len <= k.fft_size && u.fft_size == k.fft_size;
+}
+
+bool deep_split_rows_apply(const ConvGeometry& g) {
+  return g.fft_size >= 64 && split_rows_apply(g);
 }
 
 ConvShape conv_shape(

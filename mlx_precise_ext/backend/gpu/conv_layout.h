@@ -45,6 +45,15 @@ bool split_rows_apply(const ConvGeometry& g);
 // and u) with both rows within the first N/2 entries (no folds), one N.
 bool split_gradients_apply(const ConvGeometry& u, const ConvGeometry& k);
 
+// The twist of the deep split rows (kernels/rfft_conv_rows.h, "deep split
+// rows"), w = exp(-2 pi i / fft_size), P = fft_size / 8: w^k, then w^(5k),
+// for k < 2P, then w^(2j) for j < P.
+template <class T>
+std::vector<cpx<T>> make_deep_twist_table(int64_t fft_size);
+
+// split_rows_apply, and N >= 64 (pieces of at least 8 points).
+bool deep_split_rows_apply(const ConvGeometry& g);
+
 ConvShape conv_shape(
     const ConvGeometry& g,
     bool has_bias,
