@@ -106,9 +106,14 @@ struct OpenList {
 };
 
 // Threads per block of the kernels that recompute the listed outputs (their
-// shared memory is sized for it), and the bitmap words each of their threads
-// reads at once.
-enum : int { kRecomputeThreads = 256, kOpenWordsPerThread = 4 };
+// shared memory is sized for it), the most per block of CUDA's
+// recompute_open[_sum] (the host picks 128-512 by the staged rows' shared
+// memory), and the bitmap words each of their threads reads at once.
+enum : int {
+  kRecomputeThreads = 256,
+  kRecomputeMaxThreads = 512,
+  kOpenWordsPerThread = 4
+};
 #endif
 
 } // namespace mlx_precise

@@ -123,6 +123,28 @@ open_outputs(mx::cu::CommandEncoder& encoder, int device, int64_t outputs) {
   return o;
 }
 
+// Threads per block of `kernel` (recompute_open[_sum]) with `shared_bytes`
+// of staged rows: the most threads resident per SM (the registers hold 512),
+// in the most blocks among equals. Each block walks its rows one at a time
+// and each row's phases (bitmap, staging, sums, certification) wait on one
+// another, so short rows want many blocks in flight (4 of 128 threads at L =
+// 4096) and a row that fills the shared memory wants every warp in its block
+// (512 threads at L = 16384, where 256 left half the registers unused).
+int recompute_threads(int device, CUfunction kernel, size_t shared_bytes) {
+  int best = kRecomputeMaxThreads;
+  int64_t best_resident = 0;
+  for (int threads = kRecomputeMaxThreads; threads >= 128; threads /= 2) {
+    const int64_t resident =
+        int64_t{cuda::resident_blocks(device, kernel, threads, shared_bytes)} *
+        threads;
+    if (resident >= best_resident) {
+      best_resident = resident;
+      best = threads;
+    }
+  }
+  return best;
+}
+
 // Step 3 of kernels/certify.h: the outputs `open` marks, recomputed by
 // `kernel` (recompute_open, recompute_open_sum: the running stage, groups of
 // warps per marked output, blocks over slices of the output rows), then what
@@ -148,7 +170,11 @@ void recompute_marked(
   register_buffers(encoder, reads, {&out, &open.bits});
   const int64_t rows = std::max<int64_t>(
       static_cast<int64_t>(out.size()) / std::max<int64_t>(out_len, 1), 1);
-  const int64_t most = 8 * int64_t{cuda::device_info(device).multiprocessors};
+  CUfunction running =
+      cuda::get_kernel(device, Precision::Extended, kernel, false);
+  const int threads = recompute_threads(device, running, shared_bytes);
+  const int64_t most = 8 * int64_t{cuda::device_info(device).multiprocessors} *
+      kRecomputeThreads / threads;
   // Few long rows (B = 1): their marked outputs spread over several blocks.
   int slices = // (not const: the encoder takes the arguments' addresses)
       static_cast<int>(std::clamp<int64_t>((most + rows - 1) / rows, 1, 64));
@@ -156,9 +182,9 @@ void recompute_marked(
   std::apply(
       [&](auto&... args) {
         encoder.add_kernel_node_ex(
-            cuda::get_kernel(device, Precision::Extended, kernel, false),
+            running,
             dim3(static_cast<unsigned>(std::min<int64_t>(rows * slices, most))),
-            dim3(kRecomputeThreads),
+            dim3(threads),
             {},
             static_cast<uint32_t>(shared_bytes),
             args...,

@@ -1330,13 +1330,20 @@ warp_compensated_sum(double& hi, double& lo, double& mass) {
 }
 
 // Independent accumulators per lane in the running stage, so that the
-// additions' latency overlaps (the running bound holds for any tree).
-enum : int { kRecomputeChains = 4 };
+// additions' latency overlaps (the running bound holds for any tree); the
+// products each chain sums from zero before adding them to its total (the
+// partial sums inside a block are those of short sums: about 1.5-2.5x less
+// mass at L = 16384, so fewer outputs go on to the compensated stage); and
+// the products whose operands the compensated stage loads at once.
+enum : int { kRecomputeChains = 4, kRunningBlock = 8, kLoadBatch = 8 };
 
 // The running stage of certify.h's correctly_rounded_sum spread over `lanes`
 // threads (whole warps): for the products of for_each_range (range(a, b, m0,
 // j0, count): a(m0 - k) b(j0 + k), k < count; every index below 2^31), this
-// thread, number `lane` of them, sums k = lane, lane + lanes, ...; then its
+// thread, number `lane` of them, sums k = lane, lane + lanes, ... in
+// kRecomputeChains chains, each in blocks of up to kRunningBlock products
+// summed from zero and then added to the chain's total (every addition,
+// inside a block or of a block, adds |its result| to the mass); then its
 // warp combines the lanes' sums. Every lane of the warp gets the warp's sum
 // and mass (sum of |partial sums|).
 template <class ForEachRange>
@@ -1351,15 +1358,25 @@ __device__ __forceinline__ void running_sum_part(
     const int m = static_cast<int>(m0), j = static_cast<int>(j0);
     const int count = static_cast<int>(n);
     int k = lane;
-    for (; k + lanes * (kRecomputeChains - 1) < count;
-         k += lanes * kRecomputeChains) {
+    while (k + lanes * (kRecomputeChains - 1) < count) {
+      double blocks[kRecomputeChains] = {};
+      for (int i = 0;
+           i < kRunningBlock && k + lanes * (kRecomputeChains - 1) < count;
+           ++i, k += lanes * kRecomputeChains) {
+#pragma unroll
+        for (int c = 0; c < kRecomputeChains; ++c) {
+          const int kc = k + lanes * c;
+          // The product is exact: one rounding, the addition's.
+          blocks[c] =
+              fma(static_cast<double>(a(m - kc)),
+                  static_cast<double>(b(j + kc)),
+                  blocks[c]);
+          masses[c] += fabs(blocks[c]);
+        }
+      }
 #pragma unroll
       for (int c = 0; c < kRecomputeChains; ++c) {
-        const int kc = k + lanes * c;
-        sums[c] =
-            fma(static_cast<double>(a(m - kc)),
-                static_cast<double>(b(j + kc)),
-                sums[c]); // the product is exact: one rounding, the addition's
+        sums[c] += blocks[c];
         masses[c] += fabs(sums[c]);
       }
     }
@@ -1427,8 +1444,28 @@ __device__ float warp_compensated_or_exact_sum(ForEachRange for_each_range) {
   MP_INT64 products = 0;
   for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 n) {
     const int m = static_cast<int>(m0), j = static_cast<int>(j0);
+    const int count = static_cast<int>(n);
+    // The operands of kLoadBatch products loaded before any is added, so
+    // that their loads (from device memory) are in flight together; the
+    // additions keep their order.
+    int k = lane;
+    for (; k + 32 * (kLoadBatch - 1) < count; k += 32 * kLoadBatch) {
+      float x[kLoadBatch], y[kLoadBatch];
+#pragma unroll
+      for (int q = 0; q < kLoadBatch; ++q) {
+        x[q] = a(m - k - 32 * q);
+        y[q] = b(j + k + 32 * q);
+      }
+#pragma unroll
+      for (int q = 0; q < kLoadBatch; ++q)
+        mlx_precise::compensated_add(
+            hi,
+            lo,
+            errors,
+            static_cast<double>(x[q]) * static_cast<double>(y[q]));
+    }
     // (certify.h's: pair_kernels.cuh has a gpu:: function of that name)
-    for (int k = lane; k < static_cast<int>(n); k += 32)
+    for (; k < count; k += 32)
       mlx_precise::compensated_add(
           hi,
           lo,
@@ -1451,7 +1488,10 @@ __device__ float warp_compensated_or_exact_sum(ForEachRange for_each_range) {
 
 // Marked outputs a block lists at a time, and the warps of a recompute
 // block.
-enum : int { kMarkedCapacity = 2048, kRecomputeWarps = kRecomputeThreads / 32 };
+enum : int {
+  kMarkedCapacity = 1024,
+  kRecomputeWarps = kRecomputeMaxThreads / 32
+};
 
 // The bits of bitmap word w (w * 32 < end) that mark outputs of a work item:
 // e in [first, end) with (e - first) % slices == slice.
@@ -1524,13 +1564,12 @@ __device__ __forceinline__ int warps_per_output(int n, int warps) {
 // the whole block, once, and `staged` is true (its copies are all in flight at
 // once, where an output summed from device memory waits for one load after
 // another; an output reads about half of each operand row). Then groups of
-// warps
-// (warps_per_output: the whole block for a single output, a warp each for
-// eight or more) call sum_part(row, t, staged, lane, lanes, sum, mass), lane
-// numbering the group's threads, and the group's sums are combined; a
-// certified output is passed to write(row, t, value) from one thread, an
-// undecided one marked again. Each output is correctly rounded on its own:
-// order and grouping change no result bit.
+// warps (warps_per_output: the whole block for a single output, a warp each
+// for as many outputs as the block has warps) call sum_part(row, t, staged,
+// lane, lanes, sum, mass), lane numbering the group's threads, and the group's
+// sums are combined; a certified output is passed to write(row, t, value) from
+// one thread, an undecided one marked again. Each output is correctly rounded
+// on its own: order and grouping change no result bit.
 template <class Stage, class SumPart, class Write>
 __device__ __forceinline__ void for_each_open_output(
     const OpenList& open,
@@ -1740,6 +1779,15 @@ __device__ __forceinline__ void stage_row(float* dst, DeviceRow src, int len) {
   }
 }
 
+// The rows of output row `row` that its outputs read (OpenOutputRanges):
+// with one term per row its a, b and bias rows, and where its outputs go.
+struct OutputRowOperands {
+  OperandRow a;
+  OperandRow b;
+  OperandRow bias;
+  float* out;
+};
+
 // The products of output t of output row `row` for conv_rows (one term per
 // row: the row's own term) or reduce_rows (all inner rows of the target), as
 // ranges. With one term per row, the first a_staged entries of the row's a
@@ -1758,24 +1806,42 @@ struct OpenOutputRanges {
   const float* staged_b;
   int b_staged;
 
-  template <class Range>
-  __device__ __forceinline__ void
-  operator()(MP_INT64 row, MP_INT64 t, bool staged, Range range) const {
+  // The rows of output row `row` in `out`: taken once per row, since
+  // row_offset's 64-bit divisions cost more than a short output's products.
+  __device__ __forceinline__ OutputRowOperands
+  rows(float* out, MP_INT64 row) const {
     const MP_INT64 outer = one_term_per_row ? row / ix.inner_count : row;
-    const MP_INT64 j_begin = one_term_per_row ? row % ix.inner_count : 0;
+    const MP_INT64 j = one_term_per_row ? row % ix.inner_count : 0;
+    OutputRowOperands r{
+        OperandRow{
+            a + row_offset(ix, kOperandA, outer, j), ix.time_stride[kOperandA]},
+        OperandRow{
+            b + row_offset(ix, kOperandB, outer, j), ix.time_stride[kOperandB]},
+        OperandRow{nullptr, 0},
+        out + row_offset(ix, kOperandOut, outer, j)};
+    if (g.has_bias)
+      r.bias = OperandRow{
+          bias + row_offset(ix, kOperandBias, outer, j),
+          ix.time_stride[kOperandBias]};
+    return r;
+  }
+
+  // Output t of output row `row`, whose rows are `r`.
+  template <class Range>
+  __device__ __forceinline__ void operator()(
+      const OutputRowOperands& r,
+      MP_INT64 row,
+      MP_INT64 t,
+      bool staged,
+      Range range) const {
     if (!one_term_per_row) {
       for_each_output_range(
-          a, b, bias, ix, g, outer, j_begin, ix.inner_count, t, range);
+          a, b, bias, ix, g, row, 0, ix.inner_count, t, range);
       return;
     }
-    const OperandRow a_row{
-        a + row_offset(ix, kOperandA, outer, j_begin),
-        ix.time_stride[kOperandA]};
     for_each_term_range(
-        a_row,
-        OperandRow{
-            b + row_offset(ix, kOperandB, outer, j_begin),
-            ix.time_stride[kOperandB]},
+        r.a,
+        r.b,
         g,
         t,
         [&](auto a_at, auto b_at, MP_INT64 m0, MP_INT64 j0, MP_INT64 n) {
@@ -1787,21 +1853,7 @@ struct OpenOutputRanges {
             range(a_at, b_at, m0, j0, n);
         });
     if (g.has_bias)
-      bias_range(
-          a_row,
-          OperandRow{
-              bias + row_offset(ix, kOperandBias, outer, j_begin),
-              ix.time_stride[kOperandBias]},
-          t,
-          range);
-  }
-
-  // Where output t of output row `row` goes.
-  __device__ __forceinline__ float* output(float* out, MP_INT64 row, MP_INT64 t)
-      const {
-    const MP_INT64 outer = one_term_per_row ? row / ix.inner_count : row;
-    const MP_INT64 j = one_term_per_row ? row % ix.inner_count : 0;
-    return out + row_offset(ix, kOperandOut, outer, j) + t;
+      bias_range(r.a, r.bias, t, range);
   }
 };
 
@@ -1810,7 +1862,7 @@ struct OpenOutputRanges {
 // decide (for_each_open_output). With one term per row, a row with several
 // marked outputs stages its a and b prefixes (a_staged, b_staged entries) in
 // dynamic shared memory.
-__global__ void __launch_bounds__(kRecomputeThreads) recompute_open(
+__global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open(
     const float* a,
     const float* b,
     const float* bias,
@@ -1835,27 +1887,24 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_open(
       a_staged,
       staged_b,
       b_staged};
+  // The rows of the row being summed, set with its stage (kept in shared
+  // memory: in registers through the sums they spilled).
+  __shared__ OutputRowOperands rows;
   for_each_open_output(
       open,
       g.out_len,
       slices,
       [&](MP_INT64 row) {
-        const MP_INT64 outer = row / ix.inner_count, j = row % ix.inner_count;
+        const OutputRowOperands r = ranges.rows(out, row);
+        if (threadIdx.x == 0)
+          rows = r;
         stage_row(
             staged_a,
-            DeviceRow{
-                a + row_offset(ix, kOperandA, outer, j),
-                ix.time_stride[kOperandA],
-                g.a_len,
-                g.a_reversed != 0},
+            DeviceRow{r.a.data, r.a.stride, g.a_len, g.a_reversed != 0},
             a_staged);
         stage_row(
             staged_b,
-            DeviceRow{
-                b + row_offset(ix, kOperandB, outer, j),
-                ix.time_stride[kOperandB],
-                g.b_len,
-                false},
+            DeviceRow{r.b.data, r.b.stride, g.b_len, false},
             b_staged);
         wait_quad_copies();
       },
@@ -1867,15 +1916,13 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_open(
           double& sum,
           double& mass) {
         running_sum_part(
-            [&](auto range) { ranges(row, t, staged, range); },
+            [&](auto range) { ranges(rows, row, t, staged, range); },
             lane,
             lanes,
             sum,
             mass);
       },
-      [&](MP_INT64 row, MP_INT64 t, float v) {
-        *ranges.output(out, row, t) = v;
-      });
+      [&](MP_INT64, MP_INT64 t, float v) { rows.out[t] = v; });
 }
 
 // The outputs recompute_open left marked (the running stage did not decide
@@ -1896,15 +1943,16 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_undecided(
       a, b, bias, ix, g, one_term_per_row != 0, nullptr, 0, nullptr, 0};
   for_each_marked(open, [&](MP_INT64 e) {
     const MP_INT64 row = e / g.out_len, t = e % g.out_len;
+    const OutputRowOperands rows = ranges.rows(out, row);
     const float v = warp_compensated_or_exact_sum(
-        [&](auto range) { ranges(row, t, false, range); });
+        [&](auto range) { ranges(rows, row, t, false, range); });
     if (threadIdx.x % 32 == 0)
-      *ranges.output(out, row, t) = v;
+      rows.out[t] = v;
   });
 }
 
 // recompute_open for the outputs that sum_rows marked.
-__global__ void __launch_bounds__(kRecomputeThreads) recompute_open_sum(
+__global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_sum(
     const SumData data,
     float* out,
     const RowIndex ix,
