@@ -107,18 +107,28 @@ def test_bias_gradient_correctly_rounded(rng, precision):
     np.testing.assert_array_equal(np.array(db).view(np.uint32), expected.view(np.uint32))
 
 
+def eps_for(rng, x):
+    """eps from 0 to 3 (not 0 for a constant row: 0 / 0)."""
+    eps = float(rng.choice([1e-5, 1e-300, 3.0, 0.0]))
+    return 1e-5 if eps == 0.0 and np.any(np.all(x == x[:, :1], axis=1)) else eps
+
+
+def hard_grad_x_case(rng, weights):
+    """(x, w, g, eps): rows that reach the exact stage, small-integer or normal
+    cotangents, a weight from `weights` (or none) and eps (eps_for)."""
+    dim = int(rng.choice([2, 3, 5, 16, 33]))
+    x = hard_layer_norm_rows(rng, dim)
+    g = (rng.integers(-3, 4, x.shape) if rng.random() < 0.4 else rng.standard_normal(x.shape)).astype(np.float32)
+    w = rng.choice(weights, dim).astype(np.float32) if rng.random() < 0.7 else None
+    return x, w, g, eps_for(rng, x)
+
+
 @pytest.mark.parametrize("precision", ["extended", "dd"])
 def test_grad_x_correctly_rounded(rng, precision):
     # grad x on rows that reach the exact stage: a mean far above the spread, small
     # integers with integer cotangents (exact zeros and ties), wide dynamic ranges.
     for _ in range(8):
-        dim = int(rng.choice([2, 3, 5, 16, 33]))
-        x = hard_layer_norm_rows(rng, dim)
-        g = (rng.integers(-3, 4, x.shape) if rng.random() < 0.4 else rng.standard_normal(x.shape)).astype(np.float32)
-        w = rng.choice([-2, -1, 0.5, 3, 1 + 2.0**-23], dim).astype(np.float32) if rng.random() < 0.7 else None
-        eps = float(rng.choice([1e-5, 1e-300, 3.0, 0.0]))
-        if eps == 0.0 and np.any(np.all(x == x[:, :1], axis=1)):
-            eps = 1e-5
+        x, w, g, eps = hard_grad_x_case(rng, [-2, -1, 0.5, 3, 1 + 2.0**-23])
         args = [mx.array(x)] + ([] if w is None else [mx.array(w)])
         _, grads = mx.vjp(lambda x_, *w_: mp.layer_norm(x_, *w_, None, eps=eps, precision=precision), args,
                           [mx.array(g)])
@@ -179,18 +189,34 @@ def cotangent(rng, shape):
     return g.astype(np.float32)
 
 
+def hard_grad_weight_case(rng):
+    """(x, g, eps): one to three blocks of hard rows, a cotangent() and eps_for."""
+    dim = int(rng.choice([1, 2, 3, 5, 16]))
+    x = np.concatenate([hard_layer_norm_rows(rng, dim) for _ in range(int(rng.integers(1, 4)))])
+    return x, cotangent(rng, x.shape), eps_for(rng, x)
+
+
 @pytest.mark.parametrize("precision", ["extended", "dd"])
 def test_grad_weight_correctly_rounded(rng, precision):
     # Rows built to leave the float64 bound open (hard_layer_norm_rows), cotangents
     # over a wide range (subnormal to 1e36), eps from 0 to 3.
     for _ in range(8):
-        dim = int(rng.choice([1, 2, 3, 5, 16]))
-        x = np.concatenate([hard_layer_norm_rows(rng, dim) for _ in range(int(rng.integers(1, 4)))])
-        g = cotangent(rng, x.shape)
-        eps = float(rng.choice([1e-5, 1e-300, 3.0, 0.0]))
-        if eps == 0.0 and np.any(np.all(x == x[:, :1], axis=1)):
-            eps = 1e-5
-        check_grad_weight(x, g, eps, precision)
+        check_grad_weight(*hard_grad_weight_case(rng), precision)
+
+
+def one_variance_zeros_and_ties(rng):
+    """((x, g), (x2, g2)) for grad weight: repeated, shifted and permuted rows (one
+    variance) with cotangents that cancel exactly (every column +0); and rows of n =
+    +-1 exactly (two elements, eps = 0) whose columns 2^24 + 1 and 2^24 + 3 are ties."""
+    base = rng.integers(-3, 4, 6).astype(np.float32)
+    if np.all(base == base[0]):
+        base[0] += 1
+    x = np.stack([base, base + 16, base[::-1], base])
+    g = cotangent(rng, (1, 6))[0]
+    cancel = np.stack([g, -g, np.zeros(6, np.float32), np.zeros(6, np.float32)])
+    x2 = np.float32([[0, 2], [5, 7], [9, 7], [0, 2]])
+    g2 = np.float32([[2**24, 2**24], [1, 3], [0, 0], [0, 2**-30]])
+    return (x, cancel), (x2, g2)
 
 
 @pytest.mark.parametrize("precision", ["extended", "dd"])
@@ -199,19 +225,11 @@ def test_grad_weight_exact_zeros_and_ties(rng, precision):
     # cotangents that cancel exactly give +0, and sums that land on a float32
     # midpoint round to even (v = var + eps = 1 makes n rational). These reach the
     # exact stage; every column is decided there, none is of the mixed kind.
-    base = rng.integers(-3, 4, 6).astype(np.float32)
-    if np.all(base == base[0]):
-        base[0] += 1
-    x = np.stack([base, base + 16, base[::-1], base])
-    g = cotangent(rng, (1, 6))[0]
-    cancel = np.stack([g, -g, np.zeros(6, np.float32), np.zeros(6, np.float32)])
+    (x, cancel), (x2, g2) = one_variance_zeros_and_ties(rng)
     assert check_grad_weight(x, cancel, 1e-5, precision) == 0
     _, (dw,) = mx.vjp(lambda w_: mp.layer_norm(mx.array(x), w_, None, precision=precision),
                       [mx.ones(6)], [mx.array(cancel)])
     np.testing.assert_array_equal(np.array(dw).view(np.uint32), np.zeros(6, np.uint32))  # +0
-    # n = +-1 exactly (two elements, eps = 0); 2^24 + 1 and 2^24 + 3 are ties.
-    x2 = np.float32([[0, 2], [5, 7], [9, 7], [0, 2]])
-    g2 = np.float32([[2**24, 2**24], [1, 3], [0, 0], [0, 2**-30]])
     assert check_grad_weight(x2, g2, 0.0, precision) == 0
 
 

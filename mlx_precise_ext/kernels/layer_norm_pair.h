@@ -1,11 +1,12 @@
 // Certified layer_norm in float pairs, for the backends without double
-// (Metal's extended and dd layer_norm): the forward, grad x and grad bias.
+// (Metal's extended and dd layer_norm): the forward and the gradients.
 // Written once against portability.h: the Metal kernels (strict_kernels.metal:
 // layer_norm_rows_dd, layer_norm_recompute_open, layer_norm_grad_rows_dd,
-// layer_norm_grad_x_recompute_open, layer_norm_param_grads_dd) and their CPU
-// emulation (mlx_precise._ext.testing.metal_certified_layer_norm,
-// metal_certified_layer_norm_grad_x, metal_layer_norm_bias_grad) run this
-// code.
+// layer_norm_grad_x_recompute_open, layer_norm_param_grads_dd,
+// layer_norm_weight_grad_recompute_open) and their CPU emulation
+// (mlx_precise._ext.testing.metal_certified_layer_norm,
+// metal_certified_layer_norm_grad_x, metal_certified_layer_norm_grad_weight,
+// metal_layer_norm_bias_grad) run this code.
 //
 // Per row (docs/certification.md, "Metal layer_norm", has the derivation):
 //   1. the row is scaled by a power of two, x_s = x 2^-e with max |x_s| in
@@ -706,6 +707,135 @@ MP_INLINE PairGradX pair_grad_x_row(
           x(i),
           pair_scaled_gw(g(i), w(i), scan.exponent));
   return pair_grad_x_finish(row, scan, lanes, dim);
+}
+
+// ------------------------------------------------------- grad weight ----
+// grad weight_j = sum over the rows r of g_rj n_rj, one column at a time,
+// rows in order. Row r's term is g n = (z g_m) 2^(a + e_r - g_r) (n = z
+// 2^(e_r - g_r) from the row's certified statistics, g = g_m 2^a with g_m in
+// [1/2, 1) exactly), so the column is summed at its own scale F, the largest
+// a + e_r - g_r over its nonzero terms (a first pass): p = z g_m
+// (dd_mul_f) scaled by 2^(a + e_r - g_r - F) <= 1 (|z| <= max(sqrt(D), 3)
+// (1 + 2^-10): the sum cannot overflow), added in pairs with addmm's running
+// bound (each addition errs by at most u |its result|):
+//   |dw_s - dw 2^-F| <= sum_r [(|g_m| e_z + u |p|) 2^(a + e_r - g_r - F) +
+//                      2^-146] + u sum_r |dw_r|
+// (2^-146 per term: p's and the scaling's underflow and the bound's own). The
+// bound's two sums of nonnegative floats are pairs too (each addition within
+// 2^-45 of its result), so no row count makes them useless. A column whose
+// terms are all zero (g = 0, or a constant row: n = 0) is +0, exactly; one fed
+// by a non-finite g or a row with a non-finite x is NaN (the CPU: its float64
+// sum's inf or NaN). What does not certify is rounded by the CPU's exact
+// stages (exact_weight_grad_output).
+
+// A column's scale: F (kPairNoExponent while every term is zero) and whether
+// a non-finite entry feeds it.
+struct PairWeightGradScale {
+  int exponent;
+  int finite;
+};
+
+MP_INLINE PairWeightGradScale pair_weight_grad_scale_init() {
+  return PairWeightGradScale{kPairNoExponent, 1};
+}
+
+MP_INLINE PairWeightGradScale pair_weight_grad_scale_step(
+    PairWeightGradScale s,
+    const MP_THREAD PairLayerNormRow& row,
+    float g) {
+  const unsigned int g_bits = MP_FLOAT_BITS(g) & 0x7fffffffu;
+  if (row.kind == kPairRowNan || !is_finite_bits(g_bits))
+    s.finite = 0;
+  else if (g_bits != 0u && row.kind == kPairRowCertify) {
+    const int e = magnitude_exponent(g_bits) + row.e - row.g;
+    s.exponent = e > s.exponent ? e : s.exponent;
+  }
+  return s;
+}
+
+// The running sum and its bound's two sums (in units of 2^F).
+struct PairWeightGradSum {
+  ff sum;
+  ff err;
+  ff mass;
+};
+
+MP_INLINE PairWeightGradSum pair_weight_grad_sum_init() {
+  const ff zero{0.0f, 0.0f};
+  return PairWeightGradSum{zero, zero, zero};
+}
+
+MP_INLINE void pair_weight_grad_step(
+    MP_THREAD PairWeightGradSum& s,
+    const MP_THREAD PairLayerNormRow& row,
+    int exponent,
+    float x,
+    float g) {
+  const unsigned int g_bits = MP_FLOAT_BITS(g) & 0x7fffffffu;
+  if (g_bits == 0u || row.kind != kPairRowCertify)
+    return; // an exact zero term
+  const float u = kPairOpError;
+  const int a = magnitude_exponent(g_bits);
+  const float g_m = MP_LDEXPF(g, -a);
+  const PairNormalized n = pair_normalized(row, x);
+  const ff p = dd_mul_f(n.z, g_m);
+  const int shift = a + row.e - row.g - exponent;
+  s.sum = dd_add(s.sum, ff{MP_LDEXPF(p.hi, shift), MP_LDEXPF(p.lo, shift)});
+  const float term_err = MP_ADDF(
+      MP_LDEXPF(
+          MP_ADDF(MP_MULF(abs_float(g_m), n.e_z), MP_MULF(u, abs_float(p.hi))),
+          shift),
+      kPairTiny146);
+  s.err = dd_add(s.err, ff{term_err, 0.0f});
+  s.mass = dd_add(s.mass, ff{abs_float(s.sum.hi), 0.0f});
+}
+
+// The column's output as a pair times 2^F with its bound, or fixed.
+MP_INLINE PairLayerNormOutput pair_weight_grad_finish(
+    PairWeightGradScale scale,
+    const MP_THREAD PairWeightGradSum& s,
+    MP_INT64 rows) {
+  PairLayerNormOutput o{ff{0.0f, 0.0f}, 0.0f, 0, true, 0.0f};
+  if (scale.finite == 0) {
+    o.value = MP_BITS_FLOAT(0x7fc00000u);
+    return o;
+  }
+  if (scale.exponent == kPairNoExponent)
+    return o; // +0
+  o.fixed = false;
+  o.v = s.sum;
+  o.shift = scale.exponent;
+  // The bound's pair sums: >= (1 - 2^-45)^rows of the real ones.
+  const float shrink =
+      MP_SUBF(1.0f, MP_MULF(static_cast<float>(rows + 2), kPairOpError));
+  o.err = MP_MULF(
+      MP_DIVF(
+          MP_ADDF(
+              MP_MULF(abs_float(s.err.hi), 1.0000002384185791f),
+              MP_MULF(kPairOpError, abs_float(s.mass.hi))),
+          shrink > 0.5f ? shrink : 0.0f),
+      kPairLayerNormSlack);
+  o.value = round_pair_scaled(o.v, o.shift);
+  return o;
+}
+
+// One column, rows in order: row(r) returns row r's certified statistics,
+// x(r) and g(r) the column's entries. Two passes: the scale, then the sum.
+template <class Stats, class XEntry, class GEntry>
+MP_INLINE PairLayerNormOutput
+pair_weight_grad_output(Stats row, XEntry x, GEntry g, MP_INT64 rows) {
+  PairWeightGradScale scale = pair_weight_grad_scale_init();
+  for (MP_INT64 r = 0; r < rows; ++r) {
+    const PairLayerNormRow s = row(r);
+    scale = pair_weight_grad_scale_step(scale, s, g(r));
+  }
+  PairWeightGradSum sum = pair_weight_grad_sum_init();
+  if (scale.finite != 0 && scale.exponent != kPairNoExponent)
+    for (MP_INT64 r = 0; r < rows; ++r) {
+      const PairLayerNormRow s = row(r);
+      pair_weight_grad_step(sum, s, scale.exponent, x(r), g(r));
+    }
+  return pair_weight_grad_finish(scale, sum, rows);
 }
 
 // grad bias = the column sum of the cotangent: `sum` its pair dot product with

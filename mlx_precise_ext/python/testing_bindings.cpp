@@ -539,6 +539,62 @@ nb::tuple metal_certified_layer_norm_grad_x(
   return nb::make_tuple(out, open_out);
 }
 
+// Metal's certified float-pair layer_norm grad weight on the CPU, each column
+// as the kernels run it (strict_kernels.metal: layer_norm_grad_rows_dd for the
+// rows' statistics, layer_norm_param_grads_dd, then
+// layer_norm_weight_grad_recompute_open for the open columns): x and the
+// cotangent g (rows, dim) row-major, flattened. err_scale multiplies the
+// bound (1 in the kernels). Returns (dw, open).
+nb::tuple metal_certified_layer_norm_grad_weight(
+    F x,
+    F g,
+    int64_t dim,
+    double eps,
+    float err_scale) {
+  if (dim <= 0 || x.shape(0) % dim != 0 || g.shape(0) != x.shape(0) ||
+      !(eps >= 0.0))
+    throw std::invalid_argument("pass x and g of rows * dim entries, eps >= 0");
+  const int64_t rows = static_cast<int64_t>(x.shape(0)) / dim;
+  const PairLayerNormEps pe = pair_layer_norm_eps(eps);
+  std::vector<PairLayerNormRow> stats(rows);
+  for (int64_t r = 0; r < rows; ++r)
+    stats[r] = pair_layer_norm_row(
+        [&](int64_t i) { return x.data()[r * dim + i]; }, dim, pe);
+  float* dw;
+  OutArray out = new_float_array(static_cast<size_t>(dim), &dw);
+  // Poisoned: an output the kernels' code failed to write stays NaN.
+  std::fill(dw, dw + dim, std::numeric_limits<float>::quiet_NaN());
+  float* open;
+  OutArray open_out = new_float_array(static_cast<size_t>(dim), &open);
+  for (int64_t i = 0; i < dim; ++i) {
+    const auto xe = [&](int64_t r) { return x.data()[r * dim + i]; };
+    const auto ge = [&](int64_t r) { return g.data()[r * dim + i]; };
+    const bool done = pair_layer_norm_round(
+        pair_weight_grad_output(
+            [&](int64_t r) { return stats[r]; }, xe, ge, rows),
+        err_scale,
+        &dw[i]);
+    open[i] = done ? 0.0f : 1.0f;
+    if (done)
+      continue;
+    float exact;
+    if (exact_weight_grad_output(
+            [&](int64_t r, ExactLayerNormRow<kBigLimbs>& row) {
+              row = exact_layer_norm_row<kBigLimbs>(
+                  [&](int64_t j) { return x.data()[r * dim + j]; },
+                  dim,
+                  pe.exact);
+            },
+            xe,
+            ge,
+            rows,
+            dw[i],
+            &exact))
+      dw[i] = exact;
+  }
+  return nb::make_tuple(out, open_out);
+}
+
 // Metal's layer_norm bias gradient on the CPU (strict_kernels.metal:
 // layer_norm_param_grads): the column sums of g (rows, dim) row-major,
 // flattened, rows in order. Returns the dim sums.
@@ -1795,6 +1851,20 @@ void init_testing(nb::module_& parent) {
       "(row-major, flattened), weight of dim entries or empty; err_scale multiplies the "
       "bound (1 on Metal). Returns (dx, open), open 1 where the output did not certify "
       "and was rounded exactly.");
+
+  m.def(
+      "metal_certified_layer_norm_grad_weight",
+      &metal_certified_layer_norm_grad_weight,
+      "x"_a.noconvert(),
+      "g"_a.noconvert(),
+      "dim"_a,
+      "eps"_a,
+      "err_scale"_a = 1.0f,
+      "Metal's certified float-pair layer_norm grad weight (kernels/layer_norm_pair.h) "
+      "run on the CPU with the kernels' own code: the column sums of g n for rows of dim "
+      "entries of x and the cotangent g (row-major, flattened); err_scale multiplies the "
+      "bound (1 on Metal). Returns (dw, open), open 1 where the column did not certify "
+      "and went to the exact stages.");
 
   m.def(
       "metal_layer_norm_bias_grad",

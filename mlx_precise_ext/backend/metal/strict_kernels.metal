@@ -5,7 +5,7 @@
 // "extended" and "dd" both run these kernels (docs/design.md), which are
 // certified: every output is the correctly rounded float32 (kernels/
 // addmm_pair.h, kernels/layer_norm_pair.h; what does not certify is rounded
-// exactly), except layer_norm's grad weight, an uncertified pair sum.
+// exactly).
 // Contraction is off (portability.h); MLX compiles run-time libraries with
 // fast math off.
 //
@@ -411,18 +411,28 @@ PairGradX simd_grad_x(const thread PairLayerNormRow& row, StridedRow x, StridedR
   }
 }
 
-// Column i of the cotangent, read through its layout.
-struct CotangentColumn {
-  const device float* g;
+// Column i of an operand laid out as rows (x or the cotangent).
+struct RowsColumn {
+  const device float* a;
   RowsLayout layout;
   int i;
-  float operator()(long r) const { return g[row_start(layout, r) + i * layout.element_stride]; }
+  float operator()(long r) const { return a[row_start(layout, r) + i * layout.element_stride]; }
+};
+
+// Row r's certified statistics, as layer_norm_grad_rows_dd stored them.
+struct StoredRows {
+  const device PairLayerNormRow* stats;
+  PairLayerNormRow operator()(long r) const { return stats[r]; }
 };
 
 // grad weight = sum over rows of g n, grad bias = sum of g: one thread per
 // column, rows in order 0, 1, ... as on the CPU, n from the rows' certified
-// statistics. grad bias is certified (pair_bias_grad: every output correctly
-// rounded); grad weight is the pair sum, rounded once.
+// statistics. grad bias: pair_bias_grad (certified, else summed exactly);
+// grad weight: the column's scale, then its pair sum with a running bound
+// (kernels/layer_norm_pair.h: pair_weight_grad_*), certified by
+// certified_round_pair; a column that does not certify keeps its pair
+// rounding and is marked in open_bits (bit i) for
+// layer_norm_weight_grad_recompute_open.
 [[kernel]] void layer_norm_param_grads_dd(const device float* x [[buffer(0)]],
                                           const device float* g [[buffer(2)]],
                                           device float* grad_weight [[buffer(3)]],
@@ -431,27 +441,77 @@ struct CotangentColumn {
                                           constant const LayerNormLaunch& flags [[buffer(6)]],
                                           const device PairLayerNormRow* stats [[buffer(8)]],
                                           device float* grad_bias [[buffer(9)]],
+                                          device metal::atomic_uint* open_bits [[buffer(10)]],
                                           uint id [[thread_position_in_grid]]) {
   const LayerNormLaunch f = flags;
   const int i = int(id);
   if (i >= f.dim) return;
   const RowsLayout xl = x_layout;
   const RowsLayout gl = g_layout;
-  ff dw = ff{0.0f, 0.0f};
+  const RowsColumn xc{x, xl, i};
+  const RowsColumn gc{g, gl, i};
+  const StoredRows row{stats};
+  PairWeightGradScale scale = pair_weight_grad_scale_init();
   PairDot db = pair_dot_init();
   for (long r = 0; r < f.rows; ++r) {
-    const float gi = g[row_start(gl, r) + i * gl.element_stride];
+    const float gi = gc(r);
     if (f.want_grad_weight) {
-      const PairLayerNormRow s = stats[r];
-      const ff z = pair_normalized(s, x[row_start(xl, r) + i * xl.element_stride]).z;
-      const int k = s.e - s.g;
-      dw = s.kind == kPairRowNan ? ff{MP_BITS_FLOAT(0x7fc00000u), 0.0f}
-                                 : dd_add(dw, dd_mul_f(ff{metal::ldexp(z.hi, k), metal::ldexp(z.lo, k)}, gi));
+      const PairLayerNormRow s = row(r);
+      scale = pair_weight_grad_scale_step(scale, s, gi);
     }
     if (f.want_grad_bias) db = pair_dot_step(db, gi, 1.0f);
   }
-  if (f.want_grad_weight) grad_weight[i] = dd_round(dw);
-  if (f.want_grad_bias) grad_bias[i] = pair_bias_grad(db, CotangentColumn{g, gl, i}, f.rows);
+  if (f.want_grad_bias) grad_bias[i] = pair_bias_grad(db, gc, f.rows);
+  if (!f.want_grad_weight) return;
+  PairWeightGradSum sum = pair_weight_grad_sum_init();
+  if (scale.finite != 0 && scale.exponent != kPairNoExponent)
+    for (long r = 0; r < f.rows; ++r) {
+      const PairLayerNormRow s = row(r);
+      pair_weight_grad_step(sum, s, scale.exponent, xc(r), gc(r));
+    }
+  float out;
+  if (!pair_layer_norm_round(pair_weight_grad_finish(scale, sum, f.rows), 1.0f, &out))
+    metal::atomic_fetch_or_explicit(open_bits + (i >> 5), 1u << (i & 31),
+                                    metal::memory_order_relaxed);
+  grad_weight[i] = out;
+}
+
+// Row r's exact statistics (exact_layer_norm_row), computed when asked.
+struct ExactRows {
+  const device float* x;
+  RowsLayout layout;
+  int dim;
+  ExactEps eps;
+  void operator()(long r, thread ExactLayerNormRow<kBigLimbs>& row) const {
+    row = exact_layer_norm_row<kBigLimbs>(StridedRow{x + row_start(layout, r), layout.element_stride},
+                                          long(dim), eps);
+  }
+};
+
+// The grad weight columns layer_norm_param_grads_dd left open, decided by the
+// CPU's exact stages (exact_weight_grad_output: rows grouped by variance,
+// classes of related variances, integer enclosures), each row's exact
+// statistics computed as the column needs them: one thread per column. A
+// column those stages leave undecided keeps its pair rounding.
+[[kernel]] void layer_norm_weight_grad_recompute_open(const device float* x [[buffer(0)]],
+                                                      const device float* g [[buffer(2)]],
+                                                      device float* grad_weight [[buffer(3)]],
+                                                      constant const RowsLayout& x_layout [[buffer(4)]],
+                                                      constant const RowsLayout& g_layout [[buffer(5)]],
+                                                      constant const LayerNormLaunch& flags [[buffer(6)]],
+                                                      constant const PairLayerNormEps& eps_in [[buffer(7)]],
+                                                      const device uint* open_bits [[buffer(10)]],
+                                                      uint id [[thread_position_in_grid]]) {
+  const LayerNormLaunch f = flags;
+  const int i = int(id);
+  if (i >= f.dim || (open_bits[i >> 5] & (1u << (i & 31))) == 0u) return;
+  const RowsLayout xl = x_layout;
+  const RowsLayout gl = g_layout;
+  const PairLayerNormEps eps = eps_in;
+  float out;
+  if (exact_weight_grad_output(ExactRows{x, xl, f.dim, eps.exact}, RowsColumn{x, xl, i},
+                               RowsColumn{g, gl, i}, f.rows, grad_weight[i], &out))
+    grad_weight[i] = out;
 }
 
 } // namespace mlx_precise

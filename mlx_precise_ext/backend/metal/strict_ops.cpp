@@ -5,9 +5,9 @@
 // stream's command encoder. Operands are read through their strides
 // (broadcast included), as on the CPU. Metal has no float64: "extended" and
 // "dd" both run float-pair kernels (docs/design.md). addmm / linear and the
-// layer_norm forward, grad x and grad bias are certified (kernels/addmm_pair.h,
+// layer_norm forward and gradients are certified (kernels/addmm_pair.h,
 // kernels/layer_norm_pair.h: every output correctly rounded, the same bits as
-// the CPU and CUDA); grad weight is accurate, not certified.
+// the CPU and CUDA).
 #include <algorithm>
 #include <optional>
 #include <stdexcept>
@@ -251,13 +251,14 @@ void StrictLayerNormVJP::eval_gpu(
         grad_x->size(),
         kAddmmOpenBits,
         kAddmmWords);
-  auto bind_rows = [&] {
+  // The operands every gradient kernel takes, and its output (grad x or grad
+  // weight; an absent one is bound to x, never written through it).
+  auto bind_operands = [&](mx::array* out) {
     enc.set_input_array(x, kLnX);
     enc.set_input_array(weight, kLnWeight);
     enc.set_input_array(g, kLnSecond);
-    // Unused output slots are bound to x, never written through them.
-    if (grad_x)
-      enc.set_output_array(*grad_x, kLnOut);
+    if (out)
+      enc.set_output_array(*out, kLnOut);
     else
       enc.set_input_array(x, kLnOut);
     enc.set_bytes(xl, kLnXLayout);
@@ -270,7 +271,7 @@ void StrictLayerNormVJP::eval_gpu(
     MTL::ComputePipelineState* k =
         certified_row_kernel(d, "layer_norm_grad_rows_dd");
     enc.set_compute_pipeline_state(k);
-    bind_rows();
+    bind_operands(grad_x);
     if (stats)
       enc.set_output_array(*stats, kLnStats);
     else
@@ -287,35 +288,49 @@ void StrictLayerNormVJP::eval_gpu(
     MTL::ComputePipelineState* recompute =
         kernel(d, kStrictLibrary, "layer_norm_grad_x_recompute_open");
     enc.set_compute_pipeline_state(recompute);
-    bind_rows();
+    bind_operands(grad_x);
     enc.set_input_array(*open_bits, kLnGradOpenBits);
     metal::dispatch_elements(
         enc, recompute, std::min<int64_t>(rows, int64_t(1) << 24));
   }
   if (!want_params)
     return;
+  // One bit per grad weight column for those that do not certify.
+  std::optional<mx::array> column_bits;
+  if (grad_w)
+    column_bits = metal::open_bitmap(
+        enc,
+        kernel(d, kStrictLibrary, "clear_addmm_open_bits"),
+        dim,
+        kAddmmOpenBits,
+        kAddmmWords);
   // One thread per column, rows in order (reads the statistics written above;
   // the encoder orders the two dispatches through the stats buffer).
   MTL::ComputePipelineState* k =
       kernel(d, kStrictLibrary, "layer_norm_param_grads_dd");
   enc.set_compute_pipeline_state(k);
-  enc.set_input_array(x, kLnX);
-  enc.set_input_array(g, kLnSecond);
-  if (grad_w)
-    enc.set_output_array(*grad_w, kLnOut);
-  else
-    enc.set_input_array(x, kLnOut);
-  enc.set_bytes(xl, kLnXLayout);
-  enc.set_bytes(gl, kLnGLayout);
-  enc.set_bytes(launch, kLnLaunch);
+  bind_operands(grad_w);
   enc.set_input_array(*stats, kLnStats);
   if (grad_b)
     enc.set_output_array(*grad_b, kLnGradBias);
   else
     enc.set_input_array(x, kLnGradBias);
+  if (column_bits)
+    enc.set_output_array(*column_bits, kLnGradOpenBits);
+  else
+    enc.set_input_array(x, kLnGradOpenBits);
   const int64_t threads =
       std::min<int64_t>(128, k->maxTotalThreadsPerThreadgroup());
   enc.dispatch_threads(MTL::Size(dim, 1, 1), MTL::Size(threads, 1, 1));
+  if (!column_bits)
+    return;
+  // The marked columns decided exactly, one thread per column.
+  MTL::ComputePipelineState* recompute =
+      kernel(d, kStrictLibrary, "layer_norm_weight_grad_recompute_open");
+  enc.set_compute_pipeline_state(recompute);
+  bind_operands(grad_w);
+  enc.set_input_array(*column_bits, kLnGradOpenBits);
+  metal::dispatch_elements(enc, recompute, dim);
 }
 
 } // namespace mlx_precise
