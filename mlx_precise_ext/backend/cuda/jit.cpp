@@ -10,12 +10,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
 #include <iterator>
 #include <map>
+#include <memory>
 #include <mutex>
-#include <sstream>
+#include <optional>
 #include <stdexcept>
+#include <string_view>
 #include <vector>
 
 #include "backend/cuda/jit_sources.h"
@@ -146,15 +147,21 @@ uint64_t fnv1a(const std::string& text) {
   return h;
 }
 
+// Built with std::string alone: the extension links libstdc++ statically, and
+// its iostreams crashed in the locale's codecvt when loaded into Python on the
+// H200 host.
 std::string cache_key(
     const JitSource& main,
     const std::vector<std::string>& names,
     const std::vector<std::string>& options) {
   int nvrtc_major = 0, nvrtc_minor = 0;
   check(nvrtcVersion(&nvrtc_major, &nvrtc_minor), "nvrtcVersion");
-  std::ostringstream key;
-  auto field = [&](const std::string& text) {
-    key << text.size() << ':' << text << '\n';
+  std::string key;
+  auto field = [&](std::string_view text) {
+    key += std::to_string(text.size());
+    key += ':';
+    key += text;
+    key += '\n';
   };
   field(
       "mlx-precise cubin 1, NVRTC " + std::to_string(nvrtc_major) + "." +
@@ -169,7 +176,23 @@ std::string cache_key(
     field(kJitHeaders[i].name);
     field(kJitHeaders[i].text);
   }
-  return key.str();
+  return key;
+}
+
+// The whole file, or nothing.
+std::optional<std::string> read_file(const std::filesystem::path& path) {
+  std::unique_ptr<FILE, int (*)(FILE*)> f(
+      std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (!f)
+    return std::nullopt;
+  std::string bytes;
+  char buffer[1 << 16];
+  size_t got;
+  while ((got = std::fread(buffer, 1, sizeof(buffer), f.get())) > 0)
+    bytes.append(buffer, got);
+  if (std::ferror(f.get()))
+    return std::nullopt;
+  return bytes;
 }
 
 // The file: the key, then per name "name\tlowered\n", then the cubin.
@@ -178,24 +201,24 @@ bool read_cached(
     const std::string& key,
     const std::vector<std::string>& names,
     Compiled& out) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in)
+  const std::optional<std::string> bytes = read_file(path);
+  if (!bytes || bytes->compare(0, key.size(), key) != 0)
     return false;
-  std::string stored(key.size(), '\0');
-  if (!in.read(stored.data(), stored.size()) || stored != key)
-    return false;
+  size_t at = key.size();
   Compiled c;
   for (const auto& n : names) {
-    std::string name, lowered;
-    if (!std::getline(in, name, '\t') || !std::getline(in, lowered) ||
-        name != n || lowered.empty())
+    const size_t tab = bytes->find('\t', at);
+    const size_t end = bytes->find('\n', at);
+    if (tab == std::string::npos || end == std::string::npos || tab > end ||
+        bytes->compare(at, tab - at, n) != 0 || tab - at != n.size() ||
+        end == tab + 1)
       return false;
-    c.lowered[n] = lowered;
+    c.lowered[n] = bytes->substr(tab + 1, end - tab - 1);
+    at = end + 1;
   }
-  c.cubin.assign(
-      std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-  if (c.cubin.empty())
+  if (at >= bytes->size())
     return false;
+  c.cubin.assign(bytes->begin() + at, bytes->end());
   out = std::move(c);
   return true;
 }
@@ -212,19 +235,20 @@ void write_cached(
   std::filesystem::create_directories(path.parent_path(), error);
   if (error)
     return;
-  const auto temporary =
+  std::string bytes = key;
+  for (const auto& n : names)
+    bytes += n + '\t' + c.lowered.at(n) + '\n';
+  bytes.append(c.cubin.data(), c.cubin.size());
+  const std::string temporary =
       path.string() + ".tmp" + std::to_string(static_cast<long>(getpid()));
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out.write(key.data(), key.size());
-    for (const auto& n : names)
-      out << n << '\t' << c.lowered.at(n) << '\n';
-    out.write(c.cubin.data(), c.cubin.size());
-    if (!out.flush()) {
-      out.close();
-      std::filesystem::remove(temporary, error);
-      return;
-    }
+  FILE* f = std::fopen(temporary.c_str(), "wb");
+  if (!f)
+    return;
+  const bool written =
+      std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size();
+  if (std::fclose(f) != 0 || !written) {
+    std::filesystem::remove(temporary, error);
+    return;
   }
   std::filesystem::rename(temporary, path, error);
   if (error)
