@@ -1340,12 +1340,15 @@ enum : int { kRecomputeChains = 4, kRunningBlock = 8, kLoadBatch = 8 };
 // The running stage of certify.h's correctly_rounded_sum spread over `lanes`
 // threads (whole warps): for the products of for_each_range (range(a, b, m0,
 // j0, count): a(m0 - k) b(j0 + k), k < count; every index below 2^31), this
-// thread, number `lane` of them, sums k = lane, lane + lanes, ... in
-// kRecomputeChains chains, each in blocks of up to kRunningBlock products
-// summed from zero and then added to the chain's total (every addition,
-// inside a block or of a block, adds |its result| to the mass); then its
-// warp combines the lanes' sums. Every lane of the warp gets the warp's sum
-// and mass (sum of |partial sums|).
+// thread, number `lane` of them, sums in chain c the products k = base + 32 c
+// + i lanes kRecomputeChains, base = lane % 32 + kRecomputeChains (lane - lane
+// % 32) (a warp's chains read 32 consecutive products each, so that a chain's
+// operands lie a constant offset from the lane's: one address per lane and
+// step), each chain in blocks of up to kRunningBlock products summed from
+// zero and then added to the chain's total (every addition, inside a block
+// or of a block, adds |its result| to the mass); then its warp combines the
+// lanes' sums. Every lane of the warp gets the warp's sum and mass (sum of
+// |partial sums|).
 template <class ForEachRange>
 __device__ __forceinline__ void running_sum_part(
     ForEachRange for_each_range,
@@ -1354,22 +1357,23 @@ __device__ __forceinline__ void running_sum_part(
     double& sum,
     double& mass) {
   double sums[kRecomputeChains] = {}, masses[kRecomputeChains] = {};
+  const int base = lane % 32 + (lane - lane % 32) * kRecomputeChains;
+  const int step = lanes * kRecomputeChains;
   for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 n) {
     const int m = static_cast<int>(m0), j = static_cast<int>(j0);
     const int count = static_cast<int>(n);
-    int k = lane;
-    while (k + lanes * (kRecomputeChains - 1) < count) {
+    int k = base;
+    while (k + 32 * (kRecomputeChains - 1) < count) {
       double blocks[kRecomputeChains] = {};
       for (int i = 0;
-           i < kRunningBlock && k + lanes * (kRecomputeChains - 1) < count;
-           ++i, k += lanes * kRecomputeChains) {
+           i < kRunningBlock && k + 32 * (kRecomputeChains - 1) < count;
+           ++i, k += step) {
 #pragma unroll
         for (int c = 0; c < kRecomputeChains; ++c) {
-          const int kc = k + lanes * c;
           // The product is exact: one rounding, the addition's.
           blocks[c] =
-              fma(static_cast<double>(a(m - kc)),
-                  static_cast<double>(b(j + kc)),
+              fma(static_cast<double>(a(m - k - 32 * c)),
+                  static_cast<double>(b(j + k + 32 * c)),
                   blocks[c]);
           masses[c] += fabs(blocks[c]);
         }
@@ -1380,13 +1384,15 @@ __device__ __forceinline__ void running_sum_part(
         masses[c] += fabs(sums[c]);
       }
     }
-    for (; k < count; k += lanes) {
-      sums[0] =
-          fma(static_cast<double>(a(m - k)),
-              static_cast<double>(b(j + k)),
-              sums[0]);
-      masses[0] += fabs(sums[0]);
-    }
+#pragma unroll
+    for (int c = 0; c < kRecomputeChains; ++c)
+      if (k + 32 * c < count) {
+        sums[0] =
+            fma(static_cast<double>(a(m - k - 32 * c)),
+                static_cast<double>(b(j + k + 32 * c)),
+                sums[0]);
+        masses[0] += fabs(sums[0]);
+      }
   });
   sum = sums[0];
   mass = masses[0];
