@@ -1,10 +1,10 @@
 #include "ops.h"
 
-#include <sstream>
 #include <stdexcept>
 
 #include <mlx/ops.h>
 
+#include "messages.h"
 #include "primitives.h"
 
 namespace mlx_precise::fft {
@@ -16,21 +16,19 @@ namespace {
 constexpr int64_t kMaxLength = int64_t(1) << 24;
 
 std::string shape_str(const mx::Shape& s) {
-  std::ostringstream os;
-  os << "(";
-  for (size_t i = 0; i < s.size(); ++i)
-    os << (i ? ", " : "") << s[i];
-  os << (s.size() == 1 ? ",)" : ")");
-  return os.str();
+  return to_text(s);
 }
 
 void check_float32(const mx::array& x, const char* what) {
   if (x.dtype() != mx::float32) {
-    std::ostringstream os;
-    os << "rfft_conv: " << what << " has dtype " << x.dtype()
-       << "; rfft_conv takes float32 arrays and never casts silently: pass "
-       << what << ".astype(mx.float32) if that rounding is what you want";
-    throw std::invalid_argument(os.str());
+    throw std::invalid_argument(message(
+        "rfft_conv: ",
+        what,
+        " has dtype ",
+        x.dtype(),
+        "; rfft_conv takes float32 arrays and never casts silently: pass ",
+        what,
+        ".astype(mx.float32) if that rounding is what you want"));
   }
 }
 

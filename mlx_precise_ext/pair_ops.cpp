@@ -1,10 +1,10 @@
 #include "pair_ops.h"
 
-#include <sstream>
 #include <stdexcept>
 
 #include <mlx/ops.h>
 
+#include "messages.h"
 #include "ops.h"
 #include "pair_vjp_primitives.h"
 #include "strict_ops.h"
@@ -19,12 +19,19 @@ void check_pair(const char* op, const Pair& x, const char* what) {
   const auto& [hi, lo] = x;
   if (hi.dtype() != mx::float32 || lo.dtype() != mx::float32 ||
       hi.shape() != lo.shape()) {
-    std::ostringstream os;
-    os << op << ": " << what << " must be a pair of float32 arrays of one "
-       << "shape (hi, lo); got " << hi.dtype() << " " << hi.shape() << " and "
-       << lo.dtype() << " " << lo.shape()
-       << ": a float32 array x enters as (x, zeros_like(x))";
-    throw std::invalid_argument(os.str());
+    throw std::invalid_argument(message(
+        op,
+        ": ",
+        what,
+        " must be a pair of float32 arrays of one shape (hi, lo); got ",
+        hi.dtype(),
+        " ",
+        hi.shape(),
+        " and ",
+        lo.dtype(),
+        " ",
+        lo.shape(),
+        ": a float32 array x enters as (x, zeros_like(x))"));
   }
 }
 
@@ -86,10 +93,13 @@ Pair pair_binary(
   try {
     shape = mx::broadcast_shapes(x.first.shape(), y.first.shape());
   } catch (const std::invalid_argument&) {
-    std::ostringstream os;
-    os << name << ": shapes " << x.first.shape() << " and " << y.first.shape()
-       << " do not broadcast";
-    throw std::invalid_argument(os.str());
+    throw std::invalid_argument(message(
+        name,
+        ": shapes ",
+        x.first.shape(),
+        " and ",
+        y.first.shape(),
+        " do not broadcast"));
   }
   const Pair xb = pair_broadcast_to(x, shape, s);
   const Pair yb = pair_broadcast_to(y, shape, s);
@@ -205,10 +215,11 @@ Pair pair_broadcast_to(
   } catch (const std::invalid_argument&) {
   }
   if (!broadcasts) {
-    std::ostringstream os;
-    os << "pair broadcast_to: shape " << x.first.shape()
-       << " does not broadcast to " << shape;
-    throw std::invalid_argument(os.str());
+    throw std::invalid_argument(message(
+        "pair broadcast_to: shape ",
+        x.first.shape(),
+        " does not broadcast to ",
+        shape));
   }
   return make_pair(
       shape,
@@ -227,10 +238,12 @@ Pair pair_sum_to(const Pair& x, const mx::Shape& shape, mx::StreamOrDevice s) {
     reduces = shape[d] == f || shape[d] == 1;
   }
   if (!reduces) {
-    std::ostringstream os;
-    os << "pair sum_to: shape " << shape << " does not broadcast to " << from
-       << "; pass the shape of an operand that was broadcast to it";
-    throw std::invalid_argument(os.str());
+    throw std::invalid_argument(message(
+        "pair sum_to: shape ",
+        shape,
+        " does not broadcast to ",
+        from,
+        "; pass the shape of an operand that was broadcast to it"));
   }
   return make_pair(
       shape,
@@ -291,11 +304,14 @@ Pair pair_cross_entropy(
   if (logits.first.ndim() != 2 || targets.ndim() != 1 ||
       weights.shape() != targets.shape() ||
       targets.shape(0) != logits.first.shape(0)) {
-    std::ostringstream os;
-    os << "pair cross_entropy: pass logits (N, V), targets (N,) and weights "
-       << "(N,); got " << logits.first.shape() << ", " << targets.shape()
-       << " and " << weights.shape();
-    throw std::invalid_argument(os.str());
+    throw std::invalid_argument(message(
+        "pair cross_entropy: pass logits (N, V), targets (N,) and weights "
+        "(N,); got ",
+        logits.first.shape(),
+        ", ",
+        targets.shape(),
+        " and ",
+        weights.shape()));
   }
   if (!mx::issubdtype(targets.dtype(), mx::integer))
     throw std::invalid_argument(

@@ -1,13 +1,13 @@
 #include "strict_ops.h"
 
 #include <cmath>
-#include <sstream>
 #include <stdexcept>
 
 #include <mlx/backend/cuda/cuda.h>
 #include <mlx/fast.h>
 #include <mlx/ops.h>
 
+#include "messages.h"
 #include "strict_primitives.h"
 
 namespace mlx_precise {
@@ -18,18 +18,22 @@ namespace {
 constexpr int64_t kMaxMatrixDim = (int64_t(1) << 31) - 1;
 
 std::string shape_of(const mx::array& x) {
-  std::ostringstream os;
-  os << x.shape();
-  return os.str();
+  return to_text(x.shape());
 }
 
 void check_float32(const char* op, const mx::array& x, const char* what) {
   if (x.dtype() != mx::float32) {
-    std::ostringstream os;
-    os << op << ": " << what << " has dtype " << x.dtype() << "; " << op
-       << " takes float32 arrays and never casts silently: pass " << what
-       << ".astype(mx.float32) if that rounding is what you want";
-    throw std::invalid_argument(os.str());
+    throw std::invalid_argument(message(
+        op,
+        ": ",
+        what,
+        " has dtype ",
+        x.dtype(),
+        "; ",
+        op,
+        " takes float32 arrays and never casts silently: pass ",
+        what,
+        ".astype(mx.float32) if that rounding is what you want"));
   }
 }
 
@@ -135,12 +139,14 @@ mx::Shape matmul_shape(
       }
     }
     if (!ok) {
-      std::ostringstream os;
-      os << op << ": "
-         << (c->ndim() == 1 && std::string(op) == "linear" ? "bias" : "c")
-         << " " << c->shape() << " does not broadcast to the output shape "
-         << out;
-      throw std::invalid_argument(os.str());
+      throw std::invalid_argument(message(
+          op,
+          ": ",
+          c->ndim() == 1 && std::string(op) == "linear" ? "bias" : "c",
+          " ",
+          c->shape(),
+          " does not broadcast to the output shape ",
+          out));
     }
   }
   return out;

@@ -429,3 +429,17 @@ def test_kernel_cache_is_written_reused_and_survives_damage(tmp_path):
     assert [f.stat().st_size for f in files] == sizes  # compiled and written again
     assert child("") == first
     assert not list(cache.glob("*.tmp*"))
+
+
+def test_error_messages_with_shapes_and_dtypes_raise():
+    """The messages write shapes and dtypes without iostreams: on the H200 host the
+    extension's statically linked libstdc++ crashed at the first number written into a
+    std::ostringstream, so these errors were segfaults on CUDA builds."""
+    from mlx_precise import pair
+
+    with pytest.raises(ValueError, match=r"u has dtype float16"):
+        mp.rfft_conv(mx.ones((2, 3), dtype=mx.float16), mx.ones((3,)))
+    with pytest.raises(ValueError, match=r"c \(3,\) does not broadcast to the output shape \(2, 2\)"):
+        mp.addmm(mx.ones((3,)), mx.ones((2, 2)), mx.ones((2, 2)), precision="extended")
+    with pytest.raises(ValueError, match=r"shapes \(2, 3\) and \(4, 5\) do not broadcast"):
+        pair.add(pair.as_pair(mx.ones((2, 3))), pair.as_pair(mx.ones((4, 5))))
