@@ -94,6 +94,28 @@ def test_addmm_correctly_rounded_random(rng, precision, m, k, n):
 
 
 @pytest.mark.parametrize("precision", STRICT)
+def test_tall_addmm_in_row_blocks_gives_each_blocks_bits(rng, precision):
+    """The CPU multiplies a tall a in blocks of rows (strict_ops.cpp, kBlockDoubles:
+    2048 rows at K + N = 4096): a (4200, 8) product in three blocks, with a bias column
+    c (M, 1), gives the bits of its 1050-row slices multiplied on their own, and a
+    sample of its outputs is the exactly rounded one."""
+    m, k, n = 4200, 8, 4088
+    a = rng.standard_normal((m, k)).astype(np.float32)
+    b = rng.standard_normal((k, n)).astype(np.float32)
+    c = rng.standard_normal((m, 1)).astype(np.float32)
+    with mx.stream(mx.cpu):
+        whole = np.array(mp.addmm(f32(c), f32(a), f32(b), precision=precision))
+        slices = np.concatenate([
+            np.array(mp.addmm(f32(c[r : r + 1050]), f32(a[r : r + 1050]), f32(b), precision=precision))
+            for r in range(0, m, 1050)
+        ])
+    assert whole.tobytes() == slices.tobytes()
+    rows = rng.integers(0, m, 8)
+    expected = exact_matmul_f32(c[rows], a[rows], b)
+    check_correctly_rounded(whole[rows], expected, what=f"tall addmm {precision}")
+
+
+@pytest.mark.parametrize("precision", STRICT)
 @pytest.mark.parametrize("k", [64, 4096])
 def test_addmm_dynamic_range_and_cancellation(rng, precision, k):
     """Correctly rounded whatever the cancellation, in both modes (dd is computed as

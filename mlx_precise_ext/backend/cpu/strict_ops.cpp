@@ -48,6 +48,14 @@ class DoubleBuffer {
   int64_t size_ = 0;
 };
 
+// The float64 copies of a's rows and the product (rows x (K + N) doubles, kept
+// per thread between calls) are at most this many doubles (64 MiB): a tall a
+// (M2-BERT's 32768 tokens) is multiplied in blocks of rows, so that
+// (32768, 768) @ (768, 2304) holds 48 MiB of product instead of 576 MiB. Any
+// blocking gives the same bits: every output is certified or recomputed
+// exactly.
+constexpr int64_t kBlockDoubles = int64_t(1) << 23;
+
 void strict_addmm(
     const std::vector<mx::array>& in,
     mx::array& out,
@@ -84,6 +92,8 @@ void strict_addmm(
   const int threads = cpu::num_threads();
   const bool avx2 = cpu::use_avx2();
 
+  const int64_t block_rows = std::min<int64_t>(
+      M, std::max<int64_t>(64, kBlockDoubles / std::max<int64_t>(K + N, 1)));
   thread_local DoubleBuffer a_wide, b_wide_t, a_norm, b_norm, product;
   int64_t a_loaded = -1, b_loaded = -1;
   for (int64_t bi = 0; bi < batches; ++bi) {
@@ -96,26 +106,19 @@ void strict_addmm(
       c.col_stride = c_strides[rank - 1];
     }
     float* o = out.data<float>() + bi * M * N;
-    // Consecutive batches that share a (or b) reuse its converted copy.
+    // Consecutive batches that share a (in one block) or b reuse its
+    // converted copy.
     const bool new_a = a_off != a_loaded, new_b = b_off != b_loaded;
-    a_loaded = a_off;
+    a_loaded = block_rows == M ? a_off : -1;
     b_loaded = b_off;
-    // a as (M, K) and b transposed as (N, K), row-major doubles with row norms.
+    // a's rows as (rows, K) and b transposed as (N, K), row-major doubles
+    // with row norms.
     const auto widen = [&](const cpu::WidenJob& w) {
       if (avx2)
         cpu::avx2::widen(w, threads);
       else
         cpu::base::widen(w, threads);
     };
-    if (new_a)
-      widen(
-          {a.data<float>() + a_off,
-           M,
-           K,
-           a_rs,
-           a_cs,
-           a_wide.get(M * K),
-           a_norm.get(M)});
     if (new_b)
       widen(
           {b.data<float>() + b_off,
@@ -125,28 +128,44 @@ void strict_addmm(
            b_rs,
            b_wide_t.get(N * K),
            b_norm.get(N)});
-    double* d = product.get(M * N);
-    if (K > 0) {
-      cpu::gemm_f64(true, M, N, K, a_wide.get(0), b_wide_t.get(0), d, threads);
-    } else {
-      std::fill_n(d, M * N, 0.0);
+    for (int64_t row = 0; row < M; row += block_rows) {
+      const int64_t rows = std::min(block_rows, M - row);
+      if (new_a || rows < M)
+        widen(
+            {a.data<float>() + a_off + row * a_rs,
+             rows,
+             K,
+             a_rs,
+             a_cs,
+             a_wide.get(rows * K),
+             a_norm.get(rows)});
+      double* d = product.get(rows * N);
+      if (K > 0) {
+        cpu::gemm_f64(
+            true, rows, N, K, a_wide.get(0), b_wide_t.get(0), d, threads);
+      } else {
+        std::fill_n(d, rows * N, 0.0);
+      }
+      FloatMatrix c_rows = c;
+      if (has_c)
+        c_rows.data += row * c.row_stride;
+      cpu::CertifiedAddmmBlock job{
+          rows,
+          N,
+          K,
+          d,
+          a_wide.get(0),
+          b_wide_t.get(0),
+          a_norm.get(0),
+          b_norm.get(0),
+          c_rows,
+          alpha,
+          beta,
+          o + row * N};
+      const int64_t recomputed = avx2 ? cpu::avx2::certify_addmm(job, threads)
+                                      : cpu::base::certify_addmm(job, threads);
+      cpu::count_recomputed(cpu::CertifiedOp::Addmm, rows * N, recomputed);
     }
-    cpu::CertifiedAddmmBlock job{
-        M,
-        N,
-        K,
-        d,
-        a_wide.get(0),
-        b_wide_t.get(0),
-        a_norm.get(0),
-        b_norm.get(0),
-        c,
-        alpha,
-        beta,
-        o};
-    const int64_t recomputed = avx2 ? cpu::avx2::certify_addmm(job, threads)
-                                    : cpu::base::certify_addmm(job, threads);
-    cpu::count_recomputed(cpu::CertifiedOp::Addmm, M * N, recomputed);
   }
 }
 
