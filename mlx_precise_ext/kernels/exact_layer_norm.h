@@ -593,7 +593,7 @@ MP_INLINE float exact_grad_x_output(
 // squares of one another share one square root (weight_grad_by_classes:
 // decided exactly when one class is left); square roots of different classes
 // are linearly independent, so a sum over two or more classes is irrational,
-// never a midpoint or zero, and weight_grad_by_bounds separates it from the
+// never a midpoint or zero, and weight_grad_by_enclosures separates it from the
 // midpoints. What stays open (the double-word value, within its bound;
 // docs/certification.md): columns fed by more than kWeightGradGroups
 // variances, or whose class integers outgrow kGradXLimbs, that the bounds do
@@ -613,7 +613,10 @@ struct ExactWeightGradGroup {
 // 2^-1686 of dw, far below the distance eps = 2^-1074 can put between a sum
 // and the midpoint it would hit without eps (eps / var >= 2^-1330). Sums on a
 // midpoint (reaching here only past weight_grad_by_classes' limits) and sums
-// closer than that stay open (false; the double-word value).
+// closer than that stay open (false; the double-word value). Most sums lie
+// far from every midpoint: weight_grad_by_enclosures tries a few bits first,
+// which costs about a tenth (the division and square root run a bit at a time
+// over numbers of about 1000 + 2F bits).
 // Bit sizes: (G N 2^(h + F))^2 < 2^(2 (610 + 390 + 1536)) < 2^5376 =
 // kGradXLimbs.
 constexpr int kWeightGradBits = 1536;
@@ -624,12 +627,13 @@ struct WeightGradBoundsCompare {
   const MP_THREAD BigInteger<kGradXLimbs>* total;
   int above;
   int below;
+  int fraction_bits; // F
   MP_THREAD bool* decided;
 
   int operator()(BigInteger<kBigLimbs> m_scaled) const {
     constexpr int L = kGradXLimbs;
     const BigInteger<L> m{
-        big_shift_left(big_widen<L>(m_scaled.magnitude), kWeightGradBits),
+        big_shift_left(big_widen<L>(m_scaled.magnitude), fraction_bits),
         m_scaled.negative};
     const BigInteger<L> gap = big_add(*total, big_negate(m)); // U 2^F - m 2^F
     const BigInteger<L> lo = big_add(
@@ -651,6 +655,7 @@ MP_INLINE bool weight_grad_by_bounds(
     XEntry x,
     GEntry g,
     MP_INT64 rows,
+    int fraction_bits,
     float guess,
     MP_THREAD float* out) {
   constexpr int L = kGradXLimbs;
@@ -672,18 +677,47 @@ MP_INLINE bool weight_grad_by_bounds(
       --ev;
     }
     const BigNatural<L> scaled = big_shift_left(
-        big_widen<L>(term.magnitude), -148 - ev / 2 + kWeightGradBits);
+        big_widen<L>(term.magnitude), -148 - ev / 2 + fraction_bits);
     const BigNatural<L> floor_term =
         big_square_root(big_divide(big_multiply(scaled, scaled), radicand));
     total = big_add(total, BigInteger<L>{floor_term, term.negative});
     ++(term.negative ? below : above);
   }
   bool decided = true;
-  const WeightGradBoundsCompare compare{&total, above, below, &decided};
+  const WeightGradBoundsCompare compare{
+      &total, above, below, fraction_bits, &decided};
   const float rounded = round_by_midpoints<kBigLimbs>(compare, guess);
   if (decided)
     *out = rounded;
   return decided;
+}
+
+// weight_grad_by_bounds at F enough to resolve 2^-64 of the guess's magnitude
+// (0 for a guess of 1 and a few thousand rows; 2^-149 stands for a zero
+// guess) over the rows' floors, then, if that leaves a midpoint inside, at
+// kWeightGradBits. Either decides only what is exactly so.
+template <class ExactRow, class XEntry, class GEntry>
+MP_INLINE bool weight_grad_by_enclosures(
+    ExactRow exact_row,
+    XEntry x,
+    GEntry g,
+    MP_INT64 rows,
+    float guess,
+    MP_THREAD float* out) {
+  const FloatParts p = float_parts(guess);
+  int top = p.exponent; // |guess| < 2^top (-149 for 0)
+  for (unsigned int m = p.mantissa; m != 0u; m >>= 1)
+    ++top;
+  int rows_bits = 0;
+  for (MP_INT64 r = rows; r != 0; r >>= 1)
+    ++rows_bits;
+  int coarse = rows_bits + 64 - 150 - top; // rows 2^-F <= 2^(top + 150 - 64)
+  coarse =
+      coarse < 0 ? 0 : (coarse > kWeightGradBits ? kWeightGradBits : coarse);
+  return weight_grad_by_bounds(exact_row, x, g, rows, coarse, guess, out) ||
+      (coarse < kWeightGradBits &&
+       weight_grad_by_bounds(
+           exact_row, x, g, rows, kWeightGradBits, guess, out));
 }
 
 // Step 3 on the groups of one column (radicand V_k, sum Q_k): groups whose
@@ -693,11 +727,11 @@ MP_INLINE bool weight_grad_by_bounds(
 // rational C = sum Q_k V_base / s_k = N / P. By Besicovitch's theorem the
 // square roots of different classes are linearly independent over the
 // rationals: with two or more classes of C != 0, dw is irrational (never a
-// midpoint or zero), left to weight_grad_by_bounds (false). With none, dw is an
-// exact +0; with one, dw < m = M 2^-150 is N 2^h < M P sqrt(V_base): signs,
-// then (N 2^h)^2 against M^2 P^2 V_base, ties to even. False too when a class's
-// integers outgrow kGradXLimbs (three or more related groups at large eps
-// shifts).
+// midpoint or zero), left to weight_grad_by_enclosures (false). With none, dw
+// is an exact +0; with one, dw < m = M 2^-150 is N 2^h < M P sqrt(V_base):
+// signs, then (N 2^h)^2 against M^2 P^2 V_base, ties to even. False too when a
+// class's integers outgrow kGradXLimbs (three or more related groups at large
+// eps shifts).
 MP_INLINE bool weight_grad_by_classes(
     const MP_THREAD ExactWeightGradGroup* groups,
     int used,
@@ -808,7 +842,7 @@ MP_INLINE bool exact_weight_grad_output(
     while (k < used && big_compare(groups[k].radicand, row.radicand) != 0)
       ++k;
     if (k == kWeightGradGroups)
-      return weight_grad_by_bounds(exact_row, x, g, rows, guess, out);
+      return weight_grad_by_enclosures(exact_row, x, g, rows, guess, out);
     if (k == used) {
       groups[k].radicand = row.radicand;
       groups[k].sum = BigInteger<L>{big_from<L>(0, 0), false};
@@ -817,7 +851,7 @@ MP_INLINE bool exact_weight_grad_output(
     groups[k].sum = big_add(groups[k].sum, term);
   }
   return weight_grad_by_classes(groups, used, h, guess, out) ||
-      weight_grad_by_bounds(exact_row, x, g, rows, guess, out);
+      weight_grad_by_enclosures(exact_row, x, g, rows, guess, out);
 }
 
 } // namespace mlx_precise
