@@ -19,6 +19,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
 import mlx_precise as mp
 from mlx_precise import _ext
@@ -322,3 +323,12 @@ def test_grad_weight_shrunk_bound_is_caught(rng):
 def test_grad_weight_fuzz(case):
     x, g, eps = case
     check_grad_weight(x, g, eps)
+
+
+@given(weight_grad_cases(), st.booleans())
+def test_grad_x_fuzz(case, with_weight):
+    # The grad weight strategy's rows (dynamic range, subnormals, repeated rows,
+    # ties) as rows of grad x, with a weight of mixed scales or none.
+    x, g, eps = case
+    w = np.float32(np.linspace(-3, 2, x.shape[1]) * 2.0 ** np.arange(x.shape[1])) if with_weight else None
+    check_grad_x(x, w, g, eps)
