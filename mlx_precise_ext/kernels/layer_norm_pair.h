@@ -68,6 +68,24 @@ MP_INLINE T combine_pair_lanes(MP_THREAD const T* lane) {
   return level[0];
 }
 
+// combine_pair_lanes for pairs, adding |every sum it forms| to mass: each
+// addition errs by at most u |its result| (dd_add), so u mass bounds the
+// tree's part of a running error bound.
+MP_INLINE ff
+combine_pair_lanes_mass(MP_THREAD const ff* lane, MP_THREAD float& mass) {
+  ff level[kPairLanes / 2];
+  for (int l = 0; l < kPairLanes / 2; ++l) {
+    level[l] = dd_add(lane[2 * l], lane[2 * l + 1]);
+    mass = MP_ADDF(mass, abs_float(level[l].hi));
+  }
+  for (int n = kPairLanes / 4; n >= 1; n /= 2)
+    for (int l = 0; l < n; ++l) {
+      level[l] = dd_add(level[2 * l], level[2 * l + 1]);
+      mass = MP_ADDF(mass, abs_float(level[l].hi));
+    }
+  return level[0];
+}
+
 // eps as the kernels receive it: exactly (the exact stage), and as a pair
 // mantissa in [1, 2) (48 bits: within 2^-48 relative) times 2^exponent.
 struct PairLayerNormEps {
@@ -135,18 +153,28 @@ MP_INLINE float pair_scaled_element(float x, int e) {
   return MP_LDEXPF(x, -e);
 }
 
+// A lane's sums for the bounds of its second pass: sum |d|, and the masses
+// (sums of |partial sums|) of its deviation and square sums.
+struct PairDevMass {
+  float abs_dev;
+  float dev_mass;
+  float sq_mass;
+};
+
 // One step of lane l's second pass: deviation d = x_s - shift, its square,
-// and |d| for the bound.
+// and the bounds' sums.
 MP_INLINE void pair_deviation_step(
     MP_THREAD ff& dev,
     MP_THREAD ff& sq,
-    MP_THREAD float& abs_dev,
+    MP_THREAD PairDevMass& m,
     float x_s,
     ff shift) {
   const ff d = dd_sub(ff{x_s, 0.0f}, shift);
   dev = dd_add(dev, d);
   sq = dd_add(sq, dd_mul(d, d));
-  abs_dev = MP_ADDF(abs_dev, abs_float(d.hi));
+  m.abs_dev = MP_ADDF(m.abs_dev, abs_float(d.hi));
+  m.dev_mass = MP_ADDF(m.dev_mass, abs_float(dev.hi));
+  m.sq_mass = MP_ADDF(m.sq_mass, abs_float(sq.hi));
 }
 
 // A row's certified statistics (units: x_s = x 2^-e, inv_std = r 2^-g).
@@ -178,12 +206,17 @@ MP_INLINE float pair_sum_inflation(MP_INT64 m) {
 }
 
 // The statistics from the scan and the lanes of the second pass (sum[l]: the
-// first pass's sums of x_s; dev, sq, abs_dev: pair_deviation_step's), and
+// first pass's sums of x_s; dev, sq, mass: pair_deviation_step's), and
 // their bounds:
 //   e1 = ((k + 2) u A1 + u |c|) slack + mu      (the mean; A1 = sum |d| / D)
 //   ev = ((k + 6) u M2 + 3 e1 (|c| + e1)) slack + mu   (var; M2 = sum d^2 / D)
 // (layer_norm_certify.h's float64 bounds with u = kPairOpError, k = the
-// lanes' depth, min(ceil(D / 32) + 5, D), mu = kPairUnderflowStats), then r and
+// lanes' depth, min(ceil(D / 32) + 5, D), mu = kPairUnderflowStats), each
+// replaced by its running form where that is smaller: the sum's (k - 1) u A1
+// (resp. M2) by u Mass / D, Mass the sum of |every partial sum| in the lanes
+// and the tree (each pair addition errs by at most u |its result|), so
+//   e1 = ((3 u A1 + u Mass_dev / D) + u |c|) slack + mu,
+//   ev = ((7 u M2 + u Mass_sq / D) + 3 e1 (|c| + e1)) slack + mu; then r and
 // its a posteriori bound: with q = r^2 v and the residual 1 - q,
 //   rho = |1 - q| (1 + 2^-22) + 3u |q| + r^2 (1 + 2^-22) ev_total
 //   inv_rel = 0.6 rho slack   (rho <= 1/4; else nothing certifies)
@@ -194,7 +227,7 @@ MP_INLINE PairLayerNormRow pair_layer_norm_finish(
     ff shift,
     MP_THREAD const ff* dev,
     MP_THREAD const ff* sq,
-    MP_THREAD const float* abs_dev,
+    MP_THREAD const PairDevMass* mass,
     MP_INT64 dim,
     PairLayerNormEps eps) {
   PairLayerNormRow row;
@@ -227,32 +260,49 @@ MP_INLINE PairLayerNormRow pair_layer_norm_finish(
     row.kind = kPairRowZero;
   } else {
     const ff count{static_cast<float>(dim), 0.0f};
-    const ff dev_sum = combine_pair_lanes(dev);
+    float dev_mass = 0.0f, sq_mass = 0.0f, abs_dev = 0.0f;
+    for (int l = 0; l < kPairLanes; ++l) {
+      dev_mass = MP_ADDF(dev_mass, mass[l].dev_mass);
+      sq_mass = MP_ADDF(sq_mass, mass[l].sq_mass);
+      abs_dev = MP_ADDF(abs_dev, mass[l].abs_dev);
+    }
+    const ff dev_sum = combine_pair_lanes_mass(dev, dev_mass);
     const ff c = dd_div(dev_sum, count);
-    const ff sq_sum = combine_pair_lanes(sq);
+    const ff sq_sum = combine_pair_lanes_mass(sq, sq_mass);
     var = dd_div(dd_sub(sq_sum, dd_mul(dev_sum, c)), count);
     if (var.hi < 0.0f)
       var = zero;
     row.correction = c;
 
-    // Bounds of the mean and the variance (x_s units).
+    // Bounds of the mean and the variance (x_s units); the float sums of
+    // nonnegative terms (at most D + 64 additions each) inflated.
     const float d = static_cast<float>(dim);
     const float k = pair_lanes_depth(dim);
-    const float inflate = pair_sum_inflation(dim + 8);
-    const float a1 = MP_MULF(MP_DIVF(combine_pair_lanes(abs_dev), d), inflate);
+    const float inflate = pair_sum_inflation(dim + 64);
+    const float a1 = MP_MULF(MP_DIVF(abs_dev, d), inflate);
     const float m2 =
-        MP_MULF(MP_DIVF(abs_float(combine_lanes(sq).hi), d), 1.0001220703125f);
+        MP_MULF(MP_DIVF(abs_float(sq_sum.hi), d), 1.0001220703125f);
+    const float dev_part = MP_MULF(MP_DIVF(dev_mass, d), inflate);
+    const float sq_part = MP_MULF(MP_DIVF(sq_mass, d), inflate);
     const float abs_c = MP_MULF(abs_float(c.hi), 1.0000002384185791f);
+    const float mean_apriori = MP_MULF(MP_ADDF(k, 2.0f), a1);
+    const float mean_running = MP_ADDF(MP_MULF(3.0f, a1), dev_part);
     e1 = MP_ADDF(
         MP_MULF(
             MP_ADDF(
-                MP_MULF(MP_MULF(MP_ADDF(k, 2.0f), u), a1), MP_MULF(u, abs_c)),
+                MP_MULF(
+                    mean_apriori < mean_running ? mean_apriori : mean_running,
+                    u),
+                MP_MULF(u, abs_c)),
             kPairLayerNormSlack),
         kPairUnderflowStats);
+    const float var_apriori = MP_MULF(MP_ADDF(k, 6.0f), m2);
+    const float var_running = MP_ADDF(MP_MULF(7.0f, m2), sq_part);
     ev = MP_ADDF(
         MP_MULF(
             MP_ADDF(
-                MP_MULF(MP_MULF(MP_ADDF(k, 6.0f), u), m2),
+                MP_MULF(
+                    var_apriori < var_running ? var_apriori : var_running, u),
                 MP_MULF(MP_MULF(3.0f, e1), MP_ADDF(abs_c, e1))),
             kPairLayerNormSlack),
         kPairUnderflowStats);
@@ -424,10 +474,10 @@ pair_layer_norm_row(Row x, MP_INT64 dim, PairLayerNormEps eps) {
     scan = pair_row_scan_step(scan, x(i));
   const int e = pair_row_exponent(scan);
   ff sum[kPairLanes], dev[kPairLanes], sq[kPairLanes];
-  float abs_dev[kPairLanes];
+  PairDevMass mass[kPairLanes];
   for (int l = 0; l < kPairLanes; ++l) {
     sum[l] = dev[l] = sq[l] = ff{0.0f, 0.0f};
-    abs_dev[l] = 0.0f;
+    mass[l] = PairDevMass{0.0f, 0.0f, 0.0f};
   }
   for (MP_INT64 i = 0; i < dim; ++i)
     sum[i % kPairLanes] =
@@ -437,9 +487,9 @@ pair_layer_norm_row(Row x, MP_INT64 dim, PairLayerNormEps eps) {
   for (MP_INT64 i = 0; i < dim; ++i) {
     const int l = static_cast<int>(i % kPairLanes);
     pair_deviation_step(
-        dev[l], sq[l], abs_dev[l], pair_scaled_element(x(i), e), shift);
+        dev[l], sq[l], mass[l], pair_scaled_element(x(i), e), shift);
   }
-  return pair_layer_norm_finish(scan, shift, dev, sq, abs_dev, dim, eps);
+  return pair_layer_norm_finish(scan, shift, dev, sq, mass, dim, eps);
 }
 
 // Writes the output (certified, fixed, or the pair's rounding as the exact
@@ -535,10 +585,13 @@ struct PairGradXLane {
   float abs_gw;
   float abs_gwz;
   float gwz_err;
+  float gw_mass; // sums of |partial sums| (running bounds)
+  float gwz_mass;
 };
 
 MP_INLINE PairGradXLane pair_grad_x_lane_init() {
-  return PairGradXLane{ff{0.0f, 0.0f}, ff{0.0f, 0.0f}, 0.0f, 0.0f, 0.0f};
+  return PairGradXLane{
+      ff{0.0f, 0.0f}, ff{0.0f, 0.0f}, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
 }
 
 MP_INLINE void pair_grad_x_step(
@@ -552,6 +605,8 @@ MP_INLINE void pair_grad_x_step(
   lane.gwz = dd_add(lane.gwz, p);
   lane.abs_gw = MP_ADDF(lane.abs_gw, abs_float(gw.hi));
   lane.abs_gwz = MP_ADDF(lane.abs_gwz, abs_float(p.hi));
+  lane.gw_mass = MP_ADDF(lane.gw_mass, abs_float(lane.gw.hi));
+  lane.gwz_mass = MP_ADDF(lane.gwz_mass, abs_float(lane.gwz.hi));
   lane.gwz_err = MP_ADDF(
       lane.gwz_err,
       MP_ADDF(
@@ -589,33 +644,51 @@ MP_INLINE PairGradX pair_grad_x_finish(
   }
   gx.kind = kPairGradCertify;
   ff gw[kPairLanes], gwz[kPairLanes];
-  float abs_gw[kPairLanes], abs_gwz[kPairLanes], gwz_err[kPairLanes];
+  float abs_gw = 0.0f, abs_gwz = 0.0f, gwz_err = 0.0f, gw_mass = 0.0f,
+        gwz_mass = 0.0f;
   for (int l = 0; l < kPairLanes; ++l) {
     gw[l] = lanes[l].gw;
     gwz[l] = lanes[l].gwz;
-    abs_gw[l] = lanes[l].abs_gw;
-    abs_gwz[l] = lanes[l].abs_gwz;
-    gwz_err[l] = lanes[l].gwz_err;
+    abs_gw = MP_ADDF(abs_gw, lanes[l].abs_gw);
+    abs_gwz = MP_ADDF(abs_gwz, lanes[l].abs_gwz);
+    gwz_err = MP_ADDF(gwz_err, lanes[l].gwz_err);
+    gw_mass = MP_ADDF(gw_mass, lanes[l].gw_mass);
+    gwz_mass = MP_ADDF(gwz_mass, lanes[l].gwz_mass);
   }
   const float u = kPairOpError;
   const ff count{static_cast<float>(dim), 0.0f};
   const float d = static_cast<float>(dim);
-  const float ku = MP_MULF(MP_ADDF(pair_lanes_depth(dim), 1.0f), u);
-  const float inflate = pair_sum_inflation(dim + 8);
-  gx.m1 = dd_div(combine_pair_lanes(gw), count);
-  gx.m2 = dd_div(combine_pair_lanes(gwz), count);
-  const float a = MP_MULF(MP_DIVF(combine_pair_lanes(abs_gw), d), inflate);
-  const float p = MP_MULF(combine_pair_lanes(abs_gwz), inflate);
-  const float b = MP_MULF(combine_pair_lanes(gwz_err), inflate);
+  const float k1 = MP_ADDF(pair_lanes_depth(dim), 1.0f);
+  gx.m1 = dd_div(combine_pair_lanes_mass(gw, gw_mass), count);
+  gx.m2 = dd_div(combine_pair_lanes_mass(gwz, gwz_mass), count);
+  // Float sums of nonnegative terms (at most D + 64 additions each),
+  // inflated; each sum's (k - 1) u (sum of |terms|) part of the a priori
+  // bound replaced by the running u Mass where that is smaller.
+  const float inflate = pair_sum_inflation(dim + 64);
+  const float a = MP_MULF(abs_gw, inflate);
+  const float p = MP_MULF(abs_gwz, inflate);
+  const float b = MP_MULF(gwz_err, inflate);
+  const float a_apriori = MP_MULF(k1, a);
+  const float a_running = MP_ADDF(MP_MULF(2.0f, a), MP_MULF(gw_mass, inflate));
+  const float p_apriori = MP_MULF(k1, p);
+  const float p_running = MP_ADDF(MP_MULF(2.0f, p), MP_MULF(gwz_mass, inflate));
   gx.e_m1 = MP_ADDF(
       MP_MULF(
-          MP_ADDF(MP_MULF(ku, a), MP_MULF(u, abs_float(gx.m1.hi))),
+          MP_ADDF(
+              MP_MULF(
+                  MP_DIVF(a_apriori < a_running ? a_apriori : a_running, d), u),
+              MP_MULF(u, abs_float(gx.m1.hi))),
           kPairLayerNormSlack),
       kPairGradUnderflow);
   gx.e_m2 = MP_ADDF(
       MP_MULF(
           MP_ADDF(
-              MP_DIVF(MP_ADDF(b, MP_MULF(ku, p)), d),
+              MP_DIVF(
+                  MP_ADDF(
+                      b,
+                      MP_MULF(
+                          u, p_apriori < p_running ? p_apriori : p_running)),
+                  d),
               MP_MULF(u, abs_float(gx.m2.hi))),
           kPairLayerNormSlack),
       kPairGradUnderflow);

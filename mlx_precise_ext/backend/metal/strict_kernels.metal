@@ -167,7 +167,7 @@ struct LayerNormLanes {
   ff sum[kPairLanes];
   ff dev[kPairLanes];
   ff sq[kPairLanes];
-  float abs_dev[kPairLanes];
+  PairDevMass mass[kPairLanes];
 };
 
 PairLayerNormRow simd_pair_row(const device float* x, long stride, int dim, PairLayerNormEps eps,
@@ -188,21 +188,21 @@ PairLayerNormRow simd_pair_row(const device float* x, long stride, int dim, Pair
   for (int l = 0; l < kPairLanes; ++l) part[l] = lanes.sum[l];
   const ff shift = dd_div(combine_pair_lanes(part), ff{float(dim), 0.0f});
   ff dev = ff{0.0f, 0.0f}, sq = ff{0.0f, 0.0f};
-  float abs_dev = 0.0f;
+  PairDevMass mass = PairDevMass{0.0f, 0.0f, 0.0f};
   for (int i = int(lane); i < dim; i += kPairLanes)
-    pair_deviation_step(dev, sq, abs_dev, pair_scaled_element(x[i * stride], e), shift);
+    pair_deviation_step(dev, sq, mass, pair_scaled_element(x[i * stride], e), shift);
   lanes.dev[lane] = dev;
   lanes.sq[lane] = sq;
-  lanes.abs_dev[lane] = abs_dev;
+  lanes.mass[lane] = mass;
   MP_SIMD_SYNC();
   ff devs[kPairLanes], sqs[kPairLanes];
-  float abs_devs[kPairLanes];
+  PairDevMass masses[kPairLanes];
   for (int l = 0; l < kPairLanes; ++l) {
     devs[l] = lanes.dev[l];
     sqs[l] = lanes.sq[l];
-    abs_devs[l] = lanes.abs_dev[l];
+    masses[l] = lanes.mass[l];
   }
-  const PairLayerNormRow row = pair_layer_norm_finish(scan, shift, devs, sqs, abs_devs, dim, eps);
+  const PairLayerNormRow row = pair_layer_norm_finish(scan, shift, devs, sqs, masses, dim, eps);
   MP_SIMD_SYNC();
   return row;
 }
