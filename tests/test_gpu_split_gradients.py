@@ -102,7 +102,9 @@ def exact_gradients(g_int, k_int, u_int, rows, period):
     return np.concatenate(grad_u), grad_k
 
 
-@pytest.mark.parametrize("case", [(3, 1000, 2000, 2048), (2, 999, 300, 0), (2, 2048, 4096, 4096)])
+@pytest.mark.parametrize(
+    "case", [(3, 1000, 2000, 2048), (2, 999, 300, 0), (2, 2048, 4096, 4096), (24, 512, 1024, 1024)]
+)
 def test_split_gradient_bounds_hold_against_exact(rng, case):
     """Rows of integers times 2^-10 (10 significant bits): the exact gradients are int64
     sums, so every value certified can be checked against its bound."""

@@ -686,8 +686,9 @@ MP_INLINE void accumulate_product(
 // acc (+)= G U, the kernel gradient's term (accumulate_product's operations
 // with a = G, b = U), and G times a stored kernel spectrum, inverse-split
 // into G's row in place (multiply_rows_by_spectrum's), for the input
-// gradient. U may lie elsewhere than G (a device slot).
-template <class T, class Ptr, class UPtr>
+// gradient. U may lie elsewhere than G (a device slot). mass(v) sees each
+// accumulated value v (the certified bound's accumulation_error).
+template <class T, class Ptr, class UPtr, class Mass>
 MP_INLINE void multiply_gradient_spectra(
     Ptr g_re,
     Ptr g_im,
@@ -700,7 +701,8 @@ MP_INLINE void multiply_gradient_spectra(
     bool first,
     int num_pairs,
     int tid,
-    int nthreads) {
+    int nthreads,
+    Mass mass) {
   for (int i = tid; i < num_pairs; i += nthreads) {
     const IndexPair pr = pairs[i];
     const PairTwiddles<T> w = pair_twiddles(split_tw, pr, i);
@@ -708,6 +710,9 @@ MP_INLINE void multiply_gradient_spectra(
     split_pair<T>(g_re, g_im, pr, i, w, gp, gq);
     split_pair<T>(u_re, u_im, pr, i, w, up, uq);
     accumulate_pair(acc, pr, i, gp, gq, up, uq, first);
+    mass(acc[2 * i]);
+    if (pr.q >= 0)
+      mass(acc[2 * i + 1]);
     const cpx<T> sq = pr.q >= 0 ? spectrum[2 * i + 1] : cpx<T>{T{}, T{}};
     unsplit_product<T>(g_re, g_im, pr, i, w, gp, gq, spectrum[2 * i], sq);
   }
@@ -1122,8 +1127,9 @@ MP_INLINE void inverse_to(
 }
 
 // The negacyclic halves' spectral steps: acc (+)= G U (`first` starting from
-// zero) and G times the kernel's negacyclic spectrum, in place.
-template <class T, class Ptr>
+// zero; mass(v) sees each accumulated value) and G times the kernel's
+// negacyclic spectrum, in place.
+template <class T, class Ptr, class Mass>
 MP_INLINE void multiply_negacyclic_gradient(
     Ptr g_re,
     Ptr g_im,
@@ -1134,11 +1140,15 @@ MP_INLINE void multiply_negacyclic_gradient(
     bool first,
     int m,
     int tid,
-    int nthreads) {
+    int nthreads,
+    Mass mass) {
   const cpx<T> zero{T{}, T{}};
   for (int p = tid; p < m; p += nthreads) {
     const cpx<T> x = get_point<T>(g_re, g_im, p);
-    acc[p] = c_add(first ? zero : acc[p], c_mul(x, cpx<T>{u_re[p], u_im[p]}));
+    const cpx<T> sum =
+        c_add(first ? zero : acc[p], c_mul(x, cpx<T>{u_re[p], u_im[p]}));
+    acc[p] = sum;
+    mass(sum);
     put_point(g_re, g_im, p, c_mul(x, spectrum[p]));
   }
 }
@@ -1167,8 +1177,10 @@ MP_INLINE void emit_split_outputs(
 // kernel's split spectra (split_kernel_spectrum), emit(t, v) for its outputs
 // as split_conv_row emits them, and the row's terms added to the target's
 // split accumulator acc (split_accumulator_stride entries; `first` starts
-// from zero). stash: N values of device memory. Ends with a group barrier.
-template <bool kWide, class T, class Ptr, class Emit>
+// from zero; mass(half, v) sees each accumulated value v of the cyclic (half
+// 0) and the negacyclic (1) half). stash: N values of device memory. Ends with
+// a group barrier.
+template <bool kWide, class T, class Ptr, class Mass, class Emit>
 MP_INLINE void split_gradient_row(
     DeviceRow g_row,
     DeviceRow u_row,
@@ -1186,6 +1198,7 @@ MP_INLINE void split_gradient_row(
     const MP_DEVICE cpx<T>* spectrum,
     int tid,
     int nthreads,
+    Mass mass,
     Emit emit) {
   const int m = fs.n_half;
   MP_DEVICE T* u_re = stash + 2 * m;
@@ -1205,7 +1218,8 @@ MP_INLINE void split_gradient_row(
       first,
       fs.num_pairs,
       tid,
-      nthreads);
+      nthreads,
+      [&](cpx<T> v) { mass(0, v); });
   MP_BARRIER();
   inverse_to<kWide, T>(re, im, stash, stash + m, fs, tw, tid, nthreads);
   // The negacyclic halves.
@@ -1231,7 +1245,8 @@ MP_INLINE void split_gradient_row(
       first,
       m,
       tid,
-      nthreads);
+      nthreads,
+      [&](cpx<T> v) { mass(1, v); });
   MP_BARRIER();
   fft_passes<true, kWide, T>(re, im, fs, tw, 0, tid, nthreads, true);
   emit_split_outputs<T>(re, im, stash, gu, twist, m, tid, nthreads, emit);
@@ -1664,28 +1679,45 @@ MP_INLINE RowCertificate split_row_certificate(
       g.has_bias ? 1 : 0);
 }
 
+// The rounding of a target's spectral accumulation acc_j = fl(acc_(j-1) +
+// p_j) over its rows j (complex additions, each part rounded once: |error|
+// <= u |exact sum| <= u / (1 - u) |acc_j|), propagated to an output with at
+// most `weight` per unit of the accumulator's 1-norm: mass = the sum over the
+// rows and the entries of |Re acc_j| + |Im acc_j| (>= the moduli). A running
+// bound in place of gamma_terms sum_j ||P^_j||_1 (docs/certification.md,
+// "Running accumulation bound"): ||acc_j||_1 grows like sqrt(j) for terms of
+// random phase, not like j.
+MP_INLINE double accumulation_error(double mass, double weight) {
+  const double u = kUnitRoundoff64;
+  return u / (1.0 - u) * mass * weight * (1.0 + 1.0 / 1024.0);
+}
+
 // The bound of grad k's row from split gradient rows (split_accumulated_row;
 // docs/certification.md, "Split gradient rows"): `terms` rows j summed in
-// each half, the rows within N/2 (no folds). The cyclic half is the engine's
-// sum of terms at size N/2: cyclic_error = the sum over j of
-// measured_term_error with transform_errors(N/2, terms) and the spectra
-// bounded from the rows (spectrum_from_row, h = N/4), as the CPU sums a
-// target's terms; the negacyclic half a priori, negacyclic_error_bound(N,
-// terms) per unit of norm_products = sum_j ||g_j|| ||u_j||. Combined by
-// split_entry_error with |x| <= (|c| + |g|) / 2 <= norm_products
-// (Cauchy-Schwarz per term). bound_scale multiplies the bound (1; the CPU
+// each half, the rows within N/2 (no folds). The cyclic half: cyclic_terms =
+// the sum over j of measured_term_error (transform_errors(N/2, 1), the
+// spectra bounded from the rows, h = N/4), plus accumulation_error(cyclic
+// mass, 2/N); the
+// negacyclic half negacyclic_error_bound(N, 1) per unit of norm_products =
+// sum_j ||g_j|| ||u_j|| plus accumulation_error(negacyclic mass, 4/N).
+// Combined by split_entry_error with |x| <= (|c| + |g|) / 2 <= norm_products
+// (Cauchy-Schwarz per term). masses: the halves' accumulation masses
+// (cyclic, negacyclic). bound_scale multiplies the bound (1; the CPU
 // harness's tests shrink it).
 MP_INLINE RowCertificate split_sum_certificate(
     MP_CONSTANT const ConvShape& g,
-    double cyclic_error,
+    double cyclic_terms,
+    MP_THREAD const double* masses,
     double norm_products,
     MP_INT64 terms,
     double bound_scale) {
+  const double n = static_cast<double>(g.fft_size);
+  const double cyclic = cyclic_terms + accumulation_error(masses[0], 2.0 / n);
   const double negacyclic =
-      negacyclic_error_bound(g.fft_size, terms, kUnitRoundoff64) *
-      norm_products;
+      negacyclic_error_bound(g.fft_size, 1, kUnitRoundoff64) * norm_products +
+      accumulation_error(masses[1], 4.0 / n);
   return certificate_from_bound(
-      bound_scale * split_entry_error(cyclic_error, negacyclic, norm_products),
+      bound_scale * split_entry_error(cyclic, negacyclic, norm_products),
       g.fold != 0,
       norm_products,
       terms,

@@ -1145,9 +1145,9 @@ nb::tuple gpu_split_gradients(
     bounds[i] = cert.conv_err + cert.rel * magnitude;
     open[i] = certify_output(cert, v, magnitude, out + i) ? 0.0f : 1.0f;
   };
-  const TransformErrors sum_errors =
-      transform_errors(u_geo.fft_size / 2, rows, kUnitRoundoff64);
-  double norm_products = 0.0, cyclic_error = 0.0;
+  const TransformErrors term_errors =
+      transform_errors(u_geo.fft_size / 2, 1, kUnitRoundoff64);
+  double norm_products = 0.0, cyclic_terms = 0.0, masses[2] = {0.0, 0.0};
   for (int64_t j = 0; j < rows; ++j) {
     const DeviceRow g_row{g + j * L, 1, gu.a_len, gu.a_reversed != 0};
     const DeviceRow u_row{u + j * L, 1, gk.b_len, false};
@@ -1159,8 +1159,8 @@ nb::tuple gpu_split_gradients(
     const RowCertificate cert =
         split_row_certificate(bound, gu, g_norms, k_norms, bound_scale);
     norm_products += g_norms.norm * u_norms.norm;
-    cyclic_error += measured_term_error(
-        sum_errors,
+    cyclic_terms += measured_term_error(
+        term_errors,
         g_norms.norm,
         u_norms.norm,
         g_norms.spectrum,
@@ -1182,6 +1182,9 @@ nb::tuple gpu_split_gradients(
         spectrum.data(),
         0,
         1,
+        [&](int half, cpx<double> v) {
+          masses[half] += std::fabs(v.re) + std::fabs(v.im);
+        },
         [&](int64_t i, double v) {
           double magnitude = std::fabs(v);
           if (has_bias) {
@@ -1200,8 +1203,8 @@ nb::tuple gpu_split_gradients(
               bounds_u);
         });
   }
-  const RowCertificate cert_k =
-      split_sum_certificate(gk, cyclic_error, norm_products, rows, bound_scale);
+  const RowCertificate cert_k = split_sum_certificate(
+      gk, cyclic_terms, masses, norm_products, rows, bound_scale);
   split_accumulated_row<false, double>(
       re,
       im,

@@ -1074,9 +1074,9 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
   for (MP_INT64 kk = blockIdx.x; kk < ix.outer_count; kk += gridDim.x) {
     const cpx<T>* spectrum = spectra + kk * 2 * fs.num_pairs;
     // grad k's bound: sums over the rows of ||g|| ||u|| and of their
-    // measured_term_error (spectra bounded from the rows), as the CPU sums a
-    // target's terms.
-    double norm_products = 0.0, k_error = 0.0;
+    // measured_term_error (spectra bounded from the rows), plus the
+    // accumulation's running bound (this thread's part of its mass).
+    double norm_products = 0.0, k_error = 0.0, k_mass = 0.0;
     for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
       const float* g_row = g + row_offset(ix, kOperandA, kk, j);
       const DeviceRow g_loaded{g_row, g_step, gu.a_len, gu.a_reversed != 0};
@@ -1103,7 +1103,7 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
             gu.has_bias ? 1 : 0);
         norm_products += g_norms.norm * u_norms.norm;
         k_error += measured_term_error(
-            transform_errors(gk.fft_size, terms, kUnitRoundoff64),
+            transform_errors(gk.fft_size, 1, kUnitRoundoff64),
             g_norms.norm,
             u_norms.norm,
             g_norms.spectrum,
@@ -1136,7 +1136,11 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
           j == 0,
           fs.num_pairs,
           threadIdx.x,
-          blockDim.x);
+          blockDim.x,
+          [&](cpx<T> v) {
+            if constexpr (Certified<T>::value)
+              k_mass += fabs(v.re) + fabs(v.im);
+          });
       __syncthreads();
       fft_inverse<T, kShared>(g_re, g_im, fs, tw);
       for_each_output<T>(
@@ -1160,7 +1164,13 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
     RowCertificate cert{};
     if constexpr (Certified<T>::value)
       cert = certificate_from_bound(
-          k_error, gk.fold != 0, norm_products, terms, 0);
+          k_error +
+              accumulation_error(
+                  block_sum(k_mass), 1.0 / static_cast<double>(gk.fft_size)),
+          gk.fold != 0,
+          norm_products,
+          terms,
+          0);
     write_reduced_row<T, kShared>(
         g_re,
         g_im,
@@ -1220,15 +1230,16 @@ __global__ void __maxnreg__(128) split_gradient_rows(
       static_cast<MP_INT64>(blockIdx.x) * split_accumulator_stride(fs);
   const SplitBound bound = split_bound(gu.fft_size);
   const MP_INT64 terms = ix.inner_count > 1 ? ix.inner_count : 1;
-  const TransformErrors sum_errors =
-      transform_errors(gu.fft_size / 2, terms, kUnitRoundoff64);
+  const TransformErrors term_errors =
+      transform_errors(gu.fft_size / 2, 1, kUnitRoundoff64);
   const MP_INT64 g_step = ix.time_stride[kOperandA];
   const MP_INT64 u_step = u_ix.time_stride[kOperandB];
   const MP_INT64 bias_step = ix.time_stride[kOperandBias];
   for (MP_INT64 kk = blockIdx.x; kk < ix.outer_count; kk += gridDim.x) {
     const SplitKernelNorms k_split{
         RowNorms{k_norms[3 * kk], k_norms[3 * kk + 1]}, k_norms[3 * kk + 2]};
-    double norm_products = 0.0, cyclic_error = 0.0;
+    // This thread's parts of the accumulation masses (cyclic, negacyclic).
+    double norm_products = 0.0, cyclic_terms = 0.0, masses[2] = {0.0, 0.0};
     for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
       const float* g_row = g + row_offset(ix, kOperandA, kk, j);
       const DeviceRow g_loaded{g_row, g_step, gu.a_len, gu.a_reversed != 0};
@@ -1239,8 +1250,8 @@ __global__ void __maxnreg__(128) split_gradient_rows(
       const RowCertificate cert =
           split_row_certificate(bound, gu, g_norms, k_split, 1.0);
       norm_products += g_norms.norm * u_norms.norm;
-      cyclic_error += measured_term_error(
-          sum_errors,
+      cyclic_terms += measured_term_error(
+          term_errors,
           g_norms.norm,
           u_norms.norm,
           g_norms.spectrum,
@@ -1262,6 +1273,7 @@ __global__ void __maxnreg__(128) split_gradient_rows(
           spectra + kk * split_spectrum_stride(fs),
           threadIdx.x,
           blockDim.x,
+          [&](int half, cpx<T> v) { masses[half] += fabs(v.re) + fabs(v.im); },
           RowOutputs<T>{
               g_row,
               g_step,
@@ -1273,8 +1285,9 @@ __global__ void __maxnreg__(128) split_gradient_rows(
               open_u,
               (kk * ix.inner_count + j) * gu.out_len});
     }
-    const RowCertificate cert =
-        split_sum_certificate(gk, cyclic_error, norm_products, terms, 1.0);
+    block_sums(masses);
+    const RowCertificate cert = split_sum_certificate(
+        gk, cyclic_terms, masses, norm_products, terms, 1.0);
     split_accumulated_row<false, T>(
         re,
         im,
