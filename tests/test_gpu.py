@@ -259,6 +259,42 @@ def test_kernel_gradient_reduces_over_broadcast_kernel():
     assert np.array_equal(np.array(g_gpu).view(np.uint32), np.array(g_cpu).view(np.uint32))
 
 
+# grad k sums the batch rows of each kernel row; CUDA recomputes its open outputs from
+# the target's row pairs staged one after another in shared memory
+# (recompute_open_reduce). Normal rows (u strided) leave ~10 outputs open a target at
+# L = 4096; non-negative integer rows whose sums reach 2^24..2^25 leave every odd one on
+# an exact tie (~1000 a target, about a batch of the marked list), which the running
+# stage must hand on to the exact one. Alone (CorrelateKernel) and with grad u
+# (RFFTConvGradients).
+@pytest.mark.parametrize("precision", BITWISE_PRECISIONS)
+@pytest.mark.parametrize("data", ["normal", "ties"])
+@pytest.mark.parametrize("argnums", [(1,), (0, 1)], ids=["grad_k", "with_grad_u"])
+def test_kernel_gradient_over_many_rows_bits(rng, precision, data, argnums):
+    B, H, L = 64, 2, 4096
+    if data == "normal":
+        u = mx.array(rng.standard_normal((H, B, L)).astype(np.float32)).transpose(1, 0, 2)
+        g = mx.array(rng.standard_normal((B, H, L)).astype(np.float32))
+    else:
+        u = mx.array(rng.integers(0, 24, (B, H, L)).astype(np.float32))
+        g = mx.array(rng.integers(0, 24, (B, H, L)).astype(np.float32))
+    k = mx.array((rng.standard_normal((H, L)) / np.sqrt(L)).astype(np.float32))
+
+    def grads(device, u, k):
+        def loss(u, k):
+            y = mp.rfft_conv(u, k, n=2 * L, precision=precision, stream=device)
+            return mx.sum(mx.multiply(y, g, stream=device), stream=device)
+
+        out = mx.grad(loss, argnums=argnums)(u, k)
+        return out if isinstance(out, tuple) else (out,)
+
+    g_gpu, g_cpu = gpu_and_cpu(grads, u, k)
+    grad_k = np.array(g_gpu[-1])
+    assert grad_k.shape == (H, L)
+    assert np.all(np.isfinite(grad_k)) and np.any(grad_k != 0)
+    for got, cpu in zip(g_gpu, g_cpu):
+        assert np.array_equal(np.array(got).view(np.uint32), np.array(cpu).view(np.uint32))
+
+
 # grad u and grad k asked together: one RFFTConvGradients node, which CUDA runs as
 # gradient_rows (each cotangent row transformed once for both). Shapes: k shared by
 # the batch (grad k sums it), k with a row per output row (nothing to sum), the causal
