@@ -40,6 +40,12 @@ cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
   cp build/gpu/_ext*.so mlx_precise/ || { tail -40 "$out/build.log"; exit 1; }
 echo "build ok"
 
+# Every kernel module compiled once, in parallel, into the disk cache (minutes, once per
+# machine and kernel version), so that the tests' and benchmarks' processes load cubins.
+if python3 -c 'import mlx.core as mx; raise SystemExit(not mx.cuda.is_available())'; then
+  python3 scripts/warm_kernels.py | tee "$out/warm_kernels.log"
+fi
+
 status=0
 if [ "$what" = all ] || [ "$what" = tests ]; then
   timeout 420 python3 -m pytest ${MP_GPU_TESTS:-tests/test_gpu.py tests/test_gpu_strict.py tests/test_gpu_pair.py} -v -rs 2>&1 | tee "$out/tests.log" | tail -45
