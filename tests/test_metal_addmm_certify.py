@@ -135,6 +135,19 @@ def test_wide_range():
         assert_same_values(y, exact_addmm(a, b, c, alpha, beta))
 
 
+def test_underflowing_product_scaled_by_a_large_alpha():
+    """a b underflows (about 2^-136: its residual is lost, < 2^-150) and alpha = -1.7e10
+    scales that loss to 2^-15 of the output: the bound must scale its underflow term by
+    |alpha| too (found by test_wide_range, numpy seed 74)."""
+    a = np.array([[2438414710]], np.uint32).view(np.float32)
+    b = np.array([[2851980974]], np.uint32).view(np.float32)
+    c = np.array([[1e-45]], np.float32)
+    alpha = np.array(3497882422, np.uint32).view(np.float32)
+    beta = np.array(1163584497, np.uint32).view(np.float32)
+    y, _ = metal_addmm(a, b, c, alpha, beta)
+    assert_same_values(y, exact_addmm(a, b, c, alpha, beta))
+
+
 def test_integer_ties():
     """Small integers sum exactly; 2^24 + 1 and friends land on float32 ties."""
     seed = int(np.random.SeedSequence().entropy % 2**32)

@@ -15,8 +15,11 @@
 //   so |acc - sum_k a_k b_k| <= 2^-46 sum_k |s_k.hi| + K 2^-150, and the float
 //   sum M of the |s_k.hi| is >= their real sum (1 - u)^K >= (1 - K u) of it;
 //   - alpha acc in dd_mul_f (DWTimesFP3, Alg. 9: <= 2u^2 = 2^-47 relative),
-//     beta c exact in two_prod, their dd_add (2^-46 |v.hi|), and underflow in
-//     those (< 2^-150 per rounding, a handful of them).
+//     which also scales acc's absolute underflow term by |alpha| (a product
+//     of 2^-160 times an alpha of 2^34 lost 2^-16 of the output when it was
+//     not: the fuzz of issue 15 found it), beta c exact in two_prod, their
+//     dd_add (2^-46 |v.hi|), and underflow in those (< 2^-150 per rounding, a
+//     handful of them, not scaled).
 // certified_round_pair (round_pair.h) then decides the float32; an output
 // whose ends round apart (heavy cancellation, ties, subnormal results within
 // the absolute term), or that overflowed the pair range (inf or NaN: TwoSum
@@ -49,9 +52,10 @@ MP_INLINE PairDot pair_dot_step(PairDot d, float a, float b) {
 // 2^-46: the relative error of dd_add (3u^2 + 13u^3 over 1 - it, times
 // |s| <= |s.hi| (1 + u)), which also covers dd_mul_f's 2u^2.
 constexpr MP_CONSTANT float kPairStepError = 1.4210854715202004e-14f;
-// 2^-149: each of the K products and the final operations errs by less than
-// 2^-150 when it underflows; 1024 2^-149 more covers the final operations and
-// the underflow of the bound's own products.
+// 2^-149: each of the K products errs by less than 2^-150 when it underflows
+// (times |alpha| once scaled, with 4 more for the underflow of dot_err's own
+// products before their factor |alpha|); 1024 2^-149 more covers the final
+// operations and the underflow of the bound's remaining products.
 constexpr MP_CONSTANT float kPairUnderflowUnit = 1.401298464324817e-45f;
 
 // The pair v = alpha acc [+ beta c] (beta c exact: two_prod), and in *err a
@@ -77,9 +81,12 @@ MP_INLINE ff addmm_pair_value(
       MP_MULF(MP_MULF(d.mass, inflate), kPairStepError), abs_float(alpha));
   const float final_err =
       MP_MULF(MP_ADDF(abs_float(scaled.hi), abs_float(v.hi)), kPairStepError);
+  const float dot_underflow =
+      MP_MULF(MP_MULF(MP_ADDF(kf, 4.0f), abs_float(alpha)), kPairUnderflowUnit);
   *err = MP_ADDF(
-      MP_MULF(MP_ADDF(dot_err, final_err), kPairBoundSlack),
-      MP_MULF(MP_ADDF(kf, 1024.0f), kPairUnderflowUnit));
+      MP_MULF(
+          MP_ADDF(MP_ADDF(dot_err, final_err), dot_underflow), kPairBoundSlack),
+      MP_MULF(1024.0f, kPairUnderflowUnit));
   return v;
 }
 
