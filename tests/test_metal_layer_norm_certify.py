@@ -124,8 +124,10 @@ def test_hard_rows_correctly_rounded(rng):
 @pytest.mark.parametrize("scale", [-140, -120, -60, 0, 60, 100, 126])
 def test_rows_scaled_to_the_ends_of_the_range(rng, scale):
     # The row's power-of-two scale makes the pair arithmetic independent of it;
-    # eps does not scale, so each scale meets eps differently.
-    x = (rng.standard_normal((4, 24)) * 2.0**scale).astype(np.float32)
+    # eps does not scale, so each scale meets eps differently. Draws clipped to
+    # |z| < 3.9: at 2^126 a larger one is past FLT_MAX, an inf row, whose NaN
+    # outputs are right but not what this test checks (about 1 run in 170 drew one).
+    x = (np.clip(rng.standard_normal((4, 24)), -3.9, 3.9) * 2.0**scale).astype(np.float32)
     w = rng.standard_normal(24).astype(np.float32)
     b = (rng.standard_normal(24) * 2.0 ** float(rng.integers(-30, 5))).astype(np.float32)
     for eps in (0.0, 1e-5, 1e-300):
