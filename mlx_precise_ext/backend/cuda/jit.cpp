@@ -10,7 +10,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <iterator>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -210,8 +209,7 @@ bool read_cached(
     const size_t tab = bytes->find('\t', at);
     const size_t end = bytes->find('\n', at);
     if (tab == std::string::npos || end == std::string::npos || tab > end ||
-        bytes->compare(at, tab - at, n) != 0 || tab - at != n.size() ||
-        end == tab + 1)
+        bytes->compare(at, tab - at, n) != 0 || end == tab + 1)
       return false;
     c.lowered[n] = bytes->substr(tab + 1, end - tab - 1);
     at = end + 1;
