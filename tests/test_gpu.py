@@ -259,8 +259,9 @@ def test_kernel_gradient_reduces_over_broadcast_kernel():
     assert np.array_equal(np.array(g_gpu).view(np.uint32), np.array(g_cpu).view(np.uint32))
 
 
-# grad k sums the batch rows of each kernel row, and CUDA recomputes each open output
-# from all of them (recompute_open_sum). Normal rows (u strided) leave ~10 outputs open a target at
+# grad k sums the batch rows of each kernel row; CUDA recomputes its open outputs from
+# the target's row pairs staged one after another in shared memory
+# (recompute_open_reduce). Normal rows (u strided) leave ~10 outputs open a target at
 # L = 4096; non-negative integer rows whose sums reach 2^24..2^25 leave every odd one on
 # an exact tie (~1000 a target, about a batch of the marked list), which the running
 # stage must hand on to the exact one. Alone (CorrelateKernel) and with grad u

@@ -66,6 +66,7 @@ const ConvKernel kKernels[] = {
     {"clear_open_bits", false, false},
     {"recompute_open", false, false},
     {"recompute_undecided", false, false},
+    {"recompute_open_reduce", false, false},
     {"recompute_open_sum", false, false},
     {"recompute_undecided_sum", false, false}};
 

@@ -439,27 +439,47 @@ void recompute_conv_outputs(
     ConvShape shape,
     OpenOutputs& open,
     bool one_term_per_row) {
+  auto recompute = [&](const char* kernel, size_t shared_bytes, auto extra) {
+    recompute_marked(
+        encoder,
+        device,
+        kernel,
+        "recompute_undecided",
+        {&op.a, &op.b, op.bias},
+        op.out,
+        shape.out_len,
+        open,
+        shared_bytes,
+        std::make_tuple(
+            mx::gpu_ptr<float>(op.a),
+            mx::gpu_ptr<float>(op.b),
+            op.bias_data(),
+            mx::gpu_ptr<float>(op.out),
+            ix,
+            shape,
+            static_cast<int>(one_term_per_row)),
+        extra);
+  };
+  if (!one_term_per_row && !shape.has_bias) {
+    // recompute_open_reduce: a pair of inner rows staged, b 16-byte aligned.
+    const int64_t b_offset = (shape.a_len + 3) / 4 * 4;
+    const int64_t staged_bytes =
+        (b_offset + shape.b_len) * static_cast<int64_t>(sizeof(float));
+    if (staged_bytes <=
+        cuda::max_dynamic_shared(
+            cuda::get_kernel(
+                device, Precision::Extended, "recompute_open_reduce", false)))
+      return recompute(
+          "recompute_open_reduce",
+          static_cast<size_t>(staged_bytes),
+          std::make_tuple(static_cast<int>(b_offset)));
+  }
   StagedLengths staged = one_term_per_row
       ? staged_lengths(device, shape.a_len, shape.b_len)
       : StagedLengths{0, 0};
-  recompute_marked(
-      encoder,
-      device,
+  recompute(
       "recompute_open",
-      "recompute_undecided",
-      {&op.a, &op.b, op.bias},
-      op.out,
-      shape.out_len,
-      open,
       (staged.a + staged.b) * sizeof(float),
-      std::make_tuple(
-          mx::gpu_ptr<float>(op.a),
-          mx::gpu_ptr<float>(op.b),
-          op.bias_data(),
-          mx::gpu_ptr<float>(op.out),
-          ix,
-          shape,
-          static_cast<int>(one_term_per_row)),
       std::make_tuple(staged.a, staged.b));
 }
 

@@ -1573,22 +1573,92 @@ __device__ __forceinline__ int warps_per_output(int n, int warps) {
   return best;
 }
 
+// The outputs of a work item, a row's slice (the marked outputs t of the row
+// [first, end) with t % slices == slice), that `open` marks, taken by the
+// block: it reads their bitmap words, kOpenWordsPerThread per thread at a
+// time, clears the bits it takes and lists them (t) in `marked`, up to
+// kMarkedCapacity at a time, calling visit(n) with the whole block for each
+// batch of n listed outputs.
+template <class Visit>
+__device__ __forceinline__ void for_each_marked_batch(
+    const OpenList& open,
+    MP_INT64 first,
+    MP_INT64 end,
+    int slices,
+    int slice,
+    int* marked,
+    Visit visit) {
+  for (MP_INT64 w0 = first / 32; w0 * 32 < end;
+       w0 += kOpenWordsPerThread * blockDim.x) {
+    unsigned taken[kOpenWordsPerThread];
+    int count = 0;
+#pragma unroll
+    for (int i = 0; i < kOpenWordsPerThread; ++i) {
+      const MP_INT64 w = w0 + threadIdx.x + i * blockDim.x;
+      taken[i] = w * 32 < end && w < open.words ? open.bits[w] : 0u;
+    }
+#pragma unroll
+    for (int i = 0; i < kOpenWordsPerThread; ++i) {
+      const MP_INT64 w = w0 + threadIdx.x + i * blockDim.x;
+      if (taken[i] != 0u) {
+        taken[i] = item_bits(taken[i], w, first, end, slices, slice);
+        if (taken[i] != 0u)
+          atomicAnd(open.bits + w, ~taken[i]);
+      }
+      count += __popc(taken[i]);
+    }
+    int total;
+    const int offset = block_exclusive_sum(count, total);
+    for (int base = 0; base < total; base += kMarkedCapacity) {
+      int index = offset;
+#pragma unroll
+      for (int i = 0; i < kOpenWordsPerThread; ++i) {
+        const MP_INT64 w = w0 + threadIdx.x + i * blockDim.x;
+        for (unsigned rest = taken[i]; rest != 0u; rest &= rest - 1u) {
+          if (index >= base && index < base + kMarkedCapacity)
+            marked[index - base] =
+                static_cast<int>(w * 32 + (__ffs(rest) - 1) - first);
+          ++index;
+        }
+      }
+      __syncthreads();
+      visit(min(total - base, static_cast<int>(kMarkedCapacity)));
+      __syncthreads(); // marked is free again
+    }
+  }
+}
+
+// The running stage's decision for output e (certify.h step 3): a certified
+// output passed to write(v), an undecided one marked again for the
+// compensated and exact stages.
+template <class Write>
+__device__ __forceinline__ void decide_running(
+    const OpenList& open,
+    MP_INT64 e,
+    double sum,
+    double mass,
+    Write write) {
+  float v;
+  if (running_certified(sum, mass, &v))
+    write(v);
+  else
+    atomicOr(open.bits + (e >> 5), 1u << (e & 31));
+}
+
 // The running stage (running_sum_part) for the outputs that `open` marks
 // (output row * out_len + t), leaving marked only those it does not decide,
-// for recompute_undecided. A work item is a row's slice: the marked outputs t
-// with t % slices == slice (several blocks share a row when rows are few).
-// The block reads the item's bitmap words, kOpenWordsPerThread per thread at a
-// time, clears the bits it takes and lists them in shared memory (up to
-// kMarkedCapacity at a time); where there are any, stage(row) runs first with
-// the whole block, once, and `staged` is true (its copies are all in flight at
-// once, where an output summed from device memory waits for one load after
-// another; an output reads about half of each operand row). Then groups of
-// warps (warps_per_output: the whole block for a single output, a warp each
-// for as many outputs as the block has warps) call sum_part(row, t, staged,
-// lane, lanes, sum, mass), lane numbering the group's threads, and the group's
-// sums are combined; a certified output is passed to write(row, t, value) from
-// one thread, an undecided one marked again. Each output is correctly rounded
-// on its own: order and grouping change no result bit.
+// for recompute_undecided. A work item is a row's slice
+// (for_each_marked_batch: several blocks share a row when rows are few);
+// where it has marked outputs, stage(row) runs first with the whole block,
+// once, and `staged` is true (its copies are all in flight at once, where an
+// output summed from device memory waits for one load after another; an
+// output reads about half of each operand row). Then groups of warps
+// (warps_per_output: the whole block for a single output, a warp each for as
+// many outputs as the block has warps) call sum_part(row, t, staged, lane,
+// lanes, sum, mass), lane numbering the group's threads, and the group's sums
+// are combined; a certified output is passed to write(row, t, value) from one
+// thread, an undecided one marked again. Each output is correctly rounded on
+// its own: order and grouping change no result bit.
 template <class Stage, class SumPart, class Write>
 __device__ __forceinline__ void for_each_open_output(
     const OpenList& open,
@@ -1607,88 +1677,40 @@ __device__ __forceinline__ void for_each_open_output(
     const int slice = static_cast<int>(item % slices);
     const MP_INT64 first = row * out_len, end = first + out_len;
     bool staged = false;
-    for (MP_INT64 w0 = first / 32; w0 * 32 < end;
-         w0 += kOpenWordsPerThread * blockDim.x) {
-      unsigned taken[kOpenWordsPerThread];
-      int count = 0;
-#pragma unroll
-      for (int i = 0; i < kOpenWordsPerThread; ++i) {
-        const MP_INT64 w = w0 + threadIdx.x + i * blockDim.x;
-        taken[i] = w * 32 < end && w < open.words ? open.bits[w] : 0u;
-      }
-#pragma unroll
-      for (int i = 0; i < kOpenWordsPerThread; ++i) {
-        const MP_INT64 w = w0 + threadIdx.x + i * blockDim.x;
-        if (taken[i] != 0u) {
-          taken[i] = item_bits(taken[i], w, first, end, slices, slice);
-          if (taken[i] != 0u)
-            atomicAnd(open.bits + w, ~taken[i]);
-        }
-        count += __popc(taken[i]);
-      }
-      int total;
-      const int offset = block_exclusive_sum(count, total);
-      for (int base = 0; base < total; base += kMarkedCapacity) {
-        int index = offset;
-#pragma unroll
-        for (int i = 0; i < kOpenWordsPerThread; ++i) {
-          const MP_INT64 w = w0 + threadIdx.x + i * blockDim.x;
-          for (unsigned rest = taken[i]; rest != 0u; rest &= rest - 1u) {
-            if (index >= base && index < base + kMarkedCapacity)
-              marked[index - base] =
-                  static_cast<int>(w * 32 + (__ffs(rest) - 1) - first);
-            ++index;
-          }
-        }
+    for_each_marked_batch(open, first, end, slices, slice, marked, [&](int n) {
+      if (!staged) {
+        stage(row);
         __syncthreads();
-        const int n = min(total - base, static_cast<int>(kMarkedCapacity));
-        if (!staged) {
-          stage(row);
-          __syncthreads();
-          staged = true;
-        }
-        const int group_warps = warps_per_output(n, warps);
-        const int groups = warps / group_warps, group = warp / group_warps,
-                  member = warp % group_warps;
-        for (int i0 = 0; i0 < n; i0 += groups) {
-          const int i = i0 + group;
-          const MP_INT64 t = i < n ? marked[i] : 0;
-          double sum = 0.0, mass = 0.0;
-          if (i < n)
-            sum_part(
-                row,
-                t,
-                staged,
-                member * 32 + lane,
-                group_warps * 32,
-                sum,
-                mass);
-          if (group_warps > 1) {
-            if (lane == 0) {
-              partial[warp][0] = sum;
-              partial[warp][1] = mass;
-            }
-            __syncthreads();
-            if (member == 0)
-              for (int q = 1; q < group_warps; ++q) {
-                sum += partial[warp + q][0];
-                mass += partial[warp + q][1] + fabs(sum);
-              }
-            __syncthreads(); // partial is free again
-          }
-          float v;
-          if (i < n && member == 0 && lane == 0) {
-            if (running_certified(sum, mass, &v)) {
-              write(row, t, v);
-            } else {
-              const MP_INT64 e = first + t;
-              atomicOr(open.bits + (e >> 5), 1u << (e & 31));
-            }
-          }
-        }
-        __syncthreads(); // marked is free again
+        staged = true;
       }
-    }
+      const int group_warps = warps_per_output(n, warps);
+      const int groups = warps / group_warps, group = warp / group_warps,
+                member = warp % group_warps;
+      for (int i0 = 0; i0 < n; i0 += groups) {
+        const int i = i0 + group;
+        const MP_INT64 t = i < n ? marked[i] : 0;
+        double sum = 0.0, mass = 0.0;
+        if (i < n)
+          sum_part(
+              row, t, staged, member * 32 + lane, group_warps * 32, sum, mass);
+        if (group_warps > 1) {
+          if (lane == 0) {
+            partial[warp][0] = sum;
+            partial[warp][1] = mass;
+          }
+          __syncthreads();
+          if (member == 0)
+            for (int q = 1; q < group_warps; ++q) {
+              sum += partial[warp + q][0];
+              mass += partial[warp + q][1] + fabs(sum);
+            }
+          __syncthreads(); // partial is free again
+        }
+        if (i < n && member == 0 && lane == 0)
+          decide_running(
+              open, first + t, sum, mass, [&](float v) { write(row, t, v); });
+      }
+    });
   }
 }
 
@@ -1968,6 +1990,111 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_undecided(
     if (threadIdx.x % 32 == 0)
       rows.out[t] = v;
   });
+}
+
+// recompute_open for reduce_rows' outputs without bias (grad k: a target's
+// output sums over its R inner rows) where a pair of inner rows fits in
+// shared memory: a block per target (slice) stages the pairs one after
+// another, a at 0 and b at b_offset (16-byte aligned), and sums each batch
+// of the target's marked outputs from there, so that the rows are read from
+// device memory once per batch instead of once per output (at L = 16384
+// each of grad k's ~100 marked outputs of a target read all R rows). Groups
+// of warps per output as in for_each_open_output; each warp adds its running
+// sum of a pair (and its mass) to the output's total in shared memory, the
+// |total| after each addition to the mass (a running sum over another tree:
+// no result bit changes).
+__global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_reduce(
+    const float* a,
+    const float* b,
+    const float*, // bias: none here (recompute_undecided's arguments)
+    float* out,
+    const RowIndex ix,
+    const ConvShape g,
+    int, // one_term_per_row: false here
+    int b_offset,
+    int slices,
+    const OpenList open) {
+  float* staged_a = reinterpret_cast<float*>(shared_rows);
+  float* staged_b = staged_a + b_offset;
+  __shared__ int marked[kMarkedCapacity];
+  __shared__ double totals[kMarkedCapacity][2]; // sum, mass
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int warps = blockDim.x / 32;
+  const MP_INT64 rows = (open.words * 32 + g.out_len - 1) / g.out_len;
+  for (MP_INT64 item = blockIdx.x; item < rows * slices; item += gridDim.x) {
+    const MP_INT64 row = item / slices;
+    const int slice = static_cast<int>(item % slices);
+    const MP_INT64 first = row * g.out_len;
+    for_each_marked_batch(
+        open, first, first + g.out_len, slices, slice, marked, [&](int n) {
+          const int group_warps = warps_per_output(n, warps);
+          const int groups = warps / group_warps, group = warp / group_warps,
+                    member = warp % group_warps;
+          for (int i = threadIdx.x; i < n; i += blockDim.x)
+            totals[i][0] = totals[i][1] = 0.0;
+          for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
+            __syncthreads(); // the previous pair is summed
+            stage_row(
+                staged_a,
+                DeviceRow{
+                    a + row_offset(ix, kOperandA, row, j),
+                    ix.time_stride[kOperandA],
+                    g.a_len,
+                    g.a_reversed != 0},
+                static_cast<int>(g.a_len));
+            stage_row(
+                staged_b,
+                DeviceRow{
+                    b + row_offset(ix, kOperandB, row, j),
+                    ix.time_stride[kOperandB],
+                    g.b_len,
+                    false},
+                static_cast<int>(g.b_len));
+            wait_quad_copies();
+            __syncthreads();
+            for (int i = group; i < n; i += groups) {
+              double sum, mass;
+              running_sum_part(
+                  [&](auto range) {
+                    // (the rows' addresses unused: read from the stage)
+                    for_each_term_range(
+                        OperandRow{nullptr, 0},
+                        OperandRow{nullptr, 0},
+                        g,
+                        marked[i],
+                        [&](auto, auto, MP_INT64 m0, MP_INT64 j0, MP_INT64 k) {
+                          range(
+                              StagedRow{staged_a},
+                              StagedRow{staged_b},
+                              m0,
+                              j0,
+                              k);
+                        });
+                  },
+                  member * 32 + lane,
+                  group_warps * 32,
+                  sum,
+                  mass);
+              // The total's addition, rounded to nearest as atomicAdd
+              // rounds it, adds |its result| to the mass.
+              if (lane == 0) {
+                const double before = atomicAdd(&totals[i][0], sum);
+                atomicAdd(&totals[i][1], mass + fabs(before + sum));
+              }
+            }
+          }
+          __syncthreads();
+          for (int i = threadIdx.x; i < n; i += blockDim.x)
+            decide_running(
+                open,
+                first + marked[i],
+                totals[i][0],
+                totals[i][1],
+                [&](float v) {
+                  out[row_offset(ix, kOperandOut, row, 0) + marked[i]] = v;
+                });
+        });
+  }
 }
 
 // recompute_open for the outputs that sum_rows marked.
