@@ -137,7 +137,7 @@ std::filesystem::path cache_directory() {
 
 // FNV-1a: a stable file name across processes and builds (std::hash is not
 // required to be).
-uint64_t fnv1a(const std::string& text) {
+uint64_t fnv1a(std::string_view text) {
   uint64_t h = 14695981039346656037ull;
   for (unsigned char ch : text) {
     h ^= ch;
@@ -178,6 +178,11 @@ std::string cache_key(
   return key;
 }
 
+// "<bytes> <hash>" of a cubin, checked before the driver sees it.
+std::string cubin_stamp(std::string_view cubin) {
+  return std::to_string(cubin.size()) + ' ' + std::to_string(fnv1a(cubin));
+}
+
 // The whole file, or nothing.
 std::optional<std::string> read_file(const std::filesystem::path& path) {
   std::unique_ptr<FILE, int (*)(FILE*)> f(
@@ -194,7 +199,8 @@ std::optional<std::string> read_file(const std::filesystem::path& path) {
   return bytes;
 }
 
-// The file: the key, then per name "name\tlowered\n", then the cubin.
+// The file: the key, then per name "name\tlowered\n", then the cubin's stamp
+// line and the cubin.
 bool read_cached(
     const std::filesystem::path& path,
     const std::string& key,
@@ -214,9 +220,15 @@ bool read_cached(
     c.lowered[n] = bytes->substr(tab + 1, end - tab - 1);
     at = end + 1;
   }
-  if (at >= bytes->size())
+  // The cubin's length and hash: the driver does not check a cubin's extent,
+  // and a truncated one crashed cuModuleLoadData on the H200 host.
+  const size_t end = bytes->find('\n', at);
+  if (end == std::string::npos)
     return false;
-  c.cubin.assign(bytes->begin() + at, bytes->end());
+  const std::string_view cubin = std::string_view(*bytes).substr(end + 1);
+  if (bytes->compare(at, end - at, cubin_stamp(cubin)) != 0 || cubin.empty())
+    return false;
+  c.cubin.assign(cubin.begin(), cubin.end());
   out = std::move(c);
   return true;
 }
@@ -236,7 +248,9 @@ void write_cached(
   std::string bytes = key;
   for (const auto& n : names)
     bytes += n + '\t' + c.lowered.at(n) + '\n';
-  bytes.append(c.cubin.data(), c.cubin.size());
+  const std::string_view cubin(c.cubin.data(), c.cubin.size());
+  bytes += cubin_stamp(cubin) + '\n';
+  bytes.append(cubin);
   const std::string temporary =
       path.string() + ".tmp" + std::to_string(static_cast<long>(getpid()));
   FILE* f = std::fopen(temporary.c_str(), "wb");
