@@ -672,3 +672,21 @@ def test_python_m_m2bert_from_the_repository_root_runs_or_says_what_to_run():
         assert result.returncode == 0 and "embed" in result.stdout, result.stderr
     else:  # the source folder shadows the installed wheel
         assert result.returncode != 0 and "bash scripts/dev_build.sh" in result.stderr
+
+
+def test_recompute_fraction_script_reads_a_checkpoint_and_text(cli_files):
+    """benchmarks/m2bert_recompute_fraction.py on trained-weights input: a checkpoint
+    directory and tokenized documents (issue 10's fraction on real weights and text)."""
+
+    script = REPO_ROOT / "benchmarks" / "m2bert_recompute_fraction.py"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(REPO_ROOT / p) for p in ("", "models", "tests")))
+    result = subprocess.run([sys.executable, script, "--checkpoint", cli_files / "model",
+                             "--text", cli_files / "input.txt", "--tokenizer", cli_files / "vocab.txt",
+                             "--batch", "2"], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert "checkpoint" in lines[0] and "L = 64" in lines[0] and "2 documents" in lines[0]
+    totals = {line.split("|")[1].strip(): line.split("|")[2:5] for line in lines if line.startswith("| **all")}
+    assert set(totals) == {"**all addmm / linear**", "**all rfft_conv**"}
+    for outputs, recomputed, share in totals.values():
+        assert int(outputs) > 0 and 0 <= int(recomputed) <= int(outputs)
