@@ -176,6 +176,37 @@ def bench_long(L):
     return rows
 
 
+def tie_rows(h, L):
+    """Rows whose every causal output is an exact float32 tie: u = 3, k = (5592407, 2, 2, ...), so
+    y_t = 3 (5592407 + 2t) = 2^24 + 5 + 6t, an odd integer in [2^24, 2^25), half-way between two
+    float32 values. No error bound certifies a tie, so every output takes the whole recompute,
+    exact stage included: issue 15's adversarial worst case."""
+    u = mx.full((1, h, L), 3.0)
+    k = mx.concatenate([mx.full((h, 1), 5592407.0), mx.full((h, L - 1), 2.0)], axis=1)
+    exact = 3 * (5592407 + 2 * np.arange(L, dtype=np.float64))
+    return u, k, exact.astype(np.float32)  # numpy rounds the float64 integers half to even
+
+
+def bench_adversarial(L):
+    """(precision, normal ms, all-ties ms) at B=1, H=64, causal, n = 2L."""
+    h, n = 64, 2 * L
+    normal = [(mx.random.normal((1, h, L)), mx.random.normal((h, L)) / np.sqrt(L)) for _ in range(INPUT_SETS)]
+    u, k, expected = tie_rows(h, L)
+    ties = [(u, k)]
+    mx.eval(normal, ties)
+    rows = []
+    for precision in mp.PRECISIONS:
+
+        def conv(u, k):
+            return mp.rfft_conv(u, k, n=n, precision=precision)
+
+        if precision != "float32":
+            y = np.asarray(conv(*ties[0]))
+            assert (y == expected).all(), f"{precision}: a tie was not rounded half to even"
+        rows.append((precision, mlx_time(conv, normal), mlx_time(conv, ties)))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=None)
@@ -185,6 +216,8 @@ def main():
     parser.add_argument("--long", action="store_true", help="B=1, H=64, L = 2^16 ... 2^20")
     parser.add_argument("--long-exponents", type=int, nargs="+", default=list(range(16, 21)),
                         help="the exponents e of --long's L = 2^e")
+    parser.add_argument("--adversarial", type=int, nargs="*", default=[],
+                        help="B=1, H=64 lengths at which to time rows whose every output is a tie")
     args = parser.parse_args()
     copy_bw = copy_bandwidth()
     device = torch.cuda.get_device_name()
@@ -234,6 +267,19 @@ def main():
                 lines.append(
                     f"| 2^{e} | {name} | {ms:.2f} | {ms / ref_ms:.2f}x | {gib:.3f} | {gib / ref_gib:.2f}x |"
                 )
+                print(lines[-1], flush=True)
+    if args.adversarial:
+        lines += [
+            "",
+            "Adversarial rows (issue 15's worst case): B=1, H=64, causal, n=2L; every output of the tie rows",
+            "is an exact float32 tie (checked rounded half to even), so all take the exact recompute; ms:",
+            "",
+            "| L | precision | normal rows | all ties | ratio |",
+            "|---|---|---|---|---|",
+        ]
+        for L in args.adversarial:
+            for precision, normal_ms, ties_ms in bench_adversarial(L):
+                lines.append(f"| {L} | {precision} | {normal_ms:.2f} | {ties_ms:.2f} | {ties_ms / normal_ms:.1f}x |")
                 print(lines[-1], flush=True)
     text = "\n".join(lines) + "\n"
     print(text)
