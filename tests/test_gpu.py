@@ -118,18 +118,48 @@ def test_forward_accuracy_and_dd_bits(shape, precision):
         assert np.array_equal(np.array(y_gpu).view(np.uint32), np.array(y_cpu).view(np.uint32))
 
 
-@pytest.mark.parametrize("L", [40000, 70000])
-def test_long_rows_recompute_bits(L):
+@pytest.mark.parametrize(
+    "L, data", [(40000, "normal"), (70000, "normal"), (70000, "zero_head"), (1 << 17, "normal")]
+)
+def test_long_rows_recompute_bits(rng, L, data):
     # CUDA's recompute of open outputs stages a row's a and b in shared memory when
     # they fit (~53 000 floats together on an H100/H200): L = 40000 stages only
-    # prefixes of both (products beyond them are read from global memory), 70000
-    # stages nothing; few rows spread each row's open outputs over several blocks.
-    u, k, d = random_inputs(1, 2, L, L, seed=L, bias=True)
+    # prefixes of both (products beyond them are read from global memory). Longer
+    # rows go to recompute_open_windows (windows of 8192 outputs, chunks of 4096
+    # entries of b and the span of a they meet staged): at L = 2^17 some 360 outputs
+    # of a row are open, tens per window. zero_head: u is zero but for its last 3000
+    # samples, so the outputs before them are exact zeros, all open (batches of 1024
+    # per window), and those after few per window (fewer than 4 read device memory).
+    u, k, d = random_inputs(1, 3, L, L, seed=int(rng.integers(2**31)), bias=True)
+    if data == "zero_head":
+        u[..., : L - 3000] = 0.0
     args = [mx.array(x) for x in (u, k, d)]
     y_gpu, y_cpu = gpu_and_cpu(
         lambda dev, u, k, d: mp.rfft_conv(u, k, bias=d, precision="extended", stream=dev), *args
     )
+    assert not np.isnan(np.array(y_gpu)).any()
     assert np.array_equal(np.array(y_gpu).view(np.uint32), np.array(y_cpu).view(np.uint32))
+
+
+@pytest.mark.parametrize("precision", BITWISE_PRECISIONS)
+def test_long_rows_gradients_bits(rng, precision):
+    # grad u's rows (the reversed cotangent against k) at L = 70000 take
+    # recompute_open_windows as the forward's do; grad k sums over rows (reduce).
+    L = 70000
+    u, k, d = random_inputs(1, 2, L, L, seed=int(rng.integers(2**31)), bias=True)
+    cot = mx.array(rng.standard_normal((1, 2, L)).astype(np.float32))
+
+    def grads(device, u, k, d):
+        def loss(u, k, d):
+            y = mp.rfft_conv(u, k, bias=d, precision=precision, stream=device)
+            return mx.sum(mx.multiply(y, cot, stream=device), stream=device)
+
+        return mx.grad(loss, argnums=(0, 1, 2))(u, k, d)
+
+    g_gpu, g_cpu = gpu_and_cpu(grads, *[mx.array(x) for x in (u, k, d)])
+    for name, got, cpu in zip("ukd", g_gpu, g_cpu):
+        assert not np.isnan(np.array(got)).any(), name
+        assert np.array_equal(np.array(got).view(np.uint32), np.array(cpu).view(np.uint32)), name
 
 
 @pytest.mark.parametrize("precision", ["extended", "dd"])

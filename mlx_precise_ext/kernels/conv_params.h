@@ -114,6 +114,22 @@ enum : int {
   kRecomputeMaxThreads = 512,
   kOpenWordsPerThread = 4
 };
+
+// CUDA's recompute_open_windows (rows of one term too long for shared
+// memory): a work item is a window of kWindowOutputs outputs of a row, whose
+// marked outputs take their products kWindowChunk entries of b at a time,
+// the chunk (as double) and the span of a that it meets (as float,
+// kWindowStagedA entries: chunk + window - 1 for the plain layout, plus the
+// 16-byte alignment of its start) staged in shared memory; 80 KiB, two
+// blocks per SM. A batch of fewer than kWindowStageMin marked outputs reads
+// device memory instead (staging a chunk reads as much as two outputs'
+// products in it).
+enum : int {
+  kWindowChunk = 4096,
+  kWindowOutputs = 8192,
+  kWindowStagedA = kWindowChunk + kWindowOutputs + 4,
+  kWindowStageMin = 4
+};
 #endif
 
 } // namespace mlx_precise

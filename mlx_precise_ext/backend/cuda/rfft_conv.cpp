@@ -151,9 +151,10 @@ int recompute_threads(int device, CUfunction kernel, size_t shared_bytes) {
 // that leaves marked by `undecided` (recompute_undecided[_sum]: compensated,
 // then exact, a warp per output, the grid over the bitmap). Both read
 // `reads` and write `out`, rows of out_len outputs; `kernel` takes
-// `shared_bytes` of dynamic shared memory. Their arguments: `common`, then
-// for `kernel` `extra`, the slices per row and the list, for `undecided` the
-// list.
+// `shared_bytes` of dynamic shared memory and `windows` work items per row
+// where it sets them (recompute_open_windows: a block each), else 0 (slices
+// of the rows, chosen here). Their arguments: `common`, then for `kernel`
+// `extra`, the items per row and the list, for `undecided` the list.
 template <class... Common, class... Extra>
 void recompute_marked(
     mx::cu::CommandEncoder& encoder,
@@ -165,6 +166,7 @@ void recompute_marked(
     int64_t out_len,
     OpenOutputs& open,
     size_t shared_bytes,
+    int windows,
     std::tuple<Common...> common,
     std::tuple<Extra...> extra) {
   register_buffers(encoder, reads, {&out, &open.bits});
@@ -178,12 +180,17 @@ void recompute_marked(
   // Few long rows (B = 1): their marked outputs spread over several blocks.
   int slices = // (not const: the encoder takes the arguments' addresses)
       static_cast<int>(std::clamp<int64_t>((most + rows - 1) / rows, 1, 64));
+  int64_t blocks = std::min<int64_t>(rows * slices, most);
+  if (windows > 0) {
+    slices = windows;
+    blocks = std::min<int64_t>(rows * windows, INT32_MAX);
+  }
   auto args_of_kernel = std::tuple_cat(common, extra);
   std::apply(
       [&](auto&... args) {
         encoder.add_kernel_node_ex(
             running,
-            dim3(static_cast<unsigned>(std::min<int64_t>(rows * slices, most))),
+            dim3(static_cast<unsigned>(blocks)),
             dim3(threads),
             {},
             static_cast<uint32_t>(shared_bytes),
@@ -439,27 +446,29 @@ void recompute_conv_outputs(
     ConvShape shape,
     OpenOutputs& open,
     bool one_term_per_row) {
-  auto recompute = [&](const char* kernel, size_t shared_bytes, auto extra) {
-    recompute_marked(
-        encoder,
-        device,
-        kernel,
-        "recompute_undecided",
-        {&op.a, &op.b, op.bias},
-        op.out,
-        shape.out_len,
-        open,
-        shared_bytes,
-        std::make_tuple(
-            mx::gpu_ptr<float>(op.a),
-            mx::gpu_ptr<float>(op.b),
-            op.bias_data(),
-            mx::gpu_ptr<float>(op.out),
-            ix,
-            shape,
-            static_cast<int>(one_term_per_row)),
-        extra);
-  };
+  auto recompute =
+      [&](const char* kernel, size_t shared_bytes, int windows, auto extra) {
+        recompute_marked(
+            encoder,
+            device,
+            kernel,
+            "recompute_undecided",
+            {&op.a, &op.b, op.bias},
+            op.out,
+            shape.out_len,
+            open,
+            shared_bytes,
+            windows,
+            std::make_tuple(
+                mx::gpu_ptr<float>(op.a),
+                mx::gpu_ptr<float>(op.b),
+                op.bias_data(),
+                mx::gpu_ptr<float>(op.out),
+                ix,
+                shape,
+                static_cast<int>(one_term_per_row)),
+            extra);
+      };
   if (!one_term_per_row && !shape.has_bias) {
     // recompute_open_reduce: a pair of inner rows staged, b 16-byte aligned.
     const int64_t b_offset = (shape.a_len + 3) / 4 * 4;
@@ -472,14 +481,23 @@ void recompute_conv_outputs(
       return recompute(
           "recompute_open_reduce",
           static_cast<size_t>(staged_bytes),
+          0,
           std::make_tuple(static_cast<int>(b_offset)));
   }
   StagedLengths staged = one_term_per_row
       ? staged_lengths(device, shape.a_len, shape.b_len)
       : StagedLengths{0, 0};
+  if (one_term_per_row && staged.a + staged.b == 0)
+    // Rows too long to stage: windows of outputs, chunks of the rows staged.
+    return recompute(
+        "recompute_open_windows",
+        kWindowChunk * sizeof(double) + kWindowStagedA * sizeof(float),
+        static_cast<int>((shape.out_len + kWindowOutputs - 1) / kWindowOutputs),
+        std::make_tuple());
   recompute(
       "recompute_open",
       (staged.a + staged.b) * sizeof(float),
+      0,
       std::make_tuple(staged.a, staged.b));
 }
 
@@ -871,6 +889,7 @@ void launch_sum(
             out,
             shape.out_len,
             open,
+            0,
             0,
             std::make_tuple(data, mx::gpu_ptr<float>(out), ix, shape, operands),
             std::make_tuple());

@@ -1756,6 +1756,14 @@ struct StagedRow {
   }
 };
 
+// A row staged in shared memory as double (converted once as it is staged).
+struct StagedDoubleRow {
+  const double* data;
+  __device__ __forceinline__ double operator()(int m) const {
+    return data[m];
+  }
+};
+
 // A row in device memory with unit stride, front to back: element m at
 // data[m], 32-bit index arithmetic (DeviceRow's general form takes 64-bit
 // arithmetic and registers per product).
@@ -1790,10 +1798,29 @@ __device__ __forceinline__ void wait_quad_copies() {
 #endif
 }
 
+// dst[m] = src(m) for m < len, converted to T (float, or double for a row
+// that many products read), by the block, several loads in flight per
+// thread. The caller synchronises the block before reading dst.
+template <class T>
+__device__ __forceinline__ void stage_loads(T* dst, DeviceRow src, int len) {
+  constexpr int kBatch = 4;
+  const int step = blockDim.x;
+  for (int m0 = threadIdx.x; m0 < len; m0 += kBatch * step) {
+    float v[kBatch];
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q)
+      v[q] = m0 + q * step < len ? src(m0 + q * step) : 0.0f;
+#pragma unroll
+    for (int q = 0; q < kBatch; ++q)
+      if (m0 + q * step < len)
+        dst[m0 + q * step] = static_cast<T>(v[q]);
+  }
+}
+
 // dst[m] = src(m) for m < len, by the block: a row read front to back with
 // unit stride, both ends 16-byte aligned, by quad copies all in flight at
-// once; any other with several loads in flight per thread. The caller waits
-// (wait_quad_copies) and synchronises the block before reading dst.
+// once; any other by stage_loads. The caller waits (wait_quad_copies) and
+// synchronises the block before reading dst.
 __device__ __forceinline__ void stage_row(float* dst, DeviceRow src, int len) {
   const int step = blockDim.x;
   if (src.stride == 1 && !src.reversed &&
@@ -1807,17 +1834,7 @@ __device__ __forceinline__ void stage_row(float* dst, DeviceRow src, int len) {
       dst[m] = src.data[m];
     return;
   }
-  constexpr int kBatch = 4;
-  for (int m0 = threadIdx.x; m0 < len; m0 += kBatch * step) {
-    float v[kBatch];
-#pragma unroll
-    for (int q = 0; q < kBatch; ++q)
-      v[q] = m0 + q * step < len ? src(m0 + q * step) : 0.0f;
-#pragma unroll
-    for (int q = 0; q < kBatch; ++q)
-      if (m0 + q * step < len)
-        dst[m0 + q * step] = v[q];
-  }
+  stage_loads(dst, src, len);
 }
 
 // The rows of output row `row` that its outputs read (OpenOutputRanges):
@@ -1992,6 +2009,44 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_undecided(
   });
 }
 
+// running_sum_part by warp `member` of a group of group_warps for the
+// products of for_each_range, added to the output's total (sum, mass) in
+// shared memory by each warp: the addition, rounded to nearest as atomicAdd
+// rounds it, adds |its result| to the mass (a running sum over another tree
+// of additions).
+template <class ForEachRange>
+__device__ __forceinline__ void add_running_part(
+    double* total,
+    ForEachRange for_each_range,
+    int member,
+    int group_warps) {
+  const int lane = threadIdx.x % 32;
+  double sum, mass;
+  running_sum_part(
+      for_each_range, member * 32 + lane, group_warps * 32, sum, mass);
+  if (lane == 0) {
+    const double before = atomicAdd(&total[0], sum);
+    atomicAdd(&total[1], mass + fabs(before + sum));
+  }
+}
+
+// decide_running for the n listed outputs first + marked[i] from their
+// totals, by the block; a certified one passed to write(marked[i], value).
+template <class Write>
+__device__ __forceinline__ void decide_totals(
+    const OpenList& open,
+    MP_INT64 first,
+    const int* marked,
+    const double (*totals)[2],
+    int n,
+    Write write) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x)
+    decide_running(
+        open, first + marked[i], totals[i][0], totals[i][1], [&](float v) {
+          write(marked[i], v);
+        });
+}
+
 // recompute_open for reduce_rows' outputs without bias (grad k: a target's
 // output sums over its R inner rows) where a pair of inner rows fits in
 // shared memory: a block per target (slice) stages the pairs one after
@@ -2018,7 +2073,7 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_reduce(
   float* staged_b = staged_a + b_offset;
   __shared__ int marked[kMarkedCapacity];
   __shared__ double totals[kMarkedCapacity][2]; // sum, mass
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int warp = threadIdx.x / 32;
   const int warps = blockDim.x / 32;
   const MP_INT64 rows = (open.words * 32 + g.out_len - 1) / g.out_len;
   for (MP_INT64 item = blockIdx.x; item < rows * slices; item += gridDim.x) {
@@ -2053,8 +2108,8 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_reduce(
             wait_quad_copies();
             __syncthreads();
             for (int i = group; i < n; i += groups) {
-              double sum, mass;
-              running_sum_part(
+              add_running_part(
+                  totals[i],
                   [&](auto range) {
                     // (the rows' addresses unused: read from the stage)
                     for_each_term_range(
@@ -2071,29 +2126,195 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_reduce(
                               k);
                         });
                   },
-                  member * 32 + lane,
-                  group_warps * 32,
-                  sum,
-                  mass);
-              // The total's addition, rounded to nearest as atomicAdd
-              // rounds it, adds |its result| to the mass.
-              if (lane == 0) {
-                const double before = atomicAdd(&totals[i][0], sum);
-                atomicAdd(&totals[i][1], mass + fabs(before + sum));
-              }
+                  member,
+                  group_warps);
             }
           }
           __syncthreads();
-          for (int i = threadIdx.x; i < n; i += blockDim.x)
-            decide_running(
-                open,
-                first + marked[i],
-                totals[i][0],
-                totals[i][1],
-                [&](float v) {
-                  out[row_offset(ix, kOperandOut, row, 0) + marked[i]] = v;
-                });
+          decide_totals(open, first, marked, totals, n, [&](int t, float v) {
+            out[row_offset(ix, kOperandOut, row, 0) + t] = v;
+          });
         });
+  }
+}
+
+// recompute_open for rows of one term (conv_rows' outputs) too long for
+// shared memory, whose outputs recompute_open sums from device memory (at
+// L = 2^20 some 8000 outputs of a row are open, each reading ~L/3 products
+// of both rows: the reads bound it). A work item is a window of
+// kWindowOutputs outputs of a row; a batch of its marked outputs takes its
+// products kWindowChunk entries of b at a time, that chunk (as double: one
+// float->double conversion per product instead of two, the conversions
+// bounding the sums) and the span of a that the batch's ranges meet in it
+// staged in shared memory, so that a staged entry serves every output of the
+// batch. A range outside the staged span (a fold's second entry, a wrapped
+// range) reads device memory, as does a batch of fewer than kWindowStageMin
+// outputs (in one pass). Each warp adds its running sum of a chunk (and its
+// mass) to the output's total in shared memory as recompute_open_reduce
+// does: no result bit changes.
+__global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_windows(
+    const float* a,
+    const float* b,
+    const float* bias,
+    float* out,
+    const RowIndex ix,
+    const ConvShape g,
+    int, // one_term_per_row: true here
+    int windows,
+    const OpenList open) {
+  double* staged_b = reinterpret_cast<double*>(shared_rows);
+  float* staged_a = reinterpret_cast<float*>(staged_b + kWindowChunk);
+  __shared__ int marked[kMarkedCapacity];
+  __shared__ double totals[kMarkedCapacity][2]; // sum, mass
+  __shared__ OutputRowOperands rows;
+  // The batch's range of b (first, end), then the chunk's of a (first, last).
+  __shared__ int extent[4];
+  constexpr int kNone = 0x7fffffff;
+  const OpenOutputRanges ranges{
+      a, b, bias, ix, g, true, nullptr, 0, nullptr, 0};
+  const int warp = threadIdx.x / 32;
+  const int warps = blockDim.x / 32;
+  const MP_INT64 row_count = (open.words * 32 + g.out_len - 1) / g.out_len;
+  for (MP_INT64 item = blockIdx.x; item < row_count * windows;
+       item += gridDim.x) {
+    const MP_INT64 row = item / windows;
+    const MP_INT64 t0 = item % windows * kWindowOutputs;
+    const MP_INT64 first = row * g.out_len + t0;
+    const MP_INT64 end =
+        first + min(static_cast<MP_INT64>(kWindowOutputs), g.out_len - t0);
+    for_each_marked_batch(open, first, end, 1, 0, marked, [&](int n) {
+      if (threadIdx.x == 0) {
+        rows = ranges.rows(out, row);
+        extent[0] = kNone;
+        extent[1] = 0;
+      }
+      for (int i = threadIdx.x; i < n; i += blockDim.x)
+        totals[i][0] = totals[i][1] = 0.0;
+      __syncthreads();
+      for (int i = threadIdx.x; i < n; i += blockDim.x)
+        for_each_term_range(
+            rows.a,
+            rows.b,
+            g,
+            t0 + marked[i],
+            [&](auto, auto, MP_INT64, MP_INT64 j0, MP_INT64 k) {
+              atomicMin(&extent[0], static_cast<int>(j0));
+              atomicMax(&extent[1], static_cast<int>(j0 + k));
+            });
+      __syncthreads();
+      const bool stage = n >= kWindowStageMin;
+      // At least one pass, which adds the bias products.
+      const int j_begin = extent[0] < extent[1] ? extent[0] / 4 * 4 : 0;
+      const int j_end = max(extent[1], j_begin + 1);
+      const int step = stage ? static_cast<int>(kWindowChunk) : j_end - j_begin;
+      const int group_warps = warps_per_output(n, warps);
+      const int groups = warps / group_warps, group = warp / group_warps,
+                member = warp % group_warps;
+      for (MP_INT64 chunk_first = j_begin; chunk_first < j_end;
+           chunk_first += step) {
+        const MP_INT64 chunk_end =
+            min(chunk_first + step, static_cast<MP_INT64>(j_end));
+        // The products k of range (m0, j0, count) with b in the chunk.
+        auto in_chunk = [&](MP_INT64 j0, MP_INT64 count, MP_INT64& k0) {
+          k0 = max(chunk_first - j0, static_cast<MP_INT64>(0));
+          return min(chunk_end - j0, count);
+        };
+        int a_first = 0, a_staged = 0;
+        if (stage) {
+          if (threadIdx.x == 0) {
+            extent[2] = kNone;
+            extent[3] = -1;
+          }
+          __syncthreads(); // (and the previous chunk is summed)
+          for (int i = threadIdx.x; i < n; i += blockDim.x)
+            for_each_term_range(
+                rows.a,
+                rows.b,
+                g,
+                t0 + marked[i],
+                [&](auto, auto, MP_INT64 m0, MP_INT64 j0, MP_INT64 count) {
+                  MP_INT64 k0;
+                  const MP_INT64 k1 = in_chunk(j0, count, k0);
+                  if (k0 < k1) {
+                    atomicMin(&extent[2], static_cast<int>(m0 - k1 + 1));
+                    atomicMax(&extent[3], static_cast<int>(m0 - k0));
+                  }
+                });
+          __syncthreads();
+          if (extent[3] >= 0) {
+            a_first = extent[2] / 4 * 4; // 16-byte aligned copies
+            a_staged = min(extent[3] + 1 - a_first, int{kWindowStagedA});
+            stage_row(
+                staged_a,
+                DeviceRow{
+                    g.a_reversed ? rows.a.data
+                                 : rows.a.data + a_first * rows.a.stride,
+                    rows.a.stride,
+                    g.a_len - a_first,
+                    g.a_reversed != 0},
+                a_staged);
+          }
+          stage_loads(
+              staged_b,
+              DeviceRow{
+                  rows.b.data + chunk_first * rows.b.stride,
+                  rows.b.stride,
+                  g.b_len - chunk_first,
+                  false},
+              static_cast<int>(chunk_end - chunk_first));
+          wait_quad_copies();
+          __syncthreads();
+        }
+        for (int i = group; i < n; i += groups) {
+          const MP_INT64 t = t0 + marked[i];
+          add_running_part(
+              totals[i],
+              [&](auto range) {
+                for_each_term_range(
+                    rows.a,
+                    rows.b,
+                    g,
+                    t,
+                    [&](auto a_at,
+                        auto b_at,
+                        MP_INT64 m0,
+                        MP_INT64 j0,
+                        MP_INT64 count) {
+                      MP_INT64 k0;
+                      const MP_INT64 k1 = in_chunk(j0, count, k0);
+                      if (k0 >= k1)
+                        return;
+                      const MP_INT64 m = m0 - k0, j = j0 + k0;
+                      if (m - (k1 - k0) + 1 >= a_first &&
+                          m < a_first + a_staged)
+                        range(
+                            StagedRow{staged_a},
+                            StagedDoubleRow{staged_b},
+                            m - a_first,
+                            j - chunk_first,
+                            k1 - k0);
+                      else if (is_unit_row(a_at) && is_unit_row(b_at))
+                        range(
+                            UnitRow{a_at.data},
+                            UnitRow{b_at.data},
+                            m,
+                            j,
+                            k1 - k0);
+                      else
+                        range(a_at, b_at, m, j, k1 - k0);
+                    });
+                if (g.has_bias && chunk_first == j_begin)
+                  bias_range(rows.a, rows.bias, t, range);
+              },
+              member,
+              group_warps);
+        }
+      }
+      __syncthreads();
+      decide_totals(open, first, marked, totals, n, [&](int t, float v) {
+        rows.out[t0 + t] = v;
+      });
+    });
   }
 }
 
