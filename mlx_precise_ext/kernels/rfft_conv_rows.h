@@ -18,18 +18,24 @@
 
 namespace mlx_precise {
 
-// Element offset of row `index` of a row-major batch of `ndim` dims.
+// Element offset of row `index` (< the product of the shape) of a row-major
+// batch of `ndim` dims. What is left of the index at the outermost dim is its
+// coordinate there: no division for it (none at all for one dim, the usual
+// case, where a 64-bit remainder per row cost the float kernels ~30
+// instructions).
 MP_INLINE MP_INT64 batch_offset(
     int ndim,
     MP_CONSTANT const MP_INT64* shape,
     MP_CONSTANT const MP_INT64* stride,
     MP_INT64 index) {
+  if (ndim == 0)
+    return 0;
   MP_INT64 offset = 0;
-  for (int d = ndim - 1; d >= 0; --d) {
+  for (int d = ndim - 1; d > 0; --d) {
     offset += (index % shape[d]) * stride[d];
     index /= shape[d];
   }
-  return offset;
+  return offset + index * stride[0];
 }
 
 // Element offset of row (outer, inner) of operand `op`.
@@ -246,6 +252,43 @@ struct SwizzledRow {
   }
 };
 
+// The storage index (slot) of position i of a row: i itself, or
+// SwizzledRow's permutation. Both maps are linear under XOR, slot(x ^ y) =
+// slot(x) ^ slot(y), which fft_pass_groups uses to address its points.
+template <class P>
+MP_INLINE int row_slot(P, int i) {
+  return i;
+}
+template <class P>
+MP_INLINE int row_slot(SwizzledRow<P>, int i) {
+  return i ^ ((i >> 4) & 31);
+}
+
+// The entry of a row at a slot (not a position).
+template <class P>
+MP_INLINE auto& at_slot(P row, int slot) {
+  return row[slot];
+}
+template <class P>
+MP_INLINE auto& at_slot(SwizzledRow<P> row, int slot) {
+  return row.data[slot];
+}
+
+// The slots of the positions base + (c << lq), c < kPoints, in a row laid out
+// as `row`, where base has no bits in [lq, lq + log2 kPoints) (a pass's
+// group): position c is base ^ (c << lq), so its slot is that of the position
+// c - low (low = c's lowest bit) XOR slot(low << lq), one XOR per point
+// instead of a shift, an add and the permutation's three operations.
+template <int kPoints, class P>
+MP_INLINE void group_slots(P row, int base, int lq, MP_THREAD int* slot) {
+  slot[0] = row_slot(row, base);
+  MP_UNROLL
+  for (int c = 1; c < kPoints; ++c) {
+    const int low = c & -c;
+    slot[c] = slot[c - low] ^ row_slot(row, low << lq);
+  }
+}
+
 // Points per thread in the widest pass; the kernels run h / kPassPoints
 // threads per row.
 enum : int { kPassPoints = 16 };
@@ -279,6 +322,29 @@ struct GroupRow {
 template <class T, class Ptr>
 MP_INLINE cpx<T> packed_point(GroupRow<Ptr> row, int m) {
   return get_point<T>(row.re, row.im, m);
+}
+
+// Point m of a pass's source, whose slot in the layout of
+// slot_layout(source) is `slot`: a row in group memory is read at the slot,
+// other sources (rows in device memory) by position.
+struct PositionLayout {};
+
+template <class Source>
+MP_INLINE PositionLayout slot_layout(Source) {
+  return PositionLayout{};
+}
+template <class Ptr>
+MP_INLINE Ptr slot_layout(GroupRow<Ptr> row) {
+  return row.re;
+}
+
+template <class T, class Source>
+MP_INLINE cpx<T> source_point(Source source, int m, int) {
+  return packed_point<T>(source, m);
+}
+template <class T, class Ptr>
+MP_INLINE cpx<T> source_point(GroupRow<Ptr> row, int, int slot) {
+  return cpx<T>{at_slot(row.re, slot), at_slot(row.im, slot)};
 }
 
 // One radix-4 butterfly of a pass on the points i0 + k step (k = 0..3),
@@ -382,10 +448,13 @@ MP_INLINE void fft_pass_groups(
   for (int g = tid; g < groups; g += nthreads) {
     const int j = g & ((1 << lq) - 1);
     const int base = ((g >> lq) << log2_block) + j;
+    int source_slot[kPoints], slot[kPoints];
+    group_slots<kPoints>(slot_layout(source), base, lq, source_slot);
+    group_slots<kPoints>(re, base, lq, slot);
     cpx<T> x[kPoints];
     MP_UNROLL
     for (int c = 0; c < kPoints; ++c)
-      x[c] = packed_point<T>(source, base + (c << lq));
+      x[c] = source_point<T>(source, base + (c << lq), source_slot[c]);
     // Stage s0: butterflies u on the points u + k kPoints/4, at index
     // j + u 2^lq. Stage s0 + 1 (16 points): four blocks of four consecutive
     // points, all at index j.
@@ -408,8 +477,10 @@ MP_INLINE void fft_pass_groups(
             x, fs, s0, tw, j, 1 << lq);
     }
     MP_UNROLL
-    for (int c = 0; c < kPoints; ++c)
-      put_point(re, im, base + (c << lq), x[c]);
+    for (int c = 0; c < kPoints; ++c) {
+      at_slot(re, slot[c]) = x[c].re;
+      at_slot(im, slot[c]) = x[c].im;
+    }
   }
 }
 
