@@ -2177,8 +2177,10 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_windows(
   const MP_INT64 row_count = (open.words * 32 + g.out_len - 1) / g.out_len;
   for (MP_INT64 item = blockIdx.x; item < row_count * windows;
        item += gridDim.x) {
+    // A row's last windows first: their outputs have the most products, so
+    // the grid ends on short items.
     const MP_INT64 row = item / windows;
-    const MP_INT64 t0 = item % windows * kWindowOutputs;
+    const MP_INT64 t0 = (windows - 1 - item % windows) * kWindowOutputs;
     const MP_INT64 first = row * g.out_len + t0;
     const MP_INT64 end =
         first + min(static_cast<MP_INT64>(kWindowOutputs), g.out_len - t0);
