@@ -142,6 +142,29 @@ def test_long_rows_recompute_bits(rng, L, data):
 
 
 @pytest.mark.parametrize("precision", BITWISE_PRECISIONS)
+def test_long_rows_exact_ties(precision):
+    # Rows too long to stage (recompute_open_windows, then a block per undecided
+    # output in recompute_undecided_long) whose last 300 outputs are exact float32
+    # ties: u = 3 on them, k = (5592407, 2, 2, ...), y_t = 2^24 + 5 + 6 (t - t_0), odd
+    # integers between 2^24 and 2^25, which only the exact sum decides (half to even);
+    # the outputs before them are exact zeros, open under the rows' large bound.
+    L, W = 70000, 300
+    u = np.zeros((1, 2, L), np.float32)
+    u[..., L - W :] = 3
+    k = np.full((2, L), 2, np.float32)
+    k[:, 0] = 5592407
+    t = np.arange(L)
+    exact = np.where(t >= L - W, 3 * 5592407 + 6 * (t - (L - W)), 0)
+    expected = np.broadcast_to(exact.astype(np.float64).astype(np.float32), (1, 2, L))
+    halves = np.abs(exact - expected[0, 0].astype(np.int64)) * 2
+    assert ((halves == np.spacing(np.abs(expected[0, 0])).astype(np.int64)) & (exact != 0)).sum() == W
+    args = [mx.array(x) for x in (u, k)]
+    y_gpu, y_cpu = gpu_and_cpu(lambda dev, u, k: mp.rfft_conv(u, k, precision=precision, stream=dev), *args)
+    np.testing.assert_array_equal(np.array(y_gpu).view(np.uint32), expected.view(np.uint32))
+    np.testing.assert_array_equal(np.array(y_cpu).view(np.uint32), expected.view(np.uint32))
+
+
+@pytest.mark.parametrize("precision", BITWISE_PRECISIONS)
 def test_long_rows_gradients_bits(rng, precision):
     # grad u's rows (the reversed cotangent against k) at L = 70000 take
     # recompute_open_windows as the forward's do; grad k sums over rows (reduce).

@@ -68,6 +68,7 @@ const ConvKernel kKernels[] = {
     {"recompute_undecided", false, false},
     {"recompute_open_reduce", false, false},
     {"recompute_open_windows", false, false},
+    {"recompute_undecided_long", false, false},
     {"recompute_open_sum", false, false},
     {"recompute_undecided_sum", false, false}};
 

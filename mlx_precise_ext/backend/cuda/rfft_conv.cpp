@@ -452,7 +452,8 @@ void recompute_conv_outputs(
             encoder,
             device,
             kernel,
-            "recompute_undecided",
+            // The long rows' undecided outputs: a block each.
+            windows > 0 ? "recompute_undecided_long" : "recompute_undecided",
             {&op.a, &op.b, op.bias},
             op.out,
             shape.out_len,

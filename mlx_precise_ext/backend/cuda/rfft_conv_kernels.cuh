@@ -1327,19 +1327,31 @@ __global__ void clear_open_bits(unsigned* bits, MP_INT64 words) {
 // added, their magnitudes joining the mass (as compensated_round does). The
 // combination is symmetric in the two lanes of a shuffle, so every lane gets
 // the same triple.
+__device__ __forceinline__ void combine_compensated(
+    double& hi,
+    double& lo,
+    double& mass,
+    double h,
+    double l,
+    double m) {
+  const double s = hi + h;
+  const double hh = s - hi;
+  const double e = (hi - (s - hh)) + (h - hh); // exact: hi + h - s
+  mass = (mass + m) + (fabs(lo) + fabs(l)) + fabs(e);
+  lo = (lo + l) + e;
+  hi = s;
+}
+
 __device__ __forceinline__ void
 warp_compensated_sum(double& hi, double& lo, double& mass) {
-  for (int offset = 16; offset > 0; offset /= 2) {
-    const double h = __shfl_xor_sync(0xffffffffu, hi, offset);
-    const double l = __shfl_xor_sync(0xffffffffu, lo, offset);
-    const double m = __shfl_xor_sync(0xffffffffu, mass, offset);
-    const double s = hi + h;
-    const double hh = s - hi;
-    const double e = (hi - (s - hh)) + (h - hh); // exact: hi + h - s
-    mass = (mass + m) + (fabs(lo) + fabs(l)) + fabs(e);
-    lo = (lo + l) + e;
-    hi = s;
-  }
+  for (int offset = 16; offset > 0; offset /= 2)
+    combine_compensated(
+        hi,
+        lo,
+        mass,
+        __shfl_xor_sync(0xffffffffu, hi, offset),
+        __shfl_xor_sync(0xffffffffu, lo, offset),
+        __shfl_xor_sync(0xffffffffu, mass, offset));
 }
 
 // Independent accumulators per lane in the running stage, so that the
@@ -1449,31 +1461,33 @@ __device__ float warp_exact_sum(ForEachRange for_each_range) {
   return exact_sum_round(s);
 }
 
-// The stages of correctly_rounded_sum after the running one, spread over a
-// warp, for the outputs that it did not decide: lane i sums the products k =
-// i, i + 32, ... with compensation; what that does not decide either (exact
-// zeros, and results within a few units of double rounding of a float32
-// tie: some in a thousand of these outputs, since they are the ones closest
-// to ties) by warp_exact_sum. Every lane of the warp calls it and gets the
-// result.
+// The compensated stage of correctly_rounded_sum spread over `lanes` threads
+// (whole warps; this thread number `lane`): the thread sums the products k =
+// lane, lane + lanes, ... with compensation into hi, lo and errors (the sum
+// of |TwoSum errors|), the operands of kLoadBatch products loaded before any
+// is added (from device memory: their loads in flight together; the
+// additions keep their order), and counts the range's products.
 template <class ForEachRange>
-__device__ float warp_compensated_or_exact_sum(ForEachRange for_each_range) {
-  const int lane = threadIdx.x % 32;
-  double hi = 0.0, lo = 0.0, errors = 0.0;
-  MP_INT64 products = 0;
+__device__ __forceinline__ void compensated_sum_part(
+    ForEachRange for_each_range,
+    int lane,
+    int lanes,
+    double& hi,
+    double& lo,
+    double& errors,
+    MP_INT64& products) {
+  hi = lo = errors = 0.0;
+  products = 0;
   for_each_range([&](auto a, auto b, MP_INT64 m0, MP_INT64 j0, MP_INT64 n) {
     const int m = static_cast<int>(m0), j = static_cast<int>(j0);
     const int count = static_cast<int>(n);
-    // The operands of kLoadBatch products loaded before any is added, so
-    // that their loads (from device memory) are in flight together; the
-    // additions keep their order.
     int k = lane;
-    for (; k + 32 * (kLoadBatch - 1) < count; k += 32 * kLoadBatch) {
+    for (; k + lanes * (kLoadBatch - 1) < count; k += lanes * kLoadBatch) {
       float x[kLoadBatch], y[kLoadBatch];
 #pragma unroll
       for (int q = 0; q < kLoadBatch; ++q) {
-        x[q] = a(m - k - 32 * q);
-        y[q] = b(j + k + 32 * q);
+        x[q] = a(m - k - lanes * q);
+        y[q] = b(j + k + lanes * q);
       }
 #pragma unroll
       for (int q = 0; q < kLoadBatch; ++q)
@@ -1484,7 +1498,7 @@ __device__ float warp_compensated_or_exact_sum(ForEachRange for_each_range) {
             static_cast<double>(x[q]) * static_cast<double>(y[q]));
     }
     // (certify.h's: pair_kernels.cuh has a gpu:: function of that name)
-    for (; k < count; k += 32)
+    for (; k < count; k += lanes)
       mlx_precise::compensated_add(
           hi,
           lo,
@@ -1492,17 +1506,85 @@ __device__ float warp_compensated_or_exact_sum(ForEachRange for_each_range) {
           static_cast<double>(a(m - k)) * static_cast<double>(b(j + k)));
     products += n;
   });
-  warp_compensated_sum(hi, lo, errors);
-  // hi + lo + (the sum of the errors - lo) is exact; lo sums at most
-  // products + 32 errors and partial sums (certify.h, compensated_round).
+}
+
+// certified_round of a compensated sum over `lanes` threads combined (each
+// lane's hi, lo and errors merged by combine_compensated): hi + lo + (the sum
+// of the errors - lo) is exact, and lo sums at most products + 2 lanes
+// errors and low parts (certify.h, compensated_round).
+__device__ __forceinline__ bool certified_compensated(
+    double hi,
+    double lo,
+    double errors,
+    MP_INT64 products,
+    int lanes,
+    float* out) {
   const double v = hi + lo;
-  const double err = gamma_bound(products + 2 * 32) * (1.0 + 1.0 / 1024.0) *
+  const double err = gamma_bound(products + 2 * lanes) * (1.0 + 1.0 / 1024.0) *
           (errors + fabs(lo)) +
       2.0 * kUnitRoundoff64 * fabs(v);
+  return certified_round(v, err, out);
+}
+
+// The stages of correctly_rounded_sum after the running one, spread over a
+// warp, for the outputs that it did not decide: compensated_sum_part over
+// the warp's lanes; what that does not decide either (exact zeros, and
+// results within a few units of double rounding of a float32 tie: some in a
+// thousand of these outputs, since they are the ones closest to ties) by
+// warp_exact_sum. Every lane of the warp calls it and gets the result.
+template <class ForEachRange>
+__device__ float warp_compensated_or_exact_sum(ForEachRange for_each_range) {
+  double hi, lo, errors;
+  MP_INT64 products;
+  compensated_sum_part(
+      for_each_range, threadIdx.x % 32, 32, hi, lo, errors, products);
+  warp_compensated_sum(hi, lo, errors);
   float out;
-  if (certified_round(v, err, &out))
+  if (certified_compensated(hi, lo, errors, products, 32, &out))
     return out;
   return warp_exact_sum(for_each_range);
+}
+
+// warp_compensated_or_exact_sum over the whole block, for outputs of many
+// products (a warp each left the long rows' few undecided outputs to a few
+// warps, one load latency after another): the warps' compensated sums are
+// combined in shared memory in warp order, the same by every thread, and the
+// exact stage, where needed, is warp 0's. Every thread of the block calls it
+// and gets the result.
+template <class ForEachRange>
+__device__ float block_compensated_or_exact_sum(ForEachRange for_each_range) {
+  __shared__ double parts[kRecomputeMaxThreads / 32][3];
+  __shared__ float exact;
+  const int warp = threadIdx.x / 32;
+  double hi, lo, errors;
+  MP_INT64 products;
+  compensated_sum_part(
+      for_each_range, threadIdx.x, blockDim.x, hi, lo, errors, products);
+  warp_compensated_sum(hi, lo, errors);
+  if (threadIdx.x % 32 == 0) {
+    parts[warp][0] = hi;
+    parts[warp][1] = lo;
+    parts[warp][2] = errors;
+  }
+  __syncthreads();
+  hi = parts[0][0];
+  lo = parts[0][1];
+  errors = parts[0][2];
+  for (int w = 1; w < static_cast<int>(blockDim.x / 32); ++w)
+    combine_compensated(hi, lo, errors, parts[w][0], parts[w][1], parts[w][2]);
+  __syncthreads(); // parts is free again
+  float out;
+  if (certified_compensated(hi, lo, errors, products, blockDim.x, &out))
+    return out;
+  if (warp == 0) {
+    const float v = warp_exact_sum(for_each_range);
+    if (threadIdx.x == 0)
+      exact = v;
+  }
+  __syncthreads();
+  out = exact;
+  __syncthreads(); // exact is free again
+  return out;
 }
 
 // Marked outputs a block lists at a time, and the warps of a recompute
@@ -2045,6 +2127,41 @@ __device__ __forceinline__ void decide_totals(
         open, first + marked[i], totals[i][0], totals[i][1], [&](float v) {
           write(marked[i], v);
         });
+}
+
+// recompute_undecided for the long rows that recompute_open_windows
+// recomputes (an undecided output there sums up to L products: with a warp
+// each, the few of them waited on one load latency after another in a few
+// warps): a block per marked output (block_compensated_or_exact_sum), the
+// blocks over the bitmap in spans of kOpenWordsPerThread words per thread,
+// listed as for_each_open_output lists them.
+__global__ void __launch_bounds__(kRecomputeThreads) recompute_undecided_long(
+    const float* a,
+    const float* b,
+    const float* bias,
+    float* out,
+    const RowIndex ix,
+    const ConvShape g,
+    int one_term_per_row,
+    const OpenList open) {
+  __shared__ int marked[kMarkedCapacity];
+  const OpenOutputRanges ranges{
+      a, b, bias, ix, g, one_term_per_row != 0, nullptr, 0, nullptr, 0};
+  const MP_INT64 span =
+      32 * kOpenWordsPerThread * static_cast<MP_INT64>(blockDim.x);
+  for (MP_INT64 first = blockIdx.x * span; first < open.words * 32;
+       first += gridDim.x * span)
+    for_each_marked_batch(open, first, first + span, 1, 0, marked, [&](int n) {
+      for (int i = 0; i < n; ++i) {
+        const MP_INT64 e = first + marked[i];
+        const MP_INT64 row = e / g.out_len, t = e % g.out_len;
+        const OutputRowOperands rows = ranges.rows(out, row);
+        const float v = block_compensated_or_exact_sum(
+            [&](auto range) { ranges(rows, row, t, false, range); });
+        if (threadIdx.x == 0)
+          rows.out[t] = v;
+      }
+    });
 }
 
 // recompute_open for reduce_rows' outputs without bias (grad k: a target's
