@@ -60,7 +60,7 @@ MP_INLINE BigNatural<L> big_from(BigWord v, int shift) {
 }
 
 template <int L>
-MP_INLINE int big_compare(
+MP_OUTLINE int big_compare(
     const MP_THREAD BigNatural<L>& a,
     const MP_THREAD BigNatural<L>& b) {
   if (a.size != b.size)
@@ -72,7 +72,7 @@ MP_INLINE int big_compare(
 }
 
 template <int L>
-MP_INLINE BigNatural<L> big_add(
+MP_OUTLINE BigNatural<L> big_add(
     const MP_THREAD BigNatural<L>& a,
     const MP_THREAD BigNatural<L>& b) {
   BigNatural<L> r;
@@ -92,7 +92,7 @@ MP_INLINE BigNatural<L> big_add(
 
 // a - b for a >= b.
 template <int L>
-MP_INLINE BigNatural<L> big_subtract(
+MP_OUTLINE BigNatural<L> big_subtract(
     const MP_THREAD BigNatural<L>& a,
     const MP_THREAD BigNatural<L>& b) {
   BigNatural<L> r;
@@ -109,7 +109,7 @@ MP_INLINE BigNatural<L> big_subtract(
 }
 
 template <int L>
-MP_INLINE BigNatural<L> big_multiply(
+MP_OUTLINE BigNatural<L> big_multiply(
     const MP_THREAD BigNatural<L>& a,
     const MP_THREAD BigNatural<L>& b) {
   BigNatural<L> r;
@@ -131,7 +131,7 @@ MP_INLINE BigNatural<L> big_multiply(
 }
 
 template <int L>
-MP_INLINE BigNatural<L> big_shift_left(
+MP_OUTLINE BigNatural<L> big_shift_left(
     const MP_THREAD BigNatural<L>& a,
     int bits) {
   BigNatural<L> r;
@@ -165,7 +165,7 @@ MP_INLINE int big_bit_length(const MP_THREAD BigNatural<L>& a) {
 
 // floor(a / b) for b > 0, one quotient bit at a time (rare paths only).
 template <int L>
-MP_INLINE BigNatural<L> big_divide(
+MP_OUTLINE BigNatural<L> big_divide(
     const MP_THREAD BigNatural<L>& a,
     const MP_THREAD BigNatural<L>& b) {
   BigNatural<L> q = big_from<L>(0, 0), r = big_from<L>(0, 0);
@@ -188,7 +188,7 @@ MP_INLINE BigNatural<L> big_divide(
 
 // floor(sqrt(a)), two bits of a per result bit (rare paths only).
 template <int L>
-MP_INLINE BigNatural<L> big_square_root(const MP_THREAD BigNatural<L>& a) {
+MP_OUTLINE BigNatural<L> big_square_root(const MP_THREAD BigNatural<L>& a) {
   BigNatural<L> rest = a, root = big_from<L>(0, 0);
   for (int bit = (big_bit_length(a) - 1) & ~1; bit >= 0; bit -= 2) {
     // root holds the result's bits above bit / 2, times 2^(bit / 2 + 1).
@@ -221,7 +221,7 @@ MP_INLINE int big_sign(const MP_THREAD BigInteger<L>& a) {
 }
 
 template <int L>
-MP_INLINE BigInteger<L> big_add(
+MP_OUTLINE BigInteger<L> big_add(
     const MP_THREAD BigInteger<L>& a,
     const MP_THREAD BigInteger<L>& b) {
   if (a.negative == b.negative)
@@ -238,7 +238,7 @@ MP_INLINE BigInteger<L> big_negate(BigInteger<L> a) {
 }
 
 template <int L>
-MP_INLINE BigInteger<L> big_multiply(
+MP_OUTLINE BigInteger<L> big_multiply(
     const MP_THREAD BigInteger<L>& a,
     const MP_THREAD BigInteger<L>& b) {
   return BigInteger<L>{
@@ -247,14 +247,14 @@ MP_INLINE BigInteger<L> big_multiply(
 
 // A finite float32 times 2^shift; shift >= 149 makes it an integer.
 template <int L>
-MP_INLINE BigInteger<L> big_from_float(float x, int shift) {
+MP_OUTLINE BigInteger<L> big_from_float(float x, int shift) {
   const FloatParts p = float_parts(x);
   return BigInteger<L>{big_from<L>(p.mantissa, p.exponent + shift), p.negative};
 }
 
 // a with W >= L limbs.
 template <int W, int L>
-MP_INLINE BigNatural<W> big_widen(const MP_THREAD BigNatural<L>& a) {
+MP_OUTLINE BigNatural<W> big_widen(const MP_THREAD BigNatural<L>& a) {
   BigNatural<W> r;
   for (int i = 0; i < W; ++i)
     r.limb[i] = i < a.size ? a.limb[i] : 0u;
