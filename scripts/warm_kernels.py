@@ -2,7 +2,7 @@
 
     python scripts/warm_kernels.py
 
-NVRTC takes minutes for the float64 rfft_conv module (about three on an H200 host), once
+NVRTC takes about a minute a module (the rfft_conv ones 61-65 s on an H200 host), once
 per machine and kernel version thanks to the cache (MLX_PRECISE_KERNEL_CACHE_DIR,
 docs/gpu.md). Run this before parallel tests or benchmarks so that their processes load
 cubins instead of each compiling the same modules. One process per module: NVRTC compiles a

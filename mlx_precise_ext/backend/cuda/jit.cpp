@@ -116,7 +116,7 @@ Compiled compile(
 }
 
 // The on-disk cache of compiled modules. NVRTC takes tens of seconds for the
-// float64 row kernels (42 s for the strict module on an H200 host), once per
+// float64 row kernels (about a minute a module on an H200 host), once per
 // process without it, as MLX's own kernels would without its PTX cache.
 // MLX_PRECISE_KERNEL_CACHE_DIR names the directory ("" turns the cache off);
 // the default is $XDG_CACHE_HOME/mlx_precise/kernels, else
