@@ -2091,24 +2091,102 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_undecided(
   });
 }
 
+// Adds a warp's running sum and its mass (every lane holds them) to an
+// output's total (sum, mass) in shared memory: the addition, rounded to
+// nearest as atomicAdd rounds it, adds |its result| to the mass (a running
+// sum over another tree of additions).
+__device__ __forceinline__ void
+add_to_total(double* total, double sum, double mass) {
+  if (threadIdx.x % 32 == 0) {
+    const double before = atomicAdd(&total[0], sum);
+    atomicAdd(&total[1], mass + fabs(before + sum));
+  }
+}
+
 // running_sum_part by warp `member` of a group of group_warps for the
-// products of for_each_range, added to the output's total (sum, mass) in
-// shared memory by each warp: the addition, rounded to nearest as atomicAdd
-// rounds it, adds |its result| to the mass (a running sum over another tree
-// of additions).
+// products of for_each_range, added to the output's total by each warp.
 template <class ForEachRange>
 __device__ __forceinline__ void add_running_part(
     double* total,
     ForEachRange for_each_range,
     int member,
     int group_warps) {
-  const int lane = threadIdx.x % 32;
   double sum, mass;
   running_sum_part(
-      for_each_range, member * 32 + lane, group_warps * 32, sum, mass);
-  if (lane == 0) {
-    const double before = atomicAdd(&total[0], sum);
-    atomicAdd(&total[1], mass + fabs(before + sum));
+      for_each_range,
+      member * 32 + threadIdx.x % 32,
+      group_warps * 32,
+      sum,
+      mass);
+  add_to_total(total, sum, mass);
+}
+
+// running_sum_part for two outputs whose products a(m_o - k) b(j + k), k <
+// count, read the same entries of b: each entry of b is loaded once for
+// both, so that a product takes one shared load of a and half of one of b
+// (the shared loads bound the staged sums). Two chains per output (the
+// same four independent additions per lane), in running_sum_part's layout;
+// every lane gets both warp sums and masses.
+template <class RowA, class RowB>
+__device__ __forceinline__ void running_sum_pair(
+    RowA a,
+    RowB b,
+    const int (&m)[2],
+    int j,
+    int count,
+    int lane,
+    int lanes,
+    double (&sum)[2],
+    double (&mass)[2]) {
+  constexpr int kChains = 2;
+  double sums[2][kChains] = {}, masses[2][kChains] = {};
+  const int base = lane % 32 + (lane - lane % 32) * kChains;
+  const int step = lanes * kChains;
+  int k = base;
+  while (k + 32 * (kChains - 1) < count) {
+    double blocks[2][kChains] = {};
+    for (int i = 0; i < kRunningBlock && k + 32 * (kChains - 1) < count;
+         ++i, k += step) {
+#pragma unroll
+      for (int c = 0; c < kChains; ++c) {
+        const double y = static_cast<double>(b(j + k + 32 * c));
+#pragma unroll
+        for (int o = 0; o < 2; ++o) {
+          // The product is exact: one rounding, the addition's.
+          blocks[o][c] =
+              fma(static_cast<double>(a(m[o] - k - 32 * c)), y, blocks[o][c]);
+          masses[o][c] += fabs(blocks[o][c]);
+        }
+      }
+    }
+#pragma unroll
+    for (int o = 0; o < 2; ++o)
+#pragma unroll
+      for (int c = 0; c < kChains; ++c) {
+        sums[o][c] += blocks[o][c];
+        masses[o][c] += fabs(sums[o][c]);
+      }
+  }
+#pragma unroll
+  for (int c = 0; c < kChains; ++c)
+    if (k + 32 * c < count)
+#pragma unroll
+      for (int o = 0; o < 2; ++o) {
+        sums[o][0] =
+            fma(static_cast<double>(a(m[o] - k - 32 * c)),
+                static_cast<double>(b(j + k + 32 * c)),
+                sums[o][0]);
+        masses[o][0] += fabs(sums[o][0]);
+      }
+#pragma unroll
+  for (int o = 0; o < 2; ++o) {
+    sum[o] = sums[o][0];
+    mass[o] = masses[o][0];
+    for (int c = 1; c < kChains; ++c) {
+      sum[o] += sums[o][c];
+      mass[o] += masses[o][c] + fabs(sum[o]);
+    }
+    warp_running_sum(sum[o], mass[o]);
   }
 }
 
@@ -2384,7 +2462,32 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_windows(
           wait_quad_copies();
           __syncthreads();
         }
-        for (int i = group; i < n; i += groups) {
+        // The one range of output t's products in the chunk, in the staged
+        // rows, where it has one (no other range, no bias product here);
+        // else count 0.
+        auto staged_range = [&](MP_INT64 t, int& m, int& j) {
+          int count = 0, met = 0;
+          for_each_term_range(
+              rows.a,
+              rows.b,
+              g,
+              t,
+              [&](auto, auto, MP_INT64 m0, MP_INT64 j0, MP_INT64 k) {
+                MP_INT64 k0;
+                const MP_INT64 k1 = in_chunk(j0, k, k0);
+                if (k0 >= k1)
+                  return;
+                ++met;
+                if (m0 - k1 + 1 >= a_first && m0 - k0 < a_first + a_staged) {
+                  m = static_cast<int>(m0 - k0 - a_first);
+                  j = static_cast<int>(j0 + k0 - chunk_first);
+                  count = static_cast<int>(k1 - k0);
+                }
+              });
+          return met == 1 && !(g.has_bias && chunk_first == j_begin) ? count
+                                                                     : 0;
+        };
+        auto add_output = [&](int i) {
           const MP_INT64 t = t0 + marked[i];
           add_running_part(
               totals[i],
@@ -2427,6 +2530,36 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_windows(
               },
               member,
               group_warps);
+        };
+        // Outputs i and i + groups together where their staged ranges read
+        // the same entries of b (all but an output's last chunks for the
+        // causal layout).
+        for (int i = group; i < n; i += 2 * groups) {
+          const int other = i + groups;
+          int m[2] = {0, 0}, j[2] = {0, 0};
+          const int count =
+              stage ? staged_range(t0 + marked[i], m[0], j[0]) : 0;
+          if (count > 0 && other < n &&
+              staged_range(t0 + marked[other], m[1], j[1]) == count &&
+              j[1] == j[0]) {
+            double sum[2], mass[2];
+            running_sum_pair(
+                StagedRow{staged_a},
+                StagedDoubleRow{staged_b},
+                m,
+                j[0],
+                count,
+                member * 32 + threadIdx.x % 32,
+                group_warps * 32,
+                sum,
+                mass);
+            add_to_total(totals[i], sum[0], mass[0]);
+            add_to_total(totals[other], sum[1], mass[1]);
+          } else {
+            add_output(i);
+            if (other < n)
+              add_output(other);
+          }
         }
       }
       __syncthreads();
