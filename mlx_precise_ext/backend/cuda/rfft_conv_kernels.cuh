@@ -2404,7 +2404,8 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_windows(
       const int j_begin = extent[0] < extent[1] ? extent[0] / 4 * 4 : 0;
       const int j_end = max(extent[1], j_begin + 1);
       const int step = stage ? static_cast<int>(kWindowChunk) : j_end - j_begin;
-      const int group_warps = warps_per_output(n, warps);
+      // Staged, a group takes outputs in pairs (running_sum_pair).
+      const int group_warps = warps_per_output(stage ? (n + 1) / 2 : n, warps);
       const int groups = warps / group_warps, group = warp / group_warps,
                 member = warp % group_warps;
       for (MP_INT64 chunk_first = j_begin; chunk_first < j_end;
