@@ -4,7 +4,8 @@ The CUDA kernels group the radix-4/radix-2 stages into passes that keep 16, 8, 4
 in registers (kernels/rfft_conv_rows.h, fft_pass: "wide"), or run one stage per pass
 ("narrow"), on a swizzled row; the forward transform's first pass reads the real row from
 device memory, as a DeviceRow or (unit stride, even length, aligned) a ContiguousRow
-("contiguous"). Every
+("contiguous"), or the same on a row with each point's parts side by side ("interleaved",
+conv_rows<float>'s rows on CUDA). Every
 butterfly is the stage-by-stage one on the same operands, so the results must be bitwise
 equal: that is what keeps the GPU's float32 results and its certified extended/dd bits
 unchanged. Here one CPU thread runs both forms (mlx_precise._ext.testing.gpu_transform).
@@ -46,7 +47,7 @@ def test_passes_equal_stages_bitwise(precision, fft_size):
     h = fft_size // 2
     t = _ext.testing.gpu_transform
     for inverse in (False, True):
-        methods = ("wide", "narrow", "contiguous")
+        methods = ("wide", "narrow", "contiguous", "interleaved")
         assert_methods_equal_stages(re, im, fft_size, precision, inverse, methods)
     # And the transform is one: the inverse of the forward is H times the input.
     fre, fim = t(re, im, fft_size, precision, False, "wide")
@@ -65,7 +66,7 @@ def test_first_pass_of_a_cut_row_bitwise(precision, fft_size):
     re, im = random_row(fft_size)
     h = fft_size // 2
     for length in sorted({1, h, h + 1, 2 * h - 1, 2 * h - 2} - {0}):
-        methods = ["wide", "narrow"] + (["contiguous"] if length % 2 == 0 else [])
+        methods = ["wide", "narrow"] + (["contiguous", "interleaved"] if length % 2 == 0 else [])
         assert_methods_equal_stages(re, im, fft_size, precision, False, methods, length)
 
 

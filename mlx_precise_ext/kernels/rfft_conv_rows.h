@@ -252,15 +252,35 @@ struct SwizzledRow {
   }
 };
 
+// A row in group memory with the real and the imaginary part of each slot
+// side by side (SwizzledRow's slots, 2 values each): `part` 0 reads the
+// real parts, 1 the imaginary ones. A point is then one 8-byte access at
+// one address (float rows on CUDA: an LDS.64/STS.64 instead of two accesses
+// at two addresses). Rows of h points are stored back to back, 2h values
+// each, as the (re, im) arrays of h values are.
+template <class P>
+struct InterleavedRow {
+  P data;
+  int part;
+  MP_INLINE auto& operator[](int i) const {
+    return data[2 * (i ^ ((i >> 4) & 31)) + part];
+  }
+};
+
 // The storage index (slot) of position i of a row: i itself, or
-// SwizzledRow's permutation. Both maps are linear under XOR, slot(x ^ y) =
-// slot(x) ^ slot(y), which fft_pass_groups uses to address its points.
+// SwizzledRow's (InterleavedRow's) permutation. Both maps are linear under XOR,
+// slot(x ^ y) = slot(x) ^ slot(y), which fft_pass_groups uses to address its
+// points.
 template <class P>
 MP_INLINE int row_slot(P, int i) {
   return i;
 }
 template <class P>
 MP_INLINE int row_slot(SwizzledRow<P>, int i) {
+  return i ^ ((i >> 4) & 31);
+}
+template <class P>
+MP_INLINE int row_slot(InterleavedRow<P>, int i) {
   return i ^ ((i >> 4) & 31);
 }
 
@@ -272,6 +292,10 @@ MP_INLINE auto& at_slot(P row, int slot) {
 template <class P>
 MP_INLINE auto& at_slot(SwizzledRow<P> row, int slot) {
   return row.data[slot];
+}
+template <class P>
+MP_INLINE auto& at_slot(InterleavedRow<P> row, int slot) {
+  return row.data[2 * slot + row.part];
 }
 
 // The slots of the positions base + (c << lq), c < kPoints, in a row laid out
@@ -660,6 +684,10 @@ MP_INLINE P row_at(P row, int offset) {
 template <class P>
 MP_INLINE SwizzledRow<P> row_at(SwizzledRow<P> row, int offset) {
   return SwizzledRow<P>{row.data + offset};
+}
+template <class P>
+MP_INLINE InterleavedRow<P> row_at(InterleavedRow<P> row, int offset) {
+  return InterleavedRow<P>{row.data + offset, row.part};
 }
 
 // The pair i's spectrum values xp, xq times sp, sq (a kernel spectrum's),

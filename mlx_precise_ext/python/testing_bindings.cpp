@@ -118,11 +118,11 @@ DoubleArray new_double_array(const std::vector<double>& values) {
 // (re, im); the forward transform's first pass reads the real row
 // x[2m] = re[m], x[2m + 1] = im[m] from "device memory", as the CUDA kernels
 // do: as a DeviceRow, or with `contiguous` as a ContiguousRow (even length).
-template <class T, bool kWide>
+template <class T, bool kWide, class R>
 void run_passes(
     const std::vector<float>& real_row,
-    SwizzledRow<T*> re,
-    SwizzledRow<T*> im,
+    R re,
+    R im,
     const FFTShape& fs,
     const cpx<T>* tw,
     bool inverse,
@@ -161,10 +161,11 @@ void run_passes(
 // inverse) of z = re + i im on the CPU, one thread running the block's steps:
 // "stages" (fft_stage) on a plain row, or "wide" / "narrow" / "contiguous"
 // (wide, its forward pass 0 reading a ContiguousRow) register passes
-// (fft_pass) on a SwizzledRow. The forward transforms read the real row
-// x[2m] = re[m], x[2m + 1] = im[m] cut to its first `length` entries (all
-// when negative; even for "contiguous"), zero-padded. Returns the result as
-// doubles (exact for every working type: ff's hi + lo fits a double).
+// (fft_pass) on a SwizzledRow, or "interleaved": "contiguous" on an
+// InterleavedRow (conv_rows<float>'s rows on CUDA). The forward transforms read
+// the real row x[2m] = re[m], x[2m + 1] = im[m] cut to its first `length`
+// entries (all when negative; even for "contiguous"), zero-padded. Returns the
+// result as doubles (exact for every working type: ff's hi + lo fits a double).
 template <class T>
 nb::tuple gpu_transform(
     F re_in,
@@ -174,9 +175,11 @@ nb::tuple gpu_transform(
     const std::string& method,
     int64_t length) {
   if (method != "stages" && method != "wide" && method != "narrow" &&
-      method != "contiguous")
+      method != "contiguous" && method != "interleaved")
     throw std::invalid_argument(
-        "method must be 'stages', 'wide', 'narrow' or 'contiguous'");
+        "method must be 'stages', 'wide', 'narrow', 'contiguous' or "
+        "'interleaved'");
+  const bool interleaved = method == "interleaved";
   const bool passes = method != "stages";
   const gpu::FFTTables<T> t = gpu::make_fft_tables<T>(fft_size);
   const FFTShape& fs = t.shape;
@@ -187,12 +190,13 @@ nb::tuple gpu_transform(
   if (length < 0)
     length = 2 * static_cast<int64_t>(h);
   if (length > 2 * static_cast<int64_t>(h) ||
-      (method == "contiguous" && length % 2 != 0))
+      ((method == "contiguous" || interleaved) && length % 2 != 0))
     throw std::invalid_argument(
         "length must be at most fft_size (and even for 'contiguous'); pass "
         "-1 for the whole row");
   std::vector<T> row(2 * static_cast<size_t>(h));
   const SwizzledRow<T*> sre{row.data()}, sim{row.data() + h};
+  const InterleavedRow<T*> ire{row.data(), 0}, iim{row.data(), 1};
   T* re = row.data();
   T* im = re + h;
   std::vector<float> real_row(static_cast<size_t>(length));
@@ -207,7 +211,10 @@ nb::tuple gpu_transform(
       real_row[2 * i + 1] = xi;
     const T x = r_from_float(T{}, xr);
     const T y = r_from_float(T{}, xi);
-    if (passes) {
+    if (interleaved) {
+      ire[i] = x;
+      iim[i] = y;
+    } else if (passes) {
       sre[i] = x;
       sim[i] = y;
     } else {
@@ -219,6 +226,8 @@ nb::tuple gpu_transform(
   if (method == "wide" || method == "contiguous") {
     run_passes<T, true>(
         real_row, sre, sim, fs, tw, inverse, method == "contiguous");
+  } else if (interleaved) {
+    run_passes<T, true>(real_row, ire, iim, fs, tw, inverse, true);
   } else if (method == "narrow") {
     run_passes<T, false>(real_row, sre, sim, fs, tw, inverse, false);
   } else {
@@ -231,8 +240,10 @@ nb::tuple gpu_transform(
   }
   std::vector<double> out_re(h), out_im(h);
   for (int i = 0; i < h; ++i) {
-    out_re[i] = as_double(passes ? T(sre[i]) : re[i]);
-    out_im[i] = as_double(passes ? T(sim[i]) : im[i]);
+    out_re[i] =
+        as_double(interleaved ? T(ire[i]) : (passes ? T(sre[i]) : re[i]));
+    out_im[i] =
+        as_double(interleaved ? T(iim[i]) : (passes ? T(sim[i]) : im[i]));
   }
   nb::list items;
   items.append(nb::cast(new_double_array(out_re)));
@@ -1750,7 +1761,8 @@ void init_testing(nb::module_& parent) {
       "length"_a = -1,
       "The GPU kernels' complex FFT of length fft_size / 2 run on the CPU by one thread: "
       "'stages' (one stage at a time), 'wide' or 'narrow' register passes, or 'contiguous' "
-      "(wide, the forward pass 0 reading the real row as the CUDA kernels' ContiguousRow) "
+      "(wide, the forward pass 0 reading the real row as the CUDA kernels' ContiguousRow), or "
+      "'interleaved' ('contiguous' on an InterleavedRow) "
       "(float32: float, extended: double, dd: the float-pair kernels of Metal). The forward "
       "transform reads the real row (re[0], im[0], re[1], ...) cut to `length` entries (-1: "
       "all), zero-padded; returns (re, im) as float64.");

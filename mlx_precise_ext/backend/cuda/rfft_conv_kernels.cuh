@@ -52,13 +52,13 @@ __device__ __forceinline__ bool reads_contiguous(DeviceRow x) {
 // load_real_row of x, then the forward transform; its first pass reads x
 // (threads as in fft_passes) and its last writes (out_re, out_im), the row
 // itself or a slot elsewhere (gradient_rows' stash).
-template <class T, bool kShared>
+template <class T, bool kShared, class R = Row<T>>
 __device__ __forceinline__ void load_forward_to(
     DeviceRow x,
-    Row<T> re,
-    Row<T> im,
-    Row<T> out_re,
-    Row<T> out_im,
+    R re,
+    R im,
+    R out_re,
+    R out_im,
     const FFTShape& fs,
     const cpx<T>* tw,
     int tid,
@@ -66,8 +66,8 @@ __device__ __forceinline__ void load_forward_to(
     bool active) {
   constexpr bool kWide = kWidePasses<T, kShared>;
   const int count = fft_pass_count(fs, kWide);
-  const Row<T> first_re = count <= 1 ? out_re : re;
-  const Row<T> first_im = count <= 1 ? out_im : im;
+  const R first_re = count <= 1 ? out_re : re;
+  const R first_im = count <= 1 ? out_im : im;
   if (active && count == 0) {
     load_real_row<T>(
         first_re,
@@ -100,7 +100,7 @@ __device__ __forceinline__ void load_forward_to(
     const bool last = k + 1 == count;
     if (active)
       fft_pass<false, kWide, T>(
-          GroupRow<Row<T>>{re, im},
+          GroupRow<R>{re, im},
           last ? out_re : re,
           last ? out_im : im,
           fs,
@@ -113,17 +113,18 @@ __device__ __forceinline__ void load_forward_to(
 }
 
 // load_forward_to the row itself (the passes of fft_passes).
-template <class T, bool kShared>
+template <class T, bool kShared, class R = Row<T>>
 __device__ __forceinline__ void load_forward(
     DeviceRow x,
-    Row<T> re,
-    Row<T> im,
+    R re,
+    R im,
     const FFTShape& fs,
     const cpx<T>* tw,
     int tid,
     int nthreads,
     bool active = true) {
-  load_forward_to<T, kShared>(x, re, im, re, im, fs, tw, tid, nthreads, active);
+  load_forward_to<T, kShared, R>(
+      x, re, im, re, im, fs, tw, tid, nthreads, active);
 }
 
 // Spectrum `row` of `spectra` (2 num_pairs entries each, in pair order):
@@ -349,6 +350,32 @@ __global__ void kernel_spectra(
   }
 }
 
+// conv_rows' rows: float rows in shared memory interleaved (one 8-byte
+// access per point: an LDS.64/STS.64 at one address instead of two accesses
+// at two addresses), the others as (re, im) arrays. at(storage, h, r) is the
+// (re, im) pair of row r; rows are 2h values each either way.
+template <class R>
+struct RowPair {
+  R re;
+  R im;
+};
+
+template <class T, bool kShared>
+struct ConvRows {
+  using type = Row<T>;
+  static __device__ __forceinline__ RowPair<type> at(T* storage, int h, int r) {
+    return {type{storage + 2 * r * h}, type{storage + 2 * r * h + h}};
+  }
+};
+template <>
+struct ConvRows<float, true> {
+  using type = InterleavedRow<float*>;
+  static __device__ __forceinline__ RowPair<type>
+  at(float* storage, int h, int r) {
+    return {type{storage + 2 * r * h, 0}, type{storage + 2 * r * h, 1}};
+  }
+};
+
 // One output row per (outer = kernel row, inner) pair: y = conv(a, k) (+ a *
 // bias). Work item = (kernel row, split); a block runs the rows j = split,
 // split + S, ... of its kernel row, so blocks that share a spectrum run close
@@ -389,8 +416,9 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) conv_rows(
   const int row_threads = blockDim.x / rows;
   const int r = threadIdx.x / row_threads, tid = threadIdx.x % row_threads;
   T* storage = row_storage<T, kShared>(workspace, rows, h);
-  const Row<T> re{storage + 2 * r * h};
-  const Row<T> im{re.data + h};
+  using Rows = ConvRows<T, kShared>;
+  using R = typename Rows::type;
+  const R re = Rows::at(storage, h, r).re, im = Rows::at(storage, h, r).im;
   const MP_INT64 splits = g.rows_per_group_split;
   const MP_INT64 items = ix.outer_count * splits;
   const MP_INT64 a_step = ix.time_stride[kOperandA];
@@ -440,7 +468,7 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) conv_rows(
             1,
             g.has_bias ? 1 : 0);
       }
-      load_forward<T, kShared>(
+      load_forward<T, kShared, R>(
           DeviceRow{a_row, a_step, g.a_len, g.a_reversed != 0},
           re,
           im,
@@ -450,8 +478,8 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) conv_rows(
           row_threads,
           active);
       multiply_rows_by_spectrum<T>(
-          Row<T>{storage},
-          Row<T>{storage + h},
+          Rows::at(storage, h, 0).re,
+          Rows::at(storage, h, 0).im,
           h,
           present,
           pairs,
