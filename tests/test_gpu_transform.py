@@ -95,3 +95,24 @@ def test_outputs_two_per_point_equal_gather_bitwise(shape, threads):
     np.testing.assert_array_equal(writes, np.ones(fields[2]))
     assert np.all(np.isfinite(by_gather))
     np.testing.assert_array_equal(by_threads.view(np.uint64), by_gather.view(np.uint64))
+
+
+@pytest.mark.parametrize("length", [2, 16, 64, 512, 1024, 4096])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_interleaved_rows_equal_arrays_bitwise(length, rows):
+    """conv_rows<float, true>'s rows interleaved (InterleavedRow) give the outputs of the
+    (re, im) arrays bit for bit: passes, the spectral product over several rows and the
+    outputs read through either layout."""
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(rows * length).astype(np.float32)
+    b = rng.standard_normal(length).astype(np.float32)
+    arrays, interleaved = _ext.testing.gpu_conv_row_layouts(a, b, rows)
+    assert np.all(np.isfinite(arrays))
+    np.testing.assert_array_equal(arrays.view(np.uint64), interleaved.view(np.uint64))
+    # And it is the convolution: against float64 (float32 rounding of O(L) terms).
+    a64 = a.astype(np.float64).reshape(rows, length)
+    ref = np.stack([np.convolve(a64[r], b)[:length] for r in range(rows)])
+    scale = np.abs(a).max() * np.abs(b).max() * length
+    assert np.abs(arrays.reshape(rows, length) - ref).max() < 1e-4 * scale

@@ -157,6 +157,119 @@ void run_passes(
   fft_passes<false, kWide, T>(re, im, fs, tw, 1, 0, 1, true);
 }
 
+// conv_rows<float>'s steps on `rows` causal rows (a: rows x L floats, the
+// kernel row b: L floats, n = 2L) on the CPU, one thread running the block's
+// steps, with its rows laid out as `R`: the kernel spectrum (wide passes,
+// store_spectrum), each a row's forward passes (pass 0 from a ContiguousRow),
+// the spectral product of all rows (multiply_rows_by_spectrum), each row's
+// inverse passes and for_each_output. Returns the rows x L outputs.
+template <class R>
+std::vector<double> emulated_conv_rows(
+    const float* a,
+    const float* b,
+    int rows,
+    int length,
+    R (*row_re)(float*, int, int),
+    R (*row_im)(float*, int, int)) {
+  const int64_t fft_size = 2 * static_cast<int64_t>(length);
+  const gpu::FFTTables<float> t = gpu::make_fft_tables<float>(fft_size);
+  const FFTShape& fs = t.shape;
+  const int h = fs.n_half;
+  ConvShape g{};
+  g.fft_size = fft_size;
+  g.a_len = length;
+  g.b_len = length;
+  g.out_len = length;
+  g.spectrum_scale = 1.0f / static_cast<float>(4 * fft_size); // 1/(4N)
+  std::vector<float> kernel_row(2 * static_cast<size_t>(h));
+  const SwizzledRow<float*> kre{kernel_row.data()}, kim{kernel_row.data() + h};
+  std::vector<cpx<float>> spectrum(2 * static_cast<size_t>(fs.num_pairs));
+  fft_pass<false, true, float>(
+      ContiguousRow{b, length / 2}, kre, kim, fs, 0, t.twiddles.data(), 0, 1);
+  fft_passes<false, true, float>(
+      kre, kim, fs, t.twiddles.data(), 1, 0, 1, true);
+  store_spectrum<float>(
+      kre,
+      kim,
+      t.pairs.data(),
+      t.split.data(),
+      g.spectrum_scale,
+      spectrum.data(),
+      fs.num_pairs,
+      0,
+      1);
+  std::vector<float> storage(2 * static_cast<size_t>(h) * rows);
+  for (int r = 0; r < rows; ++r) {
+    const R re = row_re(storage.data(), h, r),
+            im = row_im(storage.data(), h, r);
+    fft_pass<false, true, float>(
+        ContiguousRow{a + static_cast<size_t>(r) * length, length / 2},
+        re,
+        im,
+        fs,
+        0,
+        t.twiddles.data(),
+        0,
+        1);
+    fft_passes<false, true, float>(
+        re, im, fs, t.twiddles.data(), 1, 0, 1, true);
+  }
+  multiply_rows_by_spectrum<float>(
+      row_re(storage.data(), h, 0),
+      row_im(storage.data(), h, 0),
+      h,
+      rows,
+      t.pairs.data(),
+      t.split.data(),
+      spectrum.data(),
+      fs.num_pairs,
+      0,
+      1);
+  std::vector<double> out(static_cast<size_t>(rows) * length);
+  for (int r = 0; r < rows; ++r) {
+    const R re = row_re(storage.data(), h, r),
+            im = row_im(storage.data(), h, r);
+    fft_passes<true, true, float>(re, im, fs, t.twiddles.data(), 0, 0, 1, true);
+    for_each_output<float>(re, im, g, 0, 1, [&](int64_t i, float v) {
+      out.at(static_cast<size_t>(r) * length + i) = v;
+    });
+  }
+  return out;
+}
+
+// emulated_conv_rows with the (re, im) arrays of SwizzledRow and with
+// InterleavedRow (conv_rows<float, true> on CUDA): returns both.
+nb::tuple gpu_conv_row_layouts(F a_in, F b_in, int rows) {
+  const int64_t length = b_in.shape(0);
+  if (rows < 1 || length < 2 || length % 2 != 0 ||
+      (length & (length - 1)) != 0 ||
+      a_in.shape(0) != static_cast<size_t>(rows * length))
+    throw std::invalid_argument(
+        "pass b of a power-of-two length L >= 2 and a of rows * L entries");
+  const auto swizzled = emulated_conv_rows<SwizzledRow<float*>>(
+      a_in.data(),
+      b_in.data(),
+      rows,
+      static_cast<int>(length),
+      [](float* s, int h, int r) { return SwizzledRow<float*>{s + 2 * r * h}; },
+      [](float* s, int h, int r) {
+        return SwizzledRow<float*>{s + 2 * r * h + h};
+      });
+  const auto interleaved = emulated_conv_rows<InterleavedRow<float*>>(
+      a_in.data(),
+      b_in.data(),
+      rows,
+      static_cast<int>(length),
+      [](float* s, int h, int r) {
+        return InterleavedRow<float*>{s + 2 * r * h, 0};
+      },
+      [](float* s, int h, int r) {
+        return InterleavedRow<float*>{s + 2 * r * h, 1};
+      });
+  return nb::make_tuple(
+      new_double_array(swizzled), new_double_array(interleaved));
+}
+
 // The GPU kernels' complex transform of length fft_size / 2 (forward, or
 // inverse) of z = re + i im on the CPU, one thread running the block's steps:
 // "stages" (fft_stage) on a plain row, or "wide" / "narrow" / "contiguous"
@@ -1767,6 +1880,14 @@ void init_testing(nb::module_& parent) {
       "transform reads the real row (re[0], im[0], re[1], ...) cut to `length` entries (-1: "
       "all), zero-padded; returns (re, im) as float64.");
 
+  m.def(
+      "gpu_conv_row_layouts",
+      &gpu_conv_row_layouts,
+      "a"_a.noconvert(),
+      "b"_a.noconvert(),
+      "rows"_a,
+      "conv_rows<float>'s steps (causal rows, n = 2L) on the CPU with the rows "
+      "as (re, im) arrays and interleaved: returns (outputs, outputs).");
   m.def(
       "gpu_split_conv",
       &gpu_split_conv,
