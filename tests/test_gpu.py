@@ -93,6 +93,20 @@ def check_accuracy(y, ref, precision):
     assert worst_big <= 1.0, worst_big
 
 
+@pytest.mark.skipif(not mx.cuda.is_available(), reason="CUDA's float32 rows: the CPU's operations")
+@pytest.mark.parametrize("shape", [(2, 3, 1024, 1024, None), (2, 2, 4096, 8192, 8192)])
+def test_cuda_float32_bits_equal_cpu(shape):
+    """CUDA's float32 conv_rows runs the row code of kernels/rfft_conv_rows.h with IEEE float
+    operations (--fmad=false), which the CPU's float32 engine performs in the same order
+    (tests/test_gpu_transform.py, test_cpu_float32_is_the_gpu_row_code): so the bits are equal,
+    whatever addressing or layout the kernel uses (its rows' layout changed in 44715e2)."""
+    B, H, L, Lk, n = shape
+    u, k, _ = random_inputs(B, H, L, Lk, seed=L + 7, bias=False)
+    args = [mx.array(x) for x in (u, k)]
+    y_gpu, y_cpu = gpu_and_cpu(lambda dev, u, k: mp.rfft_conv(u, k, n=n, stream=dev), *args)
+    assert np.array_equal(np.array(y_gpu).view(np.uint32), np.array(y_cpu).view(np.uint32))
+
+
 def gpu_and_cpu(fn, *arrays):
     outs = []
     for device in (mx.gpu, mx.cpu):

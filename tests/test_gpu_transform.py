@@ -108,7 +108,7 @@ def test_interleaved_rows_equal_arrays_bitwise(length, rows):
     rng = np.random.default_rng(seed)
     a = rng.standard_normal(rows * length).astype(np.float32)
     b = rng.standard_normal(length).astype(np.float32)
-    arrays, interleaved = _ext.testing.gpu_conv_row_layouts(a, b, rows)
+    arrays, interleaved = _ext.testing.gpu_conv_row_layouts(a, b, rows, 2 * length)
     assert np.all(np.isfinite(arrays))
     np.testing.assert_array_equal(arrays.view(np.uint64), interleaved.view(np.uint64))
     # And it is the convolution: against float64 (float32 rounding of O(L) terms).
@@ -116,3 +116,37 @@ def test_interleaved_rows_equal_arrays_bitwise(length, rows):
     ref = np.stack([np.convolve(a64[r], b)[:length] for r in range(rows)])
     scale = np.abs(a).max() * np.abs(b).max() * length
     assert np.abs(arrays.reshape(rows, length) - ref).max() < 1e-4 * scale
+
+
+def emulated_conv_rows(u, k, fft_size):
+    """conv_rows<float>'s outputs for u (B, H, L), k (H, Lk) by the CPU emulation of its row
+    code (testing.gpu_conv_row_layouts, interleaved rows), the layout of rfft_conv's output."""
+    B, H, L = u.shape
+    heads = []
+    for h in range(H):
+        rows = np.ascontiguousarray(u[:, h, :]).ravel()
+        heads.append(_ext.testing.gpu_conv_row_layouts(rows, k[h], B, fft_size)[1].reshape(B, L))
+    return np.stack(heads, 1).astype(np.float32)
+
+
+# (B, H, L, Lk, n): the causal form (n = None: fft_size 2L) and M2-BERT's (kernel 2L, n = 2L).
+ROW_CODE_SHAPES = [(2, 3, 64, 64, None), (2, 3, 1024, 1024, None), (2, 2, 1024, 2048, 2048), (1, 2, 4096, 8192, 8192)]
+
+
+@pytest.mark.parametrize("shape", ROW_CODE_SHAPES)
+def test_cpu_float32_is_the_gpu_row_code(shape):
+    """The CPU's float32 rfft_conv performs the GPU row code's operations in the same order
+    (kernels/rfft_conv_rows.h), so its bits are the emulated conv_rows<float>'s: the reference
+    that tests/test_gpu.py holds CUDA's float32 bits to."""
+    import mlx.core as mx
+
+    import mlx_precise as mp
+
+    B, H, L, Lk, n = shape
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal((B, H, L)).astype(np.float32)
+    k = rng.standard_normal((H, Lk)).astype(np.float32)
+    y = np.array(mp.rfft_conv(mx.array(u), mx.array(k), n=n, stream=mx.cpu))
+    np.testing.assert_array_equal(y.view(np.uint32), emulated_conv_rows(u, k, 2 * L).view(np.uint32))

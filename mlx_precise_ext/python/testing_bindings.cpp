@@ -157,8 +157,10 @@ void run_passes(
   fft_passes<false, kWide, T>(re, im, fs, tw, 1, 0, 1, true);
 }
 
-// conv_rows<float>'s steps on `rows` causal rows (a: rows x L floats, the
-// kernel row b: L floats, n = 2L) on the CPU, one thread running the block's
+// conv_rows<float>'s steps on `rows` rows (a: rows x L floats, the kernel
+// row b: up to fft_size floats, even; outputs y[0..L) of the size-fft_size
+// cyclic convolution, the causal form) on the CPU, one thread running the
+// block's
 // steps, with its rows laid out as `R`: the kernel spectrum (wide passes,
 // store_spectrum), each a row's forward passes (pass 0 from a ContiguousRow),
 // the spectral product of all rows (multiply_rows_by_spectrum), each row's
@@ -167,25 +169,26 @@ template <class R>
 std::vector<double> emulated_conv_rows(
     const float* a,
     const float* b,
+    int b_len,
     int rows,
     int length,
+    int64_t fft_size,
     R (*row_re)(float*, int, int),
     R (*row_im)(float*, int, int)) {
-  const int64_t fft_size = 2 * static_cast<int64_t>(length);
   const gpu::FFTTables<float> t = gpu::make_fft_tables<float>(fft_size);
   const FFTShape& fs = t.shape;
   const int h = fs.n_half;
   ConvShape g{};
   g.fft_size = fft_size;
   g.a_len = length;
-  g.b_len = length;
+  g.b_len = b_len;
   g.out_len = length;
   g.spectrum_scale = 1.0f / static_cast<float>(4 * fft_size); // 1/(4N)
   std::vector<float> kernel_row(2 * static_cast<size_t>(h));
   const SwizzledRow<float*> kre{kernel_row.data()}, kim{kernel_row.data() + h};
   std::vector<cpx<float>> spectrum(2 * static_cast<size_t>(fs.num_pairs));
   fft_pass<false, true, float>(
-      ContiguousRow{b, length / 2}, kre, kim, fs, 0, t.twiddles.data(), 0, 1);
+      ContiguousRow{b, b_len / 2}, kre, kim, fs, 0, t.twiddles.data(), 0, 1);
   fft_passes<false, true, float>(
       kre, kim, fs, t.twiddles.data(), 1, 0, 1, true);
   store_spectrum<float>(
@@ -239,18 +242,23 @@ std::vector<double> emulated_conv_rows(
 
 // emulated_conv_rows with the (re, im) arrays of SwizzledRow and with
 // InterleavedRow (conv_rows<float, true> on CUDA): returns both.
-nb::tuple gpu_conv_row_layouts(F a_in, F b_in, int rows) {
-  const int64_t length = b_in.shape(0);
-  if (rows < 1 || length < 2 || length % 2 != 0 ||
-      (length & (length - 1)) != 0 ||
-      a_in.shape(0) != static_cast<size_t>(rows * length))
+nb::tuple gpu_conv_row_layouts(F a_in, F b_in, int rows, int64_t fft_size) {
+  const int64_t b_len = b_in.shape(0);
+  const int64_t length = rows >= 1 ? a_in.shape(0) / rows : 0;
+  if (rows < 1 || length < 2 || length % 2 != 0 || 2 * length > fft_size ||
+      a_in.shape(0) != static_cast<size_t>(rows * length) || b_len < 2 ||
+      b_len % 2 != 0 || b_len > fft_size || fft_size < 4 ||
+      (fft_size & (fft_size - 1)) != 0)
     throw std::invalid_argument(
-        "pass b of a power-of-two length L >= 2 and a of rows * L entries");
+        "pass a of rows * L entries (L even), b of an even length, and a "
+        "power-of-two fft_size >= 2L and >= b's length");
   const auto swizzled = emulated_conv_rows<SwizzledRow<float*>>(
       a_in.data(),
       b_in.data(),
+      static_cast<int>(b_len),
       rows,
       static_cast<int>(length),
+      fft_size,
       [](float* s, int h, int r) { return SwizzledRow<float*>{s + 2 * r * h}; },
       [](float* s, int h, int r) {
         return SwizzledRow<float*>{s + 2 * r * h + h};
@@ -258,8 +266,10 @@ nb::tuple gpu_conv_row_layouts(F a_in, F b_in, int rows) {
   const auto interleaved = emulated_conv_rows<InterleavedRow<float*>>(
       a_in.data(),
       b_in.data(),
+      static_cast<int>(b_len),
       rows,
       static_cast<int>(length),
+      fft_size,
       [](float* s, int h, int r) {
         return InterleavedRow<float*>{s + 2 * r * h, 0};
       },
@@ -1886,8 +1896,10 @@ void init_testing(nb::module_& parent) {
       "a"_a.noconvert(),
       "b"_a.noconvert(),
       "rows"_a,
-      "conv_rows<float>'s steps (causal rows, n = 2L) on the CPU with the rows "
-      "as (re, im) arrays and interleaved: returns (outputs, outputs).");
+      "fft_size"_a,
+      "conv_rows<float>'s steps (outputs y[0..L) of each a row's size-fft_size "
+      "cyclic convolution with b) on the CPU with the rows as (re, im) arrays "
+      "and interleaved: returns (outputs, outputs).");
   m.def(
       "gpu_split_conv",
       &gpu_split_conv,
