@@ -679,7 +679,11 @@ def test_recompute_fraction_script_reads_a_checkpoint_and_text(cli_files):
     directory and tokenized documents (issue 10's fraction on real weights and text)."""
 
     script = REPO_ROOT / "benchmarks" / "m2bert_recompute_fraction.py"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(REPO_ROOT / p) for p in ("", "models", "tests")))
+    import mlx_precise
+
+    # the mlx_precise this test imported (the built source folder, or an installed wheel)
+    paths = [Path(mlx_precise.__file__).parents[1], REPO_ROOT / "models", REPO_ROOT / "tests"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(map(str, paths)))
     result = subprocess.run([sys.executable, script, "--checkpoint", cli_files / "model",
                              "--text", cli_files / "input.txt", "--tokenizer", cli_files / "vocab.txt",
                              "--batch", "2"], capture_output=True, text=True, env=env, timeout=300)
