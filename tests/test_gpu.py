@@ -362,6 +362,28 @@ def test_kernel_gradient_over_many_rows_bits(rng, precision, data, argnums):
         assert np.array_equal(np.array(got).view(np.uint32), np.array(cpu).view(np.uint32))
 
 
+# recompute_open_reduce stages b as double where the pair of rows fits so (L = 4096
+# above), else as float: at L = 20000 the rows take 160 KB as float, 240 KB with b as
+# double. Integer rows: every odd output on an exact tie, so many pairs of outputs.
+@pytest.mark.parametrize("precision", BITWISE_PRECISIONS)
+def test_kernel_gradient_rows_staged_as_float_bits(rng, precision):
+    B, H, L = 8, 1, 20000
+    u = mx.array(rng.integers(0, 24, (B, H, L)).astype(np.float32))
+    g = mx.array(rng.integers(0, 24, (B, H, L)).astype(np.float32))
+    k = mx.array((rng.standard_normal((H, L)) / np.sqrt(L)).astype(np.float32))
+
+    def grad_k(device, k):
+        def loss(k):
+            y = mp.rfft_conv(u, k, n=2 * L, precision=precision, stream=device)
+            return mx.sum(mx.multiply(y, g, stream=device), stream=device)
+
+        return mx.grad(loss)(k)
+
+    g_gpu, g_cpu = gpu_and_cpu(grad_k, k)
+    assert np.all(np.isfinite(np.array(g_gpu))) and np.any(np.array(g_gpu) != 0)
+    assert np.array_equal(np.array(g_gpu).view(np.uint32), np.array(g_cpu).view(np.uint32))
+
+
 # grad u and grad k asked together: one RFFTConvGradients node, which CUDA runs as
 # gradient_rows (each cotangent row transformed once for both). Shapes: k shared by
 # the batch (grad k sums it), k with a row per output row (nothing to sum), the causal

@@ -471,19 +471,23 @@ void recompute_conv_outputs(
             extra);
       };
   if (!one_term_per_row && !shape.has_bias) {
-    // recompute_open_reduce: a pair of inner rows staged, b 16-byte aligned.
+    // recompute_open_reduce: a pair of inner rows staged, b 16-byte aligned,
+    // as double where that fits (one conversion per product, not two).
     const int64_t b_offset = (shape.a_len + 3) / 4 * 4;
-    const int64_t staged_bytes =
-        (b_offset + shape.b_len) * static_cast<int64_t>(sizeof(float));
-    if (staged_bytes <=
-        cuda::max_dynamic_shared(
-            cuda::get_kernel(
-                device, Precision::Extended, "recompute_open_reduce", false)))
-      return recompute(
-          "recompute_open_reduce",
-          static_cast<size_t>(staged_bytes),
-          0,
-          std::make_tuple(static_cast<int>(b_offset)));
+    const int64_t most = cuda::max_dynamic_shared(
+        cuda::get_kernel(
+            device, Precision::Extended, "recompute_open_reduce", false));
+    for (int b_double : {1, 0}) {
+      const int64_t staged_bytes = b_offset * int64_t{sizeof(float)} +
+          shape.b_len *
+              static_cast<int64_t>(b_double ? sizeof(double) : sizeof(float));
+      if (staged_bytes <= most)
+        return recompute(
+            "recompute_open_reduce",
+            static_cast<size_t>(staged_bytes),
+            0,
+            std::make_tuple(static_cast<int>(b_offset), b_double));
+    }
   }
   StagedLengths staged = one_term_per_row
       ? staged_lengths(device, shape.a_len, shape.b_len)

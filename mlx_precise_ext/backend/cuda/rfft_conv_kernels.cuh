@@ -1685,8 +1685,9 @@ __device__ __forceinline__ int warps_per_output(int n, int warps) {
 
 // The outputs of a work item, a row's slice (the marked outputs t of the row
 // [first, end) with t % slices == slice), that `open` marks, taken by the
-// block: it reads their bitmap words, kOpenWordsPerThread per thread at a
-// time, clears the bits it takes and lists them (t) in `marked`, up to
+// block: it reads their bitmap words, kOpenWordsPerThread consecutive ones
+// per thread at a time, clears the bits it takes and lists them (t, in
+// increasing order: recompute_open_reduce pairs neighbours) in `marked`, up to
 // kMarkedCapacity at a time, calling visit(n) with the whole block for each
 // batch of n listed outputs.
 template <class Visit>
@@ -1704,12 +1705,12 @@ __device__ __forceinline__ void for_each_marked_batch(
     int count = 0;
 #pragma unroll
     for (int i = 0; i < kOpenWordsPerThread; ++i) {
-      const MP_INT64 w = w0 + threadIdx.x + i * blockDim.x;
+      const MP_INT64 w = w0 + threadIdx.x * kOpenWordsPerThread + i;
       taken[i] = w * 32 < end && w < open.words ? open.bits[w] : 0u;
     }
 #pragma unroll
     for (int i = 0; i < kOpenWordsPerThread; ++i) {
-      const MP_INT64 w = w0 + threadIdx.x + i * blockDim.x;
+      const MP_INT64 w = w0 + threadIdx.x * kOpenWordsPerThread + i;
       if (taken[i] != 0u) {
         taken[i] = item_bits(taken[i], w, first, end, slices, slice);
         if (taken[i] != 0u)
@@ -1723,7 +1724,7 @@ __device__ __forceinline__ void for_each_marked_batch(
       int index = offset;
 #pragma unroll
       for (int i = 0; i < kOpenWordsPerThread; ++i) {
-        const MP_INT64 w = w0 + threadIdx.x + i * blockDim.x;
+        const MP_INT64 w = w0 + threadIdx.x * kOpenWordsPerThread + i;
         for (unsigned rest = taken[i]; rest != 0u; rest &= rest - 1u) {
           if (index >= base && index < base + kMarkedCapacity)
             marked[index - base] =
@@ -2273,14 +2274,17 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_undecided_long(
 // recompute_open for reduce_rows' outputs without bias (grad k: a target's
 // output sums over its R inner rows) where a pair of inner rows fits in
 // shared memory: a block per target (slice) stages the pairs one after
-// another, a at 0 and b at b_offset (16-byte aligned), and sums each batch
-// of the target's marked outputs from there, so that the rows are read from
-// device memory once per batch instead of once per output (at L = 16384
-// each of grad k's ~100 marked outputs of a target read all R rows). Groups
-// of warps per output as in for_each_open_output; each warp adds its running
-// sum of a pair (and its mass) to the output's total in shared memory, the
-// |total| after each addition to the mass (a running sum over another tree:
-// no result bit changes).
+// another, a at 0 and b at b_offset (16-byte aligned; as double where
+// b_double, converted once as staged: the conversions bound the sums), and
+// sums each batch of the target's marked outputs from there, so that the
+// rows are read from device memory once per batch instead of once per output
+// (at L = 16384 each of grad k's ~100 marked outputs of a target read all R
+// rows). Groups of warps take the outputs in pairs (running_sum_pair over
+// the span of b that both ranges read, each loaded once for two products;
+// the rest of each range by running_sum_part); each warp adds its running
+// sums (and masses) to the outputs' totals in shared memory, the |total|
+// after each addition to the mass (a running sum over another tree: no
+// result bit changes).
 __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_reduce(
     const float* a,
     const float* b,
@@ -2290,6 +2294,7 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_reduce(
     const ConvShape g,
     int, // one_term_per_row: false here
     int b_offset,
+    int b_double,
     int slices,
     const OpenList open) {
   float* staged_a = reinterpret_cast<float*>(shared_rows);
@@ -2299,38 +2304,40 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_reduce(
   const int warp = threadIdx.x / 32;
   const int warps = blockDim.x / 32;
   const MP_INT64 rows = (open.words * 32 + g.out_len - 1) / g.out_len;
+  // Output t's one range of products (m, j, count), where it has one; else
+  // count 0.
+  auto single_range = [&](int t, int& m, int& j) {
+    int count = 0, met = 0;
+    for_each_term_range(
+        OperandRow{nullptr, 0},
+        OperandRow{nullptr, 0},
+        g,
+        t,
+        [&](auto, auto, MP_INT64 m0, MP_INT64 j0, MP_INT64 k) {
+          ++met;
+          m = static_cast<int>(m0);
+          j = static_cast<int>(j0);
+          count = static_cast<int>(k);
+        });
+    return met == 1 ? count : 0;
+  };
   for (MP_INT64 item = blockIdx.x; item < rows * slices; item += gridDim.x) {
     const MP_INT64 row = item / slices;
     const int slice = static_cast<int>(item % slices);
     const MP_INT64 first = row * g.out_len;
     for_each_marked_batch(
         open, first, first + g.out_len, slices, slice, marked, [&](int n) {
-          const int group_warps = warps_per_output(n, warps);
+          const int group_warps = warps_per_output((n + 1) / 2, warps);
           const int groups = warps / group_warps, group = warp / group_warps,
                     member = warp % group_warps;
+          const int lane = member * 32 + threadIdx.x % 32;
           for (int i = threadIdx.x; i < n; i += blockDim.x)
             totals[i][0] = totals[i][1] = 0.0;
-          for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
-            __syncthreads(); // the previous pair is summed
-            stage_row(
-                staged_a,
-                DeviceRow{
-                    a + row_offset(ix, kOperandA, row, j),
-                    ix.time_stride[kOperandA],
-                    g.a_len,
-                    g.a_reversed != 0},
-                static_cast<int>(g.a_len));
-            stage_row(
-                staged_b,
-                DeviceRow{
-                    b + row_offset(ix, kOperandB, row, j),
-                    ix.time_stride[kOperandB],
-                    g.b_len,
-                    false},
-                static_cast<int>(g.b_len));
-            wait_quad_copies();
-            __syncthreads();
-            for (int i = group; i < n; i += groups) {
+          // The staged pair's products of the batch's outputs, b read
+          // through b_row.
+          auto sum_staged = [&](auto b_row) {
+            const StagedRow a_row{staged_a};
+            auto add_output = [&](int i) {
               add_running_part(
                   totals[i],
                   [&](auto range) {
@@ -2341,17 +2348,94 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_reduce(
                         g,
                         marked[i],
                         [&](auto, auto, MP_INT64 m0, MP_INT64 j0, MP_INT64 k) {
-                          range(
-                              StagedRow{staged_a},
-                              StagedRow{staged_b},
-                              m0,
-                              j0,
-                              k);
+                          range(a_row, b_row, m0, j0, k);
                         });
                   },
                   member,
                   group_warps);
+            };
+            // Outputs i and i + 1 (neighbours: the list is in output
+            // order) together over the span of b that both read.
+            for (int i = 2 * group; i < n; i += 2 * groups) {
+              int m[2] = {0, 0}, j[2] = {0, 0}, count[2] = {0, 0};
+              count[0] = single_range(marked[i], m[0], j[0]);
+              if (i + 1 < n)
+                count[1] = single_range(marked[i + 1], m[1], j[1]);
+              const int j_first = max(j[0], j[1]);
+              const int both = min(j[0] + count[0], j[1] + count[1]) - j_first;
+              if (count[0] == 0 || count[1] == 0 || both <= 0) {
+                add_output(i);
+                if (i + 1 < n)
+                  add_output(i + 1);
+                continue;
+              }
+              const int m_first[2] = {
+                  m[0] - (j_first - j[0]), m[1] - (j_first - j[1])};
+              double sum[2], mass[2];
+              running_sum_pair(
+                  a_row,
+                  b_row,
+                  m_first,
+                  j_first,
+                  both,
+                  lane,
+                  group_warps * 32,
+                  sum,
+                  mass);
+#pragma unroll
+              for (int o = 0; o < 2; ++o) {
+                add_to_total(totals[i + o], sum[o], mass[o]);
+                // The products before and after the common span.
+                const int before = j_first - j[o];
+                const int after = count[o] - before - both;
+                if (before + after > 0)
+                  add_running_part(
+                      totals[i + o],
+                      [&](auto range) {
+                        if (before > 0)
+                          range(a_row, b_row, m[o], j[o], before);
+                        if (after > 0)
+                          range(
+                              a_row,
+                              b_row,
+                              m[o] - (count[o] - after),
+                              j[o] + (count[o] - after),
+                              after);
+                      },
+                      member,
+                      group_warps);
+              }
             }
+          };
+          for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
+            __syncthreads(); // the previous pair is summed
+            stage_row(
+                staged_a,
+                DeviceRow{
+                    a + row_offset(ix, kOperandA, row, j),
+                    ix.time_stride[kOperandA],
+                    g.a_len,
+                    g.a_reversed != 0},
+                static_cast<int>(g.a_len));
+            const DeviceRow b_at{
+                b + row_offset(ix, kOperandB, row, j),
+                ix.time_stride[kOperandB],
+                g.b_len,
+                false};
+            if (b_double)
+              stage_loads(
+                  reinterpret_cast<double*>(staged_b),
+                  b_at,
+                  static_cast<int>(g.b_len));
+            else
+              stage_row(staged_b, b_at, static_cast<int>(g.b_len));
+            wait_quad_copies();
+            __syncthreads();
+            if (b_double)
+              sum_staged(
+                  StagedDoubleRow{reinterpret_cast<const double*>(staged_b)});
+            else
+              sum_staged(StagedRow{staged_b});
           }
           __syncthreads();
           decide_totals(open, first, marked, totals, n, [&](int t, float v) {
