@@ -107,6 +107,31 @@ def test_cuda_float32_bits_equal_cpu(shape):
     assert np.array_equal(np.array(y_gpu).view(np.uint32), np.array(y_cpu).view(np.uint32))
 
 
+# grad u and grad k together (gradient_rows): rows in shared memory, and rows of
+# n = 32768 stashed (u's spectrum in a device slot), M2-BERT's long form.
+@pytest.mark.skipif(not mx.cuda.is_available(), reason="CUDA's float32 rows: the CPU's operations")
+@pytest.mark.parametrize("shape", [(2, 3, 1024, 2048, 2048), (2, 2, 16384, 32768, 32768)])
+def test_cuda_float32_gradient_bits_equal_cpu(rng, shape):
+    """gradient_rows<float> runs conv_rows' and reduce_rows' row operations in the CPU's order
+    (grad k accumulated row after row), so float32 grad u and grad k are the CPU's bits,
+    whatever layout its rows use (interleaved since f32grad)."""
+    B, H, L, Lk, n = shape
+    u, k, _ = random_inputs(B, H, L, Lk, seed=int(rng.integers(2**31)), bias=False)
+    g = mx.array(rng.standard_normal((B, H, L)).astype(np.float32))
+
+    def grads(device, u, k):
+        def loss(u, k):
+            return mx.sum(mx.multiply(mp.rfft_conv(u, k, n=n, stream=device), g, stream=device), stream=device)
+
+        return mx.grad(loss, argnums=(0, 1))(u, k)
+
+    g_gpu, g_cpu = gpu_and_cpu(grads, mx.array(u), mx.array(k))
+    for name, got, cpu in zip("uk", g_gpu, g_cpu):
+        got = np.array(got)
+        assert np.all(np.isfinite(got)) and np.any(got != 0), name
+        assert np.array_equal(got.view(np.uint32), np.array(cpu).view(np.uint32)), name
+
+
 def gpu_and_cpu(fn, *arrays):
     outs = []
     for device in (mx.gpu, mx.cpu):

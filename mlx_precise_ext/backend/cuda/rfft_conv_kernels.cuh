@@ -350,10 +350,10 @@ __global__ void kernel_spectra(
   }
 }
 
-// conv_rows' rows: float rows in shared memory interleaved (one 8-byte
-// access per point: an LDS.64/STS.64 at one address instead of two accesses
-// at two addresses), the others as (re, im) arrays. at(storage, h, r) is the
-// (re, im) pair of row r; rows are 2h values each either way.
+// conv_rows' and gradient_rows' rows: float rows in shared memory interleaved
+// (one 8-byte access per point: an LDS.64/STS.64 at one address instead of two
+// accesses at two addresses), the others as (re, im) arrays. at(storage, h, r)
+// is the (re, im) pair of row r; rows are 2h values each either way.
 template <class R>
 struct RowPair {
   R re;
@@ -1091,8 +1091,11 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
   T* storage = row_storage<T, kShared>(workspace, 2, h);
   T* u_storage = stash_u ? workspace + static_cast<MP_INT64>(blockIdx.x) * 2 * h
                          : storage + 2 * h;
-  const Row<T> g_re{storage}, g_im{storage + h};
-  const Row<T> u_re{u_storage}, u_im{u_storage + h};
+  using Rows = ConvRows<T, kShared>;
+  using R = typename Rows::type;
+  const R g_re = Rows::at(storage, h, 0).re, g_im = Rows::at(storage, h, 0).im;
+  const R u_re = Rows::at(u_storage, h, 0).re,
+          u_im = Rows::at(u_storage, h, 0).im;
   cpx<T>* acc =
       acc_slots + static_cast<MP_INT64>(blockIdx.x) * 2 * fs.num_pairs;
   const MP_INT64 g_step = ix.time_stride[kOperandA];
@@ -1138,15 +1141,15 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
             u_norms.spectrum);
       }
       if (stash_u) {
-        load_forward_to<T, kShared>(
+        load_forward_to<T, kShared, R>(
             u_loaded, g_re, g_im, u_re, u_im, fs, tw, tid, row_threads, true);
-        load_forward<T, kShared>(
+        load_forward<T, kShared, R>(
             g_loaded, g_re, g_im, fs, tw, tid, row_threads);
       } else {
-        load_forward<T, kShared>(
+        load_forward<T, kShared, R>(
             r == 0 ? g_loaded : u_loaded,
-            Row<T>{storage + 2 * r * h},
-            Row<T>{storage + 2 * r * h + h},
+            Rows::at(storage, h, r).re,
+            Rows::at(storage, h, r).im,
             fs,
             tw,
             tid,
