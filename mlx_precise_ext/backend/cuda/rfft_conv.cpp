@@ -215,13 +215,16 @@ void recompute_marked(
 }
 
 // The prefixes of a row's a and b that recompute_open stages in shared
-// memory: whole rows where they fit, else as much of each as fits, if that
-// is at least half of the rows (a range of products is read from there only
-// when it lies within both prefixes; the staging takes the shared memory
-// that would otherwise hold more blocks for the global reads).
+// memory: whole rows where they fit, b as double where they fit so (one
+// float->double conversion per product instead of two: the conversions bound
+// the staged sums), else as much of each as fits, if that is at least half
+// of the rows (a range of products is read from there only when it lies
+// within both prefixes; the staging takes the shared memory that would
+// otherwise hold more blocks for the global reads).
 struct StagedLengths {
   int a;
   int b;
+  int b_double; // b staged as double after a padded to 16 bytes
 };
 
 StagedLengths staged_lengths(int device, int64_t a_len, int64_t b_len) {
@@ -230,11 +233,13 @@ StagedLengths staged_lengths(int device, int64_t a_len, int64_t b_len) {
           cuda::get_kernel(
               device, Precision::Extended, "recompute_open", false)) /
       static_cast<int64_t>(sizeof(float));
+  if ((a_len + 3) / 4 * 4 + 2 * b_len <= room)
+    return {static_cast<int>(a_len), static_cast<int>(b_len), 1};
   const int64_t b = std::min(b_len, std::max(room / 2, room - a_len));
   const int64_t a = std::min(a_len, room - b);
   if (2 * (a + b) < a_len + b_len)
-    return {0, 0};
-  return {static_cast<int>(a), static_cast<int>(b)};
+    return {0, 0, 0};
+  return {static_cast<int>(a), static_cast<int>(b), 0};
 }
 
 // One launch shape: the row storage (shared or workspace), block size and
@@ -491,7 +496,7 @@ void recompute_conv_outputs(
   }
   StagedLengths staged = one_term_per_row
       ? staged_lengths(device, shape.a_len, shape.b_len)
-      : StagedLengths{0, 0};
+      : StagedLengths{0, 0, 0};
   if (one_term_per_row && staged.a + staged.b == 0)
     // Rows too long to stage: windows of outputs, chunks of the rows staged.
     return recompute(
@@ -501,9 +506,11 @@ void recompute_conv_outputs(
         std::make_tuple());
   recompute(
       "recompute_open",
-      (staged.a + staged.b) * sizeof(float),
+      staged.b_double
+          ? (staged.a + 3) / 4 * 4 * sizeof(float) + staged.b * sizeof(double)
+          : (staged.a + staged.b) * sizeof(float),
       0,
-      std::make_tuple(staged.a, staged.b));
+      std::make_tuple(staged.a, staged.b, staged.b_double));
 }
 
 // conv_rows and reduce_rows: one pair of rows (a, b) per term, one bias.

@@ -1963,9 +1963,10 @@ struct OutputRowOperands {
 // The products of output t of output row `row` for conv_rows (one term per
 // row: the row's own term) or reduce_rows (all inner rows of the target), as
 // ranges. With one term per row, the first a_staged entries of the row's a
-// (as the transform loads it) and b_staged of its b may be staged in shared
-// memory (`staged`), and the products of a range that lies within them are
-// read from there (the host stages whole rows where they fit).
+// (as the transform loads it) and b_staged of its b (as double where
+// b_double) may be staged in shared memory (`staged`), and the products of a
+// range that lies within them are read from there (the host stages whole
+// rows where they fit).
 struct OpenOutputRanges {
   const float* a;
   const float* b;
@@ -1977,6 +1978,7 @@ struct OpenOutputRanges {
   int a_staged;
   const float* staged_b;
   int b_staged;
+  bool b_double;
 
   // The rows of output row `row` in `out`: taken once per row, since
   // row_offset's 64-bit divisions cost more than a short output's products.
@@ -2017,9 +2019,17 @@ struct OpenOutputRanges {
         g,
         t,
         [&](auto a_at, auto b_at, MP_INT64 m0, MP_INT64 j0, MP_INT64 n) {
-          if (staged && m0 < a_staged && j0 + n <= b_staged)
-            range(StagedRow{staged_a}, StagedRow{staged_b}, m0, j0, n);
-          else if (is_unit_row(a_at) && is_unit_row(b_at))
+          if (staged && m0 < a_staged && j0 + n <= b_staged) {
+            if (b_double)
+              range(
+                  StagedRow{staged_a},
+                  StagedDoubleRow{reinterpret_cast<const double*>(staged_b)},
+                  m0,
+                  j0,
+                  n);
+            else
+              range(StagedRow{staged_a}, StagedRow{staged_b}, m0, j0, n);
+          } else if (is_unit_row(a_at) && is_unit_row(b_at))
             range(UnitRow{a_at.data}, UnitRow{b_at.data}, m0, j0, n);
           else
             range(a_at, b_at, m0, j0, n);
@@ -2032,8 +2042,9 @@ struct OpenOutputRanges {
 // Step 3 of certify.h, running stage, for the outputs that conv_rows or
 // reduce_rows marked (OpenOutputRanges), leaving marked the few it does not
 // decide (for_each_open_output). With one term per row, a row with several
-// marked outputs stages its a and b prefixes (a_staged, b_staged entries) in
-// dynamic shared memory.
+// marked outputs stages its a and b prefixes (a_staged, b_staged entries; b
+// as double after a padded to 16 bytes where b_double) in dynamic shared
+// memory.
 __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open(
     const float* a,
     const float* b,
@@ -2044,10 +2055,11 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open(
     int one_term_per_row,
     int a_staged,
     int b_staged,
+    int b_double,
     int slices,
     const OpenList open) {
   float* staged_a = reinterpret_cast<float*>(shared_rows);
-  float* staged_b = staged_a + a_staged;
+  float* staged_b = staged_a + (b_double ? (a_staged + 3) / 4 * 4 : a_staged);
   const OpenOutputRanges ranges{
       a,
       b,
@@ -2058,7 +2070,8 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open(
       staged_a,
       a_staged,
       staged_b,
-      b_staged};
+      b_staged,
+      b_double != 0};
   // The rows of the row being summed, set with its stage (kept in shared
   // memory: in registers through the sums they spilled).
   __shared__ OutputRowOperands rows;
@@ -2074,10 +2087,11 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open(
             staged_a,
             DeviceRow{r.a.data, r.a.stride, g.a_len, g.a_reversed != 0},
             a_staged);
-        stage_row(
-            staged_b,
-            DeviceRow{r.b.data, r.b.stride, g.b_len, false},
-            b_staged);
+        const DeviceRow b_at{r.b.data, r.b.stride, g.b_len, false};
+        if (b_double)
+          stage_loads(reinterpret_cast<double*>(staged_b), b_at, b_staged);
+        else
+          stage_row(staged_b, b_at, b_staged);
         wait_quad_copies();
       },
       [&](MP_INT64 row,
@@ -2112,7 +2126,7 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_undecided(
     int one_term_per_row,
     const OpenList open) {
   const OpenOutputRanges ranges{
-      a, b, bias, ix, g, one_term_per_row != 0, nullptr, 0, nullptr, 0};
+      a, b, bias, ix, g, one_term_per_row != 0, nullptr, 0, nullptr, 0, false};
   for_each_marked(open, [&](MP_INT64 e) {
     const MP_INT64 row = e / g.out_len, t = e % g.out_len;
     const OutputRowOperands rows = ranges.rows(out, row);
@@ -2256,7 +2270,7 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_undecided_long(
     const OpenList open) {
   __shared__ int marked[kMarkedCapacity];
   const OpenOutputRanges ranges{
-      a, b, bias, ix, g, one_term_per_row != 0, nullptr, 0, nullptr, 0};
+      a, b, bias, ix, g, one_term_per_row != 0, nullptr, 0, nullptr, 0, false};
   const MP_INT64 span =
       32 * kOpenWordsPerThread * static_cast<MP_INT64>(blockDim.x);
   for (MP_INT64 first = blockIdx.x * span; first < open.words * 32;
@@ -2481,7 +2495,7 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_windows(
   __shared__ int extent[4];
   constexpr int kNone = 0x7fffffff;
   const OpenOutputRanges ranges{
-      a, b, bias, ix, g, true, nullptr, 0, nullptr, 0};
+      a, b, bias, ix, g, true, nullptr, 0, nullptr, 0, false};
   const int warp = threadIdx.x / 32;
   const int warps = blockDim.x / 32;
   const MP_INT64 row_count = (open.words * 32 + g.out_len - 1) / g.out_len;
