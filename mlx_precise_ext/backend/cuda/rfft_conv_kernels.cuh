@@ -1459,6 +1459,75 @@ __device__ __forceinline__ void running_sum_part(
   warp_running_sum(sum, mass);
 }
 
+// running_sum_part for two outputs whose products a(m_o - k) b(j + k), k <
+// count, read the same entries of b: each entry of b is loaded once for
+// both, so that a product takes one shared load of a and half of one of b
+// (the shared loads bound the staged sums). Two chains per output (the
+// same four independent additions per lane), in running_sum_part's layout;
+// every lane gets both warp sums and masses.
+template <class RowA, class RowB>
+__device__ __forceinline__ void running_sum_pair(
+    RowA a,
+    RowB b,
+    const int (&m)[2],
+    int j,
+    int count,
+    int lane,
+    int lanes,
+    double (&sum)[2],
+    double (&mass)[2]) {
+  constexpr int kChains = 2;
+  double sums[2][kChains] = {}, masses[2][kChains] = {};
+  const int base = lane % 32 + (lane - lane % 32) * kChains;
+  const int step = lanes * kChains;
+  int k = base;
+  while (k + 32 * (kChains - 1) < count) {
+    double blocks[2][kChains] = {};
+    for (int i = 0; i < kRunningBlock && k + 32 * (kChains - 1) < count;
+         ++i, k += step) {
+#pragma unroll
+      for (int c = 0; c < kChains; ++c) {
+        const double y = static_cast<double>(b(j + k + 32 * c));
+#pragma unroll
+        for (int o = 0; o < 2; ++o) {
+          // The product is exact: one rounding, the addition's.
+          blocks[o][c] =
+              fma(static_cast<double>(a(m[o] - k - 32 * c)), y, blocks[o][c]);
+          masses[o][c] += fabs(blocks[o][c]);
+        }
+      }
+    }
+#pragma unroll
+    for (int o = 0; o < 2; ++o)
+#pragma unroll
+      for (int c = 0; c < kChains; ++c) {
+        sums[o][c] += blocks[o][c];
+        masses[o][c] += fabs(sums[o][c]);
+      }
+  }
+#pragma unroll
+  for (int c = 0; c < kChains; ++c)
+    if (k + 32 * c < count)
+#pragma unroll
+      for (int o = 0; o < 2; ++o) {
+        sums[o][0] =
+            fma(static_cast<double>(a(m[o] - k - 32 * c)),
+                static_cast<double>(b(j + k + 32 * c)),
+                sums[o][0]);
+        masses[o][0] += fabs(sums[o][0]);
+      }
+#pragma unroll
+  for (int o = 0; o < 2; ++o) {
+    sum[o] = sums[o][0];
+    mass[o] = masses[o][0];
+    for (int c = 1; c < kChains; ++c) {
+      sum[o] += sums[o][c];
+      mass[o] += masses[o][c] + fabs(sum[o]);
+    }
+    warp_running_sum(sum[o], mass[o]);
+  }
+}
+
 // running_round's certification of a running sum and its mass.
 __device__ __forceinline__ bool
 running_certified(double sum, double mass, float* out) {
@@ -1767,13 +1836,15 @@ __device__ __forceinline__ void decide_running(
 // once, and `staged` is true (its copies are all in flight at once, where an
 // output summed from device memory waits for one load after another; an
 // output reads about half of each operand row). Then groups of warps
-// (warps_per_output: the whole block for a single output, a warp each for as
-// many outputs as the block has warps) call sum_part(row, t, staged, lane,
-// lanes, sum, mass), lane numbering the group's threads, and the group's sums
-// are combined; a certified output is passed to write(row, t, value) from one
-// thread, an undecided one marked again. Each output is correctly rounded on
-// its own: order and grouping change no result bit.
-template <class Stage, class SumPart, class Write>
+// (warps_per_output: the whole block for a single group of outputs, a warp
+// each for as many groups as the block has warps) take kOutputs neighbouring
+// listed outputs t (present of them: fewer at the end) at a time and call
+// sum_part(row, t, present, staged, lane, lanes, sum, mass), lane numbering
+// the group's threads, and the group's sums are combined; a certified output
+// is passed to write(row, t, value) from one thread, an undecided one marked
+// again. Each output is correctly rounded on its own: order and grouping
+// change no result bit.
+template <int kOutputs, class Stage, class SumPart, class Write>
 __device__ __forceinline__ void for_each_open_output(
     const OpenList& open,
     MP_INT64 out_len,
@@ -1782,7 +1853,7 @@ __device__ __forceinline__ void for_each_open_output(
     SumPart sum_part,
     Write write) {
   __shared__ int marked[kMarkedCapacity];
-  __shared__ double partial[kRecomputeWarps][2];
+  __shared__ double partial[kRecomputeWarps][kOutputs][2];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int warps = blockDim.x / 32;
   const MP_INT64 rows = (open.words * 32 + out_len - 1) / out_len;
@@ -1797,32 +1868,47 @@ __device__ __forceinline__ void for_each_open_output(
         __syncthreads();
         staged = true;
       }
-      const int group_warps = warps_per_output(n, warps);
+      const int group_warps =
+          warps_per_output((n + kOutputs - 1) / kOutputs, warps);
       const int groups = warps / group_warps, group = warp / group_warps,
                 member = warp % group_warps;
-      for (int i0 = 0; i0 < n; i0 += groups) {
-        const int i = i0 + group;
-        const MP_INT64 t = i < n ? marked[i] : 0;
-        double sum = 0.0, mass = 0.0;
-        if (i < n)
+      for (int i0 = 0; i0 < n; i0 += kOutputs * groups) {
+        const int i = i0 + kOutputs * group;
+        const int present = max(min(n - i, kOutputs), 0);
+        MP_INT64 t[kOutputs];
+        double sum[kOutputs] = {}, mass[kOutputs] = {};
+        for (int o = 0; o < kOutputs; ++o)
+          t[o] = o < present ? marked[i + o] : 0;
+        if (present > 0)
           sum_part(
-              row, t, staged, member * 32 + lane, group_warps * 32, sum, mass);
+              row,
+              t,
+              present,
+              staged,
+              member * 32 + lane,
+              group_warps * 32,
+              sum,
+              mass);
         if (group_warps > 1) {
-          if (lane == 0) {
-            partial[warp][0] = sum;
-            partial[warp][1] = mass;
-          }
+          if (lane == 0)
+            for (int o = 0; o < kOutputs; ++o) {
+              partial[warp][o][0] = sum[o];
+              partial[warp][o][1] = mass[o];
+            }
           __syncthreads();
           if (member == 0)
-            for (int q = 1; q < group_warps; ++q) {
-              sum += partial[warp + q][0];
-              mass += partial[warp + q][1] + fabs(sum);
-            }
+            for (int q = 1; q < group_warps; ++q)
+              for (int o = 0; o < kOutputs; ++o) {
+                sum[o] += partial[warp + q][o][0];
+                mass[o] += partial[warp + q][o][1] + fabs(sum[o]);
+              }
           __syncthreads(); // partial is free again
         }
-        if (i < n && member == 0 && lane == 0)
-          decide_running(
-              open, first + t, sum, mass, [&](float v) { write(row, t, v); });
+        if (member == 0 && lane == 0)
+          for (int o = 0; o < present; ++o)
+            decide_running(open, first + t[o], sum[o], mass[o], [&](float v) {
+              write(row, t[o], v);
+            });
       }
     });
   }
@@ -2075,7 +2161,7 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open(
   // The rows of the row being summed, set with its stage (kept in shared
   // memory: in registers through the sums they spilled).
   __shared__ OutputRowOperands rows;
-  for_each_open_output(
+  for_each_open_output<2>(
       open,
       g.out_len,
       slices,
@@ -2095,18 +2181,85 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open(
         wait_quad_copies();
       },
       [&](MP_INT64 row,
-          MP_INT64 t,
+          const MP_INT64(&t)[2],
+          int present,
           bool staged,
           int lane,
           int lanes,
-          double& sum,
-          double& mass) {
-        running_sum_part(
-            [&](auto range) { ranges(rows, row, t, staged, range); },
-            lane,
-            lanes,
-            sum,
-            mass);
+          double (&sum)[2],
+          double (&mass)[2]) {
+        // Output t[o]'s one range of products (m, j, count) in the staged
+        // rows, where it has one; else count 0.
+        auto staged_range = [&](int o, int& m, int& j) {
+          int count = 0, met = 0;
+          for_each_term_range(
+              rows.a,
+              rows.b,
+              g,
+              t[o],
+              [&](auto, auto, MP_INT64 m0, MP_INT64 j0, MP_INT64 k) {
+                ++met;
+                if (m0 < a_staged && j0 + k <= b_staged) {
+                  m = static_cast<int>(m0);
+                  j = static_cast<int>(j0);
+                  count = static_cast<int>(k);
+                }
+              });
+          return met == 1 ? count : 0;
+        };
+        int m[2] = {0, 0}, j[2] = {0, 0}, count[2] = {0, 0};
+        if (present == 2 && staged && b_double && one_term_per_row)
+          for (int o = 0; o < 2; ++o)
+            count[o] = staged_range(o, m[o], j[o]);
+        const int j_first = max(j[0], j[1]);
+        const int both = min(j[0] + count[0], j[1] + count[1]) - j_first;
+        if (count[0] == 0 || count[1] == 0 || both <= 0) {
+          for (int o = 0; o < present; ++o)
+            running_sum_part(
+                [&](auto range) { ranges(rows, row, t[o], staged, range); },
+                lane,
+                lanes,
+                sum[o],
+                mass[o]);
+          return;
+        }
+        // The two outputs together over the span of b both read
+        // (running_sum_pair: b loaded once for two products), then the
+        // rest of each (before and after that span, the bias product),
+        // added as recompute_open_reduce adds its parts.
+        const StagedRow a_row{staged_a};
+        const StagedDoubleRow b_row{reinterpret_cast<const double*>(staged_b)};
+        const int m_first[2] = {
+            m[0] - (j_first - j[0]), m[1] - (j_first - j[1])};
+        running_sum_pair(
+            a_row, b_row, m_first, j_first, both, lane, lanes, sum, mass);
+        for (int o = 0; o < 2; ++o) {
+          const int before = j_first - j[o];
+          const int after = count[o] - before - both;
+          if (before + after == 0 && !g.has_bias)
+            continue;
+          double rest, rest_mass;
+          running_sum_part(
+              [&](auto range) {
+                if (before > 0)
+                  range(a_row, b_row, m[o], j[o], before);
+                if (after > 0)
+                  range(
+                      a_row,
+                      b_row,
+                      m[o] - (count[o] - after),
+                      j[o] + (count[o] - after),
+                      after);
+                if (g.has_bias)
+                  bias_range(rows.a, rows.bias, t[o], range);
+              },
+              lane,
+              lanes,
+              rest,
+              rest_mass);
+          sum[o] += rest;
+          mass[o] += rest_mass + fabs(sum[o]);
+        }
       },
       [&](MP_INT64, MP_INT64 t, float v) { rows.out[t] = v; });
 }
@@ -2165,75 +2318,6 @@ __device__ __forceinline__ void add_running_part(
       sum,
       mass);
   add_to_total(total, sum, mass);
-}
-
-// running_sum_part for two outputs whose products a(m_o - k) b(j + k), k <
-// count, read the same entries of b: each entry of b is loaded once for
-// both, so that a product takes one shared load of a and half of one of b
-// (the shared loads bound the staged sums). Two chains per output (the
-// same four independent additions per lane), in running_sum_part's layout;
-// every lane gets both warp sums and masses.
-template <class RowA, class RowB>
-__device__ __forceinline__ void running_sum_pair(
-    RowA a,
-    RowB b,
-    const int (&m)[2],
-    int j,
-    int count,
-    int lane,
-    int lanes,
-    double (&sum)[2],
-    double (&mass)[2]) {
-  constexpr int kChains = 2;
-  double sums[2][kChains] = {}, masses[2][kChains] = {};
-  const int base = lane % 32 + (lane - lane % 32) * kChains;
-  const int step = lanes * kChains;
-  int k = base;
-  while (k + 32 * (kChains - 1) < count) {
-    double blocks[2][kChains] = {};
-    for (int i = 0; i < kRunningBlock && k + 32 * (kChains - 1) < count;
-         ++i, k += step) {
-#pragma unroll
-      for (int c = 0; c < kChains; ++c) {
-        const double y = static_cast<double>(b(j + k + 32 * c));
-#pragma unroll
-        for (int o = 0; o < 2; ++o) {
-          // The product is exact: one rounding, the addition's.
-          blocks[o][c] =
-              fma(static_cast<double>(a(m[o] - k - 32 * c)), y, blocks[o][c]);
-          masses[o][c] += fabs(blocks[o][c]);
-        }
-      }
-    }
-#pragma unroll
-    for (int o = 0; o < 2; ++o)
-#pragma unroll
-      for (int c = 0; c < kChains; ++c) {
-        sums[o][c] += blocks[o][c];
-        masses[o][c] += fabs(sums[o][c]);
-      }
-  }
-#pragma unroll
-  for (int c = 0; c < kChains; ++c)
-    if (k + 32 * c < count)
-#pragma unroll
-      for (int o = 0; o < 2; ++o) {
-        sums[o][0] =
-            fma(static_cast<double>(a(m[o] - k - 32 * c)),
-                static_cast<double>(b(j + k + 32 * c)),
-                sums[o][0]);
-        masses[o][0] += fabs(sums[o][0]);
-      }
-#pragma unroll
-  for (int o = 0; o < 2; ++o) {
-    sum[o] = sums[o][0];
-    mass[o] = masses[o][0];
-    for (int c = 1; c < kChains; ++c) {
-      sum[o] += sums[o][c];
-      mass[o] += masses[o][c] + fabs(sum[o]);
-    }
-    warp_running_sum(sum[o], mass[o]);
-  }
 }
 
 // decide_running for the n listed outputs first + marked[i] from their
@@ -2709,26 +2793,27 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_sum(
     const SumOperands s,
     int slices,
     const OpenList open) {
-  for_each_open_output(
+  for_each_open_output<1>(
       open,
       g.out_len,
       slices,
       [](MP_INT64) {},
       [&](MP_INT64 row,
-          MP_INT64 t,
+          const MP_INT64(&t)[1],
+          int,
           bool,
           int lane,
           int lanes,
-          double& sum,
-          double& mass) {
+          double (&sum)[1],
+          double (&mass)[1]) {
         running_sum_part(
             [&](auto range) {
-              for_each_sum_range(data, ix, s, g, row, t, range);
+              for_each_sum_range(data, ix, s, g, row, t[0], range);
             },
             lane,
             lanes,
-            sum,
-            mass);
+            sum[0],
+            mass[0]);
       },
       [&](MP_INT64 row, MP_INT64 t, float v) {
         out[row_offset(ix, kOperandOut, row, 0) + t] = v;
