@@ -840,6 +840,17 @@ __device__ __forceinline__ void write_reduced_row(
   __syncthreads();
 }
 
+// sum_terms_rows' rows: interleaved as conv_rows' (float rows in shared
+// memory), else (re, im) arrays unswizzled, as they were.
+template <class T, bool kShared>
+struct SumRows {
+  static __device__ __forceinline__ RowPair<T*> at(T* storage, int h, int r) {
+    return {storage + 2 * r * h, storage + 2 * r * h + h};
+  }
+};
+template <>
+struct SumRows<float, true> : ConvRows<float, true> {};
+
 // Output rows that each sum terms: row r = sum over its conv terms of
 // conv(a, b), accumulated spectrally in the block's slot of `acc` and
 // inverted once, plus its bias products, rounded once. Terms describes them:
@@ -861,24 +872,23 @@ __device__ __forceinline__ void sum_terms_rows(
     const OpenList& open,
     T* workspace) {
   const int h = fs.n_half;
-  T* a_re = row_storage<T, kShared>(workspace, 2, h);
-  T* a_im = a_re + h;
-  T* b_re = a_im + h;
-  T* b_im = b_re + h;
+  T* storage = row_storage<T, kShared>(workspace, 2, h);
+  using Rows = SumRows<T, kShared>;
+  const auto a = Rows::at(storage, h, 0), b = Rows::at(storage, h, 1);
   cpx<T>* acc =
       acc_slots + static_cast<MP_INT64>(blockIdx.x) * 2 * fs.num_pairs;
   for (MP_INT64 row = blockIdx.x; row < ix.outer_count; row += gridDim.x) {
     double norm_products = 0.0;
     for (MP_INT64 i = 0; i < terms.conv_count(); ++i) {
-      OperandRow a, b;
-      terms.conv_rows(row, i, a, b);
+      OperandRow a_row, b_row;
+      terms.conv_rows(row, i, a_row, b_row);
       norm_products += accumulate_term<T, kShared>(
-          a_re,
-          a_im,
-          b_re,
-          b_im,
-          a,
-          b,
+          a.re,
+          a.im,
+          b.re,
+          b.im,
+          a_row,
+          b_row,
           g,
           fs,
           tw,
@@ -891,8 +901,8 @@ __device__ __forceinline__ void sum_terms_rows(
     if constexpr (Certified<T>::value)
       cert = terms.certificate(row, norm_products);
     write_reduced_row<T, kShared>(
-        a_re,
-        a_im,
+        a.re,
+        a.im,
         g,
         fs,
         tw,
