@@ -1538,6 +1538,50 @@ __device__ __forceinline__ void running_sum_pair(
   }
 }
 
+// Two outputs' ranges of products a(m[o] - k) b(j[o] + k), k < count[o]
+// (count 0: none), for running_sum_pair: the span of b that both read
+// (entries j_first() on, both() of them) and the rest of each.
+struct RangePair {
+  int m[2] = {0, 0}, j[2] = {0, 0}, count[2] = {0, 0};
+
+  __device__ __forceinline__ int j_first() const {
+    return max(j[0], j[1]);
+  }
+
+  // The common span's length: 0 where a range is empty or they do not meet.
+  __device__ __forceinline__ int both() const {
+    const int n = min(j[0] + count[0], j[1] + count[1]) - j_first();
+    return count[0] > 0 && count[1] > 0 && n > 0 ? n : 0;
+  }
+
+  // running_sum_pair over the span.
+  template <class RowA, class RowB>
+  __device__ __forceinline__ void sum_span(
+      RowA a,
+      RowB b,
+      int lane,
+      int lanes,
+      double (&sum)[2],
+      double (&mass)[2]) const {
+    const int m_first[2] = {
+        m[0] - (j_first() - j[0]), m[1] - (j_first() - j[1])};
+    running_sum_pair(a, b, m_first, j_first(), both(), lane, lanes, sum, mass);
+  }
+
+  // range(a, b, m, j, count) for output o's products before and after the
+  // span.
+  template <class RowA, class RowB, class Range>
+  __device__ __forceinline__ void
+  for_each_rest(RowA a, RowB b, int o, Range range) const {
+    const int before = j_first() - j[o];
+    const int after = count[o] - before - both();
+    if (before > 0)
+      range(a, b, m[o], j[o], before);
+    if (after > 0)
+      range(a, b, m[o] - (count[o] - after), j[o] + (count[o] - after), after);
+  }
+};
+
 // running_round's certification of a running sum and its mass.
 __device__ __forceinline__ bool
 running_certified(double sum, double mass, float* out) {
@@ -2217,13 +2261,12 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open(
               });
           return met == 1 ? count : 0;
         };
-        int m[2] = {0, 0}, j[2] = {0, 0}, count[2] = {0, 0};
+        RangePair pair;
         if (present == 2 && staged && b_double && one_term_per_row)
           for (int o = 0; o < 2; ++o)
-            count[o] = staged_range(o, m[o], j[o]);
-        const int j_first = max(j[0], j[1]);
-        const int both = min(j[0] + count[0], j[1] + count[1]) - j_first;
-        if (count[0] == 0 || count[1] == 0 || both <= 0) {
+            pair.count[o] = staged_range(o, pair.m[o], pair.j[o]);
+        const int both = pair.both();
+        if (both == 0) {
           for (int o = 0; o < present; ++o)
             running_sum_part(
                 [&](auto range) { ranges(rows, row, t[o], staged, range); },
@@ -2239,27 +2282,14 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open(
         // added as recompute_open_reduce adds its parts.
         const StagedRow a_row{staged_a};
         const StagedDoubleRow b_row{reinterpret_cast<const double*>(staged_b)};
-        const int m_first[2] = {
-            m[0] - (j_first - j[0]), m[1] - (j_first - j[1])};
-        running_sum_pair(
-            a_row, b_row, m_first, j_first, both, lane, lanes, sum, mass);
+        pair.sum_span(a_row, b_row, lane, lanes, sum, mass);
         for (int o = 0; o < 2; ++o) {
-          const int before = j_first - j[o];
-          const int after = count[o] - before - both;
-          if (before + after == 0 && !g.has_bias)
+          if (pair.count[o] == both && !g.has_bias)
             continue;
           double rest, rest_mass;
           running_sum_part(
               [&](auto range) {
-                if (before > 0)
-                  range(a_row, b_row, m[o], j[o], before);
-                if (after > 0)
-                  range(
-                      a_row,
-                      b_row,
-                      m[o] - (count[o] - after),
-                      j[o] + (count[o] - after),
-                      after);
+                pair.for_each_rest(a_row, b_row, o, range);
                 if (g.has_bias)
                   bias_range(rows.a, rows.bias, t[o], range);
               },
@@ -2468,50 +2498,29 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_reduce(
             // Outputs i and i + 1 (neighbours: the list is in output
             // order) together over the span of b that both read.
             for (int i = 2 * group; i < n; i += 2 * groups) {
-              int m[2] = {0, 0}, j[2] = {0, 0}, count[2] = {0, 0};
-              count[0] = single_range(marked[i], m[0], j[0]);
+              RangePair pair;
+              pair.count[0] = single_range(marked[i], pair.m[0], pair.j[0]);
               if (i + 1 < n)
-                count[1] = single_range(marked[i + 1], m[1], j[1]);
-              const int j_first = max(j[0], j[1]);
-              const int both = min(j[0] + count[0], j[1] + count[1]) - j_first;
-              if (count[0] == 0 || count[1] == 0 || both <= 0) {
+                pair.count[1] =
+                    single_range(marked[i + 1], pair.m[1], pair.j[1]);
+              const int both = pair.both();
+              if (both == 0) {
                 add_output(i);
                 if (i + 1 < n)
                   add_output(i + 1);
                 continue;
               }
-              const int m_first[2] = {
-                  m[0] - (j_first - j[0]), m[1] - (j_first - j[1])};
               double sum[2], mass[2];
-              running_sum_pair(
-                  a_row,
-                  b_row,
-                  m_first,
-                  j_first,
-                  both,
-                  lane,
-                  group_warps * 32,
-                  sum,
-                  mass);
+              pair.sum_span(a_row, b_row, lane, group_warps * 32, sum, mass);
 #pragma unroll
               for (int o = 0; o < 2; ++o) {
                 add_to_total(totals[i + o], sum[o], mass[o]);
                 // The products before and after the common span.
-                const int before = j_first - j[o];
-                const int after = count[o] - before - both;
-                if (before + after > 0)
+                if (pair.count[o] > both)
                   add_running_part(
                       totals[i + o],
                       [&](auto range) {
-                        if (before > 0)
-                          range(a_row, b_row, m[o], j[o], before);
-                        if (after > 0)
-                          range(
-                              a_row,
-                              b_row,
-                              m[o] - (count[o] - after),
-                              j[o] + (count[o] - after),
-                              after);
+                        pair.for_each_rest(a_row, b_row, o, range);
                       },
                       member,
                       group_warps);
