@@ -107,32 +107,6 @@ def test_cuda_float32_bits_equal_cpu(shape):
     assert np.array_equal(np.array(y_gpu).view(np.uint32), np.array(y_cpu).view(np.uint32))
 
 
-# grad u and grad k together (gradient_rows): rows in shared memory, and rows of
-# n = 32768 stashed (u's spectrum in a device slot), M2-BERT's long form.
-@pytest.mark.skipif(not mx.cuda.is_available(), reason="CUDA's float32 rows: the CPU's operations")
-@pytest.mark.parametrize("shape", [(2, 3, 1024, 2048, 2048), (2, 2, 16384, 32768, 32768)])
-def test_cuda_float32_gradient_bits_equal_cpu(rng, shape):
-    """gradient_rows<float> runs conv_rows' and reduce_rows' row operations in the CPU's order
-    (grad k accumulated row after row), so float32 grad u and grad k are the CPU's bits,
-    whatever layout its rows use (interleaved since f32grad)."""
-    B, H, L, Lk, n = shape
-    u, k, _ = random_inputs(B, H, L, Lk, seed=int(rng.integers(2**31)), bias=False)
-    g = mx.array(rng.standard_normal((B, H, L)).astype(np.float32))
-
-    def grads(device, u, k):
-        def loss(u, k):
-            y = mp.rfft_conv(u, k, n=n, stream=device)
-            return mx.sum(mx.multiply(y, g, stream=device), stream=device)
-
-        return mx.grad(loss, argnums=(0, 1))(u, k)
-
-    g_gpu, g_cpu = gpu_and_cpu(grads, mx.array(u), mx.array(k))
-    for name, got, cpu in zip("uk", g_gpu, g_cpu):
-        got = np.array(got)
-        assert np.all(np.isfinite(got)) and np.any(got != 0), name
-        assert np.array_equal(got.view(np.uint32), np.array(cpu).view(np.uint32)), name
-
-
 def gpu_and_cpu(fn, *arrays):
     outs = []
     for device in (mx.gpu, mx.cpu):
@@ -386,28 +360,6 @@ def test_kernel_gradient_over_many_rows_bits(rng, precision, data, argnums):
     assert np.all(np.isfinite(grad_k)) and np.any(grad_k != 0)
     for got, cpu in zip(g_gpu, g_cpu):
         assert np.array_equal(np.array(got).view(np.uint32), np.array(cpu).view(np.uint32))
-
-
-# recompute_open_reduce stages b as double where the pair of rows fits so (L = 4096
-# above), else as float: at L = 20000 the rows take 160 KB as float, 240 KB with b as
-# double. Integer rows: every odd output on an exact tie, so many pairs of outputs.
-@pytest.mark.parametrize("precision", BITWISE_PRECISIONS)
-def test_kernel_gradient_rows_staged_as_float_bits(rng, precision):
-    B, H, L = 8, 1, 20000
-    u = mx.array(rng.integers(0, 24, (B, H, L)).astype(np.float32))
-    g = mx.array(rng.integers(0, 24, (B, H, L)).astype(np.float32))
-    k = mx.array((rng.standard_normal((H, L)) / np.sqrt(L)).astype(np.float32))
-
-    def grad_k(device, k):
-        def loss(k):
-            y = mp.rfft_conv(u, k, n=2 * L, precision=precision, stream=device)
-            return mx.sum(mx.multiply(y, g, stream=device), stream=device)
-
-        return mx.grad(loss)(k)
-
-    g_gpu, g_cpu = gpu_and_cpu(grad_k, k)
-    assert np.all(np.isfinite(np.array(g_gpu))) and np.any(np.array(g_gpu) != 0)
-    assert np.array_equal(np.array(g_gpu).view(np.uint32), np.array(g_cpu).view(np.uint32))
 
 
 # grad u and grad k asked together: one RFFTConvGradients node, which CUDA runs as

@@ -118,30 +118,6 @@ def test_interleaved_rows_equal_arrays_bitwise(length, rows):
     assert np.abs(arrays.reshape(rows, length) - ref).max() < 1e-4 * scale
 
 
-@pytest.mark.parametrize("length", [2, 16, 1024, 4096])
-@pytest.mark.parametrize("rows", [1, 3])
-def test_interleaved_gradient_rows_equal_arrays_bitwise(length, rows):
-    """gradient_rows<float, true>'s and reduce_rows<float, true>'s rows interleaved give the
-    (re, im) arrays' bits: both transforms of each row (from a ContiguousRow and by
-    load_real_row), the accumulated G U and G K (multiply_gradient_spectra), the accumulator's
-    unsplit and every inverse."""
-    seed = int(np.random.SeedSequence().entropy % 2**32)
-    print("seed", seed)
-    rng = np.random.default_rng(seed)
-    g, u = (rng.standard_normal(rows * length).astype(np.float32) for _ in range(2))
-    k = rng.standard_normal(length).astype(np.float32)
-    n = 2 * length
-    arrays, interleaved = _ext.testing.gpu_gradient_row_layouts(g, u, k, rows, n)
-    assert np.all(np.isfinite(arrays))
-    np.testing.assert_array_equal(arrays.view(np.uint64), interleaved.view(np.uint64))
-    # And they are the cyclic convolutions g_j * k and sum_j g_j * u_j, against float64.
-    G, U = (np.fft.rfft(x.astype(np.float64).reshape(rows, length), n) for x in (g, u))
-    K = np.fft.rfft(k.astype(np.float64), n)
-    ref = np.concatenate([np.fft.irfft(G * K, n), [np.fft.irfft((G * U).sum(0), n)]])
-    got = arrays.reshape(rows + 1, n)
-    assert np.abs(got - ref).max() < 1e-5 * np.abs(ref).max()
-
-
 def emulated_conv_rows(u, k, fft_size):
     """conv_rows<float>'s outputs for u (B, H, L), k (H, Lk) by the CPU emulation of its row
     code (testing.gpu_conv_row_layouts, interleaved rows), the layout of rfft_conv's output."""

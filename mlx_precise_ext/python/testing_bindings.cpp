@@ -157,54 +157,6 @@ void run_passes(
   fft_passes<false, kWide, T>(re, im, fs, tw, 1, 0, 1, true);
 }
 
-// The forward transform of the real row x (even length) into (re, im) as
-// conv_rows runs it on CUDA: wide passes, pass 0 from a ContiguousRow.
-template <class R>
-void contiguous_forward(
-    R re,
-    R im,
-    const float* x,
-    int length,
-    const gpu::FFTTables<float>& t) {
-  fft_pass<false, true, float>(
-      ContiguousRow{x, length / 2},
-      re,
-      im,
-      t.shape,
-      0,
-      t.twiddles.data(),
-      0,
-      1);
-  fft_passes<false, true, float>(
-      re, im, t.shape, t.twiddles.data(), 1, 0, 1, true);
-}
-
-// A kernel row b (even length) as kernel_spectra stores its spectrum:
-// contiguous_forward, then store_spectrum scaled by `scale`.
-std::vector<cpx<float>> emulated_kernel_spectrum(
-    const gpu::FFTTables<float>& t,
-    const float* b,
-    int b_len,
-    float scale) {
-  const FFTShape& fs = t.shape;
-  const int h = fs.n_half;
-  std::vector<float> kernel_row(2 * static_cast<size_t>(h));
-  const SwizzledRow<float*> kre{kernel_row.data()}, kim{kernel_row.data() + h};
-  std::vector<cpx<float>> spectrum(2 * static_cast<size_t>(fs.num_pairs));
-  contiguous_forward(kre, kim, b, b_len, t);
-  store_spectrum<float>(
-      kre,
-      kim,
-      t.pairs.data(),
-      t.split.data(),
-      scale,
-      spectrum.data(),
-      fs.num_pairs,
-      0,
-      1);
-  return spectrum;
-}
-
 // conv_rows<float>'s steps on `rows` rows (a: rows x L floats, the kernel
 // row b: up to fft_size floats, even; outputs y[0..L) of the size-fft_size
 // cyclic convolution, the causal form) on the CPU, one thread running the
@@ -232,13 +184,38 @@ std::vector<double> emulated_conv_rows(
   g.b_len = b_len;
   g.out_len = length;
   g.spectrum_scale = 1.0f / static_cast<float>(4 * fft_size); // 1/(4N)
-  const std::vector<cpx<float>> spectrum =
-      emulated_kernel_spectrum(t, b, b_len, g.spectrum_scale);
+  std::vector<float> kernel_row(2 * static_cast<size_t>(h));
+  const SwizzledRow<float*> kre{kernel_row.data()}, kim{kernel_row.data() + h};
+  std::vector<cpx<float>> spectrum(2 * static_cast<size_t>(fs.num_pairs));
+  fft_pass<false, true, float>(
+      ContiguousRow{b, b_len / 2}, kre, kim, fs, 0, t.twiddles.data(), 0, 1);
+  fft_passes<false, true, float>(
+      kre, kim, fs, t.twiddles.data(), 1, 0, 1, true);
+  store_spectrum<float>(
+      kre,
+      kim,
+      t.pairs.data(),
+      t.split.data(),
+      g.spectrum_scale,
+      spectrum.data(),
+      fs.num_pairs,
+      0,
+      1);
   std::vector<float> storage(2 * static_cast<size_t>(h) * rows);
   for (int r = 0; r < rows; ++r) {
     const R re = row_re(storage.data(), h, r),
             im = row_im(storage.data(), h, r);
-    contiguous_forward(re, im, a + static_cast<size_t>(r) * length, length, t);
+    fft_pass<false, true, float>(
+        ContiguousRow{a + static_cast<size_t>(r) * length, length / 2},
+        re,
+        im,
+        fs,
+        0,
+        t.twiddles.data(),
+        0,
+        1);
+    fft_passes<false, true, float>(
+        re, im, fs, t.twiddles.data(), 1, 0, 1, true);
   }
   multiply_rows_by_spectrum<float>(
       row_re(storage.data(), h, 0),
@@ -301,130 +278,6 @@ nb::tuple gpu_conv_row_layouts(F a_in, F b_in, int rows, int64_t fft_size) {
       });
   return nb::make_tuple(
       new_double_array(swizzled), new_double_array(interleaved));
-}
-
-// gradient_rows<float>'s and reduce_rows<float>'s row steps on the CPU, one
-// thread running the block's steps, with the rows laid out as `R` (row 0 the
-// cotangent's, row 1 u's): per row j the forward passes of g_j (pass 0 from a
-// ContiguousRow) and of u_j (load_real_row, then every pass), G U added to
-// the accumulator and G turned into G K (multiply_gradient_spectra), G K's
-// inverse; then the accumulator inverted (unsplit_accumulated). Returns the
-// rows + 1 time-domain rows of fft_size entries (grad u's cyclic rows, then
-// grad k's).
-template <class R>
-std::vector<double> emulated_gradient_rows(
-    const float* g,
-    const float* u,
-    const float* k,
-    int rows,
-    int length,
-    int64_t fft_size,
-    R (*row_re)(float*, int, int),
-    R (*row_im)(float*, int, int)) {
-  const gpu::FFTTables<float> t = gpu::make_fft_tables<float>(fft_size);
-  const FFTShape& fs = t.shape;
-  const int h = fs.n_half;
-  const float scale = 1.0f / static_cast<float>(4 * fft_size); // 1/(4N)
-  const std::vector<cpx<float>> spectrum =
-      emulated_kernel_spectrum(t, k, length, scale);
-  std::vector<cpx<float>> acc(spectrum.size());
-  std::vector<float> storage(4 * static_cast<size_t>(h));
-  const R g_re = row_re(storage.data(), h, 0),
-          g_im = row_im(storage.data(), h, 0);
-  const R u_re = row_re(storage.data(), h, 1),
-          u_im = row_im(storage.data(), h, 1);
-  std::vector<double> out;
-  auto append_row = [&]() {
-    fft_passes<true, true, float>(
-        g_re, g_im, fs, t.twiddles.data(), 0, 0, 1, true);
-    for (int64_t i = 0; i < fft_size; ++i)
-      out.push_back(time_sample<float>(g_re, g_im, i));
-  };
-  for (int j = 0; j < rows; ++j) {
-    contiguous_forward(
-        g_re, g_im, g + static_cast<size_t>(j) * length, length, t);
-    load_real_row<float>(
-        u_re,
-        u_im,
-        u + static_cast<size_t>(j) * length,
-        1,
-        length,
-        false,
-        h,
-        0,
-        1);
-    fft_passes<false, true, float>(
-        u_re, u_im, fs, t.twiddles.data(), 0, 0, 1, true);
-    multiply_gradient_spectra<float>(
-        g_re,
-        g_im,
-        u_re,
-        u_im,
-        t.pairs.data(),
-        t.split.data(),
-        spectrum.data(),
-        acc.data(),
-        j == 0,
-        fs.num_pairs,
-        0,
-        1,
-        [](cpx<float>) {});
-    append_row();
-  }
-  unsplit_accumulated<float>(
-      g_re,
-      g_im,
-      t.pairs.data(),
-      t.split.data(),
-      acc.data(),
-      scale,
-      fs.num_pairs,
-      0,
-      1);
-  append_row();
-  return out;
-}
-
-// emulated_gradient_rows with the (re, im) arrays of SwizzledRow and with
-// InterleavedRow (gradient_rows<float, true> and reduce_rows<float, true> on
-// CUDA): returns both.
-nb::tuple
-gpu_gradient_row_layouts(F g_in, F u_in, F k_in, int rows, int64_t fft_size) {
-  const int64_t length = rows >= 1 ? g_in.shape(0) / rows : 0;
-  if (rows < 1 || length < 2 || length % 2 != 0 || 2 * length > fft_size ||
-      g_in.shape(0) != static_cast<size_t>(rows * length) ||
-      u_in.shape(0) != g_in.shape(0) ||
-      k_in.shape(0) != static_cast<size_t>(length) || fft_size < 4 ||
-      (fft_size & (fft_size - 1)) != 0)
-    throw std::invalid_argument(
-        "pass g and u of rows * L entries (L even), k of L entries, and a "
-        "power-of-two fft_size >= 2L");
-  const auto run = [&](auto row_re, auto row_im) {
-    return new_double_array(emulated_gradient_rows(
-        g_in.data(),
-        u_in.data(),
-        k_in.data(),
-        rows,
-        static_cast<int>(length),
-        fft_size,
-        row_re,
-        row_im));
-  };
-  return nb::make_tuple(
-      run(
-          +[](float* s, int h, int r) {
-            return SwizzledRow<float*>{s + 2 * r * h};
-          },
-          +[](float* s, int h, int r) {
-            return SwizzledRow<float*>{s + 2 * r * h + h};
-          }),
-      run(
-          +[](float* s, int h, int r) {
-            return InterleavedRow<float*>{s + 2 * r * h, 0};
-          },
-          +[](float* s, int h, int r) {
-            return InterleavedRow<float*>{s + 2 * r * h, 1};
-          }));
 }
 
 // The GPU kernels' complex transform of length fft_size / 2 (forward, or
@@ -2036,20 +1889,6 @@ void init_testing(nb::module_& parent) {
       "(float32: float, extended: double, dd: the float-pair kernels of Metal). The forward "
       "transform reads the real row (re[0], im[0], re[1], ...) cut to `length` entries (-1: "
       "all), zero-padded; returns (re, im) as float64.");
-
-  m.def(
-      "gpu_gradient_row_layouts",
-      &gpu_gradient_row_layouts,
-      "g"_a.noconvert(),
-      "u"_a.noconvert(),
-      "k"_a.noconvert(),
-      "rows"_a,
-      "fft_size"_a,
-      "gradient_rows<float>'s and reduce_rows<float>'s row steps (per row of g and u: "
-      "both transforms, G U accumulated and G turned into G K, G K's inverse; then the "
-      "accumulator's inverse) on the CPU with the rows as (re, im) arrays and "
-      "interleaved: returns both, (rows + 1) x fft_size time-domain entries each (the "
-      "cyclic rows of grad u, then grad k's).");
 
   m.def(
       "gpu_conv_row_layouts",

@@ -215,16 +215,13 @@ void recompute_marked(
 }
 
 // The prefixes of a row's a and b that recompute_open stages in shared
-// memory: whole rows where they fit, b as double where they fit so (one
-// float->double conversion per product instead of two: the conversions bound
-// the staged sums), else as much of each as fits, if that is at least half
-// of the rows (a range of products is read from there only when it lies
-// within both prefixes; the staging takes the shared memory that would
-// otherwise hold more blocks for the global reads).
+// memory: whole rows where they fit, else as much of each as fits, if that
+// is at least half of the rows (a range of products is read from there only
+// when it lies within both prefixes; the staging takes the shared memory
+// that would otherwise hold more blocks for the global reads).
 struct StagedLengths {
   int a;
   int b;
-  int b_double; // b staged as double after a padded to 16 bytes
 };
 
 StagedLengths staged_lengths(int device, int64_t a_len, int64_t b_len) {
@@ -233,13 +230,11 @@ StagedLengths staged_lengths(int device, int64_t a_len, int64_t b_len) {
           cuda::get_kernel(
               device, Precision::Extended, "recompute_open", false)) /
       static_cast<int64_t>(sizeof(float));
-  if ((a_len + 3) / 4 * 4 + 2 * b_len <= room)
-    return {static_cast<int>(a_len), static_cast<int>(b_len), 1};
   const int64_t b = std::min(b_len, std::max(room / 2, room - a_len));
   const int64_t a = std::min(a_len, room - b);
   if (2 * (a + b) < a_len + b_len)
-    return {0, 0, 0};
-  return {static_cast<int>(a), static_cast<int>(b), 0};
+    return {0, 0};
+  return {static_cast<int>(a), static_cast<int>(b)};
 }
 
 // One launch shape: the row storage (shared or workspace), block size and
@@ -476,27 +471,23 @@ void recompute_conv_outputs(
             extra);
       };
   if (!one_term_per_row && !shape.has_bias) {
-    // recompute_open_reduce: a pair of inner rows staged, b 16-byte aligned,
-    // as double where that fits (one conversion per product, not two).
+    // recompute_open_reduce: a pair of inner rows staged, b 16-byte aligned.
     const int64_t b_offset = (shape.a_len + 3) / 4 * 4;
-    const int64_t most = cuda::max_dynamic_shared(
-        cuda::get_kernel(
-            device, Precision::Extended, "recompute_open_reduce", false));
-    for (int b_double : {1, 0}) {
-      const int64_t staged_bytes = b_offset * int64_t{sizeof(float)} +
-          shape.b_len *
-              static_cast<int64_t>(b_double ? sizeof(double) : sizeof(float));
-      if (staged_bytes <= most)
-        return recompute(
-            "recompute_open_reduce",
-            static_cast<size_t>(staged_bytes),
-            0,
-            std::make_tuple(static_cast<int>(b_offset), b_double));
-    }
+    const int64_t staged_bytes =
+        (b_offset + shape.b_len) * static_cast<int64_t>(sizeof(float));
+    if (staged_bytes <=
+        cuda::max_dynamic_shared(
+            cuda::get_kernel(
+                device, Precision::Extended, "recompute_open_reduce", false)))
+      return recompute(
+          "recompute_open_reduce",
+          static_cast<size_t>(staged_bytes),
+          0,
+          std::make_tuple(static_cast<int>(b_offset)));
   }
   StagedLengths staged = one_term_per_row
       ? staged_lengths(device, shape.a_len, shape.b_len)
-      : StagedLengths{0, 0, 0};
+      : StagedLengths{0, 0};
   if (one_term_per_row && staged.a + staged.b == 0)
     // Rows too long to stage: windows of outputs, chunks of the rows staged.
     return recompute(
@@ -506,11 +497,9 @@ void recompute_conv_outputs(
         std::make_tuple());
   recompute(
       "recompute_open",
-      staged.b_double
-          ? (staged.a + 3) / 4 * 4 * sizeof(float) + staged.b * sizeof(double)
-          : (staged.a + staged.b) * sizeof(float),
+      (staged.a + staged.b) * sizeof(float),
       0,
-      std::make_tuple(staged.a, staged.b, staged.b_double));
+      std::make_tuple(staged.a, staged.b));
 }
 
 // conv_rows and reduce_rows: one pair of rows (a, b) per term, one bias.

@@ -350,10 +350,10 @@ __global__ void kernel_spectra(
   }
 }
 
-// conv_rows' and gradient_rows' rows: float rows in shared memory interleaved
-// (one 8-byte access per point: an LDS.64/STS.64 at one address instead of two
-// accesses at two addresses), the others as (re, im) arrays. at(storage, h, r)
-// is the (re, im) pair of row r; rows are 2h values each either way.
+// conv_rows' rows: float rows in shared memory interleaved (one 8-byte
+// access per point: an LDS.64/STS.64 at one address instead of two accesses
+// at two addresses), the others as (re, im) arrays. at(storage, h, r) is the
+// (re, im) pair of row r; rows are 2h values each either way.
 template <class R>
 struct RowPair {
   R re;
@@ -840,17 +840,6 @@ __device__ __forceinline__ void write_reduced_row(
   __syncthreads();
 }
 
-// sum_terms_rows' rows: interleaved as conv_rows' (float rows in shared
-// memory), else (re, im) arrays unswizzled, as they were.
-template <class T, bool kShared>
-struct SumRows {
-  static __device__ __forceinline__ RowPair<T*> at(T* storage, int h, int r) {
-    return {storage + 2 * r * h, storage + 2 * r * h + h};
-  }
-};
-template <>
-struct SumRows<float, true> : ConvRows<float, true> {};
-
 // Output rows that each sum terms: row r = sum over its conv terms of
 // conv(a, b), accumulated spectrally in the block's slot of `acc` and
 // inverted once, plus its bias products, rounded once. Terms describes them:
@@ -872,23 +861,24 @@ __device__ __forceinline__ void sum_terms_rows(
     const OpenList& open,
     T* workspace) {
   const int h = fs.n_half;
-  T* storage = row_storage<T, kShared>(workspace, 2, h);
-  using Rows = SumRows<T, kShared>;
-  const auto a = Rows::at(storage, h, 0), b = Rows::at(storage, h, 1);
+  T* a_re = row_storage<T, kShared>(workspace, 2, h);
+  T* a_im = a_re + h;
+  T* b_re = a_im + h;
+  T* b_im = b_re + h;
   cpx<T>* acc =
       acc_slots + static_cast<MP_INT64>(blockIdx.x) * 2 * fs.num_pairs;
   for (MP_INT64 row = blockIdx.x; row < ix.outer_count; row += gridDim.x) {
     double norm_products = 0.0;
     for (MP_INT64 i = 0; i < terms.conv_count(); ++i) {
-      OperandRow a_row, b_row;
-      terms.conv_rows(row, i, a_row, b_row);
+      OperandRow a, b;
+      terms.conv_rows(row, i, a, b);
       norm_products += accumulate_term<T, kShared>(
-          a.re,
-          a.im,
-          b.re,
-          b.im,
-          a_row,
-          b_row,
+          a_re,
+          a_im,
+          b_re,
+          b_im,
+          a,
+          b,
           g,
           fs,
           tw,
@@ -901,8 +891,8 @@ __device__ __forceinline__ void sum_terms_rows(
     if constexpr (Certified<T>::value)
       cert = terms.certificate(row, norm_products);
     write_reduced_row<T, kShared>(
-        a.re,
-        a.im,
+        a_re,
+        a_im,
         g,
         fs,
         tw,
@@ -1101,11 +1091,8 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
   T* storage = row_storage<T, kShared>(workspace, 2, h);
   T* u_storage = stash_u ? workspace + static_cast<MP_INT64>(blockIdx.x) * 2 * h
                          : storage + 2 * h;
-  using Rows = ConvRows<T, kShared>;
-  using R = typename Rows::type;
-  const R g_re = Rows::at(storage, h, 0).re, g_im = Rows::at(storage, h, 0).im;
-  const R u_re = Rows::at(u_storage, h, 0).re,
-          u_im = Rows::at(u_storage, h, 0).im;
+  const Row<T> g_re{storage}, g_im{storage + h};
+  const Row<T> u_re{u_storage}, u_im{u_storage + h};
   cpx<T>* acc =
       acc_slots + static_cast<MP_INT64>(blockIdx.x) * 2 * fs.num_pairs;
   const MP_INT64 g_step = ix.time_stride[kOperandA];
@@ -1151,15 +1138,15 @@ __global__ void __maxnreg__((kConvRowsRegisters<T, kShared>)) gradient_rows(
             u_norms.spectrum);
       }
       if (stash_u) {
-        load_forward_to<T, kShared, R>(
+        load_forward_to<T, kShared>(
             u_loaded, g_re, g_im, u_re, u_im, fs, tw, tid, row_threads, true);
-        load_forward<T, kShared, R>(
+        load_forward<T, kShared>(
             g_loaded, g_re, g_im, fs, tw, tid, row_threads);
       } else {
-        load_forward<T, kShared, R>(
+        load_forward<T, kShared>(
             r == 0 ? g_loaded : u_loaded,
-            Rows::at(storage, h, r).re,
-            Rows::at(storage, h, r).im,
+            Row<T>{storage + 2 * r * h},
+            Row<T>{storage + 2 * r * h + h},
             fs,
             tw,
             tid,
@@ -1469,119 +1456,6 @@ __device__ __forceinline__ void running_sum_part(
   warp_running_sum(sum, mass);
 }
 
-// running_sum_part for two outputs whose products a(m_o - k) b(j + k), k <
-// count, read the same entries of b: each entry of b is loaded once for
-// both, so that a product takes one shared load of a and half of one of b
-// (the shared loads bound the staged sums). Two chains per output (the
-// same four independent additions per lane), in running_sum_part's layout;
-// every lane gets both warp sums and masses.
-template <class RowA, class RowB>
-__device__ __forceinline__ void running_sum_pair(
-    RowA a,
-    RowB b,
-    const int (&m)[2],
-    int j,
-    int count,
-    int lane,
-    int lanes,
-    double (&sum)[2],
-    double (&mass)[2]) {
-  constexpr int kChains = 2;
-  double sums[2][kChains] = {}, masses[2][kChains] = {};
-  const int base = lane % 32 + (lane - lane % 32) * kChains;
-  const int step = lanes * kChains;
-  int k = base;
-  while (k + 32 * (kChains - 1) < count) {
-    double blocks[2][kChains] = {};
-    for (int i = 0; i < kRunningBlock && k + 32 * (kChains - 1) < count;
-         ++i, k += step) {
-#pragma unroll
-      for (int c = 0; c < kChains; ++c) {
-        const double y = static_cast<double>(b(j + k + 32 * c));
-#pragma unroll
-        for (int o = 0; o < 2; ++o) {
-          // The product is exact: one rounding, the addition's.
-          blocks[o][c] =
-              fma(static_cast<double>(a(m[o] - k - 32 * c)), y, blocks[o][c]);
-          masses[o][c] += fabs(blocks[o][c]);
-        }
-      }
-    }
-#pragma unroll
-    for (int o = 0; o < 2; ++o)
-#pragma unroll
-      for (int c = 0; c < kChains; ++c) {
-        sums[o][c] += blocks[o][c];
-        masses[o][c] += fabs(sums[o][c]);
-      }
-  }
-#pragma unroll
-  for (int c = 0; c < kChains; ++c)
-    if (k + 32 * c < count)
-#pragma unroll
-      for (int o = 0; o < 2; ++o) {
-        sums[o][0] =
-            fma(static_cast<double>(a(m[o] - k - 32 * c)),
-                static_cast<double>(b(j + k + 32 * c)),
-                sums[o][0]);
-        masses[o][0] += fabs(sums[o][0]);
-      }
-#pragma unroll
-  for (int o = 0; o < 2; ++o) {
-    sum[o] = sums[o][0];
-    mass[o] = masses[o][0];
-    for (int c = 1; c < kChains; ++c) {
-      sum[o] += sums[o][c];
-      mass[o] += masses[o][c] + fabs(sum[o]);
-    }
-    warp_running_sum(sum[o], mass[o]);
-  }
-}
-
-// Two outputs' ranges of products a(m[o] - k) b(j[o] + k), k < count[o]
-// (count 0: none), for running_sum_pair: the span of b that both read
-// (entries j_first() on, both() of them) and the rest of each.
-struct RangePair {
-  int m[2] = {0, 0}, j[2] = {0, 0}, count[2] = {0, 0};
-
-  __device__ __forceinline__ int j_first() const {
-    return max(j[0], j[1]);
-  }
-
-  // The common span's length: 0 where a range is empty or they do not meet.
-  __device__ __forceinline__ int both() const {
-    const int n = min(j[0] + count[0], j[1] + count[1]) - j_first();
-    return count[0] > 0 && count[1] > 0 && n > 0 ? n : 0;
-  }
-
-  // running_sum_pair over the span.
-  template <class RowA, class RowB>
-  __device__ __forceinline__ void sum_span(
-      RowA a,
-      RowB b,
-      int lane,
-      int lanes,
-      double (&sum)[2],
-      double (&mass)[2]) const {
-    const int m_first[2] = {
-        m[0] - (j_first() - j[0]), m[1] - (j_first() - j[1])};
-    running_sum_pair(a, b, m_first, j_first(), both(), lane, lanes, sum, mass);
-  }
-
-  // range(a, b, m, j, count) for output o's products before and after the
-  // span.
-  template <class RowA, class RowB, class Range>
-  __device__ __forceinline__ void
-  for_each_rest(RowA a, RowB b, int o, Range range) const {
-    const int before = j_first() - j[o];
-    const int after = count[o] - before - both();
-    if (before > 0)
-      range(a, b, m[o], j[o], before);
-    if (after > 0)
-      range(a, b, m[o] - (count[o] - after), j[o] + (count[o] - after), after);
-  }
-};
-
 // running_round's certification of a running sum and its mass.
 __device__ __forceinline__ bool
 running_certified(double sum, double mass, float* out) {
@@ -1811,9 +1685,8 @@ __device__ __forceinline__ int warps_per_output(int n, int warps) {
 
 // The outputs of a work item, a row's slice (the marked outputs t of the row
 // [first, end) with t % slices == slice), that `open` marks, taken by the
-// block: it reads their bitmap words, kOpenWordsPerThread consecutive ones
-// per thread at a time, clears the bits it takes and lists them (t, in
-// increasing order: recompute_open_reduce pairs neighbours) in `marked`, up to
+// block: it reads their bitmap words, kOpenWordsPerThread per thread at a
+// time, clears the bits it takes and lists them (t) in `marked`, up to
 // kMarkedCapacity at a time, calling visit(n) with the whole block for each
 // batch of n listed outputs.
 template <class Visit>
@@ -1831,12 +1704,12 @@ __device__ __forceinline__ void for_each_marked_batch(
     int count = 0;
 #pragma unroll
     for (int i = 0; i < kOpenWordsPerThread; ++i) {
-      const MP_INT64 w = w0 + threadIdx.x * kOpenWordsPerThread + i;
+      const MP_INT64 w = w0 + threadIdx.x + i * blockDim.x;
       taken[i] = w * 32 < end && w < open.words ? open.bits[w] : 0u;
     }
 #pragma unroll
     for (int i = 0; i < kOpenWordsPerThread; ++i) {
-      const MP_INT64 w = w0 + threadIdx.x * kOpenWordsPerThread + i;
+      const MP_INT64 w = w0 + threadIdx.x + i * blockDim.x;
       if (taken[i] != 0u) {
         taken[i] = item_bits(taken[i], w, first, end, slices, slice);
         if (taken[i] != 0u)
@@ -1850,7 +1723,7 @@ __device__ __forceinline__ void for_each_marked_batch(
       int index = offset;
 #pragma unroll
       for (int i = 0; i < kOpenWordsPerThread; ++i) {
-        const MP_INT64 w = w0 + threadIdx.x * kOpenWordsPerThread + i;
+        const MP_INT64 w = w0 + threadIdx.x + i * blockDim.x;
         for (unsigned rest = taken[i]; rest != 0u; rest &= rest - 1u) {
           if (index >= base && index < base + kMarkedCapacity)
             marked[index - base] =
@@ -1890,15 +1763,13 @@ __device__ __forceinline__ void decide_running(
 // once, and `staged` is true (its copies are all in flight at once, where an
 // output summed from device memory waits for one load after another; an
 // output reads about half of each operand row). Then groups of warps
-// (warps_per_output: the whole block for a single group of outputs, a warp
-// each for as many groups as the block has warps) take kOutputs neighbouring
-// listed outputs t (present of them: fewer at the end) at a time and call
-// sum_part(row, t, present, staged, lane, lanes, sum, mass), lane numbering
-// the group's threads, and the group's sums are combined; a certified output
-// is passed to write(row, t, value) from one thread, an undecided one marked
-// again. Each output is correctly rounded on its own: order and grouping
-// change no result bit.
-template <int kOutputs, class Stage, class SumPart, class Write>
+// (warps_per_output: the whole block for a single output, a warp each for as
+// many outputs as the block has warps) call sum_part(row, t, staged, lane,
+// lanes, sum, mass), lane numbering the group's threads, and the group's sums
+// are combined; a certified output is passed to write(row, t, value) from one
+// thread, an undecided one marked again. Each output is correctly rounded on
+// its own: order and grouping change no result bit.
+template <class Stage, class SumPart, class Write>
 __device__ __forceinline__ void for_each_open_output(
     const OpenList& open,
     MP_INT64 out_len,
@@ -1907,7 +1778,7 @@ __device__ __forceinline__ void for_each_open_output(
     SumPart sum_part,
     Write write) {
   __shared__ int marked[kMarkedCapacity];
-  __shared__ double partial[kRecomputeWarps][kOutputs][2];
+  __shared__ double partial[kRecomputeWarps][2];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int warps = blockDim.x / 32;
   const MP_INT64 rows = (open.words * 32 + out_len - 1) / out_len;
@@ -1922,47 +1793,32 @@ __device__ __forceinline__ void for_each_open_output(
         __syncthreads();
         staged = true;
       }
-      const int group_warps =
-          warps_per_output((n + kOutputs - 1) / kOutputs, warps);
+      const int group_warps = warps_per_output(n, warps);
       const int groups = warps / group_warps, group = warp / group_warps,
                 member = warp % group_warps;
-      for (int i0 = 0; i0 < n; i0 += kOutputs * groups) {
-        const int i = i0 + kOutputs * group;
-        const int present = max(min(n - i, kOutputs), 0);
-        MP_INT64 t[kOutputs];
-        double sum[kOutputs] = {}, mass[kOutputs] = {};
-        for (int o = 0; o < kOutputs; ++o)
-          t[o] = o < present ? marked[i + o] : 0;
-        if (present > 0)
+      for (int i0 = 0; i0 < n; i0 += groups) {
+        const int i = i0 + group;
+        const MP_INT64 t = i < n ? marked[i] : 0;
+        double sum = 0.0, mass = 0.0;
+        if (i < n)
           sum_part(
-              row,
-              t,
-              present,
-              staged,
-              member * 32 + lane,
-              group_warps * 32,
-              sum,
-              mass);
+              row, t, staged, member * 32 + lane, group_warps * 32, sum, mass);
         if (group_warps > 1) {
-          if (lane == 0)
-            for (int o = 0; o < kOutputs; ++o) {
-              partial[warp][o][0] = sum[o];
-              partial[warp][o][1] = mass[o];
-            }
+          if (lane == 0) {
+            partial[warp][0] = sum;
+            partial[warp][1] = mass;
+          }
           __syncthreads();
           if (member == 0)
-            for (int q = 1; q < group_warps; ++q)
-              for (int o = 0; o < kOutputs; ++o) {
-                sum[o] += partial[warp + q][o][0];
-                mass[o] += partial[warp + q][o][1] + fabs(sum[o]);
-              }
+            for (int q = 1; q < group_warps; ++q) {
+              sum += partial[warp + q][0];
+              mass += partial[warp + q][1] + fabs(sum);
+            }
           __syncthreads(); // partial is free again
         }
-        if (member == 0 && lane == 0)
-          for (int o = 0; o < present; ++o)
-            decide_running(open, first + t[o], sum[o], mass[o], [&](float v) {
-              write(row, t[o], v);
-            });
+        if (i < n && member == 0 && lane == 0)
+          decide_running(
+              open, first + t, sum, mass, [&](float v) { write(row, t, v); });
       }
     });
   }
@@ -2103,10 +1959,9 @@ struct OutputRowOperands {
 // The products of output t of output row `row` for conv_rows (one term per
 // row: the row's own term) or reduce_rows (all inner rows of the target), as
 // ranges. With one term per row, the first a_staged entries of the row's a
-// (as the transform loads it) and b_staged of its b (as double where
-// b_double) may be staged in shared memory (`staged`), and the products of a
-// range that lies within them are read from there (the host stages whole
-// rows where they fit).
+// (as the transform loads it) and b_staged of its b may be staged in shared
+// memory (`staged`), and the products of a range that lies within them are
+// read from there (the host stages whole rows where they fit).
 struct OpenOutputRanges {
   const float* a;
   const float* b;
@@ -2118,7 +1973,6 @@ struct OpenOutputRanges {
   int a_staged;
   const float* staged_b;
   int b_staged;
-  bool b_double;
 
   // The rows of output row `row` in `out`: taken once per row, since
   // row_offset's 64-bit divisions cost more than a short output's products.
@@ -2159,17 +2013,9 @@ struct OpenOutputRanges {
         g,
         t,
         [&](auto a_at, auto b_at, MP_INT64 m0, MP_INT64 j0, MP_INT64 n) {
-          if (staged && m0 < a_staged && j0 + n <= b_staged) {
-            if (b_double)
-              range(
-                  StagedRow{staged_a},
-                  StagedDoubleRow{reinterpret_cast<const double*>(staged_b)},
-                  m0,
-                  j0,
-                  n);
-            else
-              range(StagedRow{staged_a}, StagedRow{staged_b}, m0, j0, n);
-          } else if (is_unit_row(a_at) && is_unit_row(b_at))
+          if (staged && m0 < a_staged && j0 + n <= b_staged)
+            range(StagedRow{staged_a}, StagedRow{staged_b}, m0, j0, n);
+          else if (is_unit_row(a_at) && is_unit_row(b_at))
             range(UnitRow{a_at.data}, UnitRow{b_at.data}, m0, j0, n);
           else
             range(a_at, b_at, m0, j0, n);
@@ -2182,9 +2028,8 @@ struct OpenOutputRanges {
 // Step 3 of certify.h, running stage, for the outputs that conv_rows or
 // reduce_rows marked (OpenOutputRanges), leaving marked the few it does not
 // decide (for_each_open_output). With one term per row, a row with several
-// marked outputs stages its a and b prefixes (a_staged, b_staged entries; b
-// as double after a padded to 16 bytes where b_double) in dynamic shared
-// memory.
+// marked outputs stages its a and b prefixes (a_staged, b_staged entries) in
+// dynamic shared memory.
 __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open(
     const float* a,
     const float* b,
@@ -2195,11 +2040,10 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open(
     int one_term_per_row,
     int a_staged,
     int b_staged,
-    int b_double,
     int slices,
     const OpenList open) {
   float* staged_a = reinterpret_cast<float*>(shared_rows);
-  float* staged_b = staged_a + (b_double ? (a_staged + 3) / 4 * 4 : a_staged);
+  float* staged_b = staged_a + a_staged;
   const OpenOutputRanges ranges{
       a,
       b,
@@ -2210,12 +2054,11 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open(
       staged_a,
       a_staged,
       staged_b,
-      b_staged,
-      b_double != 0};
+      b_staged};
   // The rows of the row being summed, set with its stage (kept in shared
   // memory: in registers through the sums they spilled).
   __shared__ OutputRowOperands rows;
-  for_each_open_output<2>(
+  for_each_open_output(
       open,
       g.out_len,
       slices,
@@ -2227,79 +2070,25 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open(
             staged_a,
             DeviceRow{r.a.data, r.a.stride, g.a_len, g.a_reversed != 0},
             a_staged);
-        const DeviceRow b_at{r.b.data, r.b.stride, g.b_len, false};
-        if (b_double)
-          stage_loads(reinterpret_cast<double*>(staged_b), b_at, b_staged);
-        else
-          stage_row(staged_b, b_at, b_staged);
+        stage_row(
+            staged_b,
+            DeviceRow{r.b.data, r.b.stride, g.b_len, false},
+            b_staged);
         wait_quad_copies();
       },
       [&](MP_INT64 row,
-          const MP_INT64(&t)[2],
-          int present,
+          MP_INT64 t,
           bool staged,
           int lane,
           int lanes,
-          double (&sum)[2],
-          double (&mass)[2]) {
-        // Output t[o]'s one range of products (m, j, count) in the staged
-        // rows, where it has one; else count 0.
-        auto staged_range = [&](int o, int& m, int& j) {
-          int count = 0, met = 0;
-          for_each_term_range(
-              rows.a,
-              rows.b,
-              g,
-              t[o],
-              [&](auto, auto, MP_INT64 m0, MP_INT64 j0, MP_INT64 k) {
-                ++met;
-                if (m0 < a_staged && j0 + k <= b_staged) {
-                  m = static_cast<int>(m0);
-                  j = static_cast<int>(j0);
-                  count = static_cast<int>(k);
-                }
-              });
-          return met == 1 ? count : 0;
-        };
-        RangePair pair;
-        if (present == 2 && staged && b_double && one_term_per_row)
-          for (int o = 0; o < 2; ++o)
-            pair.count[o] = staged_range(o, pair.m[o], pair.j[o]);
-        const int both = pair.both();
-        if (both == 0) {
-          for (int o = 0; o < present; ++o)
-            running_sum_part(
-                [&](auto range) { ranges(rows, row, t[o], staged, range); },
-                lane,
-                lanes,
-                sum[o],
-                mass[o]);
-          return;
-        }
-        // The two outputs together over the span of b both read
-        // (running_sum_pair: b loaded once for two products), then the
-        // rest of each (before and after that span, the bias product),
-        // added as recompute_open_reduce adds its parts.
-        const StagedRow a_row{staged_a};
-        const StagedDoubleRow b_row{reinterpret_cast<const double*>(staged_b)};
-        pair.sum_span(a_row, b_row, lane, lanes, sum, mass);
-        for (int o = 0; o < 2; ++o) {
-          if (pair.count[o] == both && !g.has_bias)
-            continue;
-          double rest, rest_mass;
-          running_sum_part(
-              [&](auto range) {
-                pair.for_each_rest(a_row, b_row, o, range);
-                if (g.has_bias)
-                  bias_range(rows.a, rows.bias, t[o], range);
-              },
-              lane,
-              lanes,
-              rest,
-              rest_mass);
-          sum[o] += rest;
-          mass[o] += rest_mass + fabs(sum[o]);
-        }
+          double& sum,
+          double& mass) {
+        running_sum_part(
+            [&](auto range) { ranges(rows, row, t, staged, range); },
+            lane,
+            lanes,
+            sum,
+            mass);
       },
       [&](MP_INT64, MP_INT64 t, float v) { rows.out[t] = v; });
 }
@@ -2319,7 +2108,7 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_undecided(
     int one_term_per_row,
     const OpenList open) {
   const OpenOutputRanges ranges{
-      a, b, bias, ix, g, one_term_per_row != 0, nullptr, 0, nullptr, 0, false};
+      a, b, bias, ix, g, one_term_per_row != 0, nullptr, 0, nullptr, 0};
   for_each_marked(open, [&](MP_INT64 e) {
     const MP_INT64 row = e / g.out_len, t = e % g.out_len;
     const OutputRowOperands rows = ranges.rows(out, row);
@@ -2360,6 +2149,75 @@ __device__ __forceinline__ void add_running_part(
   add_to_total(total, sum, mass);
 }
 
+// running_sum_part for two outputs whose products a(m_o - k) b(j + k), k <
+// count, read the same entries of b: each entry of b is loaded once for
+// both, so that a product takes one shared load of a and half of one of b
+// (the shared loads bound the staged sums). Two chains per output (the
+// same four independent additions per lane), in running_sum_part's layout;
+// every lane gets both warp sums and masses.
+template <class RowA, class RowB>
+__device__ __forceinline__ void running_sum_pair(
+    RowA a,
+    RowB b,
+    const int (&m)[2],
+    int j,
+    int count,
+    int lane,
+    int lanes,
+    double (&sum)[2],
+    double (&mass)[2]) {
+  constexpr int kChains = 2;
+  double sums[2][kChains] = {}, masses[2][kChains] = {};
+  const int base = lane % 32 + (lane - lane % 32) * kChains;
+  const int step = lanes * kChains;
+  int k = base;
+  while (k + 32 * (kChains - 1) < count) {
+    double blocks[2][kChains] = {};
+    for (int i = 0; i < kRunningBlock && k + 32 * (kChains - 1) < count;
+         ++i, k += step) {
+#pragma unroll
+      for (int c = 0; c < kChains; ++c) {
+        const double y = static_cast<double>(b(j + k + 32 * c));
+#pragma unroll
+        for (int o = 0; o < 2; ++o) {
+          // The product is exact: one rounding, the addition's.
+          blocks[o][c] =
+              fma(static_cast<double>(a(m[o] - k - 32 * c)), y, blocks[o][c]);
+          masses[o][c] += fabs(blocks[o][c]);
+        }
+      }
+    }
+#pragma unroll
+    for (int o = 0; o < 2; ++o)
+#pragma unroll
+      for (int c = 0; c < kChains; ++c) {
+        sums[o][c] += blocks[o][c];
+        masses[o][c] += fabs(sums[o][c]);
+      }
+  }
+#pragma unroll
+  for (int c = 0; c < kChains; ++c)
+    if (k + 32 * c < count)
+#pragma unroll
+      for (int o = 0; o < 2; ++o) {
+        sums[o][0] =
+            fma(static_cast<double>(a(m[o] - k - 32 * c)),
+                static_cast<double>(b(j + k + 32 * c)),
+                sums[o][0]);
+        masses[o][0] += fabs(sums[o][0]);
+      }
+#pragma unroll
+  for (int o = 0; o < 2; ++o) {
+    sum[o] = sums[o][0];
+    mass[o] = masses[o][0];
+    for (int c = 1; c < kChains; ++c) {
+      sum[o] += sums[o][c];
+      mass[o] += masses[o][c] + fabs(sum[o]);
+    }
+    warp_running_sum(sum[o], mass[o]);
+  }
+}
+
 // decide_running for the n listed outputs first + marked[i] from their
 // totals, by the block; a certified one passed to write(marked[i], value).
 template <class Write>
@@ -2394,7 +2252,7 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_undecided_long(
     const OpenList open) {
   __shared__ int marked[kMarkedCapacity];
   const OpenOutputRanges ranges{
-      a, b, bias, ix, g, one_term_per_row != 0, nullptr, 0, nullptr, 0, false};
+      a, b, bias, ix, g, one_term_per_row != 0, nullptr, 0, nullptr, 0};
   const MP_INT64 span =
       32 * kOpenWordsPerThread * static_cast<MP_INT64>(blockDim.x);
   for (MP_INT64 first = blockIdx.x * span; first < open.words * 32;
@@ -2415,17 +2273,14 @@ __global__ void __launch_bounds__(kRecomputeThreads) recompute_undecided_long(
 // recompute_open for reduce_rows' outputs without bias (grad k: a target's
 // output sums over its R inner rows) where a pair of inner rows fits in
 // shared memory: a block per target (slice) stages the pairs one after
-// another, a at 0 and b at b_offset (16-byte aligned; as double where
-// b_double, converted once as staged: the conversions bound the sums), and
-// sums each batch of the target's marked outputs from there, so that the
-// rows are read from device memory once per batch instead of once per output
-// (at L = 16384 each of grad k's ~100 marked outputs of a target read all R
-// rows). Groups of warps take the outputs in pairs (running_sum_pair over
-// the span of b that both ranges read, each loaded once for two products;
-// the rest of each range by running_sum_part); each warp adds its running
-// sums (and masses) to the outputs' totals in shared memory, the |total|
-// after each addition to the mass (a running sum over another tree: no
-// result bit changes).
+// another, a at 0 and b at b_offset (16-byte aligned), and sums each batch
+// of the target's marked outputs from there, so that the rows are read from
+// device memory once per batch instead of once per output (at L = 16384
+// each of grad k's ~100 marked outputs of a target read all R rows). Groups
+// of warps per output as in for_each_open_output; each warp adds its running
+// sum of a pair (and its mass) to the output's total in shared memory, the
+// |total| after each addition to the mass (a running sum over another tree:
+// no result bit changes).
 __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_reduce(
     const float* a,
     const float* b,
@@ -2435,7 +2290,6 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_reduce(
     const ConvShape g,
     int, // one_term_per_row: false here
     int b_offset,
-    int b_double,
     int slices,
     const OpenList open) {
   float* staged_a = reinterpret_cast<float*>(shared_rows);
@@ -2445,88 +2299,17 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_reduce(
   const int warp = threadIdx.x / 32;
   const int warps = blockDim.x / 32;
   const MP_INT64 rows = (open.words * 32 + g.out_len - 1) / g.out_len;
-  // Output t's one range of products (m, j, count), where it has one; else
-  // count 0.
-  auto single_range = [&](int t, int& m, int& j) {
-    int count = 0, met = 0;
-    for_each_term_range(
-        OperandRow{nullptr, 0},
-        OperandRow{nullptr, 0},
-        g,
-        t,
-        [&](auto, auto, MP_INT64 m0, MP_INT64 j0, MP_INT64 k) {
-          ++met;
-          m = static_cast<int>(m0);
-          j = static_cast<int>(j0);
-          count = static_cast<int>(k);
-        });
-    return met == 1 ? count : 0;
-  };
   for (MP_INT64 item = blockIdx.x; item < rows * slices; item += gridDim.x) {
     const MP_INT64 row = item / slices;
     const int slice = static_cast<int>(item % slices);
     const MP_INT64 first = row * g.out_len;
     for_each_marked_batch(
         open, first, first + g.out_len, slices, slice, marked, [&](int n) {
-          const int group_warps = warps_per_output((n + 1) / 2, warps);
+          const int group_warps = warps_per_output(n, warps);
           const int groups = warps / group_warps, group = warp / group_warps,
                     member = warp % group_warps;
-          const int lane = member * 32 + threadIdx.x % 32;
           for (int i = threadIdx.x; i < n; i += blockDim.x)
             totals[i][0] = totals[i][1] = 0.0;
-          // The staged pair's products of the batch's outputs, b read
-          // through b_row.
-          auto sum_staged = [&](auto b_row) {
-            const StagedRow a_row{staged_a};
-            auto add_output = [&](int i) {
-              add_running_part(
-                  totals[i],
-                  [&](auto range) {
-                    // (the rows' addresses unused: read from the stage)
-                    for_each_term_range(
-                        OperandRow{nullptr, 0},
-                        OperandRow{nullptr, 0},
-                        g,
-                        marked[i],
-                        [&](auto, auto, MP_INT64 m0, MP_INT64 j0, MP_INT64 k) {
-                          range(a_row, b_row, m0, j0, k);
-                        });
-                  },
-                  member,
-                  group_warps);
-            };
-            // Outputs i and i + 1 (neighbours: the list is in output
-            // order) together over the span of b that both read.
-            for (int i = 2 * group; i < n; i += 2 * groups) {
-              RangePair pair;
-              pair.count[0] = single_range(marked[i], pair.m[0], pair.j[0]);
-              if (i + 1 < n)
-                pair.count[1] =
-                    single_range(marked[i + 1], pair.m[1], pair.j[1]);
-              const int both = pair.both();
-              if (both == 0) {
-                add_output(i);
-                if (i + 1 < n)
-                  add_output(i + 1);
-                continue;
-              }
-              double sum[2], mass[2];
-              pair.sum_span(a_row, b_row, lane, group_warps * 32, sum, mass);
-#pragma unroll
-              for (int o = 0; o < 2; ++o) {
-                add_to_total(totals[i + o], sum[o], mass[o]);
-                // The products before and after the common span.
-                if (pair.count[o] > both)
-                  add_running_part(
-                      totals[i + o],
-                      [&](auto range) {
-                        pair.for_each_rest(a_row, b_row, o, range);
-                      },
-                      member,
-                      group_warps);
-              }
-            }
-          };
           for (MP_INT64 j = 0; j < ix.inner_count; ++j) {
             __syncthreads(); // the previous pair is summed
             stage_row(
@@ -2537,25 +2320,38 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_reduce(
                     g.a_len,
                     g.a_reversed != 0},
                 static_cast<int>(g.a_len));
-            const DeviceRow b_at{
-                b + row_offset(ix, kOperandB, row, j),
-                ix.time_stride[kOperandB],
-                g.b_len,
-                false};
-            if (b_double)
-              stage_loads(
-                  reinterpret_cast<double*>(staged_b),
-                  b_at,
-                  static_cast<int>(g.b_len));
-            else
-              stage_row(staged_b, b_at, static_cast<int>(g.b_len));
+            stage_row(
+                staged_b,
+                DeviceRow{
+                    b + row_offset(ix, kOperandB, row, j),
+                    ix.time_stride[kOperandB],
+                    g.b_len,
+                    false},
+                static_cast<int>(g.b_len));
             wait_quad_copies();
             __syncthreads();
-            if (b_double)
-              sum_staged(
-                  StagedDoubleRow{reinterpret_cast<const double*>(staged_b)});
-            else
-              sum_staged(StagedRow{staged_b});
+            for (int i = group; i < n; i += groups) {
+              add_running_part(
+                  totals[i],
+                  [&](auto range) {
+                    // (the rows' addresses unused: read from the stage)
+                    for_each_term_range(
+                        OperandRow{nullptr, 0},
+                        OperandRow{nullptr, 0},
+                        g,
+                        marked[i],
+                        [&](auto, auto, MP_INT64 m0, MP_INT64 j0, MP_INT64 k) {
+                          range(
+                              StagedRow{staged_a},
+                              StagedRow{staged_b},
+                              m0,
+                              j0,
+                              k);
+                        });
+                  },
+                  member,
+                  group_warps);
+            }
           }
           __syncthreads();
           decide_totals(open, first, marked, totals, n, [&](int t, float v) {
@@ -2598,7 +2394,7 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_windows(
   __shared__ int extent[4];
   constexpr int kNone = 0x7fffffff;
   const OpenOutputRanges ranges{
-      a, b, bias, ix, g, true, nullptr, 0, nullptr, 0, false};
+      a, b, bias, ix, g, true, nullptr, 0, nullptr, 0};
   const int warp = threadIdx.x / 32;
   const int warps = blockDim.x / 32;
   const MP_INT64 row_count = (open.words * 32 + g.out_len - 1) / g.out_len;
@@ -2812,27 +2608,26 @@ __global__ void __launch_bounds__(kRecomputeMaxThreads) recompute_open_sum(
     const SumOperands s,
     int slices,
     const OpenList open) {
-  for_each_open_output<1>(
+  for_each_open_output(
       open,
       g.out_len,
       slices,
       [](MP_INT64) {},
       [&](MP_INT64 row,
-          const MP_INT64(&t)[1],
-          int,
+          MP_INT64 t,
           bool,
           int lane,
           int lanes,
-          double (&sum)[1],
-          double (&mass)[1]) {
+          double& sum,
+          double& mass) {
         running_sum_part(
             [&](auto range) {
-              for_each_sum_range(data, ix, s, g, row, t[0], range);
+              for_each_sum_range(data, ix, s, g, row, t, range);
             },
             lane,
             lanes,
-            sum[0],
-            mass[0]);
+            sum,
+            mass);
       },
       [&](MP_INT64 row, MP_INT64 t, float v) {
         out[row_offset(ix, kOperandOut, row, 0) + t] = v;
